@@ -1,0 +1,99 @@
+//! Stable machine-readable error codes shared by the CLI, the API and the engine.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A stable error code. Its string form never changes once published: scripts match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The workspace (or other object) does not exist.
+    NotFound,
+    /// Another workspace already has this name.
+    NameTaken,
+    /// The workspace name breaks the naming rule.
+    InvalidName,
+    /// The request is not allowed in the workspace's current state.
+    InvalidState,
+    /// The devcontainer configuration is invalid.
+    InvalidConfig,
+    /// The container image could not be found.
+    ImageNotFound,
+    /// Someone else changed the workspace concurrently; retry.
+    Conflict,
+    /// The container runtime failed.
+    RuntimeError,
+    /// The caller lacks the needed permission.
+    PermissionDenied,
+    /// An unexpected internal error.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: [ErrorCode; 10] = [
+        Self::NotFound,
+        Self::NameTaken,
+        Self::InvalidName,
+        Self::InvalidState,
+        Self::InvalidConfig,
+        Self::ImageNotFound,
+        Self::Conflict,
+        Self::RuntimeError,
+        Self::PermissionDenied,
+        Self::Internal,
+    ];
+
+    /// The stable snake_case code, identical to the serde representation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::NameTaken => "name_taken",
+            Self::InvalidName => "invalid_name",
+            Self::InvalidState => "invalid_state",
+            Self::InvalidConfig => "invalid_config",
+            Self::ImageNotFound => "image_not_found",
+            Self::Conflict => "conflict",
+            Self::RuntimeError => "runtime_error",
+            Self::PermissionDenied => "permission_denied",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_strings_matching_serde() {
+        let strs: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(
+            strs,
+            [
+                "not_found",
+                "name_taken",
+                "invalid_name",
+                "invalid_state",
+                "invalid_config",
+                "image_not_found",
+                "conflict",
+                "runtime_error",
+                "permission_denied",
+                "internal"
+            ]
+        );
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{code}\""));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+    }
+}

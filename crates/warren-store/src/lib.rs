@@ -1,0 +1,490 @@
+#![forbid(unsafe_code)]
+//! Persistent control-plane state for Warren: workspaces and their event history in SQLite.
+//!
+//! Several `warren` processes may share one database file: the store uses WAL mode, a busy
+//! timeout, and optimistic concurrency. Every workspace row carries a `generation` that each
+//! change bumps; writers state the generation they read and lose with [`StoreError::Conflict`]
+//! when someone else changed the row first.
+//!
+//! Timestamps are stored as TEXT in RFC 3339 UTC with millisecond precision
+//! (`2024-05-01T12:00:00.000Z`), which sorts chronologically as text on every backend.
+
+mod error;
+mod record;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, Row};
+use warren_api::{transition, Action, Event, WorkspaceName, WorkspaceState};
+
+pub use error::StoreError;
+pub use record::{EventRecord, NewWorkspace, WorkspaceRecord};
+
+/// How long a connection waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Attempts at switching a new file to WAL mode: that takes a lock which the busy timeout
+/// cannot wait for, so processes opening a fresh file at the same time retry instead.
+const WAL_ATTEMPTS: u32 = 20;
+
+/// Attempts at running migrations: processes opening a fresh file at the same time race to
+/// create the schema, and the loser succeeds on retry once it sees the winner's work.
+const MIGRATE_ATTEMPTS: u32 = 3;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const WORKSPACE_COLUMNS: &str = "id, name, project_dir, config_path, image, spec_json, state, \
+    generation, last_error, lifecycle_json, runtime_json, created_at, updated_at";
+
+/// A handle to the control-plane database. Cheap to clone; clones share a connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating the file and its parent directories if needed) the database at `path`
+    /// and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|error| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    error,
+                })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // WAL mode persists in the file, so one connection switching it on is enough; pool
+        // connections then inherit it.
+        retry_if_busy(|| async {
+            let wal = options.clone().journal_mode(SqliteJournalMode::Wal);
+            SqliteConnection::connect_with(&wal).await?.close().await
+        })
+        .await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        Self::migrate(pool).await
+    }
+
+    /// Opens a private in-memory database, for tests.
+    pub async fn open_in_memory() -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        // A single connection that never expires: the database lives as long as it does.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::migrate(pool).await
+    }
+
+    /// Closes all connections, waiting for in-flight queries; later calls on any clone fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(pool: SqlitePool) -> Result<Store, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => return Ok(Store { pool }),
+                Err(_) if attempt < MIGRATE_ATTEMPTS => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Records a new workspace in state `pending`, generation 1.
+    pub async fn create_workspace(&self, new: NewWorkspace) -> Result<WorkspaceRecord, StoreError> {
+        let now = now();
+        let record = WorkspaceRecord {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: new.name,
+            project_dir: new.project_dir,
+            config_path: new.config_path,
+            image: new.image,
+            spec_json: new.spec_json,
+            state: WorkspaceState::Pending,
+            generation: 1,
+            last_error: None,
+            lifecycle_json: "{}".to_owned(),
+            runtime_json: "{}".to_owned(),
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let sql = format!(
+            "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        let result = sqlx::query(&sql)
+            .bind(&record.id)
+            .bind(record.name.as_str())
+            .bind(&record.project_dir)
+            .bind(&record.config_path)
+            .bind(&record.image)
+            .bind(&record.spec_json)
+            .bind(record.state.as_str())
+            .bind(record.generation)
+            .bind(&record.last_error)
+            .bind(&record.lifecycle_json)
+            .bind(&record.runtime_json)
+            .bind(&record.created_at)
+            .bind(&record.updated_at)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => Ok(record),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(StoreError::NameTaken {
+                    name: record.name.into_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The workspace with this id, if any.
+    pub async fn get(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.fetch_one_where("id = ?", id).await
+    }
+
+    /// The workspace with this name, if any.
+    pub async fn get_by_name(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.fetch_one_where("name = ?", name).await
+    }
+
+    /// The most recently created workspace for this project folder, if any.
+    pub async fn find_by_project_dir(
+        &self,
+        dir: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.fetch_one_where("project_dir = ? ORDER BY created_at DESC, id", dir)
+            .await
+    }
+
+    /// All workspaces, ordered by name.
+    pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn fetch_one_where(
+        &self,
+        condition: &str,
+        value: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE {condition} LIMIT 1");
+        let row = sqlx::query(&sql)
+            .bind(value)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(record_from_row).transpose()
+    }
+
+    /// Fetches a workspace and checks that the caller's generation is current.
+    async fn current(&self, id: &str, expected: i64) -> Result<WorkspaceRecord, StoreError> {
+        let record = self
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { id: id.to_owned() })?;
+        if record.generation != expected {
+            return Err(StoreError::Conflict {
+                id: id.to_owned(),
+                expected,
+                actual: record.generation,
+            });
+        }
+        Ok(record)
+    }
+
+    /// Applies [`warren_api::transition`] for `event` to the stored state, provided the stored
+    /// generation is `expected_generation`. In one transaction it updates the state, bumps the
+    /// generation and appends an event row (also for transitions that keep the state, so the
+    /// history shows every accepted request). Returns the new record and the engine's actions.
+    pub async fn apply(
+        &self,
+        id: &str,
+        expected_generation: i64,
+        event: Event,
+        message: Option<&str>,
+    ) -> Result<(WorkspaceRecord, Vec<Action>), StoreError> {
+        let current = self.current(id, expected_generation).await?;
+        let (to, actions) = transition(current.state, event)?;
+        let now = now();
+        let mut tx = self.pool.begin().await?;
+        // The generation guard makes this a compare-and-swap: if another writer got in between
+        // our read and this write, nothing is updated and we report a conflict.
+        let updated = sqlx::query(
+            "UPDATE workspaces SET state = ?, generation = generation + 1, updated_at = ? \
+             WHERE id = ? AND generation = ?",
+        )
+        .bind(to.as_str())
+        .bind(&now)
+        .bind(id)
+        .bind(expected_generation)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Err(self.lost_race(id, expected_generation).await);
+        }
+        sqlx::query(
+            "INSERT INTO workspace_events (workspace_id, at, from_state, to_state, event, message) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(&now)
+        .bind(current.state.as_str())
+        .bind(to.as_str())
+        .bind(event.as_str())
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let record = WorkspaceRecord {
+            state: to,
+            generation: expected_generation + 1,
+            updated_at: now,
+            ..current
+        };
+        Ok((record, actions))
+    }
+
+    /// Sets (or clears) the last error, if the generation is current; bumps it.
+    pub async fn set_last_error(
+        &self,
+        id: &str,
+        expected_generation: i64,
+        last_error: Option<&str>,
+    ) -> Result<WorkspaceRecord, StoreError> {
+        self.cas_update(id, expected_generation, &[("last_error", last_error)])
+            .await
+    }
+
+    /// Replaces the opaque lifecycle JSON, if the generation is current; bumps it.
+    pub async fn set_lifecycle_json(
+        &self,
+        id: &str,
+        expected_generation: i64,
+        lifecycle_json: &str,
+    ) -> Result<WorkspaceRecord, StoreError> {
+        self.cas_update(
+            id,
+            expected_generation,
+            &[("lifecycle_json", Some(lifecycle_json))],
+        )
+        .await
+    }
+
+    /// Replaces the opaque runtime JSON, if the generation is current; bumps it.
+    pub async fn set_runtime_json(
+        &self,
+        id: &str,
+        expected_generation: i64,
+        runtime_json: &str,
+    ) -> Result<WorkspaceRecord, StoreError> {
+        self.cas_update(
+            id,
+            expected_generation,
+            &[("runtime_json", Some(runtime_json))],
+        )
+        .await
+    }
+
+    /// Replaces the image and the opaque resolved spec, if the generation is current; bumps it.
+    pub async fn set_spec(
+        &self,
+        id: &str,
+        expected_generation: i64,
+        image: &str,
+        spec_json: &str,
+    ) -> Result<WorkspaceRecord, StoreError> {
+        self.cas_update(
+            id,
+            expected_generation,
+            &[("image", Some(image)), ("spec_json", Some(spec_json))],
+        )
+        .await
+    }
+
+    /// Compare-and-swap update of text columns. Column names come from this crate only.
+    async fn cas_update(
+        &self,
+        id: &str,
+        expected: i64,
+        columns: &[(&'static str, Option<&str>)],
+    ) -> Result<WorkspaceRecord, StoreError> {
+        let assignments: String = columns
+            .iter()
+            .map(|(column, _)| format!("{column} = ?, "))
+            .collect();
+        let sql = format!(
+            "UPDATE workspaces SET {assignments}generation = generation + 1, updated_at = ? \
+             WHERE id = ? AND generation = ? RETURNING {WORKSPACE_COLUMNS}"
+        );
+        let mut query = sqlx::query(&sql);
+        for (_, value) in columns {
+            query = query.bind(*value);
+        }
+        let row = query
+            .bind(now())
+            .bind(id)
+            .bind(expected)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => record_from_row(&row),
+            None => Err(self.lost_race(id, expected).await),
+        }
+    }
+
+    /// Explains why a generation-guarded write matched no row.
+    async fn lost_race(&self, id: &str, expected: i64) -> StoreError {
+        match self.get(id).await {
+            Ok(Some(record)) => StoreError::Conflict {
+                id: id.to_owned(),
+                expected,
+                actual: record.generation,
+            },
+            Ok(None) => StoreError::NotFound { id: id.to_owned() },
+            Err(e) => e,
+        }
+    }
+
+    /// Removes the record of a workspace in state `deleted`. Its event history is kept.
+    pub async fn delete_record(&self, id: &str) -> Result<(), StoreError> {
+        let deleted = sqlx::query("DELETE FROM workspaces WHERE id = ? AND state = ?")
+            .bind(id)
+            .bind(WorkspaceState::Deleted.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 1 {
+            return Ok(());
+        }
+        match self.get(id).await? {
+            Some(record) => Err(StoreError::NotDeleted {
+                id: id.to_owned(),
+                state: record.state,
+            }),
+            None => Err(StoreError::NotFound { id: id.to_owned() }),
+        }
+    }
+
+    /// The event history of a workspace, oldest first.
+    pub async fn events(&self, id: &str) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, workspace_id, at, from_state, to_state, event, message \
+             FROM workspace_events WHERE workspace_id = ? ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// Runs `op`, retrying with a growing pause while SQLite reports the database busy or locked.
+async fn retry_if_busy<F, Fut>(op: F) -> Result<(), sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), sqlx::Error>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(sqlx::Error::Database(e)) if attempt < WAL_ATTEMPTS && is_busy(e.as_ref()) => {
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), including their extended codes.
+fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+}
+
+/// The current time in the stored timestamp format.
+fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+fn corrupt(id: &str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_owned(),
+        detail: detail.to_string(),
+    }
+}
+
+fn record_from_row(row: &SqliteRow) -> Result<WorkspaceRecord, StoreError> {
+    let id: String = row.try_get("id")?;
+    let name =
+        WorkspaceName::new(row.try_get::<String, _>("name")?).map_err(|e| corrupt(&id, e))?;
+    let state = WorkspaceState::from_str(row.try_get("state")?).map_err(|e| corrupt(&id, e))?;
+    Ok(WorkspaceRecord {
+        name,
+        state,
+        project_dir: row.try_get("project_dir")?,
+        config_path: row.try_get("config_path")?,
+        image: row.try_get("image")?,
+        spec_json: row.try_get("spec_json")?,
+        generation: row.try_get("generation")?,
+        last_error: row.try_get("last_error")?,
+        lifecycle_json: row.try_get("lifecycle_json")?,
+        runtime_json: row.try_get("runtime_json")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        id,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord, StoreError> {
+    let workspace_id: String = row.try_get("workspace_id")?;
+    let state = |column: &str| -> Result<WorkspaceState, StoreError> {
+        WorkspaceState::from_str(row.try_get(column)?).map_err(|e| corrupt(&workspace_id, e))
+    };
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        at: row.try_get("at")?,
+        from_state: state("from_state")?,
+        to_state: state("to_state")?,
+        event: Event::from_str(row.try_get("event")?).map_err(|e| corrupt(&workspace_id, e))?,
+        message: row.try_get("message")?,
+        workspace_id,
+    })
+}
