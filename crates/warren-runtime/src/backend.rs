@@ -1,0 +1,306 @@
+//! OCI runtimes that run a workspace bundle: youki's `libcontainer` in-process (the default) or an
+//! external OCI runtime binary (`runc`, gVisor's `runsc`). Only the supervisor calls this module.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use oci_spec::runtime::{LinuxSeccomp, Spec};
+use serde::{Deserialize, Serialize};
+
+/// Which OCI runtime runs workspaces.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OciRuntime {
+    /// youki's libcontainer, linked into Warren (no external binary).
+    #[default]
+    Libcontainer,
+    /// An OCI runtime binary with runc's command line (`runc`, `runsc`).
+    Binary {
+        /// Path or name of the binary.
+        path: String,
+        /// Global flags put before the subcommand (e.g. `--network=none` for runsc).
+        #[serde(default)]
+        global_args: Vec<String>,
+    },
+}
+
+impl OciRuntime {
+    /// Parses a user's choice: `libcontainer`, `runc`, `runsc`, or a path to a runc-compatible binary.
+    pub fn parse(s: &str) -> OciRuntime {
+        match s {
+            "" | "libcontainer" | "youki" => OciRuntime::Libcontainer,
+            "runsc" | "gvisor" => OciRuntime::Binary {
+                path: "runsc".into(),
+                global_args: vec!["--network=none".into(), "--ignore-cgroups".into()],
+            },
+            other => OciRuntime::Binary {
+                path: other.into(),
+                global_args: vec![],
+            },
+        }
+    }
+}
+
+/// Applies the container's seccomp filter to exec'd processes right before `execve`.
+///
+/// libcontainer 0.7 does not carry the init's seccomp profile over to tenant (exec) processes; this
+/// executor closes that gap so every process in a workspace runs under the same filter.
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: Option<LinuxSeccomp>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(s) = &self.seccomp {
+            libcontainer::seccomp::initialize_seccomp(s)
+                .map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
+        }
+        libcontainer::workload::default::get_executor().exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::get_executor().validate(spec)
+    }
+}
+
+/// Errors from the OCI runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// libcontainer failed.
+    #[error("libcontainer: {0}")]
+    Libcontainer(String),
+    /// An external runtime failed or could not be run.
+    #[error("{runtime} {op}: {message}")]
+    Binary {
+        /// Binary name.
+        runtime: String,
+        /// Subcommand.
+        op: String,
+        /// Its stderr, trimmed.
+        message: String,
+    },
+}
+
+fn lc<E: std::fmt::Display>(e: E) -> BackendError {
+    BackendError::Libcontainer(e.to_string())
+}
+
+/// Standard streams for a new process.
+pub struct Stdio3 {
+    /// stdin.
+    pub stdin: OwnedFd,
+    /// stdout.
+    pub stdout: OwnedFd,
+    /// stderr.
+    pub stderr: OwnedFd,
+}
+
+/// One workspace's container, as seen by its supervisor.
+pub struct Backend {
+    runtime: OciRuntime,
+    id: String,
+    root: PathBuf,
+    bundle: PathBuf,
+}
+
+impl Backend {
+    /// A backend for container `id` keeping its state in `root`.
+    pub fn new(runtime: OciRuntime, id: &str, root: &Path, bundle: &Path) -> Backend {
+        Backend {
+            runtime,
+            id: id.to_string(),
+            root: root.to_path_buf(),
+            bundle: bundle.to_path_buf(),
+        }
+    }
+
+    fn binary(&self, path: &str, global: &[String]) -> Command {
+        let mut c = Command::new(path);
+        c.args(global).arg("--root").arg(&self.root);
+        c
+    }
+
+    fn run_binary(&self, mut cmd: Command, op: &str, stdio: Option<Stdio3>) -> Result<(), BackendError> {
+        let name = match &self.runtime {
+            OciRuntime::Binary { path, .. } => path.clone(),
+            OciRuntime::Libcontainer => "libcontainer".into(),
+        };
+        match stdio {
+            Some(s) => {
+                cmd.stdin(Stdio::from(s.stdin))
+                    .stdout(Stdio::from(s.stdout))
+                    .stderr(Stdio::from(s.stderr));
+            }
+            None => {
+                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+            }
+        }
+        let out = cmd.output().map_err(|e| BackendError::Binary {
+            runtime: name.clone(),
+            op: op.into(),
+            message: e.to_string(),
+        })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(BackendError::Binary {
+                runtime: name,
+                op: op.into(),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+
+    /// Creates and starts the workspace init; returns its host pid.
+    pub fn create_and_start(&self, stdio: Stdio3) -> Result<i32, BackendError> {
+        match &self.runtime {
+            OciRuntime::Libcontainer => {
+                let mut c = ContainerBuilder::new(self.id.clone(), SyscallType::default())
+                    .with_root_path(&self.root)
+                    .map_err(lc)?
+                    .with_stdin(stdio.stdin)
+                    .with_stdout(stdio.stdout)
+                    .with_stderr(stdio.stderr)
+                    .validate_id()
+                    .map_err(lc)?
+                    .as_init(&self.bundle)
+                    .with_systemd(false)
+                    .with_detach(true)
+                    .build()
+                    .map_err(lc)?;
+                c.start().map_err(lc)?;
+                c.pid()
+                    .map(|p| p.as_raw())
+                    .ok_or_else(|| lc("container has no pid after start"))
+            }
+            OciRuntime::Binary { path, global_args } => {
+                let pid_file = self.root.join("init.pid");
+                let mut create = self.binary(path, global_args);
+                create
+                    .arg("create")
+                    .arg("--bundle")
+                    .arg(&self.bundle)
+                    .arg("--pid-file")
+                    .arg(&pid_file)
+                    .arg(&self.id);
+                // runc keeps the passed stdio for the init; its own errors then go to the log file.
+                self.run_binary(create, "create", Some(stdio))?;
+                let mut start = self.binary(path, global_args);
+                start.arg("start").arg(&self.id);
+                self.run_binary(start, "start", None)?;
+                read_pid(&pid_file)
+            }
+        }
+    }
+
+    /// Starts `process.json` inside the running container; returns the new process's host pid.
+    /// With a `console_socket`, the runtime sends the PTY master there and `stdio` is ignored.
+    pub fn exec(
+        &self,
+        process_json: &Path,
+        stdio: Option<Stdio3>,
+        console_socket: Option<&Path>,
+        seccomp: Option<LinuxSeccomp>,
+    ) -> Result<i32, BackendError> {
+        match &self.runtime {
+            OciRuntime::Libcontainer => {
+                let mut b = ContainerBuilder::new(self.id.clone(), SyscallType::default())
+                    .with_root_path(&self.root)
+                    .map_err(lc)?
+                    .with_executor(SeccompExecutor { seccomp })
+                    .with_console_socket(console_socket);
+                if let Some(s) = stdio {
+                    b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
+                }
+                let pid = b
+                    .as_tenant()
+                    .with_process(Some(process_json))
+                    .with_detach(true)
+                    .build()
+                    .map_err(lc)?;
+                Ok(pid.as_raw())
+            }
+            OciRuntime::Binary { path, global_args } => {
+                let pid_file = self.root.join(format!(
+                    "exec-{}.pid",
+                    process_json.file_stem().and_then(|s| s.to_str()).unwrap_or("x")
+                ));
+                let mut cmd = self.binary(path, global_args);
+                cmd.arg("exec")
+                    .arg("--detach")
+                    .arg("--process")
+                    .arg(process_json)
+                    .arg("--pid-file")
+                    .arg(&pid_file);
+                if let Some(cs) = console_socket {
+                    cmd.arg("--console-socket").arg(cs);
+                }
+                cmd.arg(&self.id);
+                self.run_binary(cmd, "exec", stdio)?;
+                let pid = read_pid(&pid_file);
+                let _ = std::fs::remove_file(&pid_file);
+                pid
+            }
+        }
+    }
+
+    /// Sends `signal` to the init, or to every process of the container when `all`.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<(), BackendError> {
+        match &self.runtime {
+            OciRuntime::Libcontainer => {
+                let mut c = Container::load(self.root.join(&self.id)).map_err(lc)?;
+                let sig = nix::sys::signal::Signal::try_from(signal).map_err(lc)?;
+                c.kill(sig, all).map_err(lc)
+            }
+            OciRuntime::Binary { path, global_args } => {
+                let mut cmd = self.binary(path, global_args);
+                cmd.arg("kill");
+                if all {
+                    cmd.arg("--all");
+                }
+                cmd.arg(&self.id).arg(signal.to_string());
+                self.run_binary(cmd, "kill", None)
+            }
+        }
+    }
+
+    /// Removes the container's runtime state and cgroup. Safe to call when it is already gone.
+    pub fn delete(&self) -> Result<(), BackendError> {
+        match &self.runtime {
+            OciRuntime::Libcontainer => {
+                let dir = self.root.join(&self.id);
+                if !dir.exists() {
+                    return Ok(());
+                }
+                let mut c = Container::load(dir).map_err(lc)?;
+                c.delete(true).map_err(lc)
+            }
+            OciRuntime::Binary { path, global_args } => {
+                let mut cmd = self.binary(path, global_args);
+                cmd.arg("delete").arg("--force").arg(&self.id);
+                match self.run_binary(cmd, "delete", None) {
+                    Err(BackendError::Binary { message, .. }) if message.contains("does not exist") => {
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Result<i32, BackendError> {
+    let s = std::fs::read_to_string(path).map_err(lc)?;
+    s.trim().parse().map_err(lc)
+}
+
+/// Raw descriptor numbers of a `Stdio3`, for logging.
+pub fn raw(s: &Stdio3) -> [RawFd; 3] {
+    [s.stdin.as_raw_fd(), s.stdout.as_raw_fd(), s.stderr.as_raw_fd()]
+}

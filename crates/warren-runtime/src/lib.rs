@@ -1,0 +1,170 @@
+//! Warren's workspace runtime: the only crate that touches the host (namespaces, cgroups, mounts, OCI
+//! runtimes). The control plane drives it through the [`Runtime`] trait; [`LinuxRuntime`] is the native
+//! implementation, which runs each workspace as an OCI bundle under a per-workspace supervisor process.
+// This is the one crate allowed `unsafe` (fork, prctl, signal handlers, descriptor adoption); every block
+// carries a `// SAFETY:` comment, enforced by clippy's `undocumented_unsafe_blocks`.
+#![allow(unsafe_code)]
+
+pub mod backend;
+pub mod cgroup;
+mod linux;
+pub mod proto;
+mod seccomp;
+mod seccomp_list;
+pub mod spec;
+pub mod supervisor;
+pub mod users;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use backend::OciRuntime;
+pub use cgroup::Stats;
+pub use linux::{ExecSession, LinuxRuntime};
+pub use proto::ExecProcess;
+pub use supervisor::ExitRecord;
+
+/// Everything the runtime needs to create a workspace's sandbox.
+#[derive(Debug, Clone)]
+pub struct WorkspaceSpec {
+    /// Short unique id (container id, cgroup and directory name).
+    pub id: String,
+    /// Hostname inside the workspace.
+    pub hostname: String,
+    /// Unpacked image layers, bottom first (overlayfs lower directories, shared read-only).
+    pub layers: Vec<PathBuf>,
+    /// `KEY=VALUE` environment of every process (image env + containerEnv).
+    pub env: Vec<String>,
+    /// Mounts on top of the image (project folder, devcontainer `mounts`).
+    pub mounts: Vec<MountSpec>,
+    /// User whose home directory is a persistent volume (survives stop/start, removed on delete).
+    pub home_user: Option<String>,
+    /// User the workspace init runs as (devcontainer `containerUser`); root when unset.
+    pub container_user: Option<String>,
+    /// cgroup limits.
+    pub limits: Limits,
+    /// Run the workspace in a user namespace with this mapping (optional; off by default).
+    pub user_namespace: Option<UserNamespace>,
+}
+
+/// A user-namespace mapping of container ids 0..size to host ids starting at host_uid/host_gid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// First host uid.
+    pub host_uid: u32,
+    /// First host gid.
+    pub host_gid: u32,
+    /// Number of ids mapped.
+    pub size: u32,
+}
+
+/// One mount into the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    /// Kind of mount.
+    pub kind: MountKind,
+    /// Host path (bind) or volume name (volume); unused for tmpfs.
+    pub source: Option<String>,
+    /// Path inside the workspace.
+    pub target: String,
+    /// Mount read-only.
+    pub read_only: bool,
+}
+
+/// Mount kinds a workspace understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MountKind {
+    /// A host directory or file.
+    Bind,
+    /// A Warren-managed directory that lives as long as the workspace.
+    Volume,
+    /// A memory-backed filesystem.
+    Tmpfs,
+}
+
+/// cgroup limits of a workspace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// Memory limit in bytes (the OOM killer acts inside the workspace only).
+    pub memory_bytes: Option<u64>,
+    /// CPU limit in cores (quota over a 100 ms period).
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks (default [`spec::DEFAULT_PIDS`]).
+    pub pids: Option<i64>,
+}
+
+/// What is actually running for a workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observed {
+    /// No trace of the workspace on the host.
+    Absent,
+    /// Created (files on disk) but no supervisor runs; the last exit, if any.
+    Stopped(Option<ExitRecord>),
+    /// A supervisor runs the workspace.
+    Running {
+        /// Supervisor pid.
+        supervisor_pid: Option<i32>,
+    },
+}
+
+/// Errors from the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The workspace is not running.
+    #[error("workspace is not running")]
+    NotRunning,
+    /// The workspace's supervisor could not start it.
+    #[error("could not start workspace: {0}")]
+    Start(String),
+    /// A request to the supervisor failed.
+    #[error("{0}")]
+    Exec(String),
+    /// A host operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, source }
+    }
+}
+
+/// Standard streams handed to an exec'd process (when it has no PTY).
+pub struct Stdio {
+    /// stdin.
+    pub stdin: OwnedFd,
+    /// stdout.
+    pub stdout: OwnedFd,
+    /// stderr.
+    pub stderr: OwnedFd,
+}
+
+/// The workspace runtime seam: the native Linux runtime today; a Kubernetes or microVM provider later.
+/// Every operation is idempotent.
+pub trait Runtime: Send + Sync {
+    /// Prepares the workspace on the host (directories, bundle, volumes). Does not start it.
+    fn create(&self, spec: &WorkspaceSpec) -> Result<(), RuntimeError>;
+    /// Starts the workspace (its supervisor and init); a running workspace is left as it is.
+    fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Starts a process in the running workspace. `stdio` is required unless `process.tty` is set.
+    fn exec(&self, id: &str, process: &ExecProcess, stdio: Option<Stdio>) -> Result<ExecSession, RuntimeError>;
+    /// Stops the workspace (SIGTERM, then SIGKILL after `grace`). Stopped workspaces are left alone.
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes everything the workspace has on the host: processes, cgroups, mounts, volumes, files.
+    fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+    /// What is running for the workspace.
+    fn inspect(&self, id: &str) -> Result<Observed, RuntimeError>;
+    /// Resource usage.
+    fn stats(&self, id: &str) -> Result<Stats, RuntimeError>;
+    /// Ids of every workspace with anything on the host (to find orphans).
+    fn list(&self) -> Result<Vec<String>, RuntimeError>;
+}

@@ -1,0 +1,346 @@
+//! The native Linux runtime: one directory, one OCI bundle and one supervisor process per workspace.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio as PStdio};
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::backend::{Backend, OciRuntime};
+use crate::proto::{self, ExecProcess, Request, Response};
+use crate::spec::{self, Layout};
+use crate::supervisor::{ExitRecord, SupervisorConfig, READY_FD_ENV};
+use crate::{cgroup, users, Observed, Runtime, RuntimeError, Stats, Stdio, WorkspaceSpec};
+
+/// Runs workspaces on this host. Workspace directories live under `root`.
+#[derive(Debug, Clone)]
+pub struct LinuxRuntime {
+    root: PathBuf,
+    oci: OciRuntime,
+    exe: PathBuf,
+}
+
+impl LinuxRuntime {
+    /// A runtime keeping workspaces under `root`, running them with `oci`, and re-executing `exe`
+    /// (the `warren` binary) as each workspace's supervisor.
+    pub fn new(root: &Path, oci: OciRuntime, exe: &Path) -> LinuxRuntime {
+        LinuxRuntime {
+            root: root.to_path_buf(),
+            oci,
+            exe: exe.to_path_buf(),
+        }
+    }
+
+    fn layout(&self, id: &str) -> Layout {
+        Layout::new(&self.root, id)
+    }
+
+    /// The OCI runtime in use.
+    pub fn oci(&self) -> &OciRuntime {
+        &self.oci
+    }
+
+    /// Whether a supervisor currently holds the workspace's lock.
+    fn supervisor_alive(&self, l: &Layout) -> bool {
+        let Ok(f) = OpenOptions::new().read(true).open(l.lock()) else {
+            return false;
+        };
+        Flock::lock(f, FlockArg::LockSharedNonblock).is_err()
+    }
+
+    fn supervisor_pid(&self, l: &Layout) -> Option<i32> {
+        fs::read_to_string(l.run().join("sup.pid")).ok()?.trim().parse().ok()
+    }
+
+    fn spawn_supervisor(&self, l: &Layout) -> Result<(), RuntimeError> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Start(e.to_string()))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(l.log())
+            .map_err(RuntimeError::io("open supervisor log"))?;
+        let log2 = log.try_clone().map_err(RuntimeError::io("open supervisor log"))?;
+        let wfd = w.as_raw_fd();
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("__supervise")
+            .arg(&l.dir)
+            .env(READY_FD_ENV, wfd.to_string())
+            .stdin(PStdio::null())
+            .stdout(PStdio::from(log))
+            .stderr(PStdio::from(log2));
+        // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
+        // functions (fcntl, setsid) on descriptors it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let flags = libc::fcntl(wfd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(wfd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let status = cmd
+            .status()
+            .map_err(|e| RuntimeError::Start(format!("run supervisor {}: {e}", self.exe.display())))?;
+        drop(w);
+        if !status.success() {
+            return Err(RuntimeError::Start(format!("supervisor exited with {status}")));
+        }
+        let line = read_ready(r, Duration::from_secs(120))?;
+        match line.strip_prefix("ok ") {
+            Some(_) => Ok(()),
+            None => {
+                let msg = line.strip_prefix("error ").unwrap_or(&line).trim().to_string();
+                Err(RuntimeError::Start(if msg.is_empty() {
+                    format!("the supervisor died while starting; see {}", l.log().display())
+                } else {
+                    msg
+                }))
+            }
+        }
+    }
+
+    fn connect(&self, l: &Layout) -> Result<OwnedFd, RuntimeError> {
+        if !self.supervisor_alive(l) {
+            return Err(RuntimeError::NotRunning);
+        }
+        proto::connect_to(&l.socket()).map_err(|_| RuntimeError::NotRunning)
+    }
+}
+
+fn read_ready(r: OwnedFd, timeout: Duration) -> Result<String, RuntimeError> {
+    let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
+    let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap_or(PollTimeout::NONE);
+    match poll(&mut fds, ms) {
+        Ok(0) => return Err(RuntimeError::Start("the supervisor did not report in time".into())),
+        Ok(_) => {}
+        Err(e) => return Err(RuntimeError::Start(format!("poll: {e}"))),
+    }
+    let mut s = String::new();
+    let _ = fcntl(r.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    File::from(r)
+        .read_to_string(&mut s)
+        .map_err(RuntimeError::io("read supervisor status"))?;
+    Ok(s)
+}
+
+impl Runtime for LinuxRuntime {
+    fn create(&self, spec: &WorkspaceSpec) -> Result<(), RuntimeError> {
+        let l = self.layout(&spec.id);
+        for d in [l.dir.clone(), l.run(), l.volumes(), l.etc(), l.bundle(), l.upper()] {
+            fs::create_dir_all(&d).map_err(RuntimeError::io(format!("create {}", d.display())))?;
+        }
+        let init_user = match &spec.container_user {
+            Some(u) => users::resolve_in_layers(&spec.layers, &l.upper(), u).map_err(RuntimeError::Start)?,
+            None => spec::User::root(),
+        };
+        let home = match &spec.home_user {
+            Some(u) => Some(
+                users::resolve_in_layers(&spec.layers, &l.upper(), u)
+                    .map_err(RuntimeError::Start)?
+                    .home,
+            )
+            .filter(|h| h != "/"),
+            None => None,
+        };
+        let write = |p: PathBuf, data: &[u8]| {
+            fs::write(&p, data).map_err(RuntimeError::io(format!("write {}", p.display())))
+        };
+        write(l.etc().join("hostname"), format!("{}\n", spec.hostname).as_bytes())?;
+        write(
+            l.etc().join("hosts"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", spec.hostname)
+                .as_bytes(),
+        )?;
+        let config = spec::config(spec, &l, &init_user, home.as_deref());
+        for m in &spec.mounts {
+            if m.kind == crate::MountKind::Volume {
+                let name = m.source.clone().unwrap_or_else(|| spec::volume_name(&m.target));
+                fs::create_dir_all(l.volumes().join(name)).map_err(RuntimeError::io("create volume"))?;
+            }
+        }
+        fs::create_dir_all(l.volumes().join("home")).map_err(RuntimeError::io("create home volume"))?;
+        write(l.bundle().join("config.json"), config.to_string().as_bytes())?;
+        let sup = SupervisorConfig {
+            id: spec.id.clone(),
+            layers: spec.layers.clone(),
+            runtime: self.oci.clone(),
+            home,
+            default_user: spec.container_user.clone(),
+        };
+        write(l.supervisor_config(), &serde_json::to_vec_pretty(&sup).expect("serializable"))
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let l = self.layout(id);
+        if !l.supervisor_config().exists() {
+            return Err(RuntimeError::Start(format!("workspace {id} was never created on this host")));
+        }
+        if self.supervisor_alive(&l) {
+            return Ok(());
+        }
+        self.spawn_supervisor(&l)
+    }
+
+    fn exec(&self, id: &str, process: &ExecProcess, stdio: Option<Stdio>) -> Result<ExecSession, RuntimeError> {
+        let l = self.layout(id);
+        let sock = self.connect(&l)?;
+        let fds: Vec<i32> = match (&stdio, process.tty) {
+            (_, Some(_)) => vec![],
+            (Some(s), None) => vec![s.stdin.as_raw_fd(), s.stdout.as_raw_fd(), s.stderr.as_raw_fd()],
+            (None, None) => return Err(RuntimeError::Exec("exec without a tty needs stdio".into())),
+        };
+        proto::send(sock.as_fd(), &Request::Exec { process: process.clone() }, &fds)
+            .map_err(RuntimeError::io("send exec request"))?;
+        drop(stdio);
+        match proto::recv::<Response>(sock.as_fd()).map_err(RuntimeError::io("exec"))? {
+            Some((Response::Started { pid }, fds)) => Ok(ExecSession {
+                sock,
+                pid,
+                pty: fds.into_iter().next(),
+            }),
+            Some((Response::Error { message }, _)) => Err(RuntimeError::Exec(message)),
+            Some((other, _)) => Err(RuntimeError::Exec(format!("unexpected answer {other:?}"))),
+            None => Err(RuntimeError::NotRunning),
+        }
+    }
+
+    fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let l = self.layout(id);
+        let sock = match self.connect(&l) {
+            Ok(s) => s,
+            Err(RuntimeError::NotRunning) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        proto::send(sock.as_fd(), &Request::Stop { timeout_ms: grace.as_millis() as u64 }, &[])
+            .map_err(RuntimeError::io("send stop request"))?;
+        // The answer, or the supervisor hanging up as it exits: either way it is stopping; wait for the lock.
+        let _ = proto::recv::<Response>(sock.as_fd());
+        for _ in 0..500 {
+            if !self.supervisor_alive(&l) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(RuntimeError::Exec("the workspace did not stop in time".into()))
+    }
+
+    fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let l = self.layout(id);
+        if self.supervisor_alive(&l) {
+            let _ = self.stop(id, Duration::from_secs(2));
+        }
+        if self.supervisor_alive(&l) {
+            if let Some(pid) = self.supervisor_pid(&l) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+            for _ in 0..200 {
+                if !self.supervisor_alive(&l) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Whatever a dead supervisor left: OCI runtime state, then the cgroup itself.
+        let backend = Backend::new(self.oci.clone(), id, &l.oci_root(), &l.bundle());
+        let _ = backend.kill(libc::SIGKILL, true);
+        let _ = backend.delete();
+        cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))?;
+        match fs::remove_dir_all(&l.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::Io {
+                what: format!("remove {}", l.dir.display()),
+                source: e,
+            }),
+        }
+    }
+
+    fn inspect(&self, id: &str) -> Result<Observed, RuntimeError> {
+        let l = self.layout(id);
+        if self.supervisor_alive(&l) {
+            return Ok(Observed::Running {
+                supervisor_pid: self.supervisor_pid(&l),
+            });
+        }
+        if !l.dir.exists() && cgroup::dirs(&spec::cgroup_path(id)).is_empty() {
+            return Ok(Observed::Absent);
+        }
+        let exit: Option<ExitRecord> = fs::read(l.exit_file())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(Observed::Stopped(exit))
+    }
+
+    fn stats(&self, id: &str) -> Result<Stats, RuntimeError> {
+        Ok(cgroup::stats(&spec::cgroup_path(id)))
+    }
+
+    fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        let mut ids = cgroup::list_ids();
+        if let Ok(rd) = fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if e.path().is_dir() && !ids.contains(&n) {
+                    ids.push(n);
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// A process started in a workspace: wait for its exit code, forward signals, and (with a PTY) read and
+/// write its terminal through `pty`.
+pub struct ExecSession {
+    sock: OwnedFd,
+    /// Host pid of the process.
+    pub pid: i32,
+    /// The PTY master, when one was asked for.
+    pub pty: Option<OwnedFd>,
+}
+
+impl ExecSession {
+    /// Blocks until the process exits; returns its exit code (128 + signal when killed).
+    pub fn wait(&self) -> Result<i32, RuntimeError> {
+        loop {
+            match proto::recv::<Response>(self.sock.as_fd()).map_err(RuntimeError::io("wait"))? {
+                Some((Response::Exited { code }, _)) => return Ok(code),
+                Some(_) => continue,
+                None => return Err(RuntimeError::Exec("the workspace stopped while the command ran".into())),
+            }
+        }
+    }
+
+    /// Delivers `signal` to the process.
+    pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[]).map_err(RuntimeError::io("send signal"))
+    }
+
+    /// A second handle for signalling from another thread while one waits.
+    pub fn signaller(&self) -> Result<Signaller, RuntimeError> {
+        Ok(Signaller {
+            sock: self.sock.try_clone().map_err(RuntimeError::io("dup"))?,
+        })
+    }
+}
+
+/// Sends signals to an exec'd process from another thread.
+pub struct Signaller {
+    sock: OwnedFd,
+}
+
+impl Signaller {
+    /// Delivers `signal` to the process.
+    pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
+        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[]).map_err(RuntimeError::io("send signal"))
+    }
+}

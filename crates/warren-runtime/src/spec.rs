@@ -1,0 +1,425 @@
+//! Builds the OCI runtime bundle (`config.json`) and exec `process.json` documents for a workspace.
+//!
+//! Everything security-relevant about a workspace's sandbox is decided here: namespaces, capabilities,
+//! seccomp, masked and read-only paths, device access and cgroup limits. The defaults follow the intent
+//! of Docker's defaults, narrowed where a development workspace does not need more.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::{seccomp, Limits, MountKind, WorkspaceSpec};
+
+/// Capabilities every workspace process gets: Docker's default set without `CAP_NET_RAW`.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// /proc and /sys paths hidden from workspaces (as Docker does).
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// /proc paths made read-only inside workspaces.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The workspace's init: a shell that sleeps until it is asked to stop. Exec'd processes do the work.
+pub const INIT_ARGS: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+];
+
+/// Default pids limit: enough for builds, small enough that a fork bomb stops quickly.
+pub const DEFAULT_PIDS: i64 = 4096;
+
+/// A resolved user inside the workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Numeric user id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Home directory.
+    pub home: String,
+    /// Login name, if known.
+    pub name: Option<String>,
+}
+
+impl User {
+    /// The root user.
+    pub fn root() -> User {
+        User {
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![],
+            home: "/root".into(),
+            name: Some("root".into()),
+        }
+    }
+}
+
+fn caps() -> Value {
+    json!(DEFAULT_CAPS)
+}
+
+/// The OCI `process` object for a process running as `user`.
+pub fn process(
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    user: &User,
+    terminal: bool,
+    size: Option<(u16, u16)>,
+) -> Value {
+    let mut p = json!({
+        "terminal": terminal,
+        "user": { "uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids },
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {
+            "bounding": caps(), "effective": caps(), "permitted": caps()
+        },
+        "noNewPrivileges": true,
+    });
+    if let (true, Some((rows, cols))) = (terminal, size) {
+        p["consoleSize"] = json!({ "height": rows, "width": cols });
+    }
+    p
+}
+
+fn resources(limits: &Limits) -> Value {
+    let mut r = json!({
+        "devices": [
+            { "allow": false, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 1, "minor": 5, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 1, "minor": 7, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 1, "minor": 8, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 1, "minor": 9, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 5, "minor": 0, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 5, "minor": 1, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm" },
+            { "allow": true, "type": "c", "major": 136, "access": "rwm" }
+        ],
+        "pids": { "limit": limits.pids.unwrap_or(DEFAULT_PIDS) },
+    });
+    if let Some(mem) = limits.memory_bytes {
+        let mem = i64::try_from(mem).unwrap_or(i64::MAX);
+        // memory+swap equal to memory: a workspace cannot escape its limit into swap.
+        r["memory"] = json!({ "limit": mem, "swap": mem });
+    }
+    if let Some(cpus) = limits.cpus {
+        let period: u64 = 100_000;
+        let quota = (cpus * period as f64).round() as i64;
+        r["cpu"] = json!({ "quota": quota.max(1000), "period": period });
+    }
+    r
+}
+
+fn base_mounts() -> Vec<Value> {
+    vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] }),
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"] }),
+        json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777"] }),
+    ]
+}
+
+/// Paths of one workspace's directories on the host.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `<root>/<id>`.
+    pub dir: std::path::PathBuf,
+}
+
+impl Layout {
+    /// The layout of workspace `id` under `root`.
+    pub fn new(root: &Path, id: &str) -> Layout {
+        Layout { dir: root.join(id) }
+    }
+    /// The OCI bundle directory.
+    pub fn bundle(&self) -> std::path::PathBuf {
+        self.dir.join("bundle")
+    }
+    /// Where the overlay root filesystem is mounted (inside the supervisor's mount namespace).
+    pub fn rootfs(&self) -> std::path::PathBuf {
+        self.dir.join("bundle/rootfs")
+    }
+    /// Overlay upper directory: the workspace's writable layer.
+    pub fn upper(&self) -> std::path::PathBuf {
+        self.dir.join("upper")
+    }
+    /// Overlay work directory.
+    pub fn work(&self) -> std::path::PathBuf {
+        self.dir.join("work")
+    }
+    /// Named volumes and the home volume.
+    pub fn volumes(&self) -> std::path::PathBuf {
+        self.dir.join("volumes")
+    }
+    /// Runtime files: sockets, locks, pid files, OCI runtime state.
+    pub fn run(&self) -> std::path::PathBuf {
+        self.dir.join("run")
+    }
+    /// The supervisor's control socket.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("run/sup.sock")
+    }
+    /// Held (flock) by a live supervisor for its whole life.
+    pub fn lock(&self) -> std::path::PathBuf {
+        self.dir.join("run/sup.lock")
+    }
+    /// The supervisor's description of the workspace (written by `create`).
+    pub fn supervisor_config(&self) -> std::path::PathBuf {
+        self.dir.join("supervisor.json")
+    }
+    /// Supervisor log (its stderr).
+    pub fn log(&self) -> std::path::PathBuf {
+        self.dir.join("run/supervisor.log")
+    }
+    /// The last exit status of the workspace init, written by the supervisor.
+    pub fn exit_file(&self) -> std::path::PathBuf {
+        self.dir.join("run/exit.json")
+    }
+    /// State directory handed to the OCI runtime (`--root`).
+    pub fn oci_root(&self) -> std::path::PathBuf {
+        self.dir.join("run/oci")
+    }
+    /// Generated /etc/hostname and /etc/hosts.
+    pub fn etc(&self) -> std::path::PathBuf {
+        self.dir.join("etc")
+    }
+}
+
+/// The cgroup path (relative to each hierarchy's root) of workspace `id`.
+pub fn cgroup_path(id: &str) -> String {
+    format!("/warren/{id}")
+}
+
+/// The full OCI `config.json` of a workspace.
+pub fn config(spec: &WorkspaceSpec, layout: &Layout, init_user: &User, home: Option<&str>) -> Value {
+    let mut mounts = base_mounts();
+    let etc = layout.etc();
+    for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts")] {
+        mounts.push(json!({ "destination": dest, "type": "bind",
+            "source": etc.join(file), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }));
+    }
+    if let Some(home) = home {
+        mounts.push(json!({ "destination": home, "type": "bind",
+            "source": layout.volumes().join("home"), "options": ["rbind", "nosuid", "nodev"] }));
+    }
+    for m in &spec.mounts {
+        let mut options: Vec<&str> = vec!["nosuid", "nodev"];
+        if m.read_only {
+            options.push("ro");
+        }
+        let v = match m.kind {
+            MountKind::Bind => {
+                options.insert(0, "rbind");
+                json!({ "destination": m.target, "type": "bind",
+                        "source": m.source.clone().unwrap_or_default(), "options": options })
+            }
+            MountKind::Volume => {
+                options.insert(0, "rbind");
+                let name = m.source.clone().unwrap_or_else(|| volume_name(&m.target));
+                json!({ "destination": m.target, "type": "bind",
+                        "source": layout.volumes().join(name), "options": options })
+            }
+            MountKind::Tmpfs => {
+                options.push("mode=1777");
+                json!({ "destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": options })
+            }
+        };
+        mounts.push(v);
+    }
+    let args: Vec<String> = INIT_ARGS.iter().map(|s| s.to_string()).collect();
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "network"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    let mut linux = json!({
+        "cgroupsPath": cgroup_path(&spec.id),
+        "resources": resources(&spec.limits),
+        "seccomp": seccomp::profile(),
+        "maskedPaths": MASKED_PATHS,
+        "readonlyPaths": READONLY_PATHS,
+        "rootfsPropagation": "private",
+    });
+    if let Some(map) = &spec.user_namespace {
+        namespaces.push(json!({"type": "user"}));
+        linux["uidMappings"] = json!([{ "containerID": 0, "hostID": map.host_uid, "size": map.size }]);
+        linux["gidMappings"] = json!([{ "containerID": 0, "hostID": map.host_gid, "size": map.size }]);
+    }
+    linux["namespaces"] = json!(namespaces);
+    json!({
+        "ociVersion": "1.0.2",
+        "process": process(&args, &spec.env, "/", init_user, false, None),
+        "root": { "path": "rootfs", "readonly": false },
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+/// A stable volume directory name for an anonymous volume mounted at `target`.
+pub fn volume_name(target: &str) -> String {
+    let s: String = target
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("anon{s}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MountSpec, UserNamespace};
+
+    fn spec() -> WorkspaceSpec {
+        WorkspaceSpec {
+            id: "abc".into(),
+            hostname: "hello".into(),
+            layers: vec!["/l1".into()],
+            env: vec!["PATH=/bin".into()],
+            mounts: vec![MountSpec {
+                kind: MountKind::Bind,
+                source: Some("/src".into()),
+                target: "/workspaces/src".into(),
+                read_only: false,
+            }],
+            home_user: Some("root".into()),
+            container_user: None,
+            limits: Limits {
+                memory_bytes: Some(64 << 20),
+                cpus: Some(0.5),
+                pids: Some(100),
+            },
+            user_namespace: None,
+        }
+    }
+
+    #[test]
+    fn config_is_a_valid_oci_spec_with_the_limits_asked_for() {
+        let layout = Layout::new(Path::new("/state"), "abc");
+        let v = config(&spec(), &layout, &User::root(), Some("/root"));
+        let parsed: oci_spec::runtime::Spec =
+            serde_json::from_value(v.clone()).expect("valid OCI spec");
+        let linux = parsed.linux().as_ref().unwrap();
+        let res = linux.resources().as_ref().unwrap();
+        assert_eq!(res.pids().as_ref().unwrap().limit(), 100);
+        assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert_eq!(linux.cgroups_path().as_ref().unwrap(), Path::new("/warren/abc"));
+        let ns: Vec<String> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_string())
+            .collect();
+        for want in ["pid", "network", "ipc", "uts", "mount", "cgroup"] {
+            assert!(ns.contains(&want.to_string()), "missing {want} namespace");
+        }
+        assert!(!ns.contains(&"user".to_string()));
+        let p = parsed.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+        assert!(!caps.contains(&oci_spec::runtime::Capability::SysAdmin));
+        assert!(!caps.contains(&oci_spec::runtime::Capability::NetRaw));
+        assert!(linux.seccomp().is_some());
+    }
+
+    #[test]
+    fn user_namespace_is_added_with_mappings_when_configured() {
+        let mut s = spec();
+        s.user_namespace = Some(UserNamespace {
+            host_uid: 100000,
+            host_gid: 100000,
+            size: 65536,
+        });
+        let v = config(&s, &Layout::new(Path::new("/s"), "abc"), &User::root(), Some("/root"));
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
+        let linux = parsed.linux().as_ref().unwrap();
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 100000);
+        assert!(linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User));
+    }
+
+    #[test]
+    fn volumes_and_tmpfs_mounts_map_to_workspace_directories() {
+        let mut s = spec();
+        s.mounts = vec![
+            MountSpec {
+                kind: MountKind::Volume,
+                source: Some("cache".into()),
+                target: "/cache".into(),
+                read_only: true,
+            },
+            MountSpec {
+                kind: MountKind::Tmpfs,
+                source: None,
+                target: "/scratch".into(),
+                read_only: false,
+            },
+        ];
+        let layout = Layout::new(Path::new("/state"), "abc");
+        let v = config(&s, &layout, &User::root(), Some("/root"));
+        let mounts = v["mounts"].as_array().unwrap();
+        let cache = mounts.iter().find(|m| m["destination"] == "/cache").unwrap();
+        assert_eq!(cache["source"], "/state/abc/volumes/cache");
+        assert!(cache["options"].as_array().unwrap().contains(&json!("ro")));
+        let scratch = mounts
+            .iter()
+            .find(|m| m["destination"] == "/scratch")
+            .unwrap();
+        assert_eq!(scratch["type"], "tmpfs");
+    }
+}

@@ -1,0 +1,600 @@
+//! The per-workspace supervisor: a small single-threaded process (the `warren` binary re-executed as
+//! `warren __supervise DIR`) that owns one workspace's container for its whole life.
+//!
+//! It mounts the workspace's overlay root in a private mount namespace (so the mount disappears with the
+//! last process that uses it: nothing can leak onto the host), creates and starts the container through
+//! the OCI backend, and then serves its control socket: exec requests (stdio descriptors in, PTY masters
+//! out), signals, status and stop. It is a child subreaper, so it reaps the container init and every exec'd
+//! process and reports their exit codes. It outlives the control plane: a restarted server reconnects to
+//! the socket. When the init exits, it deletes the container (cgroups included), records the exit status
+//! and exits.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::mount::{mount, MsFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::socket::{
+    accept4, bind, listen, recvmsg, socket, AddressFamily, Backlog, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType, UnixAddr,
+};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{Backend, OciRuntime, Stdio3};
+use crate::proto::{self, ExecProcess, Request, Response};
+use crate::spec::{self, Layout, User};
+use crate::users;
+
+/// Environment variable naming the descriptor on which the supervisor reports readiness.
+pub const READY_FD_ENV: &str = "WARREN_SUPERVISOR_READY_FD";
+
+/// What the supervisor needs to know, written by `LinuxRuntime::create` next to the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SupervisorConfig {
+    /// Container id.
+    pub id: String,
+    /// Image layer directories, bottom first.
+    pub layers: Vec<PathBuf>,
+    /// The OCI runtime to use.
+    pub runtime: OciRuntime,
+    /// Where the home volume is mounted in the workspace (seeded from the image on first start).
+    pub home: Option<String>,
+    /// The user exec'd processes run as by default.
+    pub default_user: Option<String>,
+}
+
+/// What `exit.json` records about the last run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExitRecord {
+    /// The init's exit code (128 + signal when killed).
+    pub code: i32,
+    /// Whether the exit was asked for (stop) rather than a crash.
+    pub requested: bool,
+}
+
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        // SAFETY: write(2) is async-signal-safe; `b` lives for the call; a full pipe just drops the byte.
+        unsafe {
+            libc::write(fd, (&b as *const u8).cast(), 1);
+        }
+    }
+}
+
+/// Entry point for `warren __supervise DIR`. Never returns.
+pub fn main(dir: &Path) -> ! {
+    let ready = std::env::var(READY_FD_ENV)
+        .ok()
+        .and_then(|s| s.parse::<RawFd>().ok())
+        // SAFETY: the spawner put this descriptor in our table for us alone and told us its number.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: we are single-threaded here (nothing has spawned a thread yet), so the child may run
+    // arbitrary code after fork.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(ForkResult::Child) => {}
+        Err(e) => {
+            report(ready, Err(format!("fork: {e}")));
+            std::process::exit(1)
+        }
+    }
+    let code = match Supervisor::start(dir) {
+        Ok(mut s) => {
+            report(ready, Ok(s.init_pid));
+            s.serve()
+        }
+        Err(e) => {
+            eprintln!("warren supervisor: {e}");
+            report(ready, Err(e));
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn report(ready: Option<OwnedFd>, r: Result<i32, String>) {
+    if let Some(fd) = ready {
+        let mut f = File::from(fd);
+        let line = match r {
+            Ok(pid) => format!("ok {pid}\n"),
+            Err(e) => format!("error {}\n", e.replace('\n', " ")),
+        };
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+struct Client {
+    sock: OwnedFd,
+    exec_pid: Option<i32>,
+    /// The supervisor keeps its own handle on an exec's PTY master for the session's life.
+    _pty: Option<OwnedFd>,
+    wants_stop: bool,
+}
+
+struct Supervisor {
+    layout: Layout,
+    cfg: SupervisorConfig,
+    backend: Backend,
+    init_pid: i32,
+    base_env: Vec<String>,
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    _lock: Flock<File>,
+    listener: OwnedFd,
+    sig_r: OwnedFd,
+    clients: Vec<Client>,
+    stop_deadline: Option<Instant>,
+    stop_requested: bool,
+    exec_seq: u64,
+    /// Exit codes of exec'd processes reaped before their client learned the pid.
+    early_exits: HashMap<i32, i32>,
+}
+
+fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+impl Supervisor {
+    fn start(dir: &Path) -> Result<Supervisor, String> {
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+        };
+        let cfg: SupervisorConfig = serde_json::from_slice(
+            &fs::read(layout.supervisor_config()).map_err(err("read supervisor.json"))?,
+        )
+        .map_err(err("parse supervisor.json"))?;
+        fs::create_dir_all(layout.run()).map_err(err("create run dir"))?;
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and affects only this process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if rc != 0 {
+            return Err(format!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error()));
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(layout.lock())
+            .map_err(err("open lock"))?;
+        let lock = flock_nb(lock).map_err(|_| "another supervisor already runs this workspace".to_string())?;
+        fs::write(layout.run().join("sup.pid"), std::process::id().to_string())
+            .map_err(err("write pid file"))?;
+        let _ = fs::remove_file(layout.exit_file());
+
+        unshare(CloneFlags::CLONE_NEWNS).map_err(err("unshare mount namespace"))?;
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(err("make mounts private"))?;
+        mount_overlay(&layout, &cfg.layers)?;
+        if let Some(home) = &cfg.home {
+            seed_home(&layout, home)?;
+        }
+
+        let config: serde_json::Value = serde_json::from_slice(
+            &fs::read(layout.bundle().join("config.json")).map_err(err("read config.json"))?,
+        )
+        .map_err(err("parse config.json"))?;
+        let base_env: Vec<String> =
+            serde_json::from_value(config["process"]["env"].clone()).unwrap_or_default();
+        let seccomp = serde_json::from_value(config["linux"]["seccomp"].clone()).ok();
+
+        let backend = Backend::new(cfg.runtime.clone(), &cfg.id, &layout.oci_root(), &layout.bundle());
+        // A previous supervisor that died hard may have left container state behind.
+        let _ = backend.kill(libc::SIGKILL, true);
+        let _ = backend.delete();
+        fs::create_dir_all(layout.oci_root()).map_err(err("create oci root"))?;
+        let devnull = || File::open("/dev/null").map(OwnedFd::from);
+        let stdio = Stdio3 {
+            stdin: devnull().map_err(err("open /dev/null"))?,
+            stdout: devnull().map_err(err("open /dev/null"))?,
+            stderr: devnull().map_err(err("open /dev/null"))?,
+        };
+        let init_pid = backend.create_and_start(stdio).map_err(|e| e.to_string())?;
+
+        let (sig_r, sig_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(err("pipe"))?;
+        SIGNAL_PIPE.store(sig_w.as_raw_fd(), Ordering::Relaxed);
+        std::mem::forget(sig_w);
+        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
+            // SAFETY: the handler only calls write(2), which is async-signal-safe.
+            unsafe { nix::sys::signal::sigaction(s, &action) }.map_err(err("sigaction"))?;
+        }
+        // SAFETY: ignoring SIGHUP and SIGPIPE installs no handler code.
+        unsafe {
+            let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+            nix::sys::signal::sigaction(Signal::SIGHUP, &ign).map_err(err("sigaction"))?;
+            nix::sys::signal::sigaction(Signal::SIGPIPE, &ign).map_err(err("sigaction"))?;
+        }
+
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(err("socket"))?;
+        let _ = fs::remove_file(layout.socket());
+        bind(listener.as_raw_fd(), &UnixAddr::new(&layout.socket()).map_err(err("socket path"))?)
+            .map_err(err("bind control socket"))?;
+        listen(&listener, Backlog::new(64).map_err(err("listen"))?).map_err(err("listen"))?;
+
+        Ok(Supervisor {
+            layout,
+            cfg,
+            backend,
+            init_pid,
+            base_env,
+            seccomp,
+            _lock: lock,
+            listener,
+            sig_r,
+            clients: Vec::new(),
+            stop_deadline: None,
+            stop_requested: false,
+            exec_seq: 0,
+            early_exits: HashMap::new(),
+        })
+    }
+
+    /// Serves the control socket until the workspace init exits; returns the process exit code.
+    fn serve(&mut self) -> i32 {
+        loop {
+            let timeout = match self.stop_deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO)
+                }
+                None => PollTimeout::NONE,
+            };
+            let (sig_ready, listen_ready, ready_clients) = {
+                let mut fds = vec![
+                    PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                ];
+                for c in &self.clients {
+                    fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        eprintln!("warren supervisor: poll: {e}");
+                        return 1;
+                    }
+                }
+                let hit = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+                let ready: Vec<usize> = fds[2..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| hit(f))
+                    .map(|(i, _)| i)
+                    .collect();
+                (hit(&fds[0]), hit(&fds[1]), ready)
+            };
+            if sig_ready {
+                if let Some(code) = self.on_signals() {
+                    return self.finish(code);
+                }
+            }
+            if listen_ready {
+                while let Ok(fd) = accept4(self.listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                    // SAFETY: accept4 returned a new descriptor that we now own.
+                    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+                    self.clients.push(Client {
+                        sock,
+                        exec_pid: None,
+                        _pty: None,
+                        wants_stop: false,
+                    });
+                }
+            }
+            let mut gone = Vec::new();
+            for i in ready_clients {
+                if !self.on_client(i) {
+                    gone.push(i);
+                }
+            }
+            for i in gone.into_iter().rev() {
+                let c = self.clients.remove(i);
+                if let Some(pid) = c.exec_pid {
+                    // Like sshd on a dropped connection: the session's process gets a hangup.
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
+                }
+            }
+            if let Some(d) = self.stop_deadline {
+                if Instant::now() >= d {
+                    let _ = self.backend.kill(libc::SIGKILL, true);
+                    self.stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                }
+            }
+        }
+    }
+
+    /// Drains the signal pipe and reaps children; returns the init's exit code once it is gone.
+    fn on_signals(&mut self) -> Option<i32> {
+        let mut buf = [0u8; 64];
+        let mut term = false;
+        while let Ok(n) = nix::unistd::read(self.sig_r.as_raw_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            term |= buf[..n]
+                .iter()
+                .any(|&s| s as i32 == libc::SIGTERM || s as i32 == libc::SIGINT);
+            if n < buf.len() {
+                break;
+            }
+        }
+        if term && self.stop_deadline.is_none() {
+            self.begin_stop(Duration::from_secs(10));
+        }
+        let mut init_code = None;
+        loop {
+            let (pid, code) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid.as_raw(), 128 + sig as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            if pid == self.init_pid {
+                init_code = Some(code);
+            } else if let Some(c) = self.clients.iter().find(|c| c.exec_pid == Some(pid)) {
+                let _ = proto::send(c.sock.as_fd(), &Response::Exited { code }, &[]);
+            } else {
+                self.early_exits.insert(pid, code);
+            }
+        }
+        init_code
+    }
+
+    fn begin_stop(&mut self, grace: Duration) {
+        self.stop_requested = true;
+        if self.backend.kill(libc::SIGTERM, false).is_err() {
+            let _ = self.backend.kill(libc::SIGKILL, true);
+        }
+        self.stop_deadline = Some(Instant::now() + grace);
+    }
+
+    /// Handles one readable client; false when it hung up.
+    fn on_client(&mut self, i: usize) -> bool {
+        let msg = proto::recv::<Request>(self.clients[i].sock.as_fd());
+        let (req, fds) = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => return false,
+        };
+        let sock = self.clients[i].sock.try_clone();
+        let Ok(sock) = sock else { return false };
+        let sock = sock.as_fd();
+        match req {
+            Request::Status => {
+                let _ = proto::send(sock, &Response::Status { init_pid: self.init_pid }, &[]);
+            }
+            Request::Stop { timeout_ms } => {
+                self.clients[i].wants_stop = true;
+                if self.stop_deadline.is_none() {
+                    self.begin_stop(Duration::from_millis(timeout_ms));
+                }
+            }
+            Request::Signal { signal } => {
+                if let Some(pid) = self.clients[i].exec_pid {
+                    if let Ok(sig) = Signal::try_from(signal) {
+                        let _ = kill(Pid::from_raw(pid), sig);
+                    }
+                }
+            }
+            Request::Exec { process } => match self.exec(&process, fds) {
+                Ok((pid, pty)) => {
+                    let c = &mut self.clients[i];
+                    c.exec_pid = Some(pid);
+                    let fds: Vec<RawFd> = pty.iter().map(|p| p.as_raw_fd()).collect();
+                    let _ = proto::send(c.sock.as_fd(), &Response::Started { pid }, &fds);
+                    c._pty = pty;
+                    if let Some(code) = self.early_exits.remove(&pid) {
+                        let _ = proto::send(c.sock.as_fd(), &Response::Exited { code }, &[]);
+                    }
+                }
+                Err(message) => {
+                    let _ = proto::send(sock, &Response::Error { message }, &[]);
+                }
+            },
+        }
+        true
+    }
+
+    fn exec(&mut self, p: &ExecProcess, fds: Vec<OwnedFd>) -> Result<(i32, Option<OwnedFd>), String> {
+        if p.argv.is_empty() {
+            return Err("no command given".into());
+        }
+        let rootfs = self.layout.rootfs();
+        let user_spec = p.user.clone().or_else(|| self.cfg.default_user.clone());
+        let user = match &user_spec {
+            Some(u) => users::resolve(&rootfs, u)?,
+            None => User::root(),
+        };
+        let mut env = self.base_env.clone();
+        set_env(&mut env, "HOME", &user.home);
+        if let Some(name) = &user.name {
+            set_env(&mut env, "USER", name);
+        }
+        for kv in &p.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                set_env(&mut env, k, v);
+            }
+        }
+        let cwd = p.cwd.clone().unwrap_or_else(|| user.home.clone());
+        let cwd_host = rootfs.join(cwd.trim_start_matches('/'));
+        let cwd = if cwd_host.is_dir() { cwd } else { "/".to_string() };
+        self.exec_seq += 1;
+        let seq = self.exec_seq;
+        let process_json = self.layout.run().join(format!("exec-{seq}.json"));
+        let doc = spec::process(&p.argv, &env, &cwd, &user, p.tty.is_some(), p.tty);
+        fs::write(&process_json, doc.to_string()).map_err(err("write process.json"))?;
+        let result = if p.tty.is_some() {
+            self.exec_tty(&process_json, seq)
+        } else {
+            let mut it = fds.into_iter();
+            match (it.next(), it.next(), it.next()) {
+                (Some(stdin), Some(stdout), Some(stderr)) => self
+                    .backend
+                    .exec(&process_json, Some(Stdio3 { stdin, stdout, stderr }), None, self.seccomp.clone())
+                    .map(|pid| (pid, None))
+                    .map_err(|e| e.to_string()),
+                _ => Err("exec without a tty needs stdin, stdout and stderr descriptors".into()),
+            }
+        };
+        let _ = fs::remove_file(&process_json);
+        result
+    }
+
+    fn exec_tty(&mut self, process_json: &Path, seq: u64) -> Result<(i32, Option<OwnedFd>), String> {
+        let path = self.layout.run().join(format!("console-{seq}.sock"));
+        let _ = fs::remove_file(&path);
+        let l = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
+            .map_err(err("console socket"))?;
+        bind(l.as_raw_fd(), &UnixAddr::new(&path).map_err(err("console path"))?).map_err(err("bind"))?;
+        listen(&l, Backlog::new(1).map_err(err("listen"))?).map_err(err("listen"))?;
+        let r = self
+            .backend
+            .exec(process_json, None, Some(&path), self.seccomp.clone())
+            .map_err(|e| e.to_string());
+        let _ = fs::remove_file(&path);
+        let pid = r?;
+        let conn = accept4(l.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(err("accept console"))?;
+        // SAFETY: accept4 returned a new descriptor that we now own.
+        let conn = unsafe { OwnedFd::from_raw_fd(conn) };
+        let master = recv_one_fd(conn.as_fd()).map_err(err("receive pty master"))?;
+        Ok((pid, Some(master)))
+    }
+
+    /// Cleans up after the init exited and returns the supervisor's exit code.
+    fn finish(&mut self, code: i32) -> i32 {
+        let _ = self.backend.kill(libc::SIGKILL, true);
+        // Reap what the init's death took with it.
+        for _ in 0..50 {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(WaitStatus::Exited(pid, c)) => self.tell_exec(pid.as_raw(), c),
+                Ok(WaitStatus::Signaled(pid, s, _)) => self.tell_exec(pid.as_raw(), 128 + s as i32),
+                Ok(_) => {}
+            }
+        }
+        let mut rc = 0;
+        if let Err(e) = self.backend.delete() {
+            eprintln!("warren supervisor: delete container: {e}");
+            rc = 1;
+        }
+        let rec = ExitRecord {
+            code,
+            requested: self.stop_requested,
+        };
+        let _ = fs::write(self.layout.exit_file(), serde_json::to_vec(&rec).unwrap_or_default());
+        let _ = fs::remove_file(self.layout.socket());
+        for c in &self.clients {
+            if c.wants_stop {
+                let _ = proto::send(c.sock.as_fd(), &Response::Stopped { code }, &[]);
+            }
+        }
+        let _ = umount_rootfs(&self.layout);
+        rc
+    }
+
+    fn tell_exec(&self, pid: i32, code: i32) {
+        if let Some(c) = self.clients.iter().find(|c| c.exec_pid == Some(pid)) {
+            let _ = proto::send(c.sock.as_fd(), &Response::Exited { code }, &[]);
+        }
+    }
+}
+
+fn flock_nb(f: File) -> Result<Flock<File>, File> {
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(f, _)| f)
+}
+
+fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let prefix = format!("{key}=");
+    env.retain(|e| !e.starts_with(&prefix));
+    env.push(format!("{key}={value}"));
+}
+
+fn mount_overlay(layout: &Layout, layers: &[PathBuf]) -> Result<(), String> {
+    for d in [layout.upper(), layout.work(), layout.rootfs()] {
+        fs::create_dir_all(&d).map_err(err("create overlay dirs"))?;
+    }
+    if layers.is_empty() {
+        return Err("the image has no layers".into());
+    }
+    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        layout.upper().display(),
+        layout.work().display()
+    );
+    mount(Some("overlay"), &layout.rootfs(), Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
+        .map_err(err("mount overlay root filesystem"))
+}
+
+fn umount_rootfs(layout: &Layout) -> nix::Result<()> {
+    nix::mount::umount2(&layout.rootfs(), nix::mount::MntFlags::MNT_DETACH)
+}
+
+/// Copies the image's home directory into a fresh home volume, once.
+fn seed_home(layout: &Layout, home: &str) -> Result<(), String> {
+    let vol = layout.volumes().join("home");
+    let marker = layout.volumes().join(".home-seeded");
+    fs::create_dir_all(&vol).map_err(err("create home volume"))?;
+    if marker.exists() {
+        return Ok(());
+    }
+    let src = layout.rootfs().join(home.trim_start_matches('/'));
+    if src.is_dir() {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", src.display()))
+            .arg(&vol)
+            .status()
+            .map_err(err("copy home"))?;
+        if !status.success() {
+            return Err(format!("copying {} into the home volume failed", src.display()));
+        }
+        // The volume's root takes the image's ownership and mode of the home directory.
+        let meta = fs::metadata(&src).map_err(err("stat home"))?;
+        use std::os::unix::fs::MetadataExt;
+        let c = CString::new(vol.as_os_str().as_encoded_bytes()).map_err(err("path"))?;
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        unsafe { libc::chown(c.as_ptr(), meta.uid(), meta.gid()) };
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(&vol, fs::Permissions::from_mode(meta.mode() & 0o7777));
+    }
+    fs::write(&marker, b"").map_err(err("mark home volume"))
+}
+
+fn recv_one_fd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    let mut buf = [0u8; 4096];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let m = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    for c in m.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel installed this descriptor for us with the message.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(std::io::Error::other("no descriptor received"))
+}
