@@ -7,7 +7,7 @@ use crate::jsonc::{Duplicate, Node, Value};
 use crate::{ConfigError, Mount, MountError, MountKind, Warning};
 
 /// The properties of a devcontainer.json that Warren understands.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DevContainer {
     /// `name`.
     pub name: Option<String>,
@@ -42,7 +42,7 @@ pub struct DevContainer {
 }
 
 /// A lifecycle command in one of its three forms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LifecycleCommand {
     /// String form: run with `/bin/sh -c`.
     Shell(String),

@@ -17,7 +17,7 @@ pub use subst::{substitute, SubstituteError, Vars};
 use jsonc::{Node, Value};
 
 /// A devcontainer.json found, parsed and resolved for a project folder.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Loaded {
     /// Path of the devcontainer.json that was read.
     pub config_path: PathBuf,
@@ -33,7 +33,7 @@ pub struct Loaded {
 }
 
 /// Something in the config that was ignored or defaulted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Warning {
     /// The property concerned, e.g. `forwardPorts` or `mounts[2]`.
     pub property: String,

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// The kind of a mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum MountKind {
     /// A host path.
     Bind,
@@ -15,7 +15,7 @@ pub enum MountKind {
 }
 
 /// One mount into the container.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Mount {
     /// Bind, volume or tmpfs.
     pub kind: MountKind,

@@ -1,1 +1,520 @@
-//! TODO
+//! Warren's control plane logic: turns user intent (`up`, `stop`, `delete`...) into recorded state
+//! transitions and runtime actions, and reconciles recorded state with what actually runs.
+//!
+//! The engine is embedded in the `warren` CLI today and will sit behind the REST API of `warren server`.
+//! It never forks containers itself: the runtime starts a supervisor process per workspace.
+#![forbid(unsafe_code)]
+
+mod error;
+mod lifecycle;
+mod lock;
+mod reconcile;
+mod wsspec;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::EngineError;
+pub use lifecycle::LifecycleState;
+pub use reconcile::ReconcileReport;
+pub use wsspec::{Limits, WsSpec};
+
+use warren_api::{Event, Workspace, WorkspaceName, WorkspaceState};
+use warren_image::{ImageStore, ImageInfo};
+use warren_runtime::{ExecProcess, ExecSession, LinuxRuntime, OciRuntime, Runtime, Stdio};
+use warren_store::{NewWorkspace, Store, WorkspaceRecord};
+
+/// Where the engine keeps its state and how it runs workspaces.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory (database, images, workspaces, logs). Default `/var/lib/warren`.
+    pub state_dir: PathBuf,
+    /// OCI runtime for workspaces.
+    pub oci: OciRuntime,
+    /// The `warren` binary, re-executed as each workspace's supervisor.
+    pub exe: PathBuf,
+}
+
+/// Reports progress of long steps to whoever drives the engine (the CLI prints them).
+pub trait Progress: Send + Sync {
+    /// A step begins ("Starting workspace hello").
+    fn step(&self, msg: &str);
+    /// Something the user should know (ignored config property...).
+    fn warn(&self, msg: &str);
+    /// A line of output from a lifecycle command or image build.
+    fn output(&self, line: &str);
+}
+
+/// A progress sink that drops everything.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn step(&self, _: &str) {}
+    fn warn(&self, _: &str) {}
+    fn output(&self, _: &str) {}
+}
+
+/// Options of `warren up`.
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// Workspace name; default derived from the project folder's name.
+    pub name: Option<String>,
+    /// Resource limits for a new workspace.
+    pub limits: Limits,
+    /// Delete and recreate an existing workspace for this folder.
+    pub recreate: bool,
+}
+
+/// The control plane.
+#[derive(Clone)]
+pub struct Engine {
+    cfg: Config,
+    store: Store,
+    images: ImageStore,
+    runtime: Arc<dyn Runtime>,
+}
+
+/// Grace period for a workspace's processes to exit on stop.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T, EngineError>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| EngineError::Internal(format!("background task: {e}")))?
+    }
+}
+
+impl Engine {
+    /// Opens (creating if needed) the state under `cfg.state_dir`.
+    pub async fn open(cfg: Config) -> Result<Engine, EngineError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(EngineError::Privilege);
+        }
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            EngineError::Internal(format!("create state dir {}: {e}", cfg.state_dir.display()))
+        })?;
+        let store = Store::open(&cfg.state_dir.join("warren.db")).await?;
+        let images = ImageStore::open(&cfg.state_dir.join("images"))?;
+        let runtime: Arc<dyn Runtime> = Arc::new(LinuxRuntime::new(
+            &cfg.state_dir.join("workspaces"),
+            cfg.oci.clone(),
+            &cfg.exe,
+        ));
+        Ok(Engine { cfg, store, images, runtime })
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.cfg.state_dir
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.cfg.state_dir.join("logs").join(format!("{id}.log"))
+    }
+
+    fn lock_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("locks")
+    }
+
+    /// Finds a workspace by name.
+    pub async fn get(&self, name: &str) -> Result<WorkspaceRecord, EngineError> {
+        self.store
+            .get_by_name(name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))
+    }
+
+    /// Every workspace.
+    pub async fn list(&self) -> Result<Vec<Workspace>, EngineError> {
+        Ok(self.store.list().await?.into_iter().map(Workspace::from).collect())
+    }
+
+    /// Applies `event` to the workspace's current state (generation-checked), returning the new record.
+    async fn apply(
+        &self,
+        rec: &WorkspaceRecord,
+        event: Event,
+        msg: Option<&str>,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        Ok(self.store.apply(&rec.id, rec.generation, event, msg).await?.0)
+    }
+
+    /// Brings up the workspace for the project folder `dir`: creates it on first use, starts it if it is
+    /// stopped, and runs the devcontainer lifecycle commands. Returns the workspace.
+    pub async fn up(
+        &self,
+        dir: &Path,
+        opts: &UpOptions,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| EngineError::ProjectDir {
+            path: dir.to_path_buf(),
+            error: e.to_string(),
+        })?;
+        let loaded = warren_devcontainer::load(&dir)?;
+        for w in &loaded.warnings {
+            progress.warn(&w.to_string());
+        }
+        let image_name = loaded
+            .config
+            .image
+            .clone()
+            .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
+        let dir_s = dir.display().to_string();
+
+        let existing = match &opts.name {
+            Some(n) => self.store.get_by_name(n).await?,
+            None => self.store.find_by_project_dir(&dir_s).await?,
+        };
+        if let Some(rec) = existing {
+            if rec.project_dir != dir_s {
+                return Err(EngineError::NameTaken {
+                    name: rec.name.to_string(),
+                    dir: rec.project_dir.clone(),
+                });
+            }
+            if opts.recreate {
+                progress.step(&format!("Deleting workspace {} to recreate it", rec.name));
+                self.delete(rec.name.as_str(), true).await?;
+            } else {
+                let spec: WsSpec = rec.spec()?;
+                if spec.config_hash != wsspec::hash_config(&loaded) {
+                    progress.warn(&format!(
+                        "{} changed since workspace {} was created; run `warren up --recreate` to apply it",
+                        loaded.config_path.display(),
+                        rec.name
+                    ));
+                }
+                return self.start_record(rec, progress).await;
+            }
+        }
+
+        let image = self.ensure_image(&image_name, progress).await?;
+        let name = match &opts.name {
+            Some(n) => WorkspaceName::new(n.clone())?,
+            None => {
+                let base = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                warren_api::workspace_name_from_dir(&base)
+            }
+        };
+        if let Some(other) = self.store.get_by_name(name.as_str()).await? {
+            return Err(EngineError::NameTaken {
+                name: name.to_string(),
+                dir: other.project_dir,
+            });
+        }
+        let spec = WsSpec::new(&loaded, &image, opts.limits.clone());
+        let rec = self
+            .store
+            .create_workspace(NewWorkspace {
+                name,
+                project_dir: dir_s,
+                config_path: loaded.config_path.display().to_string(),
+                image: image.name.clone(),
+                spec_json: serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.to_string()))?,
+            })
+            .await?;
+        progress.step(&format!("Creating workspace {} from image {}", rec.name, image.name));
+        self.start_record(rec, progress).await
+    }
+
+    async fn ensure_image(&self, name: &str, progress: &dyn Progress) -> Result<warren_image::Image, EngineError> {
+        let images = self.images.clone();
+        let n = name.to_string();
+        match blocking(move || images.resolve(&n).map_err(EngineError::from)).await {
+            Err(EngineError::Image(warren_image::ImageError::NotFound { .. })) if debian_suite(name).is_some() => {
+                let suite = debian_suite(name).unwrap_or("bookworm").to_string();
+                progress.step(&format!(
+                    "Image {name} is not in the local store: building it from Debian packages with mmdebstrap (first use only)"
+                ));
+                self.bootstrap(name, &suite, progress).await?;
+                let images = self.images.clone();
+                let n = name.to_string();
+                blocking(move || images.resolve(&n).map_err(EngineError::from)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Builds a Debian image `name` from Debian's packages.
+    pub async fn bootstrap(&self, name: &str, suite: &str, progress: &dyn Progress) -> Result<ImageInfo, EngineError> {
+        let images = self.images.clone();
+        let name = name.to_string();
+        let opts = warren_image::BootstrapOptions {
+            suite: suite.to_string(),
+            include: vec!["ca-certificates".into(), "procps".into(), "less".into()],
+            ..Default::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let task = tokio::task::spawn_blocking(move || {
+            images.bootstrap_debian(&name, &opts, &mut |line| {
+                let _ = tx.send(line.to_string());
+            })
+        });
+        while let Some(line) = rx.recv().await {
+            progress.output(&line);
+        }
+        Ok(task.await.map_err(|e| EngineError::Internal(e.to_string()))??)
+    }
+
+    /// Starts a workspace by name (creating its container if needed) and runs postStart.
+    pub async fn start(&self, name: &str, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+        let rec = self.get(name).await?;
+        self.start_record(rec, progress).await
+    }
+
+    async fn start_record(&self, rec: WorkspaceRecord, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+        let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
+        let rec = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
+        match rec.state {
+            WorkspaceState::Running => {
+                // Running already: nothing to do unless an interrupted start left once-only steps undone.
+                let ls = LifecycleState::from_json(&rec.lifecycle_json);
+                if ls.created {
+                    return Ok(rec);
+                }
+            }
+            WorkspaceState::Deleting | WorkspaceState::Deleted => {
+                return Err(EngineError::InvalidState {
+                    name: rec.name.to_string(),
+                    state: rec.state,
+                    action: "start",
+                })
+            }
+            _ => {}
+        }
+        let rec = if rec.state == WorkspaceState::Running {
+            rec
+        } else {
+            let rec = self.apply(&rec, Event::Start, None).await?;
+            progress.step(&format!("Starting workspace {}", rec.name));
+            let spec: WsSpec = rec.spec()?;
+            let rt_spec = spec.runtime_spec(&rec);
+            let rt = self.runtime.clone();
+            let id = rec.id.clone();
+            failpoint("before-provision");
+            let res = blocking(move || {
+                rt.create(&rt_spec)?;
+                rt.start(&id)?;
+                Ok(())
+            })
+            .await;
+            failpoint("after-provision");
+            if let Err(e) = res {
+                self.fail(&rec, &e.to_string()).await?;
+                return Err(e);
+            }
+            self.apply(&rec, Event::Started, None).await?
+        };
+        self.run_lifecycle(rec, progress).await
+    }
+
+    async fn run_lifecycle(&self, rec: WorkspaceRecord, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+        let spec: WsSpec = rec.spec()?;
+        let mut ls = LifecycleState::from_json(&rec.lifecycle_json);
+        let log = self.log_path(&rec.id);
+        let mut rec = rec;
+        let steps: Vec<(&str, bool)> = vec![
+            ("onCreateCommand", !ls.created),
+            ("postCreateCommand", !ls.created),
+            ("postStartCommand", true),
+        ];
+        for (what, due) in steps {
+            let Some(cmd) = spec.lifecycle_command(what) else { continue };
+            if !due {
+                continue;
+            }
+            progress.step(&format!("Running {what}"));
+            let res = lifecycle::run(self.runtime.clone(), &rec.id, &spec, what, cmd, &log, progress).await;
+            match res {
+                Ok(()) => {}
+                Err(e) => {
+                    self.fail(&rec, &e.to_string()).await?;
+                    return Err(e);
+                }
+            }
+            if what == "postCreateCommand" {
+                ls.created = true;
+                rec = self.store.set_lifecycle_json(&rec.id, rec.generation, &ls.to_json()).await?;
+            }
+        }
+        if !ls.created {
+            ls.created = true;
+            rec = self.store.set_lifecycle_json(&rec.id, rec.generation, &ls.to_json()).await?;
+        }
+        if rec.last_error.is_some() {
+            rec = self.store.set_last_error(&rec.id, rec.generation, None).await?;
+        }
+        Ok(rec)
+    }
+
+    /// Marks the workspace failed with `message` and stops its container.
+    async fn fail(&self, rec: &WorkspaceRecord, message: &str) -> Result<(), EngineError> {
+        let cur = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
+        let cur = self.store.apply(&cur.id, cur.generation, Event::Fail, Some(message)).await?.0;
+        self.store.set_last_error(&cur.id, cur.generation, Some(message)).await?;
+        let rt = self.runtime.clone();
+        let id = cur.id.clone();
+        blocking(move || Ok(rt.stop(&id, Duration::from_secs(2))?)).await
+    }
+
+    /// Stops a workspace. Stopping a stopped workspace does nothing.
+    pub async fn stop(&self, name: &str) -> Result<WorkspaceRecord, EngineError> {
+        let rec = self.get(name).await?;
+        let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
+        let rec = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        if matches!(rec.state, WorkspaceState::Stopped) {
+            return Ok(rec);
+        }
+        let rec = self.store.apply(&rec.id, rec.generation, Event::Stop, None).await.map_err(|e| {
+            EngineError::from_transition(e, &rec, "stop")
+        })?.0;
+        let rt = self.runtime.clone();
+        let id = rec.id.clone();
+        blocking(move || Ok(rt.stop(&id, STOP_GRACE)?)).await?;
+        if rec.state == WorkspaceState::Stopping {
+            return self.apply(&rec, Event::Stopped, None).await;
+        }
+        Ok(rec)
+    }
+
+    /// Stops then starts a workspace.
+    pub async fn restart(&self, name: &str, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+        self.stop(name).await?;
+        self.start(name, progress).await
+    }
+
+    /// Deletes a workspace and everything it has on the host. A running workspace needs `force`.
+    pub async fn delete(&self, name: &str, force: bool) -> Result<(), EngineError> {
+        let rec = self.get(name).await?;
+        let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
+        let rec = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        if !force && matches!(rec.state, WorkspaceState::Running | WorkspaceState::Starting) {
+            return Err(EngineError::Running(rec.name.to_string()));
+        }
+        let rec = self.apply(&rec, Event::Delete, None).await?;
+        failpoint("mid-delete");
+        self.teardown(rec).await
+    }
+
+    /// Removes a workspace in state Deleting from the host and the store. Idempotent.
+    async fn teardown(&self, rec: WorkspaceRecord) -> Result<(), EngineError> {
+        let rt = self.runtime.clone();
+        let id = rec.id.clone();
+        blocking(move || Ok(rt.destroy(&id)?)).await?;
+        let _ = std::fs::remove_file(self.log_path(&rec.id));
+        let rec = self.apply(&rec, Event::Deleted, None).await?;
+        self.store.delete_record(&rec.id).await?;
+        lock::remove(&self.lock_dir(), &rec.id);
+        Ok(())
+    }
+
+    /// Starts a process in a running workspace, as its remote user, in its workspace folder, with its
+    /// remoteEnv, unless `process` says otherwise.
+    pub async fn exec(
+        &self,
+        name: &str,
+        mut process: ExecProcess,
+        stdio: Option<Stdio>,
+    ) -> Result<ExecSession, EngineError> {
+        let rec = self.get(name).await?;
+        if rec.state != WorkspaceState::Running {
+            return Err(EngineError::NotRunning {
+                name: rec.name.to_string(),
+                state: rec.state,
+            });
+        }
+        let spec: WsSpec = rec.spec()?;
+        spec.apply_exec_defaults(&mut process);
+        let rt = self.runtime.clone();
+        let id = rec.id.clone();
+        let res = blocking(move || Ok(rt.exec(&id, &process, stdio)?)).await;
+        match res {
+            Err(EngineError::Runtime(warren_runtime::RuntimeError::NotRunning)) => {
+                // The record says running but nothing runs: reconcile so the record tells the truth.
+                let _ = self.reconcile().await;
+                Err(EngineError::NotRunning {
+                    name: rec.name.to_string(),
+                    state: self.get(name).await.map(|r| r.state).unwrap_or(WorkspaceState::Failed),
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The lifecycle log of a workspace.
+    pub async fn logs(&self, name: &str) -> Result<String, EngineError> {
+        let rec = self.get(name).await?;
+        Ok(std::fs::read_to_string(self.log_path(&rec.id)).unwrap_or_default())
+    }
+
+    /// Resource usage of a workspace.
+    pub async fn stats(&self, name: &str) -> Result<warren_runtime::Stats, EngineError> {
+        let rec = self.get(name).await?;
+        Ok(self.runtime.stats(&rec.id)?)
+    }
+
+    /// Removes an image unless a workspace uses it.
+    pub async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
+        let in_use: Vec<String> = self.store.list().await?.into_iter().map(|r| r.image).collect();
+        let images = self.images.clone();
+        let name = name.to_string();
+        blocking(move || Ok(images.remove_with(&name, &in_use)?)).await
+    }
+}
+
+/// `debian:<suite>` names Warren can build itself.
+fn debian_suite(name: &str) -> Option<&str> {
+    let tag = name.strip_prefix("debian:").or_else(|| name.strip_prefix("docker.io/library/debian:"))?;
+    let suite = tag.strip_suffix("-slim").unwrap_or(tag);
+    match suite {
+        "bookworm" | "12" => Some("bookworm"),
+        "trixie" | "13" => Some("trixie"),
+        "bullseye" | "11" => Some("bullseye"),
+        "stable" | "latest" => Some("stable"),
+        _ => None,
+    }
+}
+
+/// Test hook: when `WARREN_FAILPOINT` names this point, announce it on stderr and hang, so a test can
+/// kill the process at an exact step.
+fn failpoint(name: &str) {
+    if std::env::var("WARREN_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name} reached");
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+trait RecordExt {
+    fn spec(&self) -> Result<WsSpec, EngineError>;
+}
+
+impl RecordExt for WorkspaceRecord {
+    fn spec(&self) -> Result<WsSpec, EngineError> {
+        serde_json::from_str(&self.spec_json)
+            .map_err(|e| EngineError::Internal(format!("workspace {} has an unreadable spec: {e}", self.name)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_debian_suites_are_bootstrapped() {
+        assert_eq!(debian_suite("debian:bookworm"), Some("bookworm"));
+        assert_eq!(debian_suite("debian:12-slim"), Some("bookworm"));
+        assert_eq!(debian_suite("docker.io/library/debian:trixie"), Some("trixie"));
+        assert_eq!(debian_suite("ubuntu:22.04"), None);
+        assert_eq!(debian_suite("debian:sid-nonsense"), None);
+    }
+}
