@@ -126,7 +126,12 @@ impl Backend {
         c
     }
 
-    fn run_binary(&self, mut cmd: Command, op: &str, stdio: Option<Stdio3>) -> Result<(), BackendError> {
+    fn run_binary(
+        &self,
+        mut cmd: Command,
+        op: &str,
+        stdio: Option<Stdio3>,
+    ) -> Result<(), BackendError> {
         let name = match &self.runtime {
             OciRuntime::Binary { path, .. } => path.clone(),
             OciRuntime::Libcontainer => "libcontainer".into(),
@@ -138,7 +143,9 @@ impl Backend {
                     .stderr(Stdio::from(s.stderr));
             }
             None => {
-                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
             }
         }
         let out = cmd.output().map_err(|e| BackendError::Binary {
@@ -216,7 +223,10 @@ impl Backend {
                     .with_executor(SeccompExecutor { seccomp })
                     .with_console_socket(console_socket);
                 if let Some(s) = stdio {
-                    b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
+                    b = b
+                        .with_stdin(s.stdin)
+                        .with_stdout(s.stdout)
+                        .with_stderr(s.stderr);
                 }
                 let pid = b
                     .as_tenant()
@@ -229,7 +239,10 @@ impl Backend {
             OciRuntime::Binary { path, global_args } => {
                 let pid_file = self.root.join(format!(
                     "exec-{}.pid",
-                    process_json.file_stem().and_then(|s| s.to_str()).unwrap_or("x")
+                    process_json
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("x")
                 ));
                 let mut cmd = self.binary(path, global_args);
                 cmd.arg("exec")
@@ -285,7 +298,9 @@ impl Backend {
                 let mut cmd = self.binary(path, global_args);
                 cmd.arg("delete").arg("--force").arg(&self.id);
                 match self.run_binary(cmd, "delete", None) {
-                    Err(BackendError::Binary { message, .. }) if message.contains("does not exist") => {
+                    Err(BackendError::Binary { message, .. })
+                        if message.contains("does not exist") =>
+                    {
                         Ok(())
                     }
                     other => other,
@@ -302,5 +317,9 @@ fn read_pid(path: &Path) -> Result<i32, BackendError> {
 
 /// Raw descriptor numbers of a `Stdio3`, for logging.
 pub fn raw(s: &Stdio3) -> [RawFd; 3] {
-    [s.stdin.as_raw_fd(), s.stdout.as_raw_fd(), s.stderr.as_raw_fd()]
+    [
+        s.stdin.as_raw_fd(),
+        s.stdout.as_raw_fd(),
+        s.stderr.as_raw_fd(),
+    ]
 }

@@ -6,7 +6,10 @@
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
-const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "systemd", "unified"];
+const V1_CONTROLLERS: &[&str] = &[
+    "memory", "pids", "cpu", "cpuacct", "cpuset", "devices", "freezer", "blkio", "systemd",
+    "unified",
+];
 
 /// Resource usage of one workspace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -33,7 +36,10 @@ fn read_u64(p: PathBuf) -> Option<u64> {
 pub fn dirs(rel: &str) -> Vec<PathBuf> {
     let rel = rel.trim_start_matches('/');
     if is_v2() {
-        return vec![Path::new(ROOT).join(rel)].into_iter().filter(|p| p.is_dir()).collect();
+        return vec![Path::new(ROOT).join(rel)]
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect();
     }
     V1_CONTROLLERS
         .iter()
@@ -48,11 +54,16 @@ pub fn stats(rel: &str) -> Stats {
     let r = Path::new(ROOT);
     if is_v2() {
         let d = r.join(rel);
-        let cpu = std::fs::read_to_string(d.join("cpu.stat")).ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse::<u64>().ok()))
-                .map(|us| us * 1000)
-        });
+        let cpu = std::fs::read_to_string(d.join("cpu.stat"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| {
+                        l.strip_prefix("usage_usec ")
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .map(|us| us * 1000)
+            });
         return Stats {
             memory_bytes: read_u64(d.join("memory.current")),
             memory_limit_bytes: read_u64(d.join("memory.max")),
@@ -60,7 +71,8 @@ pub fn stats(rel: &str) -> Stats {
             cpu_ns: cpu,
         };
     }
-    let limit = read_u64(r.join("memory").join(rel).join("memory.limit_in_bytes")).filter(|l| *l < (1 << 62));
+    let limit = read_u64(r.join("memory").join(rel).join("memory.limit_in_bytes"))
+        .filter(|l| *l < (1 << 62));
     Stats {
         memory_bytes: read_u64(r.join("memory").join(rel).join("memory.usage_in_bytes")),
         memory_limit_bytes: limit,
@@ -74,12 +86,18 @@ pub fn remove(rel: &str) -> std::io::Result<()> {
     for d in dirs(rel) {
         for _ in 0..50 {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            let pids: Vec<i32> = procs
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
             if pids.is_empty() {
                 break;
             }
             for p in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -117,7 +135,10 @@ pub fn list_ids() -> Vec<String> {
     let parents: Vec<PathBuf> = if is_v2() {
         vec![Path::new(ROOT).join("warren")]
     } else {
-        V1_CONTROLLERS.iter().map(|c| Path::new(ROOT).join(c).join("warren")).collect()
+        V1_CONTROLLERS
+            .iter()
+            .map(|c| Path::new(ROOT).join(c).join("warren"))
+            .collect()
     };
     for p in parents {
         if let Ok(rd) = std::fs::read_dir(p) {

@@ -13,6 +13,7 @@ mod seccomp;
 mod seccomp_list;
 pub mod spec;
 pub mod supervisor;
+pub mod tty;
 pub mod users;
 
 use std::os::fd::OwnedFd;
@@ -156,7 +157,12 @@ pub trait Runtime: Send + Sync {
     /// Starts the workspace (its supervisor and init); a running workspace is left as it is.
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
     /// Starts a process in the running workspace. `stdio` is required unless `process.tty` is set.
-    fn exec(&self, id: &str, process: &ExecProcess, stdio: Option<Stdio>) -> Result<ExecSession, RuntimeError>;
+    fn exec(
+        &self,
+        id: &str,
+        process: &ExecProcess,
+        stdio: Option<Stdio>,
+    ) -> Result<ExecSession, RuntimeError>;
     /// Stops the workspace (SIGTERM, then SIGKILL after `grace`). Stopped workspaces are left alone.
     fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
     /// Removes everything the workspace has on the host: processes, cgroups, mounts, volumes, files.

@@ -54,17 +54,24 @@ impl LinuxRuntime {
     }
 
     fn supervisor_pid(&self, l: &Layout) -> Option<i32> {
-        fs::read_to_string(l.run().join("sup.pid")).ok()?.trim().parse().ok()
+        fs::read_to_string(l.run().join("sup.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn spawn_supervisor(&self, l: &Layout) -> Result<(), RuntimeError> {
-        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Start(e.to_string()))?;
+        let (r, w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Start(e.to_string()))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(l.log())
             .map_err(RuntimeError::io("open supervisor log"))?;
-        let log2 = log.try_clone().map_err(RuntimeError::io("open supervisor log"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(RuntimeError::io("open supervisor log"))?;
         let wfd = w.as_raw_fd();
         let mut cmd = Command::new(&self.exe);
         cmd.arg("__supervise")
@@ -87,20 +94,29 @@ impl LinuxRuntime {
                 Ok(())
             });
         }
-        let status = cmd
-            .status()
-            .map_err(|e| RuntimeError::Start(format!("run supervisor {}: {e}", self.exe.display())))?;
+        let status = cmd.status().map_err(|e| {
+            RuntimeError::Start(format!("run supervisor {}: {e}", self.exe.display()))
+        })?;
         drop(w);
         if !status.success() {
-            return Err(RuntimeError::Start(format!("supervisor exited with {status}")));
+            return Err(RuntimeError::Start(format!(
+                "supervisor exited with {status}"
+            )));
         }
         let line = read_ready(r, Duration::from_secs(120))?;
         match line.strip_prefix("ok ") {
             Some(_) => Ok(()),
             None => {
-                let msg = line.strip_prefix("error ").unwrap_or(&line).trim().to_string();
+                let msg = line
+                    .strip_prefix("error ")
+                    .unwrap_or(&line)
+                    .trim()
+                    .to_string();
                 Err(RuntimeError::Start(if msg.is_empty() {
-                    format!("the supervisor died while starting; see {}", l.log().display())
+                    format!(
+                        "the supervisor died while starting; see {}",
+                        l.log().display()
+                    )
                 } else {
                     msg
                 }))
@@ -120,7 +136,11 @@ fn read_ready(r: OwnedFd, timeout: Duration) -> Result<String, RuntimeError> {
     let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
     let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap_or(PollTimeout::NONE);
     match poll(&mut fds, ms) {
-        Ok(0) => return Err(RuntimeError::Start("the supervisor did not report in time".into())),
+        Ok(0) => {
+            return Err(RuntimeError::Start(
+                "the supervisor did not report in time".into(),
+            ))
+        }
         Ok(_) => {}
         Err(e) => return Err(RuntimeError::Start(format!("poll: {e}"))),
     }
@@ -135,11 +155,19 @@ fn read_ready(r: OwnedFd, timeout: Duration) -> Result<String, RuntimeError> {
 impl Runtime for LinuxRuntime {
     fn create(&self, spec: &WorkspaceSpec) -> Result<(), RuntimeError> {
         let l = self.layout(&spec.id);
-        for d in [l.dir.clone(), l.run(), l.volumes(), l.etc(), l.bundle(), l.upper()] {
+        for d in [
+            l.dir.clone(),
+            l.run(),
+            l.volumes(),
+            l.etc(),
+            l.bundle(),
+            l.upper(),
+        ] {
             fs::create_dir_all(&d).map_err(RuntimeError::io(format!("create {}", d.display())))?;
         }
         let init_user = match &spec.container_user {
-            Some(u) => users::resolve_in_layers(&spec.layers, &l.upper(), u).map_err(RuntimeError::Start)?,
+            Some(u) => users::resolve_in_layers(&spec.layers, &l.upper(), u)
+                .map_err(RuntimeError::Start)?,
             None => spec::User::root(),
         };
         let home = match &spec.home_user {
@@ -154,21 +182,35 @@ impl Runtime for LinuxRuntime {
         let write = |p: PathBuf, data: &[u8]| {
             fs::write(&p, data).map_err(RuntimeError::io(format!("write {}", p.display())))
         };
-        write(l.etc().join("hostname"), format!("{}\n", spec.hostname).as_bytes())?;
+        write(
+            l.etc().join("hostname"),
+            format!("{}\n", spec.hostname).as_bytes(),
+        )?;
         write(
             l.etc().join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", spec.hostname)
-                .as_bytes(),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+                spec.hostname
+            )
+            .as_bytes(),
         )?;
         let config = spec::config(spec, &l, &init_user, home.as_deref());
         for m in &spec.mounts {
             if m.kind == crate::MountKind::Volume {
-                let name = m.source.clone().unwrap_or_else(|| spec::volume_name(&m.target));
-                fs::create_dir_all(l.volumes().join(name)).map_err(RuntimeError::io("create volume"))?;
+                let name = m
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| spec::volume_name(&m.target));
+                fs::create_dir_all(l.volumes().join(name))
+                    .map_err(RuntimeError::io("create volume"))?;
             }
         }
-        fs::create_dir_all(l.volumes().join("home")).map_err(RuntimeError::io("create home volume"))?;
-        write(l.bundle().join("config.json"), config.to_string().as_bytes())?;
+        fs::create_dir_all(l.volumes().join("home"))
+            .map_err(RuntimeError::io("create home volume"))?;
+        write(
+            l.bundle().join("config.json"),
+            config.to_string().as_bytes(),
+        )?;
         let sup = SupervisorConfig {
             id: spec.id.clone(),
             layers: spec.layers.clone(),
@@ -176,13 +218,18 @@ impl Runtime for LinuxRuntime {
             home,
             default_user: spec.container_user.clone(),
         };
-        write(l.supervisor_config(), &serde_json::to_vec_pretty(&sup).expect("serializable"))
+        write(
+            l.supervisor_config(),
+            &serde_json::to_vec_pretty(&sup).expect("serializable"),
+        )
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let l = self.layout(id);
         if !l.supervisor_config().exists() {
-            return Err(RuntimeError::Start(format!("workspace {id} was never created on this host")));
+            return Err(RuntimeError::Start(format!(
+                "workspace {id} was never created on this host"
+            )));
         }
         if self.supervisor_alive(&l) {
             return Ok(());
@@ -190,16 +237,33 @@ impl Runtime for LinuxRuntime {
         self.spawn_supervisor(&l)
     }
 
-    fn exec(&self, id: &str, process: &ExecProcess, stdio: Option<Stdio>) -> Result<ExecSession, RuntimeError> {
+    fn exec(
+        &self,
+        id: &str,
+        process: &ExecProcess,
+        stdio: Option<Stdio>,
+    ) -> Result<ExecSession, RuntimeError> {
         let l = self.layout(id);
         let sock = self.connect(&l)?;
         let fds: Vec<i32> = match (&stdio, process.tty) {
             (_, Some(_)) => vec![],
-            (Some(s), None) => vec![s.stdin.as_raw_fd(), s.stdout.as_raw_fd(), s.stderr.as_raw_fd()],
-            (None, None) => return Err(RuntimeError::Exec("exec without a tty needs stdio".into())),
+            (Some(s), None) => vec![
+                s.stdin.as_raw_fd(),
+                s.stdout.as_raw_fd(),
+                s.stderr.as_raw_fd(),
+            ],
+            (None, None) => {
+                return Err(RuntimeError::Exec("exec without a tty needs stdio".into()))
+            }
         };
-        proto::send(sock.as_fd(), &Request::Exec { process: process.clone() }, &fds)
-            .map_err(RuntimeError::io("send exec request"))?;
+        proto::send(
+            sock.as_fd(),
+            &Request::Exec {
+                process: process.clone(),
+            },
+            &fds,
+        )
+        .map_err(RuntimeError::io("send exec request"))?;
         drop(stdio);
         match proto::recv::<Response>(sock.as_fd()).map_err(RuntimeError::io("exec"))? {
             Some((Response::Started { pid }, fds)) => Ok(ExecSession {
@@ -220,8 +284,14 @@ impl Runtime for LinuxRuntime {
             Err(RuntimeError::NotRunning) => return Ok(()),
             Err(e) => return Err(e),
         };
-        proto::send(sock.as_fd(), &Request::Stop { timeout_ms: grace.as_millis() as u64 }, &[])
-            .map_err(RuntimeError::io("send stop request"))?;
+        proto::send(
+            sock.as_fd(),
+            &Request::Stop {
+                timeout_ms: grace.as_millis() as u64,
+            },
+            &[],
+        )
+        .map_err(RuntimeError::io("send stop request"))?;
         // The answer, or the supervisor hanging up as it exits: either way it is stopping; wait for the lock.
         let _ = proto::recv::<Response>(sock.as_fd());
         for _ in 0..500 {
@@ -230,7 +300,9 @@ impl Runtime for LinuxRuntime {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Err(RuntimeError::Exec("the workspace did not stop in time".into()))
+        Err(RuntimeError::Exec(
+            "the workspace did not stop in time".into(),
+        ))
     }
 
     fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
@@ -240,7 +312,10 @@ impl Runtime for LinuxRuntime {
         }
         if self.supervisor_alive(&l) {
             if let Some(pid) = self.supervisor_pid(&l) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             for _ in 0..200 {
                 if !self.supervisor_alive(&l) {
@@ -315,14 +390,19 @@ impl ExecSession {
             match proto::recv::<Response>(self.sock.as_fd()).map_err(RuntimeError::io("wait"))? {
                 Some((Response::Exited { code }, _)) => return Ok(code),
                 Some(_) => continue,
-                None => return Err(RuntimeError::Exec("the workspace stopped while the command ran".into())),
+                None => {
+                    return Err(RuntimeError::Exec(
+                        "the workspace stopped while the command ran".into(),
+                    ))
+                }
             }
         }
     }
 
     /// Delivers `signal` to the process.
     pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
-        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[]).map_err(RuntimeError::io("send signal"))
+        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[])
+            .map_err(RuntimeError::io("send signal"))
     }
 
     /// A second handle for signalling from another thread while one waits.
@@ -341,6 +421,7 @@ pub struct Signaller {
 impl Signaller {
     /// Delivers `signal` to the process.
     pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
-        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[]).map_err(RuntimeError::io("send signal"))
+        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[])
+            .map_err(RuntimeError::io("send signal"))
     }
 }

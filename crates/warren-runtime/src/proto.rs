@@ -9,8 +9,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::socket::{
-    connect, recvmsg, sendmsg, socket, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockFlag, SockType, UnixAddr,
+    connect, recvmsg, sendmsg, socket, AddressFamily, ControlMessage, ControlMessageOwned,
+    MsgFlags, SockFlag, SockType, UnixAddr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +189,9 @@ mod tests {
         std::fs::File::from(r).read_to_string(&mut s).unwrap();
         assert_eq!(s, "through the passed pipe");
         drop(a);
-        assert!(recv::<Request>(b.as_fd()).unwrap().is_none(), "hang-up is None");
+        assert!(
+            recv::<Request>(b.as_fd()).unwrap().is_none(),
+            "hang-up is None"
+        );
     }
 }

@@ -37,9 +37,24 @@ mod tests {
     #[test]
     fn dangerous_syscalls_are_not_allowed() {
         for bad in [
-            "mount", "umount2", "kexec_load", "init_module", "finit_module", "keyctl", "bpf",
-            "unshare", "setns", "perf_event_open", "open_by_handle_at", "io_uring_setup", "reboot",
-            "pivot_root", "add_key", "clock_settime", "fsopen", "move_mount",
+            "mount",
+            "umount2",
+            "kexec_load",
+            "init_module",
+            "finit_module",
+            "keyctl",
+            "bpf",
+            "unshare",
+            "setns",
+            "perf_event_open",
+            "open_by_handle_at",
+            "io_uring_setup",
+            "reboot",
+            "pivot_root",
+            "add_key",
+            "clock_settime",
+            "fsopen",
+            "move_mount",
         ] {
             assert!(!ALLOWED_X86_64.contains(&bad), "{bad} must not be allowed");
         }
@@ -47,7 +62,10 @@ mod tests {
 
     #[test]
     fn everyday_syscalls_are_allowed() {
-        for ok in ["read", "write", "openat", "execve", "fork", "wait4", "ptrace", "socket", "mmap", "futex"] {
+        for ok in [
+            "read", "write", "openat", "execve", "fork", "wait4", "ptrace", "socket", "mmap",
+            "futex",
+        ] {
             assert!(ALLOWED_X86_64.contains(&ok), "{ok} must be allowed");
         }
     }
@@ -55,6 +73,9 @@ mod tests {
     #[test]
     fn profile_parses_as_oci_seccomp() {
         let s: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(profile()).unwrap();
-        assert_eq!(s.default_action(), oci_spec::runtime::LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(
+            s.default_action(),
+            oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+        );
     }
 }

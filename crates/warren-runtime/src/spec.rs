@@ -238,7 +238,12 @@ pub fn cgroup_path(id: &str) -> String {
 }
 
 /// The full OCI `config.json` of a workspace.
-pub fn config(spec: &WorkspaceSpec, layout: &Layout, init_user: &User, home: Option<&str>) -> Value {
+pub fn config(
+    spec: &WorkspaceSpec,
+    layout: &Layout,
+    init_user: &User,
+    home: Option<&str>,
+) -> Value {
     let mut mounts = base_mounts();
     let etc = layout.etc();
     for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts")] {
@@ -292,8 +297,10 @@ pub fn config(spec: &WorkspaceSpec, layout: &Layout, init_user: &User, home: Opt
     });
     if let Some(map) = &spec.user_namespace {
         namespaces.push(json!({"type": "user"}));
-        linux["uidMappings"] = json!([{ "containerID": 0, "hostID": map.host_uid, "size": map.size }]);
-        linux["gidMappings"] = json!([{ "containerID": 0, "hostID": map.host_gid, "size": map.size }]);
+        linux["uidMappings"] =
+            json!([{ "containerID": 0, "hostID": map.host_uid, "size": map.size }]);
+        linux["gidMappings"] =
+            json!([{ "containerID": 0, "hostID": map.host_gid, "size": map.size }]);
     }
     linux["namespaces"] = json!(namespaces);
     json!({
@@ -354,7 +361,10 @@ mod tests {
         assert_eq!(res.pids().as_ref().unwrap().limit(), 100);
         assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
         assert_eq!(res.cpu().as_ref().unwrap().quota(), Some(50_000));
-        assert_eq!(linux.cgroups_path().as_ref().unwrap(), Path::new("/warren/abc"));
+        assert_eq!(
+            linux.cgroups_path().as_ref().unwrap(),
+            Path::new("/warren/abc")
+        );
         let ns: Vec<String> = v["linux"]["namespaces"]
             .as_array()
             .unwrap()
@@ -367,7 +377,13 @@ mod tests {
         assert!(!ns.contains(&"user".to_string()));
         let p = parsed.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(true));
-        let caps = p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap();
+        let caps = p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap();
         assert!(!caps.contains(&oci_spec::runtime::Capability::SysAdmin));
         assert!(!caps.contains(&oci_spec::runtime::Capability::NetRaw));
         assert!(linux.seccomp().is_some());
@@ -381,7 +397,12 @@ mod tests {
             host_gid: 100000,
             size: 65536,
         });
-        let v = config(&s, &Layout::new(Path::new("/s"), "abc"), &User::root(), Some("/root"));
+        let v = config(
+            &s,
+            &Layout::new(Path::new("/s"), "abc"),
+            &User::root(),
+            Some("/root"),
+        );
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
         let linux = parsed.linux().as_ref().unwrap();
         assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), 100000);
@@ -413,7 +434,10 @@ mod tests {
         let layout = Layout::new(Path::new("/state"), "abc");
         let v = config(&s, &layout, &User::root(), Some("/root"));
         let mounts = v["mounts"].as_array().unwrap();
-        let cache = mounts.iter().find(|m| m["destination"] == "/cache").unwrap();
+        let cache = mounts
+            .iter()
+            .find(|m| m["destination"] == "/cache")
+            .unwrap();
         assert_eq!(cache["source"], "/state/abc/volumes/cache");
         assert!(cache["options"].as_array().unwrap().contains(&json!("ro")));
         let scratch = mounts

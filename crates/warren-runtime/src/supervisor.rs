@@ -162,7 +162,10 @@ impl Supervisor {
         // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers and affects only this process.
         let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         if rc != 0 {
-            return Err(format!("prctl(PR_SET_CHILD_SUBREAPER): {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "prctl(PR_SET_CHILD_SUBREAPER): {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let lock = OpenOptions::new()
             .create(true)
@@ -171,14 +174,21 @@ impl Supervisor {
             .custom_flags(libc::O_CLOEXEC)
             .open(layout.lock())
             .map_err(err("open lock"))?;
-        let lock = flock_nb(lock).map_err(|_| "another supervisor already runs this workspace".to_string())?;
+        let lock = flock_nb(lock)
+            .map_err(|_| "another supervisor already runs this workspace".to_string())?;
         fs::write(layout.run().join("sup.pid"), std::process::id().to_string())
             .map_err(err("write pid file"))?;
         let _ = fs::remove_file(layout.exit_file());
 
         unshare(CloneFlags::CLONE_NEWNS).map_err(err("unshare mount namespace"))?;
-        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-            .map_err(err("make mounts private"))?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(err("make mounts private"))?;
         mount_overlay(&layout, &cfg.layers)?;
         if let Some(home) = &cfg.home {
             seed_home(&layout, home)?;
@@ -192,7 +202,12 @@ impl Supervisor {
             serde_json::from_value(config["process"]["env"].clone()).unwrap_or_default();
         let seccomp = serde_json::from_value(config["linux"]["seccomp"].clone()).ok();
 
-        let backend = Backend::new(cfg.runtime.clone(), &cfg.id, &layout.oci_root(), &layout.bundle());
+        let backend = Backend::new(
+            cfg.runtime.clone(),
+            &cfg.id,
+            &layout.oci_root(),
+            &layout.bundle(),
+        );
         // A previous supervisor that died hard may have left container state behind.
         let _ = backend.kill(libc::SIGKILL, true);
         let _ = backend.delete();
@@ -210,7 +225,11 @@ impl Supervisor {
                 .map_err(err("pipe"))?;
         SIGNAL_PIPE.store(sig_w.as_raw_fd(), Ordering::Relaxed);
         std::mem::forget(sig_w);
-        let action = SigAction::new(SigHandler::Handler(on_signal), SaFlags::SA_RESTART, SigSet::empty());
+        let action = SigAction::new(
+            SigHandler::Handler(on_signal),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
         for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT] {
             // SAFETY: the handler only calls write(2), which is async-signal-safe.
             unsafe { nix::sys::signal::sigaction(s, &action) }.map_err(err("sigaction"))?;
@@ -230,8 +249,11 @@ impl Supervisor {
         )
         .map_err(err("socket"))?;
         let _ = fs::remove_file(layout.socket());
-        bind(listener.as_raw_fd(), &UnixAddr::new(&layout.socket()).map_err(err("socket path"))?)
-            .map_err(err("bind control socket"))?;
+        bind(
+            listener.as_raw_fd(),
+            &UnixAddr::new(&layout.socket()).map_err(err("socket path"))?,
+        )
+        .map_err(err("bind control socket"))?;
         listen(&listener, Backlog::new(64).map_err(err("listen"))?).map_err(err("listen"))?;
 
         Ok(Supervisor {
@@ -258,7 +280,8 @@ impl Supervisor {
             let timeout = match self.stop_deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
-                    PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::ZERO)
+                    PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                        .unwrap_or(PollTimeout::ZERO)
                 }
                 None => PollTimeout::NONE,
             };
@@ -382,7 +405,13 @@ impl Supervisor {
         let sock = sock.as_fd();
         match req {
             Request::Status => {
-                let _ = proto::send(sock, &Response::Status { init_pid: self.init_pid }, &[]);
+                let _ = proto::send(
+                    sock,
+                    &Response::Status {
+                        init_pid: self.init_pid,
+                    },
+                    &[],
+                );
             }
             Request::Stop { timeout_ms } => {
                 self.clients[i].wants_stop = true;
@@ -416,7 +445,11 @@ impl Supervisor {
         true
     }
 
-    fn exec(&mut self, p: &ExecProcess, fds: Vec<OwnedFd>) -> Result<(i32, Option<OwnedFd>), String> {
+    fn exec(
+        &mut self,
+        p: &ExecProcess,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(i32, Option<OwnedFd>), String> {
         if p.argv.is_empty() {
             return Err("no command given".into());
         }
@@ -438,7 +471,11 @@ impl Supervisor {
         }
         let cwd = p.cwd.clone().unwrap_or_else(|| user.home.clone());
         let cwd_host = rootfs.join(cwd.trim_start_matches('/'));
-        let cwd = if cwd_host.is_dir() { cwd } else { "/".to_string() };
+        let cwd = if cwd_host.is_dir() {
+            cwd
+        } else {
+            "/".to_string()
+        };
         self.exec_seq += 1;
         let seq = self.exec_seq;
         let process_json = self.layout.run().join(format!("exec-{seq}.json"));
@@ -451,7 +488,16 @@ impl Supervisor {
             match (it.next(), it.next(), it.next()) {
                 (Some(stdin), Some(stdout), Some(stderr)) => self
                     .backend
-                    .exec(&process_json, Some(Stdio3 { stdin, stdout, stderr }), None, self.seccomp.clone())
+                    .exec(
+                        &process_json,
+                        Some(Stdio3 {
+                            stdin,
+                            stdout,
+                            stderr,
+                        }),
+                        None,
+                        self.seccomp.clone(),
+                    )
                     .map(|pid| (pid, None))
                     .map_err(|e| e.to_string()),
                 _ => Err("exec without a tty needs stdin, stdout and stderr descriptors".into()),
@@ -461,12 +507,25 @@ impl Supervisor {
         result
     }
 
-    fn exec_tty(&mut self, process_json: &Path, seq: u64) -> Result<(i32, Option<OwnedFd>), String> {
+    fn exec_tty(
+        &mut self,
+        process_json: &Path,
+        seq: u64,
+    ) -> Result<(i32, Option<OwnedFd>), String> {
         let path = self.layout.run().join(format!("console-{seq}.sock"));
         let _ = fs::remove_file(&path);
-        let l = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-            .map_err(err("console socket"))?;
-        bind(l.as_raw_fd(), &UnixAddr::new(&path).map_err(err("console path"))?).map_err(err("bind"))?;
+        let l = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(err("console socket"))?;
+        bind(
+            l.as_raw_fd(),
+            &UnixAddr::new(&path).map_err(err("console path"))?,
+        )
+        .map_err(err("bind"))?;
         listen(&l, Backlog::new(1).map_err(err("listen"))?).map_err(err("listen"))?;
         let r = self
             .backend
@@ -502,7 +561,10 @@ impl Supervisor {
             code,
             requested: self.stop_requested,
         };
-        let _ = fs::write(self.layout.exit_file(), serde_json::to_vec(&rec).unwrap_or_default());
+        let _ = fs::write(
+            self.layout.exit_file(),
+            serde_json::to_vec(&rec).unwrap_or_default(),
+        );
         let _ = fs::remove_file(self.layout.socket());
         for c in &self.clients {
             if c.wants_stop {
@@ -537,15 +599,25 @@ fn mount_overlay(layout: &Layout, layers: &[PathBuf]) -> Result<(), String> {
     if layers.is_empty() {
         return Err("the image has no layers".into());
     }
-    let lower: Vec<String> = layers.iter().rev().map(|p| p.display().to_string()).collect();
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         layout.upper().display(),
         layout.work().display()
     );
-    mount(Some("overlay"), &layout.rootfs(), Some("overlay"), MsFlags::empty(), Some(opts.as_str()))
-        .map_err(err("mount overlay root filesystem"))
+    mount(
+        Some("overlay"),
+        &layout.rootfs(),
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(err("mount overlay root filesystem"))
 }
 
 fn umount_rootfs(layout: &Layout) -> nix::Result<()> {
@@ -569,7 +641,10 @@ fn seed_home(layout: &Layout, home: &str) -> Result<(), String> {
             .status()
             .map_err(err("copy home"))?;
         if !status.success() {
-            return Err(format!("copying {} into the home volume failed", src.display()));
+            return Err(format!(
+                "copying {} into the home volume failed",
+                src.display()
+            ));
         }
         // The volume's root takes the image's ownership and mode of the home directory.
         let meta = fs::metadata(&src).map_err(err("stat home"))?;
@@ -587,7 +662,12 @@ fn recv_one_fd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     let mut buf = [0u8; 4096];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let m = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let m = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
     for c in m.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(&fd) = fds.first() {

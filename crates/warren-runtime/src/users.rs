@@ -29,7 +29,12 @@ fn resolve_with(user: &str, read: impl Fn(&str) -> Option<String>) -> Result<Use
     let entry = passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 7 && (f[0] == who || f[2] == who)).then(|| {
-            (f[0].to_string(), f[2].parse::<u32>().ok(), f[3].parse::<u32>().ok(), f[5].to_string())
+            (
+                f[0].to_string(),
+                f[2].parse::<u32>().ok(),
+                f[3].parse::<u32>().ok(),
+                f[5].to_string(),
+            )
         })
     });
     let (name, uid, gid, home) = match entry {
@@ -46,26 +51,39 @@ fn resolve_with(user: &str, read: impl Fn(&str) -> Option<String>) -> Result<Use
     let groups = read("etc/group").unwrap_or_default();
     let gid = match group {
         None => gid,
-        Some(g) => g.parse::<u32>().ok().or_else(|| {
-            groups.lines().find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok()).flatten()
+        Some(g) => g
+            .parse::<u32>()
+            .ok()
+            .or_else(|| {
+                groups.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g)
+                        .then(|| f[2].parse().ok())
+                        .flatten()
+                })
             })
-        })
-        .ok_or_else(|| format!("group `{g}` does not exist in the workspace image"))?,
+            .ok_or_else(|| format!("group `{g}` does not exist in the workspace image"))?,
     };
     let mut additional_gids: Vec<u32> = match &name {
         Some(n) => groups
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 4 && f[3].split(',').any(|m| m == n)).then(|| f[2].parse().ok()).flatten()
+                (f.len() >= 4 && f[3].split(',').any(|m| m == n))
+                    .then(|| f[2].parse().ok())
+                    .flatten()
             })
             .collect(),
         None => vec![],
     };
     additional_gids.retain(|g| *g != gid);
-    Ok(User { uid, gid, additional_gids, home, name })
+    Ok(User {
+        uid,
+        gid,
+        additional_gids,
+        home,
+        name,
+    })
 }
 
 #[cfg(test)]
@@ -74,8 +92,12 @@ mod tests {
 
     fn files(rel: &str) -> Option<String> {
         match rel {
-            "etc/passwd" => Some("root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000::/home/dev:/bin/bash\n".into()),
-            "etc/group" => Some("root:x:0:\ndev:x:1000:\ndocker:x:998:dev\nstaff:x:50:dev,other\n".into()),
+            "etc/passwd" => {
+                Some("root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000::/home/dev:/bin/bash\n".into())
+            }
+            "etc/group" => {
+                Some("root:x:0:\ndev:x:1000:\ndocker:x:998:dev\nstaff:x:50:dev,other\n".into())
+            }
             _ => None,
         }
     }
@@ -85,7 +107,10 @@ mod tests {
         let u = resolve_with("dev", files).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/home/dev"));
         assert_eq!(u.additional_gids, vec![998, 50]);
-        assert_eq!(resolve_with("1000", files).unwrap().name.as_deref(), Some("dev"));
+        assert_eq!(
+            resolve_with("1000", files).unwrap().name.as_deref(),
+            Some("dev")
+        );
         assert_eq!(resolve_with("dev:docker", files).unwrap().gid, 998);
         let anon = resolve_with("4242", files).unwrap();
         assert_eq!((anon.uid, anon.gid, anon.name), (4242, 4242, None));
@@ -93,7 +118,11 @@ mod tests {
 
     #[test]
     fn unknown_users_and_groups_are_errors_naming_them() {
-        assert!(resolve_with("nobody-here", files).unwrap_err().contains("nobody-here"));
-        assert!(resolve_with("dev:nogroup", files).unwrap_err().contains("nogroup"));
+        assert!(resolve_with("nobody-here", files)
+            .unwrap_err()
+            .contains("nobody-here"));
+        assert!(resolve_with("dev:nogroup", files)
+            .unwrap_err()
+            .contains("nogroup"));
     }
 }

@@ -48,21 +48,42 @@ pub fn spec(f: &Fixture, id: &str) -> WorkspaceSpec {
         }],
         home_user: Some("root".into()),
         container_user: None,
-        limits: Limits { memory_bytes: Some(64 << 20), cpus: None, pids: Some(64) },
+        limits: Limits {
+            memory_bytes: Some(64 << 20),
+            cpus: None,
+            pids: Some(64),
+        },
         user_namespace: None,
     }
 }
 
 /// Runs `sh -c script` in the workspace; returns (exit code, stdout, stderr).
 pub fn sh(rt: &LinuxRuntime, id: &str, script: &str) -> (i32, String, String) {
-    run(rt, id, &ExecProcess { argv: vec!["sh".into(), "-c".into(), script.into()], ..Default::default() })
+    run(
+        rt,
+        id,
+        &ExecProcess {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            ..Default::default()
+        },
+    )
 }
 
 pub fn run(rt: &LinuxRuntime, id: &str, p: &ExecProcess) -> (i32, String, String) {
     let (out_r, out_w) = nix::unistd::pipe().unwrap();
     let (err_r, err_w) = nix::unistd::pipe().unwrap();
     let stdin: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
-    let s = rt.exec(id, p, Some(Stdio { stdin, stdout: out_w, stderr: err_w })).expect("exec");
+    let s = rt
+        .exec(
+            id,
+            p,
+            Some(Stdio {
+                stdin,
+                stdout: out_w,
+                stderr: err_w,
+            }),
+        )
+        .expect("exec");
     let t1 = std::thread::spawn(move || {
         let mut s = String::new();
         std::fs::File::from(out_r).read_to_string(&mut s).unwrap();
@@ -79,17 +100,36 @@ pub fn run(rt: &LinuxRuntime, id: &str, p: &ExecProcess) -> (i32, String, String
 
 #[test]
 fn workspace_runs_commands_and_survives_stop_start_until_destroyed() {
-    let f = fixture(std::env::var("OCI").map(|s| OciRuntime::parse(&s)).unwrap_or_default());
+    let f = fixture(
+        std::env::var("OCI")
+            .map(|s| OciRuntime::parse(&s))
+            .unwrap_or_default(),
+    );
 
     let s = spec(&f, "rt1");
     f.rt.create(&s).unwrap();
     f.rt.start("rt1").unwrap();
-    assert!(matches!(f.rt.inspect("rt1").unwrap(), Observed::Running { .. }));
-    let (code, out, _) = sh(&f.rt, "rt1", "echo $GREETING; hostname; cat /workspaces/project/README; exit 3");
+    assert!(matches!(
+        f.rt.inspect("rt1").unwrap(),
+        Observed::Running { .. }
+    ));
+    let (code, out, _) = sh(
+        &f.rt,
+        "rt1",
+        "echo $GREETING; hostname; cat /workspaces/project/README; exit 3",
+    );
     assert_eq!(code, 3);
     assert_eq!(out, "hello\nhost-rt1\nproject file\n");
     // Writes to the root filesystem and the home volume persist across stop/start.
-    assert_eq!(sh(&f.rt, "rt1", "echo kept > /etc/marker && echo home > /root/h && cat /root/.profile").0, 0);
+    assert_eq!(
+        sh(
+            &f.rt,
+            "rt1",
+            "echo kept > /etc/marker && echo home > /root/h && cat /root/.profile"
+        )
+        .0,
+        0
+    );
     f.rt.stop("rt1", Duration::from_secs(5)).unwrap();
     assert!(matches!(f.rt.inspect("rt1").unwrap(), Observed::Stopped(_)));
     f.rt.start("rt1").unwrap();

@@ -20,7 +20,9 @@ pub fn busybox_rootfs(dir: &Path) {
             let _ = symlink("busybox", bin.join(applet));
         }
     }
-    for d in ["etc", "root", "home/dev", "usr/bin", "proc", "sys", "dev", "tmp"] {
+    for d in [
+        "etc", "root", "home/dev", "usr/bin", "proc", "sys", "dev", "tmp",
+    ] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::write(
@@ -28,8 +30,16 @@ pub fn busybox_rootfs(dir: &Path) {
         "root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000:dev:/home/dev:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )
     .unwrap();
-    std::fs::write(dir.join("etc/group"), "root:x:0:\ndev:x:1000:\nnogroup:x:65534:\n").unwrap();
-    std::fs::write(dir.join("root/.profile"), "# root's profile from the image\n").unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\ndev:x:1000:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("root/.profile"),
+        "# root's profile from the image\n",
+    )
+    .unwrap();
     nix::unistd::chown(&dir.join("home/dev"), Some(1000.into()), Some(1000.into())).unwrap();
 }
 
