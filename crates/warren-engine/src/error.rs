@@ -9,7 +9,9 @@ use warren_store::{StoreError, WorkspaceRecord};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// Not running as root.
-    #[error("warren needs root privileges to create workspaces (namespaces, cgroups, overlay mounts)")]
+    #[error(
+        "warren needs root privileges to create workspaces (namespaces, cgroups, overlay mounts)"
+    )]
     Privilege,
     /// No such workspace.
     #[error("no workspace named `{0}`")]
@@ -93,13 +95,15 @@ impl EngineError {
             EngineError::ProjectDir { .. } | EngineError::Config(_) | EngineError::NoImage(_) => {
                 ErrorCode::InvalidConfig
             }
-            EngineError::Image(warren_image::ImageError::NotFound { .. }) => ErrorCode::ImageNotFound,
+            EngineError::Image(warren_image::ImageError::NotFound { .. }) => {
+                ErrorCode::ImageNotFound
+            }
             EngineError::Image(_) => ErrorCode::InvalidConfig,
             EngineError::NameTaken { .. } => ErrorCode::NameTaken,
             EngineError::InvalidName(_) => ErrorCode::InvalidName,
-            EngineError::NotRunning { .. } | EngineError::Running(_) | EngineError::InvalidState { .. } => {
-                ErrorCode::InvalidState
-            }
+            EngineError::NotRunning { .. }
+            | EngineError::Running(_)
+            | EngineError::InvalidState { .. } => ErrorCode::InvalidState,
             EngineError::Lifecycle { .. } | EngineError::Runtime(_) => ErrorCode::RuntimeError,
             EngineError::Store(e) => e.code(),
             EngineError::Internal(_) => ErrorCode::Internal,
@@ -132,7 +136,11 @@ impl EngineError {
         }
     }
 
-    pub(crate) fn from_transition(e: StoreError, rec: &WorkspaceRecord, action: &'static str) -> EngineError {
+    pub(crate) fn from_transition(
+        e: StoreError,
+        rec: &WorkspaceRecord,
+        action: &'static str,
+    ) -> EngineError {
         match e {
             StoreError::InvalidTransition(t) => EngineError::InvalidState {
                 name: rec.name.to_string(),

@@ -21,7 +21,7 @@ pub use reconcile::ReconcileReport;
 pub use wsspec::{Limits, WsSpec};
 
 use warren_api::{Event, Workspace, WorkspaceName, WorkspaceState};
-use warren_image::{ImageStore, ImageInfo};
+use warren_image::{ImageInfo, ImageStore};
 use warren_runtime::{ExecProcess, ExecSession, LinuxRuntime, OciRuntime, Runtime, Stdio};
 use warren_store::{NewWorkspace, Store, WorkspaceRecord};
 
@@ -104,7 +104,12 @@ impl Engine {
             cfg.oci.clone(),
             &cfg.exe,
         ));
-        Ok(Engine { cfg, store, images, runtime })
+        Ok(Engine {
+            cfg,
+            store,
+            images,
+            runtime,
+        })
     }
 
     /// The image store.
@@ -135,7 +140,13 @@ impl Engine {
 
     /// Every workspace.
     pub async fn list(&self) -> Result<Vec<Workspace>, EngineError> {
-        Ok(self.store.list().await?.into_iter().map(Workspace::from).collect())
+        Ok(self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .map(Workspace::from)
+            .collect())
     }
 
     /// Applies `event` to the workspace's current state (generation-checked), returning the new record.
@@ -145,7 +156,11 @@ impl Engine {
         event: Event,
         msg: Option<&str>,
     ) -> Result<WorkspaceRecord, EngineError> {
-        Ok(self.store.apply(&rec.id, rec.generation, event, msg).await?.0)
+        Ok(self
+            .store
+            .apply(&rec.id, rec.generation, event, msg)
+            .await?
+            .0)
     }
 
     /// Brings up the workspace for the project folder `dir`: creates it on first use, starts it if it is
@@ -202,7 +217,10 @@ impl Engine {
         let name = match &opts.name {
             Some(n) => WorkspaceName::new(n.clone())?,
             None => {
-                let base = dir.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                let base = dir
+                    .file_name()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 warren_api::workspace_name_from_dir(&base)
             }
         };
@@ -220,18 +238,28 @@ impl Engine {
                 project_dir: dir_s,
                 config_path: loaded.config_path.display().to_string(),
                 image: image.name.clone(),
-                spec_json: serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.to_string()))?,
+                spec_json: serde_json::to_string(&spec)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?,
             })
             .await?;
-        progress.step(&format!("Creating workspace {} from image {}", rec.name, image.name));
+        progress.step(&format!(
+            "Creating workspace {} from image {}",
+            rec.name, image.name
+        ));
         self.start_record(rec, progress).await
     }
 
-    async fn ensure_image(&self, name: &str, progress: &dyn Progress) -> Result<warren_image::Image, EngineError> {
+    async fn ensure_image(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<warren_image::Image, EngineError> {
         let images = self.images.clone();
         let n = name.to_string();
         match blocking(move || images.resolve(&n).map_err(EngineError::from)).await {
-            Err(EngineError::Image(warren_image::ImageError::NotFound { .. })) if debian_suite(name).is_some() => {
+            Err(EngineError::Image(warren_image::ImageError::NotFound { .. }))
+                if debian_suite(name).is_some() =>
+            {
                 let suite = debian_suite(name).unwrap_or("bookworm").to_string();
                 progress.step(&format!(
                     "Image {name} is not in the local store: building it from Debian packages with mmdebstrap (first use only)"
@@ -246,7 +274,12 @@ impl Engine {
     }
 
     /// Builds a Debian image `name` from Debian's packages.
-    pub async fn bootstrap(&self, name: &str, suite: &str, progress: &dyn Progress) -> Result<ImageInfo, EngineError> {
+    pub async fn bootstrap(
+        &self,
+        name: &str,
+        suite: &str,
+        progress: &dyn Progress,
+    ) -> Result<ImageInfo, EngineError> {
         let images = self.images.clone();
         let name = name.to_string();
         let opts = warren_image::BootstrapOptions {
@@ -263,18 +296,32 @@ impl Engine {
         while let Some(line) = rx.recv().await {
             progress.output(&line);
         }
-        Ok(task.await.map_err(|e| EngineError::Internal(e.to_string()))??)
+        Ok(task
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??)
     }
 
     /// Starts a workspace by name (creating its container if needed) and runs postStart.
-    pub async fn start(&self, name: &str, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+    pub async fn start(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
         let rec = self.get(name).await?;
         self.start_record(rec, progress).await
     }
 
-    async fn start_record(&self, rec: WorkspaceRecord, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+    async fn start_record(
+        &self,
+        rec: WorkspaceRecord,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
         let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
-        let rec = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
+        let rec = self
+            .store
+            .get(&rec.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
         match rec.state {
             WorkspaceState::Running => {
                 // Running already: nothing to do unless an interrupted start left once-only steps undone.
@@ -318,7 +365,11 @@ impl Engine {
         self.run_lifecycle(rec, progress).await
     }
 
-    async fn run_lifecycle(&self, rec: WorkspaceRecord, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+    async fn run_lifecycle(
+        &self,
+        rec: WorkspaceRecord,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
         let spec: WsSpec = rec.spec()?;
         let mut ls = LifecycleState::from_json(&rec.lifecycle_json);
         let log = self.log_path(&rec.id);
@@ -329,12 +380,23 @@ impl Engine {
             ("postStartCommand", true),
         ];
         for (what, due) in steps {
-            let Some(cmd) = spec.lifecycle_command(what) else { continue };
+            let Some(cmd) = spec.lifecycle_command(what) else {
+                continue;
+            };
             if !due {
                 continue;
             }
             progress.step(&format!("Running {what}"));
-            let res = lifecycle::run(self.runtime.clone(), &rec.id, &spec, what, cmd, &log, progress).await;
+            let res = lifecycle::run(
+                self.runtime.clone(),
+                &rec.id,
+                &spec,
+                what,
+                cmd,
+                &log,
+                progress,
+            )
+            .await;
             match res {
                 Ok(()) => {}
                 Err(e) => {
@@ -344,24 +406,43 @@ impl Engine {
             }
             if what == "postCreateCommand" {
                 ls.created = true;
-                rec = self.store.set_lifecycle_json(&rec.id, rec.generation, &ls.to_json()).await?;
+                rec = self
+                    .store
+                    .set_lifecycle_json(&rec.id, rec.generation, &ls.to_json())
+                    .await?;
             }
         }
         if !ls.created {
             ls.created = true;
-            rec = self.store.set_lifecycle_json(&rec.id, rec.generation, &ls.to_json()).await?;
+            rec = self
+                .store
+                .set_lifecycle_json(&rec.id, rec.generation, &ls.to_json())
+                .await?;
         }
         if rec.last_error.is_some() {
-            rec = self.store.set_last_error(&rec.id, rec.generation, None).await?;
+            rec = self
+                .store
+                .set_last_error(&rec.id, rec.generation, None)
+                .await?;
         }
         Ok(rec)
     }
 
     /// Marks the workspace failed with `message` and stops its container.
     async fn fail(&self, rec: &WorkspaceRecord, message: &str) -> Result<(), EngineError> {
-        let cur = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
-        let cur = self.store.apply(&cur.id, cur.generation, Event::Fail, Some(message)).await?.0;
-        self.store.set_last_error(&cur.id, cur.generation, Some(message)).await?;
+        let cur = self
+            .store
+            .get(&rec.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
+        let cur = self
+            .store
+            .apply(&cur.id, cur.generation, Event::Fail, Some(message))
+            .await?
+            .0;
+        self.store
+            .set_last_error(&cur.id, cur.generation, Some(message))
+            .await?;
         let rt = self.runtime.clone();
         let id = cur.id.clone();
         blocking(move || Ok(rt.stop(&id, Duration::from_secs(2))?)).await
@@ -371,13 +452,20 @@ impl Engine {
     pub async fn stop(&self, name: &str) -> Result<WorkspaceRecord, EngineError> {
         let rec = self.get(name).await?;
         let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
-        let rec = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let rec = self
+            .store
+            .get(&rec.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
         if matches!(rec.state, WorkspaceState::Stopped) {
             return Ok(rec);
         }
-        let rec = self.store.apply(&rec.id, rec.generation, Event::Stop, None).await.map_err(|e| {
-            EngineError::from_transition(e, &rec, "stop")
-        })?.0;
+        let rec = self
+            .store
+            .apply(&rec.id, rec.generation, Event::Stop, None)
+            .await
+            .map_err(|e| EngineError::from_transition(e, &rec, "stop"))?
+            .0;
         let rt = self.runtime.clone();
         let id = rec.id.clone();
         blocking(move || Ok(rt.stop(&id, STOP_GRACE)?)).await?;
@@ -388,7 +476,11 @@ impl Engine {
     }
 
     /// Stops then starts a workspace.
-    pub async fn restart(&self, name: &str, progress: &dyn Progress) -> Result<WorkspaceRecord, EngineError> {
+    pub async fn restart(
+        &self,
+        name: &str,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
         self.stop(name).await?;
         self.start(name, progress).await
     }
@@ -397,8 +489,17 @@ impl Engine {
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), EngineError> {
         let rec = self.get(name).await?;
         let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
-        let rec = self.store.get(&rec.id).await?.ok_or_else(|| EngineError::NotFound(name.to_string()))?;
-        if !force && matches!(rec.state, WorkspaceState::Running | WorkspaceState::Starting) {
+        let rec = self
+            .store
+            .get(&rec.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        if !force
+            && matches!(
+                rec.state,
+                WorkspaceState::Running | WorkspaceState::Starting
+            )
+        {
             return Err(EngineError::Running(rec.name.to_string()));
         }
         let rec = self.apply(&rec, Event::Delete, None).await?;
@@ -444,7 +545,11 @@ impl Engine {
                 let _ = self.reconcile().await;
                 Err(EngineError::NotRunning {
                     name: rec.name.to_string(),
-                    state: self.get(name).await.map(|r| r.state).unwrap_or(WorkspaceState::Failed),
+                    state: self
+                        .get(name)
+                        .await
+                        .map(|r| r.state)
+                        .unwrap_or(WorkspaceState::Failed),
                 })
             }
             other => other,
@@ -465,7 +570,13 @@ impl Engine {
 
     /// Removes an image unless a workspace uses it.
     pub async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
-        let in_use: Vec<String> = self.store.list().await?.into_iter().map(|r| r.image).collect();
+        let in_use: Vec<String> = self
+            .store
+            .list()
+            .await?
+            .into_iter()
+            .map(|r| r.image)
+            .collect();
         let images = self.images.clone();
         let name = name.to_string();
         blocking(move || Ok(images.remove_with(&name, &in_use)?)).await
@@ -474,7 +585,9 @@ impl Engine {
 
 /// `debian:<suite>` names Warren can build itself.
 fn debian_suite(name: &str) -> Option<&str> {
-    let tag = name.strip_prefix("debian:").or_else(|| name.strip_prefix("docker.io/library/debian:"))?;
+    let tag = name
+        .strip_prefix("debian:")
+        .or_else(|| name.strip_prefix("docker.io/library/debian:"))?;
     let suite = tag.strip_suffix("-slim").unwrap_or(tag);
     match suite {
         "bookworm" | "12" => Some("bookworm"),
@@ -500,8 +613,12 @@ trait RecordExt {
 
 impl RecordExt for WorkspaceRecord {
     fn spec(&self) -> Result<WsSpec, EngineError> {
-        serde_json::from_str(&self.spec_json)
-            .map_err(|e| EngineError::Internal(format!("workspace {} has an unreadable spec: {e}", self.name)))
+        serde_json::from_str(&self.spec_json).map_err(|e| {
+            EngineError::Internal(format!(
+                "workspace {} has an unreadable spec: {e}",
+                self.name
+            ))
+        })
     }
 }
 
@@ -513,7 +630,10 @@ mod tests {
     fn only_debian_suites_are_bootstrapped() {
         assert_eq!(debian_suite("debian:bookworm"), Some("bookworm"));
         assert_eq!(debian_suite("debian:12-slim"), Some("bookworm"));
-        assert_eq!(debian_suite("docker.io/library/debian:trixie"), Some("trixie"));
+        assert_eq!(
+            debian_suite("docker.io/library/debian:trixie"),
+            Some("trixie")
+        );
         assert_eq!(debian_suite("ubuntu:22.04"), None);
         assert_eq!(debian_suite("debian:sid-nonsense"), None);
     }

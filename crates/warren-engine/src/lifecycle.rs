@@ -57,7 +57,8 @@ pub async fn run(
         c => vec![(what.to_string(), argv(c))],
     };
     if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| EngineError::Internal(format!("create log dir: {e}")))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| EngineError::Internal(format!("create log dir: {e}")))?;
     }
     let mut logf = std::fs::OpenOptions::new()
         .create(true)
@@ -69,22 +70,43 @@ pub async fn run(
     let mut tasks = Vec::new();
     let parallel = parts.len() > 1;
     for (label, argv) in parts {
-        let mut p = ExecProcess { argv, ..Default::default() };
+        let mut p = ExecProcess {
+            argv,
+            ..Default::default()
+        };
         spec.apply_exec_defaults(&mut p);
         let rt = rt.clone();
         let id = id.to_string();
         let tx = tx.clone();
-        tasks.push(tokio::task::spawn_blocking(move || -> Result<(String, i32), EngineError> {
-            let (r, w) = nix::unistd::pipe().map_err(|e| EngineError::Internal(format!("pipe: {e}")))?;
-            let w2 = w.try_clone().map_err(|e| EngineError::Internal(format!("dup: {e}")))?;
-            let stdin = std::fs::File::open("/dev/null").map_err(|e| EngineError::Internal(e.to_string()))?;
-            let session = rt.exec(&id, &p, Some(Stdio { stdin: stdin.into(), stdout: w, stderr: w2 }))?;
-            for line in BufReader::new(std::fs::File::from(r)).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(if parallel { format!("[{label}] {line}") } else { line });
-            }
-            Ok((label, session.wait()?))
-        }));
+        tasks.push(tokio::task::spawn_blocking(
+            move || -> Result<(String, i32), EngineError> {
+                let (r, w) =
+                    nix::unistd::pipe().map_err(|e| EngineError::Internal(format!("pipe: {e}")))?;
+                let w2 = w
+                    .try_clone()
+                    .map_err(|e| EngineError::Internal(format!("dup: {e}")))?;
+                let stdin = std::fs::File::open("/dev/null")
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
+                let session = rt.exec(
+                    &id,
+                    &p,
+                    Some(Stdio {
+                        stdin: stdin.into(),
+                        stdout: w,
+                        stderr: w2,
+                    }),
+                )?;
+                for line in BufReader::new(std::fs::File::from(r)).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(if parallel {
+                        format!("[{label}] {line}")
+                    } else {
+                        line
+                    });
+                }
+                Ok((label, session.wait()?))
+            },
+        ));
     }
     drop(tx);
     while let Some(line) = rx.recv().await {
@@ -93,7 +115,9 @@ pub async fn run(
     }
     let mut failed = None;
     for t in tasks {
-        let (label, code) = t.await.map_err(|e| EngineError::Internal(e.to_string()))??;
+        let (label, code) = t
+            .await
+            .map_err(|e| EngineError::Internal(e.to_string()))??;
         if code != 0 && failed.is_none() {
             failed = Some((label, code));
         }
@@ -102,7 +126,11 @@ pub async fn run(
         None => Ok(()),
         Some((label, code)) => {
             let _ = writeln!(logf, "== {label} failed with exit code {code}");
-            Err(EngineError::Lifecycle { what: label, code, log: log.to_path_buf() })
+            Err(EngineError::Lifecycle {
+                what: label,
+                code,
+                log: log.to_path_buf(),
+            })
         }
     }
 }

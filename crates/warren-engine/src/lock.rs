@@ -19,7 +19,8 @@ fn path(dir: &Path, id: &str) -> PathBuf {
 }
 
 fn open(dir: &Path, id: &str) -> Result<File, EngineError> {
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::Internal(format!("create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| EngineError::Internal(format!("create {}: {e}", dir.display())))?;
     OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -44,7 +45,9 @@ impl OpLock {
     /// Takes the lock if nobody holds it.
     pub fn try_acquire(dir: &Path, id: &str) -> Result<Option<OpLock>, EngineError> {
         let f = open(dir, id)?;
-        Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock).ok().map(|l| OpLock { _lock: l }))
+        Ok(Flock::lock(f, FlockArg::LockExclusiveNonblock)
+            .ok()
+            .map(|l| OpLock { _lock: l }))
     }
 }
 

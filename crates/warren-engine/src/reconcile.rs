@@ -30,9 +30,13 @@ impl Engine {
         let mut report = ReconcileReport::default();
         let records = self.store.list().await?;
         for rec in &records {
-            let Some(_lock) = OpLock::try_acquire(&self.lock_dir(), &rec.id)? else { continue };
+            let Some(_lock) = OpLock::try_acquire(&self.lock_dir(), &rec.id)? else {
+                continue;
+            };
             // Re-read under the lock: the record may have moved on since the listing.
-            let Some(rec) = self.store.get(&rec.id).await? else { continue };
+            let Some(rec) = self.store.get(&rec.id).await? else {
+                continue;
+            };
             let rt = self.runtime.clone();
             let id = rec.id.clone();
             let observed = blocking(move || Ok(rt.inspect(&id)?)).await?;
@@ -41,11 +45,19 @@ impl Engine {
             match rec.state {
                 WorkspaceState::Running if !running => {
                     let why = match &observed {
-                        Observed::Stopped(Some(exit)) => format!("the workspace init exited with code {}", exit.code),
+                        Observed::Stopped(Some(exit)) => {
+                            format!("the workspace init exited with code {}", exit.code)
+                        }
                         _ => "the workspace's supervisor is gone".to_string(),
                     };
-                    let r = self.store.apply(&rec.id, rec.generation, Event::Exited, Some(&why)).await?.0;
-                    self.store.set_last_error(&r.id, r.generation, Some(&why)).await?;
+                    let r = self
+                        .store
+                        .apply(&rec.id, rec.generation, Event::Exited, Some(&why))
+                        .await?
+                        .0;
+                    self.store
+                        .set_last_error(&r.id, r.generation, Some(&why))
+                        .await?;
                     report.failed.push(name);
                 }
                 WorkspaceState::Pending | WorkspaceState::Starting => {
@@ -53,16 +65,25 @@ impl Engine {
                     let rt = self.runtime.clone();
                     let id = rec.id.clone();
                     blocking(move || Ok(rt.stop(&id, Duration::from_secs(2))?)).await?;
-                    let why = "interrupted while starting; `warren up` or `warren start` tries again";
-                    let r = self.store.apply(&rec.id, rec.generation, Event::Fail, Some(why)).await?.0;
-                    self.store.set_last_error(&r.id, r.generation, Some(why)).await?;
+                    let why =
+                        "interrupted while starting; `warren up` or `warren start` tries again";
+                    let r = self
+                        .store
+                        .apply(&rec.id, rec.generation, Event::Fail, Some(why))
+                        .await?
+                        .0;
+                    self.store
+                        .set_last_error(&r.id, r.generation, Some(why))
+                        .await?;
                     report.failed.push(name);
                 }
                 WorkspaceState::Stopping => {
                     let rt = self.runtime.clone();
                     let id = rec.id.clone();
                     blocking(move || Ok(rt.stop(&id, Duration::from_secs(2))?)).await?;
-                    self.store.apply(&rec.id, rec.generation, Event::Stopped, None).await?;
+                    self.store
+                        .apply(&rec.id, rec.generation, Event::Stopped, None)
+                        .await?;
                     report.stopped.push(name);
                 }
                 WorkspaceState::Stopped | WorkspaceState::Failed if running => {

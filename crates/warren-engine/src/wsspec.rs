@@ -91,12 +91,18 @@ impl WsSpec {
 
     /// The user the container runs as.
     pub fn container_user(&self) -> Option<String> {
-        self.config.container_user.clone().or_else(|| self.image_user.clone())
+        self.config
+            .container_user
+            .clone()
+            .or_else(|| self.image_user.clone())
     }
 
     /// The user lifecycle commands and sessions run as.
     pub fn remote_user(&self) -> Option<String> {
-        self.config.remote_user.clone().or_else(|| self.container_user())
+        self.config
+            .remote_user
+            .clone()
+            .or_else(|| self.container_user())
     }
 
     /// The runtime's view of this workspace.
