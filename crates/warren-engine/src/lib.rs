@@ -78,14 +78,12 @@ pub struct Engine {
 /// Grace period for a workspace's processes to exit on stop.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
-fn blocking<T: Send + 'static>(
+async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T, EngineError>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| EngineError::Internal(format!("background task: {e}")))?
-    }
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("background task: {e}")))?
 }
 
 impl Engine {
@@ -202,6 +200,22 @@ impl Engine {
                 self.delete(rec.name.as_str(), true).await?;
             } else {
                 let spec: WsSpec = rec.spec()?;
+                let created = LifecycleState::from_json(&rec.lifecycle_json).created;
+                if spec.config_hash != wsspec::hash_config(&loaded)
+                    && rec.state == WorkspaceState::Failed
+                    && !created
+                {
+                    // It never finished being created: take the corrected configuration.
+                    let image = self.ensure_image(&image_name, progress).await?;
+                    let spec = WsSpec::new(&loaded, &image, spec.limits);
+                    let json = serde_json::to_string(&spec)
+                        .map_err(|e| EngineError::Internal(e.to_string()))?;
+                    let rec = self
+                        .store
+                        .set_spec(&rec.id, rec.generation, &image.name, &json)
+                        .await?;
+                    return self.start_record(rec, progress).await;
+                }
                 if spec.config_hash != wsspec::hash_config(&loaded) {
                     progress.warn(&format!(
                         "{} changed since workspace {} was created; run `warren up --recreate` to apply it",

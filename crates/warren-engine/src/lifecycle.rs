@@ -80,8 +80,8 @@ pub async fn run(
         let tx = tx.clone();
         tasks.push(tokio::task::spawn_blocking(
             move || -> Result<(String, i32), EngineError> {
-                let (r, w) =
-                    nix::unistd::pipe().map_err(|e| EngineError::Internal(format!("pipe: {e}")))?;
+                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| EngineError::Internal(format!("pipe: {e}")))?;
                 let w2 = w
                     .try_clone()
                     .map_err(|e| EngineError::Internal(format!("dup: {e}")))?;

@@ -50,6 +50,10 @@ impl Engine {
                         }
                         _ => "the workspace's supervisor is gone".to_string(),
                     };
+                    // Whatever the dead supervisor left running (found through the cgroup) goes too.
+                    let rt = self.runtime.clone();
+                    let id = rec.id.clone();
+                    blocking(move || Ok(rt.stop(&id, Duration::from_secs(2))?)).await?;
                     let r = self
                         .store
                         .apply(&rec.id, rec.generation, Event::Exited, Some(&why))

@@ -182,9 +182,16 @@ impl Backend {
                     .build()
                     .map_err(lc)?;
                 c.start().map_err(lc)?;
-                c.pid()
+                let pid = c
+                    .pid()
                     .map(|p| p.as_raw())
-                    .ok_or_else(|| lc("container has no pid after start"))
+                    .ok_or_else(|| lc("container has no pid after start"))?;
+                // runc brings up the loopback interface of a new network namespace; libcontainer does not.
+                if let Err(e) = loopback_up(pid) {
+                    let _ = c.delete(true);
+                    return Err(e);
+                }
+                Ok(pid)
             }
             OciRuntime::Binary { path, global_args } => {
                 let pid_file = self.root.join("init.pid");
@@ -308,6 +315,41 @@ impl Backend {
             }
         }
     }
+}
+
+/// Sets `lo` up in the network namespace of process `pid`, so that 127.0.0.1 works inside the workspace.
+fn loopback_up(pid: i32) -> Result<(), BackendError> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(lc)?;
+    let up = || -> Result<(), BackendError> {
+        // setns(2) moves only the calling thread, a short-lived one that ends right after.
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(lc)?;
+        let sock = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(lc)?;
+        // SAFETY: `ifreq` is plain data (arrays, integers and a union of them); all zeroes is valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS reads the name from and writes the flags into `req`, which outlives the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+            return Err(lc(std::io::Error::last_os_error()));
+        }
+        // SAFETY: SIOCGIFFLAGS just filled the union's `ifru_flags` member.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS only reads `req`, which outlives the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+            return Err(lc(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    std::thread::scope(|s| s.spawn(up).join())
+        .unwrap_or_else(|_| Err(lc("bringing up the loopback interface panicked")))
+        .map_err(|e| lc(format!("bring up the loopback interface: {e}")))
 }
 
 fn read_pid(path: &Path) -> Result<i32, BackendError> {

@@ -128,29 +128,3 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
-
-/// Ids of workspaces that have a cgroup under `/warren` in any hierarchy.
-pub fn list_ids() -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    let parents: Vec<PathBuf> = if is_v2() {
-        vec![Path::new(ROOT).join("warren")]
-    } else {
-        V1_CONTROLLERS
-            .iter()
-            .map(|c| Path::new(ROOT).join(c).join("warren"))
-            .collect()
-    };
-    for p in parents {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    let n = e.file_name().to_string_lossy().to_string();
-                    if !ids.contains(&n) {
-                        ids.push(n);
-                    }
-                }
-            }
-        }
-    }
-    ids
-}

@@ -124,6 +124,16 @@ impl LinuxRuntime {
         }
     }
 
+    /// Removes what a supervisor that died without cleaning up left: container processes (found through
+    /// the cgroup, since nobody else knows them), OCI runtime state and the cgroup itself.
+    fn clean_up_after_supervisor(&self, id: &str) -> Result<(), RuntimeError> {
+        let l = self.layout(id);
+        let backend = Backend::new(self.oci.clone(), id, &l.oci_root(), &l.bundle());
+        let _ = backend.kill(libc::SIGKILL, true);
+        let _ = backend.delete();
+        cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))
+    }
+
     fn connect(&self, l: &Layout) -> Result<OwnedFd, RuntimeError> {
         if !self.supervisor_alive(l) {
             return Err(RuntimeError::NotRunning);
@@ -281,7 +291,7 @@ impl Runtime for LinuxRuntime {
         let l = self.layout(id);
         let sock = match self.connect(&l) {
             Ok(s) => s,
-            Err(RuntimeError::NotRunning) => return Ok(()),
+            Err(RuntimeError::NotRunning) => return self.clean_up_after_supervisor(id),
             Err(e) => return Err(e),
         };
         proto::send(
@@ -324,11 +334,7 @@ impl Runtime for LinuxRuntime {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        // Whatever a dead supervisor left: OCI runtime state, then the cgroup itself.
-        let backend = Backend::new(self.oci.clone(), id, &l.oci_root(), &l.bundle());
-        let _ = backend.kill(libc::SIGKILL, true);
-        let _ = backend.delete();
-        cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))?;
+        self.clean_up_after_supervisor(id)?;
         match fs::remove_dir_all(&l.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -360,12 +366,14 @@ impl Runtime for LinuxRuntime {
     }
 
     fn list(&self) -> Result<Vec<String>, RuntimeError> {
-        let mut ids = cgroup::list_ids();
+        // Directories only: cgroups under /warren may belong to another Warren state dir on this host,
+        // and `destroy` removes a workspace's cgroup before its directory, so a cgroup never outlives
+        // the directory that names it.
+        let mut ids = Vec::new();
         if let Ok(rd) = fs::read_dir(&self.root) {
             for e in rd.flatten() {
-                let n = e.file_name().to_string_lossy().to_string();
-                if e.path().is_dir() && !ids.contains(&n) {
-                    ids.push(n);
+                if e.path().is_dir() {
+                    ids.push(e.file_name().to_string_lossy().to_string());
                 }
             }
         }

@@ -170,7 +170,7 @@ mod tests {
             SockFlag::SOCK_CLOEXEC,
         )
         .unwrap();
-        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let req = Request::Exec {
             process: ExecProcess {
                 argv: vec!["echo".into(), "hi".into()],

@@ -77,6 +77,8 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
+extern "C" fn on_noop(_: libc::c_int) {}
+
 /// Entry point for `warren __supervise DIR`. Never returns.
 pub fn main(dir: &Path) -> ! {
     let ready = std::env::var(READY_FD_ENV)
@@ -84,6 +86,8 @@ pub fn main(dir: &Path) -> ! {
         .and_then(|s| s.parse::<RawFd>().ok())
         // SAFETY: the spawner put this descriptor in our table for us alone and told us its number.
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    close_stray_fds(ready.as_ref().map(|f| f.as_raw_fd()));
+    reset_signals();
     // SAFETY: we are single-threaded here (nothing has spawned a thread yet), so the child may run
     // arbitrary code after fork.
     match unsafe { fork() } {
@@ -106,6 +110,60 @@ pub fn main(dir: &Path) -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// Restores every signal to its default disposition and unblocks all: ignored and blocked signals are
+/// inherited across execve, and workspace processes must not inherit whatever the spawner had.
+fn reset_signals() {
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction with a valid kernel sigaction (SIG_DFL, no flags) for one signal, and a
+        // null old-action pointer. Called directly because glibc refuses the signals it reserves.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null::<u8>(),
+                8usize,
+            );
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::empty()),
+        None,
+    );
+}
+
+/// Closes every inherited descriptor but stdio and `keep`: a long-lived supervisor must not hold the
+/// pipes and sockets of whoever happened to spawn it (their readers would never see end-of-file).
+fn close_stray_fds(keep: Option<RawFd>) {
+    let fds: Vec<RawFd> = match fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in fds.into_iter().filter(|&fd| fd > 2 && Some(fd) != keep) {
+        let _ = nix::unistd::close(fd);
+    }
 }
 
 fn report(ready: Option<OwnedFd>, r: Result<i32, String>) {
@@ -234,11 +292,17 @@ impl Supervisor {
             // SAFETY: the handler only calls write(2), which is async-signal-safe.
             unsafe { nix::sys::signal::sigaction(s, &action) }.map_err(err("sigaction"))?;
         }
-        // SAFETY: ignoring SIGHUP and SIGPIPE installs no handler code.
-        unsafe {
-            let ign = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-            nix::sys::signal::sigaction(Signal::SIGHUP, &ign).map_err(err("sigaction"))?;
-            nix::sys::signal::sigaction(Signal::SIGPIPE, &ign).map_err(err("sigaction"))?;
+        // SIGHUP and SIGPIPE must not kill the supervisor, but they must not be *ignored* either: an
+        // ignored disposition is inherited across execve, and the runtime forks workspace processes from
+        // here. A no-op handler is reset to the default in every process the workspace runs.
+        let noop = SigAction::new(
+            SigHandler::Handler(on_noop),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        for s in [Signal::SIGHUP, Signal::SIGPIPE] {
+            // SAFETY: the handler does nothing at all.
+            unsafe { nix::sys::signal::sigaction(s, &noop) }.map_err(err("sigaction"))?;
         }
 
         let listener = socket(

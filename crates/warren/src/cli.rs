@@ -93,6 +93,8 @@ enum Cmd {
     Image(ImageCmd),
     /// Make recorded state match what runs on this host (runs automatically; safe to repeat).
     Reconcile,
+    /// Measure workspace latency and memory against bubblewrap and runc (uses a private state dir).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -182,7 +184,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let n: f64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a size; use a number with k, m, g or t, e.g. 512m"))?;
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         return Err(format!("`{s}` must be positive"));
     }
     Ok((n * mult as f64) as u64)
@@ -223,7 +225,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     match cli.cmd {
         Cmd::Up(a) => {
             if let Some(c) = a.cpus {
-                if !(c > 0.0) {
+                if c.is_nan() || c <= 0.0 {
                     return Err(user_error(
                         format!("--cpus {c} must be positive"),
                         "e.g. --cpus 1.5",
@@ -332,6 +334,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Cmd::Image(ic) => image(&engine, ic).await,
         Cmd::Reconcile => Ok(0),
+        Cmd::Bench(a) => crate::bench::run(a, &cli.state_dir, &cli.runtime).await,
     }
 }
 

@@ -13,7 +13,9 @@ use warren_engine::Engine;
 use warren_runtime::{ExecProcess, Stdio};
 
 /// Signals forwarded to the process (SIGINT etc. arrive through the PTY in terminal mode).
-const FORWARDED: &[(i32, fn() -> SignalKind)] = &[
+type SignalCtor = fn() -> SignalKind;
+
+const FORWARDED: &[(i32, SignalCtor)] = &[
     (libc::SIGINT, SignalKind::interrupt),
     (libc::SIGTERM, SignalKind::terminate),
     (libc::SIGHUP, SignalKind::hangup),
@@ -63,7 +65,7 @@ fn stream(
     if !is_tty {
         return Ok(dup);
     }
-    let (r, w) = nix::unistd::pipe().context("pipe")?;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     if fd == 0 {
         copiers.push(copy_thread(
             std::fs::File::from(dup),
@@ -92,11 +94,12 @@ pub async fn run(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
         stderr: stream(2, &mut copiers, &mut waits)?,
     };
     process.tty = None;
+    let signals = Signals::install()?;
     let session = engine.exec(name, process, Some(stdio)).await?;
     let sig = session.signaller()?;
-    let forward = forward_signals(move |s| {
+    let forward = forward_signals(signals, move |s| {
         let _ = sig.signal(s);
-    })?;
+    });
     let code = tokio::task::spawn_blocking(move || session.wait()).await??;
     forward.abort();
     for w in waits {
@@ -105,13 +108,27 @@ pub async fn run(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
     Ok(code.clamp(0, 255) as u8)
 }
 
-fn forward_signals(f: impl Fn(i32) + Send + Sync + 'static) -> Result<tokio::task::JoinHandle<()>> {
-    let f = std::sync::Arc::new(f);
-    let mut streams = Vec::new();
-    for (num, kind) in FORWARDED {
-        streams.push((*num, signal(kind()).context("install signal handler")?));
+/// Handlers for the forwarded signals, installed before the process starts so that a signal arriving
+/// early is delivered to it rather than killing this client.
+struct Signals(Vec<(i32, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        let mut streams = Vec::new();
+        for (num, kind) in FORWARDED {
+            streams.push((*num, signal(kind()).context("install signal handler")?));
+        }
+        Ok(Signals(streams))
     }
-    Ok(tokio::spawn(async move {
+}
+
+fn forward_signals(
+    signals: Signals,
+    f: impl Fn(i32) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let f = std::sync::Arc::new(f);
+    let streams = signals.0;
+    tokio::spawn(async move {
         let mut tasks = Vec::new();
         for (num, mut s) in streams {
             let f = f.clone();
@@ -124,7 +141,7 @@ fn forward_signals(f: impl Fn(i32) + Send + Sync + 'static) -> Result<tokio::tas
         for t in tasks {
             let _ = t.await;
         }
-    }))
+    })
 }
 
 struct RawMode {
@@ -162,6 +179,7 @@ async fn run_tty(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
     } else {
         process.env.push("TERM=xterm-256color".into());
     }
+    let signals = Signals::install()?;
     let session = engine.exec(name, process, None).await?;
     let master = session
         .pty
@@ -183,11 +201,11 @@ async fn run_tty(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
         }
     });
     let sig = session.signaller()?;
-    let forward = forward_signals(move |s| {
+    let forward = forward_signals(signals, move |s| {
         if s != libc::SIGINT && s != libc::SIGQUIT {
             let _ = sig.signal(s);
         }
-    })?;
+    });
     let code = tokio::task::spawn_blocking(move || session.wait()).await??;
     resizer.abort();
     forward.abort();

@@ -1,6 +1,7 @@
 //! The `warren` binary: argument parsing and wiring only; the logic lives in the library crates.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cli;
 mod exec;
 mod output;

@@ -70,8 +70,8 @@ pub fn sh(rt: &LinuxRuntime, id: &str, script: &str) -> (i32, String, String) {
 }
 
 pub fn run(rt: &LinuxRuntime, id: &str, p: &ExecProcess) -> (i32, String, String) {
-    let (out_r, out_w) = nix::unistd::pipe().unwrap();
-    let (err_r, err_w) = nix::unistd::pipe().unwrap();
+    let (out_r, out_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let stdin: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
     let s = rt
         .exec(
@@ -120,6 +120,14 @@ fn workspace_runs_commands_and_survives_stop_start_until_destroyed() {
     );
     assert_eq!(code, 3);
     assert_eq!(out, "hello\nhost-rt1\nproject file\n");
+    // Workspace processes start with no signal ignored (SIGPIPE and SIGHUP behave as usual).
+    let cat = ExecProcess {
+        argv: vec!["cat".into(), "/proc/self/status".into()],
+        ..Default::default()
+    };
+    let (_, status, _) = run(&f.rt, "rt1", &cat);
+    assert!(status.contains("SigIgn:\t0000000000000000\n"), "{status}");
+    assert!(status.contains("SigBlk:\t0000000000000000\n"), "{status}");
     // Writes to the root filesystem and the home volume persist across stop/start.
     assert_eq!(
         sh(

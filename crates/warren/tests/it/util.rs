@@ -62,3 +62,154 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
+
+/// A private Warren state directory with a `busybox` image imported, and project folders.
+pub struct World {
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl World {
+    pub fn new() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        busybox_rootfs(&dir.join("rootfs"));
+        let w = World { dir, _tmp: tmp };
+        let o = w.warren(&[
+            "image",
+            "import",
+            w.dir.join("rootfs").to_str().unwrap(),
+            "busybox",
+        ]);
+        assert!(o.status.success(), "import: {}", stderr(&o));
+        w
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn warren(&self, args: &[&str]) -> Output {
+        warren(&self.state(), args)
+    }
+
+    /// A command for `warren args...` (to feed stdin, set env, or kill it).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(warren_exe());
+        c.args(args)
+            .env("WARREN_STATE_DIR", self.state())
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    /// A project folder `name` with `.devcontainer/devcontainer.json` = `json`.
+    pub fn project(&self, name: &str, json: &str) -> PathBuf {
+        let p = self.dir.join("projects").join(name);
+        std::fs::create_dir_all(p.join(".devcontainer")).unwrap();
+        std::fs::write(p.join(".devcontainer/devcontainer.json"), json).unwrap();
+        p
+    }
+
+    /// `warren up DIR`, asserting success; returns the workspace name.
+    pub fn up(&self, dir: &Path) -> String {
+        let o = self.warren(&["up", dir.to_str().unwrap()]);
+        assert!(o.status.success(), "up failed: {}", stderr(&o));
+        stdout(&o).trim().to_string()
+    }
+
+    /// `warren exec WS -- sh -c SCRIPT`: (exit code, stdout, stderr).
+    pub fn sh(&self, ws: &str, script: &str) -> (i32, String, String) {
+        let o = self.warren(&["exec", ws, "--", "sh", "-c", script]);
+        (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
+    }
+
+    /// The workspace's record from `warren list --json`.
+    pub fn record(&self, ws: &str) -> Option<serde_json::Value> {
+        let o = self.warren(&["list", "--json"]);
+        assert!(o.status.success(), "list: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == ws)
+            .cloned()
+    }
+
+    pub fn state_of(&self, ws: &str) -> Option<String> {
+        self.record(ws)
+            .map(|r| r["state"].as_str().unwrap().to_string())
+    }
+
+    /// Pids of supervisor processes serving this world's state dir.
+    pub fn supervisors(&self) -> Vec<i32> {
+        let needle = self.state().display().to_string();
+        let mut out = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("__supervise") && cmd.contains(&needle) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Workspace directories on the host.
+    pub fn workspace_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.state().join("workspaces"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Leave nothing running behind a failed test.
+        if let Some(list) = self.record_list() {
+            for w in list {
+                let _ = self.warren(&["delete", "--force", &w]);
+            }
+        }
+        for pid in self.supervisors() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl World {
+    fn record_list(&self) -> Option<Vec<String>> {
+        let o = self.warren(&["list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .filter_map(|w| w["name"].as_str().map(String::from))
+                .collect(),
+        )
+    }
+}
+
+/// Whether any cgroup directory exists for workspace `id` under /warren.
+pub fn cgroup_exists(id: &str) -> bool {
+    ["memory", "pids", "cpu", "devices", "freezer", "unified", ""]
+        .iter()
+        .any(|c| {
+            Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("warren")
+                .join(id)
+                .exists()
+        })
+}

@@ -1,0 +1,390 @@
+//! The `warren` CLI as a user runs it: up, exec, lifecycle semantics, stop/start, delete, bad input,
+//! and a control plane killed at the worst moments.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::{cgroup_exists, stderr, stdout, World};
+
+const LIFECYCLE: &str = r#"// A devcontainer.json with comments and trailing commas.
+{
+  "name": "Lifecycle demo",
+  "image": "busybox",
+  "containerEnv": { "FROM_CONTAINER": "c", },
+  "remoteEnv": { "FROM_REMOTE": "r" },
+  "onCreateCommand": "echo created >> /workspaces/app/oncreate.count",
+  "postCreateCommand": ["sh", "-c", "echo post >> /workspaces/app/postcreate.count"],
+  "postStartCommand": {
+    "one": "echo start >> /workspaces/app/start1.count",
+    "two": ["sh", "-c", "echo start >> /workspaces/app/start2.count"],
+  },
+}
+"#;
+
+fn lines(p: &std::path::Path) -> usize {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn up_runs_lifecycle_once_and_poststart_every_start_and_up_reuses_the_workspace() {
+    let w = World::new();
+    let dir = w.project("app", LIFECYCLE);
+    let ws = w.up(&dir);
+    assert_eq!(ws, "app");
+    assert_eq!(w.state_of("app").as_deref(), Some("running"));
+    let (code, out, _) = w.sh("app", "echo $FROM_CONTAINER $FROM_REMOTE; pwd; hostname");
+    assert_eq!(code, 0);
+    assert_eq!(out, "c r\n/workspaces/app\napp\n");
+    assert_eq!(lines(&dir.join("oncreate.count")), 1);
+    assert_eq!(lines(&dir.join("postcreate.count")), 1);
+    assert_eq!(lines(&dir.join("start1.count")), 1);
+    assert_eq!(lines(&dir.join("start2.count")), 1);
+
+    // `up` again on a running workspace reuses it and runs nothing again.
+    assert_eq!(w.up(&dir), "app");
+    assert_eq!(lines(&dir.join("start1.count")), 1);
+
+    // stop/start: postStartCommand runs again, the create commands do not.
+    assert!(w.warren(&["stop", "app"]).status.success());
+    assert_eq!(w.state_of("app").as_deref(), Some("stopped"));
+    assert!(
+        w.supervisors().is_empty(),
+        "a stopped workspace has no supervisor"
+    );
+    assert!(w.warren(&["start", "app"]).status.success());
+    assert_eq!(lines(&dir.join("oncreate.count")), 1);
+    assert_eq!(lines(&dir.join("postcreate.count")), 1);
+    assert_eq!(lines(&dir.join("start1.count")), 2);
+    assert!(w.warren(&["restart", "app"]).status.success());
+    assert_eq!(lines(&dir.join("start2.count")), 3);
+
+    let logs = stdout(&w.warren(&["logs", "app"]));
+    assert!(
+        logs.contains("== onCreateCommand") && logs.contains("== postStartCommand"),
+        "{logs}"
+    );
+
+    assert!(w.warren(&["delete", "--force", "app"]).status.success());
+    assert_eq!(w.state_of("app"), None);
+    assert!(w.workspace_dirs().is_empty());
+}
+
+#[test]
+fn exec_streams_stdin_and_stderr_and_exits_with_the_commands_code() {
+    let w = World::new();
+    let dir = w.project("io", r#"{"image": "busybox", "remoteUser": "dev"}"#);
+    w.up(&dir);
+    let mut child = w
+        .command(&[
+            "exec",
+            "io",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo oops >&2; id -un; exit 42",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from stdin\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(42));
+    assert_eq!(stdout(&o), "HELLO FROM STDIN\ndev\n");
+    assert_eq!(stderr(&o), "oops\n");
+    // -u, -w and -e override the defaults.
+    let o = w.warren(&[
+        "exec",
+        "-u",
+        "root",
+        "-w",
+        "/tmp",
+        "-e",
+        "X=1",
+        "io",
+        "--",
+        "sh",
+        "-c",
+        "id -u; pwd; echo $X",
+    ]);
+    assert_eq!(stdout(&o), "0\n/tmp\n1\n");
+}
+
+#[test]
+fn exec_forwards_signals_to_the_process() {
+    let w = World::new();
+    let dir = w.project("sig", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    let mut child = w
+        .command(&[
+            "exec",
+            "sig",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(status.code(), Some(7));
+}
+
+#[test]
+fn workspaces_keep_running_without_any_control_plane_process() {
+    let w = World::new();
+    let dir = w.project("bg", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    // The CLI that created it has exited: the supervisor lives on its own, reparented away from it.
+    let sups = w.supervisors();
+    assert_eq!(sups.len(), 1);
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", sups[0])).unwrap();
+    let ppid: i32 = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(ppid, std::process::id() as i32);
+    let (code, out, _) = w.sh("bg", "echo still here");
+    assert_eq!((code, out.as_str()), (0, "still here\n"));
+}
+
+#[test]
+fn a_failing_lifecycle_command_marks_the_workspace_failed_and_keeps_its_output() {
+    let w = World::new();
+    let dir = w.project(
+        "bad",
+        r#"{"image": "busybox", "postCreateCommand": "echo about to fail; exit 3"}"#,
+    );
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: postCreateCommand failed with exit code 3"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let rec = w.record("bad").unwrap();
+    assert_eq!(rec["state"], "failed");
+    assert!(rec["last_error"].as_str().unwrap().contains("exit code 3"));
+    assert!(stdout(&w.warren(&["logs", "bad"])).contains("about to fail"));
+    assert!(
+        w.supervisors().is_empty(),
+        "a failed workspace's container is stopped"
+    );
+    // Fixing the config and running `up` again completes the creation.
+    std::fs::write(
+        dir.join(".devcontainer/devcontainer.json"),
+        r#"{"image": "busybox", "postCreateCommand": "echo fixed"}"#,
+    )
+    .unwrap();
+    w.up(&dir);
+    assert_eq!(w.state_of("bad").as_deref(), Some("running"));
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_a_hint_and_a_nonzero_exit() {
+    let w = World::new();
+    let check = |args: &[&str], want: &str| {
+        let o = w.warren(args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want {want:?} in {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{err}"
+        );
+        err
+    };
+    // Malformed JSON: file, line and column.
+    let broken = w.project("broken", "{\n  \"image\": \"busybox\"\n  \"name\": 1\n}");
+    let err = check(&["up", broken.to_str().unwrap()], "devcontainer.json:3:3");
+    assert!(err.contains("hint:"), "{err}");
+    // Wrong type.
+    let typed = w.project("typed", "{\"image\": 42}");
+    check(&["up", typed.to_str().unwrap()], "devcontainer.json:1:11");
+    // No config at all.
+    let empty = w.dir.join("projects/empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    check(&["up", empty.to_str().unwrap()], "devcontainer.json");
+    // Unknown image: hint says import or bootstrap.
+    let unknown = w.project("unknown", r#"{"image": "nosuchimage:1"}"#);
+    let err = check(&["up", unknown.to_str().unwrap()], "nosuchimage");
+    assert!(
+        err.contains("warren image import") && err.contains("warren image bootstrap"),
+        "{err}"
+    );
+    // Invalid and duplicate names.
+    let ok = w.project("ok", r#"{"image": "busybox"}"#);
+    check(
+        &["up", "--name", "Bad_Name", ok.to_str().unwrap()],
+        "Bad_Name",
+    );
+    w.up(&ok);
+    let other = w.project("other", r#"{"image": "busybox"}"#);
+    check(&["up", "--name", "ok", other.to_str().unwrap()], "taken");
+    // Exec on a stopped workspace.
+    assert!(w.warren(&["stop", "ok"]).status.success());
+    let err = check(&["exec", "ok", "--", "true"], "not running");
+    assert!(err.contains("warren start ok"), "{err}");
+    // Deleting twice.
+    assert!(w.warren(&["delete", "ok"]).status.success());
+    check(&["delete", "ok"], "no workspace named `ok`");
+    // Deleting a running workspace needs --force.
+    w.up(&ok);
+    let err = check(&["delete", "ok"], "is running");
+    assert!(err.contains("--force"), "{err}");
+    // Bad sizes.
+    check(&["up", "--memory", "lots", ok.to_str().unwrap()], "");
+    // Nothing was lost along the way.
+    assert_eq!(w.state_of("ok").as_deref(), Some("running"));
+}
+
+/// Runs `warren args` with a failpoint, waits until it hangs there, and SIGKILLs it.
+fn kill_at(w: &World, failpoint: &str, args: &[&str]) {
+    let mut child = w
+        .command(args)
+        .env("WARREN_FAILPOINT", failpoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if err.read_line(&mut line).unwrap() == 0 || Instant::now() > deadline {
+            panic!("{args:?} never reached failpoint {failpoint}");
+        }
+        if line.contains(&format!("failpoint {failpoint} reached")) {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn workspace_id(w: &World, name: &str) -> String {
+    w.record(name).unwrap()["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn killing_the_control_plane_mid_create_leaves_no_orphans_and_up_recovers() {
+    let w = World::new();
+    let dir = w.project(
+        "crash",
+        r#"{"image": "busybox", "postCreateCommand": "echo done"}"#,
+    );
+    for point in ["before-provision", "after-provision"] {
+        kill_at(&w, point, &["up", dir.to_str().unwrap()]);
+        // The next command reconciles: the interrupted start is rolled back and recorded as failed.
+        assert_eq!(
+            w.state_of("crash").as_deref(),
+            Some("failed"),
+            "after kill at {point}"
+        );
+        let id = workspace_id(&w, "crash");
+        assert!(
+            w.supervisors().is_empty(),
+            "no supervisor left after kill at {point}"
+        );
+        assert!(!cgroup_exists(&id), "no cgroup left after kill at {point}");
+        w.up(&dir);
+        assert_eq!(w.state_of("crash").as_deref(), Some("running"));
+        assert_eq!(w.sh("crash", "true").0, 0);
+        assert!(w.warren(&["delete", "--force", "crash"]).status.success());
+    }
+}
+
+#[test]
+fn killing_the_control_plane_mid_delete_finishes_the_delete() {
+    let w = World::new();
+    let dir = w.project("gone", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    let id = workspace_id(&w, "gone");
+    kill_at(&w, "mid-delete", &["delete", "--force", "gone"]);
+    // The record says deleting; the next command completes the delete.
+    assert_eq!(w.state_of("gone"), None);
+    assert!(w.supervisors().is_empty());
+    assert!(w.workspace_dirs().is_empty(), "{:?}", w.workspace_dirs());
+    assert!(!cgroup_exists(&id));
+}
+
+#[test]
+fn a_killed_supervisor_is_noticed_and_its_container_cleaned_up() {
+    let w = World::new();
+    let dir = w.project("victim", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    let id = workspace_id(&w, "victim");
+    let sup = w.supervisors()[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sup),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let rec = w.record("victim").unwrap();
+    assert_eq!(rec["state"], "failed");
+    assert!(
+        rec["last_error"].as_str().unwrap().contains("supervisor"),
+        "{rec}"
+    );
+    assert!(
+        !cgroup_exists(&id),
+        "the container's processes and cgroup are gone"
+    );
+    // And it can be brought back.
+    w.up(&dir);
+    assert_eq!(w.sh("victim", "echo back").1, "back\n");
+}
+
+#[test]
+fn host_leftovers_without_a_record_are_removed() {
+    let w = World::new();
+    let dir = w.project("lost", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    let id = workspace_id(&w, "lost");
+    // Simulate a crash between removing the record and the host state: drop the database row by hand.
+    let db = w.state().join("warren.db");
+    let o = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(format!("DELETE FROM workspaces WHERE id = '{id}'"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = w.warren(&["reconcile"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(&id), "{}", stdout(&o));
+    assert!(w.supervisors().is_empty());
+    assert!(w.workspace_dirs().is_empty());
+    assert!(!cgroup_exists(&id));
+}
