@@ -1,7 +1,7 @@
 //! OCI runtimes that run a workspace bundle: youki's `libcontainer` in-process (the default) or an
 //! external OCI runtime binary (`runc`, gVisor's `runsc`). Only the supervisor calls this module.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -9,7 +9,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use oci_spec::runtime::{LinuxSeccomp, Spec};
+use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
 /// Which OCI runtime runs workspaces.
@@ -46,20 +46,21 @@ impl OciRuntime {
     }
 }
 
-/// Applies the container's seccomp filter to exec'd processes right before `execve`.
+/// Installs Warren's precompiled seccomp program right before `execve`, in the init and in every
+/// exec'd process.
 ///
-/// libcontainer 0.7 does not carry the init's seccomp profile over to tenant (exec) processes; this
-/// executor closes that gap so every process in a workspace runs under the same filter.
+/// libcontainer 0.7 does not carry the init's seccomp profile over to tenant (exec) processes, and it
+/// compiles the profile anew (milliseconds) for each process; loading a program compiled once per host
+/// closes the gap and takes microseconds. no_new_privs is already set when this runs.
 #[derive(Clone)]
 struct SeccompExecutor {
-    seccomp: Option<LinuxSeccomp>,
+    bpf: Option<std::sync::Arc<[u8]>>,
 }
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        if let Some(s) = &self.seccomp {
-            libcontainer::seccomp::initialize_seccomp(s)
-                .map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
+        if let Some(b) = &self.bpf {
+            crate::seccomp::load(b).map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
         }
         libcontainer::workload::default::get_executor().exec(spec)
     }
@@ -165,7 +166,11 @@ impl Backend {
     }
 
     /// Creates and starts the workspace init; returns its host pid.
-    pub fn create_and_start(&self, stdio: Stdio3) -> Result<i32, BackendError> {
+    pub fn create_and_start(
+        &self,
+        stdio: Stdio3,
+        seccomp: Option<std::sync::Arc<[u8]>>,
+    ) -> Result<i32, BackendError> {
         match &self.runtime {
             OciRuntime::Libcontainer => {
                 let mut c = ContainerBuilder::new(self.id.clone(), SyscallType::default())
@@ -174,6 +179,7 @@ impl Backend {
                     .with_stdin(stdio.stdin)
                     .with_stdout(stdio.stdout)
                     .with_stderr(stdio.stderr)
+                    .with_executor(SeccompExecutor { bpf: seccomp })
                     .validate_id()
                     .map_err(lc)?
                     .as_init(&self.bundle)
@@ -220,14 +226,14 @@ impl Backend {
         process_json: &Path,
         stdio: Option<Stdio3>,
         console_socket: Option<&Path>,
-        seccomp: Option<LinuxSeccomp>,
+        seccomp: Option<std::sync::Arc<[u8]>>,
     ) -> Result<i32, BackendError> {
         match &self.runtime {
             OciRuntime::Libcontainer => {
                 let mut b = ContainerBuilder::new(self.id.clone(), SyscallType::default())
                     .with_root_path(&self.root)
                     .map_err(lc)?
-                    .with_executor(SeccompExecutor { seccomp })
+                    .with_executor(SeccompExecutor { bpf: seccomp })
                     .with_console_socket(console_socket);
                 if let Some(s) = stdio {
                     b = b
@@ -355,13 +361,4 @@ fn loopback_up(pid: i32) -> Result<(), BackendError> {
 fn read_pid(path: &Path) -> Result<i32, BackendError> {
     let s = std::fs::read_to_string(path).map_err(lc)?;
     s.trim().parse().map_err(lc)
-}
-
-/// Raw descriptor numbers of a `Stdio3`, for logging.
-pub fn raw(s: &Stdio3) -> [RawFd; 3] {
-    [
-        s.stdin.as_raw_fd(),
-        s.stdout.as_raw_fd(),
-        s.stderr.as_raw_fd(),
-    ]
 }

@@ -9,7 +9,7 @@ pub mod backend;
 pub mod cgroup;
 mod linux;
 pub mod proto;
-mod seccomp;
+pub mod seccomp;
 mod seccomp_list;
 pub mod spec;
 pub mod supervisor;

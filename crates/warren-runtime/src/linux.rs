@@ -36,6 +36,11 @@ impl LinuxRuntime {
         }
     }
 
+    /// Host-wide caches (compiled seccomp programs); a dot-directory so it is never taken for a workspace.
+    fn cache_dir(&self) -> PathBuf {
+        self.root.join(".cache")
+    }
+
     fn layout(&self, id: &str) -> Layout {
         Layout::new(&self.root, id)
     }
@@ -204,7 +209,21 @@ impl Runtime for LinuxRuntime {
             )
             .as_bytes(),
         )?;
-        let config = spec::config(spec, &l, &init_user, home.as_deref());
+        let mut config = spec::config(spec, &l, &init_user, home.as_deref());
+        // With libcontainer, Warren installs its precompiled filter itself (see backend.rs), for the
+        // init and every exec'd process; an external runtime compiles the profile from config.json.
+        let seccomp_bpf = match self.oci {
+            OciRuntime::Libcontainer => {
+                if let Some(linux) = config["linux"].as_object_mut() {
+                    linux.remove("seccomp");
+                }
+                Some(
+                    crate::seccomp::compiled(&self.cache_dir())
+                        .map_err(RuntimeError::io("compile seccomp profile"))?,
+                )
+            }
+            OciRuntime::Binary { .. } => None,
+        };
         for m in &spec.mounts {
             if m.kind == crate::MountKind::Volume {
                 let name = m
@@ -227,6 +246,7 @@ impl Runtime for LinuxRuntime {
             runtime: self.oci.clone(),
             home,
             default_user: spec.container_user.clone(),
+            seccomp_bpf,
         };
         write(
             l.supervisor_config(),
@@ -372,7 +392,7 @@ impl Runtime for LinuxRuntime {
         let mut ids = Vec::new();
         if let Ok(rd) = fs::read_dir(&self.root) {
             for e in rd.flatten() {
-                if e.path().is_dir() {
+                if e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.') {
                     ids.push(e.file_name().to_string_lossy().to_string());
                 }
             }

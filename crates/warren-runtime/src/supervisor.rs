@@ -53,6 +53,10 @@ pub struct SupervisorConfig {
     pub home: Option<String>,
     /// The user exec'd processes run as by default.
     pub default_user: Option<String>,
+    /// A compiled seccomp program Warren installs itself (libcontainer backend), instead of the runtime
+    /// compiling the profile in config.json for every process.
+    #[serde(default)]
+    pub seccomp_bpf: Option<PathBuf>,
 }
 
 /// What `exit.json` records about the last run.
@@ -191,7 +195,7 @@ struct Supervisor {
     backend: Backend,
     init_pid: i32,
     base_env: Vec<String>,
-    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Option<std::sync::Arc<[u8]>>,
     _lock: Flock<File>,
     listener: OwnedFd,
     sig_r: OwnedFd,
@@ -258,7 +262,14 @@ impl Supervisor {
         .map_err(err("parse config.json"))?;
         let base_env: Vec<String> =
             serde_json::from_value(config["process"]["env"].clone()).unwrap_or_default();
-        let seccomp = serde_json::from_value(config["linux"]["seccomp"].clone()).ok();
+        let seccomp: Option<std::sync::Arc<[u8]>> = match &cfg.seccomp_bpf {
+            Some(p) => Some(
+                fs::read(p)
+                    .map_err(err("read compiled seccomp program"))?
+                    .into(),
+            ),
+            None => None,
+        };
 
         let backend = Backend::new(
             cfg.runtime.clone(),
@@ -276,7 +287,9 @@ impl Supervisor {
             stdout: devnull().map_err(err("open /dev/null"))?,
             stderr: devnull().map_err(err("open /dev/null"))?,
         };
-        let init_pid = backend.create_and_start(stdio).map_err(|e| e.to_string())?;
+        let init_pid = backend
+            .create_and_start(stdio, seccomp.clone())
+            .map_err(|e| e.to_string())?;
 
         let (sig_r, sig_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)

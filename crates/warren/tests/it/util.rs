@@ -165,6 +165,7 @@ impl World {
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| !n.starts_with('.'))
                     .collect()
             })
             .unwrap_or_default()
