@@ -95,7 +95,7 @@ pub fn compiled(cache_dir: &std::path::Path) -> std::io::Result<std::path::PathB
     )));
     let path = cache_dir.join(format!("seccomp-{}.bpf", &key[..16]));
     if let Ok(b) = std::fs::read(&path) {
-        if !b.is_empty() && b.len() % 8 == 0 {
+        if !b.is_empty() && b.len().is_multiple_of(8) {
             return Ok(path);
         }
     }
@@ -148,7 +148,7 @@ fn compile(scratch: &std::path::Path) -> Result<Vec<u8>, String> {
 
 /// Installs a compiled filter on the calling thread. The caller must already have set no_new_privs.
 pub fn load(bpf: &[u8]) -> std::io::Result<()> {
-    if bpf.is_empty() || bpf.len() % 8 != 0 || bpf.len() / 8 > u16::MAX as usize {
+    if bpf.is_empty() || !bpf.len().is_multiple_of(8) || bpf.len() / 8 > u16::MAX as usize {
         return Err(std::io::Error::other("invalid seccomp program"));
     }
     let prog = libc::sock_fprog {
