@@ -322,13 +322,19 @@ impl Runtime for LinuxRuntime {
             &[],
         )
         .map_err(RuntimeError::io("send stop request"))?;
-        // The answer, or the supervisor hanging up as it exits: either way it is stopping; wait for the lock.
-        let _ = proto::recv::<Response>(sock.as_fd());
-        for _ in 0..500 {
+        // The supervisor answers, then exits; its socket closes as it does. Wait for that hang-up
+        // rather than polling, with a bound in case it is wedged.
+        let limit = nix::sys::time::TimeVal::from(libc::timeval {
+            tv_sec: (grace.as_secs() + 10) as libc::time_t,
+            tv_usec: 0,
+        });
+        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
+        while let Ok(Some(_)) = proto::recv::<Response>(sock.as_fd()) {}
+        for _ in 0..5000 {
             if !self.supervisor_alive(&l) {
                 return Ok(());
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(1));
         }
         Err(RuntimeError::Exec(
             "the workspace did not stop in time".into(),

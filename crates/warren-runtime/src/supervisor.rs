@@ -10,7 +10,6 @@
 //! and exits.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -711,28 +710,37 @@ fn seed_home(layout: &Layout, home: &str) -> Result<(), String> {
     }
     let src = layout.rootfs().join(home.trim_start_matches('/'));
     if src.is_dir() {
-        let status = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(format!("{}/.", src.display()))
-            .arg(&vol)
-            .status()
-            .map_err(err("copy home"))?;
-        if !status.success() {
-            return Err(format!(
-                "copying {} into the home volume failed",
-                src.display()
-            ));
-        }
-        // The volume's root takes the image's ownership and mode of the home directory.
-        let meta = fs::metadata(&src).map_err(err("stat home"))?;
-        use std::os::unix::fs::MetadataExt;
-        let c = CString::new(vol.as_os_str().as_encoded_bytes()).map_err(err("path"))?;
-        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-        unsafe { libc::chown(c.as_ptr(), meta.uid(), meta.gid()) };
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(&vol, fs::Permissions::from_mode(meta.mode() & 0o7777));
+        copy_tree(&src, &vol).map_err(err("copy the image's home directory into the home volume"))?;
     }
     fs::write(&marker, b"").map_err(err("mark home volume"))
+}
+
+/// Copies a directory tree, keeping modes, owners and symlinks (like `cp -a` for what homes hold:
+/// directories, files and links). `dst` exists; it takes `src`'s owner and mode.
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::symlink_metadata(src)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let (from, to) = (entry.path(), dst.join(entry.file_name()));
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            fs::create_dir_all(&to)?;
+            copy_tree(&from, &to)?;
+        } else if ft.is_symlink() {
+            let _ = fs::remove_file(&to);
+            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+            let m = fs::symlink_metadata(&from)?;
+            std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()))?;
+        } else if ft.is_file() {
+            fs::copy(&from, &to)?;
+            let m = fs::metadata(&from)?;
+            std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        }
+    }
+    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
 }
 
 fn recv_one_fd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
