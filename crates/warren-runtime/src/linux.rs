@@ -328,7 +328,8 @@ impl Runtime for LinuxRuntime {
             tv_sec: (grace.as_secs() + 10) as libc::time_t,
             tv_usec: 0,
         });
-        let _ = nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
         while let Ok(Some(_)) = proto::recv::<Response>(sock.as_fd()) {}
         for _ in 0..5000 {
             if !self.supervisor_alive(&l) {

@@ -710,7 +710,8 @@ fn seed_home(layout: &Layout, home: &str) -> Result<(), String> {
     }
     let src = layout.rootfs().join(home.trim_start_matches('/'));
     if src.is_dir() {
-        copy_tree(&src, &vol).map_err(err("copy the image's home directory into the home volume"))?;
+        copy_tree(&src, &vol)
+            .map_err(err("copy the image's home directory into the home volume"))?;
     }
     fs::write(&marker, b"").map_err(err("mark home volume"))
 }

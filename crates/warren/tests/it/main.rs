@@ -1,5 +1,6 @@
 //! Integration tests: the real `warren` binary, real OCI runtimes, real kernels features.
 mod cli;
+mod examples;
 mod isolation;
 mod runtime;
 mod util;
