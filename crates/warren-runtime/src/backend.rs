@@ -59,6 +59,18 @@ struct SeccompExecutor {
 
 impl Executor for SeccompExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        // libcontainer ignores `process.consoleSize`; give the new terminal its size before the
+        // program can ask for it.
+        if let Some(p) = spec.process() {
+            if let (Some(true), Some(size)) = (p.terminal(), p.console_size()) {
+                let stdin = std::io::stdin();
+                let _ = crate::tty::set_window_size(
+                    std::os::fd::AsFd::as_fd(&stdin),
+                    size.height() as u16,
+                    size.width() as u16,
+                );
+            }
+        }
         if let Some(b) = &self.bpf {
             crate::seccomp::load(b).map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
         }

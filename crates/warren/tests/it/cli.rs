@@ -388,3 +388,109 @@ fn host_leftovers_without_a_record_are_removed() {
     assert!(w.workspace_dirs().is_empty());
     assert!(!cgroup_exists(&id));
 }
+
+/// Reads from the PTY master until `want` shows up (or panics after a while).
+fn read_until(master: &mut std::fs::File, want: &str, seen: &mut String) {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {want:?}; got {seen:?}"
+        );
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("terminal closed before {want:?}; got {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+#[test]
+fn shell_gets_a_terminal_of_the_right_size_that_follows_resizes() {
+    use std::os::fd::AsFd;
+    let w = World::new();
+    let dir = w.project("tty", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    warren_runtime::tty::set_window_size(pty.master.as_fd(), 33, 101).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = w
+        .command(&[
+            "exec",
+            "-t",
+            "tty",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size; read line; stty size; echo got $line; exit 5",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = String::new();
+    read_until(&mut master, "33 101", &mut seen);
+    assert!(
+        seen.contains("/dev/pts/"),
+        "the process has a terminal: {seen}"
+    );
+    // The user resizes their terminal: the workspace's terminal follows.
+    use std::os::fd::AsFd as _;
+    warren_runtime::tty::set_window_size(master.as_fd(), 40, 120).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    master.write_all(b"typed\r").unwrap();
+    read_until(&mut master, "got typed", &mut seen);
+    assert!(seen.contains("40 120"), "resized: {seen}");
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+
+    // `warren shell` is a login shell on such a terminal; its exit status is the command's.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = w
+        .command(&["shell", "tty"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(b"echo answer=$((6*7)); exit 3\r").unwrap();
+    let mut seen = String::new();
+    read_until(&mut master, "answer=42", &mut seen);
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+}
+
+#[test]
+fn without_root_warren_says_it_needs_root() {
+    let w = World::new();
+    let o = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(crate::util::warren_exe())
+        .args(["--state-dir", "/tmp/warren-nonroot-test", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("error: warren needs root privileges"),
+        "{err}"
+    );
+    assert!(err.contains("hint: run warren as root"), "{err}");
+    drop(w);
+}
