@@ -446,7 +446,6 @@ fn shell_gets_a_terminal_of_the_right_size_that_follows_resizes() {
         "the process has a terminal: {seen}"
     );
     // The user resizes their terminal: the workspace's terminal follows.
-    use std::os::fd::AsFd as _;
     warren_runtime::tty::set_window_size(master.as_fd(), 40, 120).unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
