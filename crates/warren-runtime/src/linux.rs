@@ -133,7 +133,13 @@ impl LinuxRuntime {
     /// the cgroup, since nobody else knows them), OCI runtime state and the cgroup itself.
     fn clean_up_after_supervisor(&self, id: &str) -> Result<(), RuntimeError> {
         let l = self.layout(id);
-        let backend = Backend::new(self.oci.clone(), id, &l.oci_root(), &l.bundle());
+        // The runtime that ran it, which may not be the one this process was configured with.
+        let oci = fs::read(l.supervisor_config())
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SupervisorConfig>(&b).ok())
+            .map(|c| c.runtime)
+            .unwrap_or_else(|| self.oci.clone());
+        let backend = Backend::new(oci, id, &l.oci_root(), &l.bundle());
         let _ = backend.kill(libc::SIGKILL, true);
         let _ = backend.delete();
         cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))

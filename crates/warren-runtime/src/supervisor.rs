@@ -90,6 +90,14 @@ pub fn main(dir: &Path) -> ! {
         // SAFETY: the spawner put this descriptor in our table for us alone and told us its number.
         .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
     close_stray_fds(ready.as_ref().map(|f| f.as_raw_fd()));
+    if let Some(r) = &ready {
+        // Inheritable only to get here: no process the supervisor starts may hold it open, or the
+        // spawner would never see end-of-file.
+        let _ = nix::fcntl::fcntl(
+            r.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
     reset_signals();
     // SAFETY: we are single-threaded here (nothing has spawned a thread yet), so the child may run
     // arbitrary code after fork.

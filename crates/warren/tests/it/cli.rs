@@ -493,3 +493,42 @@ fn without_root_warren_says_it_needs_root() {
     assert!(err.contains("hint: run warren as root"), "{err}");
     drop(w);
 }
+
+#[test]
+fn gvisor_runs_workspaces_when_chosen_and_delete_leaves_no_sandbox() {
+    let w = World::new();
+    let dir = w.project(
+        "gv",
+        r#"{"image": "busybox", "postCreateCommand": "echo made > /root/made"}"#,
+    );
+    let o = w
+        .command(&["up", dir.to_str().unwrap()])
+        .env("WARREN_RUNTIME", "runsc")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = w
+        .command(&[
+            "exec",
+            "gv",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/made; dmesg | grep -c gVisor",
+        ])
+        .env("WARREN_RUNTIME", "runsc")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "made\n1\n", "{}", stderr(&o));
+    // Deleted by a command configured with the default runtime: gVisor's sandbox must still go.
+    assert!(w.warren(&["delete", "--force", "gv"]).status.success());
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &w.state().display().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&left).trim().is_empty(),
+        "left running: {}",
+        stdout(&left)
+    );
+}
