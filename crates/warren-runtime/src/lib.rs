@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod cgroup;
+pub mod inroot;
 mod linux;
 pub mod proto;
 pub mod seccomp;

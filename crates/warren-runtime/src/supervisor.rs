@@ -554,8 +554,7 @@ impl Supervisor {
             }
         }
         let cwd = p.cwd.clone().unwrap_or_else(|| user.home.clone());
-        let cwd_host = rootfs.join(cwd.trim_start_matches('/'));
-        let cwd = if cwd_host.is_dir() {
+        let cwd = if crate::inroot::is_dir(&rootfs, &cwd) {
             cwd
         } else {
             "/".to_string()
@@ -716,40 +715,10 @@ fn seed_home(layout: &Layout, home: &str) -> Result<(), String> {
     if marker.exists() {
         return Ok(());
     }
-    let src = layout.rootfs().join(home.trim_start_matches('/'));
-    if src.is_dir() {
-        copy_tree(&src, &vol)
-            .map_err(err("copy the image's home directory into the home volume"))?;
-    }
+    // Resolved inside the workspace's root: an image whose home is a symlink to /etc gets its own /etc.
+    crate::inroot::copy_dir(&layout.rootfs(), home, &vol)
+        .map_err(err("copy the image's home directory into the home volume"))?;
     fs::write(&marker, b"").map_err(err("mark home volume"))
-}
-
-/// Copies a directory tree, keeping modes, owners and symlinks (like `cp -a` for what homes hold:
-/// directories, files and links). `dst` exists; it takes `src`'s owner and mode.
-fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = fs::symlink_metadata(src)?;
-    for entry in fs::read_dir(src)? {
-        let entry = entry?;
-        let (from, to) = (entry.path(), dst.join(entry.file_name()));
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            fs::create_dir_all(&to)?;
-            copy_tree(&from, &to)?;
-        } else if ft.is_symlink() {
-            let _ = fs::remove_file(&to);
-            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
-            let m = fs::symlink_metadata(&from)?;
-            std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()))?;
-        } else if ft.is_file() {
-            fs::copy(&from, &to)?;
-            let m = fs::metadata(&from)?;
-            std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()))?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(m.mode() & 0o7777))?;
-        }
-    }
-    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid()))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
 }
 
 fn recv_one_fd(sock: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {

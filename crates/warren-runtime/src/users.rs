@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use crate::spec::User;
 
 /// Resolves `user` (a name, a uid, or `uid:gid`) against the passwd and group files of the root
-/// filesystem at `rootfs`.
+/// filesystem at `rootfs` (symlinks resolve inside it: see [`crate::inroot`]).
 pub fn resolve(rootfs: &Path, user: &str) -> Result<User, String> {
-    resolve_with(user, |rel| std::fs::read_to_string(rootfs.join(rel)).ok())
+    resolve_with(user, |rel| crate::inroot::read_to_string(rootfs, rel).ok())
 }
 
 /// Like [`resolve`], reading files from image layers (bottom first) under an overlay `upper` dir,
@@ -16,7 +16,7 @@ pub fn resolve_in_layers(layers: &[PathBuf], upper: &Path, user: &str) -> Result
     resolve_with(user, |rel| {
         std::iter::once(upper)
             .chain(layers.iter().rev().map(|p| p.as_path()))
-            .find_map(|d| std::fs::read_to_string(d.join(rel)).ok())
+            .find_map(|d| crate::inroot::read_to_string(d, rel).ok())
     })
 }
 

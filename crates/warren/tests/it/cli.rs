@@ -532,3 +532,34 @@ fn gvisor_runs_workspaces_when_chosen_and_delete_leaves_no_sandbox() {
         stdout(&left)
     );
 }
+
+#[test]
+fn symlinks_in_a_workspace_cannot_make_warren_read_host_files() {
+    let w = World::new();
+    let dir = w.project("links", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    // A passwd file that exists only on the host, with a user the workspace does not have.
+    let host_passwd = w.dir.join("host-passwd");
+    std::fs::write(&host_passwd, "hostonly:x:4242:4242::/:/bin/sh\n").unwrap();
+    let (code, _, err) = w.sh(
+        "links",
+        &format!("ln -sf {} /etc/passwd", host_passwd.display()),
+    );
+    assert_eq!(code, 0, "{err}");
+    // Warren resolves users for exec: the symlink must resolve inside the workspace, where it is dangling.
+    let o = w.warren(&["exec", "-u", "hostonly", "links", "--", "id", "-u"]);
+    assert!(
+        !o.status.success(),
+        "ran as a user read from a host file: {}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("hostonly"), "{}", stderr(&o));
+    // Control: a user the workspace does define still works.
+    let (code, out, _) = w.sh(
+        "links",
+        "echo 'x:x:1234:1234::/:/bin/sh' > /etc/passwd.real; ln -sf /etc/passwd.real /etc/passwd",
+    );
+    assert_eq!((code, out.as_str()), (0, ""));
+    let o = w.warren(&["exec", "-u", "x", "links", "--", "id", "-u"]);
+    assert_eq!(stdout(&o), "1234\n", "{}", stderr(&o));
+}
