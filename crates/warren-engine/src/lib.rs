@@ -18,7 +18,8 @@ use std::time::Duration;
 pub use error::EngineError;
 pub use lifecycle::LifecycleState;
 pub use reconcile::ReconcileReport;
-pub use wsspec::{Limits, WsSpec};
+pub use warren_runtime::Limits;
+pub use wsspec::WsSpec;
 
 use warren_api::{Event, Workspace, WorkspaceName, WorkspaceState};
 use warren_image::{ImageInfo, ImageStore};
@@ -126,6 +127,21 @@ impl Engine {
 
     fn lock_dir(&self) -> PathBuf {
         self.cfg.state_dir.join("locks")
+    }
+
+    /// Takes the workspace's operation lock and re-reads its record under it (another process may have
+    /// changed or deleted it while we waited).
+    async fn lock(
+        &self,
+        rec: &WorkspaceRecord,
+    ) -> Result<(lock::OpLock, WorkspaceRecord), EngineError> {
+        let l = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
+        let fresh = self
+            .store
+            .get(&rec.id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
+        Ok((l, fresh))
     }
 
     /// Finds a workspace by name.
@@ -330,12 +346,7 @@ impl Engine {
         rec: WorkspaceRecord,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
-        let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
-        let rec = self
-            .store
-            .get(&rec.id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(rec.name.to_string()))?;
+        let (_lock, rec) = self.lock(&rec).await?;
         match rec.state {
             WorkspaceState::Running => {
                 // Running already: nothing to do unless an interrupted start left once-only steps undone.
@@ -465,12 +476,7 @@ impl Engine {
     /// Stops a workspace. Stopping a stopped workspace does nothing.
     pub async fn stop(&self, name: &str) -> Result<WorkspaceRecord, EngineError> {
         let rec = self.get(name).await?;
-        let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
-        let rec = self
-            .store
-            .get(&rec.id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let (_lock, rec) = self.lock(&rec).await?;
         if matches!(rec.state, WorkspaceState::Stopped) {
             return Ok(rec);
         }
@@ -502,12 +508,7 @@ impl Engine {
     /// Deletes a workspace and everything it has on the host. A running workspace needs `force`.
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), EngineError> {
         let rec = self.get(name).await?;
-        let _lock = lock::OpLock::acquire(&self.lock_dir(), &rec.id).await?;
-        let rec = self
-            .store
-            .get(&rec.id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))?;
+        let (_lock, rec) = self.lock(&rec).await?;
         if !force
             && matches!(
                 rec.state,

@@ -6,19 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warren_devcontainer::{DevContainer, LifecycleCommand, Loaded, Mount, MountKind};
-use warren_runtime::{ExecProcess, MountSpec, WorkspaceSpec};
+use warren_runtime::{ExecProcess, Limits, MountSpec, WorkspaceSpec};
 use warren_store::WorkspaceRecord;
-
-/// Resource limits chosen at creation.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Memory limit in bytes.
-    pub memory_bytes: Option<u64>,
-    /// CPU limit in cores.
-    pub cpus: Option<f64>,
-    /// Maximum number of tasks.
-    pub pids: Option<i64>,
-}
 
 /// Everything needed to (re)start a workspace without re-reading its project folder.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,11 +113,7 @@ impl WsSpec {
             mounts,
             home_user: Some(self.remote_user().unwrap_or_else(|| "root".into())),
             container_user: self.container_user(),
-            limits: warren_runtime::Limits {
-                memory_bytes: self.limits.memory_bytes,
-                cpus: self.limits.cpus,
-                pids: self.limits.pids,
-            },
+            limits: self.limits.clone(),
             user_namespace: None,
         }
     }

@@ -86,7 +86,7 @@ pub enum MountKind {
 }
 
 /// cgroup limits of a workspace.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// Memory limit in bytes (the OOM killer acts inside the workspace only).
     pub memory_bytes: Option<u64>,
