@@ -254,24 +254,41 @@ impl Engine {
                 warren_api::workspace_name_from_dir(&base)
             }
         };
-        if let Some(other) = self.store.get_by_name(name.as_str()).await? {
-            return Err(EngineError::NameTaken {
-                name: name.to_string(),
-                dir: other.project_dir,
-            });
-        }
         let spec = WsSpec::new(&loaded, &image, opts.limits.clone());
-        let rec = self
+        let created = self
             .store
             .create_workspace(NewWorkspace {
-                name,
-                project_dir: dir_s,
+                name: name.clone(),
+                project_dir: dir_s.clone(),
                 config_path: loaded.config_path.display().to_string(),
                 image: image.name.clone(),
                 spec_json: serde_json::to_string(&spec)
                     .map_err(|e| EngineError::Internal(e.to_string()))?,
             })
-            .await?;
+            .await;
+        let rec = match created {
+            Ok(rec) => rec,
+            // Another `warren up` of the same folder got there first: use its workspace.
+            Err(warren_store::StoreError::NameTaken { .. }) => {
+                match self.store.get_by_name(name.as_str()).await? {
+                    Some(other) if other.project_dir == dir_s => {
+                        return self.start_record(other, progress).await
+                    }
+                    Some(other) => {
+                        return Err(EngineError::NameTaken {
+                            name: name.to_string(),
+                            dir: other.project_dir,
+                        })
+                    }
+                    None => {
+                        return Err(EngineError::Internal(
+                            "workspace vanished while being created".into(),
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
         progress.step(&format!(
             "Creating workspace {} from image {}",
             rec.name, image.name

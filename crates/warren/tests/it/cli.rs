@@ -563,3 +563,31 @@ fn symlinks_in_a_workspace_cannot_make_warren_read_host_files() {
     let o = w.warren(&["exec", "-u", "x", "links", "--", "id", "-u"]);
     assert_eq!(stdout(&o), "1234\n", "{}", stderr(&o));
 }
+
+#[test]
+fn concurrent_ups_of_one_folder_share_one_workspace() {
+    let w = World::new();
+    let dir = w.project(
+        "race",
+        r#"{"image": "busybox", "onCreateCommand": "echo once >> /workspaces/race/count"}"#,
+    );
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            w.command(&["up", dir.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), "race\n");
+    }
+    let o = w.warren(&["list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(w.supervisors().len(), 1);
+    assert_eq!(lines(&dir.join("count")), 1, "onCreateCommand ran once");
+}
