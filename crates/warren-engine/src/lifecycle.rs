@@ -1,13 +1,15 @@
 //! Runs devcontainer lifecycle commands inside a workspace: string (shell), array (argv) and object
 //! (named, in parallel, all must succeed) forms, as the remote user, with output kept in the log.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use warren_devcontainer::LifecycleCommand;
-use warren_runtime::{ExecProcess, Runtime, Stdio};
+use warren_runtime::{ExecProcess, ExecSession, Runtime, Stdio};
 
 use crate::{EngineError, Progress, WsSpec};
 
@@ -96,15 +98,16 @@ pub async fn run(
                         stderr: w2,
                     }),
                 )?;
-                for line in BufReader::new(std::fs::File::from(r)).lines() {
-                    let Ok(line) = line else { break };
+                let emit = |line: &[u8]| {
+                    let line = String::from_utf8_lossy(line);
                     let _ = tx.send(if parallel {
                         format!("[{label}] {line}")
                     } else {
-                        line
+                        line.into_owned()
                     });
-                }
-                Ok((label, session.wait()?))
+                };
+                let code = collect_output(session, r, emit)?;
+                Ok((label, code))
             },
         ));
     }
@@ -133,4 +136,64 @@ pub async fn run(
             })
         }
     }
+}
+
+/// How long output is still collected after a lifecycle command exits (background processes it
+/// started may keep the pipe open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
+
+/// Forwards the command's output line by line (any bytes, shown lossily) until it has exited and its
+/// output is drained; returns its exit code.
+fn collect_output(
+    session: ExecSession,
+    out: OwnedFd,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<i32, EngineError> {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done_tx.send(session.wait());
+    });
+    let mut file = std::fs::File::from(out);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut exited = None;
+    let mut drain_until = None;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)).unwrap_or(0) > 0;
+        if ready {
+            match file.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+                        emit(&pending[..i]);
+                        pending.drain(..=i);
+                    }
+                }
+            }
+        }
+        if exited.is_none() {
+            if let Ok(r) = done_rx.try_recv() {
+                exited = Some(r);
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+        }
+        if drain_until.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending);
+    }
+    let r = match exited {
+        Some(r) => r,
+        None => done_rx
+            .recv()
+            .map_err(|_| EngineError::Internal("lost the command's exit status".into()))?,
+    };
+    Ok(r?)
 }

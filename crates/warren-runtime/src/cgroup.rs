@@ -128,3 +128,21 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Pids of every process in the cgroup `rel` and its descendants (from the first hierarchy that has it).
+pub fn pids(rel: &str) -> Vec<i32> {
+    let Some(d) = dirs(rel).into_iter().next() else {
+        return Vec::new();
+    };
+    let mut all = vec![d.clone()];
+    all.extend(walk(&d));
+    all.iter()
+        .flat_map(|c| {
+            std::fs::read_to_string(c.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}

@@ -63,12 +63,22 @@ fn open_at(root: &File, rel: &str, flags: OFlag) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Reads the file `rel` of the root filesystem `root` as text.
+/// Largest file [`read_to_string`] reads: configuration files, not data.
+pub const MAX_READ: u64 = 1 << 20;
+
+/// Reads the regular file `rel` of the root filesystem `root` as text (at most [`MAX_READ`] bytes).
+/// FIFOs, devices and sockets are refused without blocking: the workspace controls what is there.
 pub fn read_to_string(root: &Path, rel: &str) -> std::io::Result<String> {
-    let fd = open(root, rel, OFlag::O_RDONLY)?;
-    let mut s = String::new();
-    File::from(fd).read_to_string(&mut s)?;
-    Ok(s)
+    let fd = open(root, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+    let f = File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{rel} is not a regular file"
+        )));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_READ).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Whether `rel` is a directory inside `root`.
@@ -181,6 +191,34 @@ mod tests {
         assert!(read_to_string(&root, "rel-escape").is_err());
         assert!(read_to_string(&root, "../host-secret").is_err());
         assert!(is_dir(&root, "/etc") && !is_dir(&root, "etc/shadow"));
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        nix::unistd::mkfifo(&root.join("etc/passwd"), Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(
+            read_to_string(root, "etc/passwd").is_err(),
+            "a FIFO with no writer must not block"
+        );
+        nix::sys::stat::mknod(
+            &root.join("etc/group"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(1, 5),
+        )
+        .unwrap();
+        assert!(
+            read_to_string(root, "etc/group").is_err(),
+            "/dev/zero must not be read"
+        );
+        fs::write(root.join("etc/big"), vec![b'a'; (MAX_READ + 10) as usize]).unwrap();
+        assert_eq!(
+            read_to_string(root, "etc/big").unwrap().len() as u64,
+            MAX_READ
+        );
     }
 
     #[test]

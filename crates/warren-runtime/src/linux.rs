@@ -129,6 +129,32 @@ impl LinuxRuntime {
         }
     }
 
+    /// Waits up to `limit` for the supervisor to release its lock; true when it is gone.
+    fn wait_supervisor_gone(&self, l: &Layout, limit: Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.supervisor_alive(l) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    /// SIGKILLs a live supervisor (one holding its lock) and waits for it to be gone.
+    fn kill_supervisor(&self, l: &Layout) {
+        if !self.supervisor_alive(l) {
+            return;
+        }
+        if let Some(pid) = self.supervisor_pid(l) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.wait_supervisor_gone(l, Duration::from_secs(2));
+    }
+
     /// Removes what a supervisor that died without cleaning up left: container processes (found through
     /// the cgroup, since nobody else knows them), OCI runtime state and the cgroup itself.
     fn clean_up_after_supervisor(&self, id: &str) -> Result<(), RuntimeError> {
@@ -337,15 +363,12 @@ impl Runtime for LinuxRuntime {
         let _ =
             nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
         while let Ok(Some(_)) = proto::recv::<Response>(sock.as_fd()) {}
-        for _ in 0..5000 {
-            if !self.supervisor_alive(&l) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        if self.wait_supervisor_gone(&l, Duration::from_secs(5)) {
+            return Ok(());
         }
-        Err(RuntimeError::Exec(
-            "the workspace did not stop in time".into(),
-        ))
+        // Wedged: kill it, then clean up after it like after any dead supervisor.
+        self.kill_supervisor(&l);
+        self.clean_up_after_supervisor(id)
     }
 
     fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
@@ -353,20 +376,7 @@ impl Runtime for LinuxRuntime {
         if self.supervisor_alive(&l) {
             let _ = self.stop(id, Duration::from_secs(2));
         }
-        if self.supervisor_alive(&l) {
-            if let Some(pid) = self.supervisor_pid(&l) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            for _ in 0..200 {
-                if !self.supervisor_alive(&l) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        self.kill_supervisor(&l);
         self.clean_up_after_supervisor(id)?;
         match fs::remove_dir_all(&l.dir) {
             Ok(()) => Ok(()),

@@ -9,7 +9,6 @@
 //! the socket. When the init exits, it deletes the container (cgroups included), records the exit status
 //! and exits.
 
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -209,9 +208,11 @@ struct Supervisor {
     clients: Vec<Client>,
     stop_deadline: Option<Instant>,
     stop_requested: bool,
+    /// Stopping: the init gets SIGTERM once the processes in `stopping` have exited.
+    init_waits: bool,
+    /// The processes asked to exit when the stop began.
+    stopping: Vec<i32>,
     exec_seq: u64,
-    /// Exit codes of exec'd processes reaped before their client learned the pid.
-    early_exits: HashMap<i32, i32>,
 }
 
 fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
@@ -353,8 +354,9 @@ impl Supervisor {
             clients: Vec::new(),
             stop_deadline: None,
             stop_requested: false,
+            init_waits: false,
+            stopping: Vec::new(),
             exec_seq: 0,
-            early_exits: HashMap::new(),
         })
     }
 
@@ -363,8 +365,9 @@ impl Supervisor {
         loop {
             let timeout = match self.stop_deadline {
                 Some(d) => {
+                    let cap = if self.init_waits { 20 } else { 60_000 };
                     let left = d.saturating_duration_since(Instant::now());
-                    PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                    PollTimeout::try_from(left.as_millis().min(cap) as i32)
                         .unwrap_or(PollTimeout::ZERO)
                 }
                 None => PollTimeout::NONE,
@@ -425,8 +428,14 @@ impl Supervisor {
             }
             if let Some(d) = self.stop_deadline {
                 if Instant::now() >= d {
+                    self.init_waits = false;
                     let _ = self.backend.kill(libc::SIGKILL, true);
                     self.stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                } else if self.init_waits {
+                    let left = self.processes_but_init();
+                    if !self.stopping.iter().any(|p| left.contains(p)) {
+                        self.term_init();
+                    }
                 }
             }
         }
@@ -460,21 +469,46 @@ impl Supervisor {
             };
             if pid == self.init_pid {
                 init_code = Some(code);
-            } else if let Some(c) = self.clients.iter().find(|c| c.exec_pid == Some(pid)) {
-                let _ = proto::send(c.sock.as_fd(), &Response::Exited { code }, &[]);
             } else {
-                self.early_exits.insert(pid, code);
+                self.tell_exec(pid, code);
             }
         }
         init_code
     }
 
+    /// Starts a graceful stop: SIGTERM to every workspace process but the init, and SIGTERM to the init
+    /// once they are gone (its death takes the whole PID namespace down, so it must go last); SIGKILL
+    /// to everything when `grace` runs out.
     fn begin_stop(&mut self, grace: Duration) {
         self.stop_requested = true;
+        self.stop_deadline = Some(Instant::now() + grace);
+        let others = self.processes_but_init();
+        if others.is_empty() {
+            self.term_init();
+        } else {
+            for &pid in &others {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            // Processes started after this point (the init's next sleeper, say) get no grace.
+            self.stopping = others;
+            self.init_waits = true;
+        }
+    }
+
+    fn term_init(&mut self) {
+        self.init_waits = false;
         if self.backend.kill(libc::SIGTERM, false).is_err() {
             let _ = self.backend.kill(libc::SIGKILL, true);
         }
-        self.stop_deadline = Some(Instant::now() + grace);
+    }
+
+    /// Host pids of the workspace's processes other than its init, from its cgroup (none known when
+    /// the runtime keeps no cgroup, e.g. gVisor).
+    fn processes_but_init(&self) -> Vec<i32> {
+        crate::cgroup::pids(&spec::cgroup_path(&self.cfg.id))
+            .into_iter()
+            .filter(|&p| p != self.init_pid)
+            .collect()
     }
 
     /// Handles one readable client; false when it hung up.
@@ -517,9 +551,6 @@ impl Supervisor {
                     let fds: Vec<RawFd> = pty.iter().map(|p| p.as_raw_fd()).collect();
                     let _ = proto::send(c.sock.as_fd(), &Response::Started { pid }, &fds);
                     c._pty = pty;
-                    if let Some(code) = self.early_exits.remove(&pid) {
-                        let _ = proto::send(c.sock.as_fd(), &Response::Exited { code }, &[]);
-                    }
                 }
                 Err(message) => {
                     let _ = proto::send(sock, &Response::Error { message }, &[]);
@@ -553,11 +584,12 @@ impl Supervisor {
                 set_env(&mut env, k, v);
             }
         }
-        let cwd = p.cwd.clone().unwrap_or_else(|| user.home.clone());
-        let cwd = if crate::inroot::is_dir(&rootfs, &cwd) {
-            cwd
-        } else {
-            "/".to_string()
+        // An explicit directory is used as given (it may lie in a mount the supervisor does not see):
+        // if it is missing, the exec fails and says so. Only the default, the user's home, falls back.
+        let cwd = match &p.cwd {
+            Some(c) => c.clone(),
+            None if crate::inroot::is_dir(&rootfs, &user.home) => user.home.clone(),
+            None => "/".to_string(),
         };
         self.exec_seq += 1;
         let seq = self.exec_seq;
@@ -649,6 +681,7 @@ impl Supervisor {
             serde_json::to_vec(&rec).unwrap_or_default(),
         );
         let _ = fs::remove_file(self.layout.socket());
+        let _ = fs::remove_file(self.layout.run().join("sup.pid"));
         for c in &self.clients {
             if c.wants_stop {
                 let _ = proto::send(c.sock.as_fd(), &Response::Stopped { code }, &[]);
@@ -658,9 +691,11 @@ impl Supervisor {
         rc
     }
 
-    fn tell_exec(&self, pid: i32, code: i32) {
-        if let Some(c) = self.clients.iter().find(|c| c.exec_pid == Some(pid)) {
+    /// Reports an exec'd process's exit to its client and forgets the pid (it may be reused).
+    fn tell_exec(&mut self, pid: i32, code: i32) {
+        if let Some(c) = self.clients.iter_mut().find(|c| c.exec_pid == Some(pid)) {
             let _ = proto::send(c.sock.as_fd(), &Response::Exited { code }, &[]);
+            c.exec_pid = None;
         }
     }
 }

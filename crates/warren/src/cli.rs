@@ -211,12 +211,16 @@ pub async fn run(cli: Cli) -> Result<u8> {
     );
     if reconciles {
         let report = engine.reconcile().await?;
+        for (ws, why) in &report.errors {
+            Printer.warn(&format!("could not reconcile workspace {ws}: {why}"));
+        }
         if matches!(cli.cmd, Cmd::Reconcile) {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "failed": report.failed, "stopped": report.stopped,
                     "deleted": report.deleted, "orphans_removed": report.orphans_removed,
+                "errors": report.errors,
                 }))?
             );
             return Ok(0);

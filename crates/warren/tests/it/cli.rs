@@ -591,3 +591,99 @@ fn concurrent_ups_of_one_folder_share_one_workspace() {
     assert_eq!(w.supervisors().len(), 1);
     assert_eq!(lines(&dir.join("count")), 1, "onCreateCommand ran once");
 }
+
+#[test]
+fn stop_lets_every_process_shut_down_cleanly_before_the_init() {
+    let w = World::new();
+    let dir = w.project("graceful", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    // A "database" in the background that needs its SIGTERM to flush.
+    let o = w
+        .command(&["exec", "graceful", "--", "sh", "-c",
+            "sh -c 'trap \"echo flushed > /workspaces/graceful/db.state; exit 0\" TERM; echo up > /workspaces/graceful/db.state; while :; do sleep 0.1; done' >/dev/null 2>&1 &"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(dir.join("db.state")).unwrap_or_default() != "up\n" {
+        assert!(
+            Instant::now() < deadline,
+            "background process never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(w.warren(&["stop", "graceful"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("db.state")).unwrap(),
+        "flushed\n"
+    );
+}
+
+#[test]
+fn exec_uses_the_directory_asked_for_or_fails_saying_so() {
+    let w = World::new();
+    let dir = w.project("cwd", r#"{"image": "busybox"}"#);
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    w.up(&dir);
+    // A directory inside the project mount, which the supervisor's own view of the root does not have.
+    let o = w.warren(&[
+        "exec",
+        "-w",
+        "/workspaces/cwd/sub/deeper",
+        "cwd",
+        "--",
+        "pwd",
+    ]);
+    assert_eq!(stdout(&o), "/workspaces/cwd/sub/deeper\n", "{}", stderr(&o));
+    // One created by the workspace itself on its tmpfs.
+    assert_eq!(w.sh("cwd", "mkdir -p /tmp/build").0, 0);
+    let o = w.warren(&["exec", "-w", "/tmp/build", "cwd", "--", "pwd"]);
+    assert_eq!(stdout(&o), "/tmp/build\n", "{}", stderr(&o));
+    // A missing one is an error, never a silent `/`.
+    let o = w.warren(&["exec", "-w", "/nonexistent", "cwd", "--", "pwd"]);
+    assert!(!o.status.success());
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn lifecycle_commands_may_leave_daemons_running_and_print_any_bytes() {
+    let w = World::new();
+    let dir = w.project(
+        "daemon",
+        r#"{"image": "busybox", "postStartCommand": "sleep 100000 & printf 'caf\\351 latin-1\\n'; echo done"}"#,
+    );
+    let mut child = w
+        .command(&["up", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Liveness, not speed: `up` must finish although the daemon holds its output open for a day.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`up` waited for the daemon the postStartCommand left running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    let logs = stdout(&w.warren(&["logs", "daemon"]));
+    assert!(
+        logs.contains("caf\u{fffd} latin-1") && logs.contains("done"),
+        "{logs}"
+    );
+    assert_eq!(
+        w.sh(
+            "daemon",
+            "pgrep -c 'sleep 100000' || ps | grep -c 'sleep 100000'"
+        )
+        .0,
+        0
+    );
+}
