@@ -256,15 +256,16 @@ impl Runtime for LinuxRuntime {
             }
             OciRuntime::Binary { .. } => None,
         };
-        for m in &spec.mounts {
-            if m.kind == crate::MountKind::Volume {
-                let name = m
-                    .source
-                    .clone()
-                    .unwrap_or_else(|| spec::volume_name(&m.target));
-                fs::create_dir_all(l.volumes().join(name))
-                    .map_err(RuntimeError::io("create volume"))?;
+        for m in spec
+            .mounts
+            .iter()
+            .filter(|m| m.kind == crate::MountKind::Volume)
+        {
+            if let Some(name) = &m.source {
+                spec::check_volume_name(name).map_err(RuntimeError::Start)?;
             }
+            fs::create_dir_all(spec::volume_dir(&l, m))
+                .map_err(RuntimeError::io("create volume"))?;
         }
         fs::create_dir_all(l.volumes().join("home"))
             .map_err(RuntimeError::io("create home volume"))?;

@@ -13,20 +13,34 @@ use crate::seccomp_list::ALLOWED_X86_64;
 pub const CLONE_NS_FLAGS: u64 = 0x7E02_0000;
 
 const ENOSYS: u32 = 38;
+
+/// `AF_VSOCK`: sockets to the hypervisor host, which network namespaces do not isolate.
+const AF_VSOCK: u64 = 40;
+
+/// The `personality(2)` values allowed (Linux, ADDR_NO_RANDOMIZE-free variants Docker allows, and the
+/// query value 0xffffffff).
+const PERSONALITIES: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 const EPERM: u32 = 1;
 
 /// The OCI `linux.seccomp` object.
 pub fn profile() -> Value {
+    let mut rules = vec![
+        json!({ "names": ALLOWED_X86_64, "action": "SCMP_ACT_ALLOW" }),
+        json!({ "names": ["clone"], "action": "SCMP_ACT_ALLOW",
+          "args": [{ "index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] }),
+        json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS }),
+        json!({ "names": ["socket"], "action": "SCMP_ACT_ALLOW",
+          "args": [{ "index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_NE" }] }),
+    ];
+    rules.extend(PERSONALITIES.iter().map(|p| {
+        json!({ "names": ["personality"], "action": "SCMP_ACT_ALLOW",
+          "args": [{ "index": 0, "value": p, "op": "SCMP_CMP_EQ" }] })
+    }));
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [
-            { "names": ALLOWED_X86_64, "action": "SCMP_ACT_ALLOW" },
-            { "names": ["clone"], "action": "SCMP_ACT_ALLOW",
-              "args": [{ "index": 0, "value": CLONE_NS_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ" }] },
-            { "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS }
-        ]
+        "syscalls": rules,
     })
 }
 
@@ -63,8 +77,7 @@ mod tests {
     #[test]
     fn everyday_syscalls_are_allowed() {
         for ok in [
-            "read", "write", "openat", "execve", "fork", "wait4", "ptrace", "socket", "mmap",
-            "futex",
+            "read", "write", "openat", "execve", "fork", "wait4", "ptrace", "mmap", "futex",
         ] {
             assert!(ALLOWED_X86_64.contains(&ok), "{ok} must be allowed");
         }
@@ -138,6 +151,20 @@ fn compile(scratch: &std::path::Path) -> Result<Vec<u8>, String> {
         ScmpSyscall::from_name("clone3").map_err(e)?,
     )
     .map_err(e)?;
+    ctx.add_rule_conditional(
+        ScmpAction::Allow,
+        ScmpSyscall::from_name("socket").map_err(e)?,
+        &[ScmpArgCompare::new(0, ScmpCompareOp::NotEqual, AF_VSOCK)],
+    )
+    .map_err(e)?;
+    for &p in PERSONALITIES {
+        ctx.add_rule_conditional(
+            ScmpAction::Allow,
+            ScmpSyscall::from_name("personality").map_err(e)?,
+            &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, p)],
+        )
+        .map_err(e)?;
+    }
     let f = std::fs::File::create(scratch).map_err(|e| e.to_string())?;
     ctx.export_bpf(&f).map_err(e)?;
     drop(f);
@@ -199,6 +226,12 @@ mod compiled_tests {
                 let ok = load(&a).is_ok();
                 // SAFETY: unshare(CLONE_NEWUTS) takes an integer flag.
                 let denied = unsafe { libc::unshare(libc::CLONE_NEWUTS) } == -1;
+                // SAFETY: socket(2) with integer arguments; a vsock socket must be refused, TCP allowed.
+                let vsock_denied =
+                    unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) } == -1;
+                // SAFETY: as above.
+                let tcp_allowed = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) } >= 0;
+                let denied = denied && vsock_denied && tcp_allowed;
                 // SAFETY: getpid has no arguments.
                 let allowed = unsafe { libc::getpid() } > 0;
                 // SAFETY: _exit ends the child without running destructors.

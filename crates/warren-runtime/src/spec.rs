@@ -267,9 +267,8 @@ pub fn config(
             }
             MountKind::Volume => {
                 options.insert(0, "rbind");
-                let name = m.source.clone().unwrap_or_else(|| volume_name(&m.target));
                 json!({ "destination": m.target, "type": "bind",
-                        "source": layout.volumes().join(name), "options": options })
+                        "source": volume_dir(layout, m), "options": options })
             }
             MountKind::Tmpfs => {
                 options.push("mode=1777");
@@ -313,13 +312,38 @@ pub fn config(
     })
 }
 
-/// A stable volume directory name for an anonymous volume mounted at `target`.
-pub fn volume_name(target: &str) -> String {
-    let s: String = target
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("anon{s}")
+/// Checks a named volume's name: a plain name, never a path (it becomes a directory name under the
+/// workspace's `volumes/named/`).
+pub fn check_volume_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if first_ok
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid volume name `{name}`: use letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+        ))
+    }
+}
+
+/// The host directory behind a volume mount: `volumes/named/<name>`, or for an anonymous volume
+/// `volumes/anon/<target with every other character replaced by _>`. Names must have passed
+/// [`check_volume_name`].
+pub fn volume_dir(layout: &Layout, m: &crate::MountSpec) -> std::path::PathBuf {
+    match &m.source {
+        Some(name) => layout.volumes().join("named").join(name),
+        None => {
+            let s: String = m
+                .target
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            layout.volumes().join("anon").join(s)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -415,6 +439,16 @@ mod tests {
     }
 
     #[test]
+    fn volume_names_cannot_be_paths() {
+        for bad in ["../../etc", "/tmp/x", "..", "a/b", "", ".hidden", "-x"] {
+            assert!(check_volume_name(bad).is_err(), "{bad:?} must be refused");
+        }
+        for good in ["cache", "node_modules", "my-vol.1", "home"] {
+            assert!(check_volume_name(good).is_ok(), "{good:?} is fine");
+        }
+    }
+
+    #[test]
     fn volumes_and_tmpfs_mounts_map_to_workspace_directories() {
         let mut s = spec();
         s.mounts = vec![
@@ -438,7 +472,7 @@ mod tests {
             .iter()
             .find(|m| m["destination"] == "/cache")
             .unwrap();
-        assert_eq!(cache["source"], "/state/abc/volumes/cache");
+        assert_eq!(cache["source"], "/state/abc/volumes/named/cache");
         assert!(cache["options"].as_array().unwrap().contains(&json!("ro")));
         let scratch = mounts
             .iter()

@@ -687,3 +687,31 @@ fn lifecycle_commands_may_leave_daemons_running_and_print_any_bytes() {
         0
     );
 }
+
+#[test]
+fn a_volume_name_cannot_reach_outside_the_workspace() {
+    let w = World::new();
+    let victim = w.dir.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("hostfile"), "host secret").unwrap();
+    for source in ["../../../../victim", victim.to_str().unwrap()] {
+        let dir = w.project(
+            "vol",
+            &format!(r#"{{"image": "busybox", "mounts": [{{"type": "volume", "source": "{source}", "target": "/v"}}]}}"#),
+        );
+        let o = w.warren(&["up", "--recreate", dir.to_str().unwrap()]);
+        assert!(!o.status.success(), "volume {source:?} was accepted");
+        assert!(stderr(&o).contains("invalid volume name"), "{}", stderr(&o));
+    }
+    // Control: a plain name is a real, persistent volume.
+    let dir = w.project(
+        "vol",
+        r#"{"image": "busybox", "mounts": ["type=volume,source=cache,target=/v"]}"#,
+    );
+    let o = w.warren(&["up", "--recreate", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(w.sh("vol", "echo kept > /v/f; ls /v").1, "f\n");
+    assert!(w.warren(&["restart", "vol"]).status.success());
+    assert_eq!(w.sh("vol", "cat /v/f").1, "kept\n");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1);
+}
