@@ -131,7 +131,10 @@ impl EngineError {
                 "its output is in `warren logs` ({}); fix the command and run `warren up` again",
                 log.display()
             )),
-            EngineError::Runtime(_) => Some("the supervisor log is under the state dir's workspaces/<id>/run/".into()),
+            EngineError::Runtime(warren_runtime::RuntimeError::Start(_)) => Some(
+                "the workspace's supervisor log is STATE_DIR/workspaces/<id>/run/supervisor.log (the id is in `warren list --json`)"
+                    .into(),
+            ),
             _ => None,
         }
     }

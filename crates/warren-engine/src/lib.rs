@@ -399,7 +399,9 @@ impl Engine {
             .await;
             failpoint("after-provision");
             if let Err(e) = res {
-                self.fail(&rec, &e.to_string()).await?;
+                // The original error is what the user needs; recording the failure is best effort
+                // (the reconciler finishes it if this does not).
+                let _ = self.fail(&rec, &e.to_string()).await;
                 return Err(e);
             }
             self.apply(&rec, Event::Started, None).await?
@@ -442,7 +444,9 @@ impl Engine {
             match res {
                 Ok(()) => {}
                 Err(e) => {
-                    self.fail(&rec, &e.to_string()).await?;
+                    // The original error is what the user needs; recording the failure is best effort
+                    // (the reconciler finishes it if this does not).
+                    let _ = self.fail(&rec, &e.to_string()).await;
                     return Err(e);
                 }
             }

@@ -42,12 +42,6 @@ pub fn hash_config(l: &Loaded) -> String {
     hex::encode(Sha256::digest(doc.to_string().as_bytes()))
 }
 
-fn set(env: &mut Vec<String>, key: &str, value: &str) {
-    let prefix = format!("{key}=");
-    env.retain(|e| !e.starts_with(&prefix));
-    env.push(format!("{key}={value}"));
-}
-
 fn mount_spec(m: &Mount) -> MountSpec {
     MountSpec {
         kind: match m.kind {
@@ -101,7 +95,7 @@ impl WsSpec {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
         for (k, v) in &self.config.container_env {
-            set(&mut env, k, v);
+            warren_runtime::spec::set_env(&mut env, k, v);
         }
         let mut mounts = vec![mount_spec(&self.workspace_mount)];
         mounts.extend(self.config.mounts.iter().map(mount_spec));
@@ -134,7 +128,7 @@ impl WsSpec {
             .collect();
         for e in &p.env {
             if let Some((k, v)) = e.split_once('=') {
-                set(&mut env, k, v);
+                warren_runtime::spec::set_env(&mut env, k, v);
             }
         }
         p.env = env;

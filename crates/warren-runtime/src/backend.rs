@@ -30,6 +30,12 @@ pub enum OciRuntime {
 }
 
 impl OciRuntime {
+    /// Whether workspace processes run on a kernel of their own (gVisor), so that the host cannot see
+    /// their files through `/proc/PID/root`.
+    pub fn is_sandboxed_kernel(&self) -> bool {
+        matches!(self, OciRuntime::Binary { path, .. } if path.ends_with("runsc"))
+    }
+
     /// Parses a user's choice: `libcontainer`, `runc`, `runsc`, or a path to a runc-compatible binary.
     pub fn parse(s: &str) -> OciRuntime {
         match s {

@@ -179,6 +179,22 @@ impl LinuxRuntime {
     }
 }
 
+/// Whether `path` looks like a user's home directory (`/root`, `/home/NAME`), not a system directory.
+fn is_home_dir(path: &str) -> bool {
+    let p = std::path::Path::new(path);
+    p == std::path::Path::new("/root")
+        || (p.starts_with("/home") && p.components().count() >= 3 && !path.contains(".."))
+}
+
+/// Bounds how long a receive on `sock` may block (zero: forever).
+fn set_recv_timeout(sock: &OwnedFd, limit: Duration) {
+    let tv = nix::sys::time::TimeVal::from(libc::timeval {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_usec: 0,
+    });
+    let _ = nix::sys::socket::setsockopt(sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv);
+}
+
 fn read_ready(r: OwnedFd, timeout: Duration) -> Result<String, RuntimeError> {
     let mut fds = [PollFd::new(r.as_fd(), PollFlags::POLLIN)];
     let ms = PollTimeout::try_from(timeout.as_millis() as i32).unwrap_or(PollTimeout::NONE);
@@ -223,7 +239,9 @@ impl Runtime for LinuxRuntime {
                     .map_err(RuntimeError::Start)?
                     .home,
             )
-            .filter(|h| h != "/"),
+            // Only real home directories get a volume: a system account whose "home" is /usr/sbin or /
+            // must not have image directories shadowed by a persistent copy.
+            .filter(|h| is_home_dir(h)),
             None => None,
         };
         let write = |p: PathBuf, data: &[u8]| {
@@ -328,7 +346,12 @@ impl Runtime for LinuxRuntime {
         )
         .map_err(RuntimeError::io("send exec request"))?;
         drop(stdio);
-        match proto::recv::<Response>(sock.as_fd()).map_err(RuntimeError::io("exec"))? {
+        // Starting a process takes milliseconds; a supervisor that does not answer in a minute is wedged.
+        set_recv_timeout(&sock, Duration::from_secs(60));
+        let answer = proto::recv::<Response>(sock.as_fd()).map_err(RuntimeError::io("exec"))?;
+        // The process itself may run for days.
+        set_recv_timeout(&sock, Duration::ZERO);
+        match answer {
             Some((Response::Started { pid }, fds)) => Ok(ExecSession {
                 sock,
                 pid,
@@ -357,12 +380,7 @@ impl Runtime for LinuxRuntime {
         .map_err(RuntimeError::io("send stop request"))?;
         // The supervisor answers, then exits; its socket closes as it does. Wait for that hang-up
         // rather than polling, with a bound in case it is wedged.
-        let limit = nix::sys::time::TimeVal::from(libc::timeval {
-            tv_sec: (grace.as_secs() + 10) as libc::time_t,
-            tv_usec: 0,
-        });
-        let _ =
-            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &limit);
+        set_recv_timeout(&sock, grace + Duration::from_secs(10));
         while let Ok(Some(_)) = proto::recv::<Response>(sock.as_fd()) {}
         if self.wait_supervisor_gone(&l, Duration::from_secs(5)) {
             return Ok(());
@@ -451,12 +469,6 @@ impl ExecSession {
         }
     }
 
-    /// Delivers `signal` to the process.
-    pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
-        proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[])
-            .map_err(RuntimeError::io("send signal"))
-    }
-
     /// A second handle for signalling from another thread while one waits.
     pub fn signaller(&self) -> Result<Signaller, RuntimeError> {
         Ok(Signaller {
@@ -475,5 +487,28 @@ impl Signaller {
     pub fn signal(&self, signal: i32) -> Result<(), RuntimeError> {
         proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[])
             .map_err(RuntimeError::io("send signal"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_home_dir;
+
+    #[test]
+    fn only_user_homes_get_a_home_volume() {
+        for yes in ["/root", "/home/dev", "/home/dev/sub"] {
+            assert!(is_home_dir(yes), "{yes}");
+        }
+        for no in [
+            "/",
+            "/home",
+            "/usr/sbin",
+            "/var/lib/postgres",
+            "/nonexistent",
+            "/home/../etc",
+            "/rootx",
+        ] {
+            assert!(!is_home_dir(no), "{no}");
+        }
     }
 }

@@ -61,6 +61,13 @@ pub const INIT_ARGS: &[&str] = &[
 /// Default pids limit: enough for builds, small enough that a fork bomb stops quickly.
 pub const DEFAULT_PIDS: i64 = 4096;
 
+/// Sets `key=value` in a `KEY=VALUE` environment list, replacing any earlier value of `key`.
+pub fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let prefix = format!("{key}=");
+    env.retain(|e| !e.starts_with(&prefix));
+    env.push(format!("{key}={value}"));
+}
+
 /// A resolved user inside the workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {

@@ -122,6 +122,25 @@ pub fn main(dir: &Path) -> ! {
     std::process::exit(code)
 }
 
+/// Turns the OCI runtime's account of a failed exec into one line a user understands.
+fn explain_exec_error(program: &str, raw: &str) -> String {
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("not found")
+        && (lower.contains("executable") || lower.contains("no such file"))
+    {
+        format!("command `{program}` not found in the workspace")
+    } else if lower.contains("permission denied") && lower.contains("exec") {
+        format!("command `{program}` cannot be executed in the workspace: permission denied")
+    } else if lower.contains("chdir")
+        || lower.contains("cwd")
+        || lower.contains("working directory")
+    {
+        format!("cannot run `{program}`: its working directory does not exist in the workspace")
+    } else {
+        raw.to_string()
+    }
+}
+
 /// Restores every signal to its default disposition and unblocks all: ignored and blocked signals are
 /// inherited across execve, and workspace processes must not inherit whatever the spawner had.
 fn reset_signals() {
@@ -575,20 +594,29 @@ impl Supervisor {
             None => User::root(),
         };
         let mut env = self.base_env.clone();
-        set_env(&mut env, "HOME", &user.home);
+        spec::set_env(&mut env, "HOME", &user.home);
         if let Some(name) = &user.name {
-            set_env(&mut env, "USER", name);
+            spec::set_env(&mut env, "USER", name);
         }
         for kv in &p.env {
             if let Some((k, v)) = kv.split_once('=') {
-                set_env(&mut env, k, v);
+                spec::set_env(&mut env, k, v);
             }
         }
-        // An explicit directory is used as given (it may lie in a mount the supervisor does not see):
-        // if it is missing, the exec fails and says so. Only the default, the user's home, falls back.
+        // Checked in the workspace's own view of its files (its init's root: mounts included), resolved
+        // inside it. An explicit directory must exist; the default, the user's home, falls back to `/`.
+        // (gVisor's sandbox process has no such view: its kernel is its own, and it checks by itself.)
+        let view = PathBuf::from(format!("/proc/{}/root", self.init_pid));
+        let exists =
+            |dir: &str| self.cfg.runtime.is_sandboxed_kernel() || crate::inroot::is_dir(&view, dir);
         let cwd = match &p.cwd {
-            Some(c) => c.clone(),
-            None if crate::inroot::is_dir(&rootfs, &user.home) => user.home.clone(),
+            Some(c) if exists(c) => c.clone(),
+            Some(c) => {
+                return Err(format!(
+                    "working directory {c} does not exist in the workspace"
+                ))
+            }
+            None if exists(&user.home) => user.home.clone(),
             None => "/".to_string(),
         };
         self.exec_seq += 1;
@@ -619,7 +647,7 @@ impl Supervisor {
             }
         };
         let _ = fs::remove_file(&process_json);
-        result
+        result.map_err(|e| explain_exec_error(&p.argv[0], &e))
     }
 
     fn exec_tty(
@@ -702,12 +730,6 @@ impl Supervisor {
 
 fn flock_nb(f: File) -> Result<Flock<File>, File> {
     Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(f, _)| f)
-}
-
-fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
-    let prefix = format!("{key}=");
-    env.retain(|e| !e.starts_with(&prefix));
-    env.push(format!("{key}={value}"));
 }
 
 fn mount_overlay(layout: &Layout, layers: &[PathBuf]) -> Result<(), String> {

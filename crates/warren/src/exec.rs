@@ -95,7 +95,7 @@ pub async fn run(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
     };
     process.tty = None;
     let signals = Signals::install()?;
-    let session = engine.exec(name, process, Some(stdio)).await?;
+    let session = interruptible(engine.exec(name, process, Some(stdio))).await?;
     let sig = session.signaller()?;
     let forward = forward_signals(signals, move |s| {
         let _ = sig.signal(s);
@@ -119,6 +119,21 @@ impl Signals {
             streams.push((*num, signal(kind()).context("install signal handler")?));
         }
         Ok(Signals(streams))
+    }
+}
+
+/// Runs `f` (starting the process), giving up with the conventional exit status if the user presses
+/// Ctrl-C or the CLI is asked to terminate before the process exists: there is nothing to forward the
+/// signal to yet, and the forwarding handlers keep the default action from ending the CLI.
+async fn interruptible<T>(
+    f: impl std::future::Future<Output = Result<T, warren_engine::EngineError>>,
+) -> Result<T> {
+    let mut int = signal(SignalKind::interrupt()).context("install signal handler")?;
+    let mut term = signal(SignalKind::terminate()).context("install signal handler")?;
+    tokio::select! {
+        r = f => Ok(r?),
+        _ = int.recv() => std::process::exit(128 + libc::SIGINT),
+        _ = term.recv() => std::process::exit(128 + libc::SIGTERM),
     }
 }
 
@@ -180,7 +195,7 @@ async fn run_tty(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
         process.env.push("TERM=xterm-256color".into());
     }
     let signals = Signals::install()?;
-    let session = engine.exec(name, process, None).await?;
+    let session = interruptible(engine.exec(name, process, None)).await?;
     let master = session
         .pty
         .as_ref()
