@@ -221,7 +221,13 @@ impl Engine {
                     && rec.state == WorkspaceState::Failed
                     && !created
                 {
-                    // It never finished being created: take the corrected configuration.
+                    // It never finished being created: take the corrected configuration, and say so
+                    // (the project folder is writable from inside, so the change may not be the user's).
+                    progress.warn(&format!(
+                        "{} changed since the failed creation of workspace {}; creating it with the new configuration",
+                        loaded.config_path.display(),
+                        rec.name
+                    ));
                     let image = self.ensure_image(&image_name, progress).await?;
                     let spec = WsSpec::new(&loaded, &image, spec.limits);
                     let json = serde_json::to_string(&spec)

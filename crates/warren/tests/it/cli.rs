@@ -205,7 +205,13 @@ fn a_failing_lifecycle_command_marks_the_workspace_failed_and_keeps_its_output()
         r#"{"image": "busybox", "postCreateCommand": "echo fixed"}"#,
     )
     .unwrap();
-    w.up(&dir);
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("changed since the failed creation"),
+        "the new config is announced: {}",
+        stderr(&o)
+    );
     assert_eq!(w.state_of("bad").as_deref(), Some("running"));
 }
 
