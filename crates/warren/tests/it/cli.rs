@@ -721,3 +721,18 @@ fn a_volume_name_cannot_reach_outside_the_workspace() {
     assert_eq!(w.sh("vol", "cat /v/f").1, "kept\n");
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1);
 }
+
+#[test]
+fn an_image_in_use_cannot_be_removed() {
+    let w = World::new();
+    let dir = w.project("user", r#"{"image": "busybox"}"#);
+    w.up(&dir);
+    let o = w.warren(&["image", "rm", "busybox"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).starts_with("error: "), "{}", stderr(&o));
+    assert!(stdout(&w.warren(&["image", "ls"])).contains("busybox:latest"));
+    assert!(w.warren(&["delete", "--force", "user"]).status.success());
+    let o = w.warren(&["image", "rm", "busybox"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&w.warren(&["image", "ls"])).contains("busybox"));
+}

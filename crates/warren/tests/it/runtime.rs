@@ -138,6 +138,9 @@ fn workspace_runs_commands_and_survives_stop_start_until_destroyed() {
         .0,
         0
     );
+    // The image layer is shared and read-only: the write went to this workspace's own upper layer.
+    assert!(!f.dir.join("layer/etc/marker").exists());
+    assert!(f.dir.join("ws/rt1/upper/etc/marker").exists());
     f.rt.stop("rt1", Duration::from_secs(5)).unwrap();
     assert!(matches!(f.rt.inspect("rt1").unwrap(), Observed::Stopped(_)));
     f.rt.start("rt1").unwrap();
