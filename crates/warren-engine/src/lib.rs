@@ -601,7 +601,9 @@ impl Engine {
     /// The lifecycle log of a workspace.
     pub async fn logs(&self, name: &str) -> Result<String, EngineError> {
         let rec = self.get(name).await?;
-        Ok(std::fs::read_to_string(self.log_path(&rec.id)).unwrap_or_default())
+        // Lifecycle commands print whatever bytes they like.
+        let bytes = std::fs::read(self.log_path(&rec.id)).unwrap_or_default();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Resource usage of a workspace.

@@ -1,15 +1,14 @@
 //! Runs devcontainer lifecycle commands inside a workspace: string (shell), array (argv) and object
 //! (named, in parallel, all must succeed) forms, as the remote user, with output kept in the log.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warren_devcontainer::LifecycleCommand;
-use warren_runtime::{ExecProcess, ExecSession, Runtime, Stdio};
+use warren_runtime::{ExecProcess, Runtime, Stdio};
 
 use crate::{EngineError, Progress, WsSpec};
 
@@ -42,6 +41,10 @@ fn argv(c: &LifecycleCommand) -> Vec<String> {
 }
 
 /// Runs one lifecycle command to completion; any non-zero exit is an error naming the command.
+///
+/// The command's stdout and stderr are the log file itself (opened for appending), not a pipe to this
+/// process: daemons a command leaves running keep a valid output after `warren` exits, and their
+/// output lands in `warren logs`. Progress shows what the log gains while the command runs.
 pub async fn run(
     rt: Arc<dyn Runtime>,
     id: &str,
@@ -58,19 +61,26 @@ pub async fn run(
             .collect(),
         c => vec![(what.to_string(), argv(c))],
     };
+    let io =
+        |e: std::io::Error| EngineError::Internal(format!("lifecycle log {}: {e}", log.display()));
     if let Some(parent) = log.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| EngineError::Internal(format!("create log dir: {e}")))?;
+        std::fs::create_dir_all(parent).map_err(io)?;
     }
     let mut logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| EngineError::Internal(format!("open log {}: {e}", log.display())))?;
-    let _ = writeln!(logf, "== {what}");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        .map_err(io)?;
+    let names: Vec<&str> = parts.iter().map(|(l, _)| l.as_str()).collect();
+    if parts.len() > 1 {
+        writeln!(logf, "== {what} (in parallel: {})", names.join(", ")).map_err(io)?;
+    } else {
+        writeln!(logf, "== {what}").map_err(io)?;
+    }
+    let mut tail = std::fs::File::open(log).map_err(io)?;
+    tail.seek(SeekFrom::Start(logf.metadata().map_err(io)?.len()))
+        .map_err(io)?;
     let mut tasks = Vec::new();
-    let parallel = parts.len() > 1;
     for (label, argv) in parts {
         let mut p = ExecProcess {
             argv,
@@ -79,14 +89,10 @@ pub async fn run(
         spec.apply_exec_defaults(&mut p);
         let rt = rt.clone();
         let id = id.to_string();
-        let tx = tx.clone();
+        let out = logf.try_clone().map_err(io)?;
+        let err = logf.try_clone().map_err(io)?;
         tasks.push(tokio::task::spawn_blocking(
             move || -> Result<(String, i32), EngineError> {
-                let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                    .map_err(|e| EngineError::Internal(format!("pipe: {e}")))?;
-                let w2 = w
-                    .try_clone()
-                    .map_err(|e| EngineError::Internal(format!("dup: {e}")))?;
                 let stdin = std::fs::File::open("/dev/null")
                     .map_err(|e| EngineError::Internal(e.to_string()))?;
                 let session = rt.exec(
@@ -94,27 +100,25 @@ pub async fn run(
                     &p,
                     Some(Stdio {
                         stdin: stdin.into(),
-                        stdout: w,
-                        stderr: w2,
+                        stdout: out.into(),
+                        stderr: err.into(),
                     }),
                 )?;
-                let emit = |line: &[u8]| {
-                    let line = String::from_utf8_lossy(line);
-                    let _ = tx.send(if parallel {
-                        format!("[{label}] {line}")
-                    } else {
-                        line.into_owned()
-                    });
-                };
-                let code = collect_output(session, r, emit)?;
-                Ok((label, code))
+                Ok((label, session.wait()?))
             },
         ));
     }
-    drop(tx);
-    while let Some(line) = rx.recv().await {
-        let _ = writeln!(logf, "{line}");
-        progress.output(&line);
+    let mut pending = Vec::new();
+    loop {
+        let done = tasks.iter().all(|t| t.is_finished());
+        forward_new_lines(&mut tail, &mut pending, progress);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if !pending.is_empty() {
+        progress.output(&String::from_utf8_lossy(&pending));
     }
     let mut failed = None;
     for t in tasks {
@@ -138,62 +142,15 @@ pub async fn run(
     }
 }
 
-/// How long output is still collected after a lifecycle command exits (background processes it
-/// started may keep the pipe open forever).
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(500);
-
-/// Forwards the command's output line by line (any bytes, shown lossily) until it has exited and its
-/// output is drained; returns its exit code.
-fn collect_output(
-    session: ExecSession,
-    out: OwnedFd,
-    mut emit: impl FnMut(&[u8]),
-) -> Result<i32, EngineError> {
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done_tx.send(session.wait());
-    });
-    let mut file = std::fs::File::from(out);
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = [0u8; 8192];
-    let mut exited = None;
-    let mut drain_until = None;
-    loop {
-        let mut fds = [nix::poll::PollFd::new(
-            file.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)).unwrap_or(0) > 0;
-        if ready {
-            match file.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    pending.extend_from_slice(&buf[..n]);
-                    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                        emit(&pending[..i]);
-                        pending.drain(..=i);
-                    }
-                }
-            }
-        }
-        if exited.is_none() {
-            if let Ok(r) = done_rx.try_recv() {
-                exited = Some(r);
-                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
-            }
-        }
-        if drain_until.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
+/// Shows the complete lines the log gained since the last call (any bytes, shown lossily).
+fn forward_new_lines(tail: &mut std::fs::File, pending: &mut Vec<u8>, progress: &dyn Progress) {
+    let mut buf = Vec::new();
+    if tail.read_to_end(&mut buf).is_err() {
+        return;
     }
-    if !pending.is_empty() {
-        emit(&pending);
+    pending.extend_from_slice(&buf);
+    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+        progress.output(&String::from_utf8_lossy(&pending[..i]));
+        pending.drain(..=i);
     }
-    let r = match exited {
-        Some(r) => r,
-        None => done_rx
-            .recv()
-            .map_err(|_| EngineError::Internal("lost the command's exit status".into()))?,
-    };
-    Ok(r?)
 }

@@ -122,20 +122,27 @@ pub fn main(dir: &Path) -> ! {
     std::process::exit(code)
 }
 
+/// How long a stop waits for the workspace's processes before it ends the init (and with it the PID
+/// namespace) even if some ignore SIGTERM.
+const FIRST_PHASE: Duration = Duration::from_secs(3);
+
+/// A pidfd for `pid` (readable when the process exits), or None if it is already gone.
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a non-negative result is a descriptor the kernel just gave us.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// Turns the OCI runtime's account of a failed exec into one line a user understands.
 fn explain_exec_error(program: &str, raw: &str) -> String {
     let lower = raw.to_ascii_lowercase();
-    if lower.contains("not found")
-        && (lower.contains("executable") || lower.contains("no such file"))
-    {
+    if lower.contains("chdir") || lower.contains("cwd") {
+        format!("cannot run `{program}`: cannot enter its working directory ({raw})")
+    } else if lower.contains("executable") && lower.contains("not found") {
         format!("command `{program}` not found in the workspace")
     } else if lower.contains("permission denied") && lower.contains("exec") {
         format!("command `{program}` cannot be executed in the workspace: permission denied")
-    } else if lower.contains("chdir")
-        || lower.contains("cwd")
-        || lower.contains("working directory")
-    {
-        format!("cannot run `{program}`: its working directory does not exist in the workspace")
     } else {
         raw.to_string()
     }
@@ -229,8 +236,10 @@ struct Supervisor {
     stop_requested: bool,
     /// Stopping: the init gets SIGTERM once the processes in `stopping` have exited.
     init_waits: bool,
-    /// The processes asked to exit when the stop began.
-    stopping: Vec<i32>,
+    /// pidfds of the processes asked to exit when the stop began (readable once they have).
+    stopping: Vec<OwnedFd>,
+    /// When the init gets SIGTERM even if some of those processes are still there.
+    init_deadline: Option<Instant>,
     exec_seq: u64,
 }
 
@@ -375,6 +384,7 @@ impl Supervisor {
             stop_requested: false,
             init_waits: false,
             stopping: Vec::new(),
+            init_deadline: None,
             exec_seq: 0,
         })
     }
@@ -384,20 +394,27 @@ impl Supervisor {
         loop {
             let timeout = match self.stop_deadline {
                 Some(d) => {
-                    let cap = if self.init_waits { 20 } else { 60_000 };
+                    let d = match self.init_deadline {
+                        Some(i) if self.init_waits => d.min(i),
+                        _ => d,
+                    };
                     let left = d.saturating_duration_since(Instant::now());
-                    PollTimeout::try_from(left.as_millis().min(cap) as i32)
+                    PollTimeout::try_from(left.as_millis().min(60_000) as i32)
                         .unwrap_or(PollTimeout::ZERO)
                 }
                 None => PollTimeout::NONE,
             };
-            let (sig_ready, listen_ready, ready_clients) = {
+            let (sig_ready, listen_ready, ready_clients, exited) = {
                 let mut fds = vec![
                     PollFd::new(self.sig_r.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 ];
                 for c in &self.clients {
                     fds.push(PollFd::new(c.sock.as_fd(), PollFlags::POLLIN));
+                }
+                let n_clients = self.clients.len();
+                for p in &self.stopping {
+                    fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -407,14 +424,29 @@ impl Supervisor {
                     }
                 }
                 let hit = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
-                let ready: Vec<usize> = fds[2..]
+                let ready: Vec<usize> = fds[2..2 + n_clients]
                     .iter()
                     .enumerate()
                     .filter(|(_, f)| hit(f))
                     .map(|(i, _)| i)
                     .collect();
-                (hit(&fds[0]), hit(&fds[1]), ready)
+                let exited: Vec<usize> = fds[2 + n_clients..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| hit(f))
+                    .map(|(i, _)| i)
+                    .collect();
+                (hit(&fds[0]), hit(&fds[1]), ready, exited)
             };
+            for i in exited.into_iter().rev() {
+                self.stopping.remove(i);
+            }
+            if self.init_waits
+                && (self.stopping.is_empty()
+                    || self.init_deadline.is_some_and(|d| Instant::now() >= d))
+            {
+                self.term_init();
+            }
             if sig_ready {
                 if let Some(code) = self.on_signals() {
                     return self.finish(code);
@@ -450,11 +482,6 @@ impl Supervisor {
                     self.init_waits = false;
                     let _ = self.backend.kill(libc::SIGKILL, true);
                     self.stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
-                } else if self.init_waits {
-                    let left = self.processes_but_init();
-                    if !self.stopping.iter().any(|p| left.contains(p)) {
-                        self.term_init();
-                    }
                 }
             }
         }
@@ -505,12 +532,21 @@ impl Supervisor {
         if others.is_empty() {
             self.term_init();
         } else {
+            // A pidfd per process turns "it has exited" into a poll event. Processes started after
+            // this point (the init's next sleeper, say) get no grace.
+            self.stopping = others.iter().filter_map(|&pid| pidfd_open(pid)).collect();
             for &pid in &others {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                // Stopped jobs could not act on it; interactive shells ignore SIGTERM but not SIGHUP.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
             }
-            // Processes started after this point (the init's next sleeper, say) get no grace.
-            self.stopping = others;
+            for c in &self.clients {
+                if let Some(pid) = c.exec_pid {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGHUP);
+                }
+            }
             self.init_waits = true;
+            self.init_deadline = Some(Instant::now() + grace.min(FIRST_PHASE));
         }
     }
 

@@ -656,7 +656,7 @@ fn lifecycle_commands_may_leave_daemons_running_and_print_any_bytes() {
     let w = World::new();
     let dir = w.project(
         "daemon",
-        r#"{"image": "busybox", "postStartCommand": "sleep 100000 & printf 'caf\\351 latin-1\\n'; echo done"}"#,
+        r#"{"image": "busybox", "postStartCommand": "sleep 100000 & (while :; do echo tick; sleep 0.2; done) & printf 'caf\\351 latin-1\\n'; echo done"}"#,
     );
     let mut child = w
         .command(&["up", dir.to_str().unwrap()])
@@ -692,6 +692,21 @@ fn lifecycle_commands_may_leave_daemons_running_and_print_any_bytes() {
         .0,
         0
     );
+    // The daemon outlives `warren up` and its output keeps landing in the log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ticks = stdout(&w.warren(&["logs", "daemon"]))
+            .matches("tick")
+            .count();
+        if ticks >= 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon stopped writing ({ticks} ticks)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
