@@ -16,6 +16,17 @@ use crate::{blocking, Engine, EngineError};
 /// Grace period the reconciler gives workspaces it stops.
 const RECONCILE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a Pending record may wait for its creator before the reconciler calls it interrupted.
+const PENDING_GRACE: Duration = Duration::from_secs(60);
+
+/// Whether the RFC 3339 timestamp `at` is more than `age` ago (unreadable timestamps count as old).
+fn older_than(at: &str, age: Duration) -> bool {
+    match time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => time::OffsetDateTime::now_utc() - t > age,
+        Err(_) => true,
+    }
+}
+
 /// What one reconciliation pass did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReconcileReport {
@@ -121,6 +132,11 @@ impl Engine {
                 self.stop_container(&rec.id).await?;
                 record_failure(Event::Exited, why).await
             }
+            // A Pending record has nothing on the host yet, and its creator takes the lock only just
+            // after writing it: leave young ones to their creator.
+            WorkspaceState::Pending if !older_than(&rec.updated_at, PENDING_GRACE) => {
+                Ok(Outcome::Nothing)
+            }
             WorkspaceState::Pending | WorkspaceState::Starting => {
                 // The process that was creating or starting it died: roll back to a clean, failed state.
                 self.stop_container(&rec.id).await?;
@@ -148,5 +164,25 @@ impl Engine {
             }
             _ => Ok(Outcome::Nothing),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_or_unreadable_timestamps_are_old() {
+        let now = time::OffsetDateTime::now_utc();
+        let fmt = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        assert!(!older_than(&fmt(now), PENDING_GRACE));
+        assert!(older_than(
+            &fmt(now - Duration::from_secs(120)),
+            PENDING_GRACE
+        ));
+        assert!(older_than("not a time", PENDING_GRACE));
     }
 }

@@ -40,10 +40,14 @@ impl OciRuntime {
     pub fn parse(s: &str) -> OciRuntime {
         match s {
             "" | "libcontainer" | "youki" => OciRuntime::Libcontainer,
-            "runsc" | "gvisor" => OciRuntime::Binary {
-                path: "runsc".into(),
-                global_args: vec!["--network=none".into(), "--ignore-cgroups".into()],
-            },
+            "gvisor" => OciRuntime::parse("runsc"),
+            // gVisor needs its flags however it is named (`runsc` or a path to it).
+            other if Path::new(other).file_name().is_some_and(|n| n == "runsc") => {
+                OciRuntime::Binary {
+                    path: other.into(),
+                    global_args: vec!["--network=none".into(), "--ignore-cgroups".into()],
+                }
+            }
             other => OciRuntime::Binary {
                 path: other.into(),
                 global_args: vec![],
@@ -89,6 +93,27 @@ impl Executor for SeccompExecutor {
 }
 
 /// Errors from the OCI runtime.
+#[cfg(test)]
+mod tests {
+    use super::OciRuntime;
+
+    #[test]
+    fn gvisor_gets_its_flags_by_alias_name_or_path() {
+        for s in ["runsc", "gvisor", "/usr/bin/runsc"] {
+            match OciRuntime::parse(s) {
+                OciRuntime::Binary { global_args, .. } => {
+                    assert!(global_args.contains(&"--ignore-cgroups".to_string()), "{s}")
+                }
+                other => panic!("{s}: {other:?}"),
+            }
+        }
+        assert_eq!(OciRuntime::parse("libcontainer"), OciRuntime::Libcontainer);
+        assert!(
+            matches!(OciRuntime::parse("runc"), OciRuntime::Binary { global_args, .. } if global_args.is_empty())
+        );
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// libcontainer failed.

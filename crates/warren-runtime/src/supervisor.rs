@@ -712,6 +712,12 @@ impl Supervisor {
             .map_err(|e| e.to_string());
         let _ = fs::remove_file(&path);
         let pid = r?;
+        // The runtime has connected by now (it does before it returns); never wait long for it.
+        let mut fds = [PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(5000u16)).unwrap_or(0) == 0 {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err("the OCI runtime did not hand over the terminal".into());
+        }
         let conn = accept4(l.as_raw_fd(), SockFlag::SOCK_CLOEXEC).map_err(err("accept console"))?;
         // SAFETY: accept4 returned a new descriptor that we now own.
         let conn = unsafe { OwnedFd::from_raw_fd(conn) };
