@@ -1,15 +1,17 @@
 //! OCI runtimes that run a workspace bundle: youki's `libcontainer` in-process (the default) or an
 //! external OCI runtime binary (`runc`, gVisor's `runsc`). Only the supervisor calls this module.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Stdio as PStdio};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::Spec;
+
+use crate::Stdio;
 use serde::{Deserialize, Serialize};
 
 /// Which OCI runtime runs workspaces.
@@ -135,16 +137,6 @@ fn lc<E: std::fmt::Display>(e: E) -> BackendError {
     BackendError::Libcontainer(e.to_string())
 }
 
-/// Standard streams for a new process.
-pub struct Stdio3 {
-    /// stdin.
-    pub stdin: OwnedFd,
-    /// stdout.
-    pub stdout: OwnedFd,
-    /// stderr.
-    pub stderr: OwnedFd,
-}
-
 /// One workspace's container, as seen by its supervisor.
 pub struct Backend {
     runtime: OciRuntime,
@@ -174,7 +166,7 @@ impl Backend {
         &self,
         mut cmd: Command,
         op: &str,
-        stdio: Option<Stdio3>,
+        stdio: Option<Stdio>,
     ) -> Result<(), BackendError> {
         let name = match &self.runtime {
             OciRuntime::Binary { path, .. } => path.clone(),
@@ -182,14 +174,14 @@ impl Backend {
         };
         match stdio {
             Some(s) => {
-                cmd.stdin(Stdio::from(s.stdin))
-                    .stdout(Stdio::from(s.stdout))
-                    .stderr(Stdio::from(s.stderr));
+                cmd.stdin(PStdio::from(s.stdin))
+                    .stdout(PStdio::from(s.stdout))
+                    .stderr(PStdio::from(s.stderr));
             }
             None => {
-                cmd.stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped());
+                cmd.stdin(PStdio::null())
+                    .stdout(PStdio::null())
+                    .stderr(PStdio::piped());
             }
         }
         let out = cmd.output().map_err(|e| BackendError::Binary {
@@ -211,7 +203,7 @@ impl Backend {
     /// Creates and starts the workspace init; returns its host pid.
     pub fn create_and_start(
         &self,
-        stdio: Stdio3,
+        stdio: Stdio,
         seccomp: Option<std::sync::Arc<[u8]>>,
     ) -> Result<i32, BackendError> {
         match &self.runtime {
@@ -267,7 +259,7 @@ impl Backend {
     pub fn exec(
         &self,
         process_json: &Path,
-        stdio: Option<Stdio3>,
+        stdio: Option<Stdio>,
         console_socket: Option<&Path>,
         seccomp: Option<std::sync::Arc<[u8]>>,
     ) -> Result<i32, BackendError> {

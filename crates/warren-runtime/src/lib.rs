@@ -140,7 +140,7 @@ impl RuntimeError {
     }
 }
 
-/// Standard streams handed to an exec'd process (when it has no PTY).
+/// Standard streams handed to a workspace process (an exec without a PTY, or the init).
 pub struct Stdio {
     /// stdin.
     pub stdin: OwnedFd,

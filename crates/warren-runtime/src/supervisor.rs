@@ -30,7 +30,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, OciRuntime, Stdio3};
+use crate::backend::{Backend, OciRuntime};
 use crate::proto::{self, ExecProcess, Request, Response};
 use crate::spec::{self, Layout, User};
 use crate::users;
@@ -318,7 +318,7 @@ impl Supervisor {
         let _ = backend.delete();
         fs::create_dir_all(layout.oci_root()).map_err(err("create oci root"))?;
         let devnull = || File::open("/dev/null").map(OwnedFd::from);
-        let stdio = Stdio3 {
+        let stdio = crate::Stdio {
             stdin: devnull().map_err(err("open /dev/null"))?,
             stdout: devnull().map_err(err("open /dev/null"))?,
             stderr: devnull().map_err(err("open /dev/null"))?,
@@ -669,7 +669,7 @@ impl Supervisor {
                     .backend
                     .exec(
                         &process_json,
-                        Some(Stdio3 {
+                        Some(crate::Stdio {
                             stdin,
                             stdout,
                             stderr,

@@ -43,15 +43,14 @@ fn copy_thread(
     })
 }
 
-/// One of our standard streams, for the process: passed as it is unless it is a terminal.
-fn stream(
-    fd: i32,
-    copiers: &mut Vec<JoinHandle<()>>,
-    waits: &mut Vec<JoinHandle<()>>,
-) -> Result<OwnedFd> {
-    let ours = std::io::stdin().as_fd().try_clone_to_owned();
+/// One of our standard streams, for the process: passed as it is unless it is a terminal, which the
+/// workspace gets a pipe to instead (copied by a thread; output copiers are added to `waits`).
+fn stream(fd: i32, waits: &mut Vec<JoinHandle<()>>) -> Result<OwnedFd> {
     let (is_tty, dup) = match fd {
-        0 => (std::io::stdin().is_terminal(), ours),
+        0 => (
+            std::io::stdin().is_terminal(),
+            std::io::stdin().as_fd().try_clone_to_owned(),
+        ),
         1 => (
             std::io::stdout().is_terminal(),
             std::io::stdout().as_fd().try_clone_to_owned(),
@@ -67,10 +66,8 @@ fn stream(
     }
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     if fd == 0 {
-        copiers.push(copy_thread(
-            std::fs::File::from(dup),
-            std::fs::File::from(w),
-        ));
+        // Never joined: it ends with this process, whatever the workspace does with its stdin.
+        copy_thread(std::fs::File::from(dup), std::fs::File::from(w));
         Ok(r)
     } else {
         waits.push(copy_thread(
@@ -86,12 +83,11 @@ pub async fn run(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
     if process.tty.is_some() {
         return run_tty(engine, name, process).await;
     }
-    let mut copiers = Vec::new();
     let mut waits = Vec::new();
     let stdio = Stdio {
-        stdin: stream(0, &mut copiers, &mut waits)?,
-        stdout: stream(1, &mut copiers, &mut waits)?,
-        stderr: stream(2, &mut copiers, &mut waits)?,
+        stdin: stream(0, &mut waits)?,
+        stdout: stream(1, &mut waits)?,
+        stderr: stream(2, &mut waits)?,
     };
     process.tty = None;
     let signals = Signals::install()?;
