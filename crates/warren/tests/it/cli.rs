@@ -751,3 +751,42 @@ fn an_image_in_use_cannot_be_removed() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stdout(&w.warren(&["image", "ls"])).contains("busybox"));
 }
+
+#[test]
+fn up_limits_are_enforced_and_stats_report_usage() {
+    let w = World::new();
+    let dir = w.project("limited", r#"{"image": "busybox"}"#);
+    let o = w.warren(&[
+        "up",
+        "--memory",
+        "64m",
+        "--pids",
+        "40",
+        "--cpus",
+        "0.5",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = w.warren(&["stats", "limited"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(stats["memory_limit_bytes"], 64 << 20, "{stats}");
+    assert!(stats["memory_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["pids"].as_u64().unwrap() >= 1, "{stats}");
+    // The pids limit bites: 60 sleepers cannot all start under a limit of 40.
+    w.sh(
+        "limited",
+        "n=0; for i in $(seq 60); do sleep 5 & n=$((n+1)); done 2>/dev/null; echo started",
+    );
+    let o = w.warren(&["stats", "limited"]);
+    let stats: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(stats["pids"].as_u64().unwrap() <= 40, "{stats}");
+    let id = w.record("limited").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let quota = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/warren/{id}/cpu.cfs_quota_us"))
+        .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/warren/{id}/cpu.max")))
+        .unwrap();
+    assert!(quota.trim().starts_with("50000"), "cpu quota {quota}");
+}
