@@ -5,7 +5,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// A stable error code. Its string form never changes once published: scripts match on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The workspace (or other object) does not exist.
@@ -28,11 +28,31 @@ pub enum ErrorCode {
     PermissionDenied,
     /// An unexpected internal error.
     Internal,
+    /// No credentials, or credentials that are malformed, unknown, expired or revoked (401).
+    Unauthenticated,
+    /// The request is malformed: bad JSON, unknown field, wrong type, bad query (400).
+    InvalidRequest,
+    /// A template parameter value is invalid; the message names the parameter (400).
+    InvalidParameter,
+    /// The request body is larger than the server accepts (413).
+    PayloadTooLarge,
+    /// Another transition of the workspace is in progress (409).
+    TransitionInProgress,
+    /// A requested resource exceeds the template's ceilings (400).
+    LimitExceeded,
+    /// The route exists but not with this HTTP method (405).
+    MethodNotAllowed,
+    /// The server is not ready (database unavailable, shutting down) (503).
+    Unavailable,
+    /// Device login: the user has not approved the code yet (400, keep polling).
+    AuthorizationPending,
+    /// Device login: the code expired or was already used (400).
+    ExpiredToken,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::NotFound,
         Self::NameTaken,
         Self::InvalidName,
@@ -43,6 +63,16 @@ impl ErrorCode {
         Self::RuntimeError,
         Self::PermissionDenied,
         Self::Internal,
+        Self::Unauthenticated,
+        Self::InvalidRequest,
+        Self::InvalidParameter,
+        Self::PayloadTooLarge,
+        Self::TransitionInProgress,
+        Self::LimitExceeded,
+        Self::MethodNotAllowed,
+        Self::Unavailable,
+        Self::AuthorizationPending,
+        Self::ExpiredToken,
     ];
 
     /// The stable snake_case code, identical to the serde representation.
@@ -58,6 +88,16 @@ impl ErrorCode {
             Self::RuntimeError => "runtime_error",
             Self::PermissionDenied => "permission_denied",
             Self::Internal => "internal",
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidParameter => "invalid_parameter",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::TransitionInProgress => "transition_in_progress",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unavailable => "unavailable",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::ExpiredToken => "expired_token",
         }
     }
 }
@@ -87,7 +127,17 @@ mod tests {
                 "conflict",
                 "runtime_error",
                 "permission_denied",
-                "internal"
+                "internal",
+                "unauthenticated",
+                "invalid_request",
+                "invalid_parameter",
+                "payload_too_large",
+                "transition_in_progress",
+                "limit_exceeded",
+                "method_not_allowed",
+                "unavailable",
+                "authorization_pending",
+                "expired_token"
             ]
         );
         for code in ErrorCode::ALL {

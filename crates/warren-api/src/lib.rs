@@ -1,15 +1,23 @@
 #![forbid(unsafe_code)]
 //! Shared API types for Warren: the workspace state machine, workspace names, stable error codes
-//! and the workspace record printed by the CLI and API. This crate performs no I/O.
+//! and the workspace record printed by the CLI and API, and the template model (parameters,
+//! ceilings, policy defaults, the manifest). This crate performs no I/O.
 
+pub mod auth;
 mod error;
 mod name;
 mod state;
+pub mod template;
+pub mod v1;
 mod workspace;
 
 pub use error::ErrorCode;
 pub use name::{workspace_name_from_dir, InvalidWorkspaceName, WorkspaceName, MAX_NAME_LEN};
 pub use state::{
     transition, Action, Event, InvalidTransition, UnknownEvent, UnknownState, WorkspaceState,
+};
+pub use template::{
+    Ceilings, Monotonic, ParamError, ParamSpec, ParamType, ParamValue, PolicyDefaults,
+    TemplateManifest, Validation,
 };
 pub use workspace::Workspace;

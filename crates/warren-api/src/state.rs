@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ErrorCode;
 
 /// The lifecycle state of a workspace, as stored and reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceState {
     /// Recorded but never started.

@@ -34,7 +34,7 @@ pub enum EngineError {
     #[error(transparent)]
     Image(#[from] warren_image::ImageError),
     /// The name is taken by a workspace of another folder.
-    #[error("the name `{name}` is taken by the workspace of {dir}")]
+    #[error("the name `{name}` is taken{}", if dir.is_empty() { String::new() } else { format!(" by the workspace of {dir}") })]
     NameTaken {
         /// The name.
         name: String,

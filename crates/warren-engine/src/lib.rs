@@ -24,6 +24,7 @@ pub use wsspec::WsSpec;
 use warren_api::{Event, Workspace, WorkspaceName, WorkspaceState};
 use warren_image::{ImageInfo, ImageStore};
 use warren_runtime::{ExecProcess, ExecSession, LinuxRuntime, OciRuntime, Runtime, Stdio};
+pub use warren_store::Ownership;
 use warren_store::{NewWorkspace, Store, WorkspaceRecord};
 
 /// Where the engine keeps its state and how it runs workspaces.
@@ -65,6 +66,42 @@ pub struct UpOptions {
     pub limits: Limits,
     /// Delete and recreate an existing workspace for this folder.
     pub recreate: bool,
+    /// Owner, organization and template of a new workspace (default: host-local). Names and
+    /// project folders are looked up among this owner's workspaces.
+    pub ownership: Ownership,
+    /// Create only: fail with [`EngineError::NameTaken`] if the workspace exists, instead of
+    /// starting it.
+    pub create_only: bool,
+}
+
+/// Names a workspace: a host-local one (the embedded CLI's) by name, or any by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsRef {
+    /// A host-local workspace (no owner) by name.
+    Local(String),
+    /// Any workspace by id.
+    Id(String),
+}
+
+impl From<&str> for WsRef {
+    fn from(name: &str) -> Self {
+        WsRef::Local(name.to_string())
+    }
+}
+
+impl From<&String> for WsRef {
+    fn from(name: &String) -> Self {
+        WsRef::Local(name.clone())
+    }
+}
+
+impl std::fmt::Display for WsRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WsRef::Local(n) => f.write_str(n),
+            WsRef::Id(id) => f.write_str(id),
+        }
+    }
 }
 
 /// The control plane.
@@ -144,21 +181,30 @@ impl Engine {
         Ok((l, fresh))
     }
 
-    /// Finds a workspace by name.
-    pub async fn get(&self, name: &str) -> Result<WorkspaceRecord, EngineError> {
-        self.store
-            .get_by_name(name)
-            .await?
-            .ok_or_else(|| EngineError::NotFound(name.to_string()))
+    /// Finds a workspace.
+    pub async fn get(&self, ws: impl Into<WsRef>) -> Result<WorkspaceRecord, EngineError> {
+        let ws = ws.into();
+        let found = match &ws {
+            WsRef::Local(name) => self.store.get_by_name("", name).await?,
+            WsRef::Id(id) => self.store.get(id).await?,
+        };
+        found.ok_or_else(|| EngineError::NotFound(ws.to_string()))
     }
 
-    /// Every workspace.
+    /// The store (the server reads and writes users, templates, jobs... through it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The host-local workspaces (those of the embedded CLI; server users' workspaces are listed
+    /// through the API).
     pub async fn list(&self) -> Result<Vec<Workspace>, EngineError> {
         Ok(self
             .store
             .list()
             .await?
             .into_iter()
+            .filter(|r| r.ownership.owner_id.is_empty())
             .map(Workspace::from)
             .collect())
     }
@@ -200,11 +246,18 @@ impl Engine {
             .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
         let dir_s = dir.display().to_string();
 
+        let owner = opts.ownership.owner_id.as_str();
         let existing = match &opts.name {
-            Some(n) => self.store.get_by_name(n).await?,
-            None => self.store.find_by_project_dir(&dir_s).await?,
+            Some(n) => self.store.get_by_name(owner, n).await?,
+            None => self.store.find_by_project_dir(owner, &dir_s).await?,
         };
         if let Some(rec) = existing {
+            if opts.create_only {
+                return Err(EngineError::NameTaken {
+                    name: rec.name.to_string(),
+                    dir: String::new(),
+                });
+            }
             if rec.project_dir != dir_s {
                 return Err(EngineError::NameTaken {
                     name: rec.name.to_string(),
@@ -213,7 +266,7 @@ impl Engine {
             }
             if opts.recreate {
                 progress.step(&format!("Deleting workspace {} to recreate it", rec.name));
-                self.delete(rec.name.as_str(), true).await?;
+                self.delete(WsRef::Id(rec.id.clone()), true).await?;
             } else {
                 let spec: WsSpec = rec.spec()?;
                 let created = LifecycleState::from_json(&rec.lifecycle_json).created;
@@ -270,13 +323,14 @@ impl Engine {
                 image: image.name.clone(),
                 spec_json: serde_json::to_string(&spec)
                     .map_err(|e| EngineError::Internal(e.to_string()))?,
+                ownership: opts.ownership.clone(),
             })
             .await;
         let rec = match created {
             Ok(rec) => rec,
             // Another `warren up` of the same folder got there first: use its workspace.
             Err(warren_store::StoreError::NameTaken { .. }) => {
-                match self.store.get_by_name(name.as_str()).await? {
+                match self.store.get_by_name(owner, name.as_str()).await? {
                     Some(other) if other.project_dir == dir_s => {
                         return self.start_record(other, progress).await
                     }
@@ -357,10 +411,10 @@ impl Engine {
     /// Starts a workspace by name (creating its container if needed) and runs postStart.
     pub async fn start(
         &self,
-        name: &str,
+        ws: impl Into<WsRef>,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
-        let rec = self.get(name).await?;
+        let rec = self.get(ws).await?;
         self.start_record(rec, progress).await
     }
 
@@ -370,6 +424,113 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
         let (_lock, rec) = self.lock(&rec).await?;
+        self.start_locked(rec, progress).await
+    }
+
+    /// Records a new workspace for the project folder `dir` in state Pending, without touching the
+    /// host or resolving its image: the server answers at once and [`Engine::provision`] does the
+    /// rest in a job. Fails if the owner already has a workspace of that name.
+    pub async fn create_pending(
+        &self,
+        dir: &Path,
+        opts: &UpOptions,
+    ) -> Result<(WorkspaceRecord, Vec<String>), EngineError> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| EngineError::ProjectDir {
+            path: dir.to_path_buf(),
+            error: e.to_string(),
+        })?;
+        let loaded = warren_devcontainer::load(&dir)?;
+        let image_name = loaded
+            .config
+            .image
+            .clone()
+            .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
+        let name = match &opts.name {
+            Some(n) => WorkspaceName::new(n.clone())?,
+            None => warren_api::workspace_name_from_dir(
+                &dir.file_name()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+            ),
+        };
+        let rec = self
+            .store
+            .create_workspace(NewWorkspace {
+                name: name.clone(),
+                project_dir: dir.display().to_string(),
+                config_path: loaded.config_path.display().to_string(),
+                image: image_name,
+                // Resolved by `provision` once the image is there.
+                spec_json: String::new(),
+                ownership: opts.ownership.clone(),
+            })
+            .await
+            .map_err(|e| match e {
+                warren_store::StoreError::NameTaken { .. } => EngineError::NameTaken {
+                    name: name.to_string(),
+                    dir: String::new(),
+                },
+                e => e.into(),
+            })?;
+        let warnings = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        Ok((rec, warnings))
+    }
+
+    /// Finishes creating a workspace recorded by [`Engine::create_pending`]: resolves (or builds)
+    /// its image, records the resolved spec, starts it and runs its lifecycle commands. Holds the
+    /// workspace's operation lock throughout, so the reconciler leaves it alone.
+    pub async fn provision(
+        &self,
+        id: &str,
+        limits: Limits,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        let rec = self.get(WsRef::Id(id.to_string())).await?;
+        let (_lock, rec) = self.lock(&rec).await?;
+        if !rec.spec_json.is_empty() {
+            return self.start_locked(rec, progress).await;
+        }
+        let res = async {
+            let loaded = warren_devcontainer::load(Path::new(&rec.project_dir))?;
+            for w in &loaded.warnings {
+                progress.warn(&w.to_string());
+            }
+            let image = self.ensure_image(&rec.image, progress).await?;
+            progress.step(&format!(
+                "Creating workspace {} from image {}",
+                rec.name, image.name
+            ));
+            let spec = WsSpec::new(&loaded, &image, limits);
+            let json =
+                serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.to_string()))?;
+            Ok::<_, EngineError>(
+                self.store
+                    .set_spec(&rec.id, rec.generation, &image.name, &json)
+                    .await?,
+            )
+        }
+        .await;
+        match res {
+            Ok(rec) => self.start_locked(rec, progress).await,
+            Err(e) => {
+                let _ = self.fail(&rec, &e.to_string()).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_locked(
+        &self,
+        rec: WorkspaceRecord,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
+        if rec.spec_json.is_empty() {
+            return Err(EngineError::InvalidState {
+                name: rec.name.to_string(),
+                state: rec.state,
+                action: "start (it was never provisioned; delete and create it again)",
+            });
+        }
         match rec.state {
             WorkspaceState::Running => {
                 // Running already: nothing to do unless an interrupted start left once-only steps undone.
@@ -501,8 +662,8 @@ impl Engine {
     }
 
     /// Stops a workspace. Stopping a stopped workspace does nothing.
-    pub async fn stop(&self, name: &str) -> Result<WorkspaceRecord, EngineError> {
-        let rec = self.get(name).await?;
+    pub async fn stop(&self, ws: impl Into<WsRef>) -> Result<WorkspaceRecord, EngineError> {
+        let rec = self.get(ws).await?;
         let (_lock, rec) = self.lock(&rec).await?;
         if matches!(rec.state, WorkspaceState::Stopped) {
             return Ok(rec);
@@ -525,16 +686,16 @@ impl Engine {
     /// Stops then starts a workspace.
     pub async fn restart(
         &self,
-        name: &str,
+        ws: impl Into<WsRef>,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
-        self.stop(name).await?;
-        self.start(name, progress).await
+        let rec = self.stop(ws).await?;
+        self.start(WsRef::Id(rec.id), progress).await
     }
 
     /// Deletes a workspace and everything it has on the host. A running workspace needs `force`.
-    pub async fn delete(&self, name: &str, force: bool) -> Result<(), EngineError> {
-        let rec = self.get(name).await?;
+    pub async fn delete(&self, ws: impl Into<WsRef>, force: bool) -> Result<(), EngineError> {
+        let rec = self.get(ws).await?;
         let (_lock, rec) = self.lock(&rec).await?;
         if !force
             && matches!(
@@ -565,11 +726,11 @@ impl Engine {
     /// remoteEnv, unless `process` says otherwise.
     pub async fn exec(
         &self,
-        name: &str,
+        ws: impl Into<WsRef>,
         mut process: ExecProcess,
         stdio: Option<Stdio>,
     ) -> Result<ExecSession, EngineError> {
-        let rec = self.get(name).await?;
+        let rec = self.get(ws).await?;
         if rec.state != WorkspaceState::Running {
             return Err(EngineError::NotRunning {
                 name: rec.name.to_string(),
@@ -588,7 +749,7 @@ impl Engine {
                 Err(EngineError::NotRunning {
                     name: rec.name.to_string(),
                     state: self
-                        .get(name)
+                        .get(WsRef::Id(rec.id.clone()))
                         .await
                         .map(|r| r.state)
                         .unwrap_or(WorkspaceState::Failed),
@@ -599,16 +760,21 @@ impl Engine {
     }
 
     /// The lifecycle log of a workspace.
-    pub async fn logs(&self, name: &str) -> Result<String, EngineError> {
-        let rec = self.get(name).await?;
+    pub async fn logs(&self, ws: impl Into<WsRef>) -> Result<String, EngineError> {
+        let rec = self.get(ws).await?;
         // Lifecycle commands print whatever bytes they like.
         let bytes = std::fs::read(self.log_path(&rec.id)).unwrap_or_default();
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The path of a workspace's lifecycle log (lifecycle commands append to it).
+    pub fn log_file(&self, rec: &WorkspaceRecord) -> PathBuf {
+        self.log_path(&rec.id)
+    }
+
     /// Resource usage of a workspace.
-    pub async fn stats(&self, name: &str) -> Result<warren_runtime::Stats, EngineError> {
-        let rec = self.get(name).await?;
+    pub async fn stats(&self, ws: impl Into<WsRef>) -> Result<warren_runtime::Stats, EngineError> {
+        let rec = self.get(ws).await?;
         Ok(self.runtime.stats(&rec.id)?)
     }
 

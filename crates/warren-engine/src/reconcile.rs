@@ -94,6 +94,39 @@ impl Engine {
         blocking(move || Ok(rt.stop(&id, RECONCILE_GRACE)?)).await
     }
 
+    /// Gives up on a workspace's interrupted operation (a canceled job): a workspace being created
+    /// or started, or running without having finished its lifecycle commands, is stopped and
+    /// marked failed with `why`; one being stopped or deleted has that finished. Waits for the
+    /// operation lock, which the canceled operation released.
+    pub async fn abandon(&self, id: &str, why: &str) -> Result<(), EngineError> {
+        let _lock = OpLock::acquire(&self.lock_dir(), id).await?;
+        let Some(rec) = self.store.get(id).await? else {
+            return Ok(());
+        };
+        match rec.state {
+            WorkspaceState::Pending | WorkspaceState::Starting | WorkspaceState::Running => {
+                self.stop_container(&rec.id).await?;
+                let r = self
+                    .store
+                    .apply(&rec.id, rec.generation, Event::Fail, Some(why))
+                    .await?
+                    .0;
+                self.store
+                    .set_last_error(&r.id, r.generation, Some(why))
+                    .await?;
+            }
+            WorkspaceState::Stopping => {
+                self.stop_container(&rec.id).await?;
+                self.store
+                    .apply(&rec.id, rec.generation, Event::Stopped, None)
+                    .await?;
+            }
+            WorkspaceState::Deleting => self.teardown(rec).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
     async fn reconcile_one(&self, listed: &WorkspaceRecord) -> Result<Outcome, EngineError> {
         let Some(_lock) = OpLock::try_acquire(&self.lock_dir(), &listed.id)? else {
             return Ok(Outcome::Nothing);

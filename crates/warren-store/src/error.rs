@@ -54,6 +54,30 @@ pub enum StoreError {
         /// The underlying error.
         error: std::io::Error,
     },
+    /// An object with this name already exists (user, team...).
+    #[error("a {what} named {name:?} already exists")]
+    Exists {
+        /// What kind of object.
+        what: String,
+        /// Its name.
+        name: String,
+    },
+    /// An object that should exist does not.
+    #[error("no {what} {name:?}")]
+    Missing {
+        /// What kind of object.
+        what: String,
+        /// Its name or id.
+        name: String,
+    },
+    /// The workspace already has an active job.
+    #[error("workspace {workspace_id} has a transition in progress: job {job}")]
+    Busy {
+        /// The workspace.
+        workspace_id: String,
+        /// The active job.
+        job: String,
+    },
     /// Applying schema migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -66,7 +90,9 @@ impl StoreError {
     /// The stable machine-readable code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NameTaken { .. } => ErrorCode::NameTaken,
+            Self::NameTaken { .. } | Self::Exists { .. } => ErrorCode::NameTaken,
+            Self::Missing { .. } => ErrorCode::NotFound,
+            Self::Busy { .. } => ErrorCode::TransitionInProgress,
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::InvalidTransition(e) => e.code(),

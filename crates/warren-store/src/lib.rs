@@ -9,8 +9,12 @@
 //! Timestamps are stored as TEXT in RFC 3339 UTC with millisecond precision
 //! (`2024-05-01T12:00:00.000Z`), which sorts chronologically as text on every backend.
 
+mod audit;
 mod error;
+mod identity;
+mod jobs;
 mod record;
+mod templates;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -23,8 +27,12 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 use warren_api::{transition, Action, Event, WorkspaceName, WorkspaceState};
 
+pub use audit::*;
 pub use error::StoreError;
-pub use record::{EventRecord, NewWorkspace, WorkspaceRecord};
+pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
+pub use jobs::JobRecord;
+pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
+pub use templates::{NewVersion, TemplateRecord, VersionRecord};
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,12 +48,14 @@ const MIGRATE_ATTEMPTS: u32 = 3;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const WORKSPACE_COLUMNS: &str = "id, name, project_dir, config_path, image, spec_json, state, \
-    generation, last_error, lifecycle_json, runtime_json, created_at, updated_at";
+    generation, last_error, lifecycle_json, runtime_json, created_at, updated_at, owner_id, org_id, \
+    template_id, template_version_id, parameters_json, ttl_secs, deadline_at";
 
 /// A handle to the control-plane database. Cheap to clone; clones share a connection pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>, // Serializes audit appends (audit.rs).
 }
 
 impl Store {
@@ -102,7 +112,12 @@ impl Store {
         let mut attempt = 1;
         loop {
             match MIGRATOR.run(&pool).await {
-                Ok(()) => return Ok(Store { pool }),
+                Ok(()) => {
+                    return Ok(Store {
+                        pool,
+                        audit_lock: Default::default(),
+                    })
+                }
                 Err(_) if attempt < MIGRATE_ATTEMPTS => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -122,6 +137,7 @@ impl Store {
             config_path: new.config_path,
             image: new.image,
             spec_json: new.spec_json,
+            ownership: new.ownership,
             state: WorkspaceState::Pending,
             generation: 1,
             last_error: None,
@@ -132,7 +148,7 @@ impl Store {
         };
         let sql = format!(
             "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
         let result = sqlx::query(&sql)
             .bind(&record.id)
@@ -148,6 +164,13 @@ impl Store {
             .bind(&record.runtime_json)
             .bind(&record.created_at)
             .bind(&record.updated_at)
+            .bind(&record.ownership.owner_id)
+            .bind(&record.ownership.org_id)
+            .bind(&record.ownership.template_id)
+            .bind(&record.ownership.template_version_id)
+            .bind(&record.ownership.parameters_json)
+            .bind(record.ownership.ttl_secs)
+            .bind(&record.ownership.deadline_at)
             .execute(&self.pool)
             .await;
         match result {
@@ -163,40 +186,138 @@ impl Store {
 
     /// The workspace with this id, if any.
     pub async fn get(&self, id: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        self.fetch_one_where("id = ?", id).await
+        self.fetch_one_where("id = ?", &[id]).await
     }
 
-    /// The workspace with this name, if any.
-    pub async fn get_by_name(&self, name: &str) -> Result<Option<WorkspaceRecord>, StoreError> {
-        self.fetch_one_where("name = ?", name).await
+    /// The workspace of `owner_id` (empty for host-local) with this name, if any.
+    pub async fn get_by_name(
+        &self,
+        owner_id: &str,
+        name: &str,
+    ) -> Result<Option<WorkspaceRecord>, StoreError> {
+        self.fetch_one_where("owner_id = ? AND name = ?", &[owner_id, name])
+            .await
     }
 
-    /// The most recently created workspace for this project folder, if any.
+    /// The most recently created workspace of `owner_id` for this project folder, if any.
     pub async fn find_by_project_dir(
         &self,
+        owner_id: &str,
         dir: &str,
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
-        self.fetch_one_where("project_dir = ? ORDER BY created_at DESC, id", dir)
-            .await
+        self.fetch_one_where(
+            "owner_id = ? AND project_dir = ? ORDER BY created_at DESC, id",
+            &[owner_id, dir],
+        )
+        .await
     }
 
     /// All workspaces, ordered by name.
     pub async fn list(&self) -> Result<Vec<WorkspaceRecord>, StoreError> {
-        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY name");
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces ORDER BY name, owner_id");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    /// A page of workspaces matching `filter`, ordered by (name, id); see [`WorkspaceFilter`].
+    pub async fn list_filtered(
+        &self,
+        filter: &WorkspaceFilter,
+    ) -> Result<Vec<WorkspaceRecord>, StoreError> {
+        let mut sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(owner) = &filter.owner_id {
+            sql.push_str(" AND owner_id = ?");
+            binds.push(owner.clone());
+        }
+        if let Some(state) = filter.state {
+            sql.push_str(" AND state = ?");
+            binds.push(state.as_str().to_owned());
+        }
+        if let Some(t) = &filter.template_id {
+            sql.push_str(" AND template_id = ?");
+            binds.push(t.clone());
+        }
+        if let Some(prefix) = &filter.name_prefix {
+            // Names are [a-z0-9-]: no LIKE wildcards can occur in a valid prefix, but escape anyway.
+            sql.push_str(" AND name LIKE ? ESCAPE '\\'");
+            let escaped = prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            binds.push(format!("{escaped}%"));
+        }
+        if let Some(ids) = &filter.ids {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(" AND id IN (");
+            sql.push_str(&vec!["?"; ids.len()].join(", "));
+            sql.push(')');
+            binds.extend(ids.iter().cloned());
+        }
+        if let Some((name, id)) = &filter.after {
+            sql.push_str(" AND (name > ? OR (name = ? AND id > ?))");
+            binds.extend([name.clone(), name.clone(), id.clone()]);
+        }
+        sql.push_str(" ORDER BY name, id LIMIT ?");
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    /// Number of workspaces in each state, for metrics.
+    pub async fn count_by_state(&self) -> Result<Vec<(WorkspaceState, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM workspaces GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get("state")?;
+                let st = WorkspaceState::from_str(&s).map_err(|e| corrupt("-", e))?;
+                Ok((st, r.try_get("n")?))
+            })
+            .collect()
+    }
+
+    /// Sets the workspace's deadline (no generation check: deadlines are policy, not state).
+    pub async fn set_deadline(
+        &self,
+        id: &str,
+        deadline_at: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workspaces SET deadline_at = ?, updated_at = ? WHERE id = ?")
+            .bind(deadline_at)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn fetch_one_where(
         &self,
         condition: &str,
-        value: &str,
+        values: &[&str],
     ) -> Result<Option<WorkspaceRecord>, StoreError> {
         let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE {condition} LIMIT 1");
-        let row = sqlx::query(&sql)
-            .bind(value)
-            .fetch_optional(&self.pool)
-            .await?;
+        let mut q = sqlx::query(&sql);
+        for v in values {
+            q = q.bind(*v);
+        }
+        let row = q.fetch_optional(&self.pool).await?;
         row.as_ref().map(record_from_row).transpose()
     }
 
@@ -429,9 +550,19 @@ fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
         .is_some_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
+/// A new random id: 32 lowercase hex digits.
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// The current time in the stored timestamp format.
-fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
+pub fn now() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+/// `t` in the stored timestamp format (RFC 3339 UTC, milliseconds).
+pub fn format_time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
@@ -469,6 +600,15 @@ fn record_from_row(row: &SqliteRow) -> Result<WorkspaceRecord, StoreError> {
         runtime_json: row.try_get("runtime_json")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        ownership: Ownership {
+            owner_id: row.try_get("owner_id")?,
+            org_id: row.try_get("org_id")?,
+            template_id: row.try_get("template_id")?,
+            template_version_id: row.try_get("template_version_id")?,
+            parameters_json: row.try_get("parameters_json")?,
+            ttl_secs: row.try_get("ttl_secs")?,
+            deadline_at: row.try_get("deadline_at")?,
+        },
         id,
     })
 }

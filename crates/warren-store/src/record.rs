@@ -15,6 +15,28 @@ pub struct NewWorkspace {
     pub image: String,
     /// Opaque JSON: the resolved configuration.
     pub spec_json: String,
+    /// Who owns it and what it was built from.
+    pub ownership: Ownership,
+}
+
+/// Who owns a workspace and what it was built from. The default is a host-local workspace of
+/// the embedded CLI: no owner (the empty string), no organization, no template.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// The owning user's id; empty for a host-local workspace.
+    pub owner_id: String,
+    /// The organization's id; empty for a host-local workspace.
+    pub org_id: String,
+    /// The template, if built from one.
+    pub template_id: Option<String>,
+    /// The template version (also set for ad-hoc versions made by `warren up` against a server).
+    pub template_version_id: Option<String>,
+    /// JSON object of parameter values.
+    pub parameters_json: String,
+    /// Time to live in seconds (delete after), enforced by the policies issue.
+    pub ttl_secs: Option<i64>,
+    /// When the workspace is due to stop (RFC 3339), extendable.
+    pub deadline_at: Option<String>,
 }
 
 /// A stored workspace. Timestamps use the store's RFC 3339 UTC millisecond format.
@@ -32,6 +54,8 @@ pub struct WorkspaceRecord {
     pub image: String,
     /// Opaque JSON: the resolved configuration.
     pub spec_json: String,
+    /// Who owns it and what it was built from.
+    pub ownership: Ownership,
     /// Current lifecycle state.
     pub state: WorkspaceState,
     /// Optimistic-concurrency counter; every change bumps it.
@@ -60,6 +84,10 @@ impl From<WorkspaceRecord> for Workspace {
             updated_at: r.updated_at,
             generation: r.generation,
             last_error: r.last_error,
+            owner_id: r.ownership.owner_id,
+            template_id: r.ownership.template_id,
+            template_version_id: r.ownership.template_version_id,
+            deadline_at: r.ownership.deadline_at,
         }
     }
 }
@@ -88,4 +116,23 @@ pub struct EventRecord {
     pub event: Event,
     /// Optional free-form detail supplied by the caller.
     pub message: Option<String>,
+}
+
+/// Filters and cursor of [`Store::list_filtered`](crate::Store::list_filtered).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkspaceFilter {
+    /// Only this owner's workspaces.
+    pub owner_id: Option<String>,
+    /// Only workspaces in this state.
+    pub state: Option<WorkspaceState>,
+    /// Only workspaces built from this template.
+    pub template_id: Option<String>,
+    /// Only names starting with this.
+    pub name_prefix: Option<String>,
+    /// Only these ids (a workspace-restricted token's view).
+    pub ids: Option<Vec<String>>,
+    /// Cursor: only workspaces after this (name, id).
+    pub after: Option<(String, String)>,
+    /// Page size.
+    pub limit: u32,
 }

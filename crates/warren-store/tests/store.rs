@@ -13,6 +13,7 @@ fn new_ws(name: &str, dir: &str) -> NewWorkspace {
         config_path: format!("{dir}/.devcontainer/devcontainer.json"),
         image: "debian:12".to_owned(),
         spec_json: r#"{"image":"debian:12"}"#.to_owned(),
+        ownership: Default::default(),
     }
 }
 
@@ -107,14 +108,21 @@ async fn lookups_by_id_name_and_project_dir() {
         .await
         .unwrap();
     assert_eq!(store.get(&a.id).await.unwrap().as_ref(), Some(&a));
-    assert_eq!(store.get_by_name("beta").await.unwrap().as_ref(), Some(&b));
     assert_eq!(
-        store.find_by_project_dir("/src/a").await.unwrap().as_ref(),
+        store.get_by_name("", "beta").await.unwrap().as_ref(),
+        Some(&b)
+    );
+    assert_eq!(
+        store
+            .find_by_project_dir("", "/src/a")
+            .await
+            .unwrap()
+            .as_ref(),
         Some(&a)
     );
     assert_eq!(store.get("nope").await.unwrap(), None);
-    assert_eq!(store.get_by_name("gamma").await.unwrap(), None);
-    assert_eq!(store.find_by_project_dir("/src/c").await.unwrap(), None);
+    assert_eq!(store.get_by_name("", "gamma").await.unwrap(), None);
+    assert_eq!(store.find_by_project_dir("", "/src/c").await.unwrap(), None);
     let names: Vec<_> = store
         .list()
         .await
@@ -185,7 +193,7 @@ async fn full_lifecycle_records_states_actions_and_history() {
 
     store.delete_record(&ws.id).await.unwrap();
     assert_eq!(store.get(&ws.id).await.unwrap(), None);
-    assert_eq!(store.get_by_name("demo").await.unwrap(), None);
+    assert_eq!(store.get_by_name("", "demo").await.unwrap(), None);
     assert_eq!(
         store.events(&ws.id).await.unwrap(),
         events,

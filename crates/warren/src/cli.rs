@@ -14,21 +14,11 @@ use crate::output::{table, user_error, Printer};
 #[command(name = "warren", version, about, propagate_version = true)]
 pub struct Cli {
     /// State directory (database, images, workspaces).
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_STATE_DIR",
-        default_value = "/var/lib/warren"
-    )]
-    state_dir: PathBuf,
+    #[arg(long, global = true, env = "WARREN_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// OCI runtime: libcontainer (built in, default), runc, runsc (gVisor), or a path to a runc-compatible binary.
-    #[arg(
-        long,
-        global = true,
-        env = "WARREN_RUNTIME",
-        default_value = "libcontainer"
-    )]
-    runtime: String,
+    #[arg(long, global = true, env = "WARREN_RUNTIME")]
+    runtime: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -95,6 +85,8 @@ enum Cmd {
     Reconcile,
     /// Measure workspace latency and memory against bubblewrap and runc (uses a private state dir).
     Bench(crate::bench::BenchArgs),
+    /// Run the control-plane server (REST API, metrics), or initialise it.
+    Server(crate::server_cmd::ServerArgs),
 }
 
 #[derive(Args, Debug)]
@@ -190,12 +182,22 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
+/// Where Warren keeps its state unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/warren";
+
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8> {
     let exe = std::env::current_exe()?;
+    if let Cmd::Server(a) = cli.cmd {
+        return crate::server_cmd::run(a, cli.state_dir, cli.runtime, exe).await;
+    }
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let engine = Engine::open(Config {
-        state_dir: cli.state_dir.clone(),
-        oci: OciRuntime::parse(&cli.runtime),
+        state_dir,
+        oci: OciRuntime::parse(cli.runtime.as_deref().unwrap_or("libcontainer")),
         exe,
     })
     .await?;
@@ -244,6 +246,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     pids: a.pids,
                 },
                 recreate: a.recreate,
+                ..Default::default()
             };
             let rec = engine.up(&a.dir, &opts, &Printer).await?;
             eprintln!(
@@ -338,7 +341,14 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Cmd::Image(ic) => image(&engine, ic).await,
         Cmd::Reconcile => Ok(0),
-        Cmd::Bench(a) => crate::bench::run(a, &cli.state_dir, &cli.runtime).await,
+        Cmd::Bench(a) => {
+            let dir = cli
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+            crate::bench::run(a, &dir, cli.runtime.as_deref().unwrap_or("libcontainer")).await
+        }
+        // Dispatched before the engine is opened.
+        Cmd::Server(_) => Ok(0),
     }
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod exec;
 mod output;
+mod server_cmd;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,434 @@
+//! Request and response bodies of the REST API (`/api/v1`), shared by the server and the CLI.
+//! Request bodies reject unknown fields, so a misspelt field is an error, not a silent default.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{Role, Scope};
+use crate::template::{Ceilings, ParamSpec, PolicyDefaults};
+use crate::Workspace;
+
+/// A user and their role in the organization.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    /// Id.
+    pub id: String,
+    /// Login name.
+    pub username: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Role in the organization.
+    pub role: Role,
+    /// Suspended users cannot authenticate.
+    pub suspended: bool,
+    /// Creation time.
+    pub created_at: String,
+}
+
+/// `POST /users`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// Login name (DNS-label rules).
+    pub username: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Role (default `member`).
+    #[serde(default)]
+    pub role: Option<Role>,
+}
+
+/// `PATCH /users/{user}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// New role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Suspend or reinstate.
+    #[serde(default)]
+    pub suspended: Option<bool>,
+    /// New display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// An API token (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    /// Id: the public part of the token string.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Owner.
+    pub user_id: String,
+    /// Scopes.
+    pub scopes: Vec<Scope>,
+    /// Workspace ids it is restricted to, if any.
+    pub workspaces: Option<Vec<String>>,
+    /// Creation time.
+    pub created_at: String,
+    /// Expiry.
+    pub expires_at: String,
+    /// Last use (approximate).
+    pub last_used_at: Option<String>,
+    /// Revocation time.
+    pub revoked_at: Option<String>,
+}
+
+/// `POST /tokens`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Label (default `token`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Scopes (default: every scope the caller's token has). Never more than the caller's.
+    #[serde(default)]
+    pub scopes: Option<Vec<Scope>>,
+    /// Restrict to these workspaces (names of the token owner's workspaces, or ids).
+    #[serde(default)]
+    pub workspaces: Option<Vec<String>>,
+    /// Lifetime (`15m`, `8h`, `30d`); default and maximum are server settings, and a token never
+    /// outlives the one that created it.
+    #[serde(default)]
+    pub lifetime: Option<String>,
+    /// Create it for this user (admins only).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `POST /tokens` answer: the token string, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedToken {
+    /// `wrn_<id>_<secret>`: keep it secret; it cannot be shown again.
+    pub token: String,
+    /// Its record.
+    pub info: Token,
+}
+
+/// `GET /me`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    /// The caller.
+    pub user: User,
+    /// The token used.
+    pub token: Token,
+    /// Organization name.
+    pub organization: String,
+}
+
+/// A team.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Team {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Members' usernames.
+    pub members: Vec<String>,
+    /// Creation time.
+    pub created_at: String,
+}
+
+/// `POST /teams`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTeam {
+    /// Name (DNS-label rules).
+    pub name: String,
+}
+
+/// `POST /auth/device` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceStart {
+    /// Secret the CLI polls with.
+    pub device_code: String,
+    /// Short code the user approves (`warren login --approve CODE` from a signed-in session).
+    pub user_code: String,
+    /// Where to approve (API route).
+    pub verification_uri: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// Seconds between polls.
+    pub interval: u64,
+}
+
+/// `POST /auth/device/token`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePoll {
+    /// The device code from [`DeviceStart`].
+    pub device_code: String,
+}
+
+/// `POST /auth/device/approve`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceApprove {
+    /// The user code shown by the CLI.
+    pub user_code: String,
+}
+
+/// `POST /workspaces`: from a template (active or given version) or from an uploaded project
+/// folder (`file_id`, an ad-hoc version: what `warren up DIR` does against a server).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    /// Name (DNS-label rules), unique among the owner's workspaces.
+    pub name: String,
+    /// Template name.
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Template version number (default: the active one).
+    #[serde(default)]
+    pub template_version: Option<i64>,
+    /// An uploaded folder (tar) holding `.devcontainer/devcontainer.json`, instead of a template.
+    #[serde(default)]
+    pub file_id: Option<String>,
+    /// Parameter values.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// Time to live (`8h`): deleted after this (enforced by policies).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Resources, within the template's ceilings (default: the ceilings).
+    #[serde(default)]
+    pub limits: Option<Ceilings>,
+}
+
+/// A page of workspaces.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceList {
+    /// The workspaces.
+    pub workspaces: Vec<Workspace>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A transition job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// Id.
+    pub id: String,
+    /// Workspace id.
+    pub workspace_id: String,
+    /// `create`, `start`, `stop`, `restart` or `delete`.
+    pub kind: String,
+    /// `pending`, `running`, `succeeded`, `failed` or `canceled`.
+    pub status: String,
+    /// Who asked.
+    pub initiator_id: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Requested at.
+    pub created_at: String,
+    /// Began at.
+    pub started_at: Option<String>,
+    /// Ended at.
+    pub finished_at: Option<String>,
+}
+
+/// Answer to a transition request (202).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Accepted {
+    /// The workspace as it is now.
+    pub workspace: Workspace,
+    /// The job doing the work.
+    pub job: Job,
+}
+
+/// `POST /workspaces/{ws}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Extend {
+    /// New deadline = now + this (`2h`).
+    pub by: String,
+}
+
+/// `POST /workspaces/{ws}/exec`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// argv.
+    pub command: Vec<String>,
+    /// Extra environment (`KEY` -> value).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the workspace folder).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// User (default: the remote user).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Text given on stdin (then EOF).
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Kill the command after this long (`30s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Allocate a PTY of (rows, cols) — WebSocket exec only.
+    #[serde(default)]
+    pub tty: Option<(u16, u16)>,
+}
+
+/// One line of the exec output stream (`application/x-ndjson`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    /// Output on stdout (UTF-8 text when it is valid, else `base64`).
+    Stdout {
+        /// Text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// Raw bytes, base64.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base64: Option<String>,
+    },
+    /// Output on stderr.
+    Stderr {
+        /// Text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// Raw bytes, base64.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base64: Option<String>,
+    },
+    /// The command exited (128 + signal when killed).
+    Exit {
+        /// Exit code.
+        code: i32,
+    },
+    /// The command could not run or was cut short.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Template {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Number of the active version.
+    pub active_version: Option<i64>,
+    /// Archived templates take no new workspaces.
+    pub archived: bool,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+}
+
+/// An immutable template version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateVersion {
+    /// Id.
+    pub id: String,
+    /// Number (1, 2, ...).
+    pub number: i64,
+    /// Whether it is the template's active version.
+    pub active: bool,
+    /// Push message.
+    pub message: Option<String>,
+    /// The devcontainer.json text.
+    pub devcontainer: String,
+    /// The uploaded folder, if any.
+    pub file_id: Option<String>,
+    /// Parameters.
+    pub parameters: Vec<ParamSpec>,
+    /// Resource ceilings.
+    pub ceilings: Ceilings,
+    /// Policy defaults.
+    pub policy: PolicyDefaults,
+    /// Who pushed it.
+    pub created_by: String,
+    /// When.
+    pub created_at: String,
+}
+
+/// `POST /templates`: creates a template or updates its description; with `version`, also pushes
+/// a version.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTemplate {
+    /// Name (DNS-label rules).
+    pub name: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST /templates/{t}/versions`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVersion {
+    /// devcontainer.json text (inline form). Either this or `file_id`.
+    #[serde(default)]
+    pub devcontainer: Option<String>,
+    /// An uploaded folder (tar) with `.devcontainer/devcontainer.json` (and optionally
+    /// `warren-template.json`).
+    #[serde(default)]
+    pub file_id: Option<String>,
+    /// Parameters.
+    #[serde(default)]
+    pub parameters: Vec<ParamSpec>,
+    /// Resource ceilings.
+    #[serde(default)]
+    pub ceilings: Option<Ceilings>,
+    /// Policy defaults.
+    #[serde(default)]
+    pub policy: Option<PolicyDefaults>,
+    /// Push message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Make it the active version (default true).
+    #[serde(default)]
+    pub activate: Option<bool>,
+}
+
+/// `POST /templates/{t}/active`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Activate {
+    /// Version number.
+    pub version: i64,
+}
+
+/// `POST /files` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileUploaded {
+    /// Content hash (SHA-256 hex): reference it as `file_id`.
+    pub id: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `GET /audit/verify` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerify {
+    /// Records checked.
+    pub records: u64,
+    /// Whether the chain is intact.
+    pub ok: bool,
+    /// Hash of the last record: keep it elsewhere to detect removal of the newest records.
+    pub head_hash: String,
+    /// The first record that breaks the chain.
+    pub first_bad_id: Option<i64>,
+    /// Why it breaks.
+    pub reason: Option<String>,
+}

@@ -1,0 +1,227 @@
+//! The server's shared state, middleware and router.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use warren_api::ErrorCode;
+use warren_engine::Engine;
+use warren_store::{OrgRecord, Store};
+
+use crate::auth::TokenCache;
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The control plane.
+    pub engine: Engine,
+    /// The store (same as the engine's).
+    pub store: Store,
+    /// Configuration.
+    pub cfg: Arc<ServerConfig>,
+    /// The default organization.
+    pub org: Arc<OrgRecord>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Token lookup cache.
+    pub tokens: Arc<TokenCache>,
+    /// Running jobs.
+    pub jobs: Arc<Jobs>,
+    /// Set when graceful shutdown begins (`/readyz` then answers 503).
+    pub shutdown: Arc<std::sync::atomic::AtomicBool>,
+    /// Token last-use updates waiting to be written (id -> time), flushed in the background.
+    pub token_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+}
+
+impl AppState {
+    /// Whether graceful shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes a use of a token (written to the store in the background, at most every few seconds).
+    pub fn touch_token(&self, id: &str, at: &str) {
+        self.token_uses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), at.to_string());
+    }
+
+    /// Writes pending token uses.
+    pub async fn flush_token_uses(&self) {
+        let pending: Vec<(String, String)> = self
+            .token_uses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (id, at) in pending {
+            let _ = self.store.touch_token(&id, &at).await;
+        }
+    }
+}
+
+/// The id of a request (also sent back as `X-Request-Id`).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Middleware: assigns a request id and records metrics.
+async fn request_layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let t0 = Instant::now();
+    let mut resp = next.run(req).await;
+    state
+        .metrics
+        .request(&route, &method, resp.status().as_u16(), t0.elapsed());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Turns axum's plain-text rejections (413 from the body limit, 405) into JSON errors.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || resp.status().is_success() || resp.status().is_informational() {
+        return resp;
+    }
+    match resp.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            "request body too large",
+        )
+        .hint("the server's max_body_bytes setting sets the limit")
+        .into_response(),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        )
+        .hint("see /api/v1/openapi.json for the routes and their methods")
+        .into_response(),
+        _ => resp,
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+        .hint("see /api/v1/openapi.json for the routes")
+}
+
+/// Builds the router: API routes, health, metrics, OpenAPI, middleware.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = crate::routes::api().split_for_parts();
+    let doc = crate::openapi::finish(doc);
+    let doc_json = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    let max_body = state.cfg.max_body_bytes;
+    Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let d = doc_json.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        d.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .merge(crate::routes::health::router())
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::audit_layer,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_layer,
+        ))
+        .with_state(state)
+}
+
+/// The OpenAPI document (for the drift test and `warren server openapi`).
+pub fn openapi_json() -> String {
+    let (_, doc) = crate::routes::api().split_for_parts();
+    crate::openapi::finish(doc)
+        .to_pretty_json()
+        .unwrap_or_default()
+}
+
+/// A JSON body extractor whose rejections are `invalid_request` errors naming the field.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(rej) => {
+                use axum::extract::rejection::JsonRejection::*;
+                Err(match rej {
+                    JsonDataError(e) => ApiError::bad_request(format!(
+                        "invalid request body: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| e.body_text())
+                    ))
+                    .hint("see /api/v1/openapi.json for the expected fields"),
+                    JsonSyntaxError(e) => ApiError::bad_request(format!(
+                        "request body is not valid JSON: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| e.body_text())
+                    )),
+                    MissingJsonContentType(_) => ApiError::bad_request(
+                        "expected a JSON body with `Content-Type: application/json`",
+                    ),
+                    BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                        ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            ErrorCode::PayloadTooLarge,
+                            "request body too large",
+                        )
+                    }
+                    other => ApiError::bad_request(other.body_text()),
+                })
+            }
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

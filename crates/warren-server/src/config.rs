@@ -1,0 +1,208 @@
+//! Server configuration: flags, then `WARREN_*` environment variables, then a TOML file, then
+//! defaults — in that order of precedence. The binary parses flags and environment (clap);
+//! [`ServerConfig::resolve`] layers the file and the defaults under them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings as given (every field optional): one layer of configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Address to listen on (`127.0.0.1:7080`).
+    pub listen: Option<String>,
+    /// TLS certificate chain (PEM). With `tls_key`, the server speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// State directory (database, images, workspaces).
+    pub state_dir: Option<PathBuf>,
+    /// OCI runtime for workspaces.
+    pub runtime: Option<String>,
+    /// Lifetime of a token created without an explicit one (`30d`).
+    pub token_default_ttl: Option<String>,
+    /// The longest lifetime a token may have (`90d`).
+    pub token_max_ttl: Option<String>,
+    /// Largest accepted request body in bytes (uploads included).
+    pub max_body_bytes: Option<u64>,
+    /// The URL clients use to reach the server (shown in device-login instructions).
+    pub public_url: Option<String>,
+    /// How often the reconciler runs (`30s`).
+    pub reconcile_interval: Option<String>,
+}
+
+/// Resolved configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// TLS certificate and key, when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// OCI runtime name.
+    pub runtime: String,
+    /// Default token lifetime.
+    pub token_default_ttl: Duration,
+    /// Maximum token lifetime.
+    pub token_max_ttl: Duration,
+    /// Body size limit.
+    pub max_body_bytes: usize,
+    /// Public URL.
+    pub public_url: String,
+    /// Reconciler period.
+    pub reconcile_interval: Duration,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
+
+impl ConfigLayer {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<ConfigLayer, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            format!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().lines().collect::<Vec<_>>().join(" ")
+            )
+        })
+    }
+
+    /// `self` where set, else `lower`.
+    pub fn over(self, lower: ConfigLayer) -> ConfigLayer {
+        ConfigLayer {
+            listen: self.listen.or(lower.listen),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            state_dir: self.state_dir.or(lower.state_dir),
+            runtime: self.runtime.or(lower.runtime),
+            token_default_ttl: self.token_default_ttl.or(lower.token_default_ttl),
+            token_max_ttl: self.token_max_ttl.or(lower.token_max_ttl),
+            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            public_url: self.public_url.or(lower.public_url),
+            reconcile_interval: self.reconcile_interval.or(lower.reconcile_interval),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Resolves `given` (flags over environment over file) with defaults for the rest.
+    pub fn resolve(given: ConfigLayer) -> Result<ServerConfig, String> {
+        let dur = |v: &Option<String>, what: &str, default: &str| -> Result<Duration, String> {
+            let s = v.as_deref().unwrap_or(default);
+            warren_api::template::parse_duration(s).map_err(|e| format!("{what} `{s}`: {e}"))
+        };
+        let listen_s = given.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            format!("listen address `{listen_s}` is not IP:PORT (e.g. 127.0.0.1:7080 or [::]:7080)")
+        })?;
+        let tls = match (given.tls_cert, given.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "TLS needs both a certificate and a key (--tls-cert and --tls-key)".into(),
+                )
+            }
+        };
+        let token_default_ttl = dur(&given.token_default_ttl, "token_default_ttl", "30d")?;
+        let token_max_ttl = dur(&given.token_max_ttl, "token_max_ttl", "90d")?;
+        if token_default_ttl > token_max_ttl {
+            return Err(format!(
+                "token_default_ttl ({}) is longer than token_max_ttl ({})",
+                warren_api::template::format_duration(token_default_ttl),
+                warren_api::template::format_duration(token_max_ttl)
+            ));
+        }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        Ok(ServerConfig {
+            public_url: given
+                .public_url
+                .unwrap_or_else(|| format!("{scheme}://{listen}"))
+                .trim_end_matches('/')
+                .to_string(),
+            listen,
+            tls,
+            state_dir: given
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from("/var/lib/warren")),
+            runtime: given.runtime.unwrap_or_else(|| "libcontainer".into()),
+            token_default_ttl,
+            token_max_ttl,
+            max_body_bytes: usize::try_from(given.max_body_bytes.unwrap_or(64 << 20))
+                .unwrap_or(usize::MAX),
+            reconcile_interval: dur(&given.reconcile_interval, "reconcile_interval", "30s")?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_over_env_over_file_over_defaults() {
+        let file = ConfigLayer {
+            listen: Some("127.0.0.1:1".into()),
+            runtime: Some("runc".into()),
+            token_max_ttl: Some("10d".into()),
+            ..Default::default()
+        };
+        let env = ConfigLayer {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let flags = ConfigLayer {
+            runtime: Some("runsc".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(flags.over(env.over(file))).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:2");
+        assert_eq!(c.runtime, "runsc");
+        assert_eq!(c.token_max_ttl, Duration::from_secs(10 * 86400));
+        assert_eq!(c.token_default_ttl, Duration::from_secs(30 * 86400));
+        assert_eq!(c.public_url, "http://127.0.0.1:2");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = ServerConfig::resolve(ConfigLayer {
+            listen: Some("localhost".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("localhost"), "{e}");
+        let e = ServerConfig::resolve(ConfigLayer {
+            tls_cert: Some("c.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = ServerConfig::resolve(ConfigLayer {
+            token_default_ttl: Some("100d".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("longer than"), "{e}");
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("warren.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:9\"\nlisten_port = 3\n").unwrap();
+        let e = ConfigLayer::from_file(&p).unwrap_err();
+        assert!(e.contains("listen_port"), "{e}");
+        std::fs::write(&p, "listen = \"127.0.0.1:9\"\n").unwrap();
+        assert_eq!(
+            ConfigLayer::from_file(&p).unwrap().listen.as_deref(),
+            Some("127.0.0.1:9")
+        );
+    }
+}

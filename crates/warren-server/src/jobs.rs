@@ -1,0 +1,211 @@
+//! Jobs: workspace transitions run in the background, each with a status, timestamps and a log
+//! (like Coder's builds). The database allows one active job per workspace, so a concurrent
+//! conflicting request gets 409 and state stays consistent. A job's log is a file under
+//! `STATE/jobs/` and a broadcast channel for followers (Server-Sent Events).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::broadcast;
+use warren_engine::{EngineError, Progress};
+use warren_store::JobRecord;
+
+use crate::app::AppState;
+use crate::error::{tracing_log, ApiError};
+
+/// Kinds of jobs.
+pub const KINDS: [&str; 5] = ["create", "start", "stop", "restart", "delete"];
+
+struct Running {
+    abort: tokio::task::AbortHandle,
+    log: broadcast::Sender<String>,
+}
+
+/// The jobs this server process runs.
+pub struct Jobs {
+    dir: PathBuf,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+/// Sends an engine's progress to the job's log file and followers.
+pub struct JobLog {
+    file: Mutex<std::fs::File>,
+    tx: broadcast::Sender<String>,
+}
+
+impl JobLog {
+    fn line(&self, line: &str) {
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(f, "{line}");
+        let _ = self.tx.send(line.to_string());
+    }
+}
+
+impl Progress for JobLog {
+    fn step(&self, msg: &str) {
+        self.line(&format!("==> {msg}"));
+    }
+    fn warn(&self, msg: &str) {
+        self.line(&format!("warning: {msg}"));
+    }
+    fn output(&self, line: &str) {
+        self.line(line);
+    }
+}
+
+impl Jobs {
+    /// Jobs logging under `dir`.
+    pub fn new(dir: PathBuf) -> Jobs {
+        Jobs {
+            dir,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The log file of a job.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// Subscribes to a running job's log lines (None once it finished).
+    pub fn follow(&self, id: &str) -> Option<broadcast::Receiver<String>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|r| r.log.subscribe())
+    }
+
+    /// Number of jobs running in this process.
+    pub fn active(&self) -> usize {
+        self.running.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn finish(&self, id: &str) -> Option<Running> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
+
+    /// Waits (up to `grace`) for running jobs to finish: for graceful shutdown.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        let t0 = Instant::now();
+        while self.active() > 0 && t0.elapsed() < grace {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Records a job for the workspace (409 if it already has an active one) and runs `op` in the
+/// background with the job's log as its progress sink.
+pub async fn spawn<F, Fut>(
+    state: &AppState,
+    workspace_id: &str,
+    kind: &'static str,
+    initiator: Option<&str>,
+    op: F,
+) -> Result<JobRecord, ApiError>
+where
+    F: FnOnce(AppState, Arc<JobLog>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), EngineError>> + Send + 'static,
+{
+    let job = state
+        .store
+        .create_job(workspace_id, kind, initiator)
+        .await
+        .map_err(|e| {
+            ApiError::from(e)
+                .hint("wait for it (`warren logs --job`) or cancel it (`warren cancel`)")
+        })?;
+    std::fs::create_dir_all(&state.jobs.dir).map_err(ApiError::internal)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state.jobs.log_path(&job.id))
+        .map_err(ApiError::internal)?;
+    let (tx, _) = broadcast::channel(1024);
+    let log = Arc::new(JobLog {
+        file: Mutex::new(file),
+        tx: tx.clone(),
+    });
+    let st = state.clone();
+    let id = job.id.clone();
+    // Registered before the task runs, so the task's own `finish` always finds it.
+    let (start_tx, start_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        let _ = start_rx.await;
+        let _ = st.store.job_started(&id).await;
+        let t0 = Instant::now();
+        let res = op(st.clone(), log.clone()).await;
+        let ok = res.is_ok();
+        let err = res.err().map(|e| e.to_string());
+        if let Some(e) = &err {
+            log.line(&format!("error: {e}"));
+        }
+        st.metrics.transition(kind, t0.elapsed(), ok);
+        let status = if ok { "succeeded" } else { "failed" };
+        if let Err(e) = st.store.job_finished(&id, status, err.as_deref()).await {
+            tracing_log(&format!("job {id}: cannot record its end: {e}"));
+        }
+        st.jobs.finish(&id);
+    });
+    state
+        .jobs
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            job.id.clone(),
+            Running {
+                abort: handle.abort_handle(),
+                log: tx,
+            },
+        );
+    let _ = start_tx.send(());
+    Ok(job)
+}
+
+/// Cancels an active job: stops its task, records it canceled, and settles the workspace (a
+/// create or start is stopped and marked failed; a stop or delete is finished).
+pub async fn cancel(state: &AppState, job: &JobRecord, by: &str) -> Result<JobRecord, ApiError> {
+    if !job.is_active() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            warren_api::ErrorCode::InvalidState,
+            format!("job {} already finished ({})", job.id, job.status),
+        ));
+    }
+    let running = state.jobs.finish(&job.id);
+    if let Some(r) = &running {
+        r.abort.abort();
+    }
+    let why = format!("{} canceled by {by}", job.kind);
+    let won = state
+        .store
+        .job_finished(&job.id, "canceled", Some(&why))
+        .await?;
+    if won {
+        if let Some(r) = running {
+            let _ = r.log.send(format!("==> {why}"));
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(state.jobs.log_path(&job.id))
+        {
+            let _ = writeln!(f, "==> {why}");
+        }
+        state
+            .metrics
+            .transition(job.kind.as_str(), std::time::Duration::ZERO, false);
+        state.engine.abandon(&job.workspace_id, &why).await?;
+    }
+    Ok(state
+        .store
+        .job(&job.id)
+        .await?
+        .unwrap_or_else(|| job.clone()))
+}

@@ -1,0 +1,13 @@
+#![forbid(unsafe_code)]
+//! Warren control-plane server.
+
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod serve;

@@ -1,0 +1,65 @@
+//! The API routes, one module per resource. Each module returns an `OpenApiRouter`, so the
+//! OpenAPI document is generated from the handlers themselves.
+
+pub mod audit;
+pub mod auth;
+pub mod files;
+pub mod health;
+pub mod templates;
+pub mod users;
+pub mod workspaces;
+
+use utoipa_axum::router::OpenApiRouter;
+use warren_api::auth::{Decision, Op, Owner};
+use warren_store::WorkspaceRecord;
+
+use crate::app::AppState;
+use crate::auth::{forbidden, Caller};
+use crate::error::ApiError;
+
+/// Every `/api/v1` route.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(workspaces::router())
+        .merge(templates::router())
+        .merge(files::router())
+        .merge(users::router())
+        .merge(auth::router())
+        .merge(audit::router())
+}
+
+/// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,
+/// the name of one of the caller's workspaces, or `name.username` (someone else's). Anything the
+/// caller may not see is "not found".
+pub async fn find_workspace(
+    state: &AppState,
+    caller: &Caller,
+    key: &str,
+    op: fn(Owner) -> Op,
+) -> Result<WorkspaceRecord, ApiError> {
+    let not_found =
+        || ApiError::not_found("workspace", key).hint("`warren list` shows your workspaces");
+    let rec = if let Some((name, user)) = key.split_once('.') {
+        match state.store.user_by_name(user).await? {
+            Some(u) => state.store.get_by_name(&u.id, name).await?,
+            None => None,
+        }
+    } else {
+        match state.store.get_by_name(&caller.user.id, key).await? {
+            Some(r) => Some(r),
+            None if key.len() == 32 => state.store.get(key).await?,
+            None => None,
+        }
+    };
+    let rec = rec.ok_or_else(not_found)?;
+    let owner = if rec.ownership.owner_id == caller.user.id {
+        Owner::Own
+    } else {
+        Owner::Other
+    };
+    match caller.check(op(owner), Some(&rec.id)) {
+        Decision::Allow => Ok(rec),
+        Decision::Hidden => Err(not_found()),
+        Decision::Forbidden(f) => Err(forbidden(f)),
+    }
+}

@@ -1,0 +1,244 @@
+//! Starting, serving and stopping the server.
+//!
+//! Graceful shutdown (SIGTERM or SIGINT): `/readyz` turns 503, the listener closes, in-flight
+//! requests and running jobs get a grace period, and the process exits. Workspaces keep running:
+//! their supervisors are separate processes, and the next start reconciles.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower::ServiceExt;
+use warren_api::auth::Role;
+use warren_engine::{Config, Engine};
+use warren_runtime::OciRuntime;
+
+use crate::app::{router, AppState};
+use crate::auth::{mint, TokenCache};
+use crate::config::ServerConfig;
+use crate::error::tracing_log;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
+use crate::routes::users::expires_at;
+
+/// The default organization's name.
+pub const DEFAULT_ORG: &str = "default";
+
+/// Opens the engine and the database and prepares the server state. Fails with one line when the
+/// database or the state directory is unusable.
+pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
+    let oci = OciRuntime::parse(&cfg.runtime);
+    let engine = Engine::open(Config {
+        state_dir: cfg.state_dir.clone(),
+        oci,
+        exe,
+    })
+    .await
+    .map_err(|e| format!("cannot open the state in {}: {e}", cfg.state_dir.display()))?;
+    let store = engine.store().clone();
+    let org = store
+        .ensure_org(DEFAULT_ORG)
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    let jobs = Arc::new(Jobs::new(cfg.state_dir.join("jobs")));
+    Ok(AppState {
+        engine,
+        store,
+        cfg: Arc::new(cfg),
+        org: Arc::new(org),
+        metrics: Arc::new(Metrics::default()),
+        tokens: Arc::new(TokenCache::default()),
+        jobs,
+        shutdown: Arc::new(AtomicBool::new(false)),
+        token_uses: Default::default(),
+    })
+}
+
+/// Creates the first user (`owner` role) and returns a token for it, if there are no users yet.
+pub async fn init_admin(state: &AppState, username: &str) -> Result<Option<String>, String> {
+    if state.store.user_count().await.map_err(|e| e.to_string())? > 0 {
+        return Ok(None);
+    }
+    let user = state
+        .store
+        .create_user(
+            &state.org.id,
+            username,
+            Some("Administrator"),
+            Role::Owner.as_str(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let minted = mint(
+        &user.id,
+        "initial admin token",
+        &Role::Owner.scopes(),
+        None,
+        expires_at(state.cfg.token_max_ttl),
+    );
+    state
+        .store
+        .create_token(&minted.record)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(minted.token))
+}
+
+/// Loads the TLS certificate chain and key.
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    let certs: Vec<_> = {
+        let f = std::fs::File::open(cert)
+            .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?;
+        rustls_pemfile::certs(&mut std::io::BufReader::new(f))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("TLS certificate {}: {e}", cert.display()))?
+    };
+    if certs.is_empty() {
+        return Err(format!(
+            "TLS certificate {}: no certificate in the file",
+            cert.display()
+        ));
+    }
+    let key_der = {
+        let f = std::fs::File::open(key).map_err(|e| format!("TLS key {}: {e}", key.display()))?;
+        rustls_pemfile::private_key(&mut std::io::BufReader::new(f))
+            .map_err(|e| format!("TLS key {}: {e}", key.display()))?
+            .ok_or_else(|| format!("TLS key {}: no private key in the file", key.display()))?
+    };
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| format!("TLS: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves until `shutdown` resolves, then shuts down gracefully. `ready` is told the bound address.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
+    let tls = match &state.cfg.tls {
+        Some((c, k)) => Some(tls_acceptor(c, k)?),
+        None => None,
+    };
+    // Jobs of a previous process cannot be running any more.
+    match state
+        .store
+        .fail_orphaned_jobs("the server restarted while it ran")
+        .await
+    {
+        Ok(j) if !j.is_empty() => {
+            tracing_log(&format!("{} interrupted job(s) marked failed", j.len()))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("database: {e}")),
+    }
+    let background = tokio::spawn(background(state.clone()));
+    let app = router(state.clone());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
+        TokioExecutor::new(),
+    ));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing_log(&format!("accept: {e}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(remote));
+                let app = app.clone();
+                async move {
+                    Ok::<_, Infallible>(
+                        app.oneshot(req.map(axum::body::Body::new))
+                            .await
+                            .unwrap_or_else(|e| match e {}),
+                    )
+                }
+            });
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let Ok(Ok(tls_stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+                    let _ = watcher.watch(conn.into_owned()).await;
+                });
+            }
+        }
+    }
+    state.shutdown.store(true, Ordering::Relaxed);
+    drop(listener);
+    tracing_log("shutting down: waiting for requests and jobs (workspaces keep running)");
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    state.jobs.drain(Duration::from_secs(20)).await;
+    background.abort();
+    state.flush_token_uses().await;
+    Ok(())
+}
+
+/// The reconciler loop and token-use flushing.
+async fn background(state: AppState) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut last_reconcile = tokio::time::Instant::now();
+    let _ = state.engine.reconcile().await;
+    loop {
+        tick.tick().await;
+        state.flush_token_uses().await;
+        if last_reconcile.elapsed() >= state.cfg.reconcile_interval {
+            last_reconcile = tokio::time::Instant::now();
+            if let Err(e) = state.engine.reconcile().await {
+                tracing_log(&format!("reconcile: {e}"));
+            }
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,136 @@
+//! `warren server`: runs the control plane (REST API, metrics, reconciler), `warren server init`
+//! initialises it and prints the first admin token, `warren server openapi` prints the API
+//! document.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use warren_server::config::{ConfigLayer, ServerConfig};
+
+use crate::output::user_error;
+
+/// `warren server` options. Each can also come from the environment (`WARREN_*`) or the config
+/// file; flags win over the environment, which wins over the file.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    #[command(subcommand)]
+    cmd: Option<ServerCmd>,
+    /// Configuration file (TOML).
+    #[arg(long, env = "WARREN_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Address to listen on, IP:PORT [default: 127.0.0.1:7080].
+    #[arg(long, env = "WARREN_LISTEN", global = true)]
+    listen: Option<String>,
+    /// TLS certificate chain (PEM); with --tls-key, serve HTTPS.
+    #[arg(long, env = "WARREN_TLS_CERT", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "WARREN_TLS_KEY", global = true)]
+    tls_key: Option<PathBuf>,
+    /// Default lifetime of new tokens [default: 30d].
+    #[arg(long, env = "WARREN_TOKEN_DEFAULT_TTL", global = true)]
+    token_default_ttl: Option<String>,
+    /// Maximum lifetime of tokens [default: 90d].
+    #[arg(long, env = "WARREN_TOKEN_MAX_TTL", global = true)]
+    token_max_ttl: Option<String>,
+    /// Largest request body in bytes [default: 64 MiB].
+    #[arg(long, env = "WARREN_MAX_BODY_BYTES", global = true)]
+    max_body_bytes: Option<u64>,
+    /// URL clients reach the server at [default: from --listen].
+    #[arg(long, env = "WARREN_PUBLIC_URL", global = true)]
+    public_url: Option<String>,
+    /// How often the reconciler runs [default: 30s].
+    #[arg(long, env = "WARREN_RECONCILE_INTERVAL", global = true)]
+    reconcile_interval: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum ServerCmd {
+    /// Initialise the database and print a one-time token for the first user (an owner).
+    Init {
+        /// The first user's name.
+        #[arg(long, default_value = "admin")]
+        admin: String,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+/// Runs `warren server ...`.
+pub async fn run(
+    a: ServerArgs,
+    state_dir: Option<PathBuf>,
+    runtime: Option<String>,
+    exe: PathBuf,
+) -> Result<u8> {
+    if matches!(a.cmd, Some(ServerCmd::Openapi)) {
+        println!("{}", warren_server::app::openapi_json());
+        return Ok(0);
+    }
+    let given = ConfigLayer {
+        listen: a.listen,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        state_dir,
+        runtime,
+        token_default_ttl: a.token_default_ttl,
+        token_max_ttl: a.token_max_ttl,
+        max_body_bytes: a.max_body_bytes,
+        public_url: a.public_url,
+        reconcile_interval: a.reconcile_interval,
+    };
+    let file = match &a.config {
+        Some(p) => ConfigLayer::from_file(p)
+            .map_err(|e| user_error(e, "fix the file; keys are the long flag names with _"))?,
+        None => ConfigLayer::default(),
+    };
+    let cfg = ServerConfig::resolve(given.over(file))
+        .map_err(|e| user_error(e, "see `warren server --help`"))?;
+    let listen = cfg.listen;
+    let state = warren_server::serve::open(cfg, exe).await.map_err(|e| {
+        user_error(
+            e,
+            "check --state-dir (WARREN_STATE_DIR): it must be a writable directory on a local filesystem",
+        )
+    })?;
+    if let Some(ServerCmd::Init { admin }) = a.cmd {
+        match warren_server::serve::init_admin(&state, &admin)
+            .await
+            .map_err(|e| user_error(e, "check the username: DNS-label rules"))?
+        {
+            Some(token) => {
+                eprintln!("Initialised. The first user is `{admin}` (owner). Its token, shown only this once:");
+                println!("{token}");
+            }
+            None => eprintln!(
+                "Already initialised: the database has users. `warren token create` makes tokens."
+            ),
+        }
+        return Ok(0);
+    }
+    if let Some(token) = warren_server::serve::init_admin(&state, "admin")
+        .await
+        .map_err(|e| user_error(e, "the database could not be initialised"))?
+    {
+        eprintln!("First start: created user `admin` (owner). Its token, shown only this once:\n\n    {token}\n\nSign in with: warren login {} --token <token>\n", state.cfg.public_url);
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        user_error(
+            format!("cannot listen on {listen}: {e}"),
+            "pick another address with --listen (WARREN_LISTEN)",
+        )
+    })?;
+    eprintln!(
+        "warren server listening on {} (API {}/api/v1)",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        state.cfg.public_url
+    );
+    warren_server::serve::serve(state, listener, warren_server::serve::shutdown_signal())
+        .await
+        .map_err(|e| user_error(e, "see the lines above"))?;
+    Ok(0)
+}
