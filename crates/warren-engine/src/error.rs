@@ -27,6 +27,9 @@ pub enum EngineError {
     /// The devcontainer.json is missing or invalid.
     #[error(transparent)]
     Config(#[from] warren_devcontainer::ConfigError),
+    /// The configuration asks for something the server's policy refuses.
+    #[error("{0}")]
+    Policy(String),
     /// The devcontainer.json names no image.
     #[error("{}: no `image` given; Warren builds workspaces from images only (for now)", .0.display())]
     NoImage(PathBuf),
@@ -92,7 +95,10 @@ impl EngineError {
         match self {
             EngineError::Privilege => ErrorCode::PermissionDenied,
             EngineError::NotFound(_) => ErrorCode::NotFound,
-            EngineError::ProjectDir { .. } | EngineError::Config(_) | EngineError::NoImage(_) => {
+            EngineError::ProjectDir { .. }
+            | EngineError::Config(_)
+            | EngineError::NoImage(_)
+            | EngineError::Policy(_) => {
                 ErrorCode::InvalidConfig
             }
             EngineError::Image(warren_image::ImageError::NotFound { .. }) => {
@@ -118,6 +124,9 @@ impl EngineError {
             ),
             EngineError::NotFound(_) => Some("`warren list` shows the workspaces that exist".into()),
             EngineError::Config(e) => e.hint(),
+            EngineError::Policy(_) => Some(
+                "use a volume mount (type=volume) for data that should persist".into(),
+            ),
             EngineError::NoImage(_) => Some(
                 "add \"image\": \"debian:bookworm\" (or an image you imported with `warren image import`)".into(),
             ),

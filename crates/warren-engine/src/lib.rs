@@ -439,7 +439,7 @@ impl Engine {
             path: dir.to_path_buf(),
             error: e.to_string(),
         })?;
-        let loaded = warren_devcontainer::load(&dir)?;
+        let loaded = load_config(&dir, &opts.ownership)?;
         let image_name = loaded
             .config
             .image
@@ -491,7 +491,7 @@ impl Engine {
             return self.start_locked(rec, progress).await;
         }
         let res = async {
-            let loaded = warren_devcontainer::load(Path::new(&rec.project_dir))?;
+            let loaded = load_config(Path::new(&rec.project_dir), &rec.ownership)?;
             for w in &loaded.warnings {
                 progress.warn(&w.to_string());
             }
@@ -791,6 +791,44 @@ impl Engine {
         let name = name.to_string();
         blocking(move || Ok(images.remove_with(&name, &in_use)?)).await
     }
+}
+
+/// Loads a workspace's devcontainer.json. Workspaces of server users (an owner is set) are
+/// untrusted: their configuration must not reach the host, so `${localEnv:...}` sees an empty
+/// environment (not the server's) and bind mounts of host paths are refused. Host-local workspaces
+/// of the embedded CLI are their root user's own business.
+fn load_config(dir: &Path, ownership: &Ownership) -> Result<warren_devcontainer::Loaded, EngineError> {
+    if ownership.owner_id.is_empty() {
+        return Ok(warren_devcontainer::load(dir)?);
+    }
+    let dir = std::fs::canonicalize(dir).map_err(|e| EngineError::ProjectDir {
+        path: dir.to_path_buf(),
+        error: e.to_string(),
+    })?;
+    let config_path = warren_devcontainer::find_config(&dir)?;
+    let text = std::fs::read_to_string(&config_path).map_err(|e| EngineError::ProjectDir {
+        path: config_path.clone(),
+        error: e.to_string(),
+    })?;
+    let loaded = warren_devcontainer::load_str(&text, &config_path, &dir, &|_| None)?;
+    let project = dir.display().to_string();
+    let host_binds = loaded
+        .config
+        .mounts
+        .iter()
+        .chain(loaded.config.workspace_mount.iter())
+        .filter(|m| m.kind == warren_devcontainer::MountKind::Bind)
+        .filter(|m| m.source.as_deref() != Some(project.as_str()))
+        .map(|m| m.source.clone().unwrap_or_default())
+        .collect::<Vec<_>>();
+    if !host_binds.is_empty() {
+        return Err(EngineError::Policy(format!(
+            "{}: bind mounts of host paths are not allowed in workspaces made through the server ({})",
+            config_path.display(),
+            host_binds.join(", ")
+        )));
+    }
+    Ok(loaded)
 }
 
 /// `debian:<suite>` names Warren can build itself.

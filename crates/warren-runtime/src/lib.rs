@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use backend::OciRuntime;
 pub use cgroup::Stats;
-pub use linux::{ExecSession, LinuxRuntime};
+pub use linux::{ExecSession, LinuxRuntime, Signaller};
 pub use proto::ExecProcess;
 pub use supervisor::ExitRecord;
 

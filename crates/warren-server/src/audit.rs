@@ -83,9 +83,14 @@ pub fn action_for(method: &Method, route: &str) -> String {
     let verb = match *method {
         Method::DELETE => "delete".to_string(),
         Method::PATCH | Method::PUT => "update".to_string(),
-        Method::POST if !last_is_param && names.len() >= 2 && segs.len() >= 3 => {
+        Method::POST if !last_is_param && names.len() >= 2 && is_verb(names[names.len() - 1].as_str()) => {
             // POST /workspaces/{ws}/stop: the last name is the verb.
-            names.pop().unwrap_or_default()
+            let v = names.pop().unwrap_or_default();
+            if v == "active" {
+                "activate".to_string()
+            } else {
+                v
+            }
         }
         Method::POST => "create".to_string(),
         _ => method.as_str().to_ascii_lowercase(),
@@ -99,6 +104,15 @@ pub fn action_for(method: &Method, route: &str) -> String {
     } else {
         format!("{}.{verb}", nouns.join("."))
     }
+}
+
+/// Last path segments that are actions rather than sub-collections.
+fn is_verb(s: &str) -> bool {
+    matches!(
+        s,
+        "start" | "stop" | "restart" | "cancel" | "extend" | "archive" | "unarchive" | "exec"
+            | "approve" | "token" | "active" | "verify"
+    )
 }
 
 fn header(h: &HeaderMap, name: &str) -> Option<String> {
@@ -223,6 +237,9 @@ mod tests {
                 "team.member.update",
             ),
             (Method::POST, "/api/v1/jobs/{id}/cancel", "job.cancel"),
+            (Method::POST, "/api/v1/templates/{t}/active", "template.activate"),
+            (Method::POST, "/api/v1/auth/device", "auth.device.create"),
+            (Method::POST, "/api/v1/auth/device/approve", "auth.device.approve"),
             (Method::POST, "/api/v1/tokens", "token.create"),
             (Method::DELETE, "/api/v1/tokens/{id}", "token.delete"),
         ];

@@ -151,7 +151,7 @@ mod tests {
         let file = ConfigLayer {
             listen: Some("127.0.0.1:1".into()),
             runtime: Some("runc".into()),
-            token_max_ttl: Some("10d".into()),
+            token_max_ttl: Some("100d".into()),
             ..Default::default()
         };
         let env = ConfigLayer {
@@ -165,7 +165,7 @@ mod tests {
         let c = ServerConfig::resolve(flags.over(env.over(file))).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:2");
         assert_eq!(c.runtime, "runsc");
-        assert_eq!(c.token_max_ttl, Duration::from_secs(10 * 86400));
+        assert_eq!(c.token_max_ttl, Duration::from_secs(100 * 86400));
         assert_eq!(c.token_default_ttl, Duration::from_secs(30 * 86400));
         assert_eq!(c.public_url, "http://127.0.0.1:2");
     }

@@ -21,7 +21,7 @@ pub const KINDS: [&str; 5] = ["create", "start", "stop", "restart", "delete"];
 
 struct Running {
     abort: tokio::task::AbortHandle,
-    log: broadcast::Sender<String>,
+    log: broadcast::Sender<(u64, String)>,
 }
 
 /// The jobs this server process runs.
@@ -32,15 +32,21 @@ pub struct Jobs {
 
 /// Sends an engine's progress to the job's log file and followers.
 pub struct JobLog {
-    file: Mutex<std::fs::File>,
-    tx: broadcast::Sender<String>,
+    /// The file and the number of lines written so far.
+    file: Mutex<(std::fs::File, u64)>,
+    tx: broadcast::Sender<(u64, String)>,
 }
 
 impl JobLog {
+    /// Appends one line (numbered, so followers can skip what they already read from the file).
     fn line(&self, line: &str) {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(f, "{line}");
-        let _ = self.tx.send(line.to_string());
+        for l in line.split('\n') {
+            let _ = writeln!(f.0, "{l}");
+            let seq = f.1;
+            f.1 += 1;
+            let _ = self.tx.send((seq, l.to_string()));
+        }
     }
 }
 
@@ -71,7 +77,7 @@ impl Jobs {
     }
 
     /// Subscribes to a running job's log lines (None once it finished).
-    pub fn follow(&self, id: &str) -> Option<broadcast::Receiver<String>> {
+    pub fn follow(&self, id: &str) -> Option<broadcast::Receiver<(u64, String)>> {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -129,7 +135,7 @@ where
         .map_err(ApiError::internal)?;
     let (tx, _) = broadcast::channel(1024);
     let log = Arc::new(JobLog {
-        file: Mutex::new(file),
+        file: Mutex::new((file, 0)),
         tx: tx.clone(),
     });
     let st = state.clone();
@@ -189,9 +195,7 @@ pub async fn cancel(state: &AppState, job: &JobRecord, by: &str) -> Result<JobRe
         .job_finished(&job.id, "canceled", Some(&why))
         .await?;
     if won {
-        if let Some(r) = running {
-            let _ = r.log.send(format!("==> {why}"));
-        }
+        drop(running);
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .append(true)
             .open(state.jobs.log_path(&job.id))

@@ -1,7 +1,760 @@
-//! TODO
-use crate::app::AppState;
+//! Workspaces: create (from a template or an uploaded folder), list, get, transitions as jobs,
+//! cancel, extend, lifecycle and job logs (Server-Sent Events), and exec (NDJSON stream or
+//! WebSocket).
+
+use std::collections::BTreeMap;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
-/// r
+use utoipa_axum::routes;
+use warren_api::auth::{Decision, Op, Owner};
+use warren_api::template::{Ceilings, ParamSpec, PolicyDefaults};
+use warren_api::v1::{Accepted, CreateWorkspace, Extend, Job, WorkspaceList};
+use warren_api::{ErrorCode, Workspace, WorkspaceName, WorkspaceState};
+use warren_engine::{Limits, Ownership, UpOptions, WsRef};
+use warren_store::{JobRecord, WorkspaceFilter, WorkspaceRecord};
+
+use crate::app::{AppState, Json};
+use crate::audit::AuditNote;
+use crate::auth::{forbidden, Caller};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::jobs;
+use crate::routes::find_workspace;
+
+pub mod exec;
+
+/// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(list_workspaces, create_workspace))
+        .routes(routes!(get_workspace, delete_workspace))
+        .routes(routes!(start_workspace))
+        .routes(routes!(stop_workspace))
+        .routes(routes!(restart_workspace))
+        .routes(routes!(extend_workspace))
+        .routes(routes!(workspace_jobs))
+        .routes(routes!(workspace_logs))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_logs))
+        .merge(exec::router())
+}
+
+/// The API view of a job.
+pub fn job_view(j: &JobRecord) -> Job {
+    Job {
+        id: j.id.clone(),
+        workspace_id: j.workspace_id.clone(),
+        kind: j.kind.clone(),
+        status: j.status.clone(),
+        initiator_id: j.initiator_id.clone(),
+        error: j.error.clone(),
+        created_at: j.created_at.clone(),
+        started_at: j.started_at.clone(),
+        finished_at: j.finished_at.clone(),
+    }
+}
+
+/// Query of `GET /workspaces`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `me` (default), `all` (admins and auditors), or a username.
+    owner: Option<String>,
+    /// Only workspaces in this state.
+    status: Option<String>,
+    /// Only workspaces built from this template.
+    template: Option<String>,
+    /// Only names starting with this.
+    name_prefix: Option<String>,
+    /// Page size (default 50, at most 500).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("invalid query: {}", e.body_text()))
+}
+
+/// Lists workspaces the caller may see, with filters and pagination.
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces", security(("token" = [])),
+    params(ListQuery),
+    responses((status = 200, body = WorkspaceList), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn list_workspaces(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<WorkspaceList>> {
+    let Query(q) = q.map_err(bad_query)?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > 500 {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit} is out of range: 1 to 500"
+        )));
+    }
+    let mut filter = WorkspaceFilter {
+        limit: limit + 1,
+        ..Default::default()
+    };
+    match q.owner.as_deref().unwrap_or("me") {
+        "me" => {
+            check(&caller, Op::WorkspaceRead(Owner::Own))?;
+            filter.owner_id = Some(caller.user.id.clone());
+        }
+        "all" => check(&caller, Op::WorkspaceRead(Owner::Other))?,
+        name => {
+            let u = state
+                .store
+                .user_by_name(name)
+                .await?
+                .ok_or_else(|| ApiError::not_found("user", name))?;
+            let own = if u.id == caller.user.id {
+                Owner::Own
+            } else {
+                Owner::Other
+            };
+            check(&caller, Op::WorkspaceRead(own))?;
+            filter.owner_id = Some(u.id);
+        }
+    }
+    if let Some(s) = &q.status {
+        filter.state = Some(s.parse::<WorkspaceState>().map_err(|e| {
+            ApiError::bad_request(format!("status: {e}"))
+        })?);
+    }
+    if let Some(t) = &q.template {
+        let tpl = state
+            .store
+            .template(&state.org.id, t)
+            .await?
+            .ok_or_else(|| ApiError::not_found("template", t))?;
+        filter.template_id = Some(tpl.id);
+    }
+    filter.name_prefix = q.name_prefix.clone();
+    if let Some(c) = &q.cursor {
+        filter.after = Some(decode_cursor(c)?);
+    }
+    if let Some(ids) = &caller.principal.workspaces {
+        filter.ids = Some(ids.iter().cloned().collect());
+    }
+    let mut recs = state.store.list_filtered(&filter).await?;
+    let next_cursor = if recs.len() > limit as usize {
+        recs.truncate(limit as usize);
+        recs.last().map(|r| encode_cursor(r.name.as_str(), &r.id))
+    } else {
+        None
+    };
+    Ok(Json(WorkspaceList {
+        workspaces: recs.into_iter().map(Workspace::from).collect(),
+        next_cursor,
+    }))
+}
+
+fn check(caller: &Caller, op: Op) -> ApiResult<()> {
+    match caller.check(op, None) {
+        Decision::Allow => Ok(()),
+        Decision::Hidden => Err(ApiError::forbidden("this token may not list those workspaces")),
+        Decision::Forbidden(f) => Err(forbidden(f)),
+    }
+}
+
+fn encode_cursor(name: &str, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{name}\n{id}"))
+}
+
+fn decode_cursor(c: &str) -> ApiResult<(String, String)> {
+    let bad = || ApiError::bad_request("cursor: not a cursor returned by this API");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
+    let s = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (n, i) = s.split_once('\n').ok_or_else(bad)?;
+    Ok((n.to_string(), i.to_string()))
+}
+
+fn limits_of(c: &Ceilings) -> Limits {
+    Limits {
+        memory_bytes: c.memory_mb.map(|m| m.saturating_mul(1 << 20)),
+        cpus: c.cpus,
+        pids: c.pids.and_then(|p| i64::try_from(p).ok()),
+    }
+}
+
+/// Where the project folders of server-made workspaces live.
+fn projects_dir(state: &AppState) -> PathBuf {
+    state.cfg.state_dir.join("projects")
+}
+
+/// Creates a workspace from a template version or an uploaded folder; the work happens in a
+/// `create` job.
+#[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces", security(("token" = [])),
+    request_body = CreateWorkspace,
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn create_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<CreateWorkspace>,
+) -> ApiResult<Response> {
+    check(&caller, Op::WorkspaceWrite(Owner::Own))?;
+    if caller.principal.workspaces.is_some() {
+        return Err(ApiError::forbidden(
+            "a token restricted to named workspaces cannot create workspaces",
+        ));
+    }
+    let name = WorkspaceName::new(body.name.clone()).map_err(|e| {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidName, e.to_string())
+    })?;
+    let ttl_secs = match &body.ttl {
+        Some(t) => Some(
+            warren_api::template::parse_duration(t)
+                .map_err(|e| ApiError::bad_request(format!("ttl `{t}`: {e}")))?
+                .as_secs() as i64,
+        ),
+        None => None,
+    };
+    if state
+        .store
+        .get_by_name(&caller.user.id, name.as_str())
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::NameTaken,
+            format!("you already have a workspace named `{name}`"),
+        )
+        .hint("pick another name, or delete the existing one"));
+    }
+    let dir = projects_dir(&state).join(uuid::Uuid::new_v4().simple().to_string());
+    let (version, template_id, params, ceilings) = match (&body.template, &body.file_id) {
+        (Some(t), None) => {
+            let (tpl, v) =
+                crate::routes::templates::resolve_version(&state, t, body.template_version).await?;
+            let specs: Vec<ParamSpec> = serde_json::from_str(&v.parameters_json)
+                .map_err(|e| ApiError::internal(format!("version {}: {e}", v.id)))?;
+            let params = warren_api::template::resolve(&specs, &body.parameters, None)?;
+            let ceilings: Ceilings = serde_json::from_str(&v.ceilings_json).unwrap_or_default();
+            {
+                let (st, v, p, d) = (state.clone(), v.clone(), params.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::routes::templates::materialize(&st, &v, &p, &d)
+                })
+                .await
+                .map_err(ApiError::internal)??;
+            }
+            (v, Some(tpl.id), params, ceilings)
+        }
+        (None, Some(file_id)) => {
+            if body.template_version.is_some() || !body.parameters.is_empty() {
+                return Err(ApiError::bad_request(
+                    "template_version and parameters need a template, not a file_id",
+                ));
+            }
+            let v = adhoc_version(&state, &caller, file_id, &dir).await?;
+            (v, None, BTreeMap::new(), Ceilings::default())
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of `template` and `file_id`",
+            )
+            .hint("`warren create NAME --template T` or `warren up DIR`"))
+        }
+    };
+    let cleanup = |e: ApiError| {
+        let _ = std::fs::remove_dir_all(&dir);
+        e
+    };
+    // Requested resources must fit the ceilings; unset ones default to the ceilings.
+    let requested = body.limits.unwrap_or_default();
+    ceilings.check(&requested).map_err(|e| {
+        cleanup(
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::LimitExceeded, e)
+                .hint("ask for less, or ask a template admin to raise the template's ceilings"),
+        )
+    })?;
+    let effective = Ceilings {
+        cpus: requested.cpus.or(ceilings.cpus),
+        memory_mb: requested.memory_mb.or(ceilings.memory_mb),
+        disk_mb: requested.disk_mb.or(ceilings.disk_mb),
+        pids: requested.pids.or(ceilings.pids),
+    };
+    let opts = UpOptions {
+        name: Some(name.to_string()),
+        limits: limits_of(&effective),
+        ownership: Ownership {
+            owner_id: caller.user.id.clone(),
+            org_id: state.org.id.clone(),
+            template_id: template_id.clone(),
+            template_version_id: Some(version.id.clone()),
+            parameters_json: serde_json::to_string(&params).unwrap_or_else(|_| "{}".into()),
+            ttl_secs,
+            deadline_at: None,
+        },
+        create_only: true,
+        ..Default::default()
+    };
+    let (rec, warnings) = state
+        .engine
+        .create_pending(&dir, &opts)
+        .await
+        .map_err(|e| cleanup(e.into()))?;
+    let limits = opts.limits.clone();
+    let id = rec.id.clone();
+    let job = jobs::spawn(&state, &rec.id, "create", Some(&caller.user.id), move |st, log| async move {
+        for w in &warnings {
+            warren_engine::Progress::warn(&*log, w);
+        }
+        st.engine.provision(&id, limits, &*log).await.map(|_| ())
+    })
+    .await?;
+    let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
+    note.details_json = Some(
+        serde_json::json!({
+            "template": body.template, "template_version_id": version.id,
+            "parameters": params, "job": job.id,
+        })
+        .to_string(),
+    );
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Extension(note),
+        Json(Accepted {
+            workspace: Workspace::from(rec),
+            job: job_view(&job),
+        }),
+    )
+        .into_response())
+}
+
+/// Records the ad-hoc template version of a folder uploaded by `warren up DIR` and unpacks it
+/// into `dir`.
+async fn adhoc_version(
+    state: &AppState,
+    caller: &Caller,
+    file_id: &str,
+    dir: &FsPath,
+) -> ApiResult<warren_store::VersionRecord> {
+    if !state.store.has_file(file_id).await? {
+        return Err(ApiError::not_found("file", file_id).hint("upload the folder first: POST /api/v1/files"));
+    }
+    let tar = crate::routes::files::file_path(state, file_id)?;
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::routes::files::extract(&tar, &d))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(dir);
+            ApiError::bad_request(format!("uploaded folder: {e}"))
+        })?;
+    let text = [".devcontainer/devcontainer.json", ".devcontainer.json"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(dir.join(p)).ok())
+        .ok_or_else(|| {
+            let _ = std::fs::remove_dir_all(dir);
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidConfig,
+                "the uploaded folder has no .devcontainer/devcontainer.json or .devcontainer.json",
+            )
+        })?;
+    Ok(state
+        .store
+        .add_adhoc_version(warren_store::NewVersion {
+            message: Some("ad-hoc version from an uploaded folder".into()),
+            devcontainer_json: text,
+            file_id: Some(file_id.to_string()),
+            parameters_json: "[]".into(),
+            ceilings_json: "{}".into(),
+            policy_json: "{}".into(),
+            created_by: caller.user.id.clone(),
+        })
+        .await?)
+}
+
+/// A workspace by name (yours), `name.username`, or id.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace name, name.username, or id")),
+    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
+async fn get_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Json<Workspace>> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
+    Ok(Json(Workspace::from(rec)))
+}
+
+async fn transition(
+    state: AppState,
+    caller: Caller,
+    ws: String,
+    kind: &'static str,
+) -> ApiResult<Response> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
+    let id = rec.id.clone();
+    let job = match kind {
+        "start" => {
+            let never_provisioned = rec.spec_json.is_empty();
+            jobs::spawn(&state, &rec.id, kind, Some(&caller.user.id), move |st, log| async move {
+                if never_provisioned {
+                    st.engine.provision(&id, Limits::default(), &*log).await.map(|_| ())
+                } else {
+                    st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
+                }
+            })
+            .await?
+        }
+        "stop" => {
+            jobs::spawn(&state, &rec.id, kind, Some(&caller.user.id), move |st, log| async move {
+                warren_engine::Progress::step(&*log, "Stopping workspace");
+                st.engine.stop(WsRef::Id(id)).await.map(|_| ())
+            })
+            .await?
+        }
+        "restart" => {
+            jobs::spawn(&state, &rec.id, kind, Some(&caller.user.id), move |st, log| async move {
+                st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ())
+            })
+            .await?
+        }
+        _ => {
+            let project = rec.project_dir.clone();
+            let projects = projects_dir(&state);
+            jobs::spawn(&state, &rec.id, "delete", Some(&caller.user.id), move |st, log| async move {
+                warren_engine::Progress::step(&*log, "Deleting workspace");
+                st.engine.delete(WsRef::Id(id), true).await?;
+                // The project folder of a server-made workspace goes with it.
+                if FsPath::new(&project).starts_with(&projects) {
+                    let _ = std::fs::remove_dir_all(&project);
+                }
+                Ok(())
+            })
+            .await?
+        }
+    };
+    let fresh = state.store.get(&rec.id).await?.unwrap_or(rec);
+    let note = AuditNote::target("workspace", &fresh.id, fresh.name.as_str());
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Extension(note),
+        Json(Accepted {
+            workspace: Workspace::from(fresh),
+            job: job_view(&job),
+        }),
+    )
+        .into_response())
+}
+
+/// Starts a workspace (a `start` job).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/start", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn start_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Response> {
+    transition(state, caller, ws, "start").await
+}
+
+/// Stops a workspace (a `stop` job); its files are kept.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/stop", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn stop_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Response> {
+    transition(state, caller, ws, "stop").await
+}
+
+/// Restarts a workspace (a `restart` job).
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/restart", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn restart_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Response> {
+    transition(state, caller, ws, "restart").await
+}
+
+/// Deletes a workspace and everything it has (a `delete` job; a running one is stopped first).
+#[utoipa::path(delete, path = "/api/v1/workspaces/{ws}", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 202, body = Accepted), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn delete_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Response> {
+    transition(state, caller, ws, "delete").await
+}
+
+/// Sets the workspace's deadline to now + `by`, within the template's maximum lifetime.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/extend", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")), request_body = Extend,
+    responses((status = 200, body = Workspace), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn extend_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    Json(body): Json<Extend>,
+) -> ApiResult<Response> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
+    let by = warren_api::template::parse_duration(&body.by)
+        .map_err(|e| ApiError::bad_request(format!("by `{}`: {e}", body.by)))?;
+    let deadline = time::OffsetDateTime::now_utc() + by;
+    if let Some(vid) = &rec.ownership.template_version_id {
+        if let Some(v) = state.store.version(vid).await? {
+            let policy: PolicyDefaults = serde_json::from_str(&v.policy_json).unwrap_or_default();
+            if let Ok(Some(max)) = policy.durations().map(|d| d.max_lifetime) {
+                let created = time::OffsetDateTime::parse(
+                    &rec.created_at,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(ApiError::internal)?;
+                if deadline > created + max {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the deadline would pass the template's maximum lifetime of {}",
+                            warren_api::template::format_duration(max)
+                        ),
+                    )
+                    .hint("extend by less"));
+                }
+            }
+        }
+    }
+    let at = warren_store::format_time(deadline);
+    state.store.set_deadline(&rec.id, Some(&at)).await?;
+    let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
+    note.diff_json = warren_store::field_diff(
+        &serde_json::json!({"deadline_at": rec.ownership.deadline_at}),
+        &serde_json::json!({"deadline_at": at}),
+    );
+    let fresh = state.store.get(&rec.id).await?.unwrap_or(rec);
+    Ok((axum::Extension(note), Json(Workspace::from(fresh))).into_response())
+}
+
+/// The workspace's jobs, newest first.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/jobs", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 200, body = [Job]), (status = 404, body = ErrorBody)))]
+async fn workspace_jobs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Json<Vec<Job>>> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
+    Ok(Json(
+        state.store.jobs_of(&rec.id).await?.iter().map(job_view).collect(),
+    ))
+}
+
+/// A job, checked against its workspace's visibility.
+async fn find_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    op: fn(Owner) -> Op,
+) -> ApiResult<(JobRecord, Option<WorkspaceRecord>)> {
+    let not_found = || ApiError::not_found("job", id);
+    let job = state.store.job(id).await?.ok_or_else(not_found)?;
+    let ws = state.store.get(&job.workspace_id).await?;
+    let owner_id = ws.as_ref().map(|w| w.ownership.owner_id.clone());
+    let initiator = job.initiator_id.clone();
+    // A deleted workspace's jobs stay readable by whoever could read it: its initiator, or roles
+    // that see every workspace.
+    let own = owner_id.as_deref().or(initiator.as_deref()) == Some(caller.user.id.as_str());
+    let owner = if own { Owner::Own } else { Owner::Other };
+    match caller.check(op(owner), Some(&job.workspace_id)) {
+        Decision::Allow => Ok((job, ws)),
+        Decision::Hidden => Err(not_found()),
+        Decision::Forbidden(f) => Err(forbidden(f)),
+    }
+}
+
+/// A job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", security(("token" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Job>> {
+    let (job, _) = find_job(&state, &caller, &id, Op::WorkspaceRead).await?;
+    Ok(Json(job_view(&job)))
+}
+
+/// Cancels a pending or running job: a create or start is stopped and marked failed, a stop or
+/// delete is finished.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", security(("token" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn cancel_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let (job, ws) = find_job(&state, &caller, &id, Op::WorkspaceWrite).await?;
+    let done = jobs::cancel(&state, &job, &caller.user.username).await?;
+    let mut note = AuditNote::target(
+        "job",
+        &job.id,
+        ws.as_ref().map(|w| w.name.as_str()).unwrap_or(""),
+    );
+    note.details_json = Some(serde_json::json!({"workspace_id": job.workspace_id, "kind": job.kind}).to_string());
+    Ok((axum::Extension(note), Json(job_view(&done))).into_response())
+}
+
+/// Query of log routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    /// Stream new lines as Server-Sent Events until the job ends (job logs) or the client leaves
+    /// (lifecycle logs).
+    follow: Option<bool>,
+}
+
+fn sse_line(line: &str) -> String {
+    // One SSE event per line; a line never contains '\n' here.
+    format!("data: {}\n\n", line.replace('\r', ""))
+}
+
+/// A job's log: text, or Server-Sent Events with `follow=true` ending with `event: end` whose data
+/// is the job's final status.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", tag = "jobs", security(("token" = [])),
+    params(("id" = String, Path, description = "job id"), LogQuery),
+    responses((status = 200, description = "text/plain, or text/event-stream with follow=true"), (status = 404, body = ErrorBody)))]
+async fn job_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(bad_query)?;
+    let (job, _) = find_job(&state, &caller, &id, Op::WorkspaceRead).await?;
+    let path = state.jobs.log_path(&job.id);
+    if !q.follow.unwrap_or(false) {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    // Subscribe before reading the file, then skip the lines the file already had.
+    let sub = state.jobs.follow(&job.id);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(256);
+    let st = state.clone();
+    tokio::spawn(async move {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let have = text.lines().count() as u64;
+        for l in text.lines() {
+            if tx.send(Ok(sse_line(l))).await.is_err() {
+                return;
+            }
+        }
+        if let Some(mut sub) = sub {
+            loop {
+                match sub.recv().await {
+                    Ok((seq, line)) if seq >= have => {
+                        if tx.send(Ok(sse_line(&line))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        // The job ended (or had ended): report its final status.
+        let mut status = "unknown".to_string();
+        for _ in 0..50 {
+            match st.store.job(&job.id).await {
+                Ok(Some(j)) if !j.is_active() => {
+                    status = j.status;
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        let _ = tx.send(Ok(format!("event: end\ndata: {status}\n\n"))).await;
+    });
+    Ok(sse_response(rx))
+}
+
+fn sse_response(
+    rx: tokio::sync::mpsc::Receiver<Result<String, std::convert::Infallible>>,
+) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response()
+}
+
+/// The workspace's lifecycle log (the output of its lifecycle commands): text, or Server-Sent
+/// Events with `follow=true` (until the client disconnects).
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/logs", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace"), LogQuery),
+    responses((status = 200, description = "text/plain, or text/event-stream with follow=true"), (status = 404, body = ErrorBody)))]
+async fn workspace_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q.map_err(bad_query)?;
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
+    let path = state.engine.log_file(&rec);
+    if !q.follow.unwrap_or(false) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+            .into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(256);
+    tokio::spawn(async move {
+        let mut offset = 0usize;
+        let mut partial = String::new();
+        loop {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            if bytes.len() < offset {
+                offset = 0; // recreated
+            }
+            if bytes.len() > offset {
+                partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
+                offset = bytes.len();
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    if tx.send(Ok(sse_line(line.trim_end_matches('\n')))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    Ok(sse_response(rx))
 }

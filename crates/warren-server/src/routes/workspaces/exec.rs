@@ -1,0 +1,424 @@
+//! Exec: run a command in a workspace as its remote user.
+//!
+//! - `POST /workspaces/{ws}/exec`: non-interactive; stdout, stderr and the exit code stream back
+//!   as newline-delimited JSON events ([`ExecEvent`]).
+//! - `GET /workspaces/{ws}/exec/ws`: a WebSocket for interactive use (stdin, signals, a PTY with
+//!   resize). The client's first message is the [`ExecRequest`] as text; then binary frames whose
+//!   first byte is the channel: client→server 0 stdin, 1 stdin EOF, 2 resize `{"rows","cols"}`,
+//!   3 signal (decimal number); server→client 1 stdout, 2 stderr, 3 exit `{"code"}`, 4 error.
+//!
+//! Every exec is counted and audited (`workspace.exec`, with the command).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use tokio::sync::mpsc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use warren_api::auth::Op;
+use warren_api::v1::{ExecEvent, ExecRequest};
+use warren_engine::WsRef;
+use warren_runtime::{ExecProcess, Stdio};
+use warren_store::{AuditOutcome, NewAuditRecord, WorkspaceRecord};
+
+use crate::app::{AppState, Json, RequestId};
+use crate::audit::AuditNote;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::routes::find_workspace;
+
+/// Output waited for after the process exits (a daemon it started may hold the pipes open).
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// The routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(exec_stream))
+        .routes(routes!(exec_ws))
+}
+
+/// A started process: its output, stdin, PTY, exit and a way to signal it.
+struct Started {
+    out: mpsc::Receiver<(u8, Vec<u8>)>,
+    stdin: Option<std::fs::File>,
+    pty: Option<OwnedFd>,
+    exit: tokio::task::JoinHandle<Result<i32, String>>,
+    signaller: warren_runtime::Signaller,
+}
+
+fn pump(fd: OwnedFd, chan: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) {
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send((chan, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
+    if req.command.is_empty() || req.command[0].is_empty() {
+        return Err(ApiError::bad_request("command: give the program and its arguments")
+            .hint(r#"e.g. {"command": ["sh", "-c", "echo hi"]}"#));
+    }
+    for k in req.env.keys() {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(ApiError::bad_request(format!(
+                "env: `{k}` is not a variable name"
+            )));
+        }
+    }
+    if let Some((r, c)) = req.tty {
+        if r == 0 || c == 0 {
+            return Err(ApiError::bad_request("tty: rows and columns must be positive"));
+        }
+    }
+    req.timeout
+        .as_deref()
+        .map(|t| {
+            warren_api::template::parse_duration(t)
+                .map_err(|e| ApiError::bad_request(format!("timeout `{t}`: {e}")))
+        })
+        .transpose()
+}
+
+async fn start(state: &AppState, rec: &WorkspaceRecord, req: &ExecRequest) -> ApiResult<Started> {
+    let process = ExecProcess {
+        argv: req.command.clone(),
+        env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd: req.cwd.clone(),
+        user: req.user.clone(),
+        tty: req.tty,
+    };
+    let (tx, out) = mpsc::channel(64);
+    let (session, stdin, pty) = if req.tty.is_some() {
+        let session = state
+            .engine
+            .exec(WsRef::Id(rec.id.clone()), process, None)
+            .await?;
+        let master = session
+            .pty
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("no PTY came back"))?;
+        let reader = master.try_clone().map_err(ApiError::internal)?;
+        let writer = master.try_clone().map_err(ApiError::internal)?;
+        let resize = master.try_clone().map_err(ApiError::internal)?;
+        pump(reader, 1, tx);
+        (session, Some(std::fs::File::from(writer)), Some(resize))
+    } else {
+        let (in_r, in_w) = std::io::pipe().map_err(ApiError::internal)?;
+        let (out_r, out_w) = std::io::pipe().map_err(ApiError::internal)?;
+        let (err_r, err_w) = std::io::pipe().map_err(ApiError::internal)?;
+        let stdio = Stdio {
+            stdin: in_r.into(),
+            stdout: out_w.into(),
+            stderr: err_w.into(),
+        };
+        let session = state
+            .engine
+            .exec(WsRef::Id(rec.id.clone()), process, Some(stdio))
+            .await?;
+        pump(out_r.into(), 1, tx.clone());
+        pump(err_r.into(), 2, tx);
+        let w: OwnedFd = in_w.into();
+        (session, Some(std::fs::File::from(w)), None)
+    };
+    state.metrics.execs.inc();
+    let signaller = session.signaller().map_err(ApiError::internal)?;
+    let exit = tokio::task::spawn_blocking(move || session.wait().map_err(|e| e.to_string()));
+    Ok(Started {
+        out,
+        stdin,
+        pty,
+        exit,
+        signaller,
+    })
+}
+
+fn output_event(chan: u8, bytes: Vec<u8>) -> ExecEvent {
+    let (text, base64) = match String::from_utf8(bytes) {
+        Ok(s) => (Some(s), None),
+        Err(e) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(e.into_bytes())),
+        ),
+    };
+    if chan == 2 {
+        ExecEvent::Stderr { text, base64 }
+    } else {
+        ExecEvent::Stdout { text, base64 }
+    }
+}
+
+fn line(ev: &ExecEvent) -> Result<String, std::convert::Infallible> {
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string(ev).unwrap_or_else(|_| "{}".into())
+    ))
+}
+
+/// Runs a command and streams its output and exit code as NDJSON events.
+#[utoipa::path(post, path = "/api/v1/workspaces/{ws}/exec", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")), request_body = ExecRequest,
+    responses((status = 200, description = "application/x-ndjson stream of ExecEvent", body = ExecEvent),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn exec_stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    Json(req): Json<ExecRequest>,
+) -> ApiResult<Response> {
+    let timeout = validate(&req)?;
+    if req.tty.is_some() {
+        return Err(ApiError::bad_request(
+            "tty: a terminal needs the WebSocket exec (GET /api/v1/workspaces/{ws}/exec/ws)",
+        ));
+    }
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
+    let mut started = start(&state, &rec, &req).await?;
+    // stdin: the given text, then EOF.
+    if let Some(mut w) = started.stdin.take() {
+        let text = req.stdin.clone().unwrap_or_default();
+        std::thread::spawn(move || {
+            let _ = w.write_all(text.as_bytes());
+        });
+    }
+    let (tx, rx) = mpsc::channel::<Result<String, std::convert::Infallible>>(64);
+    tokio::spawn(async move {
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        let code = loop {
+            tokio::select! {
+                Some((chan, bytes)) = started.out.recv() => {
+                    let _ = tx.send(line(&output_event(chan, bytes))).await;
+                }
+                r = &mut started.exit => break r,
+                () = &mut deadline, if !timed_out => {
+                    timed_out = true;
+                    let _ = started.signaller.signal(libc_sigkill());
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN, async {
+            while let Some((chan, bytes)) = started.out.recv().await {
+                let _ = tx.send(line(&output_event(chan, bytes))).await;
+            }
+        })
+        .await;
+        if timed_out {
+            let _ = tx
+                .send(line(&ExecEvent::Error {
+                    message: "the command timed out and was killed".into(),
+                }))
+                .await;
+        }
+        let ev = match code {
+            Ok(Ok(code)) => ExecEvent::Exit { code },
+            Ok(Err(e)) => ExecEvent::Error { message: e },
+            Err(e) => ExecEvent::Error {
+                message: e.to_string(),
+            },
+        };
+        let _ = tx.send(line(&ev)).await;
+    });
+    let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
+    note.details_json = Some(serde_json::json!({"command": req.command, "user": req.user}).to_string());
+    Ok((
+        axum::Extension(note),
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+fn libc_sigkill() -> i32 {
+    9
+}
+
+/// Interactive exec over a WebSocket (see the module documentation for the frames).
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/exec/ws", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 101, description = "WebSocket; first client message: ExecRequest as text"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn exec_ws(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    headers: HeaderMap,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
+    axum::Extension(request_id): axum::Extension<RequestId>,
+    upgrade: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        let audit = NewAuditRecord {
+            request_id: request_id.0,
+            actor_user_id: Some(caller.user.id.clone()),
+            actor_username: Some(caller.user.username.clone()),
+            actor_token_id: Some(caller.token.id.clone()),
+            source_ip: Some(remote.ip().to_string()),
+            user_agent,
+            action: "workspace.exec".into(),
+            target_type: "workspace".into(),
+            target_id: Some(rec.id.clone()),
+            target_name: Some(rec.name.to_string()),
+            outcome: AuditOutcome::Success,
+            status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+            diff_json: None,
+            details_json: None,
+        };
+        ws_session(state, rec, socket, audit).await;
+    }))
+}
+
+async fn ws_error(socket: &mut WebSocket, msg: &str) {
+    let mut f = vec![4u8];
+    f.extend_from_slice(msg.as_bytes());
+    let _ = socket.send(Message::Binary(f.into())).await;
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+async fn ws_session(state: AppState, rec: WorkspaceRecord, mut socket: WebSocket, mut audit: NewAuditRecord) {
+    let first = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await;
+    let req: ExecRequest = match first {
+        Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str(t.as_str()) {
+            Ok(r) => r,
+            Err(e) => return ws_error(&mut socket, &format!("invalid exec request: {e}")).await,
+        },
+        _ => return ws_error(&mut socket, "expected the exec request as the first (text) message").await,
+    };
+    audit.details_json =
+        Some(serde_json::json!({"command": req.command, "user": req.user, "tty": req.tty.is_some()}).to_string());
+    let timeout = match validate(&req) {
+        Ok(t) => t,
+        Err(e) => {
+            audit.outcome = AuditOutcome::Failure;
+            crate::audit::record(&state, audit).await;
+            return ws_error(&mut socket, &e.body.message).await;
+        }
+    };
+    let mut started = match start(&state, &rec, &req).await {
+        Ok(s) => s,
+        Err(e) => {
+            audit.outcome = AuditOutcome::Failure;
+            crate::audit::record(&state, audit).await;
+            return ws_error(&mut socket, &e.body.message).await;
+        }
+    };
+    crate::audit::record(&state, audit).await;
+    // stdin goes through a thread: writes to a pipe or PTY may block.
+    let (in_tx, mut in_rx) = mpsc::channel::<Option<Vec<u8>>>(64);
+    if let Some(mut w) = started.stdin.take() {
+        let is_pty = started.pty.is_some();
+        std::thread::spawn(move || {
+            while let Some(msg) = in_rx.blocking_recv() {
+                match msg {
+                    Some(b) => {
+                        if w.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                    None if is_pty => {
+                        // EOF on a terminal is ^D.
+                        let _ = w.write_all(&[4]);
+                    }
+                    None => break,
+                }
+            }
+        });
+    }
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let code = loop {
+        tokio::select! {
+            Some((chan, bytes)) = started.out.recv() => {
+                let mut f = Vec::with_capacity(bytes.len() + 1);
+                f.push(chan);
+                f.extend_from_slice(&bytes);
+                if socket.send(Message::Binary(f.into())).await.is_err() {
+                    // The client left: the process gets SIGHUP, as with a closed terminal.
+                    let _ = started.signaller.signal(1);
+                }
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
+                    0 => { let _ = in_tx.send(Some(b[1..].to_vec())).await; }
+                    1 => { let _ = in_tx.send(None).await; }
+                    2 => {
+                        if let (Some(pty), Ok(sz)) = (&started.pty, serde_json::from_slice::<serde_json::Value>(&b[1..])) {
+                            let rows = sz["rows"].as_u64().and_then(|v| u16::try_from(v).ok());
+                            let cols = sz["cols"].as_u64().and_then(|v| u16::try_from(v).ok());
+                            if let (Some(r), Some(c)) = (rows, cols) {
+                                let _ = warren_runtime::tty::set_window_size(pty.as_fd(), r, c);
+                            }
+                        }
+                    }
+                    3 => {
+                        if let Some(sig) = std::str::from_utf8(&b[1..]).ok().and_then(|s| s.trim().parse::<i32>().ok()).filter(|s| (1..=64).contains(s)) {
+                            let _ = started.signaller.signal(sig);
+                        }
+                    }
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    let _ = started.signaller.signal(1);
+                    break (&mut started.exit).await;
+                }
+                _ => {}
+            },
+            r = &mut started.exit => break r,
+            () = &mut deadline => {
+                let _ = started.signaller.signal(libc_sigkill());
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Some((chan, bytes)) = started.out.recv().await {
+            let mut f = vec![chan];
+            f.extend_from_slice(&bytes);
+            if socket.send(Message::Binary(f.into())).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    match code {
+        Ok(Ok(code)) => {
+            let mut f = vec![3u8];
+            f.extend_from_slice(serde_json::json!({ "code": code }).to_string().as_bytes());
+            let _ = socket.send(Message::Binary(f.into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+        }
+        Ok(Err(e)) => ws_error(&mut socket, &e).await,
+        Err(e) => ws_error(&mut socket, &e.to_string()).await,
+    }
+}

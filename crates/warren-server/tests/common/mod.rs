@@ -1,0 +1,268 @@
+//! Test harness: a real server (real store, real engine) on an ephemeral loopback port with a
+//! private state directory, and an HTTP client.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use warren_server::config::{ConfigLayer, ServerConfig};
+
+/// A running server.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The first user's (owner) token.
+    pub admin: String,
+    /// Private state directory.
+    pub dir: tempfile::TempDir,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The `warren` binary, re-executed as each workspace's supervisor.
+pub fn warren_exe() -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/warren
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("warren")
+}
+
+impl TestServer {
+    /// Starts a server with default settings.
+    pub async fn start() -> TestServer {
+        Self::start_with(ConfigLayer::default()).await
+    }
+
+    /// Starts a server with `layer` over the test defaults.
+    pub async fn start_with(layer: ConfigLayer) -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("warren-srv-")
+            .tempdir_in(std::env::var("WARREN_TEST_TMP").unwrap_or_else(|_| "/tmp".into()))
+            .unwrap();
+        Self::start_in(dir, layer, None).await
+    }
+
+    /// Stops the server gracefully and starts a new one on the same state directory (the same
+    /// admin token keeps working).
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let admin = self.admin.clone();
+        // Keep the directory: move it out of `self` without running Drop's cleanup.
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::mem::forget(self);
+        Self::start_in(dir, ConfigLayer::default(), Some(admin)).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        layer: ConfigLayer,
+        admin: Option<String>,
+    ) -> TestServer {
+        let base = ConfigLayer {
+            listen: Some("127.0.0.1:0".into()),
+            state_dir: Some(dir.path().join("state")),
+            ..Default::default()
+        };
+        let cfg = ServerConfig::resolve(layer.over(base)).unwrap();
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = warren_server::serve::open(cfg, warren_exe()).await.unwrap();
+        let admin = match admin {
+            Some(a) => a,
+            None => warren_server::serve::init_admin(&state, "admin")
+                .await
+                .unwrap()
+                .unwrap(),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            warren_server::serve::serve(state, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        TestServer {
+            url: format!("http://{addr}"),
+            admin,
+            dir,
+            http: reqwest::Client::new(),
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts the server down gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Sends a request; returns status and JSON body (Null when empty or not JSON).
+    pub async fn call(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut rb = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// GET as `token`.
+    pub async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.call(Some(token), Method::GET, path, None).await
+    }
+
+    /// POST JSON as `token`.
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Some(token), Method::POST, path, Some(body)).await
+    }
+
+    /// Creates a user with `role` and returns a token for them with `scopes` (None: all the
+    /// role's scopes), made by the admin.
+    pub async fn user_token(&self, username: &str, role: &str, scopes: Option<&[&str]>) -> String {
+        let (s, _) = self
+            .post(
+                &self.admin,
+                "/api/v1/users",
+                serde_json::json!({"username": username, "role": role}),
+            )
+            .await;
+        assert!(
+            s == StatusCode::CREATED || s == StatusCode::CONFLICT,
+            "create user: {s}"
+        );
+        self.token_for(username, scopes).await
+    }
+
+    /// A new token for an existing user, made by the admin.
+    pub async fn token_for(&self, username: &str, scopes: Option<&[&str]>) -> String {
+        let mut body = serde_json::json!({"user": username, "name": "test"});
+        if let Some(s) = scopes {
+            body["scopes"] = serde_json::json!(s);
+        }
+        let (s, v) = self.post(&self.admin, "/api/v1/tokens", body).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+}
+
+/// Writes a busybox root filesystem (static busybox, root and a `dev` user).
+pub fn busybox_rootfs(dir: &std::path::Path) {
+    use std::os::unix::fs::symlink;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            let _ = symlink("busybox", bin.join(applet));
+        }
+    }
+    for d in ["etc", "root", "home/dev", "proc", "sys", "dev", "tmp"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ndev:x:1000:1000:dev:/home/dev:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\ndev:x:1000:\n").unwrap();
+}
+
+impl TestServer {
+    /// The server's state directory.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Imports a busybox image named `busybox` into the server's image store.
+    pub fn import_busybox(&self) {
+        let rootfs = self.dir.path().join("rootfs");
+        busybox_rootfs(&rootfs);
+        let o = std::process::Command::new(warren_exe())
+            .args(["image", "import"])
+            .arg(&rootfs)
+            .arg("busybox")
+            .env("WARREN_STATE_DIR", self.state())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Waits for a job to finish; returns it.
+    pub async fn wait_job(&self, token: &str, id: &str) -> Value {
+        for _ in 0..600 {
+            let (_, j) = self.get(token, &format!("/api/v1/jobs/{id}")).await;
+            if !matches!(j["status"].as_str(), Some("pending") | Some("running")) {
+                return j;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("job {id} did not finish");
+    }
+
+    /// Supervisor processes of this server's workspaces.
+    pub fn supervisors(&self) -> Vec<i32> {
+        let needle = self.state().display().to_string();
+        let mut out = vec![];
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("__supervise") && cmd.contains(&needle) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        // Leave nothing running behind a test, whatever happened.
+        for pid in self.supervisors() {
+            // std cannot signal an arbitrary pid; the `kill` command can.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
