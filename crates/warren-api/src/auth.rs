@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// Everything, including granting and removing the owner and admin roles.
+    /// Everything, including granting and removing the owner role.
     Owner,
-    /// Everything except changing owners.
+    /// Everything except granting, changing or removing the owner role.
     Admin,
     /// Manages templates; has workspaces of their own.
     TemplateAdmin,

@@ -185,43 +185,118 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rej) => {
-                use axum::extract::rejection::JsonRejection::*;
-                Err(match rej {
-                    JsonDataError(e) => ApiError::bad_request(format!(
-                        "invalid request body: {}",
-                        std::error::Error::source(&e)
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| e.body_text())
-                    ))
-                    .hint("see /api/v1/openapi.json for the expected fields"),
-                    JsonSyntaxError(e) => ApiError::bad_request(format!(
-                        "request body is not valid JSON: {}",
-                        std::error::Error::source(&e)
-                            .map(|s| s.to_string())
-                            .unwrap_or_else(|| e.body_text())
-                    )),
-                    MissingJsonContentType(_) => ApiError::bad_request(
-                        "expected a JSON body with `Content-Type: application/json`",
-                    ),
-                    BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                        ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            ErrorCode::PayloadTooLarge,
-                            "request body too large",
-                        )
-                    }
-                    other => ApiError::bad_request(other.body_text()),
-                })
-            }
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::bad_request(
+                "expected a JSON body with `Content-Type: application/json`",
+            ));
         }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    ErrorCode::PayloadTooLarge,
+                    "request body too large",
+                ))
+            }
+            Err(e) => return Err(ApiError::bad_request(e.body_text())),
+        };
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::bad_request("the request body must be a JSON object")
+                .hint("see /api/v1/openapi.json for the expected fields"));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize::<_, T>(de)
+            .map(Json)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = plain_serde_message(e.inner());
+                let msg = if path.is_empty() || path == "." {
+                    msg
+                } else {
+                    format!("{path}: {msg}")
+                };
+                ApiError::bad_request(format!("invalid request body: {msg}"))
+                    .hint("see /api/v1/openapi.json for the expected fields")
+            })
     }
+}
+
+/// serde's message with Rust type names replaced by JSON terms.
+fn plain_serde_message(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg.as_str();
+    while let Some(i) = rest.find("expected ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "expected ".len()..];
+        let end = after.find([',', ' ']).unwrap_or(after.len());
+        let word = &after[..end];
+        let tail = &after[end..];
+        let (replacement, tail) = match word {
+            "struct" | "enum" => {
+                // "expected struct Name" -> "expected an object" (enums: "a valid value").
+                let t = tail.trim_start();
+                let skip = t.find([',', ' ']).unwrap_or(t.len());
+                let what = if word == "struct" { "an object" } else { "one of the documented values" };
+                (what.to_string(), &t[skip..])
+            }
+            "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+                ("an integer".to_string(), tail)
+            }
+            "f32" | "f64" => ("a number".to_string(), tail),
+            _ => (word.to_string(), tail),
+        };
+        out.push_str("expected ");
+        out.push_str(&replacement);
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
 }
 
 impl<T: serde::Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        a: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        n: i64,
+        inner: Option<Inner>,
+        x: Option<f64>,
+    }
+
+    #[test]
+    fn serde_messages_speak_json() {
+        let e = serde_json::from_str::<Body>(r#"{"n": "x"}"#).unwrap_err();
+        assert!(plain_serde_message(&e).contains("expected an integer"), "{e}");
+        let e = serde_json::from_str::<Body>(r#"{"n": 1, "inner": 5}"#).unwrap_err();
+        let m = plain_serde_message(&e);
+        assert!(m.contains("expected an object") && !m.contains("Inner"), "{m}");
+        let e = serde_json::from_str::<Body>(r#"{"n": 1, "x": "y"}"#).unwrap_err();
+        assert!(plain_serde_message(&e).contains("expected a number"), "{e}");
     }
 }

@@ -96,7 +96,7 @@ async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<
     ))
 }
 
-/// Creates a user (admins; owners to create owners and admins).
+/// Creates a user (admins; only owners may create owners).
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("token" = [])), request_body = CreateUser,
     responses((status = 201, body = User), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn create_user(
