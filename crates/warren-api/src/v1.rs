@@ -201,6 +201,22 @@ pub struct CreateWorkspace {
     pub limits: Option<Ceilings>,
 }
 
+/// `PATCH /workspaces/{ws}`: new parameter values and/or another version of the workspace's
+/// template. Immutable parameters cannot change and monotonic ones only move their way. The
+/// workspace is rebuilt in an `update` job: stopped, its configuration rendered again, started;
+/// its files, volumes and once-only lifecycle state are kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWorkspace {
+    /// Parameter values to change (the others keep their values).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: BTreeMap<String, serde_json::Value>,
+    /// Move to this version of the template (default: stay on the current one).
+    #[serde(default)]
+    pub template_version: Option<i64>,
+}
+
 /// A page of workspaces.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WorkspaceList {

@@ -98,9 +98,7 @@ impl EngineError {
             EngineError::ProjectDir { .. }
             | EngineError::Config(_)
             | EngineError::NoImage(_)
-            | EngineError::Policy(_) => {
-                ErrorCode::InvalidConfig
-            }
+            | EngineError::Policy(_) => ErrorCode::InvalidConfig,
             EngineError::Image(warren_image::ImageError::NotFound { .. }) => {
                 ErrorCode::ImageNotFound
             }

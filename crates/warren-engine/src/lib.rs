@@ -495,7 +495,12 @@ impl Engine {
             for w in &loaded.warnings {
                 progress.warn(&w.to_string());
             }
-            let image = self.ensure_image(&rec.image, progress).await?;
+            let image_name = loaded
+                .config
+                .image
+                .clone()
+                .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
+            let image = self.ensure_image(&image_name, progress).await?;
             progress.step(&format!(
                 "Creating workspace {} from image {}",
                 rec.name, image.name
@@ -517,6 +522,24 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Stops a workspace and forgets its resolved spec, so that [`Engine::provision`] builds it
+    /// again from its (changed) configuration; files, volumes and once-only lifecycle state are
+    /// kept. Holds the operation lock.
+    /// Returns the workspace's resource limits, for the next provision.
+    pub async fn unprovision(&self, id: &str) -> Result<Limits, EngineError> {
+        let rec = self.stop(WsRef::Id(id.to_string())).await?;
+        let (_lock, rec) = self.lock(&rec).await?;
+        let limits = if rec.spec_json.is_empty() {
+            Limits::default()
+        } else {
+            rec.spec()?.limits
+        };
+        self.store
+            .set_spec(&rec.id, rec.generation, &rec.image, "")
+            .await?;
+        Ok(limits)
     }
 
     async fn start_locked(
@@ -797,7 +820,10 @@ impl Engine {
 /// untrusted: their configuration must not reach the host, so `${localEnv:...}` sees an empty
 /// environment (not the server's) and bind mounts of host paths are refused. Host-local workspaces
 /// of the embedded CLI are their root user's own business.
-fn load_config(dir: &Path, ownership: &Ownership) -> Result<warren_devcontainer::Loaded, EngineError> {
+fn load_config(
+    dir: &Path,
+    ownership: &Ownership,
+) -> Result<warren_devcontainer::Loaded, EngineError> {
     if ownership.owner_id.is_empty() {
         return Ok(warren_devcontainer::load(dir)?);
     }
@@ -805,11 +831,20 @@ fn load_config(dir: &Path, ownership: &Ownership) -> Result<warren_devcontainer:
         path: dir.to_path_buf(),
         error: e.to_string(),
     })?;
-    let config_path = warren_devcontainer::find_config(&dir)?;
-    let text = std::fs::read_to_string(&config_path).map_err(|e| EngineError::ProjectDir {
-        path: config_path.clone(),
-        error: e.to_string(),
-    })?;
+    // The server keeps the rendered configuration beside the project folder, where the workspace
+    // cannot reach it: once the workspace has run, files in its folder are its own (a symlink
+    // there must never make the host read something else).
+    let (config_path, text) = match std::fs::read_to_string(server_config_path(&dir)) {
+        Ok(text) => (dir.join(".devcontainer/devcontainer.json"), text),
+        Err(_) => {
+            let p = warren_devcontainer::find_config(&dir)?;
+            let text = std::fs::read_to_string(&p).map_err(|e| EngineError::ProjectDir {
+                path: p.clone(),
+                error: e.to_string(),
+            })?;
+            (p, text)
+        }
+    };
     let loaded = warren_devcontainer::load_str(&text, &config_path, &dir, &|_| None)?;
     let project = dir.display().to_string();
     let host_binds = loaded
@@ -829,6 +864,14 @@ fn load_config(dir: &Path, ownership: &Ownership) -> Result<warren_devcontainer:
         )));
     }
     Ok(loaded)
+}
+
+/// Where the server keeps the rendered devcontainer.json of a workspace whose project folder is
+/// `project_dir`: beside it, outside anything the workspace can write.
+pub fn server_config_path(project_dir: &Path) -> PathBuf {
+    let mut name = project_dir.as_os_str().to_owned();
+    name.push(".devcontainer.json");
+    PathBuf::from(name)
 }
 
 /// `debian:<suite>` names Warren can build itself.

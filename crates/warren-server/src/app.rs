@@ -212,8 +212,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             Err(e) => return Err(ApiError::bad_request(e.body_text())),
         };
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::bad_request("the request body must be a JSON object")
-                .hint("see /api/v1/openapi.json for the expected fields"));
+            return Err(
+                ApiError::bad_request("the request body must be a JSON object")
+                    .hint("see /api/v1/openapi.json for the expected fields"),
+            );
         }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize::<_, T>(de)
@@ -248,7 +250,11 @@ fn plain_serde_message(e: &serde_json::Error) -> String {
                 // "expected struct Name" -> "expected an object" (enums: "a valid value").
                 let t = tail.trim_start();
                 let skip = t.find([',', ' ']).unwrap_or(t.len());
-                let what = if word == "struct" { "an object" } else { "one of the documented values" };
+                let what = if word == "struct" {
+                    "an object"
+                } else {
+                    "one of the documented values"
+                };
                 (what.to_string(), &t[skip..])
             }
             "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
@@ -292,10 +298,16 @@ mod tests {
     #[test]
     fn serde_messages_speak_json() {
         let e = serde_json::from_str::<Body>(r#"{"n": "x"}"#).unwrap_err();
-        assert!(plain_serde_message(&e).contains("expected an integer"), "{e}");
+        assert!(
+            plain_serde_message(&e).contains("expected an integer"),
+            "{e}"
+        );
         let e = serde_json::from_str::<Body>(r#"{"n": 1, "inner": 5}"#).unwrap_err();
         let m = plain_serde_message(&e);
-        assert!(m.contains("expected an object") && !m.contains("Inner"), "{m}");
+        assert!(
+            m.contains("expected an object") && !m.contains("Inner"),
+            "{m}"
+        );
         let e = serde_json::from_str::<Body>(r#"{"n": 1, "x": "y"}"#).unwrap_err();
         assert!(plain_serde_message(&e).contains("expected a number"), "{e}");
     }

@@ -83,7 +83,9 @@ pub fn action_for(method: &Method, route: &str) -> String {
     let verb = match *method {
         Method::DELETE => "delete".to_string(),
         Method::PATCH | Method::PUT => "update".to_string(),
-        Method::POST if !last_is_param && names.len() >= 2 && is_verb(names[names.len() - 1].as_str()) => {
+        Method::POST
+            if !last_is_param && names.len() >= 2 && is_verb(names[names.len() - 1].as_str()) =>
+        {
             // POST /workspaces/{ws}/stop: the last name is the verb.
             let v = names.pop().unwrap_or_default();
             if v == "active" {
@@ -110,8 +112,18 @@ pub fn action_for(method: &Method, route: &str) -> String {
 fn is_verb(s: &str) -> bool {
     matches!(
         s,
-        "start" | "stop" | "restart" | "cancel" | "extend" | "archive" | "unarchive" | "exec"
-            | "approve" | "token" | "active" | "verify"
+        "start"
+            | "stop"
+            | "restart"
+            | "cancel"
+            | "extend"
+            | "archive"
+            | "unarchive"
+            | "exec"
+            | "approve"
+            | "token"
+            | "active"
+            | "verify"
     )
 }
 
@@ -237,9 +249,17 @@ mod tests {
                 "team.member.update",
             ),
             (Method::POST, "/api/v1/jobs/{id}/cancel", "job.cancel"),
-            (Method::POST, "/api/v1/templates/{t}/active", "template.activate"),
+            (
+                Method::POST,
+                "/api/v1/templates/{t}/active",
+                "template.activate",
+            ),
             (Method::POST, "/api/v1/auth/device", "auth.device.create"),
-            (Method::POST, "/api/v1/auth/device/approve", "auth.device.approve"),
+            (
+                Method::POST,
+                "/api/v1/auth/device/approve",
+                "auth.device.approve",
+            ),
             (Method::POST, "/api/v1/tokens", "token.create"),
             (Method::DELETE, "/api/v1/tokens/{id}", "token.delete"),
         ];

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::error::{tracing_log, ApiError};
 
 /// Kinds of jobs.
-pub const KINDS: [&str; 5] = ["create", "start", "stop", "restart", "delete"];
+pub const KINDS: [&str; 6] = ["create", "start", "stop", "restart", "delete", "update"];
 
 struct Running {
     abort: tokio::task::AbortHandle,

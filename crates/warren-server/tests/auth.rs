@@ -34,16 +34,28 @@ async fn revocation_is_immediate_and_expiry_is_enforced() {
     assert_eq!(st, StatusCode::OK);
     let id = me["token"]["id"].as_str().unwrap().to_string();
     let (st, _) = s
-        .call(Some(&t), Method::DELETE, &format!("/api/v1/tokens/{id}"), None)
+        .call(
+            Some(&t),
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (st, body) = s.get(&t, "/api/v1/me").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    assert!(body["message"].as_str().unwrap().contains("revoked"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
 
     // A one-second token works, then stops working.
     let (st, v) = s
-        .post(&s.admin, "/api/v1/tokens", json!({"lifetime": "1s", "name": "short"}))
+        .post(
+            &s.admin,
+            "/api/v1/tokens",
+            json!({"lifetime": "1s", "name": "short"}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let short = v["token"].as_str().unwrap().to_string();
@@ -51,21 +63,34 @@ async fn revocation_is_immediate_and_expiry_is_enforced() {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (st, body) = s.get(&short, "/api/v1/me").await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
-    assert!(body["message"].as_str().unwrap().contains("expired"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_cannot_widen_their_creator_and_suspension_locks_out() {
     let s = TestServer::start().await;
-    let narrow = s.user_token("bob", "admin", Some(&["workspace:read"])).await;
+    let narrow = s
+        .user_token("bob", "admin", Some(&["workspace:read"]))
+        .await;
     let (st, body) = s
-        .post(&narrow, "/api/v1/tokens", json!({"scopes": ["workspace:read", "admin"]}))
+        .post(
+            &narrow,
+            "/api/v1/tokens",
+            json!({"scopes": ["workspace:read", "admin"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["code"], "permission_denied");
     let (st, _) = s
-        .post(&narrow, "/api/v1/tokens", json!({"scopes": ["workspace:read"]}))
+        .post(
+            &narrow,
+            "/api/v1/tokens",
+            json!({"scopes": ["workspace:read"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED);
     let (st, body) = s
@@ -74,13 +99,26 @@ async fn tokens_cannot_widen_their_creator_and_suspension_locks_out() {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
 
     let (st, _) = s
-        .call(Some(&s.admin), Method::PATCH, "/api/v1/users/bob", Some(json!({"suspended": true})))
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(json!({"suspended": true})),
+        )
         .await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!(s.get(&narrow, "/api/v1/me").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        s.get(&narrow, "/api/v1/me").await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // The last owner cannot be demoted.
     let (st, body) = s
-        .call(Some(&s.admin), Method::PATCH, "/api/v1/users/admin", Some(json!({"role": "member"})))
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/admin",
+            Some(json!({"role": "member"})),
+        )
         .await;
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
     s.stop().await;
@@ -95,15 +133,32 @@ async fn device_login_needs_approval_and_works_once() {
     assert_eq!(st, StatusCode::OK);
     let poll = json!({"device_code": d["device_code"]});
     let (st, body) = s
-        .call(None, Method::POST, "/api/v1/auth/device/token", Some(poll.clone()))
+        .call(
+            None,
+            Method::POST,
+            "/api/v1/auth/device/token",
+            Some(poll.clone()),
+        )
         .await;
-    assert_eq!((st, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("authorization_pending")));
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("authorization_pending"))
+    );
     let (st, _) = s
-        .post(&s.admin, "/api/v1/auth/device/approve", json!({"user_code": d["user_code"]}))
+        .post(
+            &s.admin,
+            "/api/v1/auth/device/approve",
+            json!({"user_code": d["user_code"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (st, body) = s
-        .call(None, Method::POST, "/api/v1/auth/device/token", Some(poll.clone()))
+        .call(
+            None,
+            Method::POST,
+            "/api/v1/auth/device/token",
+            Some(poll.clone()),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let t = body["token"].as_str().unwrap();
@@ -112,6 +167,9 @@ async fn device_login_needs_approval_and_works_once() {
     let (st, body) = s
         .call(None, Method::POST, "/api/v1/auth/device/token", Some(poll))
         .await;
-    assert_eq!((st, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("expired_token")));
+    assert_eq!(
+        (st, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("expired_token"))
+    );
     s.stop().await;
 }

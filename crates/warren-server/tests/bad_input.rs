@@ -919,9 +919,18 @@ fn an_unusable_database_at_startup_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_must_be_json_objects() {
     let s = common::TestServer::start().await;
-    for body in [serde_json::json!([]), serde_json::json!("x"), serde_json::json!(null)] {
+    for body in [
+        serde_json::json!([]),
+        serde_json::json!("x"),
+        serde_json::json!(null),
+    ] {
         let (st, v) = s
-            .call(Some(&s.admin), reqwest::Method::PATCH, "/api/v1/users/admin", Some(body.clone()))
+            .call(
+                Some(&s.admin),
+                reqwest::Method::PATCH,
+                "/api/v1/users/admin",
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(st, reqwest::StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["code"], "invalid_request");

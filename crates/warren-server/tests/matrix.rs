@@ -200,6 +200,7 @@ fn cases() -> Vec<Case> {
         c("POST", "/api/v1/workspaces", "", Rule::Op(WorkspaceWrite(Owner::Own))),
         c("GET", "/api/v1/workspaces/{ws}", "", Rule::Ws(WorkspaceRead)),
         c("DELETE", "/api/v1/workspaces/{ws}", "", Rule::Ws(WorkspaceWrite)),
+        c("PATCH", "/api/v1/workspaces/{ws}", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/exec", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/exec/ws", "", Rule::Ws(WorkspaceExec)),
         c("POST", "/api/v1/workspaces/{ws}/extend", "", Rule::Ws(WorkspaceWrite)),
@@ -672,6 +673,7 @@ impl<'a> Fx<'a> {
                 let body = match p {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
                     "/api/v1/workspaces/{ws}/extend" => j(json!({"by": "1h"})),
+                    "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     _ => Body::None,
                 };
                 let mut req = Req::new(m, p.replace("{ws}", &ws), body);

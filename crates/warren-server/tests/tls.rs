@@ -19,15 +19,61 @@ async fn serves_https_with_the_given_certificate() {
             .current_dir(certs.path())
             .output()
             .unwrap();
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
-    openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-days", "2", "-subj", "/CN=warren test CA", "-keyout", "ca-key.pem", "-out", "ca.pem"]);
-    openssl(&["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "req.pem"]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=warren test CA",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.pem",
+    ]);
     std::fs::write(p("ext.cnf"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    openssl(&["x509", "-req", "-in", "req.pem", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
-        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "cert.pem"]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.pem",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
     let s = common::TestServer::start_with(ConfigLayer {
         tls_cert: Some(cert),
         tls_key: Some(key),
@@ -70,7 +116,11 @@ async fn bad_tls_files_are_a_clear_error() {
     })
     .unwrap();
     let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-    let state = warren_server::serve::open(cfg, common::warren_exe()).await.unwrap();
-    let err = warren_server::serve::serve(state, listener, async {}).await.unwrap_err();
+    let state = warren_server::serve::open(cfg, common::warren_exe())
+        .await
+        .unwrap();
+    let err = warren_server::serve::serve(state, listener, async {})
+        .await
+        .unwrap_err();
     assert!(err.contains("TLS"), "{err}");
 }

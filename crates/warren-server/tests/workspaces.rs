@@ -104,11 +104,17 @@ async fn create_exec_stop_start_delete_through_the_api() {
             json!({"name": "w1", "template": "tiny", "limits": {"memory_mb": 4096}}),
         )
         .await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("limit_exceeded")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("limit_exceeded")),
+        "{v}"
+    );
 
     let acc = create(&s, &s.admin, "w1", "tiny", json!({"greeting": "howdy"})).await;
     assert_eq!(acc["job"]["kind"], "create");
-    let job = s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap()).await;
+    let job = s
+        .wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let (_, ws) = s.get(&s.admin, "/api/v1/workspaces/w1").await;
     assert_eq!(ws["state"], "running", "{ws}");
@@ -116,7 +122,11 @@ async fn create_exec_stop_start_delete_through_the_api() {
     // The job log and the lifecycle log.
     let log = s
         .http
-        .get(format!("{}/api/v1/jobs/{}/logs", s.url, job["id"].as_str().unwrap()))
+        .get(format!(
+            "{}/api/v1/jobs/{}/logs",
+            s.url,
+            job["id"].as_str().unwrap()
+        ))
         .bearer_auth(&s.admin)
         .send()
         .await
@@ -150,7 +160,13 @@ async fn create_exec_stop_start_delete_through_the_api() {
     assert_eq!(stream_text(&ev, "stderr"), "err\n");
     assert_eq!(ev.last().unwrap(), &json!({"type": "exit", "code": 3}));
     // A timeout kills the command.
-    let (_, ev) = exec(&s, &s.admin, "w1", json!({"command": ["sleep", "30"], "timeout": "1s"})).await;
+    let (_, ev) = exec(
+        &s,
+        &s.admin,
+        "w1",
+        json!({"command": ["sleep", "30"], "timeout": "1s"}),
+    )
+    .await;
     assert!(ev.iter().any(|e| e["type"] == "error"), "{ev:?}");
     assert_eq!(ev.last().unwrap()["code"], 137, "{ev:?}");
     // Bad exec input.
@@ -158,37 +174,87 @@ async fn create_exec_stop_start_delete_through_the_api() {
     assert_eq!(st, StatusCode::BAD_REQUEST);
 
     // Stop, start (postCreate does not run again), restart.
-    for (what, state) in [("stop", "stopped"), ("start", "running"), ("restart", "running")] {
-        let (st, acc) = s.post(&s.admin, &format!("/api/v1/workspaces/w1/{what}"), json!({})).await;
+    for (what, state) in [
+        ("stop", "stopped"),
+        ("start", "running"),
+        ("restart", "running"),
+    ] {
+        let (st, acc) = s
+            .post(
+                &s.admin,
+                &format!("/api/v1/workspaces/w1/{what}"),
+                json!({}),
+            )
+            .await;
         assert_eq!(st, StatusCode::ACCEPTED, "{what}: {acc}");
-        let job = s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap()).await;
+        let job = s
+            .wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+            .await;
         assert_eq!(job["status"], "succeeded", "{what}: {job}");
         let (_, ws) = s.get(&s.admin, "/api/v1/workspaces/w1").await;
         assert_eq!(ws["state"], state, "{what}");
     }
-    let (_, ev) = exec(&s, &s.admin, "w1", json!({"command": ["cat", "/root/marks"]})).await;
-    assert_eq!(stream_text(&ev, "stdout"), "created\n", "postCreate ran once");
+    let (_, ev) = exec(
+        &s,
+        &s.admin,
+        "w1",
+        json!({"command": ["cat", "/root/marks"]}),
+    )
+    .await;
+    assert_eq!(
+        stream_text(&ev, "stdout"),
+        "created\n",
+        "postCreate ran once"
+    );
     let (_, jobs) = s.get(&s.admin, "/api/v1/workspaces/w1/jobs").await;
-    let kinds: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["restart", "start", "stop", "create"]);
 
     // Metrics saw the transitions and the workspace.
-    let m = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains(r#"warren_transition_duration_seconds_count{kind="create"} 1"#), "{m}");
+    let m = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"warren_transition_duration_seconds_count{kind="create"} 1"#),
+        "{m}"
+    );
     assert!(m.contains(r#"warren_workspaces{state="running"} 1"#), "{m}");
     assert!(m.contains("warren_execs_total 3"), "{m}");
 
     // Delete: the record goes, and so does everything on the host.
     let (st, acc) = s
-        .call(Some(&s.admin), Method::DELETE, "/api/v1/workspaces/w1", None)
+        .call(
+            Some(&s.admin),
+            Method::DELETE,
+            "/api/v1/workspaces/w1",
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED);
-    let job = s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap()).await;
+    let job = s
+        .wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(s.get(&s.admin, "/api/v1/workspaces/w1").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.get(&s.admin, "/api/v1/workspaces/w1").await.0,
+        StatusCode::NOT_FOUND
+    );
     assert!(s.supervisors().is_empty());
     assert_eq!(
-        std::fs::read_dir(s.state().join("projects")).unwrap().count(),
+        std::fs::read_dir(s.state().join("projects"))
+            .unwrap()
+            .count(),
         0,
         "project folder removed"
     );
@@ -204,11 +270,15 @@ async fn conflicting_transitions_get_409_and_a_stuck_one_can_be_canceled() {
     let job_id = acc["job"]["id"].as_str().unwrap().to_string();
     // While the create job runs (postStart sleeps), other transitions are refused.
     for what in ["stop", "start", "restart"] {
-        let (st, v) = s.post(&s.admin, &format!("/api/v1/workspaces/w/{what}"), json!({})).await;
+        let (st, v) = s
+            .post(&s.admin, &format!("/api/v1/workspaces/w/{what}"), json!({}))
+            .await;
         assert_eq!(st, StatusCode::CONFLICT, "{what}: {v}");
         assert_eq!(v["code"], "transition_in_progress");
     }
-    let (st, _) = s.call(Some(&s.admin), Method::DELETE, "/api/v1/workspaces/w", None).await;
+    let (st, _) = s
+        .call(Some(&s.admin), Method::DELETE, "/api/v1/workspaces/w", None)
+        .await;
     assert_eq!(st, StatusCode::CONFLICT);
     let job = s.wait_job(&s.admin, &job_id).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -226,14 +296,29 @@ async fn conflicting_transitions_get_409_and_a_stuck_one_can_be_canceled() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (st, j) = s.post(&s.admin, &format!("/api/v1/jobs/{job_id}/cancel"), json!({})).await;
+    let (st, j) = s
+        .post(
+            &s.admin,
+            &format!("/api/v1/jobs/{job_id}/cancel"),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{j}");
     assert_eq!(j["status"], "canceled");
     let (_, ws) = s.get(&s.admin, "/api/v1/workspaces/stuck").await;
     assert_eq!(ws["state"], "failed", "{ws}");
-    assert!(ws["last_error"].as_str().unwrap().contains("canceled"), "{ws}");
+    assert!(
+        ws["last_error"].as_str().unwrap().contains("canceled"),
+        "{ws}"
+    );
     // Canceling again is refused; the workspace can be started again.
-    let (st, _) = s.post(&s.admin, &format!("/api/v1/jobs/{job_id}/cancel"), json!({})).await;
+    let (st, _) = s
+        .post(
+            &s.admin,
+            &format!("/api/v1/jobs/{job_id}/cancel"),
+            json!({}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CONFLICT);
     s.stop().await;
 }
@@ -257,11 +342,20 @@ async fn users_see_only_their_workspaces_and_tokens_only_theirs() {
     for (m, path) in [
         (Method::GET, format!("/api/v1/workspaces/{a_id}")),
         (Method::GET, "/api/v1/workspaces/dev.alice".to_string()),
-        (Method::POST, "/api/v1/workspaces/dev.alice/stop".to_string()),
+        (
+            Method::POST,
+            "/api/v1/workspaces/dev.alice/stop".to_string(),
+        ),
         (Method::DELETE, format!("/api/v1/workspaces/{a_id}")),
-        (Method::POST, "/api/v1/workspaces/dev.alice/exec".to_string()),
+        (
+            Method::POST,
+            "/api/v1/workspaces/dev.alice/exec".to_string(),
+        ),
         (Method::GET, "/api/v1/workspaces/dev.alice/logs".to_string()),
-        (Method::GET, format!("/api/v1/jobs/{}", a["job"]["id"].as_str().unwrap())),
+        (
+            Method::GET,
+            format!("/api/v1/jobs/{}", a["job"]["id"].as_str().unwrap()),
+        ),
     ] {
         let body = (m == Method::POST).then(|| json!({"command": ["true"]}));
         let (st, v) = s.call(Some(&bob), m.clone(), &path, body).await;
@@ -274,12 +368,20 @@ async fn users_see_only_their_workspaces_and_tokens_only_theirs() {
     // The auditor reads everything and changes nothing.
     let (_, all) = s.get(&auditor, "/api/v1/workspaces?owner=all").await;
     assert_eq!(all["workspaces"].as_array().unwrap().len(), 2);
-    let (st, _) = s.post(&auditor, "/api/v1/workspaces/dev.alice/stop", json!({})).await;
+    let (st, _) = s
+        .post(&auditor, "/api/v1/workspaces/dev.alice/stop", json!({}))
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = exec(&s, &auditor, "dev.alice", json!({"command": ["true"]})).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // The admin reaches Alice's workspace by name.user.
-    let (_, ev) = exec(&s, &s.admin, "dev.alice", json!({"command": ["echo", "hi"]})).await;
+    let (_, ev) = exec(
+        &s,
+        &s.admin,
+        "dev.alice",
+        json!({"command": ["echo", "hi"]}),
+    )
+    .await;
     assert_eq!(stream_text(&ev, "stdout"), "hi\n");
 
     // A token restricted to one workspace sees only it, and cannot create.
@@ -290,12 +392,18 @@ async fn users_see_only_their_workspaces_and_tokens_only_theirs() {
     let agent = v["token"].as_str().unwrap().to_string();
     let (_, ev) = exec(&s, &agent, "dev", json!({"command": ["echo", "ok"]})).await;
     assert_eq!(stream_text(&ev, "stdout"), "ok\n");
-    let (st, _) = s.post(&agent, "/api/v1/workspaces/dev/stop", json!({})).await;
+    let (st, _) = s
+        .post(&agent, "/api/v1/workspaces/dev/stop", json!({}))
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "no workspace:write scope");
     let (_, l) = s.get(&agent, "/api/v1/workspaces").await;
     assert_eq!(l["workspaces"].as_array().unwrap().len(), 1);
     let (st, _) = s
-        .post(&agent, "/api/v1/workspaces", json!({"name": "x", "template": "tiny"}))
+        .post(
+            &agent,
+            "/api/v1/workspaces",
+            json!({"name": "x", "template": "tiny"}),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     s.stop().await;
@@ -312,20 +420,27 @@ async fn websocket_exec_streams_stdin_and_resizes_a_pty() {
     s.wait_job(&s.admin, a["job"]["id"].as_str().unwrap()).await;
 
     let connect = |req: Value| {
-        let url = format!("{}/api/v1/workspaces/w/exec/ws", s.url.replace("http://", "ws://"));
+        let url = format!(
+            "{}/api/v1/workspaces/w/exec/ws",
+            s.url.replace("http://", "ws://")
+        );
         let token = s.admin.clone();
         async move {
             let mut r = url.into_client_request().unwrap();
             r.headers_mut()
                 .insert("authorization", format!("Bearer {token}").parse().unwrap());
             let (mut ws, _) = tokio_tungstenite::connect_async(r).await.unwrap();
-            ws.send(Message::Text(req.to_string().into())).await.unwrap();
+            ws.send(Message::Text(req.to_string().into()))
+                .await
+                .unwrap();
             ws
         }
     };
     // Pipes: stdin then EOF; the output comes back and the exit code last.
     let mut ws = connect(json!({"command": ["sh", "-c", "cat; echo done >&2; exit 5"]})).await;
-    ws.send(Message::Binary([&[0u8][..], b"abc"].concat().into())).await.unwrap();
+    ws.send(Message::Binary([&[0u8][..], b"abc"].concat().into()))
+        .await
+        .unwrap();
     ws.send(Message::Binary(vec![1u8].into())).await.unwrap();
     let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), None);
     while let Some(Ok(m)) = ws.next().await {
@@ -334,7 +449,10 @@ async fn websocket_exec_streams_stdin_and_resizes_a_pty() {
                 1 => out.extend_from_slice(&b[1..]),
                 2 => err.extend_from_slice(&b[1..]),
                 3 => code = Some(serde_json::from_slice::<Value>(&b[1..]).unwrap()["code"].clone()),
-                other => panic!("unexpected channel {other}: {:?}", String::from_utf8_lossy(&b[1..])),
+                other => panic!(
+                    "unexpected channel {other}: {:?}",
+                    String::from_utf8_lossy(&b[1..])
+                ),
             }
         }
     }
@@ -343,7 +461,9 @@ async fn websocket_exec_streams_stdin_and_resizes_a_pty() {
     assert_eq!(code, Some(json!(5)));
 
     // A PTY: the size given, then a resize the program sees.
-    let mut ws = connect(json!({"command": ["sh", "-c", "stty size; read x; stty size"], "tty": [24, 80]})).await;
+    let mut ws =
+        connect(json!({"command": ["sh", "-c", "stty size; read x; stty size"], "tty": [24, 80]}))
+            .await;
     let mut out = String::new();
     let mut resized = false;
     let mut code = None;
@@ -357,8 +477,12 @@ async fn websocket_exec_streams_stdin_and_resizes_a_pty() {
             if !resized && out.contains("24 80") {
                 resized = true;
                 let sz = json!({"rows": 30, "cols": 100}).to_string();
-                ws.send(Message::Binary([&[2u8][..], sz.as_bytes()].concat().into())).await.unwrap();
-                ws.send(Message::Binary([&[0u8][..], b"\n"].concat().into())).await.unwrap();
+                ws.send(Message::Binary([&[2u8][..], sz.as_bytes()].concat().into()))
+                    .await
+                    .unwrap();
+                ws.send(Message::Binary([&[0u8][..], b"\n"].concat().into()))
+                    .await
+                    .unwrap();
             }
         }
     }
@@ -375,16 +499,32 @@ async fn pagination_filters_and_a_graceful_restart_keep_workspaces_running() {
     template(&s, "tiny", "true", "true").await;
     for n in ["a1", "a2", "b1"] {
         let acc = create(&s, &s.admin, n, "tiny", json!({})).await;
-        s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap()).await;
+        s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+            .await;
     }
     let (_, p1) = s.get(&s.admin, "/api/v1/workspaces?limit=2").await;
-    let names: Vec<&str> = p1["workspaces"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = p1["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["a1", "a2"]);
     let cursor = p1["next_cursor"].as_str().unwrap();
-    let (_, p2) = s.get(&s.admin, &format!("/api/v1/workspaces?limit=2&cursor={cursor}")).await;
+    let (_, p2) = s
+        .get(
+            &s.admin,
+            &format!("/api/v1/workspaces?limit=2&cursor={cursor}"),
+        )
+        .await;
     assert_eq!(p2["workspaces"][0]["name"], "b1");
     assert!(p2["next_cursor"].is_null());
-    let (_, f) = s.get(&s.admin, "/api/v1/workspaces?name_prefix=a&status=running&template=tiny").await;
+    let (_, f) = s
+        .get(
+            &s.admin,
+            "/api/v1/workspaces?name_prefix=a&status=running&template=tiny",
+        )
+        .await;
     assert_eq!(f["workspaces"].as_array().unwrap().len(), 2);
     for bad in ["limit=0", "status=sleeping", "cursor=zz", "colour=red"] {
         let (st, v) = s.get(&s.admin, &format!("/api/v1/workspaces?{bad}")).await;
@@ -397,7 +537,13 @@ async fn pagination_filters_and_a_graceful_restart_keep_workspaces_running() {
     assert_eq!(before.len(), 3);
     let s = s.restart().await;
     assert_eq!(s.supervisors(), before);
-    let (_, ev) = exec(&s, &s.admin, "b1", json!({"command": ["echo", "still here"]})).await;
+    let (_, ev) = exec(
+        &s,
+        &s.admin,
+        "b1",
+        json!({"command": ["echo", "still here"]}),
+    )
+    .await;
     assert_eq!(stream_text(&ev, "stdout"), "still here\n");
     s.stop().await;
 }
@@ -414,32 +560,66 @@ async fn configs_of_server_users_cannot_reach_the_host() {
     ] {
         let dc = json!({"image": "busybox", "mounts": [mount]}).to_string();
         let (st, v) = s
-            .post(&member, "/api/v1/templates/evil/versions", json!({"devcontainer": dc}))
+            .post(
+                &member,
+                "/api/v1/templates/evil/versions",
+                json!({"devcontainer": dc}),
+            )
             .await;
         assert_eq!(st, StatusCode::CREATED, "{v}");
         let (st, v) = s
-            .post(&member, "/api/v1/workspaces", json!({"name": "x", "template": "evil"}))
+            .post(
+                &member,
+                "/api/v1/workspaces",
+                json!({"name": "x", "template": "evil"}),
+            )
             .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-        assert!(v["message"].as_str().unwrap().contains("bind mounts"), "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("bind mounts"),
+            "{v}"
+        );
     }
     let dc = json!({"image": "busybox", "workspaceMount": "type=bind,source=/root,target=/w", "workspaceFolder": "/w"}).to_string();
-    let (st, v) = s.post(&member, "/api/v1/templates/evil2/versions", json!({"devcontainer": dc})).await;
+    let (st, v) = s
+        .post(
+            &member,
+            "/api/v1/templates/evil2/versions",
+            json!({"devcontainer": dc}),
+        )
+        .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let (st, _) = s
-        .post(&member, "/api/v1/workspaces", json!({"name": "y", "template": "evil2"}))
+        .post(
+            &member,
+            "/api/v1/workspaces",
+            json!({"name": "y", "template": "evil2"}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // `${localEnv:...}` does not read the server's environment (templates refuse it outright;
     // an uploaded folder gets an empty environment).
-    let dc = json!({"image": "busybox", "containerEnv": {"LEAK": "[${localEnv:HOME}${localEnv:PATH}]"}}).to_string();
-    let (st, v) = s.post(&member, "/api/v1/templates/env/versions", json!({"devcontainer": dc})).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_config")), "{v}");
+    let dc =
+        json!({"image": "busybox", "containerEnv": {"LEAK": "[${localEnv:HOME}${localEnv:PATH}]"}})
+            .to_string();
+    let (st, v) = s
+        .post(
+            &member,
+            "/api/v1/templates/env/versions",
+            json!({"devcontainer": dc}),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_config")),
+        "{v}"
+    );
     let mut tar = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(dc.len() as u64);
     h.set_mode(0o644);
-    tar.append_data(&mut h, ".devcontainer/devcontainer.json", dc.as_bytes()).unwrap();
+    tar.append_data(&mut h, ".devcontainer/devcontainer.json", dc.as_bytes())
+        .unwrap();
     let body = tar.into_inner().unwrap();
     let resp = s
         .http
@@ -453,14 +633,145 @@ async fn configs_of_server_users_cannot_reach_the_host() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let file: Value = resp.json().await.unwrap();
     let (st, acc) = s
-        .post(&member, "/api/v1/workspaces", json!({"name": "z", "file_id": file["id"]}))
+        .post(
+            &member,
+            "/api/v1/workspaces",
+            json!({"name": "z", "file_id": file["id"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{acc}");
-    let job = s.wait_job(&member, acc["job"]["id"].as_str().unwrap()).await;
+    let job = s
+        .wait_job(&member, acc["job"]["id"].as_str().unwrap())
+        .await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let (_, ev) = exec(&s, &member, "z", json!({"command": ["sh", "-c", "echo $LEAK"]})).await;
+    let (_, ev) = exec(
+        &s,
+        &member,
+        "z",
+        json!({"command": ["sh", "-c", "echo $LEAK"]}),
+    )
+    .await;
     assert_eq!(stream_text(&ev, "stdout"), "[]\n");
     // Nothing under the projects folder is left by the refused creations.
-    assert_eq!(std::fs::read_dir(s.state().join("projects")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(s.state().join("projects"))
+            .unwrap()
+            .count(),
+        1
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_change_within_their_rules_and_rebuild_the_workspace() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    let version = |extra: &str| {
+        json!({
+            "devcontainer": json!({
+                "image": "busybox",
+                "containerEnv": {"GREETING": "${param:greeting}", "REGION": "${param:region}", "EXTRA": extra},
+                "postCreateCommand": "echo once >> /root/marks",
+            }).to_string(),
+            "parameters": [
+                {"name": "greeting", "type": "string", "default": "hello"},
+                {"name": "region", "type": "string", "default": "eu", "mutable": false},
+                {"name": "disk", "type": "number", "default": 10, "validation": {"monotonic": "increasing"}},
+            ],
+        })
+    };
+    let (st, v) = s
+        .post(&s.admin, "/api/v1/templates/upd/versions", version("v1"))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let acc = create(&s, &s.admin, "w", "upd", json!({})).await;
+    s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
+    async fn env(s: &TestServer) -> String {
+        let (_, ev) = exec(
+            s,
+            &s.admin,
+            "w",
+            json!({"command": ["sh", "-c", "echo $GREETING $REGION $EXTRA; cat /root/marks"]}),
+        )
+        .await;
+        stream_text(&ev, "stdout")
+    }
+    assert_eq!(env(&s).await, "hello eu v1\nonce\n");
+
+    // Rules: immutable stays, monotonic only grows; the message names the parameter.
+    for (params, name) in [
+        (json!({"region": "us"}), "region"),
+        (json!({"disk": 5}), "disk"),
+    ] {
+        let (st, v) = s
+            .call(
+                Some(&s.admin),
+                Method::PATCH,
+                "/api/v1/workspaces/w",
+                Some(json!({"parameters": params})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_parameter")),
+            "{v}"
+        );
+        assert!(v["message"].as_str().unwrap().contains(name), "{v}");
+    }
+    // A mutable change rebuilds the workspace: new environment, same files, postCreate not rerun.
+    let (st, acc) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/workspaces/w",
+            Some(json!({"parameters": {"greeting": "bye", "disk": 20}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{acc}");
+    assert_eq!(acc["job"]["kind"], "update");
+    let job = s
+        .wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(env(&s).await, "bye eu v1\nonce\n");
+    // Moving to a new template version.
+    let (st, v) = s
+        .post(&s.admin, "/api/v1/templates/upd/versions", version("v2"))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (st, acc) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/workspaces/w",
+            Some(json!({"template_version": 2})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{acc}");
+    s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(env(&s).await, "bye eu v2\nonce\n");
+    let (_, ws) = s.get(&s.admin, "/api/v1/workspaces/w").await;
+    assert_eq!(ws["state"], "running");
+    // The configuration the engine uses lives outside the workspace's reach: replacing the copy in
+    // the project folder with a symlink changes nothing on a rebuild.
+    let (_, ev) = exec(&s, &s.admin, "w", json!({"command": ["sh", "-c",
+        "cd /workspaces/* && rm -f .devcontainer/devcontainer.json && ln -s /etc/shadow .devcontainer/devcontainer.json && echo ok"]})).await;
+    assert_eq!(stream_text(&ev, "stdout"), "ok\n", "{ev:?}");
+    let (st, acc) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/workspaces/w",
+            Some(json!({"parameters": {"greeting": "again"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{acc}");
+    let job = s
+        .wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(env(&s).await, "again eu v2\nonce\n");
     s.stop().await;
 }

@@ -301,6 +301,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records the template version and parameter values a workspace is built from.
+    pub async fn set_template_version(
+        &self,
+        id: &str,
+        template_version_id: &str,
+        parameters_json: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workspaces SET template_version_id = ?, parameters_json = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(template_version_id)
+        .bind(parameters_json)
+        .bind(now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

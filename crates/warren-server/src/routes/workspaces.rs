@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::{Decision, Op, Owner};
 use warren_api::template::{Ceilings, ParamSpec, PolicyDefaults};
-use warren_api::v1::{Accepted, CreateWorkspace, Extend, Job, WorkspaceList};
+use warren_api::v1::{Accepted, CreateWorkspace, Extend, Job, UpdateWorkspace, WorkspaceList};
 use warren_api::{ErrorCode, Workspace, WorkspaceName, WorkspaceState};
 use warren_engine::{Limits, Ownership, UpOptions, WsRef};
 use warren_store::{JobRecord, WorkspaceFilter, WorkspaceRecord};
@@ -34,7 +34,7 @@ pub mod exec;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_workspaces, create_workspace))
-        .routes(routes!(get_workspace, delete_workspace))
+        .routes(routes!(get_workspace, delete_workspace, update_workspace))
         .routes(routes!(start_workspace))
         .routes(routes!(stop_workspace))
         .routes(routes!(restart_workspace))
@@ -126,9 +126,10 @@ async fn list_workspaces(
         }
     }
     if let Some(s) = &q.status {
-        filter.state = Some(s.parse::<WorkspaceState>().map_err(|e| {
-            ApiError::bad_request(format!("status: {e}"))
-        })?);
+        filter.state = Some(
+            s.parse::<WorkspaceState>()
+                .map_err(|e| ApiError::bad_request(format!("status: {e}")))?,
+        );
     }
     if let Some(t) = &q.template {
         let tpl = state
@@ -161,7 +162,9 @@ async fn list_workspaces(
 fn check(caller: &Caller, op: Op) -> ApiResult<()> {
     match caller.check(op, None) {
         Decision::Allow => Ok(()),
-        Decision::Hidden => Err(ApiError::forbidden("this token may not list those workspaces")),
+        Decision::Hidden => Err(ApiError::forbidden(
+            "this token may not list those workspaces",
+        )),
         Decision::Forbidden(f) => Err(forbidden(f)),
     }
 }
@@ -211,7 +214,11 @@ async fn create_workspace(
         ));
     }
     let name = WorkspaceName::new(body.name.clone()).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidName, e.to_string())
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidName,
+            e.to_string(),
+        )
     })?;
     let ttl_secs = match &body.ttl {
         Some(t) => Some(
@@ -263,14 +270,15 @@ async fn create_workspace(
             (v, None, BTreeMap::new(), Ceilings::default())
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "give exactly one of `template` and `file_id`",
+            return Err(
+                ApiError::bad_request("give exactly one of `template` and `file_id`")
+                    .hint("`warren create NAME --template T` or `warren up DIR`"),
             )
-            .hint("`warren create NAME --template T` or `warren up DIR`"))
         }
     };
     let cleanup = |e: ApiError| {
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(warren_engine::server_config_path(&dir));
         e
     };
     // Requested resources must fit the ceilings; unset ones default to the ceilings.
@@ -302,6 +310,11 @@ async fn create_workspace(
         create_only: true,
         ..Default::default()
     };
+    let rendered = match &body.template {
+        Some(_) => warren_api::template::substitute_params(&version.devcontainer_json, &params),
+        None => version.devcontainer_json.clone(),
+    };
+    write_server_config(&dir, &rendered).map_err(cleanup)?;
     let (rec, warnings) = state
         .engine
         .create_pending(&dir, &opts)
@@ -309,12 +322,18 @@ async fn create_workspace(
         .map_err(|e| cleanup(e.into()))?;
     let limits = opts.limits.clone();
     let id = rec.id.clone();
-    let job = jobs::spawn(&state, &rec.id, "create", Some(&caller.user.id), move |st, log| async move {
-        for w in &warnings {
-            warren_engine::Progress::warn(&*log, w);
-        }
-        st.engine.provision(&id, limits, &*log).await.map(|_| ())
-    })
+    let job = jobs::spawn(
+        &state,
+        &rec.id,
+        "create",
+        Some(&caller.user.id),
+        move |st, log| async move {
+            for w in &warnings {
+                warren_engine::Progress::warn(&*log, w);
+            }
+            st.engine.provision(&id, limits, &*log).await.map(|_| ())
+        },
+    )
     .await?;
     let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
     note.details_json = Some(
@@ -335,6 +354,125 @@ async fn create_workspace(
         .into_response())
 }
 
+/// Writes the rendered devcontainer.json beside the project folder (see
+/// [`warren_engine::server_config_path`]), where the engine reads it from.
+fn write_server_config(dir: &FsPath, text: &str) -> ApiResult<()> {
+    let dir = std::fs::canonicalize(dir).map_err(ApiError::internal)?;
+    let path = warren_engine::server_config_path(&dir);
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(ApiError::internal)?;
+    std::fs::rename(&tmp, &path).map_err(ApiError::internal)
+}
+
+/// Changes a workspace's parameter values or template version and rebuilds it (an `update` job).
+#[utoipa::path(patch, path = "/api/v1/workspaces/{ws}", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")), request_body = UpdateWorkspace,
+    responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn update_workspace(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+    Json(body): Json<UpdateWorkspace>,
+) -> ApiResult<Response> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
+    let Some(template_id) = rec.ownership.template_id.clone() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::InvalidState,
+            format!(
+                "workspace `{}` was not built from a template: it has no parameters",
+                rec.name
+            ),
+        )
+        .hint("change its devcontainer.json and recreate it with `warren up`"));
+    };
+    if let Some(active) = state.store.active_job(&rec.id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::TransitionInProgress,
+            format!(
+                "workspace `{}` has a transition in progress: job {} ({})",
+                rec.name, active.id, active.kind
+            ),
+        ));
+    }
+    let tpl = state
+        .store
+        .template_by_id(&template_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("template", &template_id))?;
+    let version = match body.template_version {
+        Some(n) => {
+            crate::routes::templates::resolve_version(&state, &tpl.name, Some(n))
+                .await?
+                .1
+        }
+        None => {
+            let vid = rec
+                .ownership
+                .template_version_id
+                .clone()
+                .unwrap_or_default();
+            state
+                .store
+                .version(&vid)
+                .await?
+                .ok_or_else(|| ApiError::not_found("template version", &vid))?
+        }
+    };
+    let specs: Vec<ParamSpec> = serde_json::from_str(&version.parameters_json)
+        .map_err(|e| ApiError::internal(format!("version {}: {e}", version.id)))?;
+    let previous: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(&rec.ownership.parameters_json).unwrap_or_default();
+    let params = warren_api::template::resolve(&specs, &body.parameters, Some(&previous))?;
+    for (name, value) in &params {
+        if value.to_string().contains("${") {
+            return Err(warren_api::template::ParamError::new(
+                name,
+                "values may not contain `${` (variables are not expanded in parameter values)",
+            )
+            .into());
+        }
+    }
+    let rendered = warren_api::template::substitute_params(&version.devcontainer_json, &params);
+    crate::routes::templates::check_devcontainer(&rendered)?;
+    let job = jobs::spawn(&state, &rec.id, "update", Some(&caller.user.id), {
+        let id = rec.id.clone();
+        let project = rec.project_dir.clone();
+        let version_id = version.id.clone();
+        let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
+        move |st, log| async move {
+            warren_engine::Progress::step(&*log, "Stopping the workspace to rebuild it");
+            let limits = st.engine.unprovision(&id).await?;
+            let path = warren_engine::server_config_path(FsPath::new(&project));
+            std::fs::write(&path, rendered).map_err(|e| {
+                warren_engine::EngineError::Internal(format!("write {}: {e}", path.display()))
+            })?;
+            st.store
+                .set_template_version(&id, &version_id, &params_json)
+                .await?;
+            st.engine.provision(&id, limits, &*log).await.map(|_| ())
+        }
+    })
+    .await?;
+    let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
+    note.diff_json = warren_store::field_diff(
+        &serde_json::json!({"parameters": previous, "template_version_id": rec.ownership.template_version_id}),
+        &serde_json::json!({"parameters": params, "template_version_id": version.id}),
+    );
+    let fresh = state.store.get(&rec.id).await?.unwrap_or(rec);
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Extension(note),
+        Json(Accepted {
+            workspace: Workspace::from(fresh),
+            job: job_view(&job),
+        }),
+    )
+        .into_response())
+}
+
 /// Records the ad-hoc template version of a folder uploaded by `warren up DIR` and unpacks it
 /// into `dir`.
 async fn adhoc_version(
@@ -344,7 +482,8 @@ async fn adhoc_version(
     dir: &FsPath,
 ) -> ApiResult<warren_store::VersionRecord> {
     if !state.store.has_file(file_id).await? {
-        return Err(ApiError::not_found("file", file_id).hint("upload the folder first: POST /api/v1/files"));
+        return Err(ApiError::not_found("file", file_id)
+            .hint("upload the folder first: POST /api/v1/files"));
     }
     let tar = crate::routes::files::file_path(state, file_id)?;
     let d = dir.to_path_buf();
@@ -404,40 +543,66 @@ async fn transition(
     let job = match kind {
         "start" => {
             let never_provisioned = rec.spec_json.is_empty();
-            jobs::spawn(&state, &rec.id, kind, Some(&caller.user.id), move |st, log| async move {
-                if never_provisioned {
-                    st.engine.provision(&id, Limits::default(), &*log).await.map(|_| ())
-                } else {
-                    st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
-                }
-            })
+            jobs::spawn(
+                &state,
+                &rec.id,
+                kind,
+                Some(&caller.user.id),
+                move |st, log| async move {
+                    if never_provisioned {
+                        st.engine
+                            .provision(&id, Limits::default(), &*log)
+                            .await
+                            .map(|_| ())
+                    } else {
+                        st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
+                    }
+                },
+            )
             .await?
         }
         "stop" => {
-            jobs::spawn(&state, &rec.id, kind, Some(&caller.user.id), move |st, log| async move {
-                warren_engine::Progress::step(&*log, "Stopping workspace");
-                st.engine.stop(WsRef::Id(id)).await.map(|_| ())
-            })
+            jobs::spawn(
+                &state,
+                &rec.id,
+                kind,
+                Some(&caller.user.id),
+                move |st, log| async move {
+                    warren_engine::Progress::step(&*log, "Stopping workspace");
+                    st.engine.stop(WsRef::Id(id)).await.map(|_| ())
+                },
+            )
             .await?
         }
-        "restart" => {
-            jobs::spawn(&state, &rec.id, kind, Some(&caller.user.id), move |st, log| async move {
-                st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ())
-            })
-            .await?
-        }
+        "restart" => jobs::spawn(
+            &state,
+            &rec.id,
+            kind,
+            Some(&caller.user.id),
+            move |st, log| async move { st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ()) },
+        )
+        .await?,
         _ => {
             let project = rec.project_dir.clone();
             let projects = projects_dir(&state);
-            jobs::spawn(&state, &rec.id, "delete", Some(&caller.user.id), move |st, log| async move {
-                warren_engine::Progress::step(&*log, "Deleting workspace");
-                st.engine.delete(WsRef::Id(id), true).await?;
-                // The project folder of a server-made workspace goes with it.
-                if FsPath::new(&project).starts_with(&projects) {
-                    let _ = std::fs::remove_dir_all(&project);
-                }
-                Ok(())
-            })
+            jobs::spawn(
+                &state,
+                &rec.id,
+                "delete",
+                Some(&caller.user.id),
+                move |st, log| async move {
+                    warren_engine::Progress::step(&*log, "Deleting workspace");
+                    st.engine.delete(WsRef::Id(id), true).await?;
+                    // The project folder of a server-made workspace goes with it.
+                    if FsPath::new(&project).starts_with(&projects) {
+                        let _ = std::fs::remove_dir_all(&project);
+                        let _ = std::fs::remove_file(warren_engine::server_config_path(
+                            FsPath::new(&project),
+                        ));
+                    }
+                    Ok(())
+                },
+            )
             .await?
         }
     };
@@ -561,7 +726,13 @@ async fn workspace_jobs(
 ) -> ApiResult<Json<Vec<Job>>> {
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
     Ok(Json(
-        state.store.jobs_of(&rec.id).await?.iter().map(job_view).collect(),
+        state
+            .store
+            .jobs_of(&rec.id)
+            .await?
+            .iter()
+            .map(job_view)
+            .collect(),
     ))
 }
 
@@ -618,7 +789,8 @@ async fn cancel_job(
         &job.id,
         ws.as_ref().map(|w| w.name.as_str()).unwrap_or(""),
     );
-    note.details_json = Some(serde_json::json!({"workspace_id": job.workspace_id, "kind": job.kind}).to_string());
+    note.details_json =
+        Some(serde_json::json!({"workspace_id": job.workspace_id, "kind": job.kind}).to_string());
     Ok((axum::Extension(note), Json(job_view(&done))).into_response())
 }
 
@@ -745,7 +917,11 @@ async fn workspace_logs(
                 offset = bytes.len();
                 while let Some(i) = partial.find('\n') {
                     let line: String = partial.drain(..=i).collect();
-                    if tx.send(Ok(sse_line(line.trim_end_matches('\n')))).await.is_err() {
+                    if tx
+                        .send(Ok(sse_line(line.trim_end_matches('\n'))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

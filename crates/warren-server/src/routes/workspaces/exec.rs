@@ -72,8 +72,10 @@ fn pump(fd: OwnedFd, chan: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) {
 
 fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
     if req.command.is_empty() || req.command[0].is_empty() {
-        return Err(ApiError::bad_request("command: give the program and its arguments")
-            .hint(r#"e.g. {"command": ["sh", "-c", "echo hi"]}"#));
+        return Err(
+            ApiError::bad_request("command: give the program and its arguments")
+                .hint(r#"e.g. {"command": ["sh", "-c", "echo hi"]}"#),
+        );
     }
     for k in req.env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -84,7 +86,9 @@ fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
     }
     if let Some((r, c)) = req.tty {
         if r == 0 || c == 0 {
-            return Err(ApiError::bad_request("tty: rows and columns must be positive"));
+            return Err(ApiError::bad_request(
+                "tty: rows and columns must be positive",
+            ));
         }
     }
     req.timeout
@@ -242,7 +246,8 @@ async fn exec_stream(
         let _ = tx.send(line(&ev)).await;
     });
     let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
-    note.details_json = Some(serde_json::json!({"command": req.command, "user": req.user}).to_string());
+    note.details_json =
+        Some(serde_json::json!({"command": req.command, "user": req.user}).to_string());
     Ok((
         axum::Extension(note),
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -302,17 +307,30 @@ async fn ws_error(socket: &mut WebSocket, msg: &str) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
-async fn ws_session(state: AppState, rec: WorkspaceRecord, mut socket: WebSocket, mut audit: NewAuditRecord) {
+async fn ws_session(
+    state: AppState,
+    rec: WorkspaceRecord,
+    mut socket: WebSocket,
+    mut audit: NewAuditRecord,
+) {
     let first = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await;
     let req: ExecRequest = match first {
         Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str(t.as_str()) {
             Ok(r) => r,
             Err(e) => return ws_error(&mut socket, &format!("invalid exec request: {e}")).await,
         },
-        _ => return ws_error(&mut socket, "expected the exec request as the first (text) message").await,
+        _ => {
+            return ws_error(
+                &mut socket,
+                "expected the exec request as the first (text) message",
+            )
+            .await
+        }
     };
-    audit.details_json =
-        Some(serde_json::json!({"command": req.command, "user": req.user, "tty": req.tty.is_some()}).to_string());
+    audit.details_json = Some(
+        serde_json::json!({"command": req.command, "user": req.user, "tty": req.tty.is_some()})
+            .to_string(),
+    );
     let timeout = match validate(&req) {
         Ok(t) => t,
         Err(e) => {
