@@ -168,6 +168,8 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/workspaces", "/api/v1/workspaces", ws.clone(), "limits", json!("big")),
         r("POST", "/api/v1/workspaces", "/api/v1/workspaces", ws, "parameters", json!([1])),
         r("POST", "/api/v1/workspaces/{ws}/extend", "/api/v1/workspaces/bi-ws/extend", json!({"by": "1h"}), "by", json!(3600)),
+        r("PATCH", "/api/v1/workspaces/{ws}", "/api/v1/workspaces/bi-ws", json!({"parameters": {}}), "template_version", json!("two")),
+        r("PATCH", "/api/v1/workspaces/{ws}", "/api/v1/workspaces/bi-ws", json!({"parameters": {}}), "parameters", json!([1])),
         r("POST", "/api/v1/workspaces/{ws}/exec", "/api/v1/workspaces/bi-ws/exec", json!({"command": ["true"]}), "command", json!("true")),
         r("POST", "/api/v1/workspaces/{ws}/exec", "/api/v1/workspaces/bi-ws/exec", json!({"command": ["true"]}), "tty", json!("80x24")),
         r("POST", "/api/v1/templates", "/api/v1/templates", json!({"name": "bi-tpl2"}), "description", json!(5)),

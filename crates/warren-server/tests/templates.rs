@@ -155,6 +155,9 @@ async fn inline_versions_number_up_activate_and_archive() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(one["message"], "first");
     assert_eq!(one["active"], true);
+    let (st, active) = s.get(&a, "/api/v1/templates/rust/versions/active").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(active["number"], 1);
 
     // Activate 2.
     let (st, t) = s

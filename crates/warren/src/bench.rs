@@ -46,7 +46,21 @@ pub struct BenchArgs {
     /// Statically linked busybox to build the benchmark root filesystem from.
     #[arg(long, default_value = "/bin/busybox")]
     busybox: PathBuf,
+    /// Benchmark the REST API under load instead (a `warren server` with recorded workspaces).
+    #[arg(long)]
+    api: bool,
+    /// --api: workspaces recorded.
+    #[arg(long, default_value_t = 1000)]
+    api_workspaces: usize,
+    /// --api: concurrent keep-alive connections.
+    #[arg(long, default_value_t = 32)]
+    api_connections: usize,
+    /// --api: seconds per scenario.
+    #[arg(long, default_value_t = 5)]
+    api_seconds: u64,
 }
+
+mod api;
 
 // ---------------------------------------------------------------------------------------------------
 // Statistics
@@ -613,6 +627,20 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
     }
     let dirs = make_dirs(global_state_dir)?;
     let owned_state = dirs.owned.then(|| dirs.state.clone());
+    if args.api {
+        let res = api::run(
+            &dirs.state,
+            args.api_workspaces,
+            args.api_connections,
+            args.api_seconds,
+            args.json,
+        )
+        .await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        return res;
+    }
     progress(&format!(
         "state dir {} (oci runtime {oci})",
         dirs.state.display()

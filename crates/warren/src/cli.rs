@@ -7,9 +7,14 @@ use clap::{Args, Parser, Subcommand};
 use warren_engine::{Config, Engine, Limits, Progress, UpOptions};
 use warren_runtime::{ExecProcess, OciRuntime};
 
+use crate::context::{Contexts, Target};
 use crate::output::{table, user_error, Printer};
 
 /// Warren: isolated, reproducible development workspaces from devcontainer.json, in one binary.
+///
+/// Commands run on this host through the embedded engine, or against a Warren server when a
+/// context is selected (`warren login URL`, `warren context use NAME`, `--context NAME`, or
+/// `WARREN_URL` + `WARREN_TOKEN`). `--local` forces this host.
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about, propagate_version = true)]
 pub struct Cli {
@@ -19,21 +24,29 @@ pub struct Cli {
     /// OCI runtime: libcontainer (built in, default), runc, runsc (gVisor), or a path to a runc-compatible binary.
     #[arg(long, global = true, env = "WARREN_RUNTIME")]
     runtime: Option<String>,
+    /// Talk to the server of this context (see `warren context list`).
+    #[arg(long, global = true, env = "WARREN_CONTEXT", value_name = "NAME")]
+    pub(crate) context: Option<String>,
+    /// Use the engine embedded in this process on this host, even when a context is selected.
+    #[arg(long, global = true)]
+    pub(crate) local: bool,
+    /// Print JSON instead of text (errors too: {"error": {"code", "message", "hint"}} on stdout).
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
-    cmd: Cmd,
+    pub(crate) cmd: Cmd,
 }
 
 #[derive(Subcommand, Debug)]
-enum Cmd {
+pub(crate) enum Cmd {
     /// Create (first time) or start the workspace of a project folder and run its lifecycle commands.
+    /// Against a server, the folder is uploaded and becomes the workspace's (ad-hoc) template.
     Up(UpArgs),
+    /// Create a workspace from a template on the server.
+    Create(CreateArgs),
     /// List workspaces.
     #[command(alias = "ls")]
-    List {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    List(ListArgs),
     /// Run a command in a workspace (streams output, forwards stdin and signals, exits with its code).
     Exec(ExecArgs),
     /// Open an interactive shell in a workspace.
@@ -45,20 +58,11 @@ enum Cmd {
         user: Option<String>,
     },
     /// Start a stopped workspace.
-    Start {
-        /// Workspace name.
-        workspace: String,
-    },
+    Start(TransitionArgs),
     /// Stop a workspace (its files and home volume are kept).
-    Stop {
-        /// Workspace name.
-        workspace: String,
-    },
+    Stop(TransitionArgs),
     /// Stop then start a workspace.
-    Restart {
-        /// Workspace name.
-        workspace: String,
-    },
+    Restart(TransitionArgs),
     /// Delete a workspace and everything it has on this host.
     #[command(alias = "rm")]
     Delete {
@@ -67,17 +71,61 @@ enum Cmd {
         /// Delete even if it is running.
         #[arg(short, long)]
         force: bool,
+        /// Against a server: return once the job is accepted instead of following it.
+        #[arg(short, long)]
+        detach: bool,
     },
-    /// Show the output of a workspace's lifecycle commands.
-    Logs {
-        /// Workspace name.
-        workspace: String,
-    },
+    /// Show the output of a workspace's lifecycle commands, or a server job's log.
+    Logs(LogsArgs),
     /// Show a workspace's resource usage.
     Stats {
         /// Workspace name.
         workspace: String,
     },
+    /// List a workspace's jobs on the server (newest first).
+    Jobs {
+        /// Workspace name.
+        workspace: String,
+    },
+    /// Cancel a pending or running job on the server.
+    Cancel {
+        /// Job id.
+        job: String,
+    },
+    /// Move a workspace's deadline to now + a duration.
+    Extend {
+        /// Workspace name.
+        workspace: String,
+        /// How long from now, e.g. 2h or 1h30m.
+        #[arg(long)]
+        by: String,
+    },
+    /// Sign in to a server and make it the current context, or approve a device login.
+    Login(LoginArgs),
+    /// Revoke the token of a context and forget the context.
+    Logout {
+        /// Context name (default: the selected one).
+        name: Option<String>,
+    },
+    /// Show, pick and remove server contexts.
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// Show who the selected server knows you as.
+    Whoami,
+    /// Manage templates on the server.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// Manage API tokens on the server.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Manage users on the server (admins).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage teams on the server (admins).
+    #[command(subcommand)]
+    Team(TeamCmd),
+    /// Query, export and verify the server's audit log.
+    Audit(AuditArgs),
     /// Manage local images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -90,50 +138,362 @@ enum Cmd {
 }
 
 #[derive(Args, Debug)]
-struct UpArgs {
+pub(crate) struct UpArgs {
     /// Project folder containing .devcontainer/devcontainer.json or .devcontainer.json.
     #[arg(default_value = ".")]
-    dir: PathBuf,
+    pub dir: PathBuf,
     /// Workspace name (default: derived from the folder name).
     #[arg(long)]
-    name: Option<String>,
+    pub name: Option<String>,
     /// Memory limit, e.g. 512m, 2g.
     #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
+    pub memory: Option<u64>,
     /// CPU limit in cores, e.g. 1.5.
     #[arg(long)]
-    cpus: Option<f64>,
+    pub cpus: Option<f64>,
     /// Maximum number of processes and threads.
     #[arg(long)]
-    pids: Option<i64>,
+    pub pids: Option<i64>,
     /// Delete the existing workspace of this folder and create it again.
     #[arg(long)]
-    recreate: bool,
+    pub recreate: bool,
+    /// Against a server: return once the job is accepted instead of following it.
+    #[arg(short, long)]
+    pub detach: bool,
 }
 
 #[derive(Args, Debug)]
-struct ExecArgs {
+#[command(disable_version_flag = true)]
+pub(crate) struct CreateArgs {
     /// Workspace name.
-    workspace: String,
+    pub name: String,
+    /// Template name.
+    #[arg(long, short = 'T')]
+    pub template: String,
+    /// Template version (default: the active one).
+    #[arg(long = "version", value_name = "N")]
+    pub template_version: Option<i64>,
+    /// A parameter value, NAME=VALUE (repeatable; lists are comma-separated).
+    #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Time to live, e.g. 8h.
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// CPU limit in cores, e.g. 1.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory limit, e.g. 512m, 2g.
+    #[arg(long, value_parser = parse_size)]
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Return once the job is accepted instead of following it.
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ListArgs {
+    /// Every user's workspaces (admins and auditors).
+    #[arg(long, conflicts_with = "owner")]
+    pub all: bool,
+    /// Only this user's workspaces.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only workspaces in this state (running, stopped, failed...).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only workspaces made from this template.
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TransitionArgs {
+    /// Workspace name.
+    pub workspace: String,
+    /// Against a server: return once the job is accepted instead of following it.
+    #[arg(short, long)]
+    pub detach: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LogsArgs {
+    /// Workspace name.
+    #[arg(required_unless_present = "job", conflicts_with = "job")]
+    pub workspace: Option<String>,
+    /// A server job's log instead (from `warren jobs WS`).
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// Keep printing new lines (a job's log ends with the job).
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ExecArgs {
+    /// Workspace name.
+    pub workspace: String,
     /// Allocate a terminal.
     #[arg(short, long)]
-    tty: bool,
+    pub tty: bool,
     /// Run as this user (default: the remote user).
     #[arg(short, long)]
-    user: Option<String>,
+    pub user: Option<String>,
     /// Working directory (default: the workspace folder).
     #[arg(short, long)]
-    workdir: Option<String>,
+    pub workdir: Option<String>,
     /// Extra environment, KEY=VALUE.
     #[arg(short, long)]
-    env: Vec<String>,
+    pub env: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
-    command: Vec<String>,
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LoginArgs {
+    /// Server URL, e.g. https://warren.example.com.
+    #[arg(required_unless_present = "approve")]
+    pub url: Option<String>,
+    /// API token (else: browser-free device login).
+    #[arg(long, conflicts_with = "token_stdin")]
+    pub token: Option<String>,
+    /// Read the token from stdin.
+    #[arg(long)]
+    pub token_stdin: bool,
+    /// Context name (default: the server's host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// PEM file of the CA that signed the server's certificate.
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Approve a device login's code from this (signed-in) session.
+    #[arg(long, value_name = "CODE", conflicts_with_all = ["url", "token", "token_stdin", "name", "ca_cert"])]
+    pub approve: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
-enum ImageCmd {
+pub(crate) enum ContextCmd {
+    /// List contexts.
+    #[command(alias = "ls")]
+    List,
+    /// Show a context (default: the selected one); never shows the token's secret.
+    Show {
+        /// Context name.
+        name: Option<String>,
+    },
+    /// Make a context the current one.
+    Use {
+        /// Context name.
+        name: String,
+    },
+    /// Use no context: commands run on this host.
+    Unset,
+    /// Forget a context (its token is not revoked; `warren logout` does that).
+    #[command(alias = "remove")]
+    Rm {
+        /// Context name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TemplateCmd {
+    /// Push a folder (.devcontainer/devcontainer.json and warren-template.json) as a new version.
+    Push {
+        /// Template folder.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Template name (default: `name` in warren-template.json, else the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Message recorded with the version.
+        #[arg(long, short)]
+        message: Option<String>,
+        /// Do not make the new version the active one.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// List templates.
+    #[command(alias = "ls")]
+    List,
+    /// Show a template and its active version's parameters.
+    Show {
+        /// Template name.
+        template: String,
+    },
+    /// List a template's versions.
+    Versions {
+        /// Template name.
+        template: String,
+    },
+    /// Archive a template: it takes no new workspaces.
+    Archive {
+        /// Template name.
+        template: String,
+    },
+    /// Make a version the active one.
+    Activate {
+        /// Template name.
+        template: String,
+        /// Version number.
+        #[arg(value_name = "VERSION")]
+        number: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCmd {
+    /// Create a token; prints only the token on stdout.
+    Create {
+        /// Label.
+        #[arg(long)]
+        name: Option<String>,
+        /// A scope (repeatable; default: every scope of your token).
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Restrict it to a workspace (repeatable).
+        #[arg(long = "workspace", value_name = "WS")]
+        workspaces: Vec<String>,
+        /// Lifetime, e.g. 15m, 8h, 30d.
+        #[arg(long)]
+        lifetime: Option<String>,
+        /// Create it for another user (admins).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List tokens.
+    #[command(alias = "ls")]
+    List {
+        /// Another user's tokens (admins).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Token id (`warren token list`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum UserCmd {
+    /// Create a user.
+    Create {
+        /// Login name.
+        name: String,
+        /// Role: owner, admin, template-admin, member (default), auditor.
+        #[arg(long)]
+        role: Option<String>,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List users.
+    #[command(alias = "ls")]
+    List,
+    /// Change a user's role.
+    SetRole {
+        /// Login name.
+        name: String,
+        /// owner, admin, template-admin, member or auditor.
+        role: String,
+    },
+    /// Suspend a user: their tokens stop working.
+    Suspend {
+        /// Login name.
+        name: String,
+    },
+    /// Reinstate a suspended user.
+    Unsuspend {
+        /// Login name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TeamCmd {
+    /// Create a team.
+    Create {
+        /// Team name.
+        name: String,
+    },
+    /// Delete a team.
+    Delete {
+        /// Team name.
+        name: String,
+    },
+    /// List teams.
+    #[command(alias = "ls")]
+    List,
+    /// Add a user to a team.
+    Add {
+        /// Team name.
+        team: String,
+        /// Login name.
+        user: String,
+    },
+    /// Remove a user from a team.
+    Remove {
+        /// Team name.
+        team: String,
+        /// Login name.
+        user: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    pub cmd: Option<AuditCmd>,
+    #[command(flatten)]
+    pub filter: AuditFilter,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuditCmd {
+    /// Print matching records as JSON lines (all of them unless --limit).
+    Export {
+        #[command(flatten)]
+        filter: AuditFilter,
+    },
+    /// Verify the hash chain: on the server, or of an exported file (offline).
+    Verify {
+        /// An export (`warren audit export > FILE`) to verify without a server; `-` for stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub(crate) struct AuditFilter {
+    /// A username, user id or token id.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// An action (`workspace.create`) or prefix (`workspace.*`).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// A target id or name.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// At or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Records after this id (the `next_after` of the previous page).
+    #[arg(long)]
+    pub after: Option<i64>,
+    /// The most records.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum ImageCmd {
     /// Import an OCI image layout (directory or tar) or a root filesystem (directory, .tar, .tar.gz).
     Import {
         /// What to import.
@@ -151,11 +511,7 @@ enum ImageCmd {
     },
     /// List images.
     #[command(alias = "list")]
-    Ls {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Ls,
     /// Remove an image (refused while a workspace uses it).
     Rm {
         /// Image name.
@@ -163,7 +519,7 @@ enum ImageCmd {
     },
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix('b').unwrap_or(&t);
     let (num, mult) = match t.chars().last() {
@@ -188,26 +544,96 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/warren";
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8> {
     let exe = std::env::current_exe()?;
-    if let Cmd::Server(a) = cli.cmd {
-        return crate::server_cmd::run(a, cli.state_dir, cli.runtime, exe).await;
+    let json = cli.json;
+    let cmd = match cli.cmd {
+        Cmd::Server(a) => return crate::server_cmd::run(a, cli.state_dir, cli.runtime, exe).await,
+        // Commands that need no server and no engine.
+        Cmd::Context(c) => return crate::admin::context(c, cli.context.as_deref(), json),
+        Cmd::Login(a) if a.approve.is_none() => return crate::admin::login(a, json).await,
+        Cmd::Logout { name } => {
+            return crate::admin::logout(name, cli.context.as_deref(), json).await
+        }
+        Cmd::Audit(AuditArgs {
+            cmd: Some(AuditCmd::Verify { file: Some(f) }),
+            ..
+        }) => return crate::admin::verify_file(&f, json),
+        cmd => cmd,
+    };
+    // Host-level commands always run here.
+    let host_only = matches!(cmd, Cmd::Image(_) | Cmd::Reconcile | Cmd::Bench(_));
+    let target = if host_only {
+        Target::Embedded
+    } else {
+        let contexts = Contexts::load()?;
+        crate::context::select(cli.local, cli.context.as_deref(), &contexts)?
+    };
+    if let Target::Remote(remote) = target {
+        return crate::remote::run(cmd, &remote, json).await;
     }
-    let state_dir = cli
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    if let Some(what) = server_only(&cmd) {
+        return Err(user_error(
+            format!("`warren {what}` needs a server, and no context is selected"),
+            "sign in with `warren login URL`, or pick a context with `warren context use NAME` or --context NAME",
+        ));
+    }
+    embedded(cmd, cli.state_dir, cli.runtime, exe, json).await
+}
+
+/// The name of a command that only exists against a server.
+fn server_only(cmd: &Cmd) -> Option<&'static str> {
+    Some(match cmd {
+        Cmd::Create(_) => "create",
+        Cmd::Jobs { .. } => "jobs",
+        Cmd::Cancel { .. } => "cancel",
+        Cmd::Extend { .. } => "extend",
+        Cmd::Login(_) => "login --approve",
+        Cmd::Logout { .. } => "logout",
+        Cmd::Whoami => "whoami",
+        Cmd::Template(_) => "template",
+        Cmd::Token(_) => "token",
+        Cmd::User(_) => "user",
+        Cmd::Team(_) => "team",
+        Cmd::Audit(_) => "audit",
+        Cmd::Logs(LogsArgs { job: Some(_), .. }) => "logs --job",
+        Cmd::List(ListArgs { owner: Some(_), .. }) => "list --owner",
+        Cmd::List(ListArgs {
+            template: Some(_), ..
+        }) => "list --template",
+        _ => return None,
+    })
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs a command with the engine embedded in this process.
+async fn embedded(
+    cmd: Cmd,
+    state_dir: Option<PathBuf>,
+    runtime: Option<String>,
+    exe: PathBuf,
+    json: bool,
+) -> Result<u8> {
+    let state_dir = state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
     let engine = Engine::open(Config {
-        state_dir,
-        oci: OciRuntime::parse(cli.runtime.as_deref().unwrap_or("libcontainer")),
+        state_dir: state_dir.clone(),
+        oci: OciRuntime::parse(runtime.as_deref().unwrap_or("libcontainer")),
         exe,
     })
     .await?;
+    if let Cmd::Bench(a) = cmd {
+        return crate::bench::run(a, &state_dir, runtime.as_deref().unwrap_or("libcontainer"))
+            .await;
+    }
     let reconciles = matches!(
-        cli.cmd,
+        cmd,
         Cmd::Up(_)
-            | Cmd::List { .. }
-            | Cmd::Start { .. }
-            | Cmd::Stop { .. }
-            | Cmd::Restart { .. }
+            | Cmd::List(_)
+            | Cmd::Start(_)
+            | Cmd::Stop(_)
+            | Cmd::Restart(_)
             | Cmd::Delete { .. }
             | Cmd::Reconcile
     );
@@ -216,7 +642,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         for (ws, why) in &report.errors {
             Printer.warn(&format!("could not reconcile workspace {ws}: {why}"));
         }
-        if matches!(cli.cmd, Cmd::Reconcile) {
+        if matches!(cmd, Cmd::Reconcile) {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
@@ -228,7 +654,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
             return Ok(0);
         }
     }
-    match cli.cmd {
+    // The record of a workspace after an operation, for --json.
+    let record = |name: String| {
+        let engine = engine.clone();
+        async move {
+            let list = engine.list().await?;
+            anyhow::Ok(list.into_iter().find(|w| w.name.as_str() == name))
+        }
+    };
+    match cmd {
         Cmd::Up(a) => {
             if let Some(c) = a.cpus {
                 if c.is_nan() || c <= 0.0 {
@@ -253,13 +687,20 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 "Workspace {} is running. Try: warren exec {} -- uname -a   or   warren shell {}",
                 rec.name, rec.name, rec.name
             );
-            println!("{}", rec.name);
+            if json {
+                print_json(&warren_api::Workspace::from(rec))?;
+            } else {
+                println!("{}", rec.name);
+            }
             Ok(0)
         }
-        Cmd::List { json } => {
-            let list = engine.list().await?;
+        Cmd::List(a) => {
+            let mut list = engine.list().await?;
+            if let Some(s) = &a.status {
+                list.retain(|w| w.state.to_string() == *s);
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                print_json(&list)?;
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -300,59 +741,85 @@ pub async fn run(cli: Cli) -> Result<u8> {
         }
         Cmd::Shell { workspace, user } => {
             let p = ExecProcess {
-                argv: vec![
-                    "/bin/sh".into(),
-                    "-c".into(),
-                    "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
-                        .into(),
-                ],
+                argv: shell_argv(),
                 user,
                 tty: Some((24, 80)),
                 ..Default::default()
             };
             crate::exec::run(&engine, &workspace, p).await
         }
-        Cmd::Start { workspace } => {
-            engine.start(&workspace, &Printer).await?;
+        Cmd::Start(a) => {
+            engine.start(&a.workspace, &Printer).await?;
+            if json {
+                print_json(&record(a.workspace).await?)?;
+            }
             Ok(0)
         }
-        Cmd::Stop { workspace } => {
-            engine.stop(&workspace).await?;
+        Cmd::Stop(a) => {
+            engine.stop(&a.workspace).await?;
+            if json {
+                print_json(&record(a.workspace).await?)?;
+            }
             Ok(0)
         }
-        Cmd::Restart { workspace } => {
-            engine.restart(&workspace, &Printer).await?;
+        Cmd::Restart(a) => {
+            engine.restart(&a.workspace, &Printer).await?;
+            if json {
+                print_json(&record(a.workspace).await?)?;
+            }
             Ok(0)
         }
-        Cmd::Delete { workspace, force } => {
+        Cmd::Delete {
+            workspace, force, ..
+        } => {
             engine.delete(&workspace, force).await?;
+            if json {
+                print_json(&serde_json::json!({ "deleted": workspace }))?;
+            }
             Ok(0)
         }
-        Cmd::Logs { workspace } => {
-            print!("{}", engine.logs(&workspace).await?);
+        Cmd::Logs(a) => {
+            let ws = a.workspace.unwrap_or_default();
+            let mut text = engine.logs(&ws).await?;
+            print!("{text}");
+            if a.follow {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    let now = engine.logs(&ws).await?;
+                    if now.len() < text.len() || !now.starts_with(text.as_str()) {
+                        text.clear();
+                    }
+                    if now.len() > text.len() {
+                        print!("{}", &now[text.len()..]);
+                        let _ = std::io::stdout().flush();
+                        text = now;
+                    }
+                }
+            }
             Ok(0)
         }
         Cmd::Stats { workspace } => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&engine.stats(&workspace).await?)?
-            );
+            print_json(&engine.stats(&workspace).await?)?;
             Ok(0)
         }
-        Cmd::Image(ic) => image(&engine, ic).await,
-        Cmd::Reconcile => Ok(0),
-        Cmd::Bench(a) => {
-            let dir = cli
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-            crate::bench::run(a, &dir, cli.runtime.as_deref().unwrap_or("libcontainer")).await
-        }
-        // Dispatched before the engine is opened.
-        Cmd::Server(_) => Ok(0),
+        Cmd::Image(ic) => image(&engine, ic, json).await,
+        // Dispatched before the engine is opened, or refused without a server.
+        _ => Ok(0),
     }
 }
 
-async fn image(engine: &Engine, cmd: ImageCmd) -> Result<u8> {
+/// The command `warren shell` runs: bash if the image has it, else sh, as a login shell.
+pub(crate) fn shell_argv() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi".into(),
+    ]
+}
+
+async fn image(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<u8> {
     let images = engine.images().clone();
     match cmd {
         ImageCmd::Import { path, name } => {
@@ -365,19 +832,27 @@ async fn image(engine: &Engine, cmd: ImageCmd) -> Result<u8> {
             Printer.step(&format!("Importing {} as {name}", path.display()));
             let info =
                 tokio::task::spawn_blocking(move || images.import(&path, &name, None)).await??;
-            println!("{} {}", info.name, info.digest);
+            if json {
+                print_json(&info)?;
+            } else {
+                println!("{} {}", info.name, info.digest);
+            }
         }
         ImageCmd::Bootstrap { name, suite } => {
             Printer.step(&format!(
                 "Building {name} from Debian {suite} with mmdebstrap"
             ));
             let info = engine.bootstrap(&name, &suite, &Printer).await?;
-            println!("{} {}", info.name, info.digest);
+            if json {
+                print_json(&info)?;
+            } else {
+                println!("{} {}", info.name, info.digest);
+            }
         }
-        ImageCmd::Ls { json } => {
+        ImageCmd::Ls => {
             let list = tokio::task::spawn_blocking(move || images.list()).await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                print_json(&list)?;
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -401,6 +876,12 @@ async fn image(engine: &Engine, cmd: ImageCmd) -> Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn sizes_parse_with_units_and_reject_nonsense() {

@@ -106,10 +106,10 @@ pub async fn run(engine: &Engine, name: &str, mut process: ExecProcess) -> Resul
 
 /// Handlers for the forwarded signals, installed before the process starts so that a signal arriving
 /// early is delivered to it rather than killing this client.
-struct Signals(Vec<(i32, tokio::signal::unix::Signal)>);
+pub(crate) struct Signals(Vec<(i32, tokio::signal::unix::Signal)>);
 
 impl Signals {
-    fn install() -> Result<Signals> {
+    pub(crate) fn install() -> Result<Signals> {
         let mut streams = Vec::new();
         for (num, kind) in FORWARDED {
             streams.push((*num, signal(kind()).context("install signal handler")?));
@@ -133,7 +133,7 @@ async fn interruptible<T>(
     }
 }
 
-fn forward_signals(
+pub(crate) fn forward_signals(
     signals: Signals,
     f: impl Fn(i32) + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
@@ -155,12 +155,12 @@ fn forward_signals(
     })
 }
 
-struct RawMode {
+pub(crate) struct RawMode {
     saved: Option<Termios>,
 }
 
 impl RawMode {
-    fn enter() -> RawMode {
+    pub(crate) fn enter() -> RawMode {
         let stdin = std::io::stdin();
         let saved = termios::tcgetattr(stdin.as_fd()).ok();
         if let Some(t) = &saved {

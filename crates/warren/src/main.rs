@@ -1,11 +1,16 @@
 //! The `warren` binary: argument parsing and wiring only; the logic lives in the library crates.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod bench;
 mod cli;
+mod client;
+mod context;
 mod exec;
 mod output;
+mod remote;
 mod server_cmd;
+mod wsexec;
 
 use std::process::ExitCode;
 
@@ -18,6 +23,7 @@ fn main() -> ExitCode {
         warren_runtime::supervisor::main(std::path::Path::new(&args[2]));
     }
     let cli = cli::Cli::parse();
+    let json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -32,8 +38,46 @@ fn main() -> ExitCode {
     match rt.block_on(cli::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            output::report(&e);
+            report(&e, json);
             ExitCode::from(1)
         }
+    }
+}
+
+/// Prints an error: `error:` and `hint:` lines on stderr; with `--json`, also
+/// `{"error": {"code", "message", "hint"}}` on stdout.
+fn report(e: &anyhow::Error, json: bool) {
+    let api = e.downcast_ref::<client::ApiError>();
+    match api {
+        Some(a) => output::error(&a.message, a.hint.as_deref()),
+        None => output::report(e),
+    }
+    if json {
+        let (code, message, hint) = match api {
+            Some(a) => (a.code.clone(), a.message.clone(), a.hint.clone()),
+            None => {
+                let (code, hint) = if let Some(ee) = e.downcast_ref::<warren_engine::EngineError>()
+                {
+                    (ee.code().to_string(), ee.hint())
+                } else if let Some(u) = e.downcast_ref::<output::UserError>() {
+                    ("invalid_request".to_string(), u.hint.clone())
+                } else {
+                    ("internal".to_string(), None)
+                };
+                let message = match e.downcast_ref::<output::UserError>() {
+                    Some(u) => u.msg.clone(),
+                    None => e
+                        .chain()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(": "),
+                };
+                (code, message, hint)
+            }
+        };
+        println!(
+            "{}",
+            serde_json::json!({"error": {"code": code, "message": message, "hint": hint}})
+        );
     }
 }

@@ -605,7 +605,7 @@ async fn list_versions(
 
 /// One version of a template.
 #[utoipa::path(get, path = "/api/v1/templates/{template}/versions/{number}", tag = "templates", security(("token" = [])),
-    params(("template" = String, Path, description = "template name"), ("number" = i64, Path, description = "version number")),
+    params(("template" = String, Path, description = "template name"), ("number" = String, Path, description = "version number, or `active`")),
     responses((status = 200, body = TemplateVersion), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_version(
     State(state): State<AppState>,
@@ -613,18 +613,30 @@ async fn get_version(
     Path((name, number)): Path<(String, String)>,
 ) -> ApiResult<Json<TemplateVersion>> {
     caller.require(Op::TemplateRead)?;
-    let number: i64 = number.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "version number `{}` is not a whole number",
-            number.chars().take(40).collect::<String>()
-        ))
-    })?;
     let t = find(&state, &name).await?;
-    let v = state
-        .store
-        .version_by_number(&t.id, number)
-        .await?
-        .ok_or_else(|| no_version(&name, number))?;
+    let v = if number == "active" {
+        let id = t.active_version_id.clone().ok_or_else(|| {
+            ApiError::not_found("active version of template", &name)
+                .hint("activate one: warren template activate T N")
+        })?;
+        state
+            .store
+            .version(&id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("template version", &id))?
+    } else {
+        let n: i64 = number.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "version `{}` is neither a whole number nor `active`",
+                number.chars().take(40).collect::<String>()
+            ))
+        })?;
+        state
+            .store
+            .version_by_number(&t.id, n)
+            .await?
+            .ok_or_else(|| no_version(&name, n))?
+    };
     let active = t.active_version_id.as_deref() == Some(v.id.as_str());
     Ok(Json(version_view(&v, active)?))
 }

@@ -3,4 +3,5 @@ mod cli;
 mod examples;
 mod isolation;
 mod runtime;
+mod server;
 mod util;

@@ -45,12 +45,20 @@ pub fn busybox_rootfs(dir: &Path) {
 
 /// Runs `warren` with `args` against the state dir `state`.
 pub fn warren(state: &Path, args: &[&str]) -> Output {
-    Command::new(warren_exe())
-        .args(args)
+    let mut c = Command::new(warren_exe());
+    c.args(args)
         .env("WARREN_STATE_DIR", state)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+        .env("NO_COLOR", "1");
+    embedded_only(&mut c).output().unwrap()
+}
+
+/// Keeps `warren` on the embedded engine whatever server contexts the person running the tests
+/// has: no contexts file, no `WARREN_URL`/`WARREN_TOKEN`/`WARREN_CONTEXT`.
+pub fn embedded_only(c: &mut Command) -> &mut Command {
+    c.env("WARREN_CONFIG_DIR", "/nonexistent/warren-test-config")
+        .env_remove("WARREN_URL")
+        .env_remove("WARREN_TOKEN")
+        .env_remove("WARREN_CONTEXT")
 }
 
 /// Text of stdout.
@@ -99,6 +107,7 @@ impl World {
         c.args(args)
             .env("WARREN_STATE_DIR", self.state())
             .env("NO_COLOR", "1");
+        embedded_only(&mut c);
         c
     }
 

@@ -1,0 +1,961 @@
+//! Accounts and administration against a server: `login` (token or device flow), `logout`,
+//! `context`, `whoami`, `template`, `token`, `user`, `team` and `audit`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use warren_api::auth::{Role, Scope};
+use warren_api::template::{parse_duration, TemplateManifest, MANIFEST_FILE};
+use warren_api::v1::{
+    AuditVerify, CreateTemplate, CreateToken, CreateUser, CreateVersion, UpdateUser,
+};
+use warren_engine::Progress;
+
+use crate::cli::{
+    AuditArgs, AuditCmd, AuditFilter, ContextCmd, LoginArgs, TeamCmd, TemplateCmd, TokenCmd,
+    UserCmd,
+};
+use crate::client::{has_code, ApiError, Client};
+use crate::context::{default_name, normalize_url, Context, Contexts, Remote, Target};
+use crate::output::{table, user_error, Printer};
+use crate::remote::{pack_dir, print_json, MAX_UPLOAD};
+
+// --- login, logout, contexts ---------------------------------------------------------------
+
+/// `warren login URL`: checks the token (or gets one through the device flow), saves the
+/// context and makes it current.
+pub async fn login(a: LoginArgs, json: bool) -> Result<u8> {
+    let url = normalize_url(a.url.as_deref().unwrap_or_default())?;
+    let ca = match &a.ca_cert {
+        Some(p) => Some(std::fs::canonicalize(p).map_err(|e| {
+            user_error(
+                format!("cannot open the CA certificate {}: {e}", p.display()),
+                "give a PEM file with the CA that signed the server's certificate",
+            )
+        })?),
+        None => None,
+    };
+    let name = a.name.clone().unwrap_or_else(|| default_name(&url));
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(user_error(
+            format!("`{name}` is not a usable context name"),
+            "pick another with --name",
+        ));
+    }
+    let token = if let Some(t) = a.token {
+        t.trim().to_string()
+    } else if a.token_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("read the token from stdin")?;
+        s.trim().to_string()
+    } else {
+        device_flow(&url, ca.as_deref()).await?
+    };
+    if token.is_empty() {
+        return Err(user_error(
+            "the token is empty",
+            "pass it with --token TOKEN or on stdin with --token-stdin",
+        ));
+    }
+    let client = Client::new(&url, Some(&token), ca.as_deref())?;
+    let me = client.me().await.map_err(|e| {
+        if has_code(&e, "unauthenticated") {
+            let msg = e.to_string();
+            user_error(
+                format!("{url} refused the token: {msg}"),
+                "check it, or make a new one with `warren token create` from a signed-in session",
+            )
+        } else {
+            e
+        }
+    })?;
+    let mut ctxs = Contexts::load()?;
+    ctxs.contexts.insert(
+        name.clone(),
+        Context {
+            url: url.clone(),
+            token,
+            ca_cert: ca,
+        },
+    );
+    ctxs.current = Some(name.clone());
+    ctxs.save()?;
+    eprintln!(
+        "Logged in to {url} as {} ({}). Context `{name}` is now current.",
+        me.user.username, me.user.role
+    );
+    if json {
+        print_json(&serde_json::json!({
+            "context": name, "url": url, "user": me.user, "organization": me.organization,
+            "token": me.token,
+        }))?;
+    }
+    Ok(0)
+}
+
+/// The browser-free device flow: shows a code that a signed-in session approves, and polls.
+async fn device_flow(url: &str, ca: Option<&Path>) -> Result<String> {
+    let anon = Client::new(url, None, ca)?;
+    let start = anon.device_start().await?;
+    eprintln!(
+        "To sign in, approve code {code} from a signed-in session:\n\n    warren login --approve {code}\n\nThe code expires in {} minutes. Waiting for approval...",
+        start.expires_in.div_ceil(60),
+        code = start.user_code,
+    );
+    let interval = Duration::from_secs(start.interval.clamp(1, 30));
+    let deadline = Instant::now() + Duration::from_secs(start.expires_in) + interval;
+    let expired = || {
+        user_error(
+            format!("code {} expired before it was approved", start.user_code),
+            "start again with `warren login URL`",
+        )
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        match anon.device_poll(&start.device_code).await {
+            Ok(t) => return Ok(t.token),
+            Err(e) if has_code(&e, "authorization_pending") => {}
+            Err(e) if has_code(&e, "expired_token") => return Err(expired()),
+            Err(e) => return Err(e),
+        }
+        if Instant::now() > deadline {
+            return Err(expired());
+        }
+    }
+}
+
+/// `warren login --approve CODE` from a signed-in session.
+pub async fn approve(c: &Client, code: &str, json: bool) -> Result<u8> {
+    c.device_approve(code).await?;
+    eprintln!("Approved {code}: the waiting `warren login` is now signed in as you.");
+    if json {
+        print_json(&serde_json::json!({ "approved": code }))?;
+    }
+    Ok(0)
+}
+
+/// `warren logout [NAME]`: revokes the context's token on its server and forgets the context.
+pub async fn logout(name: Option<String>, selected: Option<&str>, json: bool) -> Result<u8> {
+    let mut ctxs = Contexts::load()?;
+    let name = name
+        .or_else(|| selected.map(str::to_string))
+        .or_else(|| ctxs.current.clone())
+        .ok_or_else(|| {
+            user_error(
+                "no context to log out of",
+                "name one: `warren logout NAME` (`warren context list` shows them)",
+            )
+        })?;
+    let ctx = ctxs.get(&name)?.clone();
+    let revoked = async {
+        let c = Client::new(&ctx.url, Some(&ctx.token), ctx.ca_cert.as_deref())?;
+        let me = c.me().await?;
+        c.revoke_token(&me.token.id).await?;
+        anyhow::Ok(me.token.id)
+    }
+    .await;
+    let revoked = match revoked {
+        Ok(id) => {
+            eprintln!("Revoked token {id}.");
+            true
+        }
+        Err(e) if has_code(&e, "unauthenticated") => {
+            eprintln!("The token no longer worked.");
+            false
+        }
+        Err(e) => {
+            Printer.warn(&format!(
+                "could not revoke the token of context `{name}`: {e}; it stays valid until it expires (revoke it from another session with `warren token revoke`)"
+            ));
+            false
+        }
+    };
+    ctxs.contexts.remove(&name);
+    if ctxs.current.as_deref() == Some(name.as_str()) {
+        ctxs.current = None;
+    }
+    ctxs.save()?;
+    eprintln!("Removed context `{name}`.");
+    if json {
+        print_json(&serde_json::json!({ "context": name, "revoked": revoked }))?;
+    }
+    Ok(0)
+}
+
+/// The public id of a token string `wrn_<id>_<secret>`.
+fn token_id(token: &str) -> Option<&str> {
+    token.strip_prefix("wrn_")?.split('_').next()
+}
+
+fn context_json(name: &str, c: &Context, current: bool) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "url": c.url, "ca_cert": c.ca_cert, "current": current,
+        "token_id": token_id(&c.token),
+    })
+}
+
+/// `warren context ...`: works on the contexts file only.
+pub fn context(cmd: ContextCmd, selected: Option<&str>, json: bool) -> Result<u8> {
+    let mut ctxs = Contexts::load()?;
+    match cmd {
+        ContextCmd::List => {
+            let cur = ctxs.current.clone();
+            if json {
+                let v: Vec<_> = ctxs
+                    .contexts
+                    .iter()
+                    .map(|(n, c)| context_json(n, c, cur.as_deref() == Some(n)))
+                    .collect();
+                print_json(&v)?;
+            } else {
+                let rows: Vec<Vec<String>> = ctxs
+                    .contexts
+                    .iter()
+                    .map(|(n, c)| {
+                        vec![
+                            if cur.as_deref() == Some(n) { "*" } else { "" }.to_string(),
+                            n.clone(),
+                            c.url.clone(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["CURRENT", "NAME", "URL"], &rows));
+            }
+        }
+        ContextCmd::Show { name } => {
+            let target = match name.as_deref() {
+                Some(n) => crate::context::select_with(false, Some(n), None, None, &ctxs)?,
+                None => crate::context::select(false, selected, &ctxs)?,
+            };
+            match target {
+                Target::Embedded => {
+                    if json {
+                        print_json(&serde_json::json!({ "name": null, "embedded": true }))?;
+                    } else {
+                        println!("No context is selected: commands run on this host.");
+                    }
+                }
+                Target::Remote(Remote {
+                    name,
+                    url,
+                    token,
+                    ca_cert,
+                }) => {
+                    let current = name.is_some() && name == ctxs.current;
+                    if json {
+                        print_json(&serde_json::json!({
+                            "name": name, "url": url, "ca_cert": ca_cert, "current": current,
+                            "token_id": token_id(&token),
+                        }))?;
+                    } else {
+                        println!(
+                            "name:     {}",
+                            name.as_deref().unwrap_or("(WARREN_URL and WARREN_TOKEN)")
+                        );
+                        println!("url:      {url}");
+                        println!("token id: {}", token_id(&token).unwrap_or("?"));
+                        if let Some(ca) = ca_cert {
+                            println!("ca_cert:  {}", ca.display());
+                        }
+                        println!("current:  {}", if current { "yes" } else { "no" });
+                    }
+                }
+            }
+        }
+        ContextCmd::Use { name } => {
+            let url = ctxs.get(&name)?.url.clone();
+            ctxs.current = Some(name.clone());
+            ctxs.save()?;
+            eprintln!("Now using context `{name}` ({url}).");
+            if json {
+                print_json(&serde_json::json!({ "current": name }))?;
+            }
+        }
+        ContextCmd::Unset => {
+            ctxs.current = None;
+            ctxs.save()?;
+            eprintln!("No context is current: commands run on this host.");
+            if json {
+                print_json(&serde_json::json!({ "current": null }))?;
+            }
+        }
+        ContextCmd::Rm { name } => {
+            ctxs.get(&name)?;
+            ctxs.contexts.remove(&name);
+            if ctxs.current.as_deref() == Some(name.as_str()) {
+                ctxs.current = None;
+            }
+            ctxs.save()?;
+            eprintln!(
+                "Removed context `{name}` (its token was not revoked; `warren logout` does that)."
+            );
+            if json {
+                print_json(&serde_json::json!({ "removed": name }))?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `warren whoami`.
+pub async fn whoami(c: &Client, remote: &Remote, json: bool) -> Result<u8> {
+    let me = c.me().await?;
+    if json {
+        print_json(&me)?;
+    } else {
+        println!(
+            "{} ({}) in organization {} at {}",
+            me.user.username,
+            me.user.role,
+            me.organization,
+            remote.label()
+        );
+    }
+    Ok(0)
+}
+
+// --- templates -----------------------------------------------------------------------------
+
+/// `warren template ...`.
+pub async fn template(c: &Client, cmd: TemplateCmd, json: bool) -> Result<u8> {
+    match cmd {
+        TemplateCmd::Push {
+            dir,
+            name,
+            message,
+            no_activate,
+        } => push(c, &dir, name, message, no_activate, json).await,
+        TemplateCmd::List => {
+            let list = c.templates().await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        t.active_version.map_or("-".into(), |v| v.to_string()),
+                        if t.archived { "yes" } else { "no" }.into(),
+                        t.updated_at.clone(),
+                        t.description.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["NAME", "ACTIVE", "ARCHIVED", "UPDATED", "DESCRIPTION"],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        TemplateCmd::Show { template } => {
+            let t = c.template(&template).await?;
+            let v = match t.active_version {
+                Some(n) => Some(c.version(&template, Some(n)).await?),
+                None => None,
+            };
+            if json {
+                print_json(&serde_json::json!({ "template": t, "active_version": v }))?;
+                return Ok(0);
+            }
+            println!("name:        {}", t.name);
+            if let Some(d) = &t.display_name {
+                println!("display:     {d}");
+            }
+            if let Some(d) = &t.description {
+                println!("description: {d}");
+            }
+            println!(
+                "active:      {}",
+                t.active_version
+                    .map_or("none".into(), |v| format!("version {v}"))
+            );
+            println!("archived:    {}", if t.archived { "yes" } else { "no" });
+            if let Some(v) = v {
+                let rows: Vec<Vec<String>> = v
+                    .parameters
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.r#type.as_str().into(),
+                            p.default.as_ref().map_or("-".into(), |d| d.to_string()),
+                            if p.required { "yes" } else { "no" }.into(),
+                            p.options.as_ref().map_or(String::new(), |o| {
+                                o.iter()
+                                    .map(|x| x.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            }),
+                            p.description.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                if !rows.is_empty() {
+                    println!();
+                    print!(
+                        "{}",
+                        table(
+                            &[
+                                "PARAMETER",
+                                "TYPE",
+                                "DEFAULT",
+                                "REQUIRED",
+                                "OPTIONS",
+                                "DESCRIPTION"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+            }
+            Ok(0)
+        }
+        TemplateCmd::Versions { template } => {
+            let list = c.versions(&template).await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|v| {
+                    vec![
+                        v.number.to_string(),
+                        if v.active { "*" } else { "" }.into(),
+                        v.created_at.clone(),
+                        v.created_by.clone(),
+                        v.message.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["VERSION", "ACTIVE", "CREATED", "BY", "MESSAGE"], &rows)
+            );
+            Ok(0)
+        }
+        TemplateCmd::Archive { template } => {
+            c.archive_template(&template).await?;
+            let t = c.template(&template).await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                eprintln!("Archived template {}: it takes no new workspaces.", t.name);
+            }
+            Ok(0)
+        }
+        TemplateCmd::Activate {
+            template,
+            number: version,
+        } => {
+            c.activate(&template, version).await?;
+            let t = c.template(&template).await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                eprintln!("Template {} now uses version {version}.", t.name);
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn push(
+    c: &Client,
+    dir: &Path,
+    name: Option<String>,
+    message: Option<String>,
+    no_activate: bool,
+    json: bool,
+) -> Result<u8> {
+    let dir = std::fs::canonicalize(dir).map_err(|e| {
+        user_error(
+            format!("cannot open template folder {}: {e}", dir.display()),
+            "give the folder that holds .devcontainer/devcontainer.json and warren-template.json",
+        )
+    })?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => Some(TemplateManifest::parse(&text).map_err(|e| {
+            user_error(
+                format!("{}: {e}", manifest_path.display()),
+                "fix the manifest: name, parameters, ceilings and policy",
+            )
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("read {}", manifest_path.display())),
+    };
+    if !dir.join(".devcontainer/devcontainer.json").is_file()
+        && !dir.join(".devcontainer.json").is_file()
+    {
+        return Err(user_error(
+            format!(
+                "{} has no .devcontainer/devcontainer.json or .devcontainer.json",
+                dir.display()
+            ),
+            "a template folder is a project folder plus an optional warren-template.json",
+        ));
+    }
+    let name = name
+        .or_else(|| manifest.as_ref().map(|m| m.name.clone()))
+        .unwrap_or_else(|| {
+            warren_api::workspace_name_from_dir(
+                &dir.file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            )
+            .to_string()
+        });
+    Printer.step(&format!("Uploading {} as template {name}", dir.display()));
+    let d = dir.clone();
+    let tar = tokio::task::spawn_blocking(move || pack_dir(&d, MAX_UPLOAD)).await??;
+    let file = c.upload(tar).await?;
+    let body = CreateVersion {
+        file_id: Some(file.id),
+        message,
+        activate: Some(!no_activate),
+        ..Default::default()
+    };
+    let v = match c.push_version(&name, &body).await {
+        Err(e)
+            if e.downcast_ref::<ApiError>()
+                .is_some_and(|a| a.is("not_found") && a.message.starts_with("no template")) =>
+        {
+            // A new template: create it, then push its first version.
+            c.create_template(&CreateTemplate {
+                name: name.clone(),
+                display_name: manifest.as_ref().and_then(|m| m.display_name.clone()),
+                description: manifest.as_ref().and_then(|m| m.description.clone()),
+            })
+            .await?;
+            c.push_version(&name, &body).await?
+        }
+        r => r?,
+    };
+    if json {
+        print_json(&v)?;
+    } else {
+        eprintln!(
+            "Pushed template {name} version {}{}.",
+            v.number,
+            if v.active { " (active)" } else { "" }
+        );
+        println!("{}", v.number);
+    }
+    Ok(0)
+}
+
+// --- tokens, users, teams ------------------------------------------------------------------
+
+/// `warren token ...`.
+pub async fn token(c: &Client, cmd: TokenCmd, json: bool) -> Result<u8> {
+    match cmd {
+        TokenCmd::Create {
+            name,
+            scopes,
+            workspaces,
+            lifetime,
+            user,
+        } => {
+            let mut parsed = Vec::new();
+            for s in &scopes {
+                parsed.push(s.parse::<Scope>().map_err(|e| {
+                    user_error(e, "e.g. --scope workspace:read --scope workspace:exec")
+                })?);
+            }
+            if let Some(l) = &lifetime {
+                parse_duration(l).map_err(|e| {
+                    user_error(format!("--lifetime `{l}`: {e}"), "e.g. --lifetime 8h")
+                })?;
+            }
+            let body = CreateToken {
+                name,
+                scopes: (!parsed.is_empty()).then_some(parsed),
+                workspaces: (!workspaces.is_empty()).then_some(workspaces),
+                lifetime,
+                user,
+            };
+            let t = c.create_token(&body).await?;
+            let scopes: Vec<&str> = t.info.scopes.iter().map(|s| s.as_str()).collect();
+            eprintln!(
+                "Created token {} ({}) with scopes {}, expiring {}. It is shown only this once:",
+                t.info.id,
+                t.info.name,
+                scopes.join(", "),
+                t.info.expires_at
+            );
+            if json {
+                print_json(&t)?;
+            } else {
+                println!("{}", t.token);
+            }
+            Ok(0)
+        }
+        TokenCmd::List { user } => {
+            let list = c.tokens(user.as_deref()).await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.name.clone(),
+                        t.scopes
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        t.expires_at.clone(),
+                        t.last_used_at.clone().unwrap_or_else(|| "-".into()),
+                        t.revoked_at.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "REVOKED"],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        TokenCmd::Revoke { id } => {
+            c.revoke_token(&id).await?;
+            eprintln!("Revoked token {id}.");
+            if json {
+                print_json(&serde_json::json!({ "revoked": id }))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn parse_role(r: &str) -> Result<Role> {
+    r.parse::<Role>()
+        .map_err(|e| user_error(e, "e.g. --role member"))
+}
+
+fn print_user(u: &warren_api::v1::User, json: bool, what: &str) -> Result<()> {
+    if json {
+        print_json(u)
+    } else {
+        eprintln!(
+            "{what} user {} ({}{}).",
+            u.username,
+            u.role,
+            if u.suspended { ", suspended" } else { "" }
+        );
+        Ok(())
+    }
+}
+
+/// `warren user ...`.
+pub async fn user(c: &Client, cmd: UserCmd, json: bool) -> Result<u8> {
+    match cmd {
+        UserCmd::Create {
+            name,
+            role,
+            display_name,
+        } => {
+            let role = role.as_deref().map(parse_role).transpose()?;
+            let u = c
+                .create_user(&CreateUser {
+                    username: name,
+                    display_name,
+                    role,
+                })
+                .await?;
+            print_user(&u, json, "Created")?;
+            if !json {
+                println!("{}", u.username);
+            }
+        }
+        UserCmd::List => {
+            let list = c.users().await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|u| {
+                    vec![
+                        u.username.clone(),
+                        u.role.to_string(),
+                        if u.suspended { "yes" } else { "no" }.into(),
+                        u.display_name.clone().unwrap_or_default(),
+                        u.created_at.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["USERNAME", "ROLE", "SUSPENDED", "NAME", "CREATED"], &rows)
+            );
+        }
+        UserCmd::SetRole { name, role } => {
+            let role = parse_role(&role)?;
+            let u = c
+                .update_user(
+                    &name,
+                    &UpdateUser {
+                        role: Some(role),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print_user(&u, json, "Updated")?;
+        }
+        UserCmd::Suspend { name } => {
+            let u = c
+                .update_user(
+                    &name,
+                    &UpdateUser {
+                        suspended: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print_user(&u, json, "Suspended")?;
+        }
+        UserCmd::Unsuspend { name } => {
+            let u = c
+                .update_user(
+                    &name,
+                    &UpdateUser {
+                        suspended: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print_user(&u, json, "Reinstated")?;
+        }
+    }
+    Ok(0)
+}
+
+/// `warren team ...`.
+pub async fn team(c: &Client, cmd: TeamCmd, json: bool) -> Result<u8> {
+    let done = |v: serde_json::Value, msg: String| -> Result<u8> {
+        if json {
+            print_json(&v)?;
+        } else {
+            eprintln!("{msg}");
+        }
+        Ok(0)
+    };
+    match cmd {
+        TeamCmd::Create { name } => {
+            let t = c.create_team(&name).await?;
+            done(
+                serde_json::to_value(&t)?,
+                format!("Created team {}.", t.name),
+            )
+        }
+        TeamCmd::Delete { name } => {
+            c.delete_team(&name).await?;
+            done(
+                serde_json::json!({ "deleted": name }),
+                format!("Deleted team {name}."),
+            )
+        }
+        TeamCmd::List => {
+            let list = c.teams().await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| vec![t.name.clone(), t.members.join(","), t.created_at.clone()])
+                .collect();
+            print!("{}", table(&["NAME", "MEMBERS", "CREATED"], &rows));
+            Ok(0)
+        }
+        TeamCmd::Add { team, user } => {
+            c.team_member(&team, &user, true).await?;
+            done(
+                serde_json::json!({ "team": team, "added": user }),
+                format!("Added {user} to team {team}."),
+            )
+        }
+        TeamCmd::Remove { team, user } => {
+            c.team_member(&team, &user, false).await?;
+            done(
+                serde_json::json!({ "team": team, "removed": user }),
+                format!("Removed {user} from team {team}."),
+            )
+        }
+    }
+}
+
+// --- audit ---------------------------------------------------------------------------------
+
+fn audit_params(f: &AuditFilter) -> Vec<(&'static str, String)> {
+    let mut p = Vec::new();
+    let mut add = |k: &'static str, v: &Option<String>| {
+        if let Some(v) = v {
+            p.push((k, v.clone()));
+        }
+    };
+    add("actor", &f.actor);
+    add("action", &f.action);
+    add("target", &f.target);
+    add("since", &f.since);
+    add("until", &f.until);
+    if let Some(a) = f.after {
+        p.push(("after", a.to_string()));
+    }
+    if let Some(l) = f.limit {
+        p.push(("limit", l.to_string()));
+    }
+    p
+}
+
+/// `warren audit [export|verify]`.
+pub async fn audit(c: &Client, a: AuditArgs, json: bool) -> Result<u8> {
+    match a.cmd {
+        None => {
+            let page = c.audit(&audit_params(&a.filter)).await?;
+            if json {
+                print_json(&page)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = page
+                .records
+                .iter()
+                .map(|r| {
+                    let target = match (&r.target_name, &r.target_id) {
+                        (Some(n), _) if !n.is_empty() => format!("{} {n}", r.target_type),
+                        (_, Some(i)) => format!("{} {i}", r.target_type),
+                        _ => r.target_type.clone(),
+                    };
+                    vec![
+                        r.id.to_string(),
+                        r.at.clone(),
+                        r.actor_username.clone().unwrap_or_else(|| "-".into()),
+                        r.action.clone(),
+                        target,
+                        r.outcome.as_str().to_string(),
+                        r.status.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["ID", "AT", "ACTOR", "ACTION", "TARGET", "OUTCOME", "STATUS"],
+                    &rows
+                )
+            );
+            if let Some(n) = page.next_after {
+                eprintln!("More records: warren audit --after {n}");
+            }
+            Ok(0)
+        }
+        Some(AuditCmd::Export { filter }) => {
+            let mut out = std::io::stdout().lock();
+            c.audit_export(&audit_params(&filter), &mut out).await?;
+            Ok(0)
+        }
+        Some(AuditCmd::Verify { file: Some(f) }) => verify_file(&f, json),
+        Some(AuditCmd::Verify { file: None }) => {
+            let v = c.audit_verify().await?;
+            Ok(print_verify(&v, json, c.base()))
+        }
+    }
+}
+
+/// Prints a verification; returns the exit code (1 when the chain is broken).
+fn print_verify(v: &AuditVerify, json: bool, what: &str) -> u8 {
+    if json {
+        let _ = print_json(v);
+    }
+    if v.ok {
+        if !json {
+            println!(
+                "ok: {} records in {what} form an intact chain; head hash {}",
+                v.records, v.head_hash
+            );
+        }
+        0
+    } else {
+        crate::output::error(
+            &format!(
+                "the audit chain of {what} is broken at record {}: {}",
+                v.first_bad_id.map_or("?".into(), |i| i.to_string()),
+                v.reason.as_deref().unwrap_or("unknown reason")
+            ),
+            Some("records were changed, removed or reordered after they were written"),
+        );
+        1
+    }
+}
+
+/// `warren audit verify --file F`: checks an export offline.
+pub fn verify_file(path: &PathBuf, json: bool) -> Result<u8> {
+    let text = if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("read the export from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            user_error(
+                format!("cannot read {}: {e}", path.display()),
+                "give a file written by `warren audit export`",
+            )
+        })?
+    };
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: warren_store::AuditRecord = serde_json::from_str(line).map_err(|e| {
+            user_error(
+                format!(
+                    "{} line {}: not an audit record: {e}",
+                    path.display(),
+                    i + 1
+                ),
+                "give a file written by `warren audit export` (one JSON record per line)",
+            )
+        })?;
+        records.push(r);
+    }
+    let v = warren_store::verify_chain(records);
+    let v = AuditVerify {
+        records: v.records,
+        ok: v.ok,
+        head_hash: v.head_hash,
+        first_bad_id: v.first_bad.as_ref().map(|b| b.id),
+        reason: v.first_bad.map(|b| b.reason),
+    };
+    Ok(print_verify(&v, json, &path.display().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids() {
+        assert_eq!(token_id("wrn_abc123_secret"), Some("abc123"));
+        assert_eq!(token_id("garbage"), None);
+    }
+}

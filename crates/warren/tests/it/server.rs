@@ -1,0 +1,1001 @@
+//! The CLI against a real `warren server` process, as a user drives it: `login` (token, stdin and
+//! the device flow), contexts, users and tokens, template push with parameters, `create`, `up DIR`
+//! (upload), `list`, `exec` over the WebSocket (exit codes, stdin, env), `logs`, `jobs`, `stop`,
+//! `start`, `delete`, what another user may see, the audit log, and `--json` everywhere.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::{stderr, stdout, warren_exe, World};
+
+/// A `warren server` on a free loopback port, with its own state dir (busybox imported) and a
+/// private CLI configuration directory. Dropping it deletes the workspaces left on it and stops
+/// the server.
+struct Server {
+    url: String,
+    /// The owner's token from `warren server init`.
+    admin: String,
+    config: tempfile::TempDir,
+    log: PathBuf,
+    child: Child,
+    world: World,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn healthy(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200")
+}
+
+impl Server {
+    fn start() -> Server {
+        let world = World::new();
+        let o = world.warren(&["server", "init"]);
+        assert!(o.status.success(), "server init: {}", stderr(&o));
+        let admin = stdout(&o).trim().to_string();
+        assert!(admin.starts_with("wrn_"), "init prints the token: {admin}");
+        let port = free_port();
+        let log = world.dir.join("server.log");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = world
+            .command(&["server", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let mut s = Server {
+            url: format!("http://127.0.0.1:{port}"),
+            admin,
+            config: tempfile::tempdir().unwrap(),
+            log,
+            child,
+            world,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !healthy(port) {
+            if let Ok(Some(st)) = s.child.try_wait() {
+                panic!("the server exited ({st}): {}", s.server_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not become healthy: {}",
+                s.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `warren args...` with this test's CLI configuration (no server selected until `login`).
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(warren_exe());
+        c.args(args)
+            .env("WARREN_CONFIG_DIR", self.config.path())
+            // Anything that falls back to the embedded engine stays in the test's directory.
+            .env("WARREN_STATE_DIR", self.world.dir.join("cli-state"))
+            .env("NO_COLOR", "1")
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_TOKEN")
+            .env_remove("WARREN_CONTEXT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "warren {args:?} failed ({:?})\nstdout: {}\nstderr: {}\nserver log:\n{}",
+            o.status.code(),
+            stdout(&o),
+            stderr(&o),
+            self.server_log()
+        );
+        stdout(&o)
+    }
+
+    /// Runs with `--json`, asserts success, parses stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    /// Runs, asserts failure (exit 1); returns (stdout, stderr).
+    fn fails(&self, args: &[&str]) -> (String, String) {
+        let o = self.run(args);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "warren {args:?} should fail\nstdout: {}\nstderr: {}",
+            stdout(&o),
+            stderr(&o)
+        );
+        (stdout(&o), stderr(&o))
+    }
+
+    /// `login` as the owner, in context `admin`.
+    fn login_admin(&self) {
+        self.ok(&[
+            "login",
+            &self.url,
+            "--token",
+            &self.admin,
+            "--name",
+            "admin",
+        ]);
+    }
+
+    /// Creates user `name` (member) and signs in as them in context `name`.
+    fn login_member(&self, name: &str) -> String {
+        self.ok(&[
+            "--context",
+            "admin",
+            "user",
+            "create",
+            name,
+            "--role",
+            "member",
+        ]);
+        let token = self
+            .ok(&["--context", "admin", "token", "create", "--user", name])
+            .trim()
+            .to_string();
+        assert!(
+            token.starts_with("wrn_"),
+            "only the token on stdout: {token}"
+        );
+        self.ok(&["login", &self.url, "--token", &token, "--name", name]);
+        token
+    }
+
+    /// `(exit code, stdout, stderr)` of `warren exec WS -- sh -c SCRIPT`.
+    fn sh(&self, ws: &str, script: &str) -> (i32, String, String) {
+        let o = self.run(&["exec", ws, "--", "sh", "-c", script]);
+        (o.status.code().unwrap_or(-1), stdout(&o), stderr(&o))
+    }
+
+    /// The workspace `name` in `list --json`, if any.
+    fn listed(&self, name: &str) -> Option<Value> {
+        self.json(&["list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Delete whatever the test left on the server, as the owner, then stop the server.
+        let as_admin = |args: &[&str]| {
+            self.cmd(args)
+                .env("WARREN_URL", &self.url)
+                .env("WARREN_TOKEN", &self.admin)
+                .output()
+        };
+        if let Ok(o) = as_admin(&["list", "--all", "--json"]) {
+            if let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&o.stdout) {
+                for w in list {
+                    if let Some(id) = w["id"].as_str() {
+                        let _ = as_admin(&["delete", "--force", id]);
+                    }
+                }
+            }
+        }
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(p: &Path, text: &str) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// Lines of a child's stream, delivered through a channel (to wait with a timeout).
+fn lines_of(r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(r).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn login_contexts_users_tokens_device_flow_and_audit() {
+    let s = Server::start();
+    let url = s.url.clone();
+
+    // With no context, server commands say how to get one.
+    let (_, err) = s.fails(&["whoami"]);
+    assert!(
+        err.contains("needs a server") && err.contains("warren login"),
+        "{err}"
+    );
+    // A bad token is refused and nothing is saved.
+    let (_, err) = s.fails(&["login", &url, "--token", "wrn_nope_nope"]);
+    assert!(err.contains("refused the token"), "{err}");
+    assert!(!s.config.path().join("contexts.json").exists());
+
+    // Token login: verified with /me, saved 0600, made current.
+    s.login_admin();
+    let file = s.config.path().join("contexts.json");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(saved["current"], "admin");
+    assert_eq!(saved["contexts"]["admin"]["url"], url.as_str());
+    assert_eq!(saved["contexts"]["admin"]["ca_cert"], Value::Null);
+    let out = s.ok(&["whoami"]);
+    assert!(out.contains("admin (owner)"), "{out}");
+    assert_eq!(s.json(&["whoami"])["user"]["username"], "admin");
+
+    // A member, their token, and a second context; `--token-stdin`.
+    s.ok(&["user", "create", "alice", "--role", "member"]);
+    let users = s.json(&["user", "list"]);
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["username"] == "alice" && u["role"] == "member"),
+        "{users}"
+    );
+    let o = s
+        .cmd(&["token", "create", "--user", "alice", "--name", "laptop"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let alice = stdout(&o).trim().to_string();
+    assert!(
+        alice.starts_with("wrn_") && !alice.contains('\n'),
+        "{alice}"
+    );
+    assert!(
+        stderr(&o).contains("shown only this once"),
+        "{}",
+        stderr(&o)
+    );
+    let mut c = s
+        .cmd(&["login", &url, "--token-stdin", "--name", "alice"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{alice}\n").as_bytes())
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.ok(&["whoami"]).starts_with("alice (member)"));
+
+    // Selection: --context, WARREN_CONTEXT, WARREN_URL + WARREN_TOKEN, `context use`.
+    assert!(s.ok(&["--context", "admin", "whoami"]).starts_with("admin"));
+    let o = s
+        .cmd(&["whoami"])
+        .env("WARREN_CONTEXT", "admin")
+        .output()
+        .unwrap();
+    assert!(stdout(&o).starts_with("admin"), "{}", stderr(&o));
+    let o = s
+        .cmd(&["whoami"])
+        .env("WARREN_URL", &url)
+        .env("WARREN_TOKEN", &s.admin)
+        .output()
+        .unwrap();
+    assert!(stdout(&o).starts_with("admin"), "{}", stderr(&o));
+    let (_, err) = s.fails(&["--context", "nope", "whoami"]);
+    assert!(
+        err.contains("no context named `nope`") && err.contains("admin, alice"),
+        "{err}"
+    );
+    let list = s.json(&["context", "list"]);
+    let names: Vec<(&str, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["current"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(names, [("admin", false), ("alice", true)]);
+    assert!(
+        !list.to_string().contains(&alice),
+        "no secrets in context list"
+    );
+    s.ok(&["context", "use", "admin"]);
+    assert!(s.ok(&["whoami"]).starts_with("admin"));
+    let show = s.json(&["context", "show"]);
+    assert_eq!(
+        (show["name"].as_str(), show["current"].as_bool()),
+        (Some("admin"), Some(true))
+    );
+    assert!(s.ok(&["context", "list"]).contains("*"));
+
+    // A member may not manage users: the server's message, and its code with --json.
+    let (out, err) = s.fails(&["--context", "alice", "user", "create", "bob", "--json"]);
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["error"]["code"], "permission_denied", "{out}");
+    assert!(err.starts_with("error: "), "{err}");
+
+    // Tokens: list and revoke.
+    let t = s.json(&[
+        "token",
+        "create",
+        "--name",
+        "short",
+        "--lifetime",
+        "15m",
+        "--scope",
+        "workspace:read",
+    ]);
+    let id = t["info"]["id"].as_str().unwrap().to_string();
+    assert_eq!(t["info"]["scopes"], serde_json::json!(["workspace:read"]));
+    let (_, err) = s.fails(&["token", "create", "--scope", "everything"]);
+    assert!(err.contains("unknown scope `everything`"), "{err}");
+    s.ok(&["token", "revoke", &id]);
+    let tokens = s.json(&["token", "list"]);
+    let revoked = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap();
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+    // Teams.
+    s.ok(&["team", "create", "core"]);
+    s.ok(&["team", "add", "core", "alice"]);
+    let teams = s.json(&["team", "list"]);
+    assert_eq!(teams[0]["members"], serde_json::json!(["alice"]), "{teams}");
+    s.ok(&["team", "remove", "core", "alice"]);
+    s.ok(&["team", "delete", "core"]);
+
+    // Device login: the waiting CLI shows a code; a signed-in session approves it.
+    let mut waiting = s
+        .cmd(&["login", &url, "--name", "device"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(waiting.stderr.take().unwrap());
+    let mut seen = String::new();
+    let code = loop {
+        let l = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no code shown: {seen}"));
+        seen.push_str(&l);
+        seen.push('\n');
+        if let Some(code) = l.split("warren login --approve ").nth(1) {
+            break code.trim().to_string();
+        }
+    };
+    assert_eq!(code.len(), 9, "{code}");
+    s.ok(&["login", "--approve", &code]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = waiting.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the device login did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(status.success(), "{seen}{}", rest.join("\n"));
+    assert!(rest.join("\n").contains("Logged in"), "{}", rest.join("\n"));
+    let show = s.json(&["context", "show"]);
+    assert_eq!(show["name"], "device");
+    assert!(s.ok(&["whoami"]).starts_with("admin"));
+    // An approved code cannot be approved again.
+    let (_, err) = s.fails(&["--context", "admin", "login", "--approve", &code]);
+    assert!(err.contains("error:"), "{err}");
+
+    // Logout revokes the token and forgets the context.
+    let token_id = show["token_id"].as_str().unwrap().to_string();
+    s.ok(&["logout"]);
+    let ctx = s.json(&["context", "list"]);
+    assert!(!ctx.to_string().contains("\"device\""), "{ctx}");
+    let tokens = s.json(&["--context", "admin", "token", "list"]);
+    let t = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token_id.as_str())
+        .unwrap();
+    assert!(t["revoked_at"].is_string(), "{t}");
+    // No current context now: back to this host for workspace commands.
+    assert_eq!(s.json(&["context", "show"])["embedded"], true);
+    s.ok(&["context", "use", "admin"]);
+    s.ok(&["context", "rm", "alice"]);
+    assert_eq!(s.json(&["context", "list"]).as_array().unwrap().len(), 1);
+
+    // The audit log: a table, JSON, verification on the server and of an export, offline.
+    let table = s.ok(&["audit"]);
+    assert!(table.starts_with("ID") && table.contains("user"), "{table}");
+    let page = s.json(&["audit", "--limit", "5"]);
+    assert_eq!(page["records"].as_array().unwrap().len(), 5, "{page}");
+    assert!(page["next_after"].is_i64(), "{page}");
+    let out = s.ok(&["audit", "verify"]);
+    assert!(out.starts_with("ok: "), "{out}");
+    assert_eq!(s.json(&["audit", "verify"])["ok"], true);
+    let export = s.ok(&["audit", "export"]);
+    let n = export.lines().count();
+    assert!(n >= 10, "{export}");
+    let file = s.world.dir.join("audit.jsonl");
+    std::fs::write(&file, &export).unwrap();
+    // Offline: a server that does not exist is not asked.
+    let o = s
+        .cmd(&["audit", "verify", "--file", file.to_str().unwrap()])
+        .env("WARREN_URL", "http://127.0.0.1:1")
+        .env("WARREN_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("ok: {n} records")),
+        "{}",
+        stdout(&o)
+    );
+    // `warren audit export | warren audit verify --file -`.
+    let mut exporter = s
+        .cmd(&["audit", "export"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let verify = s
+        .cmd(&["audit", "verify", "--file", "-", "--json"])
+        .stdin(exporter.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    assert!(exporter.wait().unwrap().success());
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let v: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    // A changed record breaks the chain there: exit 1 with its id and why.
+    let mut lines: Vec<String> = export.lines().map(str::to_string).collect();
+    let mut rec: Value = serde_json::from_str(&lines[2]).unwrap();
+    let bad_id = rec["id"].as_i64().unwrap();
+    rec["user_agent"] = "forged".into();
+    lines[2] = rec.to_string();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let (out, err) = s.fails(&[
+        "audit",
+        "verify",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["first_bad_id"].as_i64()),
+        (Some(false), Some(bad_id)),
+        "{v}"
+    );
+    assert!(err.contains(&format!("broken at record {bad_id}")), "{err}");
+}
+
+const TEMPLATE_DEVCONTAINER: &str = r#"{
+  "image": "busybox",
+  "containerEnv": { "GREETING": "${param:greeting}" },
+  "postCreateCommand": "echo post-create says ${param:greeting}"
+}"#;
+
+const TEMPLATE_MANIFEST: &str = r#"{
+  "name": "busy",
+  "description": "busybox for the tests",
+  "parameters": [
+    {"name": "greeting", "type": "string", "default": "hello"},
+    {"name": "size", "type": "number", "default": 1, "validation": {"min": 1, "max": 4}}
+  ]
+}"#;
+
+#[test]
+fn templates_create_exec_logs_lifecycle_and_visibility() {
+    let s = Server::start();
+    s.login_admin();
+    let tpl = s.world.dir.join("tpl");
+    write(
+        &tpl.join(".devcontainer/devcontainer.json"),
+        TEMPLATE_DEVCONTAINER,
+    );
+    write(&tpl.join("warren-template.json"), TEMPLATE_MANIFEST);
+    write(&tpl.join("README"), "a file of the template\n");
+
+    // Push: the name comes from warren-template.json.
+    let out = s.ok(&[
+        "template",
+        "push",
+        tpl.to_str().unwrap(),
+        "--message",
+        "first",
+    ]);
+    assert_eq!(out.trim(), "1");
+    let v = s.json(&["template", "push", tpl.to_str().unwrap(), "--no-activate"]);
+    assert_eq!(
+        (v["number"].as_i64(), v["active"].as_bool()),
+        (Some(2), Some(false)),
+        "{v}"
+    );
+    let list = s.json(&["template", "list"]);
+    let busy = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "busy")
+        .unwrap();
+    assert_eq!(busy["active_version"], 1, "{busy}");
+    let show = s.json(&["template", "show", "busy"]);
+    assert_eq!(
+        show["active_version"]["parameters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "{show}"
+    );
+    let text = s.ok(&["template", "show", "busy"]);
+    assert!(
+        text.contains("greeting") && text.contains("number"),
+        "{text}"
+    );
+    assert_eq!(
+        s.json(&["template", "versions", "busy"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    s.ok(&["template", "activate", "busy", "2"]);
+    assert_eq!(
+        s.json(&["template", "show", "busy"])["template"]["active_version"],
+        2
+    );
+
+    // Bad parameters: errors that name the parameter, before and at the server.
+    let (_, err) = s.fails(&[
+        "create",
+        "ws1",
+        "--template",
+        "busy",
+        "--param",
+        "size=many",
+    ]);
+    assert!(
+        err.contains("parameter `size`") && err.contains("expected a number"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&[
+        "create",
+        "ws1",
+        "--template",
+        "busy",
+        "--param",
+        "colour=red",
+    ]);
+    assert!(
+        err.contains("parameter `colour`") && err.contains("greeting"),
+        "{err}"
+    );
+    let (out, err) = s.fails(&[
+        "create",
+        "ws1",
+        "--template",
+        "busy",
+        "--param",
+        "size=9",
+        "--json",
+    ]);
+    assert!(
+        err.contains("parameter `size`") && err.contains("maximum"),
+        "{err}"
+    );
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["error"]["code"], "invalid_parameter", "{out}");
+    let (_, err) = s.fails(&["create", "ws1", "--template", "nope"]);
+    assert!(err.contains("no template `nope`"), "{err}");
+    assert!(s.listed("ws1").is_none());
+
+    // Create: the job's log is followed on stderr; the name on stdout.
+    let o = s.run(&[
+        "create",
+        "ws1",
+        "--template",
+        "busy",
+        "--param",
+        "greeting=bonjour",
+        "--param",
+        "size=2",
+    ]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), s.server_log());
+    assert_eq!(stdout(&o).trim(), "ws1");
+    assert_eq!(s.listed("ws1").unwrap()["state"], "running");
+    let listed = s.json(&["list", "--status", "running"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+
+    // exec: output, exit codes, stderr, env, cwd, user, stdin (with EOF).
+    assert_eq!(
+        s.sh("ws1", "echo $GREETING"),
+        (0, "bonjour\n".into(), String::new())
+    );
+    let (code, out, _) = s.sh("ws1", "echo hi; exit 3");
+    assert_eq!((code, out.as_str()), (3, "hi\n"));
+    let (code, _, err) = s.sh("ws1", "echo oops >&2; exit 0");
+    assert_eq!((code, err.as_str()), (0, "oops\n"));
+    let o = s.run(&[
+        "exec",
+        "-e",
+        "K=V",
+        "-w",
+        "/tmp",
+        "-u",
+        "dev",
+        "ws1",
+        "--",
+        "sh",
+        "-c",
+        "echo $K; pwd; id -un",
+    ]);
+    assert_eq!(stdout(&o), "V\n/tmp\ndev\n", "{}", stderr(&o));
+    let mut c = s
+        .cmd(&["exec", "ws1", "--", "sh", "-c", "cat; echo done"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = c.stdin.take().unwrap();
+    stdin.write_all(b"piped line 1\npiped line 2\n").unwrap();
+    drop(stdin);
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "piped line 1\npiped line 2\ndone\n");
+    let o = s.run(&["exec", "ws1", "--", "/no/such/program"]);
+    assert_ne!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // Logs and jobs.
+    let logs = s.ok(&["logs", "ws1"]);
+    assert!(logs.contains("post-create says bonjour"), "{logs}");
+    let jobs = s.json(&["jobs", "ws1"]);
+    let job = &jobs[0];
+    assert_eq!(
+        (job["kind"].as_str(), job["status"].as_str()),
+        (Some("create"), Some("succeeded")),
+        "{jobs}"
+    );
+    let job_log = s.ok(&["logs", "--job", job["id"].as_str().unwrap()]);
+    assert!(!job_log.is_empty());
+    let followed = s.ok(&["logs", "--job", job["id"].as_str().unwrap(), "--follow"]);
+    assert_eq!(followed, job_log);
+
+    // stop / start / restart, with --json.
+    let v = s.json(&["stop", "ws1"]);
+    assert_eq!(
+        (
+            v["workspace"]["state"].as_str(),
+            v["job"]["status"].as_str()
+        ),
+        (Some("stopped"), Some("succeeded")),
+        "{v}"
+    );
+    let (code, _, err) = s.sh("ws1", "true");
+    assert_eq!(code, 1, "exec on a stopped workspace fails: {err}");
+    s.ok(&["start", "ws1"]);
+    assert_eq!(s.listed("ws1").unwrap()["state"], "running");
+    assert_eq!(s.sh("ws1", "echo $GREETING").1, "bonjour\n");
+    let detached = s.ok(&["restart", "ws1", "--detach"]).trim().to_string();
+    s.ok(&["logs", "--job", &detached, "--follow"]);
+    let ext = s.json(&["extend", "ws1", "--by", "2h"]);
+    assert!(ext["deadline_at"].is_string(), "{ext}");
+
+    // Another member sees nothing of it, and exec on it is "not found".
+    s.login_member("bob");
+    assert_eq!(s.json(&["list"]), serde_json::json!([]));
+    let (out, err) = s.fails(&["exec", "ws1", "--json", "--", "true"]);
+    assert!(err.contains("no workspace `ws1`"), "{err}");
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["error"]["code"], "not_found");
+    let (_, err) = s.fails(&["exec", "ws1.admin", "--", "true"]);
+    assert!(err.contains("no workspace"), "{err}");
+    let (_, err) = s.fails(&["stop", "ws1"]);
+    assert!(err.contains("no workspace"), "{err}");
+    // The admin sees everyone's with --all.
+    let all = s.json(&["--context", "admin", "list", "--all"]);
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let table = s.ok(&["--context", "admin", "list", "--all"]);
+    assert!(
+        table.contains("OWNER") && table.contains("admin"),
+        "{table}"
+    );
+
+    // delete: refused while running unless --force.
+    s.ok(&["context", "use", "admin"]);
+    let (_, err) = s.fails(&["delete", "ws1"]);
+    assert!(
+        err.contains("is running") && err.contains("--force"),
+        "{err}"
+    );
+    let v = s.json(&["delete", "--force", "ws1"]);
+    assert_eq!(v["deleted"], "ws1", "{v}");
+    assert!(s.listed("ws1").is_none());
+    let (_, err) = s.fails(&["logs", "ws1"]);
+    assert!(err.contains("no workspace"), "{err}");
+}
+
+#[test]
+fn up_uploads_the_folder_to_the_server_and_local_still_works() {
+    let s = Server::start();
+    s.login_admin();
+    let proj = s.world.project(
+        "hello-up",
+        r#"{"image": "busybox", "postCreateCommand": "cat marker.txt", "postStartCommand": "echo started >> starts.log"}"#,
+    );
+    write(&proj.join("marker.txt"), "uploaded!\n");
+    write(&proj.join("sub/dir/file"), "deep\n");
+    std::os::unix::fs::symlink("marker.txt", proj.join("link")).unwrap();
+
+    let o = s.run(&["up", proj.to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), s.server_log());
+    assert_eq!(stdout(&o).trim(), "hello-up");
+    let err = stderr(&o);
+    assert!(
+        err.contains("Uploading") && err.contains("is running"),
+        "{err}"
+    );
+    assert_eq!(
+        s.sh("hello-up", "cat marker.txt sub/dir/file; readlink link"),
+        (0, "uploaded!\ndeep\nmarker.txt\n".into(), String::new())
+    );
+    assert!(s.ok(&["logs", "hello-up"]).contains("uploaded!"));
+    // The workspace has a copy: changing the folder changes nothing there.
+    write(&proj.join("marker.txt"), "changed locally\n");
+    assert_eq!(s.sh("hello-up", "cat marker.txt").1, "uploaded!\n");
+
+    // up again: already running, nothing runs again.
+    let v = s.json(&["up", proj.to_str().unwrap()]);
+    assert_eq!(v["workspace"]["state"], "running", "{v}");
+    assert_eq!(s.sh("hello-up", "wc -l < starts.log").1.trim(), "1");
+    // Stopped: up starts it (postStartCommand again).
+    s.ok(&["stop", "hello-up"]);
+    assert_eq!(s.ok(&["up", proj.to_str().unwrap()]).trim(), "hello-up");
+    assert_eq!(s.listed("hello-up").unwrap()["state"], "running");
+    assert_eq!(s.sh("hello-up", "wc -l < starts.log").1.trim(), "2");
+    // --name, --detach.
+    let job = s.ok(&["up", proj.to_str().unwrap(), "--name", "second", "--detach"]);
+    s.ok(&["logs", "--job", job.trim(), "--follow"]);
+    assert_eq!(s.listed("second").unwrap()["state"], "running");
+    s.ok(&["delete", "--force", "second"]);
+    s.ok(&["delete", "--force", "hello-up"]);
+
+    // Too big to upload: a clear error before anything is sent.
+    let big = s.world.project("big", r#"{"image": "busybox"}"#);
+    std::fs::File::create(big.join("blob"))
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let (_, err) = s.fails(&["up", big.to_str().unwrap()]);
+    assert!(
+        err.contains("too large to upload") && err.contains("64 MiB"),
+        "{err}"
+    );
+    // No devcontainer.json: said before uploading.
+    let empty = s.world.dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (_, err) = s.fails(&["up", empty.to_str().unwrap()]);
+    assert!(err.contains("devcontainer.json"), "{err}");
+
+    // --local runs on this host even with a context selected; the server never sees it.
+    let host = World::new();
+    let local = host.project("local-one", r#"{"image": "busybox"}"#);
+    let o = s
+        .cmd(&["--local", "up", local.to_str().unwrap()])
+        .env("WARREN_STATE_DIR", host.state())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(host.state_of("local-one").as_deref(), Some("running"));
+    assert!(s.listed("local-one").is_none());
+}
+
+#[test]
+fn without_a_context_up_runs_embedded_and_server_commands_say_how_to_sign_in() {
+    let w = World::new();
+    let cfg = tempfile::tempdir().unwrap();
+    let dir = w.project("plain", r#"{"image": "busybox"}"#);
+    let run = |args: &[&str]| {
+        let mut c = w.command(args);
+        c.env("WARREN_CONFIG_DIR", cfg.path());
+        c.output().unwrap()
+    };
+    let o = run(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "plain");
+    assert_eq!(w.state_of("plain").as_deref(), Some("running"));
+    let v: Value = serde_json::from_slice(&run(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(v[0]["name"], "plain");
+    for args in [
+        &["create", "x", "--template", "t"][..],
+        &["template", "list"],
+        &["logs", "--job", "j"],
+        &["whoami"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("needs a server") && err.contains("warren login URL"),
+            "{err}"
+        );
+    }
+    // A named context that does not exist is an error, not a silent fallback.
+    let o = run(&["--context", "prod", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no context named `prod`"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(run(&["delete", "--force", "plain"]).status.success());
+}
+
+/// Reads the terminal until `want` shows up (20 s at most).
+fn read_until(master: &mut std::fs::File, want: &str, seen: &mut String) {
+    use std::os::fd::AsFd;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {want:?}; got {seen:?}"
+        );
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("terminal closed before {want:?}; got {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
+
+#[test]
+fn remote_exec_forwards_signals_and_gives_shells_a_terminal_that_follows_resizes() {
+    use std::os::fd::AsFd;
+    let s = Server::start();
+    s.login_admin();
+    let dir = s.world.project("term", r#"{"image": "busybox"}"#);
+    assert_eq!(s.ok(&["up", dir.to_str().unwrap()]).trim(), "term");
+
+    // Signals to the CLI reach the process; its exit code is ours.
+    let mut child = s
+        .cmd(&[
+            "exec",
+            "term",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+
+    // -t: a terminal of our size, resized when ours is.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    warren_runtime::tty::set_window_size(pty.master.as_fd(), 33, 101).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = s
+        .cmd(&[
+            "exec",
+            "-t",
+            "term",
+            "--",
+            "sh",
+            "-c",
+            "tty; stty size; read line; stty size; echo got $line; exit 5",
+        ])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    let mut seen = String::new();
+    read_until(&mut master, "33 101", &mut seen);
+    assert!(seen.contains("/dev/pts/"), "a terminal: {seen}");
+    warren_runtime::tty::set_window_size(master.as_fd(), 40, 120).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGWINCH,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    master.write_all(b"typed\r").unwrap();
+    read_until(&mut master, "got typed", &mut seen);
+    assert!(seen.contains("40 120"), "resized: {seen}");
+    assert_eq!(child.wait().unwrap().code(), Some(5));
+
+    // `warren shell`: a login shell on such a terminal; its exit status is ours.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = s
+        .cmd(&["shell", "term"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(b"echo answer=$((6*7)); exit 3\r").unwrap();
+    let mut seen = String::new();
+    read_until(&mut master, "answer=42", &mut seen);
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+}
