@@ -319,6 +319,9 @@ pub enum ExecEvent {
         /// Exit code.
         code: i32,
     },
+    /// Sent every few seconds while the command is quiet (clients ignore it): it lets the
+    /// server notice a client that went away and hang the command up.
+    Heartbeat,
     /// The command could not run or was cut short.
     Error {
         /// Why.

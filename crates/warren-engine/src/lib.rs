@@ -482,11 +482,17 @@ impl Engine {
     pub async fn provision(
         &self,
         id: &str,
-        limits: Limits,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
         let rec = self.get(WsRef::Id(id.to_string())).await?;
         let (_lock, rec) = self.lock(&rec).await?;
+        // The limits recorded at creation, every time it is provisioned.
+        let limits: Limits = match rec.ownership.limits_json.as_str() {
+            "" | "{}" => Limits::default(),
+            j => serde_json::from_str(j).map_err(|e| {
+                EngineError::Internal(format!("workspace {} has unreadable limits: {e}", rec.name))
+            })?,
+        };
         if !rec.spec_json.is_empty() {
             return self.start_locked(rec, progress).await;
         }
@@ -527,19 +533,13 @@ impl Engine {
     /// Stops a workspace and forgets its resolved spec, so that [`Engine::provision`] builds it
     /// again from its (changed) configuration; files, volumes and once-only lifecycle state are
     /// kept. Holds the operation lock.
-    /// Returns the workspace's resource limits, for the next provision.
-    pub async fn unprovision(&self, id: &str) -> Result<Limits, EngineError> {
+    pub async fn unprovision(&self, id: &str) -> Result<(), EngineError> {
         let rec = self.stop(WsRef::Id(id.to_string())).await?;
         let (_lock, rec) = self.lock(&rec).await?;
-        let limits = if rec.spec_json.is_empty() {
-            Limits::default()
-        } else {
-            rec.spec()?.limits
-        };
         self.store
             .set_spec(&rec.id, rec.generation, &rec.image, "")
             .await?;
-        Ok(limits)
+        Ok(())
     }
 
     async fn start_locked(
@@ -834,17 +834,12 @@ fn load_config(
     // The server keeps the rendered configuration beside the project folder, where the workspace
     // cannot reach it: once the workspace has run, files in its folder are its own (a symlink
     // there must never make the host read something else).
-    let (config_path, text) = match std::fs::read_to_string(server_config_path(&dir)) {
-        Ok(text) => (dir.join(".devcontainer/devcontainer.json"), text),
-        Err(_) => {
-            let p = warren_devcontainer::find_config(&dir)?;
-            let text = std::fs::read_to_string(&p).map_err(|e| EngineError::ProjectDir {
-                path: p.clone(),
-                error: e.to_string(),
-            })?;
-            (p, text)
-        }
-    };
+    let server_copy = server_config_path(&dir);
+    let text = std::fs::read_to_string(&server_copy).map_err(|e| EngineError::ProjectDir {
+        path: server_copy.clone(),
+        error: e.to_string(),
+    })?;
+    let config_path = dir.join(".devcontainer/devcontainer.json");
     let loaded = warren_devcontainer::load_str(&text, &config_path, &dir, &|_| None)?;
     let project = dir.display().to_string();
     let host_binds = loaded

@@ -144,13 +144,25 @@ pub async fn run(
 
 /// Shows the complete lines the log gained since the last call (any bytes, shown lossily).
 fn forward_new_lines(tail: &mut std::fs::File, pending: &mut Vec<u8>, progress: &dyn Progress) {
-    let mut buf = Vec::new();
-    if tail.read_to_end(&mut buf).is_err() {
-        return;
-    }
-    pending.extend_from_slice(&buf);
-    while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-        progress.output(&String::from_utf8_lossy(&pending[..i]));
-        pending.drain(..=i);
+    // Read what is new in bounded chunks: a command printing gigabytes without a newline must not
+    // make the control plane hold them.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match tail.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
+            progress.output(&String::from_utf8_lossy(&pending[..i]));
+            pending.drain(..=i);
+        }
+        if pending.len() > MAX_PENDING {
+            progress.output(&String::from_utf8_lossy(pending));
+            pending.clear();
+        }
     }
 }
+
+/// The longest partial line kept while waiting for its newline.
+const MAX_PENDING: usize = 64 * 1024;

@@ -488,6 +488,13 @@ impl Signaller {
         proto::send(self.sock.as_fd(), &Request::Signal { signal }, &[])
             .map_err(RuntimeError::io("send signal"))
     }
+
+    /// A second handle to the same process.
+    pub fn try_clone(&self) -> Result<Signaller, RuntimeError> {
+        Ok(Signaller {
+            sock: self.sock.try_clone().map_err(RuntimeError::io("dup"))?,
+        })
+    }
 }
 
 #[cfg(test)]

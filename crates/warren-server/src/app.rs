@@ -76,13 +76,21 @@ pub struct RequestId(pub String);
 
 /// Middleware: assigns a request id and records metrics.
 async fn request_layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    // Always the server's own: the audit log records it, so a client must not choose it.
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    // Methods outside HTTP's standard set never reach the routes (nor the audit log or metrics
+    // labels, which they could otherwise grow without bound).
+    const KNOWN: [&str; 8] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+    ];
+    if !KNOWN.contains(&req.method().as_str()) {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "unknown HTTP method",
+        )
+        .into_response();
+    }
     req.extensions_mut().insert(RequestId(id.clone()));
     let route = req
         .extensions()

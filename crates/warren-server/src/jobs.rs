@@ -16,6 +16,12 @@ use warren_store::JobRecord;
 use crate::app::AppState;
 use crate::error::{tracing_log, ApiError};
 
+/// Longest line kept in a job log (longer ones are cut).
+const MAX_LINE: usize = 16 * 1024;
+
+/// Largest job log kept (later lines are dropped).
+const MAX_LOG: u64 = 16 << 20;
+
 /// Kinds of jobs.
 pub const KINDS: [&str; 6] = ["create", "start", "stop", "restart", "delete", "update"];
 
@@ -32,8 +38,8 @@ pub struct Jobs {
 
 /// Sends an engine's progress to the job's log file and followers.
 pub struct JobLog {
-    /// The file and the number of lines written so far.
-    file: Mutex<(std::fs::File, u64)>,
+    /// The file, the number of lines written so far, and their bytes.
+    file: Mutex<(std::fs::File, u64, u64)>,
     tx: broadcast::Sender<(u64, String)>,
 }
 
@@ -42,6 +48,24 @@ impl JobLog {
     fn line(&self, line: &str) {
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
         for l in line.split('\n') {
+            let l = if l.len() > MAX_LINE {
+                let mut end = MAX_LINE;
+                while !l.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &l[..end]
+            } else {
+                l
+            };
+            if f.2 > MAX_LOG {
+                continue;
+            }
+            f.2 += l.len() as u64 + 1;
+            let l = if f.2 > MAX_LOG {
+                "... (log truncated: it reached its size limit)"
+            } else {
+                l
+            };
             let _ = writeln!(f.0, "{l}");
             let seq = f.1;
             f.1 += 1;
@@ -127,15 +151,26 @@ where
             ApiError::from(e)
                 .hint("wait for it (`warren logs --job`) or cancel it (`warren cancel`)")
         })?;
-    std::fs::create_dir_all(&state.jobs.dir).map_err(ApiError::internal)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state.jobs.log_path(&job.id))
-        .map_err(ApiError::internal)?;
+    let opened = std::fs::create_dir_all(&state.jobs.dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.jobs.log_path(&job.id))
+    });
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            // Never leave the workspace busy with a job that will not run.
+            let _ = state
+                .store
+                .job_finished(&job.id, "failed", Some("cannot write the job log"))
+                .await;
+            return Err(ApiError::internal(e));
+        }
+    };
     let (tx, _) = broadcast::channel(1024);
     let log = Arc::new(JobLog {
-        file: Mutex::new((file, 0)),
+        file: Mutex::new((file, 0, 0)),
         tx: tx.clone(),
     });
     let st = state.clone();
@@ -178,35 +213,37 @@ where
 /// Cancels an active job: stops its task, records it canceled, and settles the workspace (a
 /// create or start is stopped and marked failed; a stop or delete is finished).
 pub async fn cancel(state: &AppState, job: &JobRecord, by: &str) -> Result<JobRecord, ApiError> {
-    if !job.is_active() {
-        return Err(ApiError::new(
+    let already = || {
+        ApiError::new(
             axum::http::StatusCode::CONFLICT,
             warren_api::ErrorCode::InvalidState,
-            format!("job {} already finished ({})", job.id, job.status),
-        ));
+            format!("job {} already finished or is being canceled", job.id),
+        )
+    };
+    if !job.is_active() {
+        return Err(already());
     }
-    let running = state.jobs.finish(&job.id);
-    if let Some(r) = &running {
+    // `canceling` keeps the job active, so nothing else starts on the workspace until it is
+    // settled, and the job's own completion can no longer record an outcome.
+    if !state.store.job_canceling(&job.id).await? {
+        return Err(already());
+    }
+    if let Some(r) = state.jobs.finish(&job.id) {
         r.abort.abort();
     }
     let why = format!("{} canceled by {by}", job.kind);
-    let won = state
-        .store
-        .job_finished(&job.id, "canceled", Some(&why))
-        .await?;
-    if won {
-        drop(running);
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .open(state.jobs.log_path(&job.id))
-        {
-            let _ = writeln!(f, "==> {why}");
-        }
-        state
-            .metrics
-            .transition(job.kind.as_str(), std::time::Duration::ZERO, false);
-        state.engine.abandon(&job.workspace_id, &why).await?;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(state.jobs.log_path(&job.id))
+    {
+        let _ = writeln!(f, "==> {why}");
     }
+    state
+        .metrics
+        .transition(job.kind.as_str(), std::time::Duration::ZERO, false);
+    let settled = state.engine.abandon(&job.workspace_id, &why).await;
+    state.store.job_canceled(&job.id, &why).await?;
+    settled?;
     Ok(state
         .store
         .job(&job.id)

@@ -40,6 +40,11 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
     })
     .await
     .map_err(|e| format!("cannot open the state in {}: {e}", cfg.state_dir.display()))?;
+    // The state directory holds the database, uploads and workspaces: the server's alone.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700));
+    }
     let store = engine.store().clone();
     let org = store
         .ensure_org(DEFAULT_ORG)

@@ -173,3 +173,60 @@ async fn device_login_needs_approval_and_works_once() {
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_cannot_act_as_other_users_and_device_tokens_never_outlive_their_approver() {
+    let s = TestServer::start().await;
+    let admin2 = s.user_token("second", "admin", None).await;
+    // An admin minting a token for the owner would be an owner: refused, as for any other user.
+    for user in ["admin", "second-member"] {
+        if user == "second-member" {
+            s.user_token(user, "member", None).await;
+        }
+        let (st, v) = s
+            .post(&admin2, "/api/v1/tokens", json!({"user": user}))
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{user}: {v}");
+    }
+    // An owner may.
+    let (st, _) = s
+        .post(
+            &s.admin,
+            "/api/v1/tokens",
+            json!({"user": "second-member", "lifetime": "1h"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+
+    // A device login approved by a one-hour token expires within that hour.
+    let (_, v) = s
+        .post(&s.admin, "/api/v1/tokens", json!({"lifetime": "1h"}))
+        .await;
+    let short = v["token"].as_str().unwrap().to_string();
+    let short_exp = v["info"]["expires_at"].as_str().unwrap().to_string();
+    let (_, d) = s
+        .call(None, Method::POST, "/api/v1/auth/device", None)
+        .await;
+    let (st, _) = s
+        .post(
+            &short,
+            "/api/v1/auth/device/approve",
+            json!({"user_code": d["user_code"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, t) = s
+        .call(
+            None,
+            Method::POST,
+            "/api/v1/auth/device/token",
+            Some(json!({"device_code": d["device_code"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    assert!(
+        t["info"]["expires_at"].as_str().unwrap() <= short_exp.as_str(),
+        "{t}"
+    );
+    s.stop().await;
+}

@@ -179,7 +179,9 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/tokens", "own", Rule::AnyCaller(Scope::Admin)),
         c("GET", "/api/v1/tokens", "other user's", Rule::Op(TokenAdmin)),
         c("POST", "/api/v1/tokens", "own, narrower", Rule::AnyCaller(Scope::Admin)),
-        c("POST", "/api/v1/tokens", "for another user", Rule::Op(TokenAdmin)),
+        // A token for someone else acts as them: owners only (an admin could otherwise become an
+        // owner through an owner's token).
+        c("POST", "/api/v1/tokens", "for another user", Rule::Op(OwnerAdmin)),
         c("DELETE", "/api/v1/tokens/{id}", "own", Rule::AnyCaller(Scope::Admin)),
         c("DELETE", "/api/v1/tokens/{id}", "other user's", Rule::HiddenUnless(TokenAdmin)),
         // Users. Reading oneself is allowed to everyone; creating an owner, promoting to owner

@@ -652,12 +652,13 @@ async fn configs_of_server_users_cannot_reach_the_host() {
     )
     .await;
     assert_eq!(stream_text(&ev, "stdout"), "[]\n");
-    // Nothing under the projects folder is left by the refused creations.
+    // Nothing under the projects folder is left by the refused creations: one folder and its
+    // server-side configuration.
     assert_eq!(
         std::fs::read_dir(s.state().join("projects"))
             .unwrap()
             .count(),
-        1
+        2
     );
     s.stop().await;
 }
@@ -773,5 +774,84 @@ async fn parameters_change_within_their_rules_and_rebuild_the_workspace() {
         .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(env(&s).await, "again eu v2\nonce\n");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_client_left_is_hung_up_and_host_local_workspaces_stay_hidden() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s, "tiny", "true", "true").await;
+    let acc = create(&s, &s.admin, "w", "tiny", json!({})).await;
+    s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
+
+    // Start a long command, read its first line, then go away.
+    let mut resp = s
+        .http
+        .post(format!("{}/api/v1/workspaces/w/exec", s.url))
+        .bearer_auth(&s.admin)
+        .json(&json!({"command": ["sh", "-c", "echo started; exec sleep 1000"]}))
+        .send()
+        .await
+        .unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("started"));
+    drop(resp);
+    let mut gone = false;
+    for _ in 0..100 {
+        let (_, ev) = exec(
+            &s,
+            &s.admin,
+            "w",
+            json!({"command": ["sh", "-c", "ps -o args | grep -c '[s]leep 1000' || true"]}),
+        )
+        .await;
+        if stream_text(&ev, "stdout").trim() == "0" {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(gone, "the command of a client that left is still running");
+
+    // A workspace made on the host with the embedded CLI is not the server's to show.
+    let proj = s.dir.path().join("local-proj");
+    std::fs::create_dir_all(proj.join(".devcontainer")).unwrap();
+    std::fs::write(
+        proj.join(".devcontainer/devcontainer.json"),
+        r#"{"image": "busybox"}"#,
+    )
+    .unwrap();
+    let o = std::process::Command::new(common::warren_exe())
+        .args(["--local", "up"])
+        .arg(&proj)
+        .env("WARREN_STATE_DIR", s.state())
+        .env("WARREN_CONFIG_DIR", s.dir.path().join("no-config"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = std::process::Command::new(common::warren_exe())
+        .args(["--local", "list", "--json"])
+        .env("WARREN_STATE_DIR", s.state())
+        .env("WARREN_CONFIG_DIR", s.dir.path().join("no-config"))
+        .output()
+        .unwrap();
+    let local: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let local_id = local[0]["id"].as_str().unwrap().to_string();
+    let (st, _) = s
+        .get(&s.admin, &format!("/api/v1/workspaces/{local_id}"))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = exec(&s, &s.admin, &local_id, json!({"command": ["true"]})).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, all) = s.get(&s.admin, "/api/v1/workspaces?owner=all").await;
+    let names: Vec<&str> = all["workspaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["w"]);
     s.stop().await;
 }

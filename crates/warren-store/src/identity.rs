@@ -91,6 +91,8 @@ pub struct DeviceCodeRecord {
     pub approved_by: Option<String>,
     /// Whether a token was already issued for it.
     pub consumed: bool,
+    /// The approving token's expiry: the issued token expires no later.
+    pub approved_expires_at: Option<String>,
 }
 
 const USER_COLUMNS: &str = "u.id, u.username, u.display_name, u.suspended, u.created_at, \
@@ -472,7 +474,7 @@ impl Store {
         &self,
         device_sha256: &str,
     ) -> Result<Option<DeviceCodeRecord>, StoreError> {
-        let r = sqlx::query("SELECT device_sha256, user_code, expires_at, approved_by, consumed FROM device_codes WHERE device_sha256 = ?")
+        let r = sqlx::query("SELECT device_sha256, user_code, expires_at, approved_by, consumed, approved_expires_at FROM device_codes WHERE device_sha256 = ?")
             .bind(device_sha256)
             .fetch_optional(&self.pool)
             .await?;
@@ -483,6 +485,7 @@ impl Store {
                 expires_at: r.try_get("expires_at")?,
                 approved_by: r.try_get("approved_by")?,
                 consumed: r.try_get::<i64, _>("consumed")? != 0,
+                approved_expires_at: r.try_get("approved_expires_at")?,
             })
         })
         .transpose()
@@ -494,9 +497,16 @@ impl Store {
         &self,
         user_code: &str,
         user_id: &str,
+        token_expires_at: &str,
     ) -> Result<bool, StoreError> {
-        let n = sqlx::query("UPDATE device_codes SET approved_by = ? WHERE user_code = ? AND approved_by IS NULL AND consumed = 0 AND expires_at > ?")
+        // Expired codes are of no use to anyone: drop them on the way.
+        sqlx::query("DELETE FROM device_codes WHERE expires_at <= ?")
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        let n = sqlx::query("UPDATE device_codes SET approved_by = ?, approved_expires_at = ? WHERE user_code = ? AND approved_by IS NULL AND consumed = 0 AND expires_at > ?")
             .bind(user_id)
+            .bind(token_expires_at)
             .bind(user_code)
             .bind(now())
             .execute(&self.pool)
@@ -589,13 +599,22 @@ mod tests {
             .await
             .unwrap();
         assert!(!s.consume_device_code("h1", "t").await.unwrap());
-        assert!(s.approve_device_code("ABCD-EFGH", &u.id).await.unwrap());
-        assert!(!s.approve_device_code("ABCD-EFGH", &u.id).await.unwrap());
+        assert!(s
+            .approve_device_code("ABCD-EFGH", &u.id, "9999-01-01T00:00:00.000Z")
+            .await
+            .unwrap());
+        assert!(!s
+            .approve_device_code("ABCD-EFGH", &u.id, "9999-01-01T00:00:00.000Z")
+            .await
+            .unwrap());
         assert!(s.consume_device_code("h1", "t").await.unwrap());
         assert!(!s.consume_device_code("h1", "t").await.unwrap());
         s.create_device_code("h2", "OLD", "2000-01-01T00:00:00.000Z")
             .await
             .unwrap();
-        assert!(!s.approve_device_code("OLD", &u.id).await.unwrap());
+        assert!(!s
+            .approve_device_code("OLD", &u.id, "9999-01-01T00:00:00.000Z")
+            .await
+            .unwrap());
     }
 }

@@ -33,7 +33,7 @@ pub struct JobRecord {
 impl JobRecord {
     /// Whether the job has not finished.
     pub fn is_active(&self) -> bool {
-        matches!(self.status.as_str(), "pending" | "running")
+        matches!(self.status.as_str(), "pending" | "running" | "canceling")
     }
 }
 
@@ -105,7 +105,7 @@ impl Store {
     /// The workspace's active job, if any.
     pub async fn active_job(&self, workspace_id: &str) -> Result<Option<JobRecord>, StoreError> {
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace_id = ? AND status IN ('pending', 'running') LIMIT 1"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE workspace_id = ? AND status IN ('pending', 'running', 'canceling') LIMIT 1"
         );
         let r = sqlx::query(&sql)
             .bind(workspace_id)
@@ -169,14 +169,52 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Starts canceling an active job: it stays active (`canceling`) so nothing else starts on its
+    /// workspace, and its own completion can no longer record an outcome. True for the one caller
+    /// that wins against the job's completion.
+    pub async fn job_canceling(&self, id: &str) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE jobs SET status = 'canceling' WHERE id = ? AND status IN ('pending', 'running')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Finishes a cancellation begun by [`Store::job_canceling`].
+    pub async fn job_canceled(&self, id: &str, why: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET status = 'canceled', error = ?, finished_at = ?, started_at = COALESCE(started_at, ?) \
+             WHERE id = ? AND status = 'canceling'",
+        )
+        .bind(why)
+        .bind(now())
+        .bind(now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Fails every active job: called at server start, when no job of a previous process can
     /// still be running. Returns the jobs it failed.
     pub async fn fail_orphaned_jobs(&self, reason: &str) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('pending', 'running')");
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('pending', 'running', 'canceling')"
+        );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         let jobs: Vec<JobRecord> = rows.iter().map(job_from_row).collect::<Result<_, _>>()?;
         for j in &jobs {
-            self.job_finished(&j.id, "failed", Some(reason)).await?;
+            sqlx::query(
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+            )
+            .bind(reason)
+            .bind(now())
+            .bind(&j.id)
+            .execute(&self.pool)
+            .await?;
         }
         Ok(jobs)
     }

@@ -49,7 +49,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 const WORKSPACE_COLUMNS: &str = "id, name, project_dir, config_path, image, spec_json, state, \
     generation, last_error, lifecycle_json, runtime_json, created_at, updated_at, owner_id, org_id, \
-    template_id, template_version_id, parameters_json, ttl_secs, deadline_at";
+    template_id, template_version_id, parameters_json, ttl_secs, deadline_at, limits_json";
 
 /// A handle to the control-plane database. Cheap to clone; clones share a connection pool.
 #[derive(Debug, Clone)]
@@ -148,7 +148,7 @@ impl Store {
         };
         let sql = format!(
             "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
         let result = sqlx::query(&sql)
             .bind(&record.id)
@@ -171,6 +171,11 @@ impl Store {
             .bind(&record.ownership.parameters_json)
             .bind(record.ownership.ttl_secs)
             .bind(&record.ownership.deadline_at)
+            .bind(if record.ownership.limits_json.is_empty() {
+                "{}"
+            } else {
+                record.ownership.limits_json.as_str()
+            })
             .execute(&self.pool)
             .await;
         match result {
@@ -246,6 +251,9 @@ impl Store {
                 .replace('%', "\\%")
                 .replace('_', "\\_");
             binds.push(format!("{escaped}%"));
+        }
+        if filter.exclude_local {
+            sql.push_str(" AND owner_id <> ''");
         }
         if let Some(ids) = &filter.ids {
             if ids.is_empty() {
@@ -627,6 +635,7 @@ fn record_from_row(row: &SqliteRow) -> Result<WorkspaceRecord, StoreError> {
             parameters_json: row.try_get("parameters_json")?,
             ttl_secs: row.try_get("ttl_secs")?,
             deadline_at: row.try_get("deadline_at")?,
+            limits_json: row.try_get("limits_json")?,
         },
         id,
     })

@@ -37,6 +37,8 @@ pub struct Ownership {
     pub ttl_secs: Option<i64>,
     /// When the workspace is due to stop (RFC 3339), extendable.
     pub deadline_at: Option<String>,
+    /// JSON resource limits it was created with (`{}` or empty: none).
+    pub limits_json: String,
 }
 
 /// A stored workspace. Timestamps use the store's RFC 3339 UTC millisecond format.
@@ -131,6 +133,8 @@ pub struct WorkspaceFilter {
     pub name_prefix: Option<String>,
     /// Only these ids (a workspace-restricted token's view).
     pub ids: Option<Vec<String>>,
+    /// Leave out host-local workspaces (the embedded CLI's, which have no owner).
+    pub exclude_local: bool,
     /// Cursor: only workspaces after this (name, id).
     pub after: Option<(String, String)>,
     /// Page size.

@@ -35,7 +35,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(cli::run(cli)) {
+    let res = rt.block_on(cli::run(cli));
+    // Blocking work still running (a server's exec waits, say) must not hold up the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    match res {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             report(&e, json);

@@ -111,14 +111,16 @@ async fn device_token(
         .user(&user_id)
         .await?
         .ok_or_else(|| ApiError::unauthenticated("the approving user no longer exists"))?;
+    if user.suspended {
+        return Err(ApiError::unauthenticated("the approving user is suspended"));
+    }
     let role: Role = user.role.parse().unwrap_or(Role::Member);
-    let minted = mint(
-        &user.id,
-        "device login",
-        &role.scopes(),
-        None,
-        expires_at(state.cfg.token_default_ttl),
-    );
+    // Never longer-lived than the token that approved it.
+    let mut expires = expires_at(state.cfg.token_default_ttl);
+    if let Some(cap) = d.approved_expires_at.as_ref().filter(|c| **c < expires) {
+        expires = cap.clone();
+    }
+    let minted = mint(&user.id, "device login", &role.scopes(), None, expires);
     if !state
         .store
         .consume_device_code(&h, &minted.record.id)
@@ -163,7 +165,7 @@ async fn device_approve(
     let code = body.user_code.trim().to_ascii_uppercase();
     if !state
         .store
-        .approve_device_code(&code, &caller.user.id)
+        .approve_device_code(&code, &caller.user.id, &caller.token.expires_at)
         .await?
     {
         return Err(ApiError::not_found("pending device login", &code)

@@ -51,7 +51,11 @@ pub async fn find_workspace(
             None => None,
         }
     };
-    let rec = rec.ok_or_else(not_found)?;
+    // Host-local workspaces (the embedded CLI's, made by the host's root) are not the server's
+    // to hand out: their configuration is trusted and may reach the host.
+    let rec = rec
+        .filter(|r| !r.ownership.owner_id.is_empty())
+        .ok_or_else(not_found)?;
     let owner = if rec.ownership.owner_id == caller.user.id {
         Owner::Own
     } else {

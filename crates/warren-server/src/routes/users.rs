@@ -231,7 +231,9 @@ async fn create_token(
 ) -> ApiResult<impl IntoResponse> {
     let for_user = match &body.user {
         Some(u) if u != &caller.user.username && u != &caller.user.id => {
-            caller.require(Op::TokenAdmin)?;
+            // A token for someone else acts as them: only owners may mint one, or an admin could
+            // become an owner through an owner's token.
+            caller.require(Op::OwnerAdmin)?;
             user_for(&state, u).await?
         }
         _ => caller.user.clone(),

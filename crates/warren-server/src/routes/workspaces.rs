@@ -102,6 +102,7 @@ async fn list_workspaces(
     }
     let mut filter = WorkspaceFilter {
         limit: limit + 1,
+        exclude_local: true,
         ..Default::default()
     };
     match q.owner.as_deref().unwrap_or("me") {
@@ -283,6 +284,9 @@ async fn create_workspace(
     };
     // Requested resources must fit the ceilings; unset ones default to the ceilings.
     let requested = body.limits.unwrap_or_default();
+    requested
+        .validate()
+        .map_err(|e| cleanup(ApiError::bad_request(format!("limits: {e}"))))?;
     ceilings.check(&requested).map_err(|e| {
         cleanup(
             ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::LimitExceeded, e)
@@ -306,6 +310,8 @@ async fn create_workspace(
             parameters_json: serde_json::to_string(&params).unwrap_or_else(|_| "{}".into()),
             ttl_secs,
             deadline_at: None,
+            limits_json: serde_json::to_string(&limits_of(&effective))
+                .unwrap_or_else(|_| "{}".into()),
         },
         create_only: true,
         ..Default::default()
@@ -320,7 +326,6 @@ async fn create_workspace(
         .create_pending(&dir, &opts)
         .await
         .map_err(|e| cleanup(e.into()))?;
-    let limits = opts.limits.clone();
     let id = rec.id.clone();
     let job = jobs::spawn(
         &state,
@@ -331,7 +336,7 @@ async fn create_workspace(
             for w in &warnings {
                 warren_engine::Progress::warn(&*log, w);
             }
-            st.engine.provision(&id, limits, &*log).await.map(|_| ())
+            st.engine.provision(&id, &*log).await.map(|_| ())
         },
     )
     .await?;
@@ -444,7 +449,7 @@ async fn update_workspace(
         let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
         move |st, log| async move {
             warren_engine::Progress::step(&*log, "Stopping the workspace to rebuild it");
-            let limits = st.engine.unprovision(&id).await?;
+            st.engine.unprovision(&id).await?;
             let path = warren_engine::server_config_path(FsPath::new(&project));
             std::fs::write(&path, rendered).map_err(|e| {
                 warren_engine::EngineError::Internal(format!("write {}: {e}", path.display()))
@@ -452,7 +457,7 @@ async fn update_workspace(
             st.store
                 .set_template_version(&id, &version_id, &params_json)
                 .await?;
-            st.engine.provision(&id, limits, &*log).await.map(|_| ())
+            st.engine.provision(&id, &*log).await.map(|_| ())
         }
     })
     .await?;
@@ -550,10 +555,7 @@ async fn transition(
                 Some(&caller.user.id),
                 move |st, log| async move {
                     if never_provisioned {
-                        st.engine
-                            .provision(&id, Limits::default(), &*log)
-                            .await
-                            .map(|_| ())
+                        st.engine.provision(&id, &*log).await.map(|_| ())
                     } else {
                         st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
                     }
@@ -594,6 +596,7 @@ async fn transition(
                     warren_engine::Progress::step(&*log, "Deleting workspace");
                     st.engine.delete(WsRef::Id(id), true).await?;
                     // The project folder of a server-made workspace goes with it.
+                    let projects = std::fs::canonicalize(&projects).unwrap_or(projects);
                     if FsPath::new(&project).starts_with(&projects) {
                         let _ = std::fs::remove_dir_all(&project);
                         let _ = std::fs::remove_file(warren_engine::server_config_path(
@@ -868,6 +871,46 @@ async fn job_logs(
     Ok(sse_response(rx))
 }
 
+/// The most of a log read at once (the tail shown, and each step of a follow).
+const MAX_LOG_READ: u64 = 4 << 20;
+
+/// The last `max` bytes of a file as text, and the file's length.
+fn tail_of(path: &FsPath, max: u64) -> (String, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (String::new(), 0);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(max);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        start + buf.len() as u64,
+    )
+}
+
+/// At most `max` bytes of a file from `offset` as text, and the offset after them (0 again when
+/// the file was truncated or replaced).
+fn read_from(path: &FsPath, offset: u64, max: u64) -> (String, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (String::new(), offset);
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let offset = if len < offset { 0 } else { offset };
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(offset)).is_ok() {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    (
+        String::from_utf8_lossy(&buf).into_owned(),
+        offset + buf.len() as u64,
+    )
+}
+
 fn sse_response(
     rx: tokio::sync::mpsc::Receiver<Result<String, std::convert::Infallible>>,
 ) -> Response {
@@ -896,40 +939,50 @@ async fn workspace_logs(
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
     let path = state.engine.log_file(&rec);
     if !q.follow.unwrap_or(false) {
-        let bytes = std::fs::read(&path).unwrap_or_default();
-        return Ok((
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            String::from_utf8_lossy(&bytes).into_owned(),
-        )
-            .into_response());
+        let p = path.clone();
+        let text = tokio::task::spawn_blocking(move || tail_of(&p, MAX_LOG_READ).0)
+            .await
+            .map_err(ApiError::internal)?;
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(256);
     tokio::spawn(async move {
-        let mut offset = 0usize;
-        let mut partial = String::new();
+        // Start from the last MAX_LOG_READ bytes, then read only what is appended.
+        let (text, mut offset) = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || tail_of(&p, MAX_LOG_READ))
+                .await
+                .unwrap_or_default()
+        };
+        let mut partial = text;
         loop {
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            if bytes.len() < offset {
-                offset = 0; // recreated
+            while let Some(i) = partial.find('\n') {
+                let line: String = partial.drain(..=i).collect();
+                if tx
+                    .send(Ok(sse_line(line.trim_end_matches('\n'))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
             }
-            if bytes.len() > offset {
-                partial.push_str(&String::from_utf8_lossy(&bytes[offset..]));
-                offset = bytes.len();
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    if tx
-                        .send(Ok(sse_line(line.trim_end_matches('\n'))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+            if partial.len() > MAX_LOG_READ as usize {
+                let line = std::mem::take(&mut partial);
+                if tx.send(Ok(sse_line(&line))).await.is_err() {
+                    return;
                 }
             }
             if tx.is_closed() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+            let p = path.clone();
+            let (more, next) =
+                tokio::task::spawn_blocking(move || read_from(&p, offset, MAX_LOG_READ))
+                    .await
+                    .unwrap_or_default();
+            offset = next;
+            partial.push_str(&more);
         }
     });
     Ok(sse_response(rx))

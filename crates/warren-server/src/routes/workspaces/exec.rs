@@ -31,8 +31,9 @@ use warren_store::{AuditOutcome, NewAuditRecord, WorkspaceRecord};
 use crate::app::{AppState, Json, RequestId};
 use crate::audit::AuditNote;
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{tracing_log, ApiError, ApiResult, ErrorBody};
 use crate::routes::find_workspace;
+use futures_util::{SinkExt, StreamExt};
 
 /// Output waited for after the process exits (a daemon it started may hold the pipes open).
 const DRAIN: Duration = Duration::from_millis(500);
@@ -49,8 +50,64 @@ struct Started {
     out: mpsc::Receiver<(u8, Vec<u8>)>,
     stdin: Option<std::fs::File>,
     pty: Option<OwnedFd>,
-    exit: tokio::task::JoinHandle<Result<i32, String>>,
+    exit: tokio::sync::oneshot::Receiver<Result<i32, String>>,
     signaller: warren_runtime::Signaller,
+    _slot: Slot,
+}
+
+/// Concurrent execs allowed on the server, and per user: each holds threads until its process
+/// exits, so one user cannot starve the others.
+const MAX_EXECS: usize = 256;
+const MAX_EXECS_PER_USER: usize = 32;
+
+static EXECS: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>> =
+    std::sync::Mutex::new(None);
+
+/// A running exec's place in the limits; released on drop.
+struct Slot(String);
+
+impl Slot {
+    fn take(user: &str) -> ApiResult<Slot> {
+        let mut g = EXECS.lock().unwrap_or_else(|p| p.into_inner());
+        let map = g.get_or_insert_with(Default::default);
+        let total: usize = map.values().sum();
+        let mine = map.get(user).copied().unwrap_or(0);
+        if total >= MAX_EXECS || mine >= MAX_EXECS_PER_USER {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                warren_api::ErrorCode::Unavailable,
+                format!(
+                    "too many commands running (at most {MAX_EXECS_PER_USER} per user, {MAX_EXECS} in all)"
+                ),
+            )
+            .hint("wait for some to finish"));
+        }
+        *map.entry(user.to_string()).or_default() += 1;
+        Ok(Slot(user.to_string()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut g = EXECS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = g.as_mut() {
+            if let Some(n) = map.get_mut(&self.0) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.0);
+                }
+            }
+        }
+    }
+}
+
+/// Signals `sig` now and, if the process is still there after a grace period, SIGKILL: for a
+/// client that went away.
+fn hang_up(signaller: &warren_runtime::Signaller, exit_seen: bool) {
+    if exit_seen {
+        return;
+    }
+    let _ = signaller.signal(1);
 }
 
 fn pump(fd: OwnedFd, chan: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) {
@@ -100,7 +157,13 @@ fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
         .transpose()
 }
 
-async fn start(state: &AppState, rec: &WorkspaceRecord, req: &ExecRequest) -> ApiResult<Started> {
+async fn start(
+    state: &AppState,
+    user: &str,
+    rec: &WorkspaceRecord,
+    req: &ExecRequest,
+) -> ApiResult<Started> {
+    let slot = Slot::take(user)?;
     let process = ExecProcess {
         argv: req.command.clone(),
         env: req.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -143,13 +206,19 @@ async fn start(state: &AppState, rec: &WorkspaceRecord, req: &ExecRequest) -> Ap
     };
     state.metrics.execs.inc();
     let signaller = session.signaller().map_err(ApiError::internal)?;
-    let exit = tokio::task::spawn_blocking(move || session.wait().map_err(|e| e.to_string()));
+    // A thread of its own, not the blocking pool: a long-running command must not take a slot
+    // other work (engine operations) needs.
+    let (exit_tx, exit) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = exit_tx.send(session.wait().map_err(|e| e.to_string()));
+    });
     Ok(Started {
         out,
         stdin,
         pty,
         exit,
         signaller,
+        _slot: slot,
     })
 }
 
@@ -193,7 +262,7 @@ async fn exec_stream(
         ));
     }
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
-    let mut started = start(&state, &rec, &req).await?;
+    let mut started = start(&state, &caller.user.id, &rec, &req).await?;
     // stdin: the given text, then EOF.
     if let Some(mut w) = started.stdin.take() {
         let text = req.stdin.clone().unwrap_or_default();
@@ -211,22 +280,40 @@ async fn exec_stream(
         };
         tokio::pin!(deadline);
         let mut timed_out = false;
+        let mut gone: Option<tokio::time::Instant> = None;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
         let code = loop {
+            let kill_at = gone.map(|t| t + GONE_GRACE);
             tokio::select! {
                 Some((chan, bytes)) = started.out.recv() => {
-                    let _ = tx.send(line(&output_event(chan, bytes))).await;
+                    if gone.is_none() && tx.send(line(&output_event(chan, bytes))).await.is_err() {
+                        // The client left: hang up, as a closed terminal would.
+                        gone = Some(tokio::time::Instant::now());
+                        hang_up(&started.signaller, false);
+                    }
+                }
+                _ = beat.tick(), if gone.is_none() => {
+                    // A quiet command still tells whether its client is there: HTTP/1 notices a
+                    // closed connection only when writing.
+                    if tx.send(line(&ExecEvent::Heartbeat)).await.is_err() {
+                        gone = Some(tokio::time::Instant::now());
+                        hang_up(&started.signaller, false);
+                    }
                 }
                 r = &mut started.exit => break r,
                 () = &mut deadline, if !timed_out => {
                     timed_out = true;
                     let _ = started.signaller.signal(libc_sigkill());
                 }
+                () = sleep_until_opt(kill_at), if kill_at.is_some() => {
+                    let _ = started.signaller.signal(libc_sigkill());
+                    gone = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                }
             }
         };
-        let _ = tokio::time::timeout(DRAIN, async {
-            while let Some((chan, bytes)) = started.out.recv().await {
-                let _ = tx.send(line(&output_event(chan, bytes))).await;
-            }
+        drain(&mut started.out, |chan, bytes| {
+            let tx = tx.clone();
+            async move { tx.send(line(&output_event(chan, bytes))).await.is_ok() }
         })
         .await;
         if timed_out {
@@ -239,8 +326,8 @@ async fn exec_stream(
         let ev = match code {
             Ok(Ok(code)) => ExecEvent::Exit { code },
             Ok(Err(e)) => ExecEvent::Error { message: e },
-            Err(e) => ExecEvent::Error {
-                message: e.to_string(),
+            Err(_) => ExecEvent::Error {
+                message: "lost track of the command".into(),
             },
         };
         let _ = tx.send(line(&ev)).await;
@@ -258,6 +345,33 @@ async fn exec_stream(
 
 fn libc_sigkill() -> i32 {
     9
+}
+
+/// How often a quiet NDJSON exec stream sends a heartbeat event.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long a command whose client left gets after SIGHUP before SIGKILL.
+const GONE_GRACE: Duration = Duration::from_secs(5);
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After the process exited: forwards the output still coming until both streams end or none has
+/// come for [`DRAIN`] (a daemon it started may hold the pipes open).
+async fn drain<F, Fut>(out: &mut mpsc::Receiver<(u8, Vec<u8>)>, mut send: F)
+where
+    F: FnMut(u8, Vec<u8>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while let Ok(Some((chan, bytes))) = tokio::time::timeout(DRAIN, out.recv()).await {
+        if !send(chan, bytes).await {
+            break;
+        }
+    }
 }
 
 /// Interactive exec over a WebSocket (see the module documentation for the frames).
@@ -279,25 +393,27 @@ async fn exec_ws(
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    Ok(upgrade.on_upgrade(move |socket| async move {
-        let audit = NewAuditRecord {
-            request_id: request_id.0,
-            actor_user_id: Some(caller.user.id.clone()),
-            actor_username: Some(caller.user.username.clone()),
-            actor_token_id: Some(caller.token.id.clone()),
-            source_ip: Some(remote.ip().to_string()),
-            user_agent,
-            action: "workspace.exec".into(),
-            target_type: "workspace".into(),
-            target_id: Some(rec.id.clone()),
-            target_name: Some(rec.name.to_string()),
-            outcome: AuditOutcome::Success,
-            status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-            diff_json: None,
-            details_json: None,
-        };
-        ws_session(state, rec, socket, audit).await;
-    }))
+    Ok(upgrade
+        .max_message_size(1 << 20)
+        .on_upgrade(move |socket| async move {
+            let audit = NewAuditRecord {
+                request_id: request_id.0,
+                actor_user_id: Some(caller.user.id.clone()),
+                actor_username: Some(caller.user.username.clone()),
+                actor_token_id: Some(caller.token.id.clone()),
+                source_ip: Some(remote.ip().to_string()),
+                user_agent,
+                action: "workspace.exec".into(),
+                target_type: "workspace".into(),
+                target_id: Some(rec.id.clone()),
+                target_name: Some(rec.name.to_string()),
+                outcome: AuditOutcome::Success,
+                status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+                diff_json: None,
+                details_json: None,
+            };
+            ws_session(state, rec, socket, audit).await;
+        }))
 }
 
 async fn ws_error(socket: &mut WebSocket, msg: &str) {
@@ -305,6 +421,12 @@ async fn ws_error(socket: &mut WebSocket, msg: &str) {
     f.extend_from_slice(msg.as_bytes());
     let _ = socket.send(Message::Binary(f.into())).await;
     let _ = socket.send(Message::Close(None)).await;
+}
+
+/// What the socket's reader task hands to the session loop.
+enum Input {
+    /// The client closed the socket or it broke.
+    Gone,
 }
 
 async fn ws_session(
@@ -317,29 +439,32 @@ async fn ws_session(
     let req: ExecRequest = match first {
         Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str(t.as_str()) {
             Ok(r) => r,
-            Err(e) => return ws_error(&mut socket, &format!("invalid exec request: {e}")).await,
+            Err(e) => {
+                audit.outcome = AuditOutcome::Failure;
+                crate::audit::record(&state, audit).await;
+                return ws_error(&mut socket, &format!("invalid exec request: {e}")).await;
+            }
         },
         _ => {
+            audit.outcome = AuditOutcome::Failure;
+            crate::audit::record(&state, audit).await;
             return ws_error(
                 &mut socket,
                 "expected the exec request as the first (text) message",
             )
-            .await
+            .await;
         }
     };
     audit.details_json = Some(
         serde_json::json!({"command": req.command, "user": req.user, "tty": req.tty.is_some()})
             .to_string(),
     );
-    let timeout = match validate(&req) {
-        Ok(t) => t,
-        Err(e) => {
-            audit.outcome = AuditOutcome::Failure;
-            crate::audit::record(&state, audit).await;
-            return ws_error(&mut socket, &e.body.message).await;
-        }
+    let user = audit.actor_user_id.clone().unwrap_or_default();
+    let started = match validate(&req) {
+        Ok(timeout) => start(&state, &user, &rec, &req).await.map(|s| (s, timeout)),
+        Err(e) => Err(e),
     };
-    let mut started = match start(&state, &rec, &req).await {
+    let (mut started, timeout) = match started {
         Ok(s) => s,
         Err(e) => {
             audit.outcome = AuditOutcome::Failure;
@@ -348,6 +473,7 @@ async fn ws_session(
         }
     };
     crate::audit::record(&state, audit).await;
+
     // stdin goes through a thread: writes to a pipe or PTY may block.
     let (in_tx, mut in_rx) = mpsc::channel::<Option<Vec<u8>>>(64);
     if let Some(mut w) = started.stdin.take() {
@@ -360,8 +486,8 @@ async fn ws_session(
                             break;
                         }
                     }
+                    // EOF on a terminal is ^D.
                     None if is_pty => {
-                        // EOF on a terminal is ^D.
                         let _ = w.write_all(&[4]);
                     }
                     None => break,
@@ -369,30 +495,33 @@ async fn ws_session(
             }
         });
     }
-    let deadline = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
+    // The socket's reading half runs on its own, so a client sending stdin faster than the
+    // process reads it never stops the output (which the process may be blocked writing).
+    let (mut sink, mut stream) = socket.split();
+    let (gone_tx, mut gone_rx) = mpsc::channel::<Input>(1);
+    let signaller = match started.signaller.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = started.signaller.signal(libc_sigkill());
+            tracing_log(&format!("exec: {e}"));
+            return;
         }
     };
-    tokio::pin!(deadline);
-    let code = loop {
-        tokio::select! {
-            Some((chan, bytes)) = started.out.recv() => {
-                let mut f = Vec::with_capacity(bytes.len() + 1);
-                f.push(chan);
-                f.extend_from_slice(&bytes);
-                if socket.send(Message::Binary(f.into())).await.is_err() {
-                    // The client left: the process gets SIGHUP, as with a closed terminal.
-                    let _ = started.signaller.signal(1);
-                }
-            }
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(b))) if !b.is_empty() => match b[0] {
-                    0 => { let _ = in_tx.send(Some(b[1..].to_vec())).await; }
-                    1 => { let _ = in_tx.send(None).await; }
+    let pty = started.pty.as_ref().and_then(|p| p.try_clone().ok());
+    let reader = tokio::spawn(async move {
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(Message::Binary(b)) if !b.is_empty() => match b[0] {
+                    // A process that no longer reads stdin just loses the rest.
+                    0 => {
+                        let _ = in_tx.send(Some(b[1..].to_vec())).await;
+                    }
+                    1 => {
+                        let _ = in_tx.send(None).await;
+                    }
                     2 => {
-                        if let (Some(pty), Ok(sz)) = (&started.pty, serde_json::from_slice::<serde_json::Value>(&b[1..])) {
+                        let sz = serde_json::from_slice::<serde_json::Value>(&b[1..]).ok();
+                        if let (Some(pty), Some(sz)) = (&pty, sz) {
                             let rows = sz["rows"].as_u64().and_then(|v| u16::try_from(v).ok());
                             let cols = sz["cols"].as_u64().and_then(|v| u16::try_from(v).ok());
                             if let (Some(r), Some(c)) = (rows, cols) {
@@ -401,42 +530,82 @@ async fn ws_session(
                         }
                     }
                     3 => {
-                        if let Some(sig) = std::str::from_utf8(&b[1..]).ok().and_then(|s| s.trim().parse::<i32>().ok()).filter(|s| (1..=64).contains(s)) {
-                            let _ = started.signaller.signal(sig);
+                        let sig = std::str::from_utf8(&b[1..])
+                            .ok()
+                            .and_then(|s| s.trim().parse::<i32>().ok())
+                            .filter(|s| (1..=64).contains(s));
+                        if let Some(sig) = sig {
+                            let _ = signaller.signal(sig);
                         }
                     }
                     _ => {}
                 },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    let _ = started.signaller.signal(1);
-                    break (&mut started.exit).await;
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let _ = gone_tx.send(Input::Gone).await;
+    });
+
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let mut timed_out = false;
+    let mut gone: Option<tokio::time::Instant> = None;
+    let code = loop {
+        let kill_at = gone.map(|t| t + GONE_GRACE);
+        tokio::select! {
+            Some((chan, bytes)) = started.out.recv() => {
+                if gone.is_none() {
+                    let mut f = Vec::with_capacity(bytes.len() + 1);
+                    f.push(chan);
+                    f.extend_from_slice(&bytes);
+                    if sink.send(Message::Binary(f.into())).await.is_err() {
+                        gone = Some(tokio::time::Instant::now());
+                        hang_up(&started.signaller, false);
+                    }
                 }
-                _ => {}
-            },
+            }
+            Some(Input::Gone) = gone_rx.recv(), if gone.is_none() => {
+                // The client left: hang up, as a closed terminal would; SIGKILL after a grace.
+                gone = Some(tokio::time::Instant::now());
+                hang_up(&started.signaller, false);
+            }
             r = &mut started.exit => break r,
-            () = &mut deadline => {
+            () = &mut deadline, if !timed_out => {
+                timed_out = true;
                 let _ = started.signaller.signal(libc_sigkill());
+            }
+            () = sleep_until_opt(kill_at), if kill_at.is_some() => {
+                let _ = started.signaller.signal(libc_sigkill());
+                gone = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
             }
         }
     };
-    let _ = tokio::time::timeout(DRAIN, async {
-        while let Some((chan, bytes)) = started.out.recv().await {
-            let mut f = vec![chan];
-            f.extend_from_slice(&bytes);
-            if socket.send(Message::Binary(f.into())).await.is_err() {
-                break;
-            }
+    reader.abort();
+    if gone.is_some() {
+        return;
+    }
+    while let Ok(Some((chan, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
+        let mut f = vec![chan];
+        f.extend_from_slice(&bytes);
+        if sink.send(Message::Binary(f.into())).await.is_err() {
+            break;
         }
-    })
-    .await;
-    match code {
+    }
+    let last = match code {
         Ok(Ok(code)) => {
             let mut f = vec![3u8];
             f.extend_from_slice(serde_json::json!({ "code": code }).to_string().as_bytes());
-            let _ = socket.send(Message::Binary(f.into())).await;
-            let _ = socket.send(Message::Close(None)).await;
+            f
         }
-        Ok(Err(e)) => ws_error(&mut socket, &e).await,
-        Err(e) => ws_error(&mut socket, &e.to_string()).await,
-    }
+        Ok(Err(e)) => [&[4u8][..], e.as_bytes()].concat(),
+        Err(_) => [&[4u8][..], b"lost track of the command"].concat(),
+    };
+    let _ = sink.send(Message::Binary(last.into())).await;
+    let _ = sink.send(Message::Close(None)).await;
 }
