@@ -130,6 +130,15 @@ impl Store {
     /// Records a new workspace in state `pending`, generation 1.
     pub async fn create_workspace(&self, new: NewWorkspace) -> Result<WorkspaceRecord, StoreError> {
         let now = now();
+        let mut new = new;
+        for json in [
+            &mut new.ownership.limits_json,
+            &mut new.ownership.parameters_json,
+        ] {
+            if json.is_empty() {
+                *json = "{}".to_owned();
+            }
+        }
         let record = WorkspaceRecord {
             id: uuid::Uuid::new_v4().simple().to_string(),
             name: new.name,
@@ -171,11 +180,7 @@ impl Store {
             .bind(&record.ownership.parameters_json)
             .bind(record.ownership.ttl_secs)
             .bind(&record.ownership.deadline_at)
-            .bind(if record.ownership.limits_json.is_empty() {
-                "{}"
-            } else {
-                record.ownership.limits_json.as_str()
-            })
+            .bind(&record.ownership.limits_json)
             .execute(&self.pool)
             .await;
         match result {

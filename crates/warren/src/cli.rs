@@ -561,7 +561,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     };
     // Host-level commands always run here.
     let host_only = matches!(cmd, Cmd::Image(_) | Cmd::Reconcile | Cmd::Bench(_));
-    let target = if host_only {
+    let target = if host_only || cli.local {
         Target::Embedded
     } else {
         let contexts = Contexts::load()?;

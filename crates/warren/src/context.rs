@@ -242,8 +242,9 @@ pub fn select_with(
         _ => {}
     }
     match &contexts.current {
-        Some(name) if contexts.contexts.contains_key(name) => named(name),
-        _ => Ok(Target::Embedded),
+        // A current context that is gone is an error, not a silent switch to this host.
+        Some(name) => named(name),
+        None => Ok(Target::Embedded),
     }
 }
 
@@ -337,12 +338,9 @@ mod tests {
         let e = select_with(false, Some("zz"), None, None, &c).unwrap_err();
         assert!(e.to_string().contains("no context named `zz`"), "{e}");
         assert!(select_with(false, None, url(), None, &c).is_err());
-        // A dangling current context means embedded.
+        // A dangling current context is an error, never a silent switch to this host.
         c.current = Some("gone".into());
-        assert_eq!(
-            select_with(false, None, None, None, &c).unwrap(),
-            Target::Embedded
-        );
+        assert!(select_with(false, None, None, None, &c).is_err());
     }
 
     #[test]
