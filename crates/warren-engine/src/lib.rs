@@ -239,11 +239,7 @@ impl Engine {
         for w in &loaded.warnings {
             progress.warn(&w.to_string());
         }
-        let image_name = loaded
-            .config
-            .image
-            .clone()
-            .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
+        let image_name = image_of(&loaded)?;
         let dir_s = dir.display().to_string();
 
         let owner = opts.ownership.owner_id.as_str();
@@ -440,11 +436,7 @@ impl Engine {
             error: e.to_string(),
         })?;
         let loaded = load_config(&dir, &opts.ownership)?;
-        let image_name = loaded
-            .config
-            .image
-            .clone()
-            .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
+        let image_name = image_of(&loaded)?;
         let name = match &opts.name {
             Some(n) => WorkspaceName::new(n.clone())?,
             None => warren_api::workspace_name_from_dir(
@@ -501,11 +493,7 @@ impl Engine {
             for w in &loaded.warnings {
                 progress.warn(&w.to_string());
             }
-            let image_name = loaded
-                .config
-                .image
-                .clone()
-                .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))?;
+            let image_name = image_of(&loaded)?;
             let image = self.ensure_image(&image_name, progress).await?;
             progress.step(&format!(
                 "Creating workspace {} from image {}",
@@ -814,6 +802,15 @@ impl Engine {
         let name = name.to_string();
         blocking(move || Ok(images.remove_with(&name, &in_use)?)).await
     }
+}
+
+/// The image a configuration names (Warren builds workspaces from images only, for now).
+fn image_of(loaded: &warren_devcontainer::Loaded) -> Result<String, EngineError> {
+    loaded
+        .config
+        .image
+        .clone()
+        .ok_or_else(|| EngineError::NoImage(loaded.config_path.clone()))
 }
 
 /// Loads a workspace's devcontainer.json. Workspaces of server users (an owner is set) are
