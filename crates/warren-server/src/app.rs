@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Token lookup cache.
     pub tokens: Arc<TokenCache>,
+    /// Notices to every server replica (token revocations, user changes).
+    pub pubsub: Arc<dyn crate::coord::Pubsub>,
     /// Running jobs.
     pub jobs: Arc<Jobs>,
     /// Set when graceful shutdown begins (`/readyz` then answers 503).

@@ -154,6 +154,13 @@ impl TokenCache {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
     /// Forgets every token of a user.
     pub fn forget_user(&self, user_id: &str) {
         self.entries

@@ -5,6 +5,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod coord;
 pub mod error;
 pub mod jobs;
 pub mod metrics;

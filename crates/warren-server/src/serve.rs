@@ -58,6 +58,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         org: Arc::new(org),
         metrics: Arc::new(Metrics::default()),
         tokens: Arc::new(TokenCache::default()),
+        pubsub: Arc::new(crate::coord::LocalPubsub::default()),
         jobs,
         shutdown: Arc::new(AtomicBool::new(false)),
         token_uses: Default::default(),
@@ -147,6 +148,7 @@ pub async fn serve(
         Err(e) => return Err(format!("database: {e}")),
     }
     let background = tokio::spawn(background(state.clone()));
+    let invalidations = tokio::spawn(apply_notices(state.clone()));
     let app = router(state.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
@@ -212,6 +214,7 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     state.jobs.drain(Duration::from_secs(20)).await;
     background.abort();
+    invalidations.abort();
     state.flush_token_uses().await;
     Ok(())
 }
@@ -229,6 +232,21 @@ async fn background(state: AppState) {
             if let Err(e) = state.engine.reconcile().await {
                 tracing_log(&format!("reconcile: {e}"));
             }
+        }
+    }
+}
+
+/// Applies every replica's invalidations to this one's token cache.
+async fn apply_notices(state: AppState) {
+    use crate::coord::Notice;
+    let mut rx = state.pubsub.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(Notice::TokenRevoked(id)) => state.tokens.forget_token(&id),
+            Ok(Notice::UserChanged(id)) => state.tokens.forget_user(&id),
+            // Missed notices: forget everything rather than trust a stale entry.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.tokens.clear(),
+            Err(_) => return,
         }
     }
 }

@@ -855,3 +855,54 @@ async fn a_command_whose_client_left_is_hung_up_and_host_local_workspaces_stay_h
     assert_eq!(names, ["w"]);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_a_job_log_gives_every_line_once_then_the_outcome() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(
+        &s,
+        "chatty",
+        "for i in 1 2 3; do echo line$i; sleep 0.2; done",
+        "echo started",
+    )
+    .await;
+    let acc = create(&s, &s.admin, "w", "chatty", json!({})).await;
+    let id = acc["job"]["id"].as_str().unwrap().to_string();
+    let text = s
+        .http
+        .get(format!("{}/api/v1/jobs/{id}/logs?follow=true", s.url))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let (last, lines) = events.split_last().unwrap();
+    assert_eq!(*last, "event: end\ndata: succeeded", "{text}");
+    let followed: Vec<&str> = lines
+        .iter()
+        .map(|e| e.strip_prefix("data: ").unwrap())
+        .collect();
+    let plain = s
+        .http
+        .get(format!("{}/api/v1/jobs/{id}/logs", s.url))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(followed, plain.lines().collect::<Vec<_>>());
+    for want in ["line1", "line2", "line3", "started"] {
+        assert_eq!(
+            followed.iter().filter(|l| **l == want).count(),
+            1,
+            "{want}: {followed:?}"
+        );
+    }
+    s.stop().await;
+}

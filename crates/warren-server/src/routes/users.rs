@@ -186,7 +186,12 @@ async fn update_user(
             body.display_name.as_deref(),
         )
         .await?;
+    // This replica at once (the request's own answer must not see a stale entry), every replica
+    // through the notice.
     state.tokens.forget_user(&u.id);
+    state
+        .pubsub
+        .publish(crate::coord::Notice::UserChanged(u.id.clone()));
     let old_v = serde_json::to_value(user_view(&u)).unwrap_or_default();
     let new_v = serde_json::to_value(user_view(&new)).unwrap_or_default();
     let mut note = AuditNote::target("user", &u.id, &u.username);
@@ -350,6 +355,9 @@ async fn revoke_token(
     }
     state.store.revoke_token(&id).await?;
     state.tokens.forget_token(&id);
+    state
+        .pubsub
+        .publish(crate::coord::Notice::TokenRevoked(id.clone()));
     let note = AuditNote::target("token", &t.id, &t.name);
     Ok((StatusCode::NO_CONTENT, axum::Extension(note)))
 }

@@ -835,7 +835,8 @@ async fn job_logs(
     let st = state.clone();
     tokio::spawn(async move {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let have = text.lines().count() as u64;
+        // The next line number to send; the file and the broadcast number lines the same way.
+        let mut next = text.lines().count() as u64;
         for l in text.lines() {
             if tx.send(Ok(sse_line(l))).await.is_err() {
                 return;
@@ -844,13 +845,23 @@ async fn job_logs(
         if let Some(mut sub) = sub {
             loop {
                 match sub.recv().await {
-                    Ok((seq, line)) if seq >= have => {
+                    Ok((seq, line)) if seq >= next => {
+                        next = seq + 1;
                         if tx.send(Ok(sse_line(&line))).await.is_err() {
                             return;
                         }
                     }
                     Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow for the broadcast: catch up from the file.
+                        let text = std::fs::read_to_string(&path).unwrap_or_default();
+                        for l in text.lines().skip(next as usize) {
+                            next += 1;
+                            if tx.send(Ok(sse_line(l))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     Err(_) => break,
                 }
             }
