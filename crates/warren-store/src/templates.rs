@@ -76,6 +76,25 @@ pub struct NewVersion {
     pub created_by: String,
 }
 
+impl NewVersion {
+    /// The record of this version as number `number` of `template_id`, with a new id.
+    fn into_record(self, template_id: Option<&str>, number: i64) -> VersionRecord {
+        VersionRecord {
+            id: new_id(),
+            template_id: template_id.map(str::to_owned),
+            number,
+            message: self.message,
+            devcontainer_json: self.devcontainer_json,
+            file_id: self.file_id,
+            parameters_json: self.parameters_json,
+            ceilings_json: self.ceilings_json,
+            policy_json: self.policy_json,
+            created_by: self.created_by,
+            created_at: now(),
+        }
+    }
+}
+
 const TEMPLATE_COLUMNS: &str = "id, org_id, name, display_name, description, active_version_id, \
     archived_at, created_by, created_at, updated_at";
 const VERSION_COLUMNS: &str = "id, template_id, number, message, devcontainer_json, file_id, \
@@ -228,19 +247,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?
         .try_get("n")?;
-        let rec = VersionRecord {
-            id: new_id(),
-            template_id: Some(template_id.to_owned()),
-            number,
-            message: v.message,
-            devcontainer_json: v.devcontainer_json,
-            file_id: v.file_id,
-            parameters_json: v.parameters_json,
-            ceilings_json: v.ceilings_json,
-            policy_json: v.policy_json,
-            created_by: v.created_by,
-            created_at: now(),
-        };
+        let rec = v.into_record(Some(template_id), number);
         insert_version(&mut tx, &rec).await?;
         if activate {
             sqlx::query("UPDATE templates SET active_version_id = ?, updated_at = ? WHERE id = ?")
@@ -256,19 +263,7 @@ impl Store {
 
     /// Records an ad-hoc version (no template), for one workspace made from a project folder.
     pub async fn add_adhoc_version(&self, v: NewVersion) -> Result<VersionRecord, StoreError> {
-        let rec = VersionRecord {
-            id: new_id(),
-            template_id: None,
-            number: 1,
-            message: v.message,
-            devcontainer_json: v.devcontainer_json,
-            file_id: v.file_id,
-            parameters_json: v.parameters_json,
-            ceilings_json: v.ceilings_json,
-            policy_json: v.policy_json,
-            created_by: v.created_by,
-            created_at: now(),
-        };
+        let rec = v.into_record(None, 1);
         let mut tx = self.pool.begin().await?;
         insert_version(&mut tx, &rec).await?;
         tx.commit().await?;

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::{cgroup_exists, stderr, stdout, World};
+use crate::util::{cgroup_exists, read_until, stderr, stdout, World};
 
 const LIFECYCLE: &str = r#"// A devcontainer.json with comments and trailing commas.
 {
@@ -393,31 +393,6 @@ fn host_leftovers_without_a_record_are_removed() {
     assert!(w.supervisors().is_empty());
     assert!(w.workspace_dirs().is_empty());
     assert!(!cgroup_exists(&id));
-}
-
-/// Reads from the PTY master until `want` shows up (or panics after a while).
-fn read_until(master: &mut std::fs::File, want: &str, seen: &mut String) {
-    use std::io::Read;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut buf = [0u8; 4096];
-    while !seen.contains(want) {
-        assert!(
-            Instant::now() < deadline,
-            "never saw {want:?}; got {seen:?}"
-        );
-        use std::os::fd::AsFd;
-        let mut fds = [nix::poll::PollFd::new(
-            master.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
-            continue;
-        }
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => panic!("terminal closed before {want:?}; got {seen:?}"),
-            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::util::{stderr, stdout, warren_exe, World};
+use crate::util::{read_until, stderr, stdout, warren_exe, World};
 
 /// A `warren server` on a free loopback port, with its own state dir (busybox imported) and a
 /// private CLI configuration directory. Dropping it deletes the workspaces left on it and stops
@@ -886,30 +886,6 @@ fn without_a_context_up_runs_embedded_and_server_commands_say_how_to_sign_in() {
         stderr(&o)
     );
     assert!(run(&["delete", "--force", "plain"]).status.success());
-}
-
-/// Reads the terminal until `want` shows up (20 s at most).
-fn read_until(master: &mut std::fs::File, want: &str, seen: &mut String) {
-    use std::os::fd::AsFd;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut buf = [0u8; 4096];
-    while !seen.contains(want) {
-        assert!(
-            Instant::now() < deadline,
-            "never saw {want:?}; got {seen:?}"
-        );
-        let mut fds = [nix::poll::PollFd::new(
-            master.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
-            continue;
-        }
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => panic!("terminal closed before {want:?}; got {seen:?}"),
-            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
 }
 
 #[test]

@@ -223,3 +223,29 @@ pub fn cgroup_exists(id: &str) -> bool {
                 .exists()
         })
 }
+
+/// Reads from the PTY master until `want` shows up (or panics after a while).
+pub fn read_until(master: &mut std::fs::File, want: &str, seen: &mut String) {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !seen.contains(want) {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {want:?}; got {seen:?}"
+        );
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            master.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+            continue;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("terminal closed before {want:?}; got {seen:?}"),
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+}
