@@ -975,3 +975,128 @@ fn remote_exec_forwards_signals_and_gives_shells_a_terminal_that_follows_resizes
     read_until(&mut master, "answer=42", &mut seen);
     assert_eq!(child.wait().unwrap().code(), Some(3));
 }
+
+/// Starts `warren server` with `args` and `env` on `world`'s state; waits until it answers on
+/// `port` (or fails with its output).
+fn spawn_server(world: &World, args: &[&str], env: &[(&str, &str)], port: u16) -> (Child, PathBuf) {
+    let log = world.dir.join(format!("server-{port}.log"));
+    let f = std::fs::File::create(&log).unwrap();
+    let mut cmd = world.command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !healthy(port) {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "the server exited ({st}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not answer on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, log)
+}
+
+#[test]
+fn first_start_prints_a_token_settings_layer_and_sigterm_leaves_workspaces_running() {
+    let world = World::new();
+    let (p_file, p_env, p_flag) = (free_port(), free_port(), free_port());
+    let conf = world.dir.join("warren.toml");
+    std::fs::write(&conf, format!("listen = \"127.0.0.1:{p_file}\"\n")).unwrap();
+    let conf_s = conf.display().to_string();
+
+    // The file alone decides; the first start prints the owner's token.
+    let (mut child, log) = spawn_server(&world, &["server", "--config", &conf_s], &[], p_file);
+    let out = std::fs::read_to_string(&log).unwrap();
+    let token = out
+        .split_whitespace()
+        .find(|w| w.starts_with("wrn_"))
+        .unwrap_or_else(|| panic!("no token printed: {out}"))
+        .to_string();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
+
+    // The environment beats the file; the second start prints no token.
+    let env_listen = format!("127.0.0.1:{p_env}");
+    let (mut child, log) = spawn_server(
+        &world,
+        &["server", "--config", &conf_s],
+        &[("WARREN_LISTEN", &env_listen)],
+        p_env,
+    );
+    assert!(!healthy(p_file));
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("wrn_"));
+    // A workspace made through it...
+    let url = format!("http://127.0.0.1:{p_env}");
+    let cfg = world.dir.join("cli");
+    let cli = |args: &[&str]| {
+        Command::new(warren_exe())
+            .args(args)
+            .env("WARREN_CONFIG_DIR", &cfg)
+            .env("WARREN_URL", &url)
+            .env("WARREN_TOKEN", &token)
+            .env_remove("WARREN_CONTEXT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let proj = world.project("survivor", r#"{"image": "busybox"}"#);
+    let o = cli(&["up", proj.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let before = world.supervisors();
+    assert_eq!(before.len(), 1);
+    // ... keeps running through a SIGTERM of the server.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(world.supervisors(), before);
+
+    // A flag beats the environment; the new server serves the same workspace.
+    let flag_listen = format!("127.0.0.1:{p_flag}");
+    let (mut child, _) = spawn_server(
+        &world,
+        &["server", "--config", &conf_s, "--listen", &flag_listen],
+        &[("WARREN_LISTEN", &env_listen)],
+        p_flag,
+    );
+    assert!(!healthy(p_env));
+    let url = format!("http://127.0.0.1:{p_flag}");
+    let o = Command::new(warren_exe())
+        .args(["exec", "survivor", "--", "echo", "still here"])
+        .env("WARREN_CONFIG_DIR", &cfg)
+        .env("WARREN_URL", &url)
+        .env("WARREN_TOKEN", &token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o), "still here\n", "{}", stderr(&o));
+    let o = Command::new(warren_exe())
+        .args(["delete", "--force", "survivor"])
+        .env("WARREN_CONFIG_DIR", &cfg)
+        .env("WARREN_URL", &url)
+        .env("WARREN_TOKEN", &token)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = child.kill();
+    let _ = child.wait();
+}
