@@ -939,3 +939,20 @@ async fn bodies_must_be_json_objects() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_routes_take_only_small_bodies() {
+    let s = common::TestServer::start().await;
+    let big = serde_json::json!({"device_code": "x".repeat(10_000)});
+    let (st, v) = s
+        .call(
+            None,
+            reqwest::Method::POST,
+            "/api/v1/auth/device/token",
+            Some(big),
+        )
+        .await;
+    assert_eq!(st, reqwest::StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert_eq!(v["code"], "payload_too_large");
+    s.stop().await;
+}

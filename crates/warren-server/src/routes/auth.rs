@@ -30,6 +30,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(device_start))
         .routes(routes!(device_token))
         .routes(routes!(device_approve))
+        // Anyone may call the first two: their bodies are a few dozen bytes.
+        .layer(axum::extract::DefaultBodyLimit::max(4096))
 }
 
 fn user_code() -> String {
