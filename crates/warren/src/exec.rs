@@ -118,18 +118,33 @@ impl Signals {
     }
 }
 
-/// Runs `f` (starting the process), giving up with the conventional exit status if the user presses
-/// Ctrl-C or the CLI is asked to terminate before the process exists: there is nothing to forward the
-/// signal to yet, and the forwarding handlers keep the default action from ending the CLI.
+/// Runs `f` (starting the process). A first SIGINT or SIGTERM meanwhile is not lost: the
+/// forwarding handlers, installed before, hold it and deliver it once the process exists (it may
+/// already be running while `f` waits for the answer). A second one gives up with the conventional
+/// exit status, for a start that hangs.
 async fn interruptible<T>(
     f: impl std::future::Future<Output = Result<T, warren_engine::EngineError>>,
 ) -> Result<T> {
     let mut int = signal(SignalKind::interrupt()).context("install signal handler")?;
     let mut term = signal(SignalKind::terminate()).context("install signal handler")?;
-    tokio::select! {
-        r = f => Ok(r?),
-        _ = int.recv() => std::process::exit(128 + libc::SIGINT),
-        _ = term.recv() => std::process::exit(128 + libc::SIGTERM),
+    tokio::pin!(f);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            r = &mut f => return Ok(r?),
+            _ = int.recv() => {
+                seen += 1;
+                if seen > 1 {
+                    std::process::exit(128 + libc::SIGINT);
+                }
+            }
+            _ = term.recv() => {
+                seen += 1;
+                if seen > 1 {
+                    std::process::exit(128 + libc::SIGTERM);
+                }
+            }
+        }
     }
 }
 
