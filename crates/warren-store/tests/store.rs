@@ -520,3 +520,61 @@ async fn futures_join<T: Send + 'static>(
     }
     out
 }
+
+/// A database written by the walking skeleton (schema version 1 only) upgrades in place: its
+/// workspaces and their history survive as host-local workspaces.
+#[tokio::test]
+async fn a_version_1_database_upgrades_keeping_its_workspaces() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("v1-migrations");
+    std::fs::create_dir_all(&v1).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite/0001_workspaces.sql");
+    std::fs::copy(&src, v1.join("0001_workspaces.sql")).unwrap();
+    let db = dir.path().join("warren.db");
+    {
+        let url = format!("sqlite://{}?mode=rwc", db.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(v1.as_path())
+            .await
+            .unwrap()
+            .run(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO workspaces (id, name, project_dir, config_path, image, spec_json, state, \
+             generation, last_error, lifecycle_json, runtime_json, created_at, updated_at) \
+             VALUES ('0123456789abcdef0123456789abcdef', 'old', '/src/old', '/src/old/.devcontainer.json', \
+             'debian:12', '{}', 'stopped', 4, NULL, '{\"created\":true}', '{}', \
+             '2026-01-01T00:00:00.000Z', '2026-01-02T00:00:00.000Z')",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO workspace_events (workspace_id, at, from_state, to_state, event, message) \
+             VALUES ('0123456789abcdef0123456789abcdef', '2026-01-02T00:00:00.000Z', 'running', 'stopping', 'stop', NULL)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Store::open(&db).await.unwrap();
+    let old = store.get_by_name("", "old").await.unwrap().expect("kept");
+    assert_eq!(old.id, "0123456789abcdef0123456789abcdef");
+    assert_eq!(old.state, WorkspaceState::Stopped);
+    assert_eq!(old.generation, 4);
+    assert_eq!(old.lifecycle_json, r#"{"created":true}"#);
+    assert_eq!(old.ownership.owner_id, "", "a host-local workspace");
+    assert_eq!(old.ownership.limits_json, "{}");
+    assert_eq!(store.events(&old.id).await.unwrap().len(), 1);
+    // The upgraded schema works: names are per owner now.
+    let mut other = new_ws("old", "/src/other");
+    other.ownership.owner_id = "someone".into();
+    store.create_workspace(other).await.unwrap();
+    assert!(matches!(
+        store.create_workspace(new_ws("old", "/src/third")).await,
+        Err(StoreError::NameTaken { .. })
+    ));
+}
