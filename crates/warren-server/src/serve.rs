@@ -232,7 +232,31 @@ async fn background(state: AppState) {
             if let Err(e) = state.engine.reconcile().await {
                 tracing_log(&format!("reconcile: {e}"));
             }
+            collect_garbage(&state).await;
         }
+    }
+}
+
+/// How long an uploaded file may wait for the version or workspace that uses it.
+const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
+
+/// Removes uploads and ad-hoc versions nothing uses any more.
+async fn collect_garbage(state: &AppState) {
+    collect_garbage_before(state, time::OffsetDateTime::now_utc() - UPLOAD_GRACE).await;
+}
+
+/// Removes ad-hoc versions nothing uses, and unused uploads made before `cutoff`.
+async fn collect_garbage_before(state: &AppState, cutoff: time::OffsetDateTime) {
+    let cutoff = warren_store::format_time(cutoff);
+    match state.store.collect_garbage(&cutoff).await {
+        Ok(ids) => {
+            for id in ids {
+                if let Ok(p) = crate::routes::files::file_path(state, &id) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        Err(e) => tracing_log(&format!("garbage collection: {e}")),
     }
 }
 
@@ -263,5 +287,39 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unused_uploads_are_removed_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServerConfig::resolve(crate::config::ConfigLayer {
+            listen: Some("127.0.0.1:0".into()),
+            state_dir: Some(dir.path().join("state")),
+            ..Default::default()
+        })
+        .unwrap();
+        let state = open(cfg, PathBuf::from("/nonexistent/warren"))
+            .await
+            .unwrap();
+        let id = "a".repeat(64);
+        let path = crate::routes::files::file_path(&state, &id).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"tar").unwrap();
+        state.store.put_file(&id, 3, "u").await.unwrap();
+        // Young uploads stay: their version or workspace may be on its way.
+        collect_garbage(&state).await;
+        assert!(path.exists());
+        collect_garbage_before(
+            &state,
+            time::OffsetDateTime::now_utc() + Duration::from_secs(60),
+        )
+        .await;
+        assert!(!path.exists());
+        assert!(!state.store.has_file(&id).await.unwrap());
     }
 }

@@ -153,6 +153,38 @@ impl Store {
             .is_some())
     }
 
+    /// Forgets what no one needs any more: ad-hoc versions whose workspace is gone, then uploaded
+    /// files created before `older_than` (RFC 3339) that no version references. Returns the ids
+    /// of the files forgotten, whose content the caller removes.
+    pub async fn collect_garbage(&self, older_than: &str) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM template_versions WHERE template_id IS NULL AND id NOT IN \
+             (SELECT template_version_id FROM workspaces WHERE template_version_id IS NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT id FROM files WHERE created_at < ? AND id NOT IN \
+             (SELECT file_id FROM template_versions WHERE file_id IS NOT NULL)",
+        )
+        .bind(older_than)
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            sqlx::query("DELETE FROM files WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     /// Creates a template, or updates its display name and description when it exists (and is not
     /// archived). Returns it.
     pub async fn upsert_template(
@@ -415,5 +447,43 @@ mod tests {
         let adhoc = s.add_adhoc_version(v("adhoc")).await.unwrap();
         assert_eq!(adhoc.template_id, None);
         assert_eq!(s.version(&adhoc.id).await.unwrap().unwrap(), adhoc);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_what_nothing_references() {
+        let s = Store::open_in_memory().await.unwrap();
+        let org = s.ensure_org("default").await.unwrap();
+        let t = s
+            .upsert_template(&org.id, "t", None, None, "u")
+            .await
+            .unwrap();
+        for f in ["kept", "adhoc", "loose", "young"] {
+            s.put_file(f, 1, "u").await.unwrap();
+        }
+        let v = |file: &str| NewVersion {
+            devcontainer_json: "{}".into(),
+            file_id: Some(file.into()),
+            parameters_json: "[]".into(),
+            ceilings_json: "{}".into(),
+            policy_json: "{}".into(),
+            created_by: "u".into(),
+            ..Default::default()
+        };
+        s.add_version(&t.id, v("kept"), true).await.unwrap();
+        let adhoc = s.add_adhoc_version(v("adhoc")).await.unwrap();
+        // Nothing older than the distant past: nothing goes but the unreferenced ad-hoc version.
+        assert!(s
+            .collect_garbage("2000-01-01T00:00:00.000Z")
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(
+            s.version(&adhoc.id).await.unwrap().is_none(),
+            "its workspace is gone"
+        );
+        let mut gone = s.collect_garbage("9999-01-01T00:00:00.000Z").await.unwrap();
+        gone.sort();
+        assert_eq!(gone, ["adhoc", "loose", "young"]);
+        assert!(s.has_file("kept").await.unwrap());
     }
 }
