@@ -906,3 +906,20 @@ async fn following_a_job_log_gives_every_line_once_then_the_outcome() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_records_do_not_show_host_paths() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s, "tiny", "true", "true").await;
+    let acc = create(&s, &s.admin, "w", "tiny", json!({})).await;
+    s.wait_job(&s.admin, acc["job"]["id"].as_str().unwrap())
+        .await;
+    let state = s.state().display().to_string();
+    for path in ["/api/v1/workspaces/w", "/api/v1/workspaces"] {
+        let (_, v) = s.get(&s.admin, path).await;
+        assert!(!v.to_string().contains(&state), "{path}: {v}");
+    }
+    assert!(!acc.to_string().contains(&state), "{acc}");
+    s.stop().await;
+}

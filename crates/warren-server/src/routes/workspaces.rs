@@ -47,6 +47,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(exec::router())
 }
 
+/// The API view of a workspace: the host path of its project folder is the server's business.
+pub fn ws_view(rec: WorkspaceRecord) -> Workspace {
+    Workspace {
+        project_dir: String::new(),
+        ..Workspace::from(rec)
+    }
+}
+
 /// The API view of a job.
 pub fn job_view(j: &JobRecord) -> Job {
     Job {
@@ -155,7 +163,7 @@ async fn list_workspaces(
         None
     };
     Ok(Json(WorkspaceList {
-        workspaces: recs.into_iter().map(Workspace::from).collect(),
+        workspaces: recs.into_iter().map(ws_view).collect(),
         next_cursor,
     }))
 }
@@ -352,7 +360,7 @@ async fn create_workspace(
         StatusCode::ACCEPTED,
         axum::Extension(note),
         Json(Accepted {
-            workspace: Workspace::from(rec),
+            workspace: ws_view(rec),
             job: job_view(&job),
         }),
     )
@@ -471,7 +479,7 @@ async fn update_workspace(
         StatusCode::ACCEPTED,
         axum::Extension(note),
         Json(Accepted {
-            workspace: Workspace::from(fresh),
+            workspace: ws_view(fresh),
             job: job_view(&job),
         }),
     )
@@ -534,7 +542,7 @@ async fn get_workspace(
     Path(ws): Path<String>,
 ) -> ApiResult<Json<Workspace>> {
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
-    Ok(Json(Workspace::from(rec)))
+    Ok(Json(ws_view(rec)))
 }
 
 async fn transition(
@@ -615,7 +623,7 @@ async fn transition(
         StatusCode::ACCEPTED,
         axum::Extension(note),
         Json(Accepted {
-            workspace: Workspace::from(fresh),
+            workspace: ws_view(fresh),
             job: job_view(&job),
         }),
     )
@@ -715,7 +723,7 @@ async fn extend_workspace(
         &serde_json::json!({"deadline_at": at}),
     );
     let fresh = state.store.get(&rec.id).await?.unwrap_or(rec);
-    Ok((axum::Extension(note), Json(Workspace::from(fresh))).into_response())
+    Ok((axum::Extension(note), Json(ws_view(fresh))).into_response())
 }
 
 /// The workspace's jobs, newest first.
