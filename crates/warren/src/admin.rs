@@ -662,6 +662,16 @@ fn print_user(u: &warren_api::v1::User, json: bool, what: &str) -> Result<()> {
     }
 }
 
+/// Suspends (or reinstates) a user and prints the result.
+async fn suspend(c: &Client, name: &str, suspended: bool, json: bool) -> Result<()> {
+    let change = UpdateUser {
+        suspended: Some(suspended),
+        ..Default::default()
+    };
+    let what = if suspended { "Suspended" } else { "Reinstated" };
+    print_user(&c.update_user(name, &change).await?, json, what)
+}
+
 /// `warren user ...`.
 pub async fn user(c: &Client, cmd: UserCmd, json: bool) -> Result<u8> {
     match cmd {
@@ -707,42 +717,14 @@ pub async fn user(c: &Client, cmd: UserCmd, json: bool) -> Result<u8> {
             );
         }
         UserCmd::SetRole { name, role } => {
-            let role = parse_role(&role)?;
-            let u = c
-                .update_user(
-                    &name,
-                    &UpdateUser {
-                        role: Some(role),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            print_user(&u, json, "Updated")?;
+            let change = UpdateUser {
+                role: Some(parse_role(&role)?),
+                ..Default::default()
+            };
+            print_user(&c.update_user(&name, &change).await?, json, "Updated")?;
         }
-        UserCmd::Suspend { name } => {
-            let u = c
-                .update_user(
-                    &name,
-                    &UpdateUser {
-                        suspended: Some(true),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            print_user(&u, json, "Suspended")?;
-        }
-        UserCmd::Unsuspend { name } => {
-            let u = c
-                .update_user(
-                    &name,
-                    &UpdateUser {
-                        suspended: Some(false),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            print_user(&u, json, "Reinstated")?;
-        }
+        UserCmd::Suspend { name } => suspend(c, &name, true, json).await?,
+        UserCmd::Unsuspend { name } => suspend(c, &name, false, json).await?,
     }
     Ok(0)
 }
