@@ -5,6 +5,7 @@
 //! It never forks containers itself: the runtime starts a supervisor process per workspace.
 #![forbid(unsafe_code)]
 
+pub mod devprops;
 mod error;
 mod lifecycle;
 mod lock;

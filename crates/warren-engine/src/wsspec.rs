@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use warren_devcontainer::{DevContainer, LifecycleCommand, Loaded, Mount, MountKind};
-use warren_runtime::{ExecProcess, Limits, MountSpec, WorkspaceSpec};
+use warren_runtime::{ExecProcess, Limits, MountSpec, Security, WorkspaceSpec};
 use warren_store::WorkspaceRecord;
 
 /// Everything needed to (re)start a workspace without re-reading its project folder.
@@ -32,6 +32,9 @@ pub struct WsSpec {
     pub limits: Limits,
     /// Hash of the configuration, to notice edits.
     pub config_hash: String,
+    /// Privileges and init granted by policy (see [`crate::devprops`]).
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// A stable hash of what a devcontainer.json resolved to.
@@ -69,7 +72,13 @@ impl WsSpec {
             workspace_mount: l.workspace_mount.clone(),
             limits,
             config_hash: hash_config(l),
+            security: Security::default(),
         }
+    }
+
+    /// The sandbox's extra privileges and init.
+    pub fn security(&self) -> Security {
+        self.security.clone()
     }
 
     /// The user the container runs as.
@@ -109,6 +118,7 @@ impl WsSpec {
             container_user: self.container_user(),
             limits: self.limits.clone(),
             user_namespace: None,
+            security: self.security(),
         }
     }
 

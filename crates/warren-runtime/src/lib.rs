@@ -48,6 +48,32 @@ pub struct WorkspaceSpec {
     pub limits: Limits,
     /// Run the workspace in a user namespace with this mapping (optional; off by default).
     pub user_namespace: Option<UserNamespace>,
+    /// Privileges beyond the default sandbox, and what the init runs (default: none, Warren's init).
+    pub security: Security,
+}
+
+/// What a workspace may do beyond Warren's least-privilege sandbox, and what its init runs. The
+/// default grants nothing extra. Deciding whether a workspace may have any of this is the control
+/// plane's policy; the runtime only applies it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Security {
+    /// Capabilities added to the default set (`CAP_SYS_PTRACE`...), for the init and every process.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Every capability, no seccomp filter, no masked or read-only `/proc` paths, every device in the
+    /// device cgroup, and setuid programs work (`no_new_privs` off). Host devices are still not mounted.
+    #[serde(default)]
+    pub privileged: bool,
+    /// No seccomp filter (devcontainer `securityOpt: ["seccomp=unconfined"]`).
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
+    /// Run the command under a minimal init that forwards SIGTERM and reaps orphaned processes.
+    #[serde(default)]
+    pub init: bool,
+    /// The init's command instead of Warren's sleeping init (the image's entrypoint and command, when
+    /// devcontainer `overrideCommand` is false). The workspace stops when it exits.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
 }
 
 /// A user-namespace mapping of container ids 0..size to host ids starting at host_uid/host_gid.

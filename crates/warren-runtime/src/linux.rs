@@ -262,7 +262,9 @@ impl Runtime for LinuxRuntime {
         let mut config = spec::config(spec, &l, &init_user, home.as_deref());
         // With libcontainer, Warren installs its precompiled filter itself (see backend.rs), for the
         // init and every exec'd process; an external runtime compiles the profile from config.json.
+        let unconfined = spec.security.privileged || spec.security.seccomp_unconfined;
         let seccomp_bpf = match self.oci {
+            OciRuntime::Libcontainer if unconfined => None,
             OciRuntime::Libcontainer => {
                 if let Some(linux) = config["linux"].as_object_mut() {
                     linux.remove("seccomp");
@@ -298,6 +300,7 @@ impl Runtime for LinuxRuntime {
             home,
             default_user: spec.container_user.clone(),
             seccomp_bpf,
+            security: spec.security.clone(),
         };
         write(
             l.supervisor_config(),

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::{seccomp, Limits, MountKind, WorkspaceSpec};
+use crate::{seccomp, Limits, MountKind, Security, WorkspaceSpec};
 
 /// Capabilities every workspace process gets: Docker's default set without `CAP_NET_RAW`.
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -96,8 +96,134 @@ impl User {
     }
 }
 
-fn caps() -> Value {
-    json!(DEFAULT_CAPS)
+/// Every capability Linux defines (as of 6.x), for privileged workspaces and to validate `capAdd`.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The canonical name of a capability as Docker and devcontainer.json spell them (`SYS_PTRACE`,
+/// `cap_sys_ptrace`, `CAP_SYS_PTRACE`), or `None` for a name Linux does not define. `ALL` is not a
+/// capability here: asking for everything is `privileged`.
+pub fn capability(name: &str) -> Option<&'static str> {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
+    ALL_CAPS.iter().copied().find(|c| *c == full)
+}
+
+/// Whether `cap` is in the default set every workspace has anyway.
+pub fn is_default_capability(cap: &str) -> bool {
+    DEFAULT_CAPS.contains(&cap)
+}
+
+/// The capabilities this host can hand out: the bounding set of the current process (a host that
+/// itself runs in a container may lack some), as a mask indexed like [`ALL_CAPS`].
+pub fn host_bounding_set() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// Whether the host can hand out `cap` (a canonical name).
+pub fn host_has_capability(cap: &str) -> bool {
+    ALL_CAPS
+        .iter()
+        .position(|c| *c == cap)
+        .is_some_and(|bit| host_bounding_set() & (1 << bit) != 0)
+}
+
+fn caps(security: &Security) -> Value {
+    let bounding = host_bounding_set();
+    let mut set: Vec<&str> = if security.privileged {
+        ALL_CAPS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| bounding & (1 << bit) != 0)
+            .map(|(_, c)| *c)
+            .collect()
+    } else {
+        DEFAULT_CAPS.to_vec()
+    };
+    for c in &security.cap_add {
+        if let Some(c) = capability(c) {
+            if !set.contains(&c) && host_has_capability(c) {
+                set.push(c);
+            }
+        }
+    }
+    json!(set)
+}
+
+/// The init's argv: Warren's sleeping init, or the configured command, under a minimal reaping init
+/// when asked for. The reaping init is a POSIX shell (every devcontainer image has one): it forwards
+/// SIGTERM and SIGINT to the command and waits in a loop, which reaps every orphan reparented to it.
+pub fn init_args(security: &Security) -> Vec<String> {
+    match &security.command {
+        None => INIT_ARGS.iter().map(|s| s.to_string()).collect(),
+        Some(cmd) if !security.init => cmd.clone(),
+        Some(cmd) => {
+            let mut v: Vec<String> = [
+                "/bin/sh",
+                "-c",
+                "\"$@\" & child=$!; trap 'kill -TERM $child 2>/dev/null' TERM INT; \
+                 while :; do wait $child; code=$?; kill -0 $child 2>/dev/null || exit $code; done",
+                "warren-init",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            v.extend(cmd.iter().cloned());
+            v
+        }
+    }
 }
 
 /// The OCI `process` object for a process running as `user`.
@@ -108,7 +234,9 @@ pub fn process(
     user: &User,
     terminal: bool,
     size: Option<(u16, u16)>,
+    security: &Security,
 ) -> Value {
+    let caps = caps(security);
     let mut p = json!({
         "terminal": terminal,
         "user": { "uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids },
@@ -116,9 +244,9 @@ pub fn process(
         "env": env,
         "cwd": cwd,
         "capabilities": {
-            "bounding": caps(), "effective": caps(), "permitted": caps()
+            "bounding": caps, "effective": caps, "permitted": caps
         },
-        "noNewPrivileges": true,
+        "noNewPrivileges": !security.privileged,
     });
     if let (true, Some((rows, cols))) = (terminal, size) {
         p["consoleSize"] = json!({ "height": rows, "width": cols });
@@ -126,7 +254,7 @@ pub fn process(
     p
 }
 
-fn resources(limits: &Limits) -> Value {
+fn resources(limits: &Limits, privileged: bool) -> Value {
     let mut r = json!({
         "devices": [
             { "allow": false, "access": "rwm" },
@@ -142,6 +270,9 @@ fn resources(limits: &Limits) -> Value {
         ],
         "pids": { "limit": limits.pids.unwrap_or(DEFAULT_PIDS) },
     });
+    if privileged {
+        r["devices"] = json!([{ "allow": true, "access": "rwm" }]);
+    }
     if let Some(mem) = limits.memory_bytes {
         let mem = i64::try_from(mem).unwrap_or(i64::MAX);
         // memory+swap equal to memory: a workspace cannot escape its limit into swap.
@@ -155,7 +286,8 @@ fn resources(limits: &Limits) -> Value {
     r
 }
 
-fn base_mounts() -> Vec<Value> {
+fn base_mounts(privileged: bool) -> Vec<Value> {
+    let sys = if privileged { "rw" } else { "ro" };
     vec![
         json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
         json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -167,7 +299,7 @@ fn base_mounts() -> Vec<Value> {
         json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                 "options": ["nosuid", "noexec", "nodev"] }),
         json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs",
-                "options": ["nosuid", "noexec", "nodev", "ro"] }),
+                "options": ["nosuid", "noexec", "nodev", sys] }),
         json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777"] }),
     ]
@@ -251,7 +383,7 @@ pub fn config(
     init_user: &User,
     home: Option<&str>,
 ) -> Value {
-    let mut mounts = base_mounts();
+    let mut mounts = base_mounts(spec.security.privileged);
     let etc = layout.etc();
     for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts")] {
         mounts.push(json!({ "destination": dest, "type": "bind",
@@ -284,7 +416,7 @@ pub fn config(
         };
         mounts.push(v);
     }
-    let args: Vec<String> = INIT_ARGS.iter().map(|s| s.to_string()).collect();
+    let args = init_args(&spec.security);
     let mut namespaces = vec![
         json!({"type": "pid"}),
         json!({"type": "network"}),
@@ -295,12 +427,21 @@ pub fn config(
     ];
     let mut linux = json!({
         "cgroupsPath": cgroup_path(&spec.id),
-        "resources": resources(&spec.limits),
+        "resources": resources(&spec.limits, spec.security.privileged),
         "seccomp": seccomp::profile(),
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
         "rootfsPropagation": "private",
     });
+    if spec.security.privileged || spec.security.seccomp_unconfined {
+        if let Some(l) = linux.as_object_mut() {
+            l.remove("seccomp");
+        }
+    }
+    if spec.security.privileged {
+        linux["maskedPaths"] = json!([]);
+        linux["readonlyPaths"] = json!([]);
+    }
     if let Some(map) = &spec.user_namespace {
         namespaces.push(json!({"type": "user"}));
         linux["uidMappings"] =
@@ -311,7 +452,7 @@ pub fn config(
     linux["namespaces"] = json!(namespaces);
     json!({
         "ociVersion": "1.0.2",
-        "process": process(&args, &spec.env, "/", init_user, false, None),
+        "process": process(&args, &spec.env, "/", init_user, false, None, &spec.security),
         "root": { "path": "rootfs", "readonly": false },
         "hostname": spec.hostname,
         "mounts": mounts,
@@ -378,6 +519,7 @@ mod tests {
                 pids: Some(100),
             },
             user_namespace: None,
+            security: Security::default(),
         }
     }
 

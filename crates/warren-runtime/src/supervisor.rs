@@ -55,6 +55,9 @@ pub struct SupervisorConfig {
     /// compiling the profile in config.json for every process.
     #[serde(default)]
     pub seccomp_bpf: Option<PathBuf>,
+    /// Extra privileges, applied to exec'd processes as to the init.
+    #[serde(default)]
+    pub security: crate::Security,
 }
 
 /// What `exit.json` records about the last run.
@@ -658,7 +661,15 @@ impl Supervisor {
         self.exec_seq += 1;
         let seq = self.exec_seq;
         let process_json = self.layout.run().join(format!("exec-{seq}.json"));
-        let doc = spec::process(&p.argv, &env, &cwd, &user, p.tty.is_some(), p.tty);
+        let doc = spec::process(
+            &p.argv,
+            &env,
+            &cwd,
+            &user,
+            p.tty.is_some(),
+            p.tty,
+            &self.cfg.security,
+        );
         fs::write(&process_json, doc.to_string()).map_err(err("write process.json"))?;
         let result = if p.tty.is_some() {
             self.exec_tty(&process_json, seq)

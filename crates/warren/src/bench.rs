@@ -373,6 +373,7 @@ fn runtime_once(ctx: &Ctx, id: &str, out: &mut Series) -> Result<()> {
         container_user: None,
         limits: Default::default(),
         user_namespace: None,
+        security: Default::default(),
     };
     ctx.rt_ids.lock().expect("lock").push(id.to_string());
     let rt = &ctx.runtime;

@@ -54,6 +54,7 @@ pub fn spec(f: &Fixture, id: &str) -> WorkspaceSpec {
             pids: Some(64),
         },
         user_namespace: None,
+        security: Default::default(),
     }
 }
 
@@ -149,4 +150,133 @@ fn workspace_runs_commands_and_survives_stop_start_until_destroyed() {
     f.rt.destroy("rt1").unwrap();
     assert_eq!(f.rt.inspect("rt1").unwrap(), Observed::Absent);
     assert!(!f.dir.join("ws/rt1").exists());
+}
+
+/// The effective capability mask of a workspace process, from /proc/self/status.
+fn cap_eff(rt: &LinuxRuntime, id: &str) -> u64 {
+    let (_, status, _) = sh(rt, id, "cat /proc/self/status");
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:\t"))
+        .expect("CapEff line");
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+const CAP_SYS_ADMIN_BIT: u64 = 1 << 21;
+const CAP_SYS_PTRACE_BIT: u64 = 1 << 19;
+const CAP_NET_ADMIN_BIT: u64 = 1 << 12;
+
+#[test]
+fn added_capabilities_reach_exec_processes_and_nothing_else_does() {
+    let f = fixture(OciRuntime::default());
+    // Default: neither ptrace nor admin, and mounting is refused.
+    let s = spec(&f, "capdef");
+    f.rt.create(&s).unwrap();
+    f.rt.start("capdef").unwrap();
+    let eff = cap_eff(&f.rt, "capdef");
+    assert_eq!(eff & (CAP_SYS_PTRACE_BIT | CAP_SYS_ADMIN_BIT), 0, "{eff:x}");
+    let (code, _, _) = sh(
+        &f.rt,
+        "capdef",
+        "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m",
+    );
+    assert_ne!(code, 0, "mount must be refused by default");
+    f.rt.destroy("capdef").unwrap();
+
+    // capAdd SYS_PTRACE, NET_ADMIN: exactly those are added, for every exec'd process.
+    let mut s = spec(&f, "capadd");
+    s.security.cap_add = vec!["CAP_SYS_PTRACE".into(), "CAP_NET_ADMIN".into()];
+    f.rt.create(&s).unwrap();
+    f.rt.start("capadd").unwrap();
+    let eff = cap_eff(&f.rt, "capadd");
+    assert_ne!(eff & CAP_SYS_PTRACE_BIT, 0, "{eff:x}");
+    assert_ne!(eff & CAP_NET_ADMIN_BIT, 0, "{eff:x}");
+    assert_eq!(eff & CAP_SYS_ADMIN_BIT, 0, "{eff:x}");
+    // NET_ADMIN works in its own network namespace: bringing loopback down and up.
+    assert_eq!(
+        sh(&f.rt, "capadd", "ip link set lo down && ip link set lo up").0,
+        0
+    );
+    f.rt.destroy("capadd").unwrap();
+}
+
+#[test]
+fn privileged_workspaces_may_mount_and_still_see_no_host_devices() {
+    let f = fixture(OciRuntime::default());
+    let mut s = spec(&f, "priv");
+    s.security.privileged = true;
+    f.rt.create(&s).unwrap();
+    f.rt.start("priv").unwrap();
+    let eff = cap_eff(&f.rt, "priv");
+    assert_ne!(eff & CAP_SYS_ADMIN_BIT, 0, "{eff:x}");
+    let (code, _, err) = sh(
+        &f.rt,
+        "priv",
+        "mkdir -p /tmp/m && mount -t tmpfs x /tmp/m && echo ok > /tmp/m/f && cat /tmp/m/f",
+    );
+    assert_eq!(code, 0, "{err}");
+    // Privileged is not the host: /dev is still the workspace's own small tmpfs.
+    let (_, out, _) = sh(&f.rt, "priv", "ls /dev");
+    assert!(
+        !out.contains("sda") && !out.contains("vda") && !out.contains("kvm"),
+        "{out}"
+    );
+    f.rt.destroy("priv").unwrap();
+}
+
+#[test]
+fn seccomp_unconfined_lifts_only_the_filter() {
+    let f = fixture(OciRuntime::default());
+    let mut s = spec(&f, "unconf");
+    s.security.seccomp_unconfined = true;
+    f.rt.create(&s).unwrap();
+    f.rt.start("unconf").unwrap();
+    let (_, status, _) = sh(&f.rt, "unconf", "cat /proc/self/status");
+    assert!(status.contains("Seccomp:\t0"), "{status}");
+    assert_eq!(cap_eff(&f.rt, "unconf") & CAP_SYS_ADMIN_BIT, 0);
+    f.rt.destroy("unconf").unwrap();
+    let s = spec(&f, "conf");
+    f.rt.create(&s).unwrap();
+    f.rt.start("conf").unwrap();
+    let (_, status, _) = sh(&f.rt, "conf", "cat /proc/self/status");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    f.rt.destroy("conf").unwrap();
+}
+
+#[test]
+fn a_configured_command_is_the_init_and_the_reaping_init_wraps_it() {
+    let f = fixture(OciRuntime::default());
+    // With init: the command is not PID 1, the reaper is; orphans are reaped.
+    let mut s = spec(&f, "cmdinit");
+    s.security.command = Some(vec!["sleep".into(), "1000".into()]);
+    s.security.init = true;
+    f.rt.create(&s).unwrap();
+    f.rt.start("cmdinit").unwrap();
+    let (_, out, _) = sh(&f.rt, "cmdinit", "cat /proc/1/cmdline | tr '\\0' ' '");
+    assert!(out.starts_with("/bin/sh -c"), "{out}");
+    assert!(out.contains("sleep 1000"), "{out}");
+    let (_, out, _) = sh(&f.rt, "cmdinit", "ps -o pid,comm | grep -c sleep");
+    assert_eq!(out.trim(), "1", "the command runs under the init");
+    f.rt.stop("cmdinit", Duration::from_secs(5)).unwrap();
+    f.rt.destroy("cmdinit").unwrap();
+
+    // Without init: the command itself is PID 1, and the workspace stops when it exits.
+    let mut s = spec(&f, "cmdonly");
+    s.security.command = Some(vec!["sh".into(), "-c".into(), "sleep 1; exit 7".into()]);
+    f.rt.create(&s).unwrap();
+    f.rt.start("cmdonly").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match f.rt.inspect("cmdonly").unwrap() {
+            Observed::Stopped(Some(exit)) => {
+                assert_eq!(exit.code, 7);
+                break;
+            }
+            _ if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            other => panic!("the workspace did not stop with its command: {other:?}"),
+        }
+    }
+    f.rt.destroy("cmdonly").unwrap();
 }
