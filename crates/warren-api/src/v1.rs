@@ -199,6 +199,10 @@ pub struct CreateWorkspace {
     /// Resources, within the template's ceilings (default: the ceilings).
     #[serde(default)]
     pub limits: Option<Ceilings>,
+    /// The create job waits for every lifecycle hook, not only up to the configuration's
+    /// `waitFor` (after which the rest continue in the background).
+    #[serde(default)]
+    pub wait_all: bool,
 }
 
 /// `PATCH /workspaces/{ws}`: new parameter values and/or another version of the workspace's

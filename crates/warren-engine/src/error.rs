@@ -30,6 +30,16 @@ pub enum EngineError {
     /// The configuration asks for something the server's policy refuses.
     #[error("{0}")]
     Policy(String),
+    /// The configuration asks for something Warren refuses or cannot do; the hint says what to do.
+    #[error("{}: {message}", config.display())]
+    Refused {
+        /// The devcontainer.json.
+        config: PathBuf,
+        /// What was refused and why.
+        message: String,
+        /// What to do instead.
+        hint: String,
+    },
     /// The devcontainer.json names no image.
     #[error("{}: no `image` given; Warren builds workspaces from images only (for now)", .0.display())]
     NoImage(PathBuf),
@@ -98,7 +108,8 @@ impl EngineError {
             EngineError::ProjectDir { .. }
             | EngineError::Config(_)
             | EngineError::NoImage(_)
-            | EngineError::Policy(_) => ErrorCode::InvalidConfig,
+            | EngineError::Policy(_)
+            | EngineError::Refused { .. } => ErrorCode::InvalidConfig,
             EngineError::Image(warren_image::ImageError::NotFound { .. }) => {
                 ErrorCode::ImageNotFound
             }
@@ -122,6 +133,7 @@ impl EngineError {
             ),
             EngineError::NotFound(_) => Some("`warren list` shows the workspaces that exist".into()),
             EngineError::Config(e) => e.hint(),
+            EngineError::Refused { hint, .. } => Some(hint.clone()),
             EngineError::Policy(_) => Some(
                 "use a volume mount (type=volume) for data that should persist".into(),
             ),
@@ -134,6 +146,10 @@ impl EngineError {
             EngineError::Running(name) => Some(format!(
                 "stop it first with `warren stop {name}`, or delete it anyway with `warren delete --force {name}`"
             )),
+            EngineError::Lifecycle { what, .. } if what.starts_with("initializeCommand") => Some(
+                "it runs on this machine in the project folder, before anything else; its output is above"
+                    .into(),
+            ),
             EngineError::Lifecycle { log, .. } => Some(format!(
                 "its output is in `warren logs` ({}); fix the command and run `warren up` again",
                 log.display()

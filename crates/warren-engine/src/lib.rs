@@ -17,12 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::EngineError;
-pub use lifecycle::LifecycleState;
+pub use lifecycle::{run_on_host as run_initialize_command, LifecycleState};
 pub use reconcile::ReconcileReport;
 pub use warren_runtime::Limits;
 pub use wsspec::WsSpec;
 
 use warren_api::{Event, Workspace, WorkspaceName, WorkspaceState};
+use warren_devcontainer::LifecycleCommand;
 use warren_image::{ImageInfo, ImageStore};
 use warren_runtime::{ExecProcess, ExecSession, LinuxRuntime, OciRuntime, Runtime, Stdio};
 pub use warren_store::Ownership;
@@ -37,6 +38,10 @@ pub struct Config {
     pub oci: OciRuntime,
     /// The `warren` binary, re-executed as each workspace's supervisor.
     pub exe: PathBuf,
+    /// Whether workspaces with an owner (made through a server) may have what their configuration
+    /// asks beyond the default sandbox: added capabilities, privileged mode, unconfined seccomp.
+    /// Host-local workspaces always may: their user is root on this host already.
+    pub owned_may_have_privileges: bool,
 }
 
 /// Reports progress of long steps to whoever drives the engine (the CLI prints them).
@@ -73,6 +78,17 @@ pub struct UpOptions {
     /// Create only: fail with [`EngineError::NameTaken`] if the workspace exists, instead of
     /// starting it.
     pub create_only: bool,
+    /// Wait for every lifecycle hook, not only up to `waitFor`.
+    pub wait_all: bool,
+}
+
+/// Which lifecycle hooks a start runs and how long it waits for them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hooks {
+    /// A user attaches (`up`): postAttachCommand runs.
+    pub attach: bool,
+    /// Wait for every hook instead of only up to `waitFor`.
+    pub wait_all: bool,
 }
 
 /// Names a workspace: a host-local one (the embedded CLI's) by name, or any by id.
@@ -240,6 +256,15 @@ impl Engine {
         for w in &loaded.warnings {
             progress.warn(&w.to_string());
         }
+        // initializeCommand runs on the host, at every `up`, before anything else. Only for the
+        // embedded CLI, whose user owns this host; a server never runs its users' commands on
+        // itself (the CLI runs it on the user's machine before uploading instead).
+        if let Some(cmd) = &loaded.config.initialize_command {
+            if opts.ownership.owner_id.is_empty() {
+                progress.step("Running initializeCommand on the host");
+                lifecycle::run_on_host(cmd, &dir, progress).await?;
+            }
+        }
         let image_name = image_of(&loaded)?;
         let dir_s = dir.display().to_string();
 
@@ -279,14 +304,15 @@ impl Engine {
                         rec.name
                     ));
                     let image = self.ensure_image(&image_name, progress).await?;
-                    let spec = WsSpec::new(&loaded, &image, spec.limits);
+                    let mut spec = WsSpec::new(&loaded, &image, spec.limits);
+                    spec.owner_sync = owner_sync(&loaded, &dir, false);
                     let json = serde_json::to_string(&spec)
                         .map_err(|e| EngineError::Internal(e.to_string()))?;
                     let rec = self
                         .store
                         .set_spec(&rec.id, rec.generation, &image.name, &json)
                         .await?;
-                    return self.start_record(rec, progress).await;
+                    return self.start_record(rec, up_hooks(opts), progress).await;
                 }
                 if spec.config_hash != wsspec::hash_config(&loaded) {
                     progress.warn(&format!(
@@ -295,7 +321,7 @@ impl Engine {
                         rec.name
                     ));
                 }
-                return self.start_record(rec, progress).await;
+                return self.start_record(rec, up_hooks(opts), progress).await;
             }
         }
 
@@ -310,7 +336,8 @@ impl Engine {
                 warren_api::workspace_name_from_dir(&base)
             }
         };
-        let spec = WsSpec::new(&loaded, &image, opts.limits.clone());
+        let mut spec = WsSpec::new(&loaded, &image, opts.limits.clone());
+        spec.owner_sync = owner_sync(&loaded, &dir, false);
         let created = self
             .store
             .create_workspace(NewWorkspace {
@@ -329,7 +356,7 @@ impl Engine {
             Err(warren_store::StoreError::NameTaken { .. }) => {
                 match self.store.get_by_name(owner, name.as_str()).await? {
                     Some(other) if other.project_dir == dir_s => {
-                        return self.start_record(other, progress).await
+                        return self.start_record(other, up_hooks(opts), progress).await
                     }
                     Some(other) => {
                         return Err(EngineError::NameTaken {
@@ -350,7 +377,7 @@ impl Engine {
             "Creating workspace {} from image {}",
             rec.name, image.name
         ));
-        self.start_record(rec, progress).await
+        self.start_record(rec, up_hooks(opts), progress).await
     }
 
     async fn ensure_image(
@@ -412,16 +439,17 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
         let rec = self.get(ws).await?;
-        self.start_record(rec, progress).await
+        self.start_record(rec, Hooks::default(), progress).await
     }
 
     async fn start_record(
         &self,
         rec: WorkspaceRecord,
+        how: Hooks,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
         let (_lock, rec) = self.lock(&rec).await?;
-        self.start_locked(rec, progress).await
+        self.start_locked(rec, how, progress).await
     }
 
     /// Records a new workspace for the project folder `dir` in state Pending, without touching the
@@ -477,6 +505,16 @@ impl Engine {
         id: &str,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
+        self.provision_with(id, ATTACH, progress).await
+    }
+
+    /// [`Engine::provision`], choosing which hooks to wait for.
+    pub async fn provision_with(
+        &self,
+        id: &str,
+        how: Hooks,
+        progress: &dyn Progress,
+    ) -> Result<WorkspaceRecord, EngineError> {
         let rec = self.get(WsRef::Id(id.to_string())).await?;
         let (_lock, rec) = self.lock(&rec).await?;
         // The limits recorded at creation, every time it is provisioned.
@@ -487,7 +525,7 @@ impl Engine {
             })?,
         };
         if !rec.spec_json.is_empty() {
-            return self.start_locked(rec, progress).await;
+            return self.start_locked(rec, how, progress).await;
         }
         let res = async {
             let loaded = load_config(Path::new(&rec.project_dir), &rec.ownership)?;
@@ -500,7 +538,8 @@ impl Engine {
                 "Creating workspace {} from image {}",
                 rec.name, image.name
             ));
-            let spec = WsSpec::new(&loaded, &image, limits);
+            let mut spec = WsSpec::new(&loaded, &image, limits);
+            spec.owner_sync = owner_sync(&loaded, Path::new(&rec.project_dir), true);
             let json =
                 serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.to_string()))?;
             Ok::<_, EngineError>(
@@ -511,7 +550,7 @@ impl Engine {
         }
         .await;
         match res {
-            Ok(rec) => self.start_locked(rec, progress).await,
+            Ok(rec) => self.start_locked(rec, how, progress).await,
             Err(e) => {
                 let _ = self.fail(&rec, &e.to_string()).await;
                 Err(e)
@@ -534,6 +573,7 @@ impl Engine {
     async fn start_locked(
         &self,
         rec: WorkspaceRecord,
+        how: Hooks,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
         if rec.spec_json.is_empty() {
@@ -545,9 +585,10 @@ impl Engine {
         }
         match rec.state {
             WorkspaceState::Running => {
-                // Running already: nothing to do unless an interrupted start left once-only steps undone.
+                // Running already: nothing to do unless an interrupted start left once-only steps
+                // undone, or a user attaches.
                 let ls = LifecycleState::from_json(&rec.lifecycle_json);
-                if ls.created {
+                if ls.created && !how.attach {
                     return Ok(rec);
                 }
             }
@@ -560,7 +601,8 @@ impl Engine {
             }
             _ => {}
         }
-        let rec = if rec.state == WorkspaceState::Running {
+        let started = rec.state != WorkspaceState::Running;
+        let rec = if !started {
             rec
         } else {
             let rec = self.apply(&rec, Event::Start, None).await?;
@@ -585,58 +627,132 @@ impl Engine {
             }
             self.apply(&rec, Event::Started, None).await?
         };
-        self.run_lifecycle(rec, progress).await
+        self.run_lifecycle(rec, started, how, progress).await
     }
 
     async fn run_lifecycle(
         &self,
         rec: WorkspaceRecord,
+        started: bool,
+        how: Hooks,
         progress: &dyn Progress,
     ) -> Result<WorkspaceRecord, EngineError> {
         let spec: WsSpec = rec.spec()?;
         let mut ls = LifecycleState::from_json(&rec.lifecycle_json);
         let log = self.log_path(&rec.id);
         let mut rec = rec;
-        let steps: Vec<(&str, bool)> = vec![
-            ("onCreateCommand", !ls.created),
-            ("postCreateCommand", !ls.created),
-            ("postStartCommand", true),
-        ];
-        for (what, due) in steps {
-            let Some(cmd) = spec.lifecycle_command(what) else {
-                continue;
-            };
-            if !due {
-                continue;
-            }
-            progress.step(&format!("Running {what}"));
-            let res = lifecycle::run(
+        if started || ls.user_env.is_empty() {
+            let probed = lifecycle::probe_user_env(
                 self.runtime.clone(),
                 &rec.id,
                 &spec,
-                what,
-                cmd,
-                &log,
+                &spec.user_env_probe,
                 progress,
             )
             .await;
-            match res {
-                Ok(()) => {}
-                Err(e) => {
-                    // The original error is what the user needs; recording the failure is best effort
-                    // (the reconciler finishes it if this does not).
-                    let _ = self.fail(&rec, &e.to_string()).await;
-                    return Err(e);
-                }
-            }
-            if what == "postCreateCommand" {
-                ls.created = true;
+            if probed != ls.user_env {
+                ls.user_env = probed;
                 rec = self
                     .store
                     .set_lifecycle_json(&rec.id, rec.generation, &ls.to_json())
                     .await?;
             }
         }
+        if !ls.created {
+            if let Some(sync) = &spec.owner_sync {
+                let user = spec.remote_user().unwrap_or_else(|| "root".into());
+                if user != "root" && user != "0" {
+                    let mut as_root = spec.clone();
+                    as_root.config.remote_user = Some("root".into());
+                    let script = lifecycle::owner_sync_script(sync, &user, &spec.workspace_folder);
+                    let res = lifecycle::run(
+                        self.runtime.clone(),
+                        &rec.id,
+                        &as_root,
+                        &[],
+                        "updateRemoteUserUID",
+                        &LifecycleCommand::Shell(script),
+                        &log,
+                        progress,
+                    )
+                    .await;
+                    if let Err(e) = res {
+                        let _ = self.fail(&rec, &e.to_string()).await;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // The hooks due now: the once-only ones until they have run, postStart after a start,
+        // postAttach when a user attaches (`up`).
+        let due: Vec<(String, Vec<LifecycleCommand>)> = lifecycle::HOOKS
+            .iter()
+            .filter(|(what, once)| match *what {
+                "postStartCommand" => started || !ls.created,
+                "postAttachCommand" => how.attach,
+                _ => *once && !ls.created,
+            })
+            .map(|(what, _)| (what.to_string(), spec.hook_commands(what)))
+            .filter(|(_, cmds)| !cmds.is_empty())
+            .collect();
+        // `waitFor`: up to and including that hook in the foreground, the rest in the background.
+        let wait_index = lifecycle::HOOKS
+            .iter()
+            .position(|(w, _)| *w == spec.wait_for)
+            .unwrap_or(1);
+        let (fg, bg): (Vec<_>, Vec<_>) = due.into_iter().partition(|(what, _)| {
+            how.wait_all
+                || lifecycle::HOOKS
+                    .iter()
+                    .position(|(w, _)| w == what)
+                    .is_some_and(|i| i <= wait_index)
+        });
+        for (what, cmds) in &fg {
+            for cmd in cmds {
+                progress.step(&format!("Running {what}"));
+                let res = lifecycle::run(
+                    self.runtime.clone(),
+                    &rec.id,
+                    &spec,
+                    &ls.user_env,
+                    what,
+                    cmd,
+                    &log,
+                    progress,
+                )
+                .await;
+                if let Err(e) = res {
+                    // The original error is what the user needs; recording the failure is best
+                    // effort (the reconciler finishes it if this does not).
+                    let _ = self.fail(&rec, &e.to_string()).await;
+                    return Err(e);
+                }
+            }
+        }
+        if !bg.is_empty() {
+            let names: Vec<&str> = bg.iter().map(|(w, _)| w.as_str()).collect();
+            progress.step(&format!(
+                "{} continue{} in the background (waitFor is {}); `warren logs {}` shows them",
+                names.join(", "),
+                if names.len() == 1 { "s" } else { "" },
+                spec.wait_for,
+                rec.name
+            ));
+            if let Err(e) = lifecycle::spawn_background(
+                self.runtime.clone(),
+                &rec.id,
+                &spec,
+                &ls.user_env,
+                &bg,
+                &log,
+            )
+            .await
+            {
+                let _ = self.fail(&rec, &e.to_string()).await;
+                return Err(e);
+            }
+        }
+        // The once-only hooks have run, or run now in the background: never again.
         if !ls.created {
             ls.created = true;
             rec = self
@@ -750,7 +866,8 @@ impl Engine {
             });
         }
         let spec: WsSpec = rec.spec()?;
-        spec.apply_exec_defaults(&mut process);
+        let ls = LifecycleState::from_json(&rec.lifecycle_json);
+        spec.apply_exec_defaults(&mut process, &ls.user_env);
         let rt = self.runtime.clone();
         let id = rec.id.clone();
         let res = blocking(move || Ok(rt.exec(&id, &process, stdio)?)).await;
@@ -805,6 +922,38 @@ impl Engine {
     }
 }
 
+/// `updateRemoteUserUID` (default on): on the embedded CLI the remote user takes the uid and gid of
+/// the project folder's owner, unless that is root (as the reference implementation does); on a
+/// server, where the folder is Warren's copy, the folder is given to the remote user instead.
+fn owner_sync(
+    loaded: &warren_devcontainer::Loaded,
+    dir: &Path,
+    owned: bool,
+) -> Option<lifecycle::OwnerSync> {
+    use std::os::unix::fs::MetadataExt;
+    if owned {
+        return Some(lifecycle::OwnerSync::FolderFollowsUser);
+    }
+    let meta = std::fs::metadata(dir).ok()?;
+    (meta.uid() != 0).then_some(lifecycle::OwnerSync::UserFollowsFolder {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+fn up_hooks(opts: &UpOptions) -> Hooks {
+    Hooks {
+        attach: true,
+        wait_all: opts.wait_all,
+    }
+}
+
+/// What a server job that creates or rebuilds a workspace runs: like `up`.
+const ATTACH: Hooks = Hooks {
+    attach: true,
+    wait_all: false,
+};
+
 /// The image a configuration names (Warren builds workspaces from images only, for now).
 fn image_of(loaded: &warren_devcontainer::Loaded) -> Result<String, EngineError> {
     loaded
@@ -838,7 +987,15 @@ fn load_config(
         error: e.to_string(),
     })?;
     let config_path = dir.join(".devcontainer/devcontainer.json");
-    let loaded = warren_devcontainer::load_str(&text, &config_path, &dir, &|_| None)?;
+    let mut loaded = warren_devcontainer::load_str(&text, &config_path, &dir, &|_| None)?;
+    if loaded.config.initialize_command.is_some() {
+        loaded.warnings.push(warren_devcontainer::Warning {
+            property: "initializeCommand".into(),
+            message: "runs on the machine of whoever runs `warren up`, before uploading; the \
+                      server never runs it"
+                .into(),
+        });
+    }
     let project = dir.display().to_string();
     let host_binds = loaded
         .config

@@ -35,6 +35,29 @@ pub struct WsSpec {
     /// Privileges and init granted by policy (see [`crate::devprops`]).
     #[serde(default)]
     pub security: Security,
+    /// Each lifecycle hook's commands in the order they run: image metadata's and features' first,
+    /// then the configuration's own. Empty in specs recorded before features existed: then the
+    /// configuration's commands are used.
+    #[serde(default)]
+    pub lifecycle: std::collections::BTreeMap<String, Vec<LifecycleCommand>>,
+    /// The hook `warren up` waits for (`waitFor`); later ones continue in the background.
+    #[serde(default = "default_wait_for")]
+    pub wait_for: String,
+    /// How the remote user's environment is probed (`userEnvProbe`).
+    #[serde(default = "default_user_env_probe")]
+    pub user_env_probe: String,
+    /// How the remote user and the project folder agree on ownership at creation
+    /// (`updateRemoteUserUID`); `None` when nothing is to be done.
+    #[serde(default)]
+    pub owner_sync: Option<crate::lifecycle::OwnerSync>,
+}
+
+fn default_wait_for() -> String {
+    "updateContentCommand".into()
+}
+
+fn default_user_env_probe() -> String {
+    "loginInteractiveShell".into()
 }
 
 /// A stable hash of what a devcontainer.json resolved to.
@@ -73,6 +96,10 @@ impl WsSpec {
             limits,
             config_hash: hash_config(l),
             security: Security::default(),
+            lifecycle: Default::default(),
+            wait_for: default_wait_for(),
+            user_env_probe: default_user_env_probe(),
+            owner_sync: None,
         }
     }
 
@@ -122,20 +149,23 @@ impl WsSpec {
         }
     }
 
-    /// Fills in what the caller left unset: the remote user, the workspace folder, remoteEnv.
-    pub fn apply_exec_defaults(&self, p: &mut ExecProcess) {
+    /// Fills in what the caller left unset: the remote user, the workspace folder, and the
+    /// environment: the probed user environment (`user_env`), remoteEnv over it, the caller's over
+    /// both.
+    pub fn apply_exec_defaults(&self, p: &mut ExecProcess, user_env: &[String]) {
         if p.user.is_none() {
             p.user = self.remote_user();
         }
         if p.cwd.is_none() {
             p.cwd = Some(self.workspace_folder.clone());
         }
-        let mut env: Vec<String> = self
-            .config
-            .remote_env
-            .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}")))
-            .collect();
+        let mut env: Vec<String> = user_env.to_vec();
+        for (k, v) in &self.config.remote_env {
+            match v {
+                Some(v) => warren_runtime::spec::set_env(&mut env, k, v),
+                None => env.retain(|e| !e.starts_with(&format!("{k}="))),
+            }
+        }
         for e in &p.env {
             if let Some((k, v)) = e.split_once('=') {
                 warren_runtime::spec::set_env(&mut env, k, v);
@@ -144,13 +174,20 @@ impl WsSpec {
         p.env = env;
     }
 
-    /// The configured lifecycle command called `what` (`postCreateCommand`...).
-    pub fn lifecycle_command(&self, what: &str) -> Option<&LifecycleCommand> {
-        match what {
-            "onCreateCommand" => self.config.on_create_command.as_ref(),
-            "postCreateCommand" => self.config.post_create_command.as_ref(),
-            "postStartCommand" => self.config.post_start_command.as_ref(),
-            _ => None,
+    /// The commands of lifecycle hook `what` (`postCreateCommand`...), in the order they run.
+    pub fn hook_commands(&self, what: &str) -> Vec<LifecycleCommand> {
+        if !self.lifecycle.is_empty() {
+            return self.lifecycle.get(what).cloned().unwrap_or_default();
         }
+        let c = &self.config;
+        let own = match what {
+            "onCreateCommand" => c.on_create_command.as_ref(),
+            "updateContentCommand" => c.update_content_command.as_ref(),
+            "postCreateCommand" => c.post_create_command.as_ref(),
+            "postStartCommand" => c.post_start_command.as_ref(),
+            "postAttachCommand" => c.post_attach_command.as_ref(),
+            _ => None,
+        };
+        own.cloned().into_iter().collect()
     }
 }

@@ -32,6 +32,9 @@ pub struct ConfigLayer {
     pub public_url: Option<String>,
     /// How often the reconciler runs (`30s`).
     pub reconcile_interval: Option<String>,
+    /// Whether workspace configurations may ask for added capabilities, privileged mode or an
+    /// unconfined seccomp profile (default false: such workspaces are refused).
+    pub allow_privileges: Option<bool>,
 }
 
 /// Resolved configuration.
@@ -55,6 +58,8 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Reconciler period.
     pub reconcile_interval: Duration,
+    /// Workspaces may be granted privileges their configuration asks for.
+    pub allow_privileges: bool,
 }
 
 /// Default listen address.
@@ -87,6 +92,7 @@ impl ConfigLayer {
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             public_url: self.public_url.or(lower.public_url),
             reconcile_interval: self.reconcile_interval.or(lower.reconcile_interval),
+            allow_privileges: self.allow_privileges.or(lower.allow_privileges),
         }
     }
 }
@@ -138,6 +144,7 @@ impl ServerConfig {
             max_body_bytes: usize::try_from(given.max_body_bytes.unwrap_or(64 << 20))
                 .unwrap_or(usize::MAX),
             reconcile_interval: dur(&given.reconcile_interval, "reconcile_interval", "30s")?,
+            allow_privileges: given.allow_privileges.unwrap_or(false),
         })
     }
 }

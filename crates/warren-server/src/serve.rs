@@ -37,6 +37,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         state_dir: cfg.state_dir.clone(),
         oci,
         exe,
+        owned_may_have_privileges: cfg.allow_privileges,
     })
     .await
     .map_err(|e| format!("cannot open the state in {}: {e}", cfg.state_dir.display()))?;

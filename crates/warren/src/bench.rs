@@ -668,6 +668,7 @@ async fn bench(args: &BenchArgs, dirs: Dirs, oci: &str) -> Result<Results> {
         state_dir: dirs.state.clone(),
         oci: OciRuntime::parse(oci),
         exe: exe.clone(),
+        owned_may_have_privileges: false,
     })
     .await?;
     progress("importing the busybox root filesystem");

@@ -160,6 +160,10 @@ pub(crate) struct UpArgs {
     /// Against a server: return once the job is accepted instead of following it.
     #[arg(short, long)]
     pub detach: bool,
+    /// Wait for every lifecycle command, not only up to the configuration's `waitFor` (by
+    /// default updateContentCommand; later ones continue in the background).
+    #[arg(long)]
+    pub wait_all: bool,
 }
 
 #[derive(Args, Debug)]
@@ -621,6 +625,7 @@ async fn embedded(
         state_dir: state_dir.clone(),
         oci: OciRuntime::parse(runtime.as_deref().unwrap_or("libcontainer")),
         exe,
+        owned_may_have_privileges: false,
     })
     .await?;
     if let Cmd::Bench(a) = cmd {
@@ -680,6 +685,7 @@ async fn embedded(
                     pids: a.pids,
                 },
                 recreate: a.recreate,
+                wait_all: a.wait_all,
                 ..Default::default()
             };
             let rec = engine.up(&a.dir, &opts, &Printer).await?;

@@ -364,6 +364,14 @@ async fn up(c: &Client, a: UpArgs, json: bool) -> Result<u8> {
             "create one with at least {\"image\": \"debian:bookworm\"}",
         ));
     }
+    // initializeCommand runs here, on the user's machine, as with a local `up`; the server never
+    // runs it.
+    if let Ok(loaded) = warren_devcontainer::load(&dir) {
+        if let Some(cmd) = &loaded.config.initialize_command {
+            Printer.step("Running initializeCommand on this machine");
+            warren_engine::run_initialize_command(cmd, &dir, &Printer).await?;
+        }
+    }
     Printer.step(&format!("Uploading {}", dir.display()));
     let d = dir.clone();
     let tar = tokio::task::spawn_blocking(move || pack_dir(&d, MAX_UPLOAD)).await??;
@@ -372,6 +380,7 @@ async fn up(c: &Client, a: UpArgs, json: bool) -> Result<u8> {
         name: name.clone(),
         file_id: Some(file.id),
         limits,
+        wait_all: a.wait_all,
         ..Default::default()
     };
     let accepted = c.create_workspace(&body).await?;

@@ -43,6 +43,10 @@ pub struct ServerArgs {
     /// How often the reconciler runs [default: 30s].
     #[arg(long, env = "WARREN_RECONCILE_INTERVAL", global = true)]
     reconcile_interval: Option<String>,
+    /// Grant workspaces the added capabilities, privileged mode or unconfined seccomp their
+    /// devcontainer.json asks for [default: false: such workspaces are refused].
+    #[arg(long, env = "WARREN_ALLOW_PRIVILEGES", global = true, num_args = 0..=1, default_missing_value = "true")]
+    allow_privileges: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,6 +83,7 @@ pub async fn run(
         max_body_bytes: a.max_body_bytes,
         public_url: a.public_url,
         reconcile_interval: a.reconcile_interval,
+        allow_privileges: a.allow_privileges,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

@@ -335,6 +335,10 @@ async fn create_workspace(
         .await
         .map_err(|e| cleanup(e.into()))?;
     let id = rec.id.clone();
+    let how = warren_engine::Hooks {
+        attach: true,
+        wait_all: body.wait_all,
+    };
     let job = jobs::spawn(
         &state,
         &rec.id,
@@ -344,7 +348,7 @@ async fn create_workspace(
             for w in &warnings {
                 warren_engine::Progress::warn(&*log, w);
             }
-            st.engine.provision(&id, &*log).await.map(|_| ())
+            st.engine.provision_with(&id, how, &*log).await.map(|_| ())
         },
     )
     .await?;

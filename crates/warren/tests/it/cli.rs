@@ -13,6 +13,8 @@ const LIFECYCLE: &str = r#"// A devcontainer.json with comments and trailing com
   "image": "busybox",
   "containerEnv": { "FROM_CONTAINER": "c", },
   "remoteEnv": { "FROM_REMOTE": "r" },
+  // Everything in the foreground (by default `up` waits only up to updateContentCommand).
+  "waitFor": "postStartCommand",
   "onCreateCommand": "echo created >> /workspaces/app/oncreate.count",
   "postCreateCommand": ["sh", "-c", "echo post >> /workspaces/app/postcreate.count"],
   "postStartCommand": {
@@ -181,7 +183,7 @@ fn a_failing_lifecycle_command_marks_the_workspace_failed_and_keeps_its_output()
     let w = World::new();
     let dir = w.project(
         "bad",
-        r#"{"image": "busybox", "postCreateCommand": "echo about to fail; exit 3"}"#,
+        r#"{"image": "busybox", "waitFor": "postCreateCommand", "postCreateCommand": "echo about to fail; exit 3"}"#,
     );
     let o = w.warren(&["up", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
@@ -202,7 +204,7 @@ fn a_failing_lifecycle_command_marks_the_workspace_failed_and_keeps_its_output()
     // Fixing the config and running `up` again completes the creation.
     std::fs::write(
         dir.join(".devcontainer/devcontainer.json"),
-        r#"{"image": "busybox", "postCreateCommand": "echo fixed"}"#,
+        r#"{"image": "busybox", "waitFor": "postCreateCommand", "postCreateCommand": "echo fixed"}"#,
     )
     .unwrap();
     let o = w.warren(&["up", dir.to_str().unwrap()]);
@@ -480,7 +482,7 @@ fn gvisor_runs_workspaces_when_chosen_and_delete_leaves_no_sandbox() {
     let w = World::new();
     let dir = w.project(
         "gv",
-        r#"{"image": "busybox", "postCreateCommand": "echo made > /root/made"}"#,
+        r#"{"image": "busybox", "waitFor": "postCreateCommand", "postCreateCommand": "echo made > /root/made"}"#,
     );
     let o = w
         .command(&["up", dir.to_str().unwrap()])
@@ -631,7 +633,7 @@ fn lifecycle_commands_may_leave_daemons_running_and_print_any_bytes() {
     let w = World::new();
     let dir = w.project(
         "daemon",
-        r#"{"image": "busybox", "postStartCommand": "sleep 100000 & (while :; do echo tick; sleep 0.2; done) & printf 'caf\\351 latin-1\\n'; echo done"}"#,
+        r#"{"image": "busybox", "waitFor": "postStartCommand", "postStartCommand": "sleep 100000 & (while :; do echo tick; sleep 0.2; done) & printf 'caf\\351 latin-1\\n'; echo done"}"#,
     );
     let mut child = w
         .command(&["up", dir.to_str().unwrap()])
@@ -764,4 +766,204 @@ fn up_limits_are_enforced_and_stats_report_usage() {
         .or_else(|_| std::fs::read_to_string(format!("/sys/fs/cgroup/warren/{id}/cpu.max")))
         .unwrap();
     assert!(quota.trim().starts_with("50000"), "cpu quota {quota}");
+}
+
+/// Waits (liveness, not speed) until `path` has `n` lines; returns its content.
+fn wait_for_lines(path: &std::path::Path, n: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= n {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} stayed at: {text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn up_waits_up_to_wait_for_and_the_rest_continues_in_the_background() {
+    let w = World::new();
+    let dir = w.project(
+        "bg",
+        r#"{"image": "busybox",
+            "onCreateCommand": "echo onCreate >> /workspaces/bg/order",
+            "updateContentCommand": "echo updateContent >> /workspaces/bg/order",
+            "postCreateCommand": "while [ ! -e /workspaces/bg/go ]; do sleep 0.1; done; echo postCreate >> /workspaces/bg/order",
+            "postStartCommand": "echo postStart >> /workspaces/bg/order",
+            "postAttachCommand": "echo postAttach >> /workspaces/bg/order"}"#,
+    );
+    // By default `up` waits for updateContentCommand: it returns although postCreateCommand
+    // blocks until the test lets it go.
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("continue in the background"),
+        "{}",
+        stderr(&o)
+    );
+    let order = dir.join("order");
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "onCreate\nupdateContent\n"
+    );
+    std::fs::write(dir.join("go"), "").unwrap();
+    assert_eq!(
+        wait_for_lines(&order, 5),
+        "onCreate\nupdateContent\npostCreate\npostStart\npostAttach\n"
+    );
+    let logs = stdout(&w.warren(&["logs", "bg"]));
+    assert!(
+        logs.contains("== postCreateCommand (in the background)")
+            && logs.contains("== background lifecycle commands finished"),
+        "{logs}"
+    );
+    // `up` of the running workspace is an attach: postAttachCommand only, and --wait-all waits.
+    let o = w.warren(&["up", "--wait-all", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&order)
+        .unwrap()
+        .ends_with("postAttach\npostAttach\n"));
+    // A restart runs postStartCommand (in the background), never the once-only hooks again.
+    assert!(w.warren(&["restart", "bg"]).status.success());
+    let text = wait_for_lines(&order, 7);
+    assert_eq!(text.matches("onCreate").count(), 1, "{text}");
+    assert_eq!(text.matches("postCreate").count(), 1, "{text}");
+    assert_eq!(text.matches("postStart").count(), 2, "{text}");
+}
+
+#[test]
+fn a_failing_background_hook_is_logged_and_the_workspace_keeps_running() {
+    let w = World::new();
+    let dir = w.project(
+        "bgfail",
+        r#"{"image": "busybox", "postCreateCommand": "echo trying; exit 5",
+            "postStartCommand": "echo never >> /workspaces/bgfail/ran"}"#,
+    );
+    w.up(&dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let logs = loop {
+        let logs = stdout(&w.warren(&["logs", "bgfail"]));
+        if logs.contains("failed with exit code") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        logs.contains("trying\n== postCreateCommand failed with exit code 5"),
+        "{logs}"
+    );
+    assert!(
+        !dir.join("ran").exists(),
+        "later hooks do not run after a failure"
+    );
+    assert_eq!(w.state_of("bgfail").as_deref(), Some("running"));
+}
+
+#[test]
+fn the_users_login_environment_is_probed_unless_disabled() {
+    let w = World::new();
+    let probe = w.project(
+        "probe",
+        r#"{"image": "busybox", "remoteEnv": {"OVER": "remote"}}"#,
+    );
+    w.up(&probe);
+    assert_eq!(
+        w.sh(
+            "probe",
+            "echo 'export FROM_PROFILE=hi OVER=profile' >> /root/.profile"
+        )
+        .0,
+        0
+    );
+    // Probed at each start.
+    assert!(w.warren(&["restart", "probe"]).status.success());
+    let (_, out, _) = w.sh("probe", "echo $FROM_PROFILE $OVER");
+    assert_eq!(
+        out, "hi remote\n",
+        "the profile's variables, remoteEnv over them"
+    );
+
+    let none = w.project("noprobe", r#"{"image": "busybox", "userEnvProbe": "none"}"#);
+    w.up(&none);
+    assert_eq!(
+        w.sh("noprobe", "echo 'export FROM_PROFILE=hi' >> /root/.profile")
+            .0,
+        0
+    );
+    assert!(w.warren(&["restart", "noprobe"]).status.success());
+    let (_, out, _) = w.sh("noprobe", "echo x$FROM_PROFILE");
+    assert_eq!(out, "x\n");
+}
+
+#[test]
+fn initialize_command_runs_on_the_host_first_and_its_failure_stops_up() {
+    let w = World::new();
+    let dir = w.project(
+        "init",
+        r#"{"image": "busybox",
+            "initializeCommand": ["sh", "-c", "echo \"host $(pwd)\" > from-host"],
+            "waitFor": "postCreateCommand",
+            "postCreateCommand": "cat /workspaces/init/from-host > /workspaces/init/seen"}"#,
+    );
+    w.up(&dir);
+    let want = format!("host {}\n", dir.canonicalize().unwrap().display());
+    assert_eq!(
+        std::fs::read_to_string(dir.join("from-host")).unwrap(),
+        want
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("seen")).unwrap(), want);
+
+    let bad = w.project(
+        "badinit",
+        r#"{"image": "busybox", "initializeCommand": "echo no; exit 2"}"#,
+    );
+    let o = w.warren(&["up", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("initializeCommand failed with exit code 2"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(w.state_of("badinit"), None, "nothing was created");
+}
+
+#[test]
+fn the_remote_user_takes_the_uid_of_the_project_folders_owner_unless_told_not_to() {
+    let w = World::new();
+    let dir = w.project("uid", r#"{"image": "busybox", "remoteUser": "dev"}"#);
+    nix::unistd::chown(&dir, Some(1234.into()), Some(2345.into())).unwrap();
+    w.up(&dir);
+    let (code, out, err) = w.sh(
+        "uid",
+        "id -u; id -g; stat -c %u /home/dev; touch /workspaces/uid/mine && stat -c %u:%g /workspaces/uid/mine",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "1234\n2345\n1234\n1234:2345\n");
+    let meta = std::fs::metadata(dir.join("mine")).unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta)
+        ),
+        (1234, 2345),
+        "the user edits the same files from both sides"
+    );
+
+    let keep = w.project(
+        "keep",
+        r#"{"image": "busybox", "remoteUser": "dev", "updateRemoteUserUID": false}"#,
+    );
+    nix::unistd::chown(&keep, Some(1234.into()), Some(2345.into())).unwrap();
+    w.up(&keep);
+    assert_eq!(w.sh("keep", "id -u").1, "1000\n");
+
+    // A folder owned by root leaves the user alone (as the reference implementation does).
+    let rooted = w.project("rooted", r#"{"image": "busybox", "remoteUser": "dev"}"#);
+    w.up(&rooted);
+    assert_eq!(w.sh("rooted", "id -u").1, "1000\n");
 }
