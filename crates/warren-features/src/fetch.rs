@@ -105,7 +105,11 @@ impl Fetcher {
 
     /// Resolves an OCI reference to its manifest and layer digests, from the cache when
     /// possible (tags are remembered unless `refresh`).
-    pub async fn resolve_oci(&self, feature: &str, r: &OciRef) -> Result<OciResolved, FeatureError> {
+    pub async fn resolve_oci(
+        &self,
+        feature: &str,
+        r: &OciRef,
+    ) -> Result<OciResolved, FeatureError> {
         let tag_key = format!("{}/{}:{}", r.registry, r.path, r.version());
         let cached_digest = match &r.digest {
             Some(d) => Some(d.clone()),
@@ -156,7 +160,13 @@ impl Fetcher {
         let blob = self.blob_path(layer_digest)?;
         if self.read_blob_ok(layer_digest, &blob).is_none() {
             self.client
-                .get_blob_to_file(&r.registry, &r.path, layer_digest, &blob, Some(MAX_ARCHIVE_BYTES))
+                .get_blob_to_file(
+                    &r.registry,
+                    &r.path,
+                    layer_digest,
+                    &blob,
+                    Some(MAX_ARCHIVE_BYTES),
+                )
                 .await
                 .map_err(|e| FeatureError::fetch(feature, &e))?;
         }
@@ -188,7 +198,11 @@ impl Fetcher {
     }
 
     /// Fetches an https tarball (or finds it in the cache). Returns (digest, unpacked folder).
-    pub async fn fetch_tarball(&self, feature: &str, url: &str) -> Result<(String, PathBuf), FeatureError> {
+    pub async fn fetch_tarball(
+        &self,
+        feature: &str,
+        url: &str,
+    ) -> Result<(String, PathBuf), FeatureError> {
         let key = format!("url:{url}");
         if !self.refresh {
             if let Some(d) = self.read_ref(&key) {
@@ -228,7 +242,10 @@ impl Fetcher {
             .map_err(|e| fail(registry::error_chain(&e), None))?
         {
             if data.len() as u64 + chunk.len() as u64 > MAX_ARCHIVE_BYTES {
-                return Err(fail(format!("the tarball is larger than {MAX_ARCHIVE_BYTES} bytes"), None));
+                return Err(fail(
+                    format!("the tarball is larger than {MAX_ARCHIVE_BYTES} bytes"),
+                    None,
+                ));
             }
             data.extend_from_slice(&chunk);
         }
@@ -246,7 +263,12 @@ impl Fetcher {
         Ok((digest, tree))
     }
 
-    fn unpack_into_cache(&self, feature: &str, archive: &Path, tree: &Path) -> Result<(), FeatureError> {
+    fn unpack_into_cache(
+        &self,
+        feature: &str,
+        archive: &Path,
+        tree: &Path,
+    ) -> Result<(), FeatureError> {
         let work = self.cache.join("tmp").join(format!(
             "tree-{}-{}",
             std::process::id(),
@@ -288,7 +310,8 @@ fn parse_feature_manifest(feature: &str, bytes: &[u8]) -> Result<String, Feature
                 .to_string(),
         ),
     };
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| fail(format!("unreadable manifest: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| fail(format!("unreadable manifest: {e}")))?;
     let config_type = v
         .pointer("/config/mediaType")
         .and_then(Value::as_str)
@@ -298,7 +321,11 @@ fn parse_feature_manifest(feature: &str, bytes: &[u8]) -> Result<String, Feature
             "the artifact is not a dev container feature (config media type `{config_type}`, expected `{FEATURE_CONFIG_MEDIA_TYPE}`)"
         )));
     }
-    let layers = v.get("layers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let layers = v
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let layer = layers
         .iter()
         .find(|l| l.get("mediaType").and_then(Value::as_str) == Some(FEATURE_LAYER_MEDIA_TYPE))
@@ -314,7 +341,11 @@ fn parse_feature_manifest(feature: &str, bytes: &[u8]) -> Result<String, Feature
 
 /// Unpacks a (possibly gzip-compressed) tar into `dest`, refusing absolute paths, `..`, paths
 /// through links, links that lead outside, and anything but files, folders and links.
-pub(crate) fn unpack_safely(feature: &str, reader: impl Read, dest: &Path) -> Result<(), FeatureError> {
+pub(crate) fn unpack_safely(
+    feature: &str,
+    reader: impl Read,
+    dest: &Path,
+) -> Result<(), FeatureError> {
     let mut reader = io::BufReader::new(reader);
     let head = io::BufRead::fill_buf(&mut reader).map_err(FeatureError::io("read", dest))?;
     let gz = head.starts_with(&[0x1f, 0x8b]);
@@ -344,7 +375,8 @@ pub(crate) fn unpack_safely(feature: &str, reader: impl Read, dest: &Path) -> Re
         }
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
-        let rel = safe_relative(&name).ok_or_else(|| unsafe_entry(&name, "absolute path or `..`"))?;
+        let rel =
+            safe_relative(&name).ok_or_else(|| unsafe_entry(&name, "absolute path or `..`"))?;
         let kind = entry.header().entry_type();
         if rel.as_os_str().is_empty() {
             if kind.is_dir() {
@@ -361,7 +393,9 @@ pub(crate) fn unpack_safely(feature: &str, reader: impl Read, dest: &Path) -> Re
                 Ok(m) if m.file_type().is_symlink() => {
                     return Err(unsafe_entry(&name, "the path goes through a link"))
                 }
-                Ok(m) if !m.is_dir() => return Err(unsafe_entry(&name, "the path goes through a file")),
+                Ok(m) if !m.is_dir() => {
+                    return Err(unsafe_entry(&name, "the path goes through a file"))
+                }
                 Ok(_) => {}
                 Err(_) => fs::create_dir_all(&cur).map_err(FeatureError::io("create", &cur))?,
             }
@@ -391,7 +425,8 @@ pub(crate) fn unpack_safely(feature: &str, reader: impl Read, dest: &Path) -> Re
                     return Err(unsafe_entry(&name, "the archive unpacks to too much data"));
                 }
                 let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-                let mut out = fs::File::create(&target).map_err(FeatureError::io("create", &target))?;
+                let mut out =
+                    fs::File::create(&target).map_err(FeatureError::io("create", &target))?;
                 io::copy(&mut entry, &mut out).map_err(bad_archive)?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o600))
                     .map_err(FeatureError::io("chmod", &target))?;
@@ -411,7 +446,8 @@ pub(crate) fn unpack_safely(feature: &str, reader: impl Read, dest: &Path) -> Re
                     return Err(unsafe_entry(&name, "a link that leads outside the feature"));
                 }
                 clear(&target)?;
-                std::os::unix::fs::symlink(&link, &target).map_err(FeatureError::io("link", &target))?;
+                std::os::unix::fs::symlink(&link, &target)
+                    .map_err(FeatureError::io("link", &target))?;
             }
             tar::EntryType::Link => {
                 let link = entry
@@ -419,19 +455,28 @@ pub(crate) fn unpack_safely(feature: &str, reader: impl Read, dest: &Path) -> Re
                     .map_err(bad_archive)?
                     .ok_or_else(|| unsafe_entry(&name, "a hard link without a target"))?
                     .into_owned();
-                let src_rel = safe_relative(&link.to_string_lossy())
-                    .ok_or_else(|| unsafe_entry(&name, "a hard link to a path outside the feature"))?;
+                let src_rel = safe_relative(&link.to_string_lossy()).ok_or_else(|| {
+                    unsafe_entry(&name, "a hard link to a path outside the feature")
+                })?;
                 let src = dest.join(&src_rel);
                 let m = fs::symlink_metadata(&src)
                     .map_err(|_| unsafe_entry(&name, "a hard link to a file not in the archive"))?;
                 if !m.is_file() {
-                    return Err(unsafe_entry(&name, "a hard link to something other than a file"));
+                    return Err(unsafe_entry(
+                        &name,
+                        "a hard link to something other than a file",
+                    ));
                 }
                 clear(&target)?;
                 fs::copy(&src, &target).map_err(FeatureError::io("copy", &target))?;
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
-            _ => return Err(unsafe_entry(&name, "device nodes, fifos and other special files are not allowed")),
+            _ => {
+                return Err(unsafe_entry(
+                    &name,
+                    "device nodes, fifos and other special files are not allowed",
+                ))
+            }
         }
     }
     Ok(())
@@ -506,7 +551,13 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) {
+    fn raw_entry(
+        b: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: tar::EntryType,
+        link: Option<&str>,
+        data: &[u8],
+    ) {
         let mut h = tar::Header::new_gnu();
         // Write the name bytes directly: `set_path` refuses `..`, which is what we test.
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -524,7 +575,13 @@ mod tests {
     fn good_archives_unpack() {
         let data = tar_with(|b| {
             raw_entry(b, "./", tar::EntryType::Directory, None, b"");
-            raw_entry(b, "./install.sh", tar::EntryType::Regular, None, b"#!/bin/sh\n");
+            raw_entry(
+                b,
+                "./install.sh",
+                tar::EntryType::Regular,
+                None,
+                b"#!/bin/sh\n",
+            );
             raw_entry(b, "./lib/", tar::EntryType::Directory, None, b"");
             raw_entry(b, "./lib/x", tar::EntryType::Regular, None, b"x");
             raw_entry(b, "./lib/y", tar::EntryType::Symlink, Some("x"), b"");
@@ -534,7 +591,10 @@ mod tests {
         unpack_safely("f", &data[..], tmp.path()).unwrap();
         assert_eq!(fs::read_to_string(tmp.path().join("lib/y")).unwrap(), "x");
         assert_eq!(fs::read_to_string(tmp.path().join("z")).unwrap(), "x");
-        let mode = fs::metadata(tmp.path().join("install.sh")).unwrap().permissions().mode();
+        let mode = fs::metadata(tmp.path().join("install.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
     }
 
@@ -547,7 +607,10 @@ mod tests {
             vec![("/etc/evil", tar::EntryType::Regular, None)],
             vec![("l", tar::EntryType::Symlink, Some("/etc"))],
             vec![("l", tar::EntryType::Symlink, Some("../.."))],
-            vec![("l", tar::EntryType::Symlink, Some(".")), ("l/x", tar::EntryType::Regular, None)],
+            vec![
+                ("l", tar::EntryType::Symlink, Some(".")),
+                ("l/x", tar::EntryType::Regular, None),
+            ],
             vec![("h", tar::EntryType::Link, Some("../x"))],
             vec![("dev", tar::EntryType::Char, None)],
             vec![("blk", tar::EntryType::Block, None)],
@@ -563,7 +626,10 @@ mod tests {
             let dest = tmp.path().join("d");
             fs::create_dir(&dest).unwrap();
             let e = unpack_safely("ghcr.io/x/y/z:1", &data[..], &dest).unwrap_err();
-            assert!(matches!(e, FeatureError::UnsafeArchive { .. }), "{case:?}: {e}");
+            assert!(
+                matches!(e, FeatureError::UnsafeArchive { .. }),
+                "{case:?}: {e}"
+            );
             assert!(e.to_string().contains("ghcr.io/x/y/z:1"));
             assert!(!tmp.path().join("evil").exists());
         }

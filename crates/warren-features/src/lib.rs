@@ -113,13 +113,11 @@ impl ResolvedFeature {
     pub fn source_id(&self) -> &str {
         match &self.source {
             FeatureSource::Oci { reference, .. } => &reference.id,
-            FeatureSource::Tarball { url, .. } => {
-                url.rsplit('/').next().map_or("feature", |n| {
-                    n.strip_prefix("devcontainer-feature-")
-                        .and_then(|n| n.strip_suffix(".tgz"))
-                        .unwrap_or(n)
-                })
-            }
+            FeatureSource::Tarball { url, .. } => url.rsplit('/').next().map_or("feature", |n| {
+                n.strip_prefix("devcontainer-feature-")
+                    .and_then(|n| n.strip_suffix(".tgz"))
+                    .unwrap_or(n)
+            }),
             FeatureSource::Local { path } => path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -177,9 +175,9 @@ fn fold_deprecated_into_options(
             "feature `{old}` is deprecated and is now part of `{LEGACY_NAMESPACE}/{new}` (option `{option}`)"
         ));
         let qualified = format!("{LEGACY_NAMESPACE}/{new}");
-        let existing = out.iter_mut().find(|(k, _)| {
-            k == new || *k == qualified || k.starts_with(&format!("{qualified}:"))
-        });
+        let existing = out
+            .iter_mut()
+            .find(|(k, _)| k == new || *k == qualified || k.starts_with(&format!("{qualified}:")));
         match existing {
             Some((_, value)) => {
                 let mut merged = match value {
@@ -379,7 +377,13 @@ pub async fn prepare(
     let mut required_by: Vec<Option<usize>> = Vec::new();
     let mut queue: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
     for (user_id, opts) in &user_features {
-        arena.push(Node::leaf(user_id, opts.clone(), SourceKey::Local { path: String::new() }));
+        arena.push(Node::leaf(
+            user_id,
+            opts.clone(),
+            SourceKey::Local {
+                path: String::new(),
+            },
+        ));
         fetched.push(None);
         required_by.push(None);
         queue.push_back(arena.len() - 1);
@@ -389,7 +393,10 @@ pub async fn prepare(
         let user_id = arena[current].user_id.clone();
         let (key, f) = p.fetch(&user_id).await?;
         arena[current].source = key;
-        if acc.iter().any(|&a| order::equals(&arena[a], &arena[current])) {
+        if acc
+            .iter()
+            .any(|&a| order::equals(&arena[a], &arena[current]))
+        {
             continue;
         }
         let m = &f.manifest;
@@ -397,7 +404,13 @@ pub async fn prepare(
         aliases.extend(m.legacy_ids.iter().cloned());
         arena[current].aliases = Some(aliases);
         for (dep_id, dep_opts) in &m.depends_on {
-            arena.push(Node::leaf(dep_id, dep_opts.clone(), SourceKey::Local { path: String::new() }));
+            arena.push(Node::leaf(
+                dep_id,
+                dep_opts.clone(),
+                SourceKey::Local {
+                    path: String::new(),
+                },
+            ));
             fetched.push(None);
             required_by.push(Some(current));
             let idx = arena.len() - 1;
@@ -406,11 +419,13 @@ pub async fn prepare(
         }
         for soft_id in &m.installs_after {
             let key = p.unfetched_key(soft_id).map_err(|e| match e {
-                FeatureError::InvalidReference { reason, hint, .. } => FeatureError::InvalidReference {
-                    feature: user_id.clone(),
-                    reason: format!("installsAfter entry `{soft_id}`: {reason}"),
-                    hint,
-                },
+                FeatureError::InvalidReference { reason, hint, .. } => {
+                    FeatureError::InvalidReference {
+                        feature: user_id.clone(),
+                        reason: format!("installsAfter entry `{soft_id}`: {reason}"),
+                        hint,
+                    }
+                }
                 other => other,
             })?;
             arena[current]
@@ -457,7 +472,8 @@ pub async fn prepare(
             ));
         }
         if f.manifest.deprecated {
-            p.warnings.push(format!("feature `{}` is deprecated", node.user_id));
+            p.warnings
+                .push(format!("feature `{}` is deprecated", node.user_id));
         }
         out.push(ResolvedFeature {
             user_id: node.user_id.clone(),
@@ -485,13 +501,22 @@ mod tests {
     fn deprecated_features_fold_into_options() {
         let mut w = Vec::new();
         let out = fold_deprecated_into_options(
-            &[("maven".into(), json!(true)), ("ghcr.io/devcontainers/features/java:1".into(), json!("17"))],
+            &[
+                ("maven".into(), json!(true)),
+                ("ghcr.io/devcontainers/features/java:1".into(), json!("17")),
+            ],
             &mut w,
         );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1, json!({"version": "17", "installMaven": true}));
         let out = fold_deprecated_into_options(&[("jupyterlab".into(), json!({}))], &mut w);
-        assert_eq!(out, vec![("ghcr.io/devcontainers/features/python:1".to_string(), json!({"installJupyterlab": true}))]);
+        assert_eq!(
+            out,
+            vec![(
+                "ghcr.io/devcontainers/features/python:1".to_string(),
+                json!({"installJupyterlab": true})
+            )]
+        );
         assert_eq!(w.len(), 2);
     }
 }

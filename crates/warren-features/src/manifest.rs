@@ -24,7 +24,10 @@ impl<'de> Deserialize<'de> for OrderedMap {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<OrderedMap, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<OrderedMap, A::Error> {
                 let mut out: Vec<(String, Value)> = Vec::new();
                 while let Some((k, v)) = m.next_entry::<String, Value>()? {
                     // JSON.parse keeps the first position and the last value of a repeated key.
@@ -237,14 +240,20 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(format!("`{key}` must be a string, not {}", kind(other)))),
+            Some(other) => Err(bad(format!(
+                "`{key}` must be a string, not {}",
+                kind(other)
+            ))),
         }
     };
     let opt_bool = |key: &str| -> Result<Option<bool>, FeatureError> {
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(other) => Err(bad(format!("`{key}` must be true or false, not {}", kind(other)))),
+            Some(other) => Err(bad(format!(
+                "`{key}` must be true or false, not {}",
+                kind(other)
+            ))),
         }
     };
     let string_list = |key: &str| -> Result<Vec<String>, FeatureError> {
@@ -255,17 +264,25 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
                 .enumerate()
                 .map(|(i, v)| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(bad(format!("`{key}[{i}]` must be a string, not {}", kind(other)))),
+                    other => Err(bad(format!(
+                        "`{key}[{i}]` must be a string, not {}",
+                        kind(other)
+                    ))),
                 })
                 .collect(),
-            Some(other) => Err(bad(format!("`{key}` must be an array of strings, not {}", kind(other)))),
+            Some(other) => Err(bad(format!(
+                "`{key}` must be an array of strings, not {}",
+                kind(other)
+            ))),
         }
     };
 
     let id = match obj.get("id") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(Value::String(_)) => return Err(bad("`id` is empty".to_string())),
-        None | Some(Value::Null) => return Err(bad("the required property `id` is missing".to_string())),
+        None | Some(Value::Null) => {
+            return Err(bad("the required property `id` is missing".to_string()))
+        }
         Some(other) => return Err(bad(format!("`id` must be a string, not {}", kind(other)))),
     };
 
@@ -279,7 +296,10 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
         }
         Some(MaybeMap::Other(Value::Null)) => {}
         Some(MaybeMap::Other(other)) => {
-            return Err(bad(format!("`options` must be an object, not {}", kind(&other))))
+            return Err(bad(format!(
+                "`options` must be an object, not {}",
+                kind(&other)
+            )))
         }
     }
 
@@ -300,7 +320,10 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
             }
         }
         Some(MaybeMap::Other(other)) => {
-            return Err(bad(format!("`containerEnv` must be an object, not {}", kind(&other))))
+            return Err(bad(format!(
+                "`containerEnv` must be an object, not {}",
+                kind(&other)
+            )))
         }
     }
 
@@ -321,7 +344,10 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
             }
         }
         Some(MaybeMap::Other(other)) => {
-            return Err(bad(format!("`dependsOn` must be an object, not {}", kind(&other))))
+            return Err(bad(format!(
+                "`dependsOn` must be an object, not {}",
+                kind(&other)
+            )))
         }
     }
 
@@ -346,14 +372,22 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
             }
             items.clone()
         }
-        Some(other) => return Err(bad(format!("`mounts` must be an array, not {}", kind(other)))),
+        Some(other) => {
+            return Err(bad(format!(
+                "`mounts` must be an array, not {}",
+                kind(other)
+            )))
+        }
     };
 
     let customizations = match obj.get("customizations") {
         None | Some(Value::Null) => None,
         Some(v @ Value::Object(_)) => Some(v.clone()),
         Some(other) => {
-            return Err(bad(format!("`customizations` must be an object, not {}", kind(other))))
+            return Err(bad(format!(
+                "`customizations` must be an object, not {}",
+                kind(other)
+            )))
         }
     };
 
@@ -369,7 +403,9 @@ pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, Feat
                 lifecycle.push((hook.to_string(), v.clone()))
             }
             Some(v @ Value::Object(o)) => {
-                if o.values().any(|i| !(i.is_string() || i.as_array().is_some_and(|a| a.iter().all(Value::is_string)))) {
+                if o.values().any(|i| {
+                    !(i.is_string() || i.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+                }) {
                     return Err(bad(format!(
                         "`{hook}` values must be strings or arrays of strings"
                     )));
@@ -440,12 +476,10 @@ fn parse_option(name: &str, spec: &Value) -> Result<OptionSpec, String> {
             let default = match obj.get("default") {
                 None | Some(Value::Null) => None,
                 Some(Value::Bool(b)) => Some(*b),
-                Some(other) => {
-                    return Err(format!(
-                        "`options.{name}.default` must be true or false for a boolean option, not {}",
-                        kind(other)
-                    ))
-                }
+                Some(other) => return Err(format!(
+                    "`options.{name}.default` must be true or false for a boolean option, not {}",
+                    kind(other)
+                )),
             };
             Ok(OptionSpec::Boolean {
                 default,
@@ -517,7 +551,8 @@ mod tests {
         for e in entries {
             let path = e.unwrap().path().join("devcontainer-feature.json");
             let text = std::fs::read_to_string(&path).unwrap();
-            let m = parse_manifest("corpus", &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let m = parse_manifest("corpus", &text)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!m.id.is_empty());
             n += 1;
         }
@@ -536,7 +571,10 @@ mod tests {
         .unwrap();
         assert_eq!(m.options[0].0, "zeta");
         assert_eq!(m.options[1].0, "alpha");
-        assert_eq!(m.container_env, vec![("Z".into(), "1".into()), ("A".into(), "2".into())]);
+        assert_eq!(
+            m.container_env,
+            vec![("Z".into(), "1".into()), ("A".into(), "2".into())]
+        );
         assert_eq!(m.depends_on[0].0, "./z");
     }
 
@@ -545,9 +583,18 @@ mod tests {
         for (text, needle) in [
             (r#"{"version": "1"}"#, "`id` is missing"),
             (r#"{"id": 3}"#, "`id` must be a string"),
-            (r#"{"id": "a", "options": {"o": {"type": "number"}}}"#, "\"boolean\" or \"string\""),
-            (r#"{"id": "a", "options": {"o": {"type": "boolean", "default": "yes"}}}"#, "default"),
-            (r#"{"id": "a", "options": {"o": {"type": "string", "enum": ["a"], "default": "b"}}}"#, "enum"),
+            (
+                r#"{"id": "a", "options": {"o": {"type": "number"}}}"#,
+                "\"boolean\" or \"string\"",
+            ),
+            (
+                r#"{"id": "a", "options": {"o": {"type": "boolean", "default": "yes"}}}"#,
+                "default",
+            ),
+            (
+                r#"{"id": "a", "options": {"o": {"type": "string", "enum": ["a"], "default": "b"}}}"#,
+                "enum",
+            ),
             (r#"{"id": "a", "containerEnv": {"A": 1}}"#, "containerEnv.A"),
             (r#"{"id": "a", "capAdd": "SYS_ADMIN"}"#, "capAdd"),
             (r#"{"id": "a", "privileged": "yes"}"#, "privileged"),
@@ -566,6 +613,9 @@ mod tests {
 
     #[test]
     fn jsonc_is_accepted() {
-        assert_eq!(strip_jsonc(r#"{"a": "//x", /* c */ "b": [1,2,],}"#), r#"{"a": "//x",   "b": [1,2]}"#);
+        assert_eq!(
+            strip_jsonc(r#"{"a": "//x", /* c */ "b": [1,2,],}"#),
+            r#"{"a": "//x",   "b": [1,2]}"#
+        );
     }
 }

@@ -84,7 +84,10 @@ pub fn resolve_values(
             Value::Number(n) => Value::String(n.to_string()),
             other => {
                 return Err(invalid(
-                    format!("option `{name}` must be a string or a boolean, not {}", kind(&other)),
+                    format!(
+                        "option `{name}` must be a string or a boolean, not {}",
+                        kind(&other)
+                    ),
                     None,
                 ))
             }
@@ -207,8 +210,12 @@ mod tests {
 
     #[test]
     fn the_spec_example_gives_the_spec_env() {
-        let (values, warnings) =
-            resolve_values("python", &python(), &json!({"version": "3.10", "pip": false})).unwrap();
+        let (values, warnings) = resolve_values(
+            "python",
+            &python(),
+            &json!({"version": "3.10", "pip": false}),
+        )
+        .unwrap();
         assert!(warnings.is_empty());
         assert_eq!(
             env_lines(&values),
@@ -237,14 +244,21 @@ mod tests {
             assert!(!e.to_string().contains('\n'));
         }
         let e = resolve_values("p", &python(), &json!({"version": "2.7"})).unwrap_err();
-        assert!(e.to_string().contains("\"latest\", \"3.10\", \"3.9\""), "{e}");
+        assert!(
+            e.to_string().contains("\"latest\", \"3.10\", \"3.9\""),
+            "{e}"
+        );
         assert!(e.hint().unwrap().contains("options.version.enum"));
     }
 
     #[test]
     fn unknown_options_pass_with_a_warning_and_values_are_escaped() {
-        let (values, warnings) =
-            resolve_values("p", &python(), &json!({"my-flag": "a\"b$c", "extra": "free"})).unwrap();
+        let (values, warnings) = resolve_values(
+            "p",
+            &python(),
+            &json!({"my-flag": "a\"b$c", "extra": "free"}),
+        )
+        .unwrap();
         assert_eq!(warnings.len(), 1);
         let lines = env_lines(&values);
         assert!(lines.contains(&"EXTRA=\"free\"".to_string()));

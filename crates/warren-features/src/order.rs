@@ -94,7 +94,10 @@ fn collation_key(c: char) -> (u8, u32) {
 /// `a.localeCompare(b)`, approximated: primary (case-insensitive) comparison first, then lower
 /// case before upper case.
 pub(crate) fn locale_cmp(a: &str, b: &str) -> Ordering {
-    let primary = a.chars().map(collation_key).cmp(b.chars().map(collation_key));
+    let primary = a
+        .chars()
+        .map(collation_key)
+        .cmp(b.chars().map(collation_key));
     primary.then_with(|| {
         let tertiary = |s: &str| s.chars().map(|c| c.is_uppercase()).collect::<Vec<_>>();
         tertiary(a).cmp(&tertiary(b))
@@ -199,10 +202,14 @@ pub(crate) fn compare(a: &Node, b: &Node) -> i32 {
     match (&a.source, &b.source) {
         (
             SourceKey::Oci {
-                tag: at, digest: ad, ..
+                tag: at,
+                digest: ad,
+                ..
             },
             SourceKey::Oci {
-                tag: bt, digest: bd, ..
+                tag: bt,
+                digest: bd,
+                ..
             },
         ) => {
             if ad == bd && options_cmp(&a.options, &b.options) == 0 {
@@ -302,14 +309,21 @@ pub(crate) fn apply_override(arena: &mut [Node], worklist: &[usize], overrides: 
 }
 
 /// Computes the install order of `worklist` (indices into `arena`, already deduplicated).
-pub(crate) fn install_order(arena: &mut [Node], worklist: &[usize]) -> Result<Vec<usize>, FeatureError> {
+pub(crate) fn install_order(
+    arena: &mut [Node],
+    worklist: &[usize],
+) -> Result<Vec<usize>, FeatureError> {
     let mut worklist: Vec<usize> = worklist.to_vec();
     // Drop soft dependencies on features that are not going to be installed.
     for &w in &worklist {
         let keep: Vec<Node> = arena[w]
             .installs_after
             .iter()
-            .filter(|soft| worklist.iter().any(|&n| satisfies_soft(&arena[n], soft, true)))
+            .filter(|soft| {
+                worklist
+                    .iter()
+                    .any(|&n| satisfies_soft(&arena[n], soft, true))
+            })
             .cloned()
             .collect();
         arena[w].installs_after = keep;
@@ -321,10 +335,11 @@ pub(crate) fn install_order(arena: &mut [Node], worklist: &[usize]) -> Result<Ve
             node.depends_on
                 .iter()
                 .all(|&d| installed.iter().any(|&i| equals(&arena[i], &arena[d])))
-                && node
-                    .installs_after
-                    .iter()
-                    .all(|s| installed.iter().any(|&i| satisfies_soft(&arena[i], s, true)))
+                && node.installs_after.iter().all(|s| {
+                    installed
+                        .iter()
+                        .any(|&i| satisfies_soft(&arena[i], s, true))
+                })
         };
         let mut round: Vec<usize> = worklist.iter().copied().filter(|&n| ready(n)).collect();
         if round.is_empty() {
@@ -332,7 +347,11 @@ pub(crate) fn install_order(arena: &mut [Node], worklist: &[usize]) -> Result<Ve
                 cycle: describe_cycle(arena, &worklist, &installed),
             });
         }
-        let max = round.iter().map(|&n| arena[n].round_priority).max().unwrap_or(0);
+        let max = round
+            .iter()
+            .map(|&n| arena[n].round_priority)
+            .max()
+            .unwrap_or(0);
         round.retain(|&n| arena[n].round_priority == max);
         worklist.retain(|&w| !round.iter().any(|&r| equals(&arena[r], &arena[w])));
         round.sort_by(|&a, &b| compare(&arena[a], &arena[b]).cmp(&0));
@@ -352,13 +371,26 @@ fn describe_cycle(arena: &[Node], remaining: &[usize], installed: &[usize]) -> S
             if installed.iter().any(|&i| equals(&arena[i], &arena[d])) {
                 continue;
             }
-            out.extend(remaining.iter().copied().filter(|&r| equals(&arena[r], &arena[d])));
+            out.extend(
+                remaining
+                    .iter()
+                    .copied()
+                    .filter(|&r| equals(&arena[r], &arena[d])),
+            );
         }
         for s in &node.installs_after {
-            if installed.iter().any(|&i| satisfies_soft(&arena[i], s, true)) {
+            if installed
+                .iter()
+                .any(|&i| satisfies_soft(&arena[i], s, true))
+            {
                 continue;
             }
-            out.extend(remaining.iter().copied().filter(|&r| satisfies_soft(&arena[r], s, true)));
+            out.extend(
+                remaining
+                    .iter()
+                    .copied()
+                    .filter(|&r| satisfies_soft(&arena[r], s, true)),
+            );
         }
         out
     };
@@ -371,8 +403,10 @@ fn describe_cycle(arena: &[Node], remaining: &[usize], installed: &[usize]) -> S
             match it.next() {
                 Some(next) => {
                     if let Some(pos) = path.iter().position(|&p| p == next) {
-                        let mut names: Vec<&str> =
-                            path[pos..].iter().map(|&p| arena[p].user_id.as_str()).collect();
+                        let mut names: Vec<&str> = path[pos..]
+                            .iter()
+                            .map(|&p| arena[p].user_id.as_str())
+                            .collect();
                         names.push(arena[next].user_id.as_str());
                         return names.join(" -> ");
                     }
@@ -430,7 +464,10 @@ mod tests {
             oci("ghcr.io/o/f/b:1", "b", "1", "sha256:b"),
         ];
         let order = install_order(&mut arena, &[0, 1, 2]).unwrap();
-        assert_eq!(names(&arena, &order), ["ghcr.io/o/f/a:1", "ghcr.io/o/f/b:1", "ghcr.io/o/f/c:1"]);
+        assert_eq!(
+            names(&arena, &order),
+            ["ghcr.io/o/f/a:1", "ghcr.io/o/f/b:1", "ghcr.io/o/f/c:1"]
+        );
     }
 
     #[test]
@@ -488,7 +525,10 @@ mod tests {
         arena[1].depends_on = vec![0];
         let e = install_order(&mut arena, &[0, 1, 2]).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("a -> b -> a") || msg.contains("b -> a -> b"), "{msg}");
+        assert!(
+            msg.contains("a -> b -> a") || msg.contains("b -> a -> b"),
+            "{msg}"
+        );
         assert!(e.hint().is_some());
     }
 

@@ -71,7 +71,10 @@ impl BuildPlan {
             }
             quoted.push(c);
         }
-        format!("{}LABEL devcontainer.metadata=\"{quoted}\"\n", self.dockerfile)
+        format!(
+            "{}LABEL devcontainer.metadata=\"{quoted}\"\n",
+            self.dockerfile
+        )
     }
 }
 
@@ -127,7 +130,11 @@ fn install_wrapper(f: &ResolvedFeature, env: &[String]) -> String {
     let description = q(m.description.as_deref().unwrap_or(""));
     let version = q(m.version.as_deref().unwrap_or(""));
     let documentation = q(m.documentation_url.as_deref().unwrap_or(""));
-    let options = q(&env.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n"));
+    let options = q(&env
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n"));
     let mut warning = String::new();
     if m.deprecated {
         let _ = writeln!(
@@ -152,7 +159,9 @@ fn install_wrapper(f: &ResolvedFeature, env: &[String]) -> String {
     let trouble = if documentation.is_empty() {
         String::new()
     } else {
-        format!(" Look at the documentation at {documentation} for help troubleshooting this error.")
+        format!(
+            " Look at the documentation at {documentation} for help troubleshooting this error."
+        )
     };
     format!(
         "#!/bin/sh\nset -e\n\non_exit () {{\n\t[ $? -eq 0 ] && exit\n\techo 'ERROR: Feature \"{name}\" ({id}) failed to install!{trouble}'\n}}\n\ntrap on_exit EXIT\n\n\
@@ -196,7 +205,13 @@ fn folder_name(f: &ResolvedFeature, index: usize) -> String {
     let id: String = f
         .source_id()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{id}_{index}")
 }
@@ -212,7 +227,10 @@ pub(crate) fn build_plan(
         reason: format!("user name `{user}` cannot be used in a build"),
         hint: Some("user names are letters, digits and `._-@$`".to_string()),
     };
-    let remote_user = users.remote_user.clone().unwrap_or_else(|| users.container_user.clone());
+    let remote_user = users
+        .remote_user
+        .clone()
+        .unwrap_or_else(|| users.container_user.clone());
     for u in [&users.container_user, &remote_user, &users.image_user] {
         if !valid_user(u) {
             return Err(bad_user(u));
@@ -234,7 +252,10 @@ pub(crate) fn build_plan(
         return Err(FeatureError::Io {
             action: "use as an empty build context",
             path: context_dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the folder is not empty"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the folder is not empty",
+            ),
         });
     }
 
@@ -248,7 +269,10 @@ pub(crate) fn build_plan(
         }
         format!("\"{q}\"")
     };
-    let mut builtin = format!("_CONTAINER_USER={}\n_REMOTE_USER={remote_user}\n", users.container_user);
+    let mut builtin = format!(
+        "_CONTAINER_USER={}\n_REMOTE_USER={remote_user}\n",
+        users.container_user
+    );
     if let Some(h) = &users.container_user_home {
         let _ = writeln!(builtin, "_CONTAINER_USER_HOME={}", quote_env(h));
     }

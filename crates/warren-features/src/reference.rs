@@ -182,21 +182,24 @@ fn parse_tarball(url: &str) -> Result<FeatureRef, String> {
     let id = name.find(PREFIX).and_then(|p| {
         let rest = &name[p + PREFIX.len()..];
         // `(.*)` is greedy and `.` matches any character before `tgz`.
-        rest.rfind("tgz")
-            .filter(|&i| i >= 1)
-            .map(|i| {
-                let mut end = i - 1;
-                while !rest.is_char_boundary(end) {
-                    end -= 1;
-                }
-                rest[..end].to_string()
-            })
+        rest.rfind("tgz").filter(|&i| i >= 1).map(|i| {
+            let mut end = i - 1;
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            rest[..end].to_string()
+        })
     });
     match id {
         None => Err(format!(
             "expected the tarball's file name to be `devcontainer-feature-<id>.tgz`, got `{name}`"
         )),
-        Some(id) if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+        Some(id)
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+        {
             Err(format!(
                 "the feature id `{id}` in the tarball's name must be letters, digits, `-` or `_`"
             ))
@@ -219,7 +222,9 @@ fn parse_local(user_id: &str, config_dir: &Path) -> Result<FeatureRef, FeatureEr
         ),
     };
     if Path::new(user_id).is_absolute() {
-        return Err(invalid("an absolute path to a local feature is not allowed".to_string()));
+        return Err(invalid(
+            "an absolute path to a local feature is not allowed".to_string(),
+        ));
     }
     // Lexical normalisation first: `..` may not climb above the config folder.
     let mut rel = PathBuf::new();
@@ -238,7 +243,9 @@ fn parse_local(user_id: &str, config_dir: &Path) -> Result<FeatureRef, FeatureEr
         }
     }
     if rel.as_os_str().is_empty() {
-        return Err(invalid("the path names the config folder itself".to_string()));
+        return Err(invalid(
+            "the path names the config folder itself".to_string(),
+        ));
     }
     let id = Path::new(user_id.trim_end_matches('/'))
         .file_name()
@@ -256,7 +263,8 @@ fn parse_local(user_id: &str, config_dir: &Path) -> Result<FeatureRef, FeatureEr
     })?;
     if !real.starts_with(&base) || real == base {
         return Err(invalid(
-            "the path leads (through a link) out of the folder holding devcontainer.json".to_string(),
+            "the path leads (through a link) out of the folder holding devcontainer.json"
+                .to_string(),
         ));
     }
     Ok(FeatureRef::Local { path: real, id })
@@ -283,7 +291,8 @@ fn valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
 /// Parses an OCI feature reference (`getRef` in the reference: lowercased, `@sha256:` digests,
@@ -297,10 +306,14 @@ pub fn parse_oci(input: &str) -> Result<FeatureRef, String> {
     let (resource, tag, digest) = if let Some(at) = input.rfind('@') {
         let digest = &input[at + 1..];
         let Some((alg, hash)) = digest.split_once(':') else {
-            return Err(format!("cannot parse digest `{digest}`, expected `sha256:<hex>`"));
+            return Err(format!(
+                "cannot parse digest `{digest}`, expected `sha256:<hex>`"
+            ));
         };
         if alg != "sha256" {
-            return Err(format!("digest algorithm `{alg}` is not supported, use sha256"));
+            return Err(format!(
+                "digest algorithm `{alg}` is not supported, use sha256"
+            ));
         }
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("`{digest}` is not a sha256 digest (64 hex digits)"));
@@ -401,9 +414,18 @@ mod tests {
 
     #[test]
     fn legacy_short_ids_map_like_the_reference() {
-        assert_eq!(map_legacy_id("node").0, "ghcr.io/devcontainers/features/node:1");
-        assert_eq!(map_legacy_id("golang").0, "ghcr.io/devcontainers/features/go:1");
-        assert_eq!(map_legacy_id("common").0, "ghcr.io/devcontainers/features/common-utils:1");
+        assert_eq!(
+            map_legacy_id("node").0,
+            "ghcr.io/devcontainers/features/node:1"
+        );
+        assert_eq!(
+            map_legacy_id("golang").0,
+            "ghcr.io/devcontainers/features/go:1"
+        );
+        assert_eq!(
+            map_legacy_id("common").0,
+            "ghcr.io/devcontainers/features/common-utils:1"
+        );
         assert_eq!(map_legacy_id("fish").0, "fish");
         let e = parse_reference("fish", Path::new("/")).unwrap_err();
         assert!(e.to_string().contains("`fish`"));
@@ -412,7 +434,12 @@ mod tests {
 
     #[test]
     fn tarball_names_carry_the_id() {
-        match parse_reference("https://example.com/r/devcontainer-feature-go_x.tgz", Path::new("/")).unwrap() {
+        match parse_reference(
+            "https://example.com/r/devcontainer-feature-go_x.tgz",
+            Path::new("/"),
+        )
+        .unwrap()
+        {
             FeatureRef::Tarball { id, .. } => assert_eq!(id, "go_x"),
             other => panic!("{other:?}"),
         }
@@ -440,7 +467,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        for bad in ["../outside", "./a/../../outside", "/etc", "./link", "./missing"] {
+        for bad in [
+            "../outside",
+            "./a/../../outside",
+            "/etc",
+            "./link",
+            "./missing",
+        ] {
             let e = parse_reference(bad, &cfg).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
             assert!(e.hint().is_some());

@@ -134,9 +134,9 @@ impl RegistryError {
                  report it to the registry's operator"
                     .to_string(),
             ),
-            RegistryError::TooLarge { .. } => {
-                Some("the artifact is unusually large; check that the reference is right".to_string())
-            }
+            RegistryError::TooLarge { .. } => Some(
+                "the artifact is unusually large; check that the reference is right".to_string(),
+            ),
             RegistryError::InvalidOptions { .. } => {
                 Some("extra root certificates must be PEM files".to_string())
             }
@@ -258,7 +258,10 @@ impl RegistryClient {
             "{}/v2/{repository}/manifests/{reference}",
             base_url(registry)
         );
-        let what = format!("manifest {registry}/{repository}{}{reference}", if by_digest { "@" } else { ":" });
+        let what = format!(
+            "manifest {registry}/{repository}{}{reference}",
+            if by_digest { "@" } else { ":" }
+        );
         let response = self
             .send(registry, repository, &url, &accept.join(", "), &what)
             .await?;
@@ -415,10 +418,7 @@ impl RegistryClient {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&key)
                 .cloned();
-            let mut request = self
-                .http
-                .get(url)
-                .header(reqwest::header::ACCEPT, accept);
+            let mut request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
             if let Some(token) = &token {
                 request = request.bearer_auth(token);
             }
@@ -451,7 +451,8 @@ impl RegistryClient {
                     continue;
                 }
             }
-            if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
+            if status == reqwest::StatusCode::UNAUTHORIZED
+                || status == reqwest::StatusCode::FORBIDDEN
             {
                 return Err(RegistryError::Denied {
                     registry: registry.to_string(),
@@ -653,11 +654,22 @@ mod tests {
 
     #[test]
     fn local_registries_are_plain_http() {
-        for r in ["localhost", "localhost:5000", "127.0.0.1:41234", "[::1]:5000", "127.0.0.1"] {
+        for r in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:41234",
+            "[::1]:5000",
+            "127.0.0.1",
+        ] {
             assert!(is_insecure_registry(r), "{r}");
             assert!(base_url(r).starts_with("http://"), "{r}");
         }
-        for r in ["ghcr.io", "registry.example:5000", "localhost.example.com", "10.0.0.1:5000"] {
+        for r in [
+            "ghcr.io",
+            "registry.example:5000",
+            "localhost.example.com",
+            "10.0.0.1:5000",
+        ] {
             assert!(!is_insecure_registry(r), "{r}");
             assert!(base_url(r).starts_with("https://"), "{r}");
         }
