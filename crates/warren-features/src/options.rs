@@ -31,6 +31,9 @@ pub fn safe_id(name: &str) -> String {
     out.to_ascii_uppercase()
 }
 
+/// Option name → value (a string or a boolean), in manifest order.
+pub type OptionValues = Vec<(String, Value)>;
+
 /// The option values a feature is installed with: its declared defaults, overlaid with what the
 /// user gave (an object of options; a string or boolean is the `version` option when the feature
 /// declares one, as in the reference). Values are validated against the declarations.
@@ -39,7 +42,7 @@ pub fn resolve_values(
     feature: &str,
     manifest: &FeatureManifest,
     given: &Value,
-) -> Result<(Vec<(String, Value)>, Vec<String>), FeatureError> {
+) -> Result<(OptionValues, Vec<String>), FeatureError> {
     let invalid = |reason: String, hint: Option<String>| FeatureError::InvalidOption {
         feature: feature.to_string(),
         reason,
