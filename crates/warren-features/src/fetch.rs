@@ -45,6 +45,18 @@ pub(crate) struct Fetcher {
     pub refresh: bool,
 }
 
+/// A name unique to this process and call, for work files (several `prepare` calls may run at
+/// once, in one process or several).
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn sha_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
@@ -91,7 +103,7 @@ impl Fetcher {
         let tmp = self.cache.join("tmp").join(format!(
             "{}.{}",
             dest.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
+            unique_suffix()
         ));
         fs::write(&tmp, data).map_err(FeatureError::io("write", &tmp))?;
         fs::rename(&tmp, dest).map_err(FeatureError::io("rename", dest))
@@ -271,7 +283,7 @@ impl Fetcher {
     ) -> Result<(), FeatureError> {
         let work = self.cache.join("tmp").join(format!(
             "tree-{}-{}",
-            std::process::id(),
+            unique_suffix(),
             tree.file_name().unwrap_or_default().to_string_lossy()
         ));
         if work.exists() {

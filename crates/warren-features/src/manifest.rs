@@ -476,10 +476,12 @@ fn parse_option(name: &str, spec: &Value) -> Result<OptionSpec, String> {
             let default = match obj.get("default") {
                 None | Some(Value::Null) => None,
                 Some(Value::Bool(b)) => Some(*b),
-                Some(other) => return Err(format!(
+                Some(other) => {
+                    return Err(format!(
                     "`options.{name}.default` must be true or false for a boolean option, not {}",
                     kind(other)
-                )),
+                ))
+                }
             };
             Ok(OptionSpec::Boolean {
                 default,

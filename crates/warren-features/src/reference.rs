@@ -336,7 +336,12 @@ pub fn parse_oci(input: &str) -> Result<FeatureRef, String> {
             ));
         }
     }
-    let parts: Vec<&str> = resource.split('/').collect();
+    let mut parts: Vec<&str> = resource.split('/').collect();
+    // The reference redirects the renamed `devcontainers-contrib` namespace.
+    if parts.get(1) == Some(&"devcontainers-contrib") {
+        parts[1] = "devcontainers-extra";
+    }
+    let resource = parts.join("/");
     if parts.len() < 3 {
         return Err(format!(
             "`{resource}` is not REGISTRY/NAMESPACE/ID (the namespace is missing)"
@@ -391,6 +396,9 @@ mod tests {
         let r = oci("GHCR.io/Devcontainers/features/Node");
         assert_eq!(r.tag.as_deref(), Some("latest"));
         assert_eq!(r.resource, "ghcr.io/devcontainers/features/node");
+        let r = oci("ghcr.io/devcontainers-contrib/features/deno:1");
+        assert_eq!(r.resource, "ghcr.io/devcontainers-extra/features/deno");
+        assert_eq!(r.path, "devcontainers-extra/features/deno");
         let r = oci("localhost:5000/a/b/c");
         assert_eq!(r.registry, "localhost:5000");
         assert_eq!(r.tag.as_deref(), Some("latest"));

@@ -577,7 +577,9 @@ pub fn parse_bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
 
 fn partial_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".partial-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    name.push(format!(".partial-{}-{n}", std::process::id()));
     dest.with_file_name(name)
 }
 
