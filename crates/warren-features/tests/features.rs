@@ -755,3 +755,49 @@ async fn build_plan_lays_out_the_context_like_the_reference() {
         .build_plan("debian:bookworm", &bad, &ctx.path().join("other"))
         .is_err());
 }
+
+#[tokio::test]
+async fn registries_that_want_a_bearer_token_get_an_anonymous_one() {
+    let signer = std::sync::Arc::new(TokenSigner::new());
+    let tokens = TokenServer::start(signer.clone()).await;
+    let Some(reg) = Registry::start_with_token_auth(signer, &tokens.realm) else {
+        return;
+    };
+    push(&reg, "guarded", &["1"], "1.0.0", json!({})).await;
+    // Without a token the registry answers 401 with a Bearer challenge.
+    let r = reqwest::get(format!(
+        "http://{}/v2/acme/features/guarded/manifests/1",
+        reg.addr
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer realm="));
+
+    let id = format!("{}/acme/features/guarded:1", reg.addr);
+    let cfg = tempfile::tempdir().unwrap();
+    let r = prepare(
+        &feats(&[(&id, json!({}))]),
+        &[],
+        cfg.path(),
+        tempfile::tempdir().unwrap().path(),
+        &FetchOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.features[0].manifest.id, "guarded");
+    let queries = tokens.queries.lock().unwrap().clone();
+    // One token for the repository, reused for the manifest and the blob.
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert!(
+        queries[0].contains("service=warren-test-registry"),
+        "{queries:?}"
+    );
+    assert!(
+        queries[0].contains("scope=repository%3Aacme%2Ffeatures%2Fguarded%3Apull"),
+        "{queries:?}"
+    );
+}

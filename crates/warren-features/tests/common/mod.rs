@@ -29,6 +29,8 @@ pub fn free_port() -> u16 {
 /// A `docker-registry` process serving from a temporary folder, stopped on drop.
 pub struct Registry {
     pub addr: String,
+    /// Signs push tokens when the registry wants bearer tokens.
+    pub signer: Option<Arc<TokenSigner>>,
     pub storage: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -38,6 +40,15 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry, or returns None (with a note) when `docker-registry` is missing.
     pub fn start() -> Option<Registry> {
+        Self::start_with(None)
+    }
+
+    /// Starts a registry that accepts only bearer tokens from `signer`, issued at `realm`.
+    pub fn start_with_token_auth(signer: Arc<TokenSigner>, realm: &str) -> Option<Registry> {
+        Self::start_with(Some((signer, realm.to_string())))
+    }
+
+    fn start_with(auth: Option<(Arc<TokenSigner>, String)>) -> Option<Registry> {
         if Command::new("docker-registry")
             .arg("--version")
             .output()
@@ -52,14 +63,21 @@ impl Registry {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some((signer, realm)) = &auth {
+            let bundle = dir.path().join("token-ca.pem");
+            std::fs::write(&bundle, &signer.cert_pem).unwrap();
+            text.push_str(&format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                signer.service,
+                signer.issuer,
+                bundle.display()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         let log = dir.path().join("registry.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("docker-registry")
@@ -72,6 +90,7 @@ impl Registry {
             .expect("start docker-registry");
         let reg = Registry {
             addr,
+            signer: auth.map(|(s, _)| s),
             storage,
             log,
             child: Some(child),
@@ -121,10 +140,20 @@ impl Registry {
             .join("data")
     }
 
+    fn push_auth(&self, repo: &str) -> reqwest::header::HeaderMap {
+        let mut h = reqwest::header::HeaderMap::new();
+        if let Some(s) = &self.signer {
+            let token = s.token(repo, &["pull", "push"]);
+            h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        h
+    }
+
     async fn push_blob(&self, http: &reqwest::Client, repo: &str, data: &[u8]) -> String {
         let d = digest(data);
         let start = http
             .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr))
+            .headers(self.push_auth(repo))
             .send()
             .await
             .unwrap();
@@ -143,6 +172,7 @@ impl Registry {
         let sep = if url.contains('?') { '&' } else { '?' };
         let put = http
             .put(format!("{url}{sep}digest={d}"))
+            .headers(self.push_auth(repo))
             .header("content-type", "application/octet-stream")
             .body(data.to_vec())
             .send()
@@ -182,6 +212,7 @@ impl Registry {
         for tag in tags {
             let r = http
                 .put(format!("http://{}/v2/{repo}/manifests/{tag}", self.addr))
+                .headers(self.push_auth(repo))
                 .header("content-type", "application/vnd.oci.image.manifest.v1+json")
                 .body(body.clone())
                 .send()
@@ -399,6 +430,198 @@ impl HttpsServer {
 }
 
 impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Issues ES256 JWTs the way a registry token service does (signed with `openssl`, the
+/// certificate in the `x5c` header, trusted by the registry's `rootcertbundle`).
+pub struct TokenSigner {
+    pub cert_pem: Vec<u8>,
+    cert_der: Vec<u8>,
+    key: tempfile::NamedTempFile,
+    pub issuer: String,
+    pub service: String,
+}
+
+impl TokenSigner {
+    pub fn new() -> TokenSigner {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "k.pem",
+                "-out",
+                "c.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=warren test token issuer",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let der = Command::new("openssl")
+            .args(["x509", "-in", "c.pem", "-outform", "DER"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(der.status.success());
+        let key = tempfile::NamedTempFile::new().unwrap();
+        std::fs::copy(dir.path().join("k.pem"), key.path()).unwrap();
+        TokenSigner {
+            cert_pem: std::fs::read(dir.path().join("c.pem")).unwrap(),
+            cert_der: der.stdout,
+            key,
+            issuer: "warren-test-issuer".to_string(),
+            service: "warren-test-registry".to_string(),
+        }
+    }
+
+    /// A token for `actions` on repository `repo`.
+    pub fn token(&self, repo: &str, actions: &[&str]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let std64 = base64::engine::general_purpose::STANDARD;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "x5c": [std64.encode(&self.cert_der)]});
+        let claims = serde_json::json!({
+            "iss": self.issuer, "sub": "", "aud": self.service,
+            "exp": now + 600, "nbf": now - 60, "iat": now - 60,
+            "jti": format!("{now}-{repo}"),
+            "access": [{"type": "repository", "name": repo, "actions": actions}]
+        });
+        let input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(claims.to_string())
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(self.key.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let sig = der_ecdsa_to_raw(&out.stdout);
+        format!("{input}.{}", b64.encode(sig))
+    }
+}
+
+/// DER `SEQUENCE { INTEGER r, INTEGER s }` to JOSE's 64-byte `r || s`.
+fn der_ecdsa_to_raw(der: &[u8]) -> Vec<u8> {
+    assert_eq!(der[0], 0x30);
+    let mut i = if der[1] & 0x80 != 0 {
+        2 + (der[1] & 0x7f) as usize
+    } else {
+        2
+    };
+    let mut out = Vec::new();
+    for _ in 0..2 {
+        assert_eq!(der[i], 0x02);
+        let len = der[i + 1] as usize;
+        let int = &der[i + 2..i + 2 + len];
+        let int = &int[int.len().saturating_sub(32)..];
+        out.extend(std::iter::repeat_n(0u8, 32 - int.len()));
+        out.extend_from_slice(int);
+        i += 2 + len;
+    }
+    out
+}
+
+/// A plain-HTTP token service: answers `GET /token?service=..&scope=repository:R:pull` with
+/// `{"token": ...}` and records the queries it saw.
+pub struct TokenServer {
+    pub realm: String,
+    pub queries: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenServer {
+    pub async fn start(signer: Arc<TokenSigner>) -> TokenServer {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let q2 = queries.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (signer, queries) = (signer.clone(), q2.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let query = target
+                        .split_once('?')
+                        .map(|(_, q)| q.to_string())
+                        .unwrap_or_default();
+                    queries.lock().unwrap().push(query.clone());
+                    let scope = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("scope="))
+                        .map(|s| s.replace("%3A", ":").replace("%2F", "/"))
+                        .unwrap_or_default();
+                    let repo = scope
+                        .strip_prefix("repository:")
+                        .and_then(|s| s.rsplit_once(':'))
+                        .map(|(r, _)| r.to_string())
+                        .unwrap_or_default();
+                    let token = tokio::task::spawn_blocking(move || signer.token(&repo, &["pull"]))
+                        .await
+                        .unwrap();
+                    let body = serde_json::json!({"token": token}).to_string();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(resp.as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        TokenServer {
+            realm,
+            queries,
+            task,
+        }
+    }
+}
+
+impl Drop for TokenServer {
     fn drop(&mut self) {
         self.task.abort();
     }
