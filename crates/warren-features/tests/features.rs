@@ -801,3 +801,163 @@ async fn registries_that_want_a_bearer_token_get_an_anonymous_one() {
         "{queries:?}"
     );
 }
+
+fn option_sets(r: &Resolved) -> Vec<(String, Value)> {
+    r.features
+        .iter()
+        .map(|f| (f.user_id.clone(), f.options.clone()))
+        .collect()
+}
+
+/// The dependency shape of the reference CLI's `dependsOn/local-with-options` test: five
+/// features where `./b` is requested with five different option sets (one per requester).
+/// The reference's expected order: b{}, b{a,a}, b{a,b}, b{b,a}, b{b,b}, d, e, c, a.
+#[tokio::test]
+async fn the_reference_local_with_options_order() {
+    let project = tempfile::tempdir().unwrap();
+    let dc = project.path().join(".devcontainer");
+    let ab = json!({"options": {"optA": {"type": "string", "default": "0"}, "optB": {"type": "string", "default": "0"}}});
+    let with = |deps: Value| {
+        let mut m = ab.clone();
+        m["dependsOn"] = deps;
+        m
+    };
+    local_feature(
+        &dc.join("a"),
+        &manifest(
+            "a",
+            "0.0.1",
+            with(json!({"./b": {"optA": "a", "optB": "a"}, "./c": {}})),
+        ),
+    );
+    local_feature(&dc.join("b"), &manifest("b", "0.0.1", ab.clone()));
+    local_feature(
+        &dc.join("c"),
+        &manifest(
+            "c",
+            "0.0.1",
+            with(json!({"./b": {"optA": "b", "optB": "a"}, "./d": {}, "./e": {}})),
+        ),
+    );
+    local_feature(
+        &dc.join("d"),
+        &manifest(
+            "d",
+            "0.0.1",
+            with(json!({"./b": {"optA": "b", "optB": "b"}})),
+        ),
+    );
+    local_feature(
+        &dc.join("e"),
+        &manifest("e", "0.0.1", with(json!({"./b": {}}))),
+    );
+    let list = feats(&[
+        ("./a", json!({"optA": "a", "optB": "b"})),
+        ("./b", json!({"optA": "a", "optB": "b"})),
+    ]);
+    let r = prepare(
+        &list,
+        &[],
+        &dc,
+        tempfile::tempdir().unwrap().path(),
+        &FetchOptions::default(),
+    )
+    .await
+    .unwrap();
+    let b = |a: &str, bb: &str| ("./b".to_string(), json!({"optA": a, "optB": bb}));
+    assert_eq!(
+        option_sets(&r),
+        vec![
+            ("./b".to_string(), json!({})),
+            b("a", "a"),
+            b("a", "b"),
+            b("b", "a"),
+            b("b", "b"),
+            ("./d".to_string(), json!({})),
+            ("./e".to_string(), json!({})),
+            ("./c".to_string(), json!({})),
+            ("./a".to_string(), json!({"optA": "a", "optB": "b"})),
+        ]
+    );
+}
+
+/// The shapes of the reference's `overrideFeatureInstallOrder` tests `local-intermediate`
+/// (expected c, d, b, a) and `local-roundPriority` (expected a, b, c).
+#[tokio::test]
+async fn the_reference_override_orders() {
+    let project = tempfile::tempdir().unwrap();
+    let dc = project.path().join(".devcontainer");
+    local_feature(
+        &dc.join("a"),
+        &manifest(
+            "a",
+            "0.0.1",
+            json!({"dependsOn": {"./b": {}, "./d": {}}, "installsAfter": ["./c"]}),
+        ),
+    );
+    local_feature(
+        &dc.join("b"),
+        &manifest("b", "0.0.1", json!({"dependsOn": {"./c": {}}})),
+    );
+    local_feature(&dc.join("c"), &manifest("c", "0.0.1", json!({})));
+    local_feature(&dc.join("d"), &manifest("d", "0.0.1", json!({})));
+    let cache = tempfile::tempdir().unwrap();
+    let opts = FetchOptions::default();
+    let r = prepare(
+        &feats(&[("./a", json!({}))]),
+        &["./c".into(), "./d".into()],
+        &dc,
+        cache.path(),
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&r), ["./c", "./d", "./b", "./a"]);
+
+    let project = tempfile::tempdir().unwrap();
+    let dc = project.path().join(".devcontainer");
+    local_feature(&dc.join("a"), &manifest("a", "0.0.1", json!({})));
+    local_feature(
+        &dc.join("b"),
+        &manifest("b", "0.0.1", json!({"dependsOn": {"./a": {}}})),
+    );
+    local_feature(&dc.join("c"), &manifest("c", "0.0.1", json!({})));
+    let r = prepare(
+        &feats(&[("./b", json!({})), ("./c", json!({}))]),
+        &["./a".into(), "./b".into(), "./c".into()],
+        &dc,
+        cache.path(),
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&r), ["./a", "./b", "./c"]);
+    // Without the override, round 1 is a and c (sorted), then b.
+    let r = prepare(
+        &feats(&[("./b", json!({})), ("./c", json!({}))]),
+        &[],
+        &dc,
+        cache.path(),
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ids(&r), ["./a", "./c", "./b"]);
+}
+
+/// Two prepares sharing one cache at the same time both succeed.
+#[tokio::test]
+async fn concurrent_prepares_share_the_cache() {
+    let Some(reg) = Registry::start() else { return };
+    push(&reg, "shared", &["1"], "1.0.0", json!({})).await;
+    let id = format!("{}/acme/features/shared:1", reg.addr);
+    let list = feats(&[(&id, json!({}))]);
+    let cfg = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let opts = FetchOptions::default();
+    let (a, b) = tokio::join!(
+        prepare(&list, &[], cfg.path(), cache.path(), &opts),
+        prepare(&list, &[], cfg.path(), cache.path(), &opts)
+    );
+    assert_eq!(a.unwrap().features[0].dir, b.unwrap().features[0].dir);
+}
