@@ -340,6 +340,9 @@ impl Preparer<'_> {
 /// - `cache_dir`: where fetched features are kept, content-addressed; created if missing.
 ///
 /// Errors name the feature and the reason on one line; [`FeatureError::hint`] says what to do.
+///
+/// The future is `Send`. Network I/O is async; cache and archive file I/O is done inline
+/// (features are small), so run it on a multi-threaded runtime.
 pub async fn prepare(
     features: &[(String, Value)],
     override_install_order: &[String],
@@ -496,6 +499,15 @@ pub async fn prepare(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn prepare_can_run_on_a_spawned_task() {
+        fn assert_send<T: Send>(_: &T) {}
+        let list = Vec::new();
+        let options = FetchOptions::default();
+        let f = prepare(&list, &[], Path::new("/"), Path::new("/"), &options);
+        assert_send(&f);
+    }
 
     #[test]
     fn deprecated_features_fold_into_options() {
