@@ -238,6 +238,14 @@ impl Preparer<'_> {
 
     /// The source key of a reference without fetching (soft dependencies, overrides).
     fn unfetched_key(&mut self, user_id: &str) -> Result<SourceKey, FeatureError> {
+        if user_id.starts_with("./") || user_id.starts_with("../") {
+            let path = reference::local_path_lexical(user_id, self.config_dir)?;
+            // Use the real path when it exists, as fetched local features do.
+            let path = path.canonicalize().unwrap_or(path);
+            return Ok(SourceKey::Local {
+                path: path.to_string_lossy().into_owned(),
+            });
+        }
         Ok(match self.reference(user_id, false)? {
             FeatureRef::Oci(r) => SourceKey::Oci {
                 registry: r.registry,

@@ -211,6 +211,44 @@ fn parse_tarball(url: &str) -> Result<FeatureRef, String> {
     }
 }
 
+/// Where a local reference points, without requiring it to exist (for `installsAfter` and
+/// `overrideFeatureInstallOrder` entries, which the reference never opens). `..` may not leave
+/// the config folder.
+pub fn local_path_lexical(user_id: &str, config_dir: &Path) -> Result<PathBuf, FeatureError> {
+    let invalid = |reason: &str| FeatureError::InvalidReference {
+        feature: user_id.to_string(),
+        reason: reason.to_string(),
+        hint: Some(
+            "local features are folders inside the folder holding devcontainer.json, written \
+             as `./NAME`"
+                .to_string(),
+        ),
+    };
+    let mut rel = PathBuf::new();
+    for c in Path::new(user_id).components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(p) => rel.push(p),
+            Component::ParentDir => {
+                if !rel.pop() {
+                    return Err(invalid(
+                        "the path leaves the folder holding devcontainer.json",
+                    ));
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "an absolute path to a local feature is not allowed",
+                ))
+            }
+        }
+    }
+    let base = config_dir
+        .canonicalize()
+        .map_err(FeatureError::io("resolve", config_dir))?;
+    Ok(base.join(rel))
+}
+
 fn parse_local(user_id: &str, config_dir: &Path) -> Result<FeatureRef, FeatureError> {
     let invalid = |reason: String| FeatureError::InvalidReference {
         feature: user_id.to_string(),
