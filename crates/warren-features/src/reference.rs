@@ -527,4 +527,45 @@ mod tests {
         // `..` that stays inside is fine.
         assert!(parse_reference("./x/../a", &cfg).is_ok());
     }
+
+    #[test]
+    fn every_feature_reference_in_the_corpus_configs_is_understood() {
+        let Ok(entries) = std::fs::read_dir("/work/shared/devcontainer-corpus/configs") else {
+            eprintln!("corpus not found; skipped");
+            return;
+        };
+        let mut seen = 0;
+        for e in entries {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let Ok(v) =
+                serde_json::from_str::<serde_json::Value>(&crate::manifest::strip_jsonc(&text))
+            else {
+                continue;
+            };
+            let Some(features) = v.get("features").and_then(|f| f.as_object()) else {
+                continue;
+            };
+            for key in features.keys() {
+                seen += 1;
+                let (mapped, _) = map_legacy_id(key);
+                if mapped.starts_with("./") || mapped.starts_with("../") {
+                    assert!(local_path_lexical(&mapped, Path::new("/")).is_ok(), "{key}");
+                    continue;
+                }
+                match parse_reference(&mapped, Path::new("/")) {
+                    Ok(FeatureRef::Oci(r)) => assert!(!r.id.is_empty(), "{key}"),
+                    Ok(FeatureRef::Tarball { id, .. }) => assert!(!id.is_empty(), "{key}"),
+                    Ok(other) => panic!("{key}: {other:?}"),
+                    // Only forms the reference cannot fetch either may fail: short ids it
+                    // does not map, and GitHub-release references (no registry host).
+                    Err(err) => {
+                        let first = key.split('/').next().unwrap_or("");
+                        assert!(!first.contains('.'), "{key}: {err}");
+                        assert!(!err.to_string().contains('\n') && err.hint().is_some());
+                    }
+                }
+            }
+        }
+        assert!(seen > 40, "{seen}");
+    }
 }
