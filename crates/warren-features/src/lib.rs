@@ -503,6 +503,18 @@ pub async fn prepare(
     })
 }
 
+/// The shared devcontainer corpus, beside the repository (as the other crates' corpus tests
+/// find it), if present.
+#[cfg(test)]
+pub(crate) fn corpus_dir() -> Option<PathBuf> {
+    [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/devcontainer-corpus"),
+        PathBuf::from("/work/shared/devcontainer-corpus"),
+    ]
+    .into_iter()
+    .find(|p| p.is_dir())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -512,14 +512,22 @@ async fn https_tarballs_are_fetched_with_the_test_ca_and_cached() {
 async fn local_depends_on_with_options_like_the_reference() {
     let project = tempfile::tempdir().unwrap();
     let dc = project.path().join(".devcontainer");
-    let corpus_a = Path::new("/work/shared/devcontainer-corpus/features/cli-test-dependsOn-local-with-options-a/devcontainer-feature.json");
-    let a_manifest = std::fs::read_to_string(corpus_a).unwrap_or_else(|_| {
-        r#"{"name": "FeatureA", "id": "a", "version": "0.0.1",
+    let corpus_a = [
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/devcontainer-corpus"),
+        Path::new("/work/shared/devcontainer-corpus").to_path_buf(),
+    ]
+    .into_iter()
+    .map(|c| c.join("features/cli-test-dependsOn-local-with-options-a/devcontainer-feature.json"))
+    .find(|p| p.is_file());
+    let a_manifest = corpus_a
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_else(|| {
+            r#"{"name": "FeatureA", "id": "a", "version": "0.0.1",
             "dependsOn": {"./b": {"optA": "a", "optB": "a"}, "./c": {}},
             "options": {"optA": {"type": "string", "default": "0", "description": ""},
                         "optB": {"type": "string", "default": "0", "description": ""}}}"#
-            .to_string()
-    });
+                .to_string()
+        });
     local_feature(&dc.join("a"), &a_manifest);
     local_feature(
         &dc.join("b"),
