@@ -311,19 +311,20 @@ async fn renamed_features_are_found_by_their_legacy_id() {
         .await;
     reg.push_feature("acme/features/color", &["1"], &tar, &m)
         .await;
+    // `artist` installs after the feature under its new name; the config uses the old one.
     push(
         &reg,
-        "painter",
+        "artist",
         &["1"],
         "1.0.0",
-        json!({"installsAfter": [format!("{}/acme/features/color", reg.addr)]}),
+        json!({"installsAfter": [format!("{}/acme/features/new-color", reg.addr)]}),
     )
     .await;
     let color = format!("{}/acme/features/color:1", reg.addr);
-    let painter = format!("{}/acme/features/painter:1", reg.addr);
+    let artist = format!("{}/acme/features/artist:1", reg.addr);
     let cfg = tempfile::tempdir().unwrap();
     let r = prepare(
-        &feats(&[(&painter, json!({})), (&color, json!({"favorite": "gold"}))]),
+        &feats(&[(&artist, json!({})), (&color, json!({"favorite": "gold"}))]),
         &[],
         cfg.path(),
         tempfile::tempdir().unwrap().path(),
@@ -331,7 +332,7 @@ async fn renamed_features_are_found_by_their_legacy_id() {
     )
     .await
     .unwrap();
-    assert_eq!(ids(&r), [color.as_str(), painter.as_str()]);
+    assert_eq!(ids(&r), [color.as_str(), artist.as_str()]);
     assert_eq!(r.features[0].renamed_from.as_deref(), Some("color"));
     assert!(
         r.warnings.iter().any(|w| w.contains("renamed")),
