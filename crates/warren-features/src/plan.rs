@@ -290,13 +290,13 @@ pub(crate) fn build_plan(
     let mut lookups = Vec::new();
     if users.container_user_home.is_none() {
         lookups.push(format!(
-            "echo \"_CONTAINER_USER_HOME=$({} | cut -d: -f6)\" >> {builtin_dest}",
+            "echo \"_CONTAINER_USER_HOME=$( {} | cut -d: -f6)\" >> {builtin_dest}",
             getent_passwd(&users.container_user)
         ));
     }
     if users.remote_user_home.is_none() {
         lookups.push(format!(
-            "echo \"_REMOTE_USER_HOME=$({} | cut -d: -f6)\" >> {builtin_dest}",
+            "echo \"_REMOTE_USER_HOME=$( {} | cut -d: -f6)\" >> {builtin_dest}",
             getent_passwd(&remote_user)
         ));
     }

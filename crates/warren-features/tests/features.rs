@@ -702,6 +702,12 @@ async fn build_plan_lays_out_the_context_like_the_reference() {
         );
     }
     assert!(df.contains("getent passwd 'root'"), "{df}");
+    // `$( (` and not `$((`, which a shell reads as arithmetic.
+    assert!(
+        df.contains("echo \"_CONTAINER_USER_HOME=$( (command -v getent"),
+        "{df}"
+    );
+    assert!(!df.contains("$(("), "{df}");
     assert!(!df.contains("getent passwd 'dev'"), "{df}");
     // Per feature: ENV (before, as the reference), then COPY + RUN.
     let first = df
@@ -969,4 +975,97 @@ async fn concurrent_prepares_share_the_cache() {
         prepare(&list, &[], cfg.path(), cache.path(), &opts)
     );
     assert_eq!(a.unwrap().features[0].dir, b.unwrap().features[0].dir);
+}
+
+/// The generated scripts really work under `/bin/sh`: the wrapper sources both env files and
+/// runs install.sh with the options (odd characters included), and the home lookup finds root's.
+#[tokio::test]
+async fn generated_scripts_run_under_sh() {
+    let project = tempfile::tempdir().unwrap();
+    let dc = project.path().join(".devcontainer");
+    let dir = dc.join("probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("devcontainer-feature.json"),
+        manifest(
+            "probe",
+            "1.0.0",
+            json!({"options": {
+            "out": {"type": "string", "default": ""},
+            "greeting": {"type": "string", "default": "hello"},
+            "loud": {"type": "boolean", "default": true}}}),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("install.sh"),
+        "#!/bin/sh\nset -e\nprintf '%s|%s|%s|%s|%s\\n' \"$GREETING\" \"$LOUD\" \"$_CONTAINER_USER\" \"$_REMOTE_USER\" \"$_REMOTE_USER_HOME\" > \"$OUT\"\n",
+    )
+    .unwrap();
+    let out = project.path().join("out.txt");
+    let greeting = "it's \"quoted\" $HOME `x` \\ done";
+    let list = feats(&[(
+        "./probe",
+        json!({"out": out.to_str().unwrap(), "greeting": greeting}),
+    )]);
+    let r = prepare(
+        &list,
+        &[],
+        &dc,
+        tempfile::tempdir().unwrap().path(),
+        &FetchOptions::default(),
+    )
+    .await
+    .unwrap();
+    let ctx = tempfile::tempdir().unwrap();
+    let users = BuildUsers {
+        remote_user: Some("dev".into()),
+        remote_user_home: Some("/home/dev".into()),
+        ..BuildUsers::new("root")
+    };
+    let plan = r.build_plan("debian:bookworm", &users, ctx.path()).unwrap();
+
+    let status = std::process::Command::new("sh")
+        .arg("./devcontainer-features-install.sh")
+        .current_dir(ctx.path().join("probe_0"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let got = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(got, format!("{greeting}|true|root|dev|/home/dev\n"));
+
+    // The home lookup of the Dockerfile, pointed at a scratch file instead of the image's.
+    let lookup = plan
+        .dockerfile
+        .split("RUN \\\n")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .to_string();
+    let scratch = project.path().join("builtin.env");
+    let script = lookup.replace(
+        &format!(
+            "{}/devcontainer-features.builtin.env",
+            warren_features::FEATURES_DEST
+        ),
+        scratch.to_str().unwrap(),
+    );
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+    let home = std::fs::read_to_string(&scratch).unwrap();
+    let root_home = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("root:"))
+        .and_then(|l| l.split(':').nth(5))
+        .unwrap()
+        .to_string();
+    assert_eq!(home, format!("_CONTAINER_USER_HOME={root_home}\n"));
 }
