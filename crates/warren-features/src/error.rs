@@ -52,7 +52,7 @@ pub enum FeatureError {
 }
 
 impl FeatureError {
-    /// A suggestion for the user, when there is one.
+    /// A suggestion for the user.
     pub fn hint(&self) -> Option<String> {
         match self {
             FeatureError::InvalidReference { hint, .. }
@@ -78,7 +78,10 @@ impl FeatureError {
             {
                 Some("check the permissions of the feature cache and build folders".to_string())
             }
-            FeatureError::Io { .. } => None,
+            FeatureError::Io { .. } => Some(
+                "check that the feature cache and build folders are writable and the disk has space"
+                    .to_string(),
+            ),
         }
     }
 

@@ -140,7 +140,22 @@ impl RegistryError {
             RegistryError::InvalidOptions { .. } => {
                 Some("extra root certificates must be PEM files".to_string())
             }
-            _ => None,
+            RegistryError::Status { .. } | RegistryError::BadResponse { .. } => Some(
+                "the registry answered unexpectedly; try again later, and check that the name \
+                 points at an OCI registry"
+                    .to_string(),
+            ),
+            RegistryError::Auth { .. } => Some(
+                "the registry's token service refused an anonymous token; the package may be \
+                 private"
+                    .to_string(),
+            ),
+            RegistryError::BadDigest { .. } => {
+                Some("digests are `sha256:` followed by 64 lowercase hex digits".to_string())
+            }
+            RegistryError::Io { .. } => Some(
+                "check that the download folder is writable and the disk has space".to_string(),
+            ),
         }
     }
 }
