@@ -78,7 +78,7 @@ impl Fetcher {
         let hex = registry::sha256_hex(digest).map_err(|e| FeatureError::Fetch {
             feature: digest.to_string(),
             reason: e.to_string(),
-            hint: None,
+            hint: e.hint(),
         })?;
         Ok(self.cache.join("blobs/sha256").join(hex))
     }
@@ -204,7 +204,7 @@ impl Fetcher {
         let hex = registry::sha256_hex(digest).map_err(|e| FeatureError::Fetch {
             feature: digest.to_string(),
             reason: e.to_string(),
-            hint: None,
+            hint: e.hint(),
         })?;
         Ok(self.cache.join("trees").join(hex))
     }
@@ -248,21 +248,25 @@ impl Fetcher {
             ));
         }
         let mut data = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| fail(registry::error_chain(&e), None))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            fail(
+                registry::error_chain(&e),
+                Some("the download broke off; try again".to_string()),
+            )
+        })? {
             if data.len() as u64 + chunk.len() as u64 > MAX_ARCHIVE_BYTES {
                 return Err(fail(
                     format!("the tarball is larger than {MAX_ARCHIVE_BYTES} bytes"),
-                    None,
+                    Some("check that the URL names a feature tarball".to_string()),
                 ));
             }
             data.extend_from_slice(&chunk);
         }
         if data.is_empty() {
-            return Err(fail(format!("{url} returned an empty body"), None));
+            return Err(fail(
+                format!("{url} returned an empty body"),
+                Some("check that the URL names a feature tarball".to_string()),
+            ));
         }
         let digest = registry::digest_of(&data);
         let blob = self.blob_path(&digest)?;

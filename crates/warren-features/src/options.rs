@@ -91,7 +91,9 @@ pub fn resolve_values(
                         "option `{name}` must be a string or a boolean, not {}",
                         kind(&other)
                     ),
-                    None,
+                    Some(format!(
+                        "write e.g. `\"{name}\": \"value\"` or `\"{name}\": true`"
+                    )),
                 ))
             }
         };

@@ -240,7 +240,9 @@ pub(crate) fn build_plan(
         return Err(FeatureError::InvalidOption {
             feature: "(build)".to_string(),
             reason: format!("base image name `{base_image}` is not usable"),
-            hint: None,
+            hint: Some(
+                "pass an image name from Warren's store, e.g. `debian:bookworm`".to_string(),
+            ),
         });
     }
     fs::create_dir_all(context_dir).map_err(FeatureError::io("create", context_dir))?;
