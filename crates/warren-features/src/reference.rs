@@ -135,7 +135,10 @@ pub fn parse_reference(user_id: &str, config_dir: &Path) -> Result<FeatureRef, F
         hint: hint.map(str::to_string),
     };
     if user_id.trim().is_empty() {
-        return Err(invalid("the feature reference is empty".to_string(), None));
+        return Err(invalid(
+            "the feature reference is empty".to_string(),
+            Some("name a feature, e.g. `ghcr.io/devcontainers/features/node:1` or `./my-feature`"),
+        ));
     }
     if !user_id.contains('/') && !user_id.contains('\\') {
         return Err(invalid(
