@@ -29,6 +29,7 @@ mod error;
 mod import;
 mod name;
 mod pack;
+pub mod registry;
 mod spec;
 mod store;
 mod unpack;
