@@ -603,7 +603,7 @@ pub(crate) fn extract(
             "forwardPorts" => {
                 for (i, item) in x.array(node, k)?.iter().enumerate() {
                     c.forward_ports
-                        .push(x.forward_port(item, &format!("{k}[{i}]"))?);
+                        .push(x.forward_port(item, &format!("{k}[{i}]"), &mut warnings)?);
                 }
             }
             "portsAttributes" => {
@@ -883,7 +883,12 @@ impl Extractor<'_> {
         Ok(s)
     }
 
-    fn forward_port(&self, node: &Node, property: &str) -> Result<ForwardPort, ConfigError> {
+    fn forward_port(
+        &self,
+        node: &Node,
+        property: &str,
+        warnings: &mut Vec<Warning>,
+    ) -> Result<ForwardPort, ConfigError> {
         match &node.value {
             Value::Number(_) => Ok(ForwardPort::Port(
                 self.integer(node, property, 0, 65535)? as u16
@@ -905,6 +910,21 @@ impl Extractor<'_> {
                             port: p as u16,
                         })
                 });
+                if parsed.is_none() {
+                    // "3000": outside the schema, but real configs write it and the reference
+                    // CLI passes it on; it can only mean the container's port.
+                    if let Some(p) = s
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|_| s.chars().all(|c| c.is_ascii_digit()))
+                    {
+                        warnings.push(Warning {
+                            property: property.to_owned(),
+                            message: format!("should be the number {p}, not the string \"{s}\"; read as port {p}"),
+                        });
+                        return Ok(ForwardPort::Port(p));
+                    }
+                }
                 parsed.ok_or_else(|| {
                     self.invalid(
                         node,

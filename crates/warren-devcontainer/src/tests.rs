@@ -348,6 +348,13 @@ fn schema_properties_are_typed_and_only_unknown_ones_warn() {
 }
 
 #[test]
+fn a_port_written_as_a_string_is_read_with_a_warning() {
+    let (c, warnings) = parse(r#"{"forwardPorts": ["3000"]}"#);
+    assert_eq!(c.forward_ports, [ForwardPort::Port(3000)]);
+    assert_eq!(props(&warnings), ["forwardPorts[0]"]);
+}
+
+#[test]
 fn schema_violations_are_errors_at_the_value() {
     for (text, want) in [
         (
