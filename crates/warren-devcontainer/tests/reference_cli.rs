@@ -1,0 +1,240 @@
+//! Conformance with the reference Dev Containers CLI (`@devcontainers/cli` 0.89.0, installed by
+//! `scripts/deps` under `.cache/devcontainers-cli`): every corpus config and every merge case is
+//! read by Warren and by the real CLI, invoked as the corpus README describes (`env -i`, a stub
+//! `--docker-path`, the config copied into a `project` folder), and the two outputs must be
+//! byte-identical except for the documented differences below.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use warren_devcontainer::{
+    merge_configuration, metadata_entries, parse_metadata_label, read_configuration, Json,
+    METADATA_LABEL,
+};
+
+/// Differences from the reference output that Warren makes on purpose, each removed from the
+/// reference output before comparing:
+///
+/// - `ociAuthDiagnostics`: 0.89.0 reports how it would treat registry credentials (a hardening
+///   diagnostic of its OCI client); it says nothing about the configuration, and Warren has no
+///   such client here.
+const DOCUMENTED_DIFFERENCES: &[&str] = &["ociAuthDiagnostics"];
+
+/// The environment the reference runs with (`env -i ...`), which Warren sees too.
+const ENV: &[(&str, &str)] = &[
+    ("HOME", "/home/dev"),
+    ("USER", "dev"),
+    ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+    ("LANG", "C.UTF-8"),
+];
+
+fn reference_env(name: &str) -> Option<String> {
+    ENV.iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| (*v).to_owned())
+}
+
+fn corpus() -> Option<PathBuf> {
+    match std::env::var_os("WARREN_DEVCONTAINER_CORPUS") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|a| a.join("shared/devcontainer-corpus"))
+            .find(|d| d.is_dir()),
+    }
+}
+
+/// The reference CLI: `$WARREN_DEVCONTAINER_CLI`, else the one `scripts/deps` installs.
+fn reference_cli() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("WARREN_DEVCONTAINER_CLI") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/devcontainers-cli/node_modules/@devcontainers/cli/devcontainer.js");
+    p.is_file().then_some(p)
+}
+
+/// One input: a devcontainer.json and, for merge cases, the image inspect output.
+struct Case {
+    name: String,
+    config: PathBuf,
+    inspect: Option<PathBuf>,
+}
+
+fn cases(corpus: &Path) -> Vec<Case> {
+    let mut out = Vec::new();
+    let mut configs: Vec<_> = std::fs::read_dir(corpus.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    configs.sort();
+    for config in configs {
+        out.push(Case {
+            name: config.file_name().unwrap().to_string_lossy().into_owned(),
+            config,
+            inspect: None,
+        });
+    }
+    let mut merges: Vec<_> = std::fs::read_dir(corpus.join("expected/merge-cases"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    merges.sort();
+    for dir in merges {
+        out.push(Case {
+            name: format!("merge-cases/{}", dir.file_name().unwrap().to_string_lossy()),
+            config: dir.join("devcontainer.json"),
+            inspect: Some(dir.join("image-inspect.json")),
+        });
+    }
+    out
+}
+
+/// The reference's stdout without the documented differences (its last keys).
+fn strip_documented(stdout: &str) -> String {
+    let mut line = stdout.trim_end().to_owned();
+    for key in DOCUMENTED_DIFFERENCES {
+        let json = Json::parse_strict(&line).expect("the reference prints JSON");
+        let mut json = json;
+        if let Json::Object(o) = &mut json {
+            o.remove(key);
+        }
+        // Cut the key out of the text itself (it is printed last), so that everything else is
+        // compared byte for byte as the reference wrote it.
+        if let Some(at) = line.find(&format!(",\"{key}\":")) {
+            line.truncate(at);
+            line.push('}');
+        }
+        assert_eq!(
+            Json::parse_strict(&line),
+            Some(json),
+            "`{key}` is not the last key of the reference output"
+        );
+    }
+    line
+}
+
+/// Runs both on one case in `work` (a fresh folder); returns a difference, if any.
+fn compare(cli: &Path, case: &Case, work: &Path) -> Option<String> {
+    let project = work.join("project");
+    std::fs::create_dir_all(project.join(".devcontainer")).unwrap();
+    std::fs::copy(
+        &case.config,
+        project.join(".devcontainer/devcontainer.json"),
+    )
+    .unwrap();
+    let stub = work.join("docker");
+    let script = match &case.inspect {
+        Some(inspect) => format!(
+            "#!/bin/sh\nif [ \"$1\" = inspect ]; then cat '{}'; fi\nexit 0\n",
+            inspect.display()
+        ),
+        None => "#!/bin/sh\nexit 0\n".to_owned(),
+    };
+    std::fs::write(&stub, script).unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    // `env -i` as in the corpus README: only ENV, and node itself found here.
+    let mut cmd = Command::new(which_node());
+    cmd.env_clear()
+        .envs(ENV.iter().copied())
+        .current_dir(work)
+        .arg(cli)
+        .args(["read-configuration", "--workspace-folder"])
+        .arg(&project)
+        .arg("--docker-path")
+        .arg(&stub)
+        .args(["--log-format", "json"]);
+    if case.inspect.is_some() {
+        cmd.arg("--include-merged-configuration");
+    }
+    let out = cmd.output().expect("run the reference CLI");
+    if !out.status.success() {
+        return Some(format!(
+            "{}: the reference CLI failed ({}): {}",
+            case.name,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        ));
+    }
+    let theirs = strip_documented(&String::from_utf8_lossy(&out.stdout));
+
+    let ours = match read_configuration(&project, true, &reference_env) {
+        Ok((read, _)) => {
+            let merged = case.inspect.as_ref().map(|inspect| {
+                let inspect: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(inspect).unwrap()).unwrap();
+                let image = inspect[0]["Config"]["Labels"][METADATA_LABEL]
+                    .as_str()
+                    .map(parse_metadata_label)
+                    .unwrap_or_default();
+                let entries = metadata_entries(&read, &image, &[], &reference_env).unwrap();
+                merge_configuration(&read.configuration_with_path(), &entries)
+            });
+            read.output(merged).to_json_string()
+        }
+        Err(e) => return Some(format!("{}: Warren failed: {e}", case.name)),
+    };
+    (ours != theirs).then(|| format!("{}:\n  warren    {ours}\n  reference {theirs}", case.name))
+}
+
+fn which_node() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("node"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/node"))
+}
+
+#[test]
+fn warren_read_configuration_matches_the_reference_cli() {
+    let Some(corpus) = corpus() else {
+        println!("SKIPPED: no shared/devcontainer-corpus beside the repository: nothing compared");
+        return;
+    };
+    let Some(cli) = reference_cli() else {
+        println!(
+            "SKIPPED: the reference CLI is not installed (run scripts/deps, which installs \
+             @devcontainers/cli 0.89.0 into .cache/devcontainers-cli): nothing compared"
+        );
+        return;
+    };
+    let cases = cases(&corpus);
+    assert!(cases.len() >= 119, "only {} cases", cases.len());
+    let root = tempfile::tempdir().unwrap();
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let started = std::time::Instant::now();
+    // Node starts in ~0.3 s; a few at a time keep 119 runs well within the time budget.
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(case) = cases.get(i) else { break };
+                let work = root.path().join(i.to_string());
+                if let Some(diff) = compare(&cli, case, &work) {
+                    failures.lock().unwrap().push(diff);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    println!(
+        "compared {} cases with the reference CLI in {:.1} s",
+        cases.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}

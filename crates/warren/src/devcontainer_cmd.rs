@@ -1,0 +1,145 @@
+//! `warren devcontainer read-configuration`: prints what the reference Dev Containers CLI's
+//! `devcontainer read-configuration` prints, as one line of JSON.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use warren_devcontainer::{
+    merge_configuration, metadata_entries, parse_metadata_label, read_configuration, ConfigError,
+    Json, METADATA_LABEL,
+};
+
+use crate::output::{user_error, Printer};
+use warren_engine::Progress;
+
+/// `warren devcontainer ...`.
+#[derive(Subcommand, Debug)]
+pub(crate) enum DevcontainerCmd {
+    /// Print a project's devcontainer.json as the Dev Containers CLI's `read-configuration` does.
+    ReadConfiguration(ReadArgs),
+}
+
+/// `warren devcontainer read-configuration`.
+#[derive(Args, Debug)]
+pub(crate) struct ReadArgs {
+    /// The project folder (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    workspace_folder: Option<PathBuf>,
+    /// Also print `mergedConfiguration`: the config merged with the image's `devcontainer.metadata`
+    /// label (read from Warren's image store when the image is there).
+    #[arg(long)]
+    include_merged_configuration: bool,
+    /// Mount the project's git root rather than the project folder (as the reference CLI does by
+    /// default); `--mount-workspace-git-root false` mounts the folder itself.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    mount_workspace_git_root: bool,
+    /// For tests: take the image's labels from this `docker inspect` output (a JSON array or
+    /// object with `Config.Labels`) instead of the image store.
+    #[arg(long, value_name = "FILE", env = "WARREN_DEVCONTAINER_IMAGE_INSPECT")]
+    image_inspect: Option<PathBuf>,
+}
+
+/// Runs a `warren devcontainer` command.
+pub(crate) fn run(cmd: DevcontainerCmd, state_dir: &Path) -> Result<u8> {
+    match cmd {
+        DevcontainerCmd::ReadConfiguration(a) => read(a, state_dir),
+    }
+}
+
+fn config_error(e: ConfigError) -> anyhow::Error {
+    let hint = e.hint().unwrap_or_else(|| {
+        "see https://containers.dev/implementors/json_reference/ for the properties and their types"
+            .into()
+    });
+    user_error(e.to_string(), hint)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn read(a: ReadArgs, state_dir: &Path) -> Result<u8> {
+    let folder = a.workspace_folder.unwrap_or_else(|| PathBuf::from("."));
+    let (read, loaded) =
+        read_configuration(&folder, a.mount_workspace_git_root, &env).map_err(config_error)?;
+    for w in &loaded.warnings {
+        Printer.warn(&w.to_string());
+    }
+    let merged = if a.include_merged_configuration {
+        let image = image_metadata(&loaded.config, a.image_inspect.as_deref(), state_dir)?;
+        if !loaded.config.features.is_empty() {
+            Printer.warn(
+                "devcontainer.json: the metadata of `features` is not merged yet (only the image's \
+                 and the configuration's)",
+            );
+        }
+        let entries = metadata_entries(&read, &image, &[], &env).map_err(|e| {
+            user_error(
+                format!("image metadata: {e}"),
+                "the image's devcontainer.metadata label uses a variable that cannot be resolved",
+            )
+        })?;
+        Some(merge_configuration(
+            &read.configuration_with_path(),
+            &entries,
+        ))
+    } else {
+        None
+    };
+    println!("{}", read.output(merged).to_json_string());
+    Ok(0)
+}
+
+/// The image's metadata entries: from `--image-inspect`, else from the image store when the
+/// configuration names an image that is there. No entries otherwise (with a warning).
+fn image_metadata(
+    config: &warren_devcontainer::DevContainer,
+    inspect: Option<&Path>,
+    state_dir: &Path,
+) -> Result<Vec<Json>> {
+    if let Some(path) = inspect {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            user_error(
+                format!("cannot read {}: {e}", path.display()),
+                "give the path of a `docker inspect` output",
+            )
+        })?;
+        let parsed: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            user_error(
+                format!("{} is not JSON: {e}", path.display()),
+                "give the output of `docker inspect IMAGE`",
+            )
+        })?;
+        let first = parsed.as_array().and_then(|a| a.first()).unwrap_or(&parsed);
+        let label = first["Config"]["Labels"][METADATA_LABEL].as_str();
+        return Ok(label.map(parse_metadata_label).unwrap_or_default());
+    }
+    let Some(image) = &config.image else {
+        Printer.warn(
+            "devcontainer.json: image metadata is read for `image` configurations only; the \
+             Dockerfile's or Compose service's base image is not inspected",
+        );
+        return Ok(Vec::new());
+    };
+    let images = state_dir.join("images");
+    let found = images
+        .is_dir()
+        .then(|| warren_image::ImageStore::open(&images).and_then(|s| s.resolve(image)))
+        .and_then(Result::ok);
+    match found {
+        Some(img) => Ok(img
+            .config
+            .labels
+            .get(METADATA_LABEL)
+            .map(|l| parse_metadata_label(l))
+            .unwrap_or_default()),
+        None => {
+            Printer.warn(&format!(
+                "image `{image}` is not in Warren's image store ({}): merged without its metadata",
+                images.display()
+            ));
+            Ok(Vec::new())
+        }
+    }
+}
