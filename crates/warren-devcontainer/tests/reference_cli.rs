@@ -61,6 +61,78 @@ struct Case {
     name: String,
     config: PathBuf,
     inspect: Option<PathBuf>,
+    /// The project lives in `repo/sub/project` of a git repository `repo` (git root mounting).
+    in_git: bool,
+}
+
+/// Quirks of the reference pinned with configs of our own (written to `dir`).
+fn synthetic(dir: &Path) -> Vec<Case> {
+    let configs: &[(&str, &str, bool)] = &[
+        (
+            "legacy-vscode-properties",
+            r#"{"image": "x", "extensions": ["a.b"], "settings": {"z": 1, "y": 2}, "devPort": 8000,
+                "customizations": {"vscode": {"extensions": ["c.d"], "settings": {"y": 3}}, "other": {}}}"#,
+            false,
+        ),
+        (
+            "legacy-without-customizations",
+            r#"{"extensions": ["a.b"], "image": "x", "settings": {}}"#,
+            false,
+        ),
+        (
+            "numbers-and-key-order",
+            r#"{"image": "x", "hostRequirements": {"cpus": 2.0}, "z": 1e3, "a": -0.5, "n": 12345678901234567890,
+                "portsAttributes": {"9000": {"label": "b"}, "web": {}, "3000": {"label": "a"}}, "10": true, "2": false}"#,
+            false,
+        ),
+        (
+            "duplicate-keys-and-escapes",
+            r##"{"image": "a", "name": "q\"\\\u0001\u00e9\ud83d\ude00\/", "image": "b"}"##,
+            false,
+        ),
+        (
+            "variables",
+            r#"{"image": "x", "workspaceFolder": "/w/${localWorkspaceFolderBasename}/${containerWorkspaceFolder}",
+                "containerEnv": {"A": "${localEnv:HOME}${env:USER}", "B": "${localEnv:NOPE:d:e}", "C": "${containerWorkspaceFolderBasename}",
+                "D": "${devcontainerId} ${containerEnv:PATH} ${templateOption:x} ${unknown} ${localHomeFolder} $${x} ${a\nb}"}}"#,
+            false,
+        ),
+        (
+            "workspace-mount-without-folder",
+            r#"{"image": "x", "workspaceMount": "source=${localWorkspaceFolder},target=/code,type=bind",
+                "containerEnv": {"W": "${containerWorkspaceFolder}"}}"#,
+            false,
+        ),
+        (
+            "empty-workspace-folder",
+            r#"{"image": "x", "workspaceFolder": ""}"#,
+            false,
+        ),
+        (
+            "compose-defaults",
+            r#"{"dockerComposeFile": ["a.yml"], "service": "app", "containerEnv": {"W": "${containerWorkspaceFolder}"}}"#,
+            false,
+        ),
+        (
+            "git-root",
+            r#"{"image": "x", "containerEnv": {"W": "${containerWorkspaceFolder}", "L": "${localWorkspaceFolder}"}}"#,
+            true,
+        ),
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    configs
+        .iter()
+        .map(|(name, text, in_git)| {
+            let config = dir.join(format!("{name}.json"));
+            std::fs::write(&config, text).unwrap();
+            Case {
+                name: format!("synthetic/{name}"),
+                config,
+                inspect: None,
+                in_git: *in_git,
+            }
+        })
+        .collect()
 }
 
 fn cases(corpus: &Path) -> Vec<Case> {
@@ -75,6 +147,7 @@ fn cases(corpus: &Path) -> Vec<Case> {
             name: config.file_name().unwrap().to_string_lossy().into_owned(),
             config,
             inspect: None,
+            in_git: false,
         });
     }
     let mut merges: Vec<_> = std::fs::read_dir(corpus.join("expected/merge-cases"))
@@ -87,6 +160,7 @@ fn cases(corpus: &Path) -> Vec<Case> {
             name: format!("merge-cases/{}", dir.file_name().unwrap().to_string_lossy()),
             config: dir.join("devcontainer.json"),
             inspect: Some(dir.join("image-inspect.json")),
+            in_git: false,
         });
     }
     out
@@ -118,7 +192,18 @@ fn strip_documented(stdout: &str) -> String {
 
 /// Runs both on one case in `work` (a fresh folder); returns a difference, if any.
 fn compare(cli: &Path, case: &Case, work: &Path) -> Option<String> {
-    let project = work.join("project");
+    let project = if case.in_git {
+        let repo = work.join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        let git = Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(&repo)
+            .status();
+        assert!(git.is_ok_and(|s| s.success()), "git init failed");
+        repo.join("sub/project")
+    } else {
+        work.join("project")
+    };
     std::fs::create_dir_all(project.join(".devcontainer")).unwrap();
     std::fs::copy(
         &case.config,
@@ -205,9 +290,10 @@ fn warren_read_configuration_matches_the_reference_cli() {
         );
         return;
     };
-    let cases = cases(&corpus);
-    assert!(cases.len() >= 119, "only {} cases", cases.len());
     let root = tempfile::tempdir().unwrap();
+    let mut cases = cases(&corpus);
+    assert!(cases.len() >= 119, "only {} cases", cases.len());
+    cases.extend(synthetic(&root.path().join("synthetic")));
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let started = std::time::Instant::now();
