@@ -560,6 +560,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             cmd: Some(AuditCmd::Verify { file: Some(f) }),
             ..
         }) => return crate::admin::verify_file(&f, json),
+        Cmd::Bench(a) if a.devcontainer => return crate::bench::run_devcontainer(&a),
         Cmd::Devcontainer(c) => {
             let state_dir = cli
                 .state_dir
