@@ -689,6 +689,30 @@ pub(crate) fn extract(
             _ => warnings.push(unknown(k)),
         }
     }
+    // The schema's `required`: warnings, since the reference CLI reads such configs too and only
+    // fails when it starts them.
+    if c.docker_compose_file.is_some() {
+        for (missing, what) in [
+            (c.service.is_none(), "service"),
+            (c.workspace_folder.is_none(), "workspaceFolder"),
+        ] {
+            if missing {
+                warnings.push(Warning {
+                    property: what.into(),
+                    message: "is required with `dockerComposeFile` and is missing".into(),
+                });
+            }
+        }
+    }
+    if let Some(b) = &c.build {
+        if b.dockerfile.is_none() && c.docker_file.is_none() && c.image.is_none() {
+            warnings.push(Warning {
+                property: "build.dockerfile".into(),
+                message: "is missing: `build` needs a `dockerfile` (or the config an `image`)"
+                    .into(),
+            });
+        }
+    }
     Ok((c, warnings))
 }
 

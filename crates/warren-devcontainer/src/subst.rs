@@ -31,12 +31,12 @@ pub fn substitute(text: &str, vars: &Vars<'_>) -> Result<String, SubstituteError
     })
 }
 
+/// Resolves one variable: `(whole match, name, arguments)` to its replacement.
+pub(crate) type Replace<'a, E> = dyn FnMut(&str, &str, &[&str]) -> Result<String, E> + 'a;
+
 /// Runs `replace(whole, name, args)` on every `${name[:arg]...}` in `text`, like the reference's
 /// `/\$\{(.*?)\}/g`: the name runs to the first `}` on the same line and is split at `:`.
-pub(crate) fn replace_variables<E>(
-    text: &str,
-    replace: &mut dyn FnMut(&str, &str, &[&str]) -> Result<String, E>,
-) -> Result<String, E> {
+pub(crate) fn replace_variables<E>(text: &str, replace: &mut Replace<'_, E>) -> Result<String, E> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {

@@ -679,3 +679,13 @@ fn load_reads_the_project_from_disk() {
         Err(ConfigError::Io { .. })
     ));
 }
+
+#[test]
+fn missing_required_properties_are_warnings() {
+    let (_, warnings) = parse(r#"{"dockerComposeFile": "c.yml"}"#);
+    assert_eq!(props(&warnings), ["service", "workspaceFolder"]);
+    let (_, warnings) = parse(r#"{"build": {"context": ".."}}"#);
+    assert_eq!(props(&warnings), ["build.dockerfile"]);
+    let (_, warnings) = parse(r#"{"image": "x", "build": {}}"#);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}

@@ -309,3 +309,37 @@ fn every_corpus_config_loads_and_image_configs_match_the_reference_cli() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(compared >= 40, "only {compared} image configs compared");
 }
+
+/// Damaged input is an error, never a panic: every corpus config cut short at many places, and
+/// with bytes swapped for characters that change its structure.
+#[test]
+fn damaged_configs_are_errors_not_panics() {
+    let Some(corpus) = corpus() else { return };
+    let project = Path::new(PROJECT);
+    let mut tried = 0;
+    for entry in std::fs::read_dir(corpus.join("configs")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).step_by(37).collect();
+        for cut in cuts {
+            let _ = read_str(
+                &text[..cut],
+                Path::new(CONFIG),
+                project,
+                project,
+                &reference_env,
+            );
+            for swap in ["\"", "{", "]", "1", ",", "${", "null"] {
+                let damaged = format!("{}{swap}{}", &text[..cut], &text[cut..]);
+                let _ = read_str(
+                    &damaged,
+                    Path::new(CONFIG),
+                    project,
+                    project,
+                    &reference_env,
+                );
+                tried += 1;
+            }
+        }
+    }
+    assert!(tried > 1000, "only {tried} damaged inputs");
+}
