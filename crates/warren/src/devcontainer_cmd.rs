@@ -143,3 +143,93 @@ fn image_metadata(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+
+    /// Writes `bytes` as a blob of an OCI layout; returns its descriptor.
+    fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        let hex = hex::encode(Sha256::digest(bytes));
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+    }
+
+    /// An image with a `devcontainer.metadata` label, imported into a state dir's image store.
+    fn state_with_labelled_image(label: &str) -> tempfile::TempDir {
+        let state = tempfile::tempdir().unwrap();
+        let layout = state.path().join("layout");
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Labels": {METADATA_LABEL: label}},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        });
+        let config = blob(
+            &layout,
+            "application/vnd.oci.image.config.v1+json",
+            config.to_string().as_bytes(),
+        );
+        let manifest = serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config, "layers": []
+        });
+        let manifest = blob(
+            &layout,
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.to_string().as_bytes(),
+        );
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            layout.join("index.json"),
+            serde_json::json!({"schemaVersion": 2, "manifests": [manifest]}).to_string(),
+        )
+        .unwrap();
+        let store = warren_image::ImageStore::open(&state.path().join("images")).unwrap();
+        store.import_oci_layout(&layout, "example/img:1").unwrap();
+        state
+    }
+
+    #[test]
+    fn merged_configuration_reads_the_label_from_the_image_store() {
+        let state =
+            state_with_labelled_image(r#"[{"remoteUser":"vscode","capAdd":["NET_ADMIN"]}]"#);
+        let config = warren_devcontainer::DevContainer {
+            image: Some("example/img:1".into()),
+            ..Default::default()
+        };
+        let entries = image_metadata(&config, None, state.path()).unwrap();
+        assert_eq!(
+            entries.iter().map(Json::to_json_string).collect::<Vec<_>>(),
+            [r#"{"remoteUser":"vscode","capAdd":["NET_ADMIN"]}"#]
+        );
+        // An image that is not in the store gives no entries (and a warning).
+        let other = warren_devcontainer::DevContainer {
+            image: Some("example/other:1".into()),
+            ..Default::default()
+        };
+        assert!(image_metadata(&other, None, state.path())
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn image_inspect_file_overrides_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let inspect = dir.path().join("inspect.json");
+        std::fs::write(
+            &inspect,
+            r#"[{"Config": {"Labels": {"devcontainer.metadata": "{\"init\": true}"}}}]"#,
+        )
+        .unwrap();
+        let config = warren_devcontainer::DevContainer::default();
+        let entries = image_metadata(&config, Some(&inspect), dir.path()).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].to_json_string(), r#"{"init":true}"#);
+    }
+}
