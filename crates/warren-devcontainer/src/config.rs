@@ -602,15 +602,20 @@ pub(crate) fn extract(
             }
             "forwardPorts" => {
                 for (i, item) in x.array(node, k)?.iter().enumerate() {
-                    c.forward_ports
-                        .push(x.forward_port(item, &format!("{k}[{i}]"), &mut warnings)?);
+                    c.forward_ports.push(x.forward_port(
+                        item,
+                        &format!("{k}[{i}]"),
+                        &mut warnings,
+                    )?);
                 }
             }
             "portsAttributes" => {
                 for (port, attrs) in x.object(node, k)? {
                     let path = format!("{k}.{port}");
-                    c.ports_attributes
-                        .push((port.clone(), x.port_attributes(attrs, &path, true, &mut warnings)?));
+                    c.ports_attributes.push((
+                        port.clone(),
+                        x.port_attributes(attrs, &path, true, &mut warnings)?,
+                    ));
                 }
             }
             "otherPortsAttributes" => {
@@ -618,7 +623,9 @@ pub(crate) fn extract(
             }
             "appPort" => {
                 let one = |n: &Node, path: &str| match &n.value {
-                    Value::Number(_) => Ok(AppPort::Port(x.integer(n, path, i64::MIN, i64::MAX)?)),
+                    Value::Number(_) => {
+                        Ok(AppPort::Port(x.integer(n, path, i64::MIN, i64::MAX)?))
+                    }
                     Value::String(s) => Ok(AppPort::Spec(s.clone())),
                     _ => Err(x.expected(n, path, "an integer or a string")),
                 };
@@ -644,10 +651,12 @@ pub(crate) fn extract(
             "overrideCommand" => c.override_command = Some(x.boolean(node, k)?),
             "updateRemoteUserUID" => c.update_remote_user_uid = Some(x.boolean(node, k)?),
             "shutdownAction" => {
-                c.shutdown_action = Some(x.enumeration(node, k, ShutdownAction::ALL, ShutdownAction::parse)?)
+                c.shutdown_action =
+                    Some(x.enumeration(node, k, ShutdownAction::ALL, ShutdownAction::parse)?)
             }
             "userEnvProbe" => {
-                c.user_env_probe = Some(x.enumeration(node, k, UserEnvProbe::ALL, UserEnvProbe::parse)?)
+                c.user_env_probe =
+                    Some(x.enumeration(node, k, UserEnvProbe::ALL, UserEnvProbe::parse)?)
             }
             "waitFor" => c.wait_for = Some(x.enumeration(node, k, WaitFor::ALL, WaitFor::parse)?),
             "secrets" => {
@@ -658,7 +667,8 @@ pub(crate) fn extract(
                             secret,
                             &path,
                             format!(
-                                "secret name `{name}` must be an environment variable name                                  (letters, digits and `_`, not starting with a digit)"
+                                "secret name `{name}` must be an environment variable name \
+                                 (letters, digits and `_`, not starting with a digit)"
                             ),
                         ));
                     }
@@ -683,8 +693,10 @@ pub(crate) fn extract(
             _ if is_top_level_property(k) => {}
             "settings" | "extensions" | "devPort" => warnings.push(Warning {
                 property: k.to_owned(),
-                message: "is a legacy VS Code property that `customizations.vscode` already sets                           and was ignored"
-                    .into(),
+                message:
+                    "is a legacy VS Code property that was not moved under `customizations.vscode` \
+                          (it is empty, or already set there) and was ignored"
+                        .into(),
             }),
             _ => warnings.push(unknown(k)),
         }
