@@ -22,6 +22,23 @@ use warren_devcontainer::{
 ///   such client here.
 const DOCUMENTED_DIFFERENCES: &[&str] = &["ociAuthDiagnostics"];
 
+// Differences on input the corpus does not contain (each deliberate):
+// - Broken JSONC: the reference's parser recovers and reads what it can; Warren stops with
+//   `file:line:column` and a hint.
+// - Schema violations (a wrong type, enum value or pattern): the reference passes the value on;
+//   Warren reports an error at the value. The exception is a port written as a string ("3000"),
+//   which real configs use: read as the number, with a warning.
+// - `--include-merged-configuration` for Dockerfile and Compose configs: the reference inspects the
+//   Dockerfile's base image or the Compose service's image; Warren merges without image metadata
+//   (and says so). With `features`, the reference resolves the Features over the network and merges
+//   their metadata and prints `featuresConfiguration`; Warren does not yet (and says so).
+// - The git root: the reference asks `git rev-parse --show-cdup`; Warren looks for a `.git` folder
+//   with a `HEAD` or a `.git` file (worktrees), so git's ownership check, `GIT_DIR` and
+//   file-system boundaries do not apply.
+// - A metadata label whose array holds non-objects: Warren drops them (the reference crashes on
+//   `null` and keeps strings as entries of their characters).
+// - A string escape of a lone UTF-16 surrogate becomes U+FFFD (JavaScript keeps the surrogate).
+
 /// The environment the reference runs with (`env -i ...`), which Warren sees too.
 const ENV: &[(&str, &str)] = &[
     ("HOME", "/home/dev"),
