@@ -658,6 +658,39 @@ mod tests {
     }
 
     #[test]
+    fn features_sit_between_the_image_and_the_config_and_are_substituted() {
+        let (read, _) = crate::read_str(
+            r#"{"image": "x", "postCreateCommand": "config"}"#,
+            std::path::Path::new("/p/.devcontainer/devcontainer.json"),
+            std::path::Path::new("/p"),
+            std::path::Path::new("/p"),
+            &|_| None,
+        )
+        .unwrap();
+        let feature = serde_json::json!({"id": "ghcr.io/x/y:1", "postCreateCommand": "in ${localWorkspaceFolder}"});
+        let (json, typed) = read
+            .merge(
+                Some(r#"{"postCreateCommand": "image"}"#),
+                &[feature],
+                &|_| None,
+            )
+            .unwrap();
+        assert_eq!(
+            json.get("postCreateCommands").unwrap().to_json_string(),
+            r#"["image","in /p","config"]"#
+        );
+        let origins: Vec<_> = typed
+            .post_create_commands
+            .iter()
+            .map(|(o, _)| o.as_str())
+            .collect();
+        assert_eq!(
+            origins,
+            ["devcontainer.json", "ghcr.io/x/y:1", "devcontainer.json"]
+        );
+    }
+
+    #[test]
     fn byte_sizes_parse_as_the_reference_does() {
         for (s, n) in [
             ("16gb", 17179869184.0),
@@ -668,5 +701,22 @@ mod tests {
         ] {
             assert_eq!(parse_bytes(Some(&Json::String(s.into()))), n, "{s}");
         }
+    }
+}
+
+impl ReadConfiguration {
+    /// Merges this configuration with its image's label (`devcontainer.metadata`, if any) and the
+    /// Features' metadata entries (label format), as `read-configuration
+    /// --include-merged-configuration` does: the `mergedConfiguration` JSON and its typed form.
+    pub fn merge(
+        &self,
+        image_label: Option<&str>,
+        features: &[serde_json::Value],
+        local_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Json, MergedConfiguration), SubstituteError> {
+        let image = image_label.map(parse_metadata_label).unwrap_or_default();
+        let entries = metadata_entries(self, &image, features, local_env)?;
+        let json = merge_configuration(&self.configuration_with_path(), &entries);
+        Ok((json, MergedConfiguration::from_entries(&entries)))
     }
 }
