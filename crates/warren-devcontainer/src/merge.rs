@@ -605,6 +605,23 @@ impl MergedConfiguration {
     }
 }
 
+impl ReadConfiguration {
+    /// Merges this configuration with its image's label (`devcontainer.metadata`, if any) and the
+    /// Features' metadata entries (label format), as `read-configuration
+    /// --include-merged-configuration` does: the `mergedConfiguration` JSON and its typed form.
+    pub fn merge(
+        &self,
+        image_label: Option<&str>,
+        features: &[serde_json::Value],
+        local_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Json, MergedConfiguration), SubstituteError> {
+        let image = image_label.map(parse_metadata_label).unwrap_or_default();
+        let entries = metadata_entries(self, &image, features, local_env)?;
+        let json = merge_configuration(&self.configuration_with_path(), &entries);
+        Ok((json, MergedConfiguration::from_entries(&entries)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,22 +718,5 @@ mod tests {
         ] {
             assert_eq!(parse_bytes(Some(&Json::String(s.into()))), n, "{s}");
         }
-    }
-}
-
-impl ReadConfiguration {
-    /// Merges this configuration with its image's label (`devcontainer.metadata`, if any) and the
-    /// Features' metadata entries (label format), as `read-configuration
-    /// --include-merged-configuration` does: the `mergedConfiguration` JSON and its typed form.
-    pub fn merge(
-        &self,
-        image_label: Option<&str>,
-        features: &[serde_json::Value],
-        local_env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(Json, MergedConfiguration), SubstituteError> {
-        let image = image_label.map(parse_metadata_label).unwrap_or_default();
-        let entries = metadata_entries(self, &image, features, local_env)?;
-        let json = merge_configuration(&self.configuration_with_path(), &entries);
-        Ok((json, MergedConfiguration::from_entries(&entries)))
     }
 }
