@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod dockerfile;
 mod json;
 mod jsonc;
 mod merge;
@@ -18,6 +19,7 @@ pub use config::{
     OnAutoForward, PortAttributes, Protocol, Secret, ShutdownAction, UserEnvProbe, WaitFor,
     MODEL_PROPERTIES,
 };
+pub use dockerfile::{dockerfile_base_image, metadata_image, MetadataImage};
 pub use json::{Json, Object};
 pub use merge::{
     lifecycle_origins, merge_configuration, metadata_entries, parse_metadata_label,

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use warren_devcontainer::{
-    merge_configuration, metadata_entries, parse_metadata_label, read_configuration, Json,
-    METADATA_LABEL,
+    merge_configuration, metadata_entries, metadata_image, parse_metadata_label,
+    read_configuration, Json, MetadataImage, METADATA_LABEL,
 };
 
 /// Differences from the reference output that Warren makes on purpose, each removed from the
@@ -28,9 +28,8 @@ const DOCUMENTED_DIFFERENCES: &[&str] = &["ociAuthDiagnostics"];
 // - Schema violations (a wrong type, enum value or pattern): the reference passes the value on;
 //   Warren reports an error at the value. The exception is a port written as a string ("3000"),
 //   which real configs use: read as the number, with a warning.
-// - `--include-merged-configuration` for Dockerfile and Compose configs: the reference inspects the
-//   Dockerfile's base image or the Compose service's image; Warren merges without image metadata
-//   (and says so). With `features`, the reference resolves the Features over the network and merges
+// - `--include-merged-configuration` for Compose configs: the reference inspects the Compose
+//   service's image; Warren merges without image metadata (and says so). With `features`, the reference resolves the Features over the network and merges
 //   their metadata and prints `featuresConfiguration`; Warren does not yet (and says so).
 // - The git root: the reference asks `git rev-parse --show-cdup`; Warren looks for a `.git` folder
 //   with a `HEAD` or a `.git` file (worktrees), so git's ownership check, `GIT_DIR` and
@@ -80,6 +79,45 @@ struct Case {
     inspect: Option<PathBuf>,
     /// The project lives in `repo/sub/project` of a git repository `repo` (git root mounting).
     in_git: bool,
+    /// A `.devcontainer/Dockerfile` to write beside the config.
+    dockerfile: Option<&'static str>,
+}
+
+/// Dockerfile configurations merged with their base image's metadata: the base image the
+/// reference inspects (its stub logs it) must be the one Warren works out.
+fn synthetic_dockerfiles(dir: &Path, inspect: &Path) -> Vec<Case> {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "dockerfile-args-and-stages",
+            r#"{"build": {"dockerfile": "Dockerfile", "args": {"VARIANT": "bullseye"}}, "image": "ignored", "remoteUser": "root"}"#,
+            "# syntax=docker/dockerfile:1\nARG VARIANT=bookworm\nARG REGISTRY=mcr.microsoft.com\nFROM ${REGISTRY}/devcontainers/base:${VARIANT} AS base\nRUN true\nfrom base as dev\nUSER vscode\n",
+        ),
+        (
+            "dockerfile-target",
+            r#"{"build": {"dockerfile": "Dockerfile", "target": "tools"}, "postCreateCommand": "x"}"#,
+            "FROM debian:12 AS tools\nFROM alpine:3 AS other\nFROM tools\n",
+        ),
+        (
+            "legacy-dockerfile-defaults",
+            r#"{"dockerFile": "Dockerfile", "context": ".."}"#,
+            "ARG V\nFROM \"img:${V:-1}\" \n",
+        ),
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    cases
+        .iter()
+        .map(|(name, config, dockerfile)| {
+            let path = dir.join(format!("{name}.json"));
+            std::fs::write(&path, config).unwrap();
+            Case {
+                name: format!("synthetic/{name}"),
+                config: path,
+                inspect: Some(inspect.to_owned()),
+                in_git: false,
+                dockerfile: Some(dockerfile),
+            }
+        })
+        .collect()
 }
 
 /// Quirks of the reference pinned with configs of our own (written to `dir`).
@@ -147,6 +185,7 @@ fn synthetic(dir: &Path) -> Vec<Case> {
                 config,
                 inspect: None,
                 in_git: *in_git,
+                dockerfile: None,
             }
         })
         .collect()
@@ -165,6 +204,7 @@ fn cases(corpus: &Path) -> Vec<Case> {
             config,
             inspect: None,
             in_git: false,
+            dockerfile: None,
         });
     }
     let mut merges: Vec<_> = std::fs::read_dir(corpus.join("expected/merge-cases"))
@@ -178,6 +218,7 @@ fn cases(corpus: &Path) -> Vec<Case> {
             config: dir.join("devcontainer.json"),
             inspect: Some(dir.join("image-inspect.json")),
             in_git: false,
+            dockerfile: None,
         });
     }
     out
@@ -227,10 +268,14 @@ fn compare(cli: &Path, case: &Case, work: &Path) -> Option<String> {
         project.join(".devcontainer/devcontainer.json"),
     )
     .unwrap();
+    if let Some(text) = case.dockerfile {
+        std::fs::write(project.join(".devcontainer/Dockerfile"), text).unwrap();
+    }
     let stub = work.join("docker");
     let script = match &case.inspect {
         Some(inspect) => format!(
-            "#!/bin/sh\nif [ \"$1\" = inspect ]; then cat '{}'; fi\nexit 0\n",
+            "#!/bin/sh\nif [ \"$1\" = inspect ]; then echo \"$@\" >> '{}'; cat '{}'; fi\nexit 0\n",
+            work.join("inspected").display(),
             inspect.display()
         ),
         None => "#!/bin/sh\nexit 0\n".to_owned(),
@@ -265,6 +310,24 @@ fn compare(cli: &Path, case: &Case, work: &Path) -> Option<String> {
         ));
     }
     let theirs = strip_documented(&String::from_utf8_lossy(&out.stdout));
+    if case.dockerfile.is_some() {
+        let inspected = std::fs::read_to_string(work.join("inspected")).unwrap_or_default();
+        let (_, loaded) = read_configuration(&project, true, &reference_env).unwrap();
+        let ours = metadata_image(&loaded.config, &loaded.config_path).unwrap();
+        let want = format!(
+            "inspect --type image {}\n",
+            match &ours {
+                MetadataImage::DockerfileBase(Some(image)) => image.as_str(),
+                other => panic!("{other:?}"),
+            }
+        );
+        if inspected != want {
+            return Some(format!(
+                "{}: the reference inspected {inspected:?}, Warren works out {ours:?}",
+                case.name
+            ));
+        }
+    }
 
     let ours = match read_configuration(&project, true, &reference_env) {
         Ok((read, _)) => {
@@ -311,6 +374,11 @@ fn warren_read_configuration_matches_the_reference_cli() {
     let mut cases = cases(&corpus);
     assert!(cases.len() >= 119, "only {} cases", cases.len());
     cases.extend(synthetic(&root.path().join("synthetic")));
+    let basic = corpus.join("expected/merge-cases/01-basic-merge/image-inspect.json");
+    cases.extend(synthetic_dockerfiles(
+        &root.path().join("synthetic"),
+        &basic,
+    ));
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let started = std::time::Instant::now();

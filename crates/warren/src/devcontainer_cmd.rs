@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use warren_devcontainer::{
     merge_configuration, metadata_entries, parse_metadata_label, read_configuration, ConfigError,
-    Json, METADATA_LABEL,
+    Json, MetadataImage, METADATA_LABEL,
 };
 
 use crate::output::{user_error, Printer};
@@ -67,7 +67,12 @@ fn read(a: ReadArgs, state_dir: &Path) -> Result<u8> {
         Printer.warn(&w.to_string());
     }
     let merged = if a.include_merged_configuration {
-        let image = image_metadata(&loaded.config, a.image_inspect.as_deref(), state_dir)?;
+        let image = image_metadata(
+            &loaded.config,
+            &loaded.config_path,
+            a.image_inspect.as_deref(),
+            state_dir,
+        )?;
         if !loaded.config.features.is_empty() {
             Printer.warn(
                 "devcontainer.json: the metadata of `features` is not merged yet (only the image's \
@@ -91,13 +96,27 @@ fn read(a: ReadArgs, state_dir: &Path) -> Result<u8> {
     Ok(0)
 }
 
-/// The image's metadata entries: from `--image-inspect`, else from the image store when the
-/// configuration names an image that is there. No entries otherwise (with a warning).
+/// The image's metadata entries (the image of an `image` configuration, or the base image of a
+/// Dockerfile one): from `--image-inspect`, else from the image store when the image is there.
+/// No entries otherwise (with a warning).
 fn image_metadata(
     config: &warren_devcontainer::DevContainer,
+    config_path: &Path,
     inspect: Option<&Path>,
     state_dir: &Path,
 ) -> Result<Vec<Json>> {
+    let image =
+        match warren_devcontainer::metadata_image(config, config_path).map_err(config_error)? {
+            MetadataImage::Image(image) | MetadataImage::DockerfileBase(Some(image)) => image,
+            MetadataImage::DockerfileBase(None) | MetadataImage::None => return Ok(Vec::new()),
+            MetadataImage::Compose => {
+                Printer.warn(
+                    "devcontainer.json: the image metadata of a Compose service is not read \
+                     yet: merged without it",
+                );
+                return Ok(Vec::new());
+            }
+        };
     if let Some(path) = inspect {
         let text = std::fs::read_to_string(path).map_err(|e| {
             user_error(
@@ -115,17 +134,10 @@ fn image_metadata(
         let label = first["Config"]["Labels"][METADATA_LABEL].as_str();
         return Ok(label.map(parse_metadata_label).unwrap_or_default());
     }
-    let Some(image) = &config.image else {
-        Printer.warn(
-            "devcontainer.json: image metadata is read for `image` configurations only; the \
-             Dockerfile's or Compose service's base image is not inspected",
-        );
-        return Ok(Vec::new());
-    };
     let images = state_dir.join("images");
     let found = images
         .is_dir()
-        .then(|| warren_image::ImageStore::open(&images).and_then(|s| s.resolve(image)))
+        .then(|| warren_image::ImageStore::open(&images).and_then(|s| s.resolve(&image)))
         .and_then(Result::ok);
     match found {
         Some(img) => Ok(img
@@ -203,7 +215,13 @@ mod tests {
             image: Some("example/img:1".into()),
             ..Default::default()
         };
-        let entries = image_metadata(&config, None, state.path()).unwrap();
+        let entries = image_metadata(
+            &config,
+            Path::new("/p/.devcontainer.json"),
+            None,
+            state.path(),
+        )
+        .unwrap();
         assert_eq!(
             entries.iter().map(Json::to_json_string).collect::<Vec<_>>(),
             [r#"{"remoteUser":"vscode","capAdd":["NET_ADMIN"]}"#]
@@ -213,9 +231,14 @@ mod tests {
             image: Some("example/other:1".into()),
             ..Default::default()
         };
-        assert!(image_metadata(&other, None, state.path())
-            .unwrap()
-            .is_empty());
+        assert!(image_metadata(
+            &other,
+            Path::new("/p/.devcontainer.json"),
+            None,
+            state.path()
+        )
+        .unwrap()
+        .is_empty());
     }
 
     #[test]
@@ -227,8 +250,17 @@ mod tests {
             r#"[{"Config": {"Labels": {"devcontainer.metadata": "{\"init\": true}"}}}]"#,
         )
         .unwrap();
-        let config = warren_devcontainer::DevContainer::default();
-        let entries = image_metadata(&config, Some(&inspect), dir.path()).unwrap();
+        let config = warren_devcontainer::DevContainer {
+            image: Some("example/img:1".into()),
+            ..Default::default()
+        };
+        let entries = image_metadata(
+            &config,
+            Path::new("/p/.devcontainer.json"),
+            Some(&inspect),
+            dir.path(),
+        )
+        .unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].to_json_string(), r#"{"init":true}"#);
     }
