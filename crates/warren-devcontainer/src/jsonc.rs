@@ -59,12 +59,22 @@ const MAX_DEPTH: usize = 128;
 
 /// Parses a whole JSONC document into a value tree and the list of duplicated keys.
 pub(crate) fn parse(text: &str) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
+    parse_with(text, false)
+}
+
+/// Parses strict JSON (`JSON.parse`): no comments, no trailing commas.
+pub(crate) fn parse_strict(text: &str) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
+    parse_with(text, true)
+}
+
+fn parse_with(text: &str, strict: bool) -> Result<(Node, Vec<Duplicate>), SyntaxError> {
     let mut p = Parser {
         chars: text.chars().collect(),
         i: 0,
         line: 1,
         column: 1,
         duplicates: Vec::new(),
+        strict,
     };
     if p.peek() == Some('\u{feff}') {
         p.bump();
@@ -87,6 +97,7 @@ struct Parser {
     line: usize,
     column: usize,
     duplicates: Vec<Duplicate>,
+    strict: bool,
 }
 
 impl Parser {
@@ -148,6 +159,9 @@ impl Parser {
                 (Some(c), _) if c.is_whitespace() || c == '\u{feff}' => {
                     self.bump();
                 }
+                (Some('/'), Some('/' | '*')) if self.strict => {
+                    return self.fail(self.pos(), "comments are not allowed in JSON")
+                }
                 (Some('/'), Some('/')) => {
                     while self.peek().is_some_and(|c| c != '\n') {
                         self.bump();
@@ -195,6 +209,9 @@ impl Parser {
         loop {
             self.skip_blank()?;
             match self.peek() {
+                Some('}') if self.strict && !entries.is_empty() => {
+                    return self.fail(self.pos(), "trailing commas are not allowed in JSON")
+                }
                 Some('}') => {
                     self.bump();
                     return Ok(Value::Object(entries));
@@ -227,20 +244,25 @@ impl Parser {
             self.bump();
             self.skip_blank()?;
             let node = self.value(depth + 1)?;
-            if let Some(i) = entries.iter().position(|(k, _)| *k == key) {
-                entries.remove(i);
+            // As in JavaScript, a repeated key keeps its first position and takes the last value.
+            if let Some(slot) = entries.iter_mut().find(|(k, _)| *k == key) {
+                slot.1 = node;
                 self.duplicates.push(Duplicate {
                     key: key.clone(),
                     pos: key_pos,
                 });
+            } else {
+                entries.push((key, node));
             }
-            entries.push((key, node));
             self.skip_blank()?;
             match self.peek() {
                 Some(',') => {
                     self.bump();
                 }
-                Some('}') => {}
+                Some('}') => {
+                    self.bump();
+                    return Ok(Value::Object(entries));
+                }
                 _ => {
                     return self.fail(
                         self.pos(),
@@ -257,6 +279,9 @@ impl Parser {
         loop {
             self.skip_blank()?;
             if self.peek() == Some(']') {
+                if self.strict && !items.is_empty() {
+                    return self.fail(self.pos(), "trailing commas are not allowed in JSON");
+                }
                 self.bump();
                 return Ok(Value::Array(items));
             }
@@ -266,7 +291,10 @@ impl Parser {
                 Some(',') => {
                     self.bump();
                 }
-                Some(']') => {}
+                Some(']') => {
+                    self.bump();
+                    return Ok(Value::Array(items));
+                }
                 _ => {
                     return self.fail(
                         self.pos(),

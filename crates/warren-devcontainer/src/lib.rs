@@ -3,16 +3,34 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod dockerfile;
+mod json;
 mod jsonc;
+mod merge;
 mod mount;
+mod read;
 mod subst;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use config::{DevContainer, LifecycleCommand};
+pub use config::{
+    size_bytes, AppPort, Build, DevContainer, ForwardPort, Gpu, HostRequirements, LifecycleCommand,
+    OnAutoForward, PortAttributes, Protocol, Secret, ShutdownAction, UserEnvProbe, WaitFor,
+    MODEL_PROPERTIES,
+};
+pub use dockerfile::{dockerfile_base_image, metadata_image, MetadataImage};
+pub use json::{Json, Object};
+pub use merge::{
+    lifecycle_origins, merge_configuration, metadata_entries, parse_metadata_label,
+    MergedConfiguration, Origin, METADATA_LABEL,
+};
 pub use mount::{Mount, MountError, MountKind};
-pub use subst::{substitute, SubstituteError, Vars};
+pub use read::{git_root, resolve_path, substitute_json, ReadConfiguration};
+pub use subst::{
+    devcontainer_id, devcontainer_id_for, substitute, substitute_container_env,
+    substitute_devcontainer_id, SubstituteError, Vars,
+};
 
 use jsonc::{Node, Value};
 
@@ -175,43 +193,66 @@ pub fn load_str(
     project_dir: &Path,
     local_env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
-    let local = project_dir
-        .to_str()
-        .ok_or_else(|| ConfigError::NonUtf8Path {
-            path: project_dir.to_owned(),
-        })?;
-    let (mut root, duplicates) = parse_tree(text, config_path)?;
+    Ok(read_str(text, config_path, project_dir, project_dir, local_env)?.1)
+}
+
+/// Reads `project_dir`'s devcontainer.json as the reference CLI's `read-configuration` does.
+/// `project_dir` is taken as given (made absolute lexically, symlinks not followed);
+/// `mount_git_root` mounts the enclosing git work tree, as the reference does by default.
+pub fn read_configuration(
+    project_dir: &Path,
+    mount_git_root: bool,
+    local_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(ReadConfiguration, Loaded), ConfigError> {
+    let cwd = std::env::current_dir().map_err(|error| ConfigError::Io {
+        path: project_dir.to_owned(),
+        error,
+    })?;
+    let project_dir = resolve_path(&cwd, project_dir);
+    let config_path = find_config(&project_dir)?;
+    let text = std::fs::read_to_string(&config_path).map_err(|error| ConfigError::Io {
+        path: config_path.clone(),
+        error,
+    })?;
+    let mount_root = if mount_git_root {
+        git_root(&project_dir)
+    } else {
+        project_dir.clone()
+    };
+    read_str(&text, &config_path, &project_dir, &mount_root, local_env)
+}
+
+/// [`read_configuration`] for text already read: `mount_root` is the folder mounted into the
+/// container (`project_dir` or its git root).
+pub fn read_str(
+    text: &str,
+    config_path: &Path,
+    project_dir: &Path,
+    mount_root: &Path,
+    local_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(ReadConfiguration, Loaded), ConfigError> {
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ConfigError::NonUtf8Path { path: p.to_owned() })
+    };
+    let local = utf8(project_dir)?;
+    let root_dir = utf8(mount_root)?;
+    let (root, duplicates) = parse_tree(text, config_path)?;
+    let read::Read { read, substituted } =
+        read::read(root, config_path, &local, &root_dir, local_env)?;
+    let (config, mut warnings) = config::extract(&substituted, config_path, &duplicates)?;
+
+    // Warren's own resolution for the engine: the project folder (never its git root) is bound to
+    // `/workspaces/<name>` unless `workspaceMount` says otherwise.
     let basename = project_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let default_target = format!("/workspaces/{basename}");
-
-    // `${containerWorkspaceFolder}` is the workspace folder as resolved below.
-    let mut vars = Vars {
-        local_workspace_folder: local,
-        container_workspace_folder: None,
-        local_env,
-    };
-    let raw = |key: &str| match &root.value {
-        Value::Object(entries) => entries.iter().find_map(|(k, n)| match &n.value {
-            Value::String(s) if k == key => substitute(s, &vars).ok(),
-            _ => None,
-        }),
-        _ => None,
-    };
-    let container_folder = raw("workspaceFolder")
-        .or_else(|| {
-            raw("workspaceMount").and_then(|spec| Mount::parse(&spec).ok().map(|(m, _)| m.target))
-        })
-        .unwrap_or_else(|| default_target.clone());
-    vars.container_workspace_folder = Some(&container_folder);
-    substitute_tree(&mut root, &vars, config_path, "")?;
-
-    let (config, mut warnings) = config::extract(&root, config_path, &duplicates)?;
     let workspace_mount = config.workspace_mount.clone().unwrap_or_else(|| Mount {
         kind: MountKind::Bind,
-        source: Some(local.to_owned()),
+        source: Some(local.clone()),
         target: default_target.clone(),
         read_only: false,
     });
@@ -229,18 +270,20 @@ pub fn load_str(
         }
         (None, None) => default_target,
     };
-    Ok(Loaded {
+    let loaded = Loaded {
         config_path: config_path.to_owned(),
         config,
         warnings,
         workspace_folder,
         workspace_mount,
-    })
+    };
+    Ok((read, loaded))
 }
 
 /// Parses devcontainer.json text without substituting variables; `file` is used in errors.
 pub fn parse_str(text: &str, file: &Path) -> Result<(DevContainer, Vec<Warning>), ConfigError> {
-    let (root, duplicates) = parse_tree(text, file)?;
+    let (mut root, duplicates) = parse_tree(text, file)?;
+    read::update_from_old_properties(&mut root);
     config::extract(&root, file, &duplicates)
 }
 
@@ -254,7 +297,7 @@ fn parse_tree(text: &str, file: &Path) -> Result<(Node, Vec<jsonc::Duplicate>), 
 }
 
 /// Substitutes variables in every string value (not in keys), as the reference CLI does.
-fn substitute_tree(
+pub(crate) fn substitute_tree(
     node: &mut Node,
     vars: &Vars<'_>,
     file: &Path,

@@ -58,9 +58,27 @@ pub struct BenchArgs {
     /// --api: seconds per scenario.
     #[arg(long, default_value_t = 5)]
     api_seconds: u64,
+    /// Benchmark `devcontainer read-configuration` over the devcontainer corpus against the
+    /// reference Dev Containers CLI instead (needs no state dir and no root).
+    #[arg(long)]
+    pub(crate) devcontainer: bool,
+    /// --devcontainer: passes over the corpus (--quick: 1).
+    #[arg(long, default_value_t = 3)]
+    devcontainer_rounds: usize,
 }
 
 mod api;
+pub(crate) mod devcontainer;
+
+/// `warren bench --devcontainer`.
+pub(crate) fn run_devcontainer(args: &BenchArgs) -> Result<u8> {
+    let rounds = if args.quick {
+        1
+    } else {
+        args.devcontainer_rounds.max(1)
+    };
+    devcontainer::run(rounds, args.json)
+}
 
 // ---------------------------------------------------------------------------------------------------
 // Statistics

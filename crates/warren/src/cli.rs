@@ -133,6 +133,9 @@ pub(crate) enum Cmd {
     Reconcile,
     /// Measure workspace latency and memory against bubblewrap and runc (uses a private state dir).
     Bench(crate::bench::BenchArgs),
+    /// Dev Containers tooling: `read-configuration` prints what the reference CLI prints.
+    #[command(subcommand)]
+    Devcontainer(crate::devcontainer_cmd::DevcontainerCmd),
     /// Run the control-plane server (REST API, metrics), or initialise it.
     Server(crate::server_cmd::ServerArgs),
 }
@@ -561,6 +564,13 @@ pub async fn run(cli: Cli) -> Result<u8> {
             cmd: Some(AuditCmd::Verify { file: Some(f) }),
             ..
         }) => return crate::admin::verify_file(&f, json),
+        Cmd::Bench(a) if a.devcontainer => return crate::bench::run_devcontainer(&a),
+        Cmd::Devcontainer(c) => {
+            let state_dir = cli
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+            return crate::devcontainer_cmd::run(c, &state_dir);
+        }
         cmd => cmd,
     };
     // Host-level commands always run here.

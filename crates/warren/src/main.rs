@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod client;
 mod context;
+mod devcontainer_cmd;
 mod exec;
 mod output;
 mod remote;

@@ -92,7 +92,8 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         | Cmd::Image(_)
         | Cmd::Reconcile
         | Cmd::Bench(_)
-        | Cmd::Server(_) => Ok(0),
+        | Cmd::Server(_)
+        | Cmd::Devcontainer(_) => Ok(0),
     }
 }
 
