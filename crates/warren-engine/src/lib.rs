@@ -10,6 +10,7 @@ mod error;
 mod lifecycle;
 mod lock;
 mod reconcile;
+mod resolve;
 mod wsspec;
 
 use std::path::{Path, PathBuf};
@@ -252,7 +253,8 @@ impl Engine {
             path: dir.to_path_buf(),
             error: e.to_string(),
         })?;
-        let loaded = warren_devcontainer::load(&dir)?;
+        let (read, loaded) = load_config(&dir, &opts.ownership)?;
+        resolve::refuse_unsupported(&loaded)?;
         for w in &loaded.warnings {
             progress.warn(&w.to_string());
         }
@@ -304,8 +306,17 @@ impl Engine {
                         rec.name
                     ));
                     let image = self.ensure_image(&image_name, progress).await?;
-                    let mut spec = WsSpec::new(&loaded, &image, spec.limits);
-                    spec.owner_sync = owner_sync(&loaded, &dir, false);
+                    let spec = self
+                        .new_spec(
+                            &read,
+                            &loaded,
+                            &image,
+                            spec.limits,
+                            &opts.ownership,
+                            &dir,
+                            progress,
+                        )
+                        .await?;
                     let json = serde_json::to_string(&spec)
                         .map_err(|e| EngineError::Internal(e.to_string()))?;
                     let rec = self
@@ -336,8 +347,17 @@ impl Engine {
                 warren_api::workspace_name_from_dir(&base)
             }
         };
-        let mut spec = WsSpec::new(&loaded, &image, opts.limits.clone());
-        spec.owner_sync = owner_sync(&loaded, &dir, false);
+        let spec = self
+            .new_spec(
+                &read,
+                &loaded,
+                &image,
+                opts.limits.clone(),
+                &opts.ownership,
+                &dir,
+                progress,
+            )
+            .await?;
         let created = self
             .store
             .create_workspace(NewWorkspace {
@@ -464,7 +484,8 @@ impl Engine {
             path: dir.to_path_buf(),
             error: e.to_string(),
         })?;
-        let loaded = load_config(&dir, &opts.ownership)?;
+        let (_, loaded) = load_config(&dir, &opts.ownership)?;
+        resolve::refuse_unsupported(&loaded)?;
         let image_name = image_of(&loaded)?;
         let name = match &opts.name {
             Some(n) => WorkspaceName::new(n.clone())?,
@@ -528,7 +549,9 @@ impl Engine {
             return self.start_locked(rec, how, progress).await;
         }
         let res = async {
-            let loaded = load_config(Path::new(&rec.project_dir), &rec.ownership)?;
+            let dir = Path::new(&rec.project_dir);
+            let (read, loaded) = load_config(dir, &rec.ownership)?;
+            resolve::refuse_unsupported(&loaded)?;
             for w in &loaded.warnings {
                 progress.warn(&w.to_string());
             }
@@ -538,8 +561,17 @@ impl Engine {
                 "Creating workspace {} from image {}",
                 rec.name, image.name
             ));
-            let mut spec = WsSpec::new(&loaded, &image, limits);
-            spec.owner_sync = owner_sync(&loaded, Path::new(&rec.project_dir), true);
+            let spec = self
+                .new_spec(
+                    &read,
+                    &loaded,
+                    &image,
+                    limits,
+                    &rec.ownership,
+                    dir,
+                    progress,
+                )
+                .await?;
             let json =
                 serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.to_string()))?;
             Ok::<_, EngineError>(
@@ -732,11 +764,12 @@ impl Engine {
         if !bg.is_empty() {
             let names: Vec<&str> = bg.iter().map(|(w, _)| w.as_str()).collect();
             progress.step(&format!(
-                "{} continue{} in the background (waitFor is {}); `warren logs {}` shows them",
+                "{} continue{} in the background (waitFor is {}); `warren logs {}` shows {}",
                 names.join(", "),
                 if names.len() == 1 { "s" } else { "" },
                 spec.wait_for,
-                rec.name
+                rec.name,
+                if names.len() == 1 { "it" } else { "them" }
             ));
             if let Err(e) = lifecycle::spawn_background(
                 self.runtime.clone(),
@@ -767,6 +800,62 @@ impl Engine {
                 .await?;
         }
         Ok(rec)
+    }
+
+    /// The spec of a new workspace: the configuration merged with its image's metadata (and its
+    /// features'), under the workspace's policy.
+    #[allow(clippy::too_many_arguments)]
+    async fn new_spec(
+        &self,
+        read: &warren_devcontainer::ReadConfiguration,
+        loaded: &warren_devcontainer::Loaded,
+        image: &warren_image::Image,
+        limits: Limits,
+        ownership: &Ownership,
+        dir: &Path,
+        progress: &dyn Progress,
+    ) -> Result<WsSpec, EngineError> {
+        let owned = !ownership.owner_id.is_empty();
+        let label = image
+            .config
+            .labels
+            .get(warren_devcontainer::METADATA_LABEL)
+            .map(String::as_str);
+        let host_env = |k: &str| std::env::var(k).ok();
+        let no_env = |_: &str| None;
+        let env: &dyn Fn(&str) -> Option<String> = if owned { &no_env } else { &host_env };
+        let (_, merged) =
+            read.merge(label, &[], env)
+                .map_err(|e| EngineError::Refused {
+                    config: loaded.config_path.clone(),
+                    message: format!("image metadata: {e}"),
+                    hint: "fix the variable in the devcontainer.json or the image's devcontainer.metadata label".into(),
+                })?;
+        let mut spec = WsSpec::new(loaded, image, limits);
+        spec.owner_sync = owner_sync(dir, owned);
+        let ceilings = match (owned, &ownership.template_version_id) {
+            (true, Some(v)) => self
+                .store
+                .version(v)
+                .await?
+                .and_then(|v| serde_json::from_str(&v.ceilings_json).ok()),
+            _ => None,
+        };
+        let policy = devprops::Policy {
+            allow_privileges: !owned || self.cfg.owned_may_have_privileges,
+            privileges_hint:
+                "an administrator can allow it with `warren server --allow-privileges` \
+                              (WARREN_ALLOW_PRIVILEGES=true)"
+                    .into(),
+            ceilings,
+            host_cpus: (!owned)
+                .then(|| std::thread::available_parallelism().ok())
+                .flatten()
+                .map(|n| n.get() as f64),
+            host_memory_bytes: (!owned).then(host_memory_bytes).flatten(),
+        };
+        resolve::apply(&mut spec, loaded, &merged, image, &policy, progress)?;
+        Ok(spec)
     }
 
     /// Marks the workspace failed with `message` and stops its container.
@@ -925,11 +1014,7 @@ impl Engine {
 /// `updateRemoteUserUID` (default on): on the embedded CLI the remote user takes the uid and gid of
 /// the project folder's owner, unless that is root (as the reference implementation does); on a
 /// server, where the folder is Warren's copy, the folder is given to the remote user instead.
-fn owner_sync(
-    loaded: &warren_devcontainer::Loaded,
-    dir: &Path,
-    owned: bool,
-) -> Option<lifecycle::OwnerSync> {
+fn owner_sync(dir: &Path, owned: bool) -> Option<lifecycle::OwnerSync> {
     use std::os::unix::fs::MetadataExt;
     if owned {
         return Some(lifecycle::OwnerSync::FolderFollowsUser);
@@ -939,6 +1024,20 @@ fn owner_sync(
         uid: meta.uid(),
         gid: meta.gid(),
     })
+}
+
+/// The host's memory (MemTotal), for warnings about `hostRequirements`.
+fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb << 10)
 }
 
 fn up_hooks(opts: &UpOptions) -> Hooks {
@@ -967,12 +1066,11 @@ fn image_of(loaded: &warren_devcontainer::Loaded) -> Result<String, EngineError>
 /// untrusted: their configuration must not reach the host, so `${localEnv:...}` sees an empty
 /// environment (not the server's) and bind mounts of host paths are refused. Host-local workspaces
 /// of the embedded CLI are their root user's own business.
-fn load_config(
-    dir: &Path,
-    ownership: &Ownership,
-) -> Result<warren_devcontainer::Loaded, EngineError> {
+fn load_config(dir: &Path, ownership: &Ownership) -> Result<Config2, EngineError> {
     if ownership.owner_id.is_empty() {
-        return Ok(warren_devcontainer::load(dir)?);
+        return Ok(warren_devcontainer::read_configuration(dir, false, &|k| {
+            std::env::var(k).ok()
+        })?);
     }
     let dir = std::fs::canonicalize(dir).map_err(|e| EngineError::ProjectDir {
         path: dir.to_path_buf(),
@@ -987,7 +1085,8 @@ fn load_config(
         error: e.to_string(),
     })?;
     let config_path = dir.join(".devcontainer/devcontainer.json");
-    let mut loaded = warren_devcontainer::load_str(&text, &config_path, &dir, &|_| None)?;
+    let (read, mut loaded) =
+        warren_devcontainer::read_str(&text, &config_path, &dir, &dir, &|_| None)?;
     if loaded.config.initialize_command.is_some() {
         loaded.warnings.push(warren_devcontainer::Warning {
             property: "initializeCommand".into(),
@@ -1013,8 +1112,14 @@ fn load_config(
             host_binds.join(", ")
         )));
     }
-    Ok(loaded)
+    Ok((read, loaded))
 }
+
+/// A configuration as read (for merging with image and feature metadata) and as resolved.
+type Config2 = (
+    warren_devcontainer::ReadConfiguration,
+    warren_devcontainer::Loaded,
+);
 
 /// Where the server keeps the rendered devcontainer.json of a workspace whose project folder is
 /// `project_dir`: beside it, outside anything the workspace can write.

@@ -108,6 +108,9 @@ pub async fn spawn_background(
 ) -> Result<(), EngineError> {
     let io =
         |e: std::io::Error| EngineError::Internal(format!("lifecycle log {}: {e}", log.display()));
+    if let Some(parent) = log.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

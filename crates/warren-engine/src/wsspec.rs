@@ -50,6 +50,15 @@ pub struct WsSpec {
     /// (`updateRemoteUserUID`); `None` when nothing is to be done.
     #[serde(default)]
     pub owner_sync: Option<crate::lifecycle::OwnerSync>,
+    /// `forwardPorts` as merged, recorded for port forwarding.
+    #[serde(default)]
+    pub forward_ports: Vec<serde_json::Value>,
+    /// `portsAttributes` as merged.
+    #[serde(default)]
+    pub ports_attributes: Vec<(String, serde_json::Value)>,
+    /// `shutdownAction` (recorded: Warren never stops a workspace because a client went away).
+    #[serde(default)]
+    pub shutdown_action: Option<String>,
 }
 
 fn default_wait_for() -> String {
@@ -100,6 +109,9 @@ impl WsSpec {
             wait_for: default_wait_for(),
             user_env_probe: default_user_env_probe(),
             owner_sync: None,
+            forward_ports: vec![],
+            ports_attributes: vec![],
+            shutdown_action: None,
         }
     }
 

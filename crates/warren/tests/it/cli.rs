@@ -967,3 +967,65 @@ fn the_remote_user_takes_the_uid_of_the_project_folders_owner_unless_told_not_to
     w.up(&rooted);
     assert_eq!(w.sh("rooted", "id -u").1, "1000\n");
 }
+
+#[test]
+fn what_a_devcontainer_asks_of_the_sandbox_is_granted_locally_or_refused_clearly() {
+    let w = World::new();
+    let dir = w.project(
+        "caps",
+        r#"{"image": "busybox", "capAdd": ["SYS_PTRACE"], "securityOpt": ["seccomp=unconfined"],
+            "runArgs": ["--cap-add=NET_ADMIN", "--env", "FROM_RUNARGS=1", "--network=host"]}"#,
+    );
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("runArgs `--network` has no meaning in Warren and was ignored"),
+        "{}",
+        stderr(&o)
+    );
+    let (_, out, _) = w.sh(
+        "caps",
+        "grep -E '^(CapEff|Seccomp):' /proc/self/status; echo $FROM_RUNARGS",
+    );
+    let eff = out
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:\t"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(eff & (1 << 19), 0, "SYS_PTRACE: {out}");
+    assert_ne!(eff & (1 << 12), 0, "NET_ADMIN from runArgs: {out}");
+    assert_eq!(eff & (1 << 21), 0, "never SYS_ADMIN: {out}");
+    assert!(out.contains("Seccomp:\t0"), "{out}");
+    assert!(out.ends_with("\n1\n"), "{out}");
+
+    for (name, json, want) in [
+        (
+            "compose",
+            r#"{"dockerComposeFile": "docker-compose.yml", "service": "app"}"#,
+            "dockerComposeFile configurations are not supported",
+        ),
+        (
+            "gpu",
+            r#"{"image": "busybox", "hostRequirements": {"gpu": true}}"#,
+            "requires a GPU",
+        ),
+        (
+            "badcap",
+            r#"{"image": "busybox", "capAdd": ["SYS_EVERYTHING"]}"#,
+            "capAdd `SYS_EVERYTHING` is not a Linux capability",
+        ),
+    ] {
+        let dir = w.project(name, json);
+        let o = w.warren(&["up", dir.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let err = stderr(&o);
+        assert!(err.contains(want), "{name}: {err}");
+        assert!(err.contains("hint:"), "{name}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{err}"
+        );
+        assert_eq!(w.state_of(name), None, "{name}: nothing was created");
+    }
+}
