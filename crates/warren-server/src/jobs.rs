@@ -183,9 +183,13 @@ where
         let t0 = Instant::now();
         let res = op(st.clone(), log.clone()).await;
         let ok = res.is_ok();
+        let hint = res.as_ref().err().and_then(EngineError::hint);
         let err = res.err().map(|e| e.to_string());
         if let Some(e) = &err {
             log.line(&format!("error: {e}"));
+        }
+        if let Some(h) = &hint {
+            log.line(&format!("hint: {h}"));
         }
         st.metrics.transition(kind, t0.elapsed(), ok);
         let status = if ok { "succeeded" } else { "failed" };

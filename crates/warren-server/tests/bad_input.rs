@@ -696,7 +696,7 @@ async fn concurrent_conflicting_transitions_get_409_and_state_stays_consistent()
     let s = TestServer::start().await;
     s.import_busybox();
     let state = s.state();
-    let dc = json!({"image": "busybox", "overrideCommand": true, "postStartCommand": "sleep 2"})
+    let dc = json!({"image": "busybox", "overrideCommand": true, "waitFor": "postStartCommand", "postStartCommand": "sleep 2"})
         .to_string();
     let (st, v) = s
         .post(

@@ -17,6 +17,8 @@ async fn template(s: &TestServer, name: &str, post_create: &str, post_start: &st
         "image": "busybox",
         "overrideCommand": true,
         "containerEnv": {"GREETING": "${param:greeting}"},
+        // The jobs these tests watch run every lifecycle command.
+        "waitFor": "postStartCommand",
         "postCreateCommand": post_create,
         "postStartCommand": post_start,
     })
@@ -653,6 +655,7 @@ async fn parameters_change_within_their_rules_and_rebuild_the_workspace() {
             "devcontainer": json!({
                 "image": "busybox",
                 "containerEnv": {"GREETING": "${param:greeting}", "REGION": "${param:region}", "EXTRA": extra},
+                "waitFor": "postCreateCommand",
                 "postCreateCommand": "echo once >> /root/marks",
             }).to_string(),
             "parameters": [
@@ -903,4 +906,85 @@ async fn workspace_records_do_not_show_host_paths() {
     }
     assert!(!acc.to_string().contains(&state), "{acc}");
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileges_need_the_administrators_consent_and_the_folder_is_the_remote_users() {
+    for allow in [false, true] {
+        let s = TestServer::start_with(warren_server::config::ConfigLayer {
+            allow_privileges: Some(allow),
+            ..Default::default()
+        })
+        .await;
+        s.import_busybox();
+        let dc = json!({"image": "busybox", "capAdd": ["SYS_PTRACE"], "remoteUser": "dev",
+                        "initializeCommand": "touch /tmp/never-on-the-server"})
+        .to_string();
+        let (st, v) = s
+            .post(
+                &s.admin,
+                "/api/v1/templates/ptrace/versions",
+                json!({"devcontainer": dc}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let v = create(&s, &s.admin, "p", "ptrace", json!({})).await;
+        let job = s.wait_job(&s.admin, v["job"]["id"].as_str().unwrap()).await;
+        let log = s
+            .http
+            .get(format!(
+                "{}/api/v1/jobs/{}/logs",
+                s.url,
+                job["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&s.admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if !allow {
+            assert_eq!(job["status"], "failed", "{job}");
+            let err = job["error"].as_str().unwrap();
+            assert!(
+                err.contains(
+                    "asks for capabilities CAP_SYS_PTRACE, which this server does not grant"
+                ),
+                "{err}"
+            );
+            assert!(
+                log.contains("--allow-privileges"),
+                "the hint is in the log: {log}"
+            );
+        } else {
+            assert_eq!(job["status"], "succeeded", "{job} {log}");
+            let (_, ev) = exec(
+                &s,
+                &s.admin,
+                "p",
+                json!({"command": ["sh", "-c", "grep CapBnd /proc/self/status; id -un; stat -c %U . && touch mine"]}),
+            )
+            .await;
+            let out = stream_text(&ev, "stdout");
+            // A non-root user has no effective capabilities; the bounding set shows what the
+            // workspace was granted.
+            let eff = out
+                .lines()
+                .find_map(|l| l.strip_prefix("CapBnd:\t"))
+                .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+                .unwrap_or(0);
+            assert_ne!(eff & (1 << 19), 0, "{out}");
+            assert!(
+                out.ends_with("dev\ndev\n"),
+                "the uploaded folder belongs to the remote user, who can write to it: {out} {}",
+                stream_text(&ev, "stderr")
+            );
+        }
+        assert!(
+            !std::path::Path::new("/tmp/never-on-the-server").exists(),
+            "a server never runs initializeCommand"
+        );
+        s.stop().await;
+    }
 }

@@ -528,6 +528,7 @@ fn login_contexts_users_tokens_device_flow_and_audit() {
 const TEMPLATE_DEVCONTAINER: &str = r#"{
   "image": "busybox",
   "containerEnv": { "GREETING": "${param:greeting}" },
+  "waitFor": "postCreateCommand",
   "postCreateCommand": "echo post-create says ${param:greeting}"
 }"#;
 
@@ -778,7 +779,7 @@ fn up_uploads_the_folder_to_the_server_and_local_still_works() {
     s.login_admin();
     let proj = s.world.project(
         "hello-up",
-        r#"{"image": "busybox", "postCreateCommand": "cat marker.txt", "postStartCommand": "echo started >> starts.log"}"#,
+        r#"{"image": "busybox", "waitFor": "postStartCommand", "postCreateCommand": "cat marker.txt", "postStartCommand": "echo started >> starts.log"}"#,
     );
     write(&proj.join("marker.txt"), "uploaded!\n");
     write(&proj.join("sub/dir/file"), "deep\n");
