@@ -109,6 +109,8 @@ impl WsSpec {
             container_user: self.container_user(),
             limits: self.limits.clone(),
             user_namespace: None,
+            network: warren_runtime::Network::Isolated,
+            tmp_tmpfs: true,
         }
     }
 

@@ -373,6 +373,8 @@ fn runtime_once(ctx: &Ctx, id: &str, out: &mut Series) -> Result<()> {
         container_user: None,
         limits: Default::default(),
         user_namespace: None,
+        network: warren_runtime::Network::Isolated,
+        tmp_tmpfs: true,
     };
     ctx.rt_ids.lock().expect("lock").push(id.to_string());
     let rt = &ctx.runtime;

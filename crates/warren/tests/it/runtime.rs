@@ -54,6 +54,8 @@ pub fn spec(f: &Fixture, id: &str) -> WorkspaceSpec {
             pids: Some(64),
         },
         user_namespace: None,
+        network: warren_runtime::Network::Isolated,
+        tmp_tmpfs: true,
     }
 }
 
