@@ -362,6 +362,13 @@ impl ImageStore {
         Ok(info(name.canonical(), manifest_digest, &manifest, &config))
     }
 
+    pub(crate) fn load_manifest(
+        &self,
+        manifest_digest: &str,
+    ) -> Result<(Manifest, ConfigFile), ImageError> {
+        self.load(manifest_digest)
+    }
+
     /// Reads a stored manifest and its config, checking they agree on the layer count.
     fn load(&self, manifest_digest: &str) -> Result<(Manifest, ConfigFile), ImageError> {
         let manifest: Manifest = self.read_blob_json(manifest_digest, "manifest")?;
