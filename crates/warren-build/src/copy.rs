@@ -443,8 +443,15 @@ pub fn extract_tar(path: &Path, dest: &Path) -> Result<(), String> {
     a.set_preserve_mtime(true);
     a.set_overwrite(true);
     a.set_unpack_xattrs(false);
-    a.unpack(dest)
-        .map_err(|e| format!("cannot extract {}: {e}", path.display()))
+    a.unpack(dest).map_err(|e| {
+        let mut msg = format!("cannot extract {}: {e}", path.display());
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        msg
+    })
 }
 
 /// Resolves `user[:group]` (names or ids) against the image's `/etc/passwd` and `/etc/group`.

@@ -609,8 +609,16 @@ impl Ctx<'_> {
             }
             if let Some(desc) = config_step {
                 key = hash(&[&key, &desc]);
+                // Config-only steps take the time of the last layer: the same steps on the same
+                // cached layers always give the same image digest.
+                let created = state
+                    .history
+                    .iter()
+                    .rev()
+                    .find_map(|h| h.created.clone())
+                    .or_else(warren_image::now_rfc3339);
                 state.history.push(History {
-                    created: warren_image::now_rfc3339(),
+                    created,
                     created_by: Some(desc),
                     comment: Some("warren build".into()),
                     empty_layer: true,
