@@ -431,3 +431,67 @@ fn flate2_writer(path: &Path) -> flate2::write::GzEncoder<std::fs::File> {
         flate2::Compression::default(),
     )
 }
+
+/// `warren up` of a `build.dockerfile` configuration end to end, then `warren build` from the
+/// cache, then a broken Dockerfile through the CLI.
+#[test]
+fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
+    let w = crate::util::World::new();
+    let dir = w.project(
+        "dockerfile-app",
+        r#"{
+  // Warren builds this with its own builder.
+  "build": {"dockerfile": "Dockerfile", "context": "..", "args": {"GREETING": "hi"}},
+  "postCreateCommand": "cat /etc/built > /tmp/post-create"
+}"#,
+    );
+    std::fs::write(
+        dir.join(".devcontainer/Dockerfile"),
+        "FROM busybox\nARG GREETING=hello\nRUN echo \"$GREETING from the build\" > /etc/built\nCOPY hello.txt /opt/hello.txt\nENV FROM_DOCKERFILE=yes\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello file\n").unwrap();
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    let err = crate::util::stderr(&o);
+    assert!(o.status.success(), "up: {err}");
+    assert!(
+        err.contains("Building image warren-build/dockerfile-app-"),
+        "{err}"
+    );
+    assert!(!err.contains("only `image` is supported"), "{err}");
+    let ws = crate::util::stdout(&o).trim().to_string();
+    let (code, out, e) = w.sh(
+        &ws,
+        "cat /etc/built /opt/hello.txt /tmp/post-create; echo $FROM_DOCKERFILE",
+    );
+    assert_eq!(code, 0, "{e}");
+    assert_eq!(
+        out,
+        "hi from the build\nhello file\nhi from the build\nyes\n"
+    );
+
+    let o = w.warren(&["--json", "build", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "build: {}", crate::util::stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sandboxes_started"], 0, "{v}");
+    assert_eq!(v["cached_steps"], v["layer_steps"], "{v}");
+    let o = w.warren(&["--json", "build", "--no-cache", dir.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sandboxes_started"], 1, "{v}");
+
+    std::fs::write(
+        dir.join(".devcontainer/Dockerfile"),
+        "FROM busybox\nHEALTHCHECK CMD true\n",
+    )
+    .unwrap();
+    let o = w.warren(&["build", dir.to_str().unwrap()]);
+    let err = crate::util::stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("Dockerfile:2: HEALTHCHECK is not supported"),
+        "{err}"
+    );
+    assert!(err.contains("hint:"), "{err}");
+    let o = w.warren(&["delete", "--force", &ws]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
+}
