@@ -947,6 +947,28 @@ impl Engine {
             no_cache,
             labels: Default::default(),
         };
+        let first = self.build_once(req.clone(), progress).await;
+        match first {
+            // As for `image`, a missing `debian:<suite>` base is built from Debian's packages.
+            Err(EngineError::Build(warren_build::BuildError::MissingImage { image, .. }))
+                if !untrusted && debian_suite(&image).is_some() =>
+            {
+                let suite = debian_suite(&image).unwrap_or("bookworm").to_string();
+                progress.step(&format!(
+                    "Image {image} is not in the local store: building it from Debian packages with mmdebstrap (first use only)"
+                ));
+                self.bootstrap(&image, &suite, progress).await?;
+                self.build_once(req, progress).await
+            }
+            other => other,
+        }
+    }
+
+    async fn build_once(
+        &self,
+        req: warren_build::BuildRequest,
+        progress: &dyn Progress,
+    ) -> Result<BuiltImage, EngineError> {
         let images = self.images.clone();
         let work = self.cfg.state_dir.join("builds");
         let rt = LinuxRuntime::new(&work.join("sandboxes"), self.cfg.oci.clone(), &self.cfg.exe);

@@ -58,9 +58,16 @@ pub struct BenchArgs {
     /// --api: seconds per scenario.
     #[arg(long, default_value_t = 5)]
     api_seconds: u64,
+    /// Benchmark Warren's Dockerfile builder instead: cold build vs unchanged rebuild vs `runc run`.
+    #[arg(long)]
+    build: bool,
+    /// --build: rounds (default 20; 5 with --quick).
+    #[arg(long, default_value_t = 20)]
+    build_rounds: usize,
 }
 
 mod api;
+mod build;
 
 // ---------------------------------------------------------------------------------------------------
 // Statistics
@@ -640,6 +647,18 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
         .await;
         if let Some(dir) = owned_state {
             let _ = std::fs::remove_dir_all(&dir);
+        }
+        return res;
+    }
+    if args.build {
+        if args.quick {
+            args.build_rounds = 5;
+        }
+        let res = build::run(&dirs, &args.busybox, args.build_rounds, oci, args.json).await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
         }
         return res;
     }
