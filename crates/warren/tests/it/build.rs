@@ -495,3 +495,93 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
     let o = w.warren(&["delete", "--force", &ws]);
     assert!(o.status.success(), "{}", crate::util::stderr(&o));
 }
+
+/// The shape the features engineer generates: each feature's folder copied under
+/// /tmp/dev-container-features and its install.sh run from there, each its own cached layer.
+#[test]
+fn feature_style_dockerfiles_install_from_tmp_and_cache_per_feature() {
+    let f = fx();
+    for (n, id, line) in [
+        (0, "one", "echo one > /etc/feature-one"),
+        (
+            1,
+            "two",
+            "echo two > /etc/feature-two; id -un > /etc/feature-two-user",
+        ),
+    ] {
+        let dir = f.ctx().join(format!("{n}_{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("install.sh"),
+            format!("#!/bin/sh\nset -e\n{line}\n"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.join("install.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    let df = "FROM busybox:test\nUSER root\n\
+        COPY 0_one /tmp/dev-container-features/0_one\n\
+        RUN cd /tmp/dev-container-features/0_one && ./install.sh\n\
+        COPY 1_two /tmp/dev-container-features/1_two\n\
+        RUN cd /tmp/dev-container-features/1_two && ./install.sh\n\
+        ENV FEATURES=2\n";
+    let b = f.build(df, "features:1");
+    assert_eq!((b.layer_steps, b.sandboxes_started), (4, 2));
+    let v = f.view("features:1");
+    assert_eq!(v.read_file("/etc/feature-one").as_deref(), Some("one\n"));
+    assert_eq!(
+        v.read_file("/etc/feature-two-user").as_deref(),
+        Some("root\n")
+    );
+    // Changing the second feature rebuilds only from its COPY on.
+    std::fs::write(
+        f.ctx().join("1_two/install.sh"),
+        "#!/bin/sh\necho two-v2 > /etc/feature-two\n",
+    )
+    .unwrap();
+    let b = f.build(df, "features:1");
+    assert_eq!((b.cached_steps, b.sandboxes_started), (2, 1));
+    assert_eq!(
+        f.view("features:1")
+            .read_file("/etc/feature-two")
+            .as_deref(),
+        Some("two-v2\n")
+    );
+}
+
+#[test]
+fn add_fetches_urls() {
+    use std::io::{Read, Write};
+    let f = fx();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).unwrap();
+        let body = "fetched body\n";
+        write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    });
+    f.build(
+        &format!("FROM busybox:test\nADD http://127.0.0.1:{port}/files/data.txt /opt/\n"),
+        "url:1",
+    );
+    server.join().unwrap();
+    let v = f.view("url:1");
+    assert_eq!(
+        v.read_file("/opt/data.txt").as_deref(),
+        Some("fetched body\n")
+    );
+    let comps = v.resolve("/opt/data.txt", true).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(v.lookup(&comps).unwrap().1.mode() & 0o777, 0o600);
+}
