@@ -226,6 +226,29 @@ impl ImageStore {
         complete.then_some(state)
     }
 
+    /// Removes build cache entries that name a blob the store no longer has (after garbage
+    /// collection, which keeps only what named images need).
+    pub(crate) fn prune_build_cache(&self) {
+        let Ok(rd) = fs::read_dir(self.root().join("buildcache")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let stale = match fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ImageState>(&b).ok())
+            {
+                Some(state) => !state
+                    .layers
+                    .iter()
+                    .all(|l| self.blob_path(&l.digest).is_ok_and(|p| p.is_file())),
+                None => true,
+            };
+            if stale {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// Remembers `state` under the build cache key `key` (atomically replacing any older one).
     pub fn cache_put(&self, key: &str, state: &ImageState) -> Result<(), ImageError> {
         let path = self.cache_path(key);
@@ -303,6 +326,19 @@ mod tests {
         let meta = fs::symlink_metadata(dir.join("etc/gone")).unwrap();
         assert!(meta.file_type().is_char_device());
         assert_eq!(fs::read(dir.join("etc/new")).unwrap(), b"new\n");
+        // A cache entry lives as long as its layers: garbage collection (nothing names this
+        // layer) removes both.
+        let state = ImageState {
+            layers: vec![layer.clone()],
+            config: ImageConfig::default(),
+            history: vec![],
+            architecture: "amd64".into(),
+        };
+        store.cache_put("k", &state).unwrap();
+        assert_eq!(store.cache_get("k"), Some(state));
+        store.gc(&[]).unwrap();
+        assert_eq!(store.cache_get("k"), None);
+        assert!(!store.cache_path("k").exists());
         let empty = tmp.path().join("empty");
         fs::create_dir(&empty).unwrap();
         assert_eq!(store.layer_from_upper(&empty).unwrap(), None);

@@ -577,6 +577,8 @@ impl ImageStore {
                 report.layers_removed += 1;
             }
         }
+        // Build cache entries whose layers are gone can never hit again.
+        self.prune_build_cache();
         let tmp_dir = self.root.join("tmp");
         let now = SystemTime::now();
         for entry in fs::read_dir(&tmp_dir).map_err(ImageError::io("read", &tmp_dir))? {
