@@ -170,6 +170,15 @@ fn hash(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// This machine's architecture as OCI names it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    }
+}
+
 fn shorten(s: &str) -> String {
     let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if one_line.chars().count() > 80 {
@@ -235,8 +244,19 @@ pub fn build(
         log,
     };
 
-    // Global ARGs (before the first FROM), then stages.
-    let mut global_args: BTreeMap<String, String> = BTreeMap::new();
+    // Global ARGs (before the first FROM), then stages. BuildKit's platform arguments are
+    // predefined there (this machine's platform: Warren builds for where it runs).
+    let arch = host_arch();
+    let mut global_args: BTreeMap<String, String> = ["TARGET", "BUILD"]
+        .iter()
+        .flat_map(|p| {
+            [
+                (format!("{p}PLATFORM"), format!("linux/{arch}")),
+                (format!("{p}OS"), "linux".to_string()),
+                (format!("{p}ARCH"), arch.to_string()),
+            ]
+        })
+        .collect();
     let mut stages: Vec<(Option<String>, Vec<&Step>)> = Vec::new();
     for step in &df.steps {
         match &step.instruction {
@@ -400,11 +420,7 @@ impl Ctx<'_> {
         let image = expand_one(image, &glookup).map_err(|e| self.err(from, e, None))?;
         if let Some(p) = platform {
             let p = expand_one(p, &glookup).map_err(|e| self.err(from, e, None))?;
-            let arch = match std::env::consts::ARCH {
-                "x86_64" => "amd64",
-                "aarch64" => "arm64",
-                a => a,
-            };
+            let arch = host_arch();
             if p != format!("linux/{arch}") {
                 return Err(self.err(
                     from,
@@ -423,11 +439,7 @@ impl Ctx<'_> {
                     layers: vec![],
                     config: Default::default(),
                     history: vec![],
-                    architecture: match std::env::consts::ARCH {
-                        "x86_64" => "amd64".into(),
-                        "aarch64" => "arm64".into(),
-                        a => a.into(),
-                    },
+                    architecture: host_arch().into(),
                 },
                 hash(&["scratch"]),
             ),

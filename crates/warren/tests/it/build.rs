@@ -126,12 +126,13 @@ fn config_instructions_end_up_in_the_image_config() {
     let f = fx();
     let b = f.build(
         r#"ARG BASE=busybox:test
-FROM ${BASE}
+FROM --platform=$BUILDPLATFORM ${BASE}
 ARG WHO=world
+ARG TARGETARCH
 ENV GREETING="hello ${WHO}" OTHER=${NOPE:-fallback}
 WORKDIR /srv/app
 USER dev:dev
-LABEL org.example.team=dev "with space"=yes
+LABEL org.example.team=dev "with space"=yes arch=$TARGETARCH
 EXPOSE 8080 53/udp
 SHELL ["/bin/sh", "-ec"]
 ENTRYPOINT ["/bin/sh"]
@@ -144,6 +145,10 @@ CMD echo $GREETING
     let c = &img.config;
     assert!(c.env.contains(&"GREETING=hello world".to_string()), "{c:?}");
     assert!(c.env.contains(&"OTHER=fallback".to_string()), "{c:?}");
+    assert!(
+        c.labels["arch"] == "amd64" || c.labels["arch"] == "arm64",
+        "{c:?}"
+    );
     assert_eq!(c.working_dir.as_deref(), Some("/srv/app"));
     assert_eq!(c.user.as_deref(), Some("dev:dev"));
     assert_eq!(
