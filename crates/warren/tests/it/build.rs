@@ -499,6 +499,13 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
     assert!(err.contains("hint:"), "{err}");
     let o = w.warren(&["delete", "--force", &ws]);
     assert!(o.status.success(), "{}", crate::util::stderr(&o));
+
+    let plain = w.project("image-only", r#"{"image": "busybox"}"#);
+    let o = w.warren(&["build", plain.to_str().unwrap()]);
+    let err = crate::util::stderr(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("no `build.dockerfile` to build"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
 }
 
 /// The shape the features engineer generates: each feature's folder copied under
