@@ -567,7 +567,7 @@ impl Ctx<'_> {
                         // The directory does not exist yet: create it in a layer of its own.
                         key = hash(&[&key, &desc]);
                         let k = key.clone();
-                        state = self.layer_step(step, &k, state, &desc, |ctx, st, view| {
+                        state = self.layer_step(&k, state, &desc, |ctx, st, view| {
                             let mut stage = Stage::new(st.to_path_buf(), view);
                             stage
                                 .ensure_dir(&resolved)
@@ -693,7 +693,6 @@ impl Ctx<'_> {
     /// directory on top of the parent's view) and remembers it.
     fn layer_step(
         &mut self,
-        step: &Step,
         key: &str,
         state: ImageState,
         desc: &str,
@@ -703,7 +702,6 @@ impl Ctx<'_> {
         if let Some(hit) = self.cached(key) {
             return Ok(hit);
         }
-        let _ = step;
         let view = self.view(&state)?;
         let staging = self.work.join(format!(
             "staging-{}",
@@ -979,7 +977,7 @@ impl Ctx<'_> {
             serde_json::to_string(&srcs).unwrap_or_default()
         );
         let new_key = hash(&[key, &desc, &workdir, &digests.join("\n")]);
-        let state = self.layer_step(step, &new_key, state, &desc, |ctx, staging, view| {
+        let state = self.layer_step(&new_key, state, &desc, |ctx, staging, view| {
             let mut stage = Stage::new(staging.to_path_buf(), view);
             let fail = |e: String| ctx.err(step, format!("{what}: {e}"), None);
             for item in &items {
