@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::digest::{sha256_hex, HashingWriter};
+use crate::digest::{digest_bytes, sha256_hex, HashingWriter};
 use crate::error::ImageError;
 use crate::name::parse_name;
 use crate::pack::{pack_dir, pack_overlay_upper};
@@ -178,8 +178,13 @@ impl ImageStore {
             history: Some(state.history.clone()),
         };
         let config_bytes = to_json(&config_file, "image config")?;
-        let (config_digest, config_size) =
-            self.put_blob_bytes(&config_bytes, None, "image config")?;
+        // With the digest known up front, a blob already stored is not written (and synced) again:
+        // an unchanged rebuild writes nothing.
+        let (config_digest, config_size) = self.put_blob_bytes(
+            &config_bytes,
+            Some(&digest_bytes(&config_bytes)),
+            "image config",
+        )?;
         let manifest = Manifest {
             schema_version: 2,
             media_type: Some(MEDIA_MANIFEST.to_string()),
@@ -204,7 +209,24 @@ impl ImageStore {
             annotations: None,
         };
         let manifest_bytes = to_json(&manifest, "manifest")?;
-        let (manifest_digest, _) = self.put_blob_bytes(&manifest_bytes, None, "manifest")?;
+        let (manifest_digest, _) = self.put_blob_bytes(
+            &manifest_bytes,
+            Some(&digest_bytes(&manifest_bytes)),
+            "manifest",
+        )?;
+        if self.ref_of(&name)?.as_deref() == Some(manifest_digest.as_str()) {
+            // Already this image: leave refs.json alone.
+            let (manifest, config) = self.load_manifest(&manifest_digest)?;
+            for (l, d) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+                self.ensure_layer(&l.digest, d)?;
+            }
+            return Ok(crate::store::info(
+                name.canonical(),
+                &manifest_digest,
+                &manifest,
+                &config,
+            ));
+        }
         self.commit_image(&name, &manifest_digest)
     }
 

@@ -385,6 +385,11 @@ impl ImageStore {
         Ok((manifest, config))
     }
 
+    /// The manifest digest `name` points at, if any.
+    pub(crate) fn ref_of(&self, name: &ImageName) -> Result<Option<String>, ImageError> {
+        Ok(self.read_refs()?.refs.get(&name.canonical()).cloned())
+    }
+
     fn read_refs(&self) -> Result<RefsFile, ImageError> {
         let path = self.root.join("refs.json");
         match fs::read(&path) {
@@ -602,7 +607,12 @@ impl ImageStore {
     }
 }
 
-fn info(name: String, digest: &str, manifest: &Manifest, config: &ConfigFile) -> ImageInfo {
+pub(crate) fn info(
+    name: String,
+    digest: &str,
+    manifest: &Manifest,
+    config: &ConfigFile,
+) -> ImageInfo {
     ImageInfo {
         name,
         digest: digest.to_string(),
