@@ -41,11 +41,17 @@ pub enum EngineError {
         hint: String,
     },
     /// The devcontainer.json names no image.
-    #[error("{}: no `image` given; Warren builds workspaces from images only (for now)", .0.display())]
+    #[error("{}: no `image` or `build.dockerfile` given; Compose configurations are not supported yet", .0.display())]
     NoImage(PathBuf),
     /// An image problem.
     #[error(transparent)]
     Image(#[from] warren_image::ImageError),
+    /// Building the configuration's Dockerfile failed.
+    #[error(transparent)]
+    Build(#[from] warren_build::BuildError),
+    /// `warren build` of a configuration without a Dockerfile.
+    #[error("{}: no `build.dockerfile` to build", .0.display())]
+    NoDockerfile(PathBuf),
     /// The name is taken by a workspace of another folder.
     #[error("the name `{name}` is taken{}", if dir.is_empty() { String::new() } else { format!(" by the workspace of {dir}") })]
     NameTaken {
@@ -113,7 +119,14 @@ impl EngineError {
             EngineError::Image(warren_image::ImageError::NotFound { .. }) => {
                 ErrorCode::ImageNotFound
             }
-            EngineError::Image(_) => ErrorCode::InvalidConfig,
+            EngineError::Image(_) | EngineError::NoDockerfile(_) => ErrorCode::InvalidConfig,
+            EngineError::Build(
+                warren_build::BuildError::RunFailed { .. } | warren_build::BuildError::Host(_),
+            ) => ErrorCode::RuntimeError,
+            EngineError::Build(warren_build::BuildError::MissingImage { .. }) => {
+                ErrorCode::ImageNotFound
+            }
+            EngineError::Build(_) => ErrorCode::InvalidConfig,
             EngineError::NameTaken { .. } => ErrorCode::NameTaken,
             EngineError::InvalidName(_) => ErrorCode::InvalidName,
             EngineError::NotRunning { .. }
@@ -138,9 +151,13 @@ impl EngineError {
                 "use a volume mount (type=volume) for data that should persist".into(),
             ),
             EngineError::NoImage(_) => Some(
-                "add \"image\": \"debian:bookworm\" (or an image you imported with `warren image import`)".into(),
+                "add \"image\": \"debian:bookworm\" (or an image you imported with `warren image import`), or \"build\": {\"dockerfile\": \"Dockerfile\"}".into(),
             ),
             EngineError::Image(e) => e.hint(),
+            EngineError::Build(e) => e.hint(),
+            EngineError::NoDockerfile(_) => Some(
+                "set \"build\": {\"dockerfile\": \"Dockerfile\"} in devcontainer.json (images named by `image` need no build)".into(),
+            ),
             EngineError::NameTaken { .. } => Some("pick another name with `--name NAME`".into()),
             EngineError::NotRunning { name, .. } => Some(format!("start it with `warren start {name}`")),
             EngineError::Running(name) => Some(format!(

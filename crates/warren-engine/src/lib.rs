@@ -5,6 +5,7 @@
 //! It never forks containers itself: the runtime starts a supervisor process per workspace.
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod devprops;
 mod error;
 mod lifecycle;
@@ -20,6 +21,7 @@ use std::time::Duration;
 pub use error::EngineError;
 pub use lifecycle::{run_on_host as run_initialize_command, LifecycleState};
 pub use reconcile::ReconcileReport;
+pub use warren_build::BuiltImage;
 pub use warren_runtime::Limits;
 pub use wsspec::WsSpec;
 
@@ -255,9 +257,6 @@ impl Engine {
         })?;
         let (read, loaded) = load_config(&dir, &opts.ownership)?;
         resolve::refuse_unsupported(&loaded)?;
-        for w in &loaded.warnings {
-            progress.warn(&w.to_string());
-        }
         // initializeCommand runs on the host, at every `up`, before anything else. Only for the
         // embedded CLI, whose user owns this host; a server never runs its users' commands on
         // itself (the CLI runs it on the user's machine before uploading instead).
@@ -267,7 +266,9 @@ impl Engine {
                 lifecycle::run_on_host(cmd, &dir, progress).await?;
             }
         }
-        let image_name = image_of(&loaded)?;
+        let image_name = self
+            .image_for(&loaded, &dir, &opts.ownership, progress)
+            .await?;
         let dir_s = dir.display().to_string();
 
         let owner = opts.ownership.owner_id.as_str();
@@ -486,7 +487,11 @@ impl Engine {
         })?;
         let (_, loaded) = load_config(&dir, &opts.ownership)?;
         resolve::refuse_unsupported(&loaded)?;
-        let image_name = image_of(&loaded)?;
+        // A Dockerfile's image is built by `provision`; the record names its tag meanwhile.
+        let image_name = match self.dockerfile_of(&loaded, &dir, &opts.ownership)? {
+            Some(_) => build::build_tag(&dir),
+            None => image_of(&loaded)?,
+        };
         let name = match &opts.name {
             Some(n) => WorkspaceName::new(n.clone())?,
             None => warren_api::workspace_name_from_dir(
@@ -552,10 +557,9 @@ impl Engine {
             let dir = Path::new(&rec.project_dir);
             let (read, loaded) = load_config(dir, &rec.ownership)?;
             resolve::refuse_unsupported(&loaded)?;
-            for w in &loaded.warnings {
-                progress.warn(&w.to_string());
-            }
-            let image_name = image_of(&loaded)?;
+            let image_name = self
+                .image_for(&loaded, dir, &rec.ownership, progress)
+                .await?;
             let image = self.ensure_image(&image_name, progress).await?;
             progress.step(&format!(
                 "Creating workspace {} from image {}",
@@ -1054,6 +1058,221 @@ const ATTACH: Hooks = Hooks {
 };
 
 /// The image a configuration names (Warren builds workspaces from images only, for now).
+impl Engine {
+    /// The Dockerfile build a workspace's configuration asks for, if any.
+    fn dockerfile_of(
+        &self,
+        loaded: &warren_devcontainer::Loaded,
+        dir: &Path,
+        ownership: &Ownership,
+    ) -> Result<Option<build::DockerfileBuild>, EngineError> {
+        let untrusted = !ownership.owner_id.is_empty();
+        // Server users' configurations are read from the server's copy, never from the folder.
+        let text_path = if untrusted {
+            server_config_path(dir)
+        } else {
+            loaded.config_path.clone()
+        };
+        let text = std::fs::read_to_string(&text_path).map_err(|e| EngineError::ProjectDir {
+            path: text_path.clone(),
+            error: e.to_string(),
+        })?;
+        let host_env = |n: &str| std::env::var(n).ok();
+        let no_env = |_: &str| None;
+        let env: &dyn Fn(&str) -> Option<String> = if untrusted { &no_env } else { &host_env };
+        build::dockerfile_build(&text, &loaded.config_path, dir, env)
+    }
+
+    /// The image a configuration runs: its `image`, or the one its Dockerfile builds (built now,
+    /// from the cache when nothing changed). Prints the loader's warnings, except those about the
+    /// build properties when a build handles them.
+    async fn image_for(
+        &self,
+        loaded: &warren_devcontainer::Loaded,
+        dir: &Path,
+        ownership: &Ownership,
+        progress: &dyn Progress,
+    ) -> Result<String, EngineError> {
+        let dockerfile = self.dockerfile_of(loaded, dir, ownership)?;
+        for w in &loaded.warnings {
+            if dockerfile.is_some() && build::BUILD_PROPERTIES.contains(&w.property.as_str()) {
+                continue;
+            }
+            progress.warn(&w.to_string());
+        }
+        let Some(b) = dockerfile else {
+            return image_of(loaded);
+        };
+        let tag = build::build_tag(dir);
+        // Host-local builds get the host's network (apt-get...); server users' builds stay
+        // isolated until workspaces have networks of their own.
+        let network = if ownership.owner_id.is_empty() {
+            warren_build::Network::Host
+        } else {
+            warren_build::Network::Isolated
+        };
+        progress.step(&format!(
+            "Building image {tag} from {}",
+            b.dockerfile.display()
+        ));
+        self.run_build(
+            b,
+            tag.clone(),
+            network,
+            false,
+            !ownership.owner_id.is_empty(),
+            progress,
+        )
+        .await?;
+        Ok(tag)
+    }
+
+    /// Builds the image of the project folder `dir` (`warren build DIR`): its devcontainer.json
+    /// must use `build.dockerfile`. Host-local, so RUN steps have the host's network.
+    pub async fn build(
+        &self,
+        dir: &Path,
+        no_cache: bool,
+        progress: &dyn Progress,
+    ) -> Result<BuiltImage, EngineError> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| EngineError::ProjectDir {
+            path: dir.to_path_buf(),
+            error: e.to_string(),
+        })?;
+        let loaded = warren_devcontainer::load(&dir)?;
+        let b = self
+            .dockerfile_of(&loaded, &dir, &Ownership::default())?
+            .ok_or_else(|| EngineError::NoDockerfile(loaded.config_path.clone()))?;
+        let tag = build::build_tag(&dir);
+        progress.step(&format!(
+            "Building image {tag} from {}",
+            b.dockerfile.display()
+        ));
+        self.run_build(
+            b,
+            tag,
+            warren_build::Network::Host,
+            no_cache,
+            false,
+            progress,
+        )
+        .await
+    }
+
+    /// Runs Warren's builder on a blocking thread, streaming its log to `progress`.
+    async fn run_build(
+        &self,
+        b: build::DockerfileBuild,
+        tag: String,
+        network: warren_build::Network,
+        no_cache: bool,
+        untrusted: bool,
+        progress: &dyn Progress,
+    ) -> Result<BuiltImage, EngineError> {
+        if untrusted {
+            // The folder is the user's: a Dockerfile that is a symlink must not make the host
+            // read one of its own files.
+            let meta = std::fs::symlink_metadata(&b.dockerfile);
+            if !meta.is_ok_and(|m| m.is_file()) {
+                return Err(EngineError::Policy(format!(
+                    "{} must be a regular file in the project folder",
+                    b.dockerfile.display()
+                )));
+            }
+        }
+        let dockerfile =
+            std::fs::read_to_string(&b.dockerfile).map_err(|e| EngineError::ProjectDir {
+                path: b.dockerfile.clone(),
+                error: e.to_string(),
+            })?;
+        let req = warren_build::BuildRequest {
+            dockerfile,
+            dockerfile_path: b.dockerfile.clone(),
+            context_dir: b.context.clone(),
+            build_args: b.args,
+            target: b.target,
+            tag,
+            network,
+            no_cache,
+            labels: Default::default(),
+        };
+        let first = self.build_once(req.clone(), progress).await;
+        match first {
+            // As for `image`, a missing `debian:<suite>` base is built from Debian's packages.
+            Err(EngineError::Build(warren_build::BuildError::MissingImage { image, .. }))
+                if !untrusted && debian_suite(&image).is_some() =>
+            {
+                let suite = debian_suite(&image).unwrap_or("bookworm").to_string();
+                progress.step(&format!(
+                    "Image {image} is not in the local store: building it from Debian packages with mmdebstrap (first use only)"
+                ));
+                self.bootstrap(&image, &suite, progress).await?;
+                self.build_once(req, progress).await
+            }
+            other => other,
+        }
+    }
+
+    async fn build_once(
+        &self,
+        req: warren_build::BuildRequest,
+        progress: &dyn Progress,
+    ) -> Result<BuiltImage, EngineError> {
+        let images = self.images.clone();
+        let work = self.cfg.state_dir.join("builds");
+        let rt = LinuxRuntime::new(&work.join("sandboxes"), self.cfg.oci.clone(), &self.cfg.exe);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut log = LineSender {
+                tx,
+                buf: Vec::new(),
+            };
+            let r = warren_build::build(&images, &rt, &work, &req, &mut log);
+            log.flush_rest();
+            r
+        });
+        while let Some(line) = rx.recv().await {
+            progress.output(&line);
+        }
+        Ok(task
+            .await
+            .map_err(|e| EngineError::Internal(format!("build task: {e}")))??)
+    }
+}
+
+/// A `Write` that sends whole lines over a channel (the build log to `Progress::output`).
+struct LineSender {
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+    buf: Vec<u8>,
+}
+
+impl LineSender {
+    fn flush_rest(&mut self) {
+        if !self.buf.is_empty() {
+            let line = String::from_utf8_lossy(&self.buf).into_owned();
+            let _ = self.tx.send(line);
+            self.buf.clear();
+        }
+    }
+}
+
+impl std::io::Write for LineSender {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            let _ = self
+                .tx
+                .send(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The image a configuration names in `image`.
 fn image_of(loaded: &warren_devcontainer::Loaded) -> Result<String, EngineError> {
     loaded
         .config

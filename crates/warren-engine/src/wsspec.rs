@@ -158,6 +158,8 @@ impl WsSpec {
             limits: self.limits.clone(),
             user_namespace: None,
             security: self.security(),
+            network: warren_runtime::Network::Isolated,
+            tmp_tmpfs: true,
         }
     }
 

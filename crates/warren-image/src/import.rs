@@ -194,6 +194,7 @@ impl ImageStore {
             history: Some(vec![History {
                 created,
                 created_by: Some(format!("warren image import {}", src.display())),
+                ..History::default()
             }]),
         };
         let config_bytes = to_json(&config_file, "image config")?;

@@ -7,6 +7,7 @@
 //! - `layers/<hex of diff_id>/`: each layer unpacked once, whiteouts in overlayfs form,
 //!   shared read-only by every image and workspace using it (overlayfs lowerdirs).
 //! - `refs.json`: image name (`name:tag`) to manifest digest.
+//! - `buildcache/<hex>.json`: the image builder's layer cache (cache key to [`ImageState`]).
 //! - `tmp/`: work area; things move from here to their final names by atomic rename.
 //! - `lock`, `refs.lock`: flock files coordinating concurrent processes.
 //!
@@ -24,6 +25,7 @@
 //! ```
 
 mod bootstrap;
+mod compose;
 mod digest;
 mod error;
 mod import;
@@ -35,7 +37,8 @@ mod store;
 mod unpack;
 
 pub use bootstrap::BootstrapOptions;
+pub use compose::{now_rfc3339, ImageState, LayerRef, StoreHold};
 pub use error::ImageError;
 pub use name::normalize_name;
-pub use spec::ImageConfig;
+pub use spec::{History, ImageConfig};
 pub use store::{GcReport, Image, ImageInfo, ImageStore};

@@ -15,6 +15,17 @@ use crate::unpack::keep_xattr;
 /// Writes a tar of everything below `src` (not `src` itself) to `out`, in sorted order so
 /// the same tree always gives the same bytes.
 pub(crate) fn pack_dir<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
+    pack_tree(src, out, false)
+}
+
+/// Like [`pack_dir`], for an overlayfs upper directory: its whiteouts (0/0 character devices)
+/// become `.wh.NAME` entries and its opaque directories (`trusted.overlay.opaque=y`) get a
+/// `.wh..wh..opq` entry, as the OCI layer format wants.
+pub(crate) fn pack_overlay_upper<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
+    pack_tree(src, out, true)
+}
+
+fn pack_tree<W: Write>(src: &Path, out: W, overlay: bool) -> Result<W, ImageError> {
     let mut builder = Builder::new(out);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut stack = vec![PathBuf::new()];
@@ -36,6 +47,19 @@ pub(crate) fn pack_dir<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
             if ft.is_socket() {
                 continue;
             }
+            if overlay && ft.is_char_device() && meta.rdev() == 0 {
+                let mut wh_name = std::ffi::OsString::from(".wh.");
+                wh_name.push(&name);
+                let mut header = Header::new_gnu();
+                header.set_entry_type(EntryType::Regular);
+                header.set_mode(0);
+                header.set_mtime(0);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, rel_dir.join(wh_name), io::empty())
+                    .map_err(ImageError::io("write tar for", &full))?;
+                continue;
+            }
             let xattrs = read_xattrs(&full)?;
             if !xattrs.is_empty() {
                 append_pax_xattrs(&mut builder, &xattrs)
@@ -53,6 +77,16 @@ pub(crate) fn pack_dir<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
                 builder
                     .append_data(&mut header, &rel, io::empty())
                     .map_err(write_err)?;
+                if overlay && is_opaque(&full) {
+                    let mut wh = Header::new_gnu();
+                    wh.set_entry_type(EntryType::Regular);
+                    wh.set_mode(0);
+                    wh.set_mtime(0);
+                    wh.set_size(0);
+                    builder
+                        .append_data(&mut wh, rel.join(".wh..wh..opq"), io::empty())
+                        .map_err(ImageError::io("write tar for", &full))?;
+                }
                 subdirs.push(rel);
             } else if ft.is_symlink() {
                 let target = fs::read_link(&full).map_err(ImageError::io("read symlink", &full))?;
@@ -104,6 +138,12 @@ pub(crate) fn pack_dir<W: Write>(src: &Path, out: W) -> Result<W, ImageError> {
     builder
         .into_inner()
         .map_err(ImageError::io("finish tar of", src))
+}
+
+/// Whether an overlayfs upper directory is opaque (hides the lower directories' contents).
+fn is_opaque(path: &Path) -> bool {
+    let mut value = [0u8; 4];
+    matches!(rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut value[..]), Ok(1) if value[0] == b'y')
 }
 
 /// Reads the extended attributes of a path (not following symlinks) worth carrying into a

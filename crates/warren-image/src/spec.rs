@@ -34,6 +34,12 @@ pub struct ImageConfig {
     pub user: Option<String>,
     /// Image labels.
     pub labels: BTreeMap<String, String>,
+    /// Exposed ports (`80/tcp`), from `EXPOSE`.
+    #[serde(default)]
+    pub exposed_ports: std::collections::BTreeSet<String>,
+    /// The shell of shell-form commands (`SHELL`); empty means `/bin/sh -c`.
+    #[serde(default)]
+    pub shell: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +108,14 @@ pub(crate) struct ContainerConfig {
     pub working_dir: Option<String>,
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(rename = "Shell", default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,12 +126,20 @@ pub(crate) struct RootFs {
     pub diff_ids: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct History {
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// When the step ran (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
+    /// What made the layer (the Dockerfile instruction).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// Free-form comment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// The step changed only the config and added no layer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_layer: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +166,12 @@ impl From<&ContainerConfig> for ImageConfig {
             working_dir: c.working_dir.clone().filter(|w| !w.is_empty()),
             user: c.user.clone().filter(|u| !u.is_empty()),
             labels: c.labels.clone().unwrap_or_default(),
+            exposed_ports: c
+                .exposed_ports
+                .as_ref()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default(),
+            shell: c.shell.clone().unwrap_or_default(),
         }
     }
 }
@@ -158,6 +186,13 @@ impl From<&ImageConfig> for ContainerConfig {
             cmd: non_empty(&c.cmd),
             working_dir: c.working_dir.clone(),
             labels: (!c.labels.is_empty()).then(|| c.labels.clone()),
+            exposed_ports: (!c.exposed_ports.is_empty()).then(|| {
+                c.exposed_ports
+                    .iter()
+                    .map(|p| (p.clone(), serde_json::json!({})))
+                    .collect()
+            }),
+            shell: non_empty(&c.shell),
         }
     }
 }

@@ -362,6 +362,13 @@ impl ImageStore {
         Ok(info(name.canonical(), manifest_digest, &manifest, &config))
     }
 
+    pub(crate) fn load_manifest(
+        &self,
+        manifest_digest: &str,
+    ) -> Result<(Manifest, ConfigFile), ImageError> {
+        self.load(manifest_digest)
+    }
+
     /// Reads a stored manifest and its config, checking they agree on the layer count.
     fn load(&self, manifest_digest: &str) -> Result<(Manifest, ConfigFile), ImageError> {
         let manifest: Manifest = self.read_blob_json(manifest_digest, "manifest")?;
@@ -376,6 +383,11 @@ impl ImageStore {
             });
         }
         Ok((manifest, config))
+    }
+
+    /// The manifest digest `name` points at, if any.
+    pub(crate) fn ref_of(&self, name: &ImageName) -> Result<Option<String>, ImageError> {
+        Ok(self.read_refs()?.refs.get(&name.canonical()).cloned())
     }
 
     fn read_refs(&self) -> Result<RefsFile, ImageError> {
@@ -570,6 +582,8 @@ impl ImageStore {
                 report.layers_removed += 1;
             }
         }
+        // Build cache entries whose layers are gone can never hit again.
+        self.prune_build_cache();
         let tmp_dir = self.root.join("tmp");
         let now = SystemTime::now();
         for entry in fs::read_dir(&tmp_dir).map_err(ImageError::io("read", &tmp_dir))? {
@@ -593,7 +607,12 @@ impl ImageStore {
     }
 }
 
-fn info(name: String, digest: &str, manifest: &Manifest, config: &ConfigFile) -> ImageInfo {
+pub(crate) fn info(
+    name: String,
+    digest: &str,
+    manifest: &Manifest,
+    config: &ConfigFile,
+) -> ImageInfo {
     ImageInfo {
         name,
         digest: digest.to_string(),

@@ -116,6 +116,7 @@ fn explicit_config_round_trips_through_resolve() {
         working_dir: Some("/root".into()),
         user: Some("1000:1000".into()),
         labels: BTreeMap::from([("org.example.team".to_string(), "dev".to_string())]),
+        ..Default::default()
     };
     store
         .import_rootfs(&rootfs, "cfg:1", Some(config.clone()))

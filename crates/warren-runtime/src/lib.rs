@@ -50,6 +50,11 @@ pub struct WorkspaceSpec {
     pub user_namespace: Option<UserNamespace>,
     /// Privileges beyond the default sandbox, and what the init runs (default: none, Warren's init).
     pub security: Security,
+    /// Its network: a fresh, empty network namespace unless the caller asks for the host's.
+    pub network: Network,
+    /// Mount a fresh tmpfs on `/tmp` (workspaces). Image build steps leave `/tmp` to the image, so
+    /// that what a step writes there stays in its layer as it does with Docker.
+    pub tmp_tmpfs: bool,
 }
 
 /// What a workspace may do beyond Warren's least-privilege sandbox, and what its init runs. The
@@ -74,6 +79,18 @@ pub struct Security {
     /// devcontainer `overrideCommand` is false). The workspace stops when it exits.
     #[serde(default)]
     pub command: Option<Vec<String>>,
+}
+
+/// The network a workspace sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// A network namespace of its own with only loopback (the default).
+    #[default]
+    Isolated,
+    /// The host's network namespace and `/etc/resolv.conf` (read-only). Only image builds that
+    /// their caller trusts ask for this (e.g. `apt-get` in a host-local build).
+    Host,
 }
 
 /// A user-namespace mapping of container ids 0..size to host ids starting at host_uid/host_gid.
@@ -200,4 +217,13 @@ pub trait Runtime: Send + Sync {
     fn stats(&self, id: &str) -> Result<Stats, RuntimeError>;
     /// Ids of every workspace with anything on the host (to find orphans).
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
+    /// The host directory holding the workspace's writable layer (its overlay upper directory),
+    /// for image builds that turn a stopped build sandbox's changes into a layer. Read it only
+    /// while the workspace is stopped; it is removed by `destroy`.
+    fn upper_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Exec(
+            "this runtime cannot hand out a workspace's writable layer".into(),
+        ))
+    }
 }

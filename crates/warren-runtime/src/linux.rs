@@ -430,6 +430,16 @@ impl Runtime for LinuxRuntime {
         Ok(cgroup::stats(&spec::cgroup_path(id)))
     }
 
+    fn upper_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
+        let l = self.layout(id);
+        if self.supervisor_alive(&l) {
+            return Err(RuntimeError::Exec(format!(
+                "workspace {id} is running; stop it before reading its writable layer"
+            )));
+        }
+        Ok(l.upper())
+    }
+
     fn list(&self) -> Result<Vec<String>, RuntimeError> {
         // Directories only: cgroups under /warren may belong to another Warren state dir on this host,
         // and `destroy` removes a workspace's cgroup before its directory, so a cgroup never outlives

@@ -286,9 +286,9 @@ fn resources(limits: &Limits, privileged: bool) -> Value {
     r
 }
 
-fn base_mounts(privileged: bool) -> Vec<Value> {
+fn base_mounts(tmp_tmpfs: bool, privileged: bool) -> Vec<Value> {
     let sys = if privileged { "rw" } else { "ro" };
-    vec![
+    let mut mounts = vec![
         json!({ "destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"] }),
         json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
@@ -300,9 +300,14 @@ fn base_mounts(privileged: bool) -> Vec<Value> {
                 "options": ["nosuid", "noexec", "nodev"] }),
         json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs",
                 "options": ["nosuid", "noexec", "nodev", sys] }),
-        json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+    ];
+    if tmp_tmpfs {
+        mounts.push(
+            json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
                 "options": ["nosuid", "nodev", "mode=1777"] }),
-    ]
+        );
+    }
+    mounts
 }
 
 /// Paths of one workspace's directories on the host.
@@ -383,8 +388,12 @@ pub fn config(
     init_user: &User,
     home: Option<&str>,
 ) -> Value {
-    let mut mounts = base_mounts(spec.security.privileged);
+    let mut mounts = base_mounts(spec.tmp_tmpfs, spec.security.privileged);
     let etc = layout.etc();
+    if spec.network == crate::Network::Host {
+        mounts.push(json!({ "destination": "/etc/resolv.conf", "type": "bind",
+            "source": "/etc/resolv.conf", "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }));
+    }
     for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts")] {
         mounts.push(json!({ "destination": dest, "type": "bind",
             "source": etc.join(file), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }));
@@ -419,12 +428,14 @@ pub fn config(
     let args = init_args(&spec.security);
     let mut namespaces = vec![
         json!({"type": "pid"}),
-        json!({"type": "network"}),
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),
         json!({"type": "cgroup"}),
     ];
+    if spec.network == crate::Network::Isolated {
+        namespaces.insert(1, json!({"type": "network"}));
+    }
     let mut linux = json!({
         "cgroupsPath": cgroup_path(&spec.id),
         "resources": resources(&spec.limits, spec.security.privileged),
@@ -520,6 +531,8 @@ mod tests {
             },
             user_namespace: None,
             security: Security::default(),
+            network: crate::Network::Isolated,
+            tmp_tmpfs: true,
         }
     }
 
@@ -628,5 +641,35 @@ mod tests {
             .find(|m| m["destination"] == "/scratch")
             .unwrap();
         assert_eq!(scratch["type"], "tmpfs");
+    }
+
+    #[test]
+    fn host_network_shares_the_host_netns_and_resolv_conf_and_only_when_asked() {
+        let layout = Layout::new(Path::new("/state"), "abc");
+        let has_netns = |v: &Value| {
+            v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "network")
+        };
+        let dest = |v: &Value, d: &str| {
+            v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == d)
+        };
+        let isolated = config(&spec(), &layout, &User::root(), None);
+        assert!(has_netns(&isolated));
+        assert!(!dest(&isolated, "/etc/resolv.conf"));
+        assert!(dest(&isolated, "/tmp"));
+        let mut s = spec();
+        s.network = crate::Network::Host;
+        s.tmp_tmpfs = false;
+        let host = config(&s, &layout, &User::root(), None);
+        assert!(!has_netns(&host));
+        assert!(dest(&host, "/etc/resolv.conf"));
+        assert!(!dest(&host, "/tmp"));
     }
 }

@@ -65,9 +65,16 @@ pub struct BenchArgs {
     /// --devcontainer: passes over the corpus (--quick: 1).
     #[arg(long, default_value_t = 3)]
     devcontainer_rounds: usize,
+    /// Benchmark Warren's Dockerfile builder instead: cold build vs unchanged rebuild vs `runc run`.
+    #[arg(long)]
+    build: bool,
+    /// --build: rounds (default 20; 5 with --quick).
+    #[arg(long, default_value_t = 20)]
+    build_rounds: usize,
 }
 
 mod api;
+mod build;
 pub(crate) mod devcontainer;
 
 /// `warren bench --devcontainer`.
@@ -392,6 +399,8 @@ fn runtime_once(ctx: &Ctx, id: &str, out: &mut Series) -> Result<()> {
         limits: Default::default(),
         user_namespace: None,
         security: Default::default(),
+        network: warren_runtime::Network::Isolated,
+        tmp_tmpfs: true,
     };
     ctx.rt_ids.lock().expect("lock").push(id.to_string());
     let rt = &ctx.runtime;
@@ -657,6 +666,18 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
         .await;
         if let Some(dir) = owned_state {
             let _ = std::fs::remove_dir_all(&dir);
+        }
+        return res;
+    }
+    if args.build {
+        if args.quick {
+            args.build_rounds = 5;
+        }
+        let res = build::run(&dirs, &args.busybox, args.build_rounds, oci, args.json).await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
         }
         return res;
     }

@@ -129,6 +129,9 @@ pub(crate) enum Cmd {
     /// Manage local images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Build the image of a project folder whose devcontainer.json uses `build.dockerfile`
+    /// (as `devcontainer build`), with Warren's own builder. `warren up` does this by itself.
+    Build(BuildArgs),
     /// Make recorded state match what runs on this host (runs automatically; safe to repeat).
     Reconcile,
     /// Measure workspace latency and memory against bubblewrap and runc (uses a private state dir).
@@ -138,6 +141,16 @@ pub(crate) enum Cmd {
     Devcontainer(crate::devcontainer_cmd::DevcontainerCmd),
     /// Run the control-plane server (REST API, metrics), or initialise it.
     Server(crate::server_cmd::ServerArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct BuildArgs {
+    /// Project folder containing .devcontainer/devcontainer.json or .devcontainer.json.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Run every step again instead of reusing cached layers.
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[derive(Args, Debug)]
@@ -574,7 +587,10 @@ pub async fn run(cli: Cli) -> Result<u8> {
         cmd => cmd,
     };
     // Host-level commands always run here.
-    let host_only = matches!(cmd, Cmd::Image(_) | Cmd::Reconcile | Cmd::Bench(_));
+    let host_only = matches!(
+        cmd,
+        Cmd::Image(_) | Cmd::Build(_) | Cmd::Reconcile | Cmd::Bench(_)
+    );
     let target = if host_only || cli.local {
         Target::Embedded
     } else {
@@ -821,6 +837,25 @@ async fn embedded(
             Ok(0)
         }
         Cmd::Image(ic) => image(&engine, ic, json).await,
+        Cmd::Build(a) => {
+            let built = engine.build(&a.dir, a.no_cache, &Printer).await?;
+            eprintln!(
+                "Built {} ({} of {} layer steps from the cache)",
+                built.name, built.cached_steps, built.layer_steps
+            );
+            if json {
+                print_json(&serde_json::json!({
+                    "image": built.name,
+                    "digest": built.digest,
+                    "layer_steps": built.layer_steps,
+                    "cached_steps": built.cached_steps,
+                    "sandboxes_started": built.sandboxes_started,
+                }))?;
+            } else {
+                println!("{}", built.name);
+            }
+            Ok(0)
+        }
         // Dispatched before the engine is opened, or refused without a server.
         _ => Ok(0),
     }

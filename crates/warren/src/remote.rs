@@ -90,6 +90,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Logout { .. }
         | Cmd::Context(_)
         | Cmd::Image(_)
+        | Cmd::Build(_)
         | Cmd::Reconcile
         | Cmd::Bench(_)
         | Cmd::Server(_)

@@ -36,6 +36,38 @@ fn examples_hello_comes_up_on_a_bootstrapped_debian_image() {
         .success());
     let images = stdout(&warren(&state, &["image", "ls"]));
     assert!(images.contains("debian:bookworm"), "{images}");
+
+    // examples/dockerfile on the same Debian image: built by Warren, then from the cache.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/dockerfile");
+    let o = warren(&state, &["up", example.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "up failed: {err}");
+    assert!(
+        err.contains("Hello from an image Warren built, dev!"),
+        "postCreate: {err}"
+    );
+    let o = warren(
+        &state,
+        &[
+            "exec",
+            "dockerfile",
+            "--",
+            "sh",
+            "-c",
+            "pwd; cat /etc/motd; echo $EDITOR",
+        ],
+    );
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.starts_with("/workspaces/dockerfile\n"), "{out}");
+    assert!(out.contains("built from examples/dockerfile"), "{out}");
+    assert!(out.ends_with("vi\n"), "{out}");
+    let o = warren(&state, &["--json", "build", example.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["sandboxes_started"], 0, "{v}");
+    assert!(warren(&state, &["delete", "--force", "dockerfile"])
+        .status
+        .success());
 }
 
 fn which(bin: &str) -> Option<std::path::PathBuf> {

@@ -1,4 +1,5 @@
 //! Integration tests: the real `warren` binary, real OCI runtimes, real kernels features.
+mod build;
 mod cli;
 mod examples;
 mod isolation;

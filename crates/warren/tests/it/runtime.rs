@@ -55,6 +55,8 @@ pub fn spec(f: &Fixture, id: &str) -> WorkspaceSpec {
         },
         user_namespace: None,
         security: Default::default(),
+        network: warren_runtime::Network::Isolated,
+        tmp_tmpfs: true,
     }
 }
 
