@@ -280,6 +280,14 @@ pub fn read_str(
     Ok((read, loaded))
 }
 
+/// JSONC text (comments, trailing commas: devcontainer.json and devcontainer-feature.json) as
+/// strict JSON text, keys in their order; the error is `line:column: message`.
+pub fn jsonc_to_json(text: &str) -> Result<String, String> {
+    let (root, _) = jsonc::parse(text.trim_start_matches('\u{feff}'))
+        .map_err(|e| format!("{}:{}: {}", e.pos.line, e.pos.column, e.message))?;
+    Ok(Json::from(&root).to_json_string())
+}
+
 /// Parses devcontainer.json text without substituting variables; `file` is used in errors.
 pub fn parse_str(text: &str, file: &Path) -> Result<(DevContainer, Vec<Warning>), ConfigError> {
     let (mut root, duplicates) = parse_tree(text, file)?;

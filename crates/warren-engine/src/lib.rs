@@ -488,7 +488,7 @@ impl Engine {
         let (_, loaded) = load_config(&dir, &opts.ownership)?;
         resolve::refuse_unsupported(&loaded)?;
         // A Dockerfile's image is built by `provision`; the record names its tag meanwhile.
-        let image_name = match self.dockerfile_of(&loaded, &dir, &opts.ownership)? {
+        let image_name = match build::dockerfile_build(&loaded) {
             Some(_) => build::build_tag(&dir),
             None => image_of(&loaded)?,
         };
@@ -1059,30 +1059,6 @@ const ATTACH: Hooks = Hooks {
 
 /// The image a configuration names (Warren builds workspaces from images only, for now).
 impl Engine {
-    /// The Dockerfile build a workspace's configuration asks for, if any.
-    fn dockerfile_of(
-        &self,
-        loaded: &warren_devcontainer::Loaded,
-        dir: &Path,
-        ownership: &Ownership,
-    ) -> Result<Option<build::DockerfileBuild>, EngineError> {
-        let untrusted = !ownership.owner_id.is_empty();
-        // Server users' configurations are read from the server's copy, never from the folder.
-        let text_path = if untrusted {
-            server_config_path(dir)
-        } else {
-            loaded.config_path.clone()
-        };
-        let text = std::fs::read_to_string(&text_path).map_err(|e| EngineError::ProjectDir {
-            path: text_path.clone(),
-            error: e.to_string(),
-        })?;
-        let host_env = |n: &str| std::env::var(n).ok();
-        let no_env = |_: &str| None;
-        let env: &dyn Fn(&str) -> Option<String> = if untrusted { &no_env } else { &host_env };
-        build::dockerfile_build(&text, &loaded.config_path, dir, env)
-    }
-
     /// The image a configuration runs: its `image`, or the one its Dockerfile builds (built now,
     /// from the cache when nothing changed). Prints the loader's warnings, except those about the
     /// build properties when a build handles them.
@@ -1093,11 +1069,8 @@ impl Engine {
         ownership: &Ownership,
         progress: &dyn Progress,
     ) -> Result<String, EngineError> {
-        let dockerfile = self.dockerfile_of(loaded, dir, ownership)?;
+        let dockerfile = build::dockerfile_build(loaded);
         for w in &loaded.warnings {
-            if dockerfile.is_some() && build::BUILD_PROPERTIES.contains(&w.property.as_str()) {
-                continue;
-            }
             progress.warn(&w.to_string());
         }
         let Some(b) = dockerfile else {
@@ -1120,7 +1093,7 @@ impl Engine {
             tag.clone(),
             network,
             false,
-            !ownership.owner_id.is_empty(),
+            (!ownership.owner_id.is_empty()).then_some(dir),
             progress,
         )
         .await?;
@@ -1140,8 +1113,7 @@ impl Engine {
             error: e.to_string(),
         })?;
         let loaded = warren_devcontainer::load(&dir)?;
-        let b = self
-            .dockerfile_of(&loaded, &dir, &Ownership::default())?
+        let b = build::dockerfile_build(&loaded)
             .ok_or_else(|| EngineError::NoDockerfile(loaded.config_path.clone()))?;
         let tag = build::build_tag(&dir);
         progress.step(&format!(
@@ -1153,7 +1125,7 @@ impl Engine {
             tag,
             warren_build::Network::Host,
             no_cache,
-            false,
+            None,
             progress,
         )
         .await
@@ -1166,17 +1138,24 @@ impl Engine {
         tag: String,
         network: warren_build::Network,
         no_cache: bool,
-        untrusted: bool,
+        untrusted: Option<&Path>,
         progress: &dyn Progress,
     ) -> Result<BuiltImage, EngineError> {
-        if untrusted {
-            // The folder is the user's: a Dockerfile that is a symlink must not make the host
-            // read one of its own files.
-            let meta = std::fs::symlink_metadata(&b.dockerfile);
-            if !meta.is_ok_and(|m| m.is_file()) {
+        if let Some(project) = untrusted {
+            // The folder is the user's: neither the Dockerfile nor the build context may lead the
+            // host out of it (`"context": "/"`, `..`, or symlinks anywhere on the way).
+            let root = std::fs::canonicalize(project).map_err(|e| EngineError::ProjectDir {
+                path: project.to_path_buf(),
+                error: e.to_string(),
+            })?;
+            let inside = |p: &Path| std::fs::canonicalize(p).is_ok_and(|c| c.starts_with(&root));
+            let is_file = std::fs::symlink_metadata(&b.dockerfile).is_ok_and(|m| m.is_file());
+            if !is_file || !inside(&b.dockerfile) || !inside(&b.context) {
                 return Err(EngineError::Policy(format!(
-                    "{} must be a regular file in the project folder",
-                    b.dockerfile.display()
+                    "the Dockerfile ({}) must be a regular file and the build context ({}) a folder, \
+                     both inside the project folder",
+                    b.dockerfile.display(),
+                    b.context.display()
                 )));
             }
         }
@@ -1200,7 +1179,7 @@ impl Engine {
         match first {
             // As for `image`, a missing `debian:<suite>` base is built from Debian's packages.
             Err(EngineError::Build(warren_build::BuildError::MissingImage { image, .. }))
-                if !untrusted && debian_suite(&image).is_some() =>
+                if untrusted.is_none() && debian_suite(&image).is_some() =>
             {
                 let suite = debian_suite(&image).unwrap_or("bookworm").to_string();
                 progress.step(&format!(

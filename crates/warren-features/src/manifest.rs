@@ -150,86 +150,13 @@ impl FeatureManifest {
     }
 }
 
-/// Removes `//` and `/* */` comments and trailing commas outside strings (JSONC → JSON).
-pub(crate) fn strip_jsonc(text: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '"' {
-            out.push(c);
-            i += 1;
-            while i < chars.len() {
-                out.push(chars[i]);
-                if chars[i] == '\\' && i + 1 < chars.len() {
-                    out.push(chars[i + 1]);
-                    i += 2;
-                    continue;
-                }
-                i += 1;
-                if chars[i - 1] == '"' {
-                    break;
-                }
-            }
-            continue;
-        }
-        if c == '/' && chars.get(i + 1) == Some(&'/') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-            continue;
-        }
-        if c == '/' && chars.get(i + 1) == Some(&'*') {
-            i += 2;
-            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                i += 1;
-            }
-            i += 2;
-            out.push(' ');
-            continue;
-        }
-        if c == ',' {
-            // A trailing comma: the next significant character closes the container.
-            let mut j = i + 1;
-            loop {
-                while j < chars.len() && chars[j].is_whitespace() {
-                    j += 1;
-                }
-                if chars.get(j) == Some(&'/') && chars.get(j + 1) == Some(&'/') {
-                    while j < chars.len() && chars[j] != '\n' {
-                        j += 1;
-                    }
-                    continue;
-                }
-                if chars.get(j) == Some(&'/') && chars.get(j + 1) == Some(&'*') {
-                    j += 2;
-                    while j < chars.len() && !(chars[j] == '*' && chars.get(j + 1) == Some(&'/')) {
-                        j += 1;
-                    }
-                    j += 2;
-                    continue;
-                }
-                break;
-            }
-            if matches!(chars.get(j), Some('}') | Some(']')) {
-                i += 1;
-                continue;
-            }
-        }
-        out.push(c);
-        i += 1;
-    }
-    out
-}
-
 /// Parses and validates a `devcontainer-feature.json`. `feature` names the feature in errors.
 pub fn parse_manifest(feature: &str, text: &str) -> Result<FeatureManifest, FeatureError> {
     let bad = |reason: String| FeatureError::InvalidManifest {
         feature: feature.to_string(),
         reason,
     };
-    let json = strip_jsonc(text.trim_start_matches('\u{feff}'));
+    let json = warren_devcontainer::jsonc_to_json(text).map_err(&bad)?;
     let raw: Value = serde_json::from_str(&json).map_err(|e| bad(e.to_string()))?;
     let obj = raw
         .as_object()
@@ -596,7 +523,10 @@ mod tests {
             (r#"{"id": "a", "privileged": "yes"}"#, "privileged"),
             (r#"{"id": "a", "mounts": [{"source": "x"}]}"#, "target"),
             (r#"[1]"#, "not a JSON object"),
-            (r#"{"id": "a""#, "EOF"),
+            (
+                r#"{"id": "a""#,
+                "1:11: expected `,` or `}`, found end of file",
+            ),
         ] {
             let e = parse_manifest("ghcr.io/x/y/a:1", text).unwrap_err();
             let msg = e.to_string();
@@ -609,9 +539,16 @@ mod tests {
 
     #[test]
     fn jsonc_is_accepted() {
+        let m = parse_manifest(
+            "x",
+            r#"{"id": "x", /* c */ "version": "1.0.0", // "name": "commented out"
+                "options": {"a": {"type": "string", "default": "//not a comment",},},}"#,
+        )
+        .unwrap();
+        assert_eq!(m.id, "x");
         assert_eq!(
-            strip_jsonc(r#"{"a": "//x", /* c */ "b": [1,2,],}"#),
-            r#"{"a": "//x",   "b": [1,2]}"#
+            m.options[0].1.default_value(),
+            Some(serde_json::json!("//not a comment"))
         );
     }
 }

@@ -541,9 +541,9 @@ mod tests {
         let mut seen = 0;
         for e in entries {
             let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-            let Ok(v) =
-                serde_json::from_str::<serde_json::Value>(&crate::manifest::strip_jsonc(&text))
-            else {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(
+                &warren_devcontainer::jsonc_to_json(&text).unwrap_or_default(),
+            ) else {
                 continue;
             };
             let Some(features) = v.get("features").and_then(|f| f.as_object()) else {
