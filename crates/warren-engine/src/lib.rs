@@ -1059,9 +1059,9 @@ const ATTACH: Hooks = Hooks {
 
 /// The image a configuration names (Warren builds workspaces from images only, for now).
 impl Engine {
-    /// The image a configuration runs: its `image`, or the one its Dockerfile builds (built now,
-    /// from the cache when nothing changed). Prints the loader's warnings, except those about the
-    /// build properties when a build handles them.
+    /// The image a configuration runs: its `image`, or the one its Dockerfile builds, with its
+    /// features installed on top (built now, from the cache when nothing changed). Prints the
+    /// loader's warnings.
     async fn image_for(
         &self,
         loaded: &warren_devcontainer::Loaded,
@@ -1073,10 +1073,6 @@ impl Engine {
         for w in &loaded.warnings {
             progress.warn(&w.to_string());
         }
-        let Some(b) = dockerfile else {
-            return image_of(loaded);
-        };
-        let tag = build::build_tag(dir);
         // Host-local builds get the host's network (apt-get...); server users' builds stay
         // isolated until workspaces have networks of their own.
         let network = if ownership.owner_id.is_empty() {
@@ -1084,19 +1080,150 @@ impl Engine {
         } else {
             warren_build::Network::Isolated
         };
+        let base = match dockerfile {
+            None => image_of(loaded)?,
+            Some(b) => {
+                let tag = build::build_tag(dir);
+                progress.step(&format!(
+                    "Building image {tag} from {}",
+                    b.dockerfile.display()
+                ));
+                self.run_build(
+                    b,
+                    tag.clone(),
+                    network,
+                    false,
+                    (!ownership.owner_id.is_empty()).then_some(dir),
+                    progress,
+                )
+                .await?;
+                tag
+            }
+        };
+        if loaded.config.features.is_empty() {
+            return Ok(base);
+        }
+        self.install_features(loaded, dir, &base, network, progress)
+            .await
+    }
+
+    /// Builds `base` with the configuration's features installed, each feature's install.sh a
+    /// cached layer of its own, and labels the result with the base image's metadata followed by
+    /// the features' (`devcontainer.metadata`), which the workspace's spec merges.
+    async fn install_features(
+        &self,
+        loaded: &warren_devcontainer::Loaded,
+        dir: &Path,
+        base: &str,
+        network: warren_build::Network,
+        progress: &dyn Progress,
+    ) -> Result<String, EngineError> {
+        let base_image = self.ensure_image(base, progress).await?;
+        let refused = |message: String, hint: Option<String>| EngineError::Refused {
+            config: loaded.config_path.clone(),
+            message,
+            hint: hint.unwrap_or_else(|| "check the `features` of the devcontainer.json".into()),
+        };
+        let features: Vec<(String, serde_json::Value)> = loaded
+            .config
+            .features
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v)))
+            .collect();
+        let config_dir = loaded.config_path.parent().unwrap_or(dir);
         progress.step(&format!(
-            "Building image {tag} from {}",
-            b.dockerfile.display()
+            "Resolving feature{} {}",
+            if features.len() == 1 { "" } else { "s" },
+            features
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
-        self.run_build(
-            b,
-            tag.clone(),
-            network,
-            false,
-            (!ownership.owner_id.is_empty()).then_some(dir),
-            progress,
+        let resolved = warren_features::prepare(
+            &features,
+            loaded
+                .config
+                .override_feature_install_order
+                .as_deref()
+                .unwrap_or(&[]),
+            config_dir,
+            &self.cfg.state_dir.join("features"),
+            &warren_features::FetchOptions::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| refused(e.to_string(), e.hint()))?;
+        for w in &resolved.warnings {
+            progress.warn(w);
+        }
+        let image_user = base_image
+            .config
+            .user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into());
+        let users = warren_features::BuildUsers {
+            container_user: loaded
+                .config
+                .container_user
+                .clone()
+                .unwrap_or_else(|| image_user.clone()),
+            remote_user: loaded.config.remote_user.clone(),
+            container_user_home: None,
+            remote_user_home: None,
+            image_user,
+        };
+        let ctx = self
+            .cfg
+            .state_dir
+            .join("builds/features")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        let plan = resolved
+            .build_plan(&base_image.name, &users, &ctx)
+            .map_err(|e| refused(e.to_string(), e.hint()))?;
+        let mut entries: Vec<serde_json::Value> = base_image
+            .config
+            .labels
+            .get(warren_devcontainer::METADATA_LABEL)
+            .map(|l| warren_devcontainer::parse_metadata_label(l))
+            .unwrap_or_default()
+            .iter()
+            .map(serde_json::Value::from)
+            .collect();
+        entries.extend(plan.metadata.iter().cloned());
+        let tag = build::build_tag(dir).replacen("warren-build/", "warren-features/", 1);
+        progress.step(&format!(
+            "Installing feature{} {} into {tag}",
+            if resolved.features.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            resolved
+                .features
+                .iter()
+                .map(|f| f.manifest.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let req = warren_build::BuildRequest {
+            dockerfile: plan.dockerfile.clone(),
+            dockerfile_path: ctx.join("Dockerfile"),
+            context_dir: ctx.clone(),
+            build_args: Default::default(),
+            target: None,
+            tag: tag.clone(),
+            network,
+            no_cache: false,
+            labels: [(
+                warren_devcontainer::METADATA_LABEL.to_string(),
+                serde_json::Value::Array(entries).to_string(),
+            )]
+            .into(),
+        };
+        let res = self.build_once(req, progress).await;
+        let _ = std::fs::remove_dir_all(&ctx);
+        res?;
         Ok(tag)
     }
 

@@ -1029,3 +1029,76 @@ fn what_a_devcontainer_asks_of_the_sandbox_is_granted_locally_or_refused_clearly
         assert_eq!(w.state_of(name), None, "{name}: nothing was created");
     }
 }
+
+#[test]
+fn local_features_install_into_the_image_and_merge_their_properties() {
+    let w = World::new();
+    let dir = w.project(
+        "feat",
+        r#"{"image": "busybox",
+            "waitFor": "postCreateCommand",
+            "features": {"./greeter": {"greeting": "hi there"}},
+            "postCreateCommand": "echo config >> /workspaces/feat/order"}"#,
+    );
+    let f = dir.join(".devcontainer/greeter");
+    std::fs::create_dir_all(&f).unwrap();
+    std::fs::write(
+        f.join("devcontainer-feature.json"),
+        r#"{"id": "greeter", "version": "1.0.0",
+            "options": {"greeting": {"type": "string", "default": "hello"}},
+            "containerEnv": {"GREETER_HOME": "/opt/greeter"},
+            "capAdd": ["SYS_PTRACE"],
+            "postCreateCommand": "echo feature >> /workspaces/feat/order"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        f.join("install.sh"),
+        "#!/bin/sh\nset -e\nmkdir -p /opt/greeter\necho \"$GREETING from uid $(id -u)\" > /opt/greeter/message\n",
+    )
+    .unwrap();
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (code, out, err) = w.sh(
+        "feat",
+        "cat /opt/greeter/message; echo $GREETER_HOME; cat /workspaces/feat/order; grep CapBnd /proc/self/status",
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("hi there from uid 0"),
+        "install.sh ran as root with its option: {out}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("/opt/greeter"),
+        "the feature's containerEnv: {out}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("feature"),
+        "feature commands run first: {out}"
+    );
+    assert_eq!(lines.next(), Some("config"), "{out}");
+    let bnd = lines
+        .next()
+        .and_then(|l| l.strip_prefix("CapBnd:\t"))
+        .map(|h| u64::from_str_radix(h.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(bnd & (1 << 19), 0, "the feature's capAdd: {out}");
+    assert!(
+        !dir.join("opt").exists(),
+        "the install went into the image, not the project"
+    );
+
+    // A feature that cannot be found is named, with a hint, and nothing is created.
+    let bad = w.project(
+        "nofeat",
+        r#"{"image": "busybox", "features": {"./missing": {}}}"#,
+    );
+    let o = w.warren(&["up", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("./missing") && err.contains("hint:"), "{err}");
+    assert_eq!(w.state_of("nofeat"), None);
+}
