@@ -204,10 +204,14 @@ pub fn read_configuration(
     mount_git_root: bool,
     local_env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(ReadConfiguration, Loaded), ConfigError> {
-    let cwd = std::env::current_dir().map_err(|error| ConfigError::Io {
-        path: project_dir.to_owned(),
-        error,
-    })?;
+    let cwd = if project_dir.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        std::env::current_dir().map_err(|error| ConfigError::Io {
+            path: project_dir.to_owned(),
+            error,
+        })?
+    };
     let project_dir = resolve_path(&cwd, project_dir);
     let config_path = find_config(&project_dir)?;
     let text = std::fs::read_to_string(&config_path).map_err(|error| ConfigError::Io {

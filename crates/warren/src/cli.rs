@@ -561,6 +561,35 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
 /// Where Warren keeps its state unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/warren";
 
+/// Runs the commands that need neither an async runtime nor an engine (`warren devcontainer`,
+/// `warren bench --devcontainer`); gives every other command back.
+#[allow(clippy::result_large_err)]
+pub fn run_sync(cli: Cli) -> std::result::Result<Result<u8>, Cli> {
+    let Cli {
+        state_dir,
+        runtime,
+        context,
+        local,
+        json,
+        cmd,
+    } = cli;
+    match cmd {
+        Cmd::Devcontainer(c) => {
+            let state_dir = state_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+            Ok(crate::devcontainer_cmd::run(c, &state_dir))
+        }
+        Cmd::Bench(a) if a.devcontainer => Ok(crate::bench::run_devcontainer(&a)),
+        cmd => Err(Cli {
+            state_dir,
+            runtime,
+            context,
+            local,
+            json,
+            cmd,
+        }),
+    }
+}
+
 /// Runs the parsed command; returns the process exit code.
 pub async fn run(cli: Cli) -> Result<u8> {
     let exe = std::env::current_exe()?;
@@ -577,13 +606,9 @@ pub async fn run(cli: Cli) -> Result<u8> {
             cmd: Some(AuditCmd::Verify { file: Some(f) }),
             ..
         }) => return crate::admin::verify_file(&f, json),
+        // Run by `run_sync` before the runtime starts.
+        Cmd::Devcontainer(_) => return Ok(0),
         Cmd::Bench(a) if a.devcontainer => return crate::bench::run_devcontainer(&a),
-        Cmd::Devcontainer(c) => {
-            let state_dir = cli
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-            return crate::devcontainer_cmd::run(c, &state_dir);
-        }
         cmd => cmd,
     };
     // Host-level commands always run here.

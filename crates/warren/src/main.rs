@@ -25,6 +25,15 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     let json = cli.json;
+    // Commands that need no async runtime skip starting one (`devcontainer` starts faster).
+    let cli = match cli::run_sync(cli) {
+        Ok(Ok(code)) => return ExitCode::from(code),
+        Ok(Err(e)) => {
+            report(&e, json);
+            return ExitCode::from(1);
+        }
+        Err(cli) => cli,
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
