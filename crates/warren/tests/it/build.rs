@@ -258,8 +258,10 @@ COPY --from=busybox:test /etc/passwd /copied/
 fn unchanged_rebuild_hits_the_cache_and_starts_no_sandbox() {
     let f = fx();
     f.file("app.sh", "echo app v1\n");
-    f.file(".dockerignore", "*.log\n");
+    f.file(".dockerignore", "*.log\ngen/\n!gen/keep.txt\n");
     f.file("noise.log", "ignored\n");
+    f.file("gen/keep.txt", "kept\n");
+    f.file("gen/drop.txt", "dropped\n");
     let dockerfile = "FROM busybox:test\nCOPY . /app/\nRUN sh /app/app.sh > /app/out\nENV X=1\n";
     let first = f.build(dockerfile, "cache:1");
     assert_eq!(
@@ -270,10 +272,17 @@ fn unchanged_rebuild_hits_the_cache_and_starts_no_sandbox() {
         ),
         (2, 0, 1)
     );
+    let v = f.view("cache:1");
     assert!(
-        f.view("cache:1").read_file("/app/noise.log").is_none(),
+        v.read_file("/app/noise.log").is_none(),
         ".dockerignore applies"
     );
+    assert_eq!(
+        v.read_file("/app/gen/keep.txt").as_deref(),
+        Some("kept\n"),
+        "exception"
+    );
+    assert!(v.read_file("/app/gen/drop.txt").is_none());
 
     let t = std::time::Instant::now();
     let again = f.build(dockerfile, "cache:1");
