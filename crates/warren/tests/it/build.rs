@@ -461,7 +461,8 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
     );
     std::fs::write(
         dir.join(".devcontainer/Dockerfile"),
-        "FROM busybox\nARG GREETING=hello\nRUN echo \"$GREETING from the build\" > /etc/built\nCOPY hello.txt /opt/hello.txt\nENV FROM_DOCKERFILE=yes\n",
+        "FROM busybox\nARG GREETING=hello\nRUN echo \"$GREETING from the build\" > /etc/built\nCOPY hello.txt /opt/hello.txt\nENV FROM_DOCKERFILE=yes\n\
+         RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /etc/netdevs\n",
     )
     .unwrap();
     std::fs::write(dir.join("hello.txt"), "hello file\n").unwrap();
@@ -483,6 +484,16 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
         out,
         "hi from the build\nhello file\nhi from the build\nyes\n"
     );
+    // A host-local build's RUN steps have the host's network.
+    let mut host_devs: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|d| d.trim().to_string()))
+        .collect();
+    host_devs.sort();
+    let (_, devs, _) = w.sh(&ws, "cat /etc/netdevs");
+    assert_eq!(devs.lines().collect::<Vec<_>>(), host_devs);
 
     let o = w.warren(&["--json", "build", dir.to_str().unwrap()]);
     assert!(o.status.success(), "build: {}", crate::util::stderr(&o));
@@ -491,7 +502,7 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
     assert_eq!(v["cached_steps"], v["layer_steps"], "{v}");
     let o = w.warren(&["--json", "build", "--no-cache", dir.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["sandboxes_started"], 1, "{v}");
+    assert_eq!(v["sandboxes_started"], 2, "{v}");
 
     std::fs::write(
         dir.join(".devcontainer/Dockerfile"),
