@@ -238,9 +238,13 @@ impl Engine {
             error: e.to_string(),
         })?;
         let loaded = warren_devcontainer::load(&dir)?;
-        let image_name = self
-            .image_for(&loaded, &dir, &opts.ownership, progress)
-            .await?;
+        let dockerfile = self.dockerfile_of(&loaded, &dir, &opts.ownership)?;
+        warn_config(&loaded, dockerfile.is_some(), progress);
+        // An `image` must be there now; a Dockerfile is built only when a workspace is created
+        // (starting an existing workspace never waits for, or fails on, a build).
+        if dockerfile.is_none() {
+            image_of(&loaded)?;
+        }
         let dir_s = dir.display().to_string();
 
         let owner = opts.ownership.owner_id.as_str();
@@ -278,6 +282,9 @@ impl Engine {
                         loaded.config_path.display(),
                         rec.name
                     ));
+                    let image_name = self
+                        .image_for(&loaded, &dir, &opts.ownership, progress)
+                        .await?;
                     let image = self.ensure_image(&image_name, progress).await?;
                     let spec = WsSpec::new(&loaded, &image, spec.limits);
                     let json = serde_json::to_string(&spec)
@@ -299,6 +306,9 @@ impl Engine {
             }
         }
 
+        let image_name = self
+            .image_for(&loaded, &dir, &opts.ownership, progress)
+            .await?;
         let image = self.ensure_image(&image_name, progress).await?;
         let name = match &opts.name {
             Some(n) => WorkspaceName::new(n.clone())?,
@@ -496,6 +506,8 @@ impl Engine {
         let res = async {
             let dir = Path::new(&rec.project_dir);
             let loaded = load_config(dir, &rec.ownership)?;
+            let has_dockerfile = self.dockerfile_of(&loaded, dir, &rec.ownership)?.is_some();
+            warn_config(&loaded, has_dockerfile, progress);
             let image_name = self
                 .image_for(&loaded, dir, &rec.ownership, progress)
                 .await?;
@@ -835,8 +847,7 @@ impl Engine {
     }
 
     /// The image a configuration runs: its `image`, or the one its Dockerfile builds (built now,
-    /// from the cache when nothing changed). Prints the loader's warnings, except those about the
-    /// build properties when a build handles them.
+    /// from the cache when nothing changed).
     async fn image_for(
         &self,
         loaded: &warren_devcontainer::Loaded,
@@ -844,14 +855,7 @@ impl Engine {
         ownership: &Ownership,
         progress: &dyn Progress,
     ) -> Result<String, EngineError> {
-        let dockerfile = self.dockerfile_of(loaded, dir, ownership)?;
-        for w in &loaded.warnings {
-            if dockerfile.is_some() && build::BUILD_PROPERTIES.contains(&w.property.as_str()) {
-                continue;
-            }
-            progress.warn(&w.to_string());
-        }
-        let Some(b) = dockerfile else {
+        let Some(b) = self.dockerfile_of(loaded, dir, ownership)? else {
             return image_of(loaded);
         };
         let tag = build::build_tag(dir);
@@ -988,6 +992,21 @@ impl Engine {
         Ok(task
             .await
             .map_err(|e| EngineError::Internal(format!("build task: {e}")))??)
+    }
+}
+
+/// Shows the loader's warnings, except those about the build properties when a Dockerfile build
+/// handles them.
+fn warn_config(
+    loaded: &warren_devcontainer::Loaded,
+    has_dockerfile: bool,
+    progress: &dyn Progress,
+) {
+    for w in &loaded.warnings {
+        if has_dockerfile && build::BUILD_PROPERTIES.contains(&w.property.as_str()) {
+            continue;
+        }
+        progress.warn(&w.to_string());
     }
 }
 

@@ -509,6 +509,10 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
         "FROM busybox\nHEALTHCHECK CMD true\n",
     )
     .unwrap();
+    // The existing workspace starts without a build (a broken Dockerfile does not stop it).
+    assert_eq!(w.warren(&["stop", &ws]).status.code(), Some(0));
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
     let o = w.warren(&["build", dir.to_str().unwrap()]);
     let err = crate::util::stderr(&o);
     assert!(!o.status.success());
