@@ -951,11 +951,22 @@ impl Engine {
             no_cache,
             labels: Default::default(),
         };
+        self.build_image(req, progress).await
+    }
+
+    /// Builds `req` with Warren's builder into the engine's image store, its RUN steps in build
+    /// sandboxes under `STATE/builds` (the way for other parts of Warren, e.g. Dev Container
+    /// features, to build images). The build log goes to `progress.output`. As for `image`, a
+    /// missing `debian:<suite>` base image is built from Debian's packages first.
+    pub async fn build_image(
+        &self,
+        req: warren_build::BuildRequest,
+        progress: &dyn Progress,
+    ) -> Result<BuiltImage, EngineError> {
         let first = self.build_once(req.clone(), progress).await;
         match first {
-            // As for `image`, a missing `debian:<suite>` base is built from Debian's packages.
             Err(EngineError::Build(warren_build::BuildError::MissingImage { image, .. }))
-                if !untrusted && debian_suite(&image).is_some() =>
+                if debian_suite(&image).is_some() =>
             {
                 let suite = debian_suite(&image).unwrap_or("bookworm").to_string();
                 progress.step(&format!(
