@@ -57,10 +57,15 @@ impl Source<'_> {
                         .collect(),
                     Err(_) => vec![],
                 };
-                out.retain(|(name, _)| {
+                out.retain(|(name, path)| {
                     let mut rel = comps.to_vec();
                     rel.push(name.clone());
-                    !ignore.excluded(&rel.join("/"))
+                    let rel = rel.join("/");
+                    // An excluded directory is still walked when an exception may re-include
+                    // something in it (`build` + `!build/keep`).
+                    !ignore.excluded(&rel)
+                        || (fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+                            && ignore.may_include_below(&rel))
                 });
                 out.sort();
                 out

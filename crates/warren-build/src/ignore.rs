@@ -37,6 +37,16 @@ impl Ignore {
         self.patterns.iter().any(|(n, _)| *n)
     }
 
+    /// Whether an exception (`!pattern`) could re-include something below the excluded
+    /// directory `rel`, so that it must still be walked.
+    pub fn may_include_below(&self, rel: &str) -> bool {
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        self.patterns
+            .iter()
+            .filter(|(negate, _)| *negate)
+            .any(|(_, pat)| prefix_matches(pat, &comps))
+    }
+
     /// Whether the context-relative path `rel` (components joined by `/`) is excluded.
     /// A path is also excluded when a pattern matches one of its parent directories.
     pub fn excluded(&self, rel: &str) -> bool {
@@ -49,6 +59,16 @@ impl Ignore {
             }
         }
         excluded
+    }
+}
+
+/// Whether `pat` can match some path strictly below `dir`.
+fn prefix_matches(pat: &[String], dir: &[&str]) -> bool {
+    match (pat.split_first(), dir.split_first()) {
+        (Some((p, _)), _) if p == "**" => true,
+        (Some((p, rest)), Some((c, tail))) => glob(p, c) && prefix_matches(rest, tail),
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }
 
@@ -126,5 +146,9 @@ mod tests {
         assert!(!ig.excluded("docs/zed.md"));
         assert!(!ig.excluded("src/main.rs"));
         assert!(ig.has_exceptions());
+        let ig = Ignore::parse("build\n!build/keep\n");
+        assert!(ig.excluded("build") && !ig.excluded("build/keep") && ig.excluded("build/other"));
+        assert!(ig.may_include_below("build"));
+        assert!(!ig.may_include_below("docs"));
     }
 }

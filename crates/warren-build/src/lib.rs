@@ -224,6 +224,7 @@ pub fn build(
         .map_err(|e| BuildError::Host(format!("create {}: {e}", work.display())))?;
     let _hold = images.hold()?;
     sandbox::clean_stale(runtime, work);
+    sandbox::clean_stale_dirs(work);
     let mut ctx = Ctx {
         images,
         rt: runtime,

@@ -75,6 +75,28 @@ pub fn clean_stale(rt: &dyn Runtime, work: &Path) {
     }
 }
 
+/// Removes staging and download directories that builds which died left in `work` (older than
+/// six hours, so that running builds keep theirs).
+pub fn clean_stale_dirs(work: &Path) {
+    let Ok(rd) = fs::read_dir(work) else { return };
+    let now = SystemTime::now();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("staging-") || name.starts_with("tmp-")) {
+            continue;
+        }
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(6 * 3600));
+        if old {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A sandbox being used; destroyed when dropped.
 struct Sandbox<'a> {
     rt: &'a dyn Runtime,

@@ -257,6 +257,7 @@ impl Engine {
         })?;
         let (read, loaded) = load_config(&dir, &opts.ownership)?;
         resolve::refuse_unsupported(&loaded)?;
+        warn_config(&loaded, progress);
         // initializeCommand runs on the host, at every `up`, before anything else. Only for the
         // embedded CLI, whose user owns this host; a server never runs its users' commands on
         // itself (the CLI runs it on the user's machine before uploading instead).
@@ -266,9 +267,11 @@ impl Engine {
                 lifecycle::run_on_host(cmd, &dir, progress).await?;
             }
         }
-        let image_name = self
-            .image_for(&loaded, &dir, &opts.ownership, progress)
-            .await?;
+        // An `image` must be there now; a Dockerfile is built only when a workspace is created
+        // (starting an existing workspace never waits for, or fails on, a build).
+        if build::dockerfile_build(&loaded).is_none() {
+            image_of(&loaded)?;
+        }
         let dir_s = dir.display().to_string();
 
         let owner = opts.ownership.owner_id.as_str();
@@ -306,6 +309,9 @@ impl Engine {
                         loaded.config_path.display(),
                         rec.name
                     ));
+                    let image_name = self
+                        .image_for(&loaded, &dir, &opts.ownership, progress)
+                        .await?;
                     let image = self.ensure_image(&image_name, progress).await?;
                     let spec = self
                         .new_spec(
@@ -337,6 +343,9 @@ impl Engine {
             }
         }
 
+        let image_name = self
+            .image_for(&loaded, &dir, &opts.ownership, progress)
+            .await?;
         let image = self.ensure_image(&image_name, progress).await?;
         let name = match &opts.name {
             Some(n) => WorkspaceName::new(n.clone())?,
@@ -557,6 +566,7 @@ impl Engine {
             let dir = Path::new(&rec.project_dir);
             let (read, loaded) = load_config(dir, &rec.ownership)?;
             resolve::refuse_unsupported(&loaded)?;
+            warn_config(&loaded, progress);
             let image_name = self
                 .image_for(&loaded, dir, &rec.ownership, progress)
                 .await?;
@@ -1057,7 +1067,6 @@ const ATTACH: Hooks = Hooks {
     wait_all: false,
 };
 
-/// The image a configuration names (Warren builds workspaces from images only, for now).
 impl Engine {
     /// The image a configuration runs: its `image`, or the one its Dockerfile builds, with its
     /// features installed on top (built now, from the cache when nothing changed). Prints the
@@ -1070,9 +1079,6 @@ impl Engine {
         progress: &dyn Progress,
     ) -> Result<String, EngineError> {
         let dockerfile = build::dockerfile_build(loaded);
-        for w in &loaded.warnings {
-            progress.warn(&w.to_string());
-        }
         // Host-local builds get the host's network (apt-get...); server users' builds stay
         // isolated until workspaces have networks of their own.
         let network = if ownership.owner_id.is_empty() {
@@ -1302,11 +1308,22 @@ impl Engine {
             no_cache,
             labels: Default::default(),
         };
+        self.build_image(req, progress).await
+    }
+
+    /// Builds `req` with Warren's builder into the engine's image store, its RUN steps in build
+    /// sandboxes under `STATE/builds` (the way for other parts of Warren, e.g. Dev Container
+    /// features, to build images). The build log goes to `progress.output`. As for `image`, a
+    /// missing `debian:<suite>` base image is built from Debian's packages first.
+    pub async fn build_image(
+        &self,
+        req: warren_build::BuildRequest,
+        progress: &dyn Progress,
+    ) -> Result<BuiltImage, EngineError> {
         let first = self.build_once(req.clone(), progress).await;
         match first {
-            // As for `image`, a missing `debian:<suite>` base is built from Debian's packages.
             Err(EngineError::Build(warren_build::BuildError::MissingImage { image, .. }))
-                if untrusted.is_none() && debian_suite(&image).is_some() =>
+                if debian_suite(&image).is_some() =>
             {
                 let suite = debian_suite(&image).unwrap_or("bookworm").to_string();
                 progress.step(&format!(
@@ -1343,6 +1360,14 @@ impl Engine {
         Ok(task
             .await
             .map_err(|e| EngineError::Internal(format!("build task: {e}")))??)
+    }
+}
+
+/// Shows the loader's warnings, except those about the build properties when a Dockerfile build
+/// handles them.
+fn warn_config(loaded: &warren_devcontainer::Loaded, progress: &dyn Progress) {
+    for w in &loaded.warnings {
+        progress.warn(&w.to_string());
     }
 }
 

@@ -258,8 +258,10 @@ COPY --from=busybox:test /etc/passwd /copied/
 fn unchanged_rebuild_hits_the_cache_and_starts_no_sandbox() {
     let f = fx();
     f.file("app.sh", "echo app v1\n");
-    f.file(".dockerignore", "*.log\n");
+    f.file(".dockerignore", "*.log\ngen/\n!gen/keep.txt\n");
     f.file("noise.log", "ignored\n");
+    f.file("gen/keep.txt", "kept\n");
+    f.file("gen/drop.txt", "dropped\n");
     let dockerfile = "FROM busybox:test\nCOPY . /app/\nRUN sh /app/app.sh > /app/out\nENV X=1\n";
     let first = f.build(dockerfile, "cache:1");
     assert_eq!(
@@ -270,10 +272,17 @@ fn unchanged_rebuild_hits_the_cache_and_starts_no_sandbox() {
         ),
         (2, 0, 1)
     );
+    let v = f.view("cache:1");
     assert!(
-        f.view("cache:1").read_file("/app/noise.log").is_none(),
+        v.read_file("/app/noise.log").is_none(),
         ".dockerignore applies"
     );
+    assert_eq!(
+        v.read_file("/app/gen/keep.txt").as_deref(),
+        Some("kept\n"),
+        "exception"
+    );
+    assert!(v.read_file("/app/gen/drop.txt").is_none());
 
     let t = std::time::Instant::now();
     let again = f.build(dockerfile, "cache:1");
@@ -452,7 +461,8 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
     );
     std::fs::write(
         dir.join(".devcontainer/Dockerfile"),
-        "FROM busybox\nARG GREETING=hello\nRUN echo \"$GREETING from the build\" > /etc/built\nCOPY hello.txt /opt/hello.txt\nENV FROM_DOCKERFILE=yes\n",
+        "FROM busybox\nARG GREETING=hello\nRUN echo \"$GREETING from the build\" > /etc/built\nCOPY hello.txt /opt/hello.txt\nENV FROM_DOCKERFILE=yes\n\
+         RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /etc/netdevs\n",
     )
     .unwrap();
     std::fs::write(dir.join("hello.txt"), "hello file\n").unwrap();
@@ -474,6 +484,16 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
         out,
         "hi from the build\nhello file\nhi from the build\nyes\n"
     );
+    // A host-local build's RUN steps have the host's network.
+    let mut host_devs: Vec<String> = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|d| d.trim().to_string()))
+        .collect();
+    host_devs.sort();
+    let (_, devs, _) = w.sh(&ws, "cat /etc/netdevs");
+    assert_eq!(devs.lines().collect::<Vec<_>>(), host_devs);
 
     let o = w.warren(&["--json", "build", dir.to_str().unwrap()]);
     assert!(o.status.success(), "build: {}", crate::util::stderr(&o));
@@ -482,13 +502,17 @@ fn cli_up_builds_the_dockerfile_and_build_reuses_the_cache() {
     assert_eq!(v["cached_steps"], v["layer_steps"], "{v}");
     let o = w.warren(&["--json", "build", "--no-cache", dir.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["sandboxes_started"], 1, "{v}");
+    assert_eq!(v["sandboxes_started"], 2, "{v}");
 
     std::fs::write(
         dir.join(".devcontainer/Dockerfile"),
         "FROM busybox\nHEALTHCHECK CMD true\n",
     )
     .unwrap();
+    // The existing workspace starts without a build (a broken Dockerfile does not stop it).
+    assert_eq!(w.warren(&["stop", &ws]).status.code(), Some(0));
+    let o = w.warren(&["up", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", crate::util::stderr(&o));
     let o = w.warren(&["build", dir.to_str().unwrap()]);
     let err = crate::util::stderr(&o);
     assert!(!o.status.success());

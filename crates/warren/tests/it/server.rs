@@ -1101,3 +1101,27 @@ fn first_start_prints_a_token_settings_layer_and_sigterm_leaves_workspaces_runni
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A `build.dockerfile` project uploaded with `up`: the server builds it with Warren's builder,
+/// with no network for its RUN steps (server users' builds stay isolated).
+#[test]
+fn up_of_a_dockerfile_project_builds_on_the_server_without_network() {
+    let s = Server::start();
+    s.login_admin();
+    let proj = s.world.project(
+        "dockerfile-up",
+        r#"{"build": {"dockerfile": "Dockerfile"}, "postCreateCommand": "cat /etc/netdevs"}"#,
+    );
+    write(
+        &proj.join(".devcontainer/Dockerfile"),
+        "FROM busybox\nRUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /etc/netdevs\n",
+    );
+    let o = s.run(&["up", proj.to_str().unwrap()]);
+    assert!(o.status.success(), "{}\n{}", stderr(&o), s.server_log());
+    assert_eq!(
+        s.sh("dockerfile-up", "cat /etc/netdevs"),
+        (0, "lo\n".into(), String::new()),
+        "only loopback in a server build's RUN"
+    );
+    s.ok(&["delete", "--force", "dockerfile-up"]);
+}
