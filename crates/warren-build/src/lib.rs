@@ -59,6 +59,9 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Labels added to the final image.
     pub labels: BTreeMap<String, String>,
+    /// ADD fetches URLs from public addresses only (builds of a server's users: never the
+    /// server's loopback services, its network's private hosts or cloud metadata).
+    pub public_fetches_only: bool,
 }
 
 /// A finished build.
@@ -923,7 +926,7 @@ impl Ctx<'_> {
                 }
                 let file = downloads.path.join(format!("{}", items.len()));
                 self.progress(&format!("  fetching {src}"));
-                download(src, &file).map_err(|e| self.err(step, format!("ADD {src}: {e}"), Some("check the URL; host-local builds have the host's network, server builds none yet")))?;
+                download(src, &file, self.req.public_fetches_only).map_err(|e| self.err(step, format!("ADD {src}: {e}"), Some("check the URL; host-local builds have the host's network, server builds none yet")))?;
                 let bytes = fs::read(&file).map_err(|e| BuildError::Host(e.to_string()))?;
                 digests.push(hex::encode(Sha256::digest(&bytes)));
                 items.push(Src::Url(src.clone(), file));
@@ -1093,8 +1096,8 @@ fn tempfile_dir(work: &Path) -> Result<TempDir, BuildError> {
 }
 
 /// Fetches `url` into `dest` (on a thread with a runtime of its own, so that callers inside an
-/// async runtime's blocking pool are fine).
-fn download(url: &str, dest: &Path) -> Result<(), String> {
+/// async runtime's blocking pool are fine); with `public_only`, only from public addresses.
+fn download(url: &str, dest: &Path, public_only: bool) -> Result<(), String> {
     std::thread::scope(|s| {
         s.spawn(|| -> Result<(), String> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -1102,11 +1105,20 @@ fn download(url: &str, dest: &Path) -> Result<(), String> {
                 .build()
                 .map_err(|e| e.to_string())?;
             rt.block_on(async {
-                let resp = reqwest::Client::new()
+                let client = warren_image::registry::RegistryClient::new(
+                    &warren_image::registry::ClientOptions {
+                        public_only,
+                        ..Default::default()
+                    },
+                )
+                .map_err(|e| e.to_string())?;
+                client.check_url(url)?;
+                let resp = client
+                    .http()
                     .get(url)
                     .send()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| warren_image::registry::error_chain(&e))?;
                 if !resp.status().is_success() {
                     return Err(format!("the server answered {}", resp.status()));
                 }

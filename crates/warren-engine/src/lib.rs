@@ -1109,8 +1109,15 @@ impl Engine {
         if loaded.config.features.is_empty() {
             return Ok(base);
         }
-        self.install_features(loaded, dir, &base, network, progress)
-            .await
+        self.install_features(
+            loaded,
+            dir,
+            &base,
+            network,
+            !ownership.owner_id.is_empty(),
+            progress,
+        )
+        .await
     }
 
     /// Builds `base` with the configuration's features installed, each feature's install.sh a
@@ -1122,6 +1129,7 @@ impl Engine {
         dir: &Path,
         base: &str,
         network: warren_build::Network,
+        owned: bool,
         progress: &dyn Progress,
     ) -> Result<String, EngineError> {
         let base_image = self.ensure_image(base, progress).await?;
@@ -1155,7 +1163,12 @@ impl Engine {
                 .unwrap_or(&[]),
             config_dir,
             &self.cfg.state_dir.join("features"),
-            &warren_features::FetchOptions::default(),
+            // A server fetches its users' features only from public addresses: never its own
+            // loopback services, its network's private hosts or cloud metadata.
+            &warren_features::FetchOptions {
+                public_only: owned,
+                ..Default::default()
+            },
         )
         .await
         .map_err(|e| refused(e.to_string(), e.hint()))?;
@@ -1226,6 +1239,7 @@ impl Engine {
                 serde_json::Value::Array(entries).to_string(),
             )]
             .into(),
+            public_fetches_only: owned,
         };
         let res = self.build_once(req, progress).await;
         let _ = std::fs::remove_dir_all(&ctx);
@@ -1307,6 +1321,7 @@ impl Engine {
             network,
             no_cache,
             labels: Default::default(),
+            public_fetches_only: untrusted.is_some(),
         };
         self.build_image(req, progress).await
     }

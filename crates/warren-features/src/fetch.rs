@@ -229,6 +229,9 @@ impl Fetcher {
             reason,
             hint,
         };
+        self.client
+            .check_url(url)
+            .map_err(|reason| fail(reason, None))?;
         let mut response = self
             .client
             .http()

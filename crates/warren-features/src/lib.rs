@@ -70,6 +70,9 @@ pub struct FetchOptions {
     pub refresh: bool,
     /// Per-request timeout (default: 30 s to connect, 10 min per request).
     pub timeout: Option<Duration>,
+    /// Fetch only from public addresses (features of a server's users: no loopback, private or
+    /// link-local registries and tarball hosts). Local folders are unaffected.
+    pub public_only: bool,
 }
 
 /// Where a resolved feature came from.
@@ -370,6 +373,7 @@ pub async fn prepare(
         extra_root_certs_pem: options.extra_root_certs_pem.clone(),
         timeout: options.timeout,
         user_agent: None,
+        public_only: options.public_only,
     })
     .map_err(|e| FeatureError::InvalidOption {
         feature: "(fetch options)".to_string(),

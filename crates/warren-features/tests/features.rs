@@ -1069,3 +1069,77 @@ async fn generated_scripts_run_under_sh() {
         .to_string();
     assert_eq!(home, format!("_CONTAINER_USER_HOME={root_home}\n"));
 }
+
+/// A server fetches its users' features only from public addresses: a registry or tarball host on
+/// loopback (or any private address, by name or literal) is refused before any request is made.
+#[tokio::test]
+async fn public_only_fetches_never_reach_loopback_or_private_hosts() {
+    let public_only = FetchOptions {
+        public_only: true,
+        ..Default::default()
+    };
+    let cfg = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    if let Some(reg) = Registry::start() {
+        push(&reg, "hello", &["1"], "1.0.0", json!({})).await;
+        let port = reg.addr.rsplit(':').next().unwrap().to_string();
+        let before = reg.api_requests();
+        for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+            let r = format!("{host}/acme/features/hello:1");
+            let e = prepare(
+                &feats(&[(&r, json!({}))]),
+                &[],
+                cfg.path(),
+                cache.path(),
+                &public_only,
+            )
+            .await
+            .unwrap_err();
+            one_line_with_hint(&e, &r);
+            assert!(e.to_string().contains("public"), "{e}");
+        }
+        assert_eq!(
+            reg.api_requests(),
+            before,
+            "no request reached the registry"
+        );
+        // The same registry is fine when the caller allows it (the embedded CLI's own features).
+        prepare(
+            &feats(&[(&format!("{}/acme/features/hello:1", reg.addr), json!({}))]),
+            &[],
+            cfg.path(),
+            cache.path(),
+            &FetchOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let ca = test_ca();
+    let server = HttpsServer::start(&ca).await;
+    server.serve(
+        "/devcontainer-feature-x.tgz",
+        gzip(&feature_tar(&manifest("x", "1.0.0", json!({})), &[])),
+    );
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
+    for url in [
+        format!("https://127.0.0.1:{port}/devcontainer-feature-x.tgz"),
+        format!("https://2130706433:{port}/devcontainer-feature-x.tgz"),
+        "https://169.254.169.254/devcontainer-feature-x.tgz".to_string(),
+        "https://10.1.2.3/devcontainer-feature-x.tgz".to_string(),
+    ] {
+        let e = prepare(
+            &feats(&[(&url, json!({}))]),
+            &[],
+            cfg.path(),
+            cache.path(),
+            &FetchOptions {
+                extra_root_certs_pem: vec![ca.ca_pem.clone()],
+                ..public_only.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(e.to_string().contains("not a public address"), "{url}: {e}");
+    }
+    assert_eq!(server.count(), 0, "no request reached the tarball server");
+}

@@ -44,6 +44,90 @@ pub struct ClientOptions {
     pub timeout: Option<Duration>,
     /// `User-Agent` header (default `warren/<version>`).
     pub user_agent: Option<String>,
+    /// Connect only to public addresses: names that resolve to loopback, private, link-local
+    /// (cloud metadata), shared or unique-local addresses are refused, and so are such literal
+    /// addresses, in requests and in redirects. For fetches made on behalf of a server's users.
+    pub public_only: bool,
+}
+
+/// Whether Warren may connect to `ip` on behalf of a server's users: not loopback, private,
+/// link-local (169.254.169.254 is cloud metadata), carrier-grade NAT, unique-local, multicast,
+/// broadcast, documentation or unspecified.
+pub fn is_public_address(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (o[1] == 18 || o[1] == 19))
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_address(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x64 && s[1] == 0xff9b))
+        }
+    }
+}
+
+/// Refuses a URL whose host is a literal non-public address (names are checked when resolved).
+pub fn check_public_url(url: &reqwest::Url) -> Result<(), String> {
+    let Some(host) = url.host_str() else {
+        return Err(format!("{url} has no host"));
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return Ok(());
+    };
+    if is_public_address(ip) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{ip} is not a public address; Warren does not fetch from it for server workspaces"
+        ))
+    }
+}
+
+/// A resolver that keeps only public addresses (see [`ClientOptions::public_only`]): checking the
+/// addresses actually connected to, not a name looked up earlier, leaves no room for a name that
+/// resolves differently the second time.
+struct PublicOnlyResolver;
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| is_public_address(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address; Warren does not fetch from private or \
+                     loopback addresses for server workspaces"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
 }
 
 /// A manifest as fetched: its bytes, their digest and the media type the registry announced.
@@ -214,6 +298,7 @@ pub fn base_url(registry: &str) -> String {
 pub struct RegistryClient {
     http: reqwest::Client,
     tokens: Mutex<HashMap<String, String>>,
+    public_only: bool,
 }
 
 impl RegistryClient {
@@ -228,6 +313,19 @@ impl RegistryClient {
             )
             .connect_timeout(options.timeout.unwrap_or(Duration::from_secs(30)))
             .timeout(options.timeout.unwrap_or(Duration::from_secs(600)));
+        if options.public_only {
+            builder = builder
+                .dns_resolver(std::sync::Arc::new(PublicOnlyResolver))
+                .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                    if attempt.previous().len() >= 10 {
+                        attempt.error("too many redirects")
+                    } else if let Err(e) = check_public_url(attempt.url()) {
+                        attempt.error(e)
+                    } else {
+                        attempt.follow()
+                    }
+                }));
+        }
         for pem in &options.extra_root_certs_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
                 RegistryError::InvalidOptions {
@@ -249,12 +347,24 @@ impl RegistryClient {
         Ok(RegistryClient {
             http,
             tokens: Mutex::new(HashMap::new()),
+            public_only: options.public_only,
         })
     }
 
-    /// The underlying HTTP client (same roots and timeouts), for plain HTTPS downloads.
+    /// The underlying HTTP client (same roots, timeouts and address policy), for plain HTTPS
+    /// downloads; check their URLs with [`RegistryClient::check_url`] first.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Refuses `url` when this client fetches only from public addresses and its host is a
+    /// literal non-public address (names are checked when they are resolved).
+    pub fn check_url(&self, url: &str) -> Result<(), String> {
+        if !self.public_only {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+        check_public_url(&url)
     }
 
     /// Fetches a manifest by tag or digest. `accept` lists the media types the caller takes.
@@ -433,6 +543,11 @@ impl RegistryClient {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&key)
                 .cloned();
+            self.check_url(url)
+                .map_err(|reason| RegistryError::Unreachable {
+                    registry: registry.to_string(),
+                    reason,
+                })?;
             let mut request = self.http.get(url).header(reqwest::header::ACCEPT, accept);
             if let Some(token) = &token {
                 request = request.bearer_auth(token);
@@ -507,6 +622,7 @@ impl RegistryClient {
             query.push(("service", service.clone()));
         }
         query.push(("scope", format!("repository:{repository}:pull")));
+        self.check_url(realm_url.as_str()).map_err(auth_err)?;
         let response = self
             .http
             .get(realm_url)
@@ -668,6 +784,42 @@ fn one_line(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_public_address(private.parse().unwrap()), "{private}");
+        }
+        for public in ["140.82.112.3", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public_address(public.parse().unwrap()), "{public}");
+        }
+        for (url, ok) in [
+            ("https://ghcr.io/v2/", true),
+            ("https://127.0.0.1/x", false),
+            ("http://2130706433/x", false),
+            ("http://[::1]:5000/x", false),
+            ("http://169.254.169.254/latest/meta-data", false),
+        ] {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            assert_eq!(check_public_url(&parsed).is_ok(), ok, "{url}");
+        }
+    }
 
     #[test]
     fn local_registries_are_plain_http() {

@@ -86,6 +86,7 @@ pub(super) async fn run(
         network: Network::Isolated,
         no_cache,
         labels: Default::default(),
+        public_fetches_only: false,
     };
     let build = |no_cache: bool| -> Result<(f64, warren_build::BuiltImage)> {
         let t = Instant::now();

@@ -83,6 +83,7 @@ impl Fx {
             network: Network::Isolated,
             no_cache: false,
             labels: BTreeMap::new(),
+            public_fetches_only: false,
         }
     }
 
@@ -620,4 +621,33 @@ fn add_fetches_urls() {
     let comps = v.resolve("/opt/data.txt", true).unwrap();
     use std::os::unix::fs::MetadataExt;
     assert_eq!(v.lookup(&comps).unwrap().1.mode() & 0o777, 0o600);
+}
+
+#[test]
+fn untrusted_builds_add_urls_only_from_public_addresses() {
+    let f = fx();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for url in [
+        format!("http://127.0.0.1:{port}/x"),
+        format!("http://localhost:{port}/x"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+    ] {
+        let mut req = f.req(
+            &format!("FROM busybox:test\nADD {url} /opt/\n"),
+            "url:untrusted",
+        );
+        req.public_fetches_only = true;
+        let (r, log) = f.build_req(&req);
+        let e = r.expect_err("a non-public URL must be refused");
+        assert!(e.to_string().contains("public"), "{url}: {e}\n{log}");
+        assert!(e.to_string().contains("Dockerfile:2"), "{e}");
+    }
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the loopback server"
+    );
+    assert!(f.images.resolve("url:untrusted").is_err());
+    f.no_sandboxes_left();
 }
