@@ -198,6 +198,7 @@ pub fn run(
         cwd: Some(spec.cwd.clone()),
         user: spec.user.clone(),
         tty: None,
+        detach: false,
     };
     let code = std::thread::scope(|s| -> Result<i32, String> {
         let pump = s.spawn(move || {

@@ -364,6 +364,11 @@ fn warren_read_configuration_matches_the_reference_cli() {
         return;
     };
     let Some(cli) = reference_cli() else {
+        // scripts/deps installs it: in CI (`.ci/run` sets CI=1) its absence is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the reference CLI is not installed: run scripts/deps"
+        );
         println!(
             "SKIPPED: the reference CLI is not installed (run scripts/deps, which installs \
              @devcontainers/cli 0.89.0 into .cache/devcontainers-cli): nothing compared"

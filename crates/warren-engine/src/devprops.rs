@@ -71,6 +71,41 @@ pub struct Policy {
     pub host_cpus: Option<f64>,
     /// The host's memory in bytes.
     pub host_memory_bytes: Option<u64>,
+    /// For server workspaces: the one host path a bind mount may have as its source (the
+    /// project folder). `None`: any (host-local workspaces belong to the host's root).
+    pub binds_only_of: Option<String>,
+}
+
+/// Refuses bind mounts of anything but `allowed` (a server workspace's own project folder),
+/// written with `..` or not: a configuration, its image's metadata, a feature or `runArgs` must
+/// never bring a host path into a server user's workspace.
+pub fn check_binds<'a>(
+    mounts: impl IntoIterator<Item = &'a Mount>,
+    allowed: &str,
+) -> Result<(), Refusal> {
+    let bad: Vec<String> = mounts
+        .into_iter()
+        .filter(|m| m.kind == warren_devcontainer::MountKind::Bind)
+        .filter_map(|m| {
+            let src = m.source.clone().unwrap_or_default();
+            let p = std::path::Path::new(&src);
+            let dotted = p
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+            (dotted || p != std::path::Path::new(allowed)).then_some(src)
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Refusal {
+            message: format!(
+                "bind mounts of host paths are not allowed in workspaces made through the server ({})",
+                bad.join(", ")
+            ),
+            hint: "use a volume mount (type=volume) for data that should persist".into(),
+        })
+    }
 }
 
 /// What the engine applies.
@@ -331,6 +366,31 @@ pub fn resolve(req: &Requested, policy: &Policy, limits: &Limits) -> Result<Reso
             ),
             hint: policy.privileges_hint.clone(),
         });
+    }
+
+    // runArgs limits stay within the template's ceilings.
+    if let Some(c) = &policy.ceilings {
+        if let (Some(want), Some(max)) = (out.limits.cpus, c.cpus) {
+            if want > max {
+                return Err(Refusal {
+                    message: format!("runArgs `--cpus {want}`: the template allows at most {max}"),
+                    hint: "ask for less, or ask a template admin to raise the template's ceilings"
+                        .into(),
+                });
+            }
+        }
+        if let (Some(want), Some(max)) = (out.limits.memory_bytes, c.memory_mb) {
+            if want > max << 20 {
+                return Err(Refusal {
+                    message: format!(
+                        "runArgs `--memory`: {} is more than the template's {max} MiB",
+                        mib(want)
+                    ),
+                    hint: "ask for less, or ask a template admin to raise the template's ceilings"
+                        .into(),
+                });
+            }
+        }
     }
 
     // hostRequirements: against the template's ceilings (a refusal), the host (a warning), and the
@@ -665,6 +725,51 @@ mod tests {
             ..Default::default()
         };
         assert!(resolve(&empty, &deny(), &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn run_args_limits_stay_within_the_ceilings() {
+        let policy = Policy {
+            ceilings: Some(warren_api::template::Ceilings {
+                cpus: Some(2.0),
+                memory_mb: Some(512),
+                disk_mb: None,
+                pids: None,
+            }),
+            ..deny()
+        };
+        for a in [&["--cpus", "4"][..], &["--memory=1g"][..]] {
+            let e = resolve(&args(a), &policy, &Limits::default()).unwrap_err();
+            assert!(e.message.contains("runArgs"), "{e:?}");
+        }
+        assert!(resolve(
+            &args(&["--cpus", "1", "-m", "256m"]),
+            &policy,
+            &Limits::default()
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn only_the_project_folder_may_be_bind_mounted_for_server_workspaces() {
+        let m = |kind, src: &str| Mount {
+            kind,
+            source: Some(src.into()),
+            target: "/t".into(),
+            read_only: false,
+        };
+        use warren_devcontainer::MountKind::{Bind, Volume};
+        let project = "/srv/warren/projects/abc";
+        assert!(check_binds(&[m(Bind, project), m(Volume, "cache")], project).is_ok());
+        for bad in [
+            "/",
+            "/var/run/docker.sock",
+            "/srv/warren/projects/abc/../other",
+            "/srv/warren/projects",
+        ] {
+            let e = check_binds(&[m(Bind, bad)], project).unwrap_err();
+            assert!(e.message.contains(bad), "{e:?}");
+        }
     }
 
     #[test]

@@ -651,9 +651,28 @@ impl Engine {
         let rec = if !started {
             rec
         } else {
+            let spec: WsSpec = rec.spec()?;
+            // Privileges are the server's to grant at every start: an administrator who stops
+            // allowing them stops them for existing workspaces too.
+            let s = &spec.security;
+            if !rec.ownership.owner_id.is_empty()
+                && !self.cfg.owned_may_have_privileges
+                && (s.privileged || s.seccomp_unconfined || !s.cap_add.is_empty())
+            {
+                return Err(EngineError::Refused {
+                    config: PathBuf::from(&rec.config_path),
+                    message: format!(
+                        "workspace {} was granted privileges this server no longer grants",
+                        rec.name
+                    ),
+                    hint:
+                        "recreate it without capAdd, privileged or seccomp=unconfined, or ask an \
+                           administrator to allow privileges (`warren server --allow-privileges`)"
+                            .into(),
+                });
+            }
             let rec = self.apply(&rec, Event::Start, None).await?;
             progress.step(&format!("Starting workspace {}", rec.name));
-            let spec: WsSpec = rec.spec()?;
             let rt_spec = spec.runtime_spec(&rec);
             let rt = self.runtime.clone();
             let id = rec.id.clone();
@@ -736,22 +755,29 @@ impl Engine {
             .filter(|(what, once)| match *what {
                 "postStartCommand" => started || !ls.created,
                 "postAttachCommand" => how.attach,
-                _ => *once && !ls.created,
+                what => *once && !ls.created && !ls.done.iter().any(|d| d == what),
             })
             .map(|(what, _)| (what.to_string(), spec.hook_commands(what)))
             .filter(|(_, cmds)| !cmds.is_empty())
             .collect();
         // `waitFor`: up to and including that hook in the foreground, the rest in the background.
-        let wait_index = lifecycle::HOOKS
-            .iter()
-            .position(|(w, _)| *w == spec.wait_for)
-            .unwrap_or(1);
+        // (`waitFor: initializeCommand` waits for nothing in the workspace.)
+        let wait_index = match spec.wait_for.as_str() {
+            "initializeCommand" => None,
+            w => Some(
+                lifecycle::HOOKS
+                    .iter()
+                    .position(|(h, _)| *h == w)
+                    .unwrap_or(1),
+            ),
+        };
         let (fg, bg): (Vec<_>, Vec<_>) = due.into_iter().partition(|(what, _)| {
             how.wait_all
                 || lifecycle::HOOKS
                     .iter()
                     .position(|(w, _)| w == what)
-                    .is_some_and(|i| i <= wait_index)
+                    .zip(wait_index)
+                    .is_some_and(|(i, w)| i <= w)
         });
         for (what, cmds) in &fg {
             for cmd in cmds {
@@ -773,6 +799,14 @@ impl Engine {
                     let _ = self.fail(&rec, &e.to_string()).await;
                     return Err(e);
                 }
+            }
+            let once = lifecycle::HOOKS.iter().any(|(h, o)| h == what && *o);
+            if once && !ls.created {
+                ls.done.push(what.clone());
+                rec = self
+                    .store
+                    .set_lifecycle_json(&rec.id, rec.generation, &ls.to_json())
+                    .await?;
             }
         }
         if !bg.is_empty() {
@@ -867,6 +901,7 @@ impl Engine {
                 .flatten()
                 .map(|n| n.get() as f64),
             host_memory_bytes: (!owned).then(host_memory_bytes).flatten(),
+            binds_only_of: owned.then(|| dir.display().to_string()),
         };
         resolve::apply(&mut spec, loaded, &merged, image, &policy, progress)?;
         Ok(spec)

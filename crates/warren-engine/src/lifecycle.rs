@@ -22,6 +22,10 @@ pub struct LifecycleState {
     /// The remote user's environment as its shell sets it up (`userEnvProbe`), probed at each start.
     #[serde(default)]
     pub user_env: Vec<String>,
+    /// Once-only hooks that completed before all of them had (a failure in a later one does not
+    /// run the earlier ones again).
+    #[serde(default)]
+    pub done: Vec<String>,
 }
 
 /// The lifecycle hooks that run in the workspace, in order, and whether each runs once only.
@@ -54,7 +58,7 @@ fn sh_line(c: &LifecycleCommand) -> String {
 /// The script the background runner executes: each hook's commands in order (an object form's
 /// entries in parallel), stopping at the first failure, with the same `== ...` markers in the log as
 /// commands run in the foreground. SIGHUP is ignored: the runner outlives the `warren` that
-/// started it, like `nohup`.
+/// started it, like `nohup` (and the exec is detached, so the supervisor does not hang it up either).
 pub fn background_script(hooks: &[(String, Vec<LifecycleCommand>)]) -> String {
     let mut s = String::from("trap '' HUP\n");
     for (hook, cmds) in hooks {
@@ -118,6 +122,7 @@ pub async fn spawn_background(
         .map_err(io)?;
     let mut p = ExecProcess {
         argv: vec!["/bin/sh".into(), "-c".into(), background_script(hooks)],
+        detach: true,
         ..Default::default()
     };
     spec.apply_exec_defaults(&mut p, user_env);
@@ -126,7 +131,7 @@ pub async fn spawn_background(
     tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
         let stdin =
             std::fs::File::open("/dev/null").map_err(|e| EngineError::Internal(e.to_string()))?;
-        // The session is dropped at once: the runner ignores the hangup that follows.
+        // The session is dropped at once: the exec is detached, so no hangup follows.
         let _session = rt.exec(
             &id,
             &p,
@@ -158,13 +163,53 @@ pub enum OwnerSync {
     FolderFollowsUser,
 }
 
+/// Folders whose ownership Warren never changes, whatever `workspaceFolder` says.
+fn is_system_folder(folder: &str) -> bool {
+    let f = folder.trim_end_matches('/');
+    let top = f.trim_start_matches('/').split('/').next().unwrap_or("");
+    f.is_empty()
+        || f.split('/').any(|c| c == "..")
+        || (!f.trim_start_matches('/').contains('/')
+            && matches!(
+                top,
+                "bin"
+                    | "boot"
+                    | "dev"
+                    | "etc"
+                    | "home"
+                    | "lib"
+                    | "lib32"
+                    | "lib64"
+                    | "libx32"
+                    | "opt"
+                    | "proc"
+                    | "root"
+                    | "run"
+                    | "sbin"
+                    | "srv"
+                    | "sys"
+                    | "tmp"
+                    | "usr"
+                    | "var"
+                    | "workspaces"
+            ))
+        || ["/usr/", "/etc/", "/var/lib/", "/proc/", "/sys/", "/dev/"]
+            .iter()
+            .any(|p| folder.starts_with(p))
+}
+
 /// The root script that carries out an [`OwnerSync`] for `user` inside the workspace. Like the
 /// reference implementation it changes nothing when another user or group already has the id, and
 /// it rewrites /etc/passwd and /etc/group in place (no new inode) and re-owns the user's home.
 pub fn owner_sync_script(sync: &OwnerSync, user: &str, folder: &str) -> String {
     match sync {
+        // Never a system folder: a `workspaceFolder` of `/` must not re-own the whole root.
+        OwnerSync::FolderFollowsUser if is_system_folder(folder) => format!(
+            "printf '== updateRemoteUserUID: %s is a system folder; its owner is left alone\\n' {f}",
+            f = sh_quote(folder),
+        ),
         OwnerSync::FolderFollowsUser => format!(
-            "set -e; u={u}; chown -R \"$u:$(id -g \"$u\")\" -- {f}; echo \"== {folder} now belongs to $u\"",
+            "set -e; u={u}; chown -R \"$u:$(id -g \"$u\")\" -- {f}; printf '== %s now belongs to %s\\n' {f} \"$u\"",
             u = sh_quote(user),
             f = sh_quote(folder),
         ),
@@ -195,6 +240,9 @@ echo "== updateRemoteUserUID: $u is now uid $uid, gid $new_gid (was $old_uid:$ol
         ),
     }
 }
+
+/// How long the user's shell has to print its environment.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Probes the remote user's environment the way `userEnvProbe` says (`none`, `loginShell`,
 /// `interactiveShell`, `loginInteractiveShell`): runs the user's login shell (from /etc/passwd) with
@@ -243,24 +291,62 @@ pub async fn probe_user_env(
                 }),
             )
             .map_err(|e| e.to_string())?;
+        // Read until the second marker, the 1 MiB cap or the deadline, never until EOF: a
+        // profile may leave a background process holding the pipe open. Past the deadline the
+        // shell is killed, so that no thread is left waiting on it.
+        let deadline = std::time::Instant::now() + PROBE_TIMEOUT;
         let mut out = Vec::new();
-        std::fs::File::from(r)
-            .take(1 << 20)
-            .read_to_end(&mut out)
-            .map_err(|e| e.to_string())?;
-        let _ = session.wait();
+        let mut file = std::fs::File::from(r);
+        let mut buf = [0u8; 8192];
+        loop {
+            if out
+                .windows(MARK.len())
+                .filter(|w| *w == MARK.as_bytes())
+                .count()
+                >= 2
+                || out.len() > 1 << 20
+            {
+                break;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&file),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms))
+                .map_err(|e| e.to_string())?;
+            if ready == 0 && left.is_zero() {
+                if let Ok(s) = session.signaller() {
+                    let _ = s.signal(nix::sys::signal::Signal::SIGKILL as i32);
+                }
+                return Err(format!(
+                    "the user's shell did not answer within {} s",
+                    PROBE_TIMEOUT.as_secs()
+                ));
+            }
+            if ready == 0 {
+                continue;
+            }
+            match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         Ok(out)
     });
-    let out = match tokio::time::timeout(Duration::from_secs(20), task).await {
-        Ok(Ok(Ok(out))) => out,
-        Ok(Ok(Err(e))) => {
+    let out = match task.await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => {
             progress.warn(&format!(
-                "userEnvProbe: could not probe the user's environment: {e}"
+                "userEnvProbe: could not probe the user's environment ({e}); it is not used"
             ));
             return vec![];
         }
-        _ => {
-            progress.warn("userEnvProbe: the user's shell did not answer within 20 s; its environment is not used");
+        Err(e) => {
+            progress.warn(&format!("userEnvProbe: {e}"));
             return vec![];
         }
     };
@@ -508,6 +594,27 @@ mod tests {
             vec!["PATH=/usr/bin:/opt/x", "NVM_DIR=/root/.nvm"]
         );
         assert!(parse_probe(b"no markers", b"MARK").is_empty());
+    }
+
+    #[test]
+    fn the_folder_script_quotes_the_folder_and_leaves_system_folders_alone() {
+        let s = owner_sync_script(&OwnerSync::FolderFollowsUser, "dev", "/w/$(touch /pwned)");
+        assert!(s.contains("'/w/$(touch /pwned)'"), "{s}");
+        assert!(!s.contains("\"/w/$("), "{s}");
+        for f in [
+            "/",
+            "/usr",
+            "/etc/",
+            "/home",
+            "/workspaces",
+            "/usr/local",
+            "/w/../etc",
+        ] {
+            let s = owner_sync_script(&OwnerSync::FolderFollowsUser, "dev", f);
+            assert!(!s.contains("chown"), "{f}: {s}");
+        }
+        let s = owner_sync_script(&OwnerSync::FolderFollowsUser, "dev", "/workspaces/app");
+        assert!(s.contains("chown -R"), "{s}");
     }
 
     #[test]

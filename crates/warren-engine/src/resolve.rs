@@ -84,6 +84,15 @@ pub(crate) fn apply(
         c.mounts.retain(|old| old.target != m.target);
         c.mounts.push(m);
     }
+    if let Some(project) = &policy.binds_only_of {
+        devprops::check_binds(c.mounts.iter().chain([&spec.workspace_mount]), project).map_err(
+            |r| EngineError::Refused {
+                config: loaded.config_path.clone(),
+                message: r.message,
+                hint: r.hint,
+            },
+        )?;
+    }
     c.remote_user = merged.remote_user.clone();
     c.container_user = merged.container_user.clone();
     spec.limits = granted.limits;

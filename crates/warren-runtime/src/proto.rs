@@ -31,6 +31,10 @@ pub struct ExecProcess {
     pub user: Option<String>,
     /// Allocate a PTY of this size (rows, cols); `None` passes three stdio descriptors instead.
     pub tty: Option<(u16, u16)>,
+    /// Not tied to the connection that started it: no hangup when that connection goes away (a
+    /// background runner). Its exit is not reported; the supervisor reaps it.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 /// Client to supervisor.

@@ -605,7 +605,8 @@ impl Supervisor {
             Request::Exec { process } => match self.exec(&process, fds) {
                 Ok((pid, pty)) => {
                     let c = &mut self.clients[i];
-                    c.exec_pid = Some(pid);
+                    // A detached process belongs to no session: nothing hangs it up.
+                    c.exec_pid = (!process.detach).then_some(pid);
                     let fds: Vec<RawFd> = pty.iter().map(|p| p.as_raw_fd()).collect();
                     let _ = proto::send(c.sock.as_fd(), &Response::Started { pid }, &fds);
                     c._pty = pty;

@@ -985,6 +985,47 @@ async fn privileges_need_the_administrators_consent_and_the_folder_is_the_remote
             !std::path::Path::new("/tmp/never-on-the-server").exists(),
             "a server never runs initializeCommand"
         );
+        // Whether or not privileges are allowed, no route brings a host path into the workspace:
+        // not runArgs, not an image's metadata label.
+        for (tpl, dc) in [
+            (
+                "runmount",
+                json!({"image": "busybox", "runArgs": ["--mount", "type=bind,source=/,target=/host"]}),
+            ),
+            (
+                "dotdot",
+                json!({"image": "busybox",
+                       "mounts": ["type=bind,source=${localWorkspaceFolder}/..,target=/up"]}),
+            ),
+        ] {
+            let (st, v) = s
+                .post(
+                    &s.admin,
+                    &format!("/api/v1/templates/{tpl}/versions"),
+                    json!({"devcontainer": dc.to_string()}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+            let (st, v) = s
+                .post(
+                    &s.admin,
+                    "/api/v1/workspaces",
+                    json!({"name": tpl, "template": tpl}),
+                )
+                .await;
+            let err = if st == StatusCode::ACCEPTED {
+                let job = s.wait_job(&s.admin, v["job"]["id"].as_str().unwrap()).await;
+                assert_eq!(job["status"], "failed", "{tpl}: {job}");
+                job["error"].as_str().unwrap().to_string()
+            } else {
+                assert_eq!(st, StatusCode::BAD_REQUEST, "{tpl}: {v}");
+                v["message"].as_str().unwrap().to_string()
+            };
+            assert!(
+                err.contains("bind mounts of host paths are not allowed"),
+                "{tpl}: {err}"
+            );
+        }
         s.stop().await;
     }
 }

@@ -785,6 +785,7 @@ async fn embedded(
                 cwd: a.workdir,
                 user: a.user,
                 tty: a.tty.then_some((24, 80)),
+                detach: false,
             };
             for e in &p.env {
                 if !e.contains('=') {

@@ -54,6 +54,11 @@ impl Registry {
             .output()
             .is_err()
         {
+            // scripts/deps installs it: in CI (`.ci/run` sets CI=1) its absence is a failure.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "docker-registry is not installed: run scripts/deps"
+            );
             eprintln!("docker-registry is not installed (scripts/deps installs it); skipped");
             return None;
         }

@@ -170,6 +170,7 @@ async fn start(
         cwd: req.cwd.clone(),
         user: req.user.clone(),
         tty: req.tty,
+        detach: false,
     };
     let (tx, out) = mpsc::channel(64);
     let (session, stdin, pty) = if req.tty.is_some() {
