@@ -136,8 +136,9 @@ impl WsSpec {
             .or_else(|| self.container_user())
     }
 
-    /// The runtime's view of this workspace.
-    pub fn runtime_spec(&self, rec: &WorkspaceRecord) -> WorkspaceSpec {
+    /// The environment of every process in the workspace: the image's, a default PATH, and
+    /// containerEnv over them.
+    pub fn container_env(&self) -> Vec<String> {
         let mut env = self.image_env.clone();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -145,6 +146,12 @@ impl WsSpec {
         for (k, v) in &self.config.container_env {
             warren_runtime::spec::set_env(&mut env, k, v);
         }
+        env
+    }
+
+    /// The runtime's view of this workspace.
+    pub fn runtime_spec(&self, rec: &WorkspaceRecord) -> WorkspaceSpec {
+        let env = self.container_env();
         let mut mounts = vec![mount_spec(&self.workspace_mount)];
         mounts.extend(self.config.mounts.iter().map(mount_spec));
         WorkspaceSpec {
@@ -174,8 +181,21 @@ impl WsSpec {
             p.cwd = Some(self.workspace_folder.clone());
         }
         let mut env: Vec<String> = user_env.to_vec();
+        let container = self.container_env();
+        let lookup = |k: &str| {
+            container
+                .iter()
+                .find_map(|e| e.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+                .map(str::to_string)
+        };
         for (k, v) in &self.config.remote_env {
-            match v {
+            // `${containerEnv:VAR}` is the container's own environment (image env and
+            // containerEnv), as the reference CLI substitutes it once the container exists.
+            let v = v.as_ref().map(|v| {
+                warren_devcontainer::substitute_container_env(v, &lookup)
+                    .unwrap_or_else(|_| v.clone())
+            });
+            match &v {
                 Some(v) => warren_runtime::spec::set_env(&mut env, k, v),
                 None => env.retain(|e| !e.starts_with(&format!("{k}="))),
             }

@@ -1102,3 +1102,22 @@ fn local_features_install_into_the_image_and_merge_their_properties() {
     assert!(err.contains("./missing") && err.contains("hint:"), "{err}");
     assert_eq!(w.state_of("nofeat"), None);
 }
+
+#[test]
+fn remote_env_sees_the_containers_environment() {
+    let w = World::new();
+    let dir = w.project(
+        "cenv",
+        r#"{"image": "busybox", "containerEnv": {"TOOL_HOME": "/opt/tool"},
+            "remoteEnv": {"PATH": "${containerEnv:PATH}:${containerEnv:TOOL_HOME}/bin",
+                          "MISSING": "[${containerEnv:NOPE:fallback}]"}}"#,
+    );
+    w.up(&dir);
+    let (_, out, _) = w.sh("cenv", "echo $PATH; echo $MISSING");
+    let mut lines = out.lines();
+    let path = lines.next().unwrap();
+    assert!(path.ends_with(":/opt/tool/bin"), "{out}");
+    assert!(path.starts_with("/"), "{out}");
+    assert!(!path.contains("${"), "{out}");
+    assert_eq!(lines.next(), Some("[fallback]"), "{out}");
+}
