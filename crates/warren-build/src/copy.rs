@@ -3,17 +3,22 @@
 //! found through its symlinks), and that directory becomes the step's layer.
 //!
 //! Sources come from the build context (minus `.dockerignore`) or, with `--from`, from another
-//! stage's or image's layers. Paths never leave their root: context paths are cleaned lexically
-//! and a top-level symlink must resolve inside the context; symlinks inside copied directories
-//! are copied as symlinks, never followed.
+//! stage's or image's layers. Paths never leave their root. In the context, source paths
+//! follow symlinks as Docker's do, but resolved inside the context ([`Root::resolve`]: an
+//! absolute target starts at the context root, `..` stops there), and every file is reached
+//! through directory descriptors without following any symlink ([`crate::confined`]); in
+//! layers, [`LayerView::resolve`] does the same inside the image. Symlinks inside copied
+//! directories are copied as symlinks, never followed.
 
 use std::fs::{self, File, Metadata};
-use std::io::{self, Read};
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::io::{self, Read, Seek};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{symlink, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::confined::{self, Root};
 use crate::ignore::{glob, Ignore};
 use crate::view::{components, LayerView};
 
@@ -21,8 +26,8 @@ use crate::view::{components, LayerView};
 pub enum Source<'a> {
     /// The build context directory.
     Context {
-        /// Canonical context directory.
-        root: PathBuf,
+        /// The context directory, held open.
+        root: Root,
         /// Its `.dockerignore`.
         ignore: &'a Ignore,
     },
@@ -34,98 +39,145 @@ pub enum Source<'a> {
 pub struct Item {
     /// Path relative to the source's root, for messages and hashing.
     pub rel: String,
-    /// Where its bytes are on the host.
+    /// Where its bytes are on the host (for messages; context files are opened through
+    /// [`Source::open`]).
     pub host: PathBuf,
-    /// Its metadata (a top-level symlink in the context is followed).
+    /// Its metadata (a symlink named as a source is followed, inside its root).
     pub meta: Metadata,
-    /// Resolved components (layer sources) for listing directories.
+    /// Its resolved components (no symlink among them).
     comps: Vec<String>,
+}
+
+/// One entry met while walking a source: something that can be read without following a
+/// symlink.
+pub enum Node<'a> {
+    /// A host path in an image's layers (immutable, resolved without following symlinks).
+    Host(&'a Path),
+    /// A name in an open directory of the build context.
+    At(&'a OwnedFd, &'a str),
+}
+
+impl Node<'_> {
+    /// The target of this symlink.
+    pub fn read_link(&self) -> io::Result<PathBuf> {
+        match self {
+            Node::Host(p) => fs::read_link(p),
+            Node::At(d, n) => confined::read_link_at(*d, n),
+        }
+    }
+
+    /// Opens this regular file, which must still be the one `meta` describes.
+    pub fn open(&self, meta: &Metadata) -> io::Result<File> {
+        let f = match self {
+            Node::Host(p) => {
+                let f = File::from(rustix::fs::open(
+                    *p,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::NOFOLLOW
+                        | rustix::fs::OFlags::NONBLOCK
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )?);
+                let m = f.metadata()?;
+                if !m.is_file() {
+                    return Err(io::Error::other(format!(
+                        "{} is not a regular file",
+                        p.display()
+                    )));
+                }
+                if !confined::same_file(meta, &m) {
+                    return Err(io::Error::other(format!("{} changed", p.display())));
+                }
+                f
+            }
+            Node::At(d, n) => confined::open_file_at(*d, n, Some(meta))?,
+        };
+        Ok(f)
+    }
 }
 
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-impl Source<'_> {
-    fn children(&self, comps: &[String], host: &Path) -> Vec<(String, PathBuf)> {
-        match self {
-            Source::Context { ignore, .. } => {
-                let mut out: Vec<(String, PathBuf)> = match fs::read_dir(host) {
-                    Ok(rd) => rd
-                        .flatten()
-                        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-                        .collect(),
-                    Err(_) => vec![],
-                };
-                out.retain(|(name, path)| {
-                    let mut rel = comps.to_vec();
-                    rel.push(name.clone());
-                    let rel = rel.join("/");
-                    // An excluded directory is still walked when an exception may re-include
-                    // something in it (`build` + `!build/keep`).
-                    !ignore.excluded(&rel)
-                        || (fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
-                            && ignore.may_include_below(&rel))
-                });
-                out.sort();
-                out
-            }
-            Source::Layers(view) => view.read_dir(comps).into_iter().collect(),
+/// The entries of the context directory `comps` (resolved) that `.dockerignore` leaves, with
+/// their metadata (symlinks not followed), sorted. An excluded directory is still listed when
+/// an exception may re-include something in it (`build` + `!build/keep`).
+fn context_children(
+    dir: &OwnedFd,
+    comps: &[String],
+    ignore: &Ignore,
+) -> io::Result<Vec<(String, Metadata)>> {
+    let mut out = Vec::new();
+    for name in confined::list_at(dir)? {
+        let mut rel = comps.to_vec();
+        rel.push(name.clone());
+        let rel = rel.join("/");
+        let Ok(m) = confined::lstat_at(dir, &name) else {
+            continue;
+        };
+        if !ignore.excluded(&rel) || (m.is_dir() && ignore.may_include_below(&rel)) {
+            out.push((name, m));
         }
     }
+    Ok(out)
+}
 
+impl Source<'_> {
     /// Expands one source (wildcards allowed in any component) into items.
     pub fn expand(&self, src: &str) -> Result<Vec<Item>, String> {
         let wanted = components(src);
         match self {
             Source::Context { root, ignore } => {
-                let mut found: Vec<(Vec<String>, PathBuf)> = vec![(vec![], root.clone())];
+                // (the path as written, with wildcards matched; its resolved components)
+                let mut found: Vec<(Vec<String>, Vec<String>)> = vec![(vec![], vec![])];
                 for c in &wanted {
                     let mut next = Vec::new();
-                    for (comps, host) in found {
+                    for (rel, res) in found {
+                        let res = root.resolve(&res, true)?;
                         if has_glob(c) {
-                            for (name, p) in self.children(&comps, &host) {
+                            let Ok(dir) = root.dir(&res) else { continue };
+                            let children = context_children(&dir, &res, ignore)
+                                .map_err(|e| format!("cannot list `{}`: {e}", rel.join("/")))?;
+                            for (name, _) in children {
                                 if glob(c, &name) {
-                                    let mut nc = comps.clone();
+                                    let (mut nr, mut nc) = (rel.clone(), res.clone());
+                                    nr.push(name.clone());
                                     nc.push(name);
-                                    next.push((nc, p));
+                                    next.push((nr, nc));
                                 }
                             }
                         } else {
-                            let mut nc = comps.clone();
+                            let (mut nr, mut nc) = (rel, res);
+                            nr.push(c.clone());
                             nc.push(c.clone());
-                            next.push((nc, host.join(c)));
+                            next.push((nr, nc));
                         }
                     }
                     found = next;
                 }
                 let mut items = Vec::new();
-                for (comps, host) in found {
-                    let rel = comps.join("/");
+                for (rel, res) in found {
+                    let rel = rel.join("/");
                     if !rel.is_empty() && ignore.excluded(&rel) {
                         continue;
                     }
-                    let Ok(lmeta) = fs::symlink_metadata(&host) else {
+                    let comps = root.resolve(&res, true)?;
+                    let real = comps.join("/");
+                    // What a symlink leads to must not be excluded either (Docker never sends
+                    // excluded files to the builder).
+                    if !real.is_empty() && ignore.excluded(&real) {
+                        continue;
+                    }
+                    let Ok(meta) = root.lstat(&comps) else {
                         continue;
                     };
-                    let (host, meta) = if lmeta.file_type().is_symlink() {
-                        let real = fs::canonicalize(&host).map_err(|e| {
-                            format!("source `{rel}` is a symlink that cannot be followed: {e}")
-                        })?;
-                        if !real.starts_with(root) {
-                            return Err(format!(
-                                "source `{rel}` is a symlink to {}, outside the build context",
-                                real.display()
-                            ));
-                        }
-                        let m = fs::metadata(&real).map_err(|e| e.to_string())?;
-                        (real, m)
-                    } else {
-                        (host, lmeta)
-                    };
+                    if meta.file_type().is_symlink() {
+                        continue;
+                    }
                     items.push(Item {
                         rel: if rel.is_empty() { ".".into() } else { rel },
-                        host,
+                        host: root.path().join(&real),
                         meta,
                         comps,
                     });
@@ -171,58 +223,126 @@ impl Source<'_> {
         }
     }
 
+    /// Opens the regular file `item` for reading (ADD's archives).
+    pub fn open(&self, item: &Item) -> Result<File, String> {
+        let fail = |e: io::Error| format!("cannot read `{}`: {e}", item.rel);
+        match self {
+            Source::Context { root, .. } => {
+                let (dir, name) = root.entry(&item.comps).map_err(fail)?;
+                Node::At(&dir, &name).open(&item.meta).map_err(fail)
+            }
+            Source::Layers(_) => Node::Host(&item.host).open(&item.meta).map_err(fail),
+        }
+    }
+
     /// Visits `item` and everything below it (sorted), with paths relative to the item.
+    /// Symlinks below the item are visited, never followed.
     fn walk(
         &self,
         item: &Item,
-        visit: &mut dyn FnMut(&str, &Path, &Metadata) -> Result<(), String>,
+        visit: &mut dyn FnMut(&str, &Node<'_>, &Metadata) -> Result<(), String>,
     ) -> Result<(), String> {
-        fn go(
-            src: &Source<'_>,
+        type Visit<'v> = dyn FnMut(&str, &Node<'_>, &Metadata) -> Result<(), String> + 'v;
+        fn child_rel(rel: &str, name: &str) -> String {
+            if rel.is_empty() {
+                name.to_string()
+            } else {
+                format!("{rel}/{name}")
+            }
+        }
+        fn go_layers(
+            view: &LayerView,
             comps: &mut Vec<String>,
             rel: &str,
             host: &Path,
             meta: &Metadata,
-            visit: &mut dyn FnMut(&str, &Path, &Metadata) -> Result<(), String>,
+            visit: &mut Visit<'_>,
         ) -> Result<(), String> {
-            visit(rel, host, meta)?;
+            visit(rel, &Node::Host(host), meta)?;
             if meta.is_dir() {
-                for (name, child) in src.children(comps, host) {
+                for (name, child) in view.read_dir(comps) {
                     let Ok(m) = fs::symlink_metadata(&child) else {
                         continue;
                     };
                     comps.push(name.clone());
-                    let r = if rel.is_empty() {
-                        name
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    go(src, comps, &r, &child, &m, visit)?;
+                    go_layers(view, comps, &child_rel(rel, &name), &child, &m, visit)?;
+                    comps.pop();
+                }
+            }
+            Ok(())
+        }
+        fn go_context(
+            ignore: &Ignore,
+            comps: &mut Vec<String>,
+            rel: &str,
+            parent: &OwnedFd,
+            name: &str,
+            meta: &Metadata,
+            visit: &mut Visit<'_>,
+        ) -> Result<(), String> {
+            visit(rel, &Node::At(parent, name), meta)?;
+            if meta.is_dir() {
+                let shown = if rel.is_empty() { "." } else { rel };
+                let dir = confined::open_dir_at(parent, name, Some(meta))
+                    .map_err(|e| format!("cannot open `{shown}`: {e}"))?;
+                let children = context_children(&dir, comps, ignore)
+                    .map_err(|e| format!("cannot list `{shown}`: {e}"))?;
+                for (child, m) in children {
+                    comps.push(child.clone());
+                    go_context(
+                        ignore,
+                        comps,
+                        &child_rel(rel, &child),
+                        &dir,
+                        &child,
+                        &m,
+                        visit,
+                    )?;
                     comps.pop();
                 }
             }
             Ok(())
         }
         let mut comps = item.comps.clone();
-        go(self, &mut comps, "", &item.host, &item.meta, visit)
+        match self {
+            Source::Layers(view) => go_layers(view, &mut comps, "", &item.host, &item.meta, visit),
+            Source::Context { root, ignore } => {
+                let (dir, name) = root
+                    .entry(&item.comps)
+                    .map_err(|e| format!("cannot open `{}`: {e}", item.rel))?;
+                let now = if name == "." {
+                    File::from(dir.try_clone().map_err(|e| e.to_string())?).metadata()
+                } else {
+                    confined::lstat_at(&dir, &name)
+                }
+                .map_err(|e| format!("cannot open `{}`: {e}", item.rel))?;
+                if !confined::same_file(&now, &item.meta)
+                    || now.file_type() != item.meta.file_type()
+                {
+                    return Err(format!("`{}` changed during the build", item.rel));
+                }
+                go_context(ignore, &mut comps, "", &dir, &name, &item.meta, visit)
+            }
+        }
     }
 
     /// A digest of `item`'s tree: names, types, modes, sizes, contents and link targets (not
     /// times or owners, as BuildKit), for the cache key.
     pub fn digest(&self, item: &Item) -> Result<String, String> {
         let mut h = Sha256::new();
-        self.walk(item, &mut |rel, host, meta| {
+        self.walk(item, &mut |rel, node, meta| {
             let ft = meta.file_type();
             h.update(rel.as_bytes());
             h.update([0]);
             h.update(format!("{:o}", meta.mode()).as_bytes());
             if ft.is_symlink() {
-                let t = fs::read_link(host).map_err(|e| e.to_string())?;
+                let t = node.read_link().map_err(|e| e.to_string())?;
                 h.update(t.as_os_str().as_encoded_bytes());
             } else if ft.is_file() {
                 h.update(meta.len().to_le_bytes());
-                let mut f =
-                    File::open(host).map_err(|e| format!("cannot read {}: {e}", host.display()))?;
+                let mut f = node
+                    .open(meta)
+                    .map_err(|e| format!("cannot read `{}/{rel}`: {e}", item.rel))?;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {
                     let n = f.read(&mut buf).map_err(|e| e.to_string())?;
@@ -323,7 +443,7 @@ impl<'a> Stage<'a> {
         chmod: Option<u32>,
     ) -> Result<(), String> {
         let mut times = Vec::new();
-        src.walk(item, &mut |rel, host, meta| {
+        src.walk(item, &mut |rel, node, meta| {
             let target = if rel.is_empty() {
                 dest.to_path_buf()
             } else {
@@ -351,7 +471,7 @@ impl<'a> Stage<'a> {
                     times.push((target.clone(), meta.mtime(), meta.mtime_nsec()));
                 }
             } else if ft.is_symlink() {
-                let link = fs::read_link(host).map_err(|e| fail("read link for", e))?;
+                let link = node.read_link().map_err(|e| fail("read link for", e))?;
                 let _ = fs::remove_file(&target);
                 symlink(&link, &target).map_err(|e| fail("create symlink", e))?;
                 std::os::unix::fs::lchown(&target, Some(owner.0), Some(owner.1))
@@ -367,7 +487,14 @@ impl<'a> Stage<'a> {
                     ));
                 }
                 let _ = fs::remove_file(&target);
-                fs::copy(host, &target).map_err(|e| fail("write", e))?;
+                let mut from = node.open(meta).map_err(|e| fail("read the source of", e))?;
+                let mut to = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .map_err(|e| fail("create", e))?;
+                io::copy(&mut from, &mut to).map_err(|e| fail("write", e))?;
                 let mode = chmod.unwrap_or(meta.mode() & 0o7777);
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode))
                     .map_err(|e| fail("chmod", e))?;
@@ -404,39 +531,37 @@ impl<'a> Stage<'a> {
     }
 }
 
-/// Whether the file at `path` is a tar archive (plain or gzip), as ADD auto-extracts.
-pub fn is_tar(path: &Path) -> bool {
-    let Ok(mut f) = File::open(path) else {
-        return false;
-    };
+/// Whether `f` (read from its start, left rewound) is a gzip-compressed file.
+fn is_gzip(f: &mut File) -> io::Result<bool> {
+    f.rewind()?;
     let mut head = [0u8; 2];
-    if f.read_exact(&mut head).is_err() {
-        return false;
-    }
-    let Ok(f) = File::open(path) else {
-        return false;
-    };
-    let mut reader: Box<dyn Read> = if head == [0x1f, 0x8b] {
-        Box::new(flate2::read::GzDecoder::new(f))
-    } else {
-        Box::new(f)
-    };
-    let mut block = vec![0u8; 512];
-    if reader.read_exact(&mut block).is_err() {
-        return false;
-    }
-    &block[257..262] == b"ustar"
+    let gz = f.read_exact(&mut head).is_ok() && head == [0x1f, 0x8b];
+    f.rewind()?;
+    Ok(gz)
 }
 
-/// Extracts a (plain or gzip) tar archive into the stage directory `dest`, keeping owners and
-/// modes; entries that would leave `dest` are refused by the tar reader.
-pub fn extract_tar(path: &Path, dest: &Path) -> Result<(), String> {
-    let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut head = [0u8; 2];
-    let gz = File::open(path)
-        .and_then(|mut g| g.read_exact(&mut head))
-        .is_ok()
-        && head == [0x1f, 0x8b];
+/// Whether the open file `f` is a tar archive (plain or gzip), as ADD auto-extracts. Leaves it
+/// rewound.
+pub fn is_tar(f: &mut File) -> bool {
+    let Ok(gz) = is_gzip(f) else {
+        return false;
+    };
+    let mut block = vec![0u8; 512];
+    let ok = if gz {
+        flate2::read::GzDecoder::new(&mut *f)
+            .read_exact(&mut block)
+            .is_ok()
+    } else {
+        f.read_exact(&mut block).is_ok()
+    };
+    f.rewind().is_ok() && ok && &block[257..262] == b"ustar"
+}
+
+/// Extracts the (plain or gzip) tar archive `f` (named `name` in messages) into the stage
+/// directory `dest`, keeping owners and modes; entries that would leave `dest` are refused by
+/// the tar reader.
+pub fn extract_tar(mut f: File, name: &str, dest: &Path) -> Result<(), String> {
+    let gz = is_gzip(&mut f).map_err(|e| format!("cannot read {name}: {e}"))?;
     let reader: Box<dyn Read> = if gz {
         Box::new(flate2::read::GzDecoder::new(f))
     } else {
@@ -449,7 +574,7 @@ pub fn extract_tar(path: &Path, dest: &Path) -> Result<(), String> {
     a.set_overwrite(true);
     a.set_unpack_xattrs(false);
     a.unpack(dest).map_err(|e| {
-        let mut msg = format!("cannot extract {}: {e}", path.display());
+        let mut msg = format!("cannot extract {name}: {e}");
         let mut src = std::error::Error::source(&e);
         while let Some(s) = src {
             msg.push_str(&format!(": {s}"));

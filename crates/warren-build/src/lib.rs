@@ -16,6 +16,7 @@
 //!
 //! The tag moves only when the whole build succeeded.
 
+mod confined;
 pub mod copy;
 pub mod dockerfile;
 pub mod ignore;
@@ -158,11 +159,25 @@ struct Ctx<'a> {
     file: String,
     escape: char,
     context: PathBuf,
+    /// The context directory, held open: COPY and ADD read it only through this.
+    context_root: confined::Root,
     ignore: Ignore,
     stats: BuiltImage,
     used_args: BTreeSet<String>,
     log: &'a mut (dyn Write + Send),
 }
+
+/// The largest `.dockerignore` read (1 MiB).
+pub const MAX_DOCKERIGNORE_BYTES: u64 = 1 << 20;
+
+/// The largest file ADD fetches from a URL (4 GiB); larger bodies are refused.
+pub const MAX_ADD_URL_BYTES: u64 = 4 << 30;
+
+/// The longest one ADD URL fetch may take, connecting included.
+const ADD_URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+/// The longest an ADD URL fetch may wait for the next bytes of the body.
+const ADD_URL_STALL: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn hash(parts: &[&str]) -> String {
     let mut h = Sha256::new();
@@ -219,9 +234,18 @@ pub fn build(
     let context = fs::canonicalize(&req.context_dir).map_err(|e| {
         BuildError::Host(format!("build context {}: {e}", req.context_dir.display()))
     })?;
-    let ignore = match fs::read_to_string(context.join(".dockerignore")) {
-        Ok(t) => Ignore::parse(&t),
-        Err(_) => Ignore::default(),
+    let context_root = confined::Root::open(&context)
+        .map_err(|e| BuildError::Host(format!("build context {}: {e}", context.display())))?;
+    // Read without following a symlink and bounded: the context's owner controls it.
+    let ignore = match context_root.read_top_file(".dockerignore", MAX_DOCKERIGNORE_BYTES) {
+        Ok(Some(t)) => Ignore::parse(&t),
+        Ok(None) => Ignore::default(),
+        Err(e) => {
+            return Err(BuildError::Host(format!(
+                "build context {}: {e}",
+                context.display()
+            )))
+        }
     };
     fs::create_dir_all(work)
         .map_err(|e| BuildError::Host(format!("create {}: {e}", work.display())))?;
@@ -236,6 +260,7 @@ pub fn build(
         file,
         escape: df.escape,
         context,
+        context_root,
         ignore,
         stats: BuiltImage {
             name: String::new(),
@@ -877,7 +902,7 @@ impl Ctx<'_> {
         let ignore = self.ignore.clone();
         let source = match &source_view {
             None => Source::Context {
-                root: self.context.clone(),
+                root: self.context_root.clone(),
                 ignore: &ignore,
             },
             Some(v) => Source::Layers(v),
@@ -926,9 +951,8 @@ impl Ctx<'_> {
                 }
                 let file = downloads.path.join(format!("{}", items.len()));
                 self.progress(&format!("  fetching {src}"));
-                download(src, &file, self.req.public_fetches_only).map_err(|e| self.err(step, format!("ADD {src}: {e}"), Some("check the URL; host-local builds have the host's network, server builds none yet")))?;
-                let bytes = fs::read(&file).map_err(|e| BuildError::Host(e.to_string()))?;
-                digests.push(hex::encode(Sha256::digest(&bytes)));
+                let digest = download(src, &file, self.req.public_fetches_only, MAX_ADD_URL_BYTES).map_err(|e| self.err(step, format!("ADD {src}: {e}"), Some("check the URL; host-local builds have the host's network, server builds none yet")))?;
+                digests.push(digest);
                 items.push(Src::Url(src.clone(), file));
                 continue;
             }
@@ -994,11 +1018,14 @@ impl Ctx<'_> {
                             .map_err(fail)?;
                     }
                     Src::Local(item)
-                        if add && source_view.is_none() && copy::is_tar(&item.host) =>
+                        if add
+                            && source_view.is_none()
+                            && source.open(item).is_ok_and(|mut f| copy::is_tar(&mut f)) =>
                     {
                         let comps = view.resolve(&dest, true).map_err(fail)?;
                         let target = stage.ensure_dir(&comps).map_err(fail)?;
-                        copy::extract_tar(&item.host, &target).map_err(fail)?;
+                        let f = source.open(item).map_err(fail)?;
+                        copy::extract_tar(f, &item.rel, &target).map_err(fail)?;
                     }
                     Src::Local(item) => {
                         let base = Path::new(&item.rel)
@@ -1095,11 +1122,13 @@ fn tempfile_dir(work: &Path) -> Result<TempDir, BuildError> {
     Ok(TempDir { path })
 }
 
-/// Fetches `url` into `dest` (on a thread with a runtime of its own, so that callers inside an
-/// async runtime's blocking pool are fine); with `public_only`, only from public addresses.
-fn download(url: &str, dest: &Path, public_only: bool) -> Result<(), String> {
+/// Fetches `url` into `dest`, streaming, and returns the body's SHA-256 (hex). Runs on a
+/// thread with a runtime of its own, so that callers inside an async runtime's blocking pool
+/// are fine. With `public_only`, only from public addresses. Bodies larger than `max` bytes
+/// are refused (by their `Content-Length` before anything is written, else once they pass it).
+fn download(url: &str, dest: &Path, public_only: bool, max: u64) -> Result<String, String> {
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<(), String> {
+        s.spawn(|| -> Result<String, String> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -1108,12 +1137,13 @@ fn download(url: &str, dest: &Path, public_only: bool) -> Result<(), String> {
                 let client = warren_image::registry::RegistryClient::new(
                     &warren_image::registry::ClientOptions {
                         public_only,
+                        timeout: Some(ADD_URL_TIMEOUT),
                         ..Default::default()
                     },
                 )
                 .map_err(|e| e.to_string())?;
                 client.check_url(url)?;
-                let resp = client
+                let mut resp = client
                     .http()
                     .get(url)
                     .send()
@@ -1122,11 +1152,85 @@ fn download(url: &str, dest: &Path, public_only: bool) -> Result<(), String> {
                 if !resp.status().is_success() {
                     return Err(format!("the server answered {}", resp.status()));
                 }
-                let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-                fs::write(dest, &bytes).map_err(|e| e.to_string())
+                let too_big =
+                    || format!("the file is larger than the {} MiB ADD allows", max >> 20);
+                if resp.content_length().is_some_and(|n| n > max) {
+                    return Err(too_big());
+                }
+                let mut out = fs::File::create(dest)
+                    .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+                let mut h = Sha256::new();
+                let mut total: u64 = 0;
+                loop {
+                    let chunk = tokio::time::timeout(ADD_URL_STALL, resp.chunk())
+                        .await
+                        .map_err(|_| {
+                            format!("no data for {} s; giving up", ADD_URL_STALL.as_secs())
+                        })?
+                        .map_err(|e| warren_image::registry::error_chain(&e))?;
+                    let Some(chunk) = chunk else { break };
+                    total += chunk.len() as u64;
+                    if total > max {
+                        return Err(too_big());
+                    }
+                    h.update(&chunk);
+                    out.write_all(&chunk)
+                        .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+                }
+                out.sync_all()
+                    .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+                Ok(hex::encode(h.finalize()))
             })
         })
         .join()
         .unwrap_or_else(|_| Err("the download thread panicked".into()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Serves `head` + `body` once on loopback; returns the URL.
+    fn serve_once(head: &'static str, body: Vec<u8>) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        });
+        format!("http://127.0.0.1:{port}/f")
+    }
+
+    #[test]
+    fn downloads_stream_to_the_file_and_stop_at_the_cap() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("f");
+        let url = serve_once(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+            b"hello".to_vec(),
+        );
+        let digest = download(&url, &dest, false, 5).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"hello");
+        assert_eq!(digest, hex::encode(Sha256::digest(b"hello")));
+        // Refused by its Content-Length, before anything is written.
+        let url = serve_once(
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+            vec![b'x'; 100],
+        );
+        let e = download(&url, &tmp.path().join("g"), false, 10).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        // Without a length (read to the end of the connection), once it passes the cap.
+        let url = serve_once(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+            vec![b'x'; 64 * 1024],
+        );
+        let e = download(&url, &tmp.path().join("h"), false, 1000).unwrap_err();
+        assert!(e.contains("larger than"), "{e}");
+        assert!(fs::metadata(tmp.path().join("h")).unwrap().len() <= 1000);
+    }
 }

@@ -309,19 +309,7 @@ impl Preparer<'_> {
             ),
         };
         let manifest_path = dir.join("devcontainer-feature.json");
-        let text = match std::fs::read_to_string(&manifest_path) {
-            Ok(t) => t,
-            Err(e) => {
-                return Err(FeatureError::InvalidManifest {
-                    feature: user_id.to_string(),
-                    reason: if e.kind() == std::io::ErrorKind::NotFound {
-                        "the feature has no devcontainer-feature.json (version 1 features are not supported)".to_string()
-                    } else {
-                        format!("cannot read {}: {e}", manifest_path.display())
-                    },
-                })
-            }
-        };
+        let text = read_manifest_file(user_id, &manifest_path)?;
         let manifest = manifest::parse_manifest(user_id, &text)?;
         if !dir.join("install.sh").is_file() {
             return Err(FeatureError::InvalidManifest {
@@ -507,6 +495,70 @@ pub async fn prepare(
     })
 }
 
+/// The largest `devcontainer-feature.json` read (1 MiB).
+pub const MAX_MANIFEST_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a feature's `devcontainer-feature.json`. A local feature's folder belongs to the
+/// user, so the file must be a regular file (not a symlink, FIFO or device) of at most
+/// [`MAX_MANIFEST_FILE_BYTES`], and the file opened must be the one checked.
+pub(crate) fn read_manifest_file(feature: &str, path: &Path) -> Result<String, FeatureError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let fail = |reason: String| FeatureError::InvalidManifest {
+        feature: feature.to_string(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(fail(
+            "the feature has no devcontainer-feature.json (version 1 features are not supported)"
+                .to_string(),
+        )),
+        Err(e) => return Err(fail(format!("cannot read {}: {e}", path.display()))),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(fail(format!(
+            "{} is a symlink; it must be a regular file",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(fail(format!("{} is not a regular file", path.display())));
+    }
+    let too_big = || {
+        fail(format!(
+            "{} is larger than {} KiB",
+            path.display(),
+            MAX_MANIFEST_FILE_BYTES / 1024
+        ))
+    };
+    if meta.len() > MAX_MANIFEST_FILE_BYTES {
+        return Err(too_big());
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    let opened = f
+        .metadata()
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    if !opened.is_file() || opened.dev() != meta.dev() || opened.ino() != meta.ino() {
+        return Err(fail(format!(
+            "{} was replaced while it was read",
+            path.display()
+        )));
+    }
+    let mut buf = Vec::new();
+    f.take(MAX_MANIFEST_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    if buf.len() as u64 > MAX_MANIFEST_FILE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(buf).map_err(|_| fail(format!("{} is not UTF-8", path.display())))
+}
+
 /// The shared devcontainer corpus, beside the repository (as the other crates' corpus tests
 /// find it), if present.
 #[cfg(test)]
@@ -554,5 +606,73 @@ mod tests {
             )]
         );
         assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn local_manifests_must_be_small_regular_files() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let ok = tmp.path().join("ok.json");
+        std::fs::write(&ok, r#"{"id":"x"}"#).unwrap();
+        assert_eq!(read_manifest_file("./x", &ok).unwrap(), r#"{"id":"x"}"#);
+        let check = |path: &Path, want: &str| {
+            let e = read_manifest_file("./evil", path).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, FeatureError::InvalidManifest { .. }) && msg.contains("./evil"),
+                "{msg}"
+            );
+            assert!(msg.contains(want), "{msg} should say {want}");
+        };
+        // A symlink to /dev/zero would read forever; to a host file it would leak it.
+        symlink("/dev/zero", tmp.path().join("zero.json")).unwrap();
+        check(&tmp.path().join("zero.json"), "symlink");
+        symlink(&ok, tmp.path().join("inside.json")).unwrap();
+        check(&tmp.path().join("inside.json"), "symlink");
+        std::fs::create_dir(tmp.path().join("dir.json")).unwrap();
+        check(&tmp.path().join("dir.json"), "not a regular file");
+        let big = tmp.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_MANIFEST_FILE_BYTES as usize + 1]).unwrap();
+        check(&big, "larger than 1024 KiB");
+        check(
+            &tmp.path().join("missing.json"),
+            "no devcontainer-feature.json",
+        );
+    }
+
+    /// Through `prepare`: a local feature whose manifest is a symlink to `/dev/zero` (or to a
+    /// host file) is refused at once, naming the feature, instead of being read forever. The
+    /// read is synchronous, so `prepare` runs on a thread of its own and the test gives up on
+    /// it rather than hanging.
+    #[test]
+    fn prepare_refuses_a_local_feature_manifest_symlink() {
+        use std::os::unix::fs::symlink;
+        let project = tempfile::tempdir().unwrap();
+        let dc = project.path().join(".devcontainer");
+        for (name, target) in [("zero", "/dev/zero"), ("host", "/etc/hostname")] {
+            let dir = dc.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("install.sh"), "#!/bin/sh\n").unwrap();
+            symlink(target, dir.join("devcontainer-feature.json")).unwrap();
+        }
+        let cache = tempfile::tempdir().unwrap();
+        for id in ["./zero", "./host"] {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (dc, cache) = (dc.clone(), cache.path().to_path_buf());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let list = vec![(id.to_string(), json!({}))];
+                let r = rt.block_on(prepare(&list, &[], &dc, &cache, &FetchOptions::default()));
+                let _ = tx.send(r.map(|_| ()).map_err(|e| e.to_string()));
+            });
+            let msg = rx
+                .recv_timeout(Duration::from_secs(20))
+                .expect("prepare must not hang reading /dev/zero")
+                .unwrap_err();
+            assert!(msg.contains(id) && msg.contains("symlink"), "{msg}");
+        }
     }
 }

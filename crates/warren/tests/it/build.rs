@@ -651,3 +651,283 @@ fn untrusted_builds_add_urls_only_from_public_addresses() {
     assert!(f.images.resolve("url:untrusted").is_err());
     f.no_sandboxes_left();
 }
+
+/// A file outside the context that no build may read, with content that cannot be guessed.
+fn plant_outside_secret(f: &Fx) -> (PathBuf, String) {
+    let secret = f.dir.join("outside/secret.txt");
+    std::fs::create_dir_all(secret.parent().unwrap()).unwrap();
+    let text = format!("host secret {}\n", std::process::id());
+    std::fs::write(&secret, &text).unwrap();
+    (secret, text)
+}
+
+/// Every file in the image's layers: none may hold the host's secret.
+fn assert_secret_not_in_layers(f: &Fx, tag: &str, secret: &str) {
+    fn walk(p: &Path, secret: &str) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                walk(&e.path(), secret);
+            } else if ft.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(secret.trim()),
+                    "{} holds the host's file",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    for layer in f.images.resolve(tag).unwrap().layer_dirs {
+        walk(&layer, secret);
+    }
+}
+
+#[test]
+fn copy_symlinks_resolve_inside_the_context_never_on_the_host() {
+    use std::os::unix::fs::symlink;
+    let f = fx();
+    let (secret, secret_text) = plant_outside_secret(&f);
+    let ctx = f.ctx();
+    // As Docker: a symlink in the context is followed, but inside the context. `/` is the
+    // context root, `/etc` is `<context>/etc`, and `..` stops at the root.
+    f.file("etc/hostname", "context hostname\n");
+    symlink("/", ctx.join("link")).unwrap();
+    symlink("/etc", ctx.join("abs")).unwrap();
+    std::fs::create_dir_all(ctx.join("sub/deep")).unwrap();
+    symlink("../../../../../../../..", ctx.join("sub/deep/up")).unwrap();
+    symlink("deep/up", ctx.join("sub/chain")).unwrap();
+    symlink("sub/chain/etc", ctx.join("chained")).unwrap();
+    let host_hostname = std::fs::read_to_string("/etc/hostname").ok();
+    let b = f.build(
+        "FROM busybox:test\n\
+         COPY link/etc/hostname /x\n\
+         COPY abs/hostname /y\n\
+         COPY chained/hostname /z\n\
+         COPY sub/chain/etc/host* /g/\n\
+         COPY abs /etcdir/\n",
+        "escape:resolved",
+    );
+    assert_eq!(b.layer_steps, 5);
+    let v = f.view("escape:resolved");
+    for p in ["/x", "/y", "/z", "/g/hostname", "/etcdir/hostname"] {
+        assert_eq!(
+            v.read_file(p).as_deref(),
+            Some("context hostname\n"),
+            "{p} comes from <context>/etc/hostname"
+        );
+    }
+    if let Some(h) = host_hostname.filter(|h| !h.trim().is_empty()) {
+        assert_ne!(v.read_file("/x"), Some(h), "the host's /etc/hostname");
+    }
+
+    // Without `<context>/etc` the same paths find nothing: an error, never the host's file.
+    std::fs::remove_dir_all(ctx.join("etc")).unwrap();
+    let rel_secret = secret
+        .strip_prefix("/")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    symlink(&secret, ctx.join("abs-secret")).unwrap();
+    symlink("../outside/secret.txt", ctx.join("rel-secret")).unwrap();
+    symlink("sub/deep/up/outside", ctx.join("up-outside")).unwrap();
+    for src in [
+        "link/etc/hostname".to_string(),
+        "abs/hostname".to_string(),
+        "chained/hostname".to_string(),
+        format!("link/{rel_secret}"),
+        format!("sub/chain/{rel_secret}"),
+        "abs-secret".to_string(),
+        "rel-secret".to_string(),
+        "up-outside/secret.txt".to_string(),
+        "../outside/secret.txt".to_string(),
+        "link/etc/host*".to_string(),
+    ] {
+        let (r, log) = f.build_req(&f.req(
+            &format!("FROM busybox:test\nCOPY {src} /stolen\n"),
+            "escape:refused",
+        ));
+        let e = r.expect_err(&format!("COPY {src} must not find anything: {log}"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("not found in the build context") && msg.contains("Dockerfile:2"),
+            "COPY {src}: {msg}"
+        );
+        assert!(f.images.resolve("escape:refused").is_err());
+    }
+
+    // A whole context with those links copies them as links; nothing is followed.
+    let b = f.build("FROM busybox:test\nCOPY . /ctx/\n", "escape:tree");
+    assert_eq!(b.layer_steps, 1);
+    assert_secret_not_in_layers(&f, "escape:tree", &secret_text);
+    assert_secret_not_in_layers(&f, "escape:resolved", &secret_text);
+    let layer = f.images.resolve("escape:tree").unwrap().layer_dirs;
+    let top = layer.last().unwrap();
+    assert_eq!(
+        std::fs::read_link(top.join("ctx/link")).unwrap(),
+        Path::new("/")
+    );
+    assert_eq!(
+        std::fs::read_link(top.join("ctx/abs-secret")).unwrap(),
+        secret
+    );
+    assert_eq!(
+        std::fs::read_link(top.join("ctx/sub/deep/up")).unwrap(),
+        Path::new("../../../../../../../..")
+    );
+    f.no_sandboxes_left();
+}
+
+#[test]
+fn copy_follows_symlinks_inside_the_context_as_docker() {
+    use std::os::unix::fs::symlink;
+    let f = fx();
+    let ctx = f.ctx();
+    f.file("real/file.txt", "real file\n");
+    f.file("real/nested/n.txt", "nested\n");
+    symlink("real/file.txt", ctx.join("alias.txt")).unwrap();
+    symlink("/real/file.txt", ctx.join("abs-alias.txt")).unwrap();
+    symlink("real", ctx.join("dirlink")).unwrap();
+    symlink("file.txt", ctx.join("real/sibling")).unwrap();
+    f.build(
+        "FROM busybox:test\n\
+         COPY alias.txt /a.txt\n\
+         COPY abs-alias.txt /b.txt\n\
+         COPY dirlink /d/\n\
+         COPY dirlink/file.txt dirlink/nested/n.txt /f/\n\
+         COPY dirlink/*.txt /glob/\n",
+        "links:ok",
+    );
+    let v = f.view("links:ok");
+    assert_eq!(v.read_file("/a.txt").as_deref(), Some("real file\n"));
+    assert_eq!(v.read_file("/b.txt").as_deref(), Some("real file\n"));
+    assert_eq!(v.read_file("/d/file.txt").as_deref(), Some("real file\n"));
+    assert_eq!(v.read_file("/d/nested/n.txt").as_deref(), Some("nested\n"));
+    assert_eq!(v.read_file("/f/file.txt").as_deref(), Some("real file\n"));
+    assert_eq!(v.read_file("/f/n.txt").as_deref(), Some("nested\n"));
+    assert_eq!(
+        v.read_file("/glob/file.txt").as_deref(),
+        Some("real file\n")
+    );
+    // A symlink inside a copied directory stays a symlink (and still works in the image).
+    let (host, meta) = v.lookup(&v.resolve("/d/sibling", false).unwrap()).unwrap();
+    assert!(meta.file_type().is_symlink());
+    assert_eq!(std::fs::read_link(host).unwrap(), Path::new("file.txt"));
+    assert_eq!(v.read_file("/d/sibling").as_deref(), Some("real file\n"));
+
+    // A symlink loop is an error, not a hang.
+    symlink("loop-b", ctx.join("loop-a")).unwrap();
+    symlink("loop-a", ctx.join("loop-b")).unwrap();
+    let (r, _) = f.build_req(&f.req("FROM busybox:test\nCOPY loop-a /l\n", "links:loop"));
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("too many levels of symbolic links"),);
+
+    // What a symlink leads to is still subject to .dockerignore.
+    f.file("private.key", "key\n");
+    f.file(".dockerignore", "private.key\n");
+    symlink("private.key", ctx.join("public.key")).unwrap();
+    let (r, _) = f.build_req(&f.req("FROM busybox:test\nCOPY public.key /k\n", "links:ignored"));
+    assert!(r.unwrap_err().to_string().contains("not found"));
+}
+
+#[test]
+fn a_dockerignore_symlink_or_special_file_is_refused() {
+    use std::os::unix::fs::symlink;
+    let f = fx();
+    let (secret, _) = plant_outside_secret(&f);
+    f.file("a.txt", "a\n");
+    let df = "FROM busybox:test\nCOPY a.txt /a\n";
+    for target in [secret.as_path(), Path::new("/dev/zero"), Path::new("a.txt")] {
+        let link = f.ctx().join(".dockerignore");
+        let _ = std::fs::remove_file(&link);
+        symlink(target, &link).unwrap();
+        let (r, log) = f.build_req(&f.req(df, "ignore:link"));
+        let msg = r.expect_err(&log).to_string();
+        assert!(
+            msg.contains(".dockerignore is a symlink"),
+            "{}: {msg}",
+            target.display()
+        );
+    }
+    std::fs::remove_file(f.ctx().join(".dockerignore")).unwrap();
+    std::fs::create_dir(f.ctx().join(".dockerignore")).unwrap();
+    let (r, _) = f.build_req(&f.req(df, "ignore:dir"));
+    assert!(r.unwrap_err().to_string().contains("not a regular file"));
+    std::fs::remove_dir(f.ctx().join(".dockerignore")).unwrap();
+    f.file(".dockerignore", &"#".repeat(2 << 20));
+    let (r, _) = f.build_req(&f.req(df, "ignore:big"));
+    assert!(r.unwrap_err().to_string().contains("larger than"));
+    f.file(".dockerignore", "# fine\n");
+    f.build(df, "ignore:ok");
+    assert!(f.images.resolve("ignore:link").is_err());
+}
+
+#[test]
+fn special_files_in_the_context_never_block_the_build() {
+    let f = fx();
+    f.file("dir/a.txt", "a\n");
+    let fifo = f.ctx().join("dir/fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !made {
+        eprintln!("skipping: mkfifo unavailable");
+        return;
+    }
+    let t = std::time::Instant::now();
+    f.build(
+        "FROM busybox:test\nCOPY dir /dir/\nCOPY dir/fifo /f\n",
+        "fifo:1",
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(60));
+    let v = f.view("fifo:1");
+    assert_eq!(v.read_file("/dir/a.txt").as_deref(), Some("a\n"));
+    assert!(
+        v.lookup(&["dir".into(), "fifo".into()]).is_none(),
+        "FIFOs are not copied"
+    );
+}
+
+#[test]
+fn copy_from_a_stage_resolves_symlinks_inside_that_image() {
+    let f = fx();
+    let (secret, secret_text) = plant_outside_secret(&f);
+    let rel_secret = secret
+        .strip_prefix("/")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let df = format!(
+        "FROM busybox:test AS build\n\
+         RUN echo stage marker > /marker && ln -s / /rootlink && \
+         ln -s ../../../../../../../../.. /up && mkdir -p /d && ln -s /{rel_secret} /d/abs\n\
+         FROM busybox:test\n\
+         COPY --from=build /rootlink/marker /up/marker /m/\n\
+         COPY --from=build /d /d/\n"
+    );
+    f.build(&df, "from:links");
+    let v = f.view("from:links");
+    assert_eq!(v.read_file("/m/marker").as_deref(), Some("stage marker\n"));
+    let (_, meta) = v.lookup(&["d".into(), "abs".into()]).unwrap();
+    assert!(meta.file_type().is_symlink(), "copied as a link");
+    assert_secret_not_in_layers(&f, "from:links", &secret_text);
+    for src in [
+        format!("/up/{rel_secret}"),
+        format!("/rootlink/{rel_secret}"),
+        "/d/abs".to_string(),
+    ] {
+        let (r, log) = f.build_req(&f.req(
+            &df.replace(
+                "COPY --from=build /d /d/",
+                &format!("COPY --from=build {src} /s"),
+            ),
+            "from:escape",
+        ));
+        let msg = r.expect_err(&format!("{src}: {log}")).to_string();
+        assert!(msg.contains("not found"), "{src}: {msg}");
+    }
+    assert!(f.images.resolve("from:escape").is_err());
+}
