@@ -384,13 +384,7 @@ pub async fn run_on_host(
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
-    let parts: Vec<(String, Vec<String>)> = match cmd {
-        LifecycleCommand::Parallel(items) => items
-            .iter()
-            .map(|(n, c)| (format!("initializeCommand:{n}"), argv(c)))
-            .collect(),
-        c => vec![("initializeCommand".into(), argv(c))],
-    };
+    let parts = labelled_argvs("initializeCommand", cmd);
     let mut children = Vec::new();
     for (label, argv) in parts {
         if argv.is_empty() {
@@ -445,6 +439,18 @@ impl LifecycleState {
     }
 }
 
+/// The processes of a command: one, or one per entry of the object form, each labelled for
+/// messages (`postStartCommand`, `postStartCommand:server`).
+fn labelled_argvs(what: &str, cmd: &LifecycleCommand) -> Vec<(String, Vec<String>)> {
+    match cmd {
+        LifecycleCommand::Parallel(items) => items
+            .iter()
+            .map(|(name, c)| (format!("{what}:{name}"), argv(c)))
+            .collect(),
+        c => vec![(what.to_string(), argv(c))],
+    }
+}
+
 fn argv(c: &LifecycleCommand) -> Vec<String> {
     match c {
         LifecycleCommand::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
@@ -469,13 +475,7 @@ pub async fn run(
     log: &Path,
     progress: &dyn Progress,
 ) -> Result<(), EngineError> {
-    let parts: Vec<(String, Vec<String>)> = match cmd {
-        LifecycleCommand::Parallel(items) => items
-            .iter()
-            .map(|(name, c)| (format!("{what}:{name}"), argv(c)))
-            .collect(),
-        c => vec![(what.to_string(), argv(c))],
-    };
+    let parts = labelled_argvs(what, cmd);
     let io =
         |e: std::io::Error| EngineError::Internal(format!("lifecycle log {}: {e}", log.display()));
     if let Some(parent) = log.parent() {

@@ -246,19 +246,9 @@ impl RegistryError {
 
 /// Checks that `digest` is `sha256:` followed by 64 lowercase hex digits and returns the hex.
 pub fn sha256_hex(digest: &str) -> Result<&str, RegistryError> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(hex)
-        }
-        _ => Err(RegistryError::BadDigest {
-            digest: digest.to_string(),
-        }),
-    }
+    crate::digest::sha256_hex(digest).map_err(|_| RegistryError::BadDigest {
+        digest: digest.to_string(),
+    })
 }
 
 /// `sha256:<hex>` of a byte slice.
