@@ -150,6 +150,11 @@ impl ConfigError {
                  shell), or an object of named commands run in parallel"
                     .into(),
             ),
+            Self::Invalid { .. } => Some(
+                "see https://containers.dev/implementors/json_reference/ for the properties and \
+                 their types"
+                    .into(),
+            ),
             _ => None,
         }
     }

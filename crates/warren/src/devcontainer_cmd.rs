@@ -49,8 +49,7 @@ pub(crate) fn run(cmd: DevcontainerCmd, state_dir: &Path) -> Result<u8> {
 
 fn config_error(e: ConfigError) -> anyhow::Error {
     let hint = e.hint().unwrap_or_else(|| {
-        "see https://containers.dev/implementors/json_reference/ for the properties and their types"
-            .into()
+        "check the path and the file's permissions (`--workspace-folder DIR`)".into()
     });
     user_error(e.to_string(), hint)
 }

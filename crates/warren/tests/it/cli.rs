@@ -238,7 +238,18 @@ fn bad_input_gets_one_clear_line_a_hint_and_a_nonzero_exit() {
     assert!(err.contains("hint:"), "{err}");
     // Wrong type.
     let typed = w.project("typed", "{\"image\": 42}");
-    check(&["up", typed.to_str().unwrap()], "devcontainer.json:1:11");
+    let err = check(&["up", typed.to_str().unwrap()], "devcontainer.json:1:11");
+    assert!(err.contains("hint:"), "{err}");
+    // A property that fails the schema: its position, the property and what was expected.
+    let schema = w.project(
+        "schema",
+        "{\n  \"image\": \"busybox\",\n  \"capAdd\": \"SYS_PTRACE\"\n}",
+    );
+    let err = check(
+        &["up", schema.to_str().unwrap()],
+        "devcontainer.json:3:13: expected an array of strings for `capAdd`",
+    );
+    assert!(err.contains("hint:"), "{err}");
     // No config at all.
     let empty = w.dir.join("projects/empty");
     std::fs::create_dir_all(&empty).unwrap();
