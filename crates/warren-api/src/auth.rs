@@ -139,7 +139,7 @@ pub enum Scope {
     /// Read and verify the audit log.
     #[serde(rename = "audit:read")]
     AuditRead,
-    /// Manage users, teams and other users' tokens.
+    /// Manage users, teams and other users' tokens and SSH keys.
     #[serde(rename = "admin")]
     Admin,
 }
@@ -241,7 +241,7 @@ pub enum Op {
     UserAdmin,
     /// Grant or revoke the owner role.
     OwnerAdmin,
-    /// List or revoke another user's tokens.
+    /// List or revoke another user's tokens and SSH keys.
     TokenAdmin,
 }
 

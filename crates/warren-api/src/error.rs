@@ -48,11 +48,15 @@ pub enum ErrorCode {
     AuthorizationPending,
     /// Device login: the code expired or was already used (400).
     ExpiredToken,
+    /// An SSH public key is malformed, of a refused type or too weak; the message says which (400).
+    InvalidSshKey,
+    /// This SSH public key is already registered, by this user or another (409).
+    SshKeyTaken,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         Self::NotFound,
         Self::NameTaken,
         Self::InvalidName,
@@ -73,6 +77,8 @@ impl ErrorCode {
         Self::Unavailable,
         Self::AuthorizationPending,
         Self::ExpiredToken,
+        Self::InvalidSshKey,
+        Self::SshKeyTaken,
     ];
 
     /// The stable snake_case code, identical to the serde representation.
@@ -98,6 +104,8 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::AuthorizationPending => "authorization_pending",
             Self::ExpiredToken => "expired_token",
+            Self::InvalidSshKey => "invalid_ssh_key",
+            Self::SshKeyTaken => "ssh_key_taken",
         }
     }
 }
@@ -137,7 +145,9 @@ mod tests {
                 "method_not_allowed",
                 "unavailable",
                 "authorization_pending",
-                "expired_token"
+                "expired_token",
+                "invalid_ssh_key",
+                "ssh_key_taken"
             ]
         );
         for code in ErrorCode::ALL {

@@ -6,6 +6,7 @@
 pub mod auth;
 mod error;
 mod name;
+pub mod ssh_key;
 mod state;
 pub mod template;
 pub mod v1;

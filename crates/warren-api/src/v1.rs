@@ -110,6 +110,38 @@ pub struct CreatedToken {
     pub info: Token,
 }
 
+/// A registered SSH public key (`GET /me/ssh-keys`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SshKey {
+    /// Id.
+    pub id: String,
+    /// Label (default: the key's comment).
+    pub name: String,
+    /// Owner.
+    pub user_id: String,
+    /// `ssh-ed25519`, `ecdsa-sha2-nistp256`, `-nistp384`, `-nistp521` or `ssh-rsa`.
+    pub key_type: String,
+    /// `SHA256:...`, as `ssh-keygen -lf` prints it; unique across the server.
+    pub fingerprint: String,
+    /// The key in OpenSSH's form, `type base64`, without its comment.
+    pub public_key: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Last SSH authentication with it.
+    pub last_used_at: Option<String>,
+}
+
+/// `POST /me/ssh-keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddSshKey {
+    /// One OpenSSH public key line, `type base64 [comment]` (a `.pub` file's contents).
+    pub public_key: String,
+    /// Label (default: the key's comment, else `key`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 /// `GET /me`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Me {

@@ -105,9 +105,10 @@ impl IntoResponse for ApiError {
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::NotFound | ErrorCode::ImageNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::NameTaken | ErrorCode::Conflict | ErrorCode::TransitionInProgress => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::NameTaken
+        | ErrorCode::Conflict
+        | ErrorCode::TransitionInProgress
+        | ErrorCode::SshKeyTaken => StatusCode::CONFLICT,
         ErrorCode::InvalidState => StatusCode::CONFLICT,
         ErrorCode::InvalidName
         | ErrorCode::InvalidConfig
@@ -115,7 +116,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidParameter
         | ErrorCode::LimitExceeded
         | ErrorCode::AuthorizationPending
-        | ErrorCode::ExpiredToken => StatusCode::BAD_REQUEST,
+        | ErrorCode::ExpiredToken
+        | ErrorCode::InvalidSshKey => StatusCode::BAD_REQUEST,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -16,6 +16,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use warren_server::config::ConfigLayer;
 
+/// A real public key, made by `ssh-keygen -t ed25519`.
+const ED25519: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC6uojqC60a9RKdYNYPiV2yjCzRBjcukyIhUrvGPJZTw bad-input";
+
 /// Checks an error answer: status, JSON `code`, a message, and nothing internal in it.
 fn check_error(
     state_dir: &Path,
@@ -159,6 +163,8 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/tokens", "/api/v1/tokens", json!({"name": "t"}), "scopes", json!("admin")),
         r("POST", "/api/v1/tokens", "/api/v1/tokens", json!({"name": "t"}), "lifetime", json!(30)),
         r("POST", "/api/v1/teams", "/api/v1/teams", json!({"name": "bi-team"}), "name", json!(["a"])),
+        r("POST", "/api/v1/me/ssh-keys", "/api/v1/me/ssh-keys", json!({"public_key": ED25519}), "public_key", json!(5)),
+        r("POST", "/api/v1/me/ssh-keys", "/api/v1/me/ssh-keys", json!({"public_key": ED25519}), "name", json!(["a"])),
         r("POST", "/api/v1/auth/device/approve", "/api/v1/auth/device/approve", json!({"user_code": "BCDF-GHJK"}), "user_code", json!(true)),
         JsonRoute {
             anonymous: true,
@@ -309,6 +315,102 @@ async fn json_bodies_name_unknown_fields_and_wrong_types() {
             bad,
             "invalid_request",
         ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    s.stop().await;
+}
+
+/// SSH keys that are not keys, or not acceptable ones: 400 `invalid_ssh_key` naming what is
+/// wrong, with a hint, and nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ssh_keys_are_refused_with_a_reason() {
+    let s = TestServer::start().await;
+    let state = s.state();
+    let t = s.user_token("bk-user", "member", None).await;
+    let b64 = ED25519.split_whitespace().nth(1).unwrap();
+    let cut = format!("ssh-ed25519 {}", &b64[..40]);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("empty", String::new(), "empty"),
+        ("a word", "hello".into(), "not a public key line"),
+        ("unknown type", format!("ssh-foo {b64}"), "unknown key type"),
+        ("DSA", format!("ssh-dss {b64}"), "DSA"),
+        ("bad base64", format!("ssh-ed25519 {}!!", &b64[..20]), "base64"),
+        ("type mismatch", format!("ssh-rsa {b64}"), "`ssh-ed25519` key"),
+        ("truncated", cut, "truncated"),
+        (
+            "private key",
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n".into(),
+            "private key",
+        ),
+        ("two keys", format!("{ED25519}\n{ED25519}"), "one key at a time"),
+        ("options", format!("no-pty {ED25519}"), "unknown key type"),
+        ("huge", "A".repeat(20_000), "at most"),
+    ];
+    let mut problems = Vec::new();
+    for (what, key, needle) in cases {
+        let (st, v) = s
+            .post(&t, "/api/v1/me/ssh-keys", json!({ "public_key": key }))
+            .await;
+        let what = format!("SSH key: {what}");
+        problems.extend(check_error(
+            &state,
+            &what,
+            st,
+            &v,
+            StatusCode::BAD_REQUEST,
+            "invalid_ssh_key",
+        ));
+        let msg = v["message"].as_str().unwrap_or("");
+        if !msg.contains(needle) || msg.contains('\n') {
+            problems.push(format!(
+                "{what}: the message does not say `{needle}` in one line: {v}"
+            ));
+        }
+        if v["hint"].as_str().is_none_or(str::is_empty) {
+            problems.push(format!("{what}: no hint: {v}"));
+        }
+    }
+    // Bad names: too long, control characters.
+    for name in ["x".repeat(101), "a\u{7}b".into(), "  ".into()] {
+        let (st, v) = s
+            .post(
+                &t,
+                "/api/v1/me/ssh-keys",
+                json!({ "public_key": ED25519, "name": name }),
+            )
+            .await;
+        problems.extend(check_error(
+            &state,
+            &format!("SSH key name {name:?}"),
+            st,
+            &v,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ));
+    }
+    // Unknown ids.
+    for path in [
+        "/api/v1/me/ssh-keys/nope",
+        "/api/v1/users/admin/ssh-keys/nope",
+    ] {
+        let (st, v) = s.call(Some(&s.admin), Method::DELETE, path, None).await;
+        problems.extend(check_error(
+            &state,
+            &format!("DELETE {path}"),
+            st,
+            &v,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ));
+    }
+    let (st, v) = s.get(&t, "/api/v1/me/ssh-keys").await;
+    if st != StatusCode::OK || v != json!([]) {
+        problems.push(format!("refused keys were stored: {st} {v}"));
     }
     assert!(
         problems.is_empty(),

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use warren_api::auth::{decide, Decision, Op, Owner, Principal, Role, Scope, ScopeSet};
 use warren_api::WorkspaceName;
 use warren_server::config::ConfigLayer;
-use warren_store::{NewWorkspace, Ownership, Store};
+use warren_store::{NewSshKey, NewWorkspace, Ownership, Store};
 
 /// How the server answered, as far as authorization goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +158,15 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/jobs/{id}/logs", "", Rule::Ws(WorkspaceRead)),
         // Who am I: any signed-in caller.
         c("GET", "/api/v1/me", "", Rule::AnyCaller(Scope::WorkspaceRead)),
+        // SSH keys. One's own are listed and removed by any signed-in caller (as one's own
+        // tokens); adding one needs a token with every scope of the role and no workspace
+        // restriction, since a key reaches all the user's workspaces and outlives the token.
+        // Another user's keys are credential administration (TokenAdmin).
+        c("GET", "/api/v1/me/ssh-keys", "", Rule::AnyCaller(Scope::WorkspaceRead)),
+        c("POST", "/api/v1/me/ssh-keys", "", Rule::FullRoleToken),
+        c("DELETE", "/api/v1/me/ssh-keys/{id}", "", Rule::AnyCaller(Scope::Admin)),
+        c("GET", "/api/v1/users/{user}/ssh-keys", "", Rule::Op(TokenAdmin)),
+        c("DELETE", "/api/v1/users/{user}/ssh-keys/{id}", "", Rule::Op(TokenAdmin)),
         // Teams: listing them is for any signed-in user; changing them is user administration.
         c("GET", "/api/v1/teams", "", Rule::AnyCaller(Scope::WorkspaceRead)),
         c("POST", "/api/v1/teams", "", Rule::Op(UserAdmin)),
@@ -322,6 +331,24 @@ async fn send(s: &TestServer, authorization: Option<&str>, req: &Req) -> (Status
     let status = resp.status();
     let text = resp.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A well-formed ed25519 public key line, different for every `seed`.
+fn ssh_key_line(seed: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let mut blob = Vec::new();
+    for field in [
+        &b"ssh-ed25519"[..],
+        &sha2::Sha256::digest(seed.as_bytes())[..],
+    ] {
+        blob.extend_from_slice(&(field.len() as u32).to_be_bytes());
+        blob.extend_from_slice(field);
+    }
+    format!(
+        "ssh-ed25519 {} matrix",
+        base64::engine::general_purpose::STANDARD.encode(blob)
+    )
 }
 
 /// A small tar archive holding a devcontainer.json.
@@ -503,6 +530,23 @@ impl<'a> Fx<'a> {
         v["info"]["id"].as_str().unwrap().to_string()
     }
 
+    /// A new SSH key (id) of `username`, written straight into the store.
+    async fn ssh_key_of(&mut self, username: &str) -> String {
+        let n = self.fresh("");
+        let k = warren_api::ssh_key::parse(&ssh_key_line(&n)).unwrap();
+        self.store
+            .add_ssh_key(NewSshKey {
+                user_id: &self.users.get(username).cloned().unwrap_or_default(),
+                name: "fixture",
+                key_type: k.key_type.as_str(),
+                public_key: &k.openssh(),
+                fingerprint: &k.fingerprint(),
+            })
+            .await
+            .unwrap()
+            .id
+    }
+
     /// Builds the concrete request of `case` for `caller` on a workspace of `owner`'s kind.
     async fn request(&mut self, case: &Case, caller: &str, owner: Owner) -> Req {
         let ws_owner = match owner {
@@ -542,6 +586,26 @@ impl<'a> Fx<'a> {
                 Req::new(m, format!("/api/v1/jobs/{id}/cancel"), Body::None)
             }
             ("GET", "/api/v1/me", _) => Req::new(m, path, Body::None),
+            ("GET", "/api/v1/me/ssh-keys", _) => Req::new(m, path, Body::None),
+            ("POST", "/api/v1/me/ssh-keys", _) => {
+                let n = self.fresh("");
+                Req::new(m, path, j(json!({"public_key": ssh_key_line(&n)})))
+            }
+            ("DELETE", "/api/v1/me/ssh-keys/{id}", _) => {
+                let id = self.ssh_key_of(caller).await;
+                Req::new(m, format!("/api/v1/me/ssh-keys/{id}"), Body::None)
+            }
+            ("GET", "/api/v1/users/{user}/ssh-keys", _) => {
+                Req::new(m, format!("/api/v1/users/{OTHER}/ssh-keys"), Body::None)
+            }
+            ("DELETE", "/api/v1/users/{user}/ssh-keys/{id}", _) => {
+                let id = self.ssh_key_of(OTHER).await;
+                Req::new(
+                    m,
+                    format!("/api/v1/users/{OTHER}/ssh-keys/{id}"),
+                    Body::None,
+                )
+            }
             ("GET", "/api/v1/teams", _) => Req::new(m, path, Body::None),
             ("POST", "/api/v1/teams", _) => {
                 let name = self.fresh("team");

@@ -14,6 +14,7 @@ mod error;
 mod identity;
 mod jobs;
 mod record;
+mod ssh_keys;
 mod templates;
 
 use std::path::Path;
@@ -32,6 +33,7 @@ pub use error::StoreError;
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
+pub use ssh_keys::{NewSshKey, SshKeyRecord};
 pub use templates::{NewVersion, TemplateRecord, VersionRecord};
 
 /// How long a connection waits for another process's write lock before failing.

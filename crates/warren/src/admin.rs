@@ -9,13 +9,13 @@ use anyhow::{Context as _, Result};
 use warren_api::auth::{Role, Scope};
 use warren_api::template::{parse_duration, TemplateManifest, MANIFEST_FILE};
 use warren_api::v1::{
-    AuditVerify, CreateTemplate, CreateToken, CreateUser, CreateVersion, UpdateUser,
+    AddSshKey, AuditVerify, CreateTemplate, CreateToken, CreateUser, CreateVersion, UpdateUser,
 };
 use warren_engine::Progress;
 
 use crate::cli::{
-    AuditArgs, AuditCmd, AuditFilter, ContextCmd, LoginArgs, TeamCmd, TemplateCmd, TokenCmd,
-    UserCmd,
+    AuditArgs, AuditCmd, AuditFilter, ContextCmd, LoginArgs, SshKeyCmd, TeamCmd, TemplateCmd,
+    TokenCmd, UserCmd,
 };
 use crate::client::{has_code, ApiError, Client};
 use crate::context::{default_name, normalize_url, Context, Contexts, Remote, Target};
@@ -637,6 +637,159 @@ pub async fn token(c: &Client, cmd: TokenCmd, json: bool) -> Result<u8> {
             eprintln!("Revoked token {id}.");
             if json {
                 print_json(&serde_json::json!({ "revoked": id }))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+// --- SSH keys ------------------------------------------------------------------------------
+
+/// The most of a public key file that is read (a public key line is at most 16 KiB).
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// The public key `warren ssh-key add` takes without a FILE: `~/.ssh/id_ed25519.pub`, else the
+/// first `~/.ssh/id_*.pub` by name.
+fn default_public_key() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from).ok_or_else(|| {
+        user_error(
+            "HOME is not set, so ~/.ssh cannot be searched for a public key",
+            "pass the key file: warren ssh-key add ~/.ssh/id_ed25519.pub",
+        )
+    })?;
+    let ssh = home.join(".ssh");
+    let ed = ssh.join("id_ed25519.pub");
+    if ed.is_file() {
+        return Ok(ed);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&ssh)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("id_") && n.ends_with(".pub"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.into_iter().next().ok_or_else(|| {
+        user_error(
+            format!("no public key in {} (id_*.pub)", ssh.display()),
+            "make one with `ssh-keygen -t ed25519`, or pass the key file: warren ssh-key add FILE",
+        )
+    })
+}
+
+/// Reads a public key from `file` (`-`: stdin) and checks it before it is sent.
+fn read_public_key(file: Option<&Path>) -> Result<(String, String)> {
+    let (text, from) = match file {
+        Some(p) if p == Path::new("-") => {
+            let mut s = String::new();
+            std::io::stdin()
+                .take(MAX_KEY_FILE)
+                .read_to_string(&mut s)
+                .map_err(|e| {
+                    user_error(
+                        format!("reading the key from stdin: {e}"),
+                        "pipe the .pub file's contents",
+                    )
+                })?;
+            (s, "stdin".to_string())
+        }
+        _ => {
+            let path = match file {
+                Some(p) => p.to_path_buf(),
+                None => default_public_key()?,
+            };
+            let mut s = String::new();
+            std::fs::File::open(&path)
+                .and_then(|f| f.take(MAX_KEY_FILE).read_to_string(&mut s))
+                .map_err(|e| {
+                    user_error(
+                        format!("cannot read {}: {e}", path.display()),
+                        "pass a public key file (.pub), or `-` to read it from stdin",
+                    )
+                })?;
+            (s, path.display().to_string())
+        }
+    };
+    if let Err(e) = warren_api::ssh_key::parse(&text) {
+        return Err(user_error(
+            format!("{from}: {}", e.message),
+            e.hint
+                .unwrap_or_else(|| "pass the .pub file of an OpenSSH key".to_string()),
+        ));
+    }
+    Ok((text, from))
+}
+
+/// `warren ssh-key ...`.
+pub async fn ssh_key(c: &Client, cmd: SshKeyCmd, json: bool) -> Result<u8> {
+    match cmd {
+        SshKeyCmd::Add { file, name } => {
+            let (public_key, from) = read_public_key(file.as_deref())?;
+            let k = c.add_ssh_key(&AddSshKey { public_key, name }).await?;
+            eprintln!(
+                "Added SSH key {} ({}, {}) from {from}.",
+                k.fingerprint, k.name, k.key_type
+            );
+            if json {
+                print_json(&k)?;
+            }
+            Ok(0)
+        }
+        SshKeyCmd::List { user } => {
+            let list = c.ssh_keys(user.as_deref()).await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.name.clone(),
+                        k.key_type.clone(),
+                        k.fingerprint.clone(),
+                        k.created_at.clone(),
+                        k.last_used_at.clone().unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["ID", "NAME", "TYPE", "FINGERPRINT", "CREATED", "LAST USED"],
+                    &rows
+                )
+            );
+            Ok(0)
+        }
+        SshKeyCmd::Rm { key, user } => {
+            // A fingerprint holds `/` and `+`: it is looked up here, and the id is deleted.
+            let k = if key.starts_with("SHA256:") {
+                c.ssh_keys(user.as_deref())
+                    .await?
+                    .into_iter()
+                    .find(|k| k.fingerprint == key)
+                    .ok_or_else(|| {
+                        user_error(
+                            format!("no SSH key with fingerprint {key}"),
+                            "`warren ssh-key list` shows the keys; `ssh-keygen -lf FILE` prints a key's fingerprint",
+                        )
+                    })?
+                    .id
+            } else {
+                key.clone()
+            };
+            c.delete_ssh_key(user.as_deref(), &k).await?;
+            eprintln!("Removed SSH key {key}.");
+            if json {
+                print_json(&serde_json::json!({ "removed": k }))?;
             }
             Ok(0)
         }

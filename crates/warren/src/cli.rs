@@ -118,6 +118,9 @@ pub(crate) enum Cmd {
     /// Manage API tokens on the server.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Manage your SSH public keys on the server (for SSH access to workspaces).
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(SshKeyCmd),
     /// Manage users on the server (admins).
     #[command(subcommand)]
     User(UserCmd),
@@ -399,6 +402,36 @@ pub(crate) enum TokenCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub(crate) enum SshKeyCmd {
+    /// Register a public key (default: ~/.ssh/id_ed25519.pub, else the first ~/.ssh/id_*.pub).
+    Add {
+        /// The public key file, or `-` for stdin.
+        #[arg(value_name = "FILE|-")]
+        file: Option<PathBuf>,
+        /// Label (default: the key's comment).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List your keys.
+    #[command(alias = "ls")]
+    List {
+        /// Another user's keys (admins).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Remove a key.
+    #[command(alias = "remove")]
+    Rm {
+        /// Key id or fingerprint (`SHA256:...`), as `warren ssh-key list` shows them.
+        #[arg(value_name = "ID|FINGERPRINT")]
+        key: String,
+        /// Another user's key (admins).
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub(crate) enum UserCmd {
     /// Create a user.
     Create {
@@ -646,6 +679,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Whoami => "whoami",
         Cmd::Template(_) => "template",
         Cmd::Token(_) => "token",
+        Cmd::SshKey(_) => "ssh-key",
         Cmd::User(_) => "user",
         Cmd::Team(_) => "team",
         Cmd::Audit(_) => "audit",

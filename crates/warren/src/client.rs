@@ -10,9 +10,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use warren_api::v1::{
-    Accepted, AuditVerify, CreateTeam, CreateTemplate, CreateToken, CreateUser, CreateVersion,
-    CreateWorkspace, CreatedToken, DeviceApprove, DevicePoll, DeviceStart, Extend, FileUploaded,
-    Job, Me, Team, Template, TemplateVersion, Token, UpdateUser, User, WorkspaceList,
+    Accepted, AddSshKey, AuditVerify, CreateTeam, CreateTemplate, CreateToken, CreateUser,
+    CreateVersion, CreateWorkspace, CreatedToken, DeviceApprove, DevicePoll, DeviceStart, Extend,
+    FileUploaded, Job, Me, SshKey, Team, Template, TemplateVersion, Token, UpdateUser, User,
+    WorkspaceList,
 };
 use warren_api::Workspace;
 
@@ -421,6 +422,28 @@ impl Client {
     pub async fn revoke_token(&self, id: &str) -> Result<()> {
         self.call_empty(Method::DELETE, &format!("/tokens/{}", seg(id)), None::<&()>)
             .await
+    }
+
+    /// `GET /me/ssh-keys`, or `GET /users/{user}/ssh-keys`.
+    pub async fn ssh_keys(&self, user: Option<&str>) -> Result<Vec<SshKey>> {
+        match user {
+            Some(u) => self.get(&format!("/users/{}/ssh-keys", seg(u))).await,
+            None => self.get("/me/ssh-keys").await,
+        }
+    }
+
+    /// `POST /me/ssh-keys`.
+    pub async fn add_ssh_key(&self, body: &AddSshKey) -> Result<SshKey> {
+        self.post("/me/ssh-keys", body).await
+    }
+
+    /// `DELETE /me/ssh-keys/{id}`, or `DELETE /users/{user}/ssh-keys/{id}`.
+    pub async fn delete_ssh_key(&self, user: Option<&str>, id: &str) -> Result<()> {
+        let path = match user {
+            Some(u) => format!("/users/{}/ssh-keys/{}", seg(u), seg(id)),
+            None => format!("/me/ssh-keys/{}", seg(id)),
+        };
+        self.call_empty(Method::DELETE, &path, None::<&()>).await
     }
 
     /// `GET /teams`.

@@ -83,6 +83,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Whoami => crate::admin::whoami(c, remote, json).await,
         Cmd::Template(t) => crate::admin::template(c, t, json).await,
         Cmd::Token(t) => crate::admin::token(c, t, json).await,
+        Cmd::SshKey(k) => crate::admin::ssh_key(c, k, json).await,
         Cmd::User(u) => crate::admin::user(c, u, json).await,
         Cmd::Team(t) => crate::admin::team(c, t, json).await,
         Cmd::Audit(a) => crate::admin::audit(c, a, json).await,

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod files;
 pub mod health;
+pub mod ssh_keys;
 pub mod templates;
 pub mod users;
 pub mod workspaces;
@@ -24,6 +25,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(templates::router())
         .merge(files::router())
         .merge(users::router())
+        .merge(ssh_keys::router())
         .merge(auth::router())
         .merge(audit::router())
 }

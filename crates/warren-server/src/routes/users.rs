@@ -127,7 +127,8 @@ async fn create_user(
     ))
 }
 
-async fn user_for(state: &AppState, key: &str) -> ApiResult<UserRecord> {
+/// The user `key` names (username or id), or 404.
+pub(crate) async fn user_for(state: &AppState, key: &str) -> ApiResult<UserRecord> {
     let u = match state.store.user_by_name(key).await? {
         Some(u) => Some(u),
         None => state.store.user(key).await?,

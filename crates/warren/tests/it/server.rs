@@ -1125,3 +1125,194 @@ fn up_of_a_dockerfile_project_builds_on_the_server_without_network() {
     );
     s.ok(&["delete", "--force", "dockerfile-up"]);
 }
+
+/// `ssh-keygen -t TYPE` into `path` (no passphrase); returns the fingerprint `ssh-keygen -lf`
+/// prints.
+fn keygen(path: &Path, args: &[&str], comment: &str) -> String {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(args)
+        .args(["-q", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (openssh-client) is needed");
+    assert!(st.success());
+    let out = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn ssh_keys_are_added_listed_and_removed_with_the_cli() {
+    let s = Server::start();
+    s.login_admin();
+    s.login_member("kim");
+    let home = tempfile::tempdir().unwrap();
+    let ssh = home.path().join(".ssh");
+    let ed_fp = keygen(&ssh.join("id_ed25519"), &["-t", "ed25519"], "kim@laptop");
+    let ec_fp = keygen(&ssh.join("id_ecdsa"), &["-t", "ecdsa"], "kim@ecdsa");
+    let rsa = home.path().join("keys/work_rsa");
+    let rsa_fp = keygen(&rsa, &["-t", "rsa", "-b", "3072"], "kim@work");
+    let weak = home.path().join("keys/weak");
+    keygen(&weak, &["-t", "rsa", "-b", "1024"], "weak");
+    let with_home = |args: &[&str]| {
+        let mut c = s.cmd(args);
+        c.env("HOME", home.path());
+        c.output().unwrap()
+    };
+
+    // No FILE: ~/.ssh/id_ed25519.pub.
+    let o = with_home(&["ssh-key", "add"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("Added SSH key {ed_fp} (kim@laptop, ssh-ed25519)")),
+        "{}",
+        stderr(&o)
+    );
+    // A FILE with a name, as JSON.
+    let k = s.json(&[
+        "ssh-key",
+        "add",
+        &format!("{}.pub", rsa.display()),
+        "--name",
+        "work",
+    ]);
+    assert_eq!(
+        (
+            k["fingerprint"].as_str(),
+            k["name"].as_str(),
+            k["key_type"].as_str()
+        ),
+        (Some(rsa_fp.as_str()), Some("work"), Some("ssh-rsa"))
+    );
+    // From stdin.
+    let mut child = s
+        .cmd(&["ssh-key", "add", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = std::fs::read(ssh.join("id_ecdsa.pub")).unwrap();
+    child.stdin.take().unwrap().write_all(&line).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&ec_fp), "{}", stderr(&o));
+
+    // The list, as a table and as JSON.
+    let table = s.ok(&["ssh-key", "list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    for want in [
+        &ed_fp,
+        &rsa_fp,
+        &ec_fp,
+        &"kim@laptop".to_string(),
+        &"work".to_string(),
+    ] {
+        assert!(table.contains(want.as_str()), "{want} not in:\n{table}");
+    }
+    let list = s.json(&["ssh-key", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    // Admins see it too.
+    let theirs = s.json(&["--context", "admin", "ssh-key", "list", "--user", "kim"]);
+    assert_eq!(theirs.as_array().unwrap().len(), 3);
+    assert_eq!(
+        s.json(&["--context", "admin", "ssh-key", "list"]),
+        serde_json::json!([])
+    );
+
+    // Refusals: one line and a hint each.
+    let (_, err) = s.fails(&["ssh-key", "add", &format!("{}.pub", rsa.display())]);
+    assert!(
+        err.contains("already registered") && err.contains("hint:"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&[
+        "--context",
+        "admin",
+        "ssh-key",
+        "add",
+        &format!("{}.pub", rsa.display()),
+    ]);
+    assert!(err.contains("already registered"), "{err}");
+    let (_, err) = s.fails(&["ssh-key", "add", rsa.to_str().unwrap()]);
+    assert!(
+        err.contains("private key") && err.contains("hint:"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["ssh-key", "add", &format!("{}.pub", weak.display())]);
+    assert!(
+        err.contains("1024 bits") && err.contains("ssh-keygen -t ed25519"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["ssh-key", "add", "/nonexistent/key.pub"]);
+    assert!(err.contains("cannot read /nonexistent/key.pub"), "{err}");
+    let empty_home = tempfile::tempdir().unwrap();
+    let o = s
+        .cmd(&["ssh-key", "add"])
+        .env("HOME", empty_home.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no public key") && stderr(&o).contains("ssh-keygen -t ed25519"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Removal by fingerprint and by id.
+    s.ok(&["ssh-key", "rm", &ed_fp]);
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["fingerprint"] == rsa_fp.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok(&["ssh-key", "rm", &id]);
+    let (_, err) = s.fails(&["ssh-key", "rm", &id]);
+    assert!(err.contains("no SSH key") && err.contains("hint:"), "{err}");
+    let (_, err) = s.fails(&["ssh-key", "rm", &ed_fp]);
+    assert!(err.contains("no SSH key with fingerprint"), "{err}");
+    let left = s.json(&["ssh-key", "list"]);
+    assert_eq!(left.as_array().unwrap().len(), 1);
+    assert_eq!(left[0]["fingerprint"], ec_fp.as_str());
+    // An admin removes it.
+    s.ok(&[
+        "--context",
+        "admin",
+        "ssh-key",
+        "rm",
+        &ec_fp,
+        "--user",
+        "kim",
+    ]);
+    assert_eq!(s.json(&["ssh-key", "list"]), serde_json::json!([]));
+
+    // Without a server: a one-line error that says how to sign in.
+    let no_ctx = tempfile::tempdir().unwrap();
+    for args in [&["ssh-key", "list"][..], &["ssh-key", "add"]] {
+        let o = s
+            .cmd(args)
+            .env("WARREN_CONFIG_DIR", no_ctx.path())
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("`warren ssh-key` needs a server") && err.contains("warren login URL"),
+            "{err}"
+        );
+    }
+}
