@@ -706,7 +706,8 @@ impl Engine {
         let mut ls = LifecycleState::from_json(&rec.lifecycle_json);
         let log = self.log_path(&rec.id);
         let mut rec = rec;
-        if started || ls.user_env.is_empty() {
+        // Probed at each start (a running workspace keeps what its start probed).
+        if started {
             let probed = lifecycle::probe_user_env(
                 self.runtime.clone(),
                 &rec.id,
