@@ -904,7 +904,11 @@ impl Engine {
             host_memory_bytes: (!owned).then(host_memory_bytes).flatten(),
             binds_only_of: owned.then(|| dir.display().to_string()),
         };
-        resolve::apply(&mut spec, loaded, &merged, image, &policy, progress)?;
+        let id = warren_devcontainer::devcontainer_id_for(
+            &dir.display().to_string(),
+            &loaded.config_path.display().to_string(),
+        );
+        resolve::apply(&mut spec, loaded, &merged, image, &policy, &id, progress)?;
         Ok(spec)
     }
 

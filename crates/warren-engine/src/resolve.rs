@@ -2,7 +2,7 @@
 //! users, environment, mounts, lifecycle hooks in run order, ports, and what the sandbox may do
 //! (decided by [`crate::devprops`] under the workspace's policy).
 
-use warren_devcontainer::{Json, Loaded, MergedConfiguration};
+use warren_devcontainer::{Json, LifecycleCommand, Loaded, MergedConfiguration};
 
 use crate::devprops::{self, Gpu, HostRequirements, Policy, Requested};
 use crate::{EngineError, WsSpec};
@@ -60,8 +60,35 @@ pub(crate) fn apply(
     merged: &MergedConfiguration,
     image: &warren_image::Image,
     policy: &Policy,
+    devcontainer_id: &str,
     progress: &dyn crate::Progress,
 ) -> Result<(), EngineError> {
+    // `${devcontainerId}` (features use it for per-workspace volume names) is known once the
+    // workspace is: substitute it everywhere it may stand before anything else reads the values.
+    let id = |s: &str| warren_devcontainer::substitute_devcontainer_id(s, devcontainer_id);
+    let mut merged = merged.clone();
+    for m in &mut merged.mounts {
+        m.source = m.source.as_deref().map(id);
+        m.target = id(&m.target);
+    }
+    for v in merged.container_env.values_mut() {
+        *v = id(v);
+    }
+    for v in merged.remote_env.values_mut().flatten() {
+        *v = id(v);
+    }
+    for list in [
+        &mut merged.on_create_commands,
+        &mut merged.update_content_commands,
+        &mut merged.post_create_commands,
+        &mut merged.post_start_commands,
+        &mut merged.post_attach_commands,
+    ] {
+        for (_, c) in list.iter_mut() {
+            *c = command_inner(c, &id);
+        }
+    }
+    let merged = &merged;
     for e in &merged.errors {
         progress.warn(&format!("image or feature metadata: {e}"));
     }
@@ -133,6 +160,20 @@ pub(crate) fn apply(
         spec.owner_sync = None;
     }
     Ok(())
+}
+
+/// `c` with `id` applied to each of its strings.
+fn command_inner(c: &LifecycleCommand, id: &dyn Fn(&str) -> String) -> LifecycleCommand {
+    match c {
+        LifecycleCommand::Shell(s) => LifecycleCommand::Shell(id(s)),
+        LifecycleCommand::Exec(v) => LifecycleCommand::Exec(v.iter().map(|a| id(a)).collect()),
+        LifecycleCommand::Parallel(items) => LifecycleCommand::Parallel(
+            items
+                .iter()
+                .map(|(n, c)| (n.clone(), command_inner(c, id)))
+                .collect(),
+        ),
+    }
 }
 
 /// Refuses what Warren cannot run, with what to do instead.

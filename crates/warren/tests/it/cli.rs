@@ -1057,7 +1057,8 @@ fn local_features_install_into_the_image_and_merge_their_properties() {
         f.join("devcontainer-feature.json"),
         r#"{"id": "greeter", "version": "1.0.0",
             "options": {"greeting": {"type": "string", "default": "hello"}},
-            "containerEnv": {"GREETER_HOME": "/opt/greeter"},
+            "containerEnv": {"GREETER_HOME": "/opt/greeter", "GREETER_ID": "${devcontainerId}"},
+            "mounts": [{"source": "greeter-${devcontainerId}", "target": "/greeter-cache", "type": "volume"}],
             "capAdd": ["SYS_PTRACE"],
             "postCreateCommand": "echo feature >> /workspaces/feat/order"}"#,
     )
@@ -1100,6 +1101,21 @@ fn local_features_install_into_the_image_and_merge_their_properties() {
     assert!(
         !dir.join("opt").exists(),
         "the install went into the image, not the project"
+    );
+    // `${devcontainerId}` in a feature's env and volume name is the workspace's id.
+    let (code, out, err) = w.sh(
+        "feat",
+        "echo $GREETER_ID; touch /greeter-cache/ok && grep -c ' /greeter-cache ' /proc/mounts",
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let id = lines.next().unwrap();
+    assert_eq!(id.len(), 52, "{out}");
+    assert!(id.chars().all(|c| c.is_ascii_alphanumeric()), "{out}");
+    assert_eq!(
+        lines.next(),
+        Some("1"),
+        "the feature's volume is mounted: {out}"
     );
 
     // A feature that cannot be found is named, with a hint, and nothing is created.
