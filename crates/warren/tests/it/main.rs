@@ -2,6 +2,7 @@
 mod build;
 mod cli;
 mod examples;
+mod features;
 mod isolation;
 mod runtime;
 mod server;
