@@ -215,10 +215,7 @@ async fn authorize(
         Decision::Allow => {}
         d => return Err(format!("user {}: exec refused ({d:?})", user.username)),
     }
-    let _ = state
-        .store
-        .touch_ssh_key(&k.id, &warren_store::now())
-        .await;
+    let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
     Ok(Who { user, ws })
 }
 
@@ -251,7 +248,9 @@ fn env_allowed(name: &str) -> bool {
     ENV_ALLOWED.contains(&name)
         || (name.starts_with("LC_")
             && name.len() > 3
-            && name[3..].bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+            && name[3..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_'))
 }
 
 /// Sends `msg` on the channel's stderr, exit status 1, EOF and close.
@@ -374,8 +373,7 @@ impl Conn {
                 }
             };
             exited.store(true, std::sync::atomic::Ordering::SeqCst);
-            while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await
-            {
+            while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
                 if !send(c, bytes).await {
                     break;
                 }
@@ -451,11 +449,7 @@ impl russh::server::Handler for Conn {
         match self.channels.get_mut(&channel) {
             Some(c) if !c.started && term.len() <= 64 && !term.contains('\0') => {
                 let term = if term.is_empty() { "xterm" } else { term };
-                c.pty = Some((
-                    term.to_string(),
-                    size(row_height, 24),
-                    size(col_width, 80),
-                ));
+                c.pty = Some((term.to_string(), size(row_height, 24), size(col_width, 80)));
                 session.channel_success(channel)?;
             }
             _ => session.channel_failure(channel)?,
@@ -504,12 +498,8 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         match String::from_utf8(data.to_vec()) {
             Ok(cmd) if !cmd.contains('\0') => {
-                self.run(
-                    channel,
-                    vec!["/bin/sh".into(), "-c".into(), cmd],
-                    session,
-                )
-                .await
+                self.run(channel, vec!["/bin/sh".into(), "-c".into(), cmd], session)
+                    .await
             }
             _ => {
                 session.channel_failure(channel)?;

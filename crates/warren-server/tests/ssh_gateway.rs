@@ -28,7 +28,11 @@ fn keygen(dir: &Path, name: &str) -> PathBuf {
 async fn register(s: &TestServer, token: &str, key: &Path) {
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
     let (st, v) = s
-        .post(token, "/api/v1/me/ssh-keys", json!({ "public_key": public }))
+        .post(
+            token,
+            "/api/v1/me/ssh-keys",
+            json!({ "public_key": public }),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
 }
@@ -108,7 +112,15 @@ fn text(b: &[u8]) -> String {
 /// The host key fingerprint the gateway shows a client.
 fn scanned_fingerprint(port: u16) -> String {
     let scan = Command::new("ssh-keyscan")
-        .args(["-T", "10", "-t", "ed25519", "-p", &port.to_string(), "127.0.0.1"])
+        .args([
+            "-T",
+            "10",
+            "-t",
+            "ed25519",
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
         .output()
         .unwrap();
     let mut kg = Command::new("ssh-keygen")
@@ -298,7 +310,11 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
     assert_eq!(job["status"], "succeeded", "{job}");
     let o = ssh_async(port, alice_key.clone(), "dev", &[], "echo in", None).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("not running"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("not running"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(o.stdout.is_empty());
 }
 
@@ -322,6 +338,10 @@ async fn the_host_key_survives_a_restart() {
         .unwrap();
     assert_eq!(before, after);
     // The file is the key the client sees.
-    let o = Command::new("ssh-keygen").arg("-lf").arg(&path).output().unwrap();
+    let o = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(text(&o.stdout).contains(&before), "{}", text(&o.stdout));
 }
