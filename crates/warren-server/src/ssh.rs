@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use warren_api::auth::{decide, Decision, Op, Owner, Principal, Role};
 use warren_api::v1::ExecRequest;
 use warren_api::WorkspaceState;
-use warren_store::{UserRecord, WorkspaceRecord};
+use warren_store::{AuditOutcome, NewAuditRecord, UserRecord, WorkspaceRecord};
 
 use crate::app::AppState;
 use crate::error::tracing_log;
@@ -319,6 +319,34 @@ impl Conn {
             Ok(_) => start(&self.state, &who.user.id, &rec, &req).await,
             Err(e) => Err(e),
         };
+        // Audited as the API's exec is, with where it came from.
+        let audit = NewAuditRecord {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            actor_user_id: Some(who.user.id.clone()),
+            actor_username: Some(who.user.username.clone()),
+            actor_token_id: None,
+            source_ip: Some(self.peer.ip().to_string()),
+            user_agent: Some(String::from_utf8_lossy(session.remote_sshid()).into_owned()),
+            action: "workspace.exec".into(),
+            target_type: "workspace".into(),
+            target_id: Some(rec.id.clone()),
+            target_name: Some(rec.name.to_string()),
+            outcome: if started.is_ok() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failure
+            },
+            status: match &started {
+                Ok(_) => 200,
+                Err(e) => e.status.as_u16(),
+            },
+            diff_json: None,
+            details_json: Some(
+                serde_json::json!({"command": req.command, "tty": req.tty.is_some(), "via": "ssh"})
+                    .to_string(),
+            ),
+        };
+        crate::audit::record(&self.state, audit).await;
         let mut started = match started {
             Ok(s) => s,
             Err(e) => {

@@ -286,6 +286,16 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
             text(&o.stderr)
         );
     }
+    // Commands are audited as the API's exec is.
+    let (st, audit) = s.get(&s.admin, "/api/v1/audit?action=workspace.exec").await;
+    assert_eq!(st, StatusCode::OK, "{audit}");
+    let audit = audit.to_string();
+    assert!(audit.contains("echo hi; echo err"), "{audit}");
+    assert!(audit.contains("\\\"via\\\":\\\"ssh\\\""), "{audit}");
+    assert!(
+        audit.contains("SSH-2.0-OpenSSH"),
+        "the client's version: {audit}"
+    );
     // The key's last use is recorded.
     let (_, mine) = s.get(&alice, "/api/v1/me/ssh-keys").await;
     assert!(mine[0]["last_used_at"].is_string(), "{mine}");
@@ -344,4 +354,88 @@ async fn the_host_key_survives_a_restart() {
         .output()
         .unwrap();
     assert!(text(&o.stdout).contains(&before), "{}", text(&o.stdout));
+}
+
+/// A client that trusts any host key (the tests check the key with `ssh-keyscan`).
+struct TrustingClient;
+
+impl russh::client::Handler for TrustingClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+// OpenSSH's client sends neither window changes (without a terminal of its own) nor signals, so
+// these go through russh's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_changes_and_signals_reach_the_process() {
+    use russh::ChannelMsg;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let dana = s.user_token("dana", "member", None).await;
+    let key = keygen(keys.path(), "dana");
+    register(&s, &dana, &key).await;
+    create(&s, &dana, "term").await;
+    let port = s.ssh_port().await;
+
+    let config = Arc::new(russh::client::Config::default());
+    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
+        .await
+        .unwrap();
+    let secret = russh::keys::load_secret_key(&key, None).unwrap();
+    let auth = session
+        .authenticate_publickey(
+            "term",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(secret), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let mut ch = session.channel_open_session().await.unwrap();
+    ch.request_pty(true, "xterm-256color", 100, 30, 0, 0, &[])
+        .await
+        .unwrap();
+    ch.exec(
+        true,
+        "trap 'echo got-term; exit 7' TERM; while true; do stty size; sleep 0.2; done",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let (mut resized, mut signalled) = (false, false);
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ch.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    out.push_str(&String::from_utf8_lossy(&data));
+                    if !resized && out.contains("30 100") {
+                        resized = true;
+                        ch.window_change(120, 40, 0, 0).await.unwrap();
+                    }
+                    if resized && !signalled && out.contains("40 120") {
+                        signalled = true;
+                        ch.signal(russh::Sig::TERM).await.unwrap();
+                    }
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => break Some(exit_status),
+                Some(_) => {}
+                None => break None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no exit: {out}"));
+    assert!(signalled, "{out}");
+    assert!(out.contains("got-term"), "{out}");
+    assert_eq!(status, Some(7), "{out}");
 }
