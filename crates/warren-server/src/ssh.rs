@@ -37,6 +37,14 @@ pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 /// Environment variables a client may set (`SendEnv`); `LC_*` too.
 const ENV_ALLOWED: [&str; 3] = ["LANG", "TERM", "COLORTERM"];
 
+/// Bytes of stdin a channel may have waiting for its process. The queue is not bounded by count:
+/// a handler that waited on a slow process would stall the whole connection, its output too, and
+/// a process that writes before it reads would never get its stdin. Past this, the client waits.
+const STDIN_BUDGET: usize = 64 << 20;
+
+/// stdin for the writer thread (`None` is EOF), holding its share of the budget until written.
+type StdinMsg = (Option<Vec<u8>>, Option<tokio::sync::OwnedSemaphorePermit>);
+
 /// Channels one connection may have open at once.
 const MAX_CHANNELS: usize = 16;
 
@@ -145,17 +153,32 @@ struct Who {
 }
 
 /// A session channel.
-#[derive(Default)]
 struct Chan {
     env: BTreeMap<String, String>,
     /// TERM and (rows, cols) from `pty-req`.
     pty: Option<(String, u16, u16)>,
-    /// Once a process runs: stdin (`None` is EOF), its PTY and its signaller.
-    stdin: Option<mpsc::Sender<Option<Vec<u8>>>>,
+    /// Once a process runs: stdin, its PTY and its signaller.
+    stdin: Option<mpsc::UnboundedSender<StdinMsg>>,
     pty_fd: Option<OwnedFd>,
     signaller: Option<warren_runtime::Signaller>,
     exited: Arc<std::sync::atomic::AtomicBool>,
     started: bool,
+    stdin_budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Chan {
+    fn default() -> Chan {
+        Chan {
+            env: BTreeMap::new(),
+            pty: None,
+            stdin: None,
+            pty_fd: None,
+            signaller: None,
+            exited: Arc::default(),
+            started: false,
+            stdin_budget: Arc::new(tokio::sync::Semaphore::new(STDIN_BUDGET)),
+        }
+    }
 }
 
 impl Drop for Chan {
@@ -355,11 +378,12 @@ impl Conn {
             }
         };
         // stdin goes through a thread: writes to a pipe or PTY may block.
-        let (in_tx, mut in_rx) = mpsc::channel::<Option<Vec<u8>>>(64);
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<StdinMsg>();
         if let Some(mut w) = started.stdin.take() {
             let is_pty = started.pty.is_some();
             std::thread::spawn(move || {
-                while let Some(msg) = in_rx.blocking_recv() {
+                // The permit goes back once its bytes are written.
+                while let Some((msg, _permit)) = in_rx.blocking_recv() {
                     match msg {
                         Some(b) => {
                             if w.write_all(&b).is_err() {
@@ -596,9 +620,14 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.stdin.clone()) {
+        let Some(c) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        if let Some(tx) = c.stdin.clone() {
+            let n = u32::try_from(data.len().min(STDIN_BUDGET)).unwrap_or(u32::MAX);
+            let permit = c.stdin_budget.clone().acquire_many_owned(n).await.ok();
             // A process that no longer reads stdin just loses the rest.
-            let _ = tx.send(Some(data.to_vec())).await;
+            let _ = tx.send((Some(data.to_vec()), permit));
         }
         Ok(())
     }
@@ -609,7 +638,7 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(tx) = self.channels.get(&channel).and_then(|c| c.stdin.clone()) {
-            let _ = tx.send(None).await;
+            let _ = tx.send((None, None));
         }
         Ok(())
     }

@@ -77,12 +77,20 @@ fn ssh(
         Stdio::null()
     });
     let mut child = c.spawn().unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
+    // Written by a thread while the output is read: both can be larger than a pipe.
+    let writer = stdin.map(|input| {
+        let input = input.to_vec();
         let mut w = child.stdin.take().unwrap();
-        w.write_all(input).unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = w.write_all(&input);
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
     }
-    child.wait_with_output().unwrap()
+    out
 }
 
 async fn ssh_async(
@@ -207,6 +215,38 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
     let o = ssh_async(port, alice_key.clone(), "dev", &[], "cat", Some(&input)).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(o.stdout, input);
+    // Much more than every buffer on the way holds, both ways at once.
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    let o = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        ssh_async(port, alice_key.clone(), "dev", &[], "cat", Some(&big)),
+    )
+    .await
+    .expect("24 MiB through cat finishes");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(o.stdout == big, "{} bytes back", o.stdout.len());
+    // A process that writes much before it reads stdin, while the client sends much: stdin is
+    // buffered rather than stalling the connection its output needs.
+    let o = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        ssh_async(
+            port,
+            alice_key.clone(),
+            "dev",
+            &[],
+            "head -c 20000000 /dev/zero; wc -c",
+            Some(&big),
+        ),
+    )
+    .await
+    .expect("output and stdin at once finish");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(o.stdout.len() > 20_000_000, "{} bytes", o.stdout.len());
+    assert_eq!(
+        text(&o.stdout[20_000_000..]).trim(),
+        big.len().to_string(),
+        "wc counted all of stdin"
+    );
 
     // A PTY: TERM from the client, its window size, and allowlisted environment only.
     let o = ssh_async(
