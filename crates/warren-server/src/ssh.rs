@@ -29,7 +29,7 @@ use warren_store::{AuditOutcome, NewAuditRecord, UserRecord, WorkspaceRecord};
 
 use crate::app::AppState;
 use crate::error::tracing_log;
-use crate::routes::workspaces::exec::{hang_up, start, validate, DRAIN};
+use crate::routes::workspaces::exec::{hang_up, start, validate, DRAIN, GONE_GRACE};
 
 /// The host key's file name in the state directory.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -183,10 +183,22 @@ impl Default for Chan {
 
 impl Drop for Chan {
     fn drop(&mut self) {
-        // The client closed the channel or went away: hang up, as a closed terminal would.
-        if let Some(s) = &self.signaller {
-            hang_up(s, self.exited.load(std::sync::atomic::Ordering::SeqCst));
+        // The client closed the channel or went away: hang up, as a closed terminal would, and
+        // SIGKILL after a grace period a process that ignored it.
+        let Some(s) = self.signaller.take() else {
+            return;
+        };
+        if self.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
         }
+        hang_up(&s, false);
+        let exited = self.exited.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(GONE_GRACE);
+            if !exited.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = s.signal(9);
+            }
+        });
     }
 }
 

@@ -478,4 +478,39 @@ async fn window_changes_and_signals_reach_the_process() {
     assert!(signalled, "{out}");
     assert!(out.contains("got-term"), "{out}");
     assert_eq!(status, Some(7), "{out}");
+
+    // A client that goes away: its process gets SIGHUP, and SIGKILL if it ignores that.
+    let mut ch = session.channel_open_session().await.unwrap();
+    ch.exec(true, "trap '' HUP; echo started; sleep 1000; echo never")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while !out.contains("started") {
+        match tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
+            Ok(Some(ChannelMsg::Data { data })) => out.push_str(&String::from_utf8_lossy(&data)),
+            Ok(Some(_)) => {}
+            other => panic!("{other:?}: {out}"),
+        }
+    }
+    // The exec'd shell, by its command line (its `sleep` child is signalled by no one, as with
+    // the API's exec: signals go to the process the exec started).
+    let count = "ps | grep -c '[e]cho never'";
+    let o = ssh_async(port, key.clone(), "term", &[], count, None).await;
+    assert_eq!(text(&o.stdout).trim(), "1", "{}", text(&o.stderr));
+    drop(ch);
+    session
+        .disconnect(russh::Disconnect::ByApplication, "", "")
+        .await
+        .unwrap();
+    drop(session);
+    let mut left = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let o = ssh_async(port, key.clone(), "term", &[], count, None).await;
+        left = text(&o.stdout).trim().to_string();
+        if left == "0" {
+            break;
+        }
+    }
+    assert_eq!(left, "0", "the abandoned shell is gone");
 }

@@ -352,7 +352,7 @@ fn libc_sigkill() -> i32 {
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How long a command whose client left gets after SIGHUP before SIGKILL.
-const GONE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const GONE_GRACE: Duration = Duration::from_secs(5);
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {
