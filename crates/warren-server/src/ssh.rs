@@ -288,8 +288,14 @@ fn env_allowed(name: &str) -> bool {
                 .all(|b| b.is_ascii_uppercase() || b == b'_'))
 }
 
-/// Sends `msg` on the channel's stderr, exit status 1, EOF and close.
-async fn fail(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
+/// Sends `msg` on the channel's stderr, exit status 1, EOF and close, from a task of its own (the
+/// handler must not wait on the connection it is running in).
+fn fail(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
+    let (handle, msg) = (handle.clone(), msg.to_string());
+    tokio::spawn(async move { fail_now(&handle, channel, &msg).await });
+}
+
+async fn fail_now(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
     let _ = handle
         .extended_data(channel, 1, format!("warren: {msg}\r\n").into_bytes())
         .await;
@@ -317,15 +323,26 @@ impl Conn {
         }
         chan.started = true;
         session.channel_success(channel)?;
-        // The workspace as it is now, not as it was at authentication.
+        // The user and the workspace as they are now, not as they were at authentication.
+        match self.state.store.user(&who.user.id).await {
+            Ok(Some(u)) if !u.suspended => {}
+            _ => {
+                fail(
+                    &handle,
+                    channel,
+                    "this user is suspended or no longer exists",
+                );
+                return Ok(());
+            }
+        }
         let rec = match self.state.store.get(&who.ws.id).await {
             Ok(Some(r)) => r,
             Ok(None) => {
-                fail(&handle, channel, "the workspace no longer exists").await;
+                fail(&handle, channel, "the workspace no longer exists");
                 return Ok(());
             }
             Err(e) => {
-                fail(&handle, channel, &e.to_string()).await;
+                fail(&handle, channel, &e.to_string());
                 return Ok(());
             }
         };
@@ -334,7 +351,7 @@ impl Conn {
                 "workspace `{}` is {}, not running; start it with `warren start {}`",
                 rec.name, rec.state, rec.name
             );
-            fail(&handle, channel, &msg).await;
+            fail(&handle, channel, &msg);
             return Ok(());
         }
         let mut env = chan.env.clone();
@@ -385,7 +402,7 @@ impl Conn {
         let mut started = match started {
             Ok(s) => s,
             Err(e) => {
-                fail(&handle, channel, &e.body.message).await;
+                fail(&handle, channel, &e.body.message);
                 return Ok(());
             }
         };

@@ -513,4 +513,42 @@ async fn window_changes_and_signals_reach_the_process() {
         }
     }
     assert_eq!(left, "0", "the abandoned shell is gone");
+
+    // A user suspended while connected runs nothing more on that connection.
+    let config = Arc::new(russh::client::Config::default());
+    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
+        .await
+        .unwrap();
+    let secret = russh::keys::load_secret_key(&key, None).unwrap();
+    let auth = session
+        .authenticate_publickey(
+            "term",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(secret), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let (st, _) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/dana",
+            Some(json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut ch = session.channel_open_session().await.unwrap();
+    ch.exec(true, "echo ran").await.unwrap();
+    let (mut out, mut err, mut status) = (String::new(), String::new(), None);
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
+        match msg {
+            ChannelMsg::Data { data } => out.push_str(&String::from_utf8_lossy(&data)),
+            ChannelMsg::ExtendedData { data, .. } => err.push_str(&String::from_utf8_lossy(&data)),
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert_eq!((out.as_str(), status), ("", Some(1)), "{err}");
+    assert!(err.contains("suspended"), "{err}");
 }
