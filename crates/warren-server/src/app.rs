@@ -42,6 +42,8 @@ pub struct AppState {
     pub shutdown: Arc<std::sync::atomic::AtomicBool>,
     /// Token last-use updates waiting to be written (id -> time), flushed in the background.
     pub token_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// The SSH gateway's bound address, once it listens.
+    pub ssh_addr: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
 }
 
 impl AppState {

@@ -35,6 +35,8 @@ pub struct ConfigLayer {
     /// Whether workspace configurations may ask for added capabilities, privileged mode or an
     /// unconfined seccomp profile (default false: such workspaces are refused).
     pub allow_privileges: Option<bool>,
+    /// Address of the SSH gateway (`127.0.0.1:2222`), or `off`.
+    pub ssh_listen: Option<String>,
 }
 
 /// Resolved configuration.
@@ -60,10 +62,15 @@ pub struct ServerConfig {
     pub reconcile_interval: Duration,
     /// Workspaces may be granted privileges their configuration asks for.
     pub allow_privileges: bool,
+    /// SSH gateway address; `None` when it is off.
+    pub ssh_listen: Option<SocketAddr>,
 }
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
+
+/// Default SSH gateway address.
+pub const DEFAULT_SSH_LISTEN: &str = "127.0.0.1:2222";
 
 impl ConfigLayer {
     /// Reads a TOML configuration file.
@@ -93,6 +100,7 @@ impl ConfigLayer {
             public_url: self.public_url.or(lower.public_url),
             reconcile_interval: self.reconcile_interval.or(lower.reconcile_interval),
             allow_privileges: self.allow_privileges.or(lower.allow_privileges),
+            ssh_listen: self.ssh_listen.or(lower.ssh_listen),
         }
     }
 }
@@ -126,6 +134,14 @@ impl ServerConfig {
                 warren_api::template::format_duration(token_max_ttl)
             ));
         }
+        let ssh_s = given.ssh_listen.as_deref().unwrap_or(DEFAULT_SSH_LISTEN);
+        let ssh_listen = if ssh_s == "off" {
+            None
+        } else {
+            Some(ssh_s.parse::<SocketAddr>().map_err(|_| {
+                format!("ssh_listen `{ssh_s}` is not IP:PORT or `off` (e.g. 127.0.0.1:2222)")
+            })?)
+        };
         let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(ServerConfig {
             public_url: given
@@ -145,6 +161,7 @@ impl ServerConfig {
                 .unwrap_or(usize::MAX),
             reconcile_interval: dur(&given.reconcile_interval, "reconcile_interval", "30s")?,
             allow_privileges: given.allow_privileges.unwrap_or(false),
+            ssh_listen,
         })
     }
 }
@@ -175,6 +192,25 @@ mod tests {
         assert_eq!(c.token_max_ttl, Duration::from_secs(100 * 86400));
         assert_eq!(c.token_default_ttl, Duration::from_secs(30 * 86400));
         assert_eq!(c.public_url, "http://127.0.0.1:2");
+        assert_eq!(c.ssh_listen.unwrap().to_string(), DEFAULT_SSH_LISTEN);
+        let c = ServerConfig::resolve(
+            ConfigLayer {
+                ssh_listen: Some("off".into()),
+                ..Default::default()
+            }
+            .over(ConfigLayer {
+                ssh_listen: Some("127.0.0.1:3".into()),
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(c.ssh_listen, None);
+        let e = ServerConfig::resolve(ConfigLayer {
+            ssh_listen: Some("2222".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("ssh_listen"), "{e}");
     }
 
     #[test]

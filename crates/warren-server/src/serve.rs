@@ -63,6 +63,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         jobs,
         shutdown: Arc::new(AtomicBool::new(false)),
         token_uses: Default::default(),
+        ssh_addr: Default::default(),
     })
 }
 
@@ -148,6 +149,18 @@ pub async fn serve(
         Ok(_) => {}
         Err(e) => return Err(format!("database: {e}")),
     }
+    let gateway = match crate::ssh::bind(&state).await? {
+        Some((l, key)) => {
+            if let Ok(a) = l.local_addr() {
+                tracing_log(&format!(
+                    "SSH gateway listening on {a} (host key {})",
+                    crate::ssh::host_fingerprint(&key)
+                ));
+            }
+            Some(tokio::spawn(crate::ssh::run(state.clone(), l, key)))
+        }
+        None => None,
+    };
     let background = tokio::spawn(background(state.clone()));
     let invalidations = tokio::spawn(apply_notices(state.clone()));
     let app = router(state.clone());
@@ -216,6 +229,9 @@ pub async fn serve(
     state.jobs.drain(Duration::from_secs(20)).await;
     background.abort();
     invalidations.abort();
+    if let Some(g) = gateway {
+        g.abort();
+    }
     state.flush_token_uses().await;
     Ok(())
 }

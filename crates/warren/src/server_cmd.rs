@@ -47,6 +47,9 @@ pub struct ServerArgs {
     /// devcontainer.json asks for [default: false: such workspaces are refused].
     #[arg(long, env = "WARREN_ALLOW_PRIVILEGES", global = true, num_args = 0..=1, default_missing_value = "true")]
     allow_privileges: Option<bool>,
+    /// SSH gateway address, IP:PORT, or `off` [default: 127.0.0.1:2222].
+    #[arg(long, env = "WARREN_SSH_LISTEN", global = true)]
+    ssh_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +87,7 @@ pub async fn run(
         public_url: a.public_url,
         reconcile_interval: a.reconcile_interval,
         allow_privileges: a.allow_privileges,
+        ssh_listen: a.ssh_listen,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

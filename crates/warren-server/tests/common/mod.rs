@@ -18,6 +18,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// The SSH gateway's address once it listens.
+    pub ssh_addr: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -71,6 +73,7 @@ impl TestServer {
     ) -> TestServer {
         let base = ConfigLayer {
             listen: Some("127.0.0.1:0".into()),
+            ssh_listen: Some("127.0.0.1:0".into()),
             state_dir: Some(dir.path().join("state")),
             ..Default::default()
         };
@@ -85,6 +88,7 @@ impl TestServer {
                 .unwrap()
                 .unwrap(),
         };
+        let ssh_addr = state.ssh_addr.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             warren_server::serve::serve(state, listener, async {
@@ -98,9 +102,21 @@ impl TestServer {
             admin,
             dir,
             http: reqwest::Client::new(),
+            ssh_addr,
             stop: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The SSH gateway's port (waits for it to listen).
+    pub async fn ssh_port(&self) -> u16 {
+        for _ in 0..200 {
+            if let Some(a) = *self.ssh_addr.lock().unwrap() {
+                return a.port();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the SSH gateway did not start");
     }
 
     /// Shuts the server down gracefully and waits for it.

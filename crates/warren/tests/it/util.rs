@@ -106,6 +106,8 @@ impl World {
         let mut c = Command::new(warren_exe());
         c.args(args)
             .env("WARREN_STATE_DIR", self.state())
+            // Servers started by tests run side by side: none takes the SSH gateway's port.
+            .env("WARREN_SSH_LISTEN", "127.0.0.1:0")
             .env("NO_COLOR", "1");
         embedded_only(&mut c);
         c

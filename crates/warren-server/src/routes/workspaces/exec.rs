@@ -36,7 +36,7 @@ use crate::routes::find_workspace;
 use futures_util::{SinkExt, StreamExt};
 
 /// Output waited for after the process exits (a daemon it started may hold the pipes open).
-const DRAIN: Duration = Duration::from_millis(500);
+pub(crate) const DRAIN: Duration = Duration::from_millis(500);
 
 /// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -46,12 +46,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A started process: its output, stdin, PTY, exit and a way to signal it.
-struct Started {
-    out: mpsc::Receiver<(u8, Vec<u8>)>,
-    stdin: Option<std::fs::File>,
-    pty: Option<OwnedFd>,
-    exit: tokio::sync::oneshot::Receiver<Result<i32, String>>,
-    signaller: warren_runtime::Signaller,
+pub(crate) struct Started {
+    pub(crate) out: mpsc::Receiver<(u8, Vec<u8>)>,
+    pub(crate) stdin: Option<std::fs::File>,
+    pub(crate) pty: Option<OwnedFd>,
+    pub(crate) exit: tokio::sync::oneshot::Receiver<Result<i32, String>>,
+    pub(crate) signaller: warren_runtime::Signaller,
     _slot: Slot,
 }
 
@@ -103,7 +103,7 @@ impl Drop for Slot {
 
 /// Signals `sig` now and, if the process is still there after a grace period, SIGKILL: for a
 /// client that went away.
-fn hang_up(signaller: &warren_runtime::Signaller, exit_seen: bool) {
+pub(crate) fn hang_up(signaller: &warren_runtime::Signaller, exit_seen: bool) {
     if exit_seen {
         return;
     }
@@ -127,7 +127,7 @@ fn pump(fd: OwnedFd, chan: u8, tx: mpsc::Sender<(u8, Vec<u8>)>) {
     });
 }
 
-fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
+pub(crate) fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
     if req.command.is_empty() || req.command[0].is_empty() {
         return Err(
             ApiError::bad_request("command: give the program and its arguments")
@@ -157,7 +157,7 @@ fn validate(req: &ExecRequest) -> ApiResult<Option<Duration>> {
         .transpose()
 }
 
-async fn start(
+pub(crate) async fn start(
     state: &AppState,
     user: &str,
     rec: &WorkspaceRecord,
@@ -352,7 +352,7 @@ fn libc_sigkill() -> i32 {
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How long a command whose client left gets after SIGHUP before SIGKILL.
-const GONE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const GONE_GRACE: Duration = Duration::from_secs(5);
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
     match t {

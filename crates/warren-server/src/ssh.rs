@@ -1,0 +1,718 @@
+//! The SSH gateway: `ssh -p 2222 WORKSPACE@HOST` runs a shell or a command in one of the key
+//! owner's workspaces, through the engine exactly as the API's exec does.
+//!
+//! - Authentication: public keys only. The offered key is looked up by its SHA-256 fingerprint
+//!   among the registered keys; its user must exist and not be suspended.
+//! - Authorization: the SSH user name is a workspace of the key's user, and
+//!   `warren_api::auth::decide` must allow `Op::WorkspaceExec` on it, with the user's role and
+//!   its default scopes (the rule the API applies). Every failure is the same rejection.
+//! - Sessions: `exec` (`/bin/sh -c COMMAND`), `shell` (`/bin/sh -l`), `pty-req` (TERM and window
+//!   size), `window-change`, `env` for an allowlist, `signal`, stdin with EOF, exit-status.
+//! - The host key (ed25519) is made once and kept in `STATE/ssh_host_ed25519_key` (0600).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::ssh_key::{self, HashAlg, LineEnding, PrivateKey};
+use russh::server::{Auth, Msg, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Sig};
+use tokio::sync::mpsc;
+use warren_api::auth::{decide, Decision, Op, Owner, Principal, Role};
+use warren_api::v1::ExecRequest;
+use warren_api::WorkspaceState;
+use warren_store::{AuditOutcome, NewAuditRecord, UserRecord, WorkspaceRecord};
+
+use crate::app::AppState;
+use crate::error::tracing_log;
+use crate::routes::workspaces::exec::{hang_up, start, validate, DRAIN, GONE_GRACE};
+
+/// The host key's file name in the state directory.
+pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
+
+/// Environment variables a client may set (`SendEnv`); `LC_*` too.
+const ENV_ALLOWED: [&str; 3] = ["LANG", "TERM", "COLORTERM"];
+
+/// Bytes of stdin a channel may have waiting for its process. The queue is not bounded by count:
+/// a handler that waited on a slow process would stall the whole connection, its output too, and
+/// a process that writes before it reads would never get its stdin. Past this, the client waits.
+const STDIN_BUDGET: usize = 64 << 20;
+
+/// stdin for the writer thread (`None` is EOF), holding its share of the budget until written.
+type StdinMsg = (Option<Vec<u8>>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// Channels one connection may have open at once.
+const MAX_CHANNELS: usize = 16;
+
+/// Loads the gateway's host key, making it on first use.
+pub fn host_key(state_dir: &Path) -> Result<PrivateKey, String> {
+    let path = state_dir.join(HOST_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return PrivateKey::from_openssh(text.as_bytes())
+                .map_err(|e| format!("SSH host key {}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("SSH host key {}: {e}", path.display())),
+    }
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let key = PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&seed));
+    let text = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| format!("SSH host key: {e}"))?;
+    let tmp = state_dir.join(format!("{HOST_KEY_FILE}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("SSH host key {}: {e}", path.display()))?;
+    Ok(key)
+}
+
+/// The `SHA256:…` fingerprint of the gateway's host key, as `ssh-keygen -l` prints it.
+pub fn host_fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Binds the gateway's listener (when it is not `off`) and loads the host key.
+pub async fn bind(
+    state: &AppState,
+) -> Result<Option<(tokio::net::TcpListener, PrivateKey)>, String> {
+    let Some(addr) = state.cfg.ssh_listen else {
+        return Ok(None);
+    };
+    let key = host_key(&state.cfg.state_dir)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("SSH gateway: cannot listen on {addr}: {e}"))?;
+    if let Ok(a) = listener.local_addr() {
+        *state.ssh_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+    }
+    Ok(Some((listener, key)))
+}
+
+/// Accepts SSH connections until the task is aborted.
+pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: PrivateKey) {
+    let mut methods = MethodSet::empty();
+    methods.push(MethodKind::PublicKey);
+    let config = Arc::new(russh::server::Config {
+        methods,
+        keys: vec![key],
+        auth_rejection_time: Duration::from_millis(300),
+        auth_rejection_time_initial: Some(Duration::from_millis(0)),
+        inactivity_timeout: Some(Duration::from_secs(3600)),
+        keepalive_interval: Some(Duration::from_secs(30)),
+        max_auth_attempts: 6,
+        ..Default::default()
+    });
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing_log(&format!("SSH accept: {e}"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = Conn {
+            state: state.clone(),
+            peer,
+            who: None,
+            channels: HashMap::new(),
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            match russh::server::run_stream(config, stream, handler).await {
+                Ok(session) => {
+                    let _ = session.await;
+                }
+                Err(e) => tracing_log(&format!("SSH {peer}: {e}")),
+            }
+        });
+    }
+}
+
+/// Who authenticated, and where to.
+struct Who {
+    user: UserRecord,
+    ws: WorkspaceRecord,
+}
+
+/// A session channel.
+struct Chan {
+    env: BTreeMap<String, String>,
+    /// TERM and (rows, cols) from `pty-req`.
+    pty: Option<(String, u16, u16)>,
+    /// Once a process runs: stdin, its PTY and its signaller.
+    stdin: Option<mpsc::UnboundedSender<StdinMsg>>,
+    pty_fd: Option<OwnedFd>,
+    signaller: Option<warren_runtime::Signaller>,
+    exited: Arc<std::sync::atomic::AtomicBool>,
+    started: bool,
+    stdin_budget: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Chan {
+    fn default() -> Chan {
+        Chan {
+            env: BTreeMap::new(),
+            pty: None,
+            stdin: None,
+            pty_fd: None,
+            signaller: None,
+            exited: Arc::default(),
+            started: false,
+            stdin_budget: Arc::new(tokio::sync::Semaphore::new(STDIN_BUDGET)),
+        }
+    }
+}
+
+impl Drop for Chan {
+    fn drop(&mut self) {
+        // The client closed the channel or went away: hang up, as a closed terminal would, and
+        // SIGKILL after a grace period a process that ignored it.
+        let Some(s) = self.signaller.take() else {
+            return;
+        };
+        if self.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        hang_up(&s, false);
+        let exited = self.exited.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(GONE_GRACE);
+            if !exited.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = s.signal(9);
+            }
+        });
+    }
+}
+
+/// One SSH connection.
+struct Conn {
+    state: AppState,
+    peer: SocketAddr,
+    who: Option<Who>,
+    channels: HashMap<ChannelId, Chan>,
+}
+
+/// Why a connection is refused (logged, never told to the client).
+async fn authorize(
+    state: &AppState,
+    ws_name: &str,
+    key: &ssh_key::PublicKey,
+) -> Result<Who, String> {
+    let blob = key.to_bytes().map_err(|e| format!("key: {e}"))?;
+    let fp = warren_api::ssh_key::fingerprint(&blob);
+    let k = state
+        .store
+        .ssh_key_by_fingerprint(&fp)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("unknown key {fp}"))?;
+    let user = state
+        .store
+        .user(&k.user_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("key {fp}: no such user"))?;
+    if user.suspended {
+        return Err(format!("user {} is suspended", user.username));
+    }
+    let role: Role = user.role.parse()?;
+    let principal = Principal {
+        role,
+        scopes: role.scopes(),
+        workspaces: None,
+    };
+    let ws = state
+        .store
+        .get_by_name(&user.id, ws_name)
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(|r| r.ownership.owner_id == user.id)
+        .ok_or_else(|| format!("user {}: no workspace `{ws_name}`", user.username))?;
+    match decide(&principal, Op::WorkspaceExec(Owner::Own), Some(&ws.id)) {
+        Decision::Allow => {}
+        d => return Err(format!("user {}: exec refused ({d:?})", user.username)),
+    }
+    let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
+    Ok(Who { user, ws })
+}
+
+fn signal_number(sig: &Sig) -> Option<i32> {
+    Some(match sig {
+        Sig::ABRT => 6,
+        Sig::ALRM => 14,
+        Sig::FPE => 8,
+        Sig::HUP => 1,
+        Sig::ILL => 4,
+        Sig::INT => 2,
+        Sig::KILL => 9,
+        Sig::PIPE => 13,
+        Sig::QUIT => 3,
+        Sig::SEGV => 11,
+        Sig::TERM => 15,
+        Sig::USR1 => 10,
+        Sig::Custom(name) => match name.as_str() {
+            "USR2" => 12,
+            "WINCH" => 28,
+            "CONT" => 18,
+            "STOP" => 19,
+            "TSTP" => 20,
+            _ => return None,
+        },
+    })
+}
+
+fn env_allowed(name: &str) -> bool {
+    ENV_ALLOWED.contains(&name)
+        || (name.starts_with("LC_")
+            && name.len() > 3
+            && name[3..]
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_'))
+}
+
+/// Sends `msg` on the channel's stderr, exit status 1, EOF and close, from a task of its own (the
+/// handler must not wait on the connection it is running in).
+fn fail(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
+    let (handle, msg) = (handle.clone(), msg.to_string());
+    tokio::spawn(async move { fail_now(&handle, channel, &msg).await });
+}
+
+async fn fail_now(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
+    let _ = handle
+        .extended_data(channel, 1, format!("warren: {msg}\r\n").into_bytes())
+        .await;
+    let _ = handle.exit_status_request(channel, 1).await;
+    let _ = handle.eof(channel).await;
+    let _ = handle.close(channel).await;
+}
+
+impl Conn {
+    /// Starts `argv` on `channel` (an `exec` or `shell` request).
+    async fn run(
+        &mut self,
+        channel: ChannelId,
+        argv: Vec<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let handle = session.handle();
+        let (Some(who), Some(chan)) = (&self.who, self.channels.get_mut(&channel)) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        if chan.started {
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        chan.started = true;
+        session.channel_success(channel)?;
+        // The user and the workspace as they are now, not as they were at authentication.
+        match self.state.store.user(&who.user.id).await {
+            Ok(Some(u)) if !u.suspended => {}
+            _ => {
+                fail(
+                    &handle,
+                    channel,
+                    "this user is suspended or no longer exists",
+                );
+                return Ok(());
+            }
+        }
+        let rec = match self.state.store.get(&who.ws.id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                fail(&handle, channel, "the workspace no longer exists");
+                return Ok(());
+            }
+            Err(e) => {
+                fail(&handle, channel, &e.to_string());
+                return Ok(());
+            }
+        };
+        if rec.state != WorkspaceState::Running {
+            let msg = format!(
+                "workspace `{}` is {}, not running; start it with `warren start {}`",
+                rec.name, rec.state, rec.name
+            );
+            fail(&handle, channel, &msg);
+            return Ok(());
+        }
+        let mut env = chan.env.clone();
+        if let Some((term, _, _)) = &chan.pty {
+            env.insert("TERM".into(), term.clone());
+        }
+        let req = ExecRequest {
+            command: argv,
+            env,
+            cwd: None,
+            user: None,
+            stdin: None,
+            timeout: None,
+            tty: chan.pty.as_ref().map(|(_, r, c)| (*r, *c)),
+        };
+        let started = match validate(&req) {
+            Ok(_) => start(&self.state, &who.user.id, &rec, &req).await,
+            Err(e) => Err(e),
+        };
+        // Audited as the API's exec is, with where it came from.
+        let audit = NewAuditRecord {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            actor_user_id: Some(who.user.id.clone()),
+            actor_username: Some(who.user.username.clone()),
+            actor_token_id: None,
+            source_ip: Some(self.peer.ip().to_string()),
+            user_agent: Some(String::from_utf8_lossy(session.remote_sshid()).into_owned()),
+            action: "workspace.exec".into(),
+            target_type: "workspace".into(),
+            target_id: Some(rec.id.clone()),
+            target_name: Some(rec.name.to_string()),
+            outcome: if started.is_ok() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Failure
+            },
+            status: match &started {
+                Ok(_) => 200,
+                Err(e) => e.status.as_u16(),
+            },
+            diff_json: None,
+            details_json: Some(
+                serde_json::json!({"command": req.command, "tty": req.tty.is_some(), "via": "ssh"})
+                    .to_string(),
+            ),
+        };
+        crate::audit::record(&self.state, audit).await;
+        let mut started = match started {
+            Ok(s) => s,
+            Err(e) => {
+                fail(&handle, channel, &e.body.message);
+                return Ok(());
+            }
+        };
+        // stdin goes through a thread: writes to a pipe or PTY may block.
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<StdinMsg>();
+        if let Some(mut w) = started.stdin.take() {
+            let is_pty = started.pty.is_some();
+            std::thread::spawn(move || {
+                // The permit goes back once its bytes are written.
+                while let Some((msg, _permit)) = in_rx.blocking_recv() {
+                    match msg {
+                        Some(b) => {
+                            if w.write_all(&b).is_err() {
+                                break;
+                            }
+                        }
+                        // EOF on a terminal is ^D.
+                        None if is_pty => {
+                            let _ = w.write_all(&[4]);
+                        }
+                        None => break,
+                    }
+                }
+            });
+        }
+        chan.stdin = Some(in_tx);
+        chan.pty_fd = started.pty.as_ref().and_then(|p| p.try_clone().ok());
+        chan.signaller = started.signaller.try_clone().ok();
+        let exited = chan.exited.clone();
+        tokio::spawn(async move {
+            let send = |chan: u8, bytes: Vec<u8>| {
+                let handle = handle.clone();
+                async move {
+                    if chan == 2 {
+                        handle.extended_data(channel, 1, bytes).await.is_ok()
+                    } else {
+                        handle.data(channel, bytes).await.is_ok()
+                    }
+                }
+            };
+            let code = loop {
+                tokio::select! {
+                    Some((c, bytes)) = started.out.recv() => {
+                        if !send(c, bytes).await {
+                            hang_up(&started.signaller, false);
+                        }
+                    }
+                    r = &mut started.exit => break r,
+                }
+            };
+            exited.store(true, std::sync::atomic::Ordering::SeqCst);
+            while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
+                if !send(c, bytes).await {
+                    break;
+                }
+            }
+            let status = match code {
+                Ok(Ok(c)) => u32::try_from(c).unwrap_or(255),
+                Ok(Err(e)) => {
+                    let _ = handle
+                        .extended_data(channel, 1, format!("warren: {e}\r\n").into_bytes())
+                        .await;
+                    255
+                }
+                Err(_) => 255,
+            };
+            let _ = handle.exit_status_request(channel, status).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match authorize(&self.state, user, key.public_key).await {
+            Ok(who) => {
+                self.who = Some(who);
+                Ok(Auth::Accept)
+            }
+            Err(why) => {
+                tracing_log(&format!("SSH {}: refused: {why}", self.peer));
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.who.is_none() || self.channels.len() >= MAX_CHANNELS {
+            // Dropping the handle rejects the channel.
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), Chan::default());
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let size = |v: u32, default: u16| match u16::try_from(v) {
+            Ok(0) | Err(_) => default,
+            Ok(v) => v,
+        };
+        match self.channels.get_mut(&channel) {
+            Some(c) if !c.started && term.len() <= 64 && !term.contains('\0') => {
+                let term = if term.is_empty() { "xterm" } else { term };
+                c.pty = Some((term.to_string(), size(row_height, 24), size(col_width, 80)));
+                session.channel_success(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match self.channels.get_mut(&channel) {
+            Some(c)
+                if !c.started
+                    && env_allowed(variable_name)
+                    && !variable_value.contains('\0')
+                    && variable_value.len() <= 4096
+                    && c.env.len() < 64 =>
+            {
+                c.env
+                    .insert(variable_name.to_string(), variable_value.to_string());
+                session.channel_success(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.run(channel, vec!["/bin/sh".into(), "-l".into()], session)
+            .await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        match String::from_utf8(data.to_vec()) {
+            Ok(cmd) if !cmd.contains('\0') => {
+                self.run(channel, vec!["/bin/sh".into(), "-c".into(), cmd], session)
+                    .await
+            }
+            _ => {
+                session.channel_failure(channel)?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        col_width: u32,
+        row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let (Ok(rows), Ok(cols)) = (u16::try_from(row_height), u16::try_from(col_width)) else {
+            session.channel_failure(channel)?;
+            return Ok(());
+        };
+        match self.channels.get_mut(&channel) {
+            Some(c) if rows > 0 && cols > 0 => {
+                if let Some(fd) = &c.pty_fd {
+                    let _ = warren_runtime::tty::set_window_size(fd.as_fd(), rows, cols);
+                } else if let Some(p) = &mut c.pty {
+                    p.1 = rows;
+                    p.2 = cols;
+                }
+                session.channel_success(channel)?;
+            }
+            _ => session.channel_failure(channel)?,
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        signal: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let (Some(c), Some(n)) = (self.channels.get(&channel), signal_number(&signal)) {
+            if let Some(s) = &c.signaller {
+                if !c.exited.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = s.signal(n);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(c) = self.channels.get(&channel) else {
+            return Ok(());
+        };
+        if let Some(tx) = c.stdin.clone() {
+            let n = u32::try_from(data.len().min(STDIN_BUDGET)).unwrap_or(u32::MAX);
+            let permit = c.stdin_budget.clone().acquire_many_owned(n).await.ok();
+            // A process that no longer reads stdin just loses the rest.
+            let _ = tx.send((Some(data.to_vec()), permit));
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(tx) = self.channels.get(&channel).and_then(|c| c.stdin.clone()) {
+            let _ = tx.send((None, None));
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_key_is_made_once_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = host_key(dir.path()).unwrap();
+        let b = host_key(dir.path()).unwrap();
+        assert_eq!(host_fingerprint(&a), host_fingerprint(&b));
+        assert!(host_fingerprint(&a).starts_with("SHA256:"));
+        let mode = std::fs::metadata(dir.path().join(HOST_KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(
+            host_fingerprint(&a),
+            host_fingerprint(&host_key(other.path()).unwrap())
+        );
+    }
+
+    #[test]
+    fn env_allowlist() {
+        for ok in ["LANG", "TERM", "COLORTERM", "LC_ALL", "LC_CTYPE"] {
+            assert!(env_allowed(ok), "{ok}");
+        }
+        for no in ["PATH", "LD_PRELOAD", "LC_", "LC_x", "HOME", "lang"] {
+            assert!(!env_allowed(no), "{no}");
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The SSH gateway driven by the real OpenSSH client against a real server with real workspaces
+//! (busybox image): exec with stdout, stderr and exit status, stdin, a PTY with TERM and size,
+//! refusals (unknown key, suspended user, another user's workspace, no such workspace, a
+//! stopped workspace), and a host key that survives a restart.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+/// Makes an ed25519 key pair in `dir`; returns the private key's path.
+fn keygen(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    p
+}
+
+/// Registers `key`'s public half for the token's user.
+async fn register(s: &TestServer, token: &str, key: &Path) {
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let (st, v) = s
+        .post(
+            token,
+            "/api/v1/me/ssh-keys",
+            json!({ "public_key": public }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+}
+
+/// Runs `ssh` with `key` to `user@127.0.0.1` on `port`, extra options first, then `command`.
+fn ssh(
+    port: u16,
+    key: &Path,
+    user: &str,
+    extra: &[&str],
+    command: &str,
+    stdin: Option<&[u8]>,
+) -> Output {
+    let mut c = Command::new("ssh");
+    c.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ConnectTimeout=20",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ])
+    .arg(key)
+    .args(["-p", &port.to_string()])
+    .args(extra)
+    .arg(format!("{user}@127.0.0.1"))
+    .arg(command)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c.spawn().unwrap();
+    // Written by a thread while the output is read: both can be larger than a pipe.
+    let writer = stdin.map(|input| {
+        let input = input.to_vec();
+        let mut w = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = w.write_all(&input);
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(w) = writer {
+        w.join().unwrap();
+    }
+    out
+}
+
+async fn ssh_async(
+    port: u16,
+    key: PathBuf,
+    user: &str,
+    extra: &[&str],
+    command: &str,
+    stdin: Option<&[u8]>,
+) -> Output {
+    let user = user.to_string();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let command = command.to_string();
+    let stdin = stdin.map(<[u8]>::to_vec);
+    tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ssh(port, &key, &user, &extra, &command, stdin.as_deref())
+    })
+    .await
+    .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The host key fingerprint the gateway shows a client.
+fn scanned_fingerprint(port: u16) -> String {
+    let scan = Command::new("ssh-keyscan")
+        .args([
+            "-T",
+            "10",
+            "-t",
+            "ed25519",
+            "-p",
+            &port.to_string(),
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    let mut kg = Command::new("ssh-keygen")
+        .args(["-l", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        kg.stdin.take().unwrap().write_all(&scan.stdout).unwrap();
+    }
+    let o = kg.wait_with_output().unwrap();
+    let line = text(&o.stdout);
+    let fp = line
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no fingerprint from ssh-keyscan: {line:?}"))
+        .to_string();
+    fp
+}
+
+async fn template(s: &TestServer) {
+    let dc = json!({"image": "busybox", "overrideCommand": true}).to_string();
+    let (st, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/templates/tiny/versions",
+            json!({"devcontainer": dc}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+}
+
+async fn create(s: &TestServer, token: &str, name: &str) {
+    let (st, v) = s
+        .post(
+            token,
+            "/api/v1/workspaces",
+            json!({"name": name, "template": "tiny"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = s.wait_job(token, v["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    let carol = s.user_token("carol", "member", None).await;
+    let alice_key = keygen(keys.path(), "alice");
+    let bob_key = keygen(keys.path(), "bob");
+    let carol_key = keygen(keys.path(), "carol");
+    let stranger_key = keygen(keys.path(), "stranger");
+    register(&s, &alice, &alice_key).await;
+    register(&s, &bob, &bob_key).await;
+    register(&s, &carol, &carol_key).await;
+    create(&s, &alice, "dev").await;
+    create(&s, &carol, "cw").await;
+    let port = s.ssh_port().await;
+
+    // exec: stdout, stderr and the exit status.
+    let o = ssh_async(
+        port,
+        alice_key.clone(),
+        "dev",
+        &[],
+        "echo hi; echo err >&2; exit 3",
+        None,
+    )
+    .await;
+    assert_eq!(text(&o.stdout), "hi\n", "stderr: {}", text(&o.stderr));
+    assert_eq!(text(&o.stderr), "err\n");
+    assert_eq!(o.status.code(), Some(3));
+
+    // stdin goes through, then EOF.
+    let input = b"line one\nline two\n".repeat(2000);
+    let o = ssh_async(port, alice_key.clone(), "dev", &[], "cat", Some(&input)).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(o.stdout, input);
+    // Much more than every buffer on the way holds, both ways at once.
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();
+    let o = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        ssh_async(port, alice_key.clone(), "dev", &[], "cat", Some(&big)),
+    )
+    .await
+    .expect("24 MiB through cat finishes");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(o.stdout == big, "{} bytes back", o.stdout.len());
+    // A process that writes much before it reads stdin, while the client sends much: stdin is
+    // buffered rather than stalling the connection its output needs.
+    let o = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        ssh_async(
+            port,
+            alice_key.clone(),
+            "dev",
+            &[],
+            "head -c 20000000 /dev/zero; wc -c",
+            Some(&big),
+        ),
+    )
+    .await
+    .expect("output and stdin at once finish");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(o.stdout.len() > 20_000_000, "{} bytes", o.stdout.len());
+    assert_eq!(
+        text(&o.stdout[20_000_000..]).trim(),
+        big.len().to_string(),
+        "wc counted all of stdin"
+    );
+
+    // A PTY: TERM from the client, its window size, and allowlisted environment only.
+    let o = ssh_async(
+        port,
+        alice_key.clone(),
+        "dev",
+        &[
+            "-tt",
+            "-o",
+            "SendEnv=LC_PAPER FOO",
+            "-o",
+            "SetEnv=LC_PAPER=xx FOO=bar",
+        ],
+        "echo term=$TERM; stty size; echo paper=$LC_PAPER foo=$FOO; test -t 0 && echo tty",
+        None,
+    )
+    .await;
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out} {}", text(&o.stderr));
+    assert!(out.contains("term="), "{out}");
+    assert!(!out.contains("term=\r"), "TERM is set: {out}");
+    assert!(out.contains("24 80"), "default size: {out}");
+    assert!(out.contains("paper=xx foo=\r"), "{out}");
+    assert!(out.contains("tty\r\n"), "{out}");
+    let o2 = {
+        let key = alice_key.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new("ssh")
+                .env("TERM", "vt220")
+                .args([
+                    "-F",
+                    "/dev/null",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                    "-tt",
+                    "-i",
+                ])
+                .arg(&key)
+                .args(["-p", &port.to_string(), "dev@127.0.0.1", "echo term=$TERM"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            out
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(o2.status.code(), Some(0));
+    assert!(
+        text(&o2.stdout).contains("term=vt220"),
+        "{}",
+        text(&o2.stdout)
+    );
+
+    // Refusals, all alike: an unregistered key, another user's workspace, no such workspace,
+    // a suspended user.
+    for (key, user) in [
+        (&stranger_key, "dev"),
+        (&bob_key, "dev"),
+        (&alice_key, "cw"),
+        (&alice_key, "nope"),
+    ] {
+        let o = ssh_async(port, key.clone(), user, &[], "echo in", None).await;
+        assert_eq!(o.status.code(), Some(255), "{user}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+        assert!(
+            text(&o.stderr).contains("Permission denied"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    // Commands are audited as the API's exec is.
+    let (st, audit) = s.get(&s.admin, "/api/v1/audit?action=workspace.exec").await;
+    assert_eq!(st, StatusCode::OK, "{audit}");
+    let audit = audit.to_string();
+    assert!(audit.contains("echo hi; echo err"), "{audit}");
+    assert!(audit.contains("\\\"via\\\":\\\"ssh\\\""), "{audit}");
+    assert!(
+        audit.contains("SSH-2.0-OpenSSH"),
+        "the client's version: {audit}"
+    );
+    // The key's last use is recorded.
+    let (_, mine) = s.get(&alice, "/api/v1/me/ssh-keys").await;
+    assert!(mine[0]["last_used_at"].is_string(), "{mine}");
+    let (st, _) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/carol",
+            Some(json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let o = ssh_async(port, carol_key.clone(), "cw", &[], "echo in", None).await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+
+    // A stopped workspace: a clear message and status 1.
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/dev/stop", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let o = ssh_async(port, alice_key.clone(), "dev", &[], "echo in", None).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("not running"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_key_survives_a_restart() {
+    let s = TestServer::start().await;
+    let port = s.ssh_port().await;
+    let before = tokio::task::spawn_blocking(move || scanned_fingerprint(port))
+        .await
+        .unwrap();
+    let path = s.state().join("ssh_host_ed25519_key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let s = s.restart().await;
+    let port = s.ssh_port().await;
+    let after = tokio::task::spawn_blocking(move || scanned_fingerprint(port))
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+    // The file is the key the client sees.
+    let o = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(text(&o.stdout).contains(&before), "{}", text(&o.stdout));
+}
+
+/// A client that trusts any host key (the tests check the key with `ssh-keyscan`).
+struct TrustingClient;
+
+impl russh::client::Handler for TrustingClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+// OpenSSH's client sends neither window changes (without a terminal of its own) nor signals, so
+// these go through russh's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_changes_and_signals_reach_the_process() {
+    use russh::ChannelMsg;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let dana = s.user_token("dana", "member", None).await;
+    let key = keygen(keys.path(), "dana");
+    register(&s, &dana, &key).await;
+    create(&s, &dana, "term").await;
+    let port = s.ssh_port().await;
+
+    let config = Arc::new(russh::client::Config::default());
+    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
+        .await
+        .unwrap();
+    let secret = russh::keys::load_secret_key(&key, None).unwrap();
+    let auth = session
+        .authenticate_publickey(
+            "term",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(secret), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let mut ch = session.channel_open_session().await.unwrap();
+    ch.request_pty(true, "xterm-256color", 100, 30, 0, 0, &[])
+        .await
+        .unwrap();
+    ch.exec(
+        true,
+        "trap 'echo got-term; exit 7' TERM; while true; do stty size; sleep 0.2; done",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    let (mut resized, mut signalled) = (false, false);
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match ch.wait().await {
+                Some(ChannelMsg::Data { data }) => {
+                    out.push_str(&String::from_utf8_lossy(&data));
+                    if !resized && out.contains("30 100") {
+                        resized = true;
+                        ch.window_change(120, 40, 0, 0).await.unwrap();
+                    }
+                    if resized && !signalled && out.contains("40 120") {
+                        signalled = true;
+                        ch.signal(russh::Sig::TERM).await.unwrap();
+                    }
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => break Some(exit_status),
+                Some(_) => {}
+                None => break None,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no exit: {out}"));
+    assert!(signalled, "{out}");
+    assert!(out.contains("got-term"), "{out}");
+    assert_eq!(status, Some(7), "{out}");
+
+    // A client that goes away: its process gets SIGHUP, and SIGKILL if it ignores that.
+    let mut ch = session.channel_open_session().await.unwrap();
+    ch.exec(true, "trap '' HUP; echo started; sleep 1000; echo never")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    while !out.contains("started") {
+        match tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
+            Ok(Some(ChannelMsg::Data { data })) => out.push_str(&String::from_utf8_lossy(&data)),
+            Ok(Some(_)) => {}
+            other => panic!("{other:?}: {out}"),
+        }
+    }
+    // The exec'd shell, by its command line (its `sleep` child is signalled by no one, as with
+    // the API's exec: signals go to the process the exec started).
+    let count = "ps | grep -c '[e]cho never'";
+    let o = ssh_async(port, key.clone(), "term", &[], count, None).await;
+    assert_eq!(text(&o.stdout).trim(), "1", "{}", text(&o.stderr));
+    drop(ch);
+    session
+        .disconnect(russh::Disconnect::ByApplication, "", "")
+        .await
+        .unwrap();
+    drop(session);
+    let mut left = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let o = ssh_async(port, key.clone(), "term", &[], count, None).await;
+        left = text(&o.stdout).trim().to_string();
+        if left == "0" {
+            break;
+        }
+    }
+    assert_eq!(left, "0", "the abandoned shell is gone");
+
+    // A user suspended while connected runs nothing more on that connection.
+    let config = Arc::new(russh::client::Config::default());
+    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
+        .await
+        .unwrap();
+    let secret = russh::keys::load_secret_key(&key, None).unwrap();
+    let auth = session
+        .authenticate_publickey(
+            "term",
+            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(secret), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    let (st, _) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/dana",
+            Some(json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let mut ch = session.channel_open_session().await.unwrap();
+    ch.exec(true, "echo ran").await.unwrap();
+    let (mut out, mut err, mut status) = (String::new(), String::new(), None);
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
+        match msg {
+            ChannelMsg::Data { data } => out.push_str(&String::from_utf8_lossy(&data)),
+            ChannelMsg::ExtendedData { data, .. } => err.push_str(&String::from_utf8_lossy(&data)),
+            ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert_eq!((out.as_str(), status), ("", Some(1)), "{err}");
+    assert!(err.contains("suspended"), "{err}");
+}
