@@ -658,6 +658,7 @@ async fn unknown_routes_and_methods_answer_json() {
         (Method::PUT, "/api/v1/workspaces"),
         (Method::PATCH, "/api/v1/templates"),
         (Method::GET, "/api/v1/workspaces/x/start"),
+        (Method::POST, "/api/v1/workspaces/x/ssh"),
         (Method::POST, "/api/v1/audit"),
     ] {
         let (st, v) = s.call(Some(&a), method.clone(), path, None).await;
@@ -673,6 +674,8 @@ async fn unknown_routes_and_methods_answer_json() {
     // Errors of other kinds, for the no-internals rule: not found, conflict, bad parameters.
     let checks: Vec<(Method, &str, Option<Value>)> = vec![
         (Method::GET, "/api/v1/workspaces/nope", None),
+        // The SSH tunnel: an unknown workspace, and a plain GET that is no WebSocket upgrade.
+        (Method::GET, "/api/v1/workspaces/nope/ssh", None),
         (
             Method::GET,
             "/api/v1/jobs/0123456789abcdef0123456789abcdef",

@@ -216,6 +216,7 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/workspaces/{ws}/exec/ws", "", Rule::Ws(WorkspaceExec)),
         c("POST", "/api/v1/workspaces/{ws}/extend", "", Rule::Ws(WorkspaceWrite)),
         c("GET", "/api/v1/workspaces/{ws}/jobs", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/workspaces/{ws}/ssh", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/logs", "", Rule::Ws(WorkspaceRead)),
         c("POST", "/api/v1/workspaces/{ws}/restart", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/start", "", Rule::Ws(WorkspaceWrite)),
@@ -272,7 +273,7 @@ struct Req {
     method: Method,
     path: String,
     body: Body,
-    /// A WebSocket upgrade (GET .../exec/ws).
+    /// A WebSocket upgrade (GET .../exec/ws, .../ssh).
     websocket: bool,
 }
 
@@ -743,7 +744,7 @@ impl<'a> Fx<'a> {
                     _ => Body::None,
                 };
                 let mut req = Req::new(m, p.replace("{ws}", &ws), body);
-                req.websocket = p.ends_with("/exec/ws");
+                req.websocket = p.ends_with("/exec/ws") || p.ends_with("/ssh");
                 req
             }
             _ => panic!("no request builder for {m} {path} ({})", case.variant),

@@ -1,6 +1,6 @@
 //! Workspaces: create (from a template or an uploaded folder), list, get, transitions as jobs,
 //! cancel, extend, lifecycle and job logs (Server-Sent Events), and exec (NDJSON stream or
-//! WebSocket).
+//! WebSocket), and the SSH tunnel (WebSocket to the SSH gateway).
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -29,6 +29,7 @@ use crate::jobs;
 use crate::routes::find_workspace;
 
 pub mod exec;
+pub mod ssh_tunnel;
 
 /// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -45,6 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_job))
         .routes(routes!(job_logs))
         .merge(exec::router())
+        .merge(ssh_tunnel::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
