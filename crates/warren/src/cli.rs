@@ -118,6 +118,13 @@ pub(crate) enum Cmd {
     /// Manage API tokens on the server.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// SSH into a workspace through the server's API (runs the OpenSSH client), or with --stdio
+    /// serve as OpenSSH's ProxyCommand.
+    Ssh(SshArgs),
+    /// Write (or with --remove delete) a managed block of `Host warren.*` entries in
+    /// ~/.ssh/config, so that `ssh warren.WS` reaches workspace WS through the server.
+    #[command(name = "config-ssh")]
+    ConfigSsh(ConfigSshArgs),
     /// Manage your SSH public keys on the server (for SSH access to workspaces).
     #[command(subcommand, name = "ssh-key")]
     SshKey(SshKeyCmd),
@@ -667,6 +674,34 @@ pub async fn run(cli: Cli) -> Result<u8> {
     embedded(cmd, cli.state_dir, cli.runtime, exe, json).await
 }
 
+/// `warren ssh`.
+#[derive(Args, Debug)]
+pub(crate) struct SshArgs {
+    /// Relay stdin and stdout through the tunnel (for OpenSSH's ProxyCommand); the workspace may
+    /// be given as `warren.WS` (the `%h` of `warren config-ssh`'s entries).
+    #[arg(long)]
+    pub stdio: bool,
+    /// The private key to authenticate with (passed to ssh as `-i`, with `IdentitiesOnly`).
+    #[arg(short = 'i', long, value_name = "FILE", conflicts_with = "stdio")]
+    pub identity: Option<PathBuf>,
+    /// Workspace name.
+    pub workspace: String,
+    /// The command to run (after `--`); a login shell when none.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// `warren config-ssh`.
+#[derive(Args, Debug)]
+pub(crate) struct ConfigSshArgs {
+    /// Delete this context's block instead.
+    #[arg(long)]
+    pub remove: bool,
+    /// The OpenSSH client configuration file (default: ~/.ssh/config).
+    #[arg(long, value_name = "PATH")]
+    pub ssh_config: Option<PathBuf>,
+}
+
 /// The name of a command that only exists against a server.
 fn server_only(cmd: &Cmd) -> Option<&'static str> {
     Some(match cmd {
@@ -680,6 +715,8 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Template(_) => "template",
         Cmd::Token(_) => "token",
         Cmd::SshKey(_) => "ssh-key",
+        Cmd::Ssh(_) => "ssh",
+        Cmd::ConfigSsh(_) => "config-ssh",
         Cmd::User(_) => "user",
         Cmd::Team(_) => "team",
         Cmd::Audit(_) => "audit",

@@ -11,6 +11,7 @@ mod exec;
 mod output;
 mod remote;
 mod server_cmd;
+mod ssh;
 mod wsexec;
 
 use std::process::ExitCode;

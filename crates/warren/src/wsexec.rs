@@ -64,7 +64,7 @@ pub fn exec_url(base: &str, ws: &str) -> String {
     format!("{base}/api/v1/workspaces/{}/exec/ws", seg(ws))
 }
 
-fn tls_connector(ca: &std::path::Path) -> Result<tokio_tungstenite::Connector> {
+pub(crate) fn tls_connector(ca: &std::path::Path) -> Result<tokio_tungstenite::Connector> {
     use tokio_rustls::rustls;
     let pem = read_ca(ca)?;
     let mut roots = rustls::RootCertStore::empty();

@@ -51,6 +51,11 @@ fn healthy(port: u16) -> bool {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// [`Server::start`] with more arguments to `warren server`.
+    fn start_with(extra: &[&str]) -> Server {
         let world = World::new();
         let o = world.warren(&["server", "init"]);
         assert!(o.status.success(), "server init: {}", stderr(&o));
@@ -60,7 +65,13 @@ impl Server {
         let log = world.dir.join("server.log");
         let f = std::fs::File::create(&log).unwrap();
         let child = world
-            .command(&["server", "--listen", &format!("127.0.0.1:{port}")])
+            .command(
+                &[
+                    &["server", "--listen", &format!("127.0.0.1:{port}")][..],
+                    extra,
+                ]
+                .concat(),
+            )
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(f)
@@ -1315,4 +1326,147 @@ fn ssh_keys_are_added_listed_and_removed_with_the_cli() {
             "{err}"
         );
     }
+}
+
+/// The status line of a WebSocket upgrade of `path` (with `token`, if any) on the server.
+fn upgrade_status(s: &Server, path: &str, token: Option<&str>) -> String {
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(c).read_line(&mut line).unwrap();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn ssh_through_the_api_tunnel_with_warren_ssh_and_config_ssh() {
+    let s = Server::start_with(&["--ssh-listen", "127.0.0.1:0"]);
+    s.login_admin();
+    let lee_token = s.login_member("lee");
+    let kim_token = s.login_member("kim");
+    let dir = s.world.project("box", r#"{"image": "busybox"}"#);
+    assert_eq!(s.ok(&["up", dir.to_str().unwrap()]).trim(), "box");
+    let home = tempfile::tempdir().unwrap();
+    let key = home.path().join(".ssh/id_ed25519");
+    keygen(&key, &["-t", "ed25519"], "kim@laptop");
+    s.ok(&["ssh-key", "add", &format!("{}.pub", key.display())]);
+    let key_s = key.to_str().unwrap();
+
+    // warren ssh: output, and the exit code of the remote command.
+    let o = s
+        .cmd(&[
+            "ssh",
+            "-i",
+            key_s,
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "echo hi; exit 4",
+        ])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(4), "hi\n"),
+        "stderr: {}\nserver log:\n{}",
+        stderr(&o),
+        s.server_log()
+    );
+
+    // config-ssh: a managed block, written twice, one block; the user's lines stay.
+    let cfg = home.path().join("ssh_config");
+    let mine = "Host mine\n  User me\n";
+    write(&cfg, mine);
+    for _ in 0..2 {
+        s.ok(&["config-ssh", "--ssh-config", cfg.to_str().unwrap()]);
+    }
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.starts_with(mine), "{text}");
+    assert_eq!(
+        text.matches("# --- START WARREN (context kim) ---").count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(text.matches("# --- END WARREN ---").count(), 1, "{text}");
+    assert!(text.contains("Host warren.box\n  User box\n"), "{text}");
+    let ssh = |host: &str, cmd: &str| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&cfg)
+            .args([
+                "-i",
+                key_s,
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+            ])
+            .args(["-o", "StrictHostKeyChecking=accept-new"])
+            .args([host, cmd])
+            // The ProxyCommand (this warren) finds the test's contexts.
+            .env("WARREN_CONFIG_DIR", s.config.path())
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_TOKEN")
+            .env_remove("WARREN_CONTEXT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = ssh("warren.box", "true");
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = ssh("warren.box", "echo via-config");
+    assert_eq!(stdout(&o), "via-config\n", "{}", stderr(&o));
+    s.ok(&[
+        "config-ssh",
+        "--remove",
+        "--ssh-config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap().trim_end(),
+        mine.trim_end()
+    );
+
+    // The tunnel: another user's workspace is not found, no token is unauthorized.
+    let path = "/api/v1/workspaces/box/ssh";
+    assert!(upgrade_status(&s, path, Some(&kim_token)).contains(" 101 "));
+    assert!(upgrade_status(&s, path, Some(&lee_token)).contains(" 404 "));
+    assert!(upgrade_status(&s, path, None).contains(" 401 "));
+    let o = s.run(&["--context", "lee", "ssh", "--stdio", "warren.box"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("not found") || stderr(&o).contains("no workspace"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Without a context: one line and a hint.
+    let no_ctx = tempfile::tempdir().unwrap();
+    let o = s
+        .cmd(&["ssh", "box"])
+        .env("WARREN_CONFIG_DIR", no_ctx.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("`warren ssh` needs a server") && err.contains("warren login URL"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
 }
