@@ -402,6 +402,10 @@ fn update_config(config: &str, context: &str, block: Option<&str>) -> Result<Str
                 }
             }
             found = true;
+            // A block removed from the end takes the blank line written before it.
+            if block.is_none() && lines.clone().next().is_none() && out.ends_with("\n\n") {
+                out.pop();
+            }
         } else {
             out.push_str(line);
         }

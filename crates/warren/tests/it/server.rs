@@ -1433,10 +1433,16 @@ fn ssh_through_the_api_tunnel_with_warren_ssh_and_config_ssh() {
         "--ssh-config",
         cfg.to_str().unwrap(),
     ]);
-    assert_eq!(
-        std::fs::read_to_string(&cfg).unwrap().trim_end(),
-        mine.trim_end()
-    );
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), mine);
+    // The file's mode is kept; a new file is 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o640)).unwrap();
+    s.ok(&["config-ssh", "--ssh-config", cfg.to_str().unwrap()]);
+    assert_eq!(mode(&cfg), 0o640);
+    let fresh = home.path().join("new/.ssh/config");
+    s.ok(&["config-ssh", "--ssh-config", fresh.to_str().unwrap()]);
+    assert_eq!(mode(&fresh), 0o600);
 
     // The tunnel: another user's workspace is not found, no token is unauthorized.
     let path = "/api/v1/workspaces/box/ssh";
@@ -1447,6 +1453,19 @@ fn ssh_through_the_api_tunnel_with_warren_ssh_and_config_ssh() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).contains("not found") || stderr(&o).contains("no workspace"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Without OpenSSH: a clear error.
+    let o = s
+        .cmd(&["ssh", "box"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`ssh` is not installed"),
         "{}",
         stderr(&o)
     );
