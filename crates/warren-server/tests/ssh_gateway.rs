@@ -552,3 +552,79 @@ async fn window_changes_and_signals_reach_the_process() {
     assert_eq!((out.as_str(), status), ("", Some(1)), "{err}");
     assert!(err.contains("suspended"), "{err}");
 }
+
+/// `GET /workspaces/{ws}/ssh` upgraded with `token`: the socket, or the refusal's status and body.
+async fn tunnel(
+    s: &TestServer,
+    ws: &str,
+    token: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    (u16, serde_json::Value),
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!(
+        "{}/api/v1/workspaces/{ws}/ssh",
+        s.url.replace("http://", "ws://")
+    );
+    let mut r = url.into_client_request().unwrap();
+    r.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    match tokio_tungstenite::connect_async(r).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err((
+            resp.status().as_u16(),
+            resp.body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default(),
+        )),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_tunnel_relays_to_the_gateway_and_says_when_it_is_off() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    create(&s, &alice, "dev").await;
+
+    // The gateway's banner comes through, and ours reaches it (it answers with its key exchange).
+    let mut ws = tunnel(&s, "dev", &alice).await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Binary(b) = first else {
+        panic!("{first:?}")
+    };
+    assert!(b.starts_with(b"SSH-2.0-"), "{}", text(&b));
+    ws.send(Message::Binary(b"SSH-2.0-tunnel_test\r\n".to_vec().into()))
+        .await
+        .unwrap();
+    ws.close(None).await.unwrap();
+
+    // Another user's workspace is not found.
+    let (st, v) = tunnel(&s, "dev", &bob).await.err().unwrap();
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");
+
+    // With the gateway off: 503 with a hint.
+    let s = s
+        .restart_with(warren_server::config::ConfigLayer {
+            ssh_listen: Some("off".into()),
+            ..Default::default()
+        })
+        .await;
+    let (st, v) = tunnel(&s, "dev", &alice).await.err().unwrap();
+    assert_eq!((st, v["code"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(
+        v["hint"].as_str().unwrap_or("").contains("ssh_listen"),
+        "{v}"
+    );
+}

@@ -52,7 +52,12 @@ impl TestServer {
 
     /// Stops the server gracefully and starts a new one on the same state directory (the same
     /// admin token keeps working).
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_with(ConfigLayer::default()).await
+    }
+
+    /// [`TestServer::restart`] with `layer` over the test defaults.
+    pub async fn restart_with(mut self, layer: ConfigLayer) -> TestServer {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -63,7 +68,7 @@ impl TestServer {
         // Keep the directory: move it out of `self` without running Drop's cleanup.
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         std::mem::forget(self);
-        Self::start_in(dir, ConfigLayer::default(), Some(admin)).await
+        Self::start_in(dir, layer, Some(admin)).await
     }
 
     async fn start_in(
