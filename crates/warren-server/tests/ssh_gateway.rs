@@ -610,6 +610,14 @@ async fn the_api_tunnel_relays_to_the_gateway_and_says_when_it_is_off() {
         .unwrap();
     ws.close(None).await.unwrap();
 
+    // The tunnel is audited with who opened it.
+    let (st, audit) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.ssh_tunnel")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{audit}");
+    let text = audit.to_string();
+    assert!(text.contains("alice") && text.contains("dev"), "{audit}");
+
     // Another user's workspace is not found.
     let (st, v) = tunnel(&s, "dev", &bob).await.err().unwrap();
     assert_eq!((st, v["code"].as_str()), (404, Some("not_found")), "{v}");

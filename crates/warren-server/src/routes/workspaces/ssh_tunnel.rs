@@ -3,20 +3,23 @@
 //!
 //! The API token only grants the tunnel (authorized like exec: `Op::WorkspaceExec`); SSH
 //! authentication still happens end to end inside it, where the gateway checks the user's key.
-//! Bytes travel as binary messages both ways; either side closing closes the other.
+//! Bytes travel as binary messages both ways; either side closing closes the other. Each tunnel
+//! is audited (`workspace.ssh_tunnel`, with the client's address), and the sessions inside it
+//! are audited by the gateway as any other.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::Op;
+use warren_store::{AuditOutcome, NewAuditRecord};
 
-use crate::app::AppState;
+use crate::app::{AppState, RequestId};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::routes::find_workspace;
@@ -36,9 +39,12 @@ async fn ssh_tunnel(
     State(state): State<AppState>,
     caller: Caller,
     Path(ws): Path<String>,
+    headers: HeaderMap,
+    ConnectInfo(remote): ConnectInfo<std::net::SocketAddr>,
+    axum::Extension(request_id): axum::Extension<RequestId>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
     let upgrade = upgrade.map_err(|_| {
         ApiError::bad_request("this route is a WebSocket: send a WebSocket upgrade request")
             .hint("use `warren ssh WS` or `ssh` with `warren ssh --stdio` as its ProxyCommand")
@@ -56,9 +62,32 @@ async fn ssh_tunnel(
         .await
         .map_err(|_| unavailable())?;
     let _ = tcp.set_nodelay(true);
+    // The gateway sees the tunnel's loopback address: who opened it, and from where, is here.
+    let audit = NewAuditRecord {
+        request_id: request_id.0,
+        actor_user_id: Some(caller.user.id.clone()),
+        actor_username: Some(caller.user.username.clone()),
+        actor_token_id: Some(caller.token.id.clone()),
+        source_ip: Some(remote.ip().to_string()),
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        action: "workspace.ssh_tunnel".into(),
+        target_type: "workspace".into(),
+        target_id: Some(rec.id.clone()),
+        target_name: Some(rec.name.to_string()),
+        outcome: AuditOutcome::Success,
+        status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
+        diff_json: None,
+        details_json: None,
+    };
     Ok(upgrade
         .max_message_size(1 << 20)
-        .on_upgrade(move |socket| relay(socket, tcp)))
+        .on_upgrade(move |socket| async move {
+            crate::audit::record(&state, audit).await;
+            relay(socket, tcp).await;
+        }))
 }
 
 fn unavailable() -> ApiError {
