@@ -73,6 +73,19 @@ async fn exec(s: &TestServer, token: &str, ws: &str, body: Value) -> (StatusCode
     (st, events)
 }
 
+/// A job's log, as text.
+async fn job_log(s: &TestServer, token: &str, id: &str) -> String {
+    s.http
+        .get(format!("{}/api/v1/jobs/{id}/logs", s.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn stream_text(events: &[Value], kind: &str) -> String {
     events
         .iter()
@@ -122,20 +135,7 @@ async fn create_exec_stop_start_delete_through_the_api() {
     assert_eq!(ws["state"], "running", "{ws}");
 
     // The job log and the lifecycle log.
-    let log = s
-        .http
-        .get(format!(
-            "{}/api/v1/jobs/{}/logs",
-            s.url,
-            job["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&s.admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = job_log(&s, &s.admin, job["id"].as_str().unwrap()).await;
     assert!(log.contains("Starting workspace w1"), "{log}");
     let life = s
         .http
@@ -930,20 +930,7 @@ async fn privileges_need_the_administrators_consent_and_the_folder_is_the_remote
         assert_eq!(st, StatusCode::CREATED, "{v}");
         let v = create(&s, &s.admin, "p", "ptrace", json!({})).await;
         let job = s.wait_job(&s.admin, v["job"]["id"].as_str().unwrap()).await;
-        let log = s
-            .http
-            .get(format!(
-                "{}/api/v1/jobs/{}/logs",
-                s.url,
-                job["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&s.admin)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let log = job_log(&s, &s.admin, job["id"].as_str().unwrap()).await;
         if !allow {
             assert_eq!(job["status"], "failed", "{job}");
             let err = job["error"].as_str().unwrap();

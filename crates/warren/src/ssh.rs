@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{seg, ApiError, Client, WorkspaceQuery, USER_AGENT};
+use crate::client::{seg, Client, WorkspaceQuery, USER_AGENT};
 use crate::context::Remote;
 use crate::output::user_error;
 
@@ -75,7 +75,9 @@ pub async fn stdio(remote: &Remote, host: &str) -> Result<u8> {
     .await
     {
         Ok(s) => s,
-        Err(e) => return Err(handshake_error(remote, ws, e).await),
+        Err(e) => {
+            return Err(crate::wsexec::handshake_error(remote, ws, "the SSH tunnel", e).await)
+        }
     };
     let (mut sink, mut stream) = socket.split();
     // stdin is read on a plain thread (never joined: it may block until this process exits).
@@ -124,38 +126,6 @@ pub async fn stdio(remote: &Remote, host: &str) -> Result<u8> {
         () = down => {}
     }
     Ok(0)
-}
-
-/// The error for a refused upgrade: the server's JSON error when it sent one.
-async fn handshake_error(
-    remote: &Remote,
-    ws: &str,
-    e: tokio_tungstenite::tungstenite::Error,
-) -> anyhow::Error {
-    use tokio_tungstenite::tungstenite::Error as WsError;
-    match e {
-        WsError::Http(resp) => {
-            let status = resp.status();
-            let body = resp.body().clone().unwrap_or_default();
-            let parsed = ApiError::from_body(
-                reqwest::StatusCode::from_u16(status.as_u16())
-                    .unwrap_or(reqwest::StatusCode::INTERNAL_SERVER_ERROR),
-                &body,
-            );
-            if body.is_empty() {
-                if let Ok(client) = Client::for_remote(remote) {
-                    if let Err(err) = client.workspace(ws).await {
-                        return err;
-                    }
-                }
-            }
-            parsed.into()
-        }
-        other => user_error(
-            format!("cannot open the SSH tunnel on {}: {other}", remote.url),
-            "check that the server runs and the URL is right (`warren context show`)",
-        ),
-    }
 }
 
 /// The known-hosts file Warren keeps for the gateways of its contexts.

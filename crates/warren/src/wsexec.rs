@@ -128,7 +128,7 @@ pub async fn run(remote: &Remote, ws: &str, mut req: ExecRequest) -> Result<u8> 
         tokio::select! {
             r = connect => match r {
                 Ok(s) => s,
-                Err(e) => return Err(handshake_error(remote, ws, e).await),
+                Err(e) => return Err(handshake_error(remote, ws, "an exec session", e).await),
             },
             _ = int.recv() => std::process::exit(128 + libc::SIGINT),
             _ = term.recv() => std::process::exit(128 + libc::SIGTERM),
@@ -270,9 +270,10 @@ fn connection_lost(remote: &Remote, e: tokio_tungstenite::tungstenite::Error) ->
 
 /// The error for a failed upgrade: the server's JSON error when it sent one, else what a plain
 /// `GET` of the workspace says, else the transport error.
-async fn handshake_error(
+pub(crate) async fn handshake_error(
     remote: &Remote,
     ws: &str,
+    what: &str,
     e: tokio_tungstenite::tungstenite::Error,
 ) -> anyhow::Error {
     use tokio_tungstenite::tungstenite::Error as WsError;
@@ -303,7 +304,7 @@ async fn handshake_error(
                 "check that the server runs and the URL is right (`warren context show`)"
             };
             user_error(
-                format!("cannot open an exec session on {}: {other}", remote.url),
+                format!("cannot open {what} on {}: {other}", remote.url),
                 hint,
             )
         }
