@@ -1500,23 +1500,21 @@ fn load_config(dir: &Path, ownership: &Ownership) -> Result<Config2, EngineError
                 .into(),
         });
     }
-    let project = dir.display().to_string();
-    let host_binds = loaded
-        .config
-        .mounts
-        .iter()
-        .chain(loaded.config.workspace_mount.iter())
-        .filter(|m| m.kind == warren_devcontainer::MountKind::Bind)
-        .filter(|m| m.source.as_deref() != Some(project.as_str()))
-        .map(|m| m.source.clone().unwrap_or_default())
-        .collect::<Vec<_>>();
-    if !host_binds.is_empty() {
-        return Err(EngineError::Policy(format!(
-            "{}: bind mounts of host paths are not allowed in workspaces made through the server ({})",
-            config_path.display(),
-            host_binds.join(", ")
-        )));
-    }
+    // Refused here already, before anything is recorded; `resolve` applies the same rule again
+    // to what image metadata, features and `runArgs` add.
+    devprops::check_binds(
+        loaded
+            .config
+            .mounts
+            .iter()
+            .chain(loaded.config.workspace_mount.iter()),
+        &dir.display().to_string(),
+    )
+    .map_err(|r| EngineError::Refused {
+        config: config_path.clone(),
+        message: r.message,
+        hint: r.hint,
+    })?;
     Ok((read, loaded))
 }
 
