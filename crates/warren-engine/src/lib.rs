@@ -1002,21 +1002,30 @@ impl Engine {
         stdio: Option<Stdio>,
     ) -> Result<ExecSession, EngineError> {
         let rec = self.get(ws).await?;
+        let spec: WsSpec = rec.spec()?;
+        let ls = LifecycleState::from_json(&rec.lifecycle_json);
+        spec.apply_exec_defaults(&mut process, &ls.user_env);
+        self.on_running(rec, move |rt, id| rt.exec(id, &process, stdio))
+            .await
+    }
+
+    /// Runs `f` against the runtime for a workspace the record says is running; a runtime that
+    /// finds nothing running gets the record reconciled and the same error exec gives.
+    async fn on_running<T: Send + 'static>(
+        &self,
+        rec: WorkspaceRecord,
+        f: impl FnOnce(&dyn Runtime, &str) -> Result<T, warren_runtime::RuntimeError> + Send + 'static,
+    ) -> Result<T, EngineError> {
         if rec.state != WorkspaceState::Running {
             return Err(EngineError::NotRunning {
                 name: rec.name.to_string(),
                 state: rec.state,
             });
         }
-        let spec: WsSpec = rec.spec()?;
-        let ls = LifecycleState::from_json(&rec.lifecycle_json);
-        spec.apply_exec_defaults(&mut process, &ls.user_env);
         let rt = self.runtime.clone();
         let id = rec.id.clone();
-        let res = blocking(move || Ok(rt.exec(&id, &process, stdio)?)).await;
-        match res {
+        match blocking(move || Ok(f(rt.as_ref(), &id)?)).await {
             Err(EngineError::Runtime(warren_runtime::RuntimeError::NotRunning)) => {
-                // The record says running but nothing runs: reconcile so the record tells the truth.
                 let _ = self.reconcile().await;
                 Err(EngineError::NotRunning {
                     name: rec.name.to_string(),
@@ -1029,6 +1038,28 @@ impl Engine {
             }
             other => other,
         }
+    }
+
+    /// An unconnected, non-blocking TCP socket inside a running workspace's network namespace
+    /// (port forwarding, preview URLs). The caller decides where it may connect.
+    pub async fn tcp_socket(
+        &self,
+        ws: impl Into<WsRef>,
+        ipv6: bool,
+    ) -> Result<std::os::fd::OwnedFd, EngineError> {
+        let rec = self.get(ws).await?;
+        self.on_running(rec, move |rt, id| rt.tcp_socket(id, ipv6))
+            .await
+    }
+
+    /// The TCP ports listened on inside a running workspace.
+    pub async fn listening_ports(
+        &self,
+        ws: impl Into<WsRef>,
+    ) -> Result<Vec<warren_runtime::ListeningPort>, EngineError> {
+        let rec = self.get(ws).await?;
+        self.on_running(rec, |rt, id| rt.listening_ports(id))
+            .await
     }
 
     /// The lifecycle log of a workspace.

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cgroup;
 pub mod inroot;
 mod linux;
+pub mod net;
 pub mod proto;
 pub mod seccomp;
 mod seccomp_list;
@@ -24,6 +25,7 @@ use std::time::Duration;
 pub use backend::OciRuntime;
 pub use cgroup::Stats;
 pub use linux::{ExecSession, LinuxRuntime, Signaller};
+pub use net::ListeningPort;
 pub use proto::ExecProcess;
 pub use supervisor::ExitRecord;
 
@@ -224,6 +226,22 @@ pub trait Runtime: Send + Sync {
         let _ = id;
         Err(RuntimeError::Exec(
             "this runtime cannot hand out a workspace's writable layer".into(),
+        ))
+    }
+    /// An unconnected, non-blocking TCP socket inside the running workspace's network namespace,
+    /// for the caller to connect to a port there (port forwarding, preview URLs). Which addresses
+    /// it may connect to is the caller's policy.
+    fn tcp_socket(&self, id: &str, ipv6: bool) -> Result<OwnedFd, RuntimeError> {
+        let _ = (id, ipv6);
+        Err(RuntimeError::Exec(
+            "this runtime cannot reach a workspace's ports".into(),
+        ))
+    }
+    /// The TCP ports listened on inside the running workspace.
+    fn listening_ports(&self, id: &str) -> Result<Vec<ListeningPort>, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Exec(
+            "this runtime cannot list a workspace's ports".into(),
         ))
     }
 }

@@ -171,6 +171,18 @@ impl LinuxRuntime {
         cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))
     }
 
+    /// One request, one answer (with its descriptors), bounded in time.
+    fn ask(&self, id: &str, req: &Request) -> Result<(Response, Vec<OwnedFd>), RuntimeError> {
+        let sock = self.connect(&self.layout(id))?;
+        proto::send(sock.as_fd(), req, &[]).map_err(RuntimeError::io("send request"))?;
+        set_recv_timeout(&sock, Duration::from_secs(10));
+        match proto::recv::<Response>(sock.as_fd()) {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(RuntimeError::NotRunning),
+            Err(e) => Err(RuntimeError::io("read the supervisor's answer")(e)),
+        }
+    }
+
     fn connect(&self, l: &Layout) -> Result<OwnedFd, RuntimeError> {
         if !self.supervisor_alive(l) {
             return Err(RuntimeError::NotRunning);
@@ -428,6 +440,27 @@ impl Runtime for LinuxRuntime {
 
     fn stats(&self, id: &str) -> Result<Stats, RuntimeError> {
         Ok(cgroup::stats(&spec::cgroup_path(id)))
+    }
+
+    fn tcp_socket(&self, id: &str, ipv6: bool) -> Result<OwnedFd, RuntimeError> {
+        let (reply, mut fds) = self.ask(id, &Request::Socket { ipv6 })?;
+        match (reply, fds.pop()) {
+            (Response::Socket, Some(fd)) => Ok(fd),
+            (Response::Error { message }, _) => Err(RuntimeError::Exec(message)),
+            (other, _) => Err(RuntimeError::Exec(format!(
+                "unexpected answer from the supervisor: {other:?}"
+            ))),
+        }
+    }
+
+    fn listening_ports(&self, id: &str) -> Result<Vec<crate::ListeningPort>, RuntimeError> {
+        match self.ask(id, &Request::Ports)?.0 {
+            Response::Ports { ports } => Ok(ports),
+            Response::Error { message } => Err(RuntimeError::Exec(message)),
+            other => Err(RuntimeError::Exec(format!(
+                "unexpected answer from the supervisor: {other:?}"
+            ))),
+        }
     }
 
     fn upper_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {

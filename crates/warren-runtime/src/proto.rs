@@ -58,6 +58,14 @@ pub enum Request {
         /// Grace period.
         timeout_ms: u64,
     },
+    /// Make an unconnected TCP socket in the workspace's network namespace; it comes back with
+    /// `Response::Socket`.
+    Socket {
+        /// IPv6 rather than IPv4.
+        ipv6: bool,
+    },
+    /// List the TCP ports listened on in the workspace's network namespace.
+    Ports,
 }
 
 /// Supervisor to client.
@@ -83,6 +91,13 @@ pub enum Response {
     Stopped {
         /// Exit code of its init.
         code: i32,
+    },
+    /// Answer to `Socket`; the socket comes with this message.
+    Socket,
+    /// Answer to `Ports`.
+    Ports {
+        /// Listening sockets, by port.
+        ports: Vec<crate::net::ListeningPort>,
     },
     /// The request failed.
     Error {

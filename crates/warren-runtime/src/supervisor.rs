@@ -602,6 +602,29 @@ impl Supervisor {
                     }
                 }
             }
+            Request::Socket { ipv6 } => {
+                match self.namespace_check().and_then(|()| crate::net::socket_in(self.init_pid, ipv6)) {
+                    Ok(fd) => {
+                        let _ = proto::send(sock, &Response::Socket, &[fd.as_raw_fd()]);
+                    }
+                    Err(message) => {
+                        let _ = proto::send(sock, &Response::Error { message }, &[]);
+                    }
+                }
+            }
+            Request::Ports => {
+                let listed = self.namespace_check().and_then(|()| {
+                    crate::net::listening_ports(
+                        self.init_pid,
+                        &crate::cgroup::pids(&spec::cgroup_path(&self.cfg.id)),
+                    )
+                });
+                let reply = match listed {
+                    Ok(ports) => Response::Ports { ports },
+                    Err(message) => Response::Error { message },
+                };
+                let _ = proto::send(sock, &reply, &[]);
+            }
             Request::Exec { process } => match self.exec(&process, fds) {
                 Ok((pid, pty)) => {
                     let c = &mut self.clients[i];
@@ -617,6 +640,17 @@ impl Supervisor {
             },
         }
         true
+    }
+
+    /// Whether the init's network namespace is the workspace's: under gVisor the sandbox has a
+    /// network stack of its own, which no host namespace reaches.
+    fn namespace_check(&self) -> Result<(), String> {
+        if self.cfg.runtime.is_sandboxed_kernel() {
+            return Err(
+                "ports of gVisor (runsc) workspaces cannot be reached from the host yet".into(),
+            );
+        }
+        Ok(())
     }
 
     fn exec(
