@@ -3,6 +3,7 @@
 //! and the workspace record printed by the CLI and API, and the template model (parameters,
 //! ceilings, policy defaults, the manifest). This crate performs no I/O.
 
+pub mod activity;
 pub mod auth;
 mod error;
 mod name;

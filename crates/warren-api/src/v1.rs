@@ -262,6 +262,17 @@ pub struct WorkspaceList {
     pub next_cursor: Option<String>,
 }
 
+/// `GET /workspaces/{ws}/activity`: what counts as use of the workspace, for idle policies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceActivity {
+    /// The last time of each kind of activity seen (`ssh`, `exec`, `pty`, `port`, `keepalive`).
+    pub last: BTreeMap<crate::activity::ActivityKind, String>,
+    /// The latest of those, if any.
+    pub last_at: Option<String>,
+    /// Sessions open now, by kind (SSH connections, terminals and execs, port connections).
+    pub open_sessions: BTreeMap<crate::activity::ActivityKind, u32>,
+}
+
 /// A transition job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {

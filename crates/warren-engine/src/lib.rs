@@ -1002,6 +1002,9 @@ impl Engine {
         stdio: Option<Stdio>,
     ) -> Result<ExecSession, EngineError> {
         let rec = self.get(ws).await?;
+        if rec.state != WorkspaceState::Running {
+            return Err(not_running(&rec));
+        }
         let spec: WsSpec = rec.spec()?;
         let ls = LifecycleState::from_json(&rec.lifecycle_json);
         spec.apply_exec_defaults(&mut process, &ls.user_env);
@@ -1017,10 +1020,7 @@ impl Engine {
         f: impl FnOnce(&dyn Runtime, &str) -> Result<T, warren_runtime::RuntimeError> + Send + 'static,
     ) -> Result<T, EngineError> {
         if rec.state != WorkspaceState::Running {
-            return Err(EngineError::NotRunning {
-                name: rec.name.to_string(),
-                state: rec.state,
-            });
+            return Err(not_running(&rec));
         }
         let rt = self.runtime.clone();
         let id = rec.id.clone();
@@ -1058,8 +1058,7 @@ impl Engine {
         ws: impl Into<WsRef>,
     ) -> Result<Vec<warren_runtime::ListeningPort>, EngineError> {
         let rec = self.get(ws).await?;
-        self.on_running(rec, |rt, id| rt.listening_ports(id))
-            .await
+        self.on_running(rec, |rt, id| rt.listening_ports(id)).await
     }
 
     /// The lifecycle log of a workspace.
@@ -1616,5 +1615,12 @@ mod tests {
         );
         assert_eq!(debian_suite("ubuntu:22.04"), None);
         assert_eq!(debian_suite("debian:sid-nonsense"), None);
+    }
+}
+
+fn not_running(rec: &WorkspaceRecord) -> EngineError {
+    EngineError::NotRunning {
+        name: rec.name.to_string(),
+        state: rec.state,
     }
 }

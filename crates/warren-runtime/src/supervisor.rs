@@ -603,7 +603,10 @@ impl Supervisor {
                 }
             }
             Request::Socket { ipv6 } => {
-                match self.namespace_check().and_then(|()| crate::net::socket_in(self.init_pid, ipv6)) {
+                match self
+                    .namespace_check()
+                    .and_then(|()| crate::net::socket_in(self.init_pid, ipv6))
+                {
                     Ok(fd) => {
                         let _ = proto::send(sock, &Response::Socket, &[fd.as_raw_fd()]);
                     }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub token_uses: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// The SSH gateway's bound address, once it listens.
     pub ssh_addr: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    /// Workspace activity (sessions, execs, port traffic) for idle policies.
+    pub activity: Arc<crate::activity::Activity>,
 }
 
 impl AppState {
@@ -60,7 +62,7 @@ impl AppState {
             .insert(id.to_string(), at.to_string());
     }
 
-    /// Writes pending token uses.
+    /// Writes pending token uses and workspace activity.
     pub async fn flush_token_uses(&self) {
         let pending: Vec<(String, String)> = self
             .token_uses
@@ -71,6 +73,7 @@ impl AppState {
         for (id, at) in pending {
             let _ = self.store.touch_token(&id, &at).await;
         }
+        self.activity.flush(&self.store).await;
     }
 }
 

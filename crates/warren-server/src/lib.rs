@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! Warren control-plane server.
 
+pub mod activity;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -64,6 +64,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         shutdown: Arc::new(AtomicBool::new(false)),
         token_uses: Default::default(),
         ssh_addr: Default::default(),
+        activity: Default::default(),
     })
 }
 

@@ -29,7 +29,7 @@ use warren_store::{AuditOutcome, NewAuditRecord, UserRecord, WorkspaceRecord};
 
 use crate::app::AppState;
 use crate::error::tracing_log;
-use crate::routes::workspaces::exec::{hang_up, start, validate, DRAIN, GONE_GRACE};
+use crate::routes::workspaces::exec::{self, hang_up, start, validate, DRAIN, GONE_GRACE};
 
 /// The host key's file name in the state directory.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -132,6 +132,7 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             state: state.clone(),
             peer,
             who: None,
+            activity: None,
             channels: HashMap::new(),
         };
         let config = config.clone();
@@ -207,6 +208,8 @@ struct Conn {
     state: AppState,
     peer: SocketAddr,
     who: Option<Who>,
+    /// The connection as an open SSH session on its workspace (idle policies).
+    activity: Option<crate::activity::Session>,
     channels: HashMap<ChannelId, Chan>,
 }
 
@@ -408,24 +411,13 @@ impl Conn {
         };
         // stdin goes through a thread: writes to a pipe or PTY may block.
         let (in_tx, mut in_rx) = mpsc::unbounded_channel::<StdinMsg>();
-        if let Some(mut w) = started.stdin.take() {
-            let is_pty = started.pty.is_some();
-            std::thread::spawn(move || {
-                // The permit goes back once its bytes are written.
-                while let Some((msg, _permit)) = in_rx.blocking_recv() {
-                    match msg {
-                        Some(b) => {
-                            if w.write_all(&b).is_err() {
-                                break;
-                            }
-                        }
-                        // EOF on a terminal is ^D.
-                        None if is_pty => {
-                            let _ = w.write_all(&[4]);
-                        }
-                        None => break,
-                    }
-                }
+        if let Some(w) = started.stdin.take() {
+            // The permit goes back to the budget once its bytes are written.
+            let mut held = None;
+            exec::stdin_writer(&started, w, move || {
+                let (msg, permit) = in_rx.blocking_recv()?;
+                drop(std::mem::replace(&mut held, permit));
+                Some(msg)
             });
         }
         chan.stdin = Some(in_tx);
@@ -487,6 +479,11 @@ impl russh::server::Handler for Conn {
     ) -> Result<Auth, Self::Error> {
         match authorize(&self.state, user, key.public_key).await {
             Ok(who) => {
+                self.activity = Some(
+                    self.state
+                        .activity
+                        .session(&who.ws.id, warren_api::activity::ActivityKind::Ssh),
+                );
                 self.who = Some(who);
                 Ok(Auth::Accept)
             }

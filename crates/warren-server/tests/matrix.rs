@@ -218,6 +218,7 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/workspaces/{ws}/jobs", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/ssh", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/logs", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/workspaces/{ws}/activity", "", Rule::Ws(WorkspaceRead)),
         c("POST", "/api/v1/workspaces/{ws}/restart", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/start", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/stop", "", Rule::Ws(WorkspaceWrite)),
@@ -729,7 +730,13 @@ impl<'a> Fx<'a> {
                 let ws = self.shared_workspace(ws_owner, caller).await;
                 Req::new(m, format!("/api/v1/workspaces/{ws}"), Body::None)
             }
-            ("GET", "/api/v1/workspaces/{ws}/jobs" | "/api/v1/workspaces/{ws}/logs", _) => {
+            (
+                "GET",
+                "/api/v1/workspaces/{ws}/jobs"
+                | "/api/v1/workspaces/{ws}/logs"
+                | "/api/v1/workspaces/{ws}/activity",
+                _,
+            ) => {
                 let ws = self.shared_workspace(ws_owner, caller).await;
                 Req::new(m, path.replace("{ws}", &ws), Body::None)
             }

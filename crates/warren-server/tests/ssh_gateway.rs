@@ -336,6 +336,31 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
         audit.contains("SSH-2.0-OpenSSH"),
         "the client's version: {audit}"
     );
+    // Sessions and their commands are activity on the workspace; none is open once they ended.
+    let mut activity = json!(null);
+    for _ in 0..100 {
+        let (st, a) = s.get(&alice, "/api/v1/workspaces/dev/activity").await;
+        assert_eq!(st, StatusCode::OK, "{a}");
+        activity = a;
+        if activity["open_sessions"] == json!({}) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(activity["open_sessions"], json!({}), "{activity}");
+    assert!(activity["last"]["ssh"].is_string(), "{activity}");
+    assert!(activity["last"]["exec"].is_string(), "{activity}");
+    assert!(activity["last"].get("port").is_none(), "{activity}");
+    assert_eq!(
+        activity["last_at"],
+        *activity["last"]
+            .as_object()
+            .unwrap()
+            .values()
+            .max_by_key(|v| v.as_str().unwrap().to_string())
+            .unwrap(),
+        "{activity}"
+    );
     // The key's last use is recorded.
     let (_, mine) = s.get(&alice, "/api/v1/me/ssh-keys").await;
     assert!(mine[0]["last_used_at"].is_string(), "{mine}");

@@ -9,6 +9,7 @@
 //! Timestamps are stored as TEXT in RFC 3339 UTC with millisecond precision
 //! (`2024-05-01T12:00:00.000Z`), which sorts chronologically as text on every backend.
 
+mod activity;
 mod audit;
 mod error;
 mod identity;

@@ -578,3 +578,48 @@ async fn a_version_1_database_upgrades_keeping_its_workspaces() {
         Err(StoreError::NameTaken { .. })
     ));
 }
+
+#[tokio::test]
+async fn activity_keeps_the_latest_time_per_kind_and_goes_with_the_workspace() {
+    let (_dir, store) = open_fresh().await;
+    let ws = store
+        .create_workspace(new_ws("act", "/src/act"))
+        .await
+        .unwrap();
+    let row = |k: &str, at: &str| (ws.id.clone(), k.to_string(), at.to_string());
+    store
+        .record_activity(&[
+            row("ssh", "2026-11-23T10:00:00.000Z"),
+            row("exec", "2026-11-23T09:00:00.000Z"),
+        ])
+        .await
+        .unwrap();
+    // An older time (a late flush) never moves the clock back; unknown workspaces are skipped.
+    store
+        .record_activity(&[
+            row("ssh", "2026-11-23T09:30:00.000Z"),
+            row("exec", "2026-11-23T11:00:00.000Z"),
+            (
+                "gone".into(),
+                "ssh".into(),
+                "2026-11-23T11:00:00.000Z".into(),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.activity(&ws.id).await.unwrap(),
+        vec![
+            ("exec".to_string(), "2026-11-23T11:00:00.000Z".to_string()),
+            ("ssh".to_string(), "2026-11-23T10:00:00.000Z".to_string()),
+        ]
+    );
+    assert!(store.activity("gone").await.unwrap().is_empty());
+    let (deleting, _) = store.apply(&ws.id, 1, Event::Delete, None).await.unwrap();
+    let (_, _) = store
+        .apply(&ws.id, deleting.generation, Event::Deleted, None)
+        .await
+        .unwrap();
+    store.delete_record(&ws.id).await.unwrap();
+    assert!(store.activity(&ws.id).await.unwrap().is_empty());
+}

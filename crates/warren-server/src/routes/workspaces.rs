@@ -16,7 +16,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::{Decision, Op, Owner};
 use warren_api::template::{Ceilings, ParamSpec, PolicyDefaults};
-use warren_api::v1::{Accepted, CreateWorkspace, Extend, Job, UpdateWorkspace, WorkspaceList};
+use warren_api::v1::{
+    self, Accepted, CreateWorkspace, Extend, Job, UpdateWorkspace, WorkspaceList,
+};
 use warren_api::{ErrorCode, Workspace, WorkspaceName, WorkspaceState};
 use warren_engine::{Limits, Ownership, UpOptions, WsRef};
 use warren_store::{JobRecord, WorkspaceFilter, WorkspaceRecord};
@@ -42,6 +44,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(extend_workspace))
         .routes(routes!(workspace_jobs))
         .routes(routes!(workspace_logs))
+        .routes(routes!(workspace_activity))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
         .routes(routes!(job_logs))
@@ -947,6 +950,24 @@ fn sse_response(
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
         .into_response()
+}
+
+/// When the workspace was last used, by kind of use, and the sessions open on it now.
+#[utoipa::path(get, path = "/api/v1/workspaces/{ws}/activity", tag = "workspaces", security(("token" = [])),
+    params(("ws" = String, Path, description = "workspace")),
+    responses((status = 200, body = v1::WorkspaceActivity), (status = 404, body = ErrorBody)))]
+async fn workspace_activity(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(ws): Path<String>,
+) -> ApiResult<Json<v1::WorkspaceActivity>> {
+    let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceRead).await?;
+    let last = state.activity.last(&state.store, &rec.id).await?;
+    Ok(Json(v1::WorkspaceActivity {
+        last_at: last.values().max().cloned(),
+        last,
+        open_sessions: state.activity.open_sessions(&rec.id),
+    }))
 }
 
 /// The workspace's lifecycle log (the output of its lifecycle commands): text, or Server-Sent

@@ -307,28 +307,44 @@ fn ports_listened_on_inside_are_listed_and_reached_through_sockets_made_in_the_w
     }
     assert_eq!(ports.len(), 1, "{ports:?}");
     assert_eq!(ports[0].port, 18431);
-    assert_eq!(ports[0].address, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        ports[0].address,
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
     assert_eq!(ports[0].process.as_deref(), Some("httpd"));
     assert!(std::net::TcpStream::connect("127.0.0.1:18431").is_err());
 
     let fd = f.rt.tcp_socket("rtnet", false).unwrap();
     let sock = socket2::Socket::from(fd);
     sock.set_nonblocking(false).unwrap();
-    sock.connect(&"127.0.0.1:18431".parse::<std::net::SocketAddr>().unwrap().into())
-        .unwrap();
+    sock.connect(
+        &"127.0.0.1:18431"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     let mut stream = std::net::TcpStream::from(sock);
     stream
         .write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
     let mut reply = String::new();
     stream.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.") && reply.ends_with("inside\n"), "{reply}");
+    assert!(
+        reply.starts_with("HTTP/1.") && reply.ends_with("inside\n"),
+        "{reply}"
+    );
 
     // A port nobody listens on is refused from inside too.
     let sock = socket2::Socket::from(f.rt.tcp_socket("rtnet", false).unwrap());
     sock.set_nonblocking(false).unwrap();
     let e = sock
-        .connect(&"127.0.0.1:18432".parse::<std::net::SocketAddr>().unwrap().into())
+        .connect(
+            &"127.0.0.1:18432"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
         .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
 

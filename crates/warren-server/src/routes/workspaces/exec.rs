@@ -12,6 +12,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
+use warren_api::activity::ActivityKind;
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -52,6 +53,9 @@ pub(crate) struct Started {
     pub(crate) pty: Option<OwnedFd>,
     pub(crate) exit: tokio::sync::oneshot::Receiver<Result<i32, String>>,
     pub(crate) signaller: warren_runtime::Signaller,
+    /// The exec (or terminal) as an open session on the workspace, for idle policies; `touch` it
+    /// on input.
+    pub(crate) activity: crate::activity::Session,
     _slot: Slot,
 }
 
@@ -219,8 +223,44 @@ pub(crate) async fn start(
         pty,
         exit,
         signaller,
+        activity: state.activity.session(
+            &rec.id,
+            if req.tty.is_some() {
+                ActivityKind::Pty
+            } else {
+                ActivityKind::Exec
+            },
+        ),
         _slot: slot,
     })
+}
+
+/// Writes a process's stdin on a thread of its own (writes to a pipe or PTY may block), noting
+/// activity for each write. `next` gives the next chunk, `Some(None)` for EOF (^D on a terminal)
+/// and `None` when the client is gone.
+pub(crate) fn stdin_writer(
+    started: &Started,
+    mut w: std::fs::File,
+    mut next: impl FnMut() -> Option<Option<Vec<u8>>> + Send + 'static,
+) {
+    let is_pty = started.pty.is_some();
+    let activity = started.activity.toucher();
+    std::thread::spawn(move || {
+        while let Some(msg) = next() {
+            match msg {
+                Some(b) => {
+                    activity.touch();
+                    if w.write_all(&b).is_err() {
+                        break;
+                    }
+                }
+                None if is_pty => {
+                    let _ = w.write_all(&[4]);
+                }
+                None => break,
+            }
+        }
+    });
 }
 
 fn output_event(chan: u8, bytes: Vec<u8>) -> ExecEvent {
@@ -477,24 +517,8 @@ async fn ws_session(
 
     // stdin goes through a thread: writes to a pipe or PTY may block.
     let (in_tx, mut in_rx) = mpsc::channel::<Option<Vec<u8>>>(64);
-    if let Some(mut w) = started.stdin.take() {
-        let is_pty = started.pty.is_some();
-        std::thread::spawn(move || {
-            while let Some(msg) = in_rx.blocking_recv() {
-                match msg {
-                    Some(b) => {
-                        if w.write_all(&b).is_err() {
-                            break;
-                        }
-                    }
-                    // EOF on a terminal is ^D.
-                    None if is_pty => {
-                        let _ = w.write_all(&[4]);
-                    }
-                    None => break,
-                }
-            }
-        });
+    if let Some(w) = started.stdin.take() {
+        stdin_writer(&started, w, move || in_rx.blocking_recv());
     }
     // The socket's reading half runs on its own, so a client sending stdin faster than the
     // process reads it never stops the output (which the process may be blocked writing).
