@@ -151,6 +151,8 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
 struct Who {
     user: UserRecord,
     ws: WorkspaceRecord,
+    /// What the user may do: the role's default scopes for a key, narrower for an access token.
+    principal: Principal,
 }
 
 /// A session channel.
@@ -158,13 +160,30 @@ struct Chan {
     env: BTreeMap<String, String>,
     /// TERM and (rows, cols) from `pty-req`.
     pty: Option<(String, u16, u16)>,
-    /// Once a process runs: stdin, its PTY and its signaller.
+    /// stdin for the process, queued from the moment it was asked for (the workspace may still
+    /// be starting).
     stdin: Option<mpsc::UnboundedSender<StdinMsg>>,
-    pty_fd: Option<OwnedFd>,
-    signaller: Option<warren_runtime::Signaller>,
-    exited: Arc<std::sync::atomic::AtomicBool>,
+    /// The process, once it runs; shared with the task that starts it.
+    live: Arc<std::sync::Mutex<Live>>,
     started: bool,
     stdin_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the handler and the task running a channel's process share.
+#[derive(Default)]
+struct Live {
+    pty_fd: Option<OwnedFd>,
+    signaller: Option<warren_runtime::Signaller>,
+    /// The latest window size asked for before the PTY existed.
+    size: Option<(u16, u16)>,
+    /// The process exited.
+    exited: bool,
+    /// The client closed the channel: a process not started yet must not start.
+    gone: bool,
+}
+
+fn live(l: &std::sync::Mutex<Live>) -> std::sync::MutexGuard<'_, Live> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for Chan {
@@ -173,9 +192,7 @@ impl Default for Chan {
             env: BTreeMap::new(),
             pty: None,
             stdin: None,
-            pty_fd: None,
-            signaller: None,
-            exited: Arc::default(),
+            live: Arc::default(),
             started: false,
             stdin_budget: Arc::new(tokio::sync::Semaphore::new(STDIN_BUDGET)),
         }
@@ -186,17 +203,20 @@ impl Drop for Chan {
     fn drop(&mut self) {
         // The client closed the channel or went away: hang up, as a closed terminal would, and
         // SIGKILL after a grace period a process that ignored it.
-        let Some(s) = self.signaller.take() else {
-            return;
+        let signaller = {
+            let mut l = live(&self.live);
+            l.gone = true;
+            if l.exited {
+                return;
+            }
+            l.signaller.take()
         };
-        if self.exited.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
+        let Some(s) = signaller else { return };
         hang_up(&s, false);
-        let exited = self.exited.clone();
+        let shared = self.live.clone();
         std::thread::spawn(move || {
             std::thread::sleep(GONE_GRACE);
-            if !exited.load(std::sync::atomic::Ordering::SeqCst) {
+            if !live(&shared).exited {
                 let _ = s.signal(9);
             }
         });
@@ -213,10 +233,11 @@ struct Conn {
     channels: HashMap<ChannelId, Chan>,
 }
 
-/// Why a connection is refused (logged, never told to the client).
-async fn authorize(
+/// Authenticates a public key and authorizes its user for the workspace named by the SSH user
+/// name. Why a connection is refused is logged, never told to the client.
+async fn authorize_key(
     state: &AppState,
-    ws_name: &str,
+    ssh_user: &str,
     key: &ssh_key::PublicKey,
 ) -> Result<Who, String> {
     let blob = key.to_bytes().map_err(|e| format!("key: {e}"))?;
@@ -227,34 +248,76 @@ async fn authorize(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("unknown key {fp}"))?;
-    let user = state
-        .store
-        .user(&k.user_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("key {fp}: no such user"))?;
-    if user.suspended {
-        return Err(format!("user {} is suspended", user.username));
-    }
+    let user = active_user(state, &k.user_id).await?;
     let role: Role = user.role.parse()?;
     let principal = Principal {
         role,
         scopes: role.scopes(),
         workspaces: None,
     };
-    let ws = state
+    let ws = workspace_for(state, &user, &principal, ssh_user).await?;
+    let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
+    Ok(Who {
+        user,
+        ws,
+        principal,
+    })
+}
+
+/// The user, unless unknown or suspended.
+async fn active_user(state: &AppState, id: &str) -> Result<UserRecord, String> {
+    let user = state
         .store
-        .get_by_name(&user.id, ws_name)
+        .user(id)
         .await
         .map_err(|e| e.to_string())?
-        .filter(|r| r.ownership.owner_id == user.id)
-        .ok_or_else(|| format!("user {}: no workspace `{ws_name}`", user.username))?;
-    match decide(&principal, Op::WorkspaceExec(Owner::Own), Some(&ws.id)) {
-        Decision::Allow => {}
-        d => return Err(format!("user {}: exec refused ({d:?})", user.username)),
+        .ok_or_else(|| format!("user {id}: no such user"))?;
+    if user.suspended {
+        return Err(format!("user {} is suspended", user.username));
     }
-    let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
-    Ok(Who { user, ws })
+    Ok(user)
+}
+
+/// The workspace an SSH user name addresses: `NAME` (one of the user's own) or `NAME.OWNER`
+/// (another user's, for those the policy lets exec in it), if `principal` may exec in it.
+async fn workspace_for(
+    state: &AppState,
+    user: &UserRecord,
+    principal: &Principal,
+    ssh_user: &str,
+) -> Result<WorkspaceRecord, String> {
+    let (name, owner_id) = match ssh_user.split_once('.') {
+        Some((name, owner)) => {
+            let owner = state
+                .store
+                .user_by_name(owner)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no user `{owner}`"))?;
+            (name, owner.id)
+        }
+        None => (ssh_user, user.id.clone()),
+    };
+    let ws = state
+        .store
+        .get_by_name(&owner_id, name)
+        .await
+        .map_err(|e| e.to_string())?
+        // Host-local workspaces have no owner and are never the server's to hand out.
+        .filter(|r| !r.ownership.owner_id.is_empty() && r.ownership.owner_id == owner_id)
+        .ok_or_else(|| format!("user {}: no workspace `{ssh_user}`", user.username))?;
+    let owner = if owner_id == user.id {
+        Owner::Own
+    } else {
+        Owner::Other
+    };
+    match decide(principal, Op::WorkspaceExec(owner), Some(&ws.id)) {
+        Decision::Allow => Ok(ws),
+        d => Err(format!(
+            "user {}: exec in `{ssh_user}` refused ({d:?})",
+            user.username
+        )),
+    }
 }
 
 fn signal_number(sig: &Sig) -> Option<i32> {
@@ -291,13 +354,7 @@ fn env_allowed(name: &str) -> bool {
                 .all(|b| b.is_ascii_uppercase() || b == b'_'))
 }
 
-/// Sends `msg` on the channel's stderr, exit status 1, EOF and close, from a task of its own (the
-/// handler must not wait on the connection it is running in).
-fn fail(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
-    let (handle, msg) = (handle.clone(), msg.to_string());
-    tokio::spawn(async move { fail_now(&handle, channel, &msg).await });
-}
-
+/// Sends `msg` on the channel's stderr, exit status 1, EOF and close.
 async fn fail_now(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
     let _ = handle
         .extended_data(channel, 1, format!("warren: {msg}\r\n").into_bytes())
@@ -308,7 +365,9 @@ async fn fail_now(handle: &russh::server::Handle, channel: ChannelId, msg: &str)
 }
 
 impl Conn {
-    /// Starts `argv` on `channel` (an `exec` or `shell` request).
+    /// Starts `argv` on `channel` (an `exec`, `shell` or subsystem request). Replies at once; a
+    /// task of its own then starts the workspace if it is stopped (progress on stderr), starts
+    /// the process and relays it, so that the connection never waits on either.
     async fn run(
         &mut self,
         channel: ChannelId,
@@ -326,37 +385,6 @@ impl Conn {
         }
         chan.started = true;
         session.channel_success(channel)?;
-        // The user and the workspace as they are now, not as they were at authentication.
-        match self.state.store.user(&who.user.id).await {
-            Ok(Some(u)) if !u.suspended => {}
-            _ => {
-                fail(
-                    &handle,
-                    channel,
-                    "this user is suspended or no longer exists",
-                );
-                return Ok(());
-            }
-        }
-        let rec = match self.state.store.get(&who.ws.id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                fail(&handle, channel, "the workspace no longer exists");
-                return Ok(());
-            }
-            Err(e) => {
-                fail(&handle, channel, &e.to_string());
-                return Ok(());
-            }
-        };
-        if rec.state != WorkspaceState::Running {
-            let msg = format!(
-                "workspace `{}` is {}, not running; start it with `warren start {}`",
-                rec.name, rec.state, rec.name
-            );
-            fail(&handle, channel, &msg);
-            return Ok(());
-        }
         let mut env = chan.env.clone();
         if let Some((term, _, _)) = &chan.pty {
             env.insert("TERM".into(), term.clone());
@@ -370,18 +398,76 @@ impl Conn {
             timeout: None,
             tty: chan.pty.as_ref().map(|(_, r, c)| (*r, *c)),
         };
+        let (in_tx, in_rx) = mpsc::unbounded_channel::<StdinMsg>();
+        chan.stdin = Some(in_tx);
+        let job = ChannelJob {
+            state: self.state.clone(),
+            handle,
+            channel,
+            user_id: who.user.id.clone(),
+            username: who.user.username.clone(),
+            principal: who.principal.clone(),
+            ws_id: who.ws.id.clone(),
+            peer: self.peer,
+            client: String::from_utf8_lossy(session.remote_sshid()).into_owned(),
+            live: chan.live.clone(),
+        };
+        tokio::spawn(job.run(req, in_rx));
+        Ok(())
+    }
+}
+
+/// A channel's process, from the workspace's start to its exit status.
+struct ChannelJob {
+    state: AppState,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+    user_id: String,
+    username: String,
+    principal: Principal,
+    ws_id: String,
+    peer: SocketAddr,
+    client: String,
+    live: Arc<std::sync::Mutex<Live>>,
+}
+
+impl ChannelJob {
+    async fn run(self, mut req: ExecRequest, in_rx: mpsc::UnboundedReceiver<StdinMsg>) {
+        let (handle, channel) = (self.handle.clone(), self.channel);
+        // The user and the workspace as they are now, not as they were at authentication.
+        match self.state.store.user(&self.user_id).await {
+            Ok(Some(u)) if !u.suspended => {}
+            _ => {
+                return fail_now(
+                    &handle,
+                    channel,
+                    "this user is suspended or no longer exists",
+                )
+                .await
+            }
+        }
+        let rec = match self.ready_workspace().await {
+            Ok(r) => r,
+            Err(msg) => return fail_now(&handle, channel, &msg).await,
+        };
+        if live(&self.live).gone {
+            return;
+        }
+        if let (Some(t), Some(size)) = (&mut req.tty, live(&self.live).size) {
+            *t = size;
+        }
         let started = match validate(&req) {
-            Ok(_) => start(&self.state, &who.user.id, &rec, &req).await,
+            Ok(_) => start(&self.state, &self.user_id, &rec, &req).await,
             Err(e) => Err(e),
         };
         // Audited as the API's exec is, with where it came from.
         let audit = NewAuditRecord {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
-            actor_user_id: Some(who.user.id.clone()),
-            actor_username: Some(who.user.username.clone()),
+            actor_user_id: Some(self.user_id.clone()),
+            actor_username: Some(self.username.clone()),
             actor_token_id: None,
             source_ip: Some(self.peer.ip().to_string()),
-            user_agent: Some(String::from_utf8_lossy(session.remote_sshid()).into_owned()),
+            user_agent: Some(self.client.clone()),
             action: "workspace.exec".into(),
             target_type: "workspace".into(),
             target_id: Some(rec.id.clone()),
@@ -404,15 +490,11 @@ impl Conn {
         crate::audit::record(&self.state, audit).await;
         let mut started = match started {
             Ok(s) => s,
-            Err(e) => {
-                fail(&handle, channel, &e.body.message);
-                return Ok(());
-            }
+            Err(e) => return fail_now(&handle, channel, &e.body.message).await,
         };
-        // stdin goes through a thread: writes to a pipe or PTY may block.
-        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<StdinMsg>();
         if let Some(w) = started.stdin.take() {
             // The permit goes back to the budget once its bytes are written.
+            let mut in_rx = in_rx;
             let mut held = None;
             exec::stdin_writer(&started, w, move || {
                 let (msg, permit) = in_rx.blocking_recv()?;
@@ -420,52 +502,160 @@ impl Conn {
                 Some(msg)
             });
         }
-        chan.stdin = Some(in_tx);
-        chan.pty_fd = started.pty.as_ref().and_then(|p| p.try_clone().ok());
-        chan.signaller = started.signaller.try_clone().ok();
-        let exited = chan.exited.clone();
-        tokio::spawn(async move {
-            let send = |chan: u8, bytes: Vec<u8>| {
-                let handle = handle.clone();
-                async move {
-                    if chan == 2 {
-                        handle.extended_data(channel, 1, bytes).await.is_ok()
-                    } else {
-                        handle.data(channel, bytes).await.is_ok()
-                    }
-                }
-            };
-            let code = loop {
-                tokio::select! {
-                    Some((c, bytes)) = started.out.recv() => {
-                        if !send(c, bytes).await {
-                            hang_up(&started.signaller, false);
-                        }
-                    }
-                    r = &mut started.exit => break r,
-                }
-            };
-            exited.store(true, std::sync::atomic::Ordering::SeqCst);
-            while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
-                if !send(c, bytes).await {
-                    break;
+        {
+            let mut l = live(&self.live);
+            l.pty_fd = started.pty.as_ref().and_then(|p| p.try_clone().ok());
+            l.signaller = started.signaller.try_clone().ok();
+            if l.gone {
+                // The channel closed while the process started.
+                if let Some(s) = l.signaller.take() {
+                    hang_up(&s, false);
                 }
             }
-            let status = match code {
-                Ok(Ok(c)) => u32::try_from(c).unwrap_or(255),
-                Ok(Err(e)) => {
-                    let _ = handle
-                        .extended_data(channel, 1, format!("warren: {e}\r\n").into_bytes())
-                        .await;
-                    255
+        }
+        let send = |chan: u8, bytes: Vec<u8>| {
+            let handle = handle.clone();
+            async move {
+                if chan == 2 {
+                    handle.extended_data(channel, 1, bytes).await.is_ok()
+                } else {
+                    handle.data(channel, bytes).await.is_ok()
                 }
-                Err(_) => 255,
-            };
-            let _ = handle.exit_status_request(channel, status).await;
-            let _ = handle.eof(channel).await;
-            let _ = handle.close(channel).await;
-        });
-        Ok(())
+            }
+        };
+        let code = loop {
+            tokio::select! {
+                Some((c, bytes)) = started.out.recv() => {
+                    if !send(c, bytes).await {
+                        hang_up(&started.signaller, false);
+                    }
+                }
+                r = &mut started.exit => break r,
+            }
+        };
+        live(&self.live).exited = true;
+        while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
+            if !send(c, bytes).await {
+                break;
+            }
+        }
+        let status = match code {
+            Ok(Ok(c)) => u32::try_from(c).unwrap_or(255),
+            Ok(Err(e)) => {
+                let _ = handle
+                    .extended_data(channel, 1, format!("warren: {e}\r\n").into_bytes())
+                    .await;
+                255
+            }
+            Err(_) => 255,
+        };
+        let _ = handle.exit_status_request(channel, status).await;
+        let _ = handle.eof(channel).await;
+        let _ = handle.close(channel).await;
+    }
+
+    /// The workspace, running: started first when it is stopped and its template and the user's
+    /// role allow (progress on the channel's stderr). Otherwise why not, for the client.
+    async fn ready_workspace(&self) -> Result<WorkspaceRecord, String> {
+        let rec = match self.state.store.get(&self.ws_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("the workspace no longer exists".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if rec.state == WorkspaceState::Running {
+            return Ok(rec);
+        }
+        let not_running = |rec: &WorkspaceRecord| {
+            format!(
+                "workspace `{}` is {}, not running; start it with `warren start {}`",
+                rec.name, rec.state, rec.name
+            )
+        };
+        let startable = matches!(rec.state, WorkspaceState::Stopped | WorkspaceState::Failed);
+        let owner = if rec.ownership.owner_id == self.user_id {
+            Owner::Own
+        } else {
+            Owner::Other
+        };
+        let may_start =
+            decide(&self.principal, Op::WorkspaceWrite(owner), Some(&rec.id)) == Decision::Allow;
+        if !startable || !may_start || !start_on_connect(&self.state, &rec).await {
+            return Err(not_running(&rec));
+        }
+        let say = |line: String| {
+            let handle = self.handle.clone();
+            let channel = self.channel;
+            async move {
+                let _ = handle
+                    .extended_data(channel, 1, format!("{line}\r\n").into_bytes())
+                    .await;
+            }
+        };
+        say(format!("warren: starting workspace `{}`...", rec.name)).await;
+        let job = crate::routes::workspaces::spawn_start(&self.state, &rec, &self.user_id)
+            .await
+            .map_err(|e| e.body.message)?;
+        crate::audit::record(
+            &self.state,
+            NewAuditRecord {
+                request_id: uuid::Uuid::new_v4().simple().to_string(),
+                actor_user_id: Some(self.user_id.clone()),
+                actor_username: Some(self.username.clone()),
+                actor_token_id: None,
+                source_ip: Some(self.peer.ip().to_string()),
+                user_agent: Some(self.client.clone()),
+                action: "workspace.start".into(),
+                target_type: "workspace".into(),
+                target_id: Some(rec.id.clone()),
+                target_name: Some(rec.name.to_string()),
+                outcome: AuditOutcome::Success,
+                status: 202,
+                diff_json: None,
+                details_json: Some(
+                    serde_json::json!({"job": job.id, "via": "ssh", "on_connect": true})
+                        .to_string(),
+                ),
+            },
+        )
+        .await;
+        if let Some(mut lines) = self.state.jobs.follow(&job.id) {
+            while let Ok((_, line)) = lines.recv().await {
+                say(format!("warren: {}", line.trim_end())).await;
+            }
+        }
+        // The job has finished (its log closed); its record says how.
+        for _ in 0..100 {
+            match self.state.store.job(&job.id).await {
+                Ok(Some(j)) if j.status == "succeeded" => break,
+                Ok(Some(j)) if j.status == "failed" || j.status == "canceled" => {
+                    return Err(format!(
+                        "starting workspace `{}` failed: {}",
+                        rec.name,
+                        j.error.unwrap_or_else(|| j.status.clone())
+                    ))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        match self.state.store.get(&self.ws_id).await {
+            Ok(Some(r)) if r.state == WorkspaceState::Running => Ok(r),
+            Ok(Some(r)) => Err(not_running(&r)),
+            Ok(None) => Err("the workspace no longer exists".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Whether the workspace's template lets a connection start it (the default).
+async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
+    let Some(vid) = &rec.ownership.template_version_id else {
+        return true;
+    };
+    match state.store.version(vid).await {
+        Ok(Some(v)) => serde_json::from_str::<warren_api::template::PolicyDefaults>(&v.policy_json)
+            .map(|p| p.start_on_connect != Some(false))
+            .unwrap_or(true),
+        _ => true,
     }
 }
 
@@ -477,7 +667,7 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match authorize(&self.state, user, key.public_key).await {
+        match authorize_key(&self.state, user, key.public_key).await {
             Ok(who) => {
                 self.activity = Some(
                     self.state
@@ -611,8 +801,11 @@ impl russh::server::Handler for Conn {
         };
         match self.channels.get_mut(&channel) {
             Some(c) if rows > 0 && cols > 0 => {
-                if let Some(fd) = &c.pty_fd {
+                let mut l = live(&c.live);
+                if let Some(fd) = &l.pty_fd {
                     let _ = warren_runtime::tty::set_window_size(fd.as_fd(), rows, cols);
+                } else if c.started {
+                    l.size = Some((rows, cols));
                 } else if let Some(p) = &mut c.pty {
                     p.1 = rows;
                     p.2 = cols;
@@ -631,10 +824,9 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let (Some(c), Some(n)) = (self.channels.get(&channel), signal_number(&signal)) {
-            if let Some(s) = &c.signaller {
-                if !c.exited.load(std::sync::atomic::Ordering::SeqCst) {
-                    let _ = s.signal(n);
-                }
+            let l = live(&c.live);
+            if let (Some(s), false) = (&l.signaller, l.exited) {
+                let _ = s.signal(n);
             }
         }
         Ok(())

@@ -375,22 +375,106 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
     assert_eq!(st, StatusCode::OK);
     let o = ssh_async(port, carol_key.clone(), "cw", &[], "echo in", None).await;
     assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+}
 
-    // A stopped workspace: a clear message and status 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_workspaces_start_on_connect_and_admins_address_others_workspaces() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let dc = json!({"image": "busybox", "overrideCommand": true}).to_string();
     let (st, v) = s
-        .post(&alice, "/api/v1/workspaces/dev/stop", json!({}))
+        .post(
+            &s.admin,
+            "/api/v1/templates/pinned/versions",
+            json!({"devcontainer": dc, "policy": {"start_on_connect": false}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    let alice_key = keygen(keys.path(), "alice");
+    let bob_key = keygen(keys.path(), "bob");
+    let admin_key = keygen(keys.path(), "admin");
+    register(&s, &alice, &alice_key).await;
+    register(&s, &bob, &bob_key).await;
+    register(&s, &s.admin, &admin_key).await;
+    create(&s, &alice, "dev").await;
+    let (st, v) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces",
+            json!({"name": "pinned", "template": "pinned"}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
-    let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    let port = s.ssh_port().await;
+    let stop = |name: &'static str| {
+        let (s, alice) = (&s, alice.clone());
+        async move {
+            let (st, v) = s
+                .post(
+                    &alice,
+                    &format!("/api/v1/workspaces/{name}/stop"),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+            let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+            assert_eq!(job["status"], "succeeded", "{job}");
+        }
+    };
+
+    // Stopped: the connection starts it, with progress on stderr, then runs the command.
+    stop("dev").await;
     let o = ssh_async(port, alice_key.clone(), "dev", &[], "echo in", None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "in\n");
+    assert!(
+        text(&o.stderr).contains("starting workspace `dev`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let (_, w) = s.get(&alice, "/api/v1/workspaces/dev").await;
+    assert_eq!(w["state"], "running", "{w}");
+    let (_, audit) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.start")
+        .await;
+    assert!(audit.to_string().contains("on_connect"), "{audit}");
+
+    // A template that says no: a clear message, status 1, and the workspace stays stopped.
+    stop("pinned").await;
+    let o = ssh_async(port, alice_key.clone(), "pinned", &[], "echo in", None).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(
-        text(&o.stderr).contains("not running"),
+        text(&o.stderr).contains("not running") && text(&o.stderr).contains("warren start"),
         "{}",
         text(&o.stderr)
     );
     assert!(o.stdout.is_empty());
+    let (_, w) = s.get(&alice, "/api/v1/workspaces/pinned").await;
+    assert_eq!(w["state"], "stopped", "{w}");
+
+    // An admin reaches alice's workspace as `dev.alice`; bob, a member, cannot; nor can anyone
+    // address a user or workspace that does not exist.
+    let o = ssh_async(port, admin_key.clone(), "dev.alice", &[], "hostname", None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for (key, user) in [
+        (&bob_key, "dev.alice"),
+        (&admin_key, "dev.nobody"),
+        (&admin_key, "nothing.alice"),
+        (&admin_key, "dev"),
+    ] {
+        let o = ssh_async(port, key.clone(), user, &[], "hostname", None).await;
+        assert_eq!(o.status.code(), Some(255), "{user}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("Permission denied"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
