@@ -48,6 +48,12 @@ type StdinMsg = (Option<Vec<u8>>, Option<tokio::sync::OwnedSemaphorePermit>);
 /// Channels one connection may have open at once.
 const MAX_CHANNELS: usize = 16;
 
+/// Port forwards (`direct-tcpip` channels) one connection may have open at once.
+const MAX_FORWARDS: usize = 256;
+
+/// How long connecting a forward to its port may take.
+const FORWARD_CONNECT: Duration = Duration::from_secs(10);
+
 /// Loads the gateway's host key, making it on first use.
 pub fn host_key(state_dir: &Path) -> Result<PrivateKey, String> {
     let path = state_dir.join(HOST_KEY_FILE);
@@ -134,6 +140,7 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             who: None,
             activity: None,
             channels: HashMap::new(),
+            forwards: Arc::default(),
         };
         let config = config.clone();
         tokio::spawn(async move {
@@ -231,6 +238,8 @@ struct Conn {
     /// The connection as an open SSH session on its workspace (idle policies).
     activity: Option<crate::activity::Session>,
     channels: HashMap<ChannelId, Chan>,
+    /// Port forwards open now.
+    forwards: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Authenticates a public key and authorizes its user for the workspace named by the SSH user
@@ -646,6 +655,118 @@ impl ChannelJob {
     }
 }
 
+/// Where a `direct-tcpip` request may go: a port on the workspace's own loopback, nothing else
+/// (no other workspace, no host, no network beyond).
+fn forward_target(host: &str, port: u32) -> Option<SocketAddr> {
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let ip: std::net::IpAddr = match host {
+        "localhost" | "ip4-localhost" | "ip4-loopback" => std::net::Ipv4Addr::LOCALHOST.into(),
+        "ip6-localhost" | "ip6-loopback" => std::net::Ipv6Addr::LOCALHOST.into(),
+        other => other
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?,
+    };
+    ip.is_loopback().then_some(SocketAddr::new(ip, port))
+}
+
+/// An `ssh -L` connection to a port inside the workspace.
+struct Forward {
+    state: AppState,
+    ws_id: String,
+    user_id: String,
+    username: String,
+    peer: SocketAddr,
+    originator: String,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Forward {
+    async fn run(
+        self,
+        channel: Channel<Msg>,
+        target: SocketAddr,
+        reply: russh::server::ChannelOpenHandle,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.count.fetch_add(1, SeqCst);
+        let connected = self.connect(target).await;
+        let outcome = match &connected {
+            Ok(_) => AuditOutcome::Success,
+            Err(_) => AuditOutcome::Failure,
+        };
+        crate::audit::record(
+            &self.state,
+            NewAuditRecord {
+                request_id: uuid::Uuid::new_v4().simple().to_string(),
+                actor_user_id: Some(self.user_id.clone()),
+                actor_username: Some(self.username.clone()),
+                actor_token_id: None,
+                source_ip: Some(self.peer.ip().to_string()),
+                user_agent: None,
+                action: "workspace.port_forward".into(),
+                target_type: "workspace".into(),
+                target_id: Some(self.ws_id.clone()),
+                target_name: None,
+                outcome,
+                status: if connected.is_ok() { 200 } else { 502 },
+                diff_json: None,
+                details_json: Some(
+                    serde_json::json!({
+                        "port": target.port(),
+                        "address": target.ip().to_string(),
+                        "via": "ssh",
+                        "originator": self.originator,
+                        "error": connected.as_ref().err(),
+                    })
+                    .to_string(),
+                ),
+            },
+        )
+        .await;
+        match connected {
+            Ok(mut tcp) => {
+                reply.accept().await;
+                let _activity = self
+                    .state
+                    .activity
+                    .session(&self.ws_id, warren_api::activity::ActivityKind::Port);
+                let mut stream = channel.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+            }
+            Err(why) => {
+                tracing_log(&format!("SSH {}: forward to {target}: {why}", self.peer));
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        self.count.fetch_sub(1, SeqCst);
+    }
+
+    /// A connection to `target` made inside the workspace's network namespace.
+    async fn connect(&self, target: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+        active_user(&self.state, &self.user_id).await?;
+        let fd = self
+            .state
+            .engine
+            .tcp_socket(
+                warren_engine::WsRef::Id(self.ws_id.clone()),
+                target.is_ipv6(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        match tokio::time::timeout(FORWARD_CONNECT, socket.connect(target)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(format!("connect to port {}: {e}", target.port())),
+            Err(_) => Err(format!("connect to port {}: timed out", target.port())),
+        }
+    }
+}
+
 /// Whether the workspace's template lets a connection start it (the default).
 async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
     let Some(vid) = &rec.ownership.template_version_id else {
@@ -682,6 +803,44 @@ impl russh::server::Handler for Conn {
                 Ok(Auth::reject())
             }
         }
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(who) = &self.who else {
+            return Ok(());
+        };
+        let Some(target) = forward_target(host_to_connect, port_to_connect) else {
+            tracing_log(&format!(
+                "SSH {}: refused a forward to {host_to_connect:?}:{port_to_connect} (only the workspace's own loopback)",
+                self.peer
+            ));
+            tokio::spawn(reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited));
+            return Ok(());
+        };
+        if self.forwards.load(std::sync::atomic::Ordering::SeqCst) >= MAX_FORWARDS {
+            tokio::spawn(reply.reject(russh::ChannelOpenFailure::ResourceShortage));
+            return Ok(());
+        }
+        let forward = Forward {
+            state: self.state.clone(),
+            ws_id: who.ws.id.clone(),
+            user_id: who.user.id.clone(),
+            username: who.user.username.clone(),
+            peer: self.peer,
+            originator: originator_address.chars().take(64).collect(),
+            count: self.forwards.clone(),
+        };
+        tokio::spawn(forward.run(channel, target, reply));
+        Ok(())
     }
 
     async fn channel_open_session(
@@ -893,6 +1052,33 @@ mod tests {
             host_fingerprint(&a),
             host_fingerprint(&host_key(other.path()).unwrap())
         );
+    }
+
+    #[test]
+    fn forwards_reach_only_the_workspace_loopback() {
+        for (host, port, want) in [
+            ("localhost", 8080, Some("127.0.0.1:8080")),
+            ("127.0.0.1", 22, Some("127.0.0.1:22")),
+            ("127.1.2.3", 80, Some("127.1.2.3:80")),
+            ("::1", 443, Some("[::1]:443")),
+            ("[::1]", 443, Some("[::1]:443")),
+            ("ip6-localhost", 1, Some("[::1]:1")),
+            ("localhost", 0, None),
+            ("localhost", 65536, None),
+            ("10.0.0.1", 80, None),
+            ("169.254.169.254", 80, None),
+            ("0.0.0.0", 80, None),
+            ("example.com", 80, None),
+            ("localhost.evil.com", 80, None),
+            ("", 80, None),
+            ("::ffff:127.0.0.1", 80, None),
+        ] {
+            assert_eq!(
+                forward_target(host, port).map(|a| a.to_string()).as_deref(),
+                want,
+                "{host}:{port}"
+            );
+        }
     }
 
     #[test]

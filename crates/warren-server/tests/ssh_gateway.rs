@@ -745,3 +745,143 @@ async fn the_api_tunnel_relays_to_the_gateway_and_says_when_it_is_off() {
         "{v}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `curl -s` of `url`: (exit code, body).
+async fn curl(url: String) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "20", &url])
+            .output()
+            .unwrap();
+        (o.status.code().unwrap_or(-1), text(&o.stdout))
+    })
+    .await
+    .unwrap()
+}
+
+/// `ssh -N` with `-L` forwards, until killed.
+fn ssh_forwarding(port: u16, key: &Path, user: &str, forwards: &[String]) -> std::process::Child {
+    let mut c = Command::new("ssh");
+    c.args([
+        "-N",
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ])
+    .arg(key)
+    .args(["-p", &port.to_string()]);
+    for f in forwards {
+        c.args(["-L", f]);
+    }
+    c.arg(format!("{user}@127.0.0.1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_local_forwards_reach_the_workspace_loopback_and_nothing_else() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    let alice_key = keygen(keys.path(), "alice");
+    let bob_key = keygen(keys.path(), "bob");
+    register(&s, &alice, &alice_key).await;
+    register(&s, &bob, &bob_key).await;
+    create(&s, &alice, "dev").await;
+    create(&s, &bob, "bw").await;
+    let port = s.ssh_port().await;
+    // The same port inside both workspaces, serving different pages, and on neither the host.
+    for (key, ws, page) in [
+        (&alice_key, "dev", "alice-inside"),
+        (&bob_key, "bw", "bob-inside"),
+    ] {
+        let o = ssh_async(
+            port,
+            key.clone(),
+            ws,
+            &[],
+            &format!("mkdir -p /www && echo {page} > /www/index.html && httpd -p 127.0.0.1:18080 -h /www"),
+            None,
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+    assert!(std::net::TcpStream::connect("127.0.0.1:18080").is_err());
+
+    let api_port: u16 = s.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (good, far, host_api, closed) = (free_port(), free_port(), free_port(), free_port());
+    let mut child = ssh_forwarding(
+        port,
+        &alice_key,
+        "dev",
+        &[
+            format!("{good}:localhost:18080"),
+            format!("{far}:10.1.2.3:80"),
+            format!("{host_api}:127.0.0.1:{api_port}"),
+            format!("{closed}:localhost:18081"),
+        ],
+    );
+    let mut body = (0, String::new());
+    for _ in 0..100 {
+        body = curl(format!("http://127.0.0.1:{good}/")).await;
+        if body.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(body, (0, "alice-inside\n".to_string()));
+    // Several connections at once through one SSH connection.
+    let many = futures_util::future::join_all(
+        (0..8).map(|_| curl(format!("http://127.0.0.1:{good}/index.html"))),
+    )
+    .await;
+    assert!(many.iter().all(|r| r.1 == "alice-inside\n"), "{many:?}");
+    // Anything but the workspace's own loopback is refused: another network, the host's own
+    // services (the API listens on the host's loopback, not the workspace's), closed ports.
+    for p in [far, host_api, closed] {
+        let (code, body) = curl(format!("http://127.0.0.1:{p}/")).await;
+        assert_ne!(code, 0, "port {p}: {body}");
+        assert!(body.is_empty(), "port {p}: {body}");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    // Forwards are audited, with the port and whether they connected; they are activity.
+    let (_, audit) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.port_forward")
+        .await;
+    let audit = audit.to_string();
+    assert!(
+        audit.contains("18080") && audit.contains("18081"),
+        "{audit}"
+    );
+    assert!(audit.contains("failure"), "{audit}");
+    let (_, a) = s.get(&alice, "/api/v1/workspaces/dev/activity").await;
+    assert!(a["last"]["port"].is_string(), "{a}");
+}
