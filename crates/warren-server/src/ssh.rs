@@ -1,11 +1,18 @@
 //! The SSH gateway: `ssh -p 2222 WORKSPACE@HOST` runs a shell or a command in one of the key
 //! owner's workspaces, through the engine exactly as the API's exec does.
 //!
-//! - Authentication: public keys only. The offered key is looked up by its SHA-256 fingerprint
-//!   among the registered keys; its user must exist and not be suspended.
-//! - Authorization: the SSH user name is a workspace of the key's user, and
-//!   `warren_api::auth::decide` must allow `Op::WorkspaceExec` on it, with the user's role and
-//!   its default scopes (the rule the API applies). Every failure is the same rejection.
+//! - Authentication: a registered public key, looked up by its SHA-256 fingerprint; or an SSH
+//!   access token (`wsa_…`, made through the API) as the user name, with the "none" method. The
+//!   user must exist and not be suspended.
+//! - Authorization: with a key, the SSH user name is `WORKSPACE` (the key's user's) or
+//!   `WORKSPACE.OWNER` (another user's), and `warren_api::auth::decide` must allow
+//!   `Op::WorkspaceExec` on it with the user's role and its default scopes (the rule the API
+//!   applies). A token reaches only its own workspace, with the exec scope alone. Every failure
+//!   is the same rejection.
+//! - A stopped workspace is started by the first session that needs it, when its template allows
+//!   (`start_on_connect`) and the user may start it; progress goes to the channel's stderr.
+//! - `direct-tcpip` (`ssh -L`): to the workspace's own loopback only, connected inside its
+//!   network namespace.
 //! - Sessions: `exec` (`/bin/sh -c COMMAND`), `shell` (`/bin/sh -l`), `pty-req` (TERM and window
 //!   size), `window-change`, `env` for an allowlist, `signal`, stdin with EOF, exit-status.
 //! - The host key (ed25519) is made once and kept in `STATE/ssh_host_ed25519_key` (0600).
@@ -113,6 +120,8 @@ pub async fn bind(
 /// Accepts SSH connections until the task is aborted.
 pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: PrivateKey) {
     let mut methods = MethodSet::empty();
+    // "none" is how an access token logs in: the token is the user name.
+    methods.push(MethodKind::None);
     methods.push(MethodKind::PublicKey);
     let config = Arc::new(russh::server::Config {
         methods,
@@ -273,6 +282,52 @@ async fn authorize_key(
     })
 }
 
+/// Authenticates an SSH access token (the user name): its user, acting only on its workspace and
+/// only to exec there.
+async fn authorize_token(state: &AppState, token: &str) -> Result<Who, String> {
+    let t = state
+        .store
+        .use_ssh_access(&crate::auth::hash_secret(token))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("unknown, expired or revoked SSH access token")?;
+    let user = active_user(state, &t.user_id).await?;
+    let role: Role = user.role.parse()?;
+    let principal = Principal {
+        role,
+        scopes: warren_api::auth::ScopeSet([warren_api::auth::Scope::WorkspaceExec].into()),
+        workspaces: Some([t.workspace_id.clone()].into()),
+    };
+    let ws = state
+        .store
+        .get(&t.workspace_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the token's workspace is gone")?;
+    may_exec(&principal, &user, &ws)?;
+    Ok(Who {
+        user,
+        ws,
+        principal,
+    })
+}
+
+/// Whether `principal` (acting as `user`) may exec in `ws`, by the API's rule.
+fn may_exec(principal: &Principal, user: &UserRecord, ws: &WorkspaceRecord) -> Result<(), String> {
+    let owner = if ws.ownership.owner_id == user.id {
+        Owner::Own
+    } else {
+        Owner::Other
+    };
+    match decide(principal, Op::WorkspaceExec(owner), Some(&ws.id)) {
+        Decision::Allow => Ok(()),
+        d => Err(format!(
+            "user {}: exec in `{}` refused ({d:?})",
+            user.username, ws.name
+        )),
+    }
+}
+
 /// The user, unless unknown or suspended.
 async fn active_user(state: &AppState, id: &str) -> Result<UserRecord, String> {
     let user = state
@@ -315,18 +370,8 @@ async fn workspace_for(
         // Host-local workspaces have no owner and are never the server's to hand out.
         .filter(|r| !r.ownership.owner_id.is_empty() && r.ownership.owner_id == owner_id)
         .ok_or_else(|| format!("user {}: no workspace `{ssh_user}`", user.username))?;
-    let owner = if owner_id == user.id {
-        Owner::Own
-    } else {
-        Owner::Other
-    };
-    match decide(principal, Op::WorkspaceExec(owner), Some(&ws.id)) {
-        Decision::Allow => Ok(ws),
-        d => Err(format!(
-            "user {}: exec in `{ssh_user}` refused ({d:?})",
-            user.username
-        )),
-    }
+    may_exec(principal, user, &ws)?;
+    Ok(ws)
 }
 
 fn signal_number(sig: &Sig) -> Option<i32> {
@@ -780,8 +825,34 @@ async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
     }
 }
 
+impl Conn {
+    fn accepted(&mut self, who: Who) -> Auth {
+        self.activity = Some(
+            self.state
+                .activity
+                .session(&who.ws.id, warren_api::activity::ActivityKind::Ssh),
+        );
+        self.who = Some(who);
+        Auth::Accept
+    }
+}
+
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
+
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if !user.starts_with(crate::routes::workspaces::ssh_access::PREFIX) {
+            // A workspace name: the client goes on to its keys.
+            return Ok(Auth::reject());
+        }
+        match authorize_token(&self.state, user).await {
+            Ok(who) => Ok(self.accepted(who)),
+            Err(why) => {
+                tracing_log(&format!("SSH {}: refused: {why}", self.peer));
+                Ok(Auth::reject())
+            }
+        }
+    }
 
     async fn auth_publickey(
         &mut self,
@@ -789,15 +860,7 @@ impl russh::server::Handler for Conn {
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         match authorize_key(&self.state, user, key.public_key).await {
-            Ok(who) => {
-                self.activity = Some(
-                    self.state
-                        .activity
-                        .session(&who.ws.id, warren_api::activity::ActivityKind::Ssh),
-                );
-                self.who = Some(who);
-                Ok(Auth::Accept)
-            }
+            Ok(who) => Ok(self.accepted(who)),
             Err(why) => {
                 tracing_log(&format!("SSH {}: refused: {why}", self.peer));
                 Ok(Auth::reject())

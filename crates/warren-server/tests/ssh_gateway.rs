@@ -885,3 +885,180 @@ async fn ssh_local_forwards_reach_the_workspace_loopback_and_nothing_else() {
     let (_, a) = s.get(&alice, "/api/v1/workspaces/dev/activity").await;
     assert!(a["last"]["port"].is_string(), "{a}");
 }
+
+/// `ssh TOKEN@127.0.0.1 -p PORT COMMAND` with no key at all.
+async fn ssh_token(port: u16, token: &str, command: &str) -> Output {
+    let (token, command) = (token.to_string(), command.to_string());
+    tokio::task::spawn_blocking(move || {
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PasswordAuthentication=no",
+                "-o",
+                "KbdInteractiveAuthentication=no",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                &port.to_string(),
+            ])
+            .arg(format!("{token}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_access_tokens_reach_one_workspace_until_they_expire_or_are_revoked() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    create(&s, &alice, "dev").await;
+    create(&s, &alice, "other").await;
+    let port = s.ssh_port().await;
+    let make = |lifetime: Option<&str>| {
+        let body = match lifetime {
+            Some(l) => json!({ "lifetime": l }),
+            None => json!({}),
+        };
+        let (s, alice) = (&s, alice.clone());
+        async move {
+            let (st, v) = s
+                .post(&alice, "/api/v1/workspaces/dev/ssh-access", body)
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+            v
+        }
+    };
+
+    // A token is the user name; no key is needed. It lasts an hour by default.
+    let made = make(None).await;
+    let token = made["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("wsa_"), "{made}");
+    assert_eq!(
+        made["ssh_command"],
+        format!("ssh -p {port} {token}@127.0.0.1"),
+        "{made}"
+    );
+    let created = time::OffsetDateTime::parse(
+        made["info"]["created_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let expires = time::OffsetDateTime::parse(
+        made["info"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!((expires - created).whole_minutes(), 60, "{made}");
+    let o = ssh_token(port, &token, "hostname; echo via-token").await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).ends_with("via-token\n"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Its use is recorded; the secret is never shown again.
+    let (_, list) = s.get(&alice, "/api/v1/workspaces/dev/ssh-access").await;
+    assert!(list[0]["last_used_at"].is_string(), "{list}");
+    assert!(!list.to_string().contains(&token), "{list}");
+
+    // Unknown tokens, and a token made for `dev` used with another workspace's name, fail.
+    for user in ["wsa_0123456789abcdefghijklmnopqrstuv", "other", "dev"] {
+        let o = ssh_token(port, user, "echo in").await;
+        assert_eq!(o.status.code(), Some(255), "{user}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+    }
+    // Bob cannot make one for alice's workspace; bad lifetimes are refused with a reason.
+    let (st, v) = s
+        .post(&bob, "/api/v1/workspaces/dev.alice/ssh-access", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    for (lifetime, want) in [("48h", "longer than"), ("soon", "lifetime `soon`")] {
+        let (st, v) = s
+            .post(
+                &alice,
+                "/api/v1/workspaces/dev/ssh-access",
+                json!({ "lifetime": lifetime }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{v}");
+    }
+    let (st, v) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces/dev/ssh-access",
+            json!({"ttl": "1h"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
+    // Expired: refused.
+    let short = make(Some("1s")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let o = ssh_token(port, short["token"].as_str().unwrap(), "echo in").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+
+    // A token only execs: it does not start a stopped workspace.
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/dev/stop", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    let o = ssh_token(port, &token, "echo in").await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("not running"),
+        "{}",
+        text(&o.stderr)
+    );
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/dev/start", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+
+    // Revoked: refused at once.
+    let id = made["info"]["id"].as_str().unwrap();
+    let (st, v) = s
+        .call(
+            Some(&alice),
+            Method::DELETE,
+            &format!("/api/v1/workspaces/dev/ssh-access/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["revoked_at"].is_string(), "{v}");
+    let o = ssh_token(port, &token, "echo in").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+    // A suspended user's tokens stop working.
+    let fresh = make(None).await;
+    let (st, _) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/alice",
+            Some(json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let o = ssh_token(port, fresh["token"].as_str().unwrap(), "echo in").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+}
