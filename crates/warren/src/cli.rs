@@ -128,6 +128,9 @@ pub(crate) enum Cmd {
     /// Manage your SSH public keys on the server (for SSH access to workspaces).
     #[command(subcommand, name = "ssh-key")]
     SshKey(SshKeyCmd),
+    /// Short-lived SSH access tokens: `ssh TOKEN@HOST` into one workspace with no key.
+    #[command(subcommand, name = "ssh-access")]
+    SshAccess(SshAccessCmd),
     /// Manage users on the server (admins).
     #[command(subcommand)]
     User(UserCmd),
@@ -404,6 +407,31 @@ pub(crate) enum TokenCmd {
     /// Revoke a token.
     Revoke {
         /// Token id (`warren token list`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SshAccessCmd {
+    /// Make a token for a workspace (printed once, with the command that uses it).
+    Create {
+        /// The workspace.
+        workspace: String,
+        /// How long it works (`30m`, `2h`; default 60m, at most 24h).
+        #[arg(long)]
+        lifetime: Option<String>,
+    },
+    /// List a workspace's tokens (not their secrets).
+    #[command(alias = "ls")]
+    List {
+        /// The workspace.
+        workspace: String,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// The workspace.
+        workspace: String,
+        /// Token id (`warren ssh-access list WS`).
         id: String,
     },
 }
@@ -715,6 +743,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Template(_) => "template",
         Cmd::Token(_) => "token",
         Cmd::SshKey(_) => "ssh-key",
+        Cmd::SshAccess(_) => "ssh-access",
         Cmd::Ssh(_) => "ssh",
         Cmd::ConfigSsh(_) => "config-ssh",
         Cmd::User(_) => "user",
