@@ -150,6 +150,9 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             activity: None,
             channels: HashMap::new(),
             forwards: Arc::default(),
+            since: None,
+            opened: (0, 0),
+            client: None,
         };
         let config = config.clone();
         tokio::spawn(async move {
@@ -249,6 +252,49 @@ struct Conn {
     channels: HashMap<ChannelId, Chan>,
     /// Port forwards open now.
     forwards: Arc<std::sync::atomic::AtomicUsize>,
+    /// When authentication succeeded, for the session's audit record.
+    since: Option<(std::time::Instant, String)>,
+    /// Channels and forwards opened, and the client's version, for the same.
+    opened: (u32, u32),
+    client: Option<String>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // One record per connection when it ends: who, from where, with what, for how long.
+        let (Some(who), Some((t0, at))) = (&self.who, &self.since) else {
+            return;
+        };
+        let record = NewAuditRecord {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            actor_user_id: Some(who.user.id.clone()),
+            actor_username: Some(who.user.username.clone()),
+            actor_token_id: None,
+            source_ip: Some(self.peer.ip().to_string()),
+            user_agent: self.client.clone(),
+            action: "workspace.ssh_session".into(),
+            target_type: "workspace".into(),
+            target_id: Some(who.ws.id.clone()),
+            target_name: Some(who.ws.name.to_string()),
+            outcome: AuditOutcome::Success,
+            status: 200,
+            diff_json: None,
+            details_json: Some(
+                serde_json::json!({
+                    "connected_at": at,
+                    "duration_ms": t0.elapsed().as_millis() as u64,
+                    "channels": self.opened.0,
+                    "forwards": self.opened.1,
+                    "auth": if who.principal.workspaces.is_some() { "token" } else { "key" },
+                })
+                .to_string(),
+            ),
+        };
+        let state = self.state.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { crate::audit::record(&state, record).await });
+        }
+    }
 }
 
 /// Authenticates a public key and authorizes its user for the workspace named by the SSH user
@@ -827,6 +873,7 @@ async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
 
 impl Conn {
     fn accepted(&mut self, who: Who) -> Auth {
+        self.since = Some((std::time::Instant::now(), warren_store::now()));
         self.activity = Some(
             self.state
                 .activity
@@ -893,6 +940,7 @@ impl russh::server::Handler for Conn {
             tokio::spawn(reply.reject(russh::ChannelOpenFailure::ResourceShortage));
             return Ok(());
         }
+        self.opened.1 += 1;
         let forward = Forward {
             state: self.state.clone(),
             ws_id: who.ws.id.clone(),
@@ -910,13 +958,16 @@ impl russh::server::Handler for Conn {
         &mut self,
         channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.who.is_none() || self.channels.len() >= MAX_CHANNELS {
             // Dropping the handle rejects the channel.
             return Ok(());
         }
         self.channels.insert(channel.id(), Chan::default());
+        self.opened.0 += 1;
+        self.client
+            .get_or_insert_with(|| String::from_utf8_lossy(session.remote_sshid()).into_owned());
         reply.accept().await;
         Ok(())
     }

@@ -361,6 +361,26 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
             .unwrap(),
         "{activity}"
     );
+    // Each connection leaves one record when it ends: who, from where, how long, what it opened.
+    let mut sessions = json!(null);
+    for _ in 0..100 {
+        let (st, a) = s
+            .get(&s.admin, "/api/v1/audit?action=workspace.ssh_session")
+            .await;
+        assert_eq!(st, StatusCode::OK, "{a}");
+        sessions = a;
+        if sessions.to_string().contains("duration_ms") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text_of = sessions.to_string();
+    assert!(text_of.contains("duration_ms"), "{sessions}");
+    assert!(text_of.contains("\\\"auth\\\":\\\"key\\\""), "{sessions}");
+    assert!(
+        text_of.contains("127.0.0.1") && text_of.contains("OpenSSH"),
+        "{sessions}"
+    );
     // The key's last use is recorded.
     let (_, mine) = s.get(&alice, "/api/v1/me/ssh-keys").await;
     assert!(mine[0]["last_used_at"].is_string(), "{mine}");
