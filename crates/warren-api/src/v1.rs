@@ -377,6 +377,20 @@ pub struct ExecRequest {
     /// Allocate a PTY of (rows, cols) — WebSocket exec only.
     #[serde(default)]
     pub tty: Option<(u16, u16)>,
+    /// Run the user's login shell (from the workspace's `/etc/passwd`, as `SHELL -l`) instead of
+    /// `command`, which is the fallback when the user has no usable shell.
+    #[serde(default)]
+    pub login_shell: bool,
+}
+
+/// What an interactive shell runs when the user has no usable login shell in the workspace's
+/// `/etc/passwd` (`ExecRequest::login_shell`): bash if the image has it, else sh, as login shells.
+pub fn shell_fallback() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi".into(),
+    ]
 }
 
 /// One line of the exec output stream (`application/x-ndjson`).

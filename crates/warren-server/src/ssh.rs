@@ -497,6 +497,17 @@ impl Conn {
             stdin: None,
             timeout: None,
             tty: chan.pty.as_ref().map(|(_, r, c)| (*r, *c)),
+            login_shell: false,
+        };
+        let req = if req.command.is_empty() {
+            // A shell: the user's login shell, else bash or sh as `warren shell` picks.
+            ExecRequest {
+                command: warren_api::v1::shell_fallback(),
+                login_shell: true,
+                ..req
+            }
+        } else {
+            req
         };
         let (in_tx, in_rx) = mpsc::unbounded_channel::<StdinMsg>();
         chan.stdin = Some(in_tx);
@@ -1027,8 +1038,7 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.run(channel, vec!["/bin/sh".into(), "-l".into()], session)
-            .await
+        self.run(channel, Vec::new(), session).await
     }
 
     async fn exec_request(

@@ -886,6 +886,7 @@ async fn embedded(
                 user: a.user,
                 tty: a.tty.then_some((24, 80)),
                 detach: false,
+                login_shell: false,
             };
             for e in &p.env {
                 if !e.contains('=') {
@@ -899,7 +900,8 @@ async fn embedded(
         }
         Cmd::Shell { workspace, user } => {
             let p = ExecProcess {
-                argv: shell_argv(),
+                argv: warren_api::v1::shell_fallback(),
+                login_shell: true,
                 user,
                 tty: Some((24, 80)),
                 ..Default::default()
@@ -985,15 +987,6 @@ async fn embedded(
         // Dispatched before the engine is opened, or refused without a server.
         _ => Ok(0),
     }
-}
-
-/// The command `warren shell` runs: bash if the image has it, else sh, as a login shell.
-pub(crate) fn shell_argv() -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi".into(),
-    ]
 }
 
 async fn image(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<u8> {

@@ -33,7 +33,8 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Exec(a) => exec(remote, a).await,
         Cmd::Shell { workspace, user } => {
             let req = ExecRequest {
-                command: crate::cli::shell_argv(),
+                command: warren_api::v1::shell_fallback(),
+                login_shell: true,
                 user,
                 tty: Some((24, 80)),
                 ..Default::default()
