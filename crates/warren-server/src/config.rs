@@ -37,6 +37,8 @@ pub struct ConfigLayer {
     pub allow_privileges: Option<bool>,
     /// Address of the SSH gateway (`127.0.0.1:2222`), or `off`.
     pub ssh_listen: Option<String>,
+    /// How long an SSH connection may take to authenticate (`60s`).
+    pub ssh_login_grace: Option<String>,
 }
 
 /// Resolved configuration.
@@ -64,6 +66,8 @@ pub struct ServerConfig {
     pub allow_privileges: bool,
     /// SSH gateway address; `None` when it is off.
     pub ssh_listen: Option<SocketAddr>,
+    /// Time an SSH connection has to authenticate before it is dropped.
+    pub ssh_login_grace: Duration,
 }
 
 /// Default listen address.
@@ -101,6 +105,7 @@ impl ConfigLayer {
             reconcile_interval: self.reconcile_interval.or(lower.reconcile_interval),
             allow_privileges: self.allow_privileges.or(lower.allow_privileges),
             ssh_listen: self.ssh_listen.or(lower.ssh_listen),
+            ssh_login_grace: self.ssh_login_grace.or(lower.ssh_login_grace),
         }
     }
 }
@@ -162,6 +167,7 @@ impl ServerConfig {
             reconcile_interval: dur(&given.reconcile_interval, "reconcile_interval", "30s")?,
             allow_privileges: given.allow_privileges.unwrap_or(false),
             ssh_listen,
+            ssh_login_grace: dur(&given.ssh_login_grace, "ssh_login_grace", "60s")?,
         })
     }
 }

@@ -143,7 +143,13 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             }
         };
         let _ = stream.set_nodelay(true);
+        let killer = std::os::fd::AsFd::as_fd(&stream)
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from);
+        let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = Conn {
+            authenticated: authenticated.clone(),
             state: state.clone(),
             peer,
             who: None,
@@ -155,12 +161,39 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             client: None,
         };
         let config = config.clone();
+        let grace = state.cfg.ssh_login_grace;
         tokio::spawn(async move {
-            match russh::server::run_stream(config, stream, handler).await {
-                Ok(session) => {
-                    let _ = session.await;
+            // A connection that has not authenticated within the grace period is dropped (as
+            // OpenSSH's LoginGraceTime), so half-open or dribbling clients cannot pile up.
+            let deadline = tokio::time::Instant::now() + grace;
+            let running = match tokio::time::timeout_at(
+                deadline,
+                russh::server::run_stream(config, stream, handler),
+            )
+            .await
+            {
+                Ok(Ok(running)) => running,
+                Ok(Err(e)) => return tracing_log(&format!("SSH {peer}: {e}")),
+                Err(_) => {
+                    return tracing_log(&format!("SSH {peer}: no SSH banner within {grace:?}"))
                 }
-                Err(e) => tracing_log(&format!("SSH {peer}: {e}")),
+            };
+            let unauthenticated = async {
+                tokio::time::sleep_until(deadline).await;
+                if authenticated.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = running => {}
+                () = unauthenticated => {
+                    tracing_log(&format!("SSH {peer}: not authenticated within {grace:?}; dropped"));
+                    // The session may be waiting for a packet that never completes: shutting the
+                    // socket down ends its reads and writes, and with them the session.
+                    if let Some(k) = killer {
+                        let _ = k.shutdown(std::net::Shutdown::Both);
+                    }
+                }
             }
         });
     }
@@ -244,6 +277,8 @@ impl Drop for Chan {
 
 /// One SSH connection.
 struct Conn {
+    /// Set once a user authenticated (the login grace timer then stands down).
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
     state: AppState,
     peer: SocketAddr,
     who: Option<Who>,
@@ -885,6 +920,8 @@ async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
 impl Conn {
     fn accepted(&mut self, who: Who) -> Auth {
         self.since = Some((std::time::Instant::now(), warren_store::now()));
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.activity = Some(
             self.state
                 .activity

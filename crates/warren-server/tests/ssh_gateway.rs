@@ -528,6 +528,24 @@ async fn the_host_key_survives_a_restart() {
 /// A client that trusts any host key (the tests check the key with `ssh-keyscan`).
 struct TrustingClient;
 
+/// A russh client connection authenticated with `key` as `user`.
+async fn russh_session(port: u16, key: &Path, user: &str) -> russh::client::Handle<TrustingClient> {
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
+        .await
+        .unwrap();
+    let secret = russh::keys::load_secret_key(key, None).unwrap();
+    let auth = session
+        .authenticate_publickey(
+            user,
+            russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(secret), None),
+        )
+        .await
+        .unwrap();
+    assert!(auth.success());
+    session
+}
+
 impl russh::client::Handler for TrustingClient {
     type Error = russh::Error;
 
@@ -544,7 +562,6 @@ impl russh::client::Handler for TrustingClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn window_changes_and_signals_reach_the_process() {
     use russh::ChannelMsg;
-    use std::sync::Arc;
     use std::time::Duration;
 
     let s = TestServer::start().await;
@@ -557,19 +574,7 @@ async fn window_changes_and_signals_reach_the_process() {
     create(&s, &dana, "term").await;
     let port = s.ssh_port().await;
 
-    let config = Arc::new(russh::client::Config::default());
-    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
-        .await
-        .unwrap();
-    let secret = russh::keys::load_secret_key(&key, None).unwrap();
-    let auth = session
-        .authenticate_publickey(
-            "term",
-            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(secret), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let session = russh_session(port, &key, "term").await;
     let mut ch = session.channel_open_session().await.unwrap();
     ch.request_pty(true, "xterm-256color", 100, 30, 0, 0, &[])
         .await
@@ -644,19 +649,7 @@ async fn window_changes_and_signals_reach_the_process() {
     assert_eq!(left, "0", "the abandoned shell is gone");
 
     // A user suspended while connected runs nothing more on that connection.
-    let config = Arc::new(russh::client::Config::default());
-    let mut session = russh::client::connect(config, ("127.0.0.1", port), TrustingClient)
-        .await
-        .unwrap();
-    let secret = russh::keys::load_secret_key(&key, None).unwrap();
-    let auth = session
-        .authenticate_publickey(
-            "term",
-            russh::keys::PrivateKeyWithHashAlg::new(Arc::new(secret), None),
-        )
-        .await
-        .unwrap();
-    assert!(auth.success());
+    let session = russh_session(port, &key, "term").await;
     let (st, _) = s
         .call(
             Some(&s.admin),
@@ -1081,4 +1074,156 @@ async fn ssh_access_tokens_reach_one_workspace_until_they_expire_or_are_revoked(
     assert_eq!(st, StatusCode::OK);
     let o = ssh_token(port, fresh["token"].as_str().unwrap(), "echo in").await;
     assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+}
+
+/// Waits for three more `tick` lines from the bystander.
+async fn three_ticks(watch: &mut russh::Channel<russh::client::Msg>) {
+    let mut n = 0;
+    while n < 3 {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), watch.wait()).await {
+            Ok(Some(russh::ChannelMsg::Data { data })) => {
+                n += String::from_utf8_lossy(&data).matches("tick").count()
+            }
+            Ok(Some(_)) => {}
+            other => panic!("the bystander stopped: {other:?}"),
+        }
+    }
+}
+
+/// Whether the next reply on `ch` to a request sent with want_reply is a success.
+async fn replied_ok(ch: &mut russh::Channel<russh::client::Msg>) -> bool {
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(20), ch.wait()).await {
+            Ok(Some(russh::ChannelMsg::Success)) => return true,
+            Ok(Some(russh::ChannelMsg::Failure)) => return false,
+            Ok(Some(_)) => continue,
+            other => panic!("no reply: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_and_garbage_are_refused_without_disturbing_other_sessions() {
+    use russh::ChannelMsg;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // Connections that never authenticate are dropped after the login grace period.
+    let s = TestServer::start_with(warren_server::config::ConfigLayer {
+        ssh_login_grace: Some("2s".into()),
+        ..Default::default()
+    })
+    .await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let eve = s.user_token("eve", "member", None).await;
+    let key = keygen(keys.path(), "eve");
+    register(&s, &eve, &key).await;
+    create(&s, &eve, "box").await;
+    let port = s.ssh_port().await;
+
+    // A bystander session printing a counter the whole time.
+    let bystander = russh_session(port, &key, "box").await;
+    let mut watch = bystander.channel_open_session().await.unwrap();
+    watch
+        .exec(
+            true,
+            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done",
+        )
+        .await
+        .unwrap();
+    three_ticks(&mut watch).await;
+
+    let attacker = russh_session(port, &key, "box").await;
+    let mut ch = attacker.channel_open_session().await.unwrap();
+    // Unknown subsystems, outsized windows, non-allowlisted or huge environment values.
+    ch.request_subsystem(true, "nonsense").await.unwrap();
+    assert!(!replied_ok(&mut ch).await);
+    ch.set_env(true, "LD_PRELOAD", "/tmp/x.so").await.unwrap();
+    assert!(!replied_ok(&mut ch).await);
+    ch.set_env(true, "LANG", "x".repeat(100_000)).await.unwrap();
+    assert!(!replied_ok(&mut ch).await);
+    ch.request_pty(true, &"x".repeat(1000), 80, 24, 0, 0, &[])
+        .await
+        .unwrap();
+    assert!(!replied_ok(&mut ch).await);
+    // A window beyond what a terminal can be gets the default size rather than an error.
+    ch.request_pty(true, "xterm", u32::MAX, u32::MAX, u32::MAX, u32::MAX, &[])
+        .await
+        .unwrap();
+    assert!(replied_ok(&mut ch).await);
+    ch.exec(true, "stty size; sleep 30").await.unwrap();
+    let mut out = String::new();
+    while !out.contains("24 80") {
+        match tokio::time::timeout(Duration::from_secs(20), ch.wait()).await {
+            Ok(Some(ChannelMsg::Data { data })) => out.push_str(&String::from_utf8_lossy(&data)),
+            Ok(Some(_)) => {}
+            other => panic!("{other:?}: {out}"),
+        }
+    }
+    ch.window_change(u32::MAX, u32::MAX, 0, 0).await.unwrap();
+    ch.window_change(0, 0, 0, 0).await.unwrap();
+    // A second exec on a channel that runs one already is refused.
+    ch.exec(true, "echo twice").await.unwrap();
+    assert!(!replied_ok(&mut ch).await);
+    // Forwards anywhere but the workspace's loopback are refused.
+    for (host, p) in [
+        ("10.0.0.1", 80u32),
+        ("169.254.169.254", 80),
+        ("example.com", 443),
+        ("localhost", 0),
+        ("localhost", 70_000),
+    ] {
+        assert!(
+            attacker
+                .channel_open_direct_tcpip(host, p, "127.0.0.1", 4000)
+                .await
+                .is_err(),
+            "{host}:{p}"
+        );
+    }
+    three_ticks(&mut watch).await;
+
+    // Garbage instead of the protocol, or a packet that never completes: the gateway drops those
+    // connections (at once, or at the end of the login grace), and only those. The authenticated
+    // sessions outlive the grace period.
+    for junk in [
+        b"SSH-2.0-x\r\n\x00\x00\xff\xff\xff\xffgarbage garbage garbage".to_vec(),
+        vec![b'A'; 300_000],
+        b"SSH-2.0-x\r\n"
+            .iter()
+            .copied()
+            .chain((0..64_000u32).map(|i| (i * 7 % 256) as u8))
+            .collect(),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let _ = tcp.write_all(&junk).await;
+        let mut buf = vec![0u8; 65536];
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the gateway kept a garbage connection open");
+    }
+    three_ticks(&mut watch).await;
+    // The attacker's own good channel still works.
+    let mut again = attacker.channel_open_session().await.unwrap();
+    again.exec(true, "echo still-here").await.unwrap();
+    let mut out = String::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(20), again.wait()).await {
+        match msg {
+            ChannelMsg::Data { data } => out.push_str(&String::from_utf8_lossy(&data)),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    assert!(out.contains("still-here"), "{out}");
 }

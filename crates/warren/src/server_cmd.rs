@@ -50,6 +50,9 @@ pub struct ServerArgs {
     /// SSH gateway address, IP:PORT, or `off` [default: 127.0.0.1:2222].
     #[arg(long, env = "WARREN_SSH_LISTEN", global = true)]
     ssh_listen: Option<String>,
+    /// How long an SSH connection may take to authenticate [default: 60s].
+    #[arg(long, env = "WARREN_SSH_LOGIN_GRACE", global = true)]
+    ssh_login_grace: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +91,7 @@ pub async fn run(
         reconcile_interval: a.reconcile_interval,
         allow_privileges: a.allow_privileges,
         ssh_listen: a.ssh_listen,
+        ssh_login_grace: a.ssh_login_grace,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)
