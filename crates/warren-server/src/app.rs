@@ -46,6 +46,8 @@ pub struct AppState {
     pub ssh_addr: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
     /// Workspace activity (sessions, execs, port traffic) for idle policies.
     pub activity: Arc<crate::activity::Activity>,
+    /// Web terminal sessions (`GET /workspaces/{ws}/terminal`).
+    pub terminals: Arc<crate::routes::workspaces::terminal::Terminals>,
 }
 
 impl AppState {

@@ -1,4 +1,6 @@
-//! Authentication: API tokens (`wrn_<id>_<secret>`) presented as `Authorization: Bearer`.
+//! Authentication: API tokens (`wrn_<id>_<secret>`) presented as `Authorization: Bearer`, or,
+//! on a WebSocket upgrade (browsers cannot set that header), as a `warren.bearer.<token>` entry of
+//! `Sec-WebSocket-Protocol`.
 //!
 //! The secret is 32 random bytes; only its SHA-256 is stored, and it is compared in constant
 //! time. A token works only while it is unexpired, unrevoked and its user is not suspended.
@@ -233,13 +235,38 @@ pub async fn authenticate(state: &AppState, raw: &str) -> Result<Caller, ApiErro
     })
 }
 
-/// The bearer token of a request, if any.
+/// The `Sec-WebSocket-Protocol` entry that carries a token (`warren.bearer.<token>`), for
+/// browsers: their WebSocket API cannot set `Authorization`, and a token in the URL would end up
+/// in logs and history. The client offers it beside the route's real subprotocol, which is the
+/// one the server selects, so the token is never echoed back.
+pub const WS_BEARER_PROTOCOL_PREFIX: &str = "warren.bearer.";
+
+/// The bearer token of a request, if any: `Authorization: Bearer`, or, on a WebSocket upgrade
+/// without that header, a [`WS_BEARER_PROTOCOL_PREFIX`] subprotocol entry.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let h = parts.headers.get(axum::http::header::AUTHORIZATION)?;
+    let Some(h) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+        return websocket_bearer(parts);
+    };
     let s = h.to_str().ok()?;
     s.strip_prefix("Bearer ")
         .or_else(|| s.strip_prefix("bearer "))
         .map(str::trim)
+}
+
+/// The token offered as a `warren.bearer.<token>` subprotocol of a WebSocket upgrade.
+fn websocket_bearer(parts: &Parts) -> Option<&str> {
+    use axum::http::header::{SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+    let upgrade = parts.headers.get(UPGRADE)?.to_str().ok()?;
+    if parts.method != axum::http::Method::GET || !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    parts
+        .headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER_PROTOCOL_PREFIX))
 }
 
 impl FromRequestParts<AppState> for Caller {

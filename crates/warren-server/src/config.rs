@@ -39,6 +39,8 @@ pub struct ConfigLayer {
     pub ssh_listen: Option<String>,
     /// How long an SSH connection may take to authenticate (`60s`).
     pub ssh_login_grace: Option<String>,
+    /// How long a web terminal's process waits for its client to reconnect (`5m`).
+    pub terminal_grace: Option<String>,
 }
 
 /// Resolved configuration.
@@ -68,6 +70,8 @@ pub struct ServerConfig {
     pub ssh_listen: Option<SocketAddr>,
     /// Time an SSH connection has to authenticate before it is dropped.
     pub ssh_login_grace: Duration,
+    /// How long a web terminal with no client keeps its process for a reconnect.
+    pub terminal_grace: Duration,
 }
 
 /// Default listen address.
@@ -106,6 +110,7 @@ impl ConfigLayer {
             allow_privileges: self.allow_privileges.or(lower.allow_privileges),
             ssh_listen: self.ssh_listen.or(lower.ssh_listen),
             ssh_login_grace: self.ssh_login_grace.or(lower.ssh_login_grace),
+            terminal_grace: self.terminal_grace.or(lower.terminal_grace),
         }
     }
 }
@@ -168,6 +173,7 @@ impl ServerConfig {
             allow_privileges: given.allow_privileges.unwrap_or(false),
             ssh_listen,
             ssh_login_grace: dur(&given.ssh_login_grace, "ssh_login_grace", "60s")?,
+            terminal_grace: dur(&given.terminal_grace, "terminal_grace", "5m")?,
         })
     }
 }
@@ -239,6 +245,12 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("longer than"), "{e}");
+        let e = ServerConfig::resolve(ConfigLayer {
+            terminal_grace: Some("soon".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("terminal_grace"), "{e}");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Starting, serving and stopping the server.
 //!
 //! Graceful shutdown (SIGTERM or SIGINT): `/readyz` turns 503, the listener closes, in-flight
-//! requests and running jobs get a grace period, and the process exits. Workspaces keep running:
-//! their supervisors are separate processes, and the next start reconciles.
+//! requests and running jobs get a grace period, web terminals are hung up (their PTYs belong to
+//! this process), and the process exits. Workspaces keep running: their supervisors are separate
+//! processes, and the next start reconciles.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -65,6 +66,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         token_uses: Default::default(),
         ssh_addr: Default::default(),
         activity: Default::default(),
+        terminals: Default::default(),
     })
 }
 
@@ -226,6 +228,8 @@ pub async fn serve(
     state.shutdown.store(true, Ordering::Relaxed);
     drop(listener);
     tracing_log("shutting down: waiting for requests and jobs (workspaces keep running)");
+    // Web terminals' PTYs are this process's: their processes are hung up, not left behind.
+    state.terminals.shutdown(Duration::from_secs(10)).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     state.jobs.drain(Duration::from_secs(20)).await;
     background.abort();

@@ -53,6 +53,9 @@ pub struct ServerArgs {
     /// How long an SSH connection may take to authenticate [default: 60s].
     #[arg(long, env = "WARREN_SSH_LOGIN_GRACE", global = true)]
     ssh_login_grace: Option<String>,
+    /// How long a web terminal's process waits for its client to reconnect [default: 5m].
+    #[arg(long, env = "WARREN_TERMINAL_GRACE", global = true)]
+    terminal_grace: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +95,7 @@ pub async fn run(
         allow_privileges: a.allow_privileges,
         ssh_listen: a.ssh_listen,
         ssh_login_grace: a.ssh_login_grace,
+        terminal_grace: a.terminal_grace,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

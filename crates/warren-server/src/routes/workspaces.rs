@@ -33,6 +33,7 @@ use crate::routes::find_workspace;
 pub mod exec;
 pub mod ssh_access;
 pub mod ssh_tunnel;
+pub mod terminal;
 
 /// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -52,6 +53,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(exec::router())
         .merge(ssh_tunnel::router())
         .merge(ssh_access::router())
+        .merge(terminal::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
