@@ -220,6 +220,7 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/workspaces/{ws}/ssh-access", "", Rule::Ws(WorkspaceExec)),
         c("POST", "/api/v1/workspaces/{ws}/ssh-access", "", Rule::Ws(WorkspaceExec)),
         c("DELETE", "/api/v1/workspaces/{ws}/ssh-access/{id}", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/terminal", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/logs", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/activity", "", Rule::Ws(WorkspaceRead)),
         c("POST", "/api/v1/workspaces/{ws}/restart", "", Rule::Ws(WorkspaceWrite)),
@@ -277,7 +278,7 @@ struct Req {
     method: Method,
     path: String,
     body: Body,
-    /// A WebSocket upgrade (GET .../exec/ws, .../ssh).
+    /// A WebSocket upgrade (GET .../exec/ws, .../ssh, .../terminal).
     websocket: bool,
 }
 
@@ -773,8 +774,14 @@ impl<'a> Fx<'a> {
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     _ => Body::None,
                 };
-                let mut req = Req::new(m, p.replace("{ws}", &ws), body);
-                req.websocket = p.ends_with("/exec/ws") || p.ends_with("/ssh");
+                let query = if p.ends_with("/terminal") {
+                    "?session=matrix"
+                } else {
+                    ""
+                };
+                let mut req = Req::new(m, format!("{}{query}", p.replace("{ws}", &ws)), body);
+                req.websocket =
+                    p.ends_with("/exec/ws") || p.ends_with("/ssh") || p.ends_with("/terminal");
                 req
             }
             _ => panic!("no request builder for {m} {path} ({})", case.variant),

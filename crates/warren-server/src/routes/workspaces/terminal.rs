@@ -590,12 +590,14 @@ async fn run_session(
         while out.recv().await.is_some() {}
         std::future::pending::<()>().await
     };
-    tokio::select! {
-        _ = tokio::time::timeout(kill_after, &mut started.exit) => {}
-        () = discard => {}
+    let gone = tokio::select! {
+        r = tokio::time::timeout(kill_after, &mut started.exit) => r.is_ok(),
+        () = discard => false,
+    };
+    if !gone {
+        let _ = started.signaller.signal(9);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut started.exit).await;
     }
-    let _ = started.signaller.signal(9);
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut started.exit).await;
 }
 
 async fn reserve_owned(
@@ -759,12 +761,17 @@ async fn relay(
             return;
         }
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut out_open = true;
         loop {
             let msg = tokio::select! {
                 biased;
-                b = out_rx.recv() => match b {
+                b = out_rx.recv(), if out_open => match b {
                     Some(b) => Message::Binary(b.into()),
-                    None => break,
+                    // The end follows.
+                    None => {
+                        out_open = false;
+                        continue;
+                    }
                 },
                 end = &mut end_rx => {
                     let last = match end {
