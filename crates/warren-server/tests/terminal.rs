@@ -117,7 +117,11 @@ impl Term {
         let (sock, proto) = upgrade(s, ws, Auth::Header(token), query)
             .await
             .unwrap_or_else(|e| panic!("{query}: {e:?}"));
-        assert_eq!(proto.as_deref(), None, "no subprotocol offered, none chosen");
+        assert_eq!(
+            proto.as_deref(),
+            None,
+            "no subprotocol offered, none chosen"
+        );
         Term::attached(sock).await
     }
 
@@ -201,7 +205,10 @@ impl Term {
     }
 
     async fn send_text(&mut self, t: &str) {
-        self.ws.send(Message::Text(t.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(t.to_string().into()))
+            .await
+            .unwrap();
     }
 
     /// Runs `cmd` and returns what it printed: the output between two markers that only the
@@ -248,7 +255,8 @@ async fn a_terminal_resizes_reconnects_to_the_same_shell_and_reports_its_exit() 
     assert!(r.starts_with("xterm-256color\r\n/dev/pts/"), "{r:?}");
 
     // Resize takes effect.
-    t.send_text(r#"{"type":"resize","rows":50,"cols":132}"#).await;
+    t.send_text(r#"{"type":"resize","rows":50,"cols":132}"#)
+        .await;
     assert_eq!(t.run("stty size").await, "50 132");
 
     // Shell state set, then a command whose output comes after the client is gone.
@@ -393,10 +401,30 @@ async fn terminals_authenticate_like_the_api_and_refuse_bad_input() {
             "invalid_request",
         ),
         (Auth::Header(&alice), "", 400, "invalid_request"),
-        (Auth::Header(&alice), "session=a%2Fb", 400, "invalid_request"),
-        (Auth::Header(&alice), "session=x&rows=0", 400, "invalid_request"),
-        (Auth::Header(&alice), "session=x&cols=70000", 400, "invalid_request"),
-        (Auth::Header(&alice), "session=x&rows=tall", 400, "invalid_request"),
+        (
+            Auth::Header(&alice),
+            "session=a%2Fb",
+            400,
+            "invalid_request",
+        ),
+        (
+            Auth::Header(&alice),
+            "session=x&rows=0",
+            400,
+            "invalid_request",
+        ),
+        (
+            Auth::Header(&alice),
+            "session=x&cols=70000",
+            400,
+            "invalid_request",
+        ),
+        (
+            Auth::Header(&alice),
+            "session=x&rows=tall",
+            400,
+            "invalid_request",
+        ),
         (
             Auth::Header(&alice),
             &format!("session=x&token={alice}"),
@@ -408,7 +436,11 @@ async fn terminals_authenticate_like_the_api_and_refuse_bad_input() {
     ];
     for (auth, query, status, code) in refusals {
         let (st, body) = upgrade(&s, "dev", auth, query).await.err().unwrap();
-        assert_eq!((st, body["code"].as_str()), (status, Some(code)), "{query}: {body}");
+        assert_eq!(
+            (st, body["code"].as_str()),
+            (status, Some(code)),
+            "{query}: {body}"
+        );
         assert!(body["message"].is_string(), "{body}");
     }
     let (st, _) = upgrade(&s, "dev.alice", Auth::Header(&bob), "session=browser")
@@ -418,12 +450,28 @@ async fn terminals_authenticate_like_the_api_and_refuse_bad_input() {
     assert_eq!(st, 404);
     let r = s
         .http
-        .get(format!("{}/api/v1/workspaces/dev/terminal?session=x", s.url))
+        .get(format!(
+            "{}/api/v1/workspaces/dev/terminal?session=x",
+            s.url
+        ))
         .bearer_auth(&alice)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::BAD_REQUEST, "not a WebSocket upgrade");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_REQUEST,
+        "not a WebSocket upgrade"
+    );
+    // The subprotocol carries a token only on a WebSocket upgrade, never on plain requests.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/workspaces", s.url))
+        .header("sec-websocket-protocol", format!("warren.bearer.{alice}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // The admin may open terminals in alice's workspace, but the same session id is the
     // admin's own session: alice's shell stays hers.
@@ -438,19 +486,28 @@ async fn terminals_authenticate_like_the_api_and_refuse_bad_input() {
     for (msg, needle) in [
         (r#"{"type":"bogus"}"#.to_string(), "unknown variant"),
         ("not json".to_string(), "invalid control message"),
-        (r#"{"type":"resize","rows":0,"cols":80}"#.to_string(), "rows and cols"),
+        (
+            r#"{"type":"resize","rows":0,"cols":80}"#.to_string(),
+            "rows and cols",
+        ),
         (
             r#"{"type":"resize","rows":99999999999,"cols":80}"#.to_string(),
             "invalid control message",
         ),
-        (format!(r#"{{"type":"resize","pad":"{}"}}"#, "x".repeat(8192)), "at most 4096"),
+        (
+            format!(r#"{{"type":"resize","pad":"{}"}}"#, "x".repeat(8192)),
+            "at most 4096",
+        ),
     ] {
         bad.send_text(&msg).await;
         let e = bad.control().await;
         assert_eq!(e["type"], "error", "{e}");
         assert_eq!(e["code"], "invalid_request", "{e}");
         assert_eq!(e["fatal"], false, "{e}");
-        assert!(e["message"].as_str().unwrap().contains(needle), "{msg:.60}: {e}");
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{msg:.60}: {e}"
+        );
         assert!(e["hint"].is_string(), "{e}");
     }
     assert_eq!(bad.run("stty size").await, "24 80");
@@ -513,7 +570,9 @@ async fn an_abandoned_terminal_is_hung_up_after_the_grace_period_and_at_shutdown
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let r = w
-            .run(&format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone"))
+            .run(&format!(
+                "kill -0 {pid} 2>/dev/null && echo alive || echo gone"
+            ))
             .await;
         if r == "gone" {
             break;
@@ -548,8 +607,10 @@ async fn an_abandoned_terminal_is_hung_up_after_the_grace_period_and_at_shutdown
     assert!(n.new);
     for pid in [p1, p2] {
         assert_eq!(
-            n.run(&format!("kill -0 {pid} 2>/dev/null && echo alive || echo gone"))
-                .await,
+            n.run(&format!(
+                "kill -0 {pid} 2>/dev/null && echo alive || echo gone"
+            ))
+            .await,
             "gone",
             "{pid}"
         );

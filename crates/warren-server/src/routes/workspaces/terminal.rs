@@ -760,7 +760,8 @@ async fn relay(
         if !send(&mut sink, hello).await {
             return;
         }
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         let mut out_open = true;
         loop {
             let msg = tokio::select! {
