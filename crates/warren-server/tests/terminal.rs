@@ -292,6 +292,11 @@ async fn a_terminal_resizes_reconnects_to_the_same_shell_and_reports_its_exit() 
     assert_eq!(m, json!({"type": "taken_over"}));
     assert_eq!(t.closed().await, 4001);
     assert_eq!(t2.run("echo $FOO").await, "kept-42");
+    assert_eq!(
+        t2.run("stty size").await,
+        "30 100",
+        "an attach without a size keeps the terminal's"
+    );
 
     // The terminals are open pty sessions on the workspace.
     let (st, act) = s.get(&alice, "/api/v1/workspaces/dev/activity").await;

@@ -11,7 +11,8 @@
 //!   The first connection with an id starts the process; later ones with the same id, by the
 //!   same user on the same workspace, attach to it. Sessions are keyed by (user, workspace, id):
 //!   another user's id names a different session, never theirs.
-//! - `rows`, `cols`: the window size (1 to 1000; default 24×80), applied on every attach.
+//! - `rows`, `cols`: the window size (1 to 1000), applied on every attach that gives it; a new
+//!   session without them is 24×80.
 //! - `command`: run `/bin/sh -c CMD` instead of the login shell (`/bin/sh -l`); only used when the
 //!   session starts. Processes run as the workspace's remote user with `TERM=xterm-256color`.
 //!
@@ -54,8 +55,8 @@
 //! server's pings, for [`CLIENT_SILENCE`]) or one that stops reading for [`SEND_TIMEOUT`]
 //! counts as gone.
 //!
-//! Each terminal is an open `pty` activity session for its whole life, and each keystroke is
-//! activity. Each connection is audited (`workspace.terminal`: who, from where, the session id,
+//! Each terminal is an open `pty` activity session while its process lives, and each keystroke
+//! is activity. Each connection is audited (`workspace.terminal`: who, from where, the session id,
 //! whether it started or reattached).
 
 use std::collections::{HashMap, VecDeque};
@@ -96,6 +97,9 @@ pub const MAX_SESSIONS_PER_USER: usize = 16;
 
 /// Largest control (text) message accepted.
 const MAX_CONTROL_BYTES: usize = 4096;
+
+/// The window size of a session started without one (rows, columns).
+const DEFAULT_SIZE: (u16, u16) = (24, 80);
 
 /// Largest window dimension accepted.
 const MAX_DIM: u16 = 1000;
@@ -173,13 +177,15 @@ impl Terminals {
     pub async fn shutdown(&self, limit: Duration) {
         self.closing.store(true, Ordering::SeqCst);
         let terms: Vec<Arc<Term>> = lock(&self.map).values().cloned().collect();
-        for t in terms {
-            let _ = t.ctl.send(Ctl::Shutdown).await;
-        }
-        let deadline = tokio::time::Instant::now() + limit;
-        while self.running.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = tokio::time::timeout(limit, async {
+            for t in terms {
+                let _ = t.ctl.send(Ctl::Shutdown).await;
+            }
+            while self.running.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 
     fn get(&self, key: &Key) -> Option<Arc<Term>> {
@@ -207,15 +213,15 @@ fn too_many() -> ApiError {
 /// The query string, checked.
 struct Params {
     session: String,
-    rows: u16,
-    cols: u16,
+    /// The window size asked for, if any (a reattach without one keeps the terminal's).
+    size: Option<(u16, u16)>,
     command: Option<String>,
 }
 
 fn params(raw: Option<&str>) -> ApiResult<Params> {
     let hint = "e.g. ?session=6f1c2a&rows=24&cols=80; reuse the session id to reconnect";
     let mut session = None;
-    let (mut rows, mut cols) = (24u16, 80u16);
+    let (mut rows, mut cols) = (None, None);
     let mut command = None;
     for (k, v) in form_pairs(raw.unwrap_or(""))? {
         match k.as_str() {
@@ -232,9 +238,9 @@ fn params(raw: Option<&str>) -> ApiResult<Params> {
                         .hint(hint)
                     })?;
                 if k == "rows" {
-                    rows = n;
+                    rows = Some(n);
                 } else {
-                    cols = n;
+                    cols = Some(n);
                 }
             }
             "command" => {
@@ -269,10 +275,13 @@ fn params(raw: Option<&str>) -> ApiResult<Params> {
         )
         .hint("a UUID works"));
     }
+    let size = match (rows, cols) {
+        (None, None) => None,
+        (r, c) => Some((r.unwrap_or(DEFAULT_SIZE.0), c.unwrap_or(DEFAULT_SIZE.1))),
+    };
     Ok(Params {
         session,
-        rows,
-        cols,
+        size,
         command,
     })
 }
@@ -403,7 +412,7 @@ async fn open(
         user: None,
         stdin: None,
         timeout: None,
-        tty: Some((p.rows, p.cols)),
+        tty: Some(p.size.unwrap_or(DEFAULT_SIZE)),
     };
     let mut started = exec::start(state, &key.0, rec, &req).await?;
     let (Some(stdin), Some(pty)) = (started.stdin.take(), started.pty.take()) else {
@@ -488,6 +497,8 @@ async fn run_session(
     let mut ring = Ring {
         buf: VecDeque::new(),
     };
+    // An open `pty` session on the workspace while the process lives.
+    let mut activity = Some(started.activity);
     let mut client: Option<Attachment> = None;
     // Output read but not yet taken by the client.
     let mut pending: Option<Vec<u8>> = None;
@@ -564,7 +575,10 @@ async fn run_session(
                         return;
                     }
                     // Kept for a reconnect until the grace period ends.
-                    None => exited = Some(code),
+                    None => {
+                        exited = Some(code);
+                        drop(activity.take());
+                    }
                 }
             },
             () = sleep_until(expiry), if expiry.is_some() => break false,
@@ -694,14 +708,15 @@ async fn connection(
             return;
         }
     };
-    let _ = warren_runtime::tty::set_window_size(term.pty.as_fd(), p.rows, p.cols);
+    if let (Some((rows, cols)), false) = (p.size, new) {
+        let _ = warren_runtime::tty::set_window_size(term.pty.as_fd(), rows, cols);
+    }
     audit.details_json = Some(
         serde_json::json!({
             "session": p.session,
             "attach": if new { "new" } else { "reattach" },
             "command": p.command,
-            "rows": p.rows,
-            "cols": p.cols,
+            "size": p.size,
         })
         .to_string(),
     );
@@ -874,11 +889,15 @@ mod tests {
     fn query_parameters_are_checked() {
         let p = params(Some("session=a-1.b_2&rows=50&cols=132&command=echo+hi%21")).unwrap();
         assert_eq!(
-            (p.session.as_str(), p.rows, p.cols, p.command.as_deref()),
-            ("a-1.b_2", 50, 132, Some("echo hi!"))
+            (p.session.as_str(), p.size, p.command.as_deref()),
+            ("a-1.b_2", Some((50, 132)), Some("echo hi!"))
         );
         let p = params(Some("session=x")).unwrap();
-        assert_eq!((p.rows, p.cols, p.command), (24, 80, None));
+        assert_eq!((p.size, p.command), (None, None));
+        assert_eq!(
+            params(Some("session=x&cols=100")).unwrap().size,
+            Some((24, 100))
+        );
         for (q, needle) in [
             ("", "session: missing"),
             ("session=", "session: 1 to 64"),
