@@ -103,12 +103,16 @@ struct Term {
     ws: Socket,
     /// Terminal output (lossy UTF-8), all of it.
     out: String,
+    /// The same, as bytes.
+    raw: Vec<u8>,
     /// Control messages from the server, in order.
     controls: Vec<Value>,
     /// The close frame's code, once closed.
     closed: Option<u16>,
     /// Whether the session was new (from the `attached` message).
     new: bool,
+    /// The stream offset of the first byte this connection got (from `attached`).
+    offset: u64,
 }
 
 impl Term {
@@ -129,13 +133,16 @@ impl Term {
         let mut t = Term {
             ws: sock,
             out: String::new(),
+            raw: vec![],
             controls: vec![],
             closed: None,
             new: false,
+            offset: 0,
         };
         let first = t.control().await;
         assert_eq!(first["type"], "attached", "{first}");
         t.new = first["new"].as_bool().unwrap();
+        t.offset = first["offset"].as_u64().unwrap();
         t
     }
 
@@ -150,7 +157,10 @@ impl Term {
                 )
             });
         match m {
-            Some(Ok(Message::Binary(b))) => self.out.push_str(&String::from_utf8_lossy(&b)),
+            Some(Ok(Message::Binary(b))) => {
+                self.out.push_str(&String::from_utf8_lossy(&b));
+                self.raw.extend_from_slice(&b);
+            }
             Some(Ok(Message::Text(t))) => self.controls.push(serde_json::from_str(&t).unwrap()),
             Some(Ok(Message::Close(f))) => {
                 self.closed = Some(f.map(|f| u16::from(f.code)).unwrap_or(1005));
@@ -263,6 +273,9 @@ async fn a_terminal_resizes_reconnects_to_the_same_shell_and_reports_its_exit() 
     t.type_line("FOO=kept-$((40+2))").await;
     t.type_line("sleep 2; echo mark''er-$((6*7)); touch /tmp/marker-done")
         .await;
+    assert!(t.new);
+    assert_eq!(t.offset, 0);
+    let seen = t.raw.clone();
     t.vanish();
 
     // Wait (in another session) until that output was produced while nobody was attached.
@@ -277,6 +290,12 @@ async fn a_terminal_resizes_reconnects_to_the_same_shell_and_reports_its_exit() 
     let mut t = Term::open(&s, "dev", &alice, "session=tab-1&rows=30&cols=100").await;
     assert!(!t.new, "the same session");
     t.until("marker-42").await;
+    // The replay is the session's output from `offset` on: what the first connection got, then
+    // what came while nobody was attached. A client that kept its screen skips the first part.
+    assert_eq!(t.offset, 0, "nothing fell out of the ring yet");
+    assert_eq!(&t.raw[..seen.len()], &seen[..]);
+    let missed = String::from_utf8_lossy(&t.raw[seen.len()..]).into_owned();
+    assert!(missed.contains("marker-42"), "{missed:?}");
     assert!(
         t.out.contains("50 132"),
         "earlier output is replayed too: {:?}",
@@ -533,9 +552,11 @@ async fn terminals_authenticate_like_the_api_and_refuse_bad_input() {
     let mut over = Term {
         ws: sock,
         out: String::new(),
+        raw: vec![],
         controls: vec![],
         closed: None,
         new: false,
+        offset: 0,
     };
     let e = over.control().await;
     assert_eq!(e["type"], "error", "{e}");

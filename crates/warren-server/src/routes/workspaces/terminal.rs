@@ -31,8 +31,11 @@
 //! - client → server: `{"type":"resize","rows":R,"cols":C}`. Anything else (unknown type, bad
 //!   JSON, sizes out of range, over 4 KiB) is answered with a non-fatal `error` and ignored.
 //! - server → client:
-//!   - `{"type":"attached","session":ID,"new":BOOL}` first. Then, when reattaching, the recent
-//!     output (up to [`RING_BYTES`], as binary) is replayed before live output.
+//!   - `{"type":"attached","session":ID,"new":BOOL,"offset":N}` first. Then, when reattaching,
+//!     the recent output (up to [`RING_BYTES`], as binary) is replayed before live output.
+//!     `offset` is the position of the first replayed byte in the session's whole output, so a
+//!     client that kept its screen (and counted the bytes it got) skips what it already has;
+//!     one that did not (a reloaded page) resets its terminal and shows everything.
 //!   - `{"type":"exit","code":N}` when the process exits, after its last output; the session
 //!     is gone and the socket closes (1000).
 //!   - `{"type":"error","code":CODE,"message":..,"hint":..,"fatal":BOOL}`: `code` is a stable
@@ -140,9 +143,10 @@ struct Term {
 
 /// Messages to a session's task.
 enum Ctl {
-    /// A client attaches (taking over from the one before); acknowledged once the replay is
-    /// queued. A dropped acknowledgement means the session ended.
-    Attach(Attachment, oneshot::Sender<()>),
+    /// A client attaches (taking over from the one before); acknowledged, with the stream
+    /// offset of the first replayed byte, once the replay is queued. A dropped acknowledgement
+    /// means the session ended.
+    Attach(Attachment, oneshot::Sender<u64>),
     /// The client with this generation is gone.
     Detach(u64),
     /// The server is shutting down.
@@ -469,10 +473,18 @@ fn shutting_down() -> ApiError {
 /// The output kept for a reconnecting client.
 struct Ring {
     buf: VecDeque<u8>,
+    /// Bytes of output ever pushed.
+    total: u64,
 }
 
 impl Ring {
+    /// The stream offset of the oldest byte kept.
+    fn start(&self) -> u64 {
+        self.total - self.buf.len() as u64
+    }
+
     fn push(&mut self, b: &[u8]) {
+        self.total += b.len() as u64;
         if b.len() >= RING_BYTES {
             self.buf.clear();
             self.buf.extend(&b[b.len() - RING_BYTES..]);
@@ -496,6 +508,7 @@ async fn run_session(
 ) {
     let mut ring = Ring {
         buf: VecDeque::new(),
+        total: 0,
     };
     // An open `pty` session on the workspace while the process lives.
     let mut activity = Some(started.activity);
@@ -520,7 +533,7 @@ async fn run_session(
                         // A fresh channel with room for the whole ring.
                         let _ = a.out.try_send(chunk.to_vec());
                     }
-                    let _ = ack.send(());
+                    let _ = ack.send(ring.start());
                     if let Some(code) = exited.take() {
                         // It exited while nobody watched: this client gets the end, and the
                         // session is over.
@@ -671,7 +684,7 @@ async fn connection(
     let key: Key = (user, rec.id.clone(), p.session.clone());
     // A session that ends between lookup and attach: try once more (a new one starts).
     let mut attempt = 0;
-    let (term, new, out_rx, end_rx, generation) = loop {
+    let (term, new, offset, out_rx, end_rx, generation) = loop {
         attempt += 1;
         let (term, new) = match open(&state, &key, &rec, &p).await {
             Ok(x) => x,
@@ -698,8 +711,10 @@ async fn connection(
             out: out_tx,
             end: end_tx,
         };
-        if term.ctl.send(Ctl::Attach(a, ack_tx)).await.is_ok() && ack_rx.await.is_ok() {
-            break (term, new, out_rx, end_rx, generation);
+        if term.ctl.send(Ctl::Attach(a, ack_tx)).await.is_ok() {
+            if let Ok(offset) = ack_rx.await {
+                break (term, new, offset, out_rx, end_rx, generation);
+            }
         }
         if attempt >= 3 {
             let e = shutting_down();
@@ -721,7 +736,9 @@ async fn connection(
         .to_string(),
     );
     crate::audit::record(&state, audit).await;
-    relay(socket, &term, &p.session, new, out_rx, end_rx).await;
+    let hello =
+        serde_json::json!({"type": "attached", "session": p.session, "new": new, "offset": offset});
+    relay(socket, &term, hello, out_rx, end_rx).await;
     let _ = term.ctl.send(Ctl::Detach(generation)).await;
 }
 
@@ -737,8 +754,7 @@ enum Control {
 async fn relay(
     socket: WebSocket,
     term: &Term,
-    session: &str,
-    new: bool,
+    hello: serde_json::Value,
     mut out_rx: mpsc::Receiver<Vec<u8>>,
     mut end_rx: oneshot::Receiver<End>,
 ) {
@@ -771,8 +787,7 @@ async fn relay(
         }
     };
     let writer = async {
-        let hello = text(serde_json::json!({"type": "attached", "session": session, "new": new}));
-        if !send(&mut sink, hello).await {
+        if !send(&mut sink, text(hello)).await {
             return;
         }
         let mut ping =
@@ -872,6 +887,7 @@ mod tests {
     fn the_ring_keeps_the_latest_bytes() {
         let mut r = Ring {
             buf: VecDeque::new(),
+            total: 0,
         };
         r.push(b"abc");
         assert_eq!(r.buf.iter().copied().collect::<Vec<_>>(), b"abc");
@@ -883,6 +899,8 @@ mod tests {
         r.push(&big);
         assert_eq!(r.buf.len(), RING_BYTES);
         assert_eq!(r.buf[0], b'z');
+        assert_eq!(r.total, (3 + RING_BYTES - 1 + RING_BYTES + 10) as u64);
+        assert_eq!(r.start(), r.total - RING_BYTES as u64);
     }
 
     #[test]
