@@ -54,8 +54,13 @@ pub(crate) enum Cmd {
         /// Workspace name.
         workspace: String,
         /// Run as this user instead of the remote user.
-        #[arg(short, long)]
+        #[arg(short, long, conflicts_with = "session")]
         user: Option<String>,
+        /// A reconnecting terminal session (server only): the shell outlives a lost connection
+        /// for the server's grace period, this command reconnects to it, and running it again
+        /// with the same id gets back to the same shell.
+        #[arg(long, value_name = "ID")]
+        session: Option<String>,
     },
     /// Start a stopped workspace.
     Start(TransitionArgs),
@@ -898,7 +903,17 @@ async fn embedded(
             }
             crate::exec::run(&engine, &a.workspace, p).await
         }
-        Cmd::Shell { workspace, user } => {
+        Cmd::Shell {
+            workspace,
+            user,
+            session,
+        } => {
+            if session.is_some() {
+                return Err(user_error(
+                    "--session needs a server: terminal sessions live in `warren server`",
+                    "select a context (`warren login URL`), or leave --session out",
+                ));
+            }
             let p = ExecProcess {
                 argv: warren_api::v1::shell_fallback(),
                 login_shell: true,

@@ -12,6 +12,7 @@ mod output;
 mod remote;
 mod server_cmd;
 mod ssh;
+mod terminal;
 mod wsexec;
 
 use std::process::ExitCode;

@@ -31,7 +31,14 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Create(a) => create(c, a, json).await,
         Cmd::List(a) => list(c, a, json).await,
         Cmd::Exec(a) => exec(remote, a).await,
-        Cmd::Shell { workspace, user } => {
+        Cmd::Shell {
+            workspace,
+            session: Some(session),
+            ..
+        } => crate::terminal::run(remote, &workspace, &session).await,
+        Cmd::Shell {
+            workspace, user, ..
+        } => {
             let req = ExecRequest {
                 command: warren_api::v1::shell_fallback(),
                 login_shell: true,

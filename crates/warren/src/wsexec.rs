@@ -52,16 +52,20 @@ fn resize_frame(rows: u16, cols: u16) -> Message {
     )
 }
 
-/// The WebSocket URL of the exec route of `ws` on the server at `base`.
-pub fn exec_url(base: &str, ws: &str) -> String {
-    let base = if let Some(rest) = base.strip_prefix("https://") {
+/// The WebSocket form of a server's base URL (`http` → `ws`, `https` → `wss`).
+pub(crate) fn ws_base(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
         base.to_string()
-    };
-    format!("{base}/api/v1/workspaces/{}/exec/ws", seg(ws))
+    }
+}
+
+/// The WebSocket URL of the exec route of `ws` on the server at `base`.
+pub fn exec_url(base: &str, ws: &str) -> String {
+    format!("{}/api/v1/workspaces/{}/exec/ws", ws_base(base), seg(ws))
 }
 
 pub(crate) fn tls_connector(ca: &std::path::Path) -> Result<tokio_tungstenite::Connector> {

@@ -988,6 +988,133 @@ fn remote_exec_forwards_signals_and_gives_shells_a_terminal_that_follows_resizes
     assert_eq!(child.wait().unwrap().code(), Some(3));
 }
 
+/// A TCP relay to `target` whose connections can all be cut at once, as a lost network would.
+struct Relay {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let held = conns.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { return };
+                let Ok(up) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                held.lock()
+                    .unwrap()
+                    .extend([c.try_clone().unwrap(), up.try_clone().unwrap()]);
+                for (mut from, mut to) in
+                    [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { port, conns }
+    }
+
+    /// Cuts every connection made so far.
+    fn cut(&self) {
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn shell_with_a_session_reconnects_to_the_same_shell_after_a_lost_connection() {
+    let s = Server::start();
+    s.login_admin();
+    let dir = s.world.project("rt", r#"{"image": "busybox"}"#);
+    assert_eq!(s.ok(&["up", dir.to_str().unwrap()]).trim(), "rt");
+    let port: u16 = s.url.rsplit(':').next().unwrap().parse().unwrap();
+    let relay = Relay::start(port);
+
+    let mut child = s
+        .cmd(&["shell", "rt", "--session", "work"])
+        .env("WARREN_URL", format!("http://127.0.0.1:{}", relay.port))
+        .env("WARREN_TOKEN", &s.admin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let b = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        buf
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let wait_for = |buf: &std::sync::Arc<std::sync::Mutex<String>>, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !buf.lock().unwrap().contains(want) {
+            assert!(
+                Instant::now() < deadline,
+                "no {want:?}; stdout {:?} stderr {:?}",
+                out.lock().unwrap(),
+                err.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"FOO=kept-$((40+2)); echo fir''st\n")
+        .unwrap();
+    wait_for(&out, "first");
+
+    // The network goes away; the CLI reconnects to the same shell, and what it had shown
+    // already is not shown again.
+    relay.cut();
+    wait_for(&err, "reconnecting");
+    wait_for(&err, "reconnected");
+    stdin.write_all(b"echo sec''ond-$FOO\n").unwrap();
+    wait_for(&out, "second-kept-42");
+    assert_eq!(
+        out.lock().unwrap().matches("first").count(),
+        1,
+        "{:?}",
+        out.lock().unwrap()
+    );
+
+    // The shell's exit status is ours.
+    stdin.write_all(b"exit 5\n").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(5), "{:?}", err.lock().unwrap());
+
+    // --session needs a server; it does not go with --user.
+    let o = s.run(&["--local", "shell", "rt", "--session", "x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--session needs a server"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.run(&["shell", "rt", "--session", "x", "--user", "root"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
 /// Starts `warren server` with `args` and `env` on `world`'s state; waits until it answers on
 /// `port` (or fails with its output).
 fn spawn_server(world: &World, args: &[&str], env: &[(&str, &str)], port: u16) -> (Child, PathBuf) {
