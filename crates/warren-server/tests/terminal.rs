@@ -641,4 +641,33 @@ async fn an_abandoned_terminal_is_hung_up_after_the_grace_period_and_at_shutdown
             "{pid}"
         );
     }
+
+    // The workspace stops: the terminal's shell ends with it; a new terminal is refused in-band
+    // (browsers cannot read a refused handshake) with a stable code and a hint.
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/dev/stop", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let e = n.control().await;
+    assert_eq!(e["type"], "exit", "{e}");
+    let (sock, _) = upgrade(&s, "dev", Auth::Header(&alice), "session=stopped")
+        .await
+        .unwrap();
+    let mut t = Term {
+        ws: sock,
+        out: String::new(),
+        raw: vec![],
+        controls: vec![],
+        closed: None,
+        new: false,
+        offset: 0,
+    };
+    let e = t.control().await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "invalid_state", "{e}");
+    assert_eq!(e["fatal"], true, "{e}");
+    assert!(e["hint"].is_string(), "{e}");
+    assert_eq!(t.closed().await, 4000);
 }

@@ -29,7 +29,8 @@
 //! server. Text messages are JSON control messages with a `type`:
 //!
 //! - client → server: `{"type":"resize","rows":R,"cols":C}`. Anything else (unknown type, bad
-//!   JSON, sizes out of range, over 4 KiB) is answered with a non-fatal `error` and ignored.
+//!   JSON, sizes out of range, over 4 KiB) is answered with a non-fatal `error` and ignored. A
+//!   message over 1 MiB ends the connection (the session waits for a reconnect).
 //! - server → client:
 //!   - `{"type":"attached","session":ID,"new":BOOL,"offset":N}` first. Then, when reattaching,
 //!     the recent output (up to [`RING_BYTES`], as binary) is replayed before live output.
