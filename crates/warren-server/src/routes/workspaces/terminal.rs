@@ -13,8 +13,9 @@
 //!   another user's id names a different session, never theirs.
 //! - `rows`, `cols`: the window size (1 to 1000), applied on every attach that gives it; a new
 //!   session without them is 24×80.
-//! - `command`: run `/bin/sh -c CMD` instead of the login shell (`/bin/sh -l`); only used when the
-//!   session starts. Processes run as the workspace's remote user with `TERM=xterm-256color`.
+//! - `command`: run `/bin/sh -c CMD` instead of the login shell (the remote user's shell from the
+//!   workspace's `/etc/passwd`, else bash or sh, as `warren shell`); only used when the session
+//!   starts. Processes run as the workspace's remote user with `TERM=xterm-256color`.
 //!
 //! Authentication is the API's. Browsers cannot set `Authorization` on a WebSocket, so the token
 //! may instead be offered as a second subprotocol, `warren.bearer.<token>`
@@ -406,12 +407,14 @@ async fn open(
     if terminals.user_sessions(&key.0) >= MAX_SESSIONS_PER_USER {
         return Err(too_many());
     }
-    let argv = match &p.command {
-        Some(c) => vec!["/bin/sh".into(), "-c".into(), c.clone()],
-        None => vec!["/bin/sh".into(), "-l".into()],
+    // The user's login shell, else bash or sh as `warren shell` and the SSH gateway pick.
+    let (argv, login_shell) = match &p.command {
+        Some(c) => (vec!["/bin/sh".into(), "-c".into(), c.clone()], false),
+        None => (warren_api::v1::shell_fallback(), true),
     };
     let req = ExecRequest {
         command: argv,
+        login_shell,
         env: [("TERM".to_string(), "xterm-256color".to_string())].into(),
         cwd: None,
         user: None,
