@@ -25,6 +25,11 @@ fn main() -> ExitCode {
     if args.len() == 3 && args[1] == "__supervise" {
         warren_runtime::supervisor::main(std::path::Path::new(&args[2]));
     }
+    // The SFTP server runs inside workspaces (from the read-only `/.warren` tools mount), where
+    // it needs nothing but stdin and stdout.
+    if args.len() == 2 && args[1] == warren_sftp::SUBCOMMAND {
+        std::process::exit(warren_sftp::main());
+    }
     let cli = cli::Cli::parse();
     let json = cli.json;
     // Commands that need no async runtime skip starting one (`devcontainer` starts faster).
