@@ -178,6 +178,12 @@ impl Engine {
         &self.cfg.state_dir
     }
 
+    /// The argv that runs this binary's `args` inside a workspace, from its read-only `/.warren`
+    /// tools mount (`warren_runtime::tools`): how the SSH gateway starts the SFTP server.
+    pub fn tool_command(&self, args: &[&str]) -> Vec<String> {
+        warren_runtime::tools::command(&self.cfg.exe, args)
+    }
+
     fn log_path(&self, id: &str) -> PathBuf {
         self.cfg.state_dir.join("logs").join(format!("{id}.log"))
     }
@@ -1428,7 +1434,8 @@ impl Engine {
     ) -> Result<BuiltImage, EngineError> {
         let images = self.images.clone();
         let work = self.cfg.state_dir.join("builds");
-        let rt = LinuxRuntime::new(&work.join("sandboxes"), self.cfg.oci.clone(), &self.cfg.exe);
+        let rt = LinuxRuntime::new(&work.join("sandboxes"), self.cfg.oci.clone(), &self.cfg.exe)
+            .without_tools();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let task = tokio::task::spawn_blocking(move || {
             let mut log = LineSender {

@@ -15,6 +15,7 @@ pub mod seccomp;
 mod seccomp_list;
 pub mod spec;
 pub mod supervisor;
+pub mod tools;
 pub mod tty;
 pub mod users;
 

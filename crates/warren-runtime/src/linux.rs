@@ -23,6 +23,8 @@ pub struct LinuxRuntime {
     root: PathBuf,
     oci: OciRuntime,
     exe: PathBuf,
+    /// Whether workspaces get the `/.warren` tools mount (build sandboxes do not need it).
+    tools: bool,
 }
 
 impl LinuxRuntime {
@@ -33,6 +35,54 @@ impl LinuxRuntime {
             root: root.to_path_buf(),
             oci,
             exe: exe.to_path_buf(),
+            tools: true,
+        }
+    }
+
+    /// The same runtime without the `/.warren` tools mount (for build sandboxes, which nobody
+    /// reaches over SSH and whose writable layer must not gain a mount point).
+    pub fn without_tools(mut self) -> LinuxRuntime {
+        self.tools = false;
+        self
+    }
+
+    /// The tools directory for workspaces (see [`crate::tools`]), made on first use. A failure is
+    /// reported and leaves workspaces without the mount rather than unable to start: only
+    /// Warren's helpers (SFTP) need it.
+    fn tools_dir(&self) -> Option<PathBuf> {
+        if !self.tools {
+            return None;
+        }
+        match crate::tools::prepare(&self.root, &self.exe) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("warning: workspaces get no /.warren tools mount (no SFTP): {e}");
+                None
+            }
+        }
+    }
+
+    /// Points the tools mount of an existing workspace's `config.json` at the current binary's
+    /// tools: workspaces made before the mount existed get it, and after an upgrade the helpers
+    /// match the server again. Best effort: the supervisor reports a config it cannot read.
+    fn refresh_tools_mount(&self, l: &Layout) {
+        if !self.tools {
+            return;
+        }
+        let path = l.bundle().join("config.json");
+        let Ok(mut config) = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .ok_or(())
+        else {
+            return;
+        };
+        let tools = self.tools_dir();
+        if crate::tools::set_mount(&mut config, tools.as_deref()) {
+            let tmp = path.with_extension("json.tmp");
+            if fs::write(&tmp, config.to_string()).is_ok() {
+                let _ = fs::rename(&tmp, &path);
+            }
         }
     }
 
@@ -271,7 +321,8 @@ impl Runtime for LinuxRuntime {
             )
             .as_bytes(),
         )?;
-        let mut config = spec::config(spec, &l, &init_user, home.as_deref());
+        let tools = self.tools_dir();
+        let mut config = spec::config(spec, &l, &init_user, home.as_deref(), tools.as_deref());
         // With libcontainer, Warren installs its precompiled filter itself (see backend.rs), for the
         // init and every exec'd process; an external runtime compiles the profile from config.json.
         let unconfined = spec.security.privileged || spec.security.seccomp_unconfined;
@@ -330,6 +381,7 @@ impl Runtime for LinuxRuntime {
         if self.supervisor_alive(&l) {
             return Ok(());
         }
+        self.refresh_tools_mount(&l);
         self.spawn_supervisor(&l)
     }
 

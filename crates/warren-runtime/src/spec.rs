@@ -384,12 +384,14 @@ pub fn cgroup_path(id: &str) -> String {
     format!("/warren/{id}")
 }
 
-/// The full OCI `config.json` of a workspace.
+/// The full OCI `config.json` of a workspace; `tools` is the host directory bind-mounted read-only
+/// at `/.warren` (see [`crate::tools`]).
 pub fn config(
     spec: &WorkspaceSpec,
     layout: &Layout,
     init_user: &User,
     home: Option<&str>,
+    tools: Option<&Path>,
 ) -> Value {
     let mut mounts = base_mounts(spec.tmp_tmpfs, spec.security.privileged);
     let etc = layout.etc();
@@ -464,14 +466,16 @@ pub fn config(
             json!([{ "containerID": 0, "hostID": map.host_gid, "size": map.size }]);
     }
     linux["namespaces"] = json!(namespaces);
-    json!({
+    let mut v = json!({
         "ociVersion": "1.0.2",
         "process": process(&args, &spec.env, "/", init_user, false, None, &spec.security),
         "root": { "path": "rootfs", "readonly": false },
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": linux,
-    })
+    });
+    crate::tools::set_mount(&mut v, tools);
+    v
 }
 
 /// Checks a named volume's name: a plain name, never a path (it becomes a directory name under the
@@ -542,7 +546,7 @@ mod tests {
     #[test]
     fn config_is_a_valid_oci_spec_with_the_limits_asked_for() {
         let layout = Layout::new(Path::new("/state"), "abc");
-        let v = config(&spec(), &layout, &User::root(), Some("/root"));
+        let v = config(&spec(), &layout, &User::root(), Some("/root"), None);
         let parsed: oci_spec::runtime::Spec =
             serde_json::from_value(v.clone()).expect("valid OCI spec");
         let linux = parsed.linux().as_ref().unwrap();
@@ -591,6 +595,7 @@ mod tests {
             &Layout::new(Path::new("/s"), "abc"),
             &User::root(),
             Some("/root"),
+            None,
         );
         let parsed: oci_spec::runtime::Spec = serde_json::from_value(v).unwrap();
         let linux = parsed.linux().as_ref().unwrap();
@@ -631,7 +636,7 @@ mod tests {
             },
         ];
         let layout = Layout::new(Path::new("/state"), "abc");
-        let v = config(&s, &layout, &User::root(), Some("/root"));
+        let v = config(&s, &layout, &User::root(), Some("/root"), None);
         let mounts = v["mounts"].as_array().unwrap();
         let cache = mounts
             .iter()
@@ -663,14 +668,14 @@ mod tests {
                 .iter()
                 .any(|m| m["destination"] == d)
         };
-        let isolated = config(&spec(), &layout, &User::root(), None);
+        let isolated = config(&spec(), &layout, &User::root(), None, None);
         assert!(has_netns(&isolated));
         assert!(!dest(&isolated, "/etc/resolv.conf"));
         assert!(dest(&isolated, "/tmp"));
         let mut s = spec();
         s.network = crate::Network::Host;
         s.tmp_tmpfs = false;
-        let host = config(&s, &layout, &User::root(), None);
+        let host = config(&s, &layout, &User::root(), None, None);
         assert!(!has_netns(&host));
         assert!(dest(&host, "/etc/resolv.conf"));
         assert!(!dest(&host, "/tmp"));

@@ -14,7 +14,8 @@
 //! - `direct-tcpip` (`ssh -L`): to the workspace's own loopback only, connected inside its
 //!   network namespace.
 //! - Sessions: `exec` (`/bin/sh -c COMMAND`), `shell` (`/bin/sh -l`), `pty-req` (TERM and window
-//!   size), `window-change`, `env` for an allowlist, `signal`, stdin with EOF, exit-status.
+//!   size), `window-change`, `env` for an allowlist, `signal`, stdin with EOF, exit-status, and
+//!   the `sftp` subsystem (see [`sftp`]); other subsystems are refused.
 //! - The host key (ed25519) is made once and kept in `STATE/ssh_host_ed25519_key` (0600).
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,8 @@ use warren_store::{AuditOutcome, NewAuditRecord, UserRecord, WorkspaceRecord};
 use crate::app::AppState;
 use crate::error::tracing_log;
 use crate::routes::workspaces::exec::{self, hang_up, start, validate, DRAIN, GONE_GRACE};
+
+mod sftp;
 
 /// The host key's file name in the state directory.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
@@ -219,6 +222,8 @@ struct Chan {
     live: Arc<std::sync::Mutex<Live>>,
     started: bool,
     stdin_budget: Arc<tokio::sync::Semaphore>,
+    /// The subsystem the channel runs (`sftp`), for the audit record.
+    subsystem: Option<String>,
 }
 
 /// What the handler and the task running a channel's process share.
@@ -247,6 +252,7 @@ impl Default for Chan {
             live: Arc::default(),
             started: false,
             stdin_budget: Arc::new(tokio::sync::Semaphore::new(STDIN_BUDGET)),
+            subsystem: None,
         }
     }
 }
@@ -557,6 +563,7 @@ impl Conn {
             peer: self.peer,
             client: String::from_utf8_lossy(session.remote_sshid()).into_owned(),
             live: chan.live.clone(),
+            subsystem: chan.subsystem.clone(),
         };
         tokio::spawn(job.run(req, in_rx));
         Ok(())
@@ -575,6 +582,8 @@ struct ChannelJob {
     peer: SocketAddr,
     client: String,
     live: Arc<std::sync::Mutex<Live>>,
+    /// The subsystem the channel runs (`sftp`), for the audit record.
+    subsystem: Option<String>,
 }
 
 impl ChannelJob {
@@ -628,14 +637,20 @@ impl ChannelJob {
                 Err(e) => e.status.as_u16(),
             },
             diff_json: None,
-            details_json: Some(
-                serde_json::json!({"command": req.command, "tty": req.tty.is_some(), "via": "ssh"})
-                    .to_string(),
-            ),
+            details_json: Some({
+                let mut d = serde_json::json!({"command": req.command, "tty": req.tty.is_some(), "via": "ssh"});
+                if let Some(sub) = &self.subsystem {
+                    d["subsystem"] = serde_json::json!(sub);
+                }
+                d.to_string()
+            }),
         };
         crate::audit::record(&self.state, audit).await;
         let mut started = match started {
             Ok(s) => s,
+            Err(e) if self.subsystem.is_some() => {
+                return fail_now(&handle, channel, &sftp::explain(&e.body.message)).await
+            }
             Err(e) => return fail_now(&handle, channel, &e.body.message).await,
         };
         if let Some(w) = started.stdin.take() {
@@ -1099,11 +1114,22 @@ impl russh::server::Handler for Conn {
     async fn subsystem_request(
         &mut self,
         channel: ChannelId,
-        _name: &str,
+        name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)?;
-        Ok(())
+        match (name, self.channels.get_mut(&channel)) {
+            (sftp::SUBSYSTEM, Some(c)) if !c.started => {
+                // Binary data on pipes: a PTY asked for earlier would mangle it.
+                c.pty = None;
+                c.subsystem = Some(name.to_string());
+                let argv = sftp::argv(&self.state);
+                self.run(channel, argv, session).await
+            }
+            _ => {
+                session.channel_failure(channel)?;
+                Ok(())
+            }
+        }
     }
 
     async fn window_change_request(

@@ -313,7 +313,10 @@ impl Server {
             FXP_READLINK => self.readlink(&mut p, id, out),
             FXP_SYMLINK => self.symlink(&mut p, id, out),
             FXP_EXTENDED => self.extended(&mut p, id, out),
-            FXP_INIT => Err(Fail(FX_BAD_MESSAGE, "the session is already initialized".into())),
+            FXP_INIT => Err(Fail(
+                FX_BAD_MESSAGE,
+                "the session is already initialized".into(),
+            )),
             _ => Err(Fail(
                 FX_OP_UNSUPPORTED,
                 format!("unsupported request type {kind}"),
@@ -381,7 +384,10 @@ impl Server {
             o.truncate(true);
         }
         if flags & (FXF_READ | FXF_WRITE | FXF_APPEND) == 0 {
-            return Err(Fail(FX_FAILURE, "open: neither read nor write asked for".into()));
+            return Err(Fail(
+                FX_FAILURE,
+                "open: neither read nor write asked for".into(),
+            ));
         }
         o.mode(attrs.perms.map(|m| m & 0o7777).unwrap_or(0o666));
         let f = o.open(&path)?;
@@ -790,7 +796,10 @@ fn set_attrs(path: &Path, a: &Attrs, follow: bool) -> Res<()> {
     };
     if let Some(size) = a.size {
         if !follow && fs::symlink_metadata(path)?.file_type().is_symlink() {
-            return Err(Fail(FX_FAILURE, "a symbolic link has no size to set".into()));
+            return Err(Fail(
+                FX_FAILURE,
+                "a symbolic link has no size to set".into(),
+            ));
         }
         OpenOptions::new().write(true).open(path)?.set_len(size)?;
     }
@@ -857,8 +866,17 @@ fn statvfs_reply(out: &mut Out, id: u32, v: &rustix::fs::StatVfs) {
         flag |= 2;
     }
     for n in [
-        v.f_bsize, v.f_frsize, v.f_blocks, v.f_bfree, v.f_bavail, v.f_files, v.f_ffree,
-        v.f_favail, v.f_fsid, flag, v.f_namemax,
+        v.f_bsize,
+        v.f_frsize,
+        v.f_blocks,
+        v.f_bfree,
+        v.f_bavail,
+        v.f_files,
+        v.f_ffree,
+        v.f_favail,
+        v.f_fsid,
+        flag,
+        v.f_namemax,
     ] {
         out.u64(n);
     }

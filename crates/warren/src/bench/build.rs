@@ -64,7 +64,8 @@ pub(super) async fn run(
     images.import_rootfs(&d.rootfs, IMAGE, None)?;
     let exe = std::env::current_exe()?;
     let work = d.state.join("bench/builds");
-    let rt = LinuxRuntime::new(&work.join("sandboxes"), OciRuntime::parse(oci), &exe);
+    let rt =
+        LinuxRuntime::new(&work.join("sandboxes"), OciRuntime::parse(oci), &exe).without_tools();
     let ctx = d.state.join("bench/build-context");
     std::fs::create_dir_all(&ctx)?;
     std::fs::write(ctx.join("app.txt"), "the bench's build context\n")?;

@@ -31,7 +31,8 @@ fn fx() -> Fx {
         &dir.join("builds/sandboxes"),
         OciRuntime::Libcontainer,
         &warren_exe(),
-    );
+    )
+    .without_tools();
     std::fs::create_dir_all(dir.join("ctx")).unwrap();
     Fx {
         dir,
