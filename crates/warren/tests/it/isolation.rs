@@ -1133,3 +1133,72 @@ fn privileges_are_dropped_libcontainer() {
 fn privileges_are_dropped_runc() {
     privileges_are_dropped(runc(), "runc");
 }
+
+// ---------------------------------------------------------------------------------------------------
+// The tools mount (/.warren): Warren's helpers, read-only, on an image with no C library
+// ---------------------------------------------------------------------------------------------------
+
+fn the_tools_mount_is_read_only_and_runs_on_a_bare_image(oci: OciRuntime, tag: &str) {
+    let f = iso_fixture(oci);
+    let ws = Ws::start(&f, &format!("tools-{tag}"), |_| {});
+    let argv = warren_runtime::tools::command(&crate::util::warren_exe(), &["__sftp-server"]);
+    // An SFTP INIT; the answer is VERSION 3 with the extensions.
+    let sftp = format!(
+        "printf '\\000\\000\\000\\005\\001\\000\\000\\000\\003' | {} | grep -q posix-rename@openssh.com",
+        argv.join(" ")
+    );
+    let checks = vec![
+        control("the image has no C library", "! ls /lib /usr/lib /lib64"),
+        control("the helper runs", sftp.clone()),
+        control(
+            "mounted ro, nosuid, nodev",
+            "grep ' /.warren ' /proc/mounts | grep -E ' ro,.*nosuid.*nodev'",
+        ),
+        attack("write into it", "touch /.warren/x"),
+        attack("replace the binary", "echo x > /.warren/bin/warren"),
+        attack(
+            "remove the binary",
+            "rm -f /.warren/bin/warren && ! test -e /.warren/bin/warren",
+        ),
+        attack("setuid the binary", "chmod u+s /.warren/bin/warren"),
+        attack("remount it writable", "mount -o remount,rw /.warren"),
+        attack("unmount it", "umount /.warren"),
+    ];
+    verify(ws.rt, &ws.id, None, "tools mount", &checks);
+    verify(
+        ws.rt,
+        &ws.id,
+        Some("dev"),
+        "tools mount",
+        &[
+            control("the helper runs as a user", sftp),
+            attack("write into it", "touch /.warren/x"),
+        ],
+    );
+    // A workspace made before the mount existed gets it when it starts again.
+    ws.rt.stop(&ws.id, Duration::from_secs(5)).unwrap();
+    let config = f.dir.join("ws").join(&ws.id).join("bundle/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    assert!(warren_runtime::tools::set_mount(&mut c, None));
+    std::fs::write(&config, c.to_string()).unwrap();
+    ws.rt.start(&ws.id).unwrap();
+    verify(
+        ws.rt,
+        &ws.id,
+        None,
+        "tools mount after a restart",
+        &[control("the mount is back", "test -x /.warren/bin/warren")],
+    );
+    ws.destroy();
+}
+
+#[test]
+fn the_tools_mount_is_read_only_and_runs_on_a_bare_image_libcontainer() {
+    the_tools_mount_is_read_only_and_runs_on_a_bare_image(libcontainer(), "lc");
+}
+
+#[test]
+fn the_tools_mount_is_read_only_and_runs_on_a_bare_image_runc() {
+    the_tools_mount_is_read_only_and_runs_on_a_bare_image(runc(), "runc");
+}
