@@ -331,6 +331,13 @@ async fn sftp_scp_and_rsync_work_on_images_without_an_sftp_server() {
     )
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let o = ssh(port, &alice_key, "files", "ls small.txt && pwd").await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "where `ssh` starts too: {}",
+        text(&o.stderr)
+    );
 
     // scp -r: a tree up and back down, identical.
     make_tree(&l.join("tree"));
