@@ -105,10 +105,11 @@ impl<'a> Reader<'a> {
 
 /// The u32s packed in a string (users-groups-by-id@openssh.com).
 pub fn ids(b: &[u8]) -> Parse<Vec<u32>> {
-    if b.len() % 4 != 0 {
+    let chunks = b.chunks_exact(4);
+    if !chunks.remainder().is_empty() {
         return Err(Malformed);
     }
-    Ok(b.chunks_exact(4)
+    Ok(chunks
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
         .collect())
 }
