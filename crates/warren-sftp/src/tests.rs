@@ -37,8 +37,11 @@ fn init() -> Vec<u8> {
     pkt(FXP_INIT, &3u32.to_be_bytes())
 }
 
-/// Runs a session over `input`; returns the reply packets (type, body) and the result.
-fn session(input: Vec<u8>) -> (Vec<(u8, Vec<u8>)>, Result<(), String>) {
+/// Reply packets: (type, body).
+type Replies = Vec<(u8, Vec<u8>)>;
+
+/// Runs a session over `input`; returns the reply packets and the result.
+fn session(input: Vec<u8>) -> (Replies, Result<(), String>) {
     let mut out = Vec::new();
     let r = serve(std::io::Cursor::new(input), &mut out);
     let mut replies = vec![];
