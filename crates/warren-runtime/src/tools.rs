@@ -189,11 +189,9 @@ pub fn prepare(root: &Path, exe: &Path) -> Result<PathBuf, String> {
         move |e: std::io::Error| format!("tools: {what} {p}: {e}")
     };
     fs::create_dir_all(base.join("index")).map_err(io("create", &base))?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = base.join(format!(".tmp-{}-{nanos}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = base.join(format!(".tmp-{}-{seq}", std::process::id()));
     let r = fill(&tmp, &files).and_then(|hash| {
         let dir = base.join(&hash);
         set_mode(&tmp, 0o555).map_err(io("chmod", &tmp))?;
@@ -211,12 +209,53 @@ pub fn prepare(root: &Path, exe: &Path) -> Result<PathBuf, String> {
             .join(format!(".{key}.tmp-{}", std::process::id()));
         fs::write(&itmp, &hash).map_err(io("write", &itmp))?;
         fs::rename(&itmp, &index).map_err(io("write", &index))?;
+        collect_garbage(root, &hash);
         Ok(dir)
     });
     if r.is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
     r
+}
+
+/// Removes the tools directories of other binaries that no workspace's `config.json` names any
+/// more (a stopped workspace is pointed at the current tools when it starts again), and the index
+/// entries that lead to them. Mounted copies are unaffected: a mount outlives its source's name.
+fn collect_garbage(root: &Path, keep: &str) {
+    let base = root.join(".tools");
+    let mut used = String::new();
+    if let Ok(rd) = fs::read_dir(root) {
+        for e in rd.flatten() {
+            if let Ok(c) = fs::read_to_string(e.path().join("bundle/config.json")) {
+                used.push_str(&c);
+            }
+        }
+    }
+    let Ok(rd) = fs::read_dir(&base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_hash = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hash || name == keep || used.contains(&format!("/.tools/{name}")) {
+            continue;
+        }
+        let _ = set_mode(&e.path(), 0o755);
+        for sub in ["bin", "lib"] {
+            let _ = set_mode(&e.path().join(sub), 0o755);
+        }
+        let _ = fs::remove_dir_all(e.path());
+    }
+    if let Ok(rd) = fs::read_dir(base.join("index")) {
+        for e in rd.flatten() {
+            let gone = fs::read_to_string(e.path())
+                .map(|h| !base.join(h.trim()).join("bin/warren").is_file())
+                .unwrap_or(false);
+            if gone {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 fn set_mode(p: &Path, mode: u32) -> std::io::Result<()> {
@@ -333,6 +372,40 @@ mod tests {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Another binary's tools: those of the first go once no workspace names them.
+        let other = root.path().join("other-exe");
+        fs::copy(&exe, &other).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap()
+            .write_all(b"different")
+            .unwrap();
+        let ws = root.path().join("ws1/bundle");
+        fs::create_dir_all(&ws).unwrap();
+        let mut config = serde_json::json!({"mounts": []});
+        set_mount(&mut config, Some(&dir));
+        fs::write(ws.join("config.json"), config.to_string()).unwrap();
+        let dir2 = prepare(root.path(), &other).unwrap();
+        assert_ne!(dir2, dir);
+        assert!(dir.join("bin/warren").is_file(), "still named by ws1");
+        fs::remove_dir_all(root.path().join("ws1")).unwrap();
+        fs::remove_file(&other).unwrap();
+        fs::copy(&exe, &other).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap()
+            .write_all(b"third")
+            .unwrap();
+        let dir3 = prepare(root.path(), &other).unwrap();
+        assert!(!dir.exists() && !dir2.exists() && dir3.exists());
+        assert_eq!(
+            fs::read_dir(root.path().join(".tools/index"))
+                .unwrap()
+                .count(),
+            1
+        );
     }
 
     #[test]
