@@ -1554,6 +1554,44 @@ fn ssh_through_the_api_tunnel_with_warren_ssh_and_config_ssh() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = ssh("warren.box", "echo via-config");
     assert_eq!(stdout(&o), "via-config\n", "{}", stderr(&o));
+    // Files through the same entries: scp both ways (SFTP underneath) and sftp.
+    let files = |prog: &str, args: &[&str]| {
+        Command::new(prog)
+            .arg("-F")
+            .arg(&cfg)
+            .args([
+                "-i",
+                key_s,
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=accept-new",
+            ])
+            .args(args)
+            .env("WARREN_CONFIG_DIR", s.config.path())
+            .env_remove("WARREN_URL")
+            .env_remove("WARREN_TOKEN")
+            .env_remove("WARREN_CONTEXT")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let up = home.path().join("up.txt");
+    let data = "through the tunnel\n".repeat(50_000);
+    write(&up, &data);
+    let o = files("scp", &[up.to_str().unwrap(), "warren.box:/tmp/up.txt"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let down = home.path().join("down.txt");
+    let o = files("scp", &["warren.box:/tmp/up.txt", down.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&down).unwrap() == data);
+    let batch = home.path().join("batch");
+    write(&batch, "ls -l /tmp\n");
+    let o = files("sftp", &["-b", batch.to_str().unwrap(), "warren.box"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("up.txt"), "{}", stdout(&o));
     s.ok(&[
         "config-ssh",
         "--remove",
