@@ -46,6 +46,8 @@ pub struct AppState {
     pub ssh_addr: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
     /// Workspace activity (sessions, execs, port traffic) for idle policies.
     pub activity: Arc<crate::activity::Activity>,
+    /// Preview tickets and browser sessions.
+    pub previews: Arc<crate::preview::Previews>,
 }
 
 impl AppState {
@@ -181,6 +183,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_layer,
+        ))
+        // Outermost: preview URLs bypass the API's middleware (audit, body limit, JSON errors).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::preview::dispatch,
         ))
         .with_state(state)
 }

@@ -65,6 +65,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         token_uses: Default::default(),
         ssh_addr: Default::default(),
         activity: Default::default(),
+        previews: Default::default(),
     })
 }
 

@@ -10,6 +10,7 @@
 //! (`2024-05-01T12:00:00.000Z`), which sorts chronologically as text on every backend.
 
 mod activity;
+mod ports;
 mod audit;
 mod error;
 mod identity;

@@ -50,6 +50,14 @@ pub struct ServerArgs {
     /// SSH gateway address, IP:PORT, or `off` [default: 127.0.0.1:2222].
     #[arg(long, env = "WARREN_SSH_LISTEN", global = true)]
     ssh_listen: Option<String>,
+    /// Wildcard base domain for subdomain preview URLs (`preview.example.com`, whose
+    /// `*.preview.example.com` reach this server) [default: path-form previews only].
+    #[arg(long, env = "WARREN_PREVIEW_DOMAIN", global = true)]
+    preview_domain: Option<String>,
+    /// Widest sharing level of workspace ports: owner, organization or public
+    /// [default: organization].
+    #[arg(long, env = "WARREN_MAX_PORT_SHARING", global = true)]
+    max_port_sharing: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +96,8 @@ pub async fn run(
         reconcile_interval: a.reconcile_interval,
         allow_privileges: a.allow_privileges,
         ssh_listen: a.ssh_listen,
+        preview_domain: a.preview_domain,
+        max_port_sharing: a.max_port_sharing,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

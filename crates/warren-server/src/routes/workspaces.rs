@@ -31,6 +31,7 @@ use crate::jobs;
 use crate::routes::find_workspace;
 
 pub mod exec;
+pub mod ports;
 pub mod ssh_tunnel;
 
 /// The routes.
@@ -50,6 +51,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(job_logs))
         .merge(exec::router())
         .merge(ssh_tunnel::router())
+        .merge(ports::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
