@@ -1015,6 +1015,28 @@ mod tests {
     }
 
     #[test]
+    fn tickets_work_once_and_expire_and_so_do_sessions() {
+        let p = Previews::default();
+        let g = || Grant {
+            token_id: "t".into(),
+            ws_id: "w".into(),
+            port: 80,
+        };
+        let t = p.ticket(g());
+        assert_eq!(p.redeem(&t).map(|g| g.port), Some(80));
+        assert!(p.redeem(&t).is_none(), "a ticket works once");
+        assert!(p.redeem("made-up").is_none());
+        let t = insert(&p.tickets, g(), Duration::ZERO);
+        assert!(p.redeem(&t).is_none(), "an expired ticket is refused");
+        let c = p.open_session(g());
+        assert!(p.session(&c).is_some());
+        let c = insert(&p.sessions, g(), Duration::ZERO);
+        assert!(p.session(&c).is_none(), "an expired session grants nothing");
+        // Only hashes are kept.
+        assert!(!lock(&p.sessions).contains_key(&c));
+    }
+
+    #[test]
     fn credentials_never_reach_the_workspace() {
         let mut h = HeaderMap::new();
         h.insert(
