@@ -149,7 +149,9 @@ mod tests {
     fn ports_are_1_to_65535_in_decimal() {
         assert_eq!(parse_port("1"), Ok(1));
         assert_eq!(parse_port("65535"), Ok(65535));
-        for bad in ["0", "65536", "70000", "", "-1", "+80", "8o", "0x50", "123456", " 80"] {
+        for bad in [
+            "0", "65536", "70000", "", "-1", "+80", "8o", "0x50", "123456", " 80",
+        ] {
             assert!(parse_port(bad).is_err(), "{bad}");
         }
     }

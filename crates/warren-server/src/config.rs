@@ -289,7 +289,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(e.contains("max_port_sharing") && e.contains("`world`"), "{e}");
+        assert!(
+            e.contains("max_port_sharing") && e.contains("`world`"),
+            "{e}"
+        );
     }
 
     #[test]

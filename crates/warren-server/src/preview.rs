@@ -177,31 +177,20 @@ fn target_of(state: &AppState, req: &Request) -> Option<Result<Target, Response>
                 .strip_suffix(domain.as_str())
                 .and_then(|h| h.strip_suffix('.'))
             {
-                let html = wants_html(req.headers());
-                return Some(
-                    match warren_api::ports::parse_subdomain_label(label)
-                        .filter(|_| !label.contains('.'))
-                    {
-                        Some((port, ws, user)) => Ok(Target {
-                            form: Form::Subdomain,
-                            key: format!("{ws}.{user}"),
-                            port,
-                            prefix: String::new(),
-                            rest: path_and_query.to_string(),
-                        }),
-                        None => Err(error_response(
-                            ApiError::new(
-                                StatusCode::NOT_FOUND,
-                                ErrorCode::NotFound,
-                                format!("no preview at `{host}`"),
-                            )
-                            .hint(format!(
-                                "preview hosts are PORT--WORKSPACE--USER.{domain}; `warren ports WS` shows a port's URLs"
-                            )),
-                            html,
-                        )),
-                    },
-                );
+                // A host under the domain that is no preview label (the API's own name, say)
+                // is the API's.
+                if let Some((port, ws, user)) = (!label.contains('.'))
+                    .then(|| warren_api::ports::parse_subdomain_label(label))
+                    .flatten()
+                {
+                    return Some(Ok(Target {
+                        form: Form::Subdomain,
+                        key: format!("{ws}.{user}"),
+                        port,
+                        prefix: String::new(),
+                        rest: path_and_query.to_string(),
+                    }));
+                }
             }
         }
     }
@@ -237,7 +226,11 @@ fn target_of(state: &AppState, req: &Request) -> Option<Result<Target, Response>
         }
     };
     let prefix = format!("/p/{key}/{port}");
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
     let Some(rest) = rest else {
         // `/p/ws/3000`: the root is `/p/ws/3000/`, so that relative links resolve under it.
         return Some(Err((
@@ -372,11 +365,7 @@ pub async fn resolve(
 }
 
 /// The sharing level in force for a port: the stored one, capped by the server's maximum.
-pub async fn sharing_of(
-    state: &AppState,
-    ws_id: &str,
-    port: u16,
-) -> Result<PortSharing, ApiError> {
+pub async fn sharing_of(state: &AppState, ws_id: &str, port: u16) -> Result<PortSharing, ApiError> {
     let stored = state
         .store
         .port_share(ws_id, port)
@@ -412,8 +401,7 @@ pub async fn authorize(
     if level == PortSharing::Organization {
         // Any signed-in user, unless their token is restricted to other workspaces.
         if let Some(c) = caller {
-            if c
-                .principal
+            if c.principal
                 .workspaces
                 .as_ref()
                 .is_none_or(|w| w.contains(&rec.id))
@@ -444,7 +432,10 @@ async fn identify(
                 .or_else(|| s.strip_prefix("bearer "))
         })
     {
-        return Ok((Some(crate::auth::authenticate(state, raw.trim()).await?), None));
+        return Ok((
+            Some(crate::auth::authenticate(state, raw.trim()).await?),
+            None,
+        ));
     }
     for value in cookie_values(headers, COOKIE) {
         let Some(grant) = state.previews.session(&value) else {
@@ -543,7 +534,10 @@ async fn redeem(state: &AppState, t: &Target) -> Result<Response, ApiError> {
             (header::LOCATION, root),
             (header::SET_COOKIE, set),
             (header::CACHE_CONTROL, "no-store".into()),
-            (HeaderName::from_static("referrer-policy"), "no-referrer".into()),
+            (
+                HeaderName::from_static("referrer-policy"),
+                "no-referrer".into(),
+            ),
         ],
     )
         .into_response())
@@ -603,8 +597,7 @@ pub async fn connect(
         } else {
             SocketAddr::from((Ipv4Addr::LOCALHOST, port))
         };
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), sock.connect(addr)).await
-        {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(10), sock.connect(addr)).await {
             let _ = s.set_nodelay(true);
             return Ok(s);
         }
@@ -644,7 +637,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         .map(|t| t.trim().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
-    for n in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for n in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         h.remove(n);
     }
 }
@@ -663,9 +660,11 @@ pub fn upstream_headers(
     let upgrade_value = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut h);
     // A Warren token is Warren's; other schemes (an app's own Basic auth) pass.
-    let warren_auth = h
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"wrn_")));
+    let warren_auth = h.get(header::AUTHORIZATION).is_some_and(|v| {
+        v.as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"wrn_"))
+    });
     if warren_auth {
         h.remove(header::AUTHORIZATION);
     }
@@ -687,7 +686,12 @@ pub fn upstream_headers(
         }
     }
     let original_host = h.remove(header::HOST);
-    for n in ["x-forwarded-host", "x-forwarded-proto", "x-forwarded-prefix", "forwarded"] {
+    for n in [
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-prefix",
+        "forwarded",
+    ] {
         h.remove(n);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("localhost:{port}")) {
@@ -764,7 +768,10 @@ fn downstream_headers(h: &mut HeaderMap, t: &Target, upgraded: bool) {
 fn rewrite_set_cookie(s: &str, t: &Target) -> Option<String> {
     let mut parts = s.split(';');
     let first = parts.next()?.trim();
-    let name = first.split_once('=').map(|(n, _)| n.trim()).unwrap_or(first);
+    let name = first
+        .split_once('=')
+        .map(|(n, _)| n.trim())
+        .unwrap_or(first);
     if name == COOKIE {
         return None;
     }
@@ -783,7 +790,15 @@ fn rewrite_set_cookie(s: &str, t: &Target) -> Option<String> {
             if p.starts_with(&format!("{}/", t.prefix)) || p == t.prefix {
                 out.push(a.to_string());
             } else {
-                out.push(format!("Path={}{}", t.prefix, if p.starts_with('/') { p.to_string() } else { format!("/{p}") }));
+                out.push(format!(
+                    "Path={}{}",
+                    t.prefix,
+                    if p.starts_with('/') {
+                        p.to_string()
+                    } else {
+                        format!("/{p}")
+                    }
+                ));
             }
             continue;
         }
@@ -968,10 +983,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Touching<T> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -1048,10 +1060,19 @@ mod tests {
             HeaderValue::from_static("a=1; warren_preview=s3cret; b=2"),
         );
         h.append(header::COOKIE, HeaderValue::from_static("warren_preview=x"));
-        h.insert(header::HOST, HeaderValue::from_static("warren.example:7080"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("warren.example:7080"),
+        );
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("hop"));
-        h.insert("proxy-authorization", HeaderValue::from_static("Basic eA=="));
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eA=="),
+        );
         h.insert("x-forwarded-host", HeaderValue::from_static("spoofed"));
         let out = upstream_headers(
             &h,
@@ -1072,7 +1093,10 @@ mod tests {
         assert_eq!(out.get("x-forwarded-prefix").unwrap(), "/p/web/3000");
         // An app's own Basic credentials pass.
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic YTpi"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YTpi"),
+        );
         let out = upstream_headers(&h, 1, "", None, false, false);
         assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Basic YTpi");
     }

@@ -684,8 +684,16 @@ async fn unknown_routes_and_methods_answer_json() {
             "/api/v1/workspaces/nope/ports/70000",
             Some(json!({"sharing": "public"})),
         ),
-        (Method::GET, "/api/v1/workspaces/nope/ports/80/connect", None),
-        (Method::POST, "/api/v1/workspaces/nope/ports/80/ticket", None),
+        (
+            Method::GET,
+            "/api/v1/workspaces/nope/ports/80/connect",
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/workspaces/nope/ports/80/ticket",
+            None,
+        ),
         (
             Method::GET,
             "/api/v1/jobs/0123456789abcdef0123456789abcdef",

@@ -755,9 +755,7 @@ impl<'a> Fx<'a> {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
                     "/api/v1/workspaces/{ws}/extend" => j(json!({"by": "1h"})),
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
-                    "/api/v1/workspaces/{ws}/ports/{port}" => {
-                        j(json!({"sharing": "organization"}))
-                    }
+                    "/api/v1/workspaces/{ws}/ports/{port}" => j(json!({"sharing": "organization"})),
                     _ => Body::None,
                 };
                 let mut req = Req::new(m, p.replace("{ws}", &ws).replace("{port}", "8080"), body);

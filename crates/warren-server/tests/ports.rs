@@ -30,7 +30,14 @@ fn portsrv() -> PathBuf {
             let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/portsrv.rs");
             let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("portsrv");
             let o = Command::new("rustc")
-                .args(["--edition", "2021", "-O", "-C", "target-feature=+crt-static", "-o"])
+                .args([
+                    "--edition",
+                    "2021",
+                    "-O",
+                    "-C",
+                    "target-feature=+crt-static",
+                    "-o",
+                ])
                 .arg(&out)
                 .arg(&src)
                 .output()
@@ -108,7 +115,9 @@ async fn daemon(s: &TestServer, token: &str, ws: &str, cmd: &str, port: u16) {
     assert_eq!(resp.status(), StatusCode::OK);
     let _ = resp.text().await;
     for _ in 0..200 {
-        let (_, v) = s.get(token, &format!("/api/v1/workspaces/{ws}/ports")).await;
+        let (_, v) = s
+            .get(token, &format!("/api/v1/workspaces/{ws}/ports"))
+            .await;
         if port_of(&v, port)["listening"] == true {
             return;
         }
@@ -163,6 +172,20 @@ async fn curl(args: Vec<String>) -> (u16, String, Vec<u8>) {
     .unwrap()
 }
 
+/// Runs the `warren` CLI against the server as `token`.
+async fn warren(s: &TestServer, token: &str, a: &[&str]) -> Output {
+    let home = s.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    tokio::process::Command::new(common::warren_exe())
+        .args(a)
+        .env("WARREN_URL", &s.url)
+        .env("WARREN_TOKEN", token)
+        .env("HOME", &home)
+        .output()
+        .await
+        .unwrap()
+}
+
 fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -171,7 +194,13 @@ fn bearer(t: &str) -> String {
     format!("Authorization: Bearer {t}")
 }
 
-async fn share(s: &TestServer, token: &str, ws: &str, port: &str, level: &str) -> (StatusCode, Value) {
+async fn share(
+    s: &TestServer,
+    token: &str,
+    ws: &str,
+    port: &str,
+    level: &str,
+) -> (StatusCode, Value) {
     s.call(
         Some(token),
         Method::PUT,
@@ -218,9 +247,46 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     );
     let httpd = port_of(&list, 8081);
     assert_eq!(httpd["process"], "httpd", "{list}");
-    assert_eq!(httpd["on_auto_forward"], "ignore", "otherPortsAttributes: {list}");
+    assert_eq!(
+        httpd["on_auto_forward"], "ignore",
+        "otherPortsAttributes: {list}"
+    );
     let later = port_of(&list, 9000);
-    assert_eq!((later["listening"].clone(), later["forwarded"].clone()), (json!(false), json!(true)));
+    assert_eq!(
+        (later["listening"].clone(), later["forwarded"].clone()),
+        (json!(false), json!(true))
+    );
+    // The same through the CLI: a table, and the API's JSON with --json.
+    let o = warren(&s, &alice, &["ports", "web"]).await;
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(table.starts_with("PORT"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("8080"))
+        .unwrap_or_else(|| panic!("{table}"));
+    for want in [
+        "127.0.0.1",
+        "portsrv",
+        "app",
+        "owner",
+        &format!("http://8080--web--alice.{DOMAIN}:"),
+    ] {
+        assert!(row.contains(want), "{want}: {table}");
+    }
+    let o = warren(&s, &alice, &["--json", "ports", "web"]).await;
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(port_of(&v, 8081)["process"], "httpd");
+    let o = warren(&s, &alice, &["ports", "share", "web", "70000", "public"]).await;
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("70000"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = warren(&s, &alice, &["ports", "open", "web", "8080"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/p/web.alice/8080/__warren/auth?ticket="));
     // Another user does not see the workspace at all.
     let (st, _) = s.get(&bob, "/api/v1/workspaces/web.alice/ports").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
@@ -243,8 +309,14 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     let seen = String::from_utf8_lossy(&body).to_string();
     assert_eq!(st, 200, "{seen}");
     assert!(seen.starts_with("GET /headers?x=1 HTTP/1.1\n"), "{seen}");
-    assert!(!seen.contains(&alice) && !seen.contains("authorization"), "{seen}");
-    assert!(!seen.contains("warren_preview") && seen.contains("cookie: theirs=1"), "{seen}");
+    assert!(
+        !seen.contains(&alice) && !seen.contains("authorization"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("warren_preview") && seen.contains("cookie: theirs=1"),
+        "{seen}"
+    );
     assert!(seen.contains("x-forwarded-prefix: /p/web/8080"), "{seen}");
     assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
     assert!(seen.contains("host: localhost:8080"), "{seen}");
@@ -256,15 +328,32 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     let (st, h, _) = curl(args(&["-H", &bearer(&alice), &path_url("web", "")])).await;
     assert_eq!(st, 308);
     assert!(h.contains("location: /p/web/8080/\r\n"), "{h}");
-    let (st, h, _) = curl(args(&["-H", &bearer(&alice), &path_url("web", "/redirect")])).await;
+    let (st, h, _) = curl(args(&[
+        "-H",
+        &bearer(&alice),
+        &path_url("web", "/redirect"),
+    ]))
+    .await;
     assert_eq!(st, 302);
     assert!(h.contains("location: /p/web/8080/headers"), "{h}");
     // busybox httpd answers through its own preview too.
-    let (st, _, body) = curl(args(&["-H", &bearer(&alice), &format!("{}/p/web/8081/passwd", s.url)])).await;
+    let (st, _, body) = curl(args(&[
+        "-H",
+        &bearer(&alice),
+        &format!("{}/p/web/8081/passwd", s.url),
+    ]))
+    .await;
     assert_eq!(st, 200);
     assert!(String::from_utf8_lossy(&body).contains("root:x:0:0"));
     // The subdomain form: the workspace's own origin, no sandbox needed.
-    let (st, h, body) = curl(args(&["--resolve", &resolve, "-H", &bearer(&alice), &sub_url("/headers")])).await;
+    let (st, h, body) = curl(args(&[
+        "--resolve",
+        &resolve,
+        "-H",
+        &bearer(&alice),
+        &sub_url("/headers"),
+    ]))
+    .await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     assert!(!h.contains("content-security-policy"), "{h}");
     assert!(String::from_utf8_lossy(&body).contains(&format!("x-forwarded-host: {sub_host}")));
@@ -276,13 +365,28 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     assert_eq!((st, code(&body)), (401, "unauthenticated".into()));
     let (st, _, body) = curl(args(&["--resolve", &resolve, &sub_url("/")])).await;
     assert_eq!((st, code(&body)), (401, "unauthenticated".into()));
-    let (st, _, _) = curl(args(&["-H", &bearer(&s.admin), &path_url("web.alice", "/")])).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &bearer(&s.admin),
+        &path_url("web.alice", "/"),
+    ]))
+    .await;
     assert_eq!(st, 200);
     // A bad token is refused, not taken as anonymous.
-    let (st, _, body) = curl(args(&["-H", "Authorization: Bearer wrn_bogus", &path_url("web.alice", "/")])).await;
+    let (st, _, body) = curl(args(&[
+        "-H",
+        "Authorization: Bearer wrn_bogus",
+        &path_url("web.alice", "/"),
+    ]))
+    .await;
     assert_eq!((st, code(&body)), (401, "unauthenticated".into()));
     // Browsers get a page.
-    let (st, h, body) = curl(args(&["-H", "Accept: text/html", &path_url("web.alice", "/")])).await;
+    let (st, h, body) = curl(args(&[
+        "-H",
+        "Accept: text/html",
+        &path_url("web.alice", "/"),
+    ]))
+    .await;
     assert_eq!(st, 401);
     assert!(h.contains("text/html") && String::from_utf8_lossy(&body).contains("unauthenticated"));
 
@@ -292,22 +396,41 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
 
     // Organization: any signed-in user, still not anonymous.
     let (st, v) = share(&s, &alice, "web", "8080", "organization").await;
-    assert_eq!((st, v["sharing"].as_str()), (StatusCode::OK, Some("organization")), "{v}");
+    assert_eq!(
+        (st, v["sharing"].as_str()),
+        (StatusCode::OK, Some("organization")),
+        "{v}"
+    );
     let (st, _, _) = curl(args(&["-H", &bearer(&bob), &path_url("web.alice", "/")])).await;
     assert_eq!(st, 200);
-    let (st, _, _) = curl(args(&["--resolve", &resolve, "-H", &bearer(&bob), &sub_url("/")])).await;
+    let (st, _, _) = curl(args(&[
+        "--resolve",
+        &resolve,
+        "-H",
+        &bearer(&bob),
+        &sub_url("/"),
+    ]))
+    .await;
     assert_eq!(st, 200);
     let (st, _, _) = curl(args(&[&path_url("web.alice", "/")])).await;
     assert_eq!(st, 401);
     // The other port keeps its own level.
-    let (st, _, _) = curl(args(&["-H", &bearer(&bob), &format!("{}/p/web.alice/8081/passwd", s.url)])).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &bearer(&bob),
+        &format!("{}/p/web.alice/8081/passwd", s.url),
+    ]))
+    .await;
     assert_eq!(st, 404);
 
     // Public: anyone, through both forms.
-    let (st, _) = share(&s, &alice, "web", "8080", "public").await;
-    assert_eq!(st, StatusCode::OK);
+    let o = warren(&s, &alice, &["ports", "share", "web", "8080", "public"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let (st, _, body) = curl(args(&[&path_url("web.alice", "/hi")])).await;
-    assert_eq!((st, String::from_utf8_lossy(&body).as_ref()), (200, "hello from portsrv /hi\n"));
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (200, "hello from portsrv /hi\n")
+    );
     let (st, _, _) = curl(args(&["--resolve", &resolve, &sub_url("/")])).await;
     assert_eq!(st, 200);
     // An anonymous caller must name the owner: `web` alone means nothing without a user.
@@ -323,10 +446,19 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     assert_eq!(st, 404);
 
     // Browser sign-in: a one-time ticket link sets a cookie scoped to the preview and redirects.
-    let (st, t) = s.post(&alice, "/api/v1/workspaces/web/ports/8080/ticket", json!({})).await;
+    let (st, t) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces/web/ports/8080/ticket",
+            json!({}),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{t}");
     let link = t["url"].as_str().unwrap().to_string();
-    assert!(link.starts_with(&format!("{}/p/web.alice/8080/__warren/auth?ticket=", s.url)), "{link}");
+    assert!(
+        link.starts_with(&format!("{}/p/web.alice/8080/__warren/auth?ticket=", s.url)),
+        "{link}"
+    );
     assert!(!link.contains(&alice));
     let (st, h, _) = curl(args(&[&link])).await;
     assert_eq!(st, 303);
@@ -336,8 +468,14 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
         .find(|l| l.starts_with("set-cookie: warren_preview="))
         .unwrap_or_else(|| panic!("{h}"))
         .to_string();
-    assert!(set_cookie.contains("path=/p/web.alice/8080/"), "{set_cookie}");
-    assert!(set_cookie.contains("httponly") && set_cookie.contains("samesite=lax"), "{set_cookie}");
+    assert!(
+        set_cookie.contains("path=/p/web.alice/8080/"),
+        "{set_cookie}"
+    );
+    assert!(
+        set_cookie.contains("httponly") && set_cookie.contains("samesite=lax"),
+        "{set_cookie}"
+    );
     assert!(!set_cookie.contains("secure"), "plain HTTP: {set_cookie}");
     // The link works once.
     let (st, _, body) = curl(args(&[&link])).await;
@@ -345,13 +483,40 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     // A fresh link followed by a browser-like client (cookie jar): the preview, signed in.
     let jar = s.dir.path().join("jar");
     let jar_s = jar.display().to_string();
-    let (_, t) = s.post(&alice, "/api/v1/workspaces/web/ports/8080/ticket", json!({})).await;
-    let (st, _, body) = curl(args(&["-L", "-c", &jar_s, "-b", &jar_s, t["url"].as_str().unwrap()])).await;
-    assert_eq!((st, String::from_utf8_lossy(&body).as_ref()), (200, "hello from portsrv /\n"));
-    let (st, _, body) = curl(args(&["-c", &jar_s, "-b", &jar_s, &path_url("web.alice", "/headers")])).await;
+    let (_, t) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces/web/ports/8080/ticket",
+            json!({}),
+        )
+        .await;
+    let (st, _, body) = curl(args(&[
+        "-L",
+        "-c",
+        &jar_s,
+        "-b",
+        &jar_s,
+        t["url"].as_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (200, "hello from portsrv /\n")
+    );
+    let (st, _, body) = curl(args(&[
+        "-c",
+        &jar_s,
+        "-b",
+        &jar_s,
+        &path_url("web.alice", "/headers"),
+    ]))
+    .await;
     let seen = String::from_utf8_lossy(&body).to_string();
     assert_eq!(st, 200, "{seen}");
-    assert!(!seen.contains("warren_preview"), "the cookie reached the workspace: {seen}");
+    assert!(
+        !seen.contains("warren_preview"),
+        "the cookie reached the workspace: {seen}"
+    );
     let cookie_value = std::fs::read_to_string(&jar)
         .unwrap()
         .lines()
@@ -360,29 +525,56 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
         .unwrap()
         .to_string();
     // The cookie is for that port only.
-    let (st, _, _) = curl(args(&["-H", &format!("Cookie: warren_preview={cookie_value}"), &format!("{}/p/web.alice/8081/passwd", s.url)])).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &format!("Cookie: warren_preview={cookie_value}"),
+        &format!("{}/p/web.alice/8081/passwd", s.url),
+    ]))
+    .await;
     assert_eq!(st, 401);
     // Bob's own session, replayed against Alice's port, grants nothing.
     create(&s, &bob, "mine").await;
     daemon(&s, &bob, "mine", "portsrv 8080", 8080).await;
-    let (_, t) = s.post(&bob, "/api/v1/workspaces/mine/ports/8080/ticket", json!({})).await;
+    let (_, t) = s
+        .post(&bob, "/api/v1/workspaces/mine/ports/8080/ticket", json!({}))
+        .await;
     let (_, h, _) = curl(args(&[t["url"].as_str().unwrap()])).await;
     let bobs = h
         .lines()
         .find_map(|l| l.strip_prefix("set-cookie: warren_preview="))
         .map(|v| v.split(';').next().unwrap().to_string())
         .unwrap();
-    let (st, _, _) = curl(args(&["-H", &format!("Cookie: warren_preview={bobs}"), &path_url("web.alice", "/")])).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &format!("Cookie: warren_preview={bobs}"),
+        &path_url("web.alice", "/"),
+    ]))
+    .await;
     assert_eq!(st, 401);
     // A ticket for a port Bob may not reach is not handed out; unknown tickets are refused.
-    let (st, _) = s.post(&bob, "/api/v1/workspaces/web.alice/ports/8080/ticket", json!({})).await;
+    let (st, _) = s
+        .post(
+            &bob,
+            "/api/v1/workspaces/web.alice/ports/8080/ticket",
+            json!({}),
+        )
+        .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _, body) = curl(args(&[&path_url("web.alice", "/__warren/auth?ticket=made-up")])).await;
+    let (st, _, body) = curl(args(&[&path_url(
+        "web.alice",
+        "/__warren/auth?ticket=made-up",
+    )]))
+    .await;
     assert_eq!((st, code(&body)), (401, "unauthenticated".into()));
     // Revoking the token that made the session ends the session.
     let (_, me) = s.get(&alice, "/api/v1/me").await;
     let (st, _) = s
-        .call(Some(&s.admin), Method::DELETE, &format!("/api/v1/tokens/{}", me["token"]["id"].as_str().unwrap()), None)
+        .call(
+            Some(&s.admin),
+            Method::DELETE,
+            &format!("/api/v1/tokens/{}", me["token"]["id"].as_str().unwrap()),
+            None,
+        )
         .await;
     assert!(st.is_success(), "{st}");
     let (st, _, _) = curl(args(&["-b", &jar_s, &path_url("web.alice", "/")])).await;
@@ -390,14 +582,28 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     let alice = s.token_for("alice", None).await;
 
     // Nothing listening: 502 with a code; the workspace stopped: 503 with a code and hint.
-    let (st, _, body) = curl(args(&["-H", &bearer(&alice), &format!("{}/p/web/8099/", s.url)])).await;
+    let (st, _, body) = curl(args(&[
+        "-H",
+        &bearer(&alice),
+        &format!("{}/p/web/8099/", s.url),
+    ]))
+    .await;
     assert_eq!((st, code(&body)), (502, "port_not_listening".into()));
     // Bad input.
     for (p, want) in [("0", 400), ("70000", 400), ("http", 400)] {
-        let (st, _, body) = curl(args(&["-H", &bearer(&alice), &format!("{}/p/web/{p}/", s.url)])).await;
+        let (st, _, body) = curl(args(&[
+            "-H",
+            &bearer(&alice),
+            &format!("{}/p/web/{p}/", s.url),
+        ]))
+        .await;
         assert_eq!((st, code(&body)), (want, "invalid_request".into()), "{p}");
         let (st, v) = share(&s, &alice, "web", p, "public").await;
-        assert_eq!((st.as_u16(), v["code"].as_str()), (400, Some("invalid_request")), "{p}: {v}");
+        assert_eq!(
+            (st.as_u16(), v["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{p}: {v}"
+        );
     }
     let (st, v) = share(&s, &alice, "web", "8080", "everyone").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
@@ -406,17 +612,38 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     assert_eq!((st, code(&body)), (404, "not_found".into()));
 
     // Share changes are audited with their diff; preview requests are counted.
-    let (_, audit) = s.get(&s.admin, "/api/v1/audit?action=workspace.port.update").await;
+    let (_, audit) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.port.update")
+        .await;
     let text = audit.to_string();
-    assert!(text.contains("organization") && text.contains("alice"), "{audit}");
-    let metrics = s.http.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("warren_preview_requests_total{form=\"path\",status=\"200\"}"), "{metrics}");
-    assert!(metrics.contains("warren_preview_requests_total{form=\"subdomain\",status=\"200\"}"), "{metrics}");
+    assert!(
+        text.contains("organization") && text.contains("alice"),
+        "{audit}"
+    );
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("warren_preview_requests_total{form=\"path\",status=\"200\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warren_preview_requests_total{form=\"subdomain\",status=\"200\"}"),
+        "{metrics}"
+    );
     // Previews are activity of kind `port`.
     let (_, act) = s.get(&alice, "/api/v1/workspaces/web/activity").await;
     assert!(act["last"]["port"].is_string(), "{act}");
 
-    let (st, v) = s.post(&alice, "/api/v1/workspaces/web/stop", json!({})).await;
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/web/stop", json!({}))
+        .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
     let (st, _, body) = curl(args(&["-H", &bearer(&alice), &path_url("web", "/")])).await;
@@ -434,8 +661,15 @@ async fn public_sharing_needs_the_administrators_consent() {
     create(&s, &alice, "web").await;
     daemon(&s, &alice, "web", "portsrv 8080", 8080).await;
     let (st, v) = share(&s, &alice, "web", "8080", "public").await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("sharing_not_allowed")), "{v}");
-    assert!(v["hint"].as_str().unwrap().contains("max_port_sharing"), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("sharing_not_allowed")),
+        "{v}"
+    );
+    assert!(
+        v["hint"].as_str().unwrap().contains("max_port_sharing"),
+        "{v}"
+    );
     let (st, v) = share(&s, &alice, "web", "8080", "organization").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     // No preview domain: only the path form.
@@ -448,7 +682,12 @@ async fn public_sharing_needs_the_administrators_consent() {
         })
         .await;
     let bob = s.user_token("bob", "member", None).await;
-    let (st, _, _) = curl(args(&["-H", &bearer(&bob), &format!("{}/p/web.alice/8080/", s.url)])).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &bearer(&bob),
+        &format!("{}/p/web.alice/8080/", s.url),
+    ]))
+    .await;
     assert_eq!(st, 404);
     let (_, list) = s.get(&alice, "/api/v1/workspaces/web/ports").await;
     assert_eq!(port_of(&list, 8080)["sharing"], "owner", "{list}");
@@ -480,12 +719,20 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
 
     // 64 MiB down.
     let size: u64 = 64 << 20;
-    let (st, _, body) = curl(args(&["-H", &bearer(&alice), &url(8080, &format!("/bytes/{size}"))])).await;
+    let (st, _, body) = curl(args(&[
+        "-H",
+        &bearer(&alice),
+        &url(8080, &format!("/bytes/{size}")),
+    ]))
+    .await;
     assert_eq!(st, 200);
     assert_eq!(body.len() as u64, size);
     assert!(body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
-    // 48 MiB up, with a length and chunked.
-    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    // 80 MiB up (more than the API's 64 MiB body limit, which previews do not have), with a
+    // length and chunked.
+    let data: Vec<u8> = (0..80u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let file = s.dir.path().join("up.bin");
     std::fs::write(&file, &data).unwrap();
     let want = format!("{} {}\n", data.len(), fnv(&data));
@@ -495,20 +742,30 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         a.extend(args(&extra));
         a.push(url(8080, "/count"));
         let (st, _, body) = curl(a).await;
-        assert_eq!((st, String::from_utf8_lossy(&body).to_string()), (200, want.clone()), "{extra:?}");
+        assert_eq!(
+            (st, String::from_utf8_lossy(&body).to_string()),
+            (200, want.clone()),
+            "{extra:?}"
+        );
     }
     let (st, _, body) = curl(args(&["-H", &bearer(&alice), &url(8082, "/v6")])).await;
-    assert_eq!((st, String::from_utf8_lossy(&body).as_ref()), (200, "hello from portsrv /v6\n"));
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (200, "hello from portsrv /v6\n")
+    );
 
     // A WebSocket through the preview: echoed both ways, text and a large binary message.
     let ws_url = url(8080, "/ws").replace("http://", "ws://");
     let mut r = ws_url.as_str().into_client_request().unwrap();
-    r.headers_mut().insert("authorization", format!("Bearer {alice}").parse().unwrap());
+    r.headers_mut()
+        .insert("authorization", format!("Bearer {alice}").parse().unwrap());
     let (mut sock, resp) = tokio_tungstenite::connect_async(r).await.unwrap();
     assert_eq!(resp.status().as_u16(), 101);
     sock.send(Message::Text("hello".into())).await.unwrap();
     let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-    sock.send(Message::Binary(big.clone().into())).await.unwrap();
+    sock.send(Message::Binary(big.clone().into()))
+        .await
+        .unwrap();
     let m1 = sock.next().await.unwrap().unwrap();
     let m2 = sock.next().await.unwrap().unwrap();
     assert_eq!(m1, Message::Text("hello".into()));
@@ -520,10 +777,17 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
     while sock.next().await.is_some() {}
     drop(sock);
     // Another user's WebSocket upgrade is refused like any request.
-    let mut r = url(8080, "/ws").replace("/p/web/", "/p/web.alice/").replace("http://", "ws://").into_client_request().unwrap();
-    r.headers_mut().insert("authorization", format!("Bearer {bob}").parse().unwrap());
+    let mut r = url(8080, "/ws")
+        .replace("/p/web/", "/p/web.alice/")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    r.headers_mut()
+        .insert("authorization", format!("Bearer {bob}").parse().unwrap());
     match tokio_tungstenite::connect_async(r).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 404),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 404)
+        }
         other => panic!("{:?}", other.map(|(_, r)| r.status())),
     }
 
@@ -546,12 +810,28 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         .unwrap();
     let mut err = tokio::io::BufReader::new(pf.stderr.take().unwrap());
     let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut err, &mut line).await.unwrap();
+    tokio::io::AsyncBufReadExt::read_line(&mut err, &mut line)
+        .await
+        .unwrap();
     assert_eq!(line, format!("Forwarding 127.0.0.1:{local} -> web:8080\n"));
-    let (st, _, body) = curl(args(&[&format!("http://127.0.0.1:{local}/through-the-forward")])).await;
-    assert_eq!((st, String::from_utf8_lossy(&body).as_ref()), (200, "hello from portsrv /through-the-forward\n"));
-    let (st, _, body) = curl(args(&["--data-binary", &at_file, &format!("http://127.0.0.1:{local}/count")])).await;
-    assert_eq!((st, String::from_utf8_lossy(&body).to_string()), (200, want.clone()));
+    let (st, _, body) = curl(args(&[&format!(
+        "http://127.0.0.1:{local}/through-the-forward"
+    )]))
+    .await;
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (200, "hello from portsrv /through-the-forward\n")
+    );
+    let (st, _, body) = curl(args(&[
+        "--data-binary",
+        &at_file,
+        &format!("http://127.0.0.1:{local}/count"),
+    ]))
+    .await;
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).to_string()),
+        (200, want.clone())
+    );
     pf.start_kill().unwrap();
     let _ = pf.wait().await;
     // Port-forward refusals: another user's workspace, nothing listening.
@@ -563,12 +843,21 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not_found") || String::from_utf8_lossy(&o.stderr).contains("no workspace"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not_found")
+            || String::from_utf8_lossy(&o.stderr).contains("no workspace"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let connect = |ws: &str, port: &str, token: &str| {
-        let mut r = format!("{}/api/v1/workspaces/{ws}/ports/{port}/connect", s.url.replace("http://", "ws://"))
-            .into_client_request()
-            .unwrap();
-        r.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut r = format!(
+            "{}/api/v1/workspaces/{ws}/ports/{port}/connect",
+            s.url.replace("http://", "ws://")
+        )
+        .into_client_request()
+        .unwrap();
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
         r
     };
     for (ws, port, token, want) in [
@@ -589,7 +878,10 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         // Written when the connection ends, which the server notices a moment after the client.
         let mut audit = Value::Null;
         for _ in 0..100 {
-            audit = s.get(&s.admin, &format!("/api/v1/audit?action={action}")).await.1;
+            audit = s
+                .get(&s.admin, &format!("/api/v1/audit?action={action}"))
+                .await
+                .1;
             if audit["records"].as_array().is_some_and(|r| !r.is_empty()) {
                 break;
             }
@@ -598,7 +890,8 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         let rec = &audit["records"][0];
         assert_eq!(rec["actor_username"], "alice", "{audit}");
         assert_eq!(rec["source_ip"], "127.0.0.1", "{audit}");
-        let details: Value = serde_json::from_str(rec["details_json"].as_str().unwrap_or("{}")).unwrap_or_default();
+        let details: Value =
+            serde_json::from_str(rec["details_json"].as_str().unwrap_or("{}")).unwrap_or_default();
         assert_eq!(details["port"], 8080, "{audit}");
         assert!(details["duration_ms"].is_u64(), "{audit}");
     }

@@ -10,11 +10,11 @@
 //! (`2024-05-01T12:00:00.000Z`), which sorts chronologically as text on every backend.
 
 mod activity;
-mod ports;
 mod audit;
 mod error;
 mod identity;
 mod jobs;
+mod ports;
 mod record;
 mod ssh_keys;
 mod templates;

@@ -84,9 +84,9 @@ pub struct BenchArgs {
 }
 
 mod api;
-mod ports;
 mod build;
 pub(crate) mod devcontainer;
+mod ports;
 
 /// `warren bench --devcontainer`.
 pub(crate) fn run_devcontainer(args: &BenchArgs) -> Result<u8> {

@@ -115,16 +115,15 @@ pub async fn ports(c: &Client, a: PortsArgs, json: bool) -> Result<u8> {
                 print_json(&t)?;
                 return Ok(0);
             }
-            let url = match (subdomain, &t.subdomain_url) {
-                (true, Some(u)) => u.clone(),
-                (true, None) => {
-                    return Err(user_error(
+            let url =
+                match (subdomain, &t.subdomain_url) {
+                    (true, Some(u)) => u.clone(),
+                    (true, None) => return Err(user_error(
                         "this server has no subdomain preview URLs (or the names do not fit one)",
                         "leave out --subdomain for the path form",
-                    ))
-                }
-                (false, _) => t.url.clone(),
-            };
+                    )),
+                    (false, _) => t.url.clone(),
+                };
             eprintln!(
                 "Open this link in your browser within {} seconds (it works once):",
                 t.expires_in_secs
@@ -144,10 +143,7 @@ fn parse_pair(s: &str) -> Result<(u16, u16)> {
         )
     };
     match s.split_once(':') {
-        Some((l, r)) => Ok((
-            parse_port(l).map_err(bad)?,
-            parse_port(r).map_err(bad)?,
-        )),
+        Some((l, r)) => Ok((parse_port(l).map_err(bad)?, parse_port(r).map_err(bad)?)),
         None => {
             let p = parse_port(s).map_err(bad)?;
             Ok((p, p))

@@ -34,7 +34,12 @@ impl Drop for ServerProc {
 }
 
 /// curl's `time_total` (seconds) of each transfer, checking status and size.
-fn curl(prefix: &[String], args: &[String], urls: &[String], size: Option<u64>) -> Result<Vec<f64>> {
+fn curl(
+    prefix: &[String],
+    args: &[String],
+    urls: &[String],
+    size: Option<u64>,
+) -> Result<Vec<f64>> {
     let mut cmd = if prefix.is_empty() {
         Command::new("curl")
     } else {
@@ -42,14 +47,23 @@ fn curl(prefix: &[String], args: &[String], urls: &[String], size: Option<u64>) 
         c.args(&prefix[1..]).arg("curl");
         c
     };
-    cmd.args(["-sS", "--max-time", "600", "-w", "%{http_code} %{size_download} %{time_total}\\n"])
-        .args(args);
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "600",
+        "-w",
+        "%{http_code} %{size_download} %{time_total}\\n",
+    ])
+    .args(args);
     for u in urls {
         cmd.args(["-o", "/dev/null", u]);
     }
     let out = cmd.stdin(Stdio::null()).output().context("run curl")?;
     if !out.status.success() {
-        bail!("curl failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let mut times = vec![];
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -108,7 +122,15 @@ async fn api(
 
 async fn wait_job(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Result<()> {
     for _ in 0..1200 {
-        let j = api(http, base, token, reqwest::Method::GET, &format!("/jobs/{id}"), None).await?;
+        let j = api(
+            http,
+            base,
+            token,
+            reqwest::Method::GET,
+            &format!("/jobs/{id}"),
+            None,
+        )
+        .await?;
         match j["status"].as_str() {
             Some("pending") | Some("running") => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -189,7 +211,13 @@ pub async fn run(
         Some(json!({"name": WS, "template": "bench-ports"})),
     )
     .await?;
-    wait_job(&http, &base, &token, created["job"]["id"].as_str().unwrap_or("")).await?;
+    wait_job(
+        &http,
+        &base,
+        &token,
+        created["job"]["id"].as_str().unwrap_or(""),
+    )
+    .await?;
     let size = mib << 20;
     progress(&format!(
         "writing a {mib} MiB file in the workspace and starting httpd on 127.0.0.1:{PORT}"
@@ -212,10 +240,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pid = pid.context("httpd did not start in the workspace")?;
-    let direct = vec![
-        "nsenter".to_string(),
-        format!("--net=/proc/{pid}/ns/net"),
-    ];
+    let direct = vec!["nsenter".to_string(), format!("--net=/proc/{pid}/ns/net")];
     let auth = vec!["-H".to_string(), format!("Authorization: Bearer {token}")];
     let direct_url = |f: &str| format!("http://127.0.0.1:{PORT}/{f}");
     let preview_url = |f: &str| format!("{base}/p/{WS}/{PORT}/{f}");
@@ -249,7 +274,16 @@ pub async fn run(
     let (dl50, dl99) = (percentile(&d_lat, 50.0), percentile(&d_lat, 99.0));
     let (pl50, pl99) = (percentile(&p_lat, 50.0), percentile(&p_lat, 99.0));
     // Leave nothing running.
-    if let Ok(v) = api(&http, &base, &token, Method::DELETE, &format!("/workspaces/{WS}"), None).await {
+    if let Ok(v) = api(
+        &http,
+        &base,
+        &token,
+        Method::DELETE,
+        &format!("/workspaces/{WS}"),
+        None,
+    )
+    .await
+    {
         let _ = wait_job(&http, &base, &token, v["job"]["id"].as_str().unwrap_or("")).await;
     }
     if json_out {
@@ -265,10 +299,7 @@ pub async fn run(
         );
     } else {
         println!("Preview URLs: a {mib} MiB download from busybox httpd inside a workspace, {rounds} rounds each, alternating; curl on this machine\n");
-        println!(
-            "{:<58} {:>12} {:>9}",
-            "download", "MiB/s (p50)", "×direct"
-        );
+        println!("{:<58} {:>12} {:>9}", "download", "MiB/s (p50)", "×direct");
         println!(
             "{:<58} {:>12.0} {:>9}",
             "direct (curl in the workspace's network namespace)", d_med, "1.00"
