@@ -58,7 +58,7 @@ fn forwarded(spec: &serde_json::Value) -> Vec<u16> {
         let p = match v {
             serde_json::Value::Number(n) => n.as_u64(),
             serde_json::Value::String(s) => match s.rsplit_once(':') {
-                Some((host, p)) if matches!(host, "localhost" | "127.0.0.1") => p.parse().ok(),
+                Some(("localhost" | "127.0.0.1", p)) => p.parse().ok(),
                 _ => None,
             },
             _ => None,
