@@ -910,6 +910,10 @@ pub struct PolicyDefaults {
     /// The longest a workspace may run, however its deadline is extended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<String>,
+    /// Whether an SSH connection to a stopped workspace starts it (default: yes, for users
+    /// allowed to start it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_on_connect: Option<bool>,
 }
 
 /// [`PolicyDefaults`] with the durations parsed.

@@ -142,6 +142,46 @@ pub struct AddSshKey {
     pub name: Option<String>,
 }
 
+/// `POST /workspaces/{ws}/ssh-access`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSshAccess {
+    /// How long it works (`30m`, `2h`; default `60m`); never longer than the token asking for it.
+    #[serde(default)]
+    pub lifetime: Option<String>,
+}
+
+/// An SSH access token's record (`GET /workspaces/{ws}/ssh-access`); the token itself is shown
+/// only when it is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SshAccess {
+    /// Id.
+    pub id: String,
+    /// The workspace it reaches.
+    pub workspace_id: String,
+    /// Who made it (the gateway acts as this user).
+    pub user_id: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Expiry.
+    pub expires_at: String,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// Last SSH authentication with it.
+    pub last_used_at: Option<String>,
+}
+
+/// `POST /workspaces/{ws}/ssh-access` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedSshAccess {
+    /// `wsa_...`: the SSH user name that logs in (`ssh TOKEN@HOST -p PORT`), shown this once.
+    pub token: String,
+    /// The command to connect, when the server knows its SSH address.
+    pub ssh_command: Option<String>,
+    /// Its record.
+    pub info: SshAccess,
+}
+
 /// `GET /me`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Me {
@@ -337,6 +377,20 @@ pub struct ExecRequest {
     /// Allocate a PTY of (rows, cols) — WebSocket exec only.
     #[serde(default)]
     pub tty: Option<(u16, u16)>,
+    /// Run the user's login shell (from the workspace's `/etc/passwd`, as `SHELL -l`) instead of
+    /// `command`, which is the fallback when the user has no usable shell.
+    #[serde(default)]
+    pub login_shell: bool,
+}
+
+/// What an interactive shell runs when the user has no usable login shell in the workspace's
+/// `/etc/passwd` (`ExecRequest::login_shell`): bash if the image has it, else sh, as login shells.
+pub fn shell_fallback() -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi".into(),
+    ]
 }
 
 /// One line of the exec output stream (`application/x-ndjson`).

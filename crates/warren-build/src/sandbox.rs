@@ -199,6 +199,7 @@ pub fn run(
         user: spec.user.clone(),
         tty: None,
         detach: false,
+        login_shell: false,
     };
     let code = std::thread::scope(|s| -> Result<i32, String> {
         let pump = s.spawn(move || {

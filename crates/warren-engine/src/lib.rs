@@ -1601,6 +1601,13 @@ impl RecordExt for WorkspaceRecord {
     }
 }
 
+fn not_running(rec: &WorkspaceRecord) -> EngineError {
+    EngineError::NotRunning {
+        name: rec.name.to_string(),
+        state: rec.state,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1615,12 +1622,5 @@ mod tests {
         );
         assert_eq!(debian_suite("ubuntu:22.04"), None);
         assert_eq!(debian_suite("debian:sid-nonsense"), None);
-    }
-}
-
-fn not_running(rec: &WorkspaceRecord) -> EngineError {
-    EngineError::NotRunning {
-        name: rec.name.to_string(),
-        state: rec.state,
     }
 }

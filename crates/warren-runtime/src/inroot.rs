@@ -81,6 +81,15 @@ pub fn read_to_string(root: &Path, rel: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
+/// Whether `rel` is an executable regular file inside `root` (some execute bit set).
+pub fn is_executable(root: &Path, rel: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    open(root, rel, OFlag::O_PATH)
+        .map(File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Whether `rel` is a directory inside `root`.
 pub fn is_dir(root: &Path, rel: &str) -> bool {
     open(root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY).is_ok()

@@ -82,7 +82,7 @@ pub(crate) fn listening_ports(pid: i32, pids: &[i32]) -> Result<Vec<ListeningPor
             }
         })
         .collect();
-    ports.sort_by(|a, b| (a.port, a.address).cmp(&(b.port, b.address)));
+    ports.sort_by_key(|p| (p.port, p.address));
     ports.dedup_by(|a, b| a.port == b.port && a.address == b.address);
     Ok(ports)
 }

@@ -35,6 +35,10 @@ pub struct ExecProcess {
     /// background runner). Its exit is not reported; the supervisor reaps it.
     #[serde(default)]
     pub detach: bool,
+    /// Run the user's login shell from the workspace's `/etc/passwd` (as `SHELL -l`) instead of
+    /// `argv`, when it names an executable that is not `nologin`/`false`; `argv` otherwise.
+    #[serde(default)]
+    pub login_shell: bool,
 }
 
 /// Client to supervisor.

@@ -81,6 +81,8 @@ pub struct User {
     pub home: String,
     /// Login name, if known.
     pub name: Option<String>,
+    /// Login shell from `/etc/passwd`, if it names one.
+    pub shell: Option<String>,
 }
 
 impl User {
@@ -92,6 +94,7 @@ impl User {
             additional_gids: vec![],
             home: "/root".into(),
             name: Some("root".into()),
+            shell: None,
         }
     }
 }

@@ -668,7 +668,7 @@ impl Supervisor {
         let user_spec = p.user.clone().or_else(|| self.cfg.default_user.clone());
         let user = match &user_spec {
             Some(u) => users::resolve(&rootfs, u)?,
-            None => User::root(),
+            None => users::resolve(&rootfs, "0").unwrap_or_else(|_| User::root()),
         };
         let mut env = self.base_env.clone();
         spec::set_env(&mut env, "HOME", &user.home);
@@ -686,6 +686,24 @@ impl Supervisor {
         let view = PathBuf::from(format!("/proc/{}/root", self.init_pid));
         let exists =
             |dir: &str| self.cfg.runtime.is_sandboxed_kernel() || crate::inroot::is_dir(&view, dir);
+        let login = p
+            .login_shell
+            .then_some(user.shell.as_deref())
+            .flatten()
+            .filter(|sh| {
+                sh.starts_with('/')
+                    && !sh.ends_with("/nologin")
+                    && !sh.ends_with("/false")
+                    && (self.cfg.runtime.is_sandboxed_kernel()
+                        || crate::inroot::is_executable(&view, sh))
+            });
+        let argv: Vec<String> = match login {
+            Some(sh) => {
+                spec::set_env(&mut env, "SHELL", sh);
+                vec![sh.to_string(), "-l".into()]
+            }
+            None => p.argv.clone(),
+        };
         let cwd = match &p.cwd {
             Some(c) if exists(c) => c.clone(),
             Some(c) => {
@@ -700,7 +718,7 @@ impl Supervisor {
         let seq = self.exec_seq;
         let process_json = self.layout.run().join(format!("exec-{seq}.json"));
         let doc = spec::process(
-            &p.argv,
+            &argv,
             &env,
             &cwd,
             &user,
@@ -732,7 +750,7 @@ impl Supervisor {
             }
         };
         let _ = fs::remove_file(&process_json);
-        result.map_err(|e| explain_exec_error(&p.argv[0], &e))
+        result.map_err(|e| explain_exec_error(&argv[0], &e))
     }
 
     fn exec_tty(

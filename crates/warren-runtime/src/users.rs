@@ -34,13 +34,16 @@ fn resolve_with(user: &str, read: impl Fn(&str) -> Option<String>) -> Result<Use
                 f[2].parse::<u32>().ok(),
                 f[3].parse::<u32>().ok(),
                 f[5].to_string(),
+                Some(f[6].trim())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
             )
         })
     });
-    let (name, uid, gid, home) = match entry {
-        Some((n, Some(u), Some(g), h)) => (Some(n), u, g, h),
+    let (name, uid, gid, home, shell) = match entry {
+        Some((n, Some(u), Some(g), h, sh)) => (Some(n), u, g, h, sh),
         _ => match who.parse::<u32>() {
-            Ok(uid) => (None, uid, uid, "/".to_string()),
+            Ok(uid) => (None, uid, uid, "/".to_string(), None),
             Err(_) => {
                 return Err(format!(
                     "user `{who}` does not exist in the workspace image (no entry in /etc/passwd)"
@@ -83,6 +86,7 @@ fn resolve_with(user: &str, read: impl Fn(&str) -> Option<String>) -> Result<Use
         additional_gids,
         home,
         name,
+        shell,
     })
 }
 

@@ -1,11 +1,18 @@
 //! The SSH gateway: `ssh -p 2222 WORKSPACE@HOST` runs a shell or a command in one of the key
 //! owner's workspaces, through the engine exactly as the API's exec does.
 //!
-//! - Authentication: public keys only. The offered key is looked up by its SHA-256 fingerprint
-//!   among the registered keys; its user must exist and not be suspended.
-//! - Authorization: the SSH user name is a workspace of the key's user, and
-//!   `warren_api::auth::decide` must allow `Op::WorkspaceExec` on it, with the user's role and
-//!   its default scopes (the rule the API applies). Every failure is the same rejection.
+//! - Authentication: a registered public key, looked up by its SHA-256 fingerprint; or an SSH
+//!   access token (`wsa_…`, made through the API) as the user name, with the "none" method. The
+//!   user must exist and not be suspended.
+//! - Authorization: with a key, the SSH user name is `WORKSPACE` (the key's user's) or
+//!   `WORKSPACE.OWNER` (another user's), and `warren_api::auth::decide` must allow
+//!   `Op::WorkspaceExec` on it with the user's role and its default scopes (the rule the API
+//!   applies). A token reaches only its own workspace, with the exec scope alone. Every failure
+//!   is the same rejection.
+//! - A stopped workspace is started by the first session that needs it, when its template allows
+//!   (`start_on_connect`) and the user may start it; progress goes to the channel's stderr.
+//! - `direct-tcpip` (`ssh -L`): to the workspace's own loopback only, connected inside its
+//!   network namespace.
 //! - Sessions: `exec` (`/bin/sh -c COMMAND`), `shell` (`/bin/sh -l`), `pty-req` (TERM and window
 //!   size), `window-change`, `env` for an allowlist, `signal`, stdin with EOF, exit-status.
 //! - The host key (ed25519) is made once and kept in `STATE/ssh_host_ed25519_key` (0600).
@@ -47,6 +54,12 @@ type StdinMsg = (Option<Vec<u8>>, Option<tokio::sync::OwnedSemaphorePermit>);
 
 /// Channels one connection may have open at once.
 const MAX_CHANNELS: usize = 16;
+
+/// Port forwards (`direct-tcpip` channels) one connection may have open at once.
+const MAX_FORWARDS: usize = 256;
+
+/// How long connecting a forward to its port may take.
+const FORWARD_CONNECT: Duration = Duration::from_secs(10);
 
 /// Loads the gateway's host key, making it on first use.
 pub fn host_key(state_dir: &Path) -> Result<PrivateKey, String> {
@@ -107,6 +120,8 @@ pub async fn bind(
 /// Accepts SSH connections until the task is aborted.
 pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: PrivateKey) {
     let mut methods = MethodSet::empty();
+    // "none" is how an access token logs in: the token is the user name.
+    methods.push(MethodKind::None);
     methods.push(MethodKind::PublicKey);
     let config = Arc::new(russh::server::Config {
         methods,
@@ -134,6 +149,10 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             who: None,
             activity: None,
             channels: HashMap::new(),
+            forwards: Arc::default(),
+            since: None,
+            opened: (0, 0),
+            client: None,
         };
         let config = config.clone();
         tokio::spawn(async move {
@@ -151,6 +170,8 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
 struct Who {
     user: UserRecord,
     ws: WorkspaceRecord,
+    /// What the user may do: the role's default scopes for a key, narrower for an access token.
+    principal: Principal,
 }
 
 /// A session channel.
@@ -158,13 +179,30 @@ struct Chan {
     env: BTreeMap<String, String>,
     /// TERM and (rows, cols) from `pty-req`.
     pty: Option<(String, u16, u16)>,
-    /// Once a process runs: stdin, its PTY and its signaller.
+    /// stdin for the process, queued from the moment it was asked for (the workspace may still
+    /// be starting).
     stdin: Option<mpsc::UnboundedSender<StdinMsg>>,
-    pty_fd: Option<OwnedFd>,
-    signaller: Option<warren_runtime::Signaller>,
-    exited: Arc<std::sync::atomic::AtomicBool>,
+    /// The process, once it runs; shared with the task that starts it.
+    live: Arc<std::sync::Mutex<Live>>,
     started: bool,
     stdin_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// What the handler and the task running a channel's process share.
+#[derive(Default)]
+struct Live {
+    pty_fd: Option<OwnedFd>,
+    signaller: Option<warren_runtime::Signaller>,
+    /// The latest window size asked for before the PTY existed.
+    size: Option<(u16, u16)>,
+    /// The process exited.
+    exited: bool,
+    /// The client closed the channel: a process not started yet must not start.
+    gone: bool,
+}
+
+fn live(l: &std::sync::Mutex<Live>) -> std::sync::MutexGuard<'_, Live> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Default for Chan {
@@ -173,9 +211,7 @@ impl Default for Chan {
             env: BTreeMap::new(),
             pty: None,
             stdin: None,
-            pty_fd: None,
-            signaller: None,
-            exited: Arc::default(),
+            live: Arc::default(),
             started: false,
             stdin_budget: Arc::new(tokio::sync::Semaphore::new(STDIN_BUDGET)),
         }
@@ -186,17 +222,20 @@ impl Drop for Chan {
     fn drop(&mut self) {
         // The client closed the channel or went away: hang up, as a closed terminal would, and
         // SIGKILL after a grace period a process that ignored it.
-        let Some(s) = self.signaller.take() else {
-            return;
+        let signaller = {
+            let mut l = live(&self.live);
+            l.gone = true;
+            if l.exited {
+                return;
+            }
+            l.signaller.take()
         };
-        if self.exited.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
+        let Some(s) = signaller else { return };
         hang_up(&s, false);
-        let exited = self.exited.clone();
+        let shared = self.live.clone();
         std::thread::spawn(move || {
             std::thread::sleep(GONE_GRACE);
-            if !exited.load(std::sync::atomic::Ordering::SeqCst) {
+            if !live(&shared).exited {
                 let _ = s.signal(9);
             }
         });
@@ -211,12 +250,58 @@ struct Conn {
     /// The connection as an open SSH session on its workspace (idle policies).
     activity: Option<crate::activity::Session>,
     channels: HashMap<ChannelId, Chan>,
+    /// Port forwards open now.
+    forwards: Arc<std::sync::atomic::AtomicUsize>,
+    /// When authentication succeeded, for the session's audit record.
+    since: Option<(std::time::Instant, String)>,
+    /// Channels and forwards opened, and the client's version, for the same.
+    opened: (u32, u32),
+    client: Option<String>,
 }
 
-/// Why a connection is refused (logged, never told to the client).
-async fn authorize(
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // One record per connection when it ends: who, from where, with what, for how long.
+        let (Some(who), Some((t0, at))) = (&self.who, &self.since) else {
+            return;
+        };
+        let record = NewAuditRecord {
+            request_id: uuid::Uuid::new_v4().simple().to_string(),
+            actor_user_id: Some(who.user.id.clone()),
+            actor_username: Some(who.user.username.clone()),
+            actor_token_id: None,
+            source_ip: Some(self.peer.ip().to_string()),
+            user_agent: self.client.clone(),
+            action: "workspace.ssh_session".into(),
+            target_type: "workspace".into(),
+            target_id: Some(who.ws.id.clone()),
+            target_name: Some(who.ws.name.to_string()),
+            outcome: AuditOutcome::Success,
+            status: 200,
+            diff_json: None,
+            details_json: Some(
+                serde_json::json!({
+                    "connected_at": at,
+                    "duration_ms": t0.elapsed().as_millis() as u64,
+                    "channels": self.opened.0,
+                    "forwards": self.opened.1,
+                    "auth": if who.principal.workspaces.is_some() { "token" } else { "key" },
+                })
+                .to_string(),
+            ),
+        };
+        let state = self.state.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { crate::audit::record(&state, record).await });
+        }
+    }
+}
+
+/// Authenticates a public key and authorizes its user for the workspace named by the SSH user
+/// name. Why a connection is refused is logged, never told to the client.
+async fn authorize_key(
     state: &AppState,
-    ws_name: &str,
+    ssh_user: &str,
     key: &ssh_key::PublicKey,
 ) -> Result<Who, String> {
     let blob = key.to_bytes().map_err(|e| format!("key: {e}"))?;
@@ -227,34 +312,112 @@ async fn authorize(
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("unknown key {fp}"))?;
-    let user = state
-        .store
-        .user(&k.user_id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("key {fp}: no such user"))?;
-    if user.suspended {
-        return Err(format!("user {} is suspended", user.username));
-    }
+    let user = active_user(state, &k.user_id).await?;
     let role: Role = user.role.parse()?;
     let principal = Principal {
         role,
         scopes: role.scopes(),
         workspaces: None,
     };
-    let ws = state
+    let ws = workspace_for(state, &user, &principal, ssh_user).await?;
+    let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
+    Ok(Who {
+        user,
+        ws,
+        principal,
+    })
+}
+
+/// Authenticates an SSH access token (the user name): its user, acting only on its workspace and
+/// only to exec there.
+async fn authorize_token(state: &AppState, token: &str) -> Result<Who, String> {
+    let t = state
         .store
-        .get_by_name(&user.id, ws_name)
+        .use_ssh_access(&crate::auth::hash_secret(token))
         .await
         .map_err(|e| e.to_string())?
-        .filter(|r| r.ownership.owner_id == user.id)
-        .ok_or_else(|| format!("user {}: no workspace `{ws_name}`", user.username))?;
-    match decide(&principal, Op::WorkspaceExec(Owner::Own), Some(&ws.id)) {
-        Decision::Allow => {}
-        d => return Err(format!("user {}: exec refused ({d:?})", user.username)),
+        .ok_or("unknown, expired or revoked SSH access token")?;
+    let user = active_user(state, &t.user_id).await?;
+    let role: Role = user.role.parse()?;
+    let principal = Principal {
+        role,
+        scopes: warren_api::auth::ScopeSet([warren_api::auth::Scope::WorkspaceExec].into()),
+        workspaces: Some([t.workspace_id.clone()].into()),
+    };
+    let ws = state
+        .store
+        .get(&t.workspace_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("the token's workspace is gone")?;
+    may_exec(&principal, &user, &ws)?;
+    Ok(Who {
+        user,
+        ws,
+        principal,
+    })
+}
+
+/// Whether `principal` (acting as `user`) may exec in `ws`, by the API's rule.
+fn may_exec(principal: &Principal, user: &UserRecord, ws: &WorkspaceRecord) -> Result<(), String> {
+    let owner = if ws.ownership.owner_id == user.id {
+        Owner::Own
+    } else {
+        Owner::Other
+    };
+    match decide(principal, Op::WorkspaceExec(owner), Some(&ws.id)) {
+        Decision::Allow => Ok(()),
+        d => Err(format!(
+            "user {}: exec in `{}` refused ({d:?})",
+            user.username, ws.name
+        )),
     }
-    let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
-    Ok(Who { user, ws })
+}
+
+/// The user, unless unknown or suspended.
+async fn active_user(state: &AppState, id: &str) -> Result<UserRecord, String> {
+    let user = state
+        .store
+        .user(id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("user {id}: no such user"))?;
+    if user.suspended {
+        return Err(format!("user {} is suspended", user.username));
+    }
+    Ok(user)
+}
+
+/// The workspace an SSH user name addresses: `NAME` (one of the user's own) or `NAME.OWNER`
+/// (another user's, for those the policy lets exec in it), if `principal` may exec in it.
+async fn workspace_for(
+    state: &AppState,
+    user: &UserRecord,
+    principal: &Principal,
+    ssh_user: &str,
+) -> Result<WorkspaceRecord, String> {
+    let (name, owner_id) = match ssh_user.split_once('.') {
+        Some((name, owner)) => {
+            let owner = state
+                .store
+                .user_by_name(owner)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no user `{owner}`"))?;
+            (name, owner.id)
+        }
+        None => (ssh_user, user.id.clone()),
+    };
+    let ws = state
+        .store
+        .get_by_name(&owner_id, name)
+        .await
+        .map_err(|e| e.to_string())?
+        // Host-local workspaces have no owner and are never the server's to hand out.
+        .filter(|r| !r.ownership.owner_id.is_empty() && r.ownership.owner_id == owner_id)
+        .ok_or_else(|| format!("user {}: no workspace `{ssh_user}`", user.username))?;
+    may_exec(principal, user, &ws)?;
+    Ok(ws)
 }
 
 fn signal_number(sig: &Sig) -> Option<i32> {
@@ -291,13 +454,7 @@ fn env_allowed(name: &str) -> bool {
                 .all(|b| b.is_ascii_uppercase() || b == b'_'))
 }
 
-/// Sends `msg` on the channel's stderr, exit status 1, EOF and close, from a task of its own (the
-/// handler must not wait on the connection it is running in).
-fn fail(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
-    let (handle, msg) = (handle.clone(), msg.to_string());
-    tokio::spawn(async move { fail_now(&handle, channel, &msg).await });
-}
-
+/// Sends `msg` on the channel's stderr, exit status 1, EOF and close.
 async fn fail_now(handle: &russh::server::Handle, channel: ChannelId, msg: &str) {
     let _ = handle
         .extended_data(channel, 1, format!("warren: {msg}\r\n").into_bytes())
@@ -308,7 +465,9 @@ async fn fail_now(handle: &russh::server::Handle, channel: ChannelId, msg: &str)
 }
 
 impl Conn {
-    /// Starts `argv` on `channel` (an `exec` or `shell` request).
+    /// Starts `argv` on `channel` (an `exec`, `shell` or subsystem request). Replies at once; a
+    /// task of its own then starts the workspace if it is stopped (progress on stderr), starts
+    /// the process and relays it, so that the connection never waits on either.
     async fn run(
         &mut self,
         channel: ChannelId,
@@ -326,37 +485,6 @@ impl Conn {
         }
         chan.started = true;
         session.channel_success(channel)?;
-        // The user and the workspace as they are now, not as they were at authentication.
-        match self.state.store.user(&who.user.id).await {
-            Ok(Some(u)) if !u.suspended => {}
-            _ => {
-                fail(
-                    &handle,
-                    channel,
-                    "this user is suspended or no longer exists",
-                );
-                return Ok(());
-            }
-        }
-        let rec = match self.state.store.get(&who.ws.id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                fail(&handle, channel, "the workspace no longer exists");
-                return Ok(());
-            }
-            Err(e) => {
-                fail(&handle, channel, &e.to_string());
-                return Ok(());
-            }
-        };
-        if rec.state != WorkspaceState::Running {
-            let msg = format!(
-                "workspace `{}` is {}, not running; start it with `warren start {}`",
-                rec.name, rec.state, rec.name
-            );
-            fail(&handle, channel, &msg);
-            return Ok(());
-        }
         let mut env = chan.env.clone();
         if let Some((term, _, _)) = &chan.pty {
             env.insert("TERM".into(), term.clone());
@@ -369,19 +497,88 @@ impl Conn {
             stdin: None,
             timeout: None,
             tty: chan.pty.as_ref().map(|(_, r, c)| (*r, *c)),
+            login_shell: false,
         };
+        let req = if req.command.is_empty() {
+            // A shell: the user's login shell, else bash or sh as `warren shell` picks.
+            ExecRequest {
+                command: warren_api::v1::shell_fallback(),
+                login_shell: true,
+                ..req
+            }
+        } else {
+            req
+        };
+        let (in_tx, in_rx) = mpsc::unbounded_channel::<StdinMsg>();
+        chan.stdin = Some(in_tx);
+        let job = ChannelJob {
+            state: self.state.clone(),
+            handle,
+            channel,
+            user_id: who.user.id.clone(),
+            username: who.user.username.clone(),
+            principal: who.principal.clone(),
+            ws_id: who.ws.id.clone(),
+            peer: self.peer,
+            client: String::from_utf8_lossy(session.remote_sshid()).into_owned(),
+            live: chan.live.clone(),
+        };
+        tokio::spawn(job.run(req, in_rx));
+        Ok(())
+    }
+}
+
+/// A channel's process, from the workspace's start to its exit status.
+struct ChannelJob {
+    state: AppState,
+    handle: russh::server::Handle,
+    channel: ChannelId,
+    user_id: String,
+    username: String,
+    principal: Principal,
+    ws_id: String,
+    peer: SocketAddr,
+    client: String,
+    live: Arc<std::sync::Mutex<Live>>,
+}
+
+impl ChannelJob {
+    async fn run(self, mut req: ExecRequest, in_rx: mpsc::UnboundedReceiver<StdinMsg>) {
+        let (handle, channel) = (self.handle.clone(), self.channel);
+        // The user and the workspace as they are now, not as they were at authentication.
+        match self.state.store.user(&self.user_id).await {
+            Ok(Some(u)) if !u.suspended => {}
+            _ => {
+                return fail_now(
+                    &handle,
+                    channel,
+                    "this user is suspended or no longer exists",
+                )
+                .await
+            }
+        }
+        let rec = match self.ready_workspace().await {
+            Ok(r) => r,
+            Err(msg) => return fail_now(&handle, channel, &msg).await,
+        };
+        if live(&self.live).gone {
+            return;
+        }
+        if let (Some(t), Some(size)) = (&mut req.tty, live(&self.live).size) {
+            *t = size;
+        }
         let started = match validate(&req) {
-            Ok(_) => start(&self.state, &who.user.id, &rec, &req).await,
+            Ok(_) => start(&self.state, &self.user_id, &rec, &req).await,
             Err(e) => Err(e),
         };
         // Audited as the API's exec is, with where it came from.
         let audit = NewAuditRecord {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
-            actor_user_id: Some(who.user.id.clone()),
-            actor_username: Some(who.user.username.clone()),
+            actor_user_id: Some(self.user_id.clone()),
+            actor_username: Some(self.username.clone()),
             actor_token_id: None,
             source_ip: Some(self.peer.ip().to_string()),
-            user_agent: Some(String::from_utf8_lossy(session.remote_sshid()).into_owned()),
+            user_agent: Some(self.client.clone()),
             action: "workspace.exec".into(),
             target_type: "workspace".into(),
             target_id: Some(rec.id.clone()),
@@ -404,15 +601,11 @@ impl Conn {
         crate::audit::record(&self.state, audit).await;
         let mut started = match started {
             Ok(s) => s,
-            Err(e) => {
-                fail(&handle, channel, &e.body.message);
-                return Ok(());
-            }
+            Err(e) => return fail_now(&handle, channel, &e.body.message).await,
         };
-        // stdin goes through a thread: writes to a pipe or PTY may block.
-        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<StdinMsg>();
         if let Some(w) = started.stdin.take() {
             // The permit goes back to the budget once its bytes are written.
+            let mut in_rx = in_rx;
             let mut held = None;
             exec::stdin_writer(&started, w, move || {
                 let (msg, permit) = in_rx.blocking_recv()?;
@@ -420,73 +613,298 @@ impl Conn {
                 Some(msg)
             });
         }
-        chan.stdin = Some(in_tx);
-        chan.pty_fd = started.pty.as_ref().and_then(|p| p.try_clone().ok());
-        chan.signaller = started.signaller.try_clone().ok();
-        let exited = chan.exited.clone();
-        tokio::spawn(async move {
-            let send = |chan: u8, bytes: Vec<u8>| {
-                let handle = handle.clone();
-                async move {
-                    if chan == 2 {
-                        handle.extended_data(channel, 1, bytes).await.is_ok()
-                    } else {
-                        handle.data(channel, bytes).await.is_ok()
-                    }
-                }
-            };
-            let code = loop {
-                tokio::select! {
-                    Some((c, bytes)) = started.out.recv() => {
-                        if !send(c, bytes).await {
-                            hang_up(&started.signaller, false);
-                        }
-                    }
-                    r = &mut started.exit => break r,
-                }
-            };
-            exited.store(true, std::sync::atomic::Ordering::SeqCst);
-            while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
-                if !send(c, bytes).await {
-                    break;
+        {
+            let mut l = live(&self.live);
+            l.pty_fd = started.pty.as_ref().and_then(|p| p.try_clone().ok());
+            l.signaller = started.signaller.try_clone().ok();
+            if l.gone {
+                // The channel closed while the process started.
+                if let Some(s) = l.signaller.take() {
+                    hang_up(&s, false);
                 }
             }
-            let status = match code {
-                Ok(Ok(c)) => u32::try_from(c).unwrap_or(255),
-                Ok(Err(e)) => {
-                    let _ = handle
-                        .extended_data(channel, 1, format!("warren: {e}\r\n").into_bytes())
-                        .await;
-                    255
+        }
+        let send = |chan: u8, bytes: Vec<u8>| {
+            let handle = handle.clone();
+            async move {
+                if chan == 2 {
+                    handle.extended_data(channel, 1, bytes).await.is_ok()
+                } else {
+                    handle.data(channel, bytes).await.is_ok()
                 }
-                Err(_) => 255,
-            };
-            let _ = handle.exit_status_request(channel, status).await;
-            let _ = handle.eof(channel).await;
-            let _ = handle.close(channel).await;
-        });
-        Ok(())
+            }
+        };
+        let code = loop {
+            tokio::select! {
+                Some((c, bytes)) = started.out.recv() => {
+                    if !send(c, bytes).await {
+                        hang_up(&started.signaller, false);
+                    }
+                }
+                r = &mut started.exit => break r,
+            }
+        };
+        live(&self.live).exited = true;
+        while let Ok(Some((c, bytes))) = tokio::time::timeout(DRAIN, started.out.recv()).await {
+            if !send(c, bytes).await {
+                break;
+            }
+        }
+        let status = match code {
+            Ok(Ok(c)) => u32::try_from(c).unwrap_or(255),
+            Ok(Err(e)) => {
+                let _ = handle
+                    .extended_data(channel, 1, format!("warren: {e}\r\n").into_bytes())
+                    .await;
+                255
+            }
+            Err(_) => 255,
+        };
+        let _ = handle.exit_status_request(channel, status).await;
+        let _ = handle.eof(channel).await;
+        let _ = handle.close(channel).await;
+    }
+
+    /// The workspace, running: started first when it is stopped and its template and the user's
+    /// role allow (progress on the channel's stderr). Otherwise why not, for the client.
+    async fn ready_workspace(&self) -> Result<WorkspaceRecord, String> {
+        let rec = match self.state.store.get(&self.ws_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err("the workspace no longer exists".into()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if rec.state == WorkspaceState::Running {
+            return Ok(rec);
+        }
+        let not_running = |rec: &WorkspaceRecord| {
+            format!(
+                "workspace `{}` is {}, not running; start it with `warren start {}`",
+                rec.name, rec.state, rec.name
+            )
+        };
+        let startable = matches!(rec.state, WorkspaceState::Stopped | WorkspaceState::Failed);
+        let owner = if rec.ownership.owner_id == self.user_id {
+            Owner::Own
+        } else {
+            Owner::Other
+        };
+        let may_start =
+            decide(&self.principal, Op::WorkspaceWrite(owner), Some(&rec.id)) == Decision::Allow;
+        if !startable || !may_start || !start_on_connect(&self.state, &rec).await {
+            return Err(not_running(&rec));
+        }
+        let say = |line: String| {
+            let handle = self.handle.clone();
+            let channel = self.channel;
+            async move {
+                let _ = handle
+                    .extended_data(channel, 1, format!("{line}\r\n").into_bytes())
+                    .await;
+            }
+        };
+        say(format!("warren: starting workspace `{}`...", rec.name)).await;
+        let job = crate::routes::workspaces::spawn_start(&self.state, &rec, &self.user_id)
+            .await
+            .map_err(|e| e.body.message)?;
+        crate::audit::record(
+            &self.state,
+            NewAuditRecord {
+                request_id: uuid::Uuid::new_v4().simple().to_string(),
+                actor_user_id: Some(self.user_id.clone()),
+                actor_username: Some(self.username.clone()),
+                actor_token_id: None,
+                source_ip: Some(self.peer.ip().to_string()),
+                user_agent: Some(self.client.clone()),
+                action: "workspace.start".into(),
+                target_type: "workspace".into(),
+                target_id: Some(rec.id.clone()),
+                target_name: Some(rec.name.to_string()),
+                outcome: AuditOutcome::Success,
+                status: 202,
+                diff_json: None,
+                details_json: Some(
+                    serde_json::json!({"job": job.id, "via": "ssh", "on_connect": true})
+                        .to_string(),
+                ),
+            },
+        )
+        .await;
+        if let Some(mut lines) = self.state.jobs.follow(&job.id) {
+            while let Ok((_, line)) = lines.recv().await {
+                say(format!("warren: {}", line.trim_end())).await;
+            }
+        }
+        // The job has finished (its log closed); its record says how.
+        for _ in 0..100 {
+            match self.state.store.job(&job.id).await {
+                Ok(Some(j)) if j.status == "succeeded" => break,
+                Ok(Some(j)) if j.status == "failed" || j.status == "canceled" => {
+                    return Err(format!(
+                        "starting workspace `{}` failed: {}",
+                        rec.name,
+                        j.error.unwrap_or_else(|| j.status.clone())
+                    ))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        match self.state.store.get(&self.ws_id).await {
+            Ok(Some(r)) if r.state == WorkspaceState::Running => Ok(r),
+            Ok(Some(r)) => Err(not_running(&r)),
+            Ok(None) => Err("the workspace no longer exists".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Where a `direct-tcpip` request may go: a port on the workspace's own loopback, nothing else
+/// (no other workspace, no host, no network beyond).
+fn forward_target(host: &str, port: u32) -> Option<SocketAddr> {
+    let port = u16::try_from(port).ok().filter(|p| *p != 0)?;
+    let ip: std::net::IpAddr = match host {
+        "localhost" | "ip4-localhost" | "ip4-loopback" => std::net::Ipv4Addr::LOCALHOST.into(),
+        "ip6-localhost" | "ip6-loopback" => std::net::Ipv6Addr::LOCALHOST.into(),
+        other => other
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?,
+    };
+    ip.is_loopback().then_some(SocketAddr::new(ip, port))
+}
+
+/// An `ssh -L` connection to a port inside the workspace.
+struct Forward {
+    state: AppState,
+    ws_id: String,
+    user_id: String,
+    username: String,
+    peer: SocketAddr,
+    originator: String,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Forward {
+    async fn run(
+        self,
+        channel: Channel<Msg>,
+        target: SocketAddr,
+        reply: russh::server::ChannelOpenHandle,
+    ) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.count.fetch_add(1, SeqCst);
+        let connected = self.connect(target).await;
+        let outcome = match &connected {
+            Ok(_) => AuditOutcome::Success,
+            Err(_) => AuditOutcome::Failure,
+        };
+        crate::audit::record(
+            &self.state,
+            NewAuditRecord {
+                request_id: uuid::Uuid::new_v4().simple().to_string(),
+                actor_user_id: Some(self.user_id.clone()),
+                actor_username: Some(self.username.clone()),
+                actor_token_id: None,
+                source_ip: Some(self.peer.ip().to_string()),
+                user_agent: None,
+                action: "workspace.port_forward".into(),
+                target_type: "workspace".into(),
+                target_id: Some(self.ws_id.clone()),
+                target_name: None,
+                outcome,
+                status: if connected.is_ok() { 200 } else { 502 },
+                diff_json: None,
+                details_json: Some(
+                    serde_json::json!({
+                        "port": target.port(),
+                        "address": target.ip().to_string(),
+                        "via": "ssh",
+                        "originator": self.originator,
+                        "error": connected.as_ref().err(),
+                    })
+                    .to_string(),
+                ),
+            },
+        )
+        .await;
+        match connected {
+            Ok(mut tcp) => {
+                reply.accept().await;
+                let _activity = self
+                    .state
+                    .activity
+                    .session(&self.ws_id, warren_api::activity::ActivityKind::Port);
+                let mut stream = channel.into_stream();
+                let _ = tokio::io::copy_bidirectional(&mut stream, &mut tcp).await;
+            }
+            Err(why) => {
+                tracing_log(&format!("SSH {}: forward to {target}: {why}", self.peer));
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        self.count.fetch_sub(1, SeqCst);
+    }
+
+    /// A connection to `target` made inside the workspace's network namespace.
+    async fn connect(&self, target: SocketAddr) -> Result<tokio::net::TcpStream, String> {
+        active_user(&self.state, &self.user_id).await?;
+        let fd = self
+            .state
+            .engine
+            .tcp_socket(
+                warren_engine::WsRef::Id(self.ws_id.clone()),
+                target.is_ipv6(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        match tokio::time::timeout(FORWARD_CONNECT, socket.connect(target)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Ok(Err(e)) => Err(format!("connect to port {}: {e}", target.port())),
+            Err(_) => Err(format!("connect to port {}: timed out", target.port())),
+        }
+    }
+}
+
+/// Whether the workspace's template lets a connection start it (the default).
+async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
+    let Some(vid) = &rec.ownership.template_version_id else {
+        return true;
+    };
+    match state.store.version(vid).await {
+        Ok(Some(v)) => serde_json::from_str::<warren_api::template::PolicyDefaults>(&v.policy_json)
+            .map(|p| p.start_on_connect != Some(false))
+            .unwrap_or(true),
+        _ => true,
+    }
+}
+
+impl Conn {
+    fn accepted(&mut self, who: Who) -> Auth {
+        self.since = Some((std::time::Instant::now(), warren_store::now()));
+        self.activity = Some(
+            self.state
+                .activity
+                .session(&who.ws.id, warren_api::activity::ActivityKind::Ssh),
+        );
+        self.who = Some(who);
+        Auth::Accept
     }
 }
 
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
 
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
-        match authorize(&self.state, user, key.public_key).await {
-            Ok(who) => {
-                self.activity = Some(
-                    self.state
-                        .activity
-                        .session(&who.ws.id, warren_api::activity::ActivityKind::Ssh),
-                );
-                self.who = Some(who);
-                Ok(Auth::Accept)
-            }
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
+        if !user.starts_with(crate::routes::workspaces::ssh_access::PREFIX) {
+            // A workspace name: the client goes on to its keys.
+            return Ok(Auth::reject());
+        }
+        match authorize_token(&self.state, user).await {
+            Ok(who) => Ok(self.accepted(who)),
             Err(why) => {
                 tracing_log(&format!("SSH {}: refused: {why}", self.peer));
                 Ok(Auth::reject())
@@ -494,17 +912,73 @@ impl russh::server::Handler for Conn {
         }
     }
 
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        match authorize_key(&self.state, user, key.public_key).await {
+            Ok(who) => Ok(self.accepted(who)),
+            Err(why) => {
+                tracing_log(&format!("SSH {}: refused: {why}", self.peer));
+                Ok(Auth::reject())
+            }
+        }
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(who) = &self.who else {
+            return Ok(());
+        };
+        let Some(target) = forward_target(host_to_connect, port_to_connect) else {
+            tracing_log(&format!(
+                "SSH {}: refused a forward to {host_to_connect:?}:{port_to_connect} (only the workspace's own loopback)",
+                self.peer
+            ));
+            tokio::spawn(reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited));
+            return Ok(());
+        };
+        if self.forwards.load(std::sync::atomic::Ordering::SeqCst) >= MAX_FORWARDS {
+            tokio::spawn(reply.reject(russh::ChannelOpenFailure::ResourceShortage));
+            return Ok(());
+        }
+        self.opened.1 += 1;
+        let forward = Forward {
+            state: self.state.clone(),
+            ws_id: who.ws.id.clone(),
+            user_id: who.user.id.clone(),
+            username: who.user.username.clone(),
+            peer: self.peer,
+            originator: originator_address.chars().take(64).collect(),
+            count: self.forwards.clone(),
+        };
+        tokio::spawn(forward.run(channel, target, reply));
+        Ok(())
+    }
+
     async fn channel_open_session(
         &mut self,
         channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
         if self.who.is_none() || self.channels.len() >= MAX_CHANNELS {
             // Dropping the handle rejects the channel.
             return Ok(());
         }
         self.channels.insert(channel.id(), Chan::default());
+        self.opened.0 += 1;
+        self.client
+            .get_or_insert_with(|| String::from_utf8_lossy(session.remote_sshid()).into_owned());
         reply.accept().await;
         Ok(())
     }
@@ -564,8 +1038,7 @@ impl russh::server::Handler for Conn {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.run(channel, vec!["/bin/sh".into(), "-l".into()], session)
-            .await
+        self.run(channel, Vec::new(), session).await
     }
 
     async fn exec_request(
@@ -611,8 +1084,11 @@ impl russh::server::Handler for Conn {
         };
         match self.channels.get_mut(&channel) {
             Some(c) if rows > 0 && cols > 0 => {
-                if let Some(fd) = &c.pty_fd {
+                let mut l = live(&c.live);
+                if let Some(fd) = &l.pty_fd {
                     let _ = warren_runtime::tty::set_window_size(fd.as_fd(), rows, cols);
+                } else if c.started {
+                    l.size = Some((rows, cols));
                 } else if let Some(p) = &mut c.pty {
                     p.1 = rows;
                     p.2 = cols;
@@ -631,10 +1107,9 @@ impl russh::server::Handler for Conn {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let (Some(c), Some(n)) = (self.channels.get(&channel), signal_number(&signal)) {
-            if let Some(s) = &c.signaller {
-                if !c.exited.load(std::sync::atomic::Ordering::SeqCst) {
-                    let _ = s.signal(n);
-                }
+            let l = live(&c.live);
+            if let (Some(s), false) = (&l.signaller, l.exited) {
+                let _ = s.signal(n);
             }
         }
         Ok(())
@@ -701,6 +1176,33 @@ mod tests {
             host_fingerprint(&a),
             host_fingerprint(&host_key(other.path()).unwrap())
         );
+    }
+
+    #[test]
+    fn forwards_reach_only_the_workspace_loopback() {
+        for (host, port, want) in [
+            ("localhost", 8080, Some("127.0.0.1:8080")),
+            ("127.0.0.1", 22, Some("127.0.0.1:22")),
+            ("127.1.2.3", 80, Some("127.1.2.3:80")),
+            ("::1", 443, Some("[::1]:443")),
+            ("[::1]", 443, Some("[::1]:443")),
+            ("ip6-localhost", 1, Some("[::1]:1")),
+            ("localhost", 0, None),
+            ("localhost", 65536, None),
+            ("10.0.0.1", 80, None),
+            ("169.254.169.254", 80, None),
+            ("0.0.0.0", 80, None),
+            ("example.com", 80, None),
+            ("localhost.evil.com", 80, None),
+            ("", 80, None),
+            ("::ffff:127.0.0.1", 80, None),
+        ] {
+            assert_eq!(
+                forward_target(host, port).map(|a| a.to_string()).as_deref(),
+                want,
+                "{host}:{port}"
+            );
+        }
     }
 
     #[test]

@@ -217,6 +217,9 @@ fn cases() -> Vec<Case> {
         c("POST", "/api/v1/workspaces/{ws}/extend", "", Rule::Ws(WorkspaceWrite)),
         c("GET", "/api/v1/workspaces/{ws}/jobs", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/ssh", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/ssh-access", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/ssh-access", "", Rule::Ws(WorkspaceExec)),
+        c("DELETE", "/api/v1/workspaces/{ws}/ssh-access/{id}", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/logs", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/activity", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/ports", "", Rule::Ws(WorkspaceRead)),
@@ -747,6 +750,25 @@ impl<'a> Fx<'a> {
                 let ws = self.shared_workspace(ws_owner, caller).await;
                 Req::new(m, path.replace("{ws}", &ws), Body::None)
             }
+            ("DELETE", "/api/v1/workspaces/{ws}/ssh-access/{id}", _) => {
+                let (name, ws_id) = self.workspace(ws_owner).await;
+                let t = self
+                    .store
+                    .create_ssh_access(
+                        &ws_id,
+                        &self.users[ws_owner],
+                        &ws_id,
+                        "2999-01-01T00:00:00.000Z",
+                    )
+                    .await
+                    .unwrap();
+                let ws = Self::ws_key(&name, ws_owner, caller);
+                Req::new(
+                    m,
+                    format!("/api/v1/workspaces/{ws}/ssh-access/{}", t.id),
+                    Body::None,
+                )
+            }
             (_, p, _) if p.starts_with("/api/v1/workspaces/{ws}") => {
                 // Everything else on a workspace may change it: a fresh one each time.
                 let (name, _) = self.workspace(ws_owner).await;
@@ -754,6 +776,7 @@ impl<'a> Fx<'a> {
                 let body = match p {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
                     "/api/v1/workspaces/{ws}/extend" => j(json!({"by": "1h"})),
+                    "/api/v1/workspaces/{ws}/ssh-access" if m == "POST" => j(json!({})),
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     "/api/v1/workspaces/{ws}/ports/{port}" => j(json!({"sharing": "organization"})),
                     _ => Body::None,

@@ -361,6 +361,26 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
             .unwrap(),
         "{activity}"
     );
+    // Each connection leaves one record when it ends: who, from where, how long, what it opened.
+    let mut sessions = json!(null);
+    for _ in 0..100 {
+        let (st, a) = s
+            .get(&s.admin, "/api/v1/audit?action=workspace.ssh_session")
+            .await;
+        assert_eq!(st, StatusCode::OK, "{a}");
+        sessions = a;
+        if sessions.to_string().contains("duration_ms") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text_of = sessions.to_string();
+    assert!(text_of.contains("duration_ms"), "{sessions}");
+    assert!(text_of.contains("\\\"auth\\\":\\\"key\\\""), "{sessions}");
+    assert!(
+        text_of.contains("127.0.0.1") && text_of.contains("OpenSSH"),
+        "{sessions}"
+    );
     // The key's last use is recorded.
     let (_, mine) = s.get(&alice, "/api/v1/me/ssh-keys").await;
     assert!(mine[0]["last_used_at"].is_string(), "{mine}");
@@ -375,22 +395,106 @@ async fn ssh_into_a_workspace_runs_commands_as_exec_does() {
     assert_eq!(st, StatusCode::OK);
     let o = ssh_async(port, carol_key.clone(), "cw", &[], "echo in", None).await;
     assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+}
 
-    // A stopped workspace: a clear message and status 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_workspaces_start_on_connect_and_admins_address_others_workspaces() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let dc = json!({"image": "busybox", "overrideCommand": true}).to_string();
     let (st, v) = s
-        .post(&alice, "/api/v1/workspaces/dev/stop", json!({}))
+        .post(
+            &s.admin,
+            "/api/v1/templates/pinned/versions",
+            json!({"devcontainer": dc, "policy": {"start_on_connect": false}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    let alice_key = keygen(keys.path(), "alice");
+    let bob_key = keygen(keys.path(), "bob");
+    let admin_key = keygen(keys.path(), "admin");
+    register(&s, &alice, &alice_key).await;
+    register(&s, &bob, &bob_key).await;
+    register(&s, &s.admin, &admin_key).await;
+    create(&s, &alice, "dev").await;
+    let (st, v) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces",
+            json!({"name": "pinned", "template": "pinned"}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
-    let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    let port = s.ssh_port().await;
+    let stop = |name: &'static str| {
+        let (s, alice) = (&s, alice.clone());
+        async move {
+            let (st, v) = s
+                .post(
+                    &alice,
+                    &format!("/api/v1/workspaces/{name}/stop"),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+            let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+            assert_eq!(job["status"], "succeeded", "{job}");
+        }
+    };
+
+    // Stopped: the connection starts it, with progress on stderr, then runs the command.
+    stop("dev").await;
     let o = ssh_async(port, alice_key.clone(), "dev", &[], "echo in", None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(text(&o.stdout), "in\n");
+    assert!(
+        text(&o.stderr).contains("starting workspace `dev`"),
+        "{}",
+        text(&o.stderr)
+    );
+    let (_, w) = s.get(&alice, "/api/v1/workspaces/dev").await;
+    assert_eq!(w["state"], "running", "{w}");
+    let (_, audit) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.start")
+        .await;
+    assert!(audit.to_string().contains("on_connect"), "{audit}");
+
+    // A template that says no: a clear message, status 1, and the workspace stays stopped.
+    stop("pinned").await;
+    let o = ssh_async(port, alice_key.clone(), "pinned", &[], "echo in", None).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
     assert!(
-        text(&o.stderr).contains("not running"),
+        text(&o.stderr).contains("not running") && text(&o.stderr).contains("warren start"),
         "{}",
         text(&o.stderr)
     );
     assert!(o.stdout.is_empty());
+    let (_, w) = s.get(&alice, "/api/v1/workspaces/pinned").await;
+    assert_eq!(w["state"], "stopped", "{w}");
+
+    // An admin reaches alice's workspace as `dev.alice`; bob, a member, cannot; nor can anyone
+    // address a user or workspace that does not exist.
+    let o = ssh_async(port, admin_key.clone(), "dev.alice", &[], "hostname", None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    for (key, user) in [
+        (&bob_key, "dev.alice"),
+        (&admin_key, "dev.nobody"),
+        (&admin_key, "nothing.alice"),
+        (&admin_key, "dev"),
+    ] {
+        let o = ssh_async(port, key.clone(), user, &[], "hostname", None).await;
+        assert_eq!(o.status.code(), Some(255), "{user}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("Permission denied"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -660,4 +764,321 @@ async fn the_api_tunnel_relays_to_the_gateway_and_says_when_it_is_off() {
         v["hint"].as_str().unwrap_or("").contains("ssh_listen"),
         "{v}"
     );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `curl -s` of `url`: (exit code, body).
+async fn curl(url: String) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let o = Command::new("curl")
+            .args(["-s", "--max-time", "20", &url])
+            .output()
+            .unwrap();
+        (o.status.code().unwrap_or(-1), text(&o.stdout))
+    })
+    .await
+    .unwrap()
+}
+
+/// `ssh -N` with `-L` forwards, until killed.
+fn ssh_forwarding(port: u16, key: &Path, user: &str, forwards: &[String]) -> std::process::Child {
+    let mut c = Command::new("ssh");
+    c.args([
+        "-N",
+        "-F",
+        "/dev/null",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-i",
+    ])
+    .arg(key)
+    .args(["-p", &port.to_string()]);
+    for f in forwards {
+        c.args(["-L", f]);
+    }
+    c.arg(format!("{user}@127.0.0.1"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_local_forwards_reach_the_workspace_loopback_and_nothing_else() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    let alice_key = keygen(keys.path(), "alice");
+    let bob_key = keygen(keys.path(), "bob");
+    register(&s, &alice, &alice_key).await;
+    register(&s, &bob, &bob_key).await;
+    create(&s, &alice, "dev").await;
+    create(&s, &bob, "bw").await;
+    let port = s.ssh_port().await;
+    // The same port inside both workspaces, serving different pages, and on neither the host.
+    for (key, ws, page) in [
+        (&alice_key, "dev", "alice-inside"),
+        (&bob_key, "bw", "bob-inside"),
+    ] {
+        let o = ssh_async(
+            port,
+            key.clone(),
+            ws,
+            &[],
+            &format!("mkdir -p /www && echo {page} > /www/index.html && httpd -p 127.0.0.1:18080 -h /www"),
+            None,
+        )
+        .await;
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    }
+    assert!(std::net::TcpStream::connect("127.0.0.1:18080").is_err());
+
+    let api_port: u16 = s.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (good, far, host_api, closed) = (free_port(), free_port(), free_port(), free_port());
+    let mut child = ssh_forwarding(
+        port,
+        &alice_key,
+        "dev",
+        &[
+            format!("{good}:localhost:18080"),
+            format!("{far}:10.1.2.3:80"),
+            format!("{host_api}:127.0.0.1:{api_port}"),
+            format!("{closed}:localhost:18081"),
+        ],
+    );
+    let mut body = (0, String::new());
+    for _ in 0..100 {
+        body = curl(format!("http://127.0.0.1:{good}/")).await;
+        if body.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(body, (0, "alice-inside\n".to_string()));
+    // Several connections at once through one SSH connection.
+    let many = futures_util::future::join_all(
+        (0..8).map(|_| curl(format!("http://127.0.0.1:{good}/index.html"))),
+    )
+    .await;
+    assert!(many.iter().all(|r| r.1 == "alice-inside\n"), "{many:?}");
+    // Anything but the workspace's own loopback is refused: another network, the host's own
+    // services (the API listens on the host's loopback, not the workspace's), closed ports.
+    for p in [far, host_api, closed] {
+        let (code, body) = curl(format!("http://127.0.0.1:{p}/")).await;
+        assert_ne!(code, 0, "port {p}: {body}");
+        assert!(body.is_empty(), "port {p}: {body}");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+
+    // Forwards are audited, with the port and whether they connected; they are activity.
+    let (_, audit) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.port_forward")
+        .await;
+    let audit = audit.to_string();
+    assert!(
+        audit.contains("18080") && audit.contains("18081"),
+        "{audit}"
+    );
+    assert!(audit.contains("failure"), "{audit}");
+    let (_, a) = s.get(&alice, "/api/v1/workspaces/dev/activity").await;
+    assert!(a["last"]["port"].is_string(), "{a}");
+}
+
+/// `ssh TOKEN@127.0.0.1 -p PORT COMMAND` with no key at all.
+async fn ssh_token(port: u16, token: &str, command: &str) -> Output {
+    let (token, command) = (token.to_string(), command.to_string());
+    tokio::task::spawn_blocking(move || {
+        Command::new("ssh")
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PasswordAuthentication=no",
+                "-o",
+                "KbdInteractiveAuthentication=no",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+                "-p",
+                &port.to_string(),
+            ])
+            .arg(format!("{token}@127.0.0.1"))
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_access_tokens_reach_one_workspace_until_they_expire_or_are_revoked() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let alice = s.user_token("alice", "member", None).await;
+    let bob = s.user_token("bob", "member", None).await;
+    create(&s, &alice, "dev").await;
+    create(&s, &alice, "other").await;
+    let port = s.ssh_port().await;
+    let make = |lifetime: Option<&str>| {
+        let body = match lifetime {
+            Some(l) => json!({ "lifetime": l }),
+            None => json!({}),
+        };
+        let (s, alice) = (&s, alice.clone());
+        async move {
+            let (st, v) = s
+                .post(&alice, "/api/v1/workspaces/dev/ssh-access", body)
+                .await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+            v
+        }
+    };
+
+    // A token is the user name; no key is needed. It lasts an hour by default.
+    let made = make(None).await;
+    let token = made["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("wsa_"), "{made}");
+    assert_eq!(
+        made["ssh_command"],
+        format!("ssh -p {port} {token}@127.0.0.1"),
+        "{made}"
+    );
+    let created = time::OffsetDateTime::parse(
+        made["info"]["created_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let expires = time::OffsetDateTime::parse(
+        made["info"]["expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!((expires - created).whole_minutes(), 60, "{made}");
+    let o = ssh_token(port, &token, "hostname; echo via-token").await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).ends_with("via-token\n"),
+        "{}",
+        text(&o.stdout)
+    );
+    // Its use is recorded; the secret is never shown again.
+    let (_, list) = s.get(&alice, "/api/v1/workspaces/dev/ssh-access").await;
+    assert!(list[0]["last_used_at"].is_string(), "{list}");
+    assert!(!list.to_string().contains(&token), "{list}");
+
+    // Unknown tokens, and a token made for `dev` used with another workspace's name, fail.
+    for user in ["wsa_0123456789abcdefghijklmnopqrstuv", "other", "dev"] {
+        let o = ssh_token(port, user, "echo in").await;
+        assert_eq!(o.status.code(), Some(255), "{user}: {}", text(&o.stderr));
+        assert!(o.stdout.is_empty());
+    }
+    // Bob cannot make one for alice's workspace; bad lifetimes are refused with a reason.
+    let (st, v) = s
+        .post(&bob, "/api/v1/workspaces/dev.alice/ssh-access", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
+    for (lifetime, want) in [("48h", "longer than"), ("soon", "lifetime `soon`")] {
+        let (st, v) = s
+            .post(
+                &alice,
+                "/api/v1/workspaces/dev/ssh-access",
+                json!({ "lifetime": lifetime }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["message"].as_str().unwrap().contains(want), "{v}");
+    }
+    let (st, v) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces/dev/ssh-access",
+            json!({"ttl": "1h"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
+    // Expired: refused.
+    let short = make(Some("1s")).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let o = ssh_token(port, short["token"].as_str().unwrap(), "echo in").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+
+    // A token only execs: it does not start a stopped workspace.
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/dev/stop", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    let o = ssh_token(port, &token, "echo in").await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("not running"),
+        "{}",
+        text(&o.stderr)
+    );
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/dev/start", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+
+    // Revoked: refused at once.
+    let id = made["info"]["id"].as_str().unwrap();
+    let (st, v) = s
+        .call(
+            Some(&alice),
+            Method::DELETE,
+            &format!("/api/v1/workspaces/dev/ssh-access/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["revoked_at"].is_string(), "{v}");
+    let o = ssh_token(port, &token, "echo in").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+    // A suspended user's tokens stop working.
+    let fresh = make(None).await;
+    let (st, _) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/alice",
+            Some(json!({"suspended": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let o = ssh_token(port, fresh["token"].as_str().unwrap(), "echo in").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
 }

@@ -16,6 +16,7 @@ mod identity;
 mod jobs;
 mod ports;
 mod record;
+mod ssh_access;
 mod ssh_keys;
 mod templates;
 
@@ -35,6 +36,7 @@ pub use error::StoreError;
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
+pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};
 pub use templates::{NewVersion, TemplateRecord, VersionRecord};
 

@@ -9,13 +9,14 @@ use anyhow::{Context as _, Result};
 use warren_api::auth::{Role, Scope};
 use warren_api::template::{parse_duration, TemplateManifest, MANIFEST_FILE};
 use warren_api::v1::{
-    AddSshKey, AuditVerify, CreateTemplate, CreateToken, CreateUser, CreateVersion, UpdateUser,
+    AddSshKey, AuditVerify, CreateSshAccess, CreateTemplate, CreateToken, CreateUser,
+    CreateVersion, UpdateUser,
 };
 use warren_engine::Progress;
 
 use crate::cli::{
-    AuditArgs, AuditCmd, AuditFilter, ContextCmd, LoginArgs, SshKeyCmd, TeamCmd, TemplateCmd,
-    TokenCmd, UserCmd,
+    AuditArgs, AuditCmd, AuditFilter, ContextCmd, LoginArgs, SshAccessCmd, SshKeyCmd, TeamCmd,
+    TemplateCmd, TokenCmd, UserCmd,
 };
 use crate::client::{has_code, ApiError, Client};
 use crate::context::{default_name, normalize_url, Context, Contexts, Remote, Target};
@@ -790,6 +791,68 @@ pub async fn ssh_key(c: &Client, cmd: SshKeyCmd, json: bool) -> Result<u8> {
             eprintln!("Removed SSH key {key}.");
             if json {
                 print_json(&serde_json::json!({ "removed": k }))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+pub async fn ssh_access(c: &Client, cmd: SshAccessCmd, json: bool) -> Result<u8> {
+    match cmd {
+        SshAccessCmd::Create {
+            workspace,
+            lifetime,
+        } => {
+            let made = c
+                .create_ssh_access(&workspace, &CreateSshAccess { lifetime })
+                .await?;
+            if json {
+                print_json(&made)?;
+                return Ok(0);
+            }
+            eprintln!(
+                "SSH access token for {workspace}, valid until {} (shown once; revoke it with `warren ssh-access revoke {workspace} {}`):",
+                made.info.expires_at, made.info.id
+            );
+            println!("{}", made.token);
+            match &made.ssh_command {
+                Some(cmd) => eprintln!("Connect with: {cmd}"),
+                None => {
+                    eprintln!("The server's SSH gateway is off; the token works once it is on.")
+                }
+            }
+            Ok(0)
+        }
+        SshAccessCmd::List { workspace } => {
+            let list = c.ssh_access(&workspace).await?;
+            if json {
+                print_json(&list)?;
+                return Ok(0);
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|t| {
+                    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+                    vec![
+                        t.id.clone(),
+                        t.created_at.clone(),
+                        t.expires_at.clone(),
+                        or_dash(&t.revoked_at),
+                        or_dash(&t.last_used_at),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["ID", "CREATED", "EXPIRES", "REVOKED", "LAST USED"], &rows)
+            );
+            Ok(0)
+        }
+        SshAccessCmd::Revoke { workspace, id } => {
+            let t = c.revoke_ssh_access(&workspace, &id).await?;
+            eprintln!("Revoked SSH access token {}.", t.id);
+            if json {
+                print_json(&t)?;
             }
             Ok(0)
         }

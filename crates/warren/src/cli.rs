@@ -135,6 +135,9 @@ pub(crate) enum Cmd {
     /// Manage your SSH public keys on the server (for SSH access to workspaces).
     #[command(subcommand, name = "ssh-key")]
     SshKey(SshKeyCmd),
+    /// Short-lived SSH access tokens: `ssh TOKEN@HOST` into one workspace with no key.
+    #[command(subcommand, name = "ssh-access")]
+    SshAccess(SshAccessCmd),
     /// Manage users on the server (admins).
     #[command(subcommand)]
     User(UserCmd),
@@ -411,6 +414,31 @@ pub(crate) enum TokenCmd {
     /// Revoke a token.
     Revoke {
         /// Token id (`warren token list`).
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SshAccessCmd {
+    /// Make a token for a workspace (printed once, with the command that uses it).
+    Create {
+        /// The workspace.
+        workspace: String,
+        /// How long it works (`30m`, `2h`; default 60m, at most 24h).
+        #[arg(long)]
+        lifetime: Option<String>,
+    },
+    /// List a workspace's tokens (not their secrets).
+    #[command(alias = "ls")]
+    List {
+        /// The workspace.
+        workspace: String,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        /// The workspace.
+        workspace: String,
+        /// Token id (`warren ssh-access list WS`).
         id: String,
     },
 }
@@ -766,6 +794,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Template(_) => "template",
         Cmd::Token(_) => "token",
         Cmd::SshKey(_) => "ssh-key",
+        Cmd::SshAccess(_) => "ssh-access",
         Cmd::Ssh(_) => "ssh",
         Cmd::ConfigSsh(_) => "config-ssh",
         Cmd::Ports(_) => "ports",
@@ -910,6 +939,7 @@ async fn embedded(
                 user: a.user,
                 tty: a.tty.then_some((24, 80)),
                 detach: false,
+                login_shell: false,
             };
             for e in &p.env {
                 if !e.contains('=') {
@@ -923,7 +953,8 @@ async fn embedded(
         }
         Cmd::Shell { workspace, user } => {
             let p = ExecProcess {
-                argv: shell_argv(),
+                argv: warren_api::v1::shell_fallback(),
+                login_shell: true,
                 user,
                 tty: Some((24, 80)),
                 ..Default::default()
@@ -1009,15 +1040,6 @@ async fn embedded(
         // Dispatched before the engine is opened, or refused without a server.
         _ => Ok(0),
     }
-}
-
-/// The command `warren shell` runs: bash if the image has it, else sh, as a login shell.
-pub(crate) fn shell_argv() -> Vec<String> {
-    vec![
-        "/bin/sh".into(),
-        "-c".into(),
-        "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi".into(),
-    ]
 }
 
 async fn image(engine: &Engine, cmd: ImageCmd, json: bool) -> Result<u8> {

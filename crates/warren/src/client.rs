@@ -10,10 +10,10 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use warren_api::v1::{
-    Accepted, AddSshKey, AuditVerify, CreateTeam, CreateTemplate, CreateToken, CreateUser,
-    CreateVersion, CreateWorkspace, CreatedToken, DeviceApprove, DevicePoll, DeviceStart, Extend,
-    FileUploaded, Job, Me, SshKey, Team, Template, TemplateVersion, Token, UpdateUser, User,
-    WorkspaceList,
+    Accepted, AddSshKey, AuditVerify, CreateSshAccess, CreateTeam, CreateTemplate, CreateToken,
+    CreateUser, CreateVersion, CreateWorkspace, CreatedSshAccess, CreatedToken, DeviceApprove,
+    DevicePoll, DeviceStart, Extend, FileUploaded, Job, Me, SshAccess, SshKey, Team, Template,
+    TemplateVersion, Token, UpdateUser, User, WorkspaceList,
 };
 use warren_api::Workspace;
 
@@ -444,6 +444,32 @@ impl Client {
             None => format!("/me/ssh-keys/{}", seg(id)),
         };
         self.call_empty(Method::DELETE, &path, None::<&()>).await
+    }
+
+    /// `POST /workspaces/{ws}/ssh-access`.
+    pub async fn create_ssh_access(
+        &self,
+        ws: &str,
+        body: &CreateSshAccess,
+    ) -> Result<CreatedSshAccess> {
+        self.post(&format!("/workspaces/{}/ssh-access", seg(ws)), body)
+            .await
+    }
+
+    /// `GET /workspaces/{ws}/ssh-access`.
+    pub async fn ssh_access(&self, ws: &str) -> Result<Vec<SshAccess>> {
+        self.get(&format!("/workspaces/{}/ssh-access", seg(ws)))
+            .await
+    }
+
+    /// `DELETE /workspaces/{ws}/ssh-access/{id}`.
+    pub async fn revoke_ssh_access(&self, ws: &str, id: &str) -> Result<SshAccess> {
+        self.call(
+            Method::DELETE,
+            &format!("/workspaces/{}/ssh-access/{}", seg(ws), seg(id)),
+            None::<&()>,
+        )
+        .await
     }
 
     /// `GET /teams`.

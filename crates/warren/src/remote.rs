@@ -33,7 +33,8 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Exec(a) => exec(remote, a).await,
         Cmd::Shell { workspace, user } => {
             let req = ExecRequest {
-                command: crate::cli::shell_argv(),
+                command: warren_api::v1::shell_fallback(),
+                login_shell: true,
                 user,
                 tty: Some((24, 80)),
                 ..Default::default()
@@ -84,6 +85,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Template(t) => crate::admin::template(c, t, json).await,
         Cmd::Token(t) => crate::admin::token(c, t, json).await,
         Cmd::SshKey(k) => crate::admin::ssh_key(c, k, json).await,
+        Cmd::SshAccess(a) => crate::admin::ssh_access(c, a, json).await,
         Cmd::Ssh(a) if a.stdio => crate::ssh::stdio(remote, &a.workspace).await,
         Cmd::Ssh(a) => crate::ssh::ssh(remote, &a.workspace, a.identity.as_deref(), &a.command),
         Cmd::ConfigSsh(a) => crate::ssh::config_ssh(c, remote, a.remove, a.ssh_config).await,

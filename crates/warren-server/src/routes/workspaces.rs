@@ -32,6 +32,7 @@ use crate::routes::find_workspace;
 
 pub mod exec;
 pub mod ports;
+pub mod ssh_access;
 pub mod ssh_tunnel;
 
 /// The routes.
@@ -52,6 +53,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(exec::router())
         .merge(ssh_tunnel::router())
         .merge(ports::router())
+        .merge(ssh_access::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
@@ -556,6 +558,31 @@ async fn get_workspace(
     Ok(Json(ws_view(rec)))
 }
 
+/// Records and runs a `start` job for the workspace (the first start of a workspace created
+/// without starting provisions it).
+pub(crate) async fn spawn_start(
+    state: &AppState,
+    rec: &WorkspaceRecord,
+    initiator: &str,
+) -> ApiResult<JobRecord> {
+    let never_provisioned = rec.spec_json.is_empty();
+    let id = rec.id.clone();
+    jobs::spawn(
+        state,
+        &rec.id,
+        "start",
+        Some(initiator),
+        move |st, log| async move {
+            if never_provisioned {
+                st.engine.provision(&id, &*log).await.map(|_| ())
+            } else {
+                st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
+            }
+        },
+    )
+    .await
+}
+
 async fn transition(
     state: AppState,
     caller: Caller,
@@ -565,23 +592,7 @@ async fn transition(
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
     let id = rec.id.clone();
     let job = match kind {
-        "start" => {
-            let never_provisioned = rec.spec_json.is_empty();
-            jobs::spawn(
-                &state,
-                &rec.id,
-                kind,
-                Some(&caller.user.id),
-                move |st, log| async move {
-                    if never_provisioned {
-                        st.engine.provision(&id, &*log).await.map(|_| ())
-                    } else {
-                        st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
-                    }
-                },
-            )
-            .await?
-        }
+        "start" => spawn_start(&state, &rec, &caller.user.id).await?,
         "stop" => {
             jobs::spawn(
                 &state,

@@ -355,3 +355,51 @@ fn ports_listened_on_inside_are_listed_and_reached_through_sockets_made_in_the_w
     ));
     f.rt.destroy("rtnet").unwrap();
 }
+
+#[test]
+fn a_login_shell_comes_from_the_workspace_passwd_else_the_given_command_runs() {
+    let f = fixture(OciRuntime::default());
+    let s = spec(&f, "rtsh");
+    f.rt.create(&s).unwrap();
+    f.rt.start("rtsh").unwrap();
+    let set_shell = |sh: &str| {
+        let (code, _, err) = sh_(&f.rt, &format!(
+            "sed -i 's#^root:\\([^:]*:[^:]*:[^:]*:[^:]*:[^:]*\\):.*$#root:\\1:{sh}#' /etc/passwd && grep ^root: /etc/passwd"
+        ));
+        assert_eq!(code, 0, "{err}");
+    };
+    fn sh_(rt: &LinuxRuntime, script: &str) -> (i32, String, String) {
+        sh(rt, "rtsh", script)
+    }
+    // A login shell reads ~/.profile: it says who it is there.
+    assert_eq!(sh_(&f.rt, "echo 'echo login:$SHELL' > /root/.profile").0, 0);
+    let login = ExecProcess {
+        argv: vec!["echo".into(), "fallback".into()],
+        login_shell: true,
+        ..Default::default()
+    };
+    set_shell("/bin/ash");
+    let (code, out, err) = run(&f.rt, "rtsh", &login);
+    assert_eq!((code, out.as_str()), (0, "login:/bin/ash\n"), "{err}");
+    // No usable shell: nologin, false, missing, relative, or not executable.
+    assert_eq!(sh_(&f.rt, "touch /bin/plainfile").0, 0);
+    for bad in [
+        "/sbin/nologin",
+        "/bin/false",
+        "/bin/missing",
+        "ash",
+        "/bin/plainfile",
+    ] {
+        set_shell(bad);
+        let (code, out, err) = run(&f.rt, "rtsh", &login);
+        assert_eq!((code, out.as_str()), (0, "fallback\n"), "{bad}: {err}");
+    }
+    // Without the flag, the command runs whatever the passwd says.
+    set_shell("/bin/ash");
+    let plain = ExecProcess {
+        login_shell: false,
+        ..login
+    };
+    assert_eq!(run(&f.rt, "rtsh", &plain).1, "fallback\n");
+    f.rt.destroy("rtsh").unwrap();
+}

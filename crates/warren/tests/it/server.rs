@@ -1489,3 +1489,69 @@ fn ssh_through_the_api_tunnel_with_warren_ssh_and_config_ssh() {
         "{err}"
     );
 }
+
+#[test]
+fn ssh_access_tokens_made_listed_and_revoked_from_the_cli() {
+    let s = Server::start_with(&["--ssh-listen", "127.0.0.1:0"]);
+    s.login_admin();
+    s.login_member("kim");
+    let dir = s.world.project("box", r#"{"image": "busybox"}"#);
+    assert_eq!(s.ok(&["up", dir.to_str().unwrap()]).trim(), "box");
+    let made: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "ssh-access",
+        "create",
+        "box",
+        "--lifetime",
+        "10m",
+        "--json",
+    ]))
+    .unwrap();
+    // The printed command is what a user (or an agent) runs: no key, no configuration.
+    let command = made["ssh_command"].as_str().unwrap().to_string();
+    let words: Vec<&str> = command.split(' ').collect();
+    assert_eq!(words[..2], ["ssh", "-p"], "{command}");
+    let run = |cmd: &str| {
+        Command::new("ssh")
+            .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+            .args(["-o", "PubkeyAuthentication=no", "-o", "LogLevel=ERROR"])
+            .args(&words[1..])
+            .arg(cmd)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = run("echo via-token");
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "via-token\n"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Without --json: the token alone on stdout, the rest on stderr.
+    let o = s.run(&["ssh-access", "create", "box"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).trim().starts_with("wsa_"), "{}", stdout(&o));
+    assert_eq!(stdout(&o).lines().count(), 1, "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("Connect with: ssh -p"),
+        "{}",
+        stderr(&o)
+    );
+    let list = s.ok(&["ssh-access", "list", "box"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    let id = made["info"]["id"].as_str().unwrap();
+    assert!(list.contains(id), "{list}");
+
+    s.ok(&["ssh-access", "revoke", "box", id]);
+    let o = run("echo via-token");
+    assert_eq!(o.status.code(), Some(255), "{}", stderr(&o));
+    let (_, err) = s.fails(&["ssh-access", "create", "box", "--lifetime", "3d"]);
+    assert!(
+        err.contains("error: lifetime 3d") && err.contains("hint:"),
+        "{err}"
+    );
+    let (_, err) = s.fails(&["ssh-access", "revoke", "box", "nope"]);
+    assert!(err.contains("no SSH access token `nope`"), "{err}");
+}

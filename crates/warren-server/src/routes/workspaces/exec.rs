@@ -175,6 +175,7 @@ pub(crate) async fn start(
         user: req.user.clone(),
         tty: req.tty,
         detach: false,
+        login_shell: req.login_shell,
     };
     let (tx, out) = mpsc::channel(64);
     let (session, stdin, pty) = if req.tty.is_some() {
