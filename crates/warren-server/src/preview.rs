@@ -892,7 +892,7 @@ async fn forward(
             audit_session(
                 &st,
                 SessionAudit {
-                    action: "workspace.port.websocket",
+                    action: "workspace.preview_websocket",
                     caller: caller.as_ref(),
                     client,
                     user_agent,
@@ -916,7 +916,7 @@ async fn forward(
 
 /// What is audited about a long-lived connection to a workspace port.
 pub struct SessionAudit<'a> {
-    /// `workspace.port.forward` or `workspace.port.websocket`.
+    /// `workspace.port_forward` or `workspace.preview_websocket`.
     pub action: &'static str,
     /// Who (None: anonymous, through a public port).
     pub caller: Option<&'a Caller>,

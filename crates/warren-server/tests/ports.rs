@@ -874,7 +874,7 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
     }
 
     // Port forwards and preview WebSockets are audited with who, from where, which port, how long.
-    for action in ["workspace.port.forward", "workspace.port.websocket"] {
+    for action in ["workspace.port_forward", "workspace.preview_websocket"] {
         // Written when the connection ends, which the server notices a moment after the client.
         let mut audit = Value::Null;
         for _ in 0..100 {

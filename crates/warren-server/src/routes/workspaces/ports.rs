@@ -303,13 +303,14 @@ async fn port_connect(
             preview::audit_session(
                 &state,
                 SessionAudit {
-                    action: "workspace.port.forward",
+                    action: "workspace.port_forward",
                     caller: Some(&caller),
                     client: Some(remote),
                     user_agent,
                     rec: &rec,
                     details: serde_json::json!({
                         "port": port,
+                        "via": "api",
                         "duration_ms": t0.elapsed().as_millis() as u64,
                         "bytes_to_workspace": to_ws,
                         "bytes_from_workspace": from_ws,
