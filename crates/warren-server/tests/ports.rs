@@ -521,7 +521,7 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
         .unwrap()
         .lines()
         .find(|l| l.contains("warren_preview"))
-        .and_then(|l| l.split('\t').last())
+        .and_then(|l| l.split('\t').next_back())
         .unwrap()
         .to_string();
     // The cookie is for that port only.
