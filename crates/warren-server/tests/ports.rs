@@ -791,15 +791,23 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         other => panic!("{:?}", other.map(|(_, r)| r.status())),
     }
 
-    // `warren port-forward` with curl through it.
-    let local = {
+    // `warren port-forward` with curl through it: two pairs, one of them REMOTE alone (a port
+    // free on the host, where portsrv also listens in the workspace), until Ctrl-C.
+    let free = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
+    let (local, same) = (free(), free());
+    daemon(&s, &alice, "web", &format!("portsrv {same}"), same).await;
     let home = s.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let mut pf = tokio::process::Command::new(common::warren_exe())
-        .args(["port-forward", "web", &format!("{local}:8080")])
+        .args([
+            "port-forward",
+            "web",
+            &format!("{local}:8080"),
+            &same.to_string(),
+        ])
         .env("WARREN_URL", &s.url)
         .env("WARREN_TOKEN", &alice)
         .env("HOME", &home)
@@ -809,11 +817,21 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         .spawn()
         .unwrap();
     let mut err = tokio::io::BufReader::new(pf.stderr.take().unwrap());
-    let mut line = String::new();
-    tokio::io::AsyncBufReadExt::read_line(&mut err, &mut line)
-        .await
-        .unwrap();
-    assert_eq!(line, format!("Forwarding 127.0.0.1:{local} -> web:8080\n"));
+    let mut lines = vec![];
+    for _ in 0..2 {
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(&mut err, &mut line)
+            .await
+            .unwrap();
+        lines.push(line);
+    }
+    assert_eq!(
+        lines,
+        [
+            format!("Forwarding 127.0.0.1:{local} -> web:8080\n"),
+            format!("Forwarding 127.0.0.1:{same} -> web:{same}\n")
+        ]
+    );
     let (st, _, body) = curl(args(&[&format!(
         "http://127.0.0.1:{local}/through-the-forward"
     )]))
@@ -821,6 +839,11 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
     assert_eq!(
         (st, String::from_utf8_lossy(&body).as_ref()),
         (200, "hello from portsrv /through-the-forward\n")
+    );
+    let (st, _, body) = curl(args(&[&format!("http://127.0.0.1:{same}/six")])).await;
+    assert_eq!(
+        (st, String::from_utf8_lossy(&body).as_ref()),
+        (200, "hello from portsrv /six\n")
     );
     let (st, _, body) = curl(args(&[
         "--data-binary",
@@ -832,8 +855,19 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         (st, String::from_utf8_lossy(&body).to_string()),
         (200, want.clone())
     );
-    pf.start_kill().unwrap();
-    let _ = pf.wait().await;
+    // Ctrl-C stops it cleanly.
+    let st = Command::new("kill")
+        .args(["-INT", &pf.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = pf.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut err, &mut rest)
+        .await
+        .unwrap();
+    assert!(rest.contains("Stopped forwarding."), "{rest}");
     // Port-forward refusals: another user's workspace, nothing listening.
     let o = Command::new(common::warren_exe())
         .args(["port-forward", "web.alice", &format!("{local}:8080")])
