@@ -75,6 +75,8 @@ pub struct Grant {
 pub struct Previews {
     tickets: Mutex<HashMap<String, (Grant, Instant)>>,
     sessions: Mutex<HashMap<String, (Grant, Instant)>>,
+    /// Idle connections into workspace ports.
+    upstreams: std::sync::Arc<Upstreams>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -487,9 +489,11 @@ async fn serve(state: &AppState, req: Request, t: &Target) -> Result<Response, A
     }
     let rec = rec?;
     authorize(state, caller.as_ref(), &rec, &t.key, t.port).await?;
-    let tcp = connect(state, &rec, t.port).await?;
+    if rec.state != WorkspaceState::Running {
+        return Err(not_running(&rec));
+    }
     state.activity.touch(&rec.id, ActivityKind::Port);
-    forward(state, req, t, tcp, caller, rec).await
+    forward(state, req, t, caller, rec).await
 }
 
 /// Turns a ticket into a session cookie scoped to this preview, then sends the browser to it.
@@ -811,7 +815,6 @@ async fn forward(
     state: &AppState,
     mut req: Request,
     t: &Target,
-    tcp: tokio::net::TcpStream,
     caller: Option<Caller>,
     rec: WorkspaceRecord,
 ) -> Result<Response, ApiError> {
@@ -853,14 +856,43 @@ async fn forward(
         )
         .hint("it may speak something other than HTTP/1.1 there")
     };
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Body>(TokioIo::new(tcp))
-        .await
-        .map_err(|e| bad_gateway(&e))?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let mut resp = sender.send_request(up).await.map_err(|e| bad_gateway(&e))?;
+    let key = (rec.id.clone(), t.port);
+    let fresh = || async {
+        let tcp = connect(state, &rec, t.port).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, Body>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| bad_gateway(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok::<_, ApiError>(sender)
+    };
+    // An idle keep-alive connection into the workspace if there is one (never for upgrades).
+    let pooled = if upgrade {
+        None
+    } else {
+        state.previews.upstreams.take(&key)
+    };
+    let (sender, mut resp) = match pooled {
+        Some(mut sender) => match sender.try_send_request(up).await {
+            Ok(resp) => (sender, resp),
+            // The workspace closed it meanwhile and the request was not sent: a new one.
+            Err(mut e) => match e.take_message() {
+                Some(up) => {
+                    let mut sender = fresh().await?;
+                    let resp = sender.send_request(up).await.map_err(|e| bad_gateway(&e))?;
+                    (sender, resp)
+                }
+                None => return Err(bad_gateway(e.error())),
+            },
+        },
+        None => {
+            let mut sender = fresh().await?;
+            let resp = sender.send_request(up).await.map_err(|e| bad_gateway(&e))?;
+            (sender, resp)
+        }
+    };
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
         let Some(client_upgrade) = client_upgrade else {
@@ -911,7 +943,99 @@ async fn forward(
     }
     let (mut rparts, rbody) = resp.into_parts();
     downstream_headers(&mut rparts.headers, t, upgraded);
-    Ok(Response::from_parts(rparts, Body::new(rbody)))
+    if upgraded {
+        return Ok(Response::from_parts(rparts, Body::new(rbody)));
+    }
+    // The connection goes back to the pool once the response has been read to its end.
+    let pool = state.previews.upstreams.clone();
+    if hyper::body::Body::is_end_stream(&rbody) {
+        pool.put(key, sender);
+        return Ok(Response::from_parts(rparts, Body::new(rbody)));
+    }
+    Ok(Response::from_parts(
+        rparts,
+        Body::new(Returning {
+            inner: rbody,
+            back: Some((pool, key, sender)),
+        }),
+    ))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Body>;
+
+/// How long an idle connection into a workspace is kept for the next request.
+const IDLE_TTL: Duration = Duration::from_secs(30);
+/// Idle connections kept per workspace port.
+const IDLE_MAX: usize = 8;
+
+/// Idle HTTP/1.1 connections into workspace ports, by (workspace id, port): a request through a
+/// preview reuses one instead of asking the supervisor for a socket and connecting again.
+/// Authorization is per request, never per connection.
+#[derive(Default)]
+pub struct Upstreams {
+    idle: Mutex<HashMap<(String, u16), Vec<(Sender, Instant)>>>,
+}
+
+impl Upstreams {
+    fn take(&self, key: &(String, u16)) -> Option<Sender> {
+        let mut m = lock(&self.idle);
+        let v = m.get_mut(key)?;
+        v.retain(|(s, at)| !s.is_closed() && at.elapsed() < IDLE_TTL);
+        let i = v.iter().position(|(s, _)| s.is_ready())?;
+        Some(v.swap_remove(i).0)
+    }
+
+    fn put(&self, key: (String, u16), sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut m = lock(&self.idle);
+        m.retain(|_, v| {
+            v.retain(|(s, at)| !s.is_closed() && at.elapsed() < IDLE_TTL);
+            !v.is_empty()
+        });
+        let v = m.entry(key).or_default();
+        if v.len() < IDLE_MAX {
+            v.push((sender, Instant::now()));
+        }
+    }
+}
+
+/// A response body from the workspace that hands its connection back to the pool when it has
+/// been read to its end (an error or a client that leaves early drops the connection instead).
+struct Returning {
+    inner: hyper::body::Incoming,
+    back: Option<(std::sync::Arc<Upstreams>, (String, u16), Sender)>,
+}
+
+impl hyper::body::Body for Returning {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some((pool, key, sender)) = self.back.take() {
+                    pool.put(key, sender);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// What is audited about a long-lived connection to a workspace port.

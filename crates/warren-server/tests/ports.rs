@@ -358,6 +358,35 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     assert!(!h.contains("content-security-policy"), "{h}");
     assert!(String::from_utf8_lossy(&body).contains(&format!("x-forwarded-host: {sub_host}")));
 
+    // The server restarted in the workspace: connections kept from earlier requests are dead,
+    // and the next request gets a new one.
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/workspaces/web/exec", s.url))
+        .bearer_auth(&alice)
+        .json(&json!({"command": ["killall", "portsrv"]}))
+        .send()
+        .await
+        .unwrap();
+    let _ = resp.text().await;
+    for _ in 0..200 {
+        let (_, v) = s.get(&alice, "/api/v1/workspaces/web/ports").await;
+        if port_of(&v, 8080)["listening"] != true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, _, body) = curl(args(&["-H", &bearer(&alice), &path_url("web", "/")])).await;
+    assert_eq!((st, code(&body)), (502, "port_not_listening".into()));
+    daemon(&s, &alice, "web", "portsrv 8080", 8080).await;
+    for _ in 0..3 {
+        let (st, _, body) = curl(args(&["-H", &bearer(&alice), &path_url("web", "/again")])).await;
+        assert_eq!(
+            (st, String::from_utf8_lossy(&body).as_ref()),
+            (200, "hello from portsrv /again\n")
+        );
+    }
+
     // Owner-level: another user gets 404, anonymous 401, an admin (allowed to exec) gets through.
     let (st, _, body) = curl(args(&["-H", &bearer(&bob), &path_url("web.alice", "/")])).await;
     assert_eq!((st, code(&body)), (404, "not_found".into()));
