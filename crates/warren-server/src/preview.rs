@@ -962,6 +962,8 @@ async fn forward(
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Body>;
+/// A workspace port: (workspace id, port).
+type PortKey = (String, u16);
 
 /// How long an idle connection into a workspace is kept for the next request.
 const IDLE_TTL: Duration = Duration::from_secs(30);
@@ -973,11 +975,11 @@ const IDLE_MAX: usize = 8;
 /// Authorization is per request, never per connection.
 #[derive(Default)]
 pub struct Upstreams {
-    idle: Mutex<HashMap<(String, u16), Vec<(Sender, Instant)>>>,
+    idle: Mutex<HashMap<PortKey, Vec<(Sender, Instant)>>>,
 }
 
 impl Upstreams {
-    fn take(&self, key: &(String, u16)) -> Option<Sender> {
+    fn take(&self, key: &PortKey) -> Option<Sender> {
         let mut m = lock(&self.idle);
         let v = m.get_mut(key)?;
         v.retain(|(s, at)| !s.is_closed() && at.elapsed() < IDLE_TTL);
@@ -985,7 +987,7 @@ impl Upstreams {
         Some(v.swap_remove(i).0)
     }
 
-    fn put(&self, key: (String, u16), sender: Sender) {
+    fn put(&self, key: PortKey, sender: Sender) {
         if sender.is_closed() {
             return;
         }
@@ -1005,7 +1007,7 @@ impl Upstreams {
 /// been read to its end (an error or a client that leaves early drops the connection instead).
 struct Returning {
     inner: hyper::body::Incoming,
-    back: Option<(std::sync::Arc<Upstreams>, (String, u16), Sender)>,
+    back: Option<(std::sync::Arc<Upstreams>, PortKey, Sender)>,
 }
 
 impl hyper::body::Body for Returning {
