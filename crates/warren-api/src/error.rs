@@ -52,11 +52,17 @@ pub enum ErrorCode {
     InvalidSshKey,
     /// This SSH public key is already registered, by this user or another (409).
     SshKeyTaken,
+    /// A preview URL or port forward reached a workspace that is not running (503).
+    WorkspaceNotRunning,
+    /// Nothing listens on the port inside the workspace (502).
+    PortNotListening,
+    /// The sharing level is above what the server's administrator allows (403).
+    SharingNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::NotFound,
         Self::NameTaken,
         Self::InvalidName,
@@ -79,6 +85,9 @@ impl ErrorCode {
         Self::ExpiredToken,
         Self::InvalidSshKey,
         Self::SshKeyTaken,
+        Self::WorkspaceNotRunning,
+        Self::PortNotListening,
+        Self::SharingNotAllowed,
     ];
 
     /// The stable snake_case code, identical to the serde representation.
@@ -106,6 +115,9 @@ impl ErrorCode {
             Self::ExpiredToken => "expired_token",
             Self::InvalidSshKey => "invalid_ssh_key",
             Self::SshKeyTaken => "ssh_key_taken",
+            Self::WorkspaceNotRunning => "workspace_not_running",
+            Self::PortNotListening => "port_not_listening",
+            Self::SharingNotAllowed => "sharing_not_allowed",
         }
     }
 }
@@ -147,7 +159,10 @@ mod tests {
                 "authorization_pending",
                 "expired_token",
                 "invalid_ssh_key",
-                "ssh_key_taken"
+                "ssh_key_taken",
+                "workspace_not_running",
+                "port_not_listening",
+                "sharing_not_allowed"
             ]
         );
         for code in ErrorCode::ALL {

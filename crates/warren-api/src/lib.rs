@@ -7,6 +7,7 @@ pub mod activity;
 pub mod auth;
 mod error;
 mod name;
+pub mod ports;
 pub mod ssh_key;
 mod state;
 pub mod template;

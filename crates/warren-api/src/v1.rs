@@ -552,3 +552,62 @@ pub struct AuditVerify {
     /// Why it breaks.
     pub reason: Option<String>,
 }
+
+/// One port of a workspace: listened on now, or named by `forwardPorts`/`portsAttributes`, or
+/// shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PortInfo {
+    /// The TCP port.
+    pub port: u16,
+    /// Whether a process listens on it now.
+    pub listening: bool,
+    /// The addresses it is listened on (`0.0.0.0`, `127.0.0.1`, `::`...).
+    pub addresses: Vec<String>,
+    /// The name of a process listening on it, when known.
+    pub process: Option<String>,
+    /// Whether `forwardPorts` names it.
+    pub forwarded: bool,
+    /// `portsAttributes` (or `otherPortsAttributes`) `label`.
+    pub label: Option<String>,
+    /// `onAutoForward` (`notify`, `openBrowser`, `silent`, `ignore`...).
+    pub on_auto_forward: Option<String>,
+    /// `protocol` (`http` or `https`).
+    pub protocol: Option<String>,
+    /// Who may reach it through its preview URLs (set through the API only).
+    pub sharing: crate::ports::PortSharing,
+    /// Preview URLs: the path form, then the subdomain form when the server has a preview domain
+    /// and the names fit in one DNS label.
+    pub urls: Vec<String>,
+}
+
+/// `GET /workspaces/{ws}/ports`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PortList {
+    /// Whether the workspace is running (only a running one has listening ports).
+    pub running: bool,
+    /// Ports by number.
+    pub ports: Vec<PortInfo>,
+    /// The widest sharing level the server allows.
+    pub max_sharing: crate::ports::PortSharing,
+}
+
+/// `PUT /workspaces/{ws}/ports/{port}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPortSharing {
+    /// `owner`, `organization` or `public`.
+    pub sharing: String,
+}
+
+/// `POST /workspaces/{ws}/ports/{port}/ticket`: a one-time link that signs a browser in to one
+/// preview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PortTicket {
+    /// Open this within `expires_in_secs`, once: it sets the preview's cookie and redirects to
+    /// the preview.
+    pub url: String,
+    /// The same link in the subdomain form, when the server has a preview domain.
+    pub subdomain_url: Option<String>,
+    /// Seconds the link stays valid.
+    pub expires_in_secs: u64,
+}

@@ -155,6 +155,10 @@ pub(crate) fn apply(
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::from(v)))
         .collect();
+    spec.other_ports_attributes = merged
+        .other_ports_attributes
+        .as_ref()
+        .map(serde_json::Value::from);
     spec.shutdown_action = merged.shutdown_action.clone();
     if merged.update_remote_user_uid == Some(false) {
         spec.owner_sync = None;

@@ -56,6 +56,9 @@ pub struct WsSpec {
     /// `portsAttributes` as merged.
     #[serde(default)]
     pub ports_attributes: Vec<(String, serde_json::Value)>,
+    /// `otherPortsAttributes` as merged: for ports no `portsAttributes` key matches.
+    #[serde(default)]
+    pub other_ports_attributes: Option<serde_json::Value>,
     /// `shutdownAction` (recorded: Warren never stops a workspace because a client went away).
     #[serde(default)]
     pub shutdown_action: Option<String>,
@@ -111,6 +114,7 @@ impl WsSpec {
             owner_sync: None,
             forward_ports: vec![],
             ports_attributes: vec![],
+            other_ports_attributes: None,
             shutdown_action: None,
         }
     }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub activity: Arc<crate::activity::Activity>,
     /// Web terminal sessions (`GET /workspaces/{ws}/terminal`).
     pub terminals: Arc<crate::routes::workspaces::terminal::Terminals>,
+    /// Preview tickets and browser sessions.
+    pub previews: Arc<crate::preview::Previews>,
 }
 
 impl AppState {
@@ -183,6 +185,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_layer,
+        ))
+        // Outermost: preview URLs bypass the API's middleware (audit, body limit, JSON errors).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::preview::dispatch,
         ))
         .with_state(state)
 }

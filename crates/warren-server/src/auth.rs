@@ -177,7 +177,24 @@ pub async fn authenticate(state: &AppState, raw: &str) -> Result<Caller, ApiErro
     let (id, secret) = parse_token(raw).ok_or_else(|| {
         ApiError::unauthenticated("malformed token: expected `wrn_` followed by an id and a secret")
     })?;
-    let (token, user) = match state.tokens.get(id) {
+    let (token, user) = load(state, id).await?;
+    let given = hash_secret(secret);
+    if !bool::from(given.as_bytes().ct_eq(token.secret_sha256.as_bytes())) {
+        return Err(ApiError::unauthenticated("unknown token"));
+    }
+    finish(state, token, user)
+}
+
+/// The caller of the token with id `id`, checked as [`authenticate`] checks it (unrevoked,
+/// unexpired, active user) but without its secret: for credentials the server itself handed out
+/// on the token's behalf (a preview session).
+pub async fn caller_for_token_id(state: &AppState, id: &str) -> Result<Caller, ApiError> {
+    let (token, user) = load(state, id).await?;
+    finish(state, token, user)
+}
+
+async fn load(state: &AppState, id: &str) -> Result<(TokenRecord, UserRecord), ApiError> {
+    Ok(match state.tokens.get(id) {
         Some(hit) => hit,
         None => {
             let token = state
@@ -192,11 +209,10 @@ pub async fn authenticate(state: &AppState, raw: &str) -> Result<Caller, ApiErro
             state.tokens.put(token.clone(), user.clone());
             (token, user)
         }
-    };
-    let given = hash_secret(secret);
-    if !bool::from(given.as_bytes().ct_eq(token.secret_sha256.as_bytes())) {
-        return Err(ApiError::unauthenticated("unknown token"));
-    }
+    })
+}
+
+fn finish(state: &AppState, token: TokenRecord, user: UserRecord) -> Result<Caller, ApiError> {
     if token.revoked_at.is_some() {
         return Err(ApiError::unauthenticated("this token was revoked"));
     }

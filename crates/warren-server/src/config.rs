@@ -41,6 +41,12 @@ pub struct ConfigLayer {
     pub ssh_login_grace: Option<String>,
     /// How long a web terminal's process waits for its client to reconnect (`5m`).
     pub terminal_grace: Option<String>,
+    /// Wildcard base domain of subdomain preview URLs (`preview.example.com`: DNS and the TLS
+    /// certificate cover `*.preview.example.com`). Unset: path-form preview URLs only.
+    pub preview_domain: Option<String>,
+    /// The widest sharing level users may give a port: `owner`, `organization` (default) or
+    /// `public`.
+    pub max_port_sharing: Option<String>,
 }
 
 /// Resolved configuration.
@@ -72,6 +78,10 @@ pub struct ServerConfig {
     pub ssh_login_grace: Duration,
     /// How long a web terminal with no client keeps its process for a reconnect.
     pub terminal_grace: Duration,
+    /// Base domain of subdomain preview URLs (lowercase, no leading dot).
+    pub preview_domain: Option<String>,
+    /// The widest sharing level a port may have.
+    pub max_port_sharing: warren_api::ports::PortSharing,
 }
 
 /// Default listen address.
@@ -111,6 +121,8 @@ impl ConfigLayer {
             ssh_listen: self.ssh_listen.or(lower.ssh_listen),
             ssh_login_grace: self.ssh_login_grace.or(lower.ssh_login_grace),
             terminal_grace: self.terminal_grace.or(lower.terminal_grace),
+            preview_domain: self.preview_domain.or(lower.preview_domain),
+            max_port_sharing: self.max_port_sharing.or(lower.max_port_sharing),
         }
     }
 }
@@ -153,6 +165,14 @@ impl ServerConfig {
             })?)
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
+        let preview_domain = match given.preview_domain.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(d) => Some(parse_preview_domain(d)?),
+        };
+        let max_port_sharing = match given.max_port_sharing.as_deref() {
+            None => warren_api::ports::PortSharing::Organization,
+            Some(s) => s.parse().map_err(|e| format!("max_port_sharing: {e}"))?,
+        };
         Ok(ServerConfig {
             public_url: given
                 .public_url
@@ -174,7 +194,34 @@ impl ServerConfig {
             ssh_listen,
             ssh_login_grace: dur(&given.ssh_login_grace, "ssh_login_grace", "60s")?,
             terminal_grace: dur(&given.terminal_grace, "terminal_grace", "5m")?,
+            preview_domain,
+            max_port_sharing,
         })
+    }
+}
+
+/// A preview base domain: DNS labels of `[a-z0-9-]`, at least two, no leading or trailing dot.
+fn parse_preview_domain(d: &str) -> Result<String, String> {
+    let d = d.to_ascii_lowercase();
+    let d = d.strip_prefix("*.").unwrap_or(&d).to_string();
+    let labels: Vec<&str> = d.split('.').collect();
+    let ok = labels.len() >= 2
+        && d.len() <= 200
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!(
+            "preview_domain `{d}` is not a domain name (e.g. preview.example.com, whose \
+             subdomains *.preview.example.com reach this server)"
+        ))
     }
 }
 
@@ -223,6 +270,41 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("ssh_listen"), "{e}");
+    }
+
+    #[test]
+    fn preview_settings() {
+        let c = ServerConfig::resolve(ConfigLayer::default()).unwrap();
+        assert_eq!(c.preview_domain, None);
+        assert_eq!(
+            c.max_port_sharing,
+            warren_api::ports::PortSharing::Organization
+        );
+        let c = ServerConfig::resolve(ConfigLayer {
+            preview_domain: Some("*.Preview.Example.com".into()),
+            max_port_sharing: Some("public".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.preview_domain.as_deref(), Some("preview.example.com"));
+        assert_eq!(c.max_port_sharing, warren_api::ports::PortSharing::Public);
+        for bad in ["localhost", "a..b", "-a.b", "a_b.c", "a.b/c"] {
+            let e = ServerConfig::resolve(ConfigLayer {
+                preview_domain: Some(bad.into()),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(e.contains("preview_domain"), "{bad}: {e}");
+        }
+        let e = ServerConfig::resolve(ConfigLayer {
+            max_port_sharing: Some("world".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            e.contains("max_port_sharing") && e.contains("`world`"),
+            "{e}"
+        );
     }
 
     #[test]

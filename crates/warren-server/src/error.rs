@@ -118,7 +118,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::AuthorizationPending
         | ErrorCode::ExpiredToken
         | ErrorCode::InvalidSshKey => StatusCode::BAD_REQUEST,
-        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::PermissionDenied | ErrorCode::SharingNotAllowed => StatusCode::FORBIDDEN,
+        ErrorCode::WorkspaceNotRunning => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::PortNotListening => StatusCode::BAD_GATEWAY,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

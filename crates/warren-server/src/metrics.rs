@@ -34,6 +34,15 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// Labels of preview (proxied port) request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PreviewLabels {
+    /// `path` or `subdomain`.
+    pub form: String,
+    /// HTTP status code answered (101 for upgrades).
+    pub status: u16,
+}
+
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
@@ -51,6 +60,10 @@ pub struct Metrics {
     pub audit_records: Counter,
     /// Workspaces by state (refreshed at each scrape).
     pub workspaces: Family<StateLabels, Gauge>,
+    /// Requests through preview URLs, by form and status.
+    pub preview_requests: Family<PreviewLabels, Counter>,
+    /// Port-forward connections (`warren port-forward`) opened.
+    pub port_forwards: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,6 +121,18 @@ impl Default for Metrics {
             audit_records.clone(),
         );
         registry.register("workspaces", "Workspaces by state", workspaces.clone());
+        let preview_requests = Family::<PreviewLabels, Counter>::default();
+        registry.register(
+            "preview_requests",
+            "Requests through workspace preview URLs by form and status",
+            preview_requests.clone(),
+        );
+        let port_forwards = Counter::default();
+        registry.register(
+            "port_forwards",
+            "Port-forward connections opened",
+            port_forwards.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -117,6 +142,8 @@ impl Default for Metrics {
             execs,
             audit_records,
             workspaces,
+            preview_requests,
+            port_forwards,
         }
     }
 }

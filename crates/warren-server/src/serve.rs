@@ -67,6 +67,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         ssh_addr: Default::default(),
         activity: Default::default(),
         terminals: Default::default(),
+        previews: Default::default(),
     })
 }
 

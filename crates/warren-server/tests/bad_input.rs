@@ -177,6 +177,7 @@ fn json_routes() -> Vec<JsonRoute> {
         r("PATCH", "/api/v1/workspaces/{ws}", "/api/v1/workspaces/bi-ws", json!({"parameters": {}}), "template_version", json!("two")),
         r("PATCH", "/api/v1/workspaces/{ws}", "/api/v1/workspaces/bi-ws", json!({"parameters": {}}), "parameters", json!([1])),
         r("POST", "/api/v1/workspaces/{ws}/exec", "/api/v1/workspaces/bi-ws/exec", json!({"command": ["true"]}), "command", json!("true")),
+        r("PUT", "/api/v1/workspaces/{ws}/ports/{port}", "/api/v1/workspaces/bi-ws/ports/8080", json!({"sharing": "organization"}), "sharing", json!(5)),
         r("POST", "/api/v1/workspaces/{ws}/exec", "/api/v1/workspaces/bi-ws/exec", json!({"command": ["true"]}), "tty", json!("80x24")),
         r("POST", "/api/v1/templates", "/api/v1/templates", json!({"name": "bi-tpl2"}), "description", json!(5)),
         r("POST", "/api/v1/templates/{template}/versions", versions, dc.clone(), "activate", json!("yes")),
@@ -676,6 +677,23 @@ async fn unknown_routes_and_methods_answer_json() {
         (Method::GET, "/api/v1/workspaces/nope", None),
         // The SSH tunnel: an unknown workspace, and a plain GET that is no WebSocket upgrade.
         (Method::GET, "/api/v1/workspaces/nope/ssh", None),
+        // Ports: an unknown workspace, a port out of range, a plain GET to the port forward.
+        (Method::GET, "/api/v1/workspaces/nope/ports", None),
+        (
+            Method::PUT,
+            "/api/v1/workspaces/nope/ports/70000",
+            Some(json!({"sharing": "public"})),
+        ),
+        (
+            Method::GET,
+            "/api/v1/workspaces/nope/ports/80/connect",
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/workspaces/nope/ports/80/ticket",
+            None,
+        ),
         (
             Method::GET,
             "/api/v1/jobs/0123456789abcdef0123456789abcdef",

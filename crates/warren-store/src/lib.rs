@@ -14,6 +14,7 @@ mod audit;
 mod error;
 mod identity;
 mod jobs;
+mod ports;
 mod record;
 mod ssh_access;
 mod ssh_keys;

@@ -71,11 +71,22 @@ pub struct BenchArgs {
     /// --build: rounds (default 20; 5 with --quick).
     #[arg(long, default_value_t = 20)]
     build_rounds: usize,
+    /// Benchmark preview URLs instead: a download through `/p/WS/PORT/` against the same download
+    /// made directly in the workspace's network namespace, and small-request latency.
+    #[arg(long)]
+    ports: bool,
+    /// --ports: size of the download in MiB (--quick: 64).
+    #[arg(long, default_value_t = 512)]
+    ports_mib: u64,
+    /// --ports: rounds of each download (--quick: 3).
+    #[arg(long, default_value_t = 7)]
+    ports_rounds: usize,
 }
 
 mod api;
 mod build;
 pub(crate) mod devcontainer;
+mod ports;
 
 /// `warren bench --devcontainer`.
 pub(crate) fn run_devcontainer(args: &BenchArgs) -> Result<u8> {
@@ -666,6 +677,27 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
         .await;
         if let Some(dir) = owned_state {
             let _ = std::fs::remove_dir_all(&dir);
+        }
+        return res;
+    }
+    if args.ports {
+        if args.quick {
+            args.ports_mib = 64;
+            args.ports_rounds = 3;
+        }
+        let res = ports::run(
+            &dirs.state,
+            &dirs.rootfs,
+            &args.busybox,
+            args.ports_mib,
+            args.ports_rounds,
+            args.json,
+        )
+        .await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
         }
         return res;
     }

@@ -130,6 +130,13 @@ pub(crate) enum Cmd {
     /// ~/.ssh/config, so that `ssh warren.WS` reaches workspace WS through the server.
     #[command(name = "config-ssh")]
     ConfigSsh(ConfigSshArgs),
+    /// A workspace's ports (what listens, labels, sharing, preview URLs); `share` sets who may
+    /// reach one, `open` prints a one-time browser link to its preview.
+    Ports(PortsArgs),
+    /// Forward local TCP ports to ports inside a workspace through the server:
+    /// `warren port-forward WS 8080:3000 5432` (LOCAL:REMOTE, or REMOTE for the same port).
+    #[command(name = "port-forward")]
+    PortForward(PortForwardArgs),
     /// Manage your SSH public keys on the server (for SSH access to workspaces).
     #[command(subcommand, name = "ssh-key")]
     SshKey(SshKeyCmd),
@@ -724,6 +731,50 @@ pub(crate) struct SshArgs {
     pub command: Vec<String>,
 }
 
+/// `warren ports`.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct PortsArgs {
+    #[command(subcommand)]
+    pub cmd: Option<PortsCmd>,
+    /// Workspace name (`name.user` for another user's).
+    pub workspace: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PortsCmd {
+    /// Set who may reach a port through its preview URLs: owner (the default), organization
+    /// (any signed-in user) or public (anyone, where the server allows it).
+    Share {
+        /// Workspace name.
+        workspace: String,
+        /// Port.
+        port: String,
+        /// owner, organization or public.
+        level: String,
+    },
+    /// Print a one-time link (valid 60 seconds) that signs your browser in to a port's preview.
+    Open {
+        /// Workspace name (`name.user` for another user's shared port).
+        workspace: String,
+        /// Port.
+        port: String,
+        /// The subdomain form of the link (when the server has a preview domain).
+        #[arg(long)]
+        subdomain: bool,
+    },
+}
+
+/// `warren port-forward`.
+#[derive(Args, Debug)]
+pub(crate) struct PortForwardArgs {
+    /// Workspace name.
+    pub workspace: String,
+    /// LOCAL:REMOTE or REMOTE (the same local port), one or more.
+    #[arg(required = true, value_name = "[LOCAL:]REMOTE")]
+    pub ports: Vec<String>,
+}
+
 /// `warren config-ssh`.
 #[derive(Args, Debug)]
 pub(crate) struct ConfigSshArgs {
@@ -751,6 +802,8 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::SshAccess(_) => "ssh-access",
         Cmd::Ssh(_) => "ssh",
         Cmd::ConfigSsh(_) => "config-ssh",
+        Cmd::Ports(_) => "ports",
+        Cmd::PortForward(_) => "port-forward",
         Cmd::User(_) => "user",
         Cmd::Team(_) => "team",
         Cmd::Audit(_) => "audit",

@@ -9,6 +9,7 @@ mod context;
 mod devcontainer_cmd;
 mod exec;
 mod output;
+mod ports;
 mod remote;
 mod server_cmd;
 mod ssh;

@@ -56,6 +56,14 @@ pub struct ServerArgs {
     /// How long a web terminal's process waits for its client to reconnect [default: 5m].
     #[arg(long, env = "WARREN_TERMINAL_GRACE", global = true)]
     terminal_grace: Option<String>,
+    /// Wildcard base domain for subdomain preview URLs (`preview.example.com`, whose
+    /// `*.preview.example.com` reach this server) [default: path-form previews only].
+    #[arg(long, env = "WARREN_PREVIEW_DOMAIN", global = true)]
+    preview_domain: Option<String>,
+    /// Widest sharing level of workspace ports: owner, organization or public
+    /// [default: organization].
+    #[arg(long, env = "WARREN_MAX_PORT_SHARING", global = true)]
+    max_port_sharing: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +104,8 @@ pub async fn run(
         ssh_listen: a.ssh_listen,
         ssh_login_grace: a.ssh_login_grace,
         terminal_grace: a.terminal_grace,
+        preview_domain: a.preview_domain,
+        max_port_sharing: a.max_port_sharing,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

@@ -38,24 +38,33 @@ pub fn workspace_of_host(host: &str) -> &str {
         .unwrap_or(host)
 }
 
-/// The WebSocket URL of the SSH tunnel of `ws` on the server at `base`.
-pub fn tunnel_url(base: &str, ws: &str) -> String {
-    let base = if let Some(rest) = base.strip_prefix("https://") {
+/// The WebSocket form (`ws://`, `wss://`) of the server URL `base`.
+pub fn ws_base(base: &str) -> String {
+    if let Some(rest) = base.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = base.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
         base.to_string()
-    };
-    format!("{base}/api/v1/workspaces/{}/ssh", seg(ws))
+    }
 }
 
-/// `warren ssh --stdio HOST`: relays stdin and stdout through the tunnel until either side ends.
-pub async fn stdio(remote: &Remote, host: &str) -> Result<u8> {
-    let ws = workspace_of_host(host);
-    let url = tunnel_url(&remote.url, ws);
+/// The WebSocket URL of the SSH tunnel of `ws` on the server at `base`.
+pub fn tunnel_url(base: &str, ws: &str) -> String {
+    format!("{}/api/v1/workspaces/{}/ssh", ws_base(base), seg(ws))
+}
+
+/// A WebSocket connected to `url` on the context's server with its token; a refusal becomes
+/// the server's error about `what` (e.g. "the SSH tunnel") on workspace `ws`.
+pub async fn connect_ws(
+    remote: &Remote,
+    url: &str,
+    ws: &str,
+    what: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
     let mut request = url
-        .as_str()
         .into_client_request()
         .with_context(|| format!("bad WebSocket URL {url}"))?;
     let headers = request.headers_mut();
@@ -69,16 +78,17 @@ pub async fn stdio(remote: &Remote, host: &str) -> Result<u8> {
         Some(ca) if url.starts_with("wss://") => Some(crate::wsexec::tls_connector(ca)?),
         _ => None,
     };
-    let (socket, _) = match tokio_tungstenite::connect_async_tls_with_config(
-        request, None, true, connector,
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(crate::wsexec::handshake_error(remote, ws, "the SSH tunnel", e).await)
-        }
-    };
+    match tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector).await {
+        Ok((s, _)) => Ok(s),
+        Err(e) => Err(crate::wsexec::handshake_error(remote, ws, what, e).await),
+    }
+}
+
+/// `warren ssh --stdio HOST`: relays stdin and stdout through the tunnel until either side ends.
+pub async fn stdio(remote: &Remote, host: &str) -> Result<u8> {
+    let ws = workspace_of_host(host);
+    let url = tunnel_url(&remote.url, ws);
+    let socket = connect_ws(remote, &url, ws, "the SSH tunnel").await?;
     let (mut sink, mut stream) = socket.split();
     // stdin is read on a plain thread (never joined: it may block until this process exits).
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);

@@ -31,6 +31,7 @@ use crate::jobs;
 use crate::routes::find_workspace;
 
 pub mod exec;
+pub mod ports;
 pub mod ssh_access;
 pub mod ssh_tunnel;
 pub mod terminal;
@@ -52,6 +53,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(job_logs))
         .merge(exec::router())
         .merge(ssh_tunnel::router())
+        .merge(ports::router())
         .merge(ssh_access::router())
         .merge(terminal::router())
 }

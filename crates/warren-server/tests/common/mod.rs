@@ -76,15 +76,21 @@ impl TestServer {
         layer: ConfigLayer,
         admin: Option<String>,
     ) -> TestServer {
+        // Bound first, so that the configuration (and the public URL made from it) has the
+        // real port.
+        let listener = tokio::net::TcpListener::bind(
+            layer.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into()),
+        )
+        .await
+        .unwrap();
+        let addr = listener.local_addr().unwrap();
         let base = ConfigLayer {
-            listen: Some("127.0.0.1:0".into()),
+            listen: Some(addr.to_string()),
             ssh_listen: Some("127.0.0.1:0".into()),
             state_dir: Some(dir.path().join("state")),
             ..Default::default()
         };
         let cfg = ServerConfig::resolve(layer.over(base)).unwrap();
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = warren_server::serve::open(cfg, warren_exe()).await.unwrap();
         let admin = match admin {
             Some(a) => a,

@@ -73,7 +73,7 @@ async fn seed(state: &Path, n: usize) -> Result<String> {
     Ok(admin.id)
 }
 
-async fn wait_ready(addr: &str) -> Result<()> {
+pub(super) async fn wait_ready(addr: &str) -> Result<()> {
     for _ in 0..200 {
         if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
             drop(s);

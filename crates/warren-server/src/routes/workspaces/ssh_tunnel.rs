@@ -86,7 +86,7 @@ async fn ssh_tunnel(
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {
             crate::audit::record(&state, audit).await;
-            relay(socket, tcp).await;
+            relay(socket, tcp, &|| {}).await;
         }))
 }
 
@@ -99,17 +99,26 @@ fn unavailable() -> ApiError {
     .hint("the server's administrator can turn it on with `ssh_listen` (e.g. 127.0.0.1:2222)")
 }
 
-/// Copies bytes both ways until either side closes, then closes the other.
-async fn relay(socket: WebSocket, tcp: tokio::net::TcpStream) {
+/// Copies bytes between a WebSocket (binary messages) and a TCP connection until either side
+/// closes, then closes the other; `on_data` is called whenever bytes flow. Returns the bytes
+/// carried (to the TCP side, to the WebSocket). Also the relay of port forwards.
+pub(crate) async fn relay(
+    socket: WebSocket,
+    tcp: tokio::net::TcpStream,
+    on_data: &(dyn Fn() + Send + Sync),
+) -> (u64, u64) {
     let (mut sink, mut stream) = socket.split();
     let (mut rd, mut wr) = tcp.into_split();
+    let (mut sent, mut received) = (0u64, 0u64);
     let up = async {
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(Message::Binary(b)) => {
+                    on_data();
                     if wr.write_all(&b).await.is_err() {
                         break;
                     }
+                    sent += b.len() as u64;
                 }
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => {}
@@ -118,11 +127,12 @@ async fn relay(socket: WebSocket, tcp: tokio::net::TcpStream) {
         let _ = wr.shutdown().await;
     };
     let down = async {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    on_data();
                     if sink
                         .send(Message::Binary(buf[..n].to_vec().into()))
                         .await
@@ -130,6 +140,7 @@ async fn relay(socket: WebSocket, tcp: tokio::net::TcpStream) {
                     {
                         break;
                     }
+                    received += n as u64;
                 }
             }
         }
@@ -140,4 +151,5 @@ async fn relay(socket: WebSocket, tcp: tokio::net::TcpStream) {
         () = up => {}
         () = down => {}
     }
+    (sent, received)
 }
