@@ -179,6 +179,7 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/workspaces/{ws}/exec", "/api/v1/workspaces/bi-ws/exec", json!({"command": ["true"]}), "command", json!("true")),
         r("PUT", "/api/v1/workspaces/{ws}/ports/{port}", "/api/v1/workspaces/bi-ws/ports/8080", json!({"sharing": "organization"}), "sharing", json!(5)),
         r("POST", "/api/v1/workspaces/{ws}/exec", "/api/v1/workspaces/bi-ws/exec", json!({"command": ["true"]}), "tty", json!("80x24")),
+        r("POST", "/api/v1/workspaces/{ws}/ssh-access", "/api/v1/workspaces/bi-ws/ssh-access", json!({}), "lifetime", json!(3600)),
         r("POST", "/api/v1/templates", "/api/v1/templates", json!({"name": "bi-tpl2"}), "description", json!(5)),
         r("POST", "/api/v1/templates/{template}/versions", versions, dc.clone(), "activate", json!("yes")),
         r("POST", "/api/v1/templates/{template}/versions", versions, dc.clone(), "ceilings", json!("x")),
