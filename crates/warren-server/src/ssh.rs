@@ -52,6 +52,11 @@ const ENV_ALLOWED: [&str; 3] = ["LANG", "TERM", "COLORTERM"];
 /// a process that writes before it reads would never get its stdin. Past this, the client waits.
 const STDIN_BUDGET: usize = 64 << 20;
 
+/// Connections that have not authenticated yet, in all and from one address (as OpenSSH's
+/// MaxStartups): past these, new connections are closed at once.
+const MAX_UNAUTHENTICATED: usize = 128;
+const MAX_UNAUTHENTICATED_PER_IP: usize = 16;
+
 /// stdin for the writer thread (`None` is EOF), holding its share of the budget until written.
 type StdinMsg = (Option<Vec<u8>>, Option<tokio::sync::OwnedSemaphorePermit>);
 
@@ -136,6 +141,7 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
         max_auth_attempts: 6,
         ..Default::default()
     });
+    let unauthenticated: Arc<Unauthenticated> = Arc::default();
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -145,6 +151,12 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
                 continue;
             }
         };
+        let Some(pending) = Pending::take(&unauthenticated, peer.ip()) else {
+            tracing_log(&format!(
+                "SSH {peer}: too many connections waiting to authenticate; closed"
+            ));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let killer = std::os::fd::AsFd::as_fd(&stream)
             .try_clone_to_owned()
@@ -152,6 +164,7 @@ pub async fn run(state: AppState, listener: tokio::net::TcpListener, key: Privat
             .map(std::net::TcpStream::from);
         let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let handler = Conn {
+            pending: Some(pending),
             authenticated: authenticated.clone(),
             state: state.clone(),
             peer,
@@ -208,6 +221,68 @@ struct Who {
     ws: WorkspaceRecord,
     /// What the user may do: the role's default scopes for a key, narrower for an access token.
     principal: Principal,
+    /// How the connection authenticated, checked again before every channel and forward.
+    cred: Cred,
+    /// For an access token, the API token that made it (the audit's actor token).
+    token_id: Option<String>,
+}
+
+/// A connection's credential.
+#[derive(Clone)]
+enum Cred {
+    /// A registered key, by id.
+    Key(String),
+    /// An access token, by the SHA-256 of its secret.
+    Token(String),
+}
+
+/// The connection's credential checked again, as at login, against the workspace it reached: it
+/// must still be valid (key registered to the same user; token live, and its API token too), its
+/// user active, and exec still allowed by the user's current role. Revocations, removed keys,
+/// suspensions and role changes reach open connections at their next channel.
+async fn recheck(state: &AppState, cred: &Cred, user_id: &str, ws_id: &str) -> Result<Who, String> {
+    let who = match cred {
+        Cred::Key(id) => {
+            let k = state
+                .store
+                .ssh_key(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .filter(|k| k.user_id == user_id)
+                .ok_or("the key was removed")?;
+            let user = active_user(state, &k.user_id).await?;
+            let principal = role_principal(&user)?;
+            let ws = state
+                .store
+                .get(ws_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the workspace no longer exists")?;
+            may_exec(&principal, &user, &ws)?;
+            Who {
+                user,
+                ws,
+                principal,
+                cred: cred.clone(),
+                token_id: None,
+            }
+        }
+        Cred::Token(hash) => authorize_token_hash(state, hash).await?,
+    };
+    if who.ws.id != ws_id || who.user.id != user_id {
+        return Err("the credential no longer names this workspace".into());
+    }
+    Ok(who)
+}
+
+/// The user's role with every scope it has (how a registered key acts).
+fn role_principal(user: &UserRecord) -> Result<Principal, String> {
+    let role: Role = user.role.parse()?;
+    Ok(Principal {
+        role,
+        scopes: role.scopes(),
+        workspaces: None,
+    })
 }
 
 /// A session channel.
@@ -281,8 +356,48 @@ impl Drop for Chan {
     }
 }
 
+/// Counts of connections not yet authenticated: in all, and by address.
+#[derive(Default)]
+struct Unauthenticated(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// A connection's place among those not yet authenticated; given back on drop.
+struct Pending {
+    counts: Arc<Unauthenticated>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    fn take(counts: &Arc<Unauthenticated>, ip: std::net::IpAddr) -> Option<Pending> {
+        let mut m = counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = m.values().sum();
+        let mine = m.get(&ip).copied().unwrap_or(0);
+        if total >= MAX_UNAUTHENTICATED || mine >= MAX_UNAUTHENTICATED_PER_IP {
+            return None;
+        }
+        *m.entry(ip).or_insert(0) += 1;
+        Some(Pending {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut m = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// One SSH connection.
 struct Conn {
+    /// Held until the connection authenticates.
+    pending: Option<Pending>,
     /// Set once a user authenticated (the login grace timer then stands down).
     authenticated: Arc<std::sync::atomic::AtomicBool>,
     state: AppState,
@@ -310,7 +425,7 @@ impl Drop for Conn {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             actor_user_id: Some(who.user.id.clone()),
             actor_username: Some(who.user.username.clone()),
-            actor_token_id: None,
+            actor_token_id: who.token_id.clone(),
             source_ip: Some(self.peer.ip().to_string()),
             user_agent: self.client.clone(),
             action: "workspace.ssh_session".into(),
@@ -354,27 +469,28 @@ async fn authorize_key(
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("unknown key {fp}"))?;
     let user = active_user(state, &k.user_id).await?;
-    let role: Role = user.role.parse()?;
-    let principal = Principal {
-        role,
-        scopes: role.scopes(),
-        workspaces: None,
-    };
+    let principal = role_principal(&user)?;
     let ws = workspace_for(state, &user, &principal, ssh_user).await?;
     let _ = state.store.touch_ssh_key(&k.id, &warren_store::now()).await;
     Ok(Who {
         user,
         ws,
         principal,
+        cred: Cred::Key(k.id),
+        token_id: None,
     })
 }
 
 /// Authenticates an SSH access token (the user name): its user, acting only on its workspace and
 /// only to exec there.
 async fn authorize_token(state: &AppState, token: &str) -> Result<Who, String> {
+    authorize_token_hash(state, &crate::auth::hash_secret(token)).await
+}
+
+async fn authorize_token_hash(state: &AppState, hash: &str) -> Result<Who, String> {
     let t = state
         .store
-        .use_ssh_access(&crate::auth::hash_secret(token))
+        .use_ssh_access(hash)
         .await
         .map_err(|e| e.to_string())?
         .ok_or("unknown, expired or revoked SSH access token")?;
@@ -396,6 +512,8 @@ async fn authorize_token(state: &AppState, token: &str) -> Result<Who, String> {
         user,
         ws,
         principal,
+        cred: Cred::Token(hash.to_string()),
+        token_id: t.token_id,
     })
 }
 
@@ -559,6 +677,8 @@ impl Conn {
             user_id: who.user.id.clone(),
             username: who.user.username.clone(),
             principal: who.principal.clone(),
+            cred: who.cred.clone(),
+            token_id: who.token_id.clone(),
             ws_id: who.ws.id.clone(),
             peer: self.peer,
             client: String::from_utf8_lossy(session.remote_sshid()).into_owned(),
@@ -578,6 +698,8 @@ struct ChannelJob {
     user_id: String,
     username: String,
     principal: Principal,
+    cred: Cred,
+    token_id: Option<String>,
     ws_id: String,
     peer: SocketAddr,
     client: String,
@@ -587,18 +709,20 @@ struct ChannelJob {
 }
 
 impl ChannelJob {
-    async fn run(self, mut req: ExecRequest, in_rx: mpsc::UnboundedReceiver<StdinMsg>) {
+    async fn run(mut self, mut req: ExecRequest, in_rx: mpsc::UnboundedReceiver<StdinMsg>) {
         let (handle, channel) = (self.handle.clone(), self.channel);
-        // The user and the workspace as they are now, not as they were at authentication.
-        match self.state.store.user(&self.user_id).await {
-            Ok(Some(u)) if !u.suspended => {}
-            _ => {
+        // The credential, the user and the workspace as they are now, not as they were at
+        // authentication.
+        match recheck(&self.state, &self.cred, &self.user_id, &self.ws_id).await {
+            Ok(who) => self.principal = who.principal,
+            Err(why) => {
+                tracing_log(&format!("SSH {}: channel refused: {why}", self.peer));
                 return fail_now(
                     &handle,
                     channel,
-                    "this user is suspended or no longer exists",
+                    "access to this workspace was revoked (or the user suspended)",
                 )
-                .await
+                .await;
             }
         }
         let rec = match self.ready_workspace().await {
@@ -620,7 +744,7 @@ impl ChannelJob {
             request_id: uuid::Uuid::new_v4().simple().to_string(),
             actor_user_id: Some(self.user_id.clone()),
             actor_username: Some(self.username.clone()),
-            actor_token_id: None,
+            actor_token_id: self.token_id.clone(),
             source_ip: Some(self.peer.ip().to_string()),
             user_agent: Some(self.client.clone()),
             action: "workspace.exec".into(),
@@ -827,6 +951,7 @@ fn forward_target(host: &str, port: u32) -> Option<SocketAddr> {
 struct Forward {
     state: AppState,
     ws_id: String,
+    cred: Cred,
     user_id: String,
     username: String,
     peer: SocketAddr,
@@ -842,7 +967,6 @@ impl Forward {
         reply: russh::server::ChannelOpenHandle,
     ) {
         use std::sync::atomic::Ordering::SeqCst;
-        self.count.fetch_add(1, SeqCst);
         let connected = self.connect(target).await;
         let outcome = match &connected {
             Ok(_) => AuditOutcome::Success,
@@ -897,7 +1021,7 @@ impl Forward {
 
     /// A connection to `target` made inside the workspace's network namespace.
     async fn connect(&self, target: SocketAddr) -> Result<tokio::net::TcpStream, String> {
-        active_user(&self.state, &self.user_id).await?;
+        recheck(&self.state, &self.cred, &self.user_id, &self.ws_id).await?;
         let fd = self
             .state
             .engine
@@ -937,6 +1061,7 @@ impl Conn {
         self.since = Some((std::time::Instant::now(), warren_store::now()));
         self.authenticated
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.pending = None;
         self.activity = Some(
             self.state
                 .activity
@@ -1004,9 +1129,13 @@ impl russh::server::Handler for Conn {
             return Ok(());
         }
         self.opened.1 += 1;
+        // Counted here, not in the task, so a burst of requests cannot pass the limit.
+        self.forwards
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let forward = Forward {
             state: self.state.clone(),
             ws_id: who.ws.id.clone(),
+            cred: who.cred.clone(),
             user_id: who.user.id.clone(),
             username: who.user.username.clone(),
             peer: self.peer,

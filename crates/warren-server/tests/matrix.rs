@@ -759,6 +759,7 @@ impl<'a> Fx<'a> {
                         &ws_id,
                         &self.users[ws_owner],
                         &ws_id,
+                        None,
                         "2999-01-01T00:00:00.000Z",
                     )
                     .await

@@ -481,6 +481,48 @@ async fn stopped_workspaces_start_on_connect_and_admins_address_others_workspace
     // address a user or workspace that does not exist.
     let o = ssh_async(port, admin_key.clone(), "dev.alice", &[], "hostname", None).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    // Access is checked again for every channel: bob, made admin, connects to alice's workspace,
+    // is made a member again, and his open connection runs nothing more there.
+    let (st, v) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let conn = russh_session(port, &bob_key, "dev.alice").await;
+    assert_eq!(
+        run_on(&conn, "echo first").await,
+        (Some(0), "first\n".to_string())
+    );
+    let (st, v) = s
+        .call(
+            Some(&s.admin),
+            Method::PATCH,
+            "/api/v1/users/bob",
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(run_on(&conn, "echo second").await, (Some(1), String::new()));
+    // Likewise a key removed while connected.
+    let alice_conn = russh_session(port, &alice_key, "dev").await;
+    assert_eq!(run_on(&alice_conn, "echo mine").await.0, Some(0));
+    let (_, keys) = s.get(&alice, "/api/v1/me/ssh-keys").await;
+    let key_id = keys[0]["id"].as_str().unwrap().to_string();
+    let (st, _) = s
+        .call(
+            Some(&alice),
+            Method::DELETE,
+            &format!("/api/v1/me/ssh-keys/{key_id}"),
+            None,
+        )
+        .await;
+    assert!(st.is_success());
+    assert_eq!(run_on(&alice_conn, "echo mine").await.0, Some(1));
+    register(&s, &alice, &alice_key).await;
     for (key, user) in [
         (&bob_key, "dev.alice"),
         (&admin_key, "dev.nobody"),
@@ -1061,6 +1103,43 @@ async fn ssh_access_tokens_reach_one_workspace_until_they_expire_or_are_revoked(
     assert!(v["revoked_at"].is_string(), "{v}");
     let o = ssh_token(port, &token, "echo in").await;
     assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+    // A token made with an API token dies with it: revoking a stolen API token also ends the SSH
+    // access it minted.
+    let agent = s.token_for("alice", Some(&["workspace:exec"])).await;
+    let (st, v) = s
+        .post(&agent, "/api/v1/workspaces/dev/ssh-access", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let minted = v["token"].as_str().unwrap().to_string();
+    let o = ssh_token(port, &minted, "echo minted").await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let (_, me) = s.get(&agent, "/api/v1/me").await;
+    let agent_id = me["token"]["id"].as_str().unwrap_or_default().to_string();
+    let (_, list) = s.get(&alice, "/api/v1/tokens").await;
+    let agent_id = if agent_id.is_empty() {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["scopes"] == json!(["workspace:exec"]))
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    } else {
+        agent_id
+    };
+    let (st, v) = s
+        .call(
+            Some(&alice),
+            Method::DELETE,
+            &format!("/api/v1/tokens/{agent_id}"),
+            None,
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let o = ssh_token(port, &minted, "echo minted").await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+
     // A suspended user's tokens stop working.
     let fresh = make(None).await;
     let (st, _) = s
@@ -1074,6 +1153,24 @@ async fn ssh_access_tokens_reach_one_workspace_until_they_expire_or_are_revoked(
     assert_eq!(st, StatusCode::OK);
     let o = ssh_token(port, fresh["token"].as_str().unwrap(), "echo in").await;
     assert_eq!(o.status.code(), Some(255), "{}", text(&o.stderr));
+}
+
+/// Runs `cmd` on a new channel of `conn`: (exit status, stdout).
+async fn run_on(conn: &russh::client::Handle<TrustingClient>, cmd: &str) -> (Option<u32>, String) {
+    let mut ch = conn.channel_open_session().await.unwrap();
+    ch.exec(true, cmd).await.unwrap();
+    let (mut out, mut status) = (String::new(), None);
+    while let Ok(Some(msg)) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), ch.wait()).await
+    {
+        match msg {
+            russh::ChannelMsg::Data { data } => out.push_str(&String::from_utf8_lossy(&data)),
+            russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+            russh::ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    (status, out)
 }
 
 /// Waits for three more `tick` lines from the bystander.

@@ -15,6 +15,8 @@ pub struct SshAccessRecord {
     pub user_id: String,
     /// The one workspace it reaches.
     pub workspace_id: String,
+    /// The API token that made it; it stops working when that one is revoked or expires.
+    pub token_id: Option<String>,
     /// Creation time.
     pub created_at: String,
     /// Expiry.
@@ -25,13 +27,15 @@ pub struct SshAccessRecord {
     pub last_used_at: Option<String>,
 }
 
-const COLUMNS: &str = "id, user_id, workspace_id, created_at, expires_at, revoked_at, last_used_at";
+const COLUMNS: &str =
+    "id, user_id, workspace_id, token_id, created_at, expires_at, revoked_at, last_used_at";
 
 fn from_row(r: &SqliteRow) -> Result<SshAccessRecord, StoreError> {
     Ok(SshAccessRecord {
         id: r.try_get("id")?,
         user_id: r.try_get("user_id")?,
         workspace_id: r.try_get("workspace_id")?,
+        token_id: r.try_get("token_id")?,
         created_at: r.try_get("created_at")?,
         expires_at: r.try_get("expires_at")?,
         revoked_at: r.try_get("revoked_at")?,
@@ -46,25 +50,28 @@ impl Store {
         token_sha256: &str,
         user_id: &str,
         workspace_id: &str,
+        token_id: Option<&str>,
         expires_at: &str,
     ) -> Result<SshAccessRecord, StoreError> {
         let rec = SshAccessRecord {
             id: new_id(),
             user_id: user_id.to_owned(),
             workspace_id: workspace_id.to_owned(),
+            token_id: token_id.map(str::to_owned),
             created_at: now(),
             expires_at: expires_at.to_owned(),
             revoked_at: None,
             last_used_at: None,
         };
         sqlx::query(
-            "INSERT INTO ssh_access_tokens (id, token_sha256, user_id, workspace_id, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ssh_access_tokens (id, token_sha256, user_id, workspace_id, token_id, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&rec.id)
         .bind(token_sha256)
         .bind(&rec.user_id)
         .bind(&rec.workspace_id)
+        .bind(&rec.token_id)
         .bind(&rec.created_at)
         .bind(&rec.expires_at)
         .execute(&self.pool)
@@ -72,8 +79,8 @@ impl Store {
         Ok(rec)
     }
 
-    /// The token whose secret hashes to `token_sha256`, if it is neither revoked nor expired;
-    /// its use is recorded.
+    /// The token whose secret hashes to `token_sha256`, if neither it nor the API token that
+    /// made it is revoked or expired; its use is recorded.
     pub async fn use_ssh_access(
         &self,
         token_sha256: &str,
@@ -81,10 +88,13 @@ impl Store {
         let t = now();
         let sql = format!(
             "SELECT {COLUMNS} FROM ssh_access_tokens \
-             WHERE token_sha256 = ? AND revoked_at IS NULL AND expires_at > ?"
+             WHERE token_sha256 = ? AND revoked_at IS NULL AND expires_at > ? \
+             AND (token_id IS NULL OR EXISTS (SELECT 1 FROM api_tokens p WHERE p.id = token_id \
+                  AND p.revoked_at IS NULL AND p.expires_at > ?))"
         );
         let Some(row) = sqlx::query(&sql)
             .bind(token_sha256)
+            .bind(&t)
             .bind(&t)
             .fetch_optional(&self.pool)
             .await?

@@ -102,7 +102,13 @@ async fn create_access(
     let token = new_token();
     let made = state
         .store
-        .create_ssh_access(&hash_secret(&token), &caller.user.id, &rec.id, &expires)
+        .create_ssh_access(
+            &hash_secret(&token),
+            &caller.user.id,
+            &rec.id,
+            Some(&caller.token.id),
+            &expires,
+        )
         .await?;
     let port = state
         .ssh_addr
