@@ -374,6 +374,16 @@ fn mpint_bits(n: &[u8]) -> u32 {
     }
 }
 
+/// The `ssh-keygen -Y sign -n` namespace of a key's proof of possession.
+pub const PROOF_NAMESPACE: &str = "warren-ssh-key";
+
+/// The message a user signs with a key to prove holding it (`ssh-keygen -Y sign -n
+/// warren-ssh-key -f KEY FILE` over exactly these bytes): bound to the user and the key, so a
+/// signature proves nothing for anyone else.
+pub fn proof_message(user_id: &str, fingerprint: &str) -> String {
+    format!("warren ssh-key proof\nuser: {user_id}\nkey: {fingerprint}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

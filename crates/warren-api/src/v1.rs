@@ -129,6 +129,9 @@ pub struct SshKey {
     pub created_at: String,
     /// Last SSH authentication with it.
     pub last_used_at: Option<String>,
+    /// When its user proved holding the private key (`signature`); until then the SSH gateway
+    /// does not accept it.
+    pub verified_at: Option<String>,
 }
 
 /// `POST /me/ssh-keys`.
@@ -140,6 +143,21 @@ pub struct AddSshKey {
     /// Label (default: the key's comment, else `key`).
     #[serde(default)]
     pub name: Option<String>,
+    /// Proof of holding the private key: an armored SSH signature (`-----BEGIN SSH SIGNATURE-----`)
+    /// of `ssh_key::proof_message(your user id, the key's fingerprint)` in namespace
+    /// `warren-ssh-key`, as `ssh-keygen -Y sign -n warren-ssh-key -f KEY` makes it. Without it the
+    /// key is registered unverified and authenticates nobody until proven
+    /// (`POST /me/ssh-keys/{id}/verify`).
+    #[serde(default)]
+    pub signature: Option<String>,
+}
+
+/// `POST /me/ssh-keys/{id}/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifySshKey {
+    /// The armored SSH signature of the key's proof message (see `AddSshKey::signature`).
+    pub signature: String,
 }
 
 /// `POST /workspaces/{ws}/ssh-access`.

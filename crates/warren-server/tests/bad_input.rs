@@ -165,6 +165,7 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/teams", "/api/v1/teams", json!({"name": "bi-team"}), "name", json!(["a"])),
         r("POST", "/api/v1/me/ssh-keys", "/api/v1/me/ssh-keys", json!({"public_key": ED25519}), "public_key", json!(5)),
         r("POST", "/api/v1/me/ssh-keys", "/api/v1/me/ssh-keys", json!({"public_key": ED25519}), "name", json!(["a"])),
+        r("POST", "/api/v1/me/ssh-keys/{id}/verify", "/api/v1/me/ssh-keys/x/verify", json!({"signature": "x"}), "signature", json!(5)),
         r("POST", "/api/v1/auth/device/approve", "/api/v1/auth/device/approve", json!({"user_code": "BCDF-GHJK"}), "user_code", json!(true)),
         JsonRoute {
             anonymous: true,

@@ -165,6 +165,7 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/me/ssh-keys", "", Rule::AnyCaller(Scope::WorkspaceRead)),
         c("POST", "/api/v1/me/ssh-keys", "", Rule::FullRoleToken),
         c("DELETE", "/api/v1/me/ssh-keys/{id}", "", Rule::AnyCaller(Scope::Admin)),
+        c("POST", "/api/v1/me/ssh-keys/{id}/verify", "", Rule::FullRoleToken),
         c("GET", "/api/v1/users/{user}/ssh-keys", "", Rule::Op(TokenAdmin)),
         c("DELETE", "/api/v1/users/{user}/ssh-keys/{id}", "", Rule::Op(TokenAdmin)),
         // Teams: listing them is for any signed-in user; changing them is user administration.
@@ -606,6 +607,15 @@ impl<'a> Fx<'a> {
             ("DELETE", "/api/v1/me/ssh-keys/{id}", _) => {
                 let id = self.ssh_key_of(caller).await;
                 Req::new(m, format!("/api/v1/me/ssh-keys/{id}"), Body::None)
+            }
+            ("POST", "/api/v1/me/ssh-keys/{id}/verify", _) => {
+                // A signature that proves nothing: allowed callers get 400, the others 403.
+                let id = self.ssh_key_of(caller).await;
+                Req::new(
+                    m,
+                    format!("/api/v1/me/ssh-keys/{id}/verify"),
+                    j(json!({"signature": "not a signature"})),
+                )
             }
             ("GET", "/api/v1/users/{user}/ssh-keys", _) => {
                 Req::new(m, format!("/api/v1/users/{OTHER}/ssh-keys"), Body::None)

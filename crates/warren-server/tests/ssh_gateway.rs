@@ -24,17 +24,9 @@ fn keygen(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-/// Registers `key`'s public half for the token's user.
+/// Registers `key`'s public half for the token's user, proven with its private half.
 async fn register(s: &TestServer, token: &str, key: &Path) {
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let (st, v) = s
-        .post(
-            token,
-            "/api/v1/me/ssh-keys",
-            json!({ "public_key": public }),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.register_ssh_key(token, key).await;
 }
 
 /// Runs `ssh` with `key` to `user@127.0.0.1` on `port`, extra options first, then `command`.
@@ -1323,4 +1315,97 @@ async fn bad_requests_and_garbage_are_refused_without_disturbing_other_sessions(
         }
     }
     assert!(out.contains("still-here"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_key_authenticates_only_the_user_who_proved_holding_it() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let mallory = s.user_token("mallory", "member", None).await;
+    let alice_key = keygen(keys.path(), "alice");
+    let mallory_key = keygen(keys.path(), "mallory");
+    create(&s, &alice, "dev").await;
+    create(&s, &mallory, "dev").await;
+    let port = s.ssh_port().await;
+    let alice_pub = std::fs::read_to_string(alice_key.with_extension("pub")).unwrap();
+
+    // Mallory copies Alice's public key (public keys are public) and registers it as hers.
+    let (st, v) = s
+        .post(
+            &mallory,
+            "/api/v1/me/ssh-keys",
+            json!({ "public_key": alice_pub }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert!(v["verified_at"].is_null(), "{v}");
+    let squatted = v["id"].as_str().unwrap().to_string();
+    // She cannot prove it: a signature by her own key, or over her own message, is refused.
+    let (_, me) = s.get(&mallory, "/api/v1/me").await;
+    let mallory_id = me["user"]["id"].as_str().unwrap().to_string();
+    let (_, me) = s.get(&alice, "/api/v1/me").await;
+    let alice_id = me["user"]["id"].as_str().unwrap().to_string();
+    let mallory_pub = std::fs::read_to_string(mallory_key.with_extension("pub")).unwrap();
+    for sig in [
+        common::sign_proof(&mallory_key, &mallory_id, &mallory_pub),
+        // Alice's own proof, replayed, is bound to Alice.
+        common::sign_proof(&alice_key, &alice_id, &alice_pub),
+    ] {
+        let (st, v) = s
+            .post(
+                &mallory,
+                &format!("/api/v1/me/ssh-keys/{squatted}/verify"),
+                json!({ "signature": sig }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["code"], "invalid_ssh_key", "{v}");
+    }
+    // Alice, connecting with her key to `dev`, is not let into Mallory's `dev`.
+    let o = ssh_async(port, alice_key.clone(), "dev", &[], "echo landed", None).await;
+    assert_eq!(o.status.code(), Some(255), "{}", text(&o.stdout));
+    assert!(o.stdout.is_empty());
+
+    // Alice registers and proves it: hers from now on; Mallory's unproven copy is gone.
+    s.register_ssh_key(&alice, &alice_key).await;
+    let (_, theirs) = s.get(&mallory, "/api/v1/me/ssh-keys").await;
+    assert_eq!(theirs, json!([]), "{theirs}");
+    let o = ssh_async(port, alice_key.clone(), "dev", &[], "echo landed", None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let (_, audit) = s.get(&s.admin, "/api/v1/audit?action=workspace.exec").await;
+    assert!(audit.to_string().contains("alice"), "{audit}");
+    assert!(!audit.to_string().contains("mallory"), "{audit}");
+    // A proven key is taken: nobody else can register it any more.
+    let (st, v) = s
+        .post(
+            &mallory,
+            "/api/v1/me/ssh-keys",
+            json!({ "public_key": alice_pub }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    // A later proof through the verify route works too (for a key added without one).
+    let (st, v) = s
+        .post(
+            &mallory,
+            "/api/v1/me/ssh-keys",
+            json!({ "public_key": mallory_pub }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let (st, v) = s
+        .post(
+            &mallory,
+            &format!("/api/v1/me/ssh-keys/{id}/verify"),
+            json!({ "signature": common::sign_proof(&mallory_key, &mallory_id, &mallory_pub) }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["verified_at"].is_string(), "{v}");
+    let o = ssh_async(port, mallory_key.clone(), "dev", &[], "echo mine", None).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }

@@ -146,10 +146,15 @@ async fn a_key_belongs_to_one_user() {
     let alice = s.user_token("alice", "member", None).await;
     let bob = s.user_token("bob", "member", None).await;
     let (ed, fp) = keygen(dir.path(), "ed", &["-t", "ed25519"]);
-    let (st, _) = s
-        .post(&alice, "/api/v1/me/ssh-keys", json!({ "public_key": ed }))
+    // Before anyone proves holding it, registering it blocks nobody (public keys are public).
+    let (st, v) = s
+        .post(&bob, "/api/v1/me/ssh-keys", json!({ "public_key": ed }))
         .await;
-    assert_eq!(st, StatusCode::CREATED);
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    assert!(v["verified_at"].is_null(), "{v}");
+    // Alice proves it: hers, and bob's unproven copy is gone.
+    s.register_ssh_key(&alice, &dir.path().join("ed")).await;
+    assert_eq!(s.get(&bob, "/api/v1/me/ssh-keys").await.1, json!([]));
 
     // Again, by its owner: 409, with a hint naming it.
     let (st, v) = s

@@ -28,17 +28,9 @@ fn keygen(dir: &Path, name: &str) -> PathBuf {
     p
 }
 
-/// Registers `key`'s public half for the token's user.
+/// Registers `key`'s public half for the token's user, proven with its private half.
 async fn register(s: &TestServer, token: &str, key: &Path) {
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
-    let (st, v) = s
-        .post(
-            token,
-            "/api/v1/me/ssh-keys",
-            json!({ "public_key": public }),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.register_ssh_key(token, key).await;
 }
 
 /// OpenSSH options every client here uses.

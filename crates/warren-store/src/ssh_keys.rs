@@ -26,6 +26,8 @@ pub struct SshKeyRecord {
     pub created_at: String,
     /// Last authentication with it.
     pub last_used_at: Option<String>,
+    /// When its user proved holding the private key; only verified keys authenticate.
+    pub verified_at: Option<String>,
 }
 
 /// A key about to be added.
@@ -44,7 +46,7 @@ pub struct NewSshKey<'a> {
 }
 
 const COLUMNS: &str =
-    "id, user_id, name, key_type, public_key, fingerprint, created_at, last_used_at";
+    "id, user_id, name, key_type, public_key, fingerprint, created_at, last_used_at, verified_at";
 
 fn from_row(r: &SqliteRow) -> Result<SshKeyRecord, StoreError> {
     Ok(SshKeyRecord {
@@ -56,6 +58,7 @@ fn from_row(r: &SqliteRow) -> Result<SshKeyRecord, StoreError> {
         fingerprint: r.try_get("fingerprint")?,
         created_at: r.try_get("created_at")?,
         last_used_at: r.try_get("last_used_at")?,
+        verified_at: r.try_get("verified_at")?,
     })
 }
 
@@ -71,8 +74,21 @@ impl Store {
             fingerprint: k.fingerprint.to_owned(),
             created_at: now(),
             last_used_at: None,
+            verified_at: None,
         };
-        let sql = format!("INSERT INTO ssh_keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+        // Taken once someone has proven it; unverified copies do not block anyone.
+        let verified =
+            sqlx::query("SELECT 1 FROM ssh_keys WHERE fingerprint = ? AND verified_at IS NOT NULL")
+                .bind(k.fingerprint)
+                .fetch_optional(&self.pool)
+                .await?;
+        if verified.is_some() {
+            return Err(StoreError::Exists {
+                what: "SSH key".into(),
+                name: k.fingerprint.to_owned(),
+            });
+        }
+        let sql = format!("INSERT INTO ssh_keys ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
         sqlx::query(&sql)
             .bind(&rec.id)
             .bind(&rec.user_id)
@@ -82,6 +98,7 @@ impl Store {
             .bind(&rec.fingerprint)
             .bind(&rec.created_at)
             .bind(&rec.last_used_at)
+            .bind(&rec.verified_at)
             .execute(&self.pool)
             .await
             .map_err(|e| match e {
@@ -115,17 +132,77 @@ impl Store {
         r.as_ref().map(from_row).transpose()
     }
 
-    /// The key with this fingerprint (`SHA256:...`), whoever owns it: the SSH gateway's lookup.
+    /// The verified key with this fingerprint (`SHA256:...`), whoever owns it: the SSH gateway's
+    /// lookup. Unverified keys authenticate nobody.
     pub async fn ssh_key_by_fingerprint(
         &self,
         fingerprint: &str,
     ) -> Result<Option<SshKeyRecord>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM ssh_keys WHERE fingerprint = ?");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM ssh_keys WHERE fingerprint = ? AND verified_at IS NOT NULL"
+        );
         let r = sqlx::query(&sql)
             .bind(fingerprint)
             .fetch_optional(&self.pool)
             .await?;
         r.as_ref().map(from_row).transpose()
+    }
+
+    /// `user_id`'s key with this fingerprint, verified or not.
+    pub async fn ssh_key_of_user(
+        &self,
+        user_id: &str,
+        fingerprint: &str,
+    ) -> Result<Option<SshKeyRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM ssh_keys WHERE user_id = ? AND fingerprint = ?");
+        let r = sqlx::query(&sql)
+            .bind(user_id)
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(from_row).transpose()
+    }
+
+    /// Marks `user_id`'s key `id` verified (its user proved holding the private key) and removes
+    /// other users' unverified copies of it. `Exists` if someone else verified it first.
+    pub async fn verify_ssh_key(
+        &self,
+        user_id: &str,
+        id: &str,
+    ) -> Result<SshKeyRecord, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE ssh_keys SET verified_at = ? WHERE id = ? AND user_id = ? AND verified_at IS NULL",
+        )
+        .bind(now())
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Exists {
+                what: "SSH key".into(),
+                name: id.to_owned(),
+            },
+            e => e.into(),
+        })?;
+        let sql = format!("SELECT {COLUMNS} FROM ssh_keys WHERE id = ? AND user_id = ?");
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { id: id.to_owned() })?;
+        let rec = from_row(&row)?;
+        sqlx::query(
+            "DELETE FROM ssh_keys WHERE fingerprint = ? AND user_id != ? AND verified_at IS NULL",
+        )
+        .bind(&rec.fingerprint)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rec)
     }
 
     /// Deletes `user_id`'s key `id`. False when that user has no such key (someone else's key

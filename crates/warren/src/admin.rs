@@ -685,6 +685,56 @@ fn default_public_key() -> Result<PathBuf> {
 }
 
 /// Reads a public key from `file` (`-`: stdin) and checks it before it is sent.
+/// Signs the key's proof message (`warren_api::ssh_key::proof_message`) with `ssh-keygen -Y
+/// sign`: with the private key beside the `.pub` file when there is one, else through the SSH
+/// agent. Returns the armored signature, or why it could not.
+fn sign_proof(public_key: &str, pub_file: Option<&Path>, user_id: &str) -> Result<String, String> {
+    let parsed = warren_api::ssh_key::parse(public_key).map_err(|e| e.message)?;
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let msg = dir.path().join("proof");
+    std::fs::write(
+        &msg,
+        warren_api::ssh_key::proof_message(user_id, &parsed.fingerprint()),
+    )
+    .map_err(|e| e.to_string())?;
+    let private = pub_file
+        .and_then(|p| p.to_str())
+        .and_then(|p| p.strip_suffix(".pub"))
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    let key = match private {
+        Some(p) => p,
+        None => {
+            // The agent signs for a public key it holds the private half of.
+            let p = dir.path().join("key.pub");
+            std::fs::write(&p, format!("{}\n", parsed.openssh())).map_err(|e| e.to_string())?;
+            p
+        }
+    };
+    let out = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-Y",
+            "sign",
+            "-n",
+            warren_api::ssh_key::PROOF_NAMESPACE,
+            "-f",
+        ])
+        .arg(&key)
+        .arg(&msg)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run ssh-keygen: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "ssh-keygen -Y sign: {}",
+            err.lines().last().unwrap_or("failed").trim()
+        ));
+    }
+    std::fs::read_to_string(dir.path().join("proof.sig")).map_err(|e| e.to_string())
+}
+
 fn read_public_key(file: Option<&Path>) -> Result<(String, String)> {
     let (text, from) = match file {
         Some(p) if p == Path::new("-") => {
@@ -732,11 +782,35 @@ pub async fn ssh_key(c: &Client, cmd: SshKeyCmd, json: bool) -> Result<u8> {
     match cmd {
         SshKeyCmd::Add { file, name } => {
             let (public_key, from) = read_public_key(file.as_deref())?;
-            let k = c.add_ssh_key(&AddSshKey { public_key, name }).await?;
+            let me = c.me().await?;
+            let key_file = match &file {
+                Some(p) if p == Path::new("-") => None,
+                Some(p) => Some(p.clone()),
+                None => default_public_key().ok(),
+            };
+            let signature = match sign_proof(&public_key, key_file.as_deref(), &me.user.id) {
+                Ok(s) => Some(s),
+                Err(why) => {
+                    eprintln!("warning: cannot prove holding this key ({why})");
+                    None
+                }
+            };
+            let k = c
+                .add_ssh_key(&AddSshKey {
+                    public_key,
+                    name,
+                    signature,
+                })
+                .await?;
             eprintln!(
                 "Added SSH key {} ({}, {}) from {from}.",
                 k.fingerprint, k.name, k.key_type
             );
+            if k.verified_at.is_none() {
+                eprintln!(
+                    "It is not verified: the SSH gateway accepts it once you prove holding it. Run `warren ssh-key add` again where its private key (or an SSH agent holding it) is."
+                );
+            }
             if json {
                 print_json(&k)?;
             }

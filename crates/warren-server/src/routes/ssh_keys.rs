@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::Op;
 use warren_api::ssh_key;
-use warren_api::v1::{AddSshKey, SshKey};
+use warren_api::v1::{AddSshKey, SshKey, VerifySshKey};
 use warren_api::ErrorCode;
 use warren_store::{NewSshKey, SshKeyRecord, StoreError, UserRecord};
 
@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_my_keys, add_my_key))
         .routes(routes!(delete_my_key))
+        .routes(routes!(verify_my_key))
         .routes(routes!(list_user_keys))
         .routes(routes!(delete_user_key))
 }
@@ -46,6 +47,7 @@ pub fn key_view(k: &SshKeyRecord) -> SshKey {
         public_key: k.public_key.clone(),
         created_at: k.created_at.clone(),
         last_used_at: k.last_used_at.clone(),
+        verified_at: k.verified_at.clone(),
     }
 }
 
@@ -104,6 +106,75 @@ async fn add_my_key(
     caller: Caller,
     Json(body): Json<AddSshKey>,
 ) -> ApiResult<impl IntoResponse> {
+    full_role_token(&caller)?;
+    let parsed = ssh_key::parse(&body.public_key).map_err(|e| {
+        let err = ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSshKey, e.message);
+        match e.hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    })?;
+    let name = key_name(&body, parsed.comment.as_deref())?;
+    let fingerprint = parsed.fingerprint();
+    let openssh = parsed.openssh();
+    // The signature is checked before anything is stored: a bad one changes nothing.
+    if let Some(sig) = &body.signature {
+        check_proof(&caller.user.id, &openssh, &fingerprint, sig)?;
+    }
+    let mine = state
+        .store
+        .ssh_key_of_user(&caller.user.id, &fingerprint)
+        .await?;
+    let k = match mine {
+        // Registered before without proof: this proves it.
+        Some(k) if k.verified_at.is_none() && body.signature.is_some() => {
+            verify(&state, &caller.user, &k).await?
+        }
+        Some(k) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::SshKeyTaken,
+                format!("the SSH key {fingerprint} is already registered"),
+            )
+            .hint(format!(
+                "it is yours, named `{}`: `warren ssh-key list`",
+                k.name
+            )))
+        }
+        None => {
+            let added = state
+                .store
+                .add_ssh_key(NewSshKey {
+                    user_id: &caller.user.id,
+                    name: &name,
+                    key_type: parsed.key_type.as_str(),
+                    public_key: &openssh,
+                    fingerprint: &fingerprint,
+                })
+                .await;
+            let k = match added {
+                Ok(k) => k,
+                Err(StoreError::Exists { .. }) => return Err(taken(&fingerprint)),
+                Err(e) => return Err(e.into()),
+            };
+            if body.signature.is_some() {
+                verify(&state, &caller.user, &k).await?
+            } else {
+                k
+            }
+        }
+    };
+    let note = note("ssh-key.create", &k, &caller.user);
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(note),
+        Json(key_view(&k)),
+    ))
+}
+
+/// Keys are credentials that outlive the token adding them: only a token with every scope of
+/// its user's role and no workspace restriction may add or prove one.
+fn full_role_token(caller: &Caller) -> Result<(), ApiError> {
     if !caller
         .principal
         .role
@@ -118,52 +189,96 @@ async fn add_my_key(
             "an SSH key reaches every workspace you can; use your login token (`warren login`)",
         ));
     }
-    let parsed = ssh_key::parse(&body.public_key).map_err(|e| {
-        let err = ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidSshKey, e.message);
-        match e.hint {
-            Some(h) => err.hint(h),
-            None => err,
-        }
-    })?;
-    let name = key_name(&body, parsed.comment.as_deref())?;
-    let fingerprint = parsed.fingerprint();
-    let added = state
-        .store
-        .add_ssh_key(NewSshKey {
-            user_id: &caller.user.id,
-            name: &name,
-            key_type: parsed.key_type.as_str(),
-            public_key: &parsed.openssh(),
-            fingerprint: &fingerprint,
-        })
-        .await;
-    let k = match added {
-        Ok(k) => k,
-        Err(StoreError::Exists { .. }) => {
-            let existing = state.store.ssh_key_by_fingerprint(&fingerprint).await?;
-            let err = ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::SshKeyTaken,
-                format!("the SSH key {fingerprint} is already registered"),
-            );
-            return Err(match existing {
-                Some(e) if e.user_id == caller.user.id => err.hint(format!(
-                    "it is yours, named `{}`: `warren ssh-key list`",
-                    e.name
-                )),
-                _ => {
-                    err.hint("a key belongs to one user; make another with `ssh-keygen -t ed25519`")
-                }
-            });
-        }
-        Err(e) => return Err(e.into()),
+    Ok(())
+}
+
+fn taken(fingerprint: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        ErrorCode::SshKeyTaken,
+        format!("the SSH key {fingerprint} is already registered and proven by another user"),
+    )
+    .hint("a key belongs to one user; make another with `ssh-keygen -t ed25519`")
+}
+
+/// Checks that `signature` (an armored SSH signature) was made with the key `openssh` over the
+/// key's proof message for `user_id`.
+fn check_proof(
+    user_id: &str,
+    openssh: &str,
+    fingerprint: &str,
+    signature: &str,
+) -> Result<(), ApiError> {
+    use russh::keys::ssh_key::{PublicKey, SshSig};
+    let refuse = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidSshKey,
+            format!("the signature does not prove holding the SSH key {fingerprint}: {why}"),
+        )
+        .hint(format!(
+            "`warren ssh-key add` signs for you; by hand: sign the proof message with `ssh-keygen -Y sign -n {} -f KEY`",
+            ssh_key::PROOF_NAMESPACE
+        ))
     };
-    let note = note("ssh-key.create", &k, &caller.user);
-    Ok((
-        StatusCode::CREATED,
-        axum::Extension(note),
-        Json(key_view(&k)),
-    ))
+    if signature.len() > 64 * 1024 {
+        return Err(refuse("it is too large"));
+    }
+    let sig = SshSig::from_pem(signature.trim()).map_err(|_| refuse("not an SSH signature"))?;
+    let key = PublicKey::from_openssh(openssh).map_err(|_| refuse("unreadable key"))?;
+    let msg = ssh_key::proof_message(user_id, fingerprint);
+    key.verify(ssh_key::PROOF_NAMESPACE, msg.as_bytes(), &sig)
+        .map_err(|e| refuse(&e.to_string()))
+}
+
+/// Marks the key verified (and drops other users' unverified copies), audited.
+async fn verify(
+    state: &AppState,
+    owner: &UserRecord,
+    k: &SshKeyRecord,
+) -> Result<SshKeyRecord, ApiError> {
+    match state.store.verify_ssh_key(&owner.id, &k.id).await {
+        Ok(v) => Ok(v),
+        Err(StoreError::Exists { .. }) => Err(taken(&k.fingerprint)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Proves holding the private key of one of the caller's keys, which the SSH gateway then
+/// accepts. Needs a token with every scope of the caller's role, as adding does.
+#[utoipa::path(post, path = "/api/v1/me/ssh-keys/{id}/verify", tag = "ssh-keys", security(("token" = [])),
+    params(("id" = String, Path, description = "key id")), request_body = VerifySshKey,
+    responses((status = 200, body = SshKey), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+async fn verify_my_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<VerifySshKey>,
+) -> ApiResult<impl IntoResponse> {
+    full_role_token(&caller)?;
+    let k = state
+        .store
+        .ssh_key(&id)
+        .await?
+        .filter(|k| k.user_id == caller.user.id)
+        .ok_or_else(|| {
+            ApiError::not_found("SSH key", &id)
+                .hint("`warren ssh-key list` shows the keys and their ids")
+        })?;
+    check_proof(
+        &caller.user.id,
+        &k.public_key,
+        &k.fingerprint,
+        &body.signature,
+    )?;
+    let v = if k.verified_at.is_some() {
+        k
+    } else {
+        verify(&state, &caller.user, &k).await?
+    };
+    let note = note("ssh-key.verify", &v, &caller.user);
+    Ok((axum::Extension(note), Json(key_view(&v))))
 }
 
 async fn delete_key(

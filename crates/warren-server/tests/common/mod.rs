@@ -189,6 +189,26 @@ impl TestServer {
     }
 
     /// A new token for an existing user, made by the admin.
+    /// Registers the SSH key whose private half is the file `key` (public half `key.pub`) for the
+    /// token's user, with the proof of possession `warren ssh-key add` makes
+    /// (`ssh-keygen -Y sign` over the key's proof message).
+    pub async fn register_ssh_key(&self, token: &str, key: &std::path::Path) -> serde_json::Value {
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let (_, me) = self.get(token, "/api/v1/me").await;
+        let user_id = me["user"]["id"].as_str().unwrap().to_string();
+        let signature = sign_proof(key, &user_id, &public);
+        let (st, v) = self
+            .post(
+                token,
+                "/api/v1/me/ssh-keys",
+                serde_json::json!({ "public_key": public, "signature": signature }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        assert!(v["verified_at"].is_string(), "{v}");
+        v
+    }
+
     pub async fn token_for(&self, username: &str, scopes: Option<&[&str]>) -> String {
         let mut body = serde_json::json!({"user": username, "name": "test"});
         if let Some(s) = scopes {
@@ -292,4 +312,28 @@ impl Drop for TestServer {
                 .status();
         }
     }
+}
+
+/// The armored SSH signature of the key's proof message for `user_id`, made by `ssh-keygen -Y
+/// sign` with the private key file `key`.
+pub fn sign_proof(key: &std::path::Path, user_id: &str, public: &str) -> String {
+    let fp = warren_api::ssh_key::parse(public).unwrap().fingerprint();
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("proof");
+    std::fs::write(&msg, warren_api::ssh_key::proof_message(user_id, &fp)).unwrap();
+    let o = std::process::Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-Y",
+            "sign",
+            "-n",
+            warren_api::ssh_key::PROOF_NAMESPACE,
+            "-f",
+        ])
+        .arg(key)
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(dir.path().join("proof.sig")).unwrap()
 }
