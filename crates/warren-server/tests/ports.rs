@@ -564,15 +564,15 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     // Bob's own session, replayed against Alice's port, grants nothing.
     create(&s, &bob, "mine").await;
     daemon(&s, &bob, "mine", "portsrv 8080", 8080).await;
-    let (_, t) = s
-        .post(&bob, "/api/v1/workspaces/mine/ports/8080/ticket", json!({}))
-        .await;
-    let (_, h, _) = curl(args(&[t["url"].as_str().unwrap()])).await;
-    let bobs = h
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: warren_preview="))
-        .map(|v| v.split(';').next().unwrap().to_string())
-        .unwrap();
+    // (The value from a cookie jar: the headers `curl` returns here are lowercased.)
+    let bobs = sign_in(&s, &bob, "mine", false).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &format!("Cookie: warren_preview={bobs}"),
+        &format!("{}/p/mine.bob/8080/", s.url),
+    ]))
+    .await;
+    assert_eq!(st, 200, "Bob's session works on his own port");
     let (st, _, _) = curl(args(&[
         "-H",
         &format!("Cookie: warren_preview={bobs}"),
