@@ -460,7 +460,7 @@ pub async fn authorize(
 /// Who is asking, before the workspace is known.
 enum Credentials {
     /// A bearer token (bad ones are refused, not taken as anonymous).
-    Bearer(Caller),
+    Bearer(Box<Caller>),
     /// The grants of the valid `warren_preview` sessions the request carries for this port.
     Sessions(Vec<Grant>),
 }
@@ -481,9 +481,9 @@ async fn identify(
                 .or_else(|| s.strip_prefix("bearer "))
         })
     {
-        return Ok(Credentials::Bearer(
+        return Ok(Credentials::Bearer(Box::new(
             crate::auth::authenticate(state, raw.trim()).await?,
-        ));
+        )));
     }
     Ok(Credentials::Sessions(
         cookie_values(headers, COOKIE)
@@ -571,7 +571,7 @@ async fn serve(state: &AppState, req: Request, t: &Target) -> Result<Response, A
     let (caller, rec) = match identify(state, req.headers(), t.port).await? {
         Credentials::Bearer(c) => {
             let rec = resolve(state, Some(&c), &t.key, t.port).await;
-            (Some(c), rec)
+            (Some(*c), rec)
         }
         Credentials::Sessions(grants) => {
             // The session whose grant is this very workspace and port (another one, planted or
