@@ -533,6 +533,8 @@ fn cookie_use_allowed(state: &AppState, req: &Request, upgrade: bool) -> Result<
         let own = h
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
             .map(|host| format!("{scheme}://{}", host.to_ascii_lowercase()));
         let origin = get("origin");
         if own.is_none() || origin != own {
