@@ -18,7 +18,7 @@
 //! (`POST /workspaces/{ws}/ports/{port}/ticket`, 60 s). Neither ever reaches the workspace: a
 //! Warren token in `Authorization` and the Warren cookie are removed before forwarding.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
@@ -55,26 +55,38 @@ pub const SANDBOX_CSP: &str =
     "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
 /// Reserved paths under a preview root, never forwarded.
 const RESERVED: &str = "/__warren/";
-/// The most tickets or sessions kept (a full table is emptied: everyone signs in again).
+/// The most tickets or sessions kept in all (when full, the oldest goes).
 const MAX_ENTRIES: usize = 100_000;
+/// The most live tickets, and live sessions, one user has (a new one evicts their oldest), so
+/// that no user can crowd out everyone else's.
+pub const MAX_PER_USER: usize = 64;
 
 /// What a ticket or session grants: one port of one workspace, on behalf of one token.
 #[derive(Debug, Clone)]
 pub struct Grant {
     /// The token the ticket was made with (its user, scopes, restriction and revocation apply).
     pub token_id: String,
+    /// The token's user (for the per-user quota).
+    pub user_id: String,
     /// Workspace id.
     pub ws_id: String,
     /// Port.
     pub port: u16,
 }
 
+/// Tickets or sessions by the hash of their secret, with each user's in the order made.
+#[derive(Default)]
+struct Table {
+    entries: HashMap<String, (Grant, Instant)>,
+    by_user: HashMap<String, VecDeque<String>>,
+}
+
 /// Preview tickets and sessions, in memory (a restart signs browsers out; bearer tokens keep
 /// working). Only SHA-256 hashes of their secrets are kept.
 #[derive(Default)]
 pub struct Previews {
-    tickets: Mutex<HashMap<String, (Grant, Instant)>>,
-    sessions: Mutex<HashMap<String, (Grant, Instant)>>,
+    tickets: Mutex<Table>,
+    sessions: Mutex<Table>,
     /// Idle connections into workspace ports.
     upstreams: std::sync::Arc<Upstreams>,
 }
@@ -83,15 +95,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn insert(map: &Mutex<HashMap<String, (Grant, Instant)>>, grant: Grant, ttl: Duration) -> String {
+fn insert(map: &Mutex<Table>, grant: Grant, ttl: Duration) -> String {
     let secret = crate::auth::random_secret();
     let now = Instant::now();
-    let mut m = lock(map);
-    m.retain(|_, (_, exp)| *exp > now);
-    if m.len() >= MAX_ENTRIES {
-        m.clear();
+    let hash = hash_secret(&secret);
+    let mut guard = lock(map);
+    let t = &mut *guard;
+    // This user's: forget the used and expired ones, then evict their oldest beyond the quota.
+    let mine = t.by_user.entry(grant.user_id.clone()).or_default();
+    mine.retain(|h| t.entries.get(h).is_some_and(|(_, exp)| *exp > now));
+    while mine.len() >= MAX_PER_USER {
+        if let Some(h) = mine.pop_front() {
+            t.entries.remove(&h);
+        }
     }
-    m.insert(hash_secret(&secret), (grant, now + ttl));
+    mine.push_back(hash.clone());
+    if t.entries.len() >= MAX_ENTRIES {
+        // Rare (a full table): drop the expired, then the oldest if still full.
+        t.entries.retain(|_, (_, exp)| *exp > now);
+        if t.entries.len() >= MAX_ENTRIES {
+            if let Some(oldest) = t
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, exp))| *exp)
+                .map(|(h, _)| h.clone())
+            {
+                t.entries.remove(&oldest);
+            }
+        }
+        let entries = &t.entries;
+        t.by_user.retain(|_, v| {
+            v.retain(|h| entries.contains_key(h) || *h == hash);
+            !v.is_empty()
+        });
+    }
+    t.entries.insert(hash, (grant, now + ttl));
     secret
 }
 
@@ -103,7 +141,7 @@ impl Previews {
 
     /// Uses up a ticket: its grant, if it was known and unexpired.
     fn redeem(&self, ticket: &str) -> Option<Grant> {
-        let (g, exp) = lock(&self.tickets).remove(&hash_secret(ticket))?;
+        let (g, exp) = lock(&self.tickets).entries.remove(&hash_secret(ticket))?;
         (exp > Instant::now()).then_some(g)
     }
 
@@ -113,7 +151,7 @@ impl Previews {
 
     fn session(&self, cookie: &str) -> Option<Grant> {
         let m = lock(&self.sessions);
-        let (g, exp) = m.get(&hash_secret(cookie))?;
+        let (g, exp) = m.entries.get(&hash_secret(cookie))?;
         (*exp > Instant::now()).then(|| g.clone())
     }
 }
@@ -419,38 +457,91 @@ pub async fn authorize(
     })
 }
 
-/// Who is asking: a bearer token (bad ones are refused, not taken as anonymous), else the
-/// preview cookie of a session for this port, else nobody.
+/// Who is asking, before the workspace is known.
+enum Credentials {
+    /// A bearer token (bad ones are refused, not taken as anonymous).
+    Bearer(Box<Caller>),
+    /// The grants of the valid `warren_preview` sessions the request carries for this port.
+    Sessions(Vec<Grant>),
+}
+
+/// The credentials of a request: a bearer token in any `Authorization` value, else the preview
+/// sessions for this port its cookies name.
 async fn identify(
     state: &AppState,
     headers: &HeaderMap,
     port: u16,
-) -> Result<(Option<Caller>, Option<Grant>), ApiError> {
+) -> Result<Credentials, ApiError> {
     if let Some(raw) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| {
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|s| {
             s.strip_prefix("Bearer ")
                 .or_else(|| s.strip_prefix("bearer "))
         })
     {
-        return Ok((
-            Some(crate::auth::authenticate(state, raw.trim()).await?),
-            None,
-        ));
+        return Ok(Credentials::Bearer(Box::new(
+            crate::auth::authenticate(state, raw.trim()).await?,
+        )));
     }
-    for value in cookie_values(headers, COOKIE) {
-        let Some(grant) = state.previews.session(&value) else {
-            continue;
-        };
-        if grant.port != port {
-            continue;
-        }
-        if let Ok(c) = crate::auth::caller_for_token_id(state, &grant.token_id).await {
-            return Ok((Some(c), Some(grant)));
+    Ok(Credentials::Sessions(
+        cookie_values(headers, COOKIE)
+            .iter()
+            .take(16)
+            .filter_map(|v| state.previews.session(v))
+            .filter(|g| g.port == port)
+            .collect(),
+    ))
+}
+
+/// Whether a request authenticated by the preview cookie may use it. Every preview under the
+/// preview domain is the same *site*, so `SameSite=Lax` does not stop one preview's page from
+/// sending requests to another with its cookie: browsers say where a request comes from
+/// (`Sec-Fetch-Site`), and only top-level navigations (`GET`/`HEAD` of a document) may come from
+/// another origin. A WebSocket must come from the preview's own origin (`Origin`), which
+/// browsers always send on upgrades.
+fn cookie_use_allowed(state: &AppState, req: &Request, upgrade: bool) -> Result<(), ApiError> {
+    let h = req.headers();
+    let get = |n: &str| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    let refused = |why: &str| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            format!("the preview cookie is not accepted on {why}"),
+        )
+        .hint(
+            "preview sessions work for the preview's own pages and links followed to it; \
+             other clients send `Authorization: Bearer <token>`",
+        )
+    };
+    let site = get("sec-fetch-site");
+    if matches!(site.as_deref(), Some("same-site" | "cross-site")) {
+        let navigation = matches!(*req.method(), Method::GET | Method::HEAD)
+            && get("sec-fetch-mode").as_deref() == Some("navigate")
+            && get("sec-fetch-dest").as_deref() == Some("document");
+        if !navigation || upgrade {
+            return Err(refused("a request from another site"));
         }
     }
-    Ok((None, None))
+    if upgrade {
+        let scheme = if is_https(state) { "https" } else { "http" };
+        let own = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+            .map(|host| format!("{scheme}://{}", host.to_ascii_lowercase()));
+        let origin = get("origin");
+        if own.is_none() || origin != own {
+            return Err(refused("a WebSocket from another origin"));
+        }
+    }
+    Ok(())
 }
 
 /// The values of the cookies named `name` in a request.
@@ -478,17 +569,52 @@ async fn serve(state: &AppState, req: Request, t: &Target) -> Result<Response, A
         )
         .hint("paths under /__warren/ belong to Warren, not to the workspace"));
     }
-    let (mut caller, grant) = identify(state, req.headers(), t.port).await?;
-    let mut rec = resolve(state, caller.as_ref(), &t.key, t.port).await;
-    if let (Some(g), Ok(r)) = (&grant, &rec) {
-        if g.ws_id != r.id {
-            // A session for another workspace's port: it grants nothing here.
-            caller = None;
-            rec = resolve(state, None, &t.key, t.port).await;
+    let mut refusal = None;
+    let (caller, rec) = match identify(state, req.headers(), t.port).await? {
+        Credentials::Bearer(c) => {
+            let rec = resolve(state, Some(&c), &t.key, t.port).await;
+            (Some(*c), rec)
         }
-    }
-    let rec = rec?;
-    authorize(state, caller.as_ref(), &rec, &t.key, t.port).await?;
+        Credentials::Sessions(grants) => {
+            // The session whose grant is this very workspace and port (another one, planted or
+            // left over, neither displaces nor impersonates it).
+            let mut found = None;
+            for g in grants {
+                let Ok(c) = crate::auth::caller_for_token_id(state, &g.token_id).await else {
+                    continue;
+                };
+                if let Ok(r) = resolve(state, Some(&c), &t.key, t.port).await {
+                    if r.id == g.ws_id {
+                        found = Some((c, r));
+                        break;
+                    }
+                }
+            }
+            match found {
+                Some((c, r)) => match cookie_use_allowed(state, &req, is_upgrade(req.headers())) {
+                    Ok(()) => (Some(c), Ok(r)),
+                    // Taken as anonymous (a public port still answers), refused if that is not
+                    // enough.
+                    Err(e) => {
+                        refusal = Some(e);
+                        (None, resolve(state, None, &t.key, t.port).await)
+                    }
+                },
+                None => (None, resolve(state, None, &t.key, t.port).await),
+            }
+        }
+    };
+    let checked = match rec {
+        Ok(rec) => authorize(state, caller.as_ref(), &rec, &t.key, t.port)
+            .await
+            .map(|()| rec),
+        Err(e) => Err(e),
+    };
+    let rec = match (checked, refusal) {
+        (Ok(rec), _) => rec,
+        (Err(_), Some(refused)) => return Err(refused),
+        (Err(e), None) => return Err(e),
+    };
     if rec.state != WorkspaceState::Running {
         return Err(not_running(&rec));
     }
@@ -506,6 +632,16 @@ async fn redeem(state: &AppState, t: &Target) -> Result<Response, ApiError> {
         )
         .hint("links work once within 60 seconds: `warren ports open WS PORT` makes a new one")
     };
+    if !t.key.contains('.') {
+        // `/p/NAME/...` means the signed-in user's own workspace, whoever that is: a session set
+        // there from someone else's ticket would sign the victim's bare-form preview in as them.
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "preview links name the workspace's owner",
+        )
+        .hint("open the link `warren ports open WS PORT` prints: /p/WORKSPACE.USER/PORT/__warren/auth?ticket=..."));
+    }
     let query = t.rest.split_once('?').map(|(_, q)| q).unwrap_or("");
     let ticket = query
         .split('&')
@@ -663,14 +799,45 @@ pub fn upstream_headers(
     let mut h = given.clone();
     let upgrade_value = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut h);
-    // A Warren token is Warren's; other schemes (an app's own Basic auth) pass.
-    let warren_auth = h.get(header::AUTHORIZATION).is_some_and(|v| {
+    // A Warren token is Warren's, in any `Authorization` value; other schemes (an app's own Basic
+    // auth) pass. (`Proxy-Authorization` is hop-by-hop: never forwarded at all.)
+    let is_warren = |v: &HeaderValue| {
         v.as_bytes()
             .windows(4)
             .any(|w| w.eq_ignore_ascii_case(b"wrn_"))
-    });
-    if warren_auth {
-        h.remove(header::AUTHORIZATION);
+    };
+    let auth: Vec<HeaderValue> = h
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter(|v| !is_warren(v))
+        .cloned()
+        .collect();
+    h.remove(header::AUTHORIZATION);
+    for v in auth {
+        h.append(header::AUTHORIZATION, v);
+    }
+    // A token offered as a `warren.bearer.<token>` WebSocket subprotocol is Warren's too.
+    let protocols: Vec<String> = h
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| {
+            !p.is_empty()
+                && !p
+                    .to_ascii_lowercase()
+                    .starts_with(crate::auth::WS_BEARER_PROTOCOL_PREFIX)
+        })
+        .map(str::to_string)
+        .collect();
+    if h.contains_key(header::SEC_WEBSOCKET_PROTOCOL) {
+        h.remove(header::SEC_WEBSOCKET_PROTOCOL);
+        if let Ok(v) = HeaderValue::from_str(&protocols.join(", ")) {
+            if !protocols.is_empty() {
+                h.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
+            }
+        }
     }
     let cookies: Vec<String> = h
         .get_all(header::COOKIE)
@@ -752,14 +919,25 @@ fn downstream_headers(h: &mut HeaderMap, t: &Target, upgraded: bool) {
             }
         }
     }
-    if t.form == Form::Path {
-        if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
-            if loc.starts_with('/') && !loc.starts_with("//") && !loc.starts_with(&t.prefix) {
-                if let Ok(v) = HeaderValue::from_str(&format!("{}{loc}", t.prefix)) {
-                    h.insert(header::LOCATION, v);
-                }
-            }
+    if let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        // The workspace redirecting to itself by its inside name (`http://localhost:PORT/x`)
+        // means its own preview; other absolute redirects pass as they are.
+        let loc = self_reference(loc, t.port).unwrap_or_else(|| loc.to_string());
+        let loc = if t.form == Form::Path
+            && loc.starts_with('/')
+            && !loc.starts_with("//")
+            && !loc.starts_with(&format!("{}/", t.prefix))
+            && loc != t.prefix
+        {
+            format!("{}{loc}", t.prefix)
+        } else {
+            loc
+        };
+        if let Ok(v) = HeaderValue::from_str(&loc) {
+            h.insert(header::LOCATION, v);
         }
+    }
+    if t.form == Form::Path {
         h.append(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(SANDBOX_CSP),
@@ -767,46 +945,80 @@ fn downstream_headers(h: &mut HeaderMap, t: &Target, upgraded: bool) {
     }
 }
 
-/// A workspace's `Set-Cookie` as forwarded: none named like Warren's; in the path form no
-/// `Domain` and a `Path` under the preview's prefix.
+/// The path of an absolute `Location` that points at the workspace's own port from inside
+/// (`localhost`, `127.0.0.1` or `[::1]`, that port; scheme-relative too), else None.
+fn self_reference(loc: &str, port: u16) -> Option<String> {
+    let rest = loc
+        .strip_prefix("http://")
+        .or_else(|| loc.strip_prefix("//"))
+        .or_else(|| {
+            loc.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("http://"))
+                .map(|_| &loc[7..])
+        })?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let authority = authority.to_ascii_lowercase();
+    let (host, p) = match authority.rsplit_once(':') {
+        Some((h, p)) if !p.contains(']') => (h.to_string(), p.parse::<u16>().ok()?),
+        _ => (authority.clone(), 80),
+    };
+    if p != port || !matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]") {
+        return None;
+    }
+    Some(match path.chars().next() {
+        Some('/') => path.to_string(),
+        _ => format!("/{path}"),
+    })
+}
+
+/// A workspace's `Set-Cookie` as forwarded, read the way browsers read it (RFC 6265 §5.2:
+/// attribute names trimmed and case-insensitive): none without a name, none that names or
+/// carries Warren's cookie; never a `Domain` (host-only cookies: a preview cannot set cookies
+/// for the API or other previews); in the path form a `Path` under the preview's prefix.
 fn rewrite_set_cookie(s: &str, t: &Target) -> Option<String> {
     let mut parts = s.split(';');
     let first = parts.next()?.trim();
-    let name = first
-        .split_once('=')
-        .map(|(n, _)| n.trim())
-        .unwrap_or(first);
-    if name == COOKIE {
+    // A pair without `=` is a cookie with an empty name (browsers take it as the value).
+    let (name, value) = first.split_once('=')?;
+    let (name, value) = (name.trim(), value.trim());
+    let warren = COOKIE.to_ascii_lowercase();
+    if name.is_empty()
+        || name.to_ascii_lowercase().contains(&warren)
+        || value.to_ascii_lowercase().contains(&warren)
+    {
         return None;
     }
-    if t.form == Form::Subdomain {
-        return Some(s.to_string());
-    }
-    let mut out = vec![first.to_string()];
+    let mut out = vec![format!("{name}={value}")];
     for attr in parts {
-        let a = attr.trim();
-        let lower = a.to_ascii_lowercase();
-        if lower.starts_with("domain=") || lower == "domain" {
+        let (an, av) = match attr.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (attr.trim(), None),
+        };
+        if an.is_empty() {
             continue;
         }
-        if lower.starts_with("path=") {
-            let p = &a[5..];
+        if an.eq_ignore_ascii_case("domain") {
+            continue;
+        }
+        if an.eq_ignore_ascii_case("path") && t.form == Form::Path {
+            let p = av.unwrap_or("");
             if p.starts_with(&format!("{}/", t.prefix)) || p == t.prefix {
-                out.push(a.to_string());
+                out.push(format!("Path={p}"));
             } else {
-                out.push(format!(
-                    "Path={}{}",
-                    t.prefix,
-                    if p.starts_with('/') {
-                        p.to_string()
-                    } else {
-                        format!("/{p}")
-                    }
-                ));
+                let p = if p.starts_with('/') {
+                    p.to_string()
+                } else {
+                    format!("/{p}")
+                };
+                out.push(format!("Path={}{p}", t.prefix));
             }
             continue;
         }
-        out.push(a.to_string());
+        out.push(match av {
+            Some(v) => format!("{an}={v}"),
+            None => an.to_string(),
+        });
     }
     Some(out.join("; "))
 }
@@ -1157,6 +1369,7 @@ mod tests {
         let p = Previews::default();
         let g = || Grant {
             token_id: "t".into(),
+            user_id: "u".into(),
             ws_id: "w".into(),
             port: 80,
         };
@@ -1171,7 +1384,7 @@ mod tests {
         let c = insert(&p.sessions, g(), Duration::ZERO);
         assert!(p.session(&c).is_none(), "an expired session grants nothing");
         // Only hashes are kept.
-        assert!(!lock(&p.sessions).contains_key(&c));
+        assert!(!lock(&p.sessions).entries.contains_key(&c));
     }
 
     #[test]
@@ -1251,5 +1464,119 @@ mod tests {
         downstream_headers(&mut h, &t, false);
         assert_eq!(h.get(header::LOCATION).unwrap(), "/login");
         assert!(h.get(header::CONTENT_SECURITY_POLICY).is_none());
+    }
+
+    #[test]
+    fn set_cookie_is_read_like_a_browser_reads_it() {
+        let path = target(Form::Path);
+        let sub = target(Form::Subdomain);
+        let r = |s: &str, t: &Target| rewrite_set_cookie(s, t);
+        assert_eq!(
+            r("sid=1; Path =/; Domain =x", &path).as_deref(),
+            Some("sid=1; Path=/p/web.alice/3000/")
+        );
+        assert_eq!(
+            r("sid=1;PATH= /a ; DOMAIN=.x; Secure", &path).as_deref(),
+            Some("sid=1; Path=/p/web.alice/3000/a; Secure")
+        );
+        assert_eq!(
+            r("sid=1; Path=/; Domain=preview.test", &sub).as_deref(),
+            Some("sid=1; Path=/")
+        );
+        for bad in [
+            "=nameless",
+            " =x; Path=/",
+            "novalue",
+            "warren_preview=x",
+            " warren_preview =x",
+            "WARREN_PREVIEW=x",
+            "x=warren_preview=y",
+            "__Host-warren_preview=y",
+        ] {
+            assert_eq!(r(bad, &path), None, "{bad}");
+            assert_eq!(r(bad, &sub), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn self_redirects_become_the_preview_and_others_pass() {
+        assert_eq!(
+            self_reference("http://localhost:3000/x?y=1", 3000).as_deref(),
+            Some("/x?y=1")
+        );
+        assert_eq!(
+            self_reference("//127.0.0.1:3000", 3000).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            self_reference("HTTP://[::1]:3000/a", 3000).as_deref(),
+            Some("/a")
+        );
+        assert_eq!(
+            self_reference("http://localhost/a", 80).as_deref(),
+            Some("/a")
+        );
+        for other in [
+            "http://localhost:3001/",
+            "https://evil.example/",
+            "//evil.example/",
+            "http://localhost.evil.example:3000/",
+            "/relative",
+        ] {
+            assert_eq!(self_reference(other, 3000), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn one_user_cannot_crowd_out_the_others() {
+        let p = Previews::default();
+        let g = |user: &str| Grant {
+            token_id: "t".into(),
+            user_id: user.into(),
+            ws_id: "w".into(),
+            port: 80,
+        };
+        let alices = p.open_session(g("alice"));
+        let first = p.open_session(g("mallory"));
+        let rest: Vec<String> = (0..MAX_PER_USER + 10)
+            .map(|_| p.open_session(g("mallory")))
+            .collect();
+        assert!(p.session(&alices).is_some(), "another user's session stays");
+        assert!(
+            p.session(&first).is_none(),
+            "the oldest beyond the quota goes"
+        );
+        assert!(rest
+            .iter()
+            .rev()
+            .take(MAX_PER_USER)
+            .all(|c| p.session(c).is_some()));
+        let live = lock(&p.sessions).entries.len();
+        assert_eq!(live, MAX_PER_USER + 1);
+    }
+
+    #[test]
+    fn every_warren_credential_is_stripped() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YTpi"),
+        );
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer wrn_0123_secret"),
+        );
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("chat, warren.bearer.wrn_0123_secret"),
+        );
+        h.append(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static("Warren.Bearer.wrn_x, v2"),
+        );
+        let out = upstream_headers(&h, 1, "", None, false, true);
+        let auth: Vec<_> = out.get_all(header::AUTHORIZATION).iter().collect();
+        assert_eq!(auth, ["Basic YTpi"]);
+        assert_eq!(out.get(header::SEC_WEBSOCKET_PROTOCOL).unwrap(), "chat, v2");
     }
 }

@@ -564,15 +564,15 @@ async fn ports_are_discovered_and_previews_enforce_each_sharing_level() {
     // Bob's own session, replayed against Alice's port, grants nothing.
     create(&s, &bob, "mine").await;
     daemon(&s, &bob, "mine", "portsrv 8080", 8080).await;
-    let (_, t) = s
-        .post(&bob, "/api/v1/workspaces/mine/ports/8080/ticket", json!({}))
-        .await;
-    let (_, h, _) = curl(args(&[t["url"].as_str().unwrap()])).await;
-    let bobs = h
-        .lines()
-        .find_map(|l| l.strip_prefix("set-cookie: warren_preview="))
-        .map(|v| v.split(';').next().unwrap().to_string())
-        .unwrap();
+    // (The value from a cookie jar: the headers `curl` returns here are lowercased.)
+    let bobs = sign_in(&s, &bob, "mine", false).await;
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &format!("Cookie: warren_preview={bobs}"),
+        &format!("{}/p/mine.bob/8080/", s.url),
+    ]))
+    .await;
+    assert_eq!(st, 200, "Bob's session works on his own port");
     let (st, _, _) = curl(args(&[
         "-H",
         &format!("Cookie: warren_preview={bobs}"),
@@ -958,4 +958,365 @@ async fn large_bodies_stream_both_ways_and_websockets_and_port_forwards_relay() 
         assert_eq!(details["port"], 8080, "{audit}");
         assert!(details["duration_ms"].is_u64(), "{audit}");
     }
+}
+
+/// Signs in to a preview with a ticket link as a browser would (the subdomain form's link when
+/// `subdomain`): the `warren_preview` cookie's value.
+async fn sign_in(s: &TestServer, token: &str, ws: &str, subdomain: bool) -> String {
+    let (st, t) = s
+        .post(
+            token,
+            &format!("/api/v1/workspaces/{ws}/ports/8080/ticket"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{t}");
+    let mut a = vec![];
+    let link = if subdomain {
+        let link = t["subdomain_url"].as_str().unwrap().to_string();
+        let authority = link.split('/').nth(2).unwrap().to_string();
+        a.extend(args(&["--resolve", &format!("{authority}:127.0.0.1")]));
+        link
+    } else {
+        t["url"].as_str().unwrap().to_string()
+    };
+    // The headers `curl` returns are lowercased: the cookie's value comes from a cookie jar.
+    let jar = tempfile::NamedTempFile::new_in(s.dir.path()).unwrap();
+    a.extend(args(&["-c", &jar.path().display().to_string()]));
+    a.push(link);
+    let (st, h, _) = curl(a).await;
+    assert_eq!(st, 303, "{h}");
+    std::fs::read_to_string(jar.path())
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("\twarren_preview\t"))
+        .and_then(|l| l.split('\t').next_back())
+        .unwrap_or_else(|| panic!("{h}"))
+        .to_string()
+}
+
+/// The Set-Cookie lines of a (lowercased) header block.
+fn set_cookies(h: &str) -> Vec<&str> {
+    h.lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: "))
+        .map(str::trim)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_resist_other_previews_planted_cookies_and_hostile_headers() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = server(preview_layer("organization")).await;
+    let alice = s.user_token("alice", "member", None).await;
+    let mallory = s.user_token("mallory", "member", None).await;
+    create(&s, &alice, "web").await;
+    daemon(&s, &alice, "web", "portsrv 8080", 8080).await;
+    create(&s, &mallory, "web").await;
+    daemon(&s, &mallory, "web", "portsrv 8080", 8080).await;
+    let port = s.url.rsplit(':').next().unwrap().to_string();
+    let host = |user: &str| format!("8080--web--{user}.{DOMAIN}:{port}");
+    let resolve = |user: &str| format!("8080--web--{user}.{DOMAIN}:{port}:127.0.0.1");
+    let sub = |user: &str, rest: &str| format!("http://{}{rest}", host(user));
+    let path_url = |ws: &str, rest: &str| format!("{}/p/{ws}/8080{rest}", s.url);
+
+    // 1. Every preview under the preview domain is the same site, so SameSite=Lax lets Mallory's
+    // preview page send requests to Alice's with Alice's cookie. Browsers say so in
+    // Sec-Fetch-Site: only top-level navigations from elsewhere are taken.
+    let a_sub = sign_in(&s, &alice, "web", true).await;
+    let a_cookie = format!("Cookie: warren_preview={a_sub}");
+    let with_cookie = |extra: &[&str]| {
+        let mut a = args(&["--resolve", &resolve("alice"), "-H", &a_cookie]);
+        a.extend(args(extra));
+        a.push(sub("alice", "/"));
+        a
+    };
+    for extra in [
+        vec![],
+        vec![
+            "-H",
+            "Sec-Fetch-Site: same-origin",
+            "-H",
+            "Sec-Fetch-Mode: cors",
+        ],
+        vec![
+            "-H",
+            "Sec-Fetch-Site: none",
+            "-H",
+            "Sec-Fetch-Mode: navigate",
+        ],
+        vec![
+            "-H",
+            "Sec-Fetch-Site: cross-site",
+            "-H",
+            "Sec-Fetch-Mode: navigate",
+            "-H",
+            "Sec-Fetch-Dest: document",
+        ],
+    ] {
+        let (st, _, body) = curl(with_cookie(&extra)).await;
+        assert_eq!(st, 200, "{extra:?}: {}", String::from_utf8_lossy(&body));
+    }
+    for site in ["same-site", "cross-site"] {
+        for (method, mode, dest) in [
+            ("GET", "cors", "empty"),
+            ("POST", "cors", "empty"),
+            ("GET", "no-cors", "script"),
+            ("POST", "navigate", "document"),
+            ("GET", "navigate", "iframe"),
+        ] {
+            let (st, _, body) = curl(with_cookie(&[
+                "-X",
+                method,
+                "-H",
+                &format!("Sec-Fetch-Site: {site}"),
+                "-H",
+                &format!("Sec-Fetch-Mode: {mode}"),
+                "-H",
+                &format!("Sec-Fetch-Dest: {dest}"),
+            ]))
+            .await;
+            assert_eq!(
+                (st, code(&body)),
+                (403, "permission_denied".into()),
+                "{site} {method} {mode} {dest}"
+            );
+        }
+    }
+    // A bearer token is no ambient credential: not concerned.
+    let (st, _, _) = curl(args(&[
+        "--resolve",
+        &resolve("alice"),
+        "-H",
+        &bearer(&alice),
+        "-H",
+        "Sec-Fetch-Site: cross-site",
+        &sub("alice", "/"),
+    ]))
+    .await;
+    assert_eq!(st, 200);
+
+    // WebSockets with the cookie: only from the preview's own origin.
+    let ws_connect = |url: String, cookie: String, origin: Option<String>| {
+        let s_port = port.clone();
+        async move {
+            let mut r = url.as_str().into_client_request().unwrap();
+            r.headers_mut().insert("cookie", cookie.parse().unwrap());
+            if let Some(o) = origin {
+                r.headers_mut().insert("origin", o.parse().unwrap());
+            }
+            let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{s_port}"))
+                .await
+                .unwrap();
+            tokio_tungstenite::client_async(r, tcp).await
+        }
+    };
+    let refused = |r: Result<_, tokio_tungstenite::tungstenite::Error>, what: &str| match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 403, "{what}")
+        }
+        Ok(_) => panic!("{what}: the WebSocket was accepted"),
+        Err(e) => panic!("{what}: {e}"),
+    };
+    let a_ws = format!("ws://{}/ws", host("alice"));
+    let a_pair = format!("warren_preview={a_sub}");
+    for origin in [
+        Some(format!("http://{}", host("mallory"))),
+        Some("null".to_string()),
+        None,
+    ] {
+        let r = ws_connect(a_ws.clone(), a_pair.clone(), origin.clone()).await;
+        refused(r, &format!("{origin:?}"));
+    }
+    let (mut sock, resp) = ws_connect(
+        a_ws.clone(),
+        a_pair.clone(),
+        Some(format!("http://{}", host("alice"))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    sock.send(Message::Text("mine".into())).await.unwrap();
+    assert_eq!(
+        sock.next().await.unwrap().unwrap(),
+        Message::Text("mine".into())
+    );
+    drop(sock);
+    // The path form: the API's own origin only (a sandboxed preview page's origin is `null`).
+    let a_path = sign_in(&s, &alice, "web", false).await;
+    let p_ws = format!("{}/ws", path_url("web.alice", "")).replace("http://", "ws://");
+    let p_pair = format!("warren_preview={a_path}");
+    let r = ws_connect(p_ws.clone(), p_pair.clone(), Some("null".into())).await;
+    refused(r, "path form, null origin");
+    let (sock, resp) = ws_connect(p_ws, p_pair, Some(s.url.clone())).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 101);
+    drop(sock);
+
+    // 2. Workspace cookies are read like a browser reads them: no Domain ever (host-only), no
+    // nameless cookies, nothing carrying Warren's cookie name; in the path form the path is
+    // kept under the prefix even when spelled `Path =/`.
+    let (st, h, _) = curl(args(&[
+        "--resolve",
+        &resolve("alice"),
+        "-H",
+        &bearer(&alice),
+        &sub("alice", "/evil-cookies"),
+    ]))
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        set_cookies(&h),
+        ["sid=1; path=/", "wide=2; path=/", "ok=3; path=/a; httponly"],
+        "{h}"
+    );
+    let (st, h, _) = curl(args(&[
+        "-H",
+        &bearer(&alice),
+        &path_url("web", "/evil-cookies"),
+    ]))
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        set_cookies(&h),
+        [
+            "sid=1; path=/p/web/8080/",
+            "wide=2; path=/p/web/8080/",
+            "ok=3; path=/p/web/8080/a; httponly"
+        ],
+        "{h}"
+    );
+
+    // 3. A planted or left-over session for another preview neither displaces nor impersonates:
+    // the session for this very workspace and port is the one taken, whatever the order.
+    let m_sub = sign_in(&s, &mallory, "web", true).await;
+    for user in ["alice", "mallory"] {
+        for pair in [
+            format!("warren_preview={m_sub}; warren_preview={a_sub}"),
+            format!("warren_preview={a_sub}; warren_preview={m_sub}"),
+        ] {
+            let (st, _, body) = curl(args(&[
+                "--resolve",
+                &resolve(user),
+                "-H",
+                &format!("Cookie: {pair}"),
+                &sub(user, "/who"),
+            ]))
+            .await;
+            assert_eq!(
+                (st, String::from_utf8_lossy(&body).as_ref()),
+                (200, "hello from portsrv /who\n"),
+                "{user}: {pair}"
+            );
+        }
+    }
+    // Mallory's session alone on Alice's owner-level preview grants nothing.
+    let (st, _, _) = curl(args(&[
+        "--resolve",
+        &resolve("alice"),
+        "-H",
+        &format!("Cookie: warren_preview={m_sub}"),
+        &sub("alice", "/"),
+    ]))
+    .await;
+    assert_eq!(st, 401);
+
+    // 4. Login CSRF: Mallory's ticket on Alice's bare-form path (`/p/web/...` is the visitor's
+    // own `web`) would sign Alice's preview in as Mallory. Only the canonical `web.mallory`
+    // redeems, and the refused attempt does not use the ticket up.
+    let (_, t) = s
+        .post(
+            &mallory,
+            "/api/v1/workspaces/web/ports/8080/ticket",
+            json!({}),
+        )
+        .await;
+    let link = t["url"].as_str().unwrap().to_string();
+    let ticket = link.split("ticket=").nth(1).unwrap().to_string();
+    let (st, h, body) = curl(args(&[&path_url(
+        "web",
+        &format!("/__warren/auth?ticket={ticket}"),
+    )]))
+    .await;
+    assert_eq!((st, code(&body)), (404, "not_found".into()), "{h}");
+    assert!(set_cookies(&h).is_empty(), "{h}");
+    let (st, h, _) = curl(args(&[&link])).await;
+    assert_eq!(st, 303, "{h}");
+    assert!(h.contains("location: /p/web.mallory/8080/\r\n"), "{h}");
+
+    // 5. Every Authorization value is looked at and Warren tokens are removed from all of them,
+    // and from WebSocket subprotocols.
+    let (st, _, body) = curl(args(&[
+        "-H",
+        "Authorization: Basic YTpi",
+        "-H",
+        &bearer(&alice),
+        "-H",
+        &format!("Sec-WebSocket-Protocol: chat, warren.bearer.{alice}"),
+        &path_url("web", "/headers"),
+    ]))
+    .await;
+    let seen = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(st, 200, "{seen}");
+    assert!(!seen.contains(&alice) && !seen.contains("wrn_"), "{seen}");
+    assert!(seen.contains("authorization: Basic YTpi\n"), "{seen}");
+    assert!(seen.contains("sec-websocket-protocol: chat\n"), "{seen}");
+
+    // 6. Minting tickets evicts only the minter's own oldest: no one else is signed out.
+    let mut links = vec![];
+    for _ in 0..65 {
+        let (st, t) = s
+            .post(
+                &mallory,
+                "/api/v1/workspaces/web/ports/8080/ticket",
+                json!({}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        links.push(t["url"].as_str().unwrap().to_string());
+    }
+    let (st, _, body) = curl(args(&[&links[0]])).await;
+    assert_eq!((st, code(&body)), (401, "unauthenticated".into()));
+    let (st, _, _) = curl(args(&[links.last().unwrap()])).await;
+    assert_eq!(st, 303);
+    let first = sign_in(&s, &mallory, "web", false).await;
+    for _ in 0..64 {
+        let _ = sign_in(&s, &mallory, "web", false).await;
+    }
+    let (st, _, _) = curl(args(&[
+        "-H",
+        &format!("Cookie: warren_preview={first}"),
+        &path_url("web.mallory", "/"),
+    ]))
+    .await;
+    assert_eq!(st, 401, "Mallory's oldest session was evicted");
+    let (st, _, _) = curl(with_cookie(&[])).await;
+    assert_eq!(st, 200, "Alice's session outlived Mallory's sign-ins");
+
+    // 7. The workspace redirecting to itself by its inside name lands on its preview; other
+    // absolute redirects pass unchanged (see README).
+    let (st, h, _) = curl(args(&[
+        "-H",
+        &bearer(&alice),
+        &path_url("web", "/self-redirect"),
+    ]))
+    .await;
+    assert_eq!(st, 302);
+    assert!(h.contains("location: /p/web/8080/headers\r\n"), "{h}");
+    let (st, h, _) = curl(args(&[
+        "--resolve",
+        &resolve("alice"),
+        "-H",
+        &bearer(&alice),
+        &sub("alice", "/self-redirect"),
+    ]))
+    .await;
+    assert_eq!(st, 302);
+    assert!(h.contains("location: /headers\r\n"), "{h}");
+    let (st, h, _) = curl(args(&["-H", &bearer(&alice), &path_url("web", "/away")])).await;
+    assert_eq!(st, 302);
+    assert!(
+        h.contains("location: https://elsewhere.example/\r\n"),
+        "{h}"
+    );
 }

@@ -242,6 +242,7 @@ async fn port_ticket(
     preview::authorize(&state, Some(&caller), &rec, &ws, port).await?;
     let ticket = state.previews.ticket(Grant {
         token_id: caller.token.id.clone(),
+        user_id: caller.user.id.clone(),
         ws_id: rec.id.clone(),
         port,
     });
