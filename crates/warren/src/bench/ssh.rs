@@ -30,8 +30,14 @@ const IMAGE: &str = "warren-bench-sshd:latest";
 /// Packages on top of minbase. openssh-server brings openssh-client (scp) and
 /// openssh-sftp-server.
 const PACKAGES: &[&str] = &["openssh-server", "socat"];
-/// Cipher both servers are asked for.
-const CIPHER: &str = "aes128-gcm@openssh.com";
+/// Cipher both servers are asked for (the fastest both offer by default; russh does not offer
+/// aes128-gcm unless configured to).
+const CIPHER: &str = "aes256-gcm@openssh.com";
+/// Key exchange and host key type both servers are asked for, so that both do the same work
+/// (OpenSSH 9.x would otherwise pick the costlier sntrup761x25519 hybrid and an ECDSA host key,
+/// which russh does not offer).
+const KEX: &str = "curve25519-sha256";
+const HOST_KEY: &str = "ssh-ed25519";
 /// sshd's port inside the workspace.
 const SSHD_PORT: u16 = 2222;
 /// socat's port inside the workspace.
@@ -91,8 +97,12 @@ impl Server {
             "Compression=no",
             "-c",
             CIPHER,
-            "-i",
+            "-o",
         ])
+        .arg(format!("KexAlgorithms={KEX}"))
+        .arg("-o")
+        .arg(format!("HostKeyAlgorithms={HOST_KEY}"))
+        .arg("-i")
         .arg(&self.key);
         c.arg(if program == "scp" { "-P" } else { "-p" })
             .arg(self.port.to_string());
@@ -209,11 +219,19 @@ fn timed(cmd: &mut Command) -> Result<Duration> {
         .with_context(|| format!("run {:?}", cmd.get_program()))?;
     let d = t.elapsed();
     if !out.status.success() {
+        // nsenter's first argument is the namespace, the program comes next.
+        let program = cmd
+            .get_args()
+            .nth(1)
+            .unwrap_or_else(|| cmd.get_program())
+            .to_string_lossy()
+            .into_owned();
         bail!(
-            "{:?} exited with {}: {}",
-            cmd.get_args().collect::<Vec<_>>(),
+            "{program} exited with {}: {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .replace('\n', "; ")
         );
     }
     Ok(d)
@@ -500,11 +518,11 @@ pub(super) async fn run(d: &Dirs, plan: &Plan) -> Result<u8> {
         }
     }
     drop(server);
-    let rows = res?;
+    let report = res?;
     if plan.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&rows, plan))?);
+        println!("{}", serde_json::to_string_pretty(&to_json(&report, plan))?);
     } else {
-        print!("{}", to_text(&rows, plan));
+        print!("{}", to_text(&report, plan));
     }
     let _ = std::fs::remove_dir_all(&root);
     Ok(0)
@@ -516,7 +534,7 @@ async fn bench(
     srv_state: &Path,
     ssh_port: u16,
     plan: &Plan,
-) -> Result<Vec<Row>> {
+) -> Result<Report> {
     let key = root.join("id_ed25519");
     let _ = std::fs::remove_file(&key);
     let _ = std::fs::remove_file(key.with_extension("pub"));
@@ -564,10 +582,12 @@ async fn bench(
          mkdir -p /run/sshd /root/.ssh && chmod 700 /root/.ssh\n\
          cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys\n\
          ssh-keygen -A >/dev/null\n\
-         /usr/sbin/sshd -p {SSHD_PORT} -o ListenAddress=127.0.0.1 -E /tmp/sshd.log\n\
+         /usr/sbin/sshd -p {SSHD_PORT} -o ListenAddress=127.0.0.1 -E /tmp/sshd.log \
+         || {{ cat /tmp/sshd.log >&2; exit 1; }}\n\
          rm -f {REMOTE_SRC} && truncate -s {bytes} {REMOTE_SRC}\n\
          setsid socat -U TCP-LISTEN:{STREAM_PORT},bind=127.0.0.1,reuseaddr,fork OPEN:{REMOTE_SRC} \
-         </dev/null >/dev/null 2>&1 &\n"
+         </dev/null >/dev/null 2>&1 &\n\
+         ssh -V 2>&1\n"
     );
     let mut c = warren.client("ssh");
     c.arg(warren.dest())
@@ -589,6 +609,13 @@ async fn bench(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    let sshd_version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let client_version = Command::new("ssh")
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+        .unwrap_or_default();
+    progress(&format!("sshd: {sshd_version}; client: {client_version}"));
     let netns = workspace_netns(srv_state)?;
     let openssh = Server {
         name: "openssh",
@@ -658,7 +685,19 @@ async fn bench(
         measure(&servers, n, "ssh -L", |s| s.forward_once(lport, bytes)),
     );
     let _ = std::fs::remove_file(&local);
-    Ok(rows)
+    Ok(Report {
+        rows,
+        sshd: sshd_version,
+        client: client_version,
+    })
+}
+
+/// What the bench measured.
+struct Report {
+    rows: Vec<Row>,
+    /// `ssh -V` inside the workspace (the sshd's package) and on the host (the client).
+    sshd: String,
+    client: String,
 }
 
 fn mib_s(mib: u64, ms: f64) -> f64 {
@@ -679,14 +718,16 @@ fn cell(row: &Row, which: &Result<Vec<f64>, String>, mib: u64) -> String {
     }
 }
 
-fn to_text(rows: &[Row], plan: &Plan) -> String {
+fn to_text(report: &Report, plan: &Plan) -> String {
     use std::fmt::Write;
+    let rows = &report.rows;
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "\nSSH: Warren's gateway vs OpenSSH sshd in the same workspace (cipher {CIPHER}); medians of \
-         {} connection setups and {} transfers of {} MiB each\n",
-        plan.setups, plan.transfers, plan.mib
+        "\nSSH: Warren's gateway vs OpenSSH's sshd in the same workspace; medians of {} connection \
+         setups and {} transfers of {} MiB each\nsshd {}, client {}, cipher {CIPHER}, kex {KEX}, \
+         host key {HOST_KEY}\n",
+        plan.setups, plan.transfers, plan.mib, report.sshd, report.client
     );
     let _ = writeln!(
         o,
@@ -724,7 +765,8 @@ fn to_text(rows: &[Row], plan: &Plan) -> String {
     o
 }
 
-fn to_json(rows: &[Row], plan: &Plan) -> Value {
+fn to_json(report: &Report, plan: &Plan) -> Value {
+    let rows = &report.rows;
     let side = |r: &Row, which: &Result<Vec<f64>, String>| match which {
         Ok(v) => {
             let (p50, min, max) = stats(v);
@@ -745,6 +787,7 @@ fn to_json(rows: &[Row], plan: &Plan) -> Value {
                    "target": target, "met": ok})
         })
         .collect();
-    json!({"cipher": CIPHER, "setups": plan.setups, "transfers": plan.transfers,
+    json!({"cipher": CIPHER, "kex": KEX, "host_key": HOST_KEY, "sshd": report.sshd,
+           "client": report.client, "setups": plan.setups, "transfers": plan.transfers,
            "mib": plan.mib, "results": v})
 }
