@@ -698,8 +698,16 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
     }
     if args.ssh {
         let plan = ssh::Plan {
-            setups: if args.quick { 8 } else { args.ssh_setups.max(1) },
-            transfers: if args.quick { 3 } else { args.ssh_transfers.max(1) },
+            setups: if args.quick {
+                8
+            } else {
+                args.ssh_setups.max(1)
+            },
+            transfers: if args.quick {
+                3
+            } else {
+                args.ssh_transfers.max(1)
+            },
             mib: if args.quick { 256 } else { args.ssh_mib.max(1) },
             json: args.json,
             oci: oci.to_string(),

@@ -194,18 +194,20 @@ impl Drop for Reaped {
     }
 }
 
-/// Whether a TCP socket listens on 127.0.0.1:`port` in namespace `netns` (`/proc/PID/ns/net`).
+/// Whether a TCP socket listens on `port` in namespace `netns` (`/proc/PID/ns/net`): read from
+/// that process's `/proc/PID/net/tcp`, which shows its own namespace's sockets.
 fn listening(netns: &str, port: u16) -> bool {
     let tcp = netns.replace("/ns/net", "/net/tcp");
+    std::fs::read_to_string(tcp).is_ok_and(|s| tcp_listens(&s, port))
+}
+
+/// Whether a `/proc/net/tcp` table has a socket in state LISTEN (`0A`) on local `port`.
+fn tcp_listens(table: &str, port: u16) -> bool {
     let want = format!(":{port:04X}");
-    std::fs::read_to_string(tcp)
-        .map(|s| {
-            s.lines().skip(1).any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
-            })
-        })
-        .unwrap_or(false)
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
 }
 
 /// Runs `cmd` with null stdin/stdout; its wall time, or why it failed.
@@ -278,7 +280,12 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut rb = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -651,7 +658,10 @@ async fn bench(
             openssh: o,
         })
     };
-    progress(&format!("connection setup: {} × ssh true each", plan.setups));
+    progress(&format!(
+        "connection setup: {} × ssh true each",
+        plan.setups
+    ));
     row(
         "setup",
         "connection setup: ssh WS true",
@@ -662,7 +672,12 @@ async fn bench(
     let mib = plan.mib;
     for (key, label, upload, sftp) in [
         ("scp_legacy_up", "scp -O upload (legacy scp)", true, false),
-        ("scp_legacy_down", "scp -O download (legacy scp)", false, false),
+        (
+            "scp_legacy_down",
+            "scp -O download (legacy scp)",
+            false,
+            false,
+        ),
         ("scp_sftp_up", "scp -s upload (SFTP)", true, true),
         ("scp_sftp_down", "scp -s download (SFTP)", false, true),
     ] {
@@ -770,7 +785,8 @@ fn to_json(report: &Report, plan: &Plan) -> Value {
     let side = |r: &Row, which: &Result<Vec<f64>, String>| match which {
         Ok(v) => {
             let (p50, min, max) = stats(v);
-            let mut j = json!({"n": v.len(), "p50_ms": r3(p50), "min_ms": r3(min), "max_ms": r3(max)});
+            let mut j =
+                json!({"n": v.len(), "p50_ms": r3(p50), "min_ms": r3(min), "max_ms": r3(max)});
             if r.throughput {
                 j["mib_per_s"] = r3(mib_s(plan.mib, p50));
             }
@@ -790,4 +806,44 @@ fn to_json(report: &Report, plan: &Plan) -> Value {
     json!({"cipher": CIPHER, "kex": KEX, "host_key": HOST_KEY, "sshd": report.sshd,
            "client": report.client, "setups": plan.setups, "transfers": plan.transfers,
            "mib": plan.mib, "results": v})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_sockets_are_found_in_proc_net_tcp() {
+        let t = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                 0: 0100007F:08AE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+                 1: 0100007F:2328 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n";
+        assert!(tcp_listens(t, 2222));
+        // Port 9000 has only an established connection.
+        assert!(!tcp_listens(t, 9000));
+        assert!(!tcp_listens(t, 22));
+        assert!(!tcp_listens("", 2222));
+    }
+
+    #[test]
+    fn ratios_put_warren_over_openssh() {
+        let row = |throughput, w: Vec<f64>, o: Vec<f64>| Row {
+            key: "k",
+            label: "l",
+            throughput,
+            warren: Ok(w),
+            openssh: Ok(o),
+        };
+        // Setup: Warren's time over OpenSSH's; 2× slower misses ≤ 1.5×.
+        let r = row(false, vec![20.0, 200.0, 20.0], vec![10.0]);
+        assert_eq!(r.ratio(), Some(2.0));
+        assert_eq!(r.target().1, Some(false));
+        // Throughput: Warren taking twice as long is half the MiB/s, under ≥ 0.8×.
+        let r = row(true, vec![2000.0], vec![1000.0]);
+        assert_eq!(r.ratio(), Some(0.5));
+        assert_eq!(r.target().1, Some(false));
+        assert_eq!(row(true, vec![900.0], vec![1000.0]).target().1, Some(true));
+        let mut r = row(true, vec![1.0], vec![1.0]);
+        r.warren = Err("subsystem request failed".into());
+        assert_eq!((r.ratio(), r.target().1), (None, None));
+    }
 }
