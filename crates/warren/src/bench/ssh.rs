@@ -505,9 +505,12 @@ pub(super) async fn run(d: &Dirs, plan: &Plan) -> Result<u8> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !ready {
+        // The state dir goes at the end: show the log's end now.
+        let log = std::fs::read_to_string(root.join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
         bail!(
-            "the server did not answer; see {}",
-            root.join("server.log").display()
+            "the server did not answer: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("; ")
         );
     }
     let res = bench(&api, &root, &srv_state, ssh_port, plan).await;
@@ -746,8 +749,8 @@ fn to_text(report: &Report, plan: &Plan) -> String {
     );
     let _ = writeln!(
         o,
-        "{:<38} {:>13} {:>13} {:>8} {:>8}  {}",
-        "", "warren", "openssh", "ratio", "target", ""
+        "{:<38} {:>13} {:>13} {:>8} {:>8}",
+        "", "warren", "openssh", "ratio", "target"
     );
     for r in rows {
         let (target, ok) = r.target();
