@@ -272,17 +272,33 @@ mod tests {
         assert_eq!(s.ssh_key(&a2.id).await.unwrap(), Some(a2.clone()));
         assert_eq!(s.ssh_key("nope").await.unwrap(), None);
 
-        // One key, one user: the same fingerprint again is refused, for its owner and for others.
-        for user in [&alice.id, &bob.id] {
-            let e = s
-                .add_ssh_key(key(user, "again", "SHA256:a1"))
-                .await
-                .unwrap_err();
-            assert!(matches!(e, StoreError::Exists { .. }), "{e}");
-        }
+        // Unproven, a key blocks nobody but its own user's second copy; the gateway does not see it.
+        let e = s
+            .add_ssh_key(key(&alice.id, "again", "SHA256:a1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Exists { .. }), "{e}");
+        let copy = s
+            .add_ssh_key(key(&bob.id, "copy", "SHA256:a1"))
+            .await
+            .unwrap();
+        assert_eq!(s.ssh_key_by_fingerprint("SHA256:a1").await.unwrap(), None);
+        // Proven: the key is alice's alone; bob's unproven copy goes, and a new one is refused.
+        let a1 = s.verify_ssh_key(&alice.id, &a1.id).await.unwrap();
+        assert!(a1.verified_at.is_some());
+        assert_eq!(s.ssh_key(&copy.id).await.unwrap(), None);
+        let e = s
+            .add_ssh_key(key(&bob.id, "again", "SHA256:a1"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Exists { .. }), "{e}");
         assert_eq!(s.ssh_keys_of(&bob.id).await.unwrap().len(), 1);
+        // Verifying through another user's id finds nothing.
+        assert!(s.verify_ssh_key(&bob.id, &a2.id).await.is_err());
 
-        // The gateway's lookup.
+        // The gateway's lookup: proven keys only.
+        assert_eq!(s.ssh_key_by_fingerprint("SHA256:b1").await.unwrap(), None);
+        let b1 = s.verify_ssh_key(&bob.id, &b1.id).await.unwrap();
         assert_eq!(
             s.ssh_key_by_fingerprint("SHA256:b1").await.unwrap(),
             Some(b1.clone())
@@ -308,9 +324,11 @@ mod tests {
         assert!(!s.delete_ssh_key(&alice.id, &a1.id).await.unwrap());
         assert_eq!(s.ssh_keys_of(&alice.id).await.unwrap(), vec![a2]);
         // A deleted key's fingerprint is free again.
-        s.add_ssh_key(key(&bob.id, "moved", "SHA256:a1"))
+        let moved = s
+            .add_ssh_key(key(&bob.id, "moved", "SHA256:a1"))
             .await
             .unwrap();
+        s.verify_ssh_key(&bob.id, &moved.id).await.unwrap();
         assert_eq!(
             s.ssh_key_by_fingerprint("SHA256:a1")
                 .await

@@ -81,12 +81,27 @@ pub struct BenchArgs {
     /// --ports: rounds of each download (--quick: 3).
     #[arg(long, default_value_t = 7)]
     ports_rounds: usize,
+    /// Benchmark the SSH gateway against OpenSSH's sshd started inside the same workspace:
+    /// connection setup, scp and `ssh -L` throughput (needs root, mmdebstrap the first time, the
+    /// OpenSSH client and nsenter). Keep the bootstrapped image between runs with --state-dir.
+    #[arg(long)]
+    ssh: bool,
+    /// --ssh: connection setups per server (default 20; 8 with --quick).
+    #[arg(long, default_value_t = 20)]
+    ssh_setups: usize,
+    /// --ssh: transfers per server and kind (default 5; 3 with --quick).
+    #[arg(long, default_value_t = 5)]
+    ssh_transfers: usize,
+    /// --ssh: MiB per transfer (default 1024; 256 with --quick).
+    #[arg(long, default_value_t = 1024)]
+    ssh_mib: u64,
 }
 
 mod api;
 mod build;
 pub(crate) mod devcontainer;
 mod ports;
+mod ssh;
 
 /// `warren bench --devcontainer`.
 pub(crate) fn run_devcontainer(args: &BenchArgs) -> Result<u8> {
@@ -706,6 +721,31 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
             args.build_rounds = 5;
         }
         let res = build::run(&dirs, &args.busybox, args.build_rounds, oci, args.json).await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
+        }
+        return res;
+    }
+    if args.ssh {
+        let plan = ssh::Plan {
+            setups: if args.quick {
+                8
+            } else {
+                args.ssh_setups.max(1)
+            },
+            transfers: if args.quick {
+                3
+            } else {
+                args.ssh_transfers.max(1)
+            },
+            mib: if args.quick { 256 } else { args.ssh_mib.max(1) },
+            json: args.json,
+            oci: oci.to_string(),
+        };
+        progress(&format!("state dir {}", dirs.state.display()));
+        let res = ssh::run(&dirs, &plan).await;
         if let Some(dir) = owned_state {
             let _ = std::fs::remove_dir_all(&dir);
         } else {
