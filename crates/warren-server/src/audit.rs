@@ -219,6 +219,42 @@ pub async fn record(state: &AppState, rec: NewAuditRecord) {
     };
 }
 
+/// The audit record of a caller's WebSocket session on a workspace (exec, terminal, SSH tunnel,
+/// port forward), as the upgrade is granted: who, from where, with what client.
+pub fn upgrade_record(
+    request_id: String,
+    caller: &Caller,
+    remote: SocketAddr,
+    user_agent: Option<String>,
+    action: &str,
+    rec: &warren_store::WorkspaceRecord,
+) -> NewAuditRecord {
+    NewAuditRecord {
+        request_id,
+        actor_user_id: Some(caller.user.id.clone()),
+        actor_username: Some(caller.user.username.clone()),
+        actor_token_id: Some(caller.token.id.clone()),
+        source_ip: Some(remote.ip().to_string()),
+        user_agent,
+        action: action.into(),
+        target_type: "workspace".into(),
+        target_id: Some(rec.id.clone()),
+        target_name: Some(rec.name.to_string()),
+        outcome: AuditOutcome::Success,
+        status: 101,
+        diff_json: None,
+        details_json: None,
+    }
+}
+
+/// The `User-Agent` header, if it is text.
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,16 +90,7 @@ fn preview_layer(max: &str) -> ConfigLayer {
 }
 
 async fn create(s: &TestServer, token: &str, name: &str) {
-    let (st, v) = s
-        .post(
-            token,
-            "/api/v1/workspaces",
-            json!({"name": name, "template": "tiny"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
-    let job = s.wait_job(token, v["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    s.create_workspace(token, name, "tiny").await;
 }
 
 /// Starts `cmd` in the background inside the workspace and waits until `port` listens.

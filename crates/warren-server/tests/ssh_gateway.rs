@@ -14,14 +14,7 @@ use serde_json::json;
 
 /// Makes an ed25519 key pair in `dir`; returns the private key's path.
 fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    let o = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p
+    common::keygen(dir, name)
 }
 
 /// Registers `key`'s public half for the token's user, proven with its private half.
@@ -144,28 +137,12 @@ fn scanned_fingerprint(port: u16) -> String {
 }
 
 async fn template(s: &TestServer) {
-    let dc = json!({"image": "busybox", "overrideCommand": true}).to_string();
-    let (st, v) = s
-        .post(
-            &s.admin,
-            "/api/v1/templates/tiny/versions",
-            json!({"devcontainer": dc}),
-        )
+    s.push_template("tiny", json!({"image": "busybox", "overrideCommand": true}))
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
 }
 
 async fn create(s: &TestServer, token: &str, name: &str) {
-    let (st, v) = s
-        .post(
-            token,
-            "/api/v1/workspaces",
-            json!({"name": name, "template": "tiny"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
-    let job = s.wait_job(token, v["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    s.create_workspace(token, name, "tiny").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

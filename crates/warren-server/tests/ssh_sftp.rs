@@ -18,14 +18,7 @@ use sha2::Digest;
 
 /// Makes an ed25519 key pair in `dir`; returns the private key's path.
 fn keygen(dir: &Path, name: &str) -> PathBuf {
-    let p = dir.join(name);
-    let o = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    p
+    common::keygen(dir, name)
 }
 
 /// Registers `key`'s public half for the token's user, proven with its private half.
@@ -150,28 +143,15 @@ fn import_image(s: &TestServer, name: &str, with_rsync: bool) {
 }
 
 async fn template(s: &TestServer, name: &str, image: &str) {
-    let dc = json!({"image": image, "overrideCommand": true, "remoteUser": "dev"}).to_string();
-    let (st, v) = s
-        .post(
-            &s.admin,
-            &format!("/api/v1/templates/{name}/versions"),
-            json!({"devcontainer": dc}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.push_template(
+        name,
+        json!({"image": image, "overrideCommand": true, "remoteUser": "dev"}),
+    )
+    .await;
 }
 
 async fn create(s: &TestServer, token: &str, name: &str, template: &str) {
-    let (st, v) = s
-        .post(
-            token,
-            "/api/v1/workspaces",
-            json!({"name": name, "template": template}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
-    let job = s.wait_job(token, v["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    s.create_workspace(token, name, template).await;
 }
 
 /// Every file and directory under `root` (relative path, contents for files), sorted.

@@ -23,28 +23,12 @@ type Socket =
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn template(s: &TestServer) {
-    let dc = json!({"image": "busybox", "overrideCommand": true}).to_string();
-    let (st, v) = s
-        .post(
-            &s.admin,
-            "/api/v1/templates/tiny/versions",
-            json!({"devcontainer": dc}),
-        )
+    s.push_template("tiny", json!({"image": "busybox", "overrideCommand": true}))
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{v}");
 }
 
 async fn create(s: &TestServer, token: &str, name: &str) {
-    let (st, v) = s
-        .post(
-            token,
-            "/api/v1/workspaces",
-            json!({"name": name, "template": "tiny"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
-    let job = s.wait_job(token, v["job"]["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
+    s.create_workspace(token, name, "tiny").await;
 }
 
 /// How a connection authenticates.

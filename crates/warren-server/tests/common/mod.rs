@@ -209,6 +209,33 @@ impl TestServer {
         v
     }
 
+    /// Pushes a version of template `name` with `devcontainer` (a devcontainer.json value), as
+    /// the first owner.
+    pub async fn push_template(&self, name: &str, devcontainer: serde_json::Value) {
+        let (st, v) = self
+            .post(
+                &self.admin,
+                &format!("/api/v1/templates/{name}/versions"),
+                serde_json::json!({"devcontainer": devcontainer.to_string()}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+
+    /// Creates workspace `name` from `template` with `token` and waits until it runs.
+    pub async fn create_workspace(&self, token: &str, name: &str, template: &str) {
+        let (st, v) = self
+            .post(
+                token,
+                "/api/v1/workspaces",
+                serde_json::json!({"name": name, "template": template}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        let job = self.wait_job(token, v["job"]["id"].as_str().unwrap()).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+
     pub async fn token_for(&self, username: &str, scopes: Option<&[&str]>) -> String {
         let mut body = serde_json::json!({"user": username, "name": "test"});
         if let Some(s) = scopes {
@@ -336,4 +363,16 @@ pub fn sign_proof(key: &std::path::Path, user_id: &str, public: &str) -> String 
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     std::fs::read_to_string(dir.path().join("proof.sig")).unwrap()
+}
+
+/// A new ed25519 key without a passphrase at `dir/name` (public half `dir/name.pub`).
+pub fn keygen(dir: &std::path::Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    p
 }

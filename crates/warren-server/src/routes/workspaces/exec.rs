@@ -448,22 +448,14 @@ async fn exec_ws(
     Ok(upgrade
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {
-            let audit = NewAuditRecord {
-                request_id: request_id.0,
-                actor_user_id: Some(caller.user.id.clone()),
-                actor_username: Some(caller.user.username.clone()),
-                actor_token_id: Some(caller.token.id.clone()),
-                source_ip: Some(remote.ip().to_string()),
+            let audit = crate::audit::upgrade_record(
+                request_id.0,
+                &caller,
+                remote,
                 user_agent,
-                action: "workspace.exec".into(),
-                target_type: "workspace".into(),
-                target_id: Some(rec.id.clone()),
-                target_name: Some(rec.name.to_string()),
-                outcome: AuditOutcome::Success,
-                status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-                diff_json: None,
-                details_json: None,
-            };
+                "workspace.exec",
+                &rec,
+            );
             ws_session(state, rec, socket, audit).await;
         }))
 }

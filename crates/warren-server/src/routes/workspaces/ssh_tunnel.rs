@@ -10,14 +10,13 @@
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::Op;
-use warren_store::{AuditOutcome, NewAuditRecord};
 
 use crate::app::{AppState, RequestId};
 use crate::auth::Caller;
@@ -63,25 +62,14 @@ async fn ssh_tunnel(
         .map_err(|_| unavailable())?;
     let _ = tcp.set_nodelay(true);
     // The gateway sees the tunnel's loopback address: who opened it, and from where, is here.
-    let audit = NewAuditRecord {
-        request_id: request_id.0,
-        actor_user_id: Some(caller.user.id.clone()),
-        actor_username: Some(caller.user.username.clone()),
-        actor_token_id: Some(caller.token.id.clone()),
-        source_ip: Some(remote.ip().to_string()),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        action: "workspace.ssh_tunnel".into(),
-        target_type: "workspace".into(),
-        target_id: Some(rec.id.clone()),
-        target_name: Some(rec.name.to_string()),
-        outcome: AuditOutcome::Success,
-        status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-        diff_json: None,
-        details_json: None,
-    };
+    let audit = crate::audit::upgrade_record(
+        request_id.0,
+        &caller,
+        remote,
+        crate::audit::user_agent(&headers),
+        "workspace.ssh_tunnel",
+        &rec,
+    );
     Ok(upgrade
         .max_message_size(1 << 20)
         .on_upgrade(move |socket| async move {

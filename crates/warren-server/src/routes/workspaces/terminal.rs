@@ -364,25 +364,14 @@ async fn terminal(
             r#"new WebSocket(url, ["{PROTOCOL}", "warren.bearer." + token])"#
         )));
     }
-    let audit = NewAuditRecord {
-        request_id: request_id.0,
-        actor_user_id: Some(caller.user.id.clone()),
-        actor_username: Some(caller.user.username.clone()),
-        actor_token_id: Some(caller.token.id.clone()),
-        source_ip: Some(remote.ip().to_string()),
-        user_agent: headers
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        action: "workspace.terminal".into(),
-        target_type: "workspace".into(),
-        target_id: Some(rec.id.clone()),
-        target_name: Some(rec.name.to_string()),
-        outcome: AuditOutcome::Success,
-        status: StatusCode::SWITCHING_PROTOCOLS.as_u16(),
-        diff_json: None,
-        details_json: None,
-    };
+    let audit = crate::audit::upgrade_record(
+        request_id.0,
+        &caller,
+        remote,
+        crate::audit::user_agent(&headers),
+        "workspace.terminal",
+        &rec,
+    );
     let user = caller.user.id.clone();
     Ok(upgrade
         .protocols([PROTOCOL])
