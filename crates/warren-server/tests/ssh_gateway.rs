@@ -22,6 +22,30 @@ async fn register(s: &TestServer, token: &str, key: &Path) {
     s.register_ssh_key(token, key).await;
 }
 
+/// The OpenSSH client for the gateway on `port`: no configuration, no known hosts, no prompts;
+/// with `key` only, or with no key at all (`None`: no public-key, password or keyboard auth).
+fn openssh(port: u16, key: Option<&Path>) -> Command {
+    let mut c = Command::new("ssh");
+    c.args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"])
+        .args(["-o", "LogLevel=ERROR", "-p", &port.to_string()]);
+    match key {
+        Some(k) => {
+            c.args(["-o", "IdentitiesOnly=yes", "-i"]).arg(k);
+        }
+        None => {
+            c.args([
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PasswordAuthentication=no",
+            ])
+            .args(["-o", "KbdInteractiveAuthentication=no"]);
+        }
+    }
+    c
+}
+
 /// Runs `ssh` with `key` to `user@127.0.0.1` on `port`, extra options first, then `command`.
 fn ssh(
     port: u16,
@@ -31,31 +55,13 @@ fn ssh(
     command: &str,
     stdin: Option<&[u8]>,
 ) -> Output {
-    let mut c = Command::new("ssh");
-    c.args([
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ConnectTimeout=20",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-    ])
-    .arg(key)
-    .args(["-p", &port.to_string()])
-    .args(extra)
-    .arg(format!("{user}@127.0.0.1"))
-    .arg(command)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut c = openssh(port, Some(key));
+    c.args(["-o", "ConnectTimeout=20"])
+        .args(extra)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(command)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     c.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -793,27 +799,8 @@ async fn curl(url: String) -> (i32, String) {
 
 /// `ssh -N` with `-L` forwards, until killed.
 fn ssh_forwarding(port: u16, key: &Path, user: &str, forwards: &[String]) -> std::process::Child {
-    let mut c = Command::new("ssh");
-    c.args([
-        "-N",
-        "-F",
-        "/dev/null",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-o",
-        "LogLevel=ERROR",
-        "-i",
-    ])
-    .arg(key)
-    .args(["-p", &port.to_string()]);
+    let mut c = openssh(port, Some(key));
+    c.args(["-N", "-o", "ExitOnForwardFailure=yes"]);
     for f in forwards {
         c.args(["-L", f]);
     }
@@ -914,27 +901,7 @@ async fn ssh_local_forwards_reach_the_workspace_loopback_and_nothing_else() {
 async fn ssh_token(port: u16, token: &str, command: &str) -> Output {
     let (token, command) = (token.to_string(), command.to_string());
     tokio::task::spawn_blocking(move || {
-        Command::new("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "PubkeyAuthentication=no",
-                "-o",
-                "PasswordAuthentication=no",
-                "-o",
-                "KbdInteractiveAuthentication=no",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-                "-p",
-                &port.to_string(),
-            ])
+        openssh(port, None)
             .arg(format!("{token}@127.0.0.1"))
             .arg(command)
             .stdin(Stdio::null())

@@ -332,13 +332,11 @@ pub async fn template(c: &Client, cmd: TemplateCmd, json: bool) -> Result<u8> {
         } => push(c, &dir, name, message, no_activate, json).await,
         TemplateCmd::List => {
             let list = c.templates().await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|t| {
+            list_out(
+                json,
+                &list,
+                &["NAME", "ACTIVE", "ARCHIVED", "UPDATED", "DESCRIPTION"],
+                |t| {
                     vec![
                         t.name.clone(),
                         t.active_version.map_or("-".into(), |v| v.to_string()),
@@ -346,16 +344,8 @@ pub async fn template(c: &Client, cmd: TemplateCmd, json: bool) -> Result<u8> {
                         t.updated_at.clone(),
                         t.description.clone().unwrap_or_default(),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["NAME", "ACTIVE", "ARCHIVED", "UPDATED", "DESCRIPTION"],
-                    &rows
-                )
-            );
-            Ok(0)
+                },
+            )
         }
         TemplateCmd::Show { template } => {
             let t = c.template(&template).await?;
@@ -422,13 +412,11 @@ pub async fn template(c: &Client, cmd: TemplateCmd, json: bool) -> Result<u8> {
         }
         TemplateCmd::Versions { template } => {
             let list = c.versions(&template).await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|v| {
+            list_out(
+                json,
+                &list,
+                &["VERSION", "ACTIVE", "CREATED", "BY", "MESSAGE"],
+                |v| {
                     vec![
                         v.number.to_string(),
                         if v.active { "*" } else { "" }.into(),
@@ -436,13 +424,8 @@ pub async fn template(c: &Client, cmd: TemplateCmd, json: bool) -> Result<u8> {
                         v.created_by.clone(),
                         v.message.clone().unwrap_or_default(),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["VERSION", "ACTIVE", "CREATED", "BY", "MESSAGE"], &rows)
-            );
-            Ok(0)
+                },
+            )
         }
         TemplateCmd::Archive { template } => {
             c.archive_template(&template).await?;
@@ -603,13 +586,11 @@ pub async fn token(c: &Client, cmd: TokenCmd, json: bool) -> Result<u8> {
         }
         TokenCmd::List { user } => {
             let list = c.tokens(user.as_deref()).await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|t| {
+            list_out(
+                json,
+                &list,
+                &["ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "REVOKED"],
+                |t| {
                     vec![
                         t.id.clone(),
                         t.name.clone(),
@@ -622,16 +603,8 @@ pub async fn token(c: &Client, cmd: TokenCmd, json: bool) -> Result<u8> {
                         t.last_used_at.clone().unwrap_or_else(|| "-".into()),
                         t.revoked_at.clone().unwrap_or_else(|| "-".into()),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["ID", "NAME", "SCOPES", "EXPIRES", "LAST USED", "REVOKED"],
-                    &rows
-                )
-            );
-            Ok(0)
+                },
+            )
         }
         TokenCmd::Revoke { id } => {
             c.revoke_token(&id).await?;
@@ -818,13 +791,11 @@ pub async fn ssh_key(c: &Client, cmd: SshKeyCmd, json: bool) -> Result<u8> {
         }
         SshKeyCmd::List { user } => {
             let list = c.ssh_keys(user.as_deref()).await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|k| {
+            list_out(
+                json,
+                &list,
+                &["ID", "NAME", "TYPE", "FINGERPRINT", "CREATED", "LAST USED"],
+                |k| {
                     vec![
                         k.id.clone(),
                         k.name.clone(),
@@ -833,16 +804,8 @@ pub async fn ssh_key(c: &Client, cmd: SshKeyCmd, json: bool) -> Result<u8> {
                         k.created_at.clone(),
                         k.last_used_at.clone().unwrap_or_else(|| "-".into()),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["ID", "NAME", "TYPE", "FINGERPRINT", "CREATED", "LAST USED"],
-                    &rows
-                )
-            );
-            Ok(0)
+                },
+            )
         }
         SshKeyCmd::Rm { key, user } => {
             // A fingerprint holds `/` and `+`: it is looked up here, and the id is deleted.
@@ -899,13 +862,11 @@ pub async fn ssh_access(c: &Client, cmd: SshAccessCmd, json: bool) -> Result<u8>
         }
         SshAccessCmd::List { workspace } => {
             let list = c.ssh_access(&workspace).await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|t| {
+            list_out(
+                json,
+                &list,
+                &["ID", "CREATED", "EXPIRES", "REVOKED", "LAST USED"],
+                |t| {
                     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
                     vec![
                         t.id.clone(),
@@ -914,13 +875,8 @@ pub async fn ssh_access(c: &Client, cmd: SshAccessCmd, json: bool) -> Result<u8>
                         or_dash(&t.revoked_at),
                         or_dash(&t.last_used_at),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["ID", "CREATED", "EXPIRES", "REVOKED", "LAST USED"], &rows)
-            );
-            Ok(0)
+                },
+            )
         }
         SshAccessCmd::Revoke { workspace, id } => {
             let t = c.revoke_ssh_access(&workspace, &id).await?;
@@ -931,6 +887,22 @@ pub async fn ssh_access(c: &Client, cmd: SshAccessCmd, json: bool) -> Result<u8>
             Ok(0)
         }
     }
+}
+
+/// Prints `list` as JSON, or as a table with `headers` and one `row` per item.
+fn list_out<T: serde::Serialize>(
+    json: bool,
+    list: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<u8> {
+    if json {
+        print_json(&list)?;
+    } else {
+        let rows: Vec<Vec<String>> = list.iter().map(row).collect();
+        print!("{}", table(headers, &rows));
+    }
+    Ok(0)
 }
 
 fn parse_role(r: &str) -> Result<Role> {
@@ -985,13 +957,11 @@ pub async fn user(c: &Client, cmd: UserCmd, json: bool) -> Result<u8> {
         }
         UserCmd::List => {
             let list = c.users().await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|u| {
+            list_out(
+                json,
+                &list,
+                &["USERNAME", "ROLE", "SUSPENDED", "NAME", "CREATED"],
+                |u| {
                     vec![
                         u.username.clone(),
                         u.role.to_string(),
@@ -999,12 +969,8 @@ pub async fn user(c: &Client, cmd: UserCmd, json: bool) -> Result<u8> {
                         u.display_name.clone().unwrap_or_default(),
                         u.created_at.clone(),
                     ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["USERNAME", "ROLE", "SUSPENDED", "NAME", "CREATED"], &rows)
-            );
+                },
+            )?;
         }
         UserCmd::SetRole { name, role } => {
             let change = UpdateUser {
@@ -1046,16 +1012,9 @@ pub async fn team(c: &Client, cmd: TeamCmd, json: bool) -> Result<u8> {
         }
         TeamCmd::List => {
             let list = c.teams().await?;
-            if json {
-                print_json(&list)?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|t| vec![t.name.clone(), t.members.join(","), t.created_at.clone()])
-                .collect();
-            print!("{}", table(&["NAME", "MEMBERS", "CREATED"], &rows));
-            Ok(0)
+            list_out(json, &list, &["NAME", "MEMBERS", "CREATED"], |t| {
+                vec![t.name.clone(), t.members.join(","), t.created_at.clone()]
+            })
         }
         TeamCmd::Add { team, user } => {
             c.team_member(&team, &user, true).await?;
