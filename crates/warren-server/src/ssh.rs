@@ -1045,18 +1045,24 @@ impl Forward {
 
 /// Whether the workspace's template lets a connection start it (the default).
 async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
-    let Some(vid) = &rec.ownership.template_version_id else {
-        return true;
-    };
-    match state.store.version(vid).await {
-        Ok(Some(v)) => serde_json::from_str::<warren_api::template::PolicyDefaults>(&v.policy_json)
-            .map(|p| p.start_on_connect != Some(false))
-            .unwrap_or(true),
+    match crate::routes::workspaces::template_policy(state, rec).await {
+        Ok(Some(p)) => p.start_on_connect != Some(false),
         _ => true,
     }
 }
 
 impl Conn {
+    /// Accepts an authorized connection; logs why another was refused (never told the client).
+    fn decided(&mut self, authorized: Result<Who, String>) -> Auth {
+        match authorized {
+            Ok(who) => self.accepted(who),
+            Err(why) => {
+                tracing_log(&format!("SSH {}: refused: {why}", self.peer));
+                Auth::reject()
+            }
+        }
+    }
+
     fn accepted(&mut self, who: Who) -> Auth {
         self.since = Some((std::time::Instant::now(), warren_store::now()));
         self.authenticated
@@ -1080,13 +1086,8 @@ impl russh::server::Handler for Conn {
             // A workspace name: the client goes on to its keys.
             return Ok(Auth::reject());
         }
-        match authorize_token(&self.state, user).await {
-            Ok(who) => Ok(self.accepted(who)),
-            Err(why) => {
-                tracing_log(&format!("SSH {}: refused: {why}", self.peer));
-                Ok(Auth::reject())
-            }
-        }
+        let decided = authorize_token(&self.state, user).await;
+        Ok(self.decided(decided))
     }
 
     async fn auth_publickey(
@@ -1094,13 +1095,8 @@ impl russh::server::Handler for Conn {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match authorize_key(&self.state, user, key.public_key).await {
-            Ok(who) => Ok(self.accepted(who)),
-            Err(why) => {
-                tracing_log(&format!("SSH {}: refused: {why}", self.peer));
-                Ok(Auth::reject())
-            }
-        }
+        let decided = authorize_key(&self.state, user, key.public_key).await;
+        Ok(self.decided(decided))
     }
 
     async fn channel_open_direct_tcpip(

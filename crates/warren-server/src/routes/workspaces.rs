@@ -560,6 +560,21 @@ async fn get_workspace(
     Ok(Json(ws_view(rec)))
 }
 
+/// The policy of the template version the workspace was made from, if it was made from one.
+pub(crate) async fn template_policy(
+    state: &AppState,
+    rec: &WorkspaceRecord,
+) -> ApiResult<Option<PolicyDefaults>> {
+    let Some(vid) = &rec.ownership.template_version_id else {
+        return Ok(None);
+    };
+    Ok(state
+        .store
+        .version(vid)
+        .await?
+        .map(|v| serde_json::from_str(&v.policy_json).unwrap_or_default()))
+}
+
 /// Records and runs a `start` job for the workspace (the first start of a workspace created
 /// without starting provisions it).
 pub(crate) async fn spawn_start(
@@ -716,27 +731,26 @@ async fn extend_workspace(
     let by = warren_api::template::parse_duration(&body.by)
         .map_err(|e| ApiError::bad_request(format!("by `{}`: {e}", body.by)))?;
     let deadline = time::OffsetDateTime::now_utc() + by;
-    if let Some(vid) = &rec.ownership.template_version_id {
-        if let Some(v) = state.store.version(vid).await? {
-            let policy: PolicyDefaults = serde_json::from_str(&v.policy_json).unwrap_or_default();
-            if let Ok(Some(max)) = policy.durations().map(|d| d.max_lifetime) {
-                let created = time::OffsetDateTime::parse(
-                    &rec.created_at,
-                    &time::format_description::well_known::Rfc3339,
-                )
-                .map_err(ApiError::internal)?;
-                if deadline > created + max {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        ErrorCode::LimitExceeded,
-                        format!(
-                            "the deadline would pass the template's maximum lifetime of {}",
-                            warren_api::template::format_duration(max)
-                        ),
-                    )
-                    .hint("extend by less"));
-                }
-            }
+    let max = template_policy(&state, &rec)
+        .await?
+        .and_then(|p| p.durations().ok())
+        .and_then(|d| d.max_lifetime);
+    if let Some(max) = max {
+        let created = time::OffsetDateTime::parse(
+            &rec.created_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_err(ApiError::internal)?;
+        if deadline > created + max {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::LimitExceeded,
+                format!(
+                    "the deadline would pass the template's maximum lifetime of {}",
+                    warren_api::template::format_duration(max)
+                ),
+            )
+            .hint("extend by less"));
         }
     }
     let at = warren_store::format_time(deadline);
