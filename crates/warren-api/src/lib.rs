@@ -1,13 +1,15 @@
 #![forbid(unsafe_code)]
 //! Shared API types for Warren: the workspace state machine, workspace names, stable error codes
 //! and the workspace record printed by the CLI and API, and the template model (parameters,
-//! ceilings, policy defaults, the manifest). This crate performs no I/O.
+//! ceilings, policy defaults, the manifest), and autostart schedules. This crate performs no I/O
+//! (the time zone database `schedule` uses is compiled in).
 
 pub mod activity;
 pub mod auth;
 mod error;
 mod name;
 pub mod ports;
+pub mod schedule;
 pub mod ssh_key;
 mod state;
 pub mod template;
