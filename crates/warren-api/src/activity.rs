@@ -29,16 +29,24 @@ pub enum ActivityKind {
     Port,
     /// An explicit keep-alive (an agent saying it is still working).
     Keepalive,
+    /// A state-changing API call on the workspace by someone allowed to change it (extend,
+    /// policy, ports, start...), or an upload into it.
+    Api,
+    /// Its processes used more CPU than the template's `activity.cpu_threshold` (only noted
+    /// when a policy asks for it).
+    Cpu,
 }
 
 impl ActivityKind {
     /// Every kind.
-    pub const ALL: [ActivityKind; 5] = [
+    pub const ALL: [ActivityKind; 7] = [
         ActivityKind::Ssh,
         ActivityKind::Exec,
         ActivityKind::Pty,
         ActivityKind::Port,
         ActivityKind::Keepalive,
+        ActivityKind::Api,
+        ActivityKind::Cpu,
     ];
 
     /// The stored and serialized name.
@@ -49,6 +57,8 @@ impl ActivityKind {
             ActivityKind::Pty => "pty",
             ActivityKind::Port => "port",
             ActivityKind::Keepalive => "keepalive",
+            ActivityKind::Api => "api",
+            ActivityKind::Cpu => "cpu",
         }
     }
 

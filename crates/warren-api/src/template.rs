@@ -896,71 +896,7 @@ impl Ceilings {
 // Policy defaults and durations
 // ---------------------------------------------------------------------------------------------
 
-/// Lifetime policy defaults of workspaces made from a template. Each is a duration string that
-/// [`parse_duration`] accepts (`90s`, `30m`, `8h`, `7d`, `1h30m`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyDefaults {
-    /// How long a workspace lives by default before it is stopped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
-    /// How long a workspace may stay idle before it is stopped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-    /// The longest a workspace may run, however its deadline is extended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_lifetime: Option<String>,
-    /// Whether an SSH connection to a stopped workspace starts it (default: yes, for users
-    /// allowed to start it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_on_connect: Option<bool>,
-}
-
-/// [`PolicyDefaults`] with the durations parsed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PolicyDurations {
-    /// Parsed [`PolicyDefaults::ttl`].
-    pub ttl: Option<Duration>,
-    /// Parsed [`PolicyDefaults::idle_timeout`].
-    pub idle_timeout: Option<Duration>,
-    /// Parsed [`PolicyDefaults::max_lifetime`].
-    pub max_lifetime: Option<Duration>,
-}
-
-impl PolicyDefaults {
-    /// Parses the durations and checks that `ttl` and `idle_timeout` do not exceed
-    /// `max_lifetime` when both are given.
-    pub fn durations(&self) -> Result<PolicyDurations, String> {
-        let parse = |field: &str, text: &Option<String>| {
-            text.as_deref()
-                .map(parse_duration)
-                .transpose()
-                .map_err(|e| format!("`{field}`: {e}"))
-        };
-        let parsed = PolicyDurations {
-            ttl: parse("ttl", &self.ttl)?,
-            idle_timeout: parse("idle_timeout", &self.idle_timeout)?,
-            max_lifetime: parse("max_lifetime", &self.max_lifetime)?,
-        };
-        if let Some(max) = parsed.max_lifetime {
-            for (field, value) in [("ttl", parsed.ttl), ("idle_timeout", parsed.idle_timeout)] {
-                if let Some(value) = value.filter(|v| *v > max) {
-                    return Err(format!(
-                        "`{field}` ({}) is longer than `max_lifetime` ({})",
-                        format_duration(value),
-                        format_duration(max)
-                    ));
-                }
-            }
-        }
-        Ok(parsed)
-    }
-
-    /// Checks the policy as [`durations`](Self::durations) does.
-    pub fn validate(&self) -> Result<(), String> {
-        self.durations().map(drop)
-    }
-}
+pub use crate::policy::PolicyDefaults;
 
 /// Parses a duration written as one or more `<whole number><unit>` parts with units `d`, `h`,
 /// `m` and `s` from largest to smallest, each at most once: `90s`, `30m`, `8h`, `7d`, `1h30m`,
@@ -2046,44 +1982,6 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(10)), "0s");
     }
 
-    #[test]
-    fn policy_defaults_validate() {
-        let policy = |v: Value| serde_json::from_value::<PolicyDefaults>(v).unwrap();
-        assert_eq!(
-            policy(json!({"ttl": "8h", "idle_timeout": "30m", "max_lifetime": "7d"})).durations(),
-            Ok(PolicyDurations {
-                ttl: Some(Duration::from_secs(8 * 3600)),
-                idle_timeout: Some(Duration::from_secs(1800)),
-                max_lifetime: Some(Duration::from_secs(7 * 86_400)),
-            })
-        );
-        policy(json!({})).validate().unwrap();
-        policy(json!({"ttl": "8h", "max_lifetime": "8h"}))
-            .validate()
-            .unwrap();
-        policy(json!({"ttl": "9d"})).validate().unwrap();
-        let e = policy(json!({"ttl": "9d", "max_lifetime": "7d"}))
-            .validate()
-            .unwrap_err();
-        assert_eq!(e, "`ttl` (9d) is longer than `max_lifetime` (7d)");
-        let e = policy(json!({"idle_timeout": "2h", "max_lifetime": "1h30m"}))
-            .validate()
-            .unwrap_err();
-        assert_eq!(
-            e,
-            "`idle_timeout` (2h) is longer than `max_lifetime` (1h30m)"
-        );
-        let e = policy(json!({"idle_timeout": "soon"}))
-            .validate()
-            .unwrap_err();
-        assert!(
-            e.starts_with("`idle_timeout`: invalid duration \"soon\""),
-            "{e}"
-        );
-        assert!(serde_json::from_value::<PolicyDefaults>(json!({"ttl": 60})).is_err());
-        assert!(serde_json::from_value::<PolicyDefaults>(json!({"lifetime": "1h"})).is_err());
-    }
-
     // --- manifest --------------------------------------------------------------------------
 
     const MANIFEST: &str = r#"{
@@ -2176,8 +2074,8 @@ mod tests {
                 "`policy`: `ttl`: invalid duration \"8\"",
             ),
             (
-                r#"{"name": "t", "policy": {"ttl": "8d", "max_lifetime": "7d"}}"#,
-                "`policy`: `ttl` (8d) is longer than `max_lifetime` (7d)",
+                r#"{"name": "t", "policy": {"autostop": "8d", "max_lifetime": "7d"}}"#,
+                "`policy`: `autostop` (8d) is longer than `max_lifetime` (7d)",
             ),
         ];
         for (text, expected) in cases {

@@ -283,9 +283,12 @@ pub struct CreateWorkspace {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub parameters: BTreeMap<String, serde_json::Value>,
-    /// Time to live (`8h`): deleted after this (enforced by policies).
+    /// Time to live (`8h`): deleted this long after it is created. Shorthand for `policy.ttl`.
     #[serde(default)]
     pub ttl: Option<String>,
+    /// The workspace's own lifecycle policy values, within the template's ceilings.
+    #[serde(default)]
+    pub policy: Option<crate::policy::WorkspacePolicy>,
     /// Resources, within the template's ceilings (default: the ceilings).
     #[serde(default)]
     pub limits: Option<Ceilings>,

@@ -1086,6 +1086,12 @@ impl Engine {
         Ok(self.runtime.stats(&rec.id)?)
     }
 
+    /// The CPU time a workspace's processes have used, in nanoseconds (from its cgroup; none if
+    /// it has none or it cannot be read). Cheap: no store access.
+    pub fn cpu_ns(&self, id: &str) -> Option<u64> {
+        self.runtime.stats(id).ok()?.cpu_ns
+    }
+
     /// Removes an image unless a workspace uses it.
     pub async fn remove_image(&self, name: &str) -> Result<(), EngineError> {
         let in_use: Vec<String> = self

@@ -12,10 +12,11 @@ use warren_api::activity::ActivityKind;
 use warren_store::Store;
 
 /// Activity noted but not yet written, and sessions open now.
-#[derive(Default)]
 pub struct Activity {
     pending: Mutex<HashMap<(String, ActivityKind), String>>,
     open: Mutex<HashMap<(String, ActivityKind), u32>>,
+    /// The store, whose clock times activity (so tests with a fake clock see it in their time).
+    store: Store,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -23,9 +24,41 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Activity {
+    /// Activity timed by `store`'s clock.
+    pub fn new(store: Store) -> Activity {
+        Activity {
+            pending: Default::default(),
+            open: Default::default(),
+            store,
+        }
+    }
+
     /// Notes activity of `kind` on workspace `ws` (an id) now.
     pub fn touch(&self, ws: &str, kind: ActivityKind) {
-        lock(&self.pending).insert((ws.to_string(), kind), warren_store::now());
+        lock(&self.pending).insert((ws.to_string(), kind), self.store.now());
+    }
+
+    /// Workspaces with a session open now.
+    pub fn with_open_sessions(&self) -> std::collections::HashSet<String> {
+        lock(&self.open)
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|((w, _), _)| w.clone())
+            .collect()
+    }
+
+    /// The latest activity of any kind per workspace: the store's, or a later one noted and not
+    /// written yet. One query, for a pass over every workspace.
+    pub async fn latest_all(&self) -> Result<HashMap<String, String>, warren_store::StoreError> {
+        let mut latest: HashMap<String, String> =
+            self.store.last_activity_all().await?.into_iter().collect();
+        for ((w, _), at) in lock(&self.pending).iter() {
+            let e = latest.entry(w.clone()).or_default();
+            if at > e {
+                *e = at.clone();
+            }
+        }
+        Ok(latest)
     }
 
     /// Notes the start of a session; the session counts as open, and its end is activity too,
@@ -148,7 +181,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_count_while_open_and_flushes_merge_with_the_store() {
         let store = Store::open_in_memory().await.unwrap();
-        let a = Arc::new(Activity::default());
+        let a = Arc::new(Activity::new(store.clone()));
         let s1 = a.session("w1", ActivityKind::Ssh);
         let s2 = a.session("w1", ActivityKind::Ssh);
         let _p = a.session("w2", ActivityKind::Pty);

@@ -50,6 +50,8 @@ pub struct AppState {
     pub terminals: Arc<crate::routes::workspaces::terminal::Terminals>,
     /// Preview tickets and browser sessions.
     pub previews: Arc<crate::preview::Previews>,
+    /// The lifecycle-policy reconciler's caches and pass lock.
+    pub governor: Arc<crate::governor::Governor>,
 }
 
 impl AppState {

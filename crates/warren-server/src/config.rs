@@ -32,6 +32,8 @@ pub struct ConfigLayer {
     pub public_url: Option<String>,
     /// How often the reconciler runs (`30s`).
     pub reconcile_interval: Option<String>,
+    /// How often lifecycle policies are applied (`1s`).
+    pub policy_interval: Option<String>,
     /// Whether workspace configurations may ask for added capabilities, privileged mode or an
     /// unconfined seccomp profile (default false: such workspaces are refused).
     pub allow_privileges: Option<bool>,
@@ -70,6 +72,8 @@ pub struct ServerConfig {
     pub public_url: String,
     /// Reconciler period.
     pub reconcile_interval: Duration,
+    /// How often lifecycle policies are applied.
+    pub policy_interval: Duration,
     /// Workspaces may be granted privileges their configuration asks for.
     pub allow_privileges: bool,
     /// SSH gateway address; `None` when it is off.
@@ -117,6 +121,7 @@ impl ConfigLayer {
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             public_url: self.public_url.or(lower.public_url),
             reconcile_interval: self.reconcile_interval.or(lower.reconcile_interval),
+            policy_interval: self.policy_interval.or(lower.policy_interval),
             allow_privileges: self.allow_privileges.or(lower.allow_privileges),
             ssh_listen: self.ssh_listen.or(lower.ssh_listen),
             ssh_login_grace: self.ssh_login_grace.or(lower.ssh_login_grace),
@@ -190,6 +195,7 @@ impl ServerConfig {
             max_body_bytes: usize::try_from(given.max_body_bytes.unwrap_or(64 << 20))
                 .unwrap_or(usize::MAX),
             reconcile_interval: dur(&given.reconcile_interval, "reconcile_interval", "30s")?,
+            policy_interval: dur(&given.policy_interval, "policy_interval", "1s")?,
             allow_privileges: given.allow_privileges.unwrap_or(false),
             ssh_listen,
             ssh_login_grace: dur(&given.ssh_login_grace, "ssh_login_grace", "60s")?,

@@ -137,6 +137,7 @@ pub async fn spawn<F, Fut>(
     workspace_id: &str,
     kind: &'static str,
     initiator: Option<&str>,
+    reason: warren_api::policy::Reason,
     op: F,
 ) -> Result<JobRecord, ApiError>
 where
@@ -151,6 +152,19 @@ where
             ApiError::from(e)
                 .hint("wait for it (`warren logs --job`) or cancel it (`warren cancel`)")
         })?;
+    // The one active job owns the workspace: its reason and initiator are what the transitions
+    // it makes report (events, the stop reason).
+    if let Err(e) = state
+        .store
+        .set_op(workspace_id, reason.as_str(), initiator)
+        .await
+    {
+        let _ = state
+            .store
+            .job_finished(&job.id, "failed", Some("cannot record the job's reason"))
+            .await;
+        return Err(e.into());
+    }
     let opened = std::fs::create_dir_all(&state.jobs.dir).and_then(|()| {
         std::fs::OpenOptions::new()
             .create(true)

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod coord;
 pub mod error;
+pub mod governor;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;

@@ -64,6 +64,19 @@ pub struct Metrics {
     pub preview_requests: Family<PreviewLabels, Counter>,
     /// Port-forward connections (`warren port-forward`) opened.
     pub port_forwards: Counter,
+    /// Lifecycle-policy passes: how long each took.
+    pub policy_pass_seconds: Histogram,
+    /// Lifecycle-policy actions started, by action and reason.
+    pub policy_actions: Family<PolicyLabels, Counter>,
+}
+
+/// Labels of [`Metrics::policy_actions`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// `stop`, `delete`, `start`, `fail_start` or `warn`.
+    pub action: String,
+    /// Why.
+    pub reason: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -133,7 +146,21 @@ impl Default for Metrics {
             "Port-forward connections opened",
             port_forwards.clone(),
         );
+        let policy_pass_seconds = latency_histogram();
+        registry.register(
+            "policy_pass_duration_seconds",
+            "Duration of a lifecycle-policy pass over every workspace",
+            policy_pass_seconds.clone(),
+        );
+        let policy_actions = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "policy_actions",
+            "Lifecycle-policy actions started, by action and reason",
+            policy_actions.clone(),
+        );
         Metrics {
+            policy_pass_seconds,
+            policy_actions,
             registry,
             requests,
             request_seconds,
@@ -160,6 +187,28 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&l)
             .observe(took.as_secs_f64());
+    }
+
+    /// Records a lifecycle-policy pass.
+    pub fn policy_pass(&self, took: Duration, r: &crate::governor::PassReport) {
+        use warren_api::policy::Verdict;
+        self.policy_pass_seconds.observe(took.as_secs_f64());
+        let acted = r.acted.iter().map(|(_, v)| (false, v));
+        for (warning, v) in acted.chain(r.warned.iter().map(|(_, v)| (true, v))) {
+            let (action, reason) = match v {
+                Verdict::Stop(r) => ("stop", r),
+                Verdict::Delete(r) => ("delete", r),
+                Verdict::Start(r) => ("start", r),
+                Verdict::FailStart(r) => ("fail_start", r),
+            };
+            let action = if warning { "warn" } else { action };
+            self.policy_actions
+                .get_or_create(&PolicyLabels {
+                    action: action.to_owned(),
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc();
+        }
     }
 
     /// Records a finished transition.

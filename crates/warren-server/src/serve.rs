@@ -55,7 +55,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
     let jobs = Arc::new(Jobs::new(cfg.state_dir.join("jobs")));
     Ok(AppState {
         engine,
-        store,
+        store: store.clone(),
         cfg: Arc::new(cfg),
         org: Arc::new(org),
         metrics: Arc::new(Metrics::default()),
@@ -65,9 +65,10 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         shutdown: Arc::new(AtomicBool::new(false)),
         token_uses: Default::default(),
         ssh_addr: Default::default(),
-        activity: Default::default(),
+        activity: Arc::new(crate::activity::Activity::new(store.clone())),
         terminals: Default::default(),
         previews: Default::default(),
+        governor: Default::default(),
     })
 }
 
@@ -166,6 +167,10 @@ pub async fn serve(
         None => None,
     };
     let background = tokio::spawn(background(state.clone()));
+    let governor = tokio::spawn(crate::governor::run(
+        state.clone(),
+        state.cfg.policy_interval,
+    ));
     let invalidations = tokio::spawn(apply_notices(state.clone()));
     let app = router(state.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -234,6 +239,7 @@ pub async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
     state.jobs.drain(Duration::from_secs(20)).await;
     background.abort();
+    governor.abort();
     invalidations.abort();
     if let Some(g) = gateway {
         g.abort();

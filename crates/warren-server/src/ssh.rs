@@ -877,9 +877,14 @@ impl ChannelJob {
             }
         };
         say(format!("warren: starting workspace `{}`...", rec.name)).await;
-        let job = crate::routes::workspaces::spawn_start(&self.state, &rec, &self.user_id)
-            .await
-            .map_err(|e| e.body.message)?;
+        let job = crate::routes::workspaces::spawn_start(
+            &self.state,
+            &rec,
+            Some(&self.user_id),
+            warren_api::policy::Reason::OnConnect,
+        )
+        .await
+        .map_err(|e| e.body.message)?;
         crate::audit::record(
             &self.state,
             NewAuditRecord {
@@ -1045,10 +1050,9 @@ impl Forward {
 
 /// Whether the workspace's template lets a connection start it (the default).
 async fn start_on_connect(state: &AppState, rec: &WorkspaceRecord) -> bool {
-    match crate::routes::workspaces::template_policy(state, rec).await {
-        Ok(Some(p)) => p.start_on_connect != Some(false),
-        _ => true,
-    }
+    crate::governor::policy_for(state, rec)
+        .await
+        .map_or(true, |p| p.start_on_connect)
 }
 
 impl Conn {

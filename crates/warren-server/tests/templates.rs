@@ -404,7 +404,7 @@ async fn bad_versions_are_refused_with_the_right_code() {
         "{e}"
     );
     assert!(e["message"].as_str().unwrap().contains("cpus"), "{e}");
-    let (st, e) = push(json!({"devcontainer": DC, "parameters": region_param(), "policy": {"ttl": "9d", "max_lifetime": "1d"}})).await;
+    let (st, e) = push(json!({"devcontainer": DC, "parameters": region_param(), "policy": {"autostop": "9d", "max_lifetime": "1d"}})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
     assert!(e["message"].as_str().unwrap().contains("`policy`"), "{e}");
     // Exactly one source.

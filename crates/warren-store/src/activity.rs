@@ -48,4 +48,17 @@ impl Store {
             .map(|r| Ok((r.try_get("kind")?, r.try_get("last_at")?)))
             .collect()
     }
+
+    /// The latest activity of any kind on every workspace that has some (workspace id, time).
+    pub async fn last_activity_all(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT workspace_id, MAX(last_at) AS last_at FROM workspace_activity \
+             GROUP BY workspace_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("workspace_id")?, r.try_get("last_at")?)))
+            .collect()
+    }
 }

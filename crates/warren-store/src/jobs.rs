@@ -114,6 +114,15 @@ impl Store {
         r.as_ref().map(job_from_row).transpose()
     }
 
+    /// Every active job (pending, running or canceling).
+    pub async fn active_jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status IN ('pending', 'running', 'canceling')"
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     /// A job by id.
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
         let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");

@@ -11,7 +11,9 @@
 
 mod activity;
 mod audit;
+pub mod clock;
 mod error;
+mod governance;
 mod identity;
 mod jobs;
 mod ports;
@@ -33,6 +35,7 @@ use warren_api::{transition, Action, Event, WorkspaceName, WorkspaceState};
 
 pub use audit::*;
 pub use error::StoreError;
+pub use governance::{EventEntry, EventFilter, NewEvent, PolicyRow, UsageSegment};
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
@@ -55,13 +58,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 const WORKSPACE_COLUMNS: &str = "id, name, project_dir, config_path, image, spec_json, state, \
     generation, last_error, lifecycle_json, runtime_json, created_at, updated_at, owner_id, org_id, \
-    template_id, template_version_id, parameters_json, ttl_secs, deadline_at, limits_json";
+    template_id, template_version_id, parameters_json, ttl_secs, deadline_at, limits_json, \
+    team_id, policy_json, cost_json, started_at, stopped_at, stop_reason";
 
 /// A handle to the control-plane database. Cheap to clone; clones share a connection pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
     audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>, // Serializes audit appends (audit.rs).
+    /// The clock of time-driven records (transitions, events, metering); shared by clones.
+    clock: std::sync::Arc<std::sync::RwLock<std::sync::Arc<dyn clock::Clock>>>,
+    /// The id of the latest event this process wrote, for followers (`events_watch`).
+    events_tx: std::sync::Arc<tokio::sync::watch::Sender<i64>>,
 }
 
 impl Store {
@@ -122,6 +130,10 @@ impl Store {
                     return Ok(Store {
                         pool,
                         audit_lock: Default::default(),
+                        clock: std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(
+                            clock::SystemClock,
+                        ))),
+                        events_tx: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
                     })
                 }
                 Err(_) if attempt < MIGRATE_ATTEMPTS => {
@@ -135,7 +147,7 @@ impl Store {
 
     /// Records a new workspace in state `pending`, generation 1.
     pub async fn create_workspace(&self, new: NewWorkspace) -> Result<WorkspaceRecord, StoreError> {
-        let now = now();
+        let now = self.now();
         let mut new = new;
         for json in [
             &mut new.ownership.limits_json,
@@ -160,11 +172,15 @@ impl Store {
             runtime_json: "{}".to_owned(),
             created_at: now.clone(),
             updated_at: now,
+            started_at: None,
+            stopped_at: None,
+            stop_reason: None,
         };
         let sql = format!(
             "INSERT INTO workspaces ({WORKSPACE_COLUMNS}) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         );
+        let mut tx = self.pool.begin().await?;
         let result = sqlx::query(&sql)
             .bind(&record.id)
             .bind(record.name.as_str())
@@ -187,10 +203,21 @@ impl Store {
             .bind(record.ownership.ttl_secs)
             .bind(&record.ownership.deadline_at)
             .bind(&record.ownership.limits_json)
-            .execute(&self.pool)
+            .bind(&record.ownership.team_id)
+            .bind(&record.ownership.policy_json)
+            .bind(&record.ownership.cost_json)
+            .bind(&record.started_at)
+            .bind(&record.stopped_at)
+            .bind(&record.stop_reason)
+            .execute(&mut *tx)
             .await;
         match result {
-            Ok(_) => Ok(record),
+            Ok(_) => {
+                let event = governance::on_create(&mut tx, &record).await?;
+                tx.commit().await?;
+                self.notify_event(event);
+                Ok(record)
+            }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 Err(StoreError::NameTaken {
                     name: record.name.into_string(),
@@ -313,7 +340,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE workspaces SET deadline_at = ?, updated_at = ? WHERE id = ?")
             .bind(deadline_at)
-            .bind(now())
+            .bind(self.now())
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -332,7 +359,7 @@ impl Store {
         )
         .bind(template_version_id)
         .bind(parameters_json)
-        .bind(now())
+        .bind(self.now())
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -388,7 +415,7 @@ impl Store {
     ) -> Result<(WorkspaceRecord, Vec<Action>), StoreError> {
         let current = self.current(id, expected_generation).await?;
         let (to, actions) = transition(current.state, event)?;
-        let now = now();
+        let now = self.now();
         let mut tx = self.pool.begin().await?;
         // The generation guard makes this a compare-and-swap: if another writer got in between
         // our read and this write, nothing is updated and we report a conflict.
@@ -419,12 +446,15 @@ impl Store {
         .bind(message)
         .execute(&mut *tx)
         .await?;
+        let (record, notice) =
+            governance::on_transition(&mut tx, current, to, event, message, &now).await?;
         tx.commit().await?;
+        self.notify_event(notice);
         let record = WorkspaceRecord {
             state: to,
             generation: expected_generation + 1,
             updated_at: now,
-            ..current
+            ..record
         };
         Ok((record, actions))
     }
@@ -506,7 +536,7 @@ impl Store {
             query = query.bind(*value);
         }
         let row = query
-            .bind(now())
+            .bind(self.now())
             .bind(id)
             .bind(expected)
             .fetch_optional(&self.pool)
@@ -647,7 +677,13 @@ fn record_from_row(row: &SqliteRow) -> Result<WorkspaceRecord, StoreError> {
             ttl_secs: row.try_get("ttl_secs")?,
             deadline_at: row.try_get("deadline_at")?,
             limits_json: row.try_get("limits_json")?,
+            team_id: row.try_get("team_id")?,
+            policy_json: row.try_get("policy_json")?,
+            cost_json: row.try_get("cost_json")?,
         },
+        started_at: row.try_get("started_at")?,
+        stopped_at: row.try_get("stopped_at")?,
+        stop_reason: row.try_get("stop_reason")?,
         id,
     })
 }

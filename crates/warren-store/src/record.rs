@@ -39,6 +39,12 @@ pub struct Ownership {
     pub deadline_at: Option<String>,
     /// JSON resource limits it was created with (`{}` or empty: none).
     pub limits_json: String,
+    /// The team the workspace is charged to (quotas, budgets, cost reports), if any.
+    pub team_id: Option<String>,
+    /// JSON: the workspace's own lifecycle policy values, within its template's ceilings.
+    pub policy_json: Option<String>,
+    /// JSON: the hourly cost rates it was made with (`warren_api::template::CostRates`).
+    pub cost_json: Option<String>,
 }
 
 /// A stored workspace. Timestamps use the store's RFC 3339 UTC millisecond format.
@@ -72,6 +78,12 @@ pub struct WorkspaceRecord {
     pub created_at: String,
     /// When the record last changed.
     pub updated_at: String,
+    /// When its current or last run started (entered `running`).
+    pub started_at: Option<String>,
+    /// When it last stopped (entered `stopped` or `failed`).
+    pub stopped_at: Option<String>,
+    /// Why it last stopped (`warren_api::policy::Reason`), if it did.
+    pub stop_reason: Option<String>,
 }
 
 impl From<WorkspaceRecord> for Workspace {

@@ -43,6 +43,9 @@ pub struct ServerArgs {
     /// How often the reconciler runs [default: 30s].
     #[arg(long, env = "WARREN_RECONCILE_INTERVAL", global = true)]
     reconcile_interval: Option<String>,
+    /// How often lifecycle policies (idle, deadlines, TTL, schedules) are applied [default: 1s].
+    #[arg(long, env = "WARREN_POLICY_INTERVAL", global = true)]
+    policy_interval: Option<String>,
     /// Grant workspaces the added capabilities, privileged mode or unconfined seccomp their
     /// devcontainer.json asks for [default: false: such workspaces are refused].
     #[arg(long, env = "WARREN_ALLOW_PRIVILEGES", global = true, num_args = 0..=1, default_missing_value = "true")]
@@ -100,6 +103,7 @@ pub async fn run(
         max_body_bytes: a.max_body_bytes,
         public_url: a.public_url,
         reconcile_interval: a.reconcile_interval,
+        policy_interval: a.policy_interval,
         allow_privileges: a.allow_privileges,
         ssh_listen: a.ssh_listen,
         ssh_login_grace: a.ssh_login_grace,

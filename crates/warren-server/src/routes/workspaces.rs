@@ -15,6 +15,8 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::{Decision, Op, Owner};
+use warren_api::policy::Reason;
+use warren_api::policy::WorkspacePolicy;
 use warren_api::template::{Ceilings, ParamSpec, PolicyDefaults};
 use warren_api::v1::{
     self, Accepted, CreateWorkspace, Extend, Job, UpdateWorkspace, WorkspaceList,
@@ -240,14 +242,10 @@ async fn create_workspace(
             e.to_string(),
         )
     })?;
-    let ttl_secs = match &body.ttl {
-        Some(t) => Some(
-            warren_api::template::parse_duration(t)
-                .map_err(|e| ApiError::bad_request(format!("ttl `{t}`: {e}")))?
-                .as_secs() as i64,
-        ),
-        None => None,
-    };
+    if let Some(t) = &body.ttl {
+        warren_api::template::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("ttl `{t}`: {e}")))?;
+    }
     if state
         .store
         .get_by_name(&caller.user.id, name.as_str())
@@ -312,6 +310,23 @@ async fn create_workspace(
                 .hint("ask for less, or ask a template admin to raise the template's ceilings"),
         )
     })?;
+    // The workspace's own policy values (`ttl` is a shorthand), within the template's.
+    let mut own = body.policy.clone().unwrap_or_default();
+    if let Some(t) = &body.ttl {
+        own.ttl = Some(t.clone());
+    }
+    let policy_json = if own == WorkspacePolicy::default() {
+        None
+    } else {
+        let template: Option<PolicyDefaults> = serde_json::from_str(&version.policy_json).ok();
+        warren_api::policy::resolve(template.as_ref(), Some(&own)).map_err(|e| {
+            cleanup(
+                ApiError::bad_request(format!("policy: {e}"))
+                    .hint("`warren template show` lists the template's policy and ceilings"),
+            )
+        })?;
+        Some(serde_json::to_string(&own).map_err(ApiError::internal)?)
+    };
     let effective = Ceilings {
         cpus: requested.cpus.or(ceilings.cpus),
         memory_mb: requested.memory_mb.or(ceilings.memory_mb),
@@ -327,10 +342,12 @@ async fn create_workspace(
             template_id: template_id.clone(),
             template_version_id: Some(version.id.clone()),
             parameters_json: serde_json::to_string(&params).unwrap_or_else(|_| "{}".into()),
-            ttl_secs,
+            ttl_secs: None,
             deadline_at: None,
+            policy_json,
             limits_json: serde_json::to_string(&limits_of(&effective))
                 .unwrap_or_else(|_| "{}".into()),
+            ..Default::default()
         },
         create_only: true,
         ..Default::default()
@@ -355,6 +372,7 @@ async fn create_workspace(
         &rec.id,
         "create",
         Some(&caller.user.id),
+        Reason::User,
         move |st, log| async move {
             for w in &warnings {
                 warren_engine::Progress::warn(&*log, w);
@@ -465,24 +483,31 @@ async fn update_workspace(
     }
     let rendered = warren_api::template::substitute_params(&version.devcontainer_json, &params);
     crate::routes::templates::check_devcontainer(&rendered)?;
-    let job = jobs::spawn(&state, &rec.id, "update", Some(&caller.user.id), {
-        let id = rec.id.clone();
-        let project = rec.project_dir.clone();
-        let version_id = version.id.clone();
-        let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
-        move |st, log| async move {
-            warren_engine::Progress::step(&*log, "Stopping the workspace to rebuild it");
-            st.engine.unprovision(&id).await?;
-            let path = warren_engine::server_config_path(FsPath::new(&project));
-            std::fs::write(&path, rendered).map_err(|e| {
-                warren_engine::EngineError::Internal(format!("write {}: {e}", path.display()))
-            })?;
-            st.store
-                .set_template_version(&id, &version_id, &params_json)
-                .await?;
-            st.engine.provision(&id, &*log).await.map(|_| ())
-        }
-    })
+    let job = jobs::spawn(
+        &state,
+        &rec.id,
+        "update",
+        Some(&caller.user.id),
+        by(&caller, &rec),
+        {
+            let id = rec.id.clone();
+            let project = rec.project_dir.clone();
+            let version_id = version.id.clone();
+            let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
+            move |st, log| async move {
+                warren_engine::Progress::step(&*log, "Stopping the workspace to rebuild it");
+                st.engine.unprovision(&id).await?;
+                let path = warren_engine::server_config_path(FsPath::new(&project));
+                std::fs::write(&path, rendered).map_err(|e| {
+                    warren_engine::EngineError::Internal(format!("write {}: {e}", path.display()))
+                })?;
+                st.store
+                    .set_template_version(&id, &version_id, &params_json)
+                    .await?;
+                st.engine.provision(&id, &*log).await.map(|_| ())
+            }
+        },
+    )
     .await?;
     let mut note = AuditNote::target("workspace", &rec.id, rec.name.as_str());
     note.diff_json = warren_store::field_diff(
@@ -560,19 +585,13 @@ async fn get_workspace(
     Ok(Json(ws_view(rec)))
 }
 
-/// The policy of the template version the workspace was made from, if it was made from one.
-pub(crate) async fn template_policy(
-    state: &AppState,
-    rec: &WorkspaceRecord,
-) -> ApiResult<Option<PolicyDefaults>> {
-    let Some(vid) = &rec.ownership.template_version_id else {
-        return Ok(None);
-    };
-    Ok(state
-        .store
-        .version(vid)
-        .await?
-        .map(|v| serde_json::from_str(&v.policy_json).unwrap_or_default()))
+/// Why a user's request acts on a workspace: its owner's, or someone else's with the right.
+pub(crate) fn by(caller: &Caller, rec: &WorkspaceRecord) -> Reason {
+    if caller.user.id == rec.ownership.owner_id {
+        Reason::User
+    } else {
+        Reason::Admin
+    }
 }
 
 /// Records and runs a `start` job for the workspace (the first start of a workspace created
@@ -580,7 +599,8 @@ pub(crate) async fn template_policy(
 pub(crate) async fn spawn_start(
     state: &AppState,
     rec: &WorkspaceRecord,
-    initiator: &str,
+    initiator: Option<&str>,
+    reason: Reason,
 ) -> ApiResult<JobRecord> {
     let never_provisioned = rec.spec_json.is_empty();
     let id = rec.id.clone();
@@ -588,13 +608,68 @@ pub(crate) async fn spawn_start(
         state,
         &rec.id,
         "start",
-        Some(initiator),
+        initiator,
+        reason,
         move |st, log| async move {
             if never_provisioned {
                 st.engine.provision(&id, &*log).await.map(|_| ())
             } else {
                 st.engine.start(WsRef::Id(id), &*log).await.map(|_| ())
             }
+        },
+    )
+    .await
+}
+
+/// Records and runs a `stop` job.
+pub(crate) async fn spawn_stop(
+    state: &AppState,
+    rec: &WorkspaceRecord,
+    initiator: Option<&str>,
+    reason: Reason,
+) -> ApiResult<JobRecord> {
+    let id = rec.id.clone();
+    jobs::spawn(
+        state,
+        &rec.id,
+        "stop",
+        initiator,
+        reason,
+        move |st, log| async move {
+            warren_engine::Progress::step(&*log, "Stopping workspace");
+            st.engine.stop(WsRef::Id(id)).await.map(|_| ())
+        },
+    )
+    .await
+}
+
+/// Records and runs a `delete` job: the workspace, and the project folder of a server-made one.
+pub(crate) async fn spawn_delete(
+    state: &AppState,
+    rec: &WorkspaceRecord,
+    initiator: Option<&str>,
+    reason: Reason,
+) -> ApiResult<JobRecord> {
+    let id = rec.id.clone();
+    let project = rec.project_dir.clone();
+    let projects = projects_dir(state);
+    jobs::spawn(
+        state,
+        &rec.id,
+        "delete",
+        initiator,
+        reason,
+        move |st, log| async move {
+            warren_engine::Progress::step(&*log, "Deleting workspace");
+            st.engine.delete(WsRef::Id(id), true).await?;
+            // The project folder of a server-made workspace goes with it.
+            let projects = std::fs::canonicalize(&projects).unwrap_or(projects);
+            if FsPath::new(&project).starts_with(&projects) {
+                let _ = std::fs::remove_dir_all(&project);
+                let _ =
+                    std::fs::remove_file(warren_engine::server_config_path(FsPath::new(&project)));
+            }
+            Ok(())
         },
     )
     .await
@@ -608,53 +683,21 @@ async fn transition(
 ) -> ApiResult<Response> {
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
     let id = rec.id.clone();
+    let who = Some(caller.user.id.as_str());
+    let reason = by(&caller, &rec);
     let job = match kind {
-        "start" => spawn_start(&state, &rec, &caller.user.id).await?,
-        "stop" => {
-            jobs::spawn(
-                &state,
-                &rec.id,
-                kind,
-                Some(&caller.user.id),
-                move |st, log| async move {
-                    warren_engine::Progress::step(&*log, "Stopping workspace");
-                    st.engine.stop(WsRef::Id(id)).await.map(|_| ())
-                },
-            )
-            .await?
-        }
+        "start" => spawn_start(&state, &rec, who, reason).await?,
+        "stop" => spawn_stop(&state, &rec, who, reason).await?,
         "restart" => jobs::spawn(
             &state,
             &rec.id,
             kind,
-            Some(&caller.user.id),
+            who,
+            reason,
             move |st, log| async move { st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ()) },
         )
         .await?,
-        _ => {
-            let project = rec.project_dir.clone();
-            let projects = projects_dir(&state);
-            jobs::spawn(
-                &state,
-                &rec.id,
-                "delete",
-                Some(&caller.user.id),
-                move |st, log| async move {
-                    warren_engine::Progress::step(&*log, "Deleting workspace");
-                    st.engine.delete(WsRef::Id(id), true).await?;
-                    // The project folder of a server-made workspace goes with it.
-                    let projects = std::fs::canonicalize(&projects).unwrap_or(projects);
-                    if FsPath::new(&project).starts_with(&projects) {
-                        let _ = std::fs::remove_dir_all(&project);
-                        let _ = std::fs::remove_file(warren_engine::server_config_path(
-                            FsPath::new(&project),
-                        ));
-                    }
-                    Ok(())
-                },
-            )
-            .await?
-        }
+        _ => spawn_delete(&state, &rec, who, reason).await?,
     };
     let fresh = state.store.get(&rec.id).await?.unwrap_or(rec);
     let note = AuditNote::target("workspace", &fresh.id, fresh.name.as_str());
@@ -730,27 +773,45 @@ async fn extend_workspace(
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
     let by = warren_api::template::parse_duration(&body.by)
         .map_err(|e| ApiError::bad_request(format!("by `{}`: {e}", body.by)))?;
-    let deadline = time::OffsetDateTime::now_utc() + by;
-    let max = template_policy(&state, &rec)
-        .await?
-        .and_then(|p| p.durations().ok())
-        .and_then(|d| d.max_lifetime);
-    if let Some(max) = max {
-        let created = time::OffsetDateTime::parse(
-            &rec.created_at,
-            &time::format_description::well_known::Rfc3339,
+    if rec.state != WorkspaceState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::InvalidState,
+            format!(
+                "workspace `{}` is {}: only a running workspace has a deadline to extend",
+                rec.name, rec.state
+            ),
         )
-        .map_err(ApiError::internal)?;
-        if deadline > created + max {
+        .hint("start it; each run gets the template's `autostop` deadline"));
+    }
+    let now = state.store.now_time();
+    let deadline = now + by;
+    let eff = crate::governor::policy_for(&state, &rec).await?;
+    let run_start = rec
+        .started_at
+        .as_deref()
+        .and_then(warren_store::clock::parse_time)
+        .unwrap_or(now);
+    if let Some(max) = eff.max_lifetime {
+        let cap = run_start + max;
+        if deadline > cap {
+            let left = (cap - now).max(time::Duration::ZERO).unsigned_abs();
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::LimitExceeded,
                 format!(
-                    "the deadline would pass the template's maximum lifetime of {}",
-                    warren_api::template::format_duration(max)
+                    "the deadline would pass the workspace's maximum lifetime of {} (this run \
+                     ends by {})",
+                    warren_api::template::format_duration(max),
+                    warren_store::format_time(cap)
                 ),
             )
-            .hint("extend by less"));
+            .hint(format!(
+                "extend by at most {}, or stop and start it for a new run",
+                warren_api::template::format_duration(std::time::Duration::from_secs(
+                    left.as_secs()
+                ))
+            )));
         }
     }
     let at = warren_store::format_time(deadline);

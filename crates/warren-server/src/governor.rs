@@ -1,0 +1,412 @@
+//! The governor: the one reconciler that applies lifecycle policies. Each pass reads every
+//! server workspace narrowly (`Store::policy_rows`), the latest activity of each (one query plus
+//! what is noted in memory), the open sessions and the active jobs, asks the pure
+//! [`warren_api::policy::evaluate`] what is due, and carries it out through the same jobs a user's
+//! request makes, with the reason recorded (`Store::set_op`), so every stop says why.
+//!
+//! Idempotent and restart-safe by construction: a decision depends only on recorded facts and
+//! the clock, an action re-reads the workspace and acts only if nothing changed since the pass
+//! read it (its generation), the database allows one active job per workspace, and warnings
+//! carry a dedupe key. A pass that runs twice, concurrently, or after a crash in the middle of a
+//! stop, acts once. Time comes from the store's clock, so tests drive it forward.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use warren_api::policy::{self, Effective, Evaluation, Facts, Reason, Verdict, WorkspacePolicy};
+use warren_api::schedule::Schedule;
+use warren_api::template::{format_duration, PolicyDefaults};
+use warren_api::WorkspaceState;
+use warren_store::clock::parse_time;
+use warren_store::{NewEvent, PolicyRow};
+
+use crate::app::AppState;
+use crate::error::tracing_log;
+
+/// Job kinds whose running time `start_timeout` limits.
+const STARTING_JOBS: [&str; 4] = ["create", "start", "restart", "update"];
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PassReport {
+    /// Workspaces evaluated.
+    pub evaluated: usize,
+    /// Actions started (workspace name, what).
+    pub acted: Vec<(String, Verdict)>,
+    /// Warnings recorded (workspace name, what is coming).
+    pub warned: Vec<(String, Verdict)>,
+    /// Workspaces whose policy could not be applied, with why.
+    pub errors: Vec<(String, String)>,
+}
+
+/// A CPU sample of a workspace: its cgroup's CPU time and when it was read.
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    cpu_ns: u64,
+    at: Instant,
+    busy: bool,
+}
+
+/// A workspace's policy in force, and why its own values were set aside, if they were.
+pub type Resolved = Arc<(Effective, Option<String>)>;
+
+/// (template version id, the workspace's own policy JSON).
+type PolicyKey = (Option<String>, Option<String>);
+
+/// The governor's caches and the lock that keeps its passes one at a time in this process.
+#[derive(Default)]
+pub struct Governor {
+    pass: tokio::sync::Mutex<()>,
+    /// Template version id -> its policy (versions are immutable).
+    templates: Mutex<HashMap<String, Arc<PolicyDefaults>>>,
+    /// (template version, the workspace's own JSON) -> the policy in force.
+    effective: Mutex<HashMap<PolicyKey, Resolved>>,
+    /// (cron, time zone) -> parsed schedule.
+    schedules: Mutex<HashMap<(String, String), Option<Schedule>>>,
+    /// Workspace id -> its last CPU sample.
+    cpu: Mutex<HashMap<String, CpuSample>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Governor {
+    async fn template(
+        &self,
+        state: &AppState,
+        version_id: &str,
+    ) -> Result<Arc<PolicyDefaults>, warren_store::StoreError> {
+        if let Some(p) = lock(&self.templates).get(version_id) {
+            return Ok(p.clone());
+        }
+        let policy: PolicyDefaults = state
+            .store
+            .version(version_id)
+            .await?
+            .and_then(|v| serde_json::from_str(&v.policy_json).ok())
+            .unwrap_or_default();
+        let policy = Arc::new(policy);
+        lock(&self.templates).insert(version_id.to_owned(), policy.clone());
+        Ok(policy)
+    }
+
+    /// The policy in force for a workspace made from `version_id` with its own values `own`,
+    /// and why its own values were set aside, if they were. Own values the template no longer
+    /// allows (its ceilings were lowered in a later version) or that cannot be read give way to
+    /// the template's: a workspace never escapes its template's policy.
+    pub async fn effective(
+        &self,
+        state: &AppState,
+        version_id: Option<&str>,
+        own: Option<&str>,
+    ) -> Result<Resolved, warren_store::StoreError> {
+        let key = (version_id.map(str::to_owned), own.map(str::to_owned));
+        if let Some(e) = lock(&self.effective).get(&key) {
+            return Ok(e.clone());
+        }
+        let template = match version_id {
+            Some(v) => Some(self.template(state, v).await?),
+            None => None,
+        };
+        let own_parsed = own
+            .map(serde_json::from_str::<WorkspacePolicy>)
+            .transpose()
+            .map_err(|e| format!("the workspace's policy cannot be read: {e}"));
+        let resolved = own_parsed.and_then(|o| policy::resolve(template.as_deref(), o.as_ref()));
+        let e = Arc::new(match resolved {
+            Ok(e) => (e, None),
+            Err(why) => {
+                // The template's own policy was checked when it was published.
+                let fallback = policy::resolve(template.as_deref(), None).unwrap_or_default();
+                (
+                    fallback,
+                    Some(format!("its own policy values are ignored: {why}")),
+                )
+            }
+        });
+        let mut cache = lock(&self.effective);
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(key, e.clone());
+        Ok(e)
+    }
+
+    /// The latest occurrence of a schedule at or before `at` (schedules parsed once).
+    fn last_occurrence(&self, cron: &str, tz: &str, at: OffsetDateTime) -> Option<OffsetDateTime> {
+        let key = (cron.to_owned(), tz.to_owned());
+        lock(&self.schedules)
+            .entry(key)
+            .or_insert_with(|| Schedule::parse(cron, tz).ok())
+            .as_ref()?
+            .last_at_or_before(at)
+    }
+
+    /// Whether a running workspace's CPU use since the last sample is above `threshold` percent
+    /// of one CPU. The first sample cannot tell and says no, unless the previous one said yes.
+    fn busy(&self, state: &AppState, id: &str, threshold: f64) -> bool {
+        let Some(cpu_ns) = state.engine.cpu_ns(id) else {
+            return false;
+        };
+        let now = Instant::now();
+        let mut samples = lock(&self.cpu);
+        let busy = match samples.get(id) {
+            Some(prev) => {
+                let wall = now.duration_since(prev.at).as_nanos() as f64;
+                if wall < 200_000_000.0 {
+                    // Too close to the last sample to measure: keep its verdict.
+                    return prev.busy;
+                }
+                let used = cpu_ns.saturating_sub(prev.cpu_ns) as f64;
+                used / wall * 100.0 > threshold
+            }
+            None => false,
+        };
+        samples.insert(
+            id.to_owned(),
+            CpuSample {
+                cpu_ns,
+                at: now,
+                busy,
+            },
+        );
+        busy
+    }
+}
+
+fn time_of(at: &Option<String>) -> Option<OffsetDateTime> {
+    at.as_deref().and_then(parse_time)
+}
+
+/// The policy in force for a workspace (see [`Governor::effective`]).
+pub(crate) async fn policy_for(
+    state: &AppState,
+    rec: &warren_store::WorkspaceRecord,
+) -> Result<Effective, warren_store::StoreError> {
+    let e = state
+        .governor
+        .effective(
+            state,
+            rec.ownership.template_version_id.as_deref(),
+            rec.ownership.policy_json.as_deref(),
+        )
+        .await?;
+    Ok(e.0.clone())
+}
+
+/// One pass over every server workspace.
+pub async fn pass(state: &AppState) -> PassReport {
+    let gov = state.governor.clone();
+    let _one = gov.pass.lock().await;
+    let mut report = PassReport::default();
+    let store = &state.store;
+    let (rows, latest, jobs) = match tokio::try_join!(
+        store.policy_rows(),
+        state.activity.latest_all(),
+        store.active_jobs()
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            report.errors.push((String::new(), e.to_string()));
+            return report;
+        }
+    };
+    let open = state.activity.with_open_sessions();
+    let jobs: HashMap<&str, &warren_store::JobRecord> =
+        jobs.iter().map(|j| (j.workspace_id.as_str(), j)).collect();
+    let now = store.now_time();
+    let mut seen_cpu = HashSet::new();
+    for row in &rows {
+        report.evaluated += 1;
+        let eff = match gov
+            .effective(
+                state,
+                row.template_version_id.as_deref(),
+                row.policy_json.as_deref(),
+            )
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                report.errors.push((row.name.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let (eff, set_aside) = &*eff;
+        if let Some(why) = set_aside {
+            report.errors.push((row.name.clone(), why.clone()));
+        }
+        let job = jobs.get(row.id.as_str());
+        let busy_cpu = match (eff.cpu_threshold, row.state) {
+            (Some(t), WorkspaceState::Running) if eff.idle_timeout.is_some() => {
+                seen_cpu.insert(row.id.clone());
+                let busy = gov.busy(state, &row.id, t);
+                if busy {
+                    state
+                        .activity
+                        .touch(&row.id, warren_api::activity::ActivityKind::Cpu);
+                }
+                busy
+            }
+            _ => false,
+        };
+        let autostart_occurrence = match (&eff.autostart, row.state) {
+            (Some(a), WorkspaceState::Stopped) => {
+                gov.last_occurrence(&a.schedule, &a.timezone, now)
+            }
+            _ => None,
+        };
+        let facts = Facts {
+            now,
+            state: row.state,
+            created_at: parse_time(&row.created_at).unwrap_or(now),
+            started_at: time_of(&row.started_at),
+            stopped_at: time_of(&row.stopped_at),
+            deadline_at: time_of(&row.deadline_at),
+            last_activity: latest.get(&row.id).and_then(|a| parse_time(a)),
+            open_sessions: open.contains(&row.id),
+            busy_cpu,
+            starting_since: job
+                .filter(|j| STARTING_JOBS.contains(&j.kind.as_str()))
+                .map(|j| j.started_at.as_ref().unwrap_or(&j.created_at))
+                .and_then(|t| parse_time(t)),
+            autostart_occurrence,
+        };
+        let ev = policy::evaluate(eff, &facts);
+        if let Some(verdict) = ev.due {
+            // Another operation in progress goes first (a start timeout acts on it).
+            if job.is_some() && !matches!(verdict, Verdict::FailStart(_)) {
+                continue;
+            }
+            match act(state, row, verdict, job.copied()).await {
+                Ok(true) => report.acted.push((row.name.clone(), verdict)),
+                Ok(false) => {}
+                Err(e) => report.errors.push((row.name.clone(), e)),
+            }
+        } else if ev.warn {
+            if let Some(w) = warn(state, row, &ev, now).await {
+                report.warned.push((row.name.clone(), w));
+            }
+        }
+    }
+    // Forget CPU samples of workspaces no longer watched.
+    lock(&gov.cpu).retain(|id, _| seen_cpu.contains(id));
+    report
+}
+
+/// Carries out a verdict, if the workspace is still as the pass saw it. `Ok(false)`: it changed
+/// or another operation got there first; the next pass decides again.
+async fn act(
+    state: &AppState,
+    row: &PolicyRow,
+    verdict: Verdict,
+    job: Option<&warren_store::JobRecord>,
+) -> Result<bool, String> {
+    use crate::routes::workspaces::{spawn_delete, spawn_start, spawn_stop};
+    let Some(rec) = state.store.get(&row.id).await.map_err(|e| e.to_string())? else {
+        return Ok(false);
+    };
+    if rec.generation != row.generation {
+        return Ok(false);
+    }
+    let spawned = match verdict {
+        Verdict::Stop(r) => spawn_stop(state, &rec, None, r).await,
+        Verdict::Delete(r) => spawn_delete(state, &rec, None, r).await,
+        Verdict::Start(r) => spawn_start(state, &rec, None, r).await,
+        Verdict::FailStart(r) => {
+            let Some(job) = job else { return Ok(false) };
+            state
+                .store
+                .set_op(&rec.id, r.as_str(), None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let by = format!("the start timeout ({})", r.as_str());
+            return match crate::jobs::cancel(state, job, &by).await {
+                Ok(_) => Ok(true),
+                Err(_) => Ok(false),
+            };
+        }
+    };
+    match spawned {
+        Ok(_) => Ok(true),
+        // Someone else's job is active now (409), or the start is refused (quota): not ours to
+        // force; a refusal is recorded as an event by whoever refused.
+        Err(e) if e.status.is_client_error() => Ok(false),
+        Err(e) => Err(e.body.message),
+    }
+}
+
+/// Records the warning for what comes next, once per (workspace, what, when).
+async fn warn(
+    state: &AppState,
+    row: &PolicyRow,
+    ev: &Evaluation,
+    now: OffsetDateTime,
+) -> Option<Verdict> {
+    let next = ev.next?;
+    let (kind, verb, reason) = match next.verdict {
+        Verdict::Stop(r) => ("workspace.stop_warning", "stop", r),
+        Verdict::Delete(r) => ("workspace.delete_warning", "be deleted", r),
+        _ => return None,
+    };
+    let left = (next.at - now).unsigned_abs();
+    let left = Duration::from_secs(left.as_secs().max(1));
+    let at = warren_store::format_time(next.at);
+    let e = NewEvent {
+        kind: kind.to_owned(),
+        workspace_id: Some(row.id.clone()),
+        workspace_name: Some(row.name.clone()),
+        owner_id: Some(row.owner_id.clone()),
+        team_id: row.team_id.clone(),
+        reason: Some(reason.as_str().to_owned()),
+        message: format!(
+            "workspace `{}` will {verb} in {} ({}){}",
+            row.name,
+            format_duration(left),
+            reason.as_str().replace('_', " "),
+            hint(reason)
+        ),
+        data: serde_json::json!({ "at": at }),
+        dedupe_key: Some(format!("{kind}:{}:{}:{at}", row.id, reason.as_str())),
+        ..Default::default()
+    };
+    match state.store.insert_event(&e).await {
+        Ok(Some(_)) => Some(next.verdict),
+        Ok(None) => None,
+        Err(err) => {
+            tracing_log(&format!("governor: cannot record a warning: {err}"));
+            None
+        }
+    }
+}
+
+/// What the owner can do about a coming stop or deletion.
+fn hint(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Idle => ": use it, or `warren keepalive`",
+        Reason::Deadline => ": `warren extend` gives it more time",
+        Reason::Dormancy => ": start it to keep it",
+        _ => "",
+    }
+}
+
+/// Runs passes every `interval` until the process ends.
+pub async fn run(state: AppState, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.shutting_down() {
+            return;
+        }
+        let t0 = Instant::now();
+        let r = pass(&state).await;
+        state.metrics.policy_pass(t0.elapsed(), &r);
+        for (name, e) in &r.errors {
+            tracing_log(&format!("policy: {name}: {e}"));
+        }
+    }
+}
