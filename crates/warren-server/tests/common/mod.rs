@@ -20,6 +20,10 @@ pub struct TestServer {
     pub http: reqwest::Client,
     /// The SSH gateway's address once it listens.
     pub ssh_addr: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    /// The server's shared state (to run a policy pass, or read the store, directly).
+    pub state: warren_server::app::AppState,
+    /// The fake clock the server's store reads, when started with one.
+    pub clock: Option<std::sync::Arc<warren_store::clock::FakeClock>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -47,11 +51,36 @@ impl TestServer {
             .prefix("warren-srv-")
             .tempdir_in(std::env::var("WARREN_TEST_TMP").unwrap_or_else(|_| "/tmp".into()))
             .unwrap();
-        Self::start_in(dir, layer, None).await
+        Self::start_in(dir, layer, None, None).await
+    }
+
+    /// Starts a server whose store reads a fake clock (starting at the real time now), so tests
+    /// drive time-based policies forward without sleeping. The background policy loop runs
+    /// too (every second, at the fake time); tests call [`TestServer::pass`] for a pass now.
+    pub async fn start_fake_clock() -> TestServer {
+        let dir = tempfile::Builder::new()
+            .prefix("warren-srv-")
+            .tempdir_in(std::env::var("WARREN_TEST_TMP").unwrap_or_else(|_| "/tmp".into()))
+            .unwrap();
+        let clock = warren_store::clock::FakeClock::starting_now();
+        Self::start_in(dir, ConfigLayer::default(), None, Some(clock)).await
+    }
+
+    /// Moves the fake clock forward.
+    pub fn advance(&self, d: std::time::Duration) {
+        self.clock
+            .as_ref()
+            .expect("started with a fake clock")
+            .advance(d);
+    }
+
+    /// One lifecycle-policy pass now.
+    pub async fn pass(&self) -> warren_server::governor::PassReport {
+        warren_server::governor::pass(&self.state).await
     }
 
     /// Stops the server gracefully and starts a new one on the same state directory (the same
-    /// admin token keeps working).
+    /// admin token keeps working, and the same fake clock, if any).
     pub async fn restart(self) -> TestServer {
         self.restart_with(ConfigLayer::default()).await
     }
@@ -65,16 +94,18 @@ impl TestServer {
             let _ = t.await;
         }
         let admin = self.admin.clone();
+        let clock = self.clock.clone();
         // Keep the directory: move it out of `self` without running Drop's cleanup.
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         std::mem::forget(self);
-        Self::start_in(dir, layer, Some(admin)).await
+        Self::start_in(dir, layer, Some(admin), clock).await
     }
 
     async fn start_in(
         dir: tempfile::TempDir,
         layer: ConfigLayer,
         admin: Option<String>,
+        clock: Option<std::sync::Arc<warren_store::clock::FakeClock>>,
     ) -> TestServer {
         // Bound first, so that the configuration (and the public URL made from it) has the
         // real port.
@@ -92,6 +123,9 @@ impl TestServer {
         };
         let cfg = ServerConfig::resolve(layer.over(base)).unwrap();
         let state = warren_server::serve::open(cfg, warren_exe()).await.unwrap();
+        if let Some(c) = &clock {
+            state.store.set_clock(c.clone());
+        }
         let admin = match admin {
             Some(a) => a,
             None => warren_server::serve::init_admin(&state, "admin")
@@ -100,6 +134,7 @@ impl TestServer {
                 .unwrap(),
         };
         let ssh_addr = state.ssh_addr.clone();
+        let shared = state.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             warren_server::serve::serve(state, listener, async {
@@ -114,6 +149,8 @@ impl TestServer {
             dir,
             http: reqwest::Client::new(),
             ssh_addr,
+            state: shared,
+            clock,
             stop: Some(tx),
             task: Some(task),
         }
