@@ -251,13 +251,28 @@ pub struct WorkspacePolicy {
 }
 
 /// A workspace's autostart: a schedule, or `"off"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum AutostartChoice {
     /// Its own schedule.
     Schedule(Autostart),
     /// `"off"`: no autostart.
     Off(Off),
+}
+
+impl<'de> Deserialize<'de> for AutostartChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "off" => Ok(AutostartChoice::Off(Off::Off)),
+            v @ serde_json::Value::Object(_) => serde_json::from_value(v)
+                .map(AutostartChoice::Schedule)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "expected \"off\" or {\"schedule\": \"0 9 * * 1-5\", \"timezone\": \"UTC\"}",
+            )),
+        }
+    }
 }
 
 /// The word `off`.
@@ -496,6 +511,71 @@ pub fn resolve(
     Ok(eff)
 }
 
+/// [`Effective`] as the API shows it: durations as strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EffectiveView {
+    /// See [`PolicyDefaults::ttl`].
+    pub ttl: Option<String>,
+    /// See [`PolicyDefaults::autostop`].
+    pub autostop: Option<String>,
+    /// See [`PolicyDefaults::idle_timeout`].
+    pub idle_timeout: Option<String>,
+    /// See [`PolicyDefaults::max_lifetime`].
+    pub max_lifetime: Option<String>,
+    /// See [`PolicyDefaults::autostart`].
+    pub autostart: Option<Autostart>,
+    /// See [`PolicyDefaults::dormancy`].
+    pub dormancy: Option<String>,
+    /// See [`PolicyDefaults::dormancy_warning`].
+    pub dormancy_warning: String,
+    /// See [`PolicyDefaults::delete_on_stop`].
+    pub delete_on_stop: bool,
+    /// See [`PolicyDefaults::start_timeout`].
+    pub start_timeout: String,
+    /// See [`PolicyDefaults::failure_cleanup`].
+    pub failure_cleanup: Option<String>,
+    /// Whether open sessions count as activity.
+    pub open_sessions_count: bool,
+    /// See [`ActivityRules::cpu_threshold`].
+    pub cpu_threshold: Option<f64>,
+    /// See [`PolicyDefaults::start_on_connect`].
+    pub start_on_connect: bool,
+}
+
+impl Effective {
+    /// The API view.
+    pub fn view(&self) -> EffectiveView {
+        let d = |d: Option<Duration>| d.map(format_duration);
+        EffectiveView {
+            ttl: d(self.ttl),
+            autostop: d(self.autostop),
+            idle_timeout: d(self.idle_timeout),
+            max_lifetime: d(self.max_lifetime),
+            autostart: self.autostart.clone(),
+            dormancy: d(self.dormancy),
+            dormancy_warning: format_duration(self.dormancy_warning),
+            delete_on_stop: self.delete_on_stop,
+            start_timeout: format_duration(self.start_timeout),
+            failure_cleanup: d(self.failure_cleanup),
+            open_sessions_count: self.open_sessions_count,
+            cpu_threshold: self.cpu_threshold,
+            start_on_connect: self.start_on_connect,
+        }
+    }
+}
+
+impl Verdict {
+    /// `stop`, `delete`, `start` or `fail_start`, and why.
+    pub fn parts(self) -> (&'static str, Reason) {
+        match self {
+            Verdict::Stop(r) => ("stop", r),
+            Verdict::Delete(r) => ("delete", r),
+            Verdict::Start(r) => ("start", r),
+            Verdict::FailStart(r) => ("fail_start", r),
+        }
+    }
+}
+
 /// What the governor knows about a workspace at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
@@ -517,7 +597,8 @@ pub struct Facts {
     pub open_sessions: bool,
     /// Whether its CPU use is above the policy's threshold now.
     pub busy_cpu: bool,
-    /// When the start or create job in progress began, if one is.
+    /// When the start or create job in progress began, if one is (its lifecycle commands may
+    /// still be running in a `running` workspace).
     pub starting_since: Option<OffsetDateTime>,
     /// The latest autostart occurrence at or before `now`, if it has a schedule.
     pub autostart_occurrence: Option<OffsetDateTime>,
@@ -621,15 +702,19 @@ pub fn evaluate(p: &Effective, f: &Facts) -> Evaluation {
                 candidates.push((failed + fc, Verdict::Delete(Reason::FailureCleanup)));
             }
         }
-        WorkspaceState::Starting | WorkspaceState::Pending => {
-            if let Some(since) = f.starting_since {
-                candidates.push((
-                    since + p.start_timeout,
-                    Verdict::FailStart(Reason::StartTimeout),
-                ));
-            }
-        }
-        WorkspaceState::Stopping | WorkspaceState::Deleting | WorkspaceState::Deleted => {}
+        WorkspaceState::Starting
+        | WorkspaceState::Pending
+        | WorkspaceState::Stopping
+        | WorkspaceState::Deleting
+        | WorkspaceState::Deleted => {}
+    }
+    // A start (or create) in progress, whatever state it has reached: the job lasts until its
+    // lifecycle commands are done.
+    if let Some(since) = f.starting_since {
+        candidates.push((
+            since + p.start_timeout,
+            Verdict::FailStart(Reason::StartTimeout),
+        ));
     }
     // Deletions win over stops at the same instant; otherwise the earliest wins.
     let rank = |v: &Verdict| match v {

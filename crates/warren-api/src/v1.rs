@@ -366,6 +366,83 @@ pub struct Accepted {
     pub job: Job,
 }
 
+/// `GET /workspaces/{ws}/policy` (also the answer of `PUT` and of `POST .../keepalive`): the
+/// lifecycle policy in force and what it will do next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PolicyStatus {
+    /// The template's policy (defaults and ceilings), if the workspace has a template.
+    pub template: Option<crate::policy::PolicyDefaults>,
+    /// The workspace's own values.
+    pub own: crate::policy::WorkspacePolicy,
+    /// Why the workspace's own values are ignored, if they are (the template's ceilings were
+    /// lowered since they were set).
+    pub own_ignored: Option<String>,
+    /// The policy in force.
+    pub effective: crate::policy::EffectiveView,
+    /// The current run's deadline (running workspaces with `autostop`, an extension or
+    /// `max_lifetime`).
+    pub deadline_at: Option<String>,
+    /// The next thing a policy will do, if anything.
+    pub next: Option<NextAction>,
+    /// The latest activity of any kind.
+    pub last_activity_at: Option<String>,
+    /// Whether a session is open on it now.
+    pub open_sessions: bool,
+    /// When its current or last run started.
+    pub started_at: Option<String>,
+    /// When it last stopped or failed.
+    pub stopped_at: Option<String>,
+    /// Why it last stopped.
+    pub stop_reason: Option<String>,
+}
+
+/// A coming policy action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NextAction {
+    /// `stop`, `delete`, `start` or `fail_start`.
+    pub action: String,
+    /// Why.
+    pub reason: crate::policy::Reason,
+    /// When (now or earlier: due, the governor acts at its next pass).
+    pub at: String,
+}
+
+/// An event: something that happened to a workspace, a budget, a webhook...
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    /// Increasing id: pass the last one seen as `after` to read on.
+    pub id: i64,
+    /// When.
+    pub at: String,
+    /// Dotted kind: `workspace.created`, `workspace.started`, `workspace.stopped`,
+    /// `workspace.stop_warning`, `budget.warning`...
+    pub kind: String,
+    /// The workspace, if it is about one.
+    pub workspace_id: Option<String>,
+    /// Its name then.
+    pub workspace_name: Option<String>,
+    /// The user it concerns.
+    pub owner_id: Option<String>,
+    /// The team it concerns.
+    pub team_id: Option<String>,
+    /// Who caused it (none: Warren itself).
+    pub actor_id: Option<String>,
+    /// Why (`idle`, `deadline`, `ttl`, `budget`, `user`...).
+    pub reason: Option<String>,
+    /// One line for people.
+    pub message: String,
+    /// Details.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+/// A page of events, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventList {
+    /// The events.
+    pub events: Vec<EventView>,
+}
+
 /// `POST /workspaces/{ws}/extend`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -132,6 +132,9 @@ impl EngineError {
             EngineError::NotRunning { .. }
             | EngineError::Running(_)
             | EngineError::InvalidState { .. } => ErrorCode::InvalidState,
+            EngineError::Runtime(warren_runtime::RuntimeError::Command(_)) => {
+                ErrorCode::InvalidRequest
+            }
             EngineError::Lifecycle { .. } | EngineError::Runtime(_) => ErrorCode::RuntimeError,
             EngineError::Store(e) => e.code(),
             EngineError::Internal(_) => ErrorCode::Internal,

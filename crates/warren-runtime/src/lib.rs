@@ -168,6 +168,10 @@ pub enum RuntimeError {
     /// A request to the supervisor failed.
     #[error("{0}")]
     Exec(String),
+    /// The command asked for cannot be run (not found, not executable, a bad working
+    /// directory).
+    #[error("{0}")]
+    Command(String),
     /// A host operation failed.
     #[error("{what}: {source}")]
     Io {

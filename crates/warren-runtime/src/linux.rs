@@ -424,7 +424,11 @@ impl Runtime for LinuxRuntime {
                 pid,
                 pty: fds.into_iter().next(),
             }),
-            Some((Response::Error { message }, _)) => Err(RuntimeError::Exec(message)),
+            Some((Response::Error { message, command }, _)) => Err(if command {
+                RuntimeError::Command(message)
+            } else {
+                RuntimeError::Exec(message)
+            }),
             Some((other, _)) => Err(RuntimeError::Exec(format!("unexpected answer {other:?}"))),
             None => Err(RuntimeError::NotRunning),
         }
@@ -498,7 +502,7 @@ impl Runtime for LinuxRuntime {
         let (reply, mut fds) = self.ask(id, &Request::Socket { ipv6 })?;
         match (reply, fds.pop()) {
             (Response::Socket, Some(fd)) => Ok(fd),
-            (Response::Error { message }, _) => Err(RuntimeError::Exec(message)),
+            (Response::Error { message, .. }, _) => Err(RuntimeError::Exec(message)),
             (other, _) => Err(RuntimeError::Exec(format!(
                 "unexpected answer from the supervisor: {other:?}"
             ))),
@@ -508,7 +512,7 @@ impl Runtime for LinuxRuntime {
     fn listening_ports(&self, id: &str) -> Result<Vec<crate::ListeningPort>, RuntimeError> {
         match self.ask(id, &Request::Ports)?.0 {
             Response::Ports { ports } => Ok(ports),
-            Response::Error { message } => Err(RuntimeError::Exec(message)),
+            Response::Error { message, .. } => Err(RuntimeError::Exec(message)),
             other => Err(RuntimeError::Exec(format!(
                 "unexpected answer from the supervisor: {other:?}"
             ))),

@@ -107,6 +107,10 @@ pub enum Response {
     Error {
         /// One line saying why.
         message: String,
+        /// The caller's command could not be run (not found, not executable, a bad working
+        /// directory): the caller's mistake, not the workspace's.
+        #[serde(default)]
+        command: bool,
     },
 }
 

@@ -137,17 +137,27 @@ fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Turns the OCI runtime's account of a failed exec into one line a user understands.
-fn explain_exec_error(program: &str, raw: &str) -> String {
+/// Turns the OCI runtime's account of a failed exec into one line a user understands, and
+/// whether it is the command's fault (true) rather than the workspace's.
+fn explain_exec_error(program: &str, raw: &str) -> (String, bool) {
     let lower = raw.to_ascii_lowercase();
     if lower.contains("chdir") || lower.contains("cwd") {
-        format!("cannot run `{program}`: cannot enter its working directory ({raw})")
+        (
+            format!("cannot run `{program}`: cannot enter its working directory ({raw})"),
+            true,
+        )
     } else if lower.contains("executable") && lower.contains("not found") {
-        format!("command `{program}` not found in the workspace")
+        (
+            format!("command `{program}` not found in the workspace"),
+            true,
+        )
     } else if lower.contains("permission denied") && lower.contains("exec") {
-        format!("command `{program}` cannot be executed in the workspace: permission denied")
+        (
+            format!("command `{program}` cannot be executed in the workspace: permission denied"),
+            true,
+        )
     } else {
-        raw.to_string()
+        (raw.to_string(), false)
     }
 }
 
@@ -611,7 +621,11 @@ impl Supervisor {
                         let _ = proto::send(sock, &Response::Socket, &[fd.as_raw_fd()]);
                     }
                     Err(message) => {
-                        let _ = proto::send(sock, &Response::Error { message }, &[]);
+                        let reply = Response::Error {
+                            message,
+                            command: false,
+                        };
+                        let _ = proto::send(sock, &reply, &[]);
                     }
                 }
             }
@@ -624,7 +638,10 @@ impl Supervisor {
                 });
                 let reply = match listed {
                     Ok(ports) => Response::Ports { ports },
-                    Err(message) => Response::Error { message },
+                    Err(message) => Response::Error {
+                        message,
+                        command: false,
+                    },
                 };
                 let _ = proto::send(sock, &reply, &[]);
             }
@@ -637,8 +654,8 @@ impl Supervisor {
                     let _ = proto::send(c.sock.as_fd(), &Response::Started { pid }, &fds);
                     c._pty = pty;
                 }
-                Err(message) => {
-                    let _ = proto::send(sock, &Response::Error { message }, &[]);
+                Err((message, command)) => {
+                    let _ = proto::send(sock, &Response::Error { message, command }, &[]);
                 }
             },
         }
@@ -660,14 +677,16 @@ impl Supervisor {
         &mut self,
         p: &ExecProcess,
         fds: Vec<OwnedFd>,
-    ) -> Result<(i32, Option<OwnedFd>), String> {
+    ) -> Result<(i32, Option<OwnedFd>), (String, bool)> {
+        // The request's own mistakes (no command, unknown user, missing directory) say so.
+        let mine = |e: String| (e, true);
         if p.argv.is_empty() {
-            return Err("no command given".into());
+            return Err(mine("no command given".into()));
         }
         let rootfs = self.layout.rootfs();
         let user_spec = p.user.clone().or_else(|| self.cfg.default_user.clone());
         let user = match &user_spec {
-            Some(u) => users::resolve(&rootfs, u)?,
+            Some(u) => users::resolve(&rootfs, u).map_err(mine)?,
             None => users::resolve(&rootfs, "0").unwrap_or_else(|_| User::root()),
         };
         let mut env = self.base_env.clone();
@@ -707,9 +726,9 @@ impl Supervisor {
         let cwd = match &p.cwd {
             Some(c) if exists(c) => c.clone(),
             Some(c) => {
-                return Err(format!(
+                return Err(mine(format!(
                     "working directory {c} does not exist in the workspace"
-                ))
+                )))
             }
             None if exists(&user.home) => user.home.clone(),
             None => "/".to_string(),
@@ -726,7 +745,9 @@ impl Supervisor {
             p.tty,
             &self.cfg.security,
         );
-        fs::write(&process_json, doc.to_string()).map_err(err("write process.json"))?;
+        fs::write(&process_json, doc.to_string())
+            .map_err(err("write process.json"))
+            .map_err(|e| (e, false))?;
         let result = if p.tty.is_some() {
             self.exec_tty(&process_json, seq)
         } else {

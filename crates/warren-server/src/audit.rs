@@ -124,6 +124,7 @@ fn is_verb(s: &str) -> bool {
             | "token"
             | "active"
             | "verify"
+            | "keepalive"
     )
 }
 
@@ -168,6 +169,11 @@ pub async fn audit_layer(State(state): State<AppState>, mut req: Request, next: 
         .nth(1)
         .map(str::to_string);
     let resp = next.run(req).await;
+    // Keep-alives are frequent heartbeats that change nothing but activity: a successful one
+    // is not worth a record (a refused one is).
+    if route == "/api/v1/workspaces/{ws}/keepalive" && resp.status().is_success() {
+        return resp;
+    }
     let note = resp
         .extensions()
         .get::<AuditNote>()

@@ -46,7 +46,7 @@ pub struct PassReport {
 struct CpuSample {
     cpu_ns: u64,
     at: Instant,
-    busy: bool,
+    busy: Option<bool>,
 }
 
 /// A workspace's policy in force, and why its own values were set aside, if they were.
@@ -67,6 +67,8 @@ pub struct Governor {
     schedules: Mutex<HashMap<(String, String), Option<Schedule>>>,
     /// Workspace id -> its last CPU sample.
     cpu: Mutex<HashMap<String, CpuSample>>,
+    /// Problems already reported (workspace id, what), so the log says each once.
+    reported: Mutex<HashSet<(String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,10 +148,11 @@ impl Governor {
     }
 
     /// Whether a running workspace's CPU use since the last sample is above `threshold` percent
-    /// of one CPU. The first sample cannot tell and says no, unless the previous one said yes.
-    fn busy(&self, state: &AppState, id: &str, threshold: f64) -> bool {
+    /// of one CPU; `None` when it cannot tell yet (the first sample), which the caller treats
+    /// as busy, so a workspace is never stopped for idleness before its CPU use was measured.
+    fn busy(&self, state: &AppState, id: &str, threshold: f64) -> Option<bool> {
         let Some(cpu_ns) = state.engine.cpu_ns(id) else {
-            return false;
+            return Some(false);
         };
         let now = Instant::now();
         let mut samples = lock(&self.cpu);
@@ -161,9 +164,9 @@ impl Governor {
                     return prev.busy;
                 }
                 let used = cpu_ns.saturating_sub(prev.cpu_ns) as f64;
-                used / wall * 100.0 > threshold
+                Some(used / wall * 100.0 > threshold)
             }
-            None => false,
+            None => None,
         };
         samples.insert(
             id.to_owned(),
@@ -175,6 +178,82 @@ impl Governor {
         );
         busy
     }
+}
+
+impl Governor {
+    /// The facts [`policy::evaluate`] decides on, from what a pass (or a status request)
+    /// gathered about one workspace.
+    #[allow(clippy::too_many_arguments)]
+    fn facts(
+        &self,
+        now: OffsetDateTime,
+        row: &PolicyRow,
+        eff: &Effective,
+        last_activity: Option<&str>,
+        open_sessions: bool,
+        busy_cpu: bool,
+        job: Option<&warren_store::JobRecord>,
+    ) -> Facts {
+        let autostart_occurrence = match (&eff.autostart, row.state) {
+            (Some(a), WorkspaceState::Stopped) => {
+                self.last_occurrence(&a.schedule, &a.timezone, now)
+            }
+            _ => None,
+        };
+        Facts {
+            now,
+            state: row.state,
+            created_at: parse_time(&row.created_at).unwrap_or(now),
+            started_at: time_of(&row.started_at),
+            stopped_at: time_of(&row.stopped_at),
+            deadline_at: time_of(&row.deadline_at),
+            last_activity: last_activity.and_then(parse_time),
+            open_sessions,
+            busy_cpu,
+            starting_since: job
+                .filter(|j| STARTING_JOBS.contains(&j.kind.as_str()))
+                .map(|j| j.started_at.as_ref().unwrap_or(&j.created_at))
+                .and_then(|t| parse_time(t)),
+            autostart_occurrence,
+        }
+    }
+}
+
+/// A workspace's policy as it stands: the policy in force (and why its own values were set
+/// aside, if they were), the facts, and what is due or coming. Reads the last CPU verdict
+/// rather than sampling.
+pub(crate) async fn assess(
+    state: &AppState,
+    rec: &warren_store::WorkspaceRecord,
+) -> Result<(Resolved, Facts, Evaluation), warren_store::StoreError> {
+    let gov = &state.governor;
+    let resolved = gov
+        .effective(
+            state,
+            rec.ownership.template_version_id.as_deref(),
+            rec.ownership.policy_json.as_deref(),
+        )
+        .await?;
+    let row = PolicyRow::from(rec);
+    let last = state.activity.last(&state.store, &rec.id).await?;
+    let latest = last.values().max().cloned();
+    let open = !state.activity.open_sessions(&rec.id).is_empty();
+    let busy = lock(&gov.cpu)
+        .get(&rec.id)
+        .is_some_and(|s| s.busy == Some(true));
+    let job = state.store.active_job(&rec.id).await?;
+    let now = state.store.now_time();
+    let facts = gov.facts(
+        now,
+        &row,
+        &resolved.0,
+        latest.as_deref(),
+        open,
+        busy,
+        job.as_ref(),
+    );
+    let ev = policy::evaluate(&resolved.0, &facts);
+    Ok((resolved, facts, ev))
 }
 
 fn time_of(at: &Option<String>) -> Option<OffsetDateTime> {
@@ -237,51 +316,40 @@ pub async fn pass(state: &AppState) -> PassReport {
         };
         let (eff, set_aside) = &*eff;
         if let Some(why) = set_aside {
-            report.errors.push((row.name.clone(), why.clone()));
+            if lock(&gov.reported).insert((row.id.clone(), why.clone())) {
+                report.errors.push((row.name.clone(), why.clone()));
+            }
         }
-        let job = jobs.get(row.id.as_str());
+        let job = jobs.get(row.id.as_str()).copied();
         let busy_cpu = match (eff.cpu_threshold, row.state) {
             (Some(t), WorkspaceState::Running) if eff.idle_timeout.is_some() => {
                 seen_cpu.insert(row.id.clone());
                 let busy = gov.busy(state, &row.id, t);
-                if busy {
+                if busy == Some(true) {
                     state
                         .activity
                         .touch(&row.id, warren_api::activity::ActivityKind::Cpu);
                 }
-                busy
+                busy.unwrap_or(true)
             }
             _ => false,
         };
-        let autostart_occurrence = match (&eff.autostart, row.state) {
-            (Some(a), WorkspaceState::Stopped) => {
-                gov.last_occurrence(&a.schedule, &a.timezone, now)
-            }
-            _ => None,
-        };
-        let facts = Facts {
+        let facts = gov.facts(
             now,
-            state: row.state,
-            created_at: parse_time(&row.created_at).unwrap_or(now),
-            started_at: time_of(&row.started_at),
-            stopped_at: time_of(&row.stopped_at),
-            deadline_at: time_of(&row.deadline_at),
-            last_activity: latest.get(&row.id).and_then(|a| parse_time(a)),
-            open_sessions: open.contains(&row.id),
+            row,
+            eff,
+            latest.get(&row.id).map(String::as_str),
+            open.contains(&row.id),
             busy_cpu,
-            starting_since: job
-                .filter(|j| STARTING_JOBS.contains(&j.kind.as_str()))
-                .map(|j| j.started_at.as_ref().unwrap_or(&j.created_at))
-                .and_then(|t| parse_time(t)),
-            autostart_occurrence,
-        };
+            job,
+        );
         let ev = policy::evaluate(eff, &facts);
         if let Some(verdict) = ev.due {
             // Another operation in progress goes first (a start timeout acts on it).
             if job.is_some() && !matches!(verdict, Verdict::FailStart(_)) {
                 continue;
             }
-            match act(state, row, verdict, job.copied()).await {
+            match act(state, row, verdict, job).await {
                 Ok(true) => report.acted.push((row.name.clone(), verdict)),
                 Ok(false) => {}
                 Err(e) => report.errors.push((row.name.clone(), e)),

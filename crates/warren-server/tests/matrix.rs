@@ -224,6 +224,13 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/workspaces/{ws}/terminal", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/logs", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/activity", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/workspaces/{ws}/policy", "", Rule::Ws(WorkspaceRead)),
+        c("PUT", "/api/v1/workspaces/{ws}/policy", "", Rule::Ws(WorkspaceWrite)),
+        c("POST", "/api/v1/workspaces/{ws}/keepalive", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/events", "", Rule::Ws(WorkspaceRead)),
+        // Events: one's own (and one's teams'), or everyone's for those who see every workspace.
+        c("GET", "/api/v1/events", "mine", Rule::Listing(WorkspaceRead(Owner::Own))),
+        c("GET", "/api/v1/events", "owner=all", Rule::Listing(WorkspaceRead(Owner::Other))),
         c("GET", "/api/v1/workspaces/{ws}/ports", "", Rule::Ws(WorkspaceRead)),
         c("PUT", "/api/v1/workspaces/{ws}/ports/{port}", "", Rule::Ws(WorkspaceWrite)),
         // Whoever may reach the port gets a ticket; a port shared with its owner only is what
@@ -742,6 +749,10 @@ impl<'a> Fx<'a> {
             ("GET", "/api/v1/workspaces", _) => {
                 Req::new(m, format!("/api/v1/workspaces?owner={OTHER}"), Body::None)
             }
+            ("GET", "/api/v1/events", "mine") => Req::new(m, path, Body::None),
+            ("GET", "/api/v1/events", "owner=all") => {
+                Req::new(m, "/api/v1/events?owner=all", Body::None)
+            }
             ("POST", "/api/v1/workspaces", _) => {
                 let name = self.fresh("ws");
                 Req::new(m, path, j(json!({"name": name, "template": TEMPLATE})))
@@ -755,6 +766,8 @@ impl<'a> Fx<'a> {
                 "/api/v1/workspaces/{ws}/jobs"
                 | "/api/v1/workspaces/{ws}/logs"
                 | "/api/v1/workspaces/{ws}/activity"
+                | "/api/v1/workspaces/{ws}/policy"
+                | "/api/v1/workspaces/{ws}/events"
                 | "/api/v1/workspaces/{ws}/ports",
                 _,
             ) => {
@@ -788,6 +801,7 @@ impl<'a> Fx<'a> {
                 let body = match p {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
                     "/api/v1/workspaces/{ws}/extend" => j(json!({"by": "1h"})),
+                    "/api/v1/workspaces/{ws}/policy" => j(json!({"ttl": "30d"})),
                     "/api/v1/workspaces/{ws}/ssh-access" if m == "POST" => j(json!({})),
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     "/api/v1/workspaces/{ws}/ports/{port}" => j(json!({"sharing": "organization"})),

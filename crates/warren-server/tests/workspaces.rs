@@ -174,6 +174,23 @@ async fn create_exec_stop_start_delete_through_the_api() {
     // Bad exec input.
     let (st, _) = exec(&s, &s.admin, "w1", json!({"command": []})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
+    // A command the workspace does not have, or a missing directory, is the caller's mistake:
+    // 400 with what is wrong, not a server error.
+    for (body, says) in [
+        (
+            json!({"command": ["no-such-tool"]}),
+            "command `no-such-tool` not found in the workspace",
+        ),
+        (
+            json!({"command": ["true"], "cwd": "/nowhere"}),
+            "working directory /nowhere does not exist",
+        ),
+    ] {
+        let (st, ev) = exec(&s, &s.admin, "w1", body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{ev:?}");
+        assert_eq!(ev[0]["code"], "invalid_request", "{ev:?}");
+        assert!(ev[0]["message"].as_str().unwrap().contains(says), "{ev:?}");
+    }
 
     // Stop, start (postCreate does not run again), restart.
     for (what, state) in [

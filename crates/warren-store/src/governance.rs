@@ -155,6 +155,25 @@ pub struct PolicyRow {
     pub template_version_id: Option<String>,
 }
 
+impl From<&WorkspaceRecord> for PolicyRow {
+    fn from(r: &WorkspaceRecord) -> Self {
+        PolicyRow {
+            id: r.id.clone(),
+            name: r.name.to_string(),
+            owner_id: r.ownership.owner_id.clone(),
+            team_id: r.ownership.team_id.clone(),
+            state: r.state,
+            generation: r.generation,
+            created_at: r.created_at.clone(),
+            started_at: r.started_at.clone(),
+            stopped_at: r.stopped_at.clone(),
+            deadline_at: r.ownership.deadline_at.clone(),
+            policy_json: r.ownership.policy_json.clone(),
+            template_version_id: r.ownership.template_version_id.clone(),
+        }
+    }
+}
+
 /// The usage class of a state: what the workspace costs while in it.
 pub fn usage_class(state: WorkspaceState) -> Option<&'static str> {
     match state {
@@ -245,6 +264,16 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The ids of the teams `user_id` is a member of.
+    pub async fn team_ids_of(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT team_id FROM team_members WHERE user_id = ? ORDER BY team_id")
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| Ok(r.try_get("team_id")?)).collect()
     }
 
     /// Sets a workspace's own policy values (JSON; none: the template's).

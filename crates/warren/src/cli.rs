@@ -97,7 +97,7 @@ pub(crate) enum Cmd {
         /// Job id.
         job: String,
     },
-    /// Move a workspace's deadline to now + a duration.
+    /// Move a running workspace's deadline to now + a duration (never past its max lifetime).
     Extend {
         /// Workspace name.
         workspace: String,
@@ -105,6 +105,22 @@ pub(crate) enum Cmd {
         #[arg(long)]
         by: String,
     },
+    /// Show or set a workspace's lifecycle policy: TTL, autostop deadline, idle timeout,
+    /// autostart schedule, dormancy (server only).
+    #[command(subcommand)]
+    Policy(crate::policy_cmd::PolicyCmd),
+    /// Count as activity on a workspace, so its idle timeout does not stop it (agents call this
+    /// while they think); `--every 1m` keeps doing so until interrupted.
+    Keepalive {
+        /// Workspace name.
+        workspace: String,
+        /// Repeat at this interval until interrupted.
+        #[arg(long, value_name = "DURATION")]
+        every: Option<String>,
+    },
+    /// What happened to your workspaces and budgets, and why (stops with their reasons,
+    /// warnings before a policy acts, budget alerts).
+    Events(crate::policy_cmd::EventsArgs),
     /// Sign in to a server and make it the current context, or approve a device login.
     Login(LoginArgs),
     /// Revoke the token of a context and forget the context.
@@ -793,6 +809,9 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Jobs { .. } => "jobs",
         Cmd::Cancel { .. } => "cancel",
         Cmd::Extend { .. } => "extend",
+        Cmd::Policy(_) => "policy",
+        Cmd::Keepalive { .. } => "keepalive",
+        Cmd::Events(_) => "events",
         Cmd::Login(_) => "login --approve",
         Cmd::Logout { .. } => "logout",
         Cmd::Whoami => "whoami",

@@ -352,6 +352,79 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.call(Method::PUT, path, Some(body)).await
+    }
+
+    // --- policies and events ---------------------------------------------------------------
+
+    /// `GET /workspaces/{ws}/policy`.
+    pub async fn policy(&self, ws: &str) -> Result<warren_api::v1::PolicyStatus> {
+        self.get(&format!("/workspaces/{}/policy", seg(ws))).await
+    }
+
+    /// `PUT /workspaces/{ws}/policy`.
+    pub async fn set_policy(
+        &self,
+        ws: &str,
+        p: &warren_api::policy::WorkspacePolicy,
+    ) -> Result<warren_api::v1::PolicyStatus> {
+        self.put(&format!("/workspaces/{}/policy", seg(ws)), p)
+            .await
+    }
+
+    /// `POST /workspaces/{ws}/keepalive`.
+    pub async fn keepalive(&self, ws: &str) -> Result<warren_api::v1::PolicyStatus> {
+        self.post(
+            &format!("/workspaces/{}/keepalive", seg(ws)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /events` (or a workspace's) with `query`.
+    pub async fn events(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<warren_api::v1::EventList> {
+        let resp = self
+            .send(self.request(Method::GET, path).query(query))
+            .await?;
+        self.parse(resp).await
+    }
+
+    /// Follows events as Server-Sent Events, calling `on_event` for each until the stream ends.
+    pub async fn follow_events(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        mut on_event: impl FnMut(warren_api::v1::EventView),
+    ) -> Result<()> {
+        let resp = self
+            .send(
+                self.request(Method::GET, path)
+                    .query(query)
+                    .query(&[("follow", "true")])
+                    .header(reqwest::header::ACCEPT, "text/event-stream"),
+            )
+            .await?;
+        let mut stream = resp.bytes_stream();
+        let mut parser = SseParser::default();
+        while let Some(Ok(chunk)) = stream.next().await {
+            for ev in parser.push(&chunk) {
+                if let Ok(e) = serde_json::from_str(&ev.data) {
+                    on_event(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
     // --- identity --------------------------------------------------------------------------
 
     /// `GET /me`.

@@ -9,6 +9,7 @@ mod context;
 mod devcontainer_cmd;
 mod exec;
 mod output;
+mod policy_cmd;
 mod ports;
 mod remote;
 mod server_cmd;

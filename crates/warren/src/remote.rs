@@ -97,6 +97,11 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Ssh(a) => crate::ssh::ssh(remote, &a.workspace, a.identity.as_deref(), &a.command),
         Cmd::ConfigSsh(a) => crate::ssh::config_ssh(c, remote, a.remove, a.ssh_config).await,
         Cmd::Ports(a) => crate::ports::ports(c, a, json).await,
+        Cmd::Policy(p) => crate::policy_cmd::policy(c, p, json).await,
+        Cmd::Keepalive { workspace, every } => {
+            crate::policy_cmd::keepalive(c, &workspace, every, json).await
+        }
+        Cmd::Events(a) => crate::policy_cmd::events(c, a, json).await,
         Cmd::PortForward(a) => crate::ports::port_forward(remote, &a.workspace, &a.ports).await,
         Cmd::User(u) => crate::admin::user(c, u, json).await,
         Cmd::Team(t) => crate::admin::team(c, t, json).await,

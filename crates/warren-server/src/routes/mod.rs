@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod ssh_keys;
@@ -28,6 +29,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(ssh_keys::router())
         .merge(auth::router())
         .merge(audit::router())
+        .merge(events::router())
 }
 
 /// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,
@@ -63,8 +65,18 @@ pub async fn find_workspace(
     } else {
         Owner::Other
     };
-    match caller.check(op(owner), Some(&rec.id)) {
-        Decision::Allow => Ok(rec),
+    let op = op(owner);
+    match caller.check(op, Some(&rec.id)) {
+        Decision::Allow => {
+            // A call that uses or changes the workspace is activity (kind `api`); reading it
+            // is not, so a dashboard left open never keeps a workspace alive.
+            if matches!(op, Op::WorkspaceWrite(_) | Op::WorkspaceExec(_)) {
+                state
+                    .activity
+                    .touch(&rec.id, warren_api::activity::ActivityKind::Api);
+            }
+            Ok(rec)
+        }
         Decision::Hidden => Err(not_found()),
         Decision::Forbidden(f) => Err(forbidden(f)),
     }

@@ -33,6 +33,7 @@ use crate::jobs;
 use crate::routes::find_workspace;
 
 pub mod exec;
+pub mod policy;
 pub mod ports;
 pub mod ssh_access;
 pub mod ssh_tunnel;
@@ -58,6 +59,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(ports::router())
         .merge(ssh_access::router())
         .merge(terminal::router())
+        .merge(policy::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
