@@ -15,6 +15,9 @@ use warren_store::Store;
 pub struct Activity {
     pending: Mutex<HashMap<(String, ActivityKind), String>>,
     open: Mutex<HashMap<(String, ActivityKind), u32>>,
+    /// The latest activity of any kind per workspace id (noted here, or read from the store
+    /// once by [`seed_latest`](Self::seed_latest)): what idle policies read, without a query.
+    latest: Mutex<HashMap<String, String>>,
     /// The store, whose clock times activity (so tests with a fake clock see it in their time).
     store: Store,
 }
@@ -29,13 +32,35 @@ impl Activity {
         Activity {
             pending: Default::default(),
             open: Default::default(),
+            latest: Default::default(),
             store,
         }
     }
 
     /// Notes activity of `kind` on workspace `ws` (an id) now.
     pub fn touch(&self, ws: &str, kind: ActivityKind) {
-        lock(&self.pending).insert((ws.to_string(), kind), self.store.now());
+        let now = self.store.now();
+        raise(&mut lock(&self.latest), ws, &now);
+        lock(&self.pending).insert((ws.to_string(), kind), now);
+    }
+
+    /// Adds what the store recorded before this process started (kept where it is later than
+    /// what is noted already).
+    pub fn seed_latest(&self, stored: Vec<(String, String)>) {
+        let mut latest = lock(&self.latest);
+        for (ws, at) in stored {
+            raise(&mut latest, &ws, &at);
+        }
+    }
+
+    /// Reads the latest activity per workspace under one lock.
+    pub fn with_latest<R>(&self, f: impl FnOnce(&HashMap<String, String>) -> R) -> R {
+        f(&lock(&self.latest))
+    }
+
+    /// Forgets a removed workspace.
+    pub fn forget(&self, ws: &str) {
+        lock(&self.latest).remove(ws);
     }
 
     /// Workspaces with a session open now.
@@ -45,20 +70,6 @@ impl Activity {
             .filter(|(_, n)| **n > 0)
             .map(|((w, _), _)| w.clone())
             .collect()
-    }
-
-    /// The latest activity of any kind per workspace: the store's, or a later one noted and not
-    /// written yet. One query, for a pass over every workspace.
-    pub async fn latest_all(&self) -> Result<HashMap<String, String>, warren_store::StoreError> {
-        let mut latest: HashMap<String, String> =
-            self.store.last_activity_all().await?.into_iter().collect();
-        for ((w, _), at) in lock(&self.pending).iter() {
-            let e = latest.entry(w.clone()).or_default();
-            if at > e {
-                *e = at.clone();
-            }
-        }
-        Ok(latest)
     }
 
     /// Notes the start of a session; the session counts as open, and its end is activity too,
@@ -118,6 +129,17 @@ impl Activity {
                     pending.entry((ws, kind)).or_insert(at);
                 }
             }
+        }
+    }
+}
+
+/// Keeps the later of `at` and what `map` has for `ws`.
+fn raise(map: &mut HashMap<String, String>, ws: &str, at: &str) {
+    match map.get_mut(ws) {
+        Some(seen) if seen.as_str() >= at => {}
+        Some(seen) => *seen = at.to_owned(),
+        None => {
+            map.insert(ws.to_owned(), at.to_owned());
         }
     }
 }

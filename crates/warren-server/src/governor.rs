@@ -1,8 +1,11 @@
-//! The governor: the one reconciler that applies lifecycle policies. Each pass reads every
-//! server workspace narrowly (`Store::policy_rows`), the latest activity of each (one query plus
-//! what is noted in memory), the open sessions and the active jobs, asks the pure
-//! [`warren_api::policy::evaluate`] what is due, and carries it out through the same jobs a user's
-//! request makes, with the reason recorded (`Store::set_op`), so every stop says why.
+//! The governor: the one reconciler that applies lifecycle policies. It keeps an index of every
+//! server workspace (a narrow row, its times parsed, its policy in force resolved) that each pass
+//! brings up to date with what changed since the last one (`Store::policy_changes`, by change
+//! sequence number, so a pass over a large fleet reads only what moved). Each pass then takes
+//! the latest activity (kept in memory by `Activity`), the open sessions and the active jobs,
+//! asks the pure [`warren_api::policy::evaluate`] what is due for every workspace, and carries
+//! it out through the same jobs a user's request makes, with the reason recorded
+//! (`Store::set_op`), so every stop says why.
 //!
 //! Idempotent and restart-safe by construction: a decision depends only on recorded facts and
 //! the clock, an action re-reads the workspace and acts only if nothing changed since the pass
@@ -49,6 +52,36 @@ struct CpuSample {
     busy: Option<bool>,
 }
 
+/// What a pass knows of one workspace between passes.
+struct Entry {
+    row: PolicyRow,
+    policy: Resolved,
+    created_at: OffsetDateTime,
+    started_at: Option<OffsetDateTime>,
+    stopped_at: Option<OffsetDateTime>,
+    deadline_at: Option<OffsetDateTime>,
+}
+
+/// Every server workspace, as of change sequence number `seq`.
+#[derive(Default)]
+struct Index {
+    seq: Option<i64>,
+    entries: HashMap<String, Entry>,
+}
+
+impl Entry {
+    fn new(row: PolicyRow, policy: Resolved, now: OffsetDateTime) -> Entry {
+        Entry {
+            created_at: parse_time(&row.created_at).unwrap_or(now),
+            started_at: time_of(&row.started_at),
+            stopped_at: time_of(&row.stopped_at),
+            deadline_at: time_of(&row.deadline_at),
+            row,
+            policy,
+        }
+    }
+}
+
 /// A workspace's policy in force, and why its own values were set aside, if they were.
 pub type Resolved = Arc<(Effective, Option<String>)>;
 
@@ -58,7 +91,8 @@ type PolicyKey = (Option<String>, Option<String>);
 /// The governor's caches and the lock that keeps its passes one at a time in this process.
 #[derive(Default)]
 pub struct Governor {
-    pass: tokio::sync::Mutex<()>,
+    /// The index of workspaces; its lock keeps passes one at a time.
+    index: tokio::sync::Mutex<Index>,
     /// Template version id -> its policy (versions are immutable).
     templates: Mutex<HashMap<String, Arc<PolicyDefaults>>>,
     /// (template version, the workspace's own JSON) -> the policy in force.
@@ -183,18 +217,16 @@ impl Governor {
 impl Governor {
     /// The facts [`policy::evaluate`] decides on, from what a pass (or a status request)
     /// gathered about one workspace.
-    #[allow(clippy::too_many_arguments)]
     fn facts(
         &self,
         now: OffsetDateTime,
-        row: &PolicyRow,
-        eff: &Effective,
+        e: &Entry,
         last_activity: Option<&str>,
         open_sessions: bool,
         busy_cpu: bool,
         job: Option<&warren_store::JobRecord>,
     ) -> Facts {
-        let autostart_occurrence = match (&eff.autostart, row.state) {
+        let autostart_occurrence = match (&e.policy.0.autostart, e.row.state) {
             (Some(a), WorkspaceState::Stopped) => {
                 self.last_occurrence(&a.schedule, &a.timezone, now)
             }
@@ -202,11 +234,11 @@ impl Governor {
         };
         Facts {
             now,
-            state: row.state,
-            created_at: parse_time(&row.created_at).unwrap_or(now),
-            started_at: time_of(&row.started_at),
-            stopped_at: time_of(&row.stopped_at),
-            deadline_at: time_of(&row.deadline_at),
+            state: e.row.state,
+            created_at: e.created_at,
+            started_at: e.started_at,
+            stopped_at: e.stopped_at,
+            deadline_at: e.deadline_at,
             last_activity: last_activity.and_then(parse_time),
             open_sessions,
             busy_cpu,
@@ -234,7 +266,8 @@ pub(crate) async fn assess(
             rec.ownership.policy_json.as_deref(),
         )
         .await?;
-    let row = PolicyRow::from(rec);
+    let now = state.store.now_time();
+    let entry = Entry::new(PolicyRow::from(rec), resolved.clone(), now);
     let last = state.activity.last(&state.store, &rec.id).await?;
     let latest = last.values().max().cloned();
     let open = !state.activity.open_sessions(&rec.id).is_empty();
@@ -242,16 +275,7 @@ pub(crate) async fn assess(
         .get(&rec.id)
         .is_some_and(|s| s.busy == Some(true));
     let job = state.store.active_job(&rec.id).await?;
-    let now = state.store.now_time();
-    let facts = gov.facts(
-        now,
-        &row,
-        &resolved.0,
-        latest.as_deref(),
-        open,
-        busy,
-        job.as_ref(),
-    );
+    let facts = gov.facts(now, &entry, latest.as_deref(), open, busy, job.as_ref());
     let ev = policy::evaluate(&resolved.0, &facts);
     Ok((resolved, facts, ev))
 }
@@ -276,18 +300,65 @@ pub(crate) async fn policy_for(
     Ok(e.0.clone())
 }
 
+/// Brings the index up to date with what changed since the last pass.
+async fn refresh(
+    state: &AppState,
+    index: &mut Index,
+    report: &mut PassReport,
+) -> Result<(), warren_store::StoreError> {
+    let gov = &state.governor;
+    let first = index.seq.is_none();
+    let changes = state.store.policy_changes(index.seq.unwrap_or(-1)).await?;
+    let now = state.store.now_time();
+    for row in changes.rows {
+        if row.state == WorkspaceState::Deleted {
+            index.entries.remove(&row.id);
+            continue;
+        }
+        let policy = gov
+            .effective(
+                state,
+                row.template_version_id.as_deref(),
+                row.policy_json.as_deref(),
+            )
+            .await?;
+        if let Some(why) = &policy.1 {
+            if lock(&gov.reported).insert((row.id.clone(), why.clone())) {
+                report.errors.push((row.name.clone(), why.clone()));
+            }
+        }
+        index
+            .entries
+            .insert(row.id.clone(), Entry::new(row, policy, now));
+    }
+    for id in &changes.removed {
+        index.entries.remove(id);
+        state.activity.forget(id);
+    }
+    if !changes.removed.is_empty() {
+        state.store.prune_removals(changes.seq).await?;
+    }
+    if first {
+        // Activity recorded before this process started.
+        state
+            .activity
+            .seed_latest(state.store.last_activity_all().await?);
+    }
+    index.seq = Some(changes.seq);
+    Ok(())
+}
+
 /// One pass over every server workspace.
 pub async fn pass(state: &AppState) -> PassReport {
     let gov = state.governor.clone();
-    let _one = gov.pass.lock().await;
+    let mut index = gov.index.lock().await;
     let mut report = PassReport::default();
-    let store = &state.store;
-    let (rows, latest, jobs) = match tokio::try_join!(
-        store.policy_rows(),
-        state.activity.latest_all(),
-        store.active_jobs()
-    ) {
-        Ok(x) => x,
+    if let Err(e) = refresh(state, &mut index, &mut report).await {
+        report.errors.push((String::new(), e.to_string()));
+        return report;
+    }
+    let jobs = match state.store.active_jobs().await {
+        Ok(j) => j,
         Err(e) => {
             report.errors.push((String::new(), e.to_string()));
             return report;
@@ -296,68 +367,58 @@ pub async fn pass(state: &AppState) -> PassReport {
     let open = state.activity.with_open_sessions();
     let jobs: HashMap<&str, &warren_store::JobRecord> =
         jobs.iter().map(|j| (j.workspace_id.as_str(), j)).collect();
-    let now = store.now_time();
+    let now = state.store.now_time();
     let mut seen_cpu = HashSet::new();
-    for row in &rows {
-        report.evaluated += 1;
-        let eff = match gov
-            .effective(
-                state,
-                row.template_version_id.as_deref(),
-                row.policy_json.as_deref(),
-            )
-            .await
-        {
-            Ok(e) => e,
-            Err(e) => {
-                report.errors.push((row.name.clone(), e.to_string()));
-                continue;
-            }
-        };
-        let (eff, set_aside) = &*eff;
-        if let Some(why) = set_aside {
-            if lock(&gov.reported).insert((row.id.clone(), why.clone())) {
-                report.errors.push((row.name.clone(), why.clone()));
+    // Decide for every workspace first (no awaiting while the activity map is read), then act.
+    let mut due = Vec::new();
+    let mut warnings = Vec::new();
+    let mut busy_now = Vec::new();
+    state.activity.with_latest(|latest| {
+        for entry in index.entries.values() {
+            report.evaluated += 1;
+            let eff = &entry.policy.0;
+            let id = entry.row.id.as_str();
+            let job = jobs.get(id).copied();
+            let busy_cpu = match (eff.cpu_threshold, entry.row.state) {
+                (Some(t), WorkspaceState::Running) if eff.idle_timeout.is_some() => {
+                    seen_cpu.insert(id.to_owned());
+                    let busy = gov.busy(state, id, t);
+                    if busy == Some(true) {
+                        busy_now.push(id.to_owned());
+                    }
+                    busy.unwrap_or(true)
+                }
+                _ => false,
+            };
+            let last = latest.get(id).map(String::as_str);
+            let facts = gov.facts(now, entry, last, open.contains(id), busy_cpu, job);
+            let ev = policy::evaluate(eff, &facts);
+            if let Some(verdict) = ev.due {
+                // Another operation in progress goes first (a start timeout acts on it).
+                if job.is_none() || matches!(verdict, Verdict::FailStart(_)) {
+                    due.push((entry.row.clone(), verdict, job.cloned()));
+                }
+            } else if ev.warn {
+                warnings.push((entry.row.clone(), ev));
             }
         }
-        let job = jobs.get(row.id.as_str()).copied();
-        let busy_cpu = match (eff.cpu_threshold, row.state) {
-            (Some(t), WorkspaceState::Running) if eff.idle_timeout.is_some() => {
-                seen_cpu.insert(row.id.clone());
-                let busy = gov.busy(state, &row.id, t);
-                if busy == Some(true) {
-                    state
-                        .activity
-                        .touch(&row.id, warren_api::activity::ActivityKind::Cpu);
-                }
-                busy.unwrap_or(true)
-            }
-            _ => false,
-        };
-        let facts = gov.facts(
-            now,
-            row,
-            eff,
-            latest.get(&row.id).map(String::as_str),
-            open.contains(&row.id),
-            busy_cpu,
-            job,
-        );
-        let ev = policy::evaluate(eff, &facts);
-        if let Some(verdict) = ev.due {
-            // Another operation in progress goes first (a start timeout acts on it).
-            if job.is_some() && !matches!(verdict, Verdict::FailStart(_)) {
-                continue;
-            }
-            match act(state, row, verdict, job).await {
-                Ok(true) => report.acted.push((row.name.clone(), verdict)),
-                Ok(false) => {}
-                Err(e) => report.errors.push((row.name.clone(), e)),
-            }
-        } else if ev.warn {
-            if let Some(w) = warn(state, row, &ev, now).await {
-                report.warned.push((row.name.clone(), w));
-            }
+    });
+    drop(index);
+    for id in busy_now {
+        state
+            .activity
+            .touch(&id, warren_api::activity::ActivityKind::Cpu);
+    }
+    for (row, verdict, job) in due {
+        match act(state, &row, verdict, job.as_ref()).await {
+            Ok(true) => report.acted.push((row.name.clone(), verdict)),
+            Ok(false) => {}
+            Err(e) => report.errors.push((row.name.clone(), e)),
+        }
+    }
+    for (row, ev) in warnings {
+        if let Some(w) = warn(state, &row, &ev, now).await {
+            report.warned.push((row.name.clone(), w));
         }
     }
     // Forget CPU samples of workspaces no longer watched.

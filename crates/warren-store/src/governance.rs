@@ -155,6 +155,17 @@ pub struct PolicyRow {
     pub template_version_id: Option<String>,
 }
 
+/// What [`Store::policy_changes`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyChanges {
+    /// Rows changed (or all, on a first read), as they are now.
+    pub rows: Vec<PolicyRow>,
+    /// Ids of records removed.
+    pub removed: Vec<String>,
+    /// The sequence number the answer is complete up to: pass it as `after` next time.
+    pub seq: i64,
+}
+
 impl From<&WorkspaceRecord> for PolicyRow {
     fn from(r: &WorkspaceRecord) -> Self {
         PolicyRow {
@@ -236,14 +247,40 @@ impl Store {
     /// Every workspace that is not deleted, narrowly (see [`PolicyRow`]). Host-local workspaces
     /// (no owner) are left out: lifecycle policies are the server's.
     pub async fn policy_rows(&self) -> Result<Vec<PolicyRow>, StoreError> {
+        Ok(self
+            .policy_changes(-1)
+            .await?
+            .rows
+            .into_iter()
+            .filter(|r| r.state != WorkspaceState::Deleted)
+            .collect())
+    }
+
+    /// What changed among server workspaces after change sequence number `after` (all of them
+    /// for a negative `after`): their rows as they are now (deleted ones included, so a reader
+    /// drops them), the ids of records removed since, and the sequence number this answer is
+    /// complete up to. One transaction, so the three agree.
+    pub async fn policy_changes(&self, after: i64) -> Result<PolicyChanges, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query("SELECT n FROM change_seq WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
         let rows = sqlx::query(
             "SELECT id, name, owner_id, team_id, state, generation, created_at, started_at, \
              stopped_at, deadline_at, policy_json, template_version_id FROM workspaces \
-             WHERE owner_id != '' AND state != 'deleted'",
+             WHERE owner_id != '' AND change_seq > ?",
         )
-        .fetch_all(&self.pool)
+        .bind(after)
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter()
+        let removed = sqlx::query("SELECT workspace_id FROM workspace_removals WHERE seq > ?")
+            .bind(after.max(0))
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let rows = rows
+            .iter()
             .map(|r| {
                 let id: String = r.try_get("id")?;
                 let state: String = r.try_get("state")?;
@@ -263,7 +300,25 @@ impl Store {
                     id,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let removed = if after < 0 {
+            Vec::new()
+        } else {
+            removed
+                .iter()
+                .map(|r| r.try_get("workspace_id"))
+                .collect::<Result<Vec<String>, _>>()?
+        };
+        Ok(PolicyChanges { rows, removed, seq })
+    }
+
+    /// Forgets removals numbered `seq` or less (a reader that has applied them).
+    pub async fn prune_removals(&self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM workspace_removals WHERE seq <= ?")
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The ids of the teams `user_id` is a member of.
@@ -654,6 +709,41 @@ mod tests {
             .await
             .unwrap()
             .0
+    }
+
+    #[tokio::test]
+    async fn policy_changes_are_read_incrementally_and_removals_are_seen() {
+        let (store, _clock, rec) = store_with_ws(None).await;
+        let all = store.policy_changes(-1).await.unwrap();
+        assert_eq!(all.rows.len(), 1);
+        assert!(all.removed.is_empty());
+        // Nothing changed: nothing read.
+        let none = store.policy_changes(all.seq).await.unwrap();
+        assert_eq!((none.rows.len(), none.seq), (0, all.seq));
+        // A transition and a policy change are seen, once each.
+        step(&store, &rec.id, Event::Start).await;
+        let c1 = store.policy_changes(all.seq).await.unwrap();
+        assert_eq!(c1.rows[0].state, WorkspaceState::Starting);
+        store.set_policy_json(&rec.id, Some("{}")).await.unwrap();
+        let c2 = store.policy_changes(c1.seq).await.unwrap();
+        assert_eq!(c2.rows[0].policy_json.as_deref(), Some("{}"));
+        assert!(c2.seq > c1.seq);
+        // A removed record is reported as removed.
+        step(&store, &rec.id, Event::Fail).await;
+        step(&store, &rec.id, Event::Delete).await;
+        step(&store, &rec.id, Event::Deleted).await;
+        store.delete_record(&rec.id).await.unwrap();
+        let c3 = store.policy_changes(c2.seq).await.unwrap();
+        assert!(c3.rows.is_empty());
+        assert_eq!(c3.removed, vec![rec.id.clone()]);
+        store.prune_removals(c3.seq).await.unwrap();
+        assert!(store
+            .policy_changes(c2.seq)
+            .await
+            .unwrap()
+            .removed
+            .is_empty());
+        assert!(store.policy_rows().await.unwrap().is_empty());
     }
 
     #[tokio::test]

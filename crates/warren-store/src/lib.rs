@@ -35,7 +35,7 @@ use warren_api::{transition, Action, Event, WorkspaceName, WorkspaceState};
 
 pub use audit::*;
 pub use error::StoreError;
-pub use governance::{EventEntry, EventFilter, NewEvent, PolicyRow, UsageSegment};
+pub use governance::{EventEntry, EventFilter, NewEvent, PolicyChanges, PolicyRow, UsageSegment};
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};

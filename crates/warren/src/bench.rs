@@ -95,11 +95,22 @@ pub struct BenchArgs {
     /// --ssh: MiB per transfer (default 1024; 256 with --quick).
     #[arg(long, default_value_t = 1024)]
     ssh_mib: u64,
+    /// Benchmark the lifecycle-policy reconciler instead: passes over many workspace records,
+    /// against reading those records alone (no root, no workspace runs).
+    #[arg(long)]
+    policy: bool,
+    /// --policy: workspace records.
+    #[arg(long, default_value_t = 10_000)]
+    policy_workspaces: usize,
+    /// --policy: timed passes (--quick: 10).
+    #[arg(long, default_value_t = 50)]
+    policy_passes: usize,
 }
 
 mod api;
 mod build;
 pub(crate) mod devcontainer;
+mod policy;
 mod ports;
 mod ssh;
 
@@ -681,6 +692,28 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
     }
     let dirs = make_dirs(global_state_dir)?;
     let owned_state = dirs.owned.then(|| dirs.state.clone());
+    if args.policy {
+        let passes = if args.quick {
+            10
+        } else {
+            args.policy_passes.max(1)
+        };
+        let exe = std::env::current_exe()?;
+        let res = policy::run(
+            &dirs.state,
+            &exe,
+            args.policy_workspaces.max(1),
+            passes,
+            args.json,
+        )
+        .await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("policy-bench"));
+        }
+        return res;
+    }
     if args.api {
         let res = api::run(
             &dirs.state,
