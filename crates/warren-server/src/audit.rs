@@ -124,6 +124,7 @@ fn is_verb(s: &str) -> bool {
             | "token"
             | "active"
             | "verify"
+            | "test"
     )
 }
 
@@ -298,6 +299,7 @@ mod tests {
             ),
             (Method::POST, "/api/v1/tokens", "token.create"),
             (Method::DELETE, "/api/v1/tokens/{id}", "token.delete"),
+            (Method::POST, "/api/v1/webhooks/{id}/test", "webhook.test"),
         ];
         for (m, r, want) in cases {
             assert_eq!(action_for(&m, r), want, "{m} {r}");

@@ -8,6 +8,7 @@ pub mod health;
 pub mod ssh_keys;
 pub mod templates;
 pub mod users;
+pub mod webhooks;
 pub mod workspaces;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -28,6 +29,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(ssh_keys::router())
         .merge(auth::router())
         .merge(audit::router())
+        .merge(webhooks::router())
 }
 
 /// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,
