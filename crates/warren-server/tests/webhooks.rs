@@ -49,16 +49,26 @@ struct Recorder {
     hits: Arc<Mutex<Vec<Hit>>>,
     /// Statuses to answer, in order; 200 once it is empty.
     script: Arc<Mutex<VecDeque<u16>>>,
+    /// The `Location` of 3xx answers.
+    location: Arc<Mutex<String>>,
 }
 
-async fn record(State(r): State<Recorder>, headers: HeaderMap, body: Bytes) -> AxStatus {
+async fn record(
+    State(r): State<Recorder>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (AxStatus, [(&'static str, String); 1]) {
     let answered = r.script.lock().unwrap().pop_front().unwrap_or(200);
     r.hits.lock().unwrap().push(Hit {
         headers,
         body: body.to_vec(),
         answered,
     });
-    AxStatus::from_u16(answered).unwrap()
+    let location = r.location.lock().unwrap().clone();
+    (
+        AxStatus::from_u16(answered).unwrap(),
+        [("location", location)],
+    )
 }
 
 /// A receiver listening on 127.0.0.1.
@@ -807,5 +817,38 @@ async fn only_owners_and_admins_manage_webhooks_and_auditors_read_them() {
     // No token: 401.
     let (st, _) = s.call(None, Method::GET, "/api/v1/webhooks", None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
+    s.stop().await;
+}
+
+/// A receiver that answers with a redirect does not get its event delivered elsewhere: the
+/// redirect is not followed (the target receives nothing) and the delivery is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let s = TestServer::start_fake_clock().await;
+    let elsewhere = Receiver::start(&[]).await;
+    let redirecting = Receiver::start(&[302, 307]).await;
+    *redirecting.rec.location.lock().unwrap() = elsewhere.url.clone();
+    let hook = add_hook(&s, &redirecting.url, json!(["*"])).await;
+    insert(&s, "workspace.deleting").await;
+    redirecting.wait_for(1).await;
+    wait_outcomes(&s, "retried", 1).await;
+    let d = deliveries(&s, &hook).await;
+    assert_eq!(d[0]["status"], "pending");
+    assert_eq!(d[0]["last_status_code"], 302);
+    assert!(
+        d[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("redirects are not followed"),
+        "{}",
+        d[0]
+    );
+    s.advance(Duration::from_secs(11));
+    redirecting.wait_for(2).await;
+    wait_outcomes(&s, "retried", 2).await;
+    s.advance(Duration::from_secs(21));
+    let h = redirecting.wait_for(3).await;
+    assert_eq!(h[2].answered, 200);
+    elsewhere.stays_at(0).await;
     s.stop().await;
 }

@@ -252,6 +252,15 @@ impl Store {
         Ok(Some((entry, delivery)))
     }
 
+    /// The id of the latest event recorded (by any process), 0 when there is none.
+    pub async fn latest_event_id(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// One event.
     pub async fn event(&self, id: i64) -> Result<Option<EventEntry>, StoreError> {
         let mut list = self
@@ -543,7 +552,7 @@ mod tests {
         );
         assert_eq!(
             store.webhooks_due(&store.now()).await.unwrap(),
-            [hook.id.clone()]
+            std::slice::from_ref(&hook.id)
         );
         // A claim is one attempt and holds the row; a second claim of the same read loses.
         assert!(store

@@ -1721,12 +1721,12 @@ fn ssh_access_tokens_made_listed_and_revoked_from_the_cli() {
     assert!(err.contains("no SSH access token `nope`"), "{err}");
 }
 
+/// A request a receiver got: headers (names lowercased) and body.
+type Received = (std::collections::HashMap<String, String>, Vec<u8>);
+
 /// A one-request-at-a-time HTTP receiver on 127.0.0.1 that answers 200 and sends each request
-/// (headers lowercased, body) to the returned channel.
-fn webhook_receiver() -> (
-    String,
-    std::sync::mpsc::Receiver<(std::collections::HashMap<String, String>, Vec<u8>)>,
-) {
+/// to the returned channel.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Received>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
