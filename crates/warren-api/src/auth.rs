@@ -136,10 +136,10 @@ pub enum Scope {
     /// Push, activate and archive templates.
     #[serde(rename = "template:write")]
     TemplateWrite,
-    /// Read and verify the audit log.
+    /// Read and verify the audit log; read webhooks and their deliveries.
     #[serde(rename = "audit:read")]
     AuditRead,
-    /// Manage users, teams and other users' tokens and SSH keys.
+    /// Manage users, teams, webhooks and other users' tokens and SSH keys.
     #[serde(rename = "admin")]
     Admin,
 }
@@ -243,6 +243,10 @@ pub enum Op {
     OwnerAdmin,
     /// List or revoke another user's tokens and SSH keys.
     TokenAdmin,
+    /// List webhooks and their deliveries (never their secrets).
+    WebhookRead,
+    /// Create, delete and test webhooks.
+    WebhookAdmin,
 }
 
 impl Op {
@@ -254,8 +258,8 @@ impl Op {
             Op::WorkspaceExec(_) => Scope::WorkspaceExec,
             Op::TemplateRead => Scope::TemplateRead,
             Op::TemplateWrite => Scope::TemplateWrite,
-            Op::AuditRead => Scope::AuditRead,
-            Op::UserAdmin | Op::OwnerAdmin | Op::TokenAdmin => Scope::Admin,
+            Op::AuditRead | Op::WebhookRead => Scope::AuditRead,
+            Op::UserAdmin | Op::OwnerAdmin | Op::TokenAdmin | Op::WebhookAdmin => Scope::Admin,
         }
     }
 }
@@ -272,7 +276,10 @@ pub fn role_permits(role: Role, op: Op) -> bool {
             Op::TemplateWrite => role == Role::TemplateAdmin,
             _ => false,
         },
-        Role::Auditor => matches!(op, Op::WorkspaceRead(_) | Op::TemplateRead | Op::AuditRead),
+        Role::Auditor => matches!(
+            op,
+            Op::WorkspaceRead(_) | Op::TemplateRead | Op::AuditRead | Op::WebhookRead
+        ),
     }
 }
 
@@ -354,7 +361,7 @@ mod tests {
         }
     }
 
-    const ALL_OPS: [Op; 13] = [
+    const ALL_OPS: [Op; 15] = [
         Op::WorkspaceRead(Owner::Own),
         Op::WorkspaceRead(Owner::Other),
         Op::WorkspaceWrite(Owner::Own),
@@ -368,6 +375,8 @@ mod tests {
         Op::OwnerAdmin,
         Op::TokenAdmin,
         Op::TemplateRead,
+        Op::WebhookRead,
+        Op::WebhookAdmin,
     ];
 
     /// The full role table, written out so a change to the policy shows up as a diff here.
@@ -390,7 +399,8 @@ mod tests {
                 | (Role::Member, Op::TemplateRead) => true,
                 (Role::Auditor, Op::WorkspaceRead(_))
                 | (Role::Auditor, Op::TemplateRead)
-                | (Role::Auditor, Op::AuditRead) => true,
+                | (Role::Auditor, Op::AuditRead)
+                | (Role::Auditor, Op::WebhookRead) => true,
                 _ => false,
             }
         };
@@ -399,6 +409,45 @@ mod tests {
                 assert_eq!(role_permits(role, op), expect(role, op), "{role} {op:?}");
             }
         }
+    }
+
+    /// Webhooks send every matching event (any user's) to a URL of the admin's choosing: owners
+    /// and admins manage them, auditors may read them, nobody else sees them.
+    #[test]
+    fn webhooks_are_managed_by_admins_and_read_by_auditors() {
+        for role in Role::ALL {
+            let who = p(role, &role.scopes().0.into_iter().collect::<Vec<_>>());
+            let read = decide(&who, Op::WebhookRead, None);
+            let admin = decide(&who, Op::WebhookAdmin, None);
+            match role {
+                Role::Owner | Role::Admin => {
+                    assert_eq!((read, admin), (Decision::Allow, Decision::Allow), "{role}")
+                }
+                Role::Auditor => assert_eq!(
+                    (read, admin),
+                    (Decision::Allow, Decision::Forbidden(Forbidden::Role)),
+                    "{role}"
+                ),
+                Role::TemplateAdmin | Role::Member => assert_eq!(
+                    (read, admin),
+                    (
+                        Decision::Forbidden(Forbidden::Role),
+                        Decision::Forbidden(Forbidden::Role)
+                    ),
+                    "{role}"
+                ),
+            }
+        }
+        // An admin token without the scopes may not.
+        let narrow = p(Role::Admin, &[Scope::WorkspaceRead]);
+        assert_eq!(
+            decide(&narrow, Op::WebhookRead, None),
+            Decision::Forbidden(Forbidden::Scope(Scope::AuditRead))
+        );
+        assert_eq!(
+            decide(&narrow, Op::WebhookAdmin, None),
+            Decision::Forbidden(Forbidden::Scope(Scope::Admin))
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod ssh_key;
 mod state;
 pub mod template;
 pub mod v1;
+pub mod webhook;
 mod workspace;
 
 pub use error::ErrorCode;

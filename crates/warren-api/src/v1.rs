@@ -709,3 +709,90 @@ pub struct PortTicket {
     /// Seconds the link stays valid.
     pub expires_in_secs: u64,
 }
+
+/// `POST /webhooks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where events are POSTed: an absolute `http` or `https` URL without credentials.
+    pub url: String,
+    /// A label (default: the URL's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Event kind patterns: `*`, `PREFIX.*` (`workspace.*`, `budget.*`) or exact kinds
+    /// (`workspace.stopped`). Default: `["*"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
+    /// The signing secret (16 to 256 printable characters); default: 32 random bytes, hex. It
+    /// is shown in this answer only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// A webhook (its secret is never shown after creation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Webhook {
+    /// Id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Where events go.
+    pub url: String,
+    /// Event kind patterns.
+    pub events: Vec<String>,
+    /// The user who made it.
+    pub created_by: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Whether it is disabled (nothing is queued or sent).
+    pub disabled: bool,
+    /// The id of the last event considered for it.
+    pub cursor: i64,
+    /// Deliveries waiting to be sent or retried.
+    pub pending: i64,
+}
+
+/// `POST /webhooks` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedWebhook {
+    /// The webhook.
+    pub webhook: Webhook,
+    /// The signing secret: shown this once.
+    pub secret: String,
+}
+
+/// One event's delivery to one webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDelivery {
+    /// Id (the `Warren-Delivery` header).
+    pub id: String,
+    /// The webhook.
+    pub webhook_id: String,
+    /// The event's id.
+    pub event_id: i64,
+    /// The event's kind.
+    pub kind: String,
+    /// `pending`, `delivered` or `failed` (gave up).
+    pub status: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// When the next attempt is due (pending deliveries).
+    pub next_attempt_at: Option<String>,
+    /// The HTTP status of the last answer, if there was one.
+    pub last_status_code: Option<i64>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub created_at: String,
+    /// When the receiver accepted it.
+    pub delivered_at: Option<String>,
+}
+
+/// `POST /webhooks/{id}/test` answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookTest {
+    /// The `webhook.test` event.
+    pub event_id: i64,
+    /// Its delivery to this webhook.
+    pub delivery_id: String,
+}

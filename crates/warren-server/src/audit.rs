@@ -125,6 +125,7 @@ fn is_verb(s: &str) -> bool {
             | "active"
             | "verify"
             | "keepalive"
+            | "test"
     )
 }
 
@@ -304,6 +305,7 @@ mod tests {
             ),
             (Method::POST, "/api/v1/tokens", "token.create"),
             (Method::DELETE, "/api/v1/tokens/{id}", "token.delete"),
+            (Method::POST, "/api/v1/webhooks/{id}/test", "webhook.test"),
         ];
         for (m, r, want) in cases {
             assert_eq!(action_for(&m, r), want, "{m} {r}");

@@ -16,3 +16,4 @@ pub mod preview;
 pub mod routes;
 pub mod serve;
 pub mod ssh;
+pub mod webhooks;

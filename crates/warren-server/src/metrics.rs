@@ -68,6 +68,15 @@ pub struct Metrics {
     pub policy_pass_seconds: Histogram,
     /// Lifecycle-policy actions started, by action and reason.
     pub policy_actions: Family<PolicyLabels, Counter>,
+    /// Webhook delivery attempts by outcome (`delivered`, `retried`, `failed`).
+    pub webhook_deliveries: Family<OutcomeLabels, Counter>,
+}
+
+/// Labels of [`Metrics::webhook_deliveries`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// How it ended.
+    pub outcome: String,
 }
 
 /// Labels of [`Metrics::policy_actions`].
@@ -158,7 +167,14 @@ impl Default for Metrics {
             "Lifecycle-policy actions started, by action and reason",
             policy_actions.clone(),
         );
+        let webhook_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retried, failed)",
+            webhook_deliveries.clone(),
+        );
         Metrics {
+            webhook_deliveries,
             policy_pass_seconds,
             policy_actions,
             registry,
@@ -187,6 +203,15 @@ impl Metrics {
         self.request_seconds
             .get_or_create(&l)
             .observe(took.as_secs_f64());
+    }
+
+    /// Records a webhook delivery attempt's outcome.
+    pub fn webhook_delivery(&self, outcome: &str) {
+        self.webhook_deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Records a lifecycle-policy pass.

@@ -171,6 +171,7 @@ pub async fn serve(
         state.clone(),
         state.cfg.policy_interval,
     ));
+    let webhooks = tokio::spawn(crate::webhooks::run(state.clone()));
     let invalidations = tokio::spawn(apply_notices(state.clone()));
     let app = router(state.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -240,6 +241,7 @@ pub async fn serve(
     state.jobs.drain(Duration::from_secs(20)).await;
     background.abort();
     governor.abort();
+    webhooks.abort();
     invalidations.abort();
     if let Some(g) = gateway {
         g.abort();

@@ -192,6 +192,9 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/templates/{template}/versions", versions, dc.clone(), "parameters", json!([5])),
         r("POST", "/api/v1/templates/{template}/versions", versions, dc, "policy", json!("x")),
         r("POST", "/api/v1/templates/{template}/active", "/api/v1/templates/bi-tpl/active", json!({"version": 1}), "version", json!("latest")),
+        r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "url", json!(5)),
+        r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "events", json!("workspace.*")),
+        r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "secret", json!(1234567890)),
     ]
 }
 
@@ -322,6 +325,98 @@ async fn json_bodies_name_unknown_fields_and_wrong_types() {
             bad,
             "invalid_request",
         ));
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    s.stop().await;
+}
+
+/// Webhooks that cannot be: URLs that are not absolute http(s) or carry credentials, unknown
+/// event kinds or prefixes, weak secrets. 400 `invalid_request` naming the field (and the
+/// pattern), with a hint; nothing stored; unknown ids are 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_webhooks_are_refused_with_a_reason() {
+    let s = TestServer::start().await;
+    let state = s.state();
+    let ok = "https://hooks.example.com/x";
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"url": "ftp://example.com/"}),
+            "`url`: the scheme `ftp`",
+        ),
+        (
+            json!({"url": "relative/path"}),
+            "`url`: `relative/path` is not an absolute URL",
+        ),
+        (
+            json!({"url": "https://me:secret@example.com/"}),
+            "`url`: it carries credentials",
+        ),
+        (
+            json!({"url": "https://me@example.com/"}),
+            "`url`: it carries credentials",
+        ),
+        (
+            json!({"url": format!("https://e.com/{}", "a".repeat(3000))}),
+            "`url`: longer than",
+        ),
+        (
+            json!({"url": ok, "events": ["nope.*"]}),
+            "`events`: `nope.*`: unknown event kind prefix `nope`",
+        ),
+        (
+            json!({"url": ok, "events": ["budget.warnings"]}),
+            "`events`: `budget.warnings`: no event kind",
+        ),
+        (json!({"url": ok, "events": ["*.*"]}), "`events`: `*.*`"),
+        (json!({"url": ok, "secret": "x"}), "`secret`"),
+        (json!({"url": ok, "name": "a\u{1}b"}), "`name`"),
+    ];
+    let mut problems = Vec::new();
+    for (body, needle) in cases {
+        let (st, v) = s.post(&s.admin, "/api/v1/webhooks", body.clone()).await;
+        let what = format!("webhook {body}");
+        problems.extend(check_error(
+            &state,
+            &what,
+            st,
+            &v,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ));
+        let msg = v["message"].as_str().unwrap_or("");
+        if !msg.contains(needle) || msg.contains('\n') {
+            problems.push(format!(
+                "{what}: the message does not say `{needle}` in one line: {v}"
+            ));
+        }
+        if v["hint"].as_str().is_none_or(str::is_empty) {
+            problems.push(format!("{what}: no hint: {v}"));
+        }
+    }
+    for (m, path) in [
+        (Method::GET, "/api/v1/webhooks/nope"),
+        (Method::DELETE, "/api/v1/webhooks/nope"),
+        (Method::POST, "/api/v1/webhooks/nope/test"),
+        (Method::GET, "/api/v1/webhooks/nope/deliveries"),
+    ] {
+        let (st, v) = s.call(Some(&s.admin), m.clone(), path, None).await;
+        problems.extend(check_error(
+            &state,
+            &format!("{m} {path}"),
+            st,
+            &v,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ));
+    }
+    let (st, v) = s.get(&s.admin, "/api/v1/webhooks").await;
+    if st != StatusCode::OK || v != json!([]) {
+        problems.push(format!("refused webhooks were stored: {st} {v}"));
     }
     assert!(
         problems.is_empty(),

@@ -240,6 +240,14 @@ fn cases() -> Vec<Case> {
         c("POST", "/api/v1/workspaces/{ws}/restart", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/start", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/stop", "", Rule::Ws(WorkspaceWrite)),
+        // Webhooks: every matching event of the server goes to the URL, so owners and admins
+        // manage them; auditors read them (never their secrets).
+        c("GET", "/api/v1/webhooks", "", Rule::Op(WebhookRead)),
+        c("POST", "/api/v1/webhooks", "", Rule::Op(WebhookAdmin)),
+        c("GET", "/api/v1/webhooks/{id}", "", Rule::Op(WebhookRead)),
+        c("DELETE", "/api/v1/webhooks/{id}", "", Rule::Op(WebhookAdmin)),
+        c("POST", "/api/v1/webhooks/{id}/test", "", Rule::Op(WebhookAdmin)),
+        c("GET", "/api/v1/webhooks/{id}/deliveries", "", Rule::Op(WebhookRead)),
     ]
 }
 
@@ -369,6 +377,11 @@ fn ssh_key_line(seed: &str) -> String {
         "ssh-ed25519 {} matrix",
         base64::engine::general_purpose::STANDARD.encode(blob)
     )
+}
+
+/// A webhook that receives nothing (no budget is exhausted in this test).
+fn webhook_body() -> Value {
+    json!({"url": "http://127.0.0.1:9/hook", "events": ["budget.exhausted"]})
 }
 
 /// A small tar archive holding a devcontainer.json.
@@ -819,6 +832,31 @@ impl<'a> Fx<'a> {
                     || p.ends_with("/terminal")
                     || p.ends_with("/connect");
                 req
+            }
+            ("GET", "/api/v1/webhooks", _) => Req::new(m, path, Body::None),
+            ("POST", "/api/v1/webhooks", _) => Req::new(m, path, j(webhook_body())),
+            ("DELETE", "/api/v1/webhooks/{id}", _) => {
+                let v = self
+                    .admin_ok("POST", "/api/v1/webhooks", webhook_body())
+                    .await;
+                let id = v["webhook"]["id"].as_str().unwrap().to_owned();
+                Req::new(m, format!("/api/v1/webhooks/{id}"), Body::None)
+            }
+            (_, p, _) if p.starts_with("/api/v1/webhooks/{id}") => {
+                let key = ("admin".to_string(), "webhook");
+                if !self.shared.contains_key(&key) {
+                    let v = self
+                        .admin_ok("POST", "/api/v1/webhooks", webhook_body())
+                        .await;
+                    let id = v["webhook"]["id"].as_str().unwrap().to_owned();
+                    self.shared.insert(key.clone(), id);
+                }
+                let body = if m == "POST" {
+                    j(json!({}))
+                } else {
+                    Body::None
+                };
+                Req::new(m, p.replace("{id}", &self.shared[&key]), body)
             }
             _ => panic!("no request builder for {m} {path} ({})", case.variant),
         }

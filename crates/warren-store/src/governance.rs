@@ -450,7 +450,7 @@ impl Store {
 }
 
 /// The `changes()` of the last statement: whether an `INSERT OR IGNORE` inserted.
-async fn insert_event(
+pub(crate) async fn insert_event(
     tx: &mut Transaction<'_, Sqlite>,
     e: &NewEvent,
     at: &str,

@@ -21,6 +21,7 @@ mod record;
 mod ssh_access;
 mod ssh_keys;
 mod templates;
+mod webhooks;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -42,6 +43,7 @@ pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, Workspac
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};
 pub use templates::{NewVersion, TemplateRecord, VersionRecord};
+pub use webhooks::{AttemptOutcome, DeliveryRecord, NewWebhook, WebhookRecord};
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

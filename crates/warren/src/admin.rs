@@ -1,5 +1,5 @@
 //! Accounts and administration against a server: `login` (token or device flow), `logout`,
-//! `context`, `whoami`, `template`, `token`, `user`, `team` and `audit`.
+//! `context`, `whoami`, `template`, `token`, `user`, `team`, `audit` and `webhook`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use warren_engine::Progress;
 
 use crate::cli::{
     AuditArgs, AuditCmd, AuditFilter, ContextCmd, LoginArgs, SshAccessCmd, SshKeyCmd, TeamCmd,
-    TemplateCmd, TokenCmd, UserCmd,
+    TemplateCmd, TokenCmd, UserCmd, WebhookCmd,
 };
 use crate::client::{has_code, ApiError, Client};
 use crate::context::{default_name, normalize_url, Context, Contexts, Remote, Target};
@@ -1028,6 +1028,120 @@ pub async fn team(c: &Client, cmd: TeamCmd, json: bool) -> Result<u8> {
             done(
                 serde_json::json!({ "team": team, "removed": user }),
                 format!("Removed {user} from team {team}."),
+            )
+        }
+    }
+}
+
+// --- webhooks ------------------------------------------------------------------------------
+
+/// `warren webhook ...`.
+pub async fn webhook(c: &Client, cmd: WebhookCmd, json: bool) -> Result<u8> {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    match cmd {
+        WebhookCmd::Add {
+            url,
+            name,
+            events,
+            secret,
+        } => {
+            let events: Vec<String> = events
+                .iter()
+                .map(|e| e.trim().to_owned())
+                .filter(|e| !e.is_empty())
+                .collect();
+            let made = c
+                .create_webhook(&warren_api::v1::CreateWebhook {
+                    url,
+                    name,
+                    events: (!events.is_empty()).then_some(events),
+                    secret,
+                })
+                .await?;
+            let w = &made.webhook;
+            eprintln!(
+                "Created webhook {} ({}) for {} -> {}. Its signing secret is shown only this once:",
+                w.id,
+                w.name,
+                w.events.join(","),
+                w.url
+            );
+            if json {
+                print_json(&made)?;
+            } else {
+                println!("{}", made.secret);
+                eprintln!(
+                    "Receivers check `Warren-Signature: t=T,v1=HEX`: HEX is HMAC-SHA256(secret, \"T.BODY\"); `warren webhook test {}` sends a test event.",
+                    w.id
+                );
+            }
+            Ok(0)
+        }
+        WebhookCmd::List => {
+            let list = c.webhooks().await?;
+            list_out(
+                json,
+                &list,
+                &["ID", "NAME", "URL", "EVENTS", "PENDING", "CREATED"],
+                |w| {
+                    vec![
+                        w.id.clone(),
+                        w.name.clone(),
+                        w.url.clone(),
+                        w.events.join(","),
+                        w.pending.to_string(),
+                        w.created_at.clone(),
+                    ]
+                },
+            )
+        }
+        WebhookCmd::Rm { id } => {
+            c.delete_webhook(&id).await?;
+            eprintln!("Removed webhook {id}.");
+            if json {
+                print_json(&serde_json::json!({ "removed": id }))?;
+            }
+            Ok(0)
+        }
+        WebhookCmd::Test { id } => {
+            let t = c.test_webhook(&id).await?;
+            if json {
+                print_json(&t)?;
+            } else {
+                eprintln!(
+                    "Queued test event {} for webhook {id} (delivery {}); `warren webhook deliveries {id}` shows how it went.",
+                    t.event_id, t.delivery_id
+                );
+            }
+            Ok(0)
+        }
+        WebhookCmd::Deliveries { id } => {
+            let list = c.webhook_deliveries(&id).await?;
+            list_out(
+                json,
+                &list,
+                &[
+                    "ID",
+                    "EVENT",
+                    "KIND",
+                    "STATUS",
+                    "ATTEMPTS",
+                    "CODE",
+                    "NEXT",
+                    "LAST ERROR",
+                ],
+                |d| {
+                    vec![
+                        d.id.clone(),
+                        d.event_id.to_string(),
+                        d.kind.clone(),
+                        d.status.clone(),
+                        d.attempts.to_string(),
+                        or_dash(d.last_status_code.map(|c| c.to_string())),
+                        or_dash(d.next_attempt_at.clone()),
+                        or_dash(d.last_error.clone()),
+                    ]
+                },
             )
         }
     }

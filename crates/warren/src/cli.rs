@@ -167,6 +167,10 @@ pub(crate) enum Cmd {
     Team(TeamCmd),
     /// Query, export and verify the server's audit log.
     Audit(AuditArgs),
+    /// Outgoing webhooks: matching events POSTed to a URL as signed JSON (admins; auditors may
+    /// list them and their deliveries).
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
     /// Manage local images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -560,6 +564,46 @@ pub(crate) enum TeamCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub(crate) enum WebhookCmd {
+    /// Register a webhook: matching events are POSTed to URL as JSON, signed with its secret
+    /// (printed this once).
+    Add {
+        /// Where events go: an absolute http(s) URL without credentials.
+        url: String,
+        /// Label (default: the URL's host).
+        #[arg(long)]
+        name: Option<String>,
+        /// Event kind patterns, comma-separated: `*` (the default), `workspace.*`, `budget.*`
+        /// or exact kinds such as `workspace.stopped`.
+        #[arg(long, value_delimiter = ',', value_name = "PATTERNS")]
+        events: Vec<String>,
+        /// The signing secret (16 to 256 printable characters; default: one made by the
+        /// server). Other local users can see a command line: prefer the default.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// List webhooks.
+    #[command(alias = "ls")]
+    List,
+    /// Remove a webhook: nothing more is sent to it.
+    #[command(alias = "remove")]
+    Rm {
+        /// Webhook id (`warren webhook list`).
+        id: String,
+    },
+    /// Send a `webhook.test` event to one webhook.
+    Test {
+        /// Webhook id.
+        id: String,
+    },
+    /// A webhook's latest deliveries: status, attempts, last answer or error.
+    Deliveries {
+        /// Webhook id.
+        id: String,
+    },
+}
+
 #[derive(Args, Debug)]
 pub(crate) struct AuditArgs {
     #[command(subcommand)]
@@ -826,6 +870,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::User(_) => "user",
         Cmd::Team(_) => "team",
         Cmd::Audit(_) => "audit",
+        Cmd::Webhook(_) => "webhook",
         Cmd::Logs(LogsArgs { job: Some(_), .. }) => "logs --job",
         Cmd::List(ListArgs { owner: Some(_), .. }) => "list --owner",
         Cmd::List(ListArgs {

@@ -15,6 +15,7 @@ use warren_api::v1::{
     DevicePoll, DeviceStart, Extend, FileUploaded, Job, Me, SshAccess, SshKey, Team, Template,
     TemplateVersion, Token, UpdateUser, User, WorkspaceList,
 };
+use warren_api::v1::{CreateWebhook, CreatedWebhook, Webhook, WebhookDelivery, WebhookTest};
 use warren_api::Workspace;
 
 use crate::context::Remote;
@@ -580,6 +581,42 @@ impl Client {
             None::<&()>,
         )
         .await
+    }
+
+    // --- webhooks --------------------------------------------------------------------------
+
+    /// `GET /webhooks`.
+    pub async fn webhooks(&self) -> Result<Vec<Webhook>> {
+        self.get("/webhooks").await
+    }
+
+    /// `POST /webhooks`.
+    pub async fn create_webhook(&self, body: &CreateWebhook) -> Result<CreatedWebhook> {
+        self.post("/webhooks", body).await
+    }
+
+    /// `DELETE /webhooks/{id}`.
+    pub async fn delete_webhook(&self, id: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/webhooks/{}", seg(id)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /webhooks/{id}/test`.
+    pub async fn test_webhook(&self, id: &str) -> Result<WebhookTest> {
+        self.post(
+            &format!("/webhooks/{}/test", seg(id)),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// `GET /webhooks/{id}/deliveries`.
+    pub async fn webhook_deliveries(&self, id: &str) -> Result<Vec<WebhookDelivery>> {
+        self.get(&format!("/webhooks/{}/deliveries", seg(id))).await
     }
 
     // --- workspaces ------------------------------------------------------------------------

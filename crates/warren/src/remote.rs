@@ -106,6 +106,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::User(u) => crate::admin::user(c, u, json).await,
         Cmd::Team(t) => crate::admin::team(c, t, json).await,
         Cmd::Audit(a) => crate::admin::audit(c, a, json).await,
+        Cmd::Webhook(w) => crate::admin::webhook(c, w, json).await,
         // Dispatched earlier: they never reach a server this way.
         Cmd::Logout { .. }
         | Cmd::Context(_)

@@ -9,6 +9,7 @@ pub mod health;
 pub mod ssh_keys;
 pub mod templates;
 pub mod users;
+pub mod webhooks;
 pub mod workspaces;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -30,6 +31,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(audit::router())
         .merge(events::router())
+        .merge(webhooks::router())
 }
 
 /// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,

@@ -1720,3 +1720,138 @@ fn ssh_access_tokens_made_listed_and_revoked_from_the_cli() {
     let (_, err) = s.fails(&["ssh-access", "revoke", "box", "nope"]);
     assert!(err.contains("no SSH access token `nope`"), "{err}");
 }
+
+/// A request a receiver got: headers (names lowercased) and body.
+type Received = (std::collections::HashMap<String, String>, Vec<u8>);
+
+/// A one-request-at-a-time HTTP receiver on 127.0.0.1 that answers 200 and sends each request
+/// to the returned channel.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<Received>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                }
+            }
+            let n: usize = headers["content-length"].parse().unwrap();
+            let mut body = vec![0; n];
+            r.read_exact(&mut body).unwrap();
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if tx.send((headers, body)).is_err() {
+                return;
+            }
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn webhooks_are_added_tested_listed_and_removed_with_the_cli() {
+    use hmac::Mac;
+    let s = Server::start();
+    s.login_admin();
+    s.login_member("kim");
+    let (url, requests) = webhook_receiver();
+    let add = |extra: &[&str]| {
+        let mut args = vec!["--context", "admin", "webhook", "add"];
+        args.extend_from_slice(extra);
+        s.run(&args)
+    };
+
+    // The secret alone on stdout, once.
+    let o = add(&[&url, "--name", "recv", "--events", "workspace.*,budget.*"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let secret = stdout(&o).trim().to_string();
+    assert_eq!(secret.len(), 64, "{secret}");
+    assert!(
+        stderr(&o).contains("shown only this once"),
+        "{}",
+        stderr(&o)
+    );
+    let list = s.json(&["--context", "admin", "webhook", "list"]);
+    let hook = list[0].clone();
+    let id = hook["id"].as_str().unwrap().to_string();
+    assert_eq!(hook["name"], "recv");
+    assert_eq!(
+        hook["events"],
+        serde_json::json!(["workspace.*", "budget.*"])
+    );
+    assert!(!list.to_string().contains(&secret));
+    let table = s.ok(&["--context", "admin", "webhook", "list"]);
+    assert!(table.starts_with("ID") && table.contains("recv"), "{table}");
+
+    // A test event reaches the receiver, signed with that secret.
+    let o = s.run(&["--context", "admin", "webhook", "test", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (headers, body) = requests.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(headers["warren-event"], "webhook.test");
+    let sig = &headers["warren-signature"];
+    let (t, v1) = sig
+        .strip_prefix("t=")
+        .and_then(|r| r.split_once(",v1="))
+        .unwrap_or_else(|| panic!("{sig}"));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&body);
+    assert!(mac.verify_slice(&hex::decode(v1).unwrap()).is_ok(), "{sig}");
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["data"]["webhook_id"], id.as_str());
+
+    // Its delivery, as JSON and as a table.
+    let mut delivered = false;
+    for _ in 0..100 {
+        let d = s.json(&["--context", "admin", "webhook", "deliveries", &id]);
+        if d[0]["status"] == "delivered" {
+            assert_eq!(
+                d[0]["id"].as_str(),
+                Some(headers["warren-delivery"].as_str())
+            );
+            delivered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(delivered);
+    let table = s.ok(&["--context", "admin", "webhook", "deliveries", &id]);
+    assert!(
+        table.contains("webhook.test") && table.contains("delivered"),
+        "{table}"
+    );
+
+    // Bad input: one line naming the field, with a hint.
+    let o = add(&["ftp://example.com/x"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`url`") && stderr(&o).contains("hint:"),
+        "{}",
+        stderr(&o)
+    );
+    let o = add(&[&url, "--events", "workspace.stoped"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`workspace.stoped`"), "{}", stderr(&o));
+    // A member may not see them.
+    let (_, err) = s.fails(&["--context", "kim", "webhook", "list"]);
+    assert!(err.contains("role does not permit"), "{err}");
+
+    s.ok(&["--context", "admin", "webhook", "rm", &id]);
+    assert_eq!(
+        s.json(&["--context", "admin", "webhook", "list"]),
+        serde_json::json!([])
+    );
+    let (_, err) = s.fails(&["--context", "admin", "webhook", "rm", &id]);
+    assert!(err.contains("no webhook"), "{err}");
+}
