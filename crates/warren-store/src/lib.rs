@@ -17,6 +17,7 @@ mod governance;
 mod identity;
 mod jobs;
 mod ports;
+mod quotas;
 mod record;
 mod ssh_access;
 mod ssh_keys;
@@ -35,9 +36,12 @@ use warren_api::{transition, Action, Event, WorkspaceName, WorkspaceState};
 
 pub use audit::*;
 pub use error::StoreError;
-pub use governance::{EventEntry, EventFilter, NewEvent, PolicyRow, UsageSegment};
+pub use governance::{
+    memory_mb_of, usage_class, EventEntry, EventFilter, NewEvent, PolicyRow, UsageSegment,
+};
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
+pub use quotas::{OverrideRecord, QuotaRecord, RunningRow};
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};
