@@ -237,7 +237,7 @@ pub fn overlap_hours(
         None => now,
     };
     let s = start.max(from);
-    let e = end.min(to).min(now.max(s));
+    let e = end.min(to).min(now);
     if e <= s {
         0.0
     } else {

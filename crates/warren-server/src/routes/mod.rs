@@ -5,6 +5,7 @@ pub mod audit;
 pub mod auth;
 pub mod files;
 pub mod health;
+pub mod quotas;
 pub mod ssh_keys;
 pub mod templates;
 pub mod users;
@@ -28,6 +29,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(ssh_keys::router())
         .merge(auth::router())
         .merge(audit::router())
+        .merge(quotas::router())
 }
 
 /// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,
