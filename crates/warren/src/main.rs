@@ -10,6 +10,7 @@ mod devcontainer_cmd;
 mod exec;
 mod output;
 mod ports;
+mod quota_cmd;
 mod remote;
 mod server_cmd;
 mod ssh;

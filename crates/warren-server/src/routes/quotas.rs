@@ -336,7 +336,7 @@ async fn revoke_override(
     let (s, _) = subject(&state, &caller, &kind, &name).await?;
     if !state.store.revoke_override(s.kind, &s.id, &id).await? {
         return Err(ApiError::not_found("override", &id)
-            .hint(format!("`warren quota override list --{} {name}`", &s.kind)));
+            .hint(format!("`warren quota overrides --{} {name}` lists them", &s.kind)));
     }
     Ok((
         StatusCode::NO_CONTENT,
