@@ -566,6 +566,8 @@ async fn update_workspace(
     }
     let rendered = warren_api::template::substitute_params(&version.devcontainer_json, &params);
     crate::routes::templates::check_devcontainer(&rendered)?;
+    // The rebuild starts it again: a start as far as quotas and budgets go.
+    let _admitted = admit(&state, &rec, by(&caller, &rec)).await?;
     let job = jobs::spawn(
         &state,
         &rec.id,
