@@ -168,7 +168,7 @@ async fn max_workspaces_holds_for_concurrent_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_and_memory_quotas_sum_the_limits_of_running_workspaces() {
     let s = server().await;
-    template(&s, "q", json!({"cpus": 1, "memory_mb": 512}), json!({})).await;
+    template(&s, "q", json!({"cpus": 1, "memory_mb": 1024}), json!({})).await;
     template(&s, "free", json!({}), json!({})).await;
     let alice = s.user_token("alice", "member", None).await;
     // The default quota applies to users without their own.
