@@ -474,3 +474,59 @@ async fn team_charging_rules_permissions_and_bad_input() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_autostart_is_recorded_once_per_occurrence() {
+    let s = server().await;
+    template(&s, "q", json!({"cpus": 1}), json!({})).await;
+    let (st, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/templates/auto/versions",
+            json!({
+                "devcontainer": json!({"image": "busybox", "overrideCommand": true}).to_string(),
+                "ceilings": {"cpus": 1},
+                "policy": {"autostart": {"schedule": "*/10 * * * *"}},
+            }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let alice = s.user_token("alice", "member", None).await;
+    put(&s, &s.admin, "/api/v1/quotas/users/alice", json!({"max_workspaces": 1})).await;
+    create_running(&s, &alice, json!({"name": "b", "template": "auto"})).await;
+    transition_ok(&s, &alice, "b", "stop").await; // 10:00
+    create_running(&s, &alice, json!({"name": "a", "template": "q"})).await;
+
+    // 10:10: b's autostart is due, and refused: one event for this occurrence.
+    s.advance(Duration::from_secs(10 * 60 + 1));
+    s.pass().await;
+    s.pass().await;
+    let refused = events(&s, "workspace.start_refused").await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].workspace_name.as_deref(), Some("b"));
+    assert_eq!(refused[0].reason.as_deref(), Some("quota"));
+    assert!(
+        refused[0].message.contains("has 1 of at most 1 workspaces running"),
+        "{refused:?}"
+    );
+    let (_, b) = s.get(&alice, "/api/v1/workspaces/b").await;
+    assert_eq!(b["state"], "stopped", "{b}");
+    // 10:20: another occurrence, another event.
+    s.advance(Duration::from_secs(10 * 60));
+    s.pass().await;
+    assert_eq!(events(&s, "workspace.start_refused").await.len(), 2);
+    // Room again: the next pass starts it.
+    transition_ok(&s, &alice, "a", "stop").await;
+    s.pass().await;
+    let mut state = Value::Null;
+    for _ in 0..300 {
+        let (_, b) = s.get(&alice, "/api/v1/workspaces/b").await;
+        state = b["state"].clone();
+        if state == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state, "running");
+    s.stop().await;
+}
