@@ -94,7 +94,10 @@ impl Drop for LocalGuard {
     fn drop(&mut self) {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         // Ours (in the map) and this guard's (dropped after this): nobody else waits.
-        if keys.get(&self.key).is_some_and(|m| Arc::strong_count(m) <= 2) {
+        if keys
+            .get(&self.key)
+            .is_some_and(|m| Arc::strong_count(m) <= 2)
+        {
             keys.remove(&self.key);
         }
     }

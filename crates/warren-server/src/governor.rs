@@ -138,7 +138,12 @@ impl Governor {
     }
 
     /// The latest occurrence of a schedule at or before `at` (schedules parsed once).
-    pub(crate) fn last_occurrence(&self, cron: &str, tz: &str, at: OffsetDateTime) -> Option<OffsetDateTime> {
+    pub(crate) fn last_occurrence(
+        &self,
+        cron: &str,
+        tz: &str,
+        at: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
         let key = (cron.to_owned(), tz.to_owned());
         lock(&self.schedules)
             .entry(key)

@@ -46,9 +46,7 @@ impl Period {
             "day" => Ok(Period::Day),
             "week" => Ok(Period::Week),
             "month" => Ok(Period::Month),
-            _ => Err(format!(
-                "unknown period `{s}`: expected day, week or month"
-            )),
+            _ => Err(format!("unknown period `{s}`: expected day, week or month")),
         }
     }
 
@@ -246,12 +244,7 @@ pub fn overlap_hours(
 }
 
 /// Cost of the segments charged to `s` within `[from, now)`.
-pub fn spent(
-    segs: &[UsageSegment],
-    s: &Subject,
-    from: OffsetDateTime,
-    now: OffsetDateTime,
-) -> f64 {
+pub fn spent(segs: &[UsageSegment], s: &Subject, from: OffsetDateTime, now: OffsetDateTime) -> f64 {
     segs.iter()
         .filter(|g| s.charged(g))
         .map(|g| g.rate_per_hour * overlap_hours(g, from, now, now))
@@ -529,7 +522,8 @@ pub async fn record_refused_start(
         ),
     );
     e.reason = Some(why.to_owned());
-    e.data = serde_json::json!({ "code": err.body.code, "trigger": reason.as_str(), "occurrence": at });
+    e.data =
+        serde_json::json!({ "code": err.body.code, "trigger": reason.as_str(), "occurrence": at });
     e.dedupe_key = Some(format!("workspace.start_refused:{}:{at}", rec.id));
     if let Err(err) = state.store.insert_event(&e).await {
         tracing_log(&format!("quota: cannot record a refused start: {err}"));
@@ -678,12 +672,7 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
                     "period_start": format_time(start), "period_end": format_time(end),
                     "used": spent, "budget": limit,
                 }),
-                dedupe_key: Some(format!(
-                    "{kind}:{}:{}:{}",
-                    s.kind,
-                    s.id,
-                    format_time(start)
-                )),
+                dedupe_key: Some(format!("{kind}:{}:{}:{}", s.kind, s.id, format_time(start))),
                 ..Default::default()
             };
             match state.store.insert_event(&e).await {
@@ -700,8 +689,7 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
                 .iter()
                 .filter(|r| r.state == WorkspaceState::Running && s.counts_row(r))
             {
-                match crate::governor::act(state, row, Verdict::Stop(Reason::Budget), None).await
-                {
+                match crate::governor::act(state, row, Verdict::Stop(Reason::Budget), None).await {
                     Ok(true) => report.push((who.clone(), format!("stopped {}", row.name))),
                     Ok(false) => {}
                     Err(e) => report.push((who.clone(), format!("error: {}: {e}", row.name))),
@@ -713,11 +701,7 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
 }
 
 /// A subject's quota status now (limits, what runs, budget spent this period, overrides).
-pub async fn status(
-    state: &AppState,
-    s: &Subject,
-    name: &str,
-) -> ApiResult<QuotaStatus> {
+pub async fn status(state: &AppState, s: &Subject, name: &str) -> ApiResult<QuotaStatus> {
     let quotas = state.store.quotas().await?;
     let (q, source) = effective(&quotas, s);
     let now = state.store.now_time();
@@ -801,8 +785,7 @@ pub fn override_view(
     users: &BTreeMap<String, String>,
     now: OffsetDateTime,
 ) -> QuotaOverride {
-    let active = o.revoked_at.is_none()
-        && parse_time(&o.expires_at).is_some_and(|e| e > now);
+    let active = o.revoked_at.is_none() && parse_time(&o.expires_at).is_some_and(|e| e > now);
     QuotaOverride {
         id: o.id.clone(),
         subject: o.subject_kind.clone(),
@@ -848,7 +831,9 @@ mod tests {
             Period::Month.bounds(t("2026-12-31T23:59:59Z")),
             (t("2026-12-01T00:00:00Z"), t("2027-01-01T00:00:00Z"))
         );
-        assert!(Period::parse("year").unwrap_err().contains("day, week or month"));
+        assert!(Period::parse("year")
+            .unwrap_err()
+            .contains("day, week or month"));
     }
 
     #[test]
@@ -892,9 +877,15 @@ mod tests {
         for (text, field) in bad {
             let l: QuotaLimits = serde_json::from_str(text).unwrap();
             let e = validate_limits(&l).unwrap_err();
-            assert!(e.body.message.starts_with(field), "{text}: {}", e.body.message);
+            assert!(
+                e.body.message.starts_with(field),
+                "{text}: {}",
+                e.body.message
+            );
         }
-        validate_limits(&serde_json::from_str(r#"{"budget": 10, "budget_period": "week"}"#).unwrap())
-            .unwrap();
+        validate_limits(
+            &serde_json::from_str(r#"{"budget": 10, "budget_period": "week"}"#).unwrap(),
+        )
+        .unwrap();
     }
 }

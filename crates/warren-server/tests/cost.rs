@@ -72,7 +72,11 @@ async fn cost_is_exact_per_day_across_midnight_restarts_and_repricing() {
         .unwrap()
         .set(warren_store::clock::parse_time("2030-06-15T20:45:00Z").unwrap());
     s.import_busybox();
-    push(&s, json!({"running_per_hour": 2.0, "stopped_per_hour": 0.5})).await;
+    push(
+        &s,
+        json!({"running_per_hour": 2.0, "stopped_per_hour": 0.5}),
+    )
+    .await;
     let alice = s.user_token("alice", "member", None).await;
     let bob = s.user_token("bob", "member", None).await;
     let auditor = s.user_token("audrey", "auditor", None).await;
@@ -165,7 +169,11 @@ async fn cost_is_exact_per_day_across_midnight_restarts_and_repricing() {
 
     // Moving to a version with other rates re-prices from that instant: the update rebuilds and
     // starts it at 01:00, then it runs 1 h at 4.
-    push(&s, json!({"running_per_hour": 4.0, "stopped_per_hour": 1.0})).await;
+    push(
+        &s,
+        json!({"running_per_hour": 4.0, "stopped_per_hour": 1.0}),
+    )
+    .await;
     let (st, v) = s
         .call(
             Some(&alice),

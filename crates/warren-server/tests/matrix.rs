@@ -695,11 +695,7 @@ impl<'a> Fx<'a> {
                 let o = self
                     .admin_ok("POST", &p, json!({"extra_budget": 1, "duration": "1h"}))
                     .await;
-                Req::new(
-                    m,
-                    format!("{p}/{}", o["id"].as_str().unwrap()),
-                    Body::None,
-                )
+                Req::new(m, format!("{p}/{}", o["id"].as_str().unwrap()), Body::None)
             }
             ("GET", "/api/v1/teams", _) => Req::new(m, path, Body::None),
             ("POST", "/api/v1/teams", _) => {

@@ -79,7 +79,10 @@ fn assert_refused(st: StatusCode, v: &Value, code: &str, says: &str) {
     assert!(msg.contains(says), "{msg}");
     assert!(!msg.contains('\n'), "one line: {msg}");
     assert!(
-        v["hint"].as_str().unwrap_or("").contains("warren quota override")
+        v["hint"]
+            .as_str()
+            .unwrap_or("")
+            .contains("warren quota override")
             || v["hint"].as_str().unwrap_or("").contains("limits"),
         "{v}"
     );
@@ -126,7 +129,10 @@ async fn max_workspaces_holds_for_concurrent_starts() {
         "quota_exceeded",
         "has 1 of at most 1 workspaces running",
     );
-    let first = answers[0].1["workspace"]["name"].as_str().unwrap().to_owned();
+    let first = answers[0].1["workspace"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let job = s
         .wait_job(&alice, answers[0].1["job"]["id"].as_str().unwrap())
         .await;
@@ -147,13 +153,21 @@ async fn max_workspaces_holds_for_concurrent_starts() {
     let mut answers = [x, y];
     answers.sort_by_key(|(st, _)| st.as_u16());
     assert_eq!(answers[0].0, StatusCode::ACCEPTED, "{:?}", answers);
-    assert_refused(answers[1].0, &answers[1].1, "quota_exceeded", "workspaces running");
+    assert_refused(
+        answers[1].0,
+        &answers[1].1,
+        "quota_exceeded",
+        "workspaces running",
+    );
     let job = s
         .wait_job(&alice, answers[0].1["job"]["id"].as_str().unwrap())
         .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     // Restarting the running one is not a second workspace.
-    let running = answers[0].1["workspace"]["name"].as_str().unwrap().to_owned();
+    let running = answers[0].1["workspace"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     transition_ok(&s, &alice, &running, "restart").await;
 
     // The status shows what runs.
@@ -188,7 +202,12 @@ async fn cpu_and_memory_quotas_sum_the_limits_of_running_workspaces() {
     .await;
     // 1 + 1 CPUs > 1.5.
     let (st, v) = create(&s, &alice, json!({"name": "b", "template": "q"})).await;
-    assert_refused(st, &v, "quota_exceeded", "2 CPUs would run, above the quota of 1.5");
+    assert_refused(
+        st,
+        &v,
+        "quota_exceeded",
+        "2 CPUs would run, above the quota of 1.5",
+    );
     // 256 + 600 MiB > 768.
     let (st, v) = create(
         &s,
@@ -219,7 +238,13 @@ async fn cpu_and_memory_quotas_sum_the_limits_of_running_workspaces() {
 async fn budgets_warn_at_80_percent_refuse_at_100_and_overrides_lift_them_until_expiry() {
     let s = server().await;
     // 10 units per running hour: a budget of 10 lasts one hour.
-    template(&s, "paid", json!({"cpus": 1}), json!({"running_per_hour": 10.0})).await;
+    template(
+        &s,
+        "paid",
+        json!({"cpus": 1}),
+        json!({"running_per_hour": 10.0}),
+    )
+    .await;
     let alice = s.user_token("alice", "member", None).await;
     let (st, v) = put(
         &s,
@@ -254,8 +279,19 @@ async fn budgets_warn_at_80_percent_refuse_at_100_and_overrides_lift_them_until_
     assert_eq!(ws["state"], "running", "{ws}");
     transition_ok(&s, &alice, "a", "stop").await;
     let (st, v) = transition(&s, &alice, "a", "start").await;
-    assert_refused(st, &v, "budget_exhausted", "has spent its budget: 10 of 10 cost units this day");
-    assert!(v["hint"].as_str().unwrap().contains("warren quota override --user alice"), "{v}");
+    assert_refused(
+        st,
+        &v,
+        "budget_exhausted",
+        "has spent its budget: 10 of 10 cost units this day",
+    );
+    assert!(
+        v["hint"]
+            .as_str()
+            .unwrap()
+            .contains("warren quota override --user alice"),
+        "{v}"
+    );
     let (_, me) = s.get(&alice, "/api/v1/me/quota").await;
     assert_eq!(me["user"]["budget"]["used"], 10.0, "{me}");
     assert_eq!(me["user"]["budget"]["left"], 0.0, "{me}");
@@ -301,7 +337,10 @@ async fn budgets_warn_at_80_percent_refuse_at_100_and_overrides_lift_them_until_
         .call(
             Some(&s.admin),
             Method::DELETE,
-            &format!("/api/v1/quotas/users/alice/overrides/{}", o["id"].as_str().unwrap()),
+            &format!(
+                "/api/v1/quotas/users/alice/overrides/{}",
+                o["id"].as_str().unwrap()
+            ),
             None,
         )
         .await;
@@ -314,9 +353,16 @@ async fn budgets_warn_at_80_percent_refuse_at_100_and_overrides_lift_them_until_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_exhausted_stop_stops_running_workspaces_with_reason_budget() {
     let s = server().await;
-    template(&s, "paid", json!({"cpus": 1}), json!({"running_per_hour": 10.0})).await;
+    template(
+        &s,
+        "paid",
+        json!({"cpus": 1}),
+        json!({"running_per_hour": 10.0}),
+    )
+    .await;
     let bob = s.user_token("bob", "member", None).await;
-    s.post(&s.admin, "/api/v1/teams", json!({"name": "infra"})).await;
+    s.post(&s.admin, "/api/v1/teams", json!({"name": "infra"}))
+        .await;
     let (st, _) = s
         .call(
             Some(&s.admin),
@@ -380,7 +426,12 @@ async fn on_exhausted_stop_stops_running_workspaces_with_reason_budget() {
     assert_eq!(exhausted[0].team_id.as_deref(), Some(team.id.as_str()));
     // Starting again is refused, naming the team.
     let (st, v) = transition(&s, &bob, "w", "start").await;
-    assert_refused(st, &v, "budget_exhausted", "team `infra` has spent its budget");
+    assert_refused(
+        st,
+        &v,
+        "budget_exhausted",
+        "team `infra` has spent its budget",
+    );
     s.stop().await;
 }
 
@@ -406,14 +457,40 @@ async fn team_charging_rules_permissions_and_bad_input() {
     }
     s.push_template("t", json!({"image": "busybox"})).await;
     // Not a member of `ops`.
-    let (st, v) = create(&s, &alice, json!({"name": "x", "template": "t", "team": "ops"})).await;
+    let (st, v) = create(
+        &s,
+        &alice,
+        json!({"name": "x", "template": "t", "team": "ops"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("not a member of team `ops`"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a member of team `ops`"),
+        "{v}"
+    );
     assert!(v["hint"].as_str().unwrap().contains("infra, web"), "{v}");
-    let (st, v) = create(&s, &alice, json!({"name": "x", "template": "t", "team": "nope"})).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+    let (st, v) = create(
+        &s,
+        &alice,
+        json!({"name": "x", "template": "t", "team": "nope"}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{v}"
+    );
     // In two teams, one with a quota: say which.
-    put(&s, &s.admin, "/api/v1/quotas/teams/web", json!({"max_workspaces": 5})).await;
+    put(
+        &s,
+        &s.admin,
+        "/api/v1/quotas/teams/web",
+        json!({"max_workspaces": 5}),
+    )
+    .await;
     let (st, v) = create(&s, &alice, json!({"name": "x", "template": "t"})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["hint"].as_str().unwrap().contains("--team"), "{v}");
@@ -428,26 +505,61 @@ async fn team_charging_rules_permissions_and_bad_input() {
     let (st, _) = s.get(&bob, "/api/v1/quotas/teams/web").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = s.get(&bob, "/api/v1/quotas/users/nobody").await;
-    assert_eq!(st, StatusCode::FORBIDDEN, "a member learns nothing of other users");
-    let (st, _) = put(&s, &bob, "/api/v1/quotas/users/bob", json!({"max_workspaces": 99})).await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "a member learns nothing of other users"
+    );
+    let (st, _) = put(
+        &s,
+        &bob,
+        "/api/v1/quotas/users/bob",
+        json!({"max_workspaces": 99}),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = put(&s, &auditor, "/api/v1/quotas/users/bob", json!({"max_workspaces": 99})).await;
+    let (st, _) = put(
+        &s,
+        &auditor,
+        "/api/v1/quotas/users/bob",
+        json!({"max_workspaces": 99}),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = s.get(&auditor, "/api/v1/quotas/users/alice").await;
     assert_eq!(st, StatusCode::OK);
 
     // Bad input names the field.
     let bad = [
-        ("/api/v1/quotas/users/bob", json!({"budget": -5}), "`budget`"),
-        ("/api/v1/quotas/users/bob", json!({"budget_period": "year"}), "`budget_period`"),
-        ("/api/v1/quotas/users/bob", json!({"on_exhausted": "explode"}), "`on_exhausted`"),
-        ("/api/v1/quotas/default", json!({"max_cpus": 0}), "`max_cpus`"),
+        (
+            "/api/v1/quotas/users/bob",
+            json!({"budget": -5}),
+            "`budget`",
+        ),
+        (
+            "/api/v1/quotas/users/bob",
+            json!({"budget_period": "year"}),
+            "`budget_period`",
+        ),
+        (
+            "/api/v1/quotas/users/bob",
+            json!({"on_exhausted": "explode"}),
+            "`on_exhausted`",
+        ),
+        (
+            "/api/v1/quotas/default",
+            json!({"max_cpus": 0}),
+            "`max_cpus`",
+        ),
     ];
     for (path, body, field) in bad {
         let (st, v) = put(&s, &s.admin, path, body.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["code"], "invalid_request");
-        assert!(v["message"].as_str().unwrap().contains(field), "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(field),
+            "{body}: {v}"
+        );
     }
     let (st, v) = s
         .post(
@@ -457,7 +569,13 @@ async fn team_charging_rules_permissions_and_bad_input() {
         )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["message"].as_str().unwrap().contains("`running_per_hour`"), "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("`running_per_hour`"),
+        "{v}"
+    );
     for body in [
         json!({"duration": "1h"}),
         json!({"extra_budget": -1, "duration": "1h"}),
@@ -492,7 +610,13 @@ async fn a_refused_autostart_is_recorded_once_per_occurrence() {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let alice = s.user_token("alice", "member", None).await;
-    put(&s, &s.admin, "/api/v1/quotas/users/alice", json!({"max_workspaces": 1})).await;
+    put(
+        &s,
+        &s.admin,
+        "/api/v1/quotas/users/alice",
+        json!({"max_workspaces": 1}),
+    )
+    .await;
     create_running(&s, &alice, json!({"name": "b", "template": "auto"})).await;
     transition_ok(&s, &alice, "b", "stop").await; // 10:00
     create_running(&s, &alice, json!({"name": "a", "template": "q"})).await;
@@ -506,7 +630,9 @@ async fn a_refused_autostart_is_recorded_once_per_occurrence() {
     assert_eq!(refused[0].workspace_name.as_deref(), Some("b"));
     assert_eq!(refused[0].reason.as_deref(), Some("quota"));
     assert!(
-        refused[0].message.contains("has 1 of at most 1 workspaces running"),
+        refused[0]
+            .message
+            .contains("has 1 of at most 1 workspaces running"),
         "{refused:?}"
     );
     let (_, b) = s.get(&alice, "/api/v1/workspaces/b").await;

@@ -428,12 +428,15 @@ fn segment_from_row(r: &SqliteRow) -> Result<UsageSegment, StoreError> {
 
 /// The memory limit in MiB of stored limits: `memory_mb`, or the engine's `memory_bytes`.
 pub fn memory_mb_of(limits: &serde_json::Value) -> Option<i64> {
-    limits.get("memory_mb").and_then(|v| v.as_i64()).or_else(|| {
-        limits
-            .get("memory_bytes")
-            .and_then(|v| v.as_i64())
-            .map(|b| b >> 20)
-    })
+    limits
+        .get("memory_mb")
+        .and_then(|v| v.as_i64())
+        .or_else(|| {
+            limits
+                .get("memory_bytes")
+                .and_then(|v| v.as_i64())
+                .map(|b| b >> 20)
+        })
 }
 
 /// The hourly rate of `class` in a workspace's `cost_json` (0 without one).

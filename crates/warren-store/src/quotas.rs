@@ -122,9 +122,8 @@ impl Store {
 
     /// One quota row.
     pub async fn quota(&self, kind: &str, id: &str) -> Result<Option<QuotaRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {QUOTA_COLUMNS} FROM quotas WHERE subject_kind = ? AND subject_id = ?"
-        );
+        let sql =
+            format!("SELECT {QUOTA_COLUMNS} FROM quotas WHERE subject_kind = ? AND subject_id = ?");
         sqlx::query(&sql)
             .bind(kind)
             .bind(id)
@@ -287,14 +286,13 @@ impl Store {
 
     /// Sets a workspace's cost rates (JSON), and re-prices its open
     /// usage segment at this instant (closed and reopened at the new rate), in one transaction.
-    pub async fn reprice(
-        &self,
-        id: &str,
-        cost_json: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub async fn reprice(&self, id: &str, cost_json: Option<&str>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let now = self.now();
-        let sql = format!("SELECT {} FROM workspaces WHERE id = ?", crate::WORKSPACE_COLUMNS);
+        let sql = format!(
+            "SELECT {} FROM workspaces WHERE id = ?",
+            crate::WORKSPACE_COLUMNS
+        );
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&mut *tx).await? else {
             return Err(StoreError::NotFound { id: id.to_owned() });
         };
@@ -359,9 +357,16 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(store.active_overrides(&store.now()).await.unwrap(), [o.clone()]);
+        assert_eq!(
+            store.active_overrides(&store.now()).await.unwrap(),
+            std::slice::from_ref(&o)
+        );
         clock.advance(Duration::from_secs(61));
-        assert!(store.active_overrides(&store.now()).await.unwrap().is_empty());
+        assert!(store
+            .active_overrides(&store.now())
+            .await
+            .unwrap()
+            .is_empty());
         assert!(store.revoke_override("user", "u1", &o.id).await.unwrap());
         assert!(!store.revoke_override("user", "u1", &o.id).await.unwrap());
         assert_eq!(store.overrides_of("user", "u1").await.unwrap().len(), 1);

@@ -620,7 +620,11 @@ pub(crate) enum QuotaCmd {
         #[arg(long)]
         unlimited: bool,
         /// How long it lasts, e.g. 1d, 12h.
-        #[arg(long = "for", value_name = "DURATION", required_unless_present = "until")]
+        #[arg(
+            long = "for",
+            value_name = "DURATION",
+            required_unless_present = "until"
+        )]
         duration: Option<String>,
         /// When it ends (RFC 3339).
         #[arg(long, conflicts_with = "duration")]

@@ -128,7 +128,10 @@ pub async fn quota(c: &Client, cmd: QuotaCmd, json: bool) -> Result<u8> {
                 if json {
                     print_json(&q)?;
                 } else {
-                    println!("default quota of users: {}", serde_json::to_string(&q.limits)?);
+                    println!(
+                        "default quota of users: {}",
+                        serde_json::to_string(&q.limits)?
+                    );
                 }
             } else {
                 let s: QuotaStatus = c
@@ -240,10 +243,7 @@ pub async fn quota(c: &Client, cmd: QuotaCmd, json: bool) -> Result<u8> {
                     .collect();
                 print!(
                     "{}",
-                    table(
-                        &["ID", "GRANTS", "EXPIRES", "ACTIVE", "BY", "NOTE"],
-                        &rows
-                    )
+                    table(&["ID", "GRANTS", "EXPIRES", "ACTIVE", "BY", "NOTE"], &rows)
                 );
             }
             Ok(0)
@@ -278,16 +278,12 @@ pub async fn cost(c: &Client, a: CostArgs, json: bool) -> Result<u8> {
     }
     if a.csv {
         q.push(("format", "csv".into()));
-        let resp = c
-            .send(c.request(Method::GET, "/usage").query(&q))
-            .await?;
+        let resp = c.send(c.request(Method::GET, "/usage").query(&q)).await?;
         let text = resp.text().await.map_err(|e| c.transport_error(e))?;
         print!("{text}");
         return Ok(0);
     }
-    let resp = c
-        .send(c.request(Method::GET, "/usage").query(&q))
-        .await?;
+    let resp = c.send(c.request(Method::GET, "/usage").query(&q)).await?;
     let bytes = resp.bytes().await.map_err(|e| c.transport_error(e))?;
     let r: UsageReport = serde_json::from_slice(&bytes).map_err(|e| {
         user_error(

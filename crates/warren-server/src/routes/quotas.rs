@@ -101,11 +101,10 @@ fn quota_view(q: &warren_store::QuotaRecord, subject: &str, name: &str) -> Quota
     responses((status = 200, body = Quota), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_default(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Quota>> {
     allow(&caller, Op::UsageRead(Owner::Own))?;
-    let q = state
-        .store
-        .quota("default", "")
-        .await?
-        .ok_or_else(|| ApiError::not_found("quota", "default").hint("none is set: users without their own quota are unlimited"))?;
+    let q = state.store.quota("default", "").await?.ok_or_else(|| {
+        ApiError::not_found("quota", "default")
+            .hint("none is set: users without their own quota are unlimited")
+    })?;
     Ok(Json(quota_view(&q, "default", "")))
 }
 
@@ -257,7 +256,7 @@ async fn create_override(
     match (body.extra_budget, body.unlimited) {
         (None, false) => {
             return Err(
-                ApiError::bad_request("give `extra_budget` or `unlimited: true`").hint(hint)
+                ApiError::bad_request("give `extra_budget` or `unlimited: true`").hint(hint),
             )
         }
         (Some(x), _) if !(x.is_finite() && x > 0.0) => {
@@ -280,7 +279,7 @@ async fn create_override(
         }
         _ => {
             return Err(
-                ApiError::bad_request("give exactly one of `expires_at` and `duration`").hint(hint)
+                ApiError::bad_request("give exactly one of `expires_at` and `duration`").hint(hint),
             )
         }
     };
@@ -335,8 +334,10 @@ async fn revoke_override(
     caller.require(Op::QuotaAdmin)?;
     let (s, _) = subject(&state, &caller, &kind, &name).await?;
     if !state.store.revoke_override(s.kind, &s.id, &id).await? {
-        return Err(ApiError::not_found("override", &id)
-            .hint(format!("`warren quota overrides --{} {name}` lists them", &s.kind)));
+        return Err(ApiError::not_found("override", &id).hint(format!(
+            "`warren quota overrides --{} {name}` lists them",
+            &s.kind
+        )));
     }
     Ok((
         StatusCode::NO_CONTENT,
@@ -483,10 +484,7 @@ async fn usage(
     let visible = |g: &UsageSegment| {
         everyone
             || g.owner_id == caller.user.id
-            || (group_by == "team"
-                && g.team_id
-                    .as_deref()
-                    .is_some_and(|t| my_teams.contains(t)))
+            || (group_by == "team" && g.team_id.as_deref().is_some_and(|t| my_teams.contains(t)))
     };
     let users = quota::user_names(&state).await?;
     let team_names: BTreeMap<&str, &str> = teams
@@ -511,10 +509,9 @@ async fn usage(
     for g in segs.iter().filter(|g| visible(g)) {
         if group_by == "day" {
             // Split at each UTC midnight.
-            let mut day_start = quota::Period::Day.bounds(from.max(
-                parse_time(&g.started_at).unwrap_or(from),
-            ))
-            .0;
+            let mut day_start = quota::Period::Day
+                .bounds(from.max(parse_time(&g.started_at).unwrap_or(from)))
+                .0;
             while day_start < to {
                 let day_end = day_start + time::Duration::days(1);
                 let h = quota::overlap_hours(g, day_start.max(from), day_end.min(to), now);
@@ -525,11 +522,7 @@ async fn usage(
                     day_start.day()
                 );
                 add(label.clone(), label, &g.class, h, g.rate_per_hour);
-                let seg_end = g
-                    .ended_at
-                    .as_deref()
-                    .and_then(parse_time)
-                    .unwrap_or(now);
+                let seg_end = g.ended_at.as_deref().and_then(parse_time).unwrap_or(now);
                 if day_end >= seg_end {
                     break;
                 }
@@ -557,7 +550,10 @@ async fn usage(
             "team" => match g.team_id.as_deref() {
                 Some(t) => (
                     t.to_owned(),
-                    team_names.get(t).map(|s| s.to_string()).unwrap_or_else(|| t.to_owned()),
+                    team_names
+                        .get(t)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| t.to_owned()),
                 ),
                 None => (String::new(), "(no team)".to_owned()),
             },

@@ -1745,7 +1745,8 @@ fn quotas_overrides_and_cost_from_the_cli() {
     let one = s.world.project("one", r#"{"image": "busybox"}"#);
     let two = s.world.project("two", r#"{"image": "busybox"}"#);
     assert_eq!(
-        s.ok(&["up", one.to_str().unwrap(), "--team", "infra"]).trim(),
+        s.ok(&["up", one.to_str().unwrap(), "--team", "infra"])
+            .trim(),
         "one"
     );
     // A second running workspace is over the quota: the error names the limit, the hint says
@@ -1790,7 +1791,15 @@ fn quotas_overrides_and_cost_from_the_cli() {
         "{listed}"
     );
     assert_eq!(s.ok(&["up", two.to_str().unwrap()]).trim(), "two");
-    s.ok(&["--context", "admin", "quota", "revoke", "--user", "kim", &id]);
+    s.ok(&[
+        "--context",
+        "admin",
+        "quota",
+        "revoke",
+        "--user",
+        "kim",
+        &id,
+    ]);
     let listed = s.ok(&["--context", "admin", "quota", "overrides", "--user", "kim"]);
     assert!(listed.contains("revoked"), "{listed}");
 
