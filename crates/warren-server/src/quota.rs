@@ -21,7 +21,8 @@ use warren_api::v1::{BudgetStatus, QuotaLimits, QuotaOverride, QuotaStatus};
 use warren_api::{ErrorCode, WorkspaceState};
 use warren_store::clock::parse_time;
 use warren_store::{
-    format_time, NewEvent, OverrideRecord, PolicyRow, QuotaRecord, RunningRow, UsageSegment,
+    format_time, NewEvent, OverrideRecord, PolicyRow, QuotaRecord, RunningRow, Spending,
+    UsageSegment,
 };
 
 use crate::app::AppState;
@@ -86,6 +87,36 @@ impl Period {
             }
         }
     }
+}
+
+impl Period {
+    /// The index of this period's column in [`period_starts`] and [`warren_store::Spending`].
+    fn index(self) -> usize {
+        match self {
+            Period::Day => 0,
+            Period::Week => 1,
+            Period::Month => 2,
+        }
+    }
+}
+
+/// The starts of the day, week and month holding `now`, in [`Period::index`] order.
+fn period_starts(now: OffsetDateTime) -> Vec<String> {
+    [Period::Day, Period::Week, Period::Month]
+        .iter()
+        .map(|p| format_time(p.bounds(now).0))
+        .collect()
+}
+
+/// What `s` spent in its `period` so far, from [`warren_store::Store::spending`] rows.
+fn spent_in(rows: &[Spending], s: &Subject, period: Period) -> f64 {
+    rows.iter()
+        .filter(|r| match s.kind {
+            "user" => r.owner_id == s.id,
+            _ => r.team_id.as_deref() == Some(s.id.as_str()),
+        })
+        .map(|r| r.spent.get(period.index()).copied().unwrap_or(0.0))
+        .sum()
 }
 
 /// Checks limits an admin sets; the error names the field.
@@ -359,7 +390,7 @@ pub async fn admit(
     let now = state.store.now_time();
     let overrides = state.store.active_overrides(&format_time(now)).await?;
     let running = state.store.running_for(owner_id, team_id).await?;
-    let mut segs: Option<Vec<UsageSegment>> = None;
+    let mut spending: Option<Vec<Spending>> = None;
     for (s, q) in limited {
         let (unlimited, extra) = override_of(&overrides, s);
         if unlimited {
@@ -454,17 +485,21 @@ pub async fn admit(
         if let Some(budget) = q.budget {
             let period = Period::parse(&q.budget_period).unwrap_or(Period::Month);
             let (start, _) = period.bounds(now);
-            if segs.is_none() {
-                // One query for every subject: from the earliest period start that could matter.
-                let earliest = Period::Month.bounds(now).0.min(Period::Week.bounds(now).0);
-                segs = Some(
+            if spending.is_none() {
+                // One query for both subjects and every period.
+                spending = Some(
                     state
                         .store
-                        .usage_segments(&format_time(earliest), &format_time(now))
+                        .spending(
+                            &period_starts(now),
+                            &format_time(now),
+                            Some(owner_id),
+                            team_id,
+                        )
                         .await?,
                 );
             }
-            let used = spent(segs.as_deref().unwrap_or(&[]), s, start, now);
+            let used = spent_in(spending.as_deref().unwrap_or(&[]), s, period);
             let limit = budget + extra;
             if used >= limit {
                 return Err(refuse(
@@ -550,10 +585,9 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
         return report;
     }
     let now = state.store.now_time();
-    let earliest = Period::Month.bounds(now).0.min(Period::Week.bounds(now).0);
-    let (from, to) = (format_time(earliest), format_time(now));
-    let (segs, overrides) = match tokio::try_join!(
-        state.store.usage_segments(&from, &to),
+    let (froms, to) = (period_starts(now), format_time(now));
+    let (spending, overrides) = match tokio::try_join!(
+        state.store.spending(&froms, &to, None, None),
         state.store.active_overrides(&to)
     ) {
         Ok(x) => x,
@@ -579,12 +613,11 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
         .iter()
         .any(|q| q.subject_kind == "default" && q.budget.is_some())
     {
-        for g in &segs {
-            subjects.insert(Subject::user(&g.owner_id));
+        for r in &spending {
+            subjects.insert(Subject::user(&r.owner_id));
         }
     }
-    // Spending per subject, one walk over the segments.
-    let mut used: HashMap<&Subject, f64> = HashMap::new();
+    // Each subject's budget in force and its period.
     let mut starts: HashMap<&Subject, (Period, OffsetDateTime, OffsetDateTime, f64, &str)> =
         HashMap::new();
     for s in &subjects {
@@ -599,8 +632,9 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
         let period = Period::parse(&q.budget_period).unwrap_or(Period::Month);
         let (start, end) = period.bounds(now);
         starts.insert(s, (period, start, end, budget + extra, &q.on_exhausted));
-        used.insert(s, 0.0);
     }
+    // Spending per subject, one walk over the (owner, team) rows.
+    let mut used: HashMap<&Subject, f64> = HashMap::new();
     let by_user: HashMap<&str, &Subject> = starts
         .keys()
         .filter(|s| s.kind == "user")
@@ -611,12 +645,12 @@ pub async fn budget_pass(state: &AppState, rows: &[PolicyRow]) -> BudgetReport {
         .filter(|s| s.kind == "team")
         .map(|s| (s.id.as_str(), *s))
         .collect();
-    for g in &segs {
-        let owner = by_user.get(g.owner_id.as_str());
-        let team = g.team_id.as_deref().and_then(|t| by_team.get(t));
+    for r in &spending {
+        let owner = by_user.get(r.owner_id.as_str());
+        let team = r.team_id.as_deref().and_then(|t| by_team.get(t));
         for s in owner.into_iter().chain(team) {
-            let (_, start, _, _, _) = starts[*s];
-            *used.entry(*s).or_default() += g.rate_per_hour * overlap_hours(g, start, now, now);
+            let (period, ..) = starts[*s];
+            *used.entry(*s).or_default() += r.spent.get(period.index()).copied().unwrap_or(0.0);
         }
     }
     let mut ordered: Vec<&Subject> = starts.keys().copied().collect();
@@ -716,11 +750,15 @@ pub async fn status(state: &AppState, s: &Subject, name: &str) -> ApiResult<Quot
         Some((q, b)) => {
             let period = Period::parse(&q.budget_period).unwrap_or(Period::Month);
             let (start, end) = period.bounds(now);
-            let segs = state
+            let (owner, team) = match s.kind {
+                "user" => (Some(s.id.as_str()), None),
+                _ => (None, Some(s.id.as_str())),
+            };
+            let rows = state
                 .store
-                .usage_segments(&format_time(start), &format_time(now))
+                .spending(&period_starts(now), &format_time(now), owner, team)
                 .await?;
-            let used = spent(&segs, s, start, now);
+            let used = spent_in(&rows, s, period);
             let limit = b + extra;
             Some(BudgetStatus {
                 period: period.as_str().into(),

@@ -656,3 +656,49 @@ async fn a_refused_autostart_is_recorded_once_per_occurrence() {
     assert_eq!(state, "running");
     s.stop().await;
 }
+
+/// The budget pass over 10,000 priced workspaces of 100 users under a default budget (run with
+/// `--ignored --nocapture`; prints the time of a pass). Records are written straight into the
+/// store: no workspace runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_budget_pass_over_10000_workspaces() {
+    let s = TestServer::start_fake_clock().await;
+    s.clock.as_ref().unwrap().set(mid_period());
+    let store = &s.state.store;
+    for i in 0..10_000 {
+        store
+            .create_workspace(warren_store::NewWorkspace {
+                name: warren_api::WorkspaceName::new(format!("w{i}")).unwrap(),
+                project_dir: format!("/nonexistent/{i}"),
+                config_path: "/nonexistent/c.json".into(),
+                image: "busybox".into(),
+                spec_json: "{}".into(),
+                ownership: warren_store::Ownership {
+                    owner_id: format!("user{}", i % 100),
+                    org_id: s.state.org.id.clone(),
+                    cost_json: Some(r#"{"stopped_per_hour": 0.01}"#.into()),
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+    }
+    put(
+        &s,
+        &s.admin,
+        "/api/v1/quotas/default",
+        json!({"budget": 1000000}),
+    )
+    .await;
+    s.advance(Duration::from_secs(3600));
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t0 = std::time::Instant::now();
+        let r = warren_server::quota::budget_pass(&s.state, &[]).await;
+        best = best.min(t0.elapsed());
+        assert!(r.is_empty(), "{r:?}");
+    }
+    eprintln!("budget pass over 10000 priced workspaces: best of 5 {best:?}");
+    s.stop().await;
+}

@@ -41,7 +41,7 @@ pub use governance::{
 };
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
-pub use quotas::{OverrideRecord, QuotaRecord, RunningRow};
+pub use quotas::{OverrideRecord, QuotaRecord, RunningRow, Spending};
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};

@@ -72,6 +72,17 @@ pub struct RunningRow {
     pub limits_json: String,
 }
 
+/// What an (owner, team) pair spent since each of several starts (see [`Store::spending`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spending {
+    /// The owner.
+    pub owner_id: String,
+    /// The charged team.
+    pub team_id: Option<String>,
+    /// Cost units since each start, in the order asked.
+    pub spent: Vec<f64>,
+}
+
 const QUOTA_COLUMNS: &str = "subject_kind, subject_id, max_workspaces, max_cpus, max_memory_mb, \
     budget, budget_period, on_exhausted, updated_by, updated_at";
 const OVERRIDE_COLUMNS: &str = "id, subject_kind, subject_id, extra_budget, unlimited, \
@@ -284,6 +295,62 @@ impl Store {
             .collect()
     }
 
+    /// What was spent, per (owner, team) pair, from each of `froms` until `now`: the sum over
+    /// usage segments of rate × overlap, computed by the database in whole milliseconds (the
+    /// stored precision), so a pass over a large fleet reads a few rows, not every segment.
+    /// Only pairs involving `owner` or `team`, when given.
+    pub async fn spending(
+        &self,
+        froms: &[String],
+        now: &str,
+        owner: Option<&str>,
+        team: Option<&str>,
+    ) -> Result<Vec<Spending>, StoreError> {
+        let Some(earliest) = froms.iter().min() else {
+            return Ok(Vec::new());
+        };
+        // ?1 now, ?2 the earliest start, ?3.. each start, then the filter.
+        let mut sql = String::from("SELECT owner_id, team_id");
+        for i in 0..froms.len() {
+            sql.push_str(&format!(
+                ", SUM(rate_per_hour * MAX(0, ROUND((julianday(MIN(COALESCE(ended_at, ?1), ?1)) \
+                 - julianday(MAX(started_at, ?{}))) * 86400000.0))) AS s{i}",
+                i + 3
+            ));
+        }
+        sql.push_str(
+            " FROM usage_segments WHERE started_at < ?1 AND (ended_at IS NULL OR ended_at > ?2) \
+             AND rate_per_hour > 0",
+        );
+        let n = froms.len() + 3;
+        if owner.is_some() || team.is_some() {
+            sql.push_str(&format!(" AND (owner_id = ?{n} OR team_id = ?{})", n + 1));
+        }
+        sql.push_str(" GROUP BY owner_id, team_id");
+        let mut q = sqlx::query(&sql).bind(now).bind(earliest);
+        for f in froms {
+            q = q.bind(f);
+        }
+        if owner.is_some() || team.is_some() {
+            q = q.bind(owner.unwrap_or("")).bind(team);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let mut spent = Vec::with_capacity(froms.len());
+                for i in 0..froms.len() {
+                    let rate_ms: Option<f64> = r.try_get(format!("s{i}").as_str())?;
+                    spent.push(rate_ms.unwrap_or(0.0) / 3_600_000.0);
+                }
+                Ok(Spending {
+                    owner_id: r.try_get("owner_id")?,
+                    team_id: r.try_get("team_id")?,
+                    spent,
+                })
+            })
+            .collect()
+    }
+
     /// Sets a workspace's cost rates (JSON), and re-prices its open
     /// usage segment at this instant (closed and reopened at the new rate), in one transaction.
     pub async fn reprice(&self, id: &str, cost_json: Option<&str>) -> Result<(), StoreError> {
@@ -318,7 +385,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::clock::FakeClock;
+    use crate::clock::{Clock, FakeClock};
     use crate::{NewWorkspace, Ownership};
 
     #[tokio::test]
@@ -413,6 +480,22 @@ mod tests {
                 .len(),
             2
         );
+        // Spending: 1 unit/h for 1 h, then 2 units/h since; from two starts.
+        clock.advance(Duration::from_secs(1800));
+        let t0 = crate::format_time(clock.now() - Duration::from_secs(3 * 3600));
+        let froms = [t0, t1.clone()];
+        let sp = store
+            .spending(&froms, &store.now(), None, None)
+            .await
+            .unwrap();
+        assert_eq!(sp.len(), 1);
+        assert_eq!(sp[0].owner_id, "u1");
+        assert_eq!(sp[0].spent, [1.0 + 1.0, 1.0]);
+        let none = store
+            .spending(&froms, &store.now(), Some("u2"), Some("t9"))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
         // A stopped workspace does not count against quotas.
         assert!(store.running_for("u1", None).await.unwrap().is_empty());
     }
