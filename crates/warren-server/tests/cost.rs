@@ -1,7 +1,8 @@
 //! Cost reporting on a real server with a real workspace and a fake clock: a known timeline
 //! (create, run 2 h with a server restart in the middle, stop 1 h, run 30 min across a UTC
 //! midnight, stop, then an update to a template version with other rates) reported by day,
-//! workspace, user, team and template, exactly; CSV; who sees what; bad input.
+//! workspace, user, team and template, exactly; CSV; who sees what (owner, teammate, another
+//! member, admin, auditor); bad input.
 
 mod common;
 
@@ -82,13 +83,16 @@ async fn cost_is_exact_per_day_across_midnight_restarts_and_repricing() {
     let auditor = s.user_token("audrey", "auditor", None).await;
     s.post(&s.admin, "/api/v1/teams", json!({"name": "infra"}))
         .await;
-    s.call(
-        Some(&s.admin),
-        Method::PUT,
-        "/api/v1/teams/infra/members/alice",
-        None,
-    )
-    .await;
+    let carol = s.user_token("carol", "member", None).await;
+    for who in ["alice", "carol"] {
+        s.call(
+            Some(&s.admin),
+            Method::PUT,
+            &format!("/api/v1/teams/infra/members/{who}"),
+            None,
+        )
+        .await;
+    }
     // 20:45 created and started (the fake clock stands still while it starts).
     s.create_workspace(&alice, "w", "c").await;
     // Run 2 h, with a server restart in the middle: no time is added or lost.
@@ -162,6 +166,11 @@ async fn cost_is_exact_per_day_across_midnight_restarts_and_repricing() {
         let v = usage(&s, &bob, &format!("group_by={by}&{range}")).await;
         assert_eq!(rows(&v), [], "{by}");
     }
+    // A teammate sees the team's usage by team, and nobody's by anything else.
+    let v = usage(&s, &carol, &format!("group_by=team&{range}")).await;
+    assert_eq!(rows(&v), [row("infra", 2.5, 1.75, 5.875)]);
+    let v = usage(&s, &carol, &format!("group_by=user&{range}")).await;
+    assert_eq!(rows(&v), []);
     for t in [&s.admin, &auditor] {
         let v = usage(&s, t, &format!("group_by=user&{range}")).await;
         assert_eq!(rows(&v), [row("alice", 2.5, 1.75, 5.875)]);
