@@ -318,6 +318,11 @@ fn override_of(overrides: &[OverrideRecord], s: &Subject) -> (bool, f64) {
 
 /// How to name a subject in messages (`user `alice``, `team `infra``).
 async fn describe(state: &AppState, s: &Subject) -> String {
+    format!("{} `{}`", s.kind, name_of(state, s).await)
+}
+
+/// The user's or team's name (its id if it is gone).
+async fn name_of(state: &AppState, s: &Subject) -> String {
     let name = match s.kind {
         "user" => state
             .store
@@ -333,20 +338,19 @@ async fn describe(state: &AppState, s: &Subject) -> String {
             .ok()
             .and_then(|ts| ts.into_iter().find(|t| t.id == s.id).map(|t| t.name)),
     };
-    format!("{} `{}`", s.kind, name.unwrap_or_else(|| s.id.clone()))
+    name.unwrap_or_else(|| s.id.clone())
 }
 
 async fn override_hint(state: &AppState, s: &Subject, budget: bool) -> String {
-    let d = describe(state, s).await;
-    let name = d.split('`').nth(1).unwrap_or("").to_owned();
     let what = if budget {
         "--extra-budget N"
     } else {
         "--unlimited"
     };
     format!(
-        "ask an admin for an override: warren quota override --{} {name} {what} --for 1d",
-        s.kind
+        "ask an admin for an override: warren quota override --{} {} {what} --for 1d",
+        s.kind,
+        name_of(state, s).await
     )
 }
 
