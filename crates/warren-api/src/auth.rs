@@ -247,6 +247,10 @@ pub enum Op {
     WebhookRead,
     /// Create, delete and test webhooks.
     WebhookAdmin,
+    /// Read quota status and usage and cost reports: one's own (and one's teams'), or everyone's.
+    UsageRead(Owner),
+    /// Set and remove quotas and budgets; grant and revoke overrides.
+    QuotaAdmin,
 }
 
 impl Op {
@@ -259,7 +263,10 @@ impl Op {
             Op::TemplateRead => Scope::TemplateRead,
             Op::TemplateWrite => Scope::TemplateWrite,
             Op::AuditRead | Op::WebhookRead => Scope::AuditRead,
-            Op::UserAdmin | Op::OwnerAdmin | Op::TokenAdmin | Op::WebhookAdmin => Scope::Admin,
+            Op::UsageRead(_) => Scope::WorkspaceRead,
+            Op::UserAdmin | Op::OwnerAdmin | Op::TokenAdmin | Op::WebhookAdmin | Op::QuotaAdmin => {
+                Scope::Admin
+            }
         }
     }
 }
@@ -272,13 +279,17 @@ pub fn role_permits(role: Role, op: Op) -> bool {
         Role::Admin => !matches!(op, Op::OwnerAdmin),
         Role::TemplateAdmin | Role::Member => match op {
             Op::WorkspaceRead(Own) | Op::WorkspaceWrite(Own) | Op::WorkspaceExec(Own) => true,
-            Op::TemplateRead => true,
+            Op::TemplateRead | Op::UsageRead(Own) => true,
             Op::TemplateWrite => role == Role::TemplateAdmin,
             _ => false,
         },
         Role::Auditor => matches!(
             op,
-            Op::WorkspaceRead(_) | Op::TemplateRead | Op::AuditRead | Op::WebhookRead
+            Op::WorkspaceRead(_)
+                | Op::TemplateRead
+                | Op::AuditRead
+                | Op::WebhookRead
+                | Op::UsageRead(_)
         ),
     }
 }
@@ -361,7 +372,7 @@ mod tests {
         }
     }
 
-    const ALL_OPS: [Op; 15] = [
+    const ALL_OPS: [Op; 18] = [
         Op::WorkspaceRead(Owner::Own),
         Op::WorkspaceRead(Owner::Other),
         Op::WorkspaceWrite(Owner::Own),
@@ -377,6 +388,9 @@ mod tests {
         Op::TemplateRead,
         Op::WebhookRead,
         Op::WebhookAdmin,
+        Op::UsageRead(Owner::Own),
+        Op::UsageRead(Owner::Other),
+        Op::QuotaAdmin,
     ];
 
     /// The full role table, written out so a change to the policy shows up as a diff here.
@@ -392,12 +406,15 @@ mod tests {
                 | (Role::TemplateAdmin, Op::WorkspaceWrite(Own))
                 | (Role::TemplateAdmin, Op::WorkspaceExec(Own))
                 | (Role::TemplateAdmin, Op::TemplateRead)
-                | (Role::TemplateAdmin, Op::TemplateWrite) => true,
+                | (Role::TemplateAdmin, Op::TemplateWrite)
+                | (Role::TemplateAdmin, Op::UsageRead(Own)) => true,
                 (Role::Member, Op::WorkspaceRead(Own))
                 | (Role::Member, Op::WorkspaceWrite(Own))
                 | (Role::Member, Op::WorkspaceExec(Own))
-                | (Role::Member, Op::TemplateRead) => true,
+                | (Role::Member, Op::TemplateRead)
+                | (Role::Member, Op::UsageRead(Own)) => true,
                 (Role::Auditor, Op::WorkspaceRead(_))
+                | (Role::Auditor, Op::UsageRead(_))
                 | (Role::Auditor, Op::TemplateRead)
                 | (Role::Auditor, Op::AuditRead)
                 | (Role::Auditor, Op::WebhookRead) => true,

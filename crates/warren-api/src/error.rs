@@ -58,11 +58,15 @@ pub enum ErrorCode {
     PortNotListening,
     /// The sharing level is above what the server's administrator allows (403).
     SharingNotAllowed,
+    /// Starting would exceed a user's or team's quota (workspaces, CPUs, memory) (403).
+    QuotaExceeded,
+    /// A user's or team's budget for the period is spent (403).
+    BudgetExhausted,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 27] = [
         Self::NotFound,
         Self::NameTaken,
         Self::InvalidName,
@@ -88,6 +92,8 @@ impl ErrorCode {
         Self::WorkspaceNotRunning,
         Self::PortNotListening,
         Self::SharingNotAllowed,
+        Self::QuotaExceeded,
+        Self::BudgetExhausted,
     ];
 
     /// The stable snake_case code, identical to the serde representation.
@@ -118,6 +124,8 @@ impl ErrorCode {
             Self::WorkspaceNotRunning => "workspace_not_running",
             Self::PortNotListening => "port_not_listening",
             Self::SharingNotAllowed => "sharing_not_allowed",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::BudgetExhausted => "budget_exhausted",
         }
     }
 }
@@ -162,7 +170,9 @@ mod tests {
                 "ssh_key_taken",
                 "workspace_not_running",
                 "port_not_listening",
-                "sharing_not_allowed"
+                "sharing_not_allowed",
+                "quota_exceeded",
+                "budget_exhausted"
             ]
         );
         for code in ErrorCode::ALL {

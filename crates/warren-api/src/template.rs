@@ -893,6 +893,47 @@ impl Ceilings {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Cost
+// ---------------------------------------------------------------------------------------------
+
+/// What a workspace made from a template costs per hour, in cost units: while it runs (compute)
+/// and while it exists without running (storage). Unset rates are 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CostRates {
+    /// Cost units per hour while running (starting, running, stopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_per_hour: Option<f64>,
+    /// Cost units per hour while stopped (pending, stopped, failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_per_hour: Option<f64>,
+}
+
+impl CostRates {
+    /// Checks that every rate is a non-negative finite number; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, v) in [
+            ("running_per_hour", self.running_per_hour),
+            ("stopped_per_hour", self.stopped_per_hour),
+        ] {
+            if let Some(v) = v {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!(
+                        "`{field}` must be a non-negative number of cost units per hour, got {v}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether both rates are unset or zero.
+    pub fn is_free(&self) -> bool {
+        self.running_per_hour.unwrap_or(0.0) == 0.0 && self.stopped_per_hour.unwrap_or(0.0) == 0.0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Policy defaults and durations
 // ---------------------------------------------------------------------------------------------
 
@@ -994,6 +1035,9 @@ pub struct TemplateManifest {
     /// Lifetime policy defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyDefaults>,
+    /// Hourly cost rates of a workspace made from the template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostRates>,
 }
 
 impl TemplateManifest {
@@ -1023,6 +1067,9 @@ impl TemplateManifest {
         }
         if let Some(policy) = &self.policy {
             policy.validate().map_err(|e| format!("`policy`: {e}"))?;
+        }
+        if let Some(cost) = &self.cost {
+            cost.validate().map_err(|e| format!("`cost`: {e}"))?;
         }
         Ok(())
     }
@@ -2077,6 +2124,10 @@ mod tests {
                 r#"{"name": "t", "policy": {"autostop": "8d", "max_lifetime": "7d"}}"#,
                 "`policy`: `autostop` (8d) is longer than `max_lifetime` (7d)",
             ),
+            (
+                r#"{"name": "t", "cost": {"running_per_hour": -1}}"#,
+                "`cost`: `running_per_hour` must be a non-negative number",
+            ),
         ];
         for (text, expected) in cases {
             let e = TemplateManifest::parse(text).unwrap_err();
@@ -2084,6 +2135,12 @@ mod tests {
         }
         let e = TemplateManifest::parse(r#"{"name": "Rust Dev"}"#).unwrap_err();
         assert!(e.contains("start with a letter"), "{e}");
+        let m = TemplateManifest::parse(
+            r#"{"name": "t", "cost": {"running_per_hour": 1.5, "stopped_per_hour": 0.05}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.cost.unwrap().running_per_hour, Some(1.5));
+        assert!(TemplateManifest::parse(r#"{"name": "t", "cost": {"gpu_per_hour": 1}}"#).is_err());
     }
 
     // --- schema ----------------------------------------------------------------------------

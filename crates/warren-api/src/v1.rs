@@ -296,6 +296,10 @@ pub struct CreateWorkspace {
     /// `waitFor` (after which the rest continue in the background).
     #[serde(default)]
     pub wait_all: bool,
+    /// The team to charge it to (quotas, budgets, cost reports); the caller must be a member.
+    /// Default: the caller's team if they are in exactly one.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// `PATCH /workspaces/{ws}`: new parameter values and/or another version of the workspace's
@@ -570,6 +574,8 @@ pub struct TemplateVersion {
     pub ceilings: Ceilings,
     /// Policy defaults.
     pub policy: PolicyDefaults,
+    /// Hourly cost rates.
+    pub cost: crate::template::CostRates,
     /// Who pushed it.
     pub created_by: String,
     /// When.
@@ -611,6 +617,9 @@ pub struct CreateVersion {
     /// Policy defaults.
     #[serde(default)]
     pub policy: Option<PolicyDefaults>,
+    /// Hourly cost rates (`{"running_per_hour": 1.5, "stopped_per_hour": 0.05}`, cost units).
+    #[serde(default)]
+    pub cost: Option<crate::template::CostRates>,
     /// Push message.
     #[serde(default)]
     pub message: Option<String>,
@@ -795,4 +804,182 @@ pub struct WebhookTest {
     pub event_id: i64,
     /// Its delivery to this webhook.
     pub delivery_id: String,
+}
+
+/// Limits of a user, a team or the default of users (`PUT /quotas/...`). Unset limits are
+/// unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaLimits {
+    /// Most workspaces running (or starting) at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_workspaces: Option<u32>,
+    /// Most CPUs of running workspaces together (their limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cpus: Option<f64>,
+    /// Most memory (MiB) of running workspaces together (their limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_memory_mb: Option<u64>,
+    /// Cost units per `budget_period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    /// `day`, `week` (from Monday) or `month`: calendar periods in UTC (default `month`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<String>,
+    /// When the budget is spent: `refuse` new starts (default), or also `stop` running
+    /// workspaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_exhausted: Option<String>,
+}
+
+/// A stored quota.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Quota {
+    /// `user`, `team` or `default`.
+    pub subject: String,
+    /// The user's or team's name (empty for the default).
+    pub name: String,
+    /// The limits.
+    pub limits: QuotaLimits,
+    /// Last change.
+    pub updated_at: String,
+}
+
+/// An override an admin granted (`POST /quotas/{kind}/{name}/overrides`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaOverride {
+    /// Id.
+    pub id: String,
+    /// `user` or `team`.
+    pub subject: String,
+    /// The user's or team's name.
+    pub name: String,
+    /// Cost units added to the budget while it lasts.
+    pub extra_budget: Option<f64>,
+    /// No quota or budget limits at all while it lasts.
+    pub unlimited: bool,
+    /// When it ends.
+    pub expires_at: String,
+    /// Why.
+    pub note: Option<String>,
+    /// Who granted it (username).
+    pub created_by: String,
+    /// When.
+    pub created_at: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
+    /// Whether it is in force now.
+    pub active: bool,
+}
+
+/// `POST /quotas/{kind}/{name}/overrides`: give `extra_budget` or `unlimited`, and `expires_at`
+/// or `duration`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOverride {
+    /// Cost units added to the budget.
+    #[serde(default)]
+    pub extra_budget: Option<f64>,
+    /// Lift every quota and budget limit.
+    #[serde(default)]
+    pub unlimited: bool,
+    /// When it ends (RFC 3339).
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// How long it lasts from now (`7d`, `12h`), instead of `expires_at`.
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// Why (shown in listings).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// What a subject uses now and has spent this period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct QuotaStatus {
+    /// `user` or `team`.
+    pub subject: String,
+    /// The user's or team's name.
+    pub name: String,
+    /// Where the limits come from: `user`, `team`, `default` or `none`.
+    pub source: String,
+    /// The limits in force (before overrides).
+    pub limits: QuotaLimits,
+    /// Workspaces running or starting now.
+    pub workspaces: u32,
+    /// Their CPUs (limits) together.
+    pub cpus: f64,
+    /// Their memory (MiB, limits) together.
+    pub memory_mb: u64,
+    /// Running workspaces without a CPU or memory limit.
+    pub unlimited_workspaces: u32,
+    /// The budget, if there is one.
+    pub budget: Option<BudgetStatus>,
+    /// Overrides in force now.
+    pub overrides: Vec<QuotaOverride>,
+    /// Whether an `unlimited` override is in force.
+    pub unlimited: bool,
+}
+
+/// A budget in its current period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BudgetStatus {
+    /// `day`, `week` or `month`.
+    pub period: String,
+    /// The period's start (UTC).
+    pub period_start: String,
+    /// Its end.
+    pub period_end: String,
+    /// The budget (cost units).
+    pub budget: f64,
+    /// Extra budget from overrides in force.
+    pub extra: f64,
+    /// Spent so far this period.
+    pub used: f64,
+    /// What is left (never negative).
+    pub left: f64,
+    /// `used` as a percentage of `budget + extra`.
+    pub percent: f64,
+    /// `refuse` or `stop`.
+    pub on_exhausted: String,
+}
+
+/// `GET /me/quota`: the caller's quota status and their teams'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MyQuota {
+    /// The caller's own.
+    pub user: QuotaStatus,
+    /// Each of their teams'.
+    pub teams: Vec<QuotaStatus>,
+}
+
+/// One row of a usage report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    /// What it groups by: a workspace, user, team or template id, or a day (`YYYY-MM-DD`);
+    /// empty for usage charged to no team or made from no template.
+    pub key: String,
+    /// Its name (workspace `name.owner`, username, team or template name, the day).
+    pub name: String,
+    /// Hours running (starting, running, stopping).
+    pub hours_running: f64,
+    /// Hours stopped (existing without running).
+    pub hours_stopped: f64,
+    /// Cost units.
+    pub cost: f64,
+}
+
+/// `GET /usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    /// Start (inclusive, UTC).
+    pub from: String,
+    /// End (exclusive, UTC).
+    pub to: String,
+    /// `workspace`, `user`, `team`, `template` or `day`.
+    pub group_by: String,
+    /// The rows, by name.
+    pub rows: Vec<UsageRow>,
+    /// Everything together.
+    pub total: UsageRow,
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 pub const PREFIXES: [&str; 2] = ["workspace", "budget"];
 
 /// Every event kind a pattern may name exactly. A new kind of event is added here.
-pub const EVENT_KINDS: [&str; 13] = [
+pub const EVENT_KINDS: [&str; 14] = [
     "workspace.created",
     "workspace.pending",
     "workspace.starting",
@@ -26,6 +26,7 @@ pub const EVENT_KINDS: [&str; 13] = [
     "workspace.failed",
     "workspace.stop_warning",
     "workspace.delete_warning",
+    "workspace.start_refused",
     "budget.warning",
     "budget.exhausted",
 ];

@@ -36,6 +36,8 @@ pub struct AppState {
     pub tokens: Arc<TokenCache>,
     /// Notices to every server replica (token revocations, user changes).
     pub pubsub: Arc<dyn crate::coord::Pubsub>,
+    /// Per-key locks shared by every replica (quota admission).
+    pub locks: Arc<dyn crate::coord::Locks>,
     /// Running jobs.
     pub jobs: Arc<Jobs>,
     /// Set when graceful shutdown begins (`/readyz` then answers 503).

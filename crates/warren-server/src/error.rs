@@ -118,7 +118,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::AuthorizationPending
         | ErrorCode::ExpiredToken
         | ErrorCode::InvalidSshKey => StatusCode::BAD_REQUEST,
-        ErrorCode::PermissionDenied | ErrorCode::SharingNotAllowed => StatusCode::FORBIDDEN,
+        ErrorCode::PermissionDenied
+        | ErrorCode::SharingNotAllowed
+        | ErrorCode::QuotaExceeded
+        | ErrorCode::BudgetExhausted => StatusCode::FORBIDDEN,
         ErrorCode::WorkspaceNotRunning => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::PortNotListening => StatusCode::BAD_GATEWAY,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,

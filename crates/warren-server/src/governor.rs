@@ -42,6 +42,8 @@ pub struct PassReport {
     pub warned: Vec<(String, Verdict)>,
     /// Workspaces whose policy could not be applied, with why.
     pub errors: Vec<(String, String)>,
+    /// What the budget pass did (subject, `warning` | `exhausted` | `stopped NAME` | `error: ...`).
+    pub budget: Vec<(String, String)>,
 }
 
 /// A CPU sample of a workspace: its cgroup's CPU time and when it was read.
@@ -172,7 +174,12 @@ impl Governor {
     }
 
     /// The latest occurrence of a schedule at or before `at` (schedules parsed once).
-    fn last_occurrence(&self, cron: &str, tz: &str, at: OffsetDateTime) -> Option<OffsetDateTime> {
+    pub(crate) fn last_occurrence(
+        &self,
+        cron: &str,
+        tz: &str,
+        at: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
         let key = (cron.to_owned(), tz.to_owned());
         lock(&self.schedules)
             .entry(key)
@@ -403,7 +410,6 @@ pub async fn pass(state: &AppState) -> PassReport {
             }
         }
     });
-    drop(index);
     for id in busy_now {
         state
             .activity
@@ -423,12 +429,19 @@ pub async fn pass(state: &AppState) -> PassReport {
     }
     // Forget CPU samples of workspaces no longer watched.
     lock(&gov.cpu).retain(|id, _| seen_cpu.contains(id));
+    let running: Vec<&PolicyRow> = index
+        .entries
+        .values()
+        .filter(|e| e.row.state == WorkspaceState::Running)
+        .map(|e| &e.row)
+        .collect();
+    report.budget = crate::quota::budget_pass(state, &running).await;
     report
 }
 
 /// Carries out a verdict, if the workspace is still as the pass saw it. `Ok(false)`: it changed
 /// or another operation got there first; the next pass decides again.
-async fn act(
+pub(crate) async fn act(
     state: &AppState,
     row: &PolicyRow,
     verdict: Verdict,

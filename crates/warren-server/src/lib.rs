@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod preview;
+pub mod quota;
 pub mod routes;
 pub mod serve;
 pub mod ssh;

@@ -61,6 +61,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         metrics: Arc::new(Metrics::default()),
         tokens: Arc::new(TokenCache::default()),
         pubsub: Arc::new(crate::coord::LocalPubsub::default()),
+        locks: Arc::new(crate::coord::LocalLocks::default()),
         jobs,
         shutdown: Arc::new(AtomicBool::new(false)),
         token_uses: Default::default(),

@@ -884,7 +884,10 @@ impl ChannelJob {
             warren_api::policy::Reason::OnConnect,
         )
         .await
-        .map_err(|e| e.body.message)?;
+        .map_err(|e| match e.body.hint {
+            Some(h) => format!("{} (hint: {h})", e.body.message),
+            None => e.body.message,
+        })?;
         crate::audit::record(
             &self.state,
             NewAuditRecord {

@@ -195,6 +195,13 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "url", json!(5)),
         r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "events", json!("workspace.*")),
         r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "secret", json!(1234567890)),
+        r("POST", "/api/v1/templates/{template}/versions", versions, json!({"devcontainer": "{\"image\":\"busybox\"}"}), "cost", json!("free")),
+        r("POST", "/api/v1/workspaces", "/api/v1/workspaces", json!({"name": "bi-ws", "template": "bi-tpl"}), "team", json!(5)),
+        r("PUT", "/api/v1/quotas/default", "/api/v1/quotas/default", json!({"max_workspaces": 2}), "budget", json!("lots")),
+        r("PUT", "/api/v1/quotas/{kind}/{name}", "/api/v1/quotas/users/bi-user", json!({"max_workspaces": 2}), "budget_period", json!(5)),
+        r("PUT", "/api/v1/quotas/{kind}/{name}", "/api/v1/quotas/users/bi-user", json!({"max_workspaces": 2}), "max_workspaces", json!(-1)),
+        r("POST", "/api/v1/quotas/{kind}/{name}/overrides", "/api/v1/quotas/users/bi-user/overrides", json!({"extra_budget": 5, "duration": "1h"}), "unlimited", json!("yes")),
+        r("POST", "/api/v1/quotas/{kind}/{name}/overrides", "/api/v1/quotas/users/bi-user/overrides", json!({"extra_budget": 5, "duration": "1h"}), "extra_budget", json!("5")),
     ]
 }
 

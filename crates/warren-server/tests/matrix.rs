@@ -168,6 +168,22 @@ fn cases() -> Vec<Case> {
         c("POST", "/api/v1/me/ssh-keys/{id}/verify", "", Rule::FullRoleToken),
         c("GET", "/api/v1/users/{user}/ssh-keys", "", Rule::Op(TokenAdmin)),
         c("DELETE", "/api/v1/users/{user}/ssh-keys/{id}", "", Rule::Op(TokenAdmin)),
+        // Quotas and usage: one's own status (and one's teams') and usage for every role that
+        // reads workspaces; anyone else's for admins and auditors; every change is QuotaAdmin.
+        c("GET", "/api/v1/me/quota", "", Rule::Op(UsageRead(Owner::Own))),
+        c("GET", "/api/v1/usage", "", Rule::Op(UsageRead(Owner::Own))),
+        c("GET", "/api/v1/quotas/default", "", Rule::Op(UsageRead(Owner::Own))),
+        c("PUT", "/api/v1/quotas/default", "", Rule::Op(QuotaAdmin)),
+        c("DELETE", "/api/v1/quotas/default", "", Rule::Op(QuotaAdmin)),
+        c("GET", "/api/v1/quotas/{kind}/{name}", "self", Rule::Op(UsageRead(Owner::Own))),
+        c("GET", "/api/v1/quotas/{kind}/{name}", "other user", Rule::Op(UsageRead(Owner::Other))),
+        c("GET", "/api/v1/quotas/{kind}/{name}", "a team one is not in", Rule::Op(UsageRead(Owner::Other))),
+        c("PUT", "/api/v1/quotas/{kind}/{name}", "", Rule::Op(QuotaAdmin)),
+        c("DELETE", "/api/v1/quotas/{kind}/{name}", "", Rule::Op(QuotaAdmin)),
+        c("GET", "/api/v1/quotas/{kind}/{name}/overrides", "self", Rule::Op(UsageRead(Owner::Own))),
+        c("GET", "/api/v1/quotas/{kind}/{name}/overrides", "other user", Rule::Op(UsageRead(Owner::Other))),
+        c("POST", "/api/v1/quotas/{kind}/{name}/overrides", "", Rule::Op(QuotaAdmin)),
+        c("DELETE", "/api/v1/quotas/{kind}/{name}/overrides/{id}", "", Rule::Op(QuotaAdmin)),
         // Teams: listing them is for any signed-in user; changing them is user administration.
         c("GET", "/api/v1/teams", "", Rule::AnyCaller(Scope::WorkspaceRead)),
         c("POST", "/api/v1/teams", "", Rule::Op(UserAdmin)),
@@ -647,6 +663,59 @@ impl<'a> Fx<'a> {
                     format!("/api/v1/users/{OTHER}/ssh-keys/{id}"),
                     Body::None,
                 )
+            }
+            ("GET", "/api/v1/me/quota", _) => Req::new(m, path, Body::None),
+            ("GET", "/api/v1/usage", _) => Req::new(m, "/api/v1/usage?group_by=user", Body::None),
+            ("GET" | "DELETE", "/api/v1/quotas/default", _) => {
+                // Fresh: an allowed DELETE removes it.
+                self.admin_ok("PUT", path, json!({"max_workspaces": 1000}))
+                    .await;
+                Req::new(m, path, Body::None)
+            }
+            ("PUT", "/api/v1/quotas/default", _) => {
+                Req::new(m, path, j(json!({"max_workspaces": 1000})))
+            }
+            ("GET", "/api/v1/quotas/{kind}/{name}", "self") => {
+                Req::new(m, format!("/api/v1/quotas/users/{caller}"), Body::None)
+            }
+            ("GET", "/api/v1/quotas/{kind}/{name}", "other user") => {
+                Req::new(m, format!("/api/v1/quotas/users/{OTHER}"), Body::None)
+            }
+            ("GET", "/api/v1/quotas/{kind}/{name}", _) => {
+                Req::new(m, format!("/api/v1/quotas/teams/{TEAM}"), Body::None)
+            }
+            ("PUT", "/api/v1/quotas/{kind}/{name}", _) => Req::new(
+                m,
+                format!("/api/v1/quotas/users/{OTHER}"),
+                j(json!({"max_workspaces": 1000})),
+            ),
+            ("DELETE", "/api/v1/quotas/{kind}/{name}", _) => {
+                let p = format!("/api/v1/quotas/users/{OTHER}");
+                self.admin_ok("PUT", &p, json!({"max_workspaces": 1000}))
+                    .await;
+                Req::new(m, p, Body::None)
+            }
+            ("GET", "/api/v1/quotas/{kind}/{name}/overrides", "self") => Req::new(
+                m,
+                format!("/api/v1/quotas/users/{caller}/overrides"),
+                Body::None,
+            ),
+            ("GET", "/api/v1/quotas/{kind}/{name}/overrides", _) => Req::new(
+                m,
+                format!("/api/v1/quotas/users/{OTHER}/overrides"),
+                Body::None,
+            ),
+            ("POST", "/api/v1/quotas/{kind}/{name}/overrides", _) => Req::new(
+                m,
+                format!("/api/v1/quotas/users/{OTHER}/overrides"),
+                j(json!({"extra_budget": 1, "duration": "1h"})),
+            ),
+            ("DELETE", "/api/v1/quotas/{kind}/{name}/overrides/{id}", _) => {
+                let p = format!("/api/v1/quotas/users/{OTHER}/overrides");
+                let o = self
+                    .admin_ok("POST", &p, json!({"extra_budget": 1, "duration": "1h"}))
+                    .await;
+                Req::new(m, format!("{p}/{}", o["id"].as_str().unwrap()), Body::None)
             }
             ("GET", "/api/v1/teams", _) => Req::new(m, path, Body::None),
             ("POST", "/api/v1/teams", _) => {

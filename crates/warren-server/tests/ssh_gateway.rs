@@ -1353,3 +1353,46 @@ async fn a_public_key_authenticates_only_the_user_who_proved_holding_it() {
     let o = ssh_async(port, mallory_key.clone(), "dev", &[], "echo mine", None).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_on_connect_over_quota_is_refused_with_the_reason() {
+    let s = TestServer::start().await;
+    s.import_busybox();
+    template(&s).await;
+    let keys = tempfile::tempdir().unwrap();
+    let alice = s.user_token("alice", "member", None).await;
+    let key = keygen(keys.path(), "alice");
+    register(&s, &alice, &key).await;
+    create(&s, &alice, "one").await;
+    create(&s, &alice, "two").await;
+    let (st, v) = s
+        .post(&alice, "/api/v1/workspaces/two/stop", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    let (st, v) = s
+        .call(
+            Some(&s.admin),
+            Method::PUT,
+            "/api/v1/quotas/users/alice",
+            Some(json!({"max_workspaces": 1})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let port = s.ssh_port().await;
+    // The connection would start a second workspace: refused, saying why and what to do.
+    let o = ssh_async(port, key.clone(), "two", &[], "echo in", None).await;
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has 1 of at most 1 workspaces running")
+            && err.contains("warren quota override"),
+        "{err}"
+    );
+    assert!(o.stdout.is_empty());
+    let (_, w) = s.get(&alice, "/api/v1/workspaces/two").await;
+    assert_eq!(w["state"], "stopped", "{w}");
+    // The running one is still reachable.
+    let o = ssh_async(port, key, "one", &[], "echo in", None).await;
+    assert_eq!(text(&o.stdout), "in\n", "{}", text(&o.stderr));
+}

@@ -510,6 +510,19 @@ fn segment_from_row(r: &SqliteRow) -> Result<UsageSegment, StoreError> {
     })
 }
 
+/// The memory limit in MiB of stored limits: `memory_mb`, or the engine's `memory_bytes`.
+pub fn memory_mb_of(limits: &serde_json::Value) -> Option<i64> {
+    limits
+        .get("memory_mb")
+        .and_then(|v| v.as_i64())
+        .or_else(|| {
+            limits
+                .get("memory_bytes")
+                .and_then(|v| v.as_i64())
+                .map(|b| b >> 20)
+        })
+}
+
 /// The hourly rate of `class` in a workspace's `cost_json` (0 without one).
 fn rate(cost_json: Option<&str>, class: &str) -> f64 {
     let Some(v) = cost_json.and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok()) else {
@@ -555,7 +568,7 @@ pub(crate) async fn switch_segment(
     .bind(class)
     .bind(rate(rec.ownership.cost_json.as_deref(), class))
     .bind(limits.get("cpus").and_then(|v| v.as_f64()))
-    .bind(limits.get("memory_mb").and_then(|v| v.as_i64()))
+    .bind(memory_mb_of(&limits))
     .bind(at)
     .execute(&mut **tx)
     .await?;

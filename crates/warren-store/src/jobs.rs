@@ -5,7 +5,7 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use crate::{new_id, now, Store, StoreError};
+use crate::{new_id, Store, StoreError};
 
 /// A job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl Store {
             status: "pending".into(),
             initiator_id: initiator_id.map(str::to_owned),
             error: None,
-            created_at: now(),
+            created_at: self.now(),
             started_at: None,
             finished_at: None,
         };
@@ -148,7 +148,7 @@ impl Store {
     /// Marks a pending job running.
     pub async fn job_started(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'pending'")
-            .bind(now())
+            .bind(self.now())
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -169,8 +169,8 @@ impl Store {
         )
         .bind(status)
         .bind(error)
-        .bind(now())
-        .bind(now())
+        .bind(self.now())
+        .bind(self.now())
         .bind(id)
         .execute(&self.pool)
         .await?
@@ -199,8 +199,8 @@ impl Store {
              WHERE id = ? AND status = 'canceling'",
         )
         .bind(why)
-        .bind(now())
-        .bind(now())
+        .bind(self.now())
+        .bind(self.now())
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -220,7 +220,7 @@ impl Store {
                 "UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
             )
             .bind(reason)
-            .bind(now())
+            .bind(self.now())
             .bind(&j.id)
             .execute(&self.pool)
             .await?;

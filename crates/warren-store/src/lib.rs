@@ -17,6 +17,7 @@ mod governance;
 mod identity;
 mod jobs;
 mod ports;
+mod quotas;
 mod record;
 mod ssh_access;
 mod ssh_keys;
@@ -36,9 +37,13 @@ use warren_api::{transition, Action, Event, WorkspaceName, WorkspaceState};
 
 pub use audit::*;
 pub use error::StoreError;
-pub use governance::{EventEntry, EventFilter, NewEvent, PolicyChanges, PolicyRow, UsageSegment};
+pub use governance::{
+    memory_mb_of, usage_class, EventEntry, EventFilter, NewEvent, PolicyChanges, PolicyRow,
+    UsageSegment,
+};
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
+pub use quotas::{OverrideRecord, QuotaRecord, RunningRow, Spending};
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};

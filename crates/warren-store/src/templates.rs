@@ -51,6 +51,8 @@ pub struct VersionRecord {
     pub ceilings_json: String,
     /// JSON policy defaults.
     pub policy_json: String,
+    /// JSON hourly cost rates (`{}`: free).
+    pub cost_json: String,
     /// Creator.
     pub created_by: String,
     /// Creation time.
@@ -72,6 +74,8 @@ pub struct NewVersion {
     pub ceilings_json: String,
     /// JSON policy defaults.
     pub policy_json: String,
+    /// JSON hourly cost rates (empty: free).
+    pub cost_json: String,
     /// Creator.
     pub created_by: String,
 }
@@ -89,6 +93,11 @@ impl NewVersion {
             parameters_json: self.parameters_json,
             ceilings_json: self.ceilings_json,
             policy_json: self.policy_json,
+            cost_json: if self.cost_json.is_empty() {
+                "{}".to_owned()
+            } else {
+                self.cost_json
+            },
             created_by: self.created_by,
             created_at: now(),
         }
@@ -98,7 +107,7 @@ impl NewVersion {
 const TEMPLATE_COLUMNS: &str = "id, org_id, name, display_name, description, active_version_id, \
     archived_at, created_by, created_at, updated_at";
 const VERSION_COLUMNS: &str = "id, template_id, number, message, devcontainer_json, file_id, \
-    parameters_json, ceilings_json, policy_json, created_by, created_at";
+    parameters_json, ceilings_json, policy_json, cost_json, created_by, created_at";
 
 fn template_from_row(r: &SqliteRow) -> Result<TemplateRecord, StoreError> {
     Ok(TemplateRecord {
@@ -126,6 +135,7 @@ fn version_from_row(r: &SqliteRow) -> Result<VersionRecord, StoreError> {
         parameters_json: r.try_get("parameters_json")?,
         ceilings_json: r.try_get("ceilings_json")?,
         policy_json: r.try_get("policy_json")?,
+        cost_json: r.try_get("cost_json")?,
         created_by: r.try_get("created_by")?,
         created_at: r.try_get("created_at")?,
     })
@@ -378,7 +388,7 @@ async fn insert_version(
     rec: &VersionRecord,
 ) -> Result<(), StoreError> {
     let sql = format!(
-        "INSERT INTO template_versions ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO template_versions ({VERSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     );
     sqlx::query(&sql)
         .bind(&rec.id)
@@ -390,6 +400,7 @@ async fn insert_version(
         .bind(&rec.parameters_json)
         .bind(&rec.ceilings_json)
         .bind(&rec.policy_json)
+        .bind(&rec.cost_json)
         .bind(&rec.created_by)
         .bind(&rec.created_at)
         .execute(&mut **tx)

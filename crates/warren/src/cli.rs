@@ -151,6 +151,13 @@ pub(crate) enum Cmd {
     Ports(PortsArgs),
     /// Forward local TCP ports to ports inside a workspace through the server:
     /// `warren port-forward WS 8080:3000 5432` (LOCAL:REMOTE, or REMOTE for the same port).
+    /// Quotas and budgets: show yours (or a user's or team's), set them and grant overrides
+    /// (admins).
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// Usage and cost (hours running and stopped, cost units) by workspace, user, team,
+    /// template or day; a table, or JSON (--json) or CSV (--csv).
+    Cost(CostArgs),
     #[command(name = "port-forward")]
     PortForward(PortForwardArgs),
     /// Manage your SSH public keys on the server (for SSH access to workspaces).
@@ -218,6 +225,10 @@ pub(crate) struct UpArgs {
     /// Delete the existing workspace of this folder and create it again.
     #[arg(long)]
     pub recreate: bool,
+    /// Against a server: the team to charge a new workspace to (default: your team, if you are
+    /// in exactly one).
+    #[arg(long)]
+    pub team: Option<String>,
     /// Against a server: return once the job is accepted instead of following it.
     #[arg(short, long)]
     pub detach: bool,
@@ -253,6 +264,9 @@ pub(crate) struct CreateArgs {
     /// Maximum number of processes and threads.
     #[arg(long)]
     pub pids: Option<u64>,
+    /// The team to charge it to (default: your team, if you are in exactly one).
+    #[arg(long)]
+    pub team: Option<String>,
     /// Return once the job is accepted instead of following it.
     #[arg(short, long)]
     pub detach: bool,
@@ -604,6 +618,111 @@ pub(crate) enum WebhookCmd {
     },
 }
 
+/// Whose quota: one of --user, --team (or, where allowed, --default).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct QuotaSubject {
+    /// A user (login name).
+    #[arg(long, conflicts_with_all = ["team", "default"])]
+    pub user: Option<String>,
+    /// A team.
+    #[arg(long, conflicts_with = "default")]
+    pub team: Option<String>,
+    /// The default quota of users without their own.
+    #[arg(long)]
+    pub default: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum QuotaCmd {
+    /// Your quota status and your teams' (or a user's or team's): limits, what runs, the
+    /// budget spent this period, overrides in force.
+    Show {
+        #[command(flatten)]
+        who: QuotaSubject,
+    },
+    /// Set the quota of a user, a team or the default (admins); unset limits are unlimited.
+    Set {
+        #[command(flatten)]
+        who: QuotaSubject,
+        /// Most workspaces running at once.
+        #[arg(long)]
+        max_workspaces: Option<u32>,
+        /// Most CPUs of running workspaces together.
+        #[arg(long)]
+        max_cpus: Option<f64>,
+        /// Most memory of running workspaces together, e.g. 8g.
+        #[arg(long, value_parser = parse_size)]
+        max_memory: Option<u64>,
+        /// Cost units per period.
+        #[arg(long)]
+        budget: Option<f64>,
+        /// day, week or month (default month): calendar periods in UTC.
+        #[arg(long)]
+        period: Option<String>,
+        /// When the budget is spent: refuse (new starts; default) or stop (running ones too).
+        #[arg(long)]
+        on_exhausted: Option<String>,
+    },
+    /// Remove the quota of a user (who falls back to the default), a team or the default
+    /// (admins).
+    Unset {
+        #[command(flatten)]
+        who: QuotaSubject,
+    },
+    /// Grant a user or team an override until it expires (admins): extra budget, or no limits.
+    Override {
+        #[command(flatten)]
+        who: QuotaSubject,
+        /// Cost units added to the budget.
+        #[arg(long, required_unless_present = "unlimited")]
+        extra_budget: Option<f64>,
+        /// Lift every quota and budget limit.
+        #[arg(long)]
+        unlimited: bool,
+        /// How long it lasts, e.g. 1d, 12h.
+        #[arg(
+            long = "for",
+            value_name = "DURATION",
+            required_unless_present = "until"
+        )]
+        duration: Option<String>,
+        /// When it ends (RFC 3339).
+        #[arg(long, conflicts_with = "duration")]
+        until: Option<String>,
+        /// Why.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List a user's or team's overrides (expired and revoked ones too).
+    Overrides {
+        #[command(flatten)]
+        who: QuotaSubject,
+    },
+    /// Revoke an override (admins).
+    Revoke {
+        #[command(flatten)]
+        who: QuotaSubject,
+        /// Override id (from `warren quota overrides`).
+        id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CostArgs {
+    /// workspace (default), user, team, template or day.
+    #[arg(long, default_value = "workspace")]
+    pub by: String,
+    /// Start: YYYY-MM-DD or RFC 3339 (default: this month's start).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End: YYYY-MM-DD (that day included) or RFC 3339 (default: this month's end).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Print CSV (for spreadsheets).
+    #[arg(long)]
+    pub csv: bool,
+}
+
 #[derive(Args, Debug)]
 pub(crate) struct AuditArgs {
     #[command(subcommand)]
@@ -867,6 +986,8 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::ConfigSsh(_) => "config-ssh",
         Cmd::Ports(_) => "ports",
         Cmd::PortForward(_) => "port-forward",
+        Cmd::Quota(_) => "quota",
+        Cmd::Cost(_) => "cost",
         Cmd::User(_) => "user",
         Cmd::Team(_) => "team",
         Cmd::Audit(_) => "audit",
@@ -942,6 +1063,12 @@ async fn embedded(
     };
     match cmd {
         Cmd::Up(a) => {
+            if a.team.is_some() {
+                return Err(user_error(
+                    "--team needs a server: teams, quotas and budgets are the server's",
+                    "select a context (`warren login URL`), or leave --team out",
+                ));
+            }
             if let Some(c) = a.cpus {
                 if c.is_nan() || c <= 0.0 {
                     return Err(user_error(

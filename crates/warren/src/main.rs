@@ -11,6 +11,7 @@ mod exec;
 mod output;
 mod policy_cmd;
 mod ports;
+mod quota_cmd;
 mod remote;
 mod server_cmd;
 mod ssh;

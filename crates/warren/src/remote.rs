@@ -107,6 +107,8 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Team(t) => crate::admin::team(c, t, json).await,
         Cmd::Audit(a) => crate::admin::audit(c, a, json).await,
         Cmd::Webhook(w) => crate::admin::webhook(c, w, json).await,
+        Cmd::Quota(q) => crate::quota_cmd::quota(c, q, json).await,
+        Cmd::Cost(a) => crate::quota_cmd::cost(c, a, json).await,
         // Dispatched earlier: they never reach a server this way.
         Cmd::Logout { .. }
         | Cmd::Context(_)
@@ -313,6 +315,7 @@ async fn create(c: &Client, a: CreateArgs, json: bool) -> Result<u8> {
         parameters,
         ttl: a.ttl.clone(),
         limits: limits(a.cpus, a.memory, a.pids)?,
+        team: a.team.clone(),
         ..Default::default()
     };
     let accepted = c.create_workspace(&body).await.map_err(|e| {
@@ -404,6 +407,7 @@ async fn up(c: &Client, a: UpArgs, json: bool) -> Result<u8> {
         file_id: Some(file.id),
         limits,
         wait_all: a.wait_all,
+        team: a.team.clone(),
         ..Default::default()
     };
     let accepted = c.create_workspace(&body).await?;

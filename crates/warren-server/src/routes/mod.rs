@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod files;
 pub mod health;
+pub mod quotas;
 pub mod ssh_keys;
 pub mod templates;
 pub mod users;
@@ -32,6 +33,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(audit::router())
         .merge(events::router())
         .merge(webhooks::router())
+        .merge(quotas::router())
 }
 
 /// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,

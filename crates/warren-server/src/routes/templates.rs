@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::Op;
 use warren_api::template::{
-    check_specs, substitute_params, Ceilings, ParamError, ParamSpec, PolicyDefaults,
+    check_specs, substitute_params, Ceilings, CostRates, ParamError, ParamSpec, PolicyDefaults,
     TemplateManifest, MANIFEST_FILE,
 };
 use warren_api::v1::{Activate, CreateTemplate, CreateVersion, Template, TemplateVersion};
@@ -138,6 +138,7 @@ pub fn version_view(v: &VersionRecord, active: bool) -> ApiResult<TemplateVersio
         parameters: parse(v, "parameters", &v.parameters_json)?,
         ceilings: parse(v, "ceilings", &v.ceilings_json)?,
         policy: parse(v, "policy", &v.policy_json)?,
+        cost: parse(v, "cost", &v.cost_json)?,
         created_by: v.created_by.clone(),
         created_at: v.created_at.clone(),
     })
@@ -704,6 +705,10 @@ async fn create_version(
         .policy
         .or_else(|| manifest.as_ref().and_then(|m| m.policy.clone()))
         .unwrap_or_default();
+    let cost: CostRates = body
+        .cost
+        .or_else(|| manifest.as_ref().and_then(|m| m.cost))
+        .unwrap_or_default();
     check_devcontainer(&text)?;
     check_specs(&parameters)?;
     check_references(&text, &parameters)?;
@@ -713,6 +718,10 @@ async fn create_version(
     policy
         .validate()
         .map_err(|e| ApiError::bad_request(format!("`policy`: {e}")))?;
+    cost.validate().map_err(|e| {
+        ApiError::bad_request(format!("`cost`: {e}"))
+            .hint("e.g. \"cost\": {\"running_per_hour\": 1.5, \"stopped_per_hour\": 0.05}")
+    })?;
 
     let t = state
         .store
@@ -739,6 +748,7 @@ async fn create_version(
                 parameters_json: to_json(&parameters)?,
                 ceilings_json: to_json(&ceilings)?,
                 policy_json: to_json(&policy)?,
+                cost_json: to_json(&cost)?,
                 created_by: caller.user.id.clone(),
             },
             activate,
@@ -820,6 +830,7 @@ mod tests {
             parameters_json: params.to_string(),
             ceilings_json: "{}".into(),
             policy_json: "{}".into(),
+            cost_json: "{}".into(),
             created_by: "u".into(),
         }
     }

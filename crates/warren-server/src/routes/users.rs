@@ -435,6 +435,8 @@ async fn delete_team(
     caller.require(Op::UserAdmin)?;
     let t = team_for(&state, &name).await?;
     state.store.delete_team(&t.id).await?;
+    // Its quota goes with it (its workspaces keep their history, charged to the old id).
+    state.store.delete_quota("team", &t.id).await?;
     Ok((
         StatusCode::NO_CONTENT,
         axum::Extension(AuditNote::target("team", &t.id, &t.name)),

@@ -261,6 +261,7 @@ async fn create_workspace(
         )
         .hint("pick another name, or delete the existing one"));
     }
+    let team_id = charged_team(&state, &caller, body.team.as_deref()).await?;
     let dir = projects_dir(&state).join(uuid::Uuid::new_v4().simple().to_string());
     let (version, template_id, params, ceilings) = match (&body.template, &body.file_id) {
         (Some(t), None) => {
@@ -349,7 +350,8 @@ async fn create_workspace(
             policy_json,
             limits_json: serde_json::to_string(&limits_of(&effective))
                 .unwrap_or_else(|_| "{}".into()),
-            ..Default::default()
+            team_id: team_id.clone(),
+            cost_json: cost_snapshot(&version),
         },
         create_only: true,
         ..Default::default()
@@ -359,6 +361,16 @@ async fn create_workspace(
         None => version.devcontainer_json.clone(),
     };
     write_server_config(&dir, &rendered).map_err(cleanup)?;
+    // Creating starts it: the quota locks are held until its job exists.
+    let _admitted = crate::quota::admit(
+        &state,
+        None,
+        &caller.user.id,
+        team_id.as_deref(),
+        crate::quota::Demand::of(&opts.ownership.limits_json),
+    )
+    .await
+    .map_err(cleanup)?;
     let (rec, warnings) = state
         .engine
         .create_pending(&dir, &opts)
@@ -400,6 +412,77 @@ async fn create_workspace(
         }),
     )
         .into_response())
+}
+
+/// The cost rates a workspace made from `version` is metered at (none: free).
+fn cost_snapshot(version: &warren_store::VersionRecord) -> Option<String> {
+    let rates: warren_api::template::CostRates =
+        serde_json::from_str(&version.cost_json).unwrap_or_default();
+    (!rates.is_free()).then(|| version.cost_json.clone())
+}
+
+/// The team a new workspace of the caller is charged to: the one named (the caller must be a
+/// member), else the caller's only team; none for a caller in no team, or in several without
+/// quotas. A caller in several teams of which one has a quota must say which.
+async fn charged_team(
+    state: &AppState,
+    caller: &Caller,
+    named: Option<&str>,
+) -> ApiResult<Option<String>> {
+    let teams = state.store.teams(&state.org.id).await?;
+    let mine: Vec<&warren_store::TeamRecord> = teams
+        .iter()
+        .filter(|t| t.members.contains(&caller.user.id))
+        .collect();
+    let names = || {
+        mine.iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(name) = named {
+        let Some(t) = teams.iter().find(|t| t.name == name) else {
+            return Err(ApiError::not_found("team", name).hint(if mine.is_empty() {
+                "you are in no team: leave out `team`".to_owned()
+            } else {
+                format!("your teams: {}", names())
+            }));
+        };
+        if !t.members.contains(&caller.user.id) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PermissionDenied,
+                format!("you are not a member of team `{name}`: a workspace can be charged only to your own teams"),
+            )
+            .hint(if mine.is_empty() {
+                "leave out `--team`, or ask an admin to add you to the team".to_owned()
+            } else {
+                format!("your teams: {}", names())
+            }));
+        }
+        return Ok(Some(t.id.clone()));
+    }
+    match mine.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.id.clone())),
+        several => {
+            let quotas = state.store.quotas().await?;
+            let limited = several.iter().any(|t| {
+                quotas
+                    .iter()
+                    .any(|q| q.subject_kind == "team" && q.subject_id == t.id)
+            });
+            if limited {
+                Err(ApiError::bad_request(format!(
+                    "you are in several teams ({}) and at least one has a quota: say which to charge",
+                    names()
+                ))
+                .hint("pass `--team TEAM` (API: `\"team\": \"TEAM\"`)"))
+            } else {
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Writes the rendered devcontainer.json beside the project folder (see
@@ -485,6 +568,8 @@ async fn update_workspace(
     }
     let rendered = warren_api::template::substitute_params(&version.devcontainer_json, &params);
     crate::routes::templates::check_devcontainer(&rendered)?;
+    // The rebuild starts it again: a start as far as quotas and budgets go.
+    let _admitted = admit(&state, &rec, by(&caller, &rec)).await?;
     let job = jobs::spawn(
         &state,
         &rec.id,
@@ -495,6 +580,7 @@ async fn update_workspace(
             let id = rec.id.clone();
             let project = rec.project_dir.clone();
             let version_id = version.id.clone();
+            let cost = cost_snapshot(&version);
             let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
             move |st, log| async move {
                 warren_engine::Progress::step(&*log, "Stopping the workspace to rebuild it");
@@ -506,6 +592,8 @@ async fn update_workspace(
                 st.store
                     .set_template_version(&id, &version_id, &params_json)
                     .await?;
+                // Metered at the new version's rates from now on.
+                st.store.reprice(&id, cost.as_deref()).await?;
                 st.engine.provision(&id, &*log).await.map(|_| ())
             }
         },
@@ -569,6 +657,7 @@ async fn adhoc_version(
             parameters_json: "[]".into(),
             ceilings_json: "{}".into(),
             policy_json: "{}".into(),
+            cost_json: "{}".into(),
             created_by: caller.user.id.clone(),
         })
         .await?)
@@ -606,6 +695,8 @@ pub(crate) async fn spawn_start(
 ) -> ApiResult<JobRecord> {
     let never_provisioned = rec.spec_json.is_empty();
     let id = rec.id.clone();
+    // The quota locks are held until the job exists, so a concurrent start counts this one.
+    let _admitted = admit(state, rec, reason).await?;
     jobs::spawn(
         state,
         &rec.id,
@@ -621,6 +712,34 @@ pub(crate) async fn spawn_start(
         },
     )
     .await
+}
+
+/// Checks the owner's and team's quotas and budgets before a start of `rec` (see
+/// [`crate::quota::admit`]); a refused autostart is recorded as an event.
+async fn admit(
+    state: &AppState,
+    rec: &WorkspaceRecord,
+    reason: Reason,
+) -> ApiResult<Vec<crate::coord::LockGuard>> {
+    let res = crate::quota::admit(
+        state,
+        Some(&rec.id),
+        &rec.ownership.owner_id,
+        rec.ownership.team_id.as_deref(),
+        crate::quota::Demand::of(&rec.ownership.limits_json),
+    )
+    .await;
+    if let Err(e) = &res {
+        if reason == Reason::Autostart
+            && matches!(
+                e.body.code,
+                ErrorCode::QuotaExceeded | ErrorCode::BudgetExhausted
+            )
+        {
+            crate::quota::record_refused_start(state, rec, reason, e).await;
+        }
+    }
+    res
 }
 
 /// Records and runs a `stop` job.
@@ -690,15 +809,20 @@ async fn transition(
     let job = match kind {
         "start" => spawn_start(&state, &rec, who, reason).await?,
         "stop" => spawn_stop(&state, &rec, who, reason).await?,
-        "restart" => jobs::spawn(
-            &state,
-            &rec.id,
-            kind,
-            who,
-            reason,
-            move |st, log| async move { st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ()) },
-        )
-        .await?,
+        "restart" => {
+            let _admitted = admit(&state, &rec, reason).await?;
+            jobs::spawn(
+                &state,
+                &rec.id,
+                kind,
+                who,
+                reason,
+                move |st, log| async move {
+                    st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ())
+                },
+            )
+            .await?
+        }
         _ => spawn_delete(&state, &rec, who, reason).await?,
     };
     let fresh = state.store.get(&rec.id).await?.unwrap_or(rec);

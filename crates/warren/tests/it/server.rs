@@ -1855,3 +1855,115 @@ fn webhooks_are_added_tested_listed_and_removed_with_the_cli() {
     let (_, err) = s.fails(&["--context", "admin", "webhook", "rm", &id]);
     assert!(err.contains("no webhook"), "{err}");
 }
+
+#[test]
+fn quotas_overrides_and_cost_from_the_cli() {
+    let s = Server::start();
+    s.login_admin();
+    s.ok(&["--context", "admin", "team", "create", "infra"]);
+    s.login_member("kim");
+    s.ok(&["--context", "admin", "team", "add", "infra", "kim"]);
+    s.ok(&[
+        "--context",
+        "admin",
+        "quota",
+        "set",
+        "--user",
+        "kim",
+        "--max-workspaces",
+        "1",
+        "--budget",
+        "100",
+        "--period",
+        "week",
+    ]);
+    let one = s.world.project("one", r#"{"image": "busybox"}"#);
+    let two = s.world.project("two", r#"{"image": "busybox"}"#);
+    assert_eq!(
+        s.ok(&["up", one.to_str().unwrap(), "--team", "infra"])
+            .trim(),
+        "one"
+    );
+    // A second running workspace is over the quota: the error names the limit, the hint says
+    // what to do.
+    let (_, err) = s.fails(&["up", two.to_str().unwrap()]);
+    assert!(
+        err.contains("error: user `kim` has 1 of at most 1 workspaces running"),
+        "{err}"
+    );
+    assert!(err.contains("hint: stop one"), "{err}");
+    let shown = s.ok(&["quota", "show"]);
+    assert!(shown.contains("user kim (limits: user)"), "{shown}");
+    assert!(shown.contains("workspaces running  1 of 1"), "{shown}");
+    assert!(shown.contains("this week"), "{shown}");
+    assert!(shown.contains("team infra (limits: none)"), "{shown}");
+    // Members set nothing.
+    let (_, err) = s.fails(&["quota", "set", "--user", "kim", "--max-workspaces", "9"]);
+    assert!(err.contains("your role does not permit this"), "{err}");
+    let (_, err) = s.fails(&["quota", "show", "--user", "admin"]);
+    assert!(err.contains("your role does not permit this"), "{err}");
+
+    // An override lifts the limit until revoked.
+    let id = s
+        .ok(&[
+            "--context",
+            "admin",
+            "quota",
+            "override",
+            "--user",
+            "kim",
+            "--unlimited",
+            "--for",
+            "1d",
+            "--note",
+            "demo",
+        ])
+        .trim()
+        .to_string();
+    let listed = s.ok(&["--context", "admin", "quota", "overrides", "--user", "kim"]);
+    assert!(
+        listed.contains(&id) && listed.contains("unlimited") && listed.contains("demo"),
+        "{listed}"
+    );
+    assert_eq!(s.ok(&["up", two.to_str().unwrap()]).trim(), "two");
+    s.ok(&[
+        "--context",
+        "admin",
+        "quota",
+        "revoke",
+        "--user",
+        "kim",
+        &id,
+    ]);
+    let listed = s.ok(&["--context", "admin", "quota", "overrides", "--user", "kim"]);
+    assert!(listed.contains("revoked"), "{listed}");
+
+    // Cost: a table, JSON, CSV (these templates are free: zero cost, real hours).
+    // Both are charged to kim's only team, named or not.
+    let table = s.ok(&["cost", "--by", "team"]);
+    assert!(
+        table.lines().nth(1).unwrap_or("").starts_with("infra "),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.contains("TOTAL"), "{table}");
+    let report = s.json(&["cost"]);
+    assert_eq!(report["group_by"], "workspace");
+    let names: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["one.kim", "two.kim"], "{report}");
+    let csv = s.ok(&["cost", "--by", "user", "--csv"]);
+    assert!(
+        csv.starts_with("user,id,hours_running,hours_stopped,cost\nkim,"),
+        "{csv}"
+    );
+    let (_, err) = s.fails(&["cost", "--by", "owner"]);
+    assert!(err.contains("`group_by`"), "{err}");
+    // The admin sees kim's usage too.
+    let all = s.ok(&["--context", "admin", "cost", "--by", "user"]);
+    assert!(all.contains("kim"), "{all}");
+}
