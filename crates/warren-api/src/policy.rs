@@ -174,6 +174,10 @@ pub struct PolicyCeilings {
     /// Longest `dormancy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dormancy: Option<String>,
+    /// Whether workspaces may set their own `autostart` schedule (default: yes). Turning the
+    /// template's off is always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
 }
 
 /// A template's lifecycle policy (the manifest's `policy`): defaults for its workspaces, and
@@ -492,6 +496,13 @@ pub fn resolve(
     match &own.autostart {
         None => {}
         Some(AutostartChoice::Off(_)) => eff.autostart = None,
+        Some(AutostartChoice::Schedule(_)) if ceilings.autostart == Some(false) => {
+            return Err(
+                "`autostart`: the template does not let workspaces set their own \
+                 schedule"
+                    .to_owned(),
+            )
+        }
         Some(AutostartChoice::Schedule(a)) => {
             a.validate()?;
             eff.autostart = Some(a.clone());
@@ -750,15 +761,19 @@ pub fn evaluate(p: &Effective, f: &Facts) -> Evaluation {
             verdict: *v,
             at: *at,
         });
-    // A dormancy deletion is announced its own lead ahead; everything else five minutes.
+    // A dormancy deletion is announced its own lead ahead; everything else five minutes. An idle
+    // stop that current use keeps pushing back (an open session, a busy CPU) is not coming: no
+    // warning, or a short timeout would warn again at every pass.
+    let in_use = (p.open_sessions_count && f.open_sessions) || f.busy_cpu;
     let warn = due.is_none()
         && next.is_some_and(|n| {
             let lead = match n.verdict {
                 Verdict::Delete(Reason::Dormancy) => p.dormancy_warning,
                 Verdict::FailStart(_) => Duration::ZERO,
+                Verdict::Stop(Reason::Idle) if in_use => Duration::ZERO,
                 _ => WARNING_LEAD,
             };
-            n.at - f.now <= lead
+            n.at - f.now <= lead && !lead.is_zero()
         });
     Evaluation { due, next, warn }
 }

@@ -52,6 +52,8 @@ pub struct AppState {
     pub terminals: Arc<crate::routes::workspaces::terminal::Terminals>,
     /// Preview tickets and browser sessions.
     pub previews: Arc<crate::preview::Previews>,
+    /// Event streams open per user (`GET /events?follow=true`).
+    pub event_followers: Arc<crate::routes::events::Followers>,
     /// The lifecycle-policy reconciler's caches and pass lock.
     pub governor: Arc<crate::governor::Governor>,
 }

@@ -451,22 +451,35 @@ pub(crate) async fn act(
     let Some(rec) = state.store.get(&row.id).await.map_err(|e| e.to_string())? else {
         return Ok(false);
     };
-    if rec.generation != row.generation {
+    // Anything changed since the pass read it (a state change, an extension, a policy edit):
+    // the next pass decides again on what is true now.
+    let seq = state
+        .store
+        .change_seq_of(&row.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if rec.generation != row.generation || seq != Some(row.change_seq) {
         return Ok(false);
     }
     let spawned = match verdict {
         Verdict::Stop(r) => spawn_stop(state, &rec, None, r).await,
         Verdict::Delete(r) => spawn_delete(state, &rec, None, r).await,
-        Verdict::Start(r) => spawn_start(state, &rec, None, r).await,
-        Verdict::FailStart(r) => {
-            let Some(job) = job else { return Ok(false) };
-            state
+        Verdict::Start(r) => {
+            // A suspended (or removed) owner's workspaces are not started by schedule.
+            let owner = state
                 .store
-                .set_op(&rec.id, r.as_str(), None)
+                .user(&rec.ownership.owner_id)
                 .await
                 .map_err(|e| e.to_string())?;
+            if owner.is_none_or(|u| u.suspended) {
+                return Ok(false);
+            }
+            spawn_start(state, &rec, None, r).await
+        }
+        Verdict::FailStart(r) => {
+            let Some(job) = job else { return Ok(false) };
             let by = format!("the start timeout ({})", r.as_str());
-            return match crate::jobs::cancel(state, job, &by).await {
+            return match crate::jobs::cancel(state, job, &by, Some(r)).await {
                 Ok(_) => Ok(true),
                 Err(_) => Ok(false),
             };

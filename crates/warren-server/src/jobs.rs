@@ -230,7 +230,12 @@ where
 
 /// Cancels an active job: stops its task, records it canceled, and settles the workspace (a
 /// create or start is stopped and marked failed; a stop or delete is finished).
-pub async fn cancel(state: &AppState, job: &JobRecord, by: &str) -> Result<JobRecord, ApiError> {
+pub async fn cancel(
+    state: &AppState,
+    job: &JobRecord,
+    by: &str,
+    reason: Option<warren_api::policy::Reason>,
+) -> Result<JobRecord, ApiError> {
     let already = || {
         ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -245,6 +250,13 @@ pub async fn cancel(state: &AppState, job: &JobRecord, by: &str) -> Result<JobRe
     // settled, and the job's own completion can no longer record an outcome.
     if !state.store.job_canceling(&job.id).await? {
         return Err(already());
+    }
+    // The cancel is ours now: the transitions that settle the workspace report its reason.
+    if let Some(r) = reason {
+        state
+            .store
+            .set_op(&job.workspace_id, r.as_str(), None)
+            .await?;
     }
     if let Some(r) = state.jobs.finish(&job.id) {
         r.abort.abort();

@@ -70,6 +70,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         terminals: Default::default(),
         previews: Default::default(),
         governor: Default::default(),
+        event_followers: Default::default(),
     })
 }
 

@@ -719,7 +719,7 @@ async fn a_busy_cpu_keeps_a_workspace_from_idling_when_the_policy_asks() {
     template(
         &s,
         "build",
-        json!({"idle_timeout": "30m", "activity": {"cpu_threshold": 20}}),
+        json!({"idle_timeout": "30m", "activity": {"cpu_threshold": 5}}),
     )
     .await;
     s.create_workspace(&alice, "cc", "build").await;
@@ -735,12 +735,19 @@ async fn a_busy_cpu_keeps_a_workspace_from_idling_when_the_policy_asks() {
         .await;
     assert!(code.is_success(), "{v}");
     s.advance(31 * MIN);
-    // CPU use is measured between passes (real time): not stopped before it is known.
-    assert_eq!(acted(&s.pass().await, "cc"), None);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(acted(&s.pass().await, "cc"), None);
-    let (_, a) = s.get(&alice, "/api/v1/workspaces/cc/activity").await;
-    assert!(a["last"]["cpu"].is_string(), "{a}");
+    // CPU use is measured between passes (real time): not stopped before it is known, nor
+    // while it is busy (other tests share the CPUs, so give the measure a few tries).
+    let mut seen = false;
+    for _ in 0..20 {
+        assert_eq!(acted(&s.pass().await, "cc"), None);
+        let (_, a) = s.get(&alice, "/api/v1/workspaces/cc/activity").await;
+        if a["last"]["cpu"].is_string() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    assert!(seen, "the busy loop never counted as activity");
     // The build ends: idle from its last busy moment.
     let (code, v) = s
         .post(
@@ -760,4 +767,111 @@ async fn a_busy_cpu_keeps_a_workspace_from_idling_when_the_policy_asks() {
         Some(Verdict::Stop(Reason::Idle))
     );
     settle(&s, &alice, "cc").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_restricted_to_one_workspace_sees_only_its_events() {
+    let (s, alice) = server().await;
+    template(&s, "plain", json!({})).await;
+    s.create_workspace(&alice, "mine", "plain").await;
+    s.create_workspace(&alice, "other", "plain").await;
+    let (code, v) = s
+        .post(
+            &alice,
+            "/api/v1/tokens",
+            json!({"name": "agent", "workspaces": ["mine"]}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let agent = v["token"].as_str().unwrap().to_string();
+    let names = |v: &Value| -> Vec<String> {
+        let mut n: Vec<String> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["workspace_name"].as_str().unwrap_or("").to_string())
+            .collect();
+        n.dedup();
+        n
+    };
+    let (_, all) = s.get(&alice, "/api/v1/events").await;
+    assert!(names(&all).contains(&"other".to_string()), "{all}");
+    let (code, v) = s.get(&agent, "/api/v1/events").await;
+    assert_eq!(code, StatusCode::OK, "{v}");
+    assert_eq!(names(&v), ["mine"], "{v}");
+    let (code, _) = s.get(&agent, "/api/v1/events?workspace=other").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    // An administrator's restricted token asking for everyone's gets the same.
+    let (code, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/tokens",
+            json!({"name": "narrow", "workspaces": ["mine.alice"]}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let narrow = v["token"].as_str().unwrap().to_string();
+    let (_, v) = s.get(&narrow, "/api/v1/events?owner=all").await;
+    assert_eq!(names(&v), ["mine"], "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_per_user_and_end_when_their_token_is_revoked() {
+    let (s, alice) = server().await;
+    let (code, v) = s
+        .post(&alice, "/api/v1/tokens", json!({"name": "watcher"}))
+        .await;
+    assert_eq!(code, StatusCode::CREATED, "{v}");
+    let watcher = v["token"].as_str().unwrap().to_string();
+    let watcher_id = v["info"]["id"].as_str().unwrap().to_string();
+    let follow = |token: String| {
+        let url = format!("{}/api/v1/events?follow=true", s.url);
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut open = Vec::new();
+    for _ in 0..warren_server::routes::events::MAX_FOLLOWERS {
+        let r = follow(alice.clone()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        open.push(r);
+    }
+    let refused = follow(alice.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let e: Value = refused.json().await.unwrap();
+    assert_eq!(e["code"], "limit_exceeded", "{e}");
+    // Closing one makes room.
+    drop(open.pop());
+    let mut room = None;
+    for _ in 0..100 {
+        let r = follow(watcher.clone()).await;
+        if r.status() == StatusCode::OK {
+            room = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stream = room.expect("a closed stream frees its place");
+    // Revoking the token ends its stream.
+    let (code, v) = s
+        .call(
+            Some(&alice),
+            Method::DELETE,
+            &format!("/api/v1/tokens/{watcher_id}"),
+            None,
+        )
+        .await;
+    assert!(code.is_success(), "{v}");
+    let ended = tokio::time::timeout(Duration::from_secs(60), async move {
+        use futures_util::StreamExt;
+        let mut body = stream.bytes_stream();
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream of a revoked token goes on");
 }

@@ -84,6 +84,8 @@ pub struct EventEntry {
 pub struct EventFilter {
     /// Only this workspace's.
     pub workspace_id: Option<String>,
+    /// Only these workspaces' (a workspace-restricted token's view; empty: none).
+    pub workspace_ids: Option<Vec<String>>,
     /// Only those concerning this user or one of these teams (a member's view).
     pub visible_to: Option<(String, Vec<String>)>,
     /// Only kinds starting with this (`workspace.`, `budget.`).
@@ -153,6 +155,8 @@ pub struct PolicyRow {
     pub policy_json: Option<String>,
     /// The template version it was made from.
     pub template_version_id: Option<String>,
+    /// Its change sequence number when read (0 when built from a record).
+    pub change_seq: i64,
 }
 
 /// What [`Store::policy_changes`] returns.
@@ -181,6 +185,7 @@ impl From<&WorkspaceRecord> for PolicyRow {
             deadline_at: r.ownership.deadline_at.clone(),
             policy_json: r.ownership.policy_json.clone(),
             template_version_id: r.ownership.template_version_id.clone(),
+            change_seq: 0,
         }
     }
 }
@@ -268,8 +273,8 @@ impl Store {
             .try_get("n")?;
         let rows = sqlx::query(
             "SELECT id, name, owner_id, team_id, state, generation, created_at, started_at, \
-             stopped_at, deadline_at, policy_json, template_version_id FROM workspaces \
-             WHERE owner_id != '' AND change_seq > ?",
+             stopped_at, deadline_at, policy_json, template_version_id, change_seq \
+             FROM workspaces WHERE owner_id != '' AND change_seq > ?",
         )
         .bind(after)
         .fetch_all(&mut *tx)
@@ -297,6 +302,7 @@ impl Store {
                     deadline_at: r.try_get("deadline_at")?,
                     policy_json: r.try_get("policy_json")?,
                     template_version_id: r.try_get("template_version_id")?,
+                    change_seq: r.try_get("change_seq")?,
                     id,
                 })
             })
@@ -310,6 +316,18 @@ impl Store {
                 .collect::<Result<Vec<String>, _>>()?
         };
         Ok(PolicyChanges { rows, removed, seq })
+    }
+
+    /// A workspace's change sequence number now (none: no such record).
+    pub async fn change_seq_of(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query("SELECT change_seq FROM workspaces WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get("change_seq"))
+                .transpose()?,
+        )
     }
 
     /// Forgets removals numbered `seq` or less (a reader that has applied them).
@@ -388,6 +406,17 @@ impl Store {
         if let Some(ws) = &filter.workspace_id {
             sql.push_str(" AND workspace_id = ?");
             binds.push(ws.clone());
+        }
+        if let Some(ids) = &filter.workspace_ids {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            sql.push_str(" AND workspace_id IN (");
+            for (i, id) in ids.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                binds.push(id.clone());
+            }
+            sql.push(')');
         }
         if let Some((user, teams)) = &filter.visible_to {
             sql.push_str(" AND (owner_id = ?");
@@ -654,15 +683,20 @@ pub(crate) async fn on_transition(
     } else {
         (Some(op_reason.clone()), actor.clone())
     };
+    // An extension belongs to its run: a new run starts with the policy's deadline.
+    if to == WorkspaceState::Starting {
+        rec.ownership.deadline_at = None;
+    }
     sqlx::query(
         "UPDATE workspaces SET started_at = ?, stopped_at = ?, stop_reason = ?, op_reason = ?, \
-         op_actor = ? WHERE id = ?",
+         op_actor = ?, deadline_at = ? WHERE id = ?",
     )
     .bind(&rec.started_at)
     .bind(&rec.stopped_at)
     .bind(&rec.stop_reason)
     .bind(op_reason_col)
     .bind(op_actor_col)
+    .bind(&rec.ownership.deadline_at)
     .bind(&rec.id)
     .execute(&mut **tx)
     .await?;

@@ -277,8 +277,23 @@ pub(crate) async fn keepalive(
                 .map_err(|err| user_error(format!("--every `{e}`: {err}"), "e.g. --every 1m"))
         })
         .transpose()?;
+    let mut failures = 0u32;
     loop {
-        let s = c.keepalive(workspace).await?;
+        let s = match c.keepalive(workspace).await {
+            Ok(s) => {
+                failures = 0;
+                s
+            }
+            // With --every, a passing failure (the server restarting, the network) must not end
+            // the loop that keeps an agent's workspace alive: retry sooner, give up after a while.
+            Err(e) if every.is_some() && failures < 10 => {
+                failures += 1;
+                eprintln!("warning: keep-alive failed ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(2 * u64::from(failures))).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if json {
             println!("{}", serde_json::to_string(&s)?);
         } else if every.is_none() {

@@ -145,6 +145,18 @@ fn workspace_values_stay_within_the_templates_ceilings() {
             .is_none()
     );
     assert!(serde_json::from_value::<WorkspacePolicy>(json!({"autostart": "on"})).is_err());
+    // A template may keep schedules its own (so an autostart cannot dodge dormancy).
+    let fixed = template(json!({"dormancy": "30d", "ceilings": {"autostart": false}}));
+    let err = resolve(
+        Some(&fixed),
+        Some(&own(json!({"autostart": {"schedule": "0 0 1 * *"}}))),
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("`autostart`: the template does not let"),
+        "{err}"
+    );
+    assert!(resolve(Some(&fixed), Some(&own(json!({"autostart": "off"})))).is_ok());
 }
 
 #[test]
@@ -199,6 +211,23 @@ fn a_silent_open_session_counts_as_activity_only_if_the_policy_says_so() {
         evaluate(&ignores, &f).due,
         Some(Verdict::Stop(Reason::Idle))
     );
+}
+
+#[test]
+fn a_short_idle_timeout_with_a_session_open_warns_of_nothing() {
+    // Current use pushes the idle stop back at every instant: it is never coming, so there is
+    // no warning (else a timeout under five minutes would warn at every pass).
+    let p = template(json!({"idle_timeout": "1m"})).effective().unwrap();
+    let mut f = running(H);
+    f.open_sessions = true;
+    for step in 0..5 {
+        f.now += Duration::from_secs(step);
+        let e = evaluate(&p, &f);
+        assert_eq!((e.due, e.warn), (None, false), "{e:?}");
+    }
+    f.open_sessions = false;
+    f.last_activity = Some(f.now);
+    assert!(evaluate(&p, &f).warn);
 }
 
 #[test]

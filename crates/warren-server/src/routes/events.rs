@@ -28,6 +28,64 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Largest page.
 const MAX_LIMIT: u32 = 1000;
 
+/// Most event streams one user may follow at once.
+pub const MAX_FOLLOWERS: u32 = 16;
+
+/// How often a stream checks that its token still works and its user is not suspended.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// Event streams open per user.
+#[derive(Default)]
+pub struct Followers(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+/// One open stream; counted until dropped.
+pub struct Following {
+    all: std::sync::Arc<Followers>,
+    user: String,
+}
+
+impl Followers {
+    fn enter(self: &std::sync::Arc<Self>, user: &str) -> Option<Following> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(user.to_owned()).or_insert(0);
+        if *n >= MAX_FOLLOWERS {
+            return None;
+        }
+        *n += 1;
+        Some(Following {
+            all: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut m = self.all.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Whether the caller's token still works and its user may still act (checked during a
+/// stream, which outlives the request that authorized it).
+async fn still_allowed(state: &AppState, caller: &Caller) -> bool {
+    let now = state.store.now();
+    let token_ok = matches!(
+        state.store.token(&caller.token.id).await,
+        Ok(Some(t)) if t.revoked_at.is_none() && t.expires_at > now
+    );
+    let user_ok = matches!(
+        state.store.user(&caller.user.id).await,
+        Ok(Some(u)) if !u.suspended
+    );
+    token_ok && user_ok
+}
+
 /// Query of a workspace's events.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -122,18 +180,23 @@ async fn list_events(
             }
         }
     }
+    // A token restricted to named workspaces sees their events only, whatever it asks for.
+    if let Some(ids) = &caller.principal.workspaces {
+        filter.workspace_ids = Some(ids.iter().cloned().collect());
+    }
     let page = EventsQuery {
         after: q.after,
         limit: q.limit,
         kind: q.kind,
         follow: q.follow,
     };
-    events_response(state, filter, Ok(Query(page)), &headers).await
+    events_response(state, &caller, filter, Ok(Query(page)), &headers).await
 }
 
 /// Answers an events request for `filter` with the page or the stream the query asks for.
 pub async fn events_response(
     state: AppState,
+    caller: &Caller,
     mut filter: EventFilter,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
@@ -174,9 +237,24 @@ pub async fn events_response(
         })
         .into_response());
     }
+    let following = state
+        .event_followers
+        .enter(&caller.user.id)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                warren_api::ErrorCode::LimitExceeded,
+                format!("you already follow {MAX_FOLLOWERS} event streams"),
+            )
+            .hint("close one, or read pages with `after` instead of following")
+        })?;
+    let caller = caller.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, Infallible>>(64);
     let mut watch = state.store.events_watch();
+    let mut notices = state.pubsub.subscribe();
     tokio::spawn(async move {
+        let _following = following;
+        let mut checked = tokio::time::Instant::now();
         let mut after = first.last().map(|e| e.id).or(filter.after_id);
         if after.is_none() {
             // Nothing yet: start from the latest event anyone sees, so the stream is what
@@ -195,14 +273,40 @@ pub async fn events_response(
             if state.shutting_down() {
                 return;
             }
+            // A revoked token or a suspended user ends the stream.
+            if checked.elapsed() >= RECHECK {
+                if !still_allowed(&state, &caller).await {
+                    return;
+                }
+                checked = tokio::time::Instant::now();
+            }
             // New events wake us; a slow tick catches writes from other processes and sends a
             // comment so proxies keep the connection.
             tokio::select! {
+                // The client went away: free its place at once.
+                () = tx.closed() => return,
                 changed = watch.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(Duration::from_secs(15)) => {
                     if tx.send(Ok(": keep-alive\n\n".to_owned())).await.is_err() {
                         return;
                     }
+                }
+                // A revocation or a change of the user ends the stream at once, if it must.
+                notice = notices.recv() => {
+                    use crate::coord::Notice;
+                    let concerns_us = match &notice {
+                        Ok(Notice::TokenRevoked(id)) => *id == caller.token.id,
+                        Ok(Notice::UserChanged(id)) => *id == caller.user.id,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(_) => false,
+                    };
+                    if concerns_us {
+                        if !still_allowed(&state, &caller).await {
+                            return;
+                        }
+                        checked = tokio::time::Instant::now();
+                    }
+                    continue;
                 }
             }
             filter.after_id = after;

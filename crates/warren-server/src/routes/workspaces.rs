@@ -1019,7 +1019,7 @@ async fn cancel_job(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (job, ws) = find_job(&state, &caller, &id, Op::WorkspaceWrite).await?;
-    let done = jobs::cancel(&state, &job, &caller.user.username).await?;
+    let done = jobs::cancel(&state, &job, &caller.user.username, None).await?;
     let mut note = AuditNote::target(
         "job",
         &job.id,

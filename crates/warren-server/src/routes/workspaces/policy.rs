@@ -180,5 +180,5 @@ async fn workspace_events(
         workspace_id: Some(rec.id.clone()),
         ..Default::default()
     };
-    events_response(state, filter, q, &headers).await
+    events_response(state, &caller, filter, q, &headers).await
 }
