@@ -273,9 +273,16 @@ async fn background(state: AppState) {
 /// How long an uploaded file may wait for the version or workspace that uses it.
 const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
-/// Removes uploads and ad-hoc versions nothing uses any more.
+/// How long events are kept.
+const EVENT_RETENTION: Duration = Duration::from_secs(90 * 86_400);
+
+/// Removes uploads and ad-hoc versions nothing uses any more, and events past their retention.
 async fn collect_garbage(state: &AppState) {
     collect_garbage_before(state, time::OffsetDateTime::now_utc() - UPLOAD_GRACE).await;
+    let cutoff = warren_store::format_time(state.store.now_time() - EVENT_RETENTION);
+    if let Err(e) = state.store.prune_events(&cutoff).await {
+        tracing_log(&format!("event retention: {e}"));
+    }
 }
 
 /// Removes ad-hoc versions nothing uses, and unused uploads made before `cutoff`.
