@@ -28,6 +28,10 @@ use warren_store::{NewEvent, PolicyRow};
 use crate::app::AppState;
 use crate::error::tracing_log;
 
+/// How often (in the store clock's time) a pass also checks budgets: spending moves by the hour,
+/// and every start is checked exactly at admission anyway.
+pub const BUDGET_EVERY: Duration = Duration::from_secs(30);
+
 /// Job kinds whose running time `start_timeout` limits.
 const STARTING_JOBS: [&str; 4] = ["create", "start", "restart", "update"];
 
@@ -103,6 +107,8 @@ pub struct Governor {
     schedules: Mutex<HashMap<(String, String), Option<Schedule>>>,
     /// Workspace id -> its last CPU sample.
     cpu: Mutex<HashMap<String, CpuSample>>,
+    /// When budgets were last checked.
+    last_budget: Mutex<Option<OffsetDateTime>>,
     /// Problems already reported (workspace id, what), so the log says each once.
     reported: Mutex<HashSet<(String, String)>>,
 }
@@ -429,13 +435,23 @@ pub async fn pass(state: &AppState) -> PassReport {
     }
     // Forget CPU samples of workspaces no longer watched.
     lock(&gov.cpu).retain(|id, _| seen_cpu.contains(id));
-    let running: Vec<&PolicyRow> = index
-        .entries
-        .values()
-        .filter(|e| e.row.state == WorkspaceState::Running)
-        .map(|e| &e.row)
-        .collect();
-    report.budget = crate::quota::budget_pass(state, &running).await;
+    let budget_due = {
+        let mut last = lock(&gov.last_budget);
+        let due = last.is_none_or(|t| now < t || now - t >= BUDGET_EVERY);
+        if due {
+            *last = Some(now);
+        }
+        due
+    };
+    if budget_due {
+        let running: Vec<&PolicyRow> = index
+            .entries
+            .values()
+            .filter(|e| e.row.state == WorkspaceState::Running)
+            .map(|e| &e.row)
+            .collect();
+        report.budget = crate::quota::budget_pass(state, &running).await;
+    }
     report
 }
 
