@@ -233,7 +233,8 @@ impl Store {
     /// Disables or enables webhook `id` (an admin's choice); returns it, None if there is no
     /// such webhook. Enabled again, it resumes where it stopped: the pending deliveries and the
     /// events recorded meanwhile are sent, unless `skip_backlog`, which drops the pending
-    /// deliveries and moves its cursor to the latest event.
+    /// deliveries and moves its cursor to the latest event. Enabling makes its pending
+    /// deliveries due now.
     pub async fn set_webhook_disabled(
         &self,
         id: &str,
@@ -241,13 +242,32 @@ impl Store {
         skip_backlog: bool,
     ) -> Result<Option<WebhookRecord>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("UPDATE webhooks SET disabled = ? WHERE id = ?")
-            .bind(i64::from(disabled))
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE webhooks SET disabled = ?, \
+             enabled_at = CASE WHEN ? THEN enabled_at ELSE ? END WHERE id = ?",
+        )
+        .bind(i64::from(disabled))
+        .bind(disabled)
+        .bind(self.now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if r.rows_affected() != 1 {
             return Ok(None);
+        }
+        if !disabled && !skip_backlog {
+            // Whoever enables it means now: its backlog is due at once, not after the backoff
+            // of its last failure.
+            let now = self.now();
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? \
+                 WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at > ?",
+            )
+            .bind(&now)
+            .bind(id)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
         }
         if skip_backlog {
             sqlx::query(
@@ -291,13 +311,14 @@ impl Store {
         Ok(true)
     }
 
-    /// Enabled webhooks whose oldest pending delivery was queued before `before` (one index
-    /// lookup per webhook).
+    /// Enabled webhooks whose oldest pending delivery was queued before `before`, and which were
+    /// not enabled by an admin since (one index lookup per webhook).
     pub async fn stale_webhooks(&self, before: &str) -> Result<Vec<String>, StoreError> {
         let ids = sqlx::query_scalar(
-            "SELECT w.id FROM webhooks w WHERE w.disabled = 0 AND \
+            "SELECT w.id FROM webhooks w WHERE w.disabled = 0 \
+             AND COALESCE(w.enabled_at, w.created_at) < ?1 AND \
              (SELECT d.created_at FROM webhook_deliveries d WHERE d.webhook_id = w.id \
-              AND d.status = 'pending' ORDER BY d.event_id LIMIT 1) < ?",
+              AND d.status = 'pending' ORDER BY d.event_id LIMIT 1) < ?1",
         )
         .bind(before)
         .fetch_all(&self.pool)
