@@ -377,7 +377,11 @@ mod tests {
         assert!(c.default_cost.is_free());
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("warren.toml");
-        std::fs::write(&p, "default_running_cost = 2.5\ndefault_stopped_cost = 0.1\n").unwrap();
+        std::fs::write(
+            &p,
+            "default_running_cost = 2.5\ndefault_stopped_cost = 0.1\n",
+        )
+        .unwrap();
         let c = ServerConfig::resolve(ConfigLayer::from_file(&p).unwrap()).unwrap();
         assert_eq!(c.default_cost.running_per_hour, Some(2.5));
         assert_eq!(c.default_cost.stopped_per_hour, Some(0.1));

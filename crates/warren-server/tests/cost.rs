@@ -337,7 +337,10 @@ async fn far_off_dates_and_long_ranges_are_refused_not_a_panic() {
             .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{at}: {v}");
         assert_eq!(v["code"], "invalid_request");
-        assert!(v["message"].as_str().unwrap().contains("`expires_at`"), "{v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("`expires_at`"),
+            "{v}"
+        );
     }
     // The server still answers.
     let (st, _) = s.get(&alice, "/api/v1/me/quota").await;

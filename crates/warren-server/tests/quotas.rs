@@ -747,9 +747,15 @@ async fn an_override_rearms_budget_alerts_for_the_new_limit() {
     s.pass().await;
     s.pass().await;
     let exhausted = events(&s, "budget.exhausted").await;
-    assert_eq!(exhausted.len(), 2, "alerted again at the new limit: {exhausted:?}");
+    assert_eq!(
+        exhausted.len(),
+        2,
+        "alerted again at the new limit: {exhausted:?}"
+    );
     assert!(
-        exhausted.iter().any(|e| e.message.contains("of 20 cost units")),
+        exhausted
+            .iter()
+            .any(|e| e.message.contains("of 20 cost units")),
         "{exhausted:?}"
     );
     s.stop().await;
@@ -771,7 +777,10 @@ async fn a_member_cannot_tell_other_teams_from_no_team() {
     .await;
     for tail in ["", "/overrides"] {
         let (st1, v1) = s
-            .get(&alice, &format!("/api/v1/quotas/teams/secret-project{tail}"))
+            .get(
+                &alice,
+                &format!("/api/v1/quotas/teams/secret-project{tail}"),
+            )
             .await;
         let (st2, v2) = s
             .get(&alice, &format!("/api/v1/quotas/teams/no-such-team{tail}"))
@@ -780,7 +789,10 @@ async fn a_member_cannot_tell_other_teams_from_no_team() {
         assert_eq!((st1, &v1), (st2, &v2), "the same refusal for both");
         // Admins and auditors do learn which exist.
         let (st, _) = s
-            .get(&s.admin, &format!("/api/v1/quotas/teams/no-such-team{tail}"))
+            .get(
+                &s.admin,
+                &format!("/api/v1/quotas/teams/no-such-team{tail}"),
+            )
             .await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }

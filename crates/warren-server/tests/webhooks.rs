@@ -525,7 +525,10 @@ async fn a_delivery_that_keeps_failing_is_given_up_after_twelve_attempts() {
     let ev = ev["events"].as_array().unwrap().clone();
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert!(
-        ev[0]["message"].as_str().unwrap().contains("failed 12 times"),
+        ev[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed 12 times"),
         "{ev:?}"
     );
     let d = deliveries(&s, &hook).await;
@@ -950,7 +953,10 @@ async fn a_day_old_backlog_disables_the_hook_and_an_admin_resumes_or_skips_it() 
         delivered_kinds(&rx),
         ["workspace.started", "workspace.stopped"],
         "{:?} {:?}",
-        rx.hits().iter().map(|h| (h.kind(), h.answered)).collect::<Vec<_>>(),
+        rx.hits()
+            .iter()
+            .map(|h| (h.kind(), h.answered))
+            .collect::<Vec<_>>(),
         deliveries(&s, &hook).await
     );
     // Disabled by hand, then enabled skipping the backlog: what happened meanwhile is dropped.
@@ -972,7 +978,10 @@ async fn a_day_old_backlog_disables_the_hook_and_an_admin_resumes_or_skips_it() 
     assert_eq!(watcher.hits().len(), 1);
     // Bad input.
     for (body, needle) in [
-        (json!({"disabled": true, "skip_backlog": true}), "`skip_backlog`"),
+        (
+            json!({"disabled": true, "skip_backlog": true}),
+            "`skip_backlog`",
+        ),
         (json!({}), "disabled"),
         (json!({"disabled": "no"}), "disabled"),
         (json!({"disabled": false, "colour": 1}), "colour"),
@@ -980,9 +989,18 @@ async fn a_day_old_backlog_disables_the_hook_and_an_admin_resumes_or_skips_it() 
         let (st, v) = patch(&s, &s.admin, &hook, body.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["code"], "invalid_request", "{body}: {v}");
-        assert!(v["message"].as_str().unwrap().contains(needle), "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
     }
-    let (st, _) = patch(&s, &s.admin, &json!({"id": "nope"}), json!({"disabled": true})).await;
+    let (st, _) = patch(
+        &s,
+        &s.admin,
+        &json!({"id": "nope"}),
+        json!({"disabled": true}),
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let _ = watch;
     s.stop().await;
@@ -1002,9 +1020,7 @@ async fn urls_are_masked_for_auditors_and_in_the_audit_log() {
     assert_eq!(one["url"], "https://hooks.slack.com/…", "{one}");
     let (_, one) = s.get(&s.admin, &format!("/api/v1/webhooks/{id}")).await;
     assert_eq!(one["url"], url);
-    let (st, audit) = s
-        .get(&auditor, "/api/v1/audit?action=webhook.*")
-        .await;
+    let (st, audit) = s.get(&auditor, "/api/v1/audit?action=webhook.*").await;
     assert_eq!(st, StatusCode::OK, "{audit}");
     let text = audit.to_string();
     assert!(text.contains("hooks.slack.com"), "{text}");
@@ -1013,7 +1029,10 @@ async fn urls_are_masked_for_auditors_and_in_the_audit_log() {
 }
 
 /// A receiver that takes `delay` to answer 200.
-async fn slow_receiver(delay: Duration, hits: Arc<Mutex<usize>>) -> (String, tokio::task::JoinHandle<()>) {
+async fn slow_receiver(
+    delay: Duration,
+    hits: Arc<Mutex<usize>>,
+) -> (String, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", l.local_addr().unwrap());
     let app = axum::Router::new().route(
@@ -1060,7 +1079,12 @@ async fn a_fast_hook_is_served_while_slow_hooks_drain_long_backlogs() {
     }
     // ... and once every slot is taken by a slow hook, the fast one gets an event.
     for _ in 0..200 {
-        if slow.iter().filter(|(_, h, _)| *h.lock().unwrap() > 0).count() >= 8 {
+        if slow
+            .iter()
+            .filter(|(_, h, _)| *h.lock().unwrap() > 0)
+            .count()
+            >= 8
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

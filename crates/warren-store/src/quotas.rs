@@ -536,7 +536,10 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        assert_eq!(with_team, [rec.id.clone(), rec.id.clone(), other.id.clone()]);
+        assert_eq!(
+            with_team,
+            [rec.id.clone(), rec.id.clone(), other.id.clone()]
+        );
         let nobody = store
             .usage_segments_of(from, to, Some(("u9", &["t9".to_owned()])))
             .await

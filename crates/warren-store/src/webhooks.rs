@@ -777,9 +777,18 @@ mod tests {
             .enqueue_webhook_events(&hook.id, &any, 10)
             .await
             .unwrap();
-        assert_eq!(store.stale_webhooks("2000-01-01T00:00:00.000Z").await.unwrap(), Vec::<String>::new());
+        assert_eq!(
+            store
+                .stale_webhooks("2000-01-01T00:00:00.000Z")
+                .await
+                .unwrap(),
+            Vec::<String>::new()
+        );
         clock.advance(std::time::Duration::from_secs(60));
-        assert_eq!(store.stale_webhooks(&store.now()).await.unwrap(), [hook.id.clone()]);
+        assert_eq!(
+            store.stale_webhooks(&store.now()).await.unwrap(),
+            [hook.id.clone()]
+        );
         // Disabled by the server: its own event goes to others only.
         let e = NewEvent {
             data: serde_json::json!({"webhook_id": hook.id}),
@@ -790,7 +799,10 @@ mod tests {
         assert!(store.webhook(&hook.id).await.unwrap().unwrap().disabled);
         assert!(store.stale_webhooks(&store.now()).await.unwrap().is_empty());
         assert_eq!(
-            store.enqueue_webhook_events(&other.id, &any, 10).await.unwrap(),
+            store
+                .enqueue_webhook_events(&other.id, &any, 10)
+                .await
+                .unwrap(),
             (2, false)
         );
         // Enabled again: the backlog resumes, without the event of its disabling.
@@ -802,7 +814,10 @@ mod tests {
         assert!(!h.disabled);
         assert_eq!(h.pending, 1);
         assert_eq!(
-            store.enqueue_webhook_events(&hook.id, &any, 10).await.unwrap(),
+            store
+                .enqueue_webhook_events(&hook.id, &any, 10)
+                .await
+                .unwrap(),
             (0, false)
         );
         // Skipping the backlog drops it and starts from the latest event.
@@ -814,14 +829,30 @@ mod tests {
             .unwrap();
         assert_eq!(h.pending, 0);
         assert_eq!(h.cursor, store.latest_event_id().await.unwrap());
-        assert!(store.set_webhook_disabled("nope", true, false).await.unwrap().is_none());
+        assert!(store
+            .set_webhook_disabled("nope", true, false)
+            .await
+            .unwrap()
+            .is_none());
         // Pending rows of a disabled hook are pruned after the cut; an enabled hook's are not.
         store.insert_event(&ev("workspace.deleted")).await.unwrap();
-        store.enqueue_webhook_events(&hook.id, &any, 10).await.unwrap();
-        store.set_webhook_disabled(&hook.id, true, false).await.unwrap();
+        store
+            .enqueue_webhook_events(&hook.id, &any, 10)
+            .await
+            .unwrap();
+        store
+            .set_webhook_disabled(&hook.id, true, false)
+            .await
+            .unwrap();
         let old = "2000-01-01T00:00:00.000Z";
         let future = "2999-01-01T00:00:00.000Z";
-        assert_eq!(store.prune_webhook_deliveries(old, old, future).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .prune_webhook_deliveries(old, old, future)
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(store.webhook(&hook.id).await.unwrap().unwrap().pending, 0);
         assert_eq!(store.webhook(&other.id).await.unwrap().unwrap().pending, 2);
     }

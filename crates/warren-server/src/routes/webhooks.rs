@@ -9,8 +9,8 @@ use axum::response::IntoResponse;
 use rand::RngCore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use warren_api::auth::Op;
 use warren_api::auth::Decision;
+use warren_api::auth::Op;
 use warren_api::v1::{
     CreateWebhook, CreatedWebhook, UpdateWebhook, Webhook, WebhookDelivery, WebhookTest,
 };
@@ -263,7 +263,10 @@ async fn get_webhook(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Webhook>> {
     caller.require(Op::WebhookRead)?;
-    Ok(Json(view(&hook_for(&state, &id).await?, sees_urls(&caller))))
+    Ok(Json(view(
+        &hook_for(&state, &id).await?,
+        sees_urls(&caller),
+    )))
 }
 
 /// Disables or enables a webhook (admins). Enabled again, it resumes with its backlog, or with
