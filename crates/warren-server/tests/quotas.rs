@@ -796,5 +796,12 @@ async fn a_member_cannot_tell_other_teams_from_no_team() {
             .await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
+    // Nor other users from no user, through the events of a named owner.
+    let (st1, v1) = s.get(&alice, "/api/v1/events?owner=bob").await;
+    let (st2, v2) = s.get(&alice, "/api/v1/events?owner=no-such-user").await;
+    assert_eq!(st1, StatusCode::FORBIDDEN, "{v1}");
+    assert_eq!((st1, &v1), (st2, &v2), "the same refusal for both");
+    let (st, _) = s.get(&alice, "/api/v1/events?owner=alice").await;
+    assert_eq!(st, StatusCode::OK);
     s.stop().await;
 }
