@@ -17,9 +17,9 @@
 //! [`MAX_BACKLOG_AGE`]. An admin enables it again (`PATCH /webhooks/{id}`), with its backlog or
 //! without; pending rows of a disabled webhook are pruned after [`KEEP_PENDING_DISABLED`]. A
 //! sender's turn is bounded ([`TURN_DELIVERIES`], [`TURN_TIME`]): a slow receiver draining a
-//! long backlog gives its slot up between turns, so others are served. Rows live in the database, so pending deliveries survive a
-//! restart and a crash mid-send means a retry: delivery is at least once, and receivers dedupe by
-//! the `Warren-Delivery` header (or the event id). Times come from the store's clock, so tests
+//! long backlog gives its slot up between turns, so others are served. Rows live in the
+//! database, so pending deliveries survive a restart and a crash mid-send means a retry: delivery
+//! is at least once, and receivers dedupe by the `Warren-Delivery` header (or the event id). Times come from the store's clock, so tests
 //! move time instead of waiting out a backoff.
 //!
 //! The request: `POST` with a JSON body ([`payload`]) and the headers `Content-Type:
