@@ -738,6 +738,18 @@ pub struct CreateWebhook {
     pub secret: Option<String>,
 }
 
+/// `PATCH /webhooks/{id}`: disable or enable a webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    /// Disabled: nothing is queued or sent. Enabled again, it resumes with its backlog (the
+    /// pending deliveries and the events recorded meanwhile).
+    pub disabled: bool,
+    /// With `disabled: false`: drop the pending deliveries and start from the latest event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_backlog: bool,
+}
+
 /// A webhook (its secret is never shown after creation).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Webhook {
@@ -745,7 +757,8 @@ pub struct Webhook {
     pub id: String,
     /// Label.
     pub name: String,
-    /// Where events go.
+    /// Where events go. Shown whole to those who may manage webhooks; to others (auditors)
+    /// its path and query, which often carry a credential, are masked: `https://host/…`.
     pub url: String,
     /// Event kind patterns.
     pub events: Vec<String>,
@@ -753,7 +766,8 @@ pub struct Webhook {
     pub created_by: Option<String>,
     /// Creation time.
     pub created_at: String,
-    /// Whether it is disabled (nothing is queued or sent).
+    /// Whether it is disabled (nothing is queued or sent): by an admin, or by the server after
+    /// a delivery failed 12 times or the oldest pending one waited more than 24 hours.
     pub disabled: bool,
     /// The id of the last event considered for it.
     pub cursor: i64,

@@ -6,7 +6,8 @@
 //! is made, so a typo never turns into a webhook that silently receives nothing.
 //!
 //! `webhook.test` events (`POST /webhooks/{id}/test`) go to the webhook they test only, and no
-//! pattern matches them.
+//! pattern matches them. `webhook.disabled` (the server disabled a failing webhook) goes to the
+//! other webhooks that match it (`*` or the exact kind), never to the disabled one.
 
 use sha2::{Digest, Sha256};
 
@@ -14,7 +15,7 @@ use sha2::{Digest, Sha256};
 pub const PREFIXES: [&str; 2] = ["workspace", "budget"];
 
 /// Every event kind a pattern may name exactly. A new kind of event is added here.
-pub const EVENT_KINDS: [&str; 14] = [
+pub const EVENT_KINDS: [&str; 15] = [
     "workspace.created",
     "workspace.pending",
     "workspace.starting",
@@ -29,6 +30,7 @@ pub const EVENT_KINDS: [&str; 14] = [
     "workspace.start_refused",
     "budget.warning",
     "budget.exhausted",
+    "webhook.disabled",
 ];
 
 /// The kind of the event `POST /webhooks/{id}/test` sends.
@@ -91,9 +93,9 @@ impl Pattern {
         Err(format!("`{s}`: {why} (expected {})", known()))
     }
 
-    /// Whether an event of `kind` matches. `webhook.*` kinds never do (see the module doc).
+    /// Whether an event of `kind` matches. `webhook.test` never does (see the module doc).
     pub fn matches(&self, kind: &str) -> bool {
-        if kind.starts_with("webhook.") {
+        if kind == TEST_KIND {
             return false;
         }
         match self {
@@ -206,6 +208,7 @@ mod tests {
         assert!(matches_any(&all, "budget.exhausted"));
         // Test events reach their webhook only, never through a pattern.
         assert!(!matches_any(&all, TEST_KIND));
+        assert!(matches_any(&all, "webhook.disabled"));
         for k in EVENT_KINDS {
             assert_eq!(Pattern::parse(k).unwrap().as_string(), k);
         }

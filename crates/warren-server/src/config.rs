@@ -49,6 +49,11 @@ pub struct ConfigLayer {
     /// The widest sharing level users may give a port: `owner`, `organization` (default) or
     /// `public`.
     pub max_port_sharing: Option<String>,
+    /// Cost units per hour of a running workspace whose template declares no `cost` (uploaded
+    /// folders included) (default 0: free).
+    pub default_running_cost: Option<f64>,
+    /// Cost units per hour of a stopped workspace whose template declares no `cost` (default 0).
+    pub default_stopped_cost: Option<f64>,
 }
 
 /// Resolved configuration.
@@ -86,6 +91,8 @@ pub struct ServerConfig {
     pub preview_domain: Option<String>,
     /// The widest sharing level a port may have.
     pub max_port_sharing: warren_api::ports::PortSharing,
+    /// The rates of workspaces whose template declares no `cost` (uploaded folders included).
+    pub default_cost: warren_api::template::CostRates,
 }
 
 /// Default listen address.
@@ -128,6 +135,8 @@ impl ConfigLayer {
             terminal_grace: self.terminal_grace.or(lower.terminal_grace),
             preview_domain: self.preview_domain.or(lower.preview_domain),
             max_port_sharing: self.max_port_sharing.or(lower.max_port_sharing),
+            default_running_cost: self.default_running_cost.or(lower.default_running_cost),
+            default_stopped_cost: self.default_stopped_cost.or(lower.default_stopped_cost),
         }
     }
 }
@@ -178,7 +187,16 @@ impl ServerConfig {
             None => warren_api::ports::PortSharing::Organization,
             Some(s) => s.parse().map_err(|e| format!("max_port_sharing: {e}"))?,
         };
+        let default_cost = warren_api::template::CostRates {
+            running_per_hour: given.default_running_cost,
+            stopped_per_hour: given.default_stopped_cost,
+        };
+        default_cost.validate().map_err(|e| {
+            e.replace("running_per_hour", "default_running_cost")
+                .replace("stopped_per_hour", "default_stopped_cost")
+        })?;
         Ok(ServerConfig {
+            default_cost,
             public_url: given
                 .public_url
                 .unwrap_or_else(|| format!("{scheme}://{listen}"))
@@ -339,6 +357,34 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.contains("terminal_grace"), "{e}");
+        for (running, stopped, field) in [
+            (Some(-1.0), None, "default_running_cost"),
+            (None, Some(f64::NAN), "default_stopped_cost"),
+        ] {
+            let e = ServerConfig::resolve(ConfigLayer {
+                default_running_cost: running,
+                default_stopped_cost: stopped,
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
+    }
+
+    #[test]
+    fn default_costs_come_from_the_file_and_default_to_free() {
+        let c = ServerConfig::resolve(ConfigLayer::default()).unwrap();
+        assert!(c.default_cost.is_free());
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("warren.toml");
+        std::fs::write(
+            &p,
+            "default_running_cost = 2.5\ndefault_stopped_cost = 0.1\n",
+        )
+        .unwrap();
+        let c = ServerConfig::resolve(ConfigLayer::from_file(&p).unwrap()).unwrap();
+        assert_eq!(c.default_cost.running_per_hour, Some(2.5));
+        assert_eq!(c.default_cost.stopped_per_hour, Some(0.1));
     }
 
     #[test]

@@ -60,20 +60,21 @@ impl Period {
         }
     }
 
-    /// The period holding `at`: its start and end.
+    /// The period holding `at`: its start and end. Saturates at the ends of the representable
+    /// range rather than panicking (user times are checked by [`user_time`] anyway).
     pub fn bounds(self, at: OffsetDateTime) -> (OffsetDateTime, OffsetDateTime) {
-        let at = at.to_offset(time::UtcOffset::UTC);
+        let at = at.checked_to_offset(time::UtcOffset::UTC).unwrap_or(at);
         let day = at.date();
         let midnight = |d: Date| d.with_time(Time::MIDNIGHT).assume_utc();
         match self {
             Period::Day => {
                 let s = midnight(day);
-                (s, s + time::Duration::days(1))
+                (s, s.saturating_add(time::Duration::days(1)))
             }
             Period::Week => {
                 let back = day.weekday().number_days_from_monday() as i64;
-                let s = midnight(day - time::Duration::days(back));
-                (s, s + time::Duration::days(7))
+                let s = midnight(day.saturating_sub(time::Duration::days(back)));
+                (s, s.saturating_add(time::Duration::days(7)))
             }
             Period::Month => {
                 let first = day.replace_day(1).unwrap_or(day);
@@ -87,6 +88,25 @@ impl Period {
             }
         }
     }
+}
+
+/// Years a time given by a user may fall in: far enough either way for any real use, and far
+/// from the ends of what the time arithmetic can represent (which would panic).
+pub const USER_YEARS: std::ops::RangeInclusive<i32> = 1970..=9000;
+
+/// Checks a time a user gave for `field` and returns it in UTC: a 400 `invalid_request` naming
+/// the field if it is outside [`USER_YEARS`].
+pub fn user_time(field: &str, t: OffsetDateTime) -> ApiResult<OffsetDateTime> {
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|u| USER_YEARS.contains(&u.year()))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "`{field}`: the year must be between {} and {}",
+                USER_YEARS.start(),
+                USER_YEARS.end()
+            ))
+            .hint("e.g. 2026-12-01T00:00:00Z")
+        })
 }
 
 impl Period {
@@ -574,7 +594,8 @@ pub type BudgetReport = Vec<(String, String)>;
 
 /// The governor's budget pass: for each subject with a budget, its spending this period from
 /// one usage query; at 80% a `budget.warning` event, at 100% `budget.exhausted` (each once per
-/// subject and period), and with `on_exhausted: stop`, its running workspaces stopped with
+/// subject, period and budget amount in force, so an override that raises the budget re-arms
+/// both), and with `on_exhausted: stop`, its running workspaces stopped with
 /// reason `budget`.
 pub async fn budget_pass(state: &AppState, rows: &[&PolicyRow]) -> BudgetReport {
     let mut report = BudgetReport::new();
@@ -710,7 +731,15 @@ pub async fn budget_pass(state: &AppState, rows: &[&PolicyRow]) -> BudgetReport 
                     "period_start": format_time(start), "period_end": format_time(end),
                     "used": spent, "budget": limit,
                 }),
-                dedupe_key: Some(format!("{kind}:{}:{}:{}", s.kind, s.id, format_time(start))),
+                // The limit in force is part of the key: after an override raises it, reaching
+                // the new limit alerts again.
+                dedupe_key: Some(format!(
+                    "{kind}:{}:{}:{}:{}",
+                    s.kind,
+                    s.id,
+                    format_time(start),
+                    fmt_units(limit)
+                )),
                 ..Default::default()
             };
             match state.store.insert_event(&e).await {

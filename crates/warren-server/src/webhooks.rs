@@ -12,9 +12,14 @@
 //! POSTs. A 2xx answer is delivered; anything else (other statuses, redirects, which are not
 //! followed, timeouts after [`TIMEOUT`], connection errors) is retried after
 //! [`backoff`] (10 s doubling to at most an hour, with jitter) up to [`MAX_ATTEMPTS`] attempts,
-//! then the delivery is `failed`. Rows live in the database, so pending deliveries survive a
-//! restart and a crash mid-send means a retry: delivery is at least once, and receivers dedupe by
-//! the `Warren-Delivery` header (or the event id). Times come from the store's clock, so tests
+//! then the delivery is `failed` and the webhook disabled ([`disable`]: a `webhook.disabled`
+//! event, a log line); so is a webhook whose oldest pending delivery is older than
+//! [`MAX_BACKLOG_AGE`]. An admin enables it again (`PATCH /webhooks/{id}`), with its backlog or
+//! without; pending rows of a disabled webhook are pruned after [`KEEP_PENDING_DISABLED`]. A
+//! sender's turn is bounded ([`TURN_DELIVERIES`], [`TURN_TIME`]): a slow receiver draining a
+//! long backlog gives its slot up between turns, so others are served. Rows live in the
+//! database, so pending deliveries survive a restart and a crash mid-send means a retry: delivery
+//! is at least once, and receivers dedupe by the `Warren-Delivery` header (or the event id). Times come from the store's clock, so tests
 //! move time instead of waiting out a backoff.
 //!
 //! The request: `POST` with a JSON body ([`payload`]) and the headers `Content-Type:
@@ -54,6 +59,16 @@ pub const KEEP_DELIVERED: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const KEEP_FAILED: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Events turned into deliveries per webhook per step.
 const ENQUEUE_BATCH: u32 = 500;
+/// The most deliveries one sender turn makes before it gives its slot up (it comes back at the
+/// next pass, behind the webhooks waiting for a slot), so slow receivers with long backlogs do
+/// not starve the others.
+pub const TURN_DELIVERIES: usize = 20;
+/// The longest one sender turn lasts (it ends after the attempt that crosses it).
+pub const TURN_TIME: Duration = Duration::from_secs(2);
+/// A webhook whose oldest pending delivery is older than this is disabled.
+pub const MAX_BACKLOG_AGE: Duration = Duration::from_secs(24 * 3600);
+/// Pending deliveries of a disabled webhook are kept this long.
+pub const KEEP_PENDING_DISABLED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The delay before the attempt after `attempts` failed ones: 10 s, 20 s, 40 s ... at most an
 /// hour, each shortened by up to a fifth at random, so that receivers that came back are not
@@ -150,6 +165,8 @@ pub async fn run(state: AppState) {
             busy.insert(id, h);
         }
         passes += 1;
+        // One index lookup per enabled webhook (its oldest pending row).
+        disable_stale(&state).await;
         if passes % 600 == 1 {
             prune(&state).await;
         }
@@ -158,7 +175,7 @@ pub async fn run(state: AppState) {
 
 /// Turns new events into deliveries for every enabled webhook.
 pub async fn enqueue(state: &AppState) -> Result<(), warren_store::StoreError> {
-    let hooks = state.store.webhooks().await?;
+    let hooks = state.store.webhooks_brief().await?;
     if hooks.is_empty() {
         return Ok(());
     }
@@ -191,14 +208,16 @@ fn patterns(hook: &WebhookRecord) -> Vec<Pattern> {
         .collect()
 }
 
-/// Sends webhook `id`'s due deliveries, oldest first, until one fails or none is due.
+/// Sends webhook `id`'s due deliveries, oldest first, until one fails, none is due, or the turn
+/// is over ([`TURN_DELIVERIES`], [`TURN_TIME`]).
 async fn send_due(state: &AppState, client: &reqwest::Client, id: &str) {
-    loop {
-        if state.shutting_down() {
+    let started = tokio::time::Instant::now();
+    for _ in 0..TURN_DELIVERIES {
+        if state.shutting_down() || started.elapsed() >= TURN_TIME {
             return;
         }
         let (hook, d) = match (
-            state.store.webhook(id).await,
+            state.store.webhook_brief(id).await,
             state.store.next_webhook_delivery(id).await,
         ) {
             (Ok(Some(h)), Ok(Some(d))) if !h.disabled => (h, d),
@@ -293,9 +312,63 @@ async fn attempt(
         (retry, "retried")
     };
     store.finish_webhook_delivery(&d.id, &outcome).await?;
+    if label == "failed" {
+        disable(
+            state,
+            hook,
+            &format!("a delivery failed {attempts} times in a row"),
+        )
+        .await;
+    }
     // Counted once recorded (tests wait for the count).
     state.metrics.webhook_delivery(label);
     Ok(false)
+}
+
+/// Disables `hook` on the server's account: records a `webhook.disabled` event (admins see it in
+/// `warren events --all`; other webhooks may subscribe to it, this one never gets it) and logs.
+pub async fn disable(state: &AppState, hook: &WebhookRecord, why: &str) {
+    let message = format!(
+        "webhook `{}` ({}) was disabled: {why}; `warren webhook enable {}` resumes it",
+        hook.name,
+        crate::routes::webhooks::masked_url(&hook.url),
+        hook.id
+    );
+    let event = warren_store::NewEvent {
+        kind: warren_store::WEBHOOK_DISABLED_KIND.to_owned(),
+        reason: Some("failing".to_owned()),
+        message: message.clone(),
+        data: serde_json::json!({ "webhook_id": hook.id, "name": hook.name, "why": why }),
+        ..Default::default()
+    };
+    match state.store.auto_disable_webhook(&hook.id, &event).await {
+        Ok(true) => tracing_log(&format!("webhooks: {message}")),
+        Ok(false) => {}
+        Err(e) => tracing_log(&format!("webhooks: cannot disable `{}`: {e}", hook.id)),
+    }
+}
+
+/// Disables the webhooks whose oldest pending delivery is older than [`MAX_BACKLOG_AGE`].
+async fn disable_stale(state: &AppState) {
+    let before = warren_store::format_time(state.store.now_time() - MAX_BACKLOG_AGE);
+    let ids = match state.store.stale_webhooks(&before).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing_log(&format!("webhooks: {e}"));
+            return;
+        }
+    };
+    for id in ids {
+        if let Ok(Some(hook)) = state.store.webhook_brief(&id).await {
+            let hours = MAX_BACKLOG_AGE.as_secs() / 3600;
+            disable(
+                state,
+                &hook,
+                &format!("its oldest pending delivery is more than {hours} hours old"),
+            )
+            .await;
+        }
+    }
 }
 
 /// A send error in one line, without the URL (the webhook's own).
@@ -324,9 +397,10 @@ async fn prune(state: &AppState) {
     let now = state.store.now_time();
     let delivered = warren_store::format_time(now - KEEP_DELIVERED);
     let failed = warren_store::format_time(now - KEEP_FAILED);
+    let pending = warren_store::format_time(now - KEEP_PENDING_DISABLED);
     if let Err(e) = state
         .store
-        .prune_webhook_deliveries(&delivered, &failed)
+        .prune_webhook_deliveries(&delivered, &failed, &pending)
         .await
     {
         tracing_log(&format!("webhooks: pruning: {e}"));

@@ -195,6 +195,8 @@ fn json_routes() -> Vec<JsonRoute> {
         r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "url", json!(5)),
         r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "events", json!("workspace.*")),
         r("POST", "/api/v1/webhooks", "/api/v1/webhooks", json!({"url": "https://hooks.example.com/x"}), "secret", json!(1234567890)),
+        r("PATCH", "/api/v1/webhooks/{id}", "/api/v1/webhooks/bi-hook", json!({"disabled": true}), "disabled", json!("yes")),
+        r("PATCH", "/api/v1/webhooks/{id}", "/api/v1/webhooks/bi-hook", json!({"disabled": false}), "skip_backlog", json!(1)),
         r("POST", "/api/v1/templates/{template}/versions", versions, json!({"devcontainer": "{\"image\":\"busybox\"}"}), "cost", json!("free")),
         r("POST", "/api/v1/workspaces", "/api/v1/workspaces", json!({"name": "bi-ws", "template": "bi-tpl"}), "team", json!(5)),
         r("PUT", "/api/v1/quotas/default", "/api/v1/quotas/default", json!({"max_workspaces": 2}), "budget", json!("lots")),

@@ -214,3 +214,136 @@ async fn cost_is_exact_per_day_across_midnight_restarts_and_repricing() {
     }
     s.stop().await;
 }
+
+/// An uploaded folder (what `warren up DIR` sends): busybox, no template, no `cost`.
+fn folder_tar() -> Vec<u8> {
+    let dc = json!({"image": "busybox", "overrideCommand": true}).to_string();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(dc.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, ".devcontainer/devcontainer.json", dc.as_bytes())
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspaces_without_a_declared_cost_pay_the_server_default() {
+    let s = TestServer::start_fake_clock_with(warren_server::config::ConfigLayer {
+        default_running_cost: Some(3.0),
+        default_stopped_cost: Some(1.0),
+        ..Default::default()
+    })
+    .await;
+    s.clock
+        .as_ref()
+        .unwrap()
+        .set(warren_store::clock::parse_time("2030-06-12T10:00:00Z").unwrap());
+    s.import_busybox();
+    let alice = s.user_token("alice", "member", None).await;
+    // An uploaded folder: an ad-hoc version without `cost`.
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/files", s.url))
+        .bearer_auth(&alice)
+        .header("content-type", "application/x-tar")
+        .body(folder_tar())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let file: Value = resp.json().await.unwrap();
+    let (st, v) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces",
+            json!({"name": "up", "file_id": file["id"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    // A template that declares no cost pays the same; one declaring 0 is free by choice.
+    let (st, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/templates/nocost/versions",
+            json!({"devcontainer": json!({"image": "busybox", "overrideCommand": true}).to_string()}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.create_workspace(&alice, "t", "nocost").await;
+    let (st, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/templates/free/versions",
+            json!({"devcontainer": json!({"image": "busybox", "overrideCommand": true}).to_string(),
+                   "cost": {"running_per_hour": 0}}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    s.create_workspace(&alice, "f", "free").await;
+    s.advance(Duration::from_secs(H));
+    step(&s, &alice, "up", "stop").await;
+    s.advance(Duration::from_secs(H));
+    let v = usage(&s, &alice, "group_by=workspace").await;
+    assert_eq!(
+        rows(&v),
+        [
+            row("f.alice", 2.0, 0.0, 0.0),
+            row("t.alice", 2.0, 0.0, 6.0),
+            // 1 h running at 3, 1 h stopped at 1.
+            row("up.alice", 1.0, 1.0, 4.0),
+        ]
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_off_dates_and_long_ranges_are_refused_not_a_panic() {
+    let s = TestServer::start().await;
+    let alice = s.user_token("alice", "member", None).await;
+    for (q, field) in [
+        ("to=9999-12-31", "`to`"),
+        ("from=9999-12-30&to=9999-12-31T23:00:00-05:00", "`from`"),
+        ("to=9999-12-31T23:00:00-05:00", "`to`"),
+        (
+            "group_by=day&from=9999-12-31&to=9999-12-31T23:59:59Z",
+            "`from`",
+        ),
+        ("from=0001-01-01", "`from`"),
+        ("from=1969-12-31T23:00:00Z", "`from`"),
+        ("from=2029-01-01&to=2030-06-16", "400 days"),
+    ] {
+        let (st, v) = s.get(&alice, &format!("/api/v1/usage?{q}")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert_eq!(v["code"], "invalid_request", "{q}");
+        assert!(v["message"].as_str().unwrap().contains(field), "{q}: {v}");
+        assert!(v["hint"].is_string(), "{q}: {v}");
+    }
+    // 400 days is fine.
+    let (st, v) = s
+        .get(&alice, "/api/v1/usage?from=2029-01-01&to=2030-02-04")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    for at in ["9999-12-31T23:00:00-05:00", "9999-12-31T23:59:59Z"] {
+        let (st, v) = s
+            .post(
+                &s.admin,
+                "/api/v1/quotas/users/alice/overrides",
+                json!({"extra_budget": 1, "expires_at": at}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{at}: {v}");
+        assert_eq!(v["code"], "invalid_request");
+        assert!(
+            v["message"].as_str().unwrap().contains("`expires_at`"),
+            "{v}"
+        );
+    }
+    // The server still answers.
+    let (st, _) = s.get(&alice, "/api/v1/me/quota").await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}

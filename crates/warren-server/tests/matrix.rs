@@ -261,6 +261,7 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/webhooks", "", Rule::Op(WebhookRead)),
         c("POST", "/api/v1/webhooks", "", Rule::Op(WebhookAdmin)),
         c("GET", "/api/v1/webhooks/{id}", "", Rule::Op(WebhookRead)),
+        c("PATCH", "/api/v1/webhooks/{id}", "", Rule::Op(WebhookAdmin)),
         c("DELETE", "/api/v1/webhooks/{id}", "", Rule::Op(WebhookAdmin)),
         c("POST", "/api/v1/webhooks/{id}/test", "", Rule::Op(WebhookAdmin)),
         c("GET", "/api/v1/webhooks/{id}/deliveries", "", Rule::Op(WebhookRead)),
@@ -920,10 +921,10 @@ impl<'a> Fx<'a> {
                     let id = v["webhook"]["id"].as_str().unwrap().to_owned();
                     self.shared.insert(key.clone(), id);
                 }
-                let body = if m == "POST" {
-                    j(json!({}))
-                } else {
-                    Body::None
+                let body = match m {
+                    "POST" => j(json!({})),
+                    "PATCH" => j(json!({"disabled": false})),
+                    _ => Body::None,
                 };
                 Req::new(m, p.replace("{id}", &self.shared[&key]), body)
             }

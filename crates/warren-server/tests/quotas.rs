@@ -702,3 +702,106 @@ async fn bench_budget_pass_over_10000_workspaces() {
     eprintln!("budget pass over 10000 priced workspaces: best of 5 {best:?}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_rearms_budget_alerts_for_the_new_limit() {
+    let s = server().await;
+    template(
+        &s,
+        "paid",
+        json!({"cpus": 1}),
+        json!({"running_per_hour": 10.0}),
+    )
+    .await;
+    let alice = s.user_token("alice", "member", None).await;
+    put(
+        &s,
+        &s.admin,
+        "/api/v1/quotas/users/alice",
+        json!({"budget": 10, "budget_period": "day"}),
+    )
+    .await;
+    create_running(&s, &alice, json!({"name": "a", "template": "paid"})).await;
+    s.advance(Duration::from_secs(61 * 60));
+    s.pass().await;
+    assert_eq!(events(&s, "budget.exhausted").await.len(), 1);
+    transition_ok(&s, &alice, "a", "stop").await;
+    // The admin grants 10 more for the day; alice spends them too.
+    let (st, o) = s
+        .post(
+            &s.admin,
+            "/api/v1/quotas/users/alice/overrides",
+            json!({"extra_budget": 10, "duration": "6h"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{o}");
+    transition_ok(&s, &alice, "a", "start").await;
+    // About 16.8 of 20: past 80% of the new limit.
+    s.advance(Duration::from_secs(40 * 60));
+    s.pass().await;
+    s.pass().await;
+    let warned = events(&s, "budget.warning").await;
+    assert_eq!(warned.len(), 2, "a warning for the new limit: {warned:?}");
+    assert_eq!(events(&s, "budget.exhausted").await.len(), 1);
+    s.advance(Duration::from_secs(21 * 60));
+    s.pass().await;
+    s.pass().await;
+    let exhausted = events(&s, "budget.exhausted").await;
+    assert_eq!(
+        exhausted.len(),
+        2,
+        "alerted again at the new limit: {exhausted:?}"
+    );
+    assert!(
+        exhausted
+            .iter()
+            .any(|e| e.message.contains("of 20 cost units")),
+        "{exhausted:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_tell_other_teams_from_no_team() {
+    let s = TestServer::start_fake_clock().await;
+    let alice = s.user_token("alice", "member", None).await;
+    s.user_token("bob", "member", None).await;
+    s.post(&s.admin, "/api/v1/teams", json!({"name": "secret-project"}))
+        .await;
+    s.call(
+        Some(&s.admin),
+        Method::PUT,
+        "/api/v1/teams/secret-project/members/bob",
+        None,
+    )
+    .await;
+    for tail in ["", "/overrides"] {
+        let (st1, v1) = s
+            .get(
+                &alice,
+                &format!("/api/v1/quotas/teams/secret-project{tail}"),
+            )
+            .await;
+        let (st2, v2) = s
+            .get(&alice, &format!("/api/v1/quotas/teams/no-such-team{tail}"))
+            .await;
+        assert_eq!(st1, StatusCode::FORBIDDEN, "{v1}");
+        assert_eq!((st1, &v1), (st2, &v2), "the same refusal for both");
+        // Admins and auditors do learn which exist.
+        let (st, _) = s
+            .get(
+                &s.admin,
+                &format!("/api/v1/quotas/teams/no-such-team{tail}"),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+    }
+    // Nor other users from no user, through the events of a named owner.
+    let (st1, v1) = s.get(&alice, "/api/v1/events?owner=bob").await;
+    let (st2, v2) = s.get(&alice, "/api/v1/events?owner=no-such-user").await;
+    assert_eq!(st1, StatusCode::FORBIDDEN, "{v1}");
+    assert_eq!((st1, &v1), (st2, &v2), "the same refusal for both");
+    let (st, _) = s.get(&alice, "/api/v1/events?owner=alice").await;
+    assert_eq!(st, StatusCode::OK);
+    s.stop().await;
+}

@@ -512,7 +512,25 @@ async fn a_delivery_that_keeps_failing_is_given_up_after_twelve_attempts() {
     rx.wait_for(12).await;
     wait_outcomes(&s, "failed", 1).await;
     s.advance(Duration::from_secs(3601));
+    // Given up: the webhook is disabled, later events are not queued for it.
+    insert(&s, "budget.exhausted").await;
     rx.stays_at(12).await;
+    let id = hook["id"].as_str().unwrap();
+    let (_, h) = s.get(&s.admin, &format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(h["disabled"], true, "{h}");
+    assert_eq!(h["pending"], 0, "{h}");
+    let (_, ev) = s
+        .get(&s.admin, "/api/v1/events?owner=all&kind=webhook.disabled")
+        .await;
+    let ev = ev["events"].as_array().unwrap().clone();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert!(
+        ev[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("failed 12 times"),
+        "{ev:?}"
+    );
     let d = deliveries(&s, &hook).await;
     assert_eq!(d[0]["status"], "failed");
     assert_eq!(d[0]["attempts"], 12);
@@ -851,5 +869,237 @@ async fn redirects_are_not_followed() {
     let h = redirecting.wait_for(3).await;
     assert_eq!(h[2].answered, 200);
     elsewhere.stays_at(0).await;
+    s.stop().await;
+}
+
+async fn patch(s: &TestServer, token: &str, hook: &Value, body: Value) -> (StatusCode, Value) {
+    let id = hook["id"].as_str().unwrap();
+    s.call(
+        Some(token),
+        Method::PATCH,
+        &format!("/api/v1/webhooks/{id}"),
+        Some(body),
+    )
+    .await
+}
+
+async fn hook_now(s: &TestServer, hook: &Value) -> Value {
+    let id = hook["id"].as_str().unwrap();
+    s.get(&s.admin, &format!("/api/v1/webhooks/{id}")).await.1
+}
+
+/// Kinds of the requests answered 2xx, in order.
+fn delivered_kinds(rx: &Receiver) -> Vec<String> {
+    rx.hits()
+        .iter()
+        .filter(|h| h.answered < 300)
+        .map(Hit::kind)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_day_old_backlog_disables_the_hook_and_an_admin_resumes_or_skips_it() {
+    let s = TestServer::start_fake_clock().await;
+    let rx = Receiver::start(&[500; 100]).await;
+    let watcher = Receiver::start(&[]).await;
+    let hook = add_hook(&s, &rx.url, json!(["*"])).await;
+    let watch = add_hook(&s, &watcher.url, json!(["webhook.disabled"])).await;
+    insert(&s, "workspace.started").await;
+    rx.wait_for(1).await;
+    wait_outcomes(&s, "retried", 1).await;
+    // A day later it is still not delivered: disabled, and the other webhook hears of it.
+    s.advance(Duration::from_secs(25 * 3600));
+    let hits = watcher.wait_for(1).await;
+    assert_eq!(hits[0].kind(), "webhook.disabled");
+    assert_eq!(hits[0].json()["data"]["webhook_id"], hook["id"]);
+    assert!(
+        hits[0].json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 24 hours old"),
+        "{}",
+        hits[0].json()
+    );
+    let h = hook_now(&s, &hook).await;
+    assert_eq!(h["disabled"], true, "{h}");
+    // Admins see the event; a member does not.
+    let member = s.user_token("wh-m", "member", None).await;
+    let (_, all) = s
+        .get(&s.admin, "/api/v1/events?owner=all&kind=webhook.")
+        .await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 1, "{all}");
+    let (_, mine) = s.get(&member, "/api/v1/events?kind=webhook.").await;
+    assert_eq!(mine["events"].as_array().unwrap().len(), 0, "{mine}");
+    // Meanwhile the receiver recovers and more happens; nothing is sent while disabled.
+    rx.rec.script.lock().unwrap().clear();
+    let before = rx.hits().len();
+    insert(&s, "workspace.stopped").await;
+    rx.stays_at(before).await;
+    // Only admins enable it; enabled, the backlog follows in order, without the event of its
+    // own disabling.
+    let auditor = s.user_token("wh-a", "auditor", None).await;
+    let (st, _) = patch(&s, &auditor, &hook, json!({"disabled": false})).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, h) = patch(&s, &s.admin, &hook, json!({"disabled": false})).await;
+    assert_eq!(st, StatusCode::OK, "{h}");
+    assert_eq!(h["disabled"], false);
+    for _ in 0..200 {
+        if delivered_kinds(&rx).len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        delivered_kinds(&rx),
+        ["workspace.started", "workspace.stopped"],
+        "{:?} {:?}",
+        rx.hits()
+            .iter()
+            .map(|h| (h.kind(), h.answered))
+            .collect::<Vec<_>>(),
+        deliveries(&s, &hook).await
+    );
+    // Disabled by hand, then enabled skipping the backlog: what happened meanwhile is dropped.
+    let (st, h) = patch(&s, &s.admin, &hook, json!({"disabled": true})).await;
+    assert_eq!((st, &h["disabled"]), (StatusCode::OK, &json!(true)), "{h}");
+    insert(&s, "workspace.deleted").await;
+    let (st, h) = patch(
+        &s,
+        &s.admin,
+        &hook,
+        json!({"disabled": false, "skip_backlog": true}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{h}");
+    assert_eq!(h["pending"], 0, "{h}");
+    rx.stays_at(rx.hits().len()).await;
+    assert_eq!(delivered_kinds(&rx).len(), 2);
+    // The watcher heard of one disabling only (a hand-made one is an admin's, not an alert).
+    assert_eq!(watcher.hits().len(), 1);
+    // Bad input.
+    for (body, needle) in [
+        (
+            json!({"disabled": true, "skip_backlog": true}),
+            "`skip_backlog`",
+        ),
+        (json!({}), "disabled"),
+        (json!({"disabled": "no"}), "disabled"),
+        (json!({"disabled": false, "colour": 1}), "colour"),
+    ] {
+        let (st, v) = patch(&s, &s.admin, &hook, body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["code"], "invalid_request", "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
+    }
+    let (st, _) = patch(
+        &s,
+        &s.admin,
+        &json!({"id": "nope"}),
+        json!({"disabled": true}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let _ = watch;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_are_masked_for_auditors_and_in_the_audit_log() {
+    let s = TestServer::start().await;
+    let url = "https://hooks.slack.com/services/T000/B000/XXXXSECRETXXXX";
+    let hook = add_hook(&s, url, json!(["budget.exhausted"])).await;
+    assert_eq!(hook["url"], url, "the admin who made it sees it");
+    let id = hook["id"].as_str().unwrap();
+    let auditor = s.user_token("wh-aud", "auditor", None).await;
+    let (_, list) = s.get(&auditor, "/api/v1/webhooks").await;
+    assert_eq!(list[0]["url"], "https://hooks.slack.com/…", "{list}");
+    let (_, one) = s.get(&auditor, &format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(one["url"], "https://hooks.slack.com/…", "{one}");
+    let (_, one) = s.get(&s.admin, &format!("/api/v1/webhooks/{id}")).await;
+    assert_eq!(one["url"], url);
+    let (st, audit) = s.get(&auditor, "/api/v1/audit?action=webhook.*").await;
+    assert_eq!(st, StatusCode::OK, "{audit}");
+    let text = audit.to_string();
+    assert!(text.contains("hooks.slack.com"), "{text}");
+    assert!(!text.contains("SECRET"), "{text}");
+    s.stop().await;
+}
+
+/// A receiver that takes `delay` to answer 200.
+async fn slow_receiver(
+    delay: Duration,
+    hits: Arc<Mutex<usize>>,
+) -> (String, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", l.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let hits = hits.clone();
+            async move {
+                tokio::time::sleep(delay).await;
+                *hits.lock().unwrap() += 1;
+                AxStatus::OK
+            }
+        }),
+    );
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_hook_is_served_while_slow_hooks_drain_long_backlogs() {
+    let s = TestServer::start().await;
+    // More slow receivers than sender slots, each with a backlog that takes 8 s to drain.
+    const SLOW: usize = 9;
+    const BACKLOG: usize = 40;
+    let mut slow = Vec::new();
+    for _ in 0..SLOW {
+        let hits = Arc::new(Mutex::new(0));
+        let (url, task) = slow_receiver(Duration::from_millis(200), hits.clone()).await;
+        let hook = add_hook(&s, &url, json!(["budget.warning"])).await;
+        let (st, _) = patch(&s, &s.admin, &hook, json!({"disabled": true})).await;
+        assert_eq!(st, StatusCode::OK);
+        slow.push((hook, hits, task));
+    }
+    let fast = Receiver::start(&[]).await;
+    let fast_hook = add_hook(&s, &fast.url, json!(["budget.exhausted"])).await;
+    // The backlogs build while the slow hooks are disabled (they resume with it)...
+    for _ in 0..BACKLOG {
+        insert(&s, "budget.warning").await;
+    }
+    for (hook, ..) in &slow {
+        let (st, _) = patch(&s, &s.admin, hook, json!({"disabled": false})).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    // ... and once every slot is taken by a slow hook, the fast one gets an event.
+    for _ in 0..200 {
+        if slow
+            .iter()
+            .filter(|(_, h, _)| *h.lock().unwrap() > 0)
+            .count()
+            >= 8
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    insert(&s, "budget.exhausted").await;
+    fast.wait_for(1).await;
+    // Served long before the slow ones caught up: every one of them still has a backlog.
+    let behind = slow
+        .iter()
+        .filter(|(_, h, _)| *h.lock().unwrap() < BACKLOG)
+        .count();
+    assert_eq!(behind, SLOW, "the fast hook waited for slow ones to drain");
+    let _ = fast_hook;
+    for (_, _, t) in &slow {
+        t.abort();
+    }
     s.stop().await;
 }

@@ -628,12 +628,18 @@ fn normalize_time(s: &str) -> String {
     let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) else {
         return s.to_owned();
     };
-    let t = t.to_offset(time::UtcOffset::UTC);
+    // Checked: a time near the end of the representable range must not panic here.
+    let Some(t) = t.checked_to_offset(time::UtcOffset::UTC) else {
+        return s.to_owned();
+    };
     let sub_ms = t.nanosecond() % 1_000_000;
     let t = if sub_ms == 0 {
         t
     } else {
-        t + time::Duration::nanoseconds(i64::from(1_000_000 - sub_ms))
+        match t.checked_add(time::Duration::nanoseconds(i64::from(1_000_000 - sub_ms))) {
+            Some(t) => t,
+            None => return s.to_owned(),
+        }
     };
     if !(0..=9999).contains(&t.year()) {
         return s.to_owned();

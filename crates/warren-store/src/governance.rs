@@ -472,14 +472,41 @@ impl Store {
         from: &str,
         to: &str,
     ) -> Result<Vec<UsageSegment>, StoreError> {
+        self.usage_segments_of(from, to, None).await
+    }
+
+    /// Like [`Store::usage_segments`], but with `Some((owner, teams))` only the segments of
+    /// workspaces `owner` owns or that are charged to one of `teams`: the filter is in the query,
+    /// so a member's report does not load everyone's segments.
+    pub async fn usage_segments_of(
+        &self,
+        from: &str,
+        to: &str,
+        only: Option<(&str, &[String])>,
+    ) -> Result<Vec<UsageSegment>, StoreError> {
+        let filter = match only {
+            None => String::new(),
+            Some((_, teams)) => format!(
+                " AND (owner_id = ?{})",
+                if teams.is_empty() {
+                    String::new()
+                } else {
+                    format!(" OR team_id IN ({})", vec!["?"; teams.len()].join(", "))
+                }
+            ),
+        };
         let sql = format!(
             "SELECT {SEGMENT_COLUMNS} FROM usage_segments \
-             WHERE started_at < ? AND (ended_at IS NULL OR ended_at > ?) ORDER BY id"
+             WHERE started_at < ? AND (ended_at IS NULL OR ended_at > ?){filter} ORDER BY id"
         );
-        sqlx::query(&sql)
-            .bind(to)
-            .bind(from)
-            .fetch_all(&self.pool)
+        let mut q = sqlx::query(&sql).bind(to).bind(from);
+        if let Some((owner, teams)) = only {
+            q = q.bind(owner);
+            for t in teams {
+                q = q.bind(t);
+            }
+        }
+        q.fetch_all(&self.pool)
             .await?
             .iter()
             .map(segment_from_row)

@@ -48,7 +48,9 @@ pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, Workspac
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};
 pub use templates::{NewVersion, TemplateRecord, VersionRecord};
-pub use webhooks::{AttemptOutcome, DeliveryRecord, NewWebhook, WebhookRecord};
+pub use webhooks::{
+    AttemptOutcome, DeliveryRecord, NewWebhook, WebhookRecord, WEBHOOK_DISABLED_KIND,
+};
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -498,5 +498,52 @@ mod tests {
         assert!(none.is_empty());
         // A stopped workspace does not count against quotas.
         assert!(store.running_for("u1", None).await.unwrap().is_empty());
+
+        // The visibility filter is in the query: another owner's segments, charged to a team
+        // the reader is not asking about, are not loaded.
+        let other = store
+            .create_workspace(NewWorkspace {
+                name: warren_api::WorkspaceName::new("v").unwrap(),
+                project_dir: "/q".into(),
+                config_path: "/q/c.json".into(),
+                image: "img".into(),
+                spec_json: "{}".into(),
+                ownership: Ownership {
+                    owner_id: "u2".into(),
+                    team_id: Some("t1".into()),
+                    cost_json: Some(r#"{"stopped_per_hour": 1.0}"#.into()),
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+        let (from, to) = ("2000-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z");
+        let owners = |segs: Vec<crate::UsageSegment>| -> Vec<String> {
+            segs.into_iter().map(|g| g.workspace_id).collect()
+        };
+        let all = owners(store.usage_segments_of(from, to, None).await.unwrap());
+        assert_eq!(all.len(), 3);
+        let mine = owners(
+            store
+                .usage_segments_of(from, to, Some(("u1", &[])))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(mine, [rec.id.clone(), rec.id.clone()]);
+        let with_team = owners(
+            store
+                .usage_segments_of(from, to, Some(("u1", &["t1".to_owned()])))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(
+            with_team,
+            [rec.id.clone(), rec.id.clone(), other.id.clone()]
+        );
+        let nobody = store
+            .usage_segments_of(from, to, Some(("u9", &["t9".to_owned()])))
+            .await
+            .unwrap();
+        assert!(nobody.is_empty());
     }
 }

@@ -110,6 +110,14 @@ const HOOK_COLUMNS: &str = "w.id, w.name, w.url, w.secret, w.events_json, w.crea
     w.created_at, w.disabled, w.cursor, (SELECT COUNT(*) FROM webhook_deliveries p \
     WHERE p.webhook_id = w.id AND p.status = 'pending') AS pending";
 
+/// [`HOOK_COLUMNS`] without the pending count, for the delivery worker, which reads webhooks
+/// every second and per delivery: no `COUNT(*)` over a long backlog each time.
+const HOOK_COLUMNS_BRIEF: &str = "w.id, w.name, w.url, w.secret, w.events_json, w.created_by, \
+    w.created_at, w.disabled, w.cursor, 0 AS pending";
+
+/// The kind of the event recorded when the server disables a webhook itself.
+pub const WEBHOOK_DISABLED_KIND: &str = "webhook.disabled";
+
 const DELIVERY_COLUMNS: &str = "d.id, d.webhook_id, d.event_id, COALESCE(e.kind, '') AS kind, \
     d.attempts, d.status, d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, \
     d.delivered_at";
@@ -196,6 +204,126 @@ impl Store {
             .as_ref()
             .map(hook_from_row)
             .transpose()
+    }
+
+    /// Every webhook, oldest first, with `pending` left at 0 (cheap: for the delivery worker).
+    pub async fn webhooks_brief(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        let sql =
+            format!("SELECT {HOOK_COLUMNS_BRIEF} FROM webhooks w ORDER BY w.created_at, w.id");
+        sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(hook_from_row)
+            .collect()
+    }
+
+    /// One webhook, with `pending` left at 0 (cheap: for the delivery worker).
+    pub async fn webhook_brief(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        let sql = format!("SELECT {HOOK_COLUMNS_BRIEF} FROM webhooks w WHERE w.id = ?");
+        sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(hook_from_row)
+            .transpose()
+    }
+
+    /// Disables or enables webhook `id` (an admin's choice); returns it, None if there is no
+    /// such webhook. Enabled again, it resumes where it stopped: the pending deliveries and the
+    /// events recorded meanwhile are sent, unless `skip_backlog`, which drops the pending
+    /// deliveries and moves its cursor to the latest event. Enabling makes its pending
+    /// deliveries due now.
+    pub async fn set_webhook_disabled(
+        &self,
+        id: &str,
+        disabled: bool,
+        skip_backlog: bool,
+    ) -> Result<Option<WebhookRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE webhooks SET disabled = ?, \
+             enabled_at = CASE WHEN ? THEN enabled_at ELSE ? END WHERE id = ?",
+        )
+        .bind(i64::from(disabled))
+        .bind(disabled)
+        .bind(self.now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        if !disabled && !skip_backlog {
+            // Whoever enables it means now: its backlog is due at once, not after the backoff
+            // of its last failure.
+            let now = self.now();
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? \
+                 WHERE webhook_id = ? AND status = 'pending' AND next_attempt_at > ?",
+            )
+            .bind(&now)
+            .bind(id)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if skip_backlog {
+            sqlx::query(
+                "DELETE FROM webhook_deliveries WHERE webhook_id = ? AND status = 'pending'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE webhooks SET cursor = (SELECT COALESCE(MAX(id), 0) FROM events) \
+                 WHERE id = ?",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.webhook(id).await
+    }
+
+    /// Disables webhook `id` on the server's own account, recording `event` (a
+    /// [`WEBHOOK_DISABLED_KIND`] event) in the same transaction; whether it was enabled until
+    /// now (false: already disabled or gone, and nothing is recorded).
+    pub async fn auto_disable_webhook(
+        &self,
+        id: &str,
+        event: &NewEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query("UPDATE webhooks SET disabled = 1 WHERE id = ? AND disabled = 0")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let at = self.now();
+        let event_id = insert_event(&mut tx, event, &at).await?;
+        tx.commit().await?;
+        self.notify_event(event_id);
+        Ok(true)
+    }
+
+    /// Enabled webhooks whose oldest pending delivery was queued before `before`, and which were
+    /// not enabled by an admin since (one index lookup per webhook).
+    pub async fn stale_webhooks(&self, before: &str) -> Result<Vec<String>, StoreError> {
+        let ids = sqlx::query_scalar(
+            "SELECT w.id FROM webhooks w WHERE w.disabled = 0 \
+             AND COALESCE(w.enabled_at, w.created_at) < ?1 AND \
+             (SELECT d.created_at FROM webhook_deliveries d WHERE d.webhook_id = w.id \
+              AND d.status = 'pending' ORDER BY d.event_id LIMIT 1) < ?1",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids)
     }
 
     /// Removes a webhook and its deliveries; whether it existed.
@@ -297,11 +425,17 @@ impl Store {
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
-        let rows = sqlx::query("SELECT id, kind FROM events WHERE id > ? ORDER BY id LIMIT ?")
-            .bind(cursor)
-            .bind(i64::from(limit.max(1)))
-            .fetch_all(&mut *tx)
-            .await?;
+        // A webhook is never sent the event of its own disabling.
+        let rows = sqlx::query(
+            "SELECT id, kind, (kind = ? AND json_extract(data_json, '$.webhook_id') = ?) AS own \
+             FROM events WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(WEBHOOK_DISABLED_KIND)
+        .bind(id)
+        .bind(cursor)
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&mut *tx)
+        .await?;
         let Some(last) = rows.last() else {
             return Ok((0, false));
         };
@@ -310,7 +444,8 @@ impl Store {
         let mut queued = 0;
         for r in &rows {
             let kind: String = r.try_get("kind")?;
-            if !matches(&kind) {
+            let own: Option<i64> = r.try_get("own")?;
+            if own == Some(1) || !matches(&kind) {
                 continue;
             }
             let event_id: i64 = r.try_get("id")?;
@@ -449,12 +584,14 @@ impl Store {
             .collect()
     }
 
-    /// Removes deliveries delivered before `delivered_before` and failed ones queued before
-    /// `failed_before`; how many.
+    /// Removes deliveries delivered before `delivered_before`, failed ones queued before
+    /// `failed_before`, and pending ones of disabled webhooks queued before
+    /// `disabled_pending_before`; how many.
     pub async fn prune_webhook_deliveries(
         &self,
         delivered_before: &str,
         failed_before: &str,
+        disabled_pending_before: &str,
     ) -> Result<u64, StoreError> {
         let r = sqlx::query(
             "DELETE FROM webhook_deliveries WHERE (status = 'delivered' AND delivered_at < ?) \
@@ -464,7 +601,14 @@ impl Store {
         .bind(failed_before)
         .execute(&self.pool)
         .await?;
-        Ok(r.rows_affected())
+        let p = sqlx::query(
+            "DELETE FROM webhook_deliveries WHERE status = 'pending' AND created_at < ? \
+             AND webhook_id IN (SELECT id FROM webhooks WHERE disabled = 1)",
+        )
+        .bind(disabled_pending_before)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() + p.rows_affected())
     }
 }
 
@@ -586,7 +730,11 @@ mod tests {
         let future = "2999-01-01T00:00:00.000Z";
         assert_eq!(
             store
-                .prune_webhook_deliveries(future, "2000-01-01T00:00:00.000Z")
+                .prune_webhook_deliveries(
+                    future,
+                    "2000-01-01T00:00:00.000Z",
+                    "2000-01-01T00:00:00.000Z"
+                )
                 .await
                 .unwrap(),
             1
@@ -606,5 +754,106 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn disabling_keeps_or_drops_the_backlog_and_a_hook_never_hears_of_its_own_disabling() {
+        let store = Store::open_in_memory().await.unwrap();
+        let clock = FakeClock::starting_now();
+        store.set_clock(clock.clone());
+        let all = vec!["*".to_string()];
+        let mk = |name: &'static str| NewWebhook {
+            name,
+            url: "http://127.0.0.1:1/",
+            secret: "ssssssssssssssss",
+            events: &all,
+            created_by: None,
+        };
+        let hook = store.create_webhook(mk("h")).await.unwrap();
+        let other = store.create_webhook(mk("o")).await.unwrap();
+        let any = |_: &str| true;
+        store.insert_event(&ev("workspace.started")).await.unwrap();
+        store
+            .enqueue_webhook_events(&hook.id, &any, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .stale_webhooks("2000-01-01T00:00:00.000Z")
+                .await
+                .unwrap(),
+            Vec::<String>::new()
+        );
+        clock.advance(std::time::Duration::from_secs(60));
+        assert_eq!(
+            store.stale_webhooks(&store.now()).await.unwrap(),
+            std::slice::from_ref(&hook.id)
+        );
+        // Disabled by the server: its own event goes to others only.
+        let e = NewEvent {
+            data: serde_json::json!({"webhook_id": hook.id}),
+            ..ev(WEBHOOK_DISABLED_KIND)
+        };
+        assert!(store.auto_disable_webhook(&hook.id, &e).await.unwrap());
+        assert!(!store.auto_disable_webhook(&hook.id, &e).await.unwrap());
+        assert!(store.webhook(&hook.id).await.unwrap().unwrap().disabled);
+        assert!(store.stale_webhooks(&store.now()).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .enqueue_webhook_events(&other.id, &any, 10)
+                .await
+                .unwrap(),
+            (2, false)
+        );
+        // Enabled again: the backlog resumes, without the event of its disabling.
+        let h = store
+            .set_webhook_disabled(&hook.id, false, false)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!h.disabled);
+        assert_eq!(h.pending, 1);
+        assert_eq!(
+            store
+                .enqueue_webhook_events(&hook.id, &any, 10)
+                .await
+                .unwrap(),
+            (0, false)
+        );
+        // Skipping the backlog drops it and starts from the latest event.
+        store.insert_event(&ev("workspace.stopped")).await.unwrap();
+        let h = store
+            .set_webhook_disabled(&hook.id, false, true)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.pending, 0);
+        assert_eq!(h.cursor, store.latest_event_id().await.unwrap());
+        assert!(store
+            .set_webhook_disabled("nope", true, false)
+            .await
+            .unwrap()
+            .is_none());
+        // Pending rows of a disabled hook are pruned after the cut; an enabled hook's are not.
+        store.insert_event(&ev("workspace.deleted")).await.unwrap();
+        store
+            .enqueue_webhook_events(&hook.id, &any, 10)
+            .await
+            .unwrap();
+        store
+            .set_webhook_disabled(&hook.id, true, false)
+            .await
+            .unwrap();
+        let old = "2000-01-01T00:00:00.000Z";
+        let future = "2999-01-01T00:00:00.000Z";
+        assert_eq!(
+            store
+                .prune_webhook_deliveries(old, old, future)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.webhook(&hook.id).await.unwrap().unwrap().pending, 0);
+        assert_eq!(store.webhook(&other.id).await.unwrap().unwrap().pending, 2);
     }
 }

@@ -1082,7 +1082,7 @@ pub async fn webhook(c: &Client, cmd: WebhookCmd, json: bool) -> Result<u8> {
             list_out(
                 json,
                 &list,
-                &["ID", "NAME", "URL", "EVENTS", "PENDING", "CREATED"],
+                &["ID", "NAME", "URL", "EVENTS", "PENDING", "STATE", "CREATED"],
                 |w| {
                     vec![
                         w.id.clone(),
@@ -1090,6 +1090,7 @@ pub async fn webhook(c: &Client, cmd: WebhookCmd, json: bool) -> Result<u8> {
                         w.url.clone(),
                         w.events.join(","),
                         w.pending.to_string(),
+                        if w.disabled { "disabled" } else { "enabled" }.to_owned(),
                         w.created_at.clone(),
                     ]
                 },
@@ -1100,6 +1101,51 @@ pub async fn webhook(c: &Client, cmd: WebhookCmd, json: bool) -> Result<u8> {
             eprintln!("Removed webhook {id}.");
             if json {
                 print_json(&serde_json::json!({ "removed": id }))?;
+            }
+            Ok(0)
+        }
+        WebhookCmd::Disable { id } => {
+            let w = c
+                .update_webhook(
+                    &id,
+                    &warren_api::v1::UpdateWebhook {
+                        disabled: true,
+                        skip_backlog: false,
+                    },
+                )
+                .await?;
+            eprintln!(
+                "Disabled webhook {} ({}): nothing is sent to it until `warren webhook enable {}`.",
+                w.id, w.name, w.id
+            );
+            if json {
+                print_json(&w)?;
+            }
+            Ok(0)
+        }
+        WebhookCmd::Enable { id, skip_backlog } => {
+            let w = c
+                .update_webhook(
+                    &id,
+                    &warren_api::v1::UpdateWebhook {
+                        disabled: false,
+                        skip_backlog,
+                    },
+                )
+                .await?;
+            if skip_backlog {
+                eprintln!(
+                    "Enabled webhook {} ({}): its backlog was dropped; it gets events from now on.",
+                    w.id, w.name
+                );
+            } else {
+                eprintln!(
+                    "Enabled webhook {} ({}): its {} pending deliveries and later events follow.",
+                    w.id, w.name, w.pending
+                );
+            }
+            if json {
+                print_json(&w)?;
             }
             Ok(0)
         }

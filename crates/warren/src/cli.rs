@@ -606,6 +606,19 @@ pub(crate) enum WebhookCmd {
         /// Webhook id (`warren webhook list`).
         id: String,
     },
+    /// Disable a webhook: nothing is queued or sent to it until it is enabled again.
+    Disable {
+        /// Webhook id (`warren webhook list`).
+        id: String,
+    },
+    /// Enable a webhook: it resumes with its backlog (or without, with --skip-backlog).
+    Enable {
+        /// Webhook id (`warren webhook list`).
+        id: String,
+        /// Drop its pending deliveries and start from the latest event.
+        #[arg(long)]
+        skip_backlog: bool,
+    },
     /// Send a `webhook.test` event to one webhook.
     Test {
         /// Webhook id.

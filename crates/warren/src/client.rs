@@ -15,7 +15,9 @@ use warren_api::v1::{
     DevicePoll, DeviceStart, Extend, FileUploaded, Job, Me, SshAccess, SshKey, Team, Template,
     TemplateVersion, Token, UpdateUser, User, WorkspaceList,
 };
-use warren_api::v1::{CreateWebhook, CreatedWebhook, Webhook, WebhookDelivery, WebhookTest};
+use warren_api::v1::{
+    CreateWebhook, CreatedWebhook, UpdateWebhook, Webhook, WebhookDelivery, WebhookTest,
+};
 use warren_api::Workspace;
 
 use crate::context::Remote;
@@ -603,6 +605,12 @@ impl Client {
             None::<&()>,
         )
         .await
+    }
+
+    /// `PATCH /webhooks/{id}`.
+    pub async fn update_webhook(&self, id: &str, body: &UpdateWebhook) -> Result<Webhook> {
+        self.call(Method::PATCH, &format!("/webhooks/{}", seg(id)), Some(body))
+            .await
     }
 
     /// `POST /webhooks/{id}/test`.

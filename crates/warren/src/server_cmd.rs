@@ -67,6 +67,14 @@ pub struct ServerArgs {
     /// [default: organization].
     #[arg(long, env = "WARREN_MAX_PORT_SHARING", global = true)]
     max_port_sharing: Option<String>,
+    /// Cost units per hour of a running workspace whose template declares no `cost`, uploaded
+    /// folders (`warren up DIR`) included [default: 0, free].
+    #[arg(long, env = "WARREN_DEFAULT_RUNNING_COST", global = true)]
+    default_running_cost: Option<f64>,
+    /// Cost units per hour of a stopped workspace whose template declares no `cost`
+    /// [default: 0, free].
+    #[arg(long, env = "WARREN_DEFAULT_STOPPED_COST", global = true)]
+    default_stopped_cost: Option<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +118,8 @@ pub async fn run(
         terminal_grace: a.terminal_grace,
         preview_domain: a.preview_domain,
         max_port_sharing: a.max_port_sharing,
+        default_running_cost: a.default_running_cost,
+        default_stopped_cost: a.default_stopped_cost,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

@@ -85,14 +85,13 @@ fn bad_param(name: &str, problem: impl std::fmt::Display) -> ApiError {
 }
 
 fn check_time(name: &str, value: &str) -> ApiResult<()> {
-    time::OffsetDateTime::parse(value, &Rfc3339)
-        .map(|_| ())
-        .map_err(|e| {
-            bad_param(
-                name,
-                format!("`{value}` is not an RFC 3339 time ({e}), e.g. `2024-05-01T12:00:00Z`"),
-            )
-        })
+    let t = time::OffsetDateTime::parse(value, &Rfc3339).map_err(|e| {
+        bad_param(
+            name,
+            format!("`{value}` is not an RFC 3339 time ({e}), e.g. `2024-05-01T12:00:00Z`"),
+        )
+    })?;
+    crate::quota::user_time(name, t).map(|_| ())
 }
 
 impl AuditParams {
@@ -474,6 +473,8 @@ mod tests {
             ("after=x", "`after`"),
             ("since=yesterday", "`since`"),
             ("until=2024-05-01", "`until`"),
+            ("until=9999-12-31T23:00:00-05:00", "`until`"),
+            ("since=0001-01-01T00:00:00Z", "`since`"),
             ("format=csv", "`format`"),
             ("action=*", "`action`"),
             ("action=work*", "`action`"),

@@ -165,6 +165,10 @@ async fn list_events(
             }
             "all" => caller.require(Op::WorkspaceRead(Owner::Other))?,
             name => {
+                if name != caller.user.username {
+                    // Only those who may read others learn whether a user exists.
+                    caller.require(Op::WorkspaceRead(Owner::Other))?;
+                }
                 let u = state
                     .store
                     .user_by_name(name)

@@ -70,11 +70,16 @@ async fn subject(
             Ok((Subject::user(&u.id), own))
         }
         "teams" => {
-            let t = state
-                .store
-                .team(&state.org.id, name)
-                .await?
-                .ok_or_else(|| ApiError::not_found("team", name))?;
+            let t = state.store.team(&state.org.id, name).await?;
+            if !t
+                .as_ref()
+                .is_some_and(|t| t.members.contains(&caller.user.id))
+            {
+                // Only those who may read others learn whether a team exists: a member gets the
+                // same refusal for a team they are not in and for no team at all.
+                allow(caller, Op::UsageRead(Owner::Other))?;
+            }
+            let t = t.ok_or_else(|| ApiError::not_found("team", name))?;
             let own = if t.members.contains(&caller.user.id) {
                 Owner::Own
             } else {
@@ -269,10 +274,13 @@ async fn create_override(
     }
     let now = state.store.now_time();
     let expires = match (&body.expires_at, &body.duration) {
-        (Some(at), None) => parse_time(at).ok_or_else(|| {
-            ApiError::bad_request(format!("`expires_at`: `{at}` is not an RFC 3339 time"))
-                .hint("e.g. 2026-12-01T00:00:00Z, or `duration`: \"7d\"")
-        })?,
+        (Some(at), None) => quota::user_time(
+            "expires_at",
+            parse_time(at).ok_or_else(|| {
+                ApiError::bad_request(format!("`expires_at`: `{at}` is not an RFC 3339 time"))
+                    .hint("e.g. 2026-12-01T00:00:00Z, or `duration`: \"7d\"")
+            })?,
+        )?,
         (None, Some(d)) => {
             now + warren_api::template::parse_duration(d)
                 .map_err(|e| ApiError::bad_request(format!("`duration`: {e}")))?
@@ -383,7 +391,7 @@ pub struct UsageQuery {
     /// Start: RFC 3339, or `YYYY-MM-DD` (its midnight, UTC). Default: the current month's start.
     from: Option<String>,
     /// End (exclusive): RFC 3339, or `YYYY-MM-DD` (that whole day included). Default: the current
-    /// month's end.
+    /// month's end. At most 400 days after `from`; years 1970 to 9000.
     to: Option<String>,
     /// `json` (default) or `csv`.
     format: Option<String>,
@@ -392,7 +400,7 @@ pub struct UsageQuery {
 /// Parses `from`/`to`: RFC 3339, or a date (its midnight; for `to`, the next midnight).
 fn parse_bound(field: &str, s: &str, end: bool) -> ApiResult<OffsetDateTime> {
     if let Some(t) = parse_time(s) {
-        return Ok(t);
+        return quota::user_time(field, t);
     }
     let date = || -> Option<time::Date> {
         let mut parts = s.splitn(3, '-');
@@ -409,9 +417,17 @@ fn parse_bound(field: &str, s: &str, end: bool) -> ApiResult<OffsetDateTime> {
         ))
         .hint("e.g. 2026-11-01 or 2026-11-01T00:00:00Z")
     })?;
-    let t = d.with_time(time::Time::MIDNIGHT).assume_utc();
-    Ok(if end { t + time::Duration::days(1) } else { t })
+    let t = quota::user_time(field, d.with_time(time::Time::MIDNIGHT).assume_utc())?;
+    // Within the years allowed, the next day always exists.
+    Ok(if end {
+        t.saturating_add(time::Duration::days(1))
+    } else {
+        t
+    })
 }
+
+/// The longest range one `GET /usage` covers.
+const MAX_RANGE_DAYS: i64 = 400;
 
 /// Rounds to a millionth, so that sums of exact hours read exactly.
 fn round6(x: f64) -> f64 {
@@ -465,10 +481,11 @@ async fn usage(
             format_time(to)
         )));
     }
-    if to - from > time::Duration::days(3660) {
-        return Err(ApiError::bad_request(
-            "`from` and `to` are more than 10 years apart",
-        ));
+    if to - from > time::Duration::days(MAX_RANGE_DAYS) {
+        return Err(ApiError::bad_request(format!(
+            "`to`: `from` and `to` are more than {MAX_RANGE_DAYS} days apart"
+        ))
+        .hint("ask for a year at a time, e.g. from=2026-01-01&to=2026-12-31"));
     }
     let everyone = caller.check(Op::UsageRead(Owner::Other), None) == Decision::Allow;
     let teams = state.store.teams(&state.org.id).await?;
@@ -477,9 +494,20 @@ async fn usage(
         .filter(|t| t.members.contains(&caller.user.id))
         .map(|t| t.id.as_str())
         .collect();
+    // Those who may not read everyone's usage load only their own segments (and, grouping by
+    // team, their teams').
+    let team_filter: Vec<String> = if group_by == "team" {
+        my_teams.iter().map(|t| (*t).to_owned()).collect()
+    } else {
+        Vec::new()
+    };
     let segs = state
         .store
-        .usage_segments(&format_time(from), &format_time(to.min(now.max(from))))
+        .usage_segments_of(
+            &format_time(from),
+            &format_time(to.min(now.max(from))),
+            (!everyone).then_some((caller.user.id.as_str(), team_filter.as_slice())),
+        )
         .await?;
     let visible = |g: &UsageSegment| {
         everyone
@@ -513,7 +541,7 @@ async fn usage(
                 .bounds(from.max(parse_time(&g.started_at).unwrap_or(from)))
                 .0;
             while day_start < to {
-                let day_end = day_start + time::Duration::days(1);
+                let day_end = day_start.saturating_add(time::Duration::days(1));
                 let h = quota::overlap_hours(g, day_start.max(from), day_end.min(to), now);
                 let label = format!(
                     "{:04}-{:02}-{:02}",

@@ -9,8 +9,11 @@ use axum::response::IntoResponse;
 use rand::RngCore;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use warren_api::auth::Decision;
 use warren_api::auth::Op;
-use warren_api::v1::{CreateWebhook, CreatedWebhook, Webhook, WebhookDelivery, WebhookTest};
+use warren_api::v1::{
+    CreateWebhook, CreatedWebhook, UpdateWebhook, Webhook, WebhookDelivery, WebhookTest,
+};
 use warren_api::webhook;
 use warren_store::{DeliveryRecord, NewEvent, NewWebhook, WebhookRecord};
 
@@ -32,17 +35,44 @@ pub const DELIVERIES_SHOWN: u32 = 100;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_webhooks, create_webhook))
-        .routes(routes!(get_webhook, delete_webhook))
+        .routes(routes!(get_webhook, update_webhook, delete_webhook))
         .routes(routes!(test_webhook))
         .routes(routes!(list_deliveries))
 }
 
-/// The API view of a webhook (never its secret).
-pub fn view(h: &WebhookRecord) -> Webhook {
+/// A URL with its path and query masked (`https://hooks.slack.com/…`): Slack, Discord and many
+/// other receivers put the credential there.
+pub fn masked_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let host = u.host_str().unwrap_or_default();
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = u.path() != "/" || u.query().is_some() || u.fragment().is_some();
+            format!(
+                "{}://{host}{port}/{}",
+                u.scheme(),
+                if rest { "…" } else { "" }
+            )
+        }
+        Err(_) => "…".to_owned(),
+    }
+}
+
+/// Whether `caller` sees webhook URLs whole: those who may manage webhooks.
+fn sees_urls(caller: &Caller) -> bool {
+    caller.check(Op::WebhookAdmin, None) == Decision::Allow
+}
+
+/// The API view of a webhook (never its secret; its URL masked unless `whole`).
+pub fn view(h: &WebhookRecord, whole: bool) -> Webhook {
     Webhook {
         id: h.id.clone(),
         name: h.name.clone(),
-        url: h.url.clone(),
+        url: if whole {
+            h.url.clone()
+        } else {
+            masked_url(&h.url)
+        },
         events: h.events.clone(),
         created_by: h.created_by.clone(),
         created_at: h.created_at.clone(),
@@ -146,8 +176,11 @@ async fn hook_for(state: &AppState, id: &str) -> ApiResult<WebhookRecord> {
 fn note(action: &str, h: &WebhookRecord) -> AuditNote {
     let mut n = AuditNote::target("webhook", &h.id, &h.name);
     n.action = Some(action.into());
-    // The secret is never logged.
-    n.details_json = Some(serde_json::json!({ "url": h.url, "events": h.events }).to_string());
+    // The secret is never logged, nor the URL's path, which may hold a credential.
+    n.details_json = Some(
+        serde_json::json!({ "url": masked_url(&h.url), "events": h.events, "disabled": h.disabled })
+            .to_string(),
+    );
     n
 }
 
@@ -159,8 +192,15 @@ async fn list_webhooks(
     caller: Caller,
 ) -> ApiResult<Json<Vec<Webhook>>> {
     caller.require(Op::WebhookRead)?;
+    let whole = sees_urls(&caller);
     Ok(Json(
-        state.store.webhooks().await?.iter().map(view).collect(),
+        state
+            .store
+            .webhooks()
+            .await?
+            .iter()
+            .map(|h| view(h, whole))
+            .collect(),
     ))
 }
 
@@ -207,7 +247,7 @@ async fn create_webhook(
         StatusCode::CREATED,
         axum::Extension(note("webhook.create", &h)),
         Json(CreatedWebhook {
-            webhook: view(&h),
+            webhook: view(&h, true),
             secret,
         }),
     ))
@@ -223,7 +263,52 @@ async fn get_webhook(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Webhook>> {
     caller.require(Op::WebhookRead)?;
-    Ok(Json(view(&hook_for(&state, &id).await?)))
+    Ok(Json(view(
+        &hook_for(&state, &id).await?,
+        sees_urls(&caller),
+    )))
+}
+
+/// Disables or enables a webhook (admins). Enabled again, it resumes with its backlog, or with
+/// `skip_backlog: true` drops the pending deliveries and starts from the latest event.
+#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks", security(("token" = [])),
+    params(("id" = String, Path, description = "webhook id")), request_body = UpdateWebhook,
+    responses((status = 200, body = Webhook), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn update_webhook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateWebhook>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Op::WebhookAdmin)?;
+    if body.disabled && body.skip_backlog {
+        return Err(bad(
+            "skip_backlog",
+            "applies when enabling a webhook (`disabled: false`)",
+            "e.g. {\"disabled\": false, \"skip_backlog\": true}",
+        ));
+    }
+    let h = hook_for(&state, &id).await?;
+    let h = state
+        .store
+        .set_webhook_disabled(&h.id, body.disabled, body.skip_backlog)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook", &id))?;
+    let action = if body.disabled {
+        "webhook.disable"
+    } else {
+        "webhook.enable"
+    };
+    let mut n = note(action, &h);
+    if body.skip_backlog {
+        n.details_json = Some(
+            serde_json::json!({ "url": masked_url(&h.url), "events": h.events,
+                "disabled": h.disabled, "skip_backlog": true })
+            .to_string(),
+        );
+    }
+    Ok((axum::Extension(n), Json(view(&h, true))))
 }
 
 /// Removes a webhook and its deliveries (admins). Nothing more is sent to it.
@@ -303,6 +388,22 @@ async fn list_deliveries(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masked_urls_keep_the_scheme_and_host_only() {
+        for (url, masked) in [
+            (
+                "https://hooks.slack.com/services/T0/B0/XXXX",
+                "https://hooks.slack.com/…",
+            ),
+            ("http://127.0.0.1:9000/h?token=s", "http://127.0.0.1:9000/…"),
+            ("https://example.com/", "https://example.com/"),
+            ("https://example.com/?k=v", "https://example.com/…"),
+            ("not a url", "…"),
+        ] {
+            assert_eq!(masked_url(url), masked, "{url}");
+        }
+    }
 
     #[test]
     fn urls_are_absolute_http_without_credentials() {

@@ -351,7 +351,7 @@ async fn create_workspace(
             limits_json: serde_json::to_string(&limits_of(&effective))
                 .unwrap_or_else(|_| "{}".into()),
             team_id: team_id.clone(),
-            cost_json: cost_snapshot(&version),
+            cost_json: cost_snapshot(&state, &version),
         },
         create_only: true,
         ..Default::default()
@@ -414,11 +414,18 @@ async fn create_workspace(
         .into_response())
 }
 
-/// The cost rates a workspace made from `version` is metered at (none: free).
-fn cost_snapshot(version: &warren_store::VersionRecord) -> Option<String> {
-    let rates: warren_api::template::CostRates =
+/// The cost rates a workspace made from `version` is metered at (none: free): the version's
+/// declared `cost`, or, when it declares none (uploaded folders' ad-hoc versions included), the
+/// server's `default_running_cost` / `default_stopped_cost`, so that no workspace escapes
+/// budgets by having no template.
+fn cost_snapshot(state: &AppState, version: &warren_store::VersionRecord) -> Option<String> {
+    let declared: warren_api::template::CostRates =
         serde_json::from_str(&version.cost_json).unwrap_or_default();
-    (!rates.is_free()).then(|| version.cost_json.clone())
+    if declared.running_per_hour.is_none() && declared.stopped_per_hour.is_none() {
+        let rates = state.cfg.default_cost;
+        return (!rates.is_free()).then(|| serde_json::to_string(&rates).unwrap_or_default());
+    }
+    (!declared.is_free()).then(|| version.cost_json.clone())
 }
 
 /// The team a new workspace of the caller is charged to: the one named (the caller must be a
@@ -580,7 +587,7 @@ async fn update_workspace(
             let id = rec.id.clone();
             let project = rec.project_dir.clone();
             let version_id = version.id.clone();
-            let cost = cost_snapshot(&version);
+            let cost = cost_snapshot(&state, &version);
             let params_json = serde_json::to_string(&params).unwrap_or_else(|_| "{}".into());
             move |st, log| async move {
                 warren_engine::Progress::step(&*log, "Stopping the workspace to rebuild it");

@@ -58,12 +58,17 @@ impl TestServer {
     /// drive time-based policies forward without sleeping. The background policy loop runs
     /// too (every second, at the fake time); tests call [`TestServer::pass`] for a pass now.
     pub async fn start_fake_clock() -> TestServer {
+        Self::start_fake_clock_with(ConfigLayer::default()).await
+    }
+
+    /// Like [`TestServer::start_fake_clock`], with `layer` over the test defaults.
+    pub async fn start_fake_clock_with(layer: ConfigLayer) -> TestServer {
         let dir = tempfile::Builder::new()
             .prefix("warren-srv-")
             .tempdir_in(std::env::var("WARREN_TEST_TMP").unwrap_or_else(|_| "/tmp".into()))
             .unwrap();
         let clock = warren_store::clock::FakeClock::starting_now();
-        Self::start_in(dir, ConfigLayer::default(), None, Some(clock)).await
+        Self::start_in(dir, layer, None, Some(clock)).await
     }
 
     /// Moves the fake clock forward.

@@ -1847,6 +1847,30 @@ fn webhooks_are_added_tested_listed_and_removed_with_the_cli() {
     let (_, err) = s.fails(&["--context", "kim", "webhook", "list"]);
     assert!(err.contains("role does not permit"), "{err}");
 
+    // Disabled and enabled by hand (skipping its backlog).
+    let (_, err) = s.fails(&["--context", "kim", "webhook", "disable", &id]);
+    assert!(err.contains("role does not permit"), "{err}");
+    let o = s.run(&["--context", "admin", "webhook", "disable", &id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("webhook enable"), "{}", stderr(&o));
+    let list = s.json(&["--context", "admin", "webhook", "list"]);
+    assert_eq!(list[0]["disabled"], true, "{list}");
+    let table = s.ok(&["--context", "admin", "webhook", "list"]);
+    assert!(table.contains("disabled"), "{table}");
+    let w = s.json(&[
+        "--context",
+        "admin",
+        "webhook",
+        "enable",
+        &id,
+        "--skip-backlog",
+    ]);
+    assert_eq!(
+        (&w["disabled"], &w["pending"]),
+        (&serde_json::json!(false), &serde_json::json!(0)),
+        "{w}"
+    );
+
     s.ok(&["--context", "admin", "webhook", "rm", &id]);
     assert_eq!(
         s.json(&["--context", "admin", "webhook", "list"]),
