@@ -896,7 +896,13 @@ mod tests {
         assert_eq!(*watch.borrow_and_update(), first.id);
         assert_eq!(store.insert_event(&e).await.unwrap(), None);
         // Retention removes what is older than its cutoff, nothing newer.
-        assert_eq!(store.prune_events("2000-01-01T00:00:00.000Z").await.unwrap(), 0);
+        assert_eq!(
+            store
+                .prune_events("2000-01-01T00:00:00.000Z")
+                .await
+                .unwrap(),
+            0
+        );
         let visible = store
             .list_events(&EventFilter {
                 visible_to: Some(("u1".into(), vec![])),

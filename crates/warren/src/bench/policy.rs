@@ -67,7 +67,9 @@ async fn seed(store: &warren_store::Store, n: usize, owner: &str, org: &str) -> 
                     org_id: org.to_owned(),
                     parameters_json: "{}".into(),
                     policy_json: (p != &json!({})).then(|| p.to_string()),
-                    cost_json: Some(r#"{"running_per_hour": 1.0, "stopped_per_hour": 0.01}"#.into()),
+                    cost_json: Some(
+                        r#"{"running_per_hour": 1.0, "stopped_per_hour": 0.01}"#.into(),
+                    ),
                     ..Default::default()
                 },
             })
