@@ -1991,3 +1991,76 @@ fn quotas_overrides_and_cost_from_the_cli() {
     let all = s.ok(&["--context", "admin", "cost", "--by", "user"]);
     assert!(all.contains("kim"), "{all}");
 }
+
+#[test]
+fn lifecycle_policy_keepalive_and_events_from_the_cli() {
+    let s = Server::start();
+    s.login_admin();
+    s.login_member("kim");
+    let proj = s.world.project("proj", r#"{"image": "busybox"}"#);
+    assert_eq!(s.ok(&["up", proj.to_str().unwrap()]).trim(), "proj");
+    // An uploaded folder has no template: no policy until the workspace gets one.
+    let shown = s.ok(&["policy", "show", "proj"]);
+    assert!(shown.contains("Next: nothing scheduled"), "{shown}");
+    let set = s.ok(&[
+        "policy",
+        "set",
+        "proj",
+        "--idle-timeout",
+        "45m",
+        "--autostart",
+        "0 9 * * 1-5",
+        "--timezone",
+        "Europe/Berlin",
+    ]);
+    assert!(set.contains("Next: stop at"), "{set}");
+    assert!(set.contains("(idle)"), "{set}");
+    let row = set
+        .lines()
+        .find(|l| l.starts_with("idle_timeout"))
+        .unwrap_or_default();
+    assert!(row.contains("45m") && row.contains("workspace"), "{set}");
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "policy", "show", "proj"])).unwrap();
+    assert_eq!(json["effective"]["autostart"]["timezone"], "Europe/Berlin");
+    assert_eq!(json["next"]["reason"], "idle");
+    // Bad values: one line naming the flag or the field, a hint, nothing changed.
+    let (_, err) = s.fails(&["policy", "set", "proj", "--idle-timeout", "soon"]);
+    assert!(err.contains("error: --idle-timeout `soon`"), "{err}");
+    assert!(err.contains("hint: durations look like"), "{err}");
+    let (_, err) = s.fails(&["policy", "set", "proj", "--autostart", "0 25 * * *"]);
+    assert!(err.contains("autostart.schedule"), "{err}");
+    let (_, err) = s.fails(&["policy", "set", "proj", "--unset", "colour"]);
+    assert!(
+        err.contains("--unset `colour` is not a policy field"),
+        "{err}"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "policy", "show", "proj"])).unwrap();
+    assert_eq!(again["own"], json["own"]);
+    // A keep-alive says when the workspace would stop next.
+    let kept = s.run(&["keepalive", "proj"]);
+    assert!(kept.status.success());
+    let said = String::from_utf8_lossy(&kept.stderr);
+    assert!(said.contains("Kept proj alive; next: stop at"), "{said}");
+    assert!(s
+        .ok(&["extend", "proj", "--by", "2h"])
+        .trim()
+        .ends_with('Z'));
+    // The events say what happened, and why.
+    let events = s.ok(&["events", "proj"]);
+    for kind in [
+        "workspace.created",
+        "workspace.starting",
+        "workspace.started",
+    ] {
+        assert!(events.contains(kind), "{events}");
+    }
+    s.ok(&["stop", "proj"]);
+    let stops = s.ok(&["events", "proj", "--kind", "workspace.stop"]);
+    assert_eq!(stops.lines().count(), 2, "{stops}");
+    assert!(stops.contains("workspace `proj` stopped"), "{stops}");
+    // Back to no policy.
+    let reset = s.ok(&["policy", "reset", "proj"]);
+    assert!(reset.contains("Next: nothing scheduled"), "{reset}");
+}
