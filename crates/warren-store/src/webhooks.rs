@@ -185,31 +185,26 @@ impl Store {
 
     /// Every webhook, oldest first.
     pub async fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
-        let sql = format!("SELECT {HOOK_COLUMNS} FROM webhooks w ORDER BY w.created_at, w.id");
-        sqlx::query(&sql)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(hook_from_row)
-            .collect()
+        self.webhooks_with(HOOK_COLUMNS).await
     }
 
     /// One webhook.
     pub async fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
-        let sql = format!("SELECT {HOOK_COLUMNS} FROM webhooks w WHERE w.id = ?");
-        sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(hook_from_row)
-            .transpose()
+        self.webhook_with(HOOK_COLUMNS, id).await
     }
 
     /// Every webhook, oldest first, with `pending` left at 0 (cheap: for the delivery worker).
     pub async fn webhooks_brief(&self) -> Result<Vec<WebhookRecord>, StoreError> {
-        let sql =
-            format!("SELECT {HOOK_COLUMNS_BRIEF} FROM webhooks w ORDER BY w.created_at, w.id");
+        self.webhooks_with(HOOK_COLUMNS_BRIEF).await
+    }
+
+    /// One webhook, with `pending` left at 0 (cheap: for the delivery worker).
+    pub async fn webhook_brief(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        self.webhook_with(HOOK_COLUMNS_BRIEF, id).await
+    }
+
+    async fn webhooks_with(&self, columns: &str) -> Result<Vec<WebhookRecord>, StoreError> {
+        let sql = format!("SELECT {columns} FROM webhooks w ORDER BY w.created_at, w.id");
         sqlx::query(&sql)
             .fetch_all(&self.pool)
             .await?
@@ -218,9 +213,12 @@ impl Store {
             .collect()
     }
 
-    /// One webhook, with `pending` left at 0 (cheap: for the delivery worker).
-    pub async fn webhook_brief(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
-        let sql = format!("SELECT {HOOK_COLUMNS_BRIEF} FROM webhooks w WHERE w.id = ?");
+    async fn webhook_with(
+        &self,
+        columns: &str,
+        id: &str,
+    ) -> Result<Option<WebhookRecord>, StoreError> {
+        let sql = format!("SELECT {columns} FROM webhooks w WHERE w.id = ?");
         sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
