@@ -169,16 +169,7 @@ async fn list_events(
                     // Only those who may read others learn whether a user exists.
                     caller.require(Op::WorkspaceRead(Owner::Other))?;
                 }
-                let u = state
-                    .store
-                    .user_by_name(name)
-                    .await?
-                    .ok_or_else(|| ApiError::not_found("user", name))?;
-                let own = if u.id == caller.user.id {
-                    Owner::Own
-                } else {
-                    Owner::Other
-                };
+                let (u, own) = crate::routes::user_named(&state, &caller, name).await?;
                 caller.require(Op::WorkspaceRead(own))?;
                 filter.visible_to = Some((u.id, vec![]));
             }

@@ -36,6 +36,25 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(quotas::router())
 }
 
+/// The user named `name`, and whether it is the caller (how `owner=NAME` filters are checked).
+pub async fn user_named(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<(warren_store::UserRecord, Owner), ApiError> {
+    let u = state
+        .store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user", name))?;
+    let own = if u.id == caller.user.id {
+        Owner::Own
+    } else {
+        Owner::Other
+    };
+    Ok((u, own))
+}
+
 /// Finds the workspace `key` names for `caller` and checks `op` on it: `key` is a workspace id,
 /// the name of one of the caller's workspaces, or `name.username` (someone else's). Anything the
 /// caller may not see is "not found".

@@ -57,16 +57,7 @@ async fn subject(
                 // Only those who may read others learn whether a user exists.
                 allow(caller, Op::UsageRead(Owner::Other))?;
             }
-            let u = state
-                .store
-                .user_by_name(name)
-                .await?
-                .ok_or_else(|| ApiError::not_found("user", name))?;
-            let own = if u.id == caller.user.id {
-                Owner::Own
-            } else {
-                Owner::Other
-            };
+            let (u, own) = crate::routes::user_named(state, caller, name).await?;
             Ok((Subject::user(&u.id), own))
         }
         "teams" => {

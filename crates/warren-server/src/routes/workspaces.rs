@@ -135,16 +135,7 @@ async fn list_workspaces(
         }
         "all" => check(&caller, Op::WorkspaceRead(Owner::Other))?,
         name => {
-            let u = state
-                .store
-                .user_by_name(name)
-                .await?
-                .ok_or_else(|| ApiError::not_found("user", name))?;
-            let own = if u.id == caller.user.id {
-                Owner::Own
-            } else {
-                Owner::Other
-            };
+            let (u, own) = crate::routes::user_named(&state, &caller, name).await?;
             check(&caller, Op::WorkspaceRead(own))?;
             filter.owner_id = Some(u.id);
         }
