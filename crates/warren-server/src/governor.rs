@@ -297,6 +297,18 @@ fn time_of(at: &Option<String>) -> Option<OffsetDateTime> {
     at.as_deref().and_then(parse_time)
 }
 
+/// The policy of the template version a workspace was made from (none without a template),
+/// read once per version.
+pub(crate) async fn template_policy(
+    state: &AppState,
+    rec: &warren_store::WorkspaceRecord,
+) -> Result<Option<Arc<PolicyDefaults>>, warren_store::StoreError> {
+    match &rec.ownership.template_version_id {
+        Some(v) => Ok(Some(state.governor.template(state, v).await?)),
+        None => Ok(None),
+    }
+}
+
 /// The policy in force for a workspace (see [`Governor::effective`]).
 pub(crate) async fn policy_for(
     state: &AppState,

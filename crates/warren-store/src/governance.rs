@@ -52,34 +52,29 @@ impl NewEvent {
     }
 }
 
-/// A recorded event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EventEntry {
-    /// Increasing sequence number (a cursor for followers).
-    pub id: i64,
-    /// When.
-    pub at: String,
-    /// See [`NewEvent`].
-    pub kind: String,
-    /// See [`NewEvent`].
-    pub workspace_id: Option<String>,
-    /// See [`NewEvent`].
-    pub workspace_name: Option<String>,
-    /// See [`NewEvent`].
-    pub owner_id: Option<String>,
-    /// See [`NewEvent`].
-    pub team_id: Option<String>,
-    /// See [`NewEvent`].
-    pub actor_id: Option<String>,
-    /// See [`NewEvent`].
-    pub reason: Option<String>,
-    /// See [`NewEvent`].
-    pub message: String,
-    /// See [`NewEvent`].
-    pub data: serde_json::Value,
+/// A recorded event: the API's view of it, which the store reads and the server answers as is.
+pub type EventEntry = warren_api::v1::EventView;
+
+impl NewEvent {
+    /// The event as recorded with `id` at `at`.
+    pub fn recorded(&self, id: i64, at: String) -> EventEntry {
+        EventEntry {
+            id,
+            at,
+            kind: self.kind.clone(),
+            workspace_id: self.workspace_id.clone(),
+            workspace_name: self.workspace_name.clone(),
+            owner_id: self.owner_id.clone(),
+            team_id: self.team_id.clone(),
+            actor_id: self.actor_id.clone(),
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+            data: self.data.clone(),
+        }
+    }
 }
 
-/// Which events [`Store::events`] returns, oldest first.
+/// Which events [`Store::list_events`] returns, oldest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {
     /// Only this workspace's.
@@ -384,19 +379,7 @@ impl Store {
         let id = insert_event(&mut tx, e, &at).await?;
         tx.commit().await?;
         self.notify_event(id);
-        Ok(id.map(|id| EventEntry {
-            id,
-            at,
-            kind: e.kind.clone(),
-            workspace_id: e.workspace_id.clone(),
-            workspace_name: e.workspace_name.clone(),
-            owner_id: e.owner_id.clone(),
-            team_id: e.team_id.clone(),
-            actor_id: e.actor_id.clone(),
-            reason: e.reason.clone(),
-            message: e.message.clone(),
-            data: e.data.clone(),
-        }))
+        Ok(id.map(|id| e.recorded(id, at)))
     }
 
     /// Removes events recorded before `before` (retention); returns how many.

@@ -362,19 +362,7 @@ impl Store {
         }
         tx.commit().await?;
         self.notify_event(Some(event_id));
-        let entry = EventEntry {
-            id: event_id,
-            at: now,
-            kind: event.kind.clone(),
-            workspace_id: event.workspace_id.clone(),
-            workspace_name: event.workspace_name.clone(),
-            owner_id: event.owner_id.clone(),
-            team_id: event.team_id.clone(),
-            actor_id: event.actor_id.clone(),
-            reason: event.reason.clone(),
-            message: event.message.clone(),
-            data: event.data.clone(),
-        };
+        let entry = event.recorded(event_id, now);
         Ok(Some((entry, delivery)))
     }
 

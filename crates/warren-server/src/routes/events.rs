@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use warren_api::auth::{Op, Owner};
 use warren_api::v1::{EventList, EventView};
-use warren_store::{EventEntry, EventFilter};
+use warren_store::EventFilter;
 
 use crate::app::{AppState, Json};
 use crate::auth::Caller;
@@ -123,23 +123,6 @@ fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
     ApiError::bad_request(format!("invalid query: {}", e.body_text()))
 }
 
-/// The API view of an event.
-pub fn event_view(e: EventEntry) -> EventView {
-    EventView {
-        id: e.id,
-        at: e.at,
-        kind: e.kind,
-        workspace_id: e.workspace_id,
-        workspace_name: e.workspace_name,
-        owner_id: e.owner_id,
-        team_id: e.team_id,
-        actor_id: e.actor_id,
-        reason: e.reason,
-        message: e.message,
-        data: e.data,
-    }
-}
-
 /// Events the caller may see, as a page or a stream.
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", security(("token" = [])),
     params(AllEventsQuery),
@@ -227,10 +210,7 @@ pub async fn events_response(
     filter.newest = filter.after_id.is_none();
     let first = state.store.list_events(&filter).await?;
     if !q.follow.unwrap_or(false) {
-        return Ok(Json(EventList {
-            events: first.into_iter().map(event_view).collect(),
-        })
-        .into_response());
+        return Ok(Json(EventList { events: first }).into_response());
     }
     let following = state
         .event_followers
@@ -261,7 +241,7 @@ pub async fn events_response(
         loop {
             for e in pending.drain(..) {
                 after = Some(e.id);
-                if tx.send(Ok(sse_event(&event_view(e)))).await.is_err() {
+                if tx.send(Ok(sse_event(&e))).await.is_err() {
                     return;
                 }
             }

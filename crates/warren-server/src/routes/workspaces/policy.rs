@@ -34,14 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub(crate) async fn status(state: &AppState, rec: &WorkspaceRecord) -> ApiResult<PolicyStatus> {
     let (resolved, facts, ev) = crate::governor::assess(state, rec).await?;
     let (eff, ignored) = &*resolved;
-    let template = match &rec.ownership.template_version_id {
-        Some(v) => state
-            .store
-            .version(v)
-            .await?
-            .and_then(|v| serde_json::from_str(&v.policy_json).ok()),
-        None => None,
-    };
+    let template = crate::governor::template_policy(state, rec).await?;
     let own: WorkspacePolicy = rec
         .ownership
         .policy_json
@@ -71,7 +64,7 @@ pub(crate) async fn status(state: &AppState, rec: &WorkspaceRecord) -> ApiResult
             }
         });
     Ok(PolicyStatus {
-        template,
+        template: template.map(|t| (*t).clone()),
         own,
         own_ignored: ignored.clone(),
         effective: eff.view(),
@@ -111,15 +104,8 @@ async fn put_policy(
     Json(body): Json<WorkspacePolicy>,
 ) -> ApiResult<Response> {
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
-    let template = match &rec.ownership.template_version_id {
-        Some(v) => state
-            .store
-            .version(v)
-            .await?
-            .and_then(|v| serde_json::from_str(&v.policy_json).ok()),
-        None => None,
-    };
-    policy::resolve(template.as_ref(), Some(&body)).map_err(|e| {
+    let template = crate::governor::template_policy(&state, &rec).await?;
+    policy::resolve(template.as_deref(), Some(&body)).map_err(|e| {
         let code = if e.contains("longer than") || e.contains("cannot be turned off") {
             ErrorCode::LimitExceeded
         } else {
