@@ -8,6 +8,7 @@ pub mod activity;
 pub mod auth;
 mod error;
 mod name;
+pub mod net;
 pub mod policy;
 pub mod ports;
 pub mod schedule;

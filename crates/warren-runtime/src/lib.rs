@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod inroot;
 mod linux;
 pub mod net;
+pub mod network;
 pub mod proto;
 pub mod seccomp;
 mod seccomp_list;
@@ -94,6 +95,10 @@ pub enum Network {
     /// The host's network namespace and `/etc/resolv.conf` (read-only). Only image builds that
     /// their caller trusts ask for this (e.g. `apt-get` in a host-local build).
     Host,
+    /// A network namespace of its own with an address on Warren's bridge, NAT to the host's
+    /// networks, Warren's resolver as `/etc/resolv.conf`, and the egress plan set with
+    /// [`Runtime::set_egress`] enforced (nothing but the resolver until one is set).
+    Egress,
 }
 
 /// A user-namespace mapping of container ids 0..size to host ids starting at host_uid/host_gid.
@@ -241,6 +246,27 @@ pub trait Runtime: Send + Sync {
         Err(RuntimeError::Exec(
             "this runtime cannot reach a workspace's ports".into(),
         ))
+    }
+    /// Sets what the workspace may reach (stored with it; applied at once when it runs, so the next
+    /// connection and the next name resolved follow it).
+    fn set_egress(&self, id: &str, plan: &network::EgressPlan) -> Result<(), RuntimeError> {
+        let _ = (id, plan);
+        Err(RuntimeError::Exec(
+            "this runtime cannot enforce network policies".into(),
+        ))
+    }
+    /// The workspace's address on Warren's network and its counters; `None` without one.
+    fn attachment(
+        &self,
+        id: &str,
+    ) -> Result<Option<(network::Attachment, network::NetCounters)>, RuntimeError> {
+        let _ = id;
+        Ok(None)
+    }
+    /// Denial journal records after position `after` (0: the start), and the position to ask from
+    /// next time.
+    fn denials(&self, after: u64) -> Result<(Vec<network::Denial>, u64), RuntimeError> {
+        Ok((Vec::new(), after))
     }
     /// The TCP ports listened on inside the running workspace.
     fn listening_ports(&self, id: &str) -> Result<Vec<ListeningPort>, RuntimeError> {
