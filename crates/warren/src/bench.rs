@@ -813,6 +813,8 @@ async fn bench(args: &BenchArgs, dirs: Dirs, oci: &str) -> Result<Results> {
         oci: OciRuntime::parse(oci),
         exe: exe.clone(),
         owned_may_have_privileges: false,
+        network: Default::default(),
+        default_egress: warren_engine::network::allow_all(),
     })
     .await?;
     progress("importing the busybox root filesystem");

@@ -1033,6 +1033,8 @@ async fn embedded(
         oci: OciRuntime::parse(runtime.as_deref().unwrap_or("libcontainer")),
         exe,
         owned_may_have_privileges: false,
+        network: Default::default(),
+        default_egress: warren_engine::network::allow_all(),
     })
     .await?;
     if let Cmd::Bench(a) = cmd {
