@@ -266,6 +266,12 @@ impl Ipv4Net {
     }
 }
 
+impl std::fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// The netmask of a prefix length (0..=32) as a number.
 fn mask(prefix: u8) -> u32 {
     match prefix {
@@ -445,10 +451,8 @@ fn parse_target(address: &str) -> Result<Target, Problem> {
     if address.contains(':') || address.parse::<std::net::Ipv6Addr>().is_ok() {
         return Err(ipv6_problem());
     }
-    if address
-        .bytes()
-        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
-    {
+    let host = address.split('/').next().unwrap_or(address);
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return parse_net(address).map(Target::Net);
     }
     if address.contains('/') {
@@ -462,7 +466,10 @@ fn parse_target(address: &str) -> Result<Target, Problem> {
     if name == "*" {
         return Err((
             "a bare `*` matches every name".to_string(),
-            Some("use `egress: allow-all` to allow everything, or name a domain: *.example.com".into()),
+            Some(
+                "use `egress: allow-all` to allow everything, or name a domain: *.example.com"
+                    .into(),
+            ),
         ));
     }
     if let Some(base) = name.strip_prefix("*.") {
@@ -858,7 +865,10 @@ impl Checked {
     }
     /// The rules that name domains, allow rules first.
     pub fn domain_rules(&self) -> impl Iterator<Item = &Rule> {
-        self.allow.iter().chain(&self.deny).filter(|r| r.is_domain())
+        self.allow
+            .iter()
+            .chain(&self.deny)
+            .filter(|r| r.is_domain())
     }
 }
 
@@ -875,6 +885,1065 @@ impl NetLimits {
             egress_mbit: tighter(self.egress_mbit, other.egress_mbit),
             ingress_mbit: tighter(self.ingress_mbit, other.ingress_mbit),
             max_connections: tighter(self.max_connections, other.max_connections),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn rule(s: &str) -> Rule {
+        Rule::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    fn target(s: &str) -> Target {
+        rule(s).target
+    }
+
+    fn ports(lo: u16, hi: u16) -> Option<PortRange> {
+        Some(PortRange { lo, hi })
+    }
+
+    /// Parses `s`, expecting an error that names the rule as written (trimmed) and says `needle`.
+    fn bad(s: &str, needle: &str) -> RuleError {
+        let e = Rule::parse(s).expect_err(s);
+        assert_eq!(e.rule, s.trim(), "{e}");
+        let full = format!("{e} {}", e.hint.clone().unwrap_or_default());
+        assert!(full.contains(needle), "{s}: `{full}` lacks `{needle}`");
+        assert!(!full.contains('\n'), "{full}");
+        e
+    }
+
+    fn policy(mode: EgressMode, allow: &[&str], deny: &[&str]) -> NetworkPolicy {
+        NetworkPolicy {
+            egress: mode,
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            deny: deny.iter().map(|s| s.to_string()).collect(),
+            ..NetworkPolicy::default()
+        }
+    }
+
+    fn checked(mode: EgressMode, allow: &[&str], deny: &[&str]) -> Checked {
+        policy(mode, allow, deny)
+            .check()
+            .unwrap_or_else(|e| panic!("{allow:?} {deny:?}: {e}"))
+            .0
+    }
+
+    /// Checks the policy, expecting an error naming `rule` and saying `needle`.
+    fn refused(p: NetworkPolicy, rule: &str, needle: &str) {
+        let e = p.check().expect_err(rule);
+        assert_eq!(e.rule, rule, "{e}");
+        let full = format!("{e} {}", e.hint.clone().unwrap_or_default());
+        assert!(full.contains(needle), "`{full}` lacks `{needle}`");
+    }
+
+    fn denied(why: &str) -> AddrVerdict {
+        AddrVerdict::Denied { why: why.into() }
+    }
+
+    use EgressMode::{AllowAll, Allowlist, DenyAll};
+
+    #[test]
+    fn protected_ranges_by_name() {
+        for (addr, name) in [
+            ("0.1.2.3", "this-network"),
+            ("10.1.2.3", "private"),
+            ("100.64.0.1", "shared"),
+            ("100.127.255.255", "shared"),
+            ("127.0.0.1", "loopback"),
+            ("169.254.1.1", "link-local"),
+            ("169.254.169.254", "metadata"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.0.0.8", "ietf-protocol"),
+            ("192.168.1.1", "private"),
+            ("224.0.0.251", "multicast"),
+            ("239.255.255.250", "multicast"),
+            ("240.0.0.1", "reserved"),
+            ("255.255.255.255", "broadcast"),
+        ] {
+            assert_eq!(protected(ip(addr)), Some(name), "{addr}");
+        }
+        for addr in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "198.19.255.255",
+            "223.255.255.255",
+        ] {
+            assert_eq!(protected(ip(addr)), None, "{addr}");
+        }
+        for (range, _) in PROTECTED {
+            assert_eq!(Ipv4Net::parse(&range.to_string()), Ok(*range));
+        }
+    }
+
+    #[test]
+    fn ipv4_nets() {
+        let n = Ipv4Net::parse("10.1.0.0/16").unwrap();
+        assert_eq!(n.addr, ip("10.1.0.0"));
+        assert_eq!(n.prefix, 16);
+        assert!(n.contains(ip("10.1.255.255")));
+        assert!(!n.contains(ip("10.2.0.0")));
+        assert_eq!(n.last(), ip("10.1.255.255"));
+        assert_eq!(Ipv4Net::parse("1.2.3.4").unwrap().prefix, 32);
+        let all = Ipv4Net::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains(ip("255.255.255.255")));
+        assert!(all.covers(&n));
+        assert!(!n.covers(&all));
+        assert!(n.covers(&n));
+        assert!(n.covers(&Ipv4Net::parse("10.1.2.0/24").unwrap()));
+        assert!(!n.covers(&Ipv4Net::parse("10.0.0.0/8").unwrap()));
+        let e = Ipv4Net::parse("10.1.2.3/16").unwrap_err();
+        assert!(e.contains("did you mean 10.1.0.0/16?"), "{e}");
+        assert!(Ipv4Net::parse("10.0.0.0/33").is_err());
+        assert!(Ipv4Net::parse("10.0.0.0/").is_err());
+        assert!(Ipv4Net::parse("10.0.0/8").is_err());
+        assert!(Ipv4Net::parse("256.0.0.0/8").is_err());
+    }
+
+    #[test]
+    fn parses_addresses_and_ports() {
+        let r = rule(" 203.0.113.7 ");
+        assert_eq!(r.text, "203.0.113.7");
+        assert_eq!(r.target, Target::Net(net(203, 0, 113, 7, 32)));
+        assert_eq!(r.ports, None);
+        assert!(!r.sibling);
+        let r = rule("10.1.0.0/16:443");
+        assert_eq!(r.target, Target::Net(net(10, 1, 0, 0, 16)));
+        assert_eq!(r.ports, ports(443, 443));
+        assert_eq!(rule("0.0.0.0/0:8000-8999").ports, ports(8000, 8999));
+        assert_eq!(rule("1.2.3.4:1-65535").ports, ports(1, 65535));
+        assert_eq!(rule("1.2.3.4:22-22").ports, ports(22, 22));
+    }
+
+    #[test]
+    fn parses_names() {
+        assert_eq!(target("github.com"), Target::Domain("github.com".into()));
+        assert_eq!(target("GitHub.COM."), Target::Domain("github.com".into()));
+        assert_eq!(target("localhost"), Target::Domain("localhost".into()));
+        assert_eq!(
+            target("_dmarc.example.com"),
+            Target::Domain("_dmarc.example.com".into())
+        );
+        assert_eq!(
+            target("xn--bcher-kva.example"),
+            Target::Domain("xn--bcher-kva.example".into())
+        );
+        assert_eq!(
+            target("*.example.com"),
+            Target::Wildcard("example.com".into())
+        );
+        assert_eq!(
+            target("*.Example.com."),
+            Target::Wildcard("example.com".into())
+        );
+        assert_eq!(
+            target("*.example.co.uk"),
+            Target::Wildcard("example.co.uk".into())
+        );
+        assert_eq!(target("*.github.io"), Target::Wildcard("github.io".into()));
+        assert_eq!(
+            target("*.amazonaws.com"),
+            Target::Wildcard("amazonaws.com".into())
+        );
+        let r = rule("api.github.com:443");
+        assert_eq!(r.target, Target::Domain("api.github.com".into()));
+        assert_eq!(r.ports, ports(443, 443));
+        assert_eq!(rule("*.example.com.:80-81").ports, ports(80, 81));
+        let long = format!("{}.com", "a".repeat(63));
+        assert_eq!(target(&long), Target::Domain(long.clone()));
+        let name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(name.len(), 253);
+        assert_eq!(target(&name), Target::Domain(name.clone()));
+    }
+
+    #[test]
+    fn parses_workspaces() {
+        assert_eq!(target("workspace:db"), Target::Workspace("db".into()));
+        let r = rule("workspace:api-2:8080");
+        assert_eq!(r.target, Target::Workspace("api-2".into()));
+        assert_eq!(r.ports, ports(8080, 8080));
+        bad("workspace:", "empty");
+        bad("workspace:Db", "workspace:NAME");
+        bad("workspace:2db", "does not start with a letter");
+        bad("workspace:db-", "ends with '-'");
+        bad("workspace:db_1", "contains");
+        bad("workspace:db:0", "not a port");
+    }
+
+    #[test]
+    fn refuses_bad_addresses() {
+        bad("", "empty");
+        bad("   ", "empty");
+        bad("10.1.2.3/16", "did you mean 10.1.0.0/16?");
+        bad("10.1.2.3/16:443", "did you mean 10.1.0.0/16?");
+        bad("10.0.0.0/33", "0 to 32");
+        bad("10.0.0.0/", "prefix length");
+        bad("10.0.0.0/8/8", "prefix length");
+        bad("10.0.0.0/-1", "prefix length");
+        bad("256.1.1.1", "not an IPv4 address");
+        bad("1.2.3", "not an IPv4 address");
+        bad("1.2.3.4.5", "not an IPv4 address");
+        bad("01.2.3.4", "not an IPv4 address");
+        bad("example.com/24", "CIDR");
+        bad("::1", "IPv6 is not supported yet");
+        bad("fe80::/10", "IPv6 is not supported yet");
+        bad("2001:db8::1", "IPv6 is not supported yet");
+        bad("[2001:db8::1]:443", "IPv6 is not supported yet");
+        bad("::ffff:10.0.0.1", "IPv6 is not supported yet");
+        bad(":443", "address is empty");
+    }
+
+    #[test]
+    fn refuses_bad_ports() {
+        bad("1.2.3.4:", "not a port");
+        bad("1.2.3.4:0", "1 to 65535");
+        bad("1.2.3.4:65536", "not a port");
+        bad("1.2.3.4:99999999999", "not a port");
+        bad("1.2.3.4:http", "not a port");
+        bad("1.2.3.4:+443", "not a port");
+        bad("1.2.3.4: 443", "not a port");
+        bad("1.2.3.4:9000-8000", "did you mean 8000-9000?");
+        bad("1.2.3.4:80-", "not a port");
+        bad("1.2.3.4:-80", "not a port");
+        bad("1.2.3.4:1-2-3", "not a port");
+        bad("example.com:0-10", "not a port");
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        bad("*", "allow-all");
+        bad("*.", "allow-all");
+        bad("*:443", "allow-all");
+        bad("*.com", "public suffix `com`");
+        bad("*.COM.", "public suffix `com`");
+        bad("*.co.uk", "public suffix `co.uk`");
+        bad("*.com.au", "public suffix `com.au`");
+        bad("*.ac.jp", "public suffix");
+        bad("*.co.uk", "*.example.co.uk");
+        bad("*.*.example.com", "more than one");
+        bad("a.*.com", "may only start");
+        bad("*foo.com", "may only start");
+        bad("foo*.com", "may only start");
+        bad("**.example.com", "may only start");
+        bad("a..b", "empty label");
+        bad(".example.com", "empty label");
+        bad("example.com..", "empty label");
+        bad("-a.example.com", "hyphen");
+        bad("a-.example.com", "hyphen");
+        bad("_.example.com", "only `_`");
+        bad("a_b.example.com", "contains '_'");
+        bad("exa mple.com", "contains ' '");
+        bad("exämple.com", "xn--");
+        bad("ex!ample.com", "contains '!'");
+        bad(&format!("{}.com", "a".repeat(64)), "at most 63");
+        let name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62),
+        ]
+        .join(".");
+        bad(&name, "at most 253");
+    }
+
+    #[test]
+    fn public_suffixes() {
+        for s in [
+            "com",
+            "io",
+            "uk",
+            "co.uk",
+            "com.au",
+            "gov.br",
+            "ac.jp",
+            "police.uk",
+        ] {
+            assert!(is_public_suffix(s), "{s}");
+        }
+        for s in [
+            "example.com",
+            "github.io",
+            "co.com",
+            "co.example",
+            "example.co.uk",
+        ] {
+            assert!(!is_public_suffix(s), "{s}");
+        }
+    }
+
+    #[test]
+    fn opens_protected() {
+        for s in [
+            "10.0.0.0/8",
+            "10.1.2.3",
+            "10.1.0.0/16:5432",
+            "169.254.169.254",
+            "169.254.0.0/16",
+            "127.0.0.1:8080",
+            "192.168.1.0/24",
+            "224.0.0.251",
+            "0.0.0.0/8",
+            "workspace:db",
+        ] {
+            assert!(rule(s).opens_protected(), "{s}");
+        }
+        for s in [
+            "0.0.0.0/0",
+            "0.0.0.0/0:443",
+            "8.0.0.0/5",
+            "172.0.0.0/8",
+            "203.0.113.7",
+            "example.com",
+            "*.example.com",
+        ] {
+            assert!(!rule(s).opens_protected(), "{s}");
+        }
+        let mut sibling = rule("198.51.100.3");
+        assert!(!sibling.opens_protected());
+        sibling.sibling = true;
+        assert!(sibling.opens_protected());
+    }
+
+    #[test]
+    fn check_gives_rules_and_limits() {
+        let p = NetworkPolicy {
+            egress: Allowlist,
+            allow: vec!["GitHub.com:443".into(), "10.1.0.0/16".into()],
+            deny: vec!["10.1.2.0/24".into()],
+            egress_mbit: Some(100),
+            ingress_mbit: None,
+            max_connections: Some(512),
+        };
+        let (c, limits) = p.check().unwrap();
+        assert_eq!(c.mode, Allowlist);
+        assert_eq!(c.allow, vec![rule("GitHub.com:443"), rule("10.1.0.0/16")]);
+        assert_eq!(c.deny, vec![rule("10.1.2.0/24")]);
+        assert_eq!(
+            limits,
+            NetLimits {
+                egress_mbit: Some(100),
+                ingress_mbit: None,
+                max_connections: Some(512)
+            }
+        );
+        let (c, limits) = NetworkPolicy::default().check().unwrap();
+        assert_eq!(c.mode, AllowAll);
+        assert_eq!(limits, NetLimits::default());
+        assert!(checked(DenyAll, &[], &[]).allow.is_empty());
+        // A policy from JSON.
+        let p: NetworkPolicy = serde_json::from_str(
+            r#"{"egress":"allowlist","allow":["*.example.com:443"],"max_connections":10}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p.check().unwrap().0.allow[0].target,
+            Target::Wildcard("example.com".into())
+        );
+        assert!(serde_json::from_str::<NetworkPolicy>(r#"{"egress":"open"}"#).is_err());
+        assert!(serde_json::from_str::<NetworkPolicy>(r#"{"alow":[]}"#).is_err());
+    }
+
+    #[test]
+    fn check_refuses_bad_rules_naming_them() {
+        refused(
+            policy(Allowlist, &["github.com", "*.com"], &[]),
+            "*.com",
+            "public suffix",
+        );
+        refused(
+            policy(Allowlist, &[], &["10.0.0.1/8"]),
+            "10.0.0.1/8",
+            "did you mean 10.0.0.0/8?",
+        );
+    }
+
+    #[test]
+    fn check_refuses_zero_limits() {
+        for field in ["egress_mbit", "ingress_mbit", "max_connections"] {
+            let mut p = NetworkPolicy::default();
+            match field {
+                "egress_mbit" => p.egress_mbit = Some(0),
+                "ingress_mbit" => p.ingress_mbit = Some(0),
+                _ => p.max_connections = Some(0),
+            }
+            refused(p, field, "greater than 0");
+        }
+    }
+
+    #[test]
+    fn check_refuses_rules_under_deny_all() {
+        refused(
+            policy(DenyAll, &["github.com"], &[]),
+            "github.com",
+            "deny-all takes no rules",
+        );
+        refused(
+            policy(DenyAll, &[], &["1.2.3.4"]),
+            "1.2.3.4",
+            "deny-all takes no rules",
+        );
+        refused(
+            policy(DenyAll, &["a.example", "b.example"], &["c.example"]),
+            "a.example",
+            "allowlist",
+        );
+    }
+
+    #[test]
+    fn check_refuses_duplicates() {
+        refused(
+            policy(Allowlist, &["github.com", "GitHub.com."], &[]),
+            "GitHub.com.",
+            "listed twice",
+        );
+        refused(
+            policy(Allowlist, &["github.com"], &["github.com"]),
+            "github.com",
+            "both allowed and denied",
+        );
+        refused(
+            policy(AllowAll, &[], &["1.2.3.4", "1.2.3.4/32"]),
+            "1.2.3.4/32",
+            "listed twice",
+        );
+        refused(
+            policy(Allowlist, &["1.2.3.4:443"], &["1.2.3.4/32:443"]),
+            "1.2.3.4:443",
+            "both allowed and denied",
+        );
+        refused(
+            policy(Allowlist, &["workspace:db", "workspace:db"], &[]),
+            "workspace:db",
+            "listed twice",
+        );
+        // Same target, other ports: not a duplicate.
+        checked(
+            Allowlist,
+            &["github.com:443", "github.com:22"],
+            &["github.com:80"],
+        );
+    }
+
+    #[test]
+    fn check_refuses_allows_covered_by_denies() {
+        refused(
+            policy(Allowlist, &["10.1.0.0/16"], &["10.0.0.0/8"]),
+            "10.1.0.0/16",
+            "conflict: `10.1.0.0/16` is inside deny `10.0.0.0/8`",
+        );
+        refused(
+            policy(Allowlist, &["10.1.0.0/16:443"], &["10.0.0.0/8"]),
+            "10.1.0.0/16:443",
+            "deny `10.0.0.0/8`",
+        );
+        refused(
+            policy(Allowlist, &["10.1.0.0/16:443"], &["10.0.0.0/8:1-1000"]),
+            "10.1.0.0/16:443",
+            "conflict",
+        );
+        refused(
+            policy(Allowlist, &["api.example.com"], &["*.example.com"]),
+            "api.example.com",
+            "matched by deny `*.example.com`",
+        );
+        refused(
+            policy(Allowlist, &["*.api.example.com"], &["*.example.com"]),
+            "*.api.example.com",
+            "conflict",
+        );
+        refused(
+            policy(Allowlist, &["*.example.com:443"], &["*.example.com"]),
+            "*.example.com:443",
+            "conflict",
+        );
+        refused(
+            policy(Allowlist, &["example.com:443"], &["example.com"]),
+            "example.com:443",
+            "conflict",
+        );
+        refused(
+            policy(Allowlist, &["workspace:db:5432"], &["workspace:db"]),
+            "workspace:db:5432",
+            "conflict",
+        );
+        // Partly covered: fine.
+        checked(Allowlist, &["10.0.0.0/8"], &["10.1.0.0/16"]);
+        checked(Allowlist, &["10.1.0.0/16"], &["10.0.0.0/8:22"]);
+        checked(Allowlist, &["10.1.0.0/16:20-30"], &["10.0.0.0/8:22"]);
+        checked(Allowlist, &["*.example.com"], &["api.example.com"]);
+        checked(Allowlist, &["example.com"], &["*.example.com"]);
+        checked(Allowlist, &["*.example.com"], &["*.api.example.com"]);
+        checked(Allowlist, &["example.com"], &["example.com:22"]);
+    }
+
+    #[test]
+    fn check_refuses_allows_without_effect_under_allow_all() {
+        for r in [
+            "0.0.0.0/0:443",
+            "203.0.113.7",
+            "github.com",
+            "*.example.com",
+            "172.0.0.0/8",
+        ] {
+            refused(policy(AllowAll, &[r], &[]), r, "use `egress: allowlist`");
+        }
+        let c = checked(
+            AllowAll,
+            &["10.0.0.0/8", "169.254.169.254", "workspace:db"],
+            &["workspace:x"],
+        );
+        assert_eq!(c.allow.len(), 3);
+        checked(
+            AllowAll,
+            &[],
+            &["github.com", "*.example.com", "10.0.0.0/8", "0.0.0.0/0:25"],
+        );
+    }
+
+    #[test]
+    fn addr_verdicts_allow_all() {
+        let c = checked(AllowAll, &[], &["203.0.113.0/24:25", "198.51.100.7"]);
+        assert_eq!(
+            c.addr_verdict(ip("1.1.1.1"), Some(443)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(c.addr_verdict(ip("1.1.1.1"), None), AddrVerdict::Allowed);
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.9"), Some(443)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.9"), Some(25)),
+            denied("203.0.113.0/24:25")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.9"), None),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(
+            c.addr_verdict(ip("198.51.100.7"), None),
+            denied("198.51.100.7")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.0.0.1"), Some(443)),
+            denied("protected:private")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("169.254.169.254"), Some(80)),
+            denied("protected:metadata")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("127.0.0.1"), Some(22)),
+            denied("protected:loopback")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("255.255.255.255"), None),
+            denied("protected:broadcast")
+        );
+    }
+
+    #[test]
+    fn protected_ranges_open_only_from_inside() {
+        let c = checked(Allowlist, &["0.0.0.0/0:443"], &[]);
+        assert_eq!(
+            c.addr_verdict(ip("1.1.1.1"), Some(443)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(c.addr_verdict(ip("1.1.1.1"), Some(80)), denied("default"));
+        assert_eq!(
+            c.addr_verdict(ip("10.0.0.1"), Some(443)),
+            denied("protected:private")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("169.254.169.254"), Some(443)),
+            denied("protected:metadata")
+        );
+
+        let c = checked(AllowAll, &["10.0.0.0/8"], &[]);
+        assert_eq!(
+            c.addr_verdict(ip("10.1.2.3"), Some(5432)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(c.addr_verdict(ip("10.1.2.3"), None), AddrVerdict::Allowed);
+        assert_eq!(
+            c.addr_verdict(ip("192.168.0.1"), None),
+            denied("protected:private")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("169.254.169.254"), None),
+            denied("protected:metadata")
+        );
+
+        let c = checked(AllowAll, &["169.254.169.254"], &[]);
+        assert_eq!(
+            c.addr_verdict(ip("169.254.169.254"), Some(80)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(
+            c.addr_verdict(ip("169.254.169.253"), Some(80)),
+            denied("protected:link-local")
+        );
+
+        let c = checked(Allowlist, &["10.1.0.0/16:5432"], &[]);
+        assert_eq!(
+            c.addr_verdict(ip("10.1.9.9"), Some(5432)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.1.9.9"), Some(5433)),
+            denied("protected:private")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.1.9.9"), None),
+            denied("protected:private")
+        );
+
+        // A resolved sibling opens its address; an unresolved workspace rule matches nothing.
+        let mut c = checked(AllowAll, &["workspace:db"], &[]);
+        assert_eq!(
+            c.addr_verdict(ip("10.213.0.9"), Some(5432)),
+            denied("protected:private")
+        );
+        c.allow[0].target = Target::Net(net(10, 213, 0, 9, 32));
+        c.allow[0].sibling = true;
+        assert_eq!(
+            c.addr_verdict(ip("10.213.0.9"), Some(5432)),
+            AddrVerdict::Allowed
+        );
+    }
+
+    #[test]
+    fn addr_verdicts_allowlist_and_deny_all() {
+        let c = checked(
+            Allowlist,
+            &["203.0.113.0/24:8000-8999", "198.51.100.7", "github.com:443"],
+            &["203.0.113.66"],
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.5"), Some(8000)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.5"), Some(8999)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.5"), Some(9000)),
+            denied("default")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.5"), Some(443)),
+            AddrVerdict::IfResolvedFor
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.66"), Some(8080)),
+            denied("203.0.113.66")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.66"), Some(443)),
+            denied("203.0.113.66")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("198.51.100.7"), None),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(c.addr_verdict(ip("1.1.1.1"), None), denied("default"));
+        assert_eq!(
+            c.addr_verdict(ip("1.1.1.1"), Some(443)),
+            AddrVerdict::IfResolvedFor
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.0.0.1"), Some(443)),
+            denied("protected:private")
+        );
+        let c = checked(Allowlist, &["github.com"], &[]);
+        assert_eq!(
+            c.addr_verdict(ip("1.1.1.1"), None),
+            AddrVerdict::IfResolvedFor
+        );
+        let c = checked(Allowlist, &[], &[]);
+        assert_eq!(c.addr_verdict(ip("1.1.1.1"), Some(443)), denied("default"));
+        let c = checked(DenyAll, &[], &[]);
+        assert_eq!(c.addr_verdict(ip("1.1.1.1"), Some(443)), denied("default"));
+        assert_eq!(
+            c.addr_verdict(ip("10.0.0.1"), None),
+            denied("protected:private")
+        );
+    }
+
+    #[test]
+    fn deny_beats_allow() {
+        let c = checked(
+            AllowAll,
+            &["10.0.0.0/8"],
+            &["10.9.0.0/16", "10.1.0.0/16:22"],
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.9.1.1"), Some(443)),
+            denied("10.9.0.0/16")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.1.1.1"), Some(22)),
+            denied("10.1.0.0/16:22")
+        );
+        assert_eq!(
+            c.addr_verdict(ip("10.1.1.1"), Some(23)),
+            AddrVerdict::Allowed
+        );
+        assert_eq!(c.addr_verdict(ip("10.1.1.1"), None), AddrVerdict::Allowed);
+        let c = checked(
+            Allowlist,
+            &["*.example.com", "0.0.0.0/0:443"],
+            &["bad.example.com", "203.0.113.0/24"],
+        );
+        assert_eq!(
+            c.addr_verdict(ip("203.0.113.1"), Some(443)),
+            denied("203.0.113.0/24")
+        );
+        assert_eq!(
+            c.name_verdict("bad.example.com"),
+            NameVerdict::Denied {
+                rule: Some("bad.example.com".into())
+            }
+        );
+    }
+
+    fn any() -> NameVerdict {
+        NameVerdict::Allowed {
+            any_port: true,
+            ports: vec![],
+        }
+    }
+
+    fn only(list: &[(u16, u16)]) -> NameVerdict {
+        NameVerdict::Allowed {
+            any_port: false,
+            ports: list.iter().map(|&(lo, hi)| PortRange { lo, hi }).collect(),
+        }
+    }
+
+    fn name_denied(rule: Option<&str>) -> NameVerdict {
+        NameVerdict::Denied {
+            rule: rule.map(String::from),
+        }
+    }
+
+    #[test]
+    fn name_verdicts_by_mode() {
+        let c = checked(AllowAll, &[], &["*.tracker.example", "evil.example"]);
+        assert_eq!(c.name_verdict("github.com"), any());
+        assert_eq!(
+            c.name_verdict("evil.example"),
+            name_denied(Some("evil.example"))
+        );
+        assert_eq!(
+            c.name_verdict("EVIL.example."),
+            name_denied(Some("evil.example"))
+        );
+        assert_eq!(c.name_verdict("a.evil.example"), any());
+        assert_eq!(
+            c.name_verdict("x.y.tracker.example"),
+            name_denied(Some("*.tracker.example"))
+        );
+        assert_eq!(c.name_verdict("tracker.example"), any());
+        let c = checked(DenyAll, &[], &[]);
+        assert_eq!(c.name_verdict("github.com"), name_denied(None));
+        let c = checked(Allowlist, &["github.com", "10.0.0.0/8"], &[]);
+        assert_eq!(c.name_verdict("github.com"), any());
+        assert_eq!(c.name_verdict("api.github.com"), name_denied(None));
+        assert_eq!(c.name_verdict("gitlab.com"), name_denied(None));
+        assert_eq!(c.name_verdict("10.0.0.1"), name_denied(None));
+    }
+
+    #[test]
+    fn wildcards_match_any_depth_below_but_not_the_base() {
+        let c = checked(Allowlist, &["*.example.com"], &[]);
+        assert_eq!(c.name_verdict("a.example.com"), any());
+        assert_eq!(c.name_verdict("a.b.c.example.com"), any());
+        assert_eq!(c.name_verdict("example.com"), name_denied(None));
+        assert_eq!(c.name_verdict("badexample.com"), name_denied(None));
+        assert_eq!(c.name_verdict("example.com.evil.net"), name_denied(None));
+        assert_eq!(c.name_verdict(".example.com"), name_denied(None));
+    }
+
+    #[test]
+    fn name_ports_are_the_union_of_matching_rules() {
+        let c = checked(
+            Allowlist,
+            &[
+                "*.example.com:443",
+                "api.example.com:8000-8999",
+                "api.example.com:80",
+                "git.example.com:22",
+                "*.example.com:444",
+            ],
+            &[],
+        );
+        assert_eq!(
+            c.name_verdict("api.example.com"),
+            only(&[(80, 80), (443, 444), (8000, 8999)])
+        );
+        assert_eq!(c.name_verdict("www.example.com"), only(&[(443, 444)]));
+        let c = checked(Allowlist, &["*.example.com:443", "api.example.com"], &[]);
+        assert_eq!(c.name_verdict("api.example.com"), any());
+        // A deny rule with ports takes its ports away.
+        let c = checked(
+            Allowlist,
+            &["*.example.com:80-90"],
+            &["*.internal.example.com:85"],
+        );
+        assert_eq!(
+            c.name_verdict("a.internal.example.com"),
+            only(&[(80, 84), (86, 90)])
+        );
+        let c = checked(AllowAll, &[], &["example.com:25"]);
+        assert_eq!(c.name_verdict("example.com"), only(&[(1, 24), (26, 65535)]));
+        let c = checked(Allowlist, &["*.example.com:443"], &["a.example.com:1-1000"]);
+        assert_eq!(
+            c.name_verdict("a.example.com"),
+            name_denied(Some("a.example.com:1-1000"))
+        );
+    }
+
+    #[test]
+    fn domain_rules() {
+        assert!(!checked(AllowAll, &["10.0.0.0/8"], &["1.2.3.4"]).has_domain_rules());
+        assert!(checked(AllowAll, &[], &["example.com"]).has_domain_rules());
+        let c = checked(
+            Allowlist,
+            &["*.example.com", "1.2.3.4"],
+            &["bad.example.com"],
+        );
+        assert!(c.has_domain_rules());
+        let texts: Vec<&str> = c.domain_rules().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts, ["*.example.com", "bad.example.com"]);
+        assert!(!checked(DenyAll, &[], &[]).has_domain_rules());
+    }
+
+    #[test]
+    fn limits_min() {
+        let a = NetLimits {
+            egress_mbit: Some(10),
+            ingress_mbit: None,
+            max_connections: Some(100),
+        };
+        let b = NetLimits {
+            egress_mbit: Some(20),
+            ingress_mbit: Some(5),
+            max_connections: None,
+        };
+        let m = NetLimits {
+            egress_mbit: Some(10),
+            ingress_mbit: Some(5),
+            max_connections: Some(100),
+        };
+        assert_eq!(a.min(b), m);
+        assert_eq!(b.min(a), m);
+        assert_eq!(a.min(NetLimits::default()), a);
+        assert_eq!(
+            NetLimits::default().min(NetLimits::default()),
+            NetLimits::default()
+        );
+    }
+
+    #[test]
+    fn checked_round_trips_through_json() {
+        let c = checked(
+            Allowlist,
+            &["*.example.com:443", "10.0.0.0/8"],
+            &["workspace:x"],
+        );
+        let back: Checked = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    /// xorshift64*: a small deterministic generator (no randomness crate needed).
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+            &items[self.below(items.len() as u64) as usize]
+        }
+    }
+
+    #[test]
+    fn parse_never_panics_on_random_text() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let alphabet: Vec<char> = "0123456789./:-*_abcxyzABC[]  workspace:é\u{0}\n-65535"
+            .chars()
+            .collect();
+        for _ in 0..50_000 {
+            let len = rng.below(24) as usize;
+            let text: String = (0..len).map(|_| *rng.pick(&alphabet)).collect();
+            match Rule::parse(&text) {
+                Ok(r) => {
+                    // What parses parses again the same way, from its own text.
+                    assert_eq!(Rule::parse(&r.text).as_ref(), Ok(&r), "{text:?}");
+                }
+                Err(e) => {
+                    assert_eq!(e.rule, text.trim());
+                    assert!(!e.message.contains('\n') || text.contains('\n'), "{e:?}");
+                }
+            }
+        }
+    }
+
+    fn random_net(rng: &mut Rng) -> Ipv4Net {
+        // Addresses mostly near the protected ranges' edges and the documentation ranges.
+        let bases = [
+            "0.0.0.0",
+            "10.0.0.0",
+            "10.1.0.0",
+            "100.64.0.0",
+            "127.0.0.0",
+            "169.254.169.254",
+            "169.254.0.0",
+            "172.16.0.0",
+            "172.31.0.0",
+            "192.0.0.0",
+            "192.168.1.0",
+            "203.0.113.0",
+            "198.51.100.0",
+            "224.0.0.0",
+            "240.0.0.0",
+            "255.255.255.255",
+            "8.8.8.8",
+            "1.1.1.1",
+        ];
+        let base = *rng.pick::<&str>(&bases);
+        let base = u32::from(ip(base)) ^ (rng.below(4) as u32 * rng.below(1 << 20) as u32);
+        let prefix = *rng.pick(&[0u8, 1, 4, 5, 8, 10, 12, 15, 16, 20, 24, 28, 31, 32, 32, 32]);
+        Ipv4Net {
+            addr: Ipv4Addr::from(base & mask(prefix)),
+            prefix,
+        }
+    }
+
+    fn random_rule(rng: &mut Rng) -> String {
+        let ports = match rng.below(4) {
+            0 => format!(":{}", rng.pick(&[22u16, 53, 80, 443, 5432, 8080])),
+            1 => {
+                let lo = rng.below(1000) as u16 + 1;
+                format!(":{lo}-{}", lo + rng.below(9000) as u16)
+            }
+            _ => String::new(),
+        };
+        let address = match rng.below(8) {
+            0 => rng
+                .pick(&[
+                    "example.com",
+                    "api.example.com",
+                    "*.example.com",
+                    "*.a.example.com",
+                ])
+                .to_string(),
+            1 => format!("workspace:{}", rng.pick(&["db", "web"])),
+            _ => random_net(rng).to_string(),
+        };
+        format!("{address}{ports}")
+    }
+
+    fn random_addr(rng: &mut Rng) -> Ipv4Addr {
+        let n = random_net(rng);
+        let span = if n.prefix == 0 {
+            u32::MAX
+        } else {
+            !mask(n.prefix)
+        };
+        Ipv4Addr::from(u32::from(n.addr) | (rng.next() as u32 & span))
+    }
+
+    /// Over random policies and destinations: a protected address is allowed only through an allow
+    /// rule inside its range (or a sibling), and never when a deny rule names it.
+    #[test]
+    fn property_protected_and_denied_addresses_stay_closed() {
+        let mut rng = Rng(0x0DDB_1A5E_5BAD_5EED);
+        let mut checked_policies = 0;
+        let mut allowed_protected = 0;
+        for _ in 0..4000 {
+            let mode = *rng.pick(&[AllowAll, Allowlist, Allowlist, DenyAll]);
+            let allow: Vec<String> = (0..rng.below(4)).map(|_| random_rule(&mut rng)).collect();
+            let deny: Vec<String> = (0..rng.below(3)).map(|_| random_rule(&mut rng)).collect();
+            let p = NetworkPolicy {
+                egress: mode,
+                allow,
+                deny,
+                ..NetworkPolicy::default()
+            };
+            let Ok((c, _)) = p.check() else { continue };
+            checked_policies += 1;
+            for _ in 0..50 {
+                let addr = random_addr(&mut rng);
+                let port = match rng.below(3) {
+                    0 => None,
+                    1 => Some(*rng.pick(&[22u16, 53, 80, 443, 5432, 8080])),
+                    _ => Some(rng.below(65535) as u16 + 1),
+                };
+                let verdict = c.addr_verdict(addr, port);
+                let open = verdict != denied_any(&verdict);
+                if c.deny.iter().any(|r| r.matches_addr(addr, port)) {
+                    assert!(!open, "{p:?} {addr} {port:?}: {verdict:?}");
+                }
+                if let Some((range, name)) = protected_range(addr) {
+                    if open {
+                        allowed_protected += 1;
+                        assert_eq!(verdict, AddrVerdict::Allowed, "{p:?} {addr}");
+                        let inside = c.allow.iter().any(|r| {
+                            r.matches_addr(addr, port)
+                                && matches!(&r.target, Target::Net(n) if PROTECTED.iter().any(|(outer, _)| outer.contains(addr) && outer.covers(n)))
+                        });
+                        assert!(inside, "{p:?} opened {addr} ({name} {range}) {port:?}");
+                    } else if verdict == denied(&format!("protected:{name}")) {
+                        assert!(!c
+                            .allow
+                            .iter()
+                            .any(|r| r.matches_addr(addr, port) && r.opens_protected()));
+                    }
+                }
+                if c.mode == DenyAll {
+                    assert!(!open, "{p:?}");
+                }
+            }
+        }
+        assert!(checked_policies > 500, "{checked_policies}");
+        assert!(allowed_protected > 50, "{allowed_protected}");
+    }
+
+    /// `verdict` if it is a denial, else a denial that cannot equal it.
+    fn denied_any(verdict: &AddrVerdict) -> AddrVerdict {
+        match verdict {
+            AddrVerdict::Denied { .. } => verdict.clone(),
+            _ => denied("\u{0}"),
         }
     }
 }
