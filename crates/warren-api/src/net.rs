@@ -15,8 +15,35 @@
 //! - `workspace:NAME`, another workspace of the same owner (the server turns it into that
 //!   workspace's address);
 //!
-//! and PORTS is a port (`443`) or a range (`8000-8999`). Without PORTS a rule covers every port and
-//! protocol; with PORTS it covers TCP and UDP to those ports.
+//! and PORTS is a port (`443`) or a range (`8000-8999`) of ports 1 to 65535. Without PORTS a rule
+//! covers every port and protocol; with PORTS it covers TCP and UDP to those ports.
+//!
+//! Parsing trims the rule, lower-cases names and drops one trailing dot (`GitHub.com.` is
+//! `github.com`). Names follow the LDH rules (labels of 1 to 63 letters, digits and hyphens, not
+//! starting or ending with a hyphen, `_` allowed first as in `_dmarc`; 253 characters in all);
+//! single-label names (`localhost`) are fine. Refused, each with a one-line hint: host bits set in a
+//! CIDR (`10.1.2.3/16`: "did you mean 10.1.0.0/16?"), prefixes over 32, port 0, ranges that end
+//! before they start, `*` anywhere but a leading `*.`, a bare `*`, a wildcard over a public suffix
+//! (`*.com`, `*.co.uk`: see `is_public_suffix`, a conservative built-in approximation of the Public
+//! Suffix List), and IPv6 (not supported yet).
+//!
+//! `NetworkPolicy::check` also refuses: rules under `deny-all`; a rule listed twice (same target and
+//! ports, in one list or in both); an allow rule wholly covered by a deny rule (a deny beats an
+//! allow, so it could never apply); under `allow-all`, an allow rule that opens no protected range
+//! (it would change nothing); limits of 0.
+//!
+//! The decision for an address and port, per stage (`Checked::addr_verdict`): a matching deny rule
+//! denies; else a matching allow rule that opens a protected range (`Rule::opens_protected`: its
+//! network lies inside one of `PROTECTED`, or it is a resolved sibling workspace) allows; else a
+//! protected address is denied; else `allow-all` allows; else a matching allow address rule allows;
+//! else, under `allowlist` with an allow domain rule for that port, the address is allowed only if
+//! such a name resolved to it (`AddrVerdict::IfResolvedFor`, the resolver's knowledge); else denied.
+//! So `0.0.0.0/0:443` does not open `10.0.0.1:443`, while `10.0.0.0/8` opens `10.1.2.3`.
+//!
+//! The decision for a name (`Checked::name_verdict`): `deny-all` denies; a matching deny domain rule
+//! without ports denies, one with ports takes those ports away; `allow-all` allows every port;
+//! `allowlist` allows the union of the ports of the matching allow domain rules (every port if one
+//! has no ports) and denies names no allow rule matches.
 
 use std::net::Ipv4Addr;
 
