@@ -1947,7 +1947,7 @@ mod tests {
                         assert_eq!(verdict, AddrVerdict::Allowed, "{p:?} {addr}");
                         let inside = c.allow.iter().any(|r| {
                             r.matches_addr(addr, port)
-                                && matches!(&r.target, Target::Net(n) if PROTECTED.iter().any(|(outer, _)| outer.contains(addr) && outer.covers(n)))
+                                && matches!(&r.target, Target::Net(n) if inside_protected(addr, n))
                         });
                         assert!(inside, "{p:?} opened {addr} ({name} {range}) {port:?}");
                     } else if verdict == denied(&format!("protected:{name}")) {
@@ -1964,6 +1964,13 @@ mod tests {
         }
         assert!(checked_policies > 500, "{checked_policies}");
         assert!(allowed_protected > 50, "{allowed_protected}");
+    }
+
+    /// Whether `n` lies inside a protected range that holds `addr`.
+    fn inside_protected(addr: Ipv4Addr, n: &Ipv4Net) -> bool {
+        PROTECTED
+            .iter()
+            .any(|(outer, _)| outer.contains(addr) && outer.covers(n))
     }
 
     /// `verdict` if it is a denial, else a denial that cannot equal it.
