@@ -542,8 +542,19 @@ impl Rule {
             Some(p) if p.eq_ignore_ascii_case("workspace:") => ("workspace:", &trimmed[10..]),
             _ => ("", trimmed),
         };
-        if rest.starts_with('[') || rest.matches(':').count() > 1 {
-            return Err(err(ipv6_problem()));
+        if rest.matches(':').count() > 1 || rest.starts_with('[') {
+            let ipv6 = prefix.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":./[]-".contains(&b));
+            return Err(err(if ipv6 {
+                ipv6_problem()
+            } else {
+                (
+                    "the rule has more than one `:`".to_string(),
+                    Some("write ADDRESS[:PORTS], e.g. github.com:443".to_string()),
+                )
+            }));
         }
         let (address, ports) = match rest.split_once(':') {
             Some((a, p)) => (a, Some(parse_ports(p).map_err(err)?)),
@@ -1139,6 +1150,8 @@ mod tests {
         bad("[2001:db8::1]:443", "IPv6 is not supported yet");
         bad("::ffff:10.0.0.1", "IPv6 is not supported yet");
         bad(":443", "address is empty");
+        bad("example.com:443:80", "more than one `:`");
+        bad("workspace:db:1:2", "more than one `:`");
     }
 
     #[test]
