@@ -13,7 +13,11 @@ const JOURNAL_CURSOR: &str = "network.denials.cursor";
 impl Engine {
     /// The plan in force for a workspace: the one recorded with it, or the engine's default.
     pub async fn egress_plan(&self, rec: &WorkspaceRecord) -> Result<EgressPlan, EngineError> {
-        let cols = self.store.network_columns(&rec.id).await?.unwrap_or_default();
+        let cols = self
+            .store
+            .network_columns(&rec.id)
+            .await?
+            .unwrap_or_default();
         match cols.plan.as_deref() {
             None | Some("") => Ok(self.cfg.default_egress.clone()),
             Some(json) => serde_json::from_str(json).map_err(|e| {
@@ -34,8 +38,7 @@ impl Engine {
         own: Option<String>,
         plan: &EgressPlan,
     ) -> Result<(), EngineError> {
-        let json =
-            serde_json::to_string(plan).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let json = serde_json::to_string(plan).map_err(|e| EngineError::Internal(e.to_string()))?;
         self.store
             .set_network_columns(
                 &rec.id,
@@ -103,7 +106,9 @@ impl Engine {
 }
 
 /// The plan of a workspace under one policy (a template's, or a server's default).
-pub fn plan_of(policy: &warren_api::net::NetworkPolicy) -> Result<EgressPlan, warren_api::net::RuleError> {
+pub fn plan_of(
+    policy: &warren_api::net::NetworkPolicy,
+) -> Result<EgressPlan, warren_api::net::RuleError> {
     let (stage, limits) = policy.check()?;
     Ok(EgressPlan {
         stages: vec![stage],

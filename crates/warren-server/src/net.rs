@@ -18,7 +18,12 @@ pub(crate) fn rule_error(e: RuleError) -> ApiError {
          `workspace:NAME`"
             .into()
     });
-    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, e.to_string()).hint(hint)
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+        e.to_string(),
+    )
+    .hint(hint)
 }
 
 /// The base policy of a workspace: its template's network policy, else the server's default;
@@ -44,7 +49,10 @@ pub(crate) async fn own_policy(
         .network_columns(&rec.id)
         .await?
         .unwrap_or_default();
-    Ok(cols.own.as_deref().and_then(|j| serde_json::from_str(j).ok()))
+    Ok(cols
+        .own
+        .as_deref()
+        .and_then(|j| serde_json::from_str(j).ok()))
 }
 
 /// Whose policy a plan is for: the owner whose workspaces `workspace:NAME` rules name, and the
@@ -143,13 +151,16 @@ async fn sibling_address(
 }
 
 /// [`refresh`] of the workspace with this id, for jobs (errors as the engine's).
-pub(crate) async fn refresh_id(state: &AppState, id: &str) -> Result<(), warren_engine::EngineError> {
+pub(crate) async fn refresh_id(
+    state: &AppState,
+    id: &str,
+) -> Result<(), warren_engine::EngineError> {
     let Some(rec) = state.store.get(id).await? else {
         return Ok(());
     };
-    refresh(state, &rec)
-        .await
-        .map_err(|e| warren_engine::EngineError::Internal(format!("network policy: {}", e.body.message)))
+    refresh(state, &rec).await.map_err(|e| {
+        warren_engine::EngineError::Internal(format!("network policy: {}", e.body.message))
+    })
 }
 
 /// After a workspace of `owner_id` went away: the plans of the owner's workspaces that name

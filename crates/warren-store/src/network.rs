@@ -126,7 +126,11 @@ mod tests {
             store.workspaces_naming_siblings("u1").await.unwrap(),
             vec![rec.id.clone()]
         );
-        assert!(store.workspaces_naming_siblings("u2").await.unwrap().is_empty());
+        assert!(store
+            .workspaces_naming_siblings("u2")
+            .await
+            .unwrap()
+            .is_empty());
 
         assert_eq!(store.kv_get("k").await.unwrap(), None);
         store.kv_set("k", "1").await.unwrap();

@@ -119,8 +119,10 @@ pub(crate) async fn net(c: &Client, cmd: NetCmd, json: bool) -> Result<u8> {
 
 fn mode_name(m: EgressMode) -> &'static str {
     match m {
-        EgressMode::AllowAll => "allow-all (public addresses; private, link-local and metadata \
-                                 ranges only where an allow rule opens them)",
+        EgressMode::AllowAll => {
+            "allow-all (public addresses; private, link-local and metadata \
+                                 ranges only where an allow rule opens them)"
+        }
         EgressMode::DenyAll => "deny-all",
         EgressMode::Allowlist => "allowlist",
     }
@@ -153,7 +155,9 @@ fn policy_lines(p: &NetworkPolicy, out: &mut String) {
 fn describe(s: &NetworkStatus) -> String {
     let mut out = format!(
         "Address: {}\n",
-        s.address.as_deref().unwrap_or("none yet (given at the first start)")
+        s.address
+            .as_deref()
+            .unwrap_or("none yet (given at the first start)")
     );
     let source = if s.base_source == "template" {
         "the template's"

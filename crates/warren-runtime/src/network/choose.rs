@@ -80,7 +80,10 @@ impl NetRequest {
             }
             let addr = part
                 .parse::<SocketAddr>()
-                .or_else(|_| part.parse::<Ipv4Addr>().map(|ip| SocketAddr::from((ip, 53))))
+                .or_else(|_| {
+                    part.parse::<Ipv4Addr>()
+                        .map(|ip| SocketAddr::from((ip, 53)))
+                })
                 .map_err(|_| {
                     format!("dns_upstream `{part}`: not IP or IP:PORT (e.g. 192.0.2.53:53)")
                 })?;
@@ -251,7 +254,9 @@ fn choose(root: &Path, req: &NetRequest) -> Result<NetConfig, String> {
                     prefix: AUTO_PREFIX,
                 })
                 .find(|n| !taken_net(n))
-                .ok_or("no free /20 left in 10.208.0.0/12 for Warren's network: set network_subnet")?
+                .ok_or(
+                    "no free /20 left in 10.208.0.0/12 for Warren's network: set network_subnet",
+                )?
         }
     };
     let taken_bridge = |b: &str| {
