@@ -44,18 +44,27 @@ async fn template(s: &TestServer, name: &str, network: Option<Value>) {
 
 /// Runs `sh -c script` in the workspace; returns (exit code, stdout + stderr).
 async fn sh(s: &TestServer, token: &str, ws: &str, script: &str) -> (i64, String) {
-    let (st, v) = s
-        .post(
-            token,
-            &format!("/api/v1/workspaces/{ws}/exec"),
-            json!({"command": ["sh", "-c", format!("{script} 2>&1")]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    (
-        v["exit_code"].as_i64().unwrap_or(-1),
-        v["stdout"].as_str().unwrap_or("").to_string() + v["stderr"].as_str().unwrap_or(""),
-    )
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/workspaces/{ws}/exec", s.url))
+        .bearer_auth(token)
+        .json(&json!({"command": ["sh", "-c", format!("{script} 2>&1")], "timeout": "60s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    let mut out = String::new();
+    let mut code = -1;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let e: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+        match e["type"].as_str() {
+            Some("stdout" | "stderr") => out.push_str(e["text"].as_str().unwrap_or("")),
+            Some("exit") => code = e["code"].as_i64().unwrap_or(-1),
+            _ => {}
+        }
+    }
+    (code, out)
 }
 
 /// An HTTP GET from inside the workspace with busybox `nc` (Host header `host`); the answer.
