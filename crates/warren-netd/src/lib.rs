@@ -9,6 +9,8 @@
 pub mod decide;
 pub mod dns;
 pub mod host;
+#[cfg(test)]
+mod it;
 pub mod journal;
 pub mod server;
 pub mod sniff;
