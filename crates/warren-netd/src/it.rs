@@ -397,15 +397,7 @@ async fn resolver_and_proxy_enforce_the_policy() {
     assert!(learned
         .iter()
         .any(|(id, stage, e)| id == "ws1" && *stage == 0 && e[0].0 == WEB));
-    assert_eq!(
-        control(root, "what\n")
-            .await
-            .lines()
-            .next()
-            .unwrap()
-            .starts_with("error:"),
-        true
-    );
+    assert!(control(root, "what\n").await.starts_with("error:"));
     // ...and once the policy no longer allows them, forgets them: the proxy refuses.
     write_root(root, upstream, &["*.other.test"]);
     assert_eq!(control(root, "reload\n").await, "ok\n");

@@ -166,6 +166,9 @@ fn host_addresses() -> Vec<Ipv4Addr> {
     out
 }
 
+/// A remembered name: workspace id, name, addresses with the time they have left.
+pub type Remembered = (String, String, Vec<(Ipv4Addr, Duration)>);
+
 /// Most (workspace, name) pairs remembered.
 const MAX_NAMES: usize = 100_000;
 /// Most addresses remembered per pair.
@@ -219,7 +222,7 @@ impl Memory {
     }
 
     /// Everything still remembered: (id, name, addresses with time left).
-    pub fn live(&mut self, now: Instant) -> Vec<(String, String, Vec<(Ipv4Addr, Duration)>)> {
+    pub fn live(&mut self, now: Instant) -> Vec<Remembered> {
         self.prune(now);
         self.map
             .iter()
