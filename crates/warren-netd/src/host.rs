@@ -39,11 +39,11 @@ impl Sets for NftSets {
         stage: usize,
         entries: &[Learned],
     ) -> anyhow::Result<()> {
-        // ADAPTER(lead): replace with
-        //     warren_runtime::network::learn(cfg, id, stage, entries)
-        // once runtime-net has it (signature per NET_DESIGN.md). Until then learning fails, so
-        // the resolver answers SERVFAIL for allowlisted names rather than addresses nftables
-        // would refuse.
+        // ADAPTER(lead): once runtime-net is merged (it has `network::learn` with this signature,
+        // returning `NetResult<()>` = `Result<(), String>`), the body is
+        //     warren_runtime::network::learn(cfg, id, stage, entries).map_err(anyhow::Error::msg)
+        // Until then learning fails, so the resolver answers SERVFAIL for names an allowlist stage
+        // allows rather than addresses nftables would refuse.
         let _ = (cfg, id, stage, entries);
         anyhow::bail!("nftables learning is not connected (warren_runtime::network::learn)")
     }
@@ -76,15 +76,23 @@ impl Plumbing for Kernel {
 /// Starts the NFLOG listener: every packet nftables logged (prefix `warren:<id> `) becomes a
 /// `connect` denial sent on `tx`. Returns without a listener when the runtime has none yet.
 pub fn spawn_nflog(cfg: &NetConfig, tx: tokio::sync::mpsc::Sender<Denial>) {
-    // ADAPTER(lead): once runtime-net has `warren_runtime::network::nflog::Listener`, run it on a
-    // thread here:
-    //     let mut l = nflog::Listener::open(cfg.log_group)?;
+    // ADAPTER(lead): once runtime-net is merged (`network::nflog::{Listener, Logged}`), this is
+    //     let mut l = match warren_runtime::network::nflog::Listener::bind(cfg.log_group) {
+    //         Ok(l) => l,
+    //         Err(e) => return eprintln!("warren netd: nflog group {}: {e}", cfg.log_group),
+    //     };
     //     std::thread::spawn(move || loop {
-    //         let p = l.next()?;                         // prefix, src, dst, protocol, dport
-    //         let Some(id) = crate::host::logged_workspace(&p.prefix) else { continue };
-    //         let _ = tx.blocking_send(Denial { kind: "connect".into(), workspace: id,
-    //             address: Some(p.dst), port: p.dport, protocol: Some(p.protocol),
-    //             name: None, why: "not allowed".into(), time: String::new(), count: 1 });
+    //         let packets = match l.recv(None) {
+    //             Ok(p) => p,
+    //             Err(e) => return eprintln!("warren netd: nflog: {e}"),
+    //         };
+    //         for p in packets {
+    //             let Some(id) = logged_workspace(&p.prefix) else { continue };
+    //             let d = connect_denial(id, p.daddr, p.dport, p.protocol_name());
+    //             if tx.blocking_send(d).is_err() {
+    //                 return;
+    //             }
+    //         }
     //     });
     let _ = (cfg, tx);
 }
@@ -97,6 +105,26 @@ pub fn logged_workspace(prefix: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     .then(|| id.to_string())
+}
+
+/// The journal record of a connection nftables refused.
+pub fn connect_denial(
+    workspace: String,
+    address: Ipv4Addr,
+    port: Option<u16>,
+    protocol: String,
+) -> Denial {
+    Denial {
+        time: String::new(),
+        workspace,
+        kind: "connect".into(),
+        address: Some(address),
+        port,
+        protocol: Some(protocol),
+        name: None,
+        why: "not allowed".into(),
+        count: 1,
+    }
 }
 
 #[cfg(test)]

@@ -268,7 +268,7 @@ async fn resolver_and_proxy_enforce_the_policy() {
     let proxy = TcpListener::bind((GATEWAY, 0)).await.unwrap();
     let proxy_addr = proxy.local_addr().unwrap();
     let control_l = tokio::net::UnixListener::bind(root.join(".net/netd.sock")).unwrap();
-    let (_tx, rx) = tokio::sync::mpsc::channel(8);
+    let (nflog, rx) = tokio::sync::mpsc::channel(8);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         netd,
@@ -405,6 +405,46 @@ async fn resolver_and_proxy_enforce_the_policy() {
     let back = through_proxy(proxy_addr, &[req]).await;
     assert!(back.starts_with(b"HTTP/1.1 403"));
 
+    // Refused packets the NFLOG listener reports land in the journal as `connect` denials.
+    nflog
+        .send(crate::host::connect_denial(
+            "ws1".into(),
+            Ipv4Addr::new(192, 0, 2, 1),
+            Some(22),
+            "tcp".into(),
+        ))
+        .await
+        .unwrap();
+    let mut found = false;
+    for _ in 0..200 {
+        if denials(root)
+            .iter()
+            .any(|d| d.kind == "connect" && d.port == Some(22))
+        {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(found, "the connect denial was journaled");
+
     let _ = stop_tx.send(());
     server.await.unwrap();
+}
+
+#[test]
+fn run_steps_aside_for_a_running_netd_and_needs_a_config() {
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // No config: a clear error.
+    let e = crate::run(root).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("config.json does not exist"),
+        "{e:#}"
+    );
+    // Another netd holds the lock: quietly done.
+    let f = std::fs::File::create(root.join(".net/netd.lock")).unwrap();
+    let _held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
+    crate::run(root).unwrap();
 }
