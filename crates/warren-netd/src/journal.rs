@@ -34,10 +34,10 @@ pub struct Journal {
 }
 
 fn key(d: &Denial) -> Key {
-    let what = match (&d.address, &d.name) {
-        (Some(a), _) if d.kind != "dns" => a.to_string(),
-        (_, Some(n)) => n.clone(),
-        (Some(a), None) => a.to_string(),
+    // The name when there is one (a `dns` or `proxy` denial), else the address.
+    let what = match (&d.name, &d.address) {
+        (Some(n), _) => n.clone(),
+        (None, Some(a)) => a.to_string(),
         (None, None) => String::new(),
     };
     (d.workspace.clone(), d.kind.clone(), what, d.port)
