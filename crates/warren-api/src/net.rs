@@ -542,8 +542,19 @@ impl Rule {
             Some(p) if p.eq_ignore_ascii_case("workspace:") => ("workspace:", &trimmed[10..]),
             _ => ("", trimmed),
         };
-        if rest.starts_with('[') || rest.matches(':').count() > 1 {
-            return Err(err(ipv6_problem()));
+        if rest.matches(':').count() > 1 || rest.starts_with('[') {
+            let ipv6 = prefix.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":./[]-".contains(&b));
+            return Err(err(if ipv6 {
+                ipv6_problem()
+            } else {
+                (
+                    "the rule has more than one `:`".to_string(),
+                    Some("write ADDRESS[:PORTS], e.g. github.com:443".to_string()),
+                )
+            }));
         }
         let (address, ports) = match rest.split_once(':') {
             Some((a, p)) => (a, Some(parse_ports(p).map_err(err)?)),
@@ -1139,6 +1150,8 @@ mod tests {
         bad("[2001:db8::1]:443", "IPv6 is not supported yet");
         bad("::ffff:10.0.0.1", "IPv6 is not supported yet");
         bad(":443", "address is empty");
+        bad("example.com:443:80", "more than one `:`");
+        bad("workspace:db:1:2", "more than one `:`");
     }
 
     #[test]
@@ -1947,7 +1960,7 @@ mod tests {
                         assert_eq!(verdict, AddrVerdict::Allowed, "{p:?} {addr}");
                         let inside = c.allow.iter().any(|r| {
                             r.matches_addr(addr, port)
-                                && matches!(&r.target, Target::Net(n) if PROTECTED.iter().any(|(outer, _)| outer.contains(addr) && outer.covers(n)))
+                                && matches!(&r.target, Target::Net(n) if inside_protected(addr, n))
                         });
                         assert!(inside, "{p:?} opened {addr} ({name} {range}) {port:?}");
                     } else if verdict == denied(&format!("protected:{name}")) {
@@ -1964,6 +1977,13 @@ mod tests {
         }
         assert!(checked_policies > 500, "{checked_policies}");
         assert!(allowed_protected > 50, "{allowed_protected}");
+    }
+
+    /// Whether `n` lies inside a protected range that holds `addr`.
+    fn inside_protected(addr: Ipv4Addr, n: &Ipv4Net) -> bool {
+        PROTECTED
+            .iter()
+            .any(|(outer, _)| outer.contains(addr) && outer.covers(n))
     }
 
     /// `verdict` if it is a denial, else a denial that cannot equal it.
