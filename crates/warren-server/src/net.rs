@@ -61,6 +61,9 @@ pub(crate) async fn own_policy(
 pub(crate) struct Owner<'a> {
     pub owner_id: &'a str,
     pub workspace_id: Option<&'a str>,
+    /// The caller setting the policy, if any: a token restricted to some workspaces may name
+    /// only those.
+    pub caller: Option<&'a crate::auth::Caller>,
 }
 
 impl<'a> Owner<'a> {
@@ -68,6 +71,7 @@ impl<'a> Owner<'a> {
         Owner {
             owner_id: &rec.ownership.owner_id,
             workspace_id: Some(&rec.id),
+            caller: None,
         }
     }
 }
@@ -130,7 +134,18 @@ async fn sibling_address(
         .store
         .get_by_name(owner.owner_id, name)
         .await?
-        .filter(|s| Some(s.id.as_str()) != owner.workspace_id);
+        .filter(|s| Some(s.id.as_str()) != owner.workspace_id)
+        .filter(|s| {
+            owner.caller.is_none_or(|c| {
+                let whose = if s.ownership.owner_id == c.user.id {
+                    warren_api::auth::Owner::Own
+                } else {
+                    warren_api::auth::Owner::Other
+                };
+                c.check(warren_api::auth::Op::WorkspaceWrite(whose), Some(&s.id))
+                    == warren_api::auth::Decision::Allow
+            })
+        });
     let Some(sibling) = sibling else {
         return Ok(Err((
             format!("no other workspace of this owner is named `{name}`"),
@@ -164,7 +179,8 @@ pub(crate) async fn refresh_id(
 }
 
 /// After a workspace of `owner_id` went away: the plans of the owner's workspaces that name
-/// other workspaces are computed again, so none keeps an address the next workspace may get.
+/// other workspaces (in their own policy or their template's) are computed again, so none keeps
+/// an address the next workspace may get.
 pub(crate) async fn after_delete(state: &AppState, owner_id: &str) {
     if owner_id.is_empty() {
         return;

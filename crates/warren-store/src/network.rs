@@ -48,15 +48,16 @@ impl Store {
         Ok(())
     }
 
-    /// Ids of the workspaces of `owner_id` whose own policy names another workspace
-    /// (`workspace:NAME` rules), whose plans change when that workspace goes or comes.
+    /// Ids of the workspaces of `owner_id` whose own policy or plan in force names another
+    /// workspace (`workspace:NAME` rules, resolved `"sibling": true` rules: a template's too),
+    /// whose plans change when that workspace goes or comes.
     pub async fn workspaces_naming_siblings(
         &self,
         owner_id: &str,
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id FROM workspaces WHERE owner_id = ? AND network_json LIKE '%workspace:%' \
-             ORDER BY id",
+            "SELECT id FROM workspaces WHERE owner_id = ? AND (network_json LIKE '%workspace:%' \
+             OR egress_json LIKE '%\"sibling\":true%') ORDER BY id",
         )
         .bind(owner_id)
         .fetch_all(&self.pool)

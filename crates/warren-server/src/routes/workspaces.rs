@@ -331,6 +331,7 @@ async fn create_workspace(
     let owner = crate::net::Owner {
         owner_id: &caller.user.id,
         workspace_id: None,
+        caller: Some(&caller),
     };
     let egress = crate::net::plan(&state, owner, &base_network, body.network.as_ref(), true)
         .await

@@ -68,7 +68,7 @@ async fn put_network(
     Json(body): Json<NetworkPolicy>,
 ) -> ApiResult<Response> {
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
-    set(&state, &rec, Some(body)).await
+    set(&state, &caller, &rec, Some(body)).await
 }
 
 /// Removes the workspace's own network policy: its base policy alone applies.
@@ -81,17 +81,22 @@ async fn delete_network(
     Path(ws): Path<String>,
 ) -> ApiResult<Response> {
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceWrite).await?;
-    set(&state, &rec, None).await
+    set(&state, &caller, &rec, None).await
 }
 
 async fn set(
     state: &AppState,
+    caller: &Caller,
     rec: &WorkspaceRecord,
     own: Option<NetworkPolicy>,
 ) -> ApiResult<Response> {
     let before = net::own_policy(state, rec).await?;
     let (base, _) = net::base_policy(state, rec).await?;
-    let plan = net::plan(state, net::Owner::of(rec), &base, own.as_ref(), true).await?;
+    let owner = net::Owner {
+        caller: Some(caller),
+        ..net::Owner::of(rec)
+    };
+    let plan = net::plan(state, owner, &base, own.as_ref(), true).await?;
     let own_json = own
         .as_ref()
         .map(serde_json::to_string)
