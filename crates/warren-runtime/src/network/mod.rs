@@ -7,10 +7,22 @@
 //! `.net/netd.sock` (the resolver's control socket), `.net/denials.jsonl` (the denial journal), and per
 //! workspace `<id>/net.json` (`Attachment`) and `<id>/egress.json` (`EgressPlan`).
 
+use std::fs;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use warren_api::net::{Checked, Ipv4Net, NetLimits};
+use warren_api::net::{Checked, Ipv4Net, NetLimits, Rule, Target};
+
+mod host;
+pub mod nflog;
+pub mod nft;
+mod rules;
+
+pub use host::{attach, ensure_host};
+pub use rules::{apply, counters, detach, learn};
 
 /// A host's Warren network. One per runtime root; two Warren instances on a host need different
 /// bridges, subnets and tables.
@@ -110,4 +122,304 @@ pub struct Denial {
 pub struct NetCounters {
     /// Connection attempts nftables refused.
     pub denied_connections: u64,
+}
+
+/// Errors of the host network: one line saying what failed, with a hint where one helps.
+pub type NetResult<T> = Result<T, String>;
+
+/// `ROOT/.net`.
+pub fn net_dir(root: &Path) -> PathBuf {
+    root.join(".net")
+}
+
+/// `ROOT/.net/ipam`.
+fn ipam_dir(root: &Path) -> PathBuf {
+    net_dir(root).join("ipam")
+}
+
+/// The host end of workspace `id`'s veth pair: `wv` and 8 hex digits of a hash of the id (interface
+/// names have at most 15 characters).
+pub fn veth_name(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    format!("wv{}", &hex::encode(Sha256::digest(id.as_bytes()))[..8])
+}
+
+/// The workspace's MAC address, derived from its address (locally administered, unicast), so that
+/// anti-spoofing can pin a port to both.
+pub(crate) fn mac_of(addr: Ipv4Addr) -> String {
+    let o = addr.octets();
+    format!("02:77:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// The workspace's part of nftables object names: its id when that is a plain word, else a hash.
+pub(crate) fn tag(id: &str) -> String {
+    if !id.is_empty()
+        && id.len() <= 40
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        id.to_string()
+    } else {
+        use sha2::{Digest, Sha256};
+        format!("h{}", &hex::encode(Sha256::digest(id.as_bytes()))[..16])
+    }
+}
+
+/// Checks that `id` can name a workspace on the network (it appears in log prefixes and file names).
+pub(crate) fn check_id(id: &str) -> NetResult<()> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !id.starts_with('.')
+    {
+        Ok(())
+    } else {
+        Err(format!("workspace id `{id}` cannot be used on the network: use letters, digits, `-`, `_` and `.`"))
+    }
+}
+
+/// The ranges denied by default even under `allow-all` (see `warren_api::net::PROTECTED`), as this
+/// crate compiles them into the `protected` set. Kept here so that the firewall never depends on a
+/// list that could be empty; Warren's own pool is added by the caller.
+pub(crate) const PROTECTED_RANGES: &[([u8; 4], u8, &str)] = &[
+    ([0, 0, 0, 0], 8, "this-network"),
+    ([10, 0, 0, 0], 8, "private"),
+    ([100, 64, 0, 0], 10, "shared"),
+    ([127, 0, 0, 0], 8, "loopback"),
+    ([169, 254, 169, 254], 32, "metadata"),
+    ([169, 254, 0, 0], 16, "link-local"),
+    ([172, 16, 0, 0], 12, "private"),
+    ([192, 0, 0, 0], 24, "ietf"),
+    ([192, 168, 0, 0], 16, "private"),
+    ([224, 0, 0, 0], 4, "multicast"),
+    ([240, 0, 0, 0], 4, "reserved"),
+];
+
+fn net_covers(outer: (u32, u8), inner: &Ipv4Net) -> bool {
+    let (a, p) = outer;
+    if inner.prefix < p {
+        return false;
+    }
+    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+    u32::from(inner.addr) & mask == a & mask
+}
+
+/// Whether an allow rule opens a protected range (it lies inside one, or names a sibling workspace):
+/// the semantics of `Rule::opens_protected`, computed here against [`PROTECTED_RANGES`].
+pub(crate) fn opens_protected(rule: &Rule) -> bool {
+    match &rule.target {
+        Target::Net(n) => {
+            rule.sibling
+                || PROTECTED_RANGES
+                    .iter()
+                    .any(|(a, p, _)| net_covers((u32::from(Ipv4Addr::from(*a)), *p), n))
+        }
+        _ => false,
+    }
+}
+
+/// Reserves an address of `cfg.subnet` for workspace `id` (`ROOT/.net/ipam/<address>`, created
+/// exclusively); the one it already has if any. The gateway, the network and broadcast addresses
+/// are never handed out.
+pub fn allocate(root: &Path, cfg: &NetConfig, id: &str) -> NetResult<Ipv4Addr> {
+    check_id(id)?;
+    let dir = ipam_dir(root);
+    fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    if let Some(a) = allocated(root, id) {
+        if cfg.subnet.contains_addr(a) {
+            return Ok(a);
+        }
+    }
+    let base = u32::from(cfg.subnet.addr);
+    let size = 1u64 << (32 - cfg.subnet.prefix.min(32));
+    if size < 4 {
+        return Err(format!(
+            "subnet {} is too small: use a /30 or larger",
+            cfg.subnet
+        ));
+    }
+    let gw = u32::from(cfg.gateway());
+    for off in 1..(size - 1) as u32 {
+        let a = base + off;
+        if a == gw {
+            continue;
+        }
+        let addr = Ipv4Addr::from(a);
+        let path = dir.join(addr.to_string());
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(id.as_bytes())
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+                return Ok(addr);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("create {}: {e}", path.display())),
+        }
+    }
+    Err(format!(
+        "no free address left in {}: destroy workspaces or configure a larger subnet",
+        cfg.subnet
+    ))
+}
+
+/// The address reserved for `id`, if any.
+pub fn allocated(root: &Path, id: &str) -> Option<Ipv4Addr> {
+    ipam_entries(root)
+        .into_iter()
+        .find(|(_, owner)| owner == id)
+        .map(|(a, _)| a)
+}
+
+/// Every reservation: (address, workspace id).
+pub fn ipam_entries(root: &Path) -> Vec<(Ipv4Addr, String)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(ipam_dir(root)) {
+        for e in rd.flatten() {
+            let Some(addr) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            if let Ok(owner) = fs::read_to_string(e.path()) {
+                out.push((addr, owner.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Frees `id`'s address (idempotent).
+pub fn release(root: &Path, id: &str) -> NetResult<()> {
+    for (addr, owner) in ipam_entries(root) {
+        if owner == id {
+            let p = ipam_dir(root).join(addr.to_string());
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("remove {}: {e}", p.display())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`leftovers`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Workspaces (tags of their nftables objects) whose chains and sets were removed.
+    pub chains: Vec<String>,
+    /// Host veth ends removed.
+    pub veths: Vec<String>,
+    /// Addresses released (their workspace no longer exists on the host).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Reconciles the host network with the workspaces that should have one: removes the nftables
+/// objects and host veths of every workspace not in `running` (gone, stopped, or whose supervisor
+/// died), and releases the addresses of workspaces not in `existing` (no longer on the host).
+pub fn leftovers(
+    root: &Path,
+    cfg: &NetConfig,
+    running: &[String],
+    existing: &[String],
+) -> NetResult<Leftovers> {
+    let mut done = Leftovers::default();
+    let live_tags: Vec<String> = running.iter().map(|id| tag(id)).collect();
+    done.chains = rules::remove_except(cfg, &live_tags)?;
+    let live_veths: Vec<String> = running.iter().map(|id| veth_name(id)).collect();
+    done.veths = host::remove_veths_except(cfg, &live_veths);
+    rules::remove_ports(cfg, |i| !live_veths.iter().any(|v| v == i))?;
+    for (addr, owner) in ipam_entries(root) {
+        if !existing.contains(&owner) {
+            let _ = fs::remove_file(ipam_dir(root).join(addr.to_string()));
+            done.addresses.push(addr);
+        }
+    }
+    Ok(done)
+}
+
+trait ContainsAddr {
+    fn contains_addr(&self, a: Ipv4Addr) -> bool;
+}
+
+impl ContainsAddr for Ipv4Net {
+    fn contains_addr(&self, a: Ipv4Addr) -> bool {
+        net_covers(
+            (u32::from(self.addr), self.prefix),
+            &Ipv4Net {
+                addr: a,
+                prefix: 32,
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(net: &str, sibling: bool) -> Rule {
+        let (a, p) = net.split_once('/').unwrap();
+        Rule {
+            text: net.into(),
+            target: Target::Net(Ipv4Net {
+                addr: a.parse().unwrap(),
+                prefix: p.parse().unwrap(),
+            }),
+            ports: None,
+            sibling,
+        }
+    }
+
+    #[test]
+    fn only_rules_inside_a_protected_range_or_siblings_open_it() {
+        assert!(opens_protected(&rule("10.1.0.0/16", false)));
+        assert!(opens_protected(&rule("169.254.169.254/32", false)));
+        assert!(opens_protected(&rule("192.168.1.7/32", false)));
+        assert!(!opens_protected(&rule("0.0.0.0/0", false)));
+        assert!(!opens_protected(&rule("8.0.0.0/7", false)));
+        assert!(!opens_protected(&rule("203.0.113.0/24", false)));
+        assert!(opens_protected(&rule("203.0.113.9/32", true)));
+    }
+
+    #[test]
+    fn addresses_are_handed_out_once_and_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = NetConfig {
+            subnet: Ipv4Net {
+                addr: Ipv4Addr::new(10, 9, 0, 0),
+                prefix: 29,
+            },
+            ..NetConfig::default()
+        };
+        let a = allocate(d.path(), &cfg, "a").unwrap();
+        assert_eq!(a, Ipv4Addr::new(10, 9, 0, 2));
+        assert_eq!(allocate(d.path(), &cfg, "a").unwrap(), a);
+        let ids = ["b", "c", "d", "e"];
+        for id in ids {
+            allocate(d.path(), &cfg, id).unwrap();
+        }
+        let e = allocate(d.path(), &cfg, "f").unwrap_err();
+        assert!(e.contains("no free address"), "{e}");
+        release(d.path(), "c").unwrap();
+        assert_eq!(
+            allocate(d.path(), &cfg, "f").unwrap(),
+            Ipv4Addr::new(10, 9, 0, 4)
+        );
+        assert!(allocate(d.path(), &cfg, "../x").is_err());
+        assert_ne!(veth_name("a"), veth_name("b"));
+        assert_eq!(veth_name("a").len(), 10);
+        assert_eq!(tag("0123abcd"), "0123abcd");
+        assert!(tag("build-1-2").starts_with('h'));
+    }
 }

@@ -1,0 +1,493 @@
+//! nftables rules: the base tables of a host (`inet <table>`, `bridge <table>`) and each
+//! workspace's chains and sets, compiled from its [`EgressPlan`] and replaced in one transaction.
+//!
+//! Per workspace (`T` its tag, see [`super::tag`]): chain `ws_T` (connection limit, a jump to each
+//! stage's chain, accept), reached from `forward` through the `ws` verdict map keyed by source
+//! address; chains `ws_T_sN` (one per stage) that return when the stage allows the packet and jump
+//! to `ws_T_deny` otherwise; `ws_T_deny` counts (named counter `ws_T_denied`), logs to the nflog
+//! group (rate-limited, prefix `warren:<id> `) and rejects, so clients fail fast. Per stage, sets
+//! `ws_T_sN_{deny,open,allow,dns}` of addresses and `..p` twins of address . port.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use warren_api::net::{Checked, EgressMode, PortRange, Rule, Target};
+
+use super::nft::Nft;
+use super::{
+    host, mac_of, opens_protected, tag, Attachment, EgressPlan, NetConfig, NetCounters, NetResult,
+    PROTECTED_RANGES,
+};
+
+/// The set kinds of a stage, each with a `p` (address . port) twin.
+const SET_KINDS: &[&str] = &["deny", "open", "allow", "dns"];
+
+/// Creates or refreshes the base tables, in one transaction. The `ws` map, the `proxied` set and the
+/// bridge's `ports` set keep their elements; base chains are rewritten.
+pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
+    let t = &cfg.table;
+    let br = &cfg.bridge;
+    let gw = cfg.gateway();
+    let p = cfg.proxy_port;
+    let subnet = cfg.subnet;
+    let mut protected: Vec<String> = PROTECTED_RANGES
+        .iter()
+        .map(|(a, n, _)| format!("{}/{n}", Ipv4Addr::from(*a)))
+        .collect();
+    protected.push(subnet.to_string());
+    let protected = protected.join(", ");
+    let script = format!(
+        r#"add table inet {t}
+add map inet {t} ws {{ type ipv4_addr : verdict; }}
+add set inet {t} proxied {{ type ipv4_addr; }}
+add set inet {t} protected {{ type ipv4_addr; flags interval; auto-merge; }}
+flush set inet {t} protected
+add element inet {t} protected {{ {protected} }}
+add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
+flush chain inet {t} forward
+add rule inet {t} forward iifname "{br}" ct state established,related accept
+add rule inet {t} forward iifname "{br}" ip saddr vmap @ws
+add rule inet {t} forward iifname "{br}" counter drop
+add rule inet {t} forward oifname "{br}" ct state established,related accept
+add rule inet {t} forward oifname "{br}" counter drop
+add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
+flush chain inet {t} input
+add rule inet {t} input iifname "{br}" ct state established,related accept
+add rule inet {t} input iifname "{br}" ip daddr {gw} udp dport 53 accept
+add rule inet {t} input iifname "{br}" ip daddr {gw} tcp dport {{ 53, {p} }} accept
+add rule inet {t} input iifname "{br}" meta l4proto tcp reject with tcp reset
+add rule inet {t} input iifname "{br}" reject with icmpx admin-prohibited
+add chain inet {t} output {{ type filter hook output priority filter; policy accept; }}
+flush chain inet {t} output
+add rule inet {t} output oifname "{br}" ct state established,related accept
+add rule inet {t} output oifname "{br}" counter drop
+add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+flush chain inet {t} prerouting
+add rule inet {t} prerouting iifname "{br}" ip saddr @proxied tcp dport {{ 80, 443 }} redirect to :{p}
+add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain inet {t} postrouting
+add rule inet {t} postrouting ip saddr {subnet} oifname != "{br}" masquerade
+add table bridge {t}
+add set bridge {t} ports {{ type ifname . ether_addr . ipv4_addr; }}
+add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
+flush chain bridge {t} prerouting
+add rule bridge {t} prerouting meta ibrname != "{br}" accept
+add rule bridge {t} prerouting ether type ip iifname . ether saddr . ip saddr @ports accept
+add rule bridge {t} prerouting ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
+add rule bridge {t} prerouting counter drop
+"#
+    );
+    Nft::once(&script).map(|_| ())
+}
+
+fn net_of(rule: &Rule) -> Option<String> {
+    match &rule.target {
+        Target::Net(n) if n.prefix == 32 => Some(n.addr.to_string()),
+        Target::Net(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn port_text(p: PortRange) -> String {
+    if p.lo == p.hi {
+        p.lo.to_string()
+    } else {
+        format!("{}-{}", p.lo, p.hi)
+    }
+}
+
+/// Elements of one set pair (address, address . port) from `rules`.
+fn elements<'a>(rules: impl Iterator<Item = &'a Rule>) -> (Vec<String>, Vec<String>) {
+    let (mut plain, mut ported) = (Vec::new(), Vec::new());
+    for r in rules {
+        let Some(net) = net_of(r) else { continue };
+        match r.ports {
+            None => plain.push(net),
+            Some(p) => ported.push(format!("{net} . {}", port_text(p))),
+        }
+    }
+    plain.sort();
+    plain.dedup();
+    ported.sort();
+    ported.dedup();
+    (plain, ported)
+}
+
+/// Refuses what cannot be compiled: unresolved `workspace:` rules.
+fn check_stage(stage: &Checked) -> NetResult<()> {
+    for r in stage.allow.iter().chain(&stage.deny) {
+        if let Target::Workspace(name) = &r.target {
+            return Err(format!(
+                "network rule `{}`: workspace `{name}` was not resolved to an address",
+                r.text
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn has_domain_rules(stage: &Checked) -> bool {
+    stage
+        .allow
+        .iter()
+        .chain(&stage.deny)
+        .any(|r| matches!(r.target, Target::Domain(_) | Target::Wildcard(_)))
+}
+
+/// Existing stage chains of workspace tag `tg` (their numbers).
+fn existing_stages(cfg: &NetConfig, tg: &str) -> NetResult<Vec<usize>> {
+    let prefix = format!("ws_{tg}_s");
+    Ok(chains(cfg)?
+        .into_iter()
+        .filter_map(|c| c.strip_prefix(&prefix).and_then(|n| n.parse().ok()))
+        .collect())
+}
+
+/// Names of the chains of the inet table.
+fn chains(cfg: &NetConfig) -> NetResult<Vec<String>> {
+    let v = Nft::json("list chains inet")?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let c = &item["chain"];
+        if c["table"].as_str() == Some(cfg.table.as_str()) {
+            if let Some(n) = c["name"].as_str() {
+                out.push(n.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Commands removing workspace `tg`'s stage chains `stages` and their sets (after the chains that
+/// jump to them were flushed).
+fn remove_stages(script: &mut String, t: &str, tg: &str, stages: &[usize]) {
+    for n in stages {
+        let _ = writeln!(script, "flush chain inet {t} ws_{tg}_s{n}");
+    }
+    for n in stages {
+        let _ = writeln!(script, "delete chain inet {t} ws_{tg}_s{n}");
+        for k in SET_KINDS {
+            let _ = writeln!(script, "delete set inet {t} ws_{tg}_s{n}_{k}");
+            let _ = writeln!(script, "delete set inet {t} ws_{tg}_s{n}_{k}p");
+        }
+    }
+}
+
+/// Replaces workspace `id`'s chains and sets with the compilation of `plan`, in one transaction, and
+/// (re)enters it in the `ws` map, the `proxied` set and the bridge's `ports` set. Learned (resolver)
+/// elements are dropped: the resolver adds again what its next answers allow.
+pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> NetResult<()> {
+    super::check_id(id)?;
+    for s in &plan.stages {
+        check_stage(s)?;
+    }
+    let t = &cfg.table;
+    let tg = tag(id);
+    let ws = format!("ws_{tg}");
+    let deny = format!("ws_{tg}_deny");
+    let addr = att.address;
+    let old = existing_stages(cfg, &tg)?;
+    let mut s = String::new();
+    let _ = writeln!(s, "add chain inet {t} {ws}");
+    let _ = writeln!(s, "flush chain inet {t} {ws}");
+    let _ = writeln!(s, "add counter inet {t} ws_{tg}_denied");
+    let _ = writeln!(s, "add chain inet {t} {deny}");
+    let _ = writeln!(s, "flush chain inet {t} {deny}");
+    remove_stages(&mut s, t, &tg, &old);
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {deny} counter name \"ws_{tg}_denied\""
+    );
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {deny} limit rate 20/second burst 40 packets log prefix \"warren:{id} \" group {}",
+        cfg.log_group
+    );
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {deny} meta l4proto tcp reject with tcp reset"
+    );
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {deny} reject with icmpx admin-prohibited"
+    );
+    for (n, stage) in plan.stages.iter().enumerate() {
+        let st = format!("ws_{tg}_s{n}");
+        let set_of = |k: &str| format!("{st}_{k}");
+        for k in SET_KINDS {
+            let timeout = if *k == "dns" {
+                "flags interval, timeout;"
+            } else {
+                "flags interval; auto-merge;"
+            };
+            let timeout_p = if *k == "dns" {
+                "flags interval, timeout;"
+            } else {
+                "flags interval;"
+            };
+            let _ = writeln!(
+                s,
+                "add set inet {t} {} {{ type ipv4_addr; {timeout} }}",
+                set_of(k)
+            );
+            let _ = writeln!(
+                s,
+                "add set inet {t} {}p {{ type ipv4_addr . inet_service; {timeout_p} }}",
+                set_of(k)
+            );
+        }
+        let (d, dp) = elements(stage.deny.iter());
+        let (o, op) = elements(stage.allow.iter().filter(|r| opens_protected(r)));
+        let (a, ap) = elements(stage.allow.iter().filter(|r| !opens_protected(r)));
+        for (k, plain, ported) in [("deny", d, dp), ("open", o, op), ("allow", a, ap)] {
+            if !plain.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "add element inet {t} {} {{ {} }}",
+                    set_of(k),
+                    plain.join(", ")
+                );
+            }
+            if !ported.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "add element inet {t} {}p {{ {} }}",
+                    set_of(k),
+                    ported.join(", ")
+                );
+            }
+        }
+        let _ = writeln!(s, "add chain inet {t} {st}");
+        let rule = |s: &mut String, r: &str| {
+            let _ = writeln!(s, "add rule inet {t} {st} {r}");
+        };
+        let l4 = "meta l4proto { tcp, udp } ip daddr . th dport";
+        if stage.mode == EgressMode::DenyAll {
+            rule(&mut s, &format!("jump {deny}"));
+            continue;
+        }
+        rule(&mut s, &format!("ip daddr @{} jump {deny}", set_of("deny")));
+        rule(&mut s, &format!("{l4} @{}p jump {deny}", set_of("deny")));
+        rule(&mut s, &format!("ip daddr @{} return", set_of("open")));
+        rule(&mut s, &format!("{l4} @{}p return", set_of("open")));
+        rule(&mut s, &format!("ip daddr @protected jump {deny}"));
+        if stage.mode == EgressMode::AllowAll {
+            rule(&mut s, "return");
+            continue;
+        }
+        rule(&mut s, &format!("ip daddr @{} return", set_of("allow")));
+        rule(&mut s, &format!("{l4} @{}p return", set_of("allow")));
+        rule(&mut s, &format!("ip daddr @{} return", set_of("dns")));
+        rule(&mut s, &format!("{l4} @{}p return", set_of("dns")));
+        rule(&mut s, &format!("jump {deny}"));
+    }
+    if let Some(max) = plan.limits.max_connections {
+        let _ = writeln!(
+            s,
+            "add rule inet {t} {ws} ct count over {max} counter reject"
+        );
+    }
+    if plan.stages.is_empty() {
+        // No plan yet: nothing but the resolver (which the input chain allows).
+        let _ = writeln!(s, "add rule inet {t} {ws} jump {deny}");
+    }
+    for n in 0..plan.stages.len() {
+        let _ = writeln!(s, "add rule inet {t} {ws} jump ws_{tg}_s{n}");
+    }
+    let _ = writeln!(s, "add rule inet {t} {ws} accept");
+    let _ = writeln!(s, "add element inet {t} ws {{ {addr} : jump {ws} }}");
+    // Add then delete: the element is gone afterwards whether or not it was there.
+    let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
+    if !plan.stages.iter().any(has_domain_rules) {
+        let _ = writeln!(s, "delete element inet {t} proxied {{ {addr} }}");
+    }
+    let _ = writeln!(
+        s,
+        "add element bridge {t} ports {{ \"{}\" . {} . {addr} }}",
+        att.veth,
+        mac_of(addr)
+    );
+    Nft::once(&s)
+        .map(|_| ())
+        .map_err(|e| format!("install the network rules of {id}: {e}"))?;
+    host::set_limits(&att.veth, &plan.limits)
+}
+
+/// The address the `ws` map sends to chain `ws_<tg>`, if any; every (address, chain) pair.
+fn ws_map(cfg: &NetConfig) -> NetResult<Vec<(Ipv4Addr, String)>> {
+    let v = Nft::json(&format!("list map inet {} ws", cfg.table))?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["map"]["elem"].as_array().into_iter().flatten() {
+            // [ "10.0.0.2", { "jump": { "target": "ws_x" } } ]
+            let (Some(a), Some(c)) = (
+                e[0].as_str().and_then(|a| a.parse().ok()),
+                e[1]["jump"]["target"].as_str(),
+            ) else {
+                continue;
+            };
+            out.push((a, c.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Removes workspace `id`'s chains, sets, counter and map entries, and its host veth end.
+/// Idempotent.
+pub fn detach(cfg: &NetConfig, id: &str) -> NetResult<()> {
+    let tg = tag(id);
+    remove_tag(cfg, &tg, &chains(cfg)?, &ws_map(cfg).unwrap_or_default())?;
+    let veth = super::veth_name(id);
+    remove_ports(cfg, |i| i == veth)?;
+    host::remove_veth(&veth);
+    Ok(())
+}
+
+fn remove_tag(
+    cfg: &NetConfig,
+    tg: &str,
+    all_chains: &[String],
+    map: &[(Ipv4Addr, String)],
+) -> NetResult<()> {
+    let t = &cfg.table;
+    let ws = format!("ws_{tg}");
+    let stage_prefix = format!("ws_{tg}_s");
+    let stages: Vec<usize> = all_chains
+        .iter()
+        .filter_map(|c| c.strip_prefix(&stage_prefix).and_then(|n| n.parse().ok()))
+        .collect();
+    let has = |c: &str| all_chains.iter().any(|x| x == c);
+    let mut s = String::new();
+    for (addr, _) in map.iter().filter(|(_, c)| *c == ws) {
+        let _ = writeln!(s, "delete element inet {t} ws {{ {addr} }}");
+        let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
+        let _ = writeln!(s, "delete element inet {t} proxied {{ {addr} }}");
+    }
+    if has(&ws) {
+        let _ = writeln!(s, "flush chain inet {t} {ws}");
+    }
+    remove_stages(&mut s, t, tg, &stages);
+    let deny = format!("ws_{tg}_deny");
+    if has(&deny) {
+        let _ = writeln!(s, "flush chain inet {t} {deny}");
+        let _ = writeln!(s, "delete chain inet {t} {deny}");
+    }
+    if has(&ws) {
+        let _ = writeln!(s, "delete chain inet {t} {ws}");
+        let _ = writeln!(s, "add counter inet {t} ws_{tg}_denied");
+        let _ = writeln!(s, "delete counter inet {t} ws_{tg}_denied");
+    }
+    if s.is_empty() {
+        return Ok(());
+    }
+    Nft::once(&s)
+        .map(|_| ())
+        .map_err(|e| format!("remove the network rules of {tg}: {e}"))?;
+    Ok(())
+}
+
+/// The bridge's anti-spoofing entries: (veth, MAC, address).
+fn bridge_ports(cfg: &NetConfig) -> NetResult<Vec<(String, String, String)>> {
+    let v = Nft::json(&format!("list set bridge {} ports", cfg.table))?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let c = &e["concat"];
+            if let (Some(i), Some(m), Some(a)) = (c[0].as_str(), c[1].as_str(), c[2].as_str()) {
+                out.push((i.to_string(), m.to_string(), a.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the bridge `ports` entries of veths `gone` says are gone; their names.
+pub(crate) fn remove_ports(cfg: &NetConfig, gone: impl Fn(&str) -> bool) -> NetResult<Vec<String>> {
+    let mut s = String::new();
+    let mut names = Vec::new();
+    for (i, m, a) in bridge_ports(cfg)? {
+        if gone(&i) {
+            let _ = writeln!(
+                s,
+                "delete element bridge {} ports {{ \"{i}\" . {m} . {a} }}",
+                cfg.table
+            );
+            names.push(i);
+        }
+    }
+    if !s.is_empty() {
+        Nft::once(&s).map_err(|e| format!("remove anti-spoofing entries: {e}"))?;
+    }
+    Ok(names)
+}
+
+/// Removes the objects of every workspace whose tag is not in `keep`; the tags removed.
+pub(crate) fn remove_except(cfg: &NetConfig, keep: &[String]) -> NetResult<Vec<String>> {
+    let all = chains(cfg)?;
+    let map = ws_map(cfg).unwrap_or_default();
+    let mut gone = Vec::new();
+    for c in &all {
+        let Some(tg) = c.strip_prefix("ws_") else {
+            continue;
+        };
+        if tg.contains('_') || keep.iter().any(|k| k == tg) {
+            continue;
+        }
+        remove_tag(cfg, tg, &all, &map)?;
+        gone.push(tg.to_string());
+    }
+    Ok(gone)
+}
+
+/// Adds addresses a resolver answer allowed to stage `stage`'s learned sets, each for `ttl`.
+pub fn learn(
+    cfg: &NetConfig,
+    id: &str,
+    stage: usize,
+    entries: &[(Ipv4Addr, Option<PortRange>, Duration)],
+) -> NetResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let t = &cfg.table;
+    let set = format!("ws_{}_s{stage}_dns", tag(id));
+    let mut s = String::new();
+    for (addr, ports, ttl) in entries {
+        let secs = ttl.as_secs().max(1);
+        let (name, elem) = match ports {
+            None => (set.clone(), addr.to_string()),
+            Some(p) => (format!("{set}p"), format!("{addr} . {}", port_text(*p))),
+        };
+        // Add, delete, add: the element ends up with this timeout whether or not it was there.
+        let _ = writeln!(s, "add element inet {t} {name} {{ {elem} }}");
+        let _ = writeln!(s, "delete element inet {t} {name} {{ {elem} }}");
+        let _ = writeln!(
+            s,
+            "add element inet {t} {name} {{ {elem} timeout {secs}s }}"
+        );
+    }
+    Nft::once(&s).map(|_| ())
+}
+
+/// The workspace's counters (zero when it has no rules).
+pub fn counters(cfg: &NetConfig, id: &str) -> NetResult<NetCounters> {
+    let v = match Nft::json(&format!(
+        "list counter inet {} ws_{}_denied",
+        cfg.table,
+        tag(id)
+    )) {
+        Ok(v) => v,
+        Err(e) if e.contains("No such file") || e.contains("does not exist") => {
+            return Ok(NetCounters::default())
+        }
+        Err(e) => return Err(e),
+    };
+    let mut c = NetCounters::default();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(p) = item["counter"]["packets"].as_u64() {
+            c.denied_connections = p;
+        }
+    }
+    Ok(c)
+}
