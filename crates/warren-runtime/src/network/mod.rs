@@ -21,8 +21,9 @@ pub mod nflog;
 pub mod nft;
 mod rules;
 
+pub(crate) use host::check_config;
 pub use host::{attach, ensure_host};
-pub use rules::{apply, counters, detach, learn};
+pub use rules::{apply, check_plan, counters, detach, learn};
 
 /// A host's Warren network. One per runtime root; two Warren instances on a host need different
 /// bridges, subnets and tables.
@@ -422,4 +423,82 @@ mod tests {
         assert_eq!(tag("0123abcd"), "0123abcd");
         assert!(tag("build-1-2").starts_with('h'));
     }
+}
+
+/// `ROOT/.net/config.json`.
+pub fn config_path(root: &Path) -> PathBuf {
+    net_dir(root).join("config.json")
+}
+
+/// `ROOT/.net/denials.jsonl`.
+pub fn denials_path(root: &Path) -> PathBuf {
+    net_dir(root).join("denials.jsonl")
+}
+
+/// Writes `value` as JSON to `path` atomically (a temporary file renamed over it).
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> NetResult<()> {
+    let tmp = path.with_extension("json.tmp");
+    let data = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> NetResult<T> {
+    let b = fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+    serde_json::from_slice(&b).map_err(|e| format!("parse {}: {e}", path.display()))
+}
+
+/// What the supervisor of the workspace in `dir` (`ROOT/<id>`) needs to connect it: the runtime
+/// root, the network's configuration, its attachment and its egress plan (none yet: an empty plan,
+/// which reaches nothing but the resolver).
+pub fn load(dir: &Path) -> NetResult<(PathBuf, NetConfig, Attachment, EgressPlan)> {
+    let root = dir
+        .parent()
+        .ok_or_else(|| format!("{} has no parent", dir.display()))?
+        .to_path_buf();
+    let cfg: NetConfig = read_json(&config_path(&root))?;
+    let att: Attachment = read_json(&dir.join("net.json"))?;
+    let plan = match dir.join("egress.json").exists() {
+        true => read_json(&dir.join("egress.json"))?,
+        false => EgressPlan::default(),
+    };
+    Ok((root, cfg, att, plan))
+}
+
+/// The denial journal's records after byte position `after`, and the position to read from next.
+/// A journal shorter than `after` was rotated (to `.1`): the rest of the old one is read from there,
+/// then the new one from its start. Only complete lines are read; damaged lines are skipped.
+pub fn read_denials(root: &Path, after: u64) -> NetResult<(Vec<Denial>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = denials_path(root);
+    let read_from = |p: &Path, pos: u64| -> NetResult<(Vec<Denial>, u64)> {
+        let mut f = match fs::File::open(p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), pos)),
+            Err(e) => return Err(format!("open {}: {e}", p.display())),
+        };
+        f.seek(SeekFrom::Start(pos))
+            .map_err(|e| format!("seek {}: {e}", p.display()))?;
+        let mut buf = Vec::new();
+        f.take(16 << 20)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("read {}: {e}", p.display()))?;
+        let complete = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let records = buf[..complete]
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        Ok((records, pos + complete as u64))
+    };
+    let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if after <= len {
+        return read_from(&path, after);
+    }
+    let mut rotated = path.clone().into_os_string();
+    rotated.push(".1");
+    let (mut old, _) = read_from(Path::new(&rotated), after)?;
+    let (new, pos) = read_from(&path, 0)?;
+    old.extend(new);
+    Ok((old, pos))
 }

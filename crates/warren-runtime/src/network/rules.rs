@@ -135,6 +135,11 @@ fn has_domain_rules(stage: &Checked) -> bool {
         .any(|r| matches!(r.target, Target::Domain(_) | Target::Wildcard(_)))
 }
 
+/// Checks that `plan` can be compiled (every `workspace:` rule resolved).
+pub fn check_plan(plan: &EgressPlan) -> NetResult<()> {
+    plan.stages.iter().try_for_each(check_stage)
+}
+
 /// Existing stage chains of workspace tag `tg` (their numbers).
 fn existing_stages(cfg: &NetConfig, tg: &str) -> NetResult<Vec<usize>> {
     let prefix = format!("ws_{tg}_s");
