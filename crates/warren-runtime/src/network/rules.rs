@@ -70,9 +70,10 @@ flush chain inet {t} postrouting
 add rule inet {t} postrouting ip saddr {subnet} oifname != "{br}" masquerade
 add table bridge {t}
 add set bridge {t} ports {{ type ifname . ether_addr . ipv4_addr; }}
+add set bridge {t} wsports {{ type ifname; }}
 add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
 flush chain bridge {t} prerouting
-add rule bridge {t} prerouting meta ibrname != "{br}" accept
+add rule bridge {t} prerouting iifname != @wsports accept
 add rule bridge {t} prerouting ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} prerouting ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
 add rule bridge {t} prerouting counter drop
@@ -313,6 +314,7 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         att.veth,
         mac_of(addr)
     );
+    let _ = writeln!(s, "add element bridge {t} wsports {{ \"{}\" }}", att.veth);
     Nft::once(&s)
         .map(|_| ())
         .map_err(|e| format!("install the network rules of {id}: {e}"))?;
@@ -418,6 +420,9 @@ pub(crate) fn remove_ports(cfg: &NetConfig, gone: impl Fn(&str) -> bool) -> NetR
                 "delete element bridge {} ports {{ \"{i}\" . {m} . {a} }}",
                 cfg.table
             );
+            let t = &cfg.table;
+            let _ = writeln!(s, "add element bridge {t} wsports {{ \"{i}\" }}");
+            let _ = writeln!(s, "delete element bridge {t} wsports {{ \"{i}\" }}");
             names.push(i);
         }
     }
