@@ -177,6 +177,21 @@ impl Net {
         }
     }
 
+    /// Packets the bridge's anti-spoofing chain dropped so far.
+    fn spoof_drops(&self) -> u64 {
+        let (ok, out) = cmd(
+            "nft",
+            &["list", "chain", "bridge", &self.cfg.table, "prerouting"],
+        );
+        assert!(ok, "{out}");
+        out.lines()
+            .find(|l| l.contains("drop"))
+            .and_then(|l| l.split("packets ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }
+
     fn nft_has(&self, what: &str) -> bool {
         let (_, out) = cmd("nft", &["list", "table", "inet", &self.cfg.table]);
         let (_, br) = cmd("nft", &["list", "table", "bridge", &self.cfg.table]);
@@ -339,7 +354,7 @@ fn allow_all_still_protects_private_ranges_and_the_host() {
 fn workspaces_cannot_reach_each_other_nor_escape_by_changing_their_address() {
     let net = Net::new(4);
     net.create("nd1", &[]);
-    net.create("nd2", &["CAP_NET_ADMIN"]);
+    net.create("nd2", &["CAP_NET_ADMIN", "CAP_NET_RAW"]);
     let open = stage(EgressMode::AllowAll, vec![], vec![]);
     for id in ["nd1", "nd2"] {
         net.rt.set_egress(id, &open).unwrap();
@@ -356,32 +371,36 @@ fn workspaces_cannot_reach_each_other_nor_escape_by_changing_their_address() {
     assert_eq!(code, 0, "{err}");
     net.refused("nd2", &a1.address.to_string(), PORT);
     net.refused("nd1", &a2.address.to_string(), PORT);
-    // nd2 (with CAP_NET_ADMIN) takes another address: nothing gets out any more, not even to the
+    // nd2 (with CAP_NET_ADMIN and CAP_NET_RAW) takes another address: nothing gets out any more, not even to the
     // resolver.
     let spoofed = Ipv4Addr::from(u32::from(a2.address) + 100);
     let (code, _, err) = sh(
         &net.rt,
         "nd2",
         &format!(
-            "ip addr add {spoofed}/32 dev eth0 && ip addr del {}/32 dev eth0 && ip route add default via {} dev eth0 onlink",
+            "ip addr add {spoofed}/32 dev eth0 && ip addr del {}/32 dev eth0 && ip route replace default via {} dev eth0 onlink",
             a2.address,
             net.gateway()
         ),
     );
     assert_eq!(code, 0, "{err}");
+    let dropped = net.spoof_drops();
     assert!(net.connect("nd2", &net.internet_addr(1), PORT).is_err());
+    assert!(net.spoof_drops() > dropped, "the bridge did not drop the spoofed packets");
     // ...nor with a changed MAC address and its own IP back.
     let (code, _, err) = sh(
         &net.rt,
         "nd2",
         &format!(
-            "ip addr add {}/32 dev eth0 && ip addr del {spoofed}/32 dev eth0 && ip link set eth0 down && ip link set eth0 address 02:00:00:00:00:42 && ip link set eth0 up && ip route add default via {} dev eth0 onlink",
+            "ip addr add {}/32 dev eth0 && ip addr del {spoofed}/32 dev eth0 && ip link set eth0 down && ip link set eth0 address 02:00:00:00:00:42 && ip link set eth0 up && ip route replace default via {} dev eth0 onlink",
             a2.address,
             net.gateway()
         ),
     );
     assert_eq!(code, 0, "{err}");
+    let dropped = net.spoof_drops();
     assert!(net.connect("nd2", &net.internet_addr(1), PORT).is_err());
+    assert!(net.spoof_drops() > dropped, "the bridge did not drop the spoofed frames");
     net.reaches("nd1", &net.internet_addr(1), PORT);
 }
 
