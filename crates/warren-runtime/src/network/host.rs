@@ -251,60 +251,25 @@ fn attach_inner(
     set_limits(&att.veth, &plan.limits)
 }
 
-/// Sets (or lifts) the bandwidth limits on a workspace's host veth end: `egress_mbit` polices what
-/// the workspace sends (the veth's ingress), `ingress_mbit` shapes what it receives (its egress).
+/// Sets (or lifts) the limit on what a workspace receives (`ingress_mbit`): a token bucket on its
+/// host veth end. What it sends (`egress_mbit`) is policed by nftables (see `rules::apply`): this
+/// host's kernel need not have tc's police action.
 pub(crate) fn set_limits(veth: &str, limits: &NetLimits) -> NetResult<()> {
     if !link_exists(veth) {
         return Ok(());
     }
     let _ = run("tc", &["qdisc", "del", "dev", veth, "root"]);
-    let _ = run("tc", &["qdisc", "del", "dev", veth, "ingress"]);
-    // Bursts of ~10 ms at the rate, at least 32 KiB: TCP gets going, the average holds.
-    let burst = |mbit: u32| ((u64::from(mbit) * 1_000_000 / 8 / 100).max(32 * 1024)).to_string();
     if let Some(mbit) = limits.ingress_mbit.filter(|m| *m > 0) {
+        // Bursts of ~10 ms at the rate, at least 32 KiB: TCP gets going, the average holds.
+        let burst = (u64::from(mbit) * 1_000_000 / 8 / 100)
+            .max(32 * 1024)
+            .to_string();
         let rate = format!("{mbit}mbit");
         run(
             "tc",
             &[
-                "qdisc",
-                "add",
-                "dev",
-                veth,
-                "root",
-                "tbf",
-                "rate",
-                &rate,
-                "burst",
-                &burst(mbit),
-                "latency",
-                "50ms",
-            ],
-        )?;
-    }
-    if let Some(mbit) = limits.egress_mbit.filter(|m| *m > 0) {
-        let rate = format!("{mbit}mbit");
-        run(
-            "tc",
-            &["qdisc", "add", "dev", veth, "handle", "ffff:", "ingress"],
-        )?;
-        run(
-            "tc",
-            &[
-                "filter",
-                "add",
-                "dev",
-                veth,
-                "parent",
-                "ffff:",
-                "matchall",
-                "action",
-                "police",
-                "rate",
-                &rate,
-                "burst",
-                &burst(mbit),
-                "conform-exceed",
-                "drop",
+                "qdisc", "add", "dev", veth, "root", "tbf", "rate", &rate, "burst", &burst,
+                "latency", "50ms",
             ],
         )?;
     }

@@ -40,12 +40,14 @@ pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
     let script = format!(
         r#"add table inet {t}
 add map inet {t} ws {{ type ipv4_addr : verdict; }}
+add map inet {t} rate {{ type ipv4_addr : verdict; }}
 add set inet {t} proxied {{ type ipv4_addr; }}
 add set inet {t} protected {{ type ipv4_addr; flags interval; auto-merge; }}
 flush set inet {t} protected
 add element inet {t} protected {{ {protected} }}
 add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
 flush chain inet {t} forward
+add rule inet {t} forward iifname "{br}" ip saddr vmap @rate
 add rule inet {t} forward iifname "{br}" ct state established,related accept
 add rule inet {t} forward iifname "{br}" ip saddr vmap @ws
 add rule inet {t} forward iifname "{br}" counter drop
@@ -288,6 +290,24 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         rule(&mut s, &format!("{l4} @{}p return", set_of("dns")));
         rule(&mut s, &format!("jump {deny}"));
     }
+    // Bandwidth from the workspace: policed here (what it receives is shaped by tc on its veth).
+    let rate = format!("ws_{tg}_rate");
+    let _ = writeln!(s, "add chain inet {t} {rate}");
+    let _ = writeln!(s, "flush chain inet {t} {rate}");
+    let _ = writeln!(s, "add element inet {t} rate {{ {addr} : jump {rate} }}");
+    match plan.limits.egress_mbit.filter(|m| *m > 0) {
+        Some(mbit) => {
+            let kbytes = u64::from(mbit) * 1000 / 8;
+            let burst = (kbytes / 10).max(64);
+            let _ = writeln!(
+                s,
+                "add rule inet {t} {rate} limit rate over {kbytes} kbytes/second burst {burst} kbytes drop"
+            );
+        }
+        None => {
+            let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");
+        }
+    }
     if let Some(max) = plan.limits.max_connections {
         let _ = writeln!(
             s,
@@ -366,8 +386,13 @@ fn remove_tag(
         .collect();
     let has = |c: &str| all_chains.iter().any(|x| x == c);
     let mut s = String::new();
+    let rate = format!("ws_{tg}_rate");
     for (addr, _) in map.iter().filter(|(_, c)| *c == ws) {
         let _ = writeln!(s, "delete element inet {t} ws {{ {addr} }}");
+        if has(&rate) {
+            let _ = writeln!(s, "add element inet {t} rate {{ {addr} : jump {rate} }}");
+            let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");
+        }
         let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
         let _ = writeln!(s, "delete element inet {t} proxied {{ {addr} }}");
     }
@@ -375,6 +400,10 @@ fn remove_tag(
         let _ = writeln!(s, "flush chain inet {t} {ws}");
     }
     remove_stages(&mut s, t, tg, &stages);
+    if has(&rate) {
+        let _ = writeln!(s, "flush chain inet {t} {rate}");
+        let _ = writeln!(s, "delete chain inet {t} {rate}");
+    }
     let deny = format!("ws_{tg}_deny");
     if has(&deny) {
         let _ = writeln!(s, "flush chain inet {t} {deny}");

@@ -86,9 +86,14 @@ impl Net {
         must("ip", &["netns", "add", ns]);
         must(
             "ip",
-            &["link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            &[
+                "link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
         );
-        must("ip", &["addr", "add", &format!("198.19.{n}.1/24"), "dev", up]);
+        must(
+            "ip",
+            &["addr", "add", &format!("198.19.{n}.1/24"), "dev", up],
+        );
         must("ip", &["link", "set", up, "up"]);
         let inside = |args: &[&str]| {
             let mut a = vec!["netns", "exec", ns, "ip"];
@@ -151,11 +156,7 @@ impl Net {
 
     /// Connects from the workspace to `addr:port`: `Ok(greeting)` or `Err(nc's error)`.
     fn connect(&self, id: &str, addr: &str, port: u16) -> Result<String, String> {
-        let (code, out, err) = sh(
-            &self.rt,
-            id,
-            &format!("nc -w 5 {addr} {port} </dev/null"),
-        );
+        let (code, out, err) = sh(&self.rt, id, &format!("nc -w 5 {addr} {port} </dev/null"));
         if code == 0 && out.contains("hello") {
             Ok(out)
         } else {
@@ -263,7 +264,10 @@ fn allowlist_admits_allowed_addresses_and_refuses_the_rest_at_once() {
         "ip -4 addr show eth0; cat /etc/resolv.conf; cat /proc/sys/net/ipv6/conf/all/disable_ipv6; ip -6 addr",
     );
     assert!(out.contains(&format!("{}/32", att.address)), "{out}");
-    assert!(out.contains(&format!("nameserver {}", net.gateway())), "{out}");
+    assert!(
+        out.contains(&format!("nameserver {}", net.gateway())),
+        "{out}"
+    );
     assert!(!out.contains("inet6"), "{out}");
 }
 
@@ -386,7 +390,10 @@ fn workspaces_cannot_reach_each_other_nor_escape_by_changing_their_address() {
     assert_eq!(code, 0, "{err}");
     let dropped = net.spoof_drops();
     assert!(net.connect("nd2", &net.internet_addr(1), PORT).is_err());
-    assert!(net.spoof_drops() > dropped, "the bridge did not drop the spoofed packets");
+    assert!(
+        net.spoof_drops() > dropped,
+        "the bridge did not drop the spoofed packets"
+    );
     // ...nor with a changed MAC address and its own IP back.
     let (code, _, err) = sh(
         &net.rt,
@@ -400,7 +407,10 @@ fn workspaces_cannot_reach_each_other_nor_escape_by_changing_their_address() {
     assert_eq!(code, 0, "{err}");
     let dropped = net.spoof_drops();
     assert!(net.connect("nd2", &net.internet_addr(1), PORT).is_err());
-    assert!(net.spoof_drops() > dropped, "the bridge did not drop the spoofed frames");
+    assert!(
+        net.spoof_drops() > dropped,
+        "the bridge did not drop the spoofed frames"
+    );
     net.reaches("nd1", &net.internet_addr(1), PORT);
 }
 
@@ -421,8 +431,14 @@ fn stop_and_destroy_leave_nothing_and_leftovers_clean_up_after_a_killed_supervis
     net.rt.stop("ne1", Duration::from_secs(2)).unwrap();
     assert!(!link(&att.veth));
     assert!(!net.nft_has("ne1"), "rules left after stop");
-    assert!(!net.nft_has(&att.veth), "anti-spoofing entry left after stop");
-    assert!(!net.nft_has(&att.address.to_string()), "map entry left after stop");
+    assert!(
+        !net.nft_has(&att.veth),
+        "anti-spoofing entry left after stop"
+    );
+    assert!(
+        !net.nft_has(&att.address.to_string()),
+        "map entry left after stop"
+    );
     // Stopped, it keeps its address.
     assert!(ipam.exists());
     net.rt.start("ne1").unwrap();
@@ -444,7 +460,10 @@ fn stop_and_destroy_leave_nothing_and_leftovers_clean_up_after_a_killed_supervis
     let gone = net.rt.gc_network_now(&["ne1".to_string()]).unwrap();
     assert_eq!(gone.chains, vec!["ne1".to_string()], "{gone:?}");
     assert!(!net.nft_has("ne1"));
-    assert!(ipam.exists(), "the workspace still exists: it keeps its address");
+    assert!(
+        ipam.exists(),
+        "the workspace still exists: it keeps its address"
+    );
     net.rt.stop("ne1", Duration::from_secs(2)).unwrap();
     net.rt.destroy("ne1").unwrap();
     assert!(!ipam.exists());
@@ -511,4 +530,102 @@ fn connection_limit_refuses_connections_over_it() {
     // Once they are closed, connections are possible again.
     std::thread::sleep(Duration::from_secs(4));
     net.reaches("ng1", &a, PORT);
+}
+
+fn domain_rule(name: &str, ports: Option<(u16, u16)>) -> Rule {
+    Rule {
+        text: name.into(),
+        target: Target::Domain(name.into()),
+        ports: ports.map(|(lo, hi)| PortRange { lo, hi }),
+        sibling: false,
+    }
+}
+
+#[test]
+fn domain_rules_admit_what_the_resolver_learned_and_send_web_traffic_to_the_proxy() {
+    let net = Net::new(8);
+    net.create("nh1", &[]);
+    let a1 = net.internet_addr(1);
+    net.rt
+        .set_egress(
+            "nh1",
+            &stage(
+                EgressMode::Allowlist,
+                vec![
+                    domain_rule("one.example", None),
+                    domain_rule("two.example", Some((PORT, PORT))),
+                ],
+                vec![],
+            ),
+        )
+        .unwrap();
+    // Nothing resolved yet: nothing reachable.
+    net.refused("nh1", &a1, PORT);
+    // The resolver learned one.example -> .1 (every port), two.example -> .2 (PORT only).
+    let ttl = Duration::from_secs(30);
+    network::learn(&net.cfg, "nh1", 0, &[(a1.parse().unwrap(), None, ttl)]).unwrap();
+    network::learn(
+        &net.cfg,
+        "nh1",
+        0,
+        &[(
+            net.internet_addr(2).parse().unwrap(),
+            Some(PortRange { lo: PORT, hi: PORT }),
+            ttl,
+        )],
+    )
+    .unwrap();
+    // Learning again (a renewed answer) is fine.
+    network::learn(&net.cfg, "nh1", 0, &[(a1.parse().unwrap(), None, ttl)]).unwrap();
+    net.reaches("nh1", &a1, PORT);
+    net.reaches("nh1", &a1, HOLD);
+    net.reaches("nh1", &net.internet_addr(2), PORT);
+    net.refused("nh1", &net.internet_addr(2), HOLD);
+    // Web ports go to the egress proxy on the gateway, whatever the destination.
+    let proxy = TcpListener::bind((net.gateway(), net.cfg.proxy_port)).unwrap();
+    std::thread::spawn(move || {
+        for c in proxy.incoming().flatten() {
+            let mut c = c;
+            let _ = c.write_all(b"hello from the proxy\n");
+        }
+    });
+    let got = net.connect("nh1", &net.internet_addr(2), 443).unwrap();
+    assert!(got.contains("from the proxy"), "{got}");
+    // A plan without names sends nothing to the proxy (and drops what was learned).
+    net.rt
+        .set_egress(
+            "nh1",
+            &stage(EgressMode::Allowlist, vec![net_rule(&a1, None)], vec![]),
+        )
+        .unwrap();
+    net.refused("nh1", &net.internet_addr(2), 443);
+    net.refused("nh1", &net.internet_addr(2), PORT);
+}
+
+#[test]
+fn bandwidth_limits_are_set_on_the_workspace_link_and_lifted() {
+    let net = Net::new(9);
+    net.create("ni1", &[]);
+    let mut plan = stage(EgressMode::AllowAll, vec![], vec![]);
+    plan.limits.egress_mbit = Some(5);
+    plan.limits.ingress_mbit = Some(7);
+    net.rt.set_egress("ni1", &plan).unwrap();
+    let (att, _) = net.rt.attachment("ni1").unwrap().unwrap();
+    let (_, qdisc) = cmd("tc", &["qdisc", "show", "dev", &att.veth]);
+    assert!(qdisc.contains("tbf") && qdisc.contains("7Mbit"), "{qdisc}");
+    let (_, rate) = cmd(
+        "nft",
+        &["list", "chain", "inet", &net.cfg.table, "ws_ni1_rate"],
+    );
+    assert!(rate.contains("limit rate over 625 kbytes/second"), "{rate}");
+    let (_, map) = cmd("nft", &["list", "map", "inet", &net.cfg.table, "rate"]);
+    assert!(map.contains(&att.address.to_string()), "{map}");
+    net.reaches("ni1", &net.internet_addr(1), PORT);
+    plan.limits = NetLimits::default();
+    net.rt.set_egress("ni1", &plan).unwrap();
+    let (_, qdisc) = cmd("tc", &["qdisc", "show", "dev", &att.veth]);
+    assert!(!qdisc.contains("tbf"), "{qdisc}");
+    let (_, map) = cmd("nft", &["list", "map", "inet", &net.cfg.table, "rate"]);
+    assert!(!map.contains(&att.address.to_string()), "{map}");
+    net.reaches("ni1", &net.internet_addr(1), PORT);
 }
