@@ -5,8 +5,15 @@
 //! stage's chain, accept), reached from `forward` through the `ws` verdict map keyed by source
 //! address; chains `ws_T_sN` (one per stage) that return when the stage allows the packet and jump
 //! to `ws_T_deny` otherwise; `ws_T_deny` counts (named counter `ws_T_denied`), logs to the nflog
-//! group (rate-limited, prefix `warren:<id> `) and rejects, so clients fail fast. Per stage, sets
-//! `ws_T_sN_{deny,open,allow,dns}` of addresses and `..p` twins of address . port.
+//! group (rate-limited, prefix `warren:<id> `) and rejects, so clients fail fast; `ws_T_rate`
+//! polices what the workspace sends (reached through the `rate` map). A stage's rules without
+//! ports become interval sets `ws_T_sN_{deny,open,allow}`; rules with ports are rules of their own.
+//! The resolver's learned addresses go to `ws_T_sN_dns` (names allowed on every port) and
+//! `ws_T_sN_dns_LO_HI` (names allowed on those ports), with timeouts.
+//!
+//! The stage chain decides in the order of `Checked::addr_verdict`: deny rules, allow rules that
+//! open a protected range, the protected ranges (`protected` set: [`super::PROTECTED_RANGES`] and
+//! Warren's own pool), the mode (`allow-all` returns), allow rules, learned addresses, deny.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -21,7 +28,6 @@ use super::{
 };
 
 /// The set kinds of a stage, each with a `p` (address . port) twin.
-const SET_KINDS: &[&str] = &["deny", "open", "allow", "dns"];
 
 /// Creates or refreshes the base tables, in one transaction. The `ws` map, the `proxied` set and the
 /// bridge's `ports` set keep their elements; base chains are rewritten.
@@ -100,21 +106,15 @@ fn port_text(p: PortRange) -> String {
     }
 }
 
-/// Elements of one set pair (address, address . port) from `rules`.
-fn elements<'a>(rules: impl Iterator<Item = &'a Rule>) -> (Vec<String>, Vec<String>) {
-    let (mut plain, mut ported) = (Vec::new(), Vec::new());
-    for r in rules {
-        let Some(net) = net_of(r) else { continue };
-        match r.ports {
-            None => plain.push(net),
-            Some(p) => ported.push(format!("{net} . {}", port_text(p))),
-        }
-    }
+/// The networks of the rules of `rules` that name addresses and cover every port.
+fn elements<'a>(rules: impl Iterator<Item = &'a Rule>) -> Vec<String> {
+    let mut plain: Vec<String> = rules
+        .filter(|r| r.ports.is_none())
+        .filter_map(net_of)
+        .collect();
     plain.sort();
     plain.dedup();
-    ported.sort();
-    ported.dedup();
-    (plain, ported)
+    plain
 }
 
 /// Refuses what cannot be compiled: unresolved `workspace:` rules.
@@ -167,19 +167,136 @@ fn chains(cfg: &NetConfig) -> NetResult<Vec<String>> {
     Ok(out)
 }
 
-/// Commands removing workspace `tg`'s stage chains `stages` and their sets (after the chains that
-/// jump to them were flushed).
-fn remove_stages(script: &mut String, t: &str, tg: &str, stages: &[usize]) {
+/// Commands removing workspace `tg`'s stage chains `stages` and the sets their rules use (after
+/// the chains that jump to them were flushed).
+fn remove_stages(
+    cfg: &NetConfig,
+    script: &mut String,
+    tg: &str,
+    stages: &[usize],
+) -> NetResult<()> {
+    let t = &cfg.table;
+    let mut sets = Vec::new();
     for n in stages {
-        let _ = writeln!(script, "flush chain inet {t} ws_{tg}_s{n}");
+        let chain = format!("ws_{tg}_s{n}");
+        sets.extend(sets_used_by(cfg, &chain)?);
+        let _ = writeln!(script, "flush chain inet {t} {chain}");
     }
     for n in stages {
         let _ = writeln!(script, "delete chain inet {t} ws_{tg}_s{n}");
-        for k in SET_KINDS {
-            let _ = writeln!(script, "delete set inet {t} ws_{tg}_s{n}_{k}");
-            let _ = writeln!(script, "delete set inet {t} ws_{tg}_s{n}_{k}p");
-        }
     }
+    sets.sort();
+    sets.dedup();
+    for set in sets {
+        let _ = writeln!(script, "delete set inet {t} {set}");
+    }
+    Ok(())
+}
+
+/// The workspace sets (`@ws_...`) the rules of `chain` look up.
+fn sets_used_by(cfg: &NetConfig, chain: &str) -> NetResult<Vec<String>> {
+    let text = Nft::once(&format!("list chain inet {} {chain}", cfg.table))?;
+    Ok(text
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '{' || c == '}')
+        .filter_map(|w| w.strip_prefix('@'))
+        .filter(|w| w.starts_with("ws_"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The set of addresses the resolver learned for names allowed on `ports` (every port: `None`).
+fn dns_set(stage_chain: &str, ports: Option<PortRange>) -> String {
+    match ports {
+        None => format!("{stage_chain}_dns"),
+        Some(p) => format!("{stage_chain}_dns_{}_{}", p.lo, p.hi),
+    }
+}
+
+/// Compiles one stage into chain `st` (and the sets it uses, named after it): the stage returns
+/// when it allows a packet and jumps to `deny` otherwise.
+fn compile_stage(s: &mut String, t: &str, st: &str, stage: &Checked, deny: &str) {
+    let _ = writeln!(s, "add chain inet {t} {st}");
+    let rule = |s: &mut String, r: &str| {
+        let _ = writeln!(s, "add rule inet {t} {st} {r}");
+    };
+    if stage.mode == EgressMode::DenyAll {
+        rule(s, &format!("jump {deny}"));
+        return;
+    }
+    // Rules without ports become one interval set per kind (overlaps merge); rules with ports are
+    // rules of their own (overlapping address . port intervals cannot share a set).
+    let kind = |s: &mut String, name: &str, rules: Vec<&Rule>, verdict: &str| {
+        let plain = elements(rules.iter().copied());
+        if !plain.is_empty() {
+            let set = format!("{st}_{name}");
+            let _ = writeln!(
+                s,
+                "add set inet {t} {set} {{ type ipv4_addr; flags interval; auto-merge; }}"
+            );
+            let _ = writeln!(s, "add element inet {t} {set} {{ {} }}", plain.join(", "));
+            rule(s, &format!("ip daddr @{set} {verdict}"));
+        }
+        for r in &rules {
+            if let (Some(net), Some(p)) = (net_of(r), r.ports) {
+                rule(
+                    s,
+                    &format!(
+                        "ip daddr {net} meta l4proto {{ tcp, udp }} th dport {} {verdict}",
+                        port_text(p)
+                    ),
+                );
+            }
+        }
+    };
+    let jump = format!("jump {deny}");
+    kind(s, "deny", stage.deny.iter().collect(), &jump);
+    kind(
+        s,
+        "open",
+        stage.allow.iter().filter(|r| opens_protected(r)).collect(),
+        "return",
+    );
+    rule(s, &format!("ip daddr @protected {jump}"));
+    if stage.mode == EgressMode::AllowAll {
+        rule(s, "return");
+        return;
+    }
+    kind(
+        s,
+        "allow",
+        stage.allow.iter().filter(|r| !opens_protected(r)).collect(),
+        "return",
+    );
+    // What the resolver learns for allowed names: every port, and one set per port range named.
+    let any = dns_set(st, None);
+    let _ = writeln!(
+        s,
+        "add set inet {t} {any} {{ type ipv4_addr; flags timeout; }}"
+    );
+    rule(s, &format!("ip daddr @{any} return"));
+    let mut ranges: Vec<PortRange> = stage
+        .allow
+        .iter()
+        .filter(|r| matches!(r.target, Target::Domain(_) | Target::Wildcard(_)))
+        .filter_map(|r| r.ports)
+        .collect();
+    ranges.sort();
+    ranges.dedup();
+    for p in ranges {
+        let set = dns_set(st, Some(p));
+        let _ = writeln!(
+            s,
+            "add set inet {t} {set} {{ type ipv4_addr; flags timeout; }}"
+        );
+        rule(
+            s,
+            &format!(
+                "meta l4proto {{ tcp, udp }} th dport {} ip daddr @{set} return",
+                port_text(p)
+            ),
+        );
+    }
+    rule(s, &jump);
 }
 
 /// Replaces workspace `id`'s chains and sets with the compilation of `plan`, in one transaction, and
@@ -202,7 +319,7 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     let _ = writeln!(s, "add counter inet {t} ws_{tg}_denied");
     let _ = writeln!(s, "add chain inet {t} {deny}");
     let _ = writeln!(s, "flush chain inet {t} {deny}");
-    remove_stages(&mut s, t, &tg, &old);
+    remove_stages(cfg, &mut s, &tg, &old)?;
     let _ = writeln!(
         s,
         "add rule inet {t} {deny} counter name \"ws_{tg}_denied\""
@@ -221,74 +338,7 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         "add rule inet {t} {deny} reject with icmpx admin-prohibited"
     );
     for (n, stage) in plan.stages.iter().enumerate() {
-        let st = format!("ws_{tg}_s{n}");
-        let set_of = |k: &str| format!("{st}_{k}");
-        for k in SET_KINDS {
-            let timeout = if *k == "dns" {
-                "flags interval, timeout;"
-            } else {
-                "flags interval; auto-merge;"
-            };
-            let timeout_p = if *k == "dns" {
-                "flags interval, timeout;"
-            } else {
-                "flags interval;"
-            };
-            let _ = writeln!(
-                s,
-                "add set inet {t} {} {{ type ipv4_addr; {timeout} }}",
-                set_of(k)
-            );
-            let _ = writeln!(
-                s,
-                "add set inet {t} {}p {{ type ipv4_addr . inet_service; {timeout_p} }}",
-                set_of(k)
-            );
-        }
-        let (d, dp) = elements(stage.deny.iter());
-        let (o, op) = elements(stage.allow.iter().filter(|r| opens_protected(r)));
-        let (a, ap) = elements(stage.allow.iter().filter(|r| !opens_protected(r)));
-        for (k, plain, ported) in [("deny", d, dp), ("open", o, op), ("allow", a, ap)] {
-            if !plain.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "add element inet {t} {} {{ {} }}",
-                    set_of(k),
-                    plain.join(", ")
-                );
-            }
-            if !ported.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "add element inet {t} {}p {{ {} }}",
-                    set_of(k),
-                    ported.join(", ")
-                );
-            }
-        }
-        let _ = writeln!(s, "add chain inet {t} {st}");
-        let rule = |s: &mut String, r: &str| {
-            let _ = writeln!(s, "add rule inet {t} {st} {r}");
-        };
-        let l4 = "meta l4proto { tcp, udp } ip daddr . th dport";
-        if stage.mode == EgressMode::DenyAll {
-            rule(&mut s, &format!("jump {deny}"));
-            continue;
-        }
-        rule(&mut s, &format!("ip daddr @{} jump {deny}", set_of("deny")));
-        rule(&mut s, &format!("{l4} @{}p jump {deny}", set_of("deny")));
-        rule(&mut s, &format!("ip daddr @{} return", set_of("open")));
-        rule(&mut s, &format!("{l4} @{}p return", set_of("open")));
-        rule(&mut s, &format!("ip daddr @protected jump {deny}"));
-        if stage.mode == EgressMode::AllowAll {
-            rule(&mut s, "return");
-            continue;
-        }
-        rule(&mut s, &format!("ip daddr @{} return", set_of("allow")));
-        rule(&mut s, &format!("{l4} @{}p return", set_of("allow")));
-        rule(&mut s, &format!("ip daddr @{} return", set_of("dns")));
-        rule(&mut s, &format!("{l4} @{}p return", set_of("dns")));
-        rule(&mut s, &format!("jump {deny}"));
+        compile_stage(&mut s, t, &format!("ws_{tg}_s{n}"), stage, &deny);
     }
     // Bandwidth from the workspace: policed here (what it receives is shaped by tc on its veth).
     let rate = format!("ws_{tg}_rate");
@@ -399,7 +449,7 @@ fn remove_tag(
     if has(&ws) {
         let _ = writeln!(s, "flush chain inet {t} {ws}");
     }
-    remove_stages(&mut s, t, tg, &stages);
+    remove_stages(cfg, &mut s, tg, &stages)?;
     if has(&rate) {
         let _ = writeln!(s, "flush chain inet {t} {rate}");
         let _ = writeln!(s, "delete chain inet {t} {rate}");
@@ -490,20 +540,17 @@ pub fn learn(
         return Ok(());
     }
     let t = &cfg.table;
-    let set = format!("ws_{}_s{stage}_dns", tag(id));
+    let st = format!("ws_{}_s{stage}", tag(id));
     let mut s = String::new();
     for (addr, ports, ttl) in entries {
         let secs = ttl.as_secs().max(1);
-        let (name, elem) = match ports {
-            None => (set.clone(), addr.to_string()),
-            Some(p) => (format!("{set}p"), format!("{addr} . {}", port_text(*p))),
-        };
+        let name = dns_set(&st, *ports);
         // Add, delete, add: the element ends up with this timeout whether or not it was there.
-        let _ = writeln!(s, "add element inet {t} {name} {{ {elem} }}");
-        let _ = writeln!(s, "delete element inet {t} {name} {{ {elem} }}");
+        let _ = writeln!(s, "add element inet {t} {name} {{ {addr} }}");
+        let _ = writeln!(s, "delete element inet {t} {name} {{ {addr} }}");
         let _ = writeln!(
             s,
-            "add element inet {t} {name} {{ {elem} timeout {secs}s }}"
+            "add element inet {t} {name} {{ {addr} timeout {secs}s }}"
         );
     }
     Nft::once(&s).map(|_| ())

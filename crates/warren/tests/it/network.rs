@@ -254,6 +254,26 @@ fn allowlist_admits_allowed_addresses_and_refuses_the_rest_at_once() {
     net.refused("na1", &net.internet_addr(2), PORT);
     // The rule names one port: another is refused even on the allowed address.
     net.refused("na1", &allowed, PORT + 1);
+    // Overlapping rules are fine (with and without ports).
+    let n = net.n;
+    net.rt
+        .set_egress(
+            "na1",
+            &stage(
+                EgressMode::Allowlist,
+                vec![
+                    net_rule(&allowed, Some((PORT, PORT))),
+                    net_rule(&format!("198.18.{n}.0/24"), Some((PORT - 10, PORT + 1))),
+                    net_rule(&format!("198.18.{n}.0/30"), None),
+                    net_rule(&format!("198.18.{n}.2"), None),
+                ],
+                vec![net_rule(&format!("198.18.{n}.2"), Some((HOLD, HOLD)))],
+            ),
+        )
+        .unwrap();
+    net.reaches("na1", &net.internet_addr(2), PORT);
+    net.refused("na1", &net.internet_addr(2), HOLD);
+    net.reaches("na1", &allowed, HOLD);
     // The workspace's view: its address on eth0, the resolver on the gateway, no IPv6.
     let (att, counters) = net.rt.attachment("na1").unwrap().unwrap();
     assert!(counters.denied_connections >= 3, "{counters:?}");
