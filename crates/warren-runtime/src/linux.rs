@@ -459,6 +459,11 @@ impl Runtime for LinuxRuntime {
             .as_bytes(),
         )?;
         if spec.network == crate::Network::Egress {
+            if self.oci.is_sandboxed_kernel() {
+                return Err(RuntimeError::Start(
+                    "gVisor (runsc) workspaces cannot have a network of their own yet: use runc or libcontainer".into(),
+                ));
+            }
             let cfg = self.net_cfg()?;
             let address =
                 network::allocate(&self.root, cfg, &spec.id).map_err(RuntimeError::Start)?;

@@ -502,3 +502,56 @@ pub fn read_denials(root: &Path, after: u64) -> NetResult<(Vec<Denial>, u64)> {
     old.extend(new);
     Ok((old, pos))
 }
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn line(ws: &str) -> String {
+        let d = Denial {
+            time: "2026-01-01T00:00:00Z".into(),
+            workspace: ws.into(),
+            kind: "connect".into(),
+            address: Some(Ipv4Addr::new(203, 0, 113, 1)),
+            port: Some(443),
+            protocol: Some("tcp".into()),
+            name: None,
+            why: "not allowed".into(),
+            count: 1,
+        };
+        format!("{}\n", serde_json::to_string(&d).unwrap())
+    }
+
+    #[test]
+    fn the_journal_is_read_from_a_position_in_whole_lines_across_a_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(net_dir(d.path())).unwrap();
+        assert_eq!(read_denials(d.path(), 0).unwrap(), (vec![], 0));
+        let path = denials_path(d.path());
+        let half = line("b");
+        fs::write(&path, format!("{}{}", line("a"), &half[..10])).unwrap();
+        let (got, pos) = read_denials(d.path(), 0).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].workspace, "a");
+        assert_eq!(pos, line("a").len() as u64);
+        fs::write(&path, format!("{}{}not json\n", line("a"), half)).unwrap();
+        let (got, pos2) = read_denials(d.path(), pos).unwrap();
+        assert_eq!(
+            got.iter().map(|d| d.workspace.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        // Rotated: the rest of the old journal, then the new one.
+        let mut rotated = path.clone().into_os_string();
+        rotated.push(".1");
+        fs::write(
+            &rotated,
+            format!("{}{}not json\n{}", line("a"), half, line("c")),
+        )
+        .unwrap();
+        fs::write(&path, line("d")).unwrap();
+        let (got, pos3) = read_denials(d.path(), pos2).unwrap();
+        let names: Vec<_> = got.iter().map(|d| d.workspace.as_str()).collect();
+        assert_eq!(names, ["c", "d"]);
+        assert_eq!(pos3, line("d").len() as u64);
+    }
+}

@@ -64,7 +64,12 @@ impl Net {
             proxy_port: 15001,
             log_group: 3000 + u16::from(third),
         };
-        let f = fixture(Default::default());
+        // OCI=runc runs them on runc (its create/start split) instead of libcontainer.
+        let f = fixture(
+            std::env::var("OCI")
+                .map(|s| warren_runtime::OciRuntime::parse(&s))
+                .unwrap_or_default(),
+        );
         let rt = f.rt.clone().with_network(cfg.clone()).unwrap();
         let ns = format!("wtinet{unique}");
         let uplink = format!("wi{unique}");
@@ -648,4 +653,51 @@ fn bandwidth_limits_are_set_on_the_workspace_link_and_lifted() {
     let (_, map) = cmd("nft", &["list", "map", "inet", &net.cfg.table, "rate"]);
     assert!(!map.contains(&att.address.to_string()), "{map}");
     net.reaches("ni1", &net.internet_addr(1), PORT);
+}
+
+#[test]
+fn a_plan_that_cannot_be_enforced_is_refused_and_the_workspace_does_not_run_without_its_network() {
+    let net = Net::new(10);
+    net.create("nj1", &[]);
+    let unresolved = Rule {
+        text: "workspace:db".into(),
+        target: Target::Workspace("db".into()),
+        ports: None,
+        sibling: false,
+    };
+    let plan = stage(EgressMode::Allowlist, vec![unresolved], vec![]);
+    let e = net.rt.set_egress("nj1", &plan).unwrap_err().to_string();
+    assert!(
+        e.contains("workspace:db") && e.contains("not resolved"),
+        "{e}"
+    );
+    // Behind the runtime's back: the supervisor cannot connect it, so the workspace does not start.
+    net.rt.stop("nj1", Duration::from_secs(2)).unwrap();
+    std::fs::write(
+        net.f.dir.join("ws/nj1/egress.json"),
+        serde_json::to_vec(&plan).unwrap(),
+    )
+    .unwrap();
+    let e = net.rt.start("nj1").unwrap_err().to_string();
+    assert!(e.contains("not resolved"), "{e}");
+    assert!(!matches!(
+        net.rt.inspect("nj1").unwrap(),
+        warren_runtime::Observed::Running { .. }
+    ));
+    assert!(!net.nft_has("nj1"), "rules left after a failed start");
+    let (att, _) = net.rt.attachment("nj1").unwrap().unwrap();
+    assert!(!std::path::Path::new("/sys/class/net")
+        .join(&att.veth)
+        .exists());
+    // A workspace without a network of its own has no plan to set.
+    let mut s = spec(&net.f, "nj2");
+    s.network = Network::Isolated;
+    net.rt.create(&s).unwrap();
+    let e = net
+        .rt
+        .set_egress("nj2", &EgressPlan::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no network of its own"), "{e}");
+    assert!(net.rt.attachment("nj2").unwrap().is_none());
 }
