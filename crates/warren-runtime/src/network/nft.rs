@@ -70,9 +70,9 @@ fn load() -> Result<Lib, String> {
             Ok(p)
         }
     };
-    // SAFETY (every transmute below): each symbol is a function of libnftables' public API
-    // (nftables/libnftables.h) whose C signature is exactly the Rust function pointer type it is
-    // turned into, and the library is never unloaded.
+    // SAFETY: every transmute below turns a symbol that is a function of libnftables' public API
+    // (nftables/libnftables.h) into the Rust function pointer type of exactly its C signature, and
+    // the library is never unloaded.
     unsafe {
         Ok(Lib {
             ctx_new: std::mem::transmute::<*mut c_void, CtxNew>(sym("nft_ctx_new")?),

@@ -27,8 +27,6 @@ use super::{
     PROTECTED_RANGES,
 };
 
-/// The set kinds of a stage, each with a `p` (address . port) twin.
-
 /// Creates or refreshes the base tables, in one transaction. The `ws` map, the `proxied` set and the
 /// bridge's `ports` set keep their elements; base chains are rewritten.
 pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
