@@ -353,6 +353,7 @@ impl LinuxRuntime {
         let _ = backend.kill(libc::SIGKILL, true);
         let _ = backend.delete();
         if let (Some(cfg), Some(_)) = (&self.net, self.read_attachment(id)) {
+            let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
             network::detach(cfg, id).map_err(RuntimeError::Exec)?;
         }
         cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))
@@ -637,6 +638,7 @@ impl Runtime for LinuxRuntime {
         self.clean_up_after_supervisor(id)?;
         if let Some(cfg) = &self.net {
             if self.read_attachment(id).is_some() {
+                let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
                 network::detach(cfg, id).map_err(RuntimeError::Exec)?;
             }
             network::release(&self.root, id).map_err(RuntimeError::Exec)?;
@@ -704,9 +706,12 @@ impl Runtime for LinuxRuntime {
         })?;
         let cfg = self.net_cfg()?;
         network::check_plan(plan).map_err(RuntimeError::Exec)?;
-        network::write_json(&l.dir.join("egress.json"), plan).map_err(RuntimeError::Exec)?;
-        if self.supervisor_alive(&l) {
-            network::apply(cfg, id, &att, plan).map_err(RuntimeError::Exec)?;
+        {
+            let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
+            network::write_json(&l.dir.join("egress.json"), plan).map_err(RuntimeError::Exec)?;
+            if self.supervisor_alive(&l) {
+                network::apply(cfg, id, &att, plan).map_err(RuntimeError::Exec)?;
+            }
         }
         self.tell_netd_reload()
     }

@@ -349,8 +349,12 @@ impl Supervisor {
             None
         };
         let mut connect = |pid: i32| match &net {
-            Some((root, ncfg, att, plan)) => {
-                crate::network::attach(root, ncfg, &cfg.id, pid, att, plan)
+            Some((root, ncfg, att, _)) => {
+                // The plan as it is now, read under the lock `set_egress` writes it under: a change
+                // made while the container was being created is not lost.
+                let _lock = crate::network::workspace_lock(&layout.dir)?;
+                let plan = crate::network::load_plan(&layout.dir)?;
+                crate::network::attach(root, ncfg, &cfg.id, pid, att, &plan)
             }
             None => Ok(()),
         };
@@ -851,6 +855,7 @@ impl Supervisor {
         }
         // The veth went with the network namespace; its rules must go too (crash or stop alike).
         if let Some((_, ncfg)) = &self.net {
+            let _lock = crate::network::workspace_lock(&self.layout.dir);
             if let Err(e) = crate::network::detach(ncfg, &self.cfg.id) {
                 eprintln!("warren supervisor: disconnect the network: {e}");
                 rc = 1;

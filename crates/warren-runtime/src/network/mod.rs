@@ -458,11 +458,30 @@ pub fn load(dir: &Path) -> NetResult<(PathBuf, NetConfig, Attachment, EgressPlan
         .to_path_buf();
     let cfg: NetConfig = read_json(&config_path(&root))?;
     let att: Attachment = read_json(&dir.join("net.json"))?;
-    let plan = match dir.join("egress.json").exists() {
-        true => read_json(&dir.join("egress.json"))?,
-        false => EgressPlan::default(),
-    };
+    let plan = load_plan(dir)?;
     Ok((root, cfg, att, plan))
+}
+
+/// The egress plan of the workspace in `dir` (`egress.json`; none: the empty plan).
+pub fn load_plan(dir: &Path) -> NetResult<EgressPlan> {
+    match dir.join("egress.json").exists() {
+        true => read_json(&dir.join("egress.json")),
+        false => Ok(EgressPlan::default()),
+    }
+}
+
+/// Serializes changes to one workspace's network (`<dir>/net.lock`): its plan is written and
+/// applied, installed by its supervisor, and removed, one at a time.
+pub fn workspace_lock(dir: &Path) -> NetResult<nix::fcntl::Flock<fs::File>> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(dir.join("net.lock"))
+        .map_err(|e| format!("open {}: {e}", dir.join("net.lock").display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("lock {}: {e}", dir.join("net.lock").display()))
 }
 
 /// The denial journal's records after byte position `after`, and the position to read from next.
