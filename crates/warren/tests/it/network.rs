@@ -16,6 +16,7 @@ use crate::runtime::{fixture, sh, spec, Fixture};
 
 /// Port the fake internet listens on (it says `hello` and hangs up).
 const PORT: u16 = 8080;
+/// (It says `hello` on PORT + 1 too.)
 /// Port where it says `hello` and keeps the connection open for 3 s.
 const HOLD: u16 = 8082;
 
@@ -126,6 +127,13 @@ impl Net {
             nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             let l = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
             let hold = TcpListener::bind(("0.0.0.0", HOLD)).unwrap();
+            let other = TcpListener::bind(("0.0.0.0", PORT + 1)).unwrap();
+            std::thread::spawn(move || {
+                for c in other.incoming().flatten() {
+                    let mut c = c;
+                    let _ = c.write_all(b"hello\n");
+                }
+            });
             std::thread::spawn(move || {
                 for c in hold.incoming().flatten() {
                     std::thread::spawn(move || {
@@ -169,12 +177,34 @@ impl Net {
         }
     }
 
-    /// Asserts the connection is refused at once (a TCP reset), not left to time out.
+    /// Asserts the connection is refused at once (a TCP reset), not left to time out, by the
+    /// workspace's policy (its denial counter goes up).
     fn refused(&self, id: &str, addr: &str, port: u16) {
+        let before = self.denied(id);
+        self.refused_by_host(id, addr, port);
+        assert!(
+            self.denied(id) > before,
+            "{id} -> {addr}:{port} was refused, but not by its policy"
+        );
+    }
+
+    /// Asserts the connection is refused at once (a TCP reset), not left to time out. For
+    /// destinations where something listens (the host's own addresses are refused by the host's
+    /// input rules, which count nothing).
+    fn refused_by_host(&self, id: &str, addr: &str, port: u16) {
         match self.connect(id, addr, port) {
             Ok(out) => panic!("{id} reached {addr}:{port}: {out}"),
             Err(e) => assert!(e.contains("refused"), "{id} -> {addr}:{port}: {e}"),
         }
+    }
+
+    fn denied(&self, id: &str) -> u64 {
+        self.rt
+            .attachment(id)
+            .unwrap()
+            .unwrap()
+            .1
+            .denied_connections
     }
 
     fn reaches(&self, id: &str, addr: &str, port: u16) {
@@ -356,8 +386,8 @@ fn allow_all_still_protects_private_ranges_and_the_host() {
             let _ = c.write_all(b"hello\n");
         }
     });
-    net.refused("nc1", &net.gateway().to_string(), hport);
-    net.refused("nc1", &format!("198.19.{}.1", net.n), hport);
+    net.refused_by_host("nc1", &net.gateway().to_string(), hport);
+    net.refused_by_host("nc1", &format!("198.19.{}.1", net.n), hport);
     // ...but the resolver's port on the gateway is open.
     let dns = TcpListener::bind((net.gateway(), 53)).unwrap();
     std::thread::spawn(move || {
@@ -375,7 +405,7 @@ fn allow_all_still_protects_private_ranges_and_the_host() {
         )
         .unwrap();
     net.reaches("nc1", &private, PORT);
-    // Metadata: refused, with or without a route to it.
+    // Metadata: refused by the policy, whether or not the host has a route to it.
     net.refused("nc1", "169.254.169.254", 80);
 }
 
@@ -391,14 +421,24 @@ fn workspaces_cannot_reach_each_other_nor_escape_by_changing_their_address() {
     }
     let (a1, _) = net.rt.attachment("nd1").unwrap().unwrap();
     let (a2, _) = net.rt.attachment("nd2").unwrap().unwrap();
-    // nd1 listens; nd2 cannot connect to it (nor the reverse).
-    let (code, _, err) = sh(
-        &net.rt,
-        "nd1",
-        &format!("(nc -ll -p {PORT} -e echo hello >/dev/null 2>&1 &) ; sleep 0.2; nc -w 3 127.0.0.1 {PORT} </dev/null"),
-    );
-    assert_eq!(code, 0, "{err}");
+    // Both listen (each reaches its own listener); neither can connect to the other.
+    for id in ["nd1", "nd2"] {
+        let (code, out, err) = sh(
+            &net.rt,
+            id,
+            &format!("(nc -ll -p {PORT} -e echo hello >/dev/null 2>&1 &) ; sleep 0.2; nc -w 3 127.0.0.1 {PORT} </dev/null"),
+        );
+        assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
+    }
     net.refused("nd2", &a1.address.to_string(), PORT);
+    net.refused("nd1", &a2.address.to_string(), PORT);
+    // A sibling rule (what `workspace:NAME` becomes) opens exactly that workspace.
+    let mut sibling = net_rule(&a1.address.to_string(), Some((PORT, PORT)));
+    sibling.sibling = true;
+    net.rt
+        .set_egress("nd2", &stage(EgressMode::AllowAll, vec![sibling], vec![]))
+        .unwrap();
+    net.reaches("nd2", &a1.address.to_string(), PORT);
     net.refused("nd1", &a2.address.to_string(), PORT);
     // nd2 (with CAP_NET_ADMIN and CAP_NET_RAW) takes another address: nothing gets out any more, not even to the
     // resolver.
