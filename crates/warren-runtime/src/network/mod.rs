@@ -4,8 +4,18 @@
 //!
 //! Layout under the runtime root (`STATE/workspaces`): `.net/config.json` (the `NetConfig` in use),
 //! `.net/ipam/<address>` (one file per allocated address, holding the workspace id),
-//! `.net/netd.sock` (the resolver's control socket), `.net/denials.jsonl` (the denial journal), and per
-//! workspace `<id>/net.json` (`Attachment`) and `<id>/egress.json` (`EgressPlan`).
+//! `.net/host.lock` (held while the bridge and base tables are set up), `.net/netd.lock` (held by the
+//! running netd), `.net/netd.sock` (the resolver's control socket), `.net/denials.jsonl` (the denial
+//! journal), and per workspace `<id>/net.json` (`Attachment`), `<id>/egress.json` (`EgressPlan`),
+//! `<id>/net.lock` (serializes changes to its rules) and `<id>/etc/resolv.conf`.
+//!
+//! Host requirements: iproute2 (`ip`, `tc`), libnftables (`libnftables.so.1`, Debian package
+//! `nftables`), and the kernel's nftables (inet, bridge, nat, connlimit, log) and veth support.
+//! `ensure_host` sets `net.ipv4.ip_forward=1`. A host firewall whose forward policy drops (Docker's
+//! iptables rules, for one) must let the bridge's traffic through.
+//!
+//! Submodules: `host` (bridge, veths, tc), `rules` (nftables compilation and replacement), `nft`
+//! (libnftables), `nflog` (the log group reader).
 
 use std::fs;
 use std::io::Write;
