@@ -476,12 +476,19 @@ impl Runtime for LinuxRuntime {
             network::write_json(&l.dir.join("net.json"), &att).map_err(RuntimeError::Start)?;
             write(
                 l.etc().join("resolv.conf"),
-                format!("nameserver {}\noptions ndots:0\n", cfg.gateway()).as_bytes(),
+                format!("nameserver {}\n", cfg.gateway()).as_bytes(),
             )?;
             write(
                 l.etc().join("hosts"),
                 format!("127.0.0.1\tlocalhost\n{address}\t{}\n", spec.hostname).as_bytes(),
             )?;
+        }
+        if spec.network != crate::Network::Egress && self.read_attachment(&spec.id).is_some() {
+            // Made again without a network of its own: its address goes back to the pool.
+            let _ = fs::remove_file(l.dir.join("net.json"));
+            if self.net.is_some() {
+                network::release(&self.root, &spec.id).map_err(RuntimeError::Start)?;
+            }
         }
         let tools = self.tools_dir();
         let mut config = spec::config(spec, &l, &init_user, home.as_deref(), tools.as_deref());

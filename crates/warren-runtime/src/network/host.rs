@@ -116,6 +116,24 @@ pub(crate) fn check_config(cfg: &NetConfig) -> NetResult<()> {
     Ok(())
 }
 
+/// Refuses a bridge named `cfg.bridge` that is not this root's (another Warren instance's, or not
+/// Warren's at all); a missing bridge is fine.
+pub(crate) fn check_owned(root: &Path, cfg: &NetConfig) -> NetResult<()> {
+    let br = &cfg.bridge;
+    if !link_exists(br) {
+        return Ok(());
+    }
+    let have = fs::read_to_string(Path::new("/sys/class/net").join(br).join("ifalias"))
+        .unwrap_or_default();
+    if have.trim() != alias(root) {
+        return Err(format!(
+            "bridge {br} belongs to something else ({}): give this Warren instance another bridge, subnet and table",
+            if have.trim().is_empty() { "no Warren alias" } else { have.trim() }
+        ));
+    }
+    Ok(())
+}
+
 /// Makes the host ready for workspaces with a network: the bridge (with the gateway address, marked
 /// as this root's), IP forwarding, and the base nftables tables. Idempotent and safe to call from
 /// several processes at once (a lock on `ROOT/.net/host.lock` orders them).
@@ -134,14 +152,13 @@ pub fn ensure_host(root: &Path, cfg: &NetConfig) -> NetResult<()> {
     let _lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("lock host.lock: {e}"))?;
     let br = &cfg.bridge;
-    let want = alias(root);
     if !link_exists(br) {
         if let Err(e) = run("ip", &["link", "add", br, "type", "bridge"]) {
             if !link_exists(br) {
                 return Err(e);
             }
         } else {
-            run("ip", &["link", "set", "dev", br, "alias", &want])?;
+            run("ip", &["link", "set", "dev", br, "alias", &alias(root)])?;
         }
     }
     if !Path::new("/sys/class/net").join(br).join("bridge").exists() {
@@ -149,14 +166,7 @@ pub fn ensure_host(root: &Path, cfg: &NetConfig) -> NetResult<()> {
             "network interface {br} exists and is not a bridge: configure another bridge name"
         ));
     }
-    let have = fs::read_to_string(Path::new("/sys/class/net").join(br).join("ifalias"))
-        .unwrap_or_default();
-    if have.trim() != want {
-        return Err(format!(
-            "bridge {br} belongs to something else ({}): give this Warren instance another bridge, subnet and table",
-            if have.trim().is_empty() { "no Warren alias" } else { have.trim() }
-        ));
-    }
+    check_owned(root, cfg)?;
     // No IPv6 on Warren's network: workspaces have none, and the bridge must not offer link-local.
     write_sysctl(&format!("/proc/sys/net/ipv6/conf/{br}/disable_ipv6"), "1")?;
     let gw = format!("{}/{}", cfg.gateway(), cfg.subnet.prefix);

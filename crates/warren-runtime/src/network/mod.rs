@@ -344,6 +344,8 @@ pub fn leftovers(
     running: &[String],
     existing: &[String],
 ) -> NetResult<Leftovers> {
+    // Another instance's bridge means another instance's tables: not ours to clean.
+    host::check_owned(root, cfg)?;
     let mut done = Leftovers::default();
     let live_tags: Vec<String> = running.iter().map(|id| tag(id)).collect();
     done.chains = rules::remove_except(cfg, &live_tags)?;

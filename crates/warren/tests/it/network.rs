@@ -741,3 +741,32 @@ fn a_plan_that_cannot_be_enforced_is_refused_and_the_workspace_does_not_run_with
     assert!(e.contains("no network of its own"), "{e}");
     assert!(net.rt.attachment("nj2").unwrap().is_none());
 }
+
+#[test]
+fn a_bridge_of_another_warren_instance_is_not_taken_over() {
+    let net = Net::new(11);
+    net.create("nk1", &[]);
+    // A second runtime root configured with the same bridge.
+    let other = fixture(Default::default());
+    let rt = other.rt.clone().with_network(net.cfg.clone()).unwrap();
+    let mut s = spec(&other, "nk2");
+    s.network = Network::Egress;
+    rt.create(&s).unwrap();
+    let e = rt.start("nk2").unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "bridge {} belongs to something else",
+            net.cfg.bridge
+        )),
+        "{e}"
+    );
+    // Nor does it clean up what it takes for leftovers there.
+    let e = rt.gc_network_now(&[]).unwrap_err().to_string();
+    assert!(e.contains("belongs to something else"), "{e}");
+    rt.destroy("nk2").unwrap();
+    // The first instance is untouched.
+    net.rt
+        .set_egress("nk1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    net.reaches("nk1", &net.internet_addr(1), PORT);
+}
