@@ -1,8 +1,8 @@
 #![forbid(unsafe_code)]
 //! Shared API types for Warren: the workspace state machine, workspace names, stable error codes
 //! and the workspace record printed by the CLI and API, and the template model (parameters,
-//! ceilings, policy defaults, the manifest), and autostart schedules. This crate performs no I/O
-//! (the time zone database `schedule` uses is compiled in).
+//! ceilings, policy defaults, the manifest), autostart schedules, and network policies (`net`).
+//! This crate performs no I/O (the time zone database `schedule` uses is compiled in).
 
 pub mod activity;
 pub mod auth;

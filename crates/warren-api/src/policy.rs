@@ -227,6 +227,10 @@ pub struct PolicyDefaults {
     /// The most workspaces may set their own values to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceilings: Option<PolicyCeilings>,
+    /// What the template's workspaces may reach (default: the server's `default_network`). A
+    /// workspace's own network policy applies on top of it: a connection must pass both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::NetworkPolicy>,
 }
 
 /// A workspace's own policy values (`PUT /workspaces/{ws}/policy`), within its template's
@@ -350,6 +354,9 @@ impl PolicyDefaults {
     /// `idle_timeout` do not exceed `max_lifetime` and defaults do not exceed their ceilings.
     pub fn validate(&self) -> Result<(), String> {
         self.effective().map(drop)?;
+        if let Some(n) = &self.network {
+            n.check().map_err(|e| format!("`network`: {e}"))?;
+        }
         let ceilings = self.ceilings.clone().unwrap_or_default();
         for (field, default, ceiling) in [
             ("ttl", &self.ttl, &ceilings.ttl),

@@ -286,6 +286,10 @@ pub struct CreateWorkspace {
     /// Time to live (`8h`): deleted this long after it is created. Shorthand for `policy.ttl`.
     #[serde(default)]
     pub ttl: Option<String>,
+    /// The workspace's own network policy, applied on top of its template's (a connection must
+    /// pass both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::net::NetworkPolicy>,
     /// The workspace's own lifecycle policy values, within the template's ceilings.
     #[serde(default)]
     pub policy: Option<crate::policy::WorkspacePolicy>,
@@ -996,4 +1000,21 @@ pub struct UsageReport {
     pub rows: Vec<UsageRow>,
     /// Everything together.
     pub total: UsageRow,
+}
+
+/// `GET /workspaces/{ws}/network` (also the answer of `PUT` and `DELETE`): what the workspace may
+/// reach, where it is on Warren's network, and what was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkStatus {
+    /// The policy every connection must pass first: its template's `policy.network`, or the
+    /// server's `default_network`.
+    pub base: crate::net::NetworkPolicy,
+    /// Where `base` comes from: `template` or `server`.
+    pub base_source: String,
+    /// The workspace's own policy, applied on top of `base` (a connection must pass both).
+    pub own: Option<crate::net::NetworkPolicy>,
+    /// Its address on Warren's network, once it has been started.
+    pub address: Option<String>,
+    /// Connection attempts refused since it started (nftables' count).
+    pub denied_connections: u64,
 }

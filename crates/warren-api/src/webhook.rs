@@ -2,7 +2,7 @@
 //! signature a receiver checks. Pure: the server stores, matches and sends.
 //!
 //! A pattern is `*` (every event), `PREFIX.*` (every kind under a known prefix: `workspace.*`,
-//! `budget.*`), or one exact kind from [`EVENT_KINDS`]. Anything else is refused when the webhook
+//! `budget.*`, `network.*`), or one exact kind from [`EVENT_KINDS`]. Anything else is refused when the webhook
 //! is made, so a typo never turns into a webhook that silently receives nothing.
 //!
 //! `webhook.test` events (`POST /webhooks/{id}/test`) go to the webhook they test only, and no
@@ -12,10 +12,10 @@
 use sha2::{Digest, Sha256};
 
 /// The prefixes patterns may name (`PREFIX.*`).
-pub const PREFIXES: [&str; 2] = ["workspace", "budget"];
+pub const PREFIXES: [&str; 3] = ["workspace", "budget", "network"];
 
 /// Every event kind a pattern may name exactly. A new kind of event is added here.
-pub const EVENT_KINDS: [&str; 15] = [
+pub const EVENT_KINDS: [&str; 16] = [
     "workspace.created",
     "workspace.pending",
     "workspace.starting",
@@ -31,6 +31,7 @@ pub const EVENT_KINDS: [&str; 15] = [
     "budget.warning",
     "budget.exhausted",
     "webhook.disabled",
+    "network.denied",
 ];
 
 /// The kind of the event `POST /webhooks/{id}/test` sends.

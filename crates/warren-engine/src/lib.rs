@@ -10,6 +10,7 @@ pub mod devprops;
 mod error;
 mod lifecycle;
 mod lock;
+pub mod network;
 mod reconcile;
 mod resolve;
 mod wsspec;
@@ -45,6 +46,11 @@ pub struct Config {
     /// asks beyond the default sandbox: added capabilities, privileged mode, unconfined seccomp.
     /// Host-local workspaces always may: their user is root on this host already.
     pub owned_may_have_privileges: bool,
+    /// The plan in force of workspaces that have none recorded (host-local ones, and server
+    /// workspaces made before network policies existed).
+    pub default_egress: warren_runtime::network::EgressPlan,
+    /// Warren's network on this host as asked for (unset parts are chosen on the first start).
+    pub network: warren_runtime::network::NetRequest,
 }
 
 /// Reports progress of long steps to whoever drives the engine (the CLI prints them).
@@ -683,8 +689,11 @@ impl Engine {
             let rt = self.runtime.clone();
             let id = rec.id.clone();
             failpoint("before-provision");
+            let plan = self.egress_plan(&rec).await?;
             let res = blocking(move || {
                 rt.create(&rt_spec)?;
+                // Before the start: the workspace never runs under an older plan.
+                rt.set_egress(&id, &plan)?;
                 rt.start(&id)?;
                 Ok(())
             })

@@ -54,6 +54,16 @@ pub struct ConfigLayer {
     pub default_running_cost: Option<f64>,
     /// Cost units per hour of a stopped workspace whose template declares no `cost` (default 0).
     pub default_stopped_cost: Option<f64>,
+    /// The network policy of workspaces whose template has none (uploaded folders included);
+    /// default `allow-all`: the public internet, nothing private.
+    pub default_network: Option<warren_api::net::NetworkPolicy>,
+    /// Warren's bridge (default: `warren0`, or the next free `warrenN`).
+    pub network_bridge: Option<String>,
+    /// Warren's address pool, an IPv4 CIDR (default: a free /20 in 10.208.0.0/12).
+    pub network_subnet: Option<String>,
+    /// Upstream resolvers of Warren's DNS resolver, `IP[:PORT]` separated by commas (default:
+    /// the host's `/etc/resolv.conf`).
+    pub dns_upstream: Option<String>,
 }
 
 /// Resolved configuration.
@@ -93,6 +103,10 @@ pub struct ServerConfig {
     pub max_port_sharing: warren_api::ports::PortSharing,
     /// The rates of workspaces whose template declares no `cost` (uploaded folders included).
     pub default_cost: warren_api::template::CostRates,
+    /// The network policy of workspaces whose template has none.
+    pub default_network: warren_api::net::NetworkPolicy,
+    /// Warren's network on this host, as asked for.
+    pub network: warren_runtime::network::NetRequest,
 }
 
 /// Default listen address.
@@ -137,6 +151,10 @@ impl ConfigLayer {
             max_port_sharing: self.max_port_sharing.or(lower.max_port_sharing),
             default_running_cost: self.default_running_cost.or(lower.default_running_cost),
             default_stopped_cost: self.default_stopped_cost.or(lower.default_stopped_cost),
+            default_network: self.default_network.or(lower.default_network),
+            network_bridge: self.network_bridge.or(lower.network_bridge),
+            network_subnet: self.network_subnet.or(lower.network_subnet),
+            dns_upstream: self.dns_upstream.or(lower.dns_upstream),
         }
     }
 }
@@ -195,8 +213,19 @@ impl ServerConfig {
             e.replace("running_per_hour", "default_running_cost")
                 .replace("stopped_per_hour", "default_stopped_cost")
         })?;
+        let default_network = given.default_network.unwrap_or_default();
+        default_network
+            .check()
+            .map_err(|e| format!("default_network: {e}"))?;
+        let network = warren_runtime::network::NetRequest::parse(
+            given.network_bridge.as_deref(),
+            given.network_subnet.as_deref(),
+            given.dns_upstream.as_deref(),
+        )?;
         Ok(ServerConfig {
             default_cost,
+            default_network,
+            network,
             public_url: given
                 .public_url
                 .unwrap_or_else(|| format!("{scheme}://{listen}"))
@@ -221,6 +250,14 @@ impl ServerConfig {
             preview_domain,
             max_port_sharing,
         })
+    }
+}
+
+impl ServerConfig {
+    /// The plan of workspaces whose template has no network policy.
+    pub fn default_egress_plan(&self) -> Result<warren_runtime::network::EgressPlan, String> {
+        warren_engine::network::plan_of(&self.default_network)
+            .map_err(|e| format!("default_network: {e}"))
     }
 }
 

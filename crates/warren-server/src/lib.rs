@@ -11,6 +11,7 @@ pub mod error;
 pub mod governor;
 pub mod jobs;
 pub mod metrics;
+pub mod net;
 pub mod openapi;
 pub mod preview;
 pub mod quota;

@@ -39,6 +39,8 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         oci,
         exe,
         owned_may_have_privileges: cfg.allow_privileges,
+        network: cfg.network.clone(),
+        default_egress: cfg.default_egress_plan()?,
     })
     .await
     .map_err(|e| format!("cannot open the state in {}: {e}", cfg.state_dir.display()))?;
@@ -252,7 +254,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// The reconciler loop and token-use flushing.
+/// The reconciler loop, token-use flushing and the network denial journal.
 async fn background(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut last_reconcile = tokio::time::Instant::now();
@@ -260,6 +262,10 @@ async fn background(state: AppState) {
     loop {
         tick.tick().await;
         state.flush_token_uses().await;
+        // Refused connections and names become `network.denied` events.
+        if let Err(e) = state.engine.ingest_denials().await {
+            tracing_log(&format!("network denials: {e}"));
+        }
         if last_reconcile.elapsed() >= state.cfg.reconcile_interval {
             last_reconcile = tokio::time::Instant::now();
             if let Err(e) = state.engine.reconcile().await {

@@ -242,6 +242,9 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/workspaces/{ws}/activity", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/policy", "", Rule::Ws(WorkspaceRead)),
         c("PUT", "/api/v1/workspaces/{ws}/policy", "", Rule::Ws(WorkspaceWrite)),
+        c("GET", "/api/v1/workspaces/{ws}/network", "", Rule::Ws(WorkspaceRead)),
+        c("PUT", "/api/v1/workspaces/{ws}/network", "", Rule::Ws(WorkspaceWrite)),
+        c("DELETE", "/api/v1/workspaces/{ws}/network", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/keepalive", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/events", "", Rule::Ws(WorkspaceRead)),
         // Events: one's own (and one's teams'), or everyone's for those who see every workspace.
@@ -850,6 +853,7 @@ impl<'a> Fx<'a> {
                 | "/api/v1/workspaces/{ws}/logs"
                 | "/api/v1/workspaces/{ws}/activity"
                 | "/api/v1/workspaces/{ws}/policy"
+                | "/api/v1/workspaces/{ws}/network"
                 | "/api/v1/workspaces/{ws}/events"
                 | "/api/v1/workspaces/{ws}/ports",
                 _,
@@ -885,6 +889,9 @@ impl<'a> Fx<'a> {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
                     "/api/v1/workspaces/{ws}/extend" => j(json!({"by": "1h"})),
                     "/api/v1/workspaces/{ws}/policy" => j(json!({"ttl": "30d"})),
+                    "/api/v1/workspaces/{ws}/network" if m == "PUT" => {
+                        j(json!({"deny": ["203.0.113.0/24"]}))
+                    }
                     "/api/v1/workspaces/{ws}/ssh-access" if m == "POST" => j(json!({})),
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     "/api/v1/workspaces/{ws}/ports/{port}" => j(json!({"sharing": "organization"})),

@@ -16,6 +16,7 @@ mod error;
 mod governance;
 mod identity;
 mod jobs;
+mod network;
 mod ports;
 mod quotas;
 mod record;
@@ -43,6 +44,7 @@ pub use governance::{
 };
 pub use identity::{DeviceCodeRecord, OrgRecord, TeamRecord, TokenRecord, UserRecord};
 pub use jobs::JobRecord;
+pub use network::NetworkColumns;
 pub use quotas::{OverrideRecord, QuotaRecord, RunningRow, Spending};
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
 pub use ssh_access::SshAccessRecord;

@@ -105,11 +105,23 @@ pub struct BenchArgs {
     /// --policy: timed passes (--quick: 10).
     #[arg(long, default_value_t = 50)]
     policy_passes: usize,
+    /// Benchmark workspace networking instead: throughput and connection rate through a
+    /// workspace's egress path against the host's loopback, and DNS through Warren's resolver
+    /// against a direct query (needs root, nftables and iproute2).
+    #[arg(long)]
+    net: bool,
+    /// --net: MiB per throughput round (--quick: 64).
+    #[arg(long, default_value_t = 1024)]
+    net_mib: u64,
+    /// --net: rounds (--quick: 2).
+    #[arg(long, default_value_t = 5)]
+    net_rounds: usize,
 }
 
 mod api;
 mod build;
 pub(crate) mod devcontainer;
+mod net;
 mod policy;
 mod ports;
 mod ssh;
@@ -749,6 +761,26 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
         }
         return res;
     }
+    if args.net {
+        if args.quick {
+            args.net_mib = 64;
+            args.net_rounds = 2;
+        }
+        let res = net::run(
+            &dirs,
+            &args.busybox,
+            args.net_mib.max(1),
+            args.net_rounds.max(1),
+            args.json,
+        )
+        .await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
+        }
+        return res;
+    }
     if args.build {
         if args.quick {
             args.build_rounds = 5;
@@ -813,6 +845,8 @@ async fn bench(args: &BenchArgs, dirs: Dirs, oci: &str) -> Result<Results> {
         oci: OciRuntime::parse(oci),
         exe: exe.clone(),
         owned_may_have_privileges: false,
+        network: Default::default(),
+        default_egress: warren_engine::network::allow_all(),
     })
     .await?;
     progress("importing the busybox root filesystem");

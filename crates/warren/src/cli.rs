@@ -109,6 +109,10 @@ pub(crate) enum Cmd {
     /// autostart schedule, dormancy (server only).
     #[command(subcommand)]
     Policy(crate::policy_cmd::PolicyCmd),
+    /// Show or change what a workspace may reach on the network: egress allow and deny rules
+    /// (addresses, CIDRs, domains), bandwidth and connection limits (server only).
+    #[command(subcommand)]
+    Net(crate::net_cmd::NetCmd),
     /// Count as activity on a workspace, so its idle timeout does not stop it (agents call this
     /// while they think); `--every 1m` keeps doing so until interrupted.
     Keepalive {
@@ -986,6 +990,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Cancel { .. } => "cancel",
         Cmd::Extend { .. } => "extend",
         Cmd::Policy(_) => "policy",
+        Cmd::Net(_) => "net",
         Cmd::Keepalive { .. } => "keepalive",
         Cmd::Events(_) => "events",
         Cmd::Login(_) => "login --approve",
@@ -1033,6 +1038,8 @@ async fn embedded(
         oci: OciRuntime::parse(runtime.as_deref().unwrap_or("libcontainer")),
         exe,
         owned_may_have_privileges: false,
+        network: Default::default(),
+        default_egress: warren_engine::network::allow_all(),
     })
     .await?;
     if let Cmd::Bench(a) = cmd {

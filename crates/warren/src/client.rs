@@ -363,6 +363,33 @@ impl Client {
         self.call(Method::PUT, path, Some(body)).await
     }
 
+    // --- network policies -------------------------------------------------------------------
+
+    /// `GET /workspaces/{ws}/network`.
+    pub async fn network(&self, ws: &str) -> Result<warren_api::v1::NetworkStatus> {
+        self.get(&format!("/workspaces/{}/network", seg(ws))).await
+    }
+
+    /// `PUT /workspaces/{ws}/network`.
+    pub async fn set_network(
+        &self,
+        ws: &str,
+        p: &warren_api::net::NetworkPolicy,
+    ) -> Result<warren_api::v1::NetworkStatus> {
+        self.put(&format!("/workspaces/{}/network", seg(ws)), p)
+            .await
+    }
+
+    /// `DELETE /workspaces/{ws}/network`.
+    pub async fn reset_network(&self, ws: &str) -> Result<warren_api::v1::NetworkStatus> {
+        self.call(
+            Method::DELETE,
+            &format!("/workspaces/{}/network", seg(ws)),
+            None::<&()>,
+        )
+        .await
+    }
+
     // --- policies and events ---------------------------------------------------------------
 
     /// `GET /workspaces/{ws}/policy`.

@@ -8,6 +8,7 @@ mod client;
 mod context;
 mod devcontainer_cmd;
 mod exec;
+mod net_cmd;
 mod output;
 mod policy_cmd;
 mod ports;
@@ -27,6 +28,16 @@ fn main() -> ExitCode {
     // The supervisor must start before anything spawns a thread: it forks.
     if args.len() == 3 && args[1] == "__supervise" {
         warren_runtime::supervisor::main(std::path::Path::new(&args[2]));
+    }
+    // Warren's resolver and egress proxy: one per runtime root, started detached by the runtime.
+    if args.len() == 3 && args[1] == "__netd" {
+        match warren_netd::run(std::path::Path::new(&args[2])) {
+            Ok(()) => std::process::exit(0),
+            Err(e) => {
+                eprintln!("warren netd: {e:#}");
+                std::process::exit(1);
+            }
+        }
     }
     // The SFTP server runs inside workspaces (from the read-only `/.warren` tools mount), where
     // it needs nothing but stdin and stdout.

@@ -75,6 +75,16 @@ pub struct ServerArgs {
     /// [default: 0, free].
     #[arg(long, env = "WARREN_DEFAULT_STOPPED_COST", global = true)]
     default_stopped_cost: Option<f64>,
+    /// Warren's bridge on this host [default: `warren0`, or the next free `warrenN`].
+    #[arg(long, env = "WARREN_NETWORK_BRIDGE", global = true)]
+    network_bridge: Option<String>,
+    /// Warren's address pool, an IPv4 CIDR [default: a free /20 in 10.208.0.0/12].
+    #[arg(long, env = "WARREN_NETWORK_SUBNET", global = true)]
+    network_subnet: Option<String>,
+    /// Upstream resolvers of Warren's DNS resolver, `IP[:PORT]`, comma-separated [default: the
+    /// host's /etc/resolv.conf].
+    #[arg(long, env = "WARREN_DNS_UPSTREAM", global = true)]
+    dns_upstream: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +130,10 @@ pub async fn run(
         max_port_sharing: a.max_port_sharing,
         default_running_cost: a.default_running_cost,
         default_stopped_cost: a.default_stopped_cost,
+        default_network: None,
+        network_bridge: a.network_bridge,
+        network_subnet: a.network_subnet,
+        dns_upstream: a.dns_upstream,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

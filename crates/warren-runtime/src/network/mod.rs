@@ -586,3 +586,20 @@ mod journal_tests {
         assert_eq!(pos3, line("d").len() as u64);
     }
 }
+
+mod choose;
+pub use choose::{for_root, NetRequest};
+
+/// Removes a gone instance's bridge and nftables tables (best effort).
+pub(crate) fn remove_host_leftovers(bridge: &str) {
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", bridge])
+        .stderr(std::process::Stdio::null())
+        .status();
+    for family in ["inet", "bridge"] {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", family, bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}

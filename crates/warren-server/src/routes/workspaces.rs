@@ -33,6 +33,7 @@ use crate::jobs;
 use crate::routes::find_workspace;
 
 pub mod exec;
+pub mod network;
 pub mod policy;
 pub mod ports;
 pub mod ssh_access;
@@ -60,6 +61,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(ssh_access::router())
         .merge(terminal::router())
         .merge(policy::router())
+        .merge(network::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
@@ -321,6 +323,24 @@ async fn create_workspace(
         })?;
         Some(serde_json::to_string(&own).map_err(ApiError::internal)?)
     };
+    // Its network: the template's policy (or the server's default), then its own.
+    let base_network = serde_json::from_str::<PolicyDefaults>(&version.policy_json)
+        .ok()
+        .and_then(|p| p.network)
+        .unwrap_or_else(|| state.cfg.default_network.clone());
+    let owner = crate::net::Owner {
+        owner_id: &caller.user.id,
+        workspace_id: None,
+    };
+    let egress = crate::net::plan(&state, owner, &base_network, body.network.as_ref(), true)
+        .await
+        .map_err(cleanup)?;
+    let network_json = body
+        .network
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(ApiError::internal)?;
     let effective = Ceilings {
         cpus: requested.cpus.or(ceilings.cpus),
         memory_mb: requested.memory_mb.or(ceilings.memory_mb),
@@ -367,6 +387,10 @@ async fn create_workspace(
         .create_pending(&dir, &opts)
         .await
         .map_err(|e| cleanup(e.into()))?;
+    if let Err(e) = state.engine.set_network(&rec, network_json, &egress).await {
+        let _ = state.engine.delete(WsRef::Id(rec.id.clone()), true).await;
+        return Err(cleanup(e.into()));
+    }
     let id = rec.id.clone();
     let how = warren_engine::Hooks {
         attach: true,
@@ -590,6 +614,8 @@ async fn update_workspace(
                 st.store
                     .set_template_version(&id, &version_id, &params_json)
                     .await?;
+                // The new version's network policy, before it starts again.
+                crate::net::refresh_id(&st, &id).await?;
                 // Metered at the new version's rates from now on.
                 st.store.reprice(&id, cost.as_deref()).await?;
                 st.engine.provision(&id, &*log).await.map(|_| ())
@@ -770,6 +796,7 @@ pub(crate) async fn spawn_delete(
     reason: Reason,
 ) -> ApiResult<JobRecord> {
     let id = rec.id.clone();
+    let owner = rec.ownership.owner_id.clone();
     let project = rec.project_dir.clone();
     let projects = projects_dir(state);
     jobs::spawn(
@@ -781,6 +808,7 @@ pub(crate) async fn spawn_delete(
         move |st, log| async move {
             warren_engine::Progress::step(&*log, "Deleting workspace");
             st.engine.delete(WsRef::Id(id), true).await?;
+            crate::net::after_delete(&st, &owner).await;
             // The project folder of a server-made workspace goes with it.
             let projects = std::fs::canonicalize(&projects).unwrap_or(projects);
             if FsPath::new(&project).starts_with(&projects) {

@@ -324,7 +324,7 @@ impl Api {
 
 /// The network namespace of the only workspace of the server with state `state`: the first
 /// descendant of its supervisor in another namespace than the bench's.
-fn workspace_netns(state: &Path) -> Result<String> {
+pub(super) fn workspace_netns(state: &Path) -> Result<String> {
     let sup = super::supervisor_pids(state);
     let [sup] = sup.as_slice() else {
         bail!("expected one workspace supervisor, found {}", sup.len());

@@ -1,0 +1,140 @@
+//! netd's touch points with the host, behind traits so tests run without nftables or redirects:
+//! the learned nftables sets (`Sets`), a proxied connection's original destination (`Plumbing`),
+//! and the NFLOG listener that turns refused packets into `connect` denials (`spawn_nflog`).
+//!
+//! ADAPTER points the lead connects to `warren_runtime::network` once it has them are marked
+//! `ADAPTER(lead)`.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use warren_api::net::PortRange;
+use warren_runtime::network::{Denial, NetConfig};
+
+/// One element of a learned set: an address, the ports (`None`: every port and protocol) and how
+/// long it stays.
+pub type Learned = (Ipv4Addr, Option<PortRange>, Duration);
+
+/// The resolver-learned nftables sets of workspaces' allowlist stages.
+pub trait Sets: Send + Sync + 'static {
+    /// Adds (or refreshes) elements of workspace `id`'s stage `stage` learned set. Blocking.
+    fn learn(
+        &self,
+        cfg: &NetConfig,
+        id: &str,
+        stage: usize,
+        entries: &[Learned],
+    ) -> anyhow::Result<()>;
+}
+
+/// The real sets: the runtime's nftables.
+pub struct NftSets;
+
+impl Sets for NftSets {
+    fn learn(
+        &self,
+        cfg: &NetConfig,
+        id: &str,
+        stage: usize,
+        entries: &[Learned],
+    ) -> anyhow::Result<()> {
+        // ADAPTER(lead): once runtime-net is merged (it has `network::learn` with this signature,
+        // returning `NetResult<()>` = `Result<(), String>`), the body is
+        //     warren_runtime::network::learn(cfg, id, stage, entries).map_err(anyhow::Error::msg)
+        // Until then learning fails, so the resolver answers SERVFAIL for names an allowlist stage
+        // allows rather than addresses nftables would refuse.
+        let _ = (cfg, id, stage, entries);
+        anyhow::bail!("nftables learning is not connected (warren_runtime::network::learn)")
+    }
+}
+
+/// How the proxy finds where a connection was going and how it gets there.
+pub trait Plumbing: Send + Sync + 'static {
+    /// The destination the workspace connected to before nftables redirected it to the proxy.
+    fn original_dst(&self, conn: &TcpStream) -> std::io::Result<SocketAddrV4>;
+    /// Where to connect for `dst` (the real network: `dst` itself).
+    fn dial(&self, dst: SocketAddrV4) -> SocketAddr {
+        SocketAddr::V4(dst)
+    }
+}
+
+/// The kernel's: `SO_ORIGINAL_DST` of the redirected connection.
+pub struct Kernel;
+
+impl Plumbing for Kernel {
+    fn original_dst(&self, conn: &TcpStream) -> std::io::Result<SocketAddrV4> {
+        let sa = nix::sys::socket::getsockopt(conn, nix::sys::socket::sockopt::OriginalDst)
+            .map_err(std::io::Error::from)?;
+        Ok(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+            u16::from_be(sa.sin_port),
+        ))
+    }
+}
+
+/// Starts the NFLOG listener: every packet nftables logged (prefix `warren:<id> `) becomes a
+/// `connect` denial sent on `tx`. Returns without a listener when the runtime has none yet.
+pub fn spawn_nflog(cfg: &NetConfig, tx: tokio::sync::mpsc::Sender<Denial>) {
+    // ADAPTER(lead): once runtime-net is merged (`network::nflog::{Listener, Logged}`), this is
+    //     let mut l = match warren_runtime::network::nflog::Listener::bind(cfg.log_group) {
+    //         Ok(l) => l,
+    //         Err(e) => return eprintln!("warren netd: nflog group {}: {e}", cfg.log_group),
+    //     };
+    //     std::thread::spawn(move || loop {
+    //         let packets = match l.recv(None) {
+    //             Ok(p) => p,
+    //             Err(e) => return eprintln!("warren netd: nflog: {e}"),
+    //         };
+    //         for p in packets {
+    //             let Some(id) = logged_workspace(&p.prefix) else { continue };
+    //             let d = connect_denial(id, p.daddr, p.dport, p.protocol_name());
+    //             if tx.blocking_send(d).is_err() {
+    //                 return;
+    //             }
+    //         }
+    //     });
+    let _ = (cfg, tx);
+}
+
+/// The workspace id in an nflog prefix (`warren:<id> `).
+pub fn logged_workspace(prefix: &str) -> Option<String> {
+    let id = prefix.strip_prefix("warren:")?.trim_end();
+    (!id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    .then(|| id.to_string())
+}
+
+/// The journal record of a connection nftables refused.
+pub fn connect_denial(
+    workspace: String,
+    address: Ipv4Addr,
+    port: Option<u16>,
+    protocol: String,
+) -> Denial {
+    Denial {
+        time: String::new(),
+        workspace,
+        kind: "connect".into(),
+        address: Some(address),
+        port,
+        protocol: Some(protocol),
+        name: None,
+        why: "not allowed".into(),
+        count: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nflog_prefixes() {
+        assert_eq!(logged_workspace("warren:ab12 ").as_deref(), Some("ab12"));
+        assert_eq!(logged_workspace("warren: "), None);
+        assert_eq!(logged_workspace("other:ab12 "), None);
+    }
+}

@@ -1,0 +1,450 @@
+//! The servers end to end on loopback addresses: real UDP/TCP DNS clients against a fake upstream
+//! resolver, real TCP clients through the proxy to a local listener, the control socket. Only the
+//! nftables sets (recorded) and the redirect's original destination (supplied) are stand-ins.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket, UnixStream};
+use warren_runtime::network::{Attachment, Denial, NetConfig};
+
+use crate::dns::tests::{query, response};
+use crate::dns::{self, TYPE_A, TYPE_AAAA};
+use crate::host::{Learned, Plumbing, Sets};
+use crate::sniff::tests::{client_hello, records};
+use crate::{serve, Listeners, Netd};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
+const WS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 2);
+const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 9);
+const WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+#[derive(Default)]
+struct FakeSets {
+    learned: Mutex<Vec<(String, usize, Vec<Learned>)>>,
+}
+
+impl Sets for FakeSets {
+    fn learn(&self, _: &NetConfig, id: &str, stage: usize, e: &[Learned]) -> anyhow::Result<()> {
+        self.learned
+            .lock()
+            .unwrap()
+            .push((id.to_string(), stage, e.to_vec()));
+        Ok(())
+    }
+}
+
+/// The "redirect": every connection was going to `dst`; dialing anything reaches `real`.
+struct FakePlumbing {
+    dst: Mutex<SocketAddrV4>,
+    real: SocketAddr,
+}
+
+impl Plumbing for FakePlumbing {
+    fn original_dst(&self, _: &TcpStream) -> std::io::Result<SocketAddrV4> {
+        Ok(*self.dst.lock().unwrap())
+    }
+    fn dial(&self, _: SocketAddrV4) -> SocketAddr {
+        self.real
+    }
+}
+
+/// The fake upstream's answer to a query.
+fn upstream_answer(q: &[u8]) -> Vec<u8> {
+    let p = dns::parse_query(q).unwrap();
+    match p.name().as_deref() {
+        Some("www.allowed.test") => response(
+            q,
+            &[("www.allowed.test", "edge.cdn.test")],
+            &[
+                ("edge.cdn.test", WEB, 5),
+                // DNS rebinding: never learned.
+                ("edge.cdn.test", Ipv4Addr::new(10, 0, 0, 9), 5),
+            ],
+        ),
+        Some("other.allowed.test") => response(
+            q,
+            &[],
+            &[("other.allowed.test", Ipv4Addr::new(198, 51, 100, 3), 600)],
+        ),
+        _ => {
+            let mut r = response(q, &[], &[]);
+            r[3] = (r[3] & 0xF0) | dns::NXDOMAIN;
+            r
+        }
+    }
+}
+
+/// A fake upstream resolver on UDP and TCP; returns its address and the names it was asked.
+async fn fake_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let a = asked.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (n, peer) = udp.recv_from(&mut buf).await.unwrap();
+            let q = &buf[..n];
+            a.lock()
+                .unwrap()
+                .push(dns::parse_query(q).unwrap().name().unwrap());
+            udp.send_to(&upstream_answer(q), peer).await.unwrap();
+        }
+    });
+    let a = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tcp.accept().await.unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await.unwrap();
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            s.read_exact(&mut q).await.unwrap();
+            a.lock()
+                .unwrap()
+                .push(dns::parse_query(&q).unwrap().name().unwrap());
+            let r = upstream_answer(&q);
+            let mut out = (r.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(&r);
+            s.write_all(&out).await.unwrap();
+        }
+    });
+    (addr, asked)
+}
+
+/// A "web server": answers each connection with 200 and echoes what it read first.
+async fn fake_web() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                // Read until the client's first message is complete (a request head or a whole
+                // ClientHello) or it pauses.
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                seen.lock().unwrap().push(got);
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn write_root(root: &Path, upstream: SocketAddr, allow: &[&str]) {
+    std::fs::create_dir_all(root.join(".net")).unwrap();
+    let cfg = NetConfig {
+        subnet: warren_api::net::Ipv4Net {
+            addr: Ipv4Addr::new(127, 77, 0, 0),
+            prefix: 16,
+        },
+        dns_upstream: vec![upstream],
+        ..NetConfig::default()
+    };
+    std::fs::write(
+        root.join(".net/config.json"),
+        serde_json::to_vec(&cfg).unwrap(),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("ws1")).unwrap();
+    let att = Attachment {
+        id: "ws1".into(),
+        address: WS,
+        veth: "wvws1".into(),
+    };
+    std::fs::write(root.join("ws1/net.json"), serde_json::to_vec(&att).unwrap()).unwrap();
+    let policy: warren_api::net::NetworkPolicy = serde_json::from_value(serde_json::json!({
+        "egress": "allowlist", "allow": allow, "deny": ["bad.allowed.test"]
+    }))
+    .unwrap();
+    let plan = warren_runtime::network::EgressPlan {
+        stages: vec![policy.check().unwrap().0],
+        limits: Default::default(),
+    };
+    std::fs::write(
+        root.join("ws1/egress.json"),
+        serde_json::to_vec(&plan).unwrap(),
+    )
+    .unwrap();
+}
+
+async fn ask_udp(from: Ipv4Addr, server: SocketAddr, id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let s = UdpSocket::bind((from, 0)).await.unwrap();
+    s.send_to(&query(id, name, qtype), server).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(10), s.recv_from(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+async fn ask_tcp(server: SocketAddr, id: u16, name: &str) -> Vec<u8> {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(WS.into(), 0)).unwrap();
+    let mut s = sock.connect(server).await.unwrap();
+    let q = query(id, name, TYPE_A);
+    let mut out = (q.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&q);
+    s.write_all(&out).await.unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await.unwrap();
+    let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut r).await.unwrap();
+    r
+}
+
+/// Connects to the proxy from the workspace's address, sends `chunks` (pausing between them) and
+/// returns all it reads back.
+async fn through_proxy(proxy: SocketAddr, chunks: &[&[u8]]) -> Vec<u8> {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(WS.into(), 0)).unwrap();
+    let mut s = sock.connect(proxy).await.unwrap();
+    for c in chunks {
+        s.write_all(c).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut back = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back)).await;
+    back
+}
+
+fn denials(root: &Path) -> Vec<Denial> {
+    std::fs::read_to_string(root.join(".net/denials.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn control(root: &Path, line: &str) -> String {
+    let mut s = UnixStream::connect(root.join(".net/netd.sock"))
+        .await
+        .unwrap();
+    s.write_all(line.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolver_and_proxy_enforce_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (upstream, asked) = fake_upstream().await;
+    let (web, seen) = fake_web().await;
+    write_root(root, upstream, &["*.allowed.test"]);
+
+    let sets = Arc::new(FakeSets::default());
+    let plumbing = Arc::new(FakePlumbing {
+        dst: Mutex::new(SocketAddrV4::new(WEB, 80)),
+        real: web,
+    });
+    let netd = Netd::new(root.to_path_buf(), sets.clone(), plumbing.clone()).unwrap();
+    let dns_udp = UdpSocket::bind((GATEWAY, 0)).await.unwrap();
+    let dns_addr = dns_udp.local_addr().unwrap();
+    let dns_tcp = TcpListener::bind(dns_addr).await.unwrap();
+    let proxy = TcpListener::bind((GATEWAY, 0)).await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let control_l = tokio::net::UnixListener::bind(root.join(".net/netd.sock")).unwrap();
+    let (nflog, rx) = tokio::sync::mpsc::channel(8);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        netd,
+        Listeners {
+            dns_udp,
+            dns_tcp,
+            proxy,
+            control: control_l,
+        },
+        rx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // An allowed name resolves (with the client's id), and its addresses are learned first,
+    // following the CNAME, without the private one.
+    let r = ask_udp(WS, dns_addr, 0xBEEF, "www.allowed.test", TYPE_A).await;
+    let p = dns::parse_response(&r).unwrap();
+    assert_eq!(p.id, 0xBEEF);
+    assert_eq!(p.rcode, dns::NOERROR);
+    assert_eq!(dns::chain_addresses("www.allowed.test", &p)[0].0, WEB);
+    assert_eq!(
+        sets.learned.lock().unwrap().clone(),
+        vec![(
+            "ws1".to_string(),
+            0,
+            vec![(WEB, None, Duration::from_secs(30))]
+        )]
+    );
+
+    // Denied names are NXDOMAIN and never asked upstream.
+    for name in ["bad.allowed.test", "evil.test", "allowed.test"] {
+        let r = ask_udp(WS, dns_addr, 7, name, TYPE_A).await;
+        assert_eq!(
+            dns::parse_response(&r).unwrap().rcode,
+            dns::NXDOMAIN,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        asked.lock().unwrap().clone(),
+        vec!["www.allowed.test".to_string()]
+    );
+    let d = denials(root);
+    assert!(d.iter().any(|d| d.kind == "dns"
+        && d.name.as_deref() == Some("bad.allowed.test")
+        && d.why == "bad.allowed.test"));
+    assert!(d
+        .iter()
+        .any(|d| d.kind == "dns" && d.name.as_deref() == Some("evil.test")));
+
+    // AAAA: empty, NOERROR.
+    let r = ask_udp(WS, dns_addr, 8, "www.allowed.test", TYPE_AAAA).await;
+    let p = dns::parse_response(&r).unwrap();
+    assert_eq!((p.rcode, p.a.len(), r[7]), (dns::NOERROR, 0, 0));
+
+    // Not a workspace: REFUSED.
+    let r = ask_udp(STRANGER, dns_addr, 9, "www.allowed.test", TYPE_A).await;
+    assert_eq!(dns::parse_response(&r).unwrap().rcode, dns::REFUSED);
+
+    // Garbage: FORMERR, and the server lives on.
+    let s = UdpSocket::bind((WS, 0)).await.unwrap();
+    s.send_to(
+        &[0x12, 0x34, 0x01, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0xff],
+        dns_addr,
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(dns::parse_response(&buf[..n]).unwrap().rcode, dns::FORMERR);
+
+    // DNS over TCP.
+    let r = ask_tcp(dns_addr, 0x4242, "other.allowed.test").await;
+    let p = dns::parse_response(&r).unwrap();
+    assert_eq!((p.id, p.rcode), (0x4242, dns::NOERROR));
+
+    // The proxy: an allowed, resolved name goes through, request intact.
+    let req = b"GET /x HTTP/1.1\r\nHost: www.allowed.test\r\n\r\n";
+    let back = through_proxy(proxy_addr, &[&req[..10], &req[10..]]).await;
+    assert!(
+        back.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&back)
+    );
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &req.to_vec());
+
+    // A Host not allowed, or allowed but never resolved to this address: 403, journaled.
+    for host in ["evil.test", "other.allowed.test"] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let back = through_proxy(proxy_addr, &[req.as_bytes()]).await;
+        let text = String::from_utf8_lossy(&back);
+        assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{host}: {text}");
+        assert!(text.contains(host), "{text}");
+    }
+    assert!(denials(root).iter().any(|d| d.kind == "proxy"
+        && d.name.as_deref() == Some("evil.test")
+        && d.address == Some(WEB)
+        && d.port == Some(80)));
+    let forwarded = seen.lock().unwrap().len();
+
+    // TLS: a ClientHello split over records and segments, with an allowed SNI, goes through as is.
+    *plumbing.dst.lock().unwrap() = SocketAddrV4::new(WEB, 443);
+    let hello = records(&client_hello(Some("www.allowed.test")), 60);
+    let back = through_proxy(proxy_addr, &[&hello[..3], &hello[3..100], &hello[100..]]).await;
+    assert!(back.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &hello);
+    // A refused SNI, or none: closed without a byte, nothing forwarded.
+    for sni in [Some("evil.test"), None] {
+        let hello = records(&client_hello(sni), 16384);
+        assert!(
+            through_proxy(proxy_addr, &[&hello]).await.is_empty(),
+            "{sni:?}"
+        );
+    }
+    assert_eq!(seen.lock().unwrap().len(), forwarded + 1);
+
+    // Reload re-learns the names still allowed...
+    sets.learned.lock().unwrap().clear();
+    assert_eq!(control(root, "reload\n").await, "ok\n");
+    let learned = sets.learned.lock().unwrap().clone();
+    assert!(learned
+        .iter()
+        .any(|(id, stage, e)| id == "ws1" && *stage == 0 && e[0].0 == WEB));
+    assert!(control(root, "what\n").await.starts_with("error:"));
+    // ...and once the policy no longer allows them, forgets them: the proxy refuses.
+    write_root(root, upstream, &["*.other.test"]);
+    assert_eq!(control(root, "reload\n").await, "ok\n");
+    *plumbing.dst.lock().unwrap() = SocketAddrV4::new(WEB, 80);
+    let back = through_proxy(proxy_addr, &[req]).await;
+    assert!(back.starts_with(b"HTTP/1.1 403"));
+
+    // Refused packets the NFLOG listener reports land in the journal as `connect` denials.
+    nflog
+        .send(crate::host::connect_denial(
+            "ws1".into(),
+            Ipv4Addr::new(192, 0, 2, 1),
+            Some(22),
+            "tcp".into(),
+        ))
+        .await
+        .unwrap();
+    let mut found = false;
+    for _ in 0..200 {
+        if denials(root)
+            .iter()
+            .any(|d| d.kind == "connect" && d.port == Some(22))
+        {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(found, "the connect denial was journaled");
+
+    let _ = stop_tx.send(());
+    server.await.unwrap();
+}
+
+#[test]
+fn run_steps_aside_for_a_running_netd_and_needs_a_config() {
+    use nix::fcntl::{Flock, FlockArg};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // No config: a clear error.
+    let e = crate::run(root).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("config.json does not exist"),
+        "{e:#}"
+    );
+    // Another netd holds the lock: quietly done.
+    let f = std::fs::File::create(root.join(".net/netd.lock")).unwrap();
+    let _held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
+    crate::run(root).unwrap();
+}

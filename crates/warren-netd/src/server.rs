@@ -1,0 +1,625 @@
+//! The servers: DNS over UDP and TCP, the egress proxy and the control socket, sharing one `Netd`.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
+use tokio::sync::{mpsc, Semaphore};
+use warren_runtime::network::Denial;
+
+use crate::decide;
+use crate::dns::{self, Query};
+use crate::host::{Learned, Plumbing, Sets};
+use crate::journal::Journal;
+use crate::sniff::{self, Sniff};
+use crate::state::{self, Memory, Snapshot};
+
+/// DNS queries answered at once (over UDP; more are dropped, clients retry).
+const DNS_CONCURRENCY: usize = 256;
+/// DNS-over-TCP connections open at once.
+const DNS_TCP_CONNECTIONS: usize = 64;
+/// Queries per DNS-over-TCP connection.
+const DNS_TCP_QUERIES: usize = 100;
+/// Idle time of a DNS-over-TCP connection.
+const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
+/// Largest query accepted.
+const MAX_QUERY: usize = 4096;
+/// One upstream's time to answer before the next is tried.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upstreams tried per query.
+const MAX_UPSTREAMS: usize = 3;
+/// Shortest time a learned address stays.
+const MIN_LEARN: Duration = Duration::from_secs(30);
+/// Longest.
+const MAX_LEARN: Duration = Duration::from_secs(24 * 3600);
+/// Proxied connections open at once.
+const PROXY_CONNECTIONS: usize = 4096;
+/// Time for a client to send its ClientHello or request head.
+const PEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to connect to the destination.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The resolver and proxy's shared state.
+pub struct Netd {
+    root: PathBuf,
+    snap: RwLock<Arc<Snapshot>>,
+    memory: Mutex<Memory>,
+    journal: Journal,
+    sets: Arc<dyn Sets>,
+    plumbing: Arc<dyn Plumbing>,
+    dns_slots: Arc<Semaphore>,
+    dns_tcp_slots: Arc<Semaphore>,
+    proxy_slots: Arc<Semaphore>,
+}
+
+/// The sockets `serve` serves.
+pub struct Listeners {
+    /// DNS over UDP (gateway:53).
+    pub dns_udp: UdpSocket,
+    /// DNS over TCP (gateway:53).
+    pub dns_tcp: TcpListener,
+    /// The egress proxy (gateway:proxy_port).
+    pub proxy: TcpListener,
+    /// The control socket (`ROOT/.net/netd.sock`).
+    pub control: UnixListener,
+}
+
+fn denial(ws: &str, kind: &str, why: String) -> Denial {
+    Denial {
+        time: String::new(),
+        workspace: ws.to_string(),
+        kind: kind.to_string(),
+        address: None,
+        port: None,
+        protocol: None,
+        name: None,
+        why,
+        count: 1,
+    }
+}
+
+/// The learned-set elements for these addresses and ports.
+fn entries(
+    addrs: &[(Ipv4Addr, Duration)],
+    ports: &Option<Vec<warren_api::net::PortRange>>,
+) -> Vec<Learned> {
+    let mut out = Vec::new();
+    for (ip, d) in addrs {
+        match ports {
+            None => out.push((*ip, None, *d)),
+            Some(ps) => out.extend(ps.iter().map(|p| (*ip, Some(*p), *d))),
+        }
+    }
+    out
+}
+
+impl Netd {
+    /// Loads the root's state.
+    pub fn new(
+        root: PathBuf,
+        sets: Arc<dyn Sets>,
+        plumbing: Arc<dyn Plumbing>,
+    ) -> anyhow::Result<Arc<Netd>> {
+        let snap = state::load(&root)?;
+        Ok(Arc::new(Netd {
+            journal: Journal::new(root.join(".net/denials.jsonl")),
+            root,
+            snap: RwLock::new(Arc::new(snap)),
+            memory: Mutex::new(Memory::default()),
+            sets,
+            plumbing,
+            dns_slots: Arc::new(Semaphore::new(DNS_CONCURRENCY)),
+            dns_tcp_slots: Arc::new(Semaphore::new(DNS_TCP_CONNECTIONS)),
+            proxy_slots: Arc::new(Semaphore::new(PROXY_CONNECTIONS)),
+        }))
+    }
+
+    /// The state in use.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Re-reads the root, then re-learns the remembered addresses of names still allowed (their
+    /// sets may have been rebuilt) and forgets the others.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        let root = self.root.clone();
+        let snap = Arc::new(tokio::task::spawn_blocking(move || state::load(&root)).await??);
+        *self.snap.write().unwrap_or_else(|e| e.into_inner()) = snap.clone();
+        let by_id: std::collections::HashMap<&str, &Arc<state::Workspace>> =
+            snap.by_addr.values().map(|w| (w.id.as_str(), w)).collect();
+        let live = self.memory().live(Instant::now());
+        let mut jobs: Vec<(String, usize, Vec<Learned>)> = Vec::new();
+        for (id, name, addrs) in live {
+            let verdict = by_id
+                .get(id.as_str())
+                .map(|w| decide::dns(w.plan.as_ref(), &name));
+            let Some(Ok(learn)) = verdict else {
+                self.memory().forget(&id, &name);
+                continue;
+            };
+            let addrs: Vec<_> = addrs
+                .into_iter()
+                .filter(|(ip, _)| !snap.host.any_protected(*ip))
+                .collect();
+            for l in learn {
+                let e = entries(&addrs, &l.ports);
+                if !e.is_empty() {
+                    jobs.push((id.clone(), l.stage, e));
+                }
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let sets = self.sets.clone();
+        let cfg = snap.cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut first = Ok(());
+            for (id, stage, e) in jobs {
+                if let Err(err) = sets.learn(&cfg, &id, stage, &e) {
+                    if first.is_ok() {
+                        first = Err(err.context(format!("re-learning {id}'s names")));
+                    }
+                }
+            }
+            first
+        })
+        .await?
+    }
+
+    fn journal_now(&self, d: Denial) {
+        self.journal.note(d, SystemTime::now());
+    }
+
+    /// Answers one DNS message from `src` (`None`: no answer at all).
+    pub async fn answer(&self, src: Ipv4Addr, msg: &[u8], tcp: bool) -> Option<Vec<u8>> {
+        let q = match dns::parse_query(msg) {
+            Ok(q) => q,
+            Err(_) => return dns::formerr(msg),
+        };
+        let snap = self.snapshot();
+        let Some(ws) = snap.by_addr.get(&src).cloned() else {
+            return Some(dns::answer(&q, dns::REFUSED));
+        };
+        if q.opcode != 0 || q.qclass != dns::CLASS_IN {
+            return Some(dns::answer(&q, dns::NOTIMP));
+        }
+        let Some(name) = q.name() else {
+            let mut d = denial(&ws.id, "dns", "invalid name".into());
+            d.name = Some(q.display_name());
+            self.journal_now(d);
+            return Some(dns::answer(&q, dns::NXDOMAIN));
+        };
+        let learn = match decide::dns(ws.plan.as_ref(), &name) {
+            Ok(l) => l,
+            Err(why) => {
+                let mut d = denial(&ws.id, "dns", why);
+                d.name = Some(name);
+                self.journal_now(d);
+                return Some(dns::answer(&q, dns::NXDOMAIN));
+            }
+        };
+        if q.qtype == dns::TYPE_AAAA {
+            return Some(dns::answer(&q, dns::NOERROR));
+        }
+        let Some((mut resp, parsed)) = self.forward(&snap.upstreams, &name, &q, tcp).await else {
+            return Some(dns::answer(&q, dns::SERVFAIL));
+        };
+        let addrs: Vec<(Ipv4Addr, Duration)> = dns::chain_addresses(&name, &parsed)
+            .into_iter()
+            .filter(|(ip, _)| !snap.host.any_protected(*ip))
+            .map(|(ip, ttl)| {
+                (
+                    ip,
+                    Duration::from_secs(u64::from(ttl)).clamp(MIN_LEARN, MAX_LEARN),
+                )
+            })
+            .collect();
+        if !addrs.is_empty() {
+            let jobs: Vec<(usize, Vec<Learned>)> = learn
+                .iter()
+                .map(|l| (l.stage, entries(&addrs, &l.ports)))
+                .filter(|(_, e)| !e.is_empty())
+                .collect();
+            if !jobs.is_empty() {
+                let sets = self.sets.clone();
+                let cfg = snap.cfg.clone();
+                let id = ws.id.clone();
+                let learned = tokio::task::spawn_blocking(move || {
+                    jobs.iter()
+                        .try_for_each(|(stage, e)| sets.learn(&cfg, &id, *stage, e))
+                })
+                .await;
+                match learned {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        eprintln!("warren netd: cannot learn {name} for {}: {e:#}", ws.id);
+                        return Some(dns::answer(&q, dns::SERVFAIL));
+                    }
+                    Err(e) => {
+                        eprintln!("warren netd: cannot learn {name} for {}: {e}", ws.id);
+                        return Some(dns::answer(&q, dns::SERVFAIL));
+                    }
+                }
+            }
+            self.memory()
+                .remember(&ws.id, &name, &addrs, Instant::now());
+        }
+        dns::set_id(&mut resp, q.id);
+        Some(resp)
+    }
+
+    /// Asks the upstreams in turn; a SERVFAIL or REFUSED answer is kept only if none answers
+    /// better.
+    async fn forward(
+        &self,
+        upstreams: &[SocketAddr],
+        name: &str,
+        q: &Query,
+        tcp: bool,
+    ) -> Option<(Vec<u8>, dns::Response)> {
+        let mut fallback = None;
+        for up in upstreams.iter().take(MAX_UPSTREAMS) {
+            let id: u16 = rand::random();
+            let out = dns::upstream_query(q, id);
+            let got = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange(*up, &out, id, tcp)).await;
+            let Ok(Ok(resp)) = got else { continue };
+            let Ok(parsed) = dns::parse_response(&resp) else {
+                continue;
+            };
+            if parsed.id != id || parsed.question != Some((name.to_string(), q.qtype, q.qclass)) {
+                continue;
+            }
+            if parsed.rcode == dns::SERVFAIL || parsed.rcode == dns::REFUSED {
+                fallback = Some((resp, parsed));
+                continue;
+            }
+            return Some((resp, parsed));
+        }
+        fallback
+    }
+
+    /// Serves DNS over UDP.
+    pub async fn serve_dns_udp(self: Arc<Self>, sock: UdpSocket) {
+        let sock = Arc::new(sock);
+        let mut buf = vec![0u8; MAX_QUERY];
+        loop {
+            let (n, peer) = match sock.recv_from(&mut buf).await {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("warren netd: dns: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let SocketAddr::V4(peer4) = peer else {
+                continue;
+            };
+            // Past the limit queries are dropped: clients retry.
+            let Ok(permit) = self.dns_slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let msg = buf[..n].to_vec();
+            let me = self.clone();
+            let sock = sock.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Some(r) = me.answer(*peer4.ip(), &msg, false).await {
+                    let _ = sock.send_to(&r, peer).await;
+                }
+            });
+        }
+    }
+
+    /// Serves DNS over TCP (RFC 7766 framing: a two-byte length before each message).
+    pub async fn serve_dns_tcp(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (s, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let SocketAddr::V4(peer) = peer else { continue };
+            let Ok(permit) = self.dns_tcp_slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                me.dns_tcp_conn(s, *peer.ip()).await;
+            });
+        }
+    }
+
+    async fn dns_tcp_conn(&self, mut s: TcpStream, src: Ipv4Addr) {
+        for _ in 0..DNS_TCP_QUERIES {
+            let mut len = [0u8; 2];
+            if !matches!(
+                tokio::time::timeout(DNS_TCP_IDLE, s.read_exact(&mut len)).await,
+                Ok(Ok(_))
+            ) {
+                return;
+            }
+            let n = usize::from(u16::from_be_bytes(len));
+            if !(12..=MAX_QUERY).contains(&n) {
+                return;
+            }
+            let mut msg = vec![0u8; n];
+            if !matches!(
+                tokio::time::timeout(DNS_TCP_IDLE, s.read_exact(&mut msg)).await,
+                Ok(Ok(_))
+            ) {
+                return;
+            }
+            let Some(r) = self.answer(src, &msg, true).await else {
+                return;
+            };
+            let Ok(rlen) = u16::try_from(r.len()) else {
+                return;
+            };
+            let mut out = rlen.to_be_bytes().to_vec();
+            out.extend_from_slice(&r);
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Serves the egress proxy.
+    pub async fn serve_proxy(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (s, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.proxy_slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                me.proxy_conn(s, peer).await;
+            });
+        }
+    }
+
+    async fn proxy_conn(&self, mut s: TcpStream, peer: SocketAddr) {
+        let SocketAddr::V4(peer) = peer else { return };
+        let snap = self.snapshot();
+        let Some(ws) = snap.by_addr.get(peer.ip()).cloned() else {
+            return;
+        };
+        let Ok(dst) = self.plumbing.original_dst(&s) else {
+            return;
+        };
+        // A connection made to the proxy itself, not redirected: nowhere to go.
+        if s.local_addr().ok() == Some(SocketAddr::V4(dst)) {
+            return;
+        }
+        let (buf, sniffed) = peek(&mut s).await;
+        let (name, http) = match sniffed {
+            Sniff::Tls { sni } => (sni, false),
+            Sniff::Http { host } => (host, true),
+            Sniff::Other | Sniff::NeedMore => (None, false),
+            Sniff::Bad { http, why } => {
+                self.refuse(&mut s, &ws.id, dst, None, why.to_string(), http)
+                    .await;
+                return;
+            }
+        };
+        let verdict = {
+            let now = Instant::now();
+            let mem = self.memory();
+            decide::proxy(
+                ws.plan.as_ref(),
+                &snap.host,
+                name.as_deref(),
+                *dst.ip(),
+                dst.port(),
+                &|n, ip| mem.resolved(&ws.id, n, ip, now),
+            )
+        };
+        if let Err(why) = verdict {
+            self.refuse(&mut s, &ws.id, dst, name, why, http).await;
+            return;
+        }
+        let target = self.plumbing.dial(dst);
+        let Ok(Ok(mut up)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await
+        else {
+            if http {
+                let _ = s
+                    .write_all(&response(
+                        502,
+                        "Bad Gateway",
+                        &format!("warren: cannot connect to {dst}\n"),
+                    ))
+                    .await;
+            }
+            return;
+        };
+        if up.write_all(&buf).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+    }
+
+    async fn refuse(
+        &self,
+        s: &mut TcpStream,
+        id: &str,
+        dst: SocketAddrV4,
+        name: Option<String>,
+        why: String,
+        http: bool,
+    ) {
+        let what = name.clone().unwrap_or_else(|| dst.ip().to_string());
+        let body = format!("warren: egress to {what} refused: {why}\n");
+        let mut d = denial(id, "proxy", why);
+        d.address = Some(*dst.ip());
+        d.port = Some(dst.port());
+        d.protocol = Some("tcp".into());
+        d.name = name;
+        self.journal_now(d);
+        if http {
+            let _ = s.write_all(&response(403, "Forbidden", &body)).await;
+            let _ = s.shutdown().await;
+        }
+    }
+
+    /// Serves the control socket: `reload` → re-read everything, answer `ok`.
+    pub async fn serve_control(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                let mut line = String::new();
+                let mut r = tokio::io::BufReader::new(r.take(256));
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
+                if !matches!(read, Ok(Ok(_))) {
+                    return;
+                }
+                let reply = match line.trim() {
+                    "reload" => match me.reload().await {
+                        Ok(()) => "ok\n".to_string(),
+                        Err(e) => format!("error: {}\n", format!("{e:#}").replace('\n', " ")),
+                    },
+                    "ping" => "ok\n".to_string(),
+                    other => format!("error: unknown command `{}`\n", other.escape_debug()),
+                };
+                let _ = w.write_all(reply.as_bytes()).await;
+            });
+        }
+    }
+}
+
+/// An HTTP response closing the connection.
+fn response(code: u16, reason: &str, body: &str) -> Vec<u8> {
+    let body: String = body
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads the client's first bytes until `sniff` decides, the size bound or the time bound.
+async fn peek(s: &mut TcpStream) -> (Vec<u8>, Sniff) {
+    let mut buf = Vec::with_capacity(4096);
+    let deadline = tokio::time::Instant::now() + PEEK_TIMEOUT;
+    loop {
+        let r = sniff::sniff(&buf);
+        if r != Sniff::NeedMore {
+            return (buf, r);
+        }
+        let http = buf.first().is_some_and(u8::is_ascii_uppercase);
+        if buf.len() >= sniff::MAX_PEEK {
+            return (
+                buf,
+                Sniff::Bad {
+                    http,
+                    why: "request head too large",
+                },
+            );
+        }
+        let mut chunk = vec![0u8; (sniff::MAX_PEEK - buf.len()).min(8192)];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            // Nothing sent in time: a protocol where the server speaks first.
+            Err(_) if buf.is_empty() => return (buf, Sniff::Other),
+            _ => {
+                return (
+                    buf,
+                    Sniff::Bad {
+                        http,
+                        why: "incomplete request",
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// One exchange with an upstream resolver.
+async fn exchange(up: SocketAddr, query: &[u8], id: u16, tcp: bool) -> std::io::Result<Vec<u8>> {
+    if tcp {
+        let mut s = TcpStream::connect(up).await?;
+        let mut out = (query.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(query);
+        s.write_all(&out).await?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await?;
+        let mut resp = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut resp).await?;
+        return Ok(resp);
+    }
+    let bind: SocketAddr = if up.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(up).await?;
+    sock.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let n = sock.recv(&mut buf).await?;
+        if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
+            buf.truncate(n);
+            return Ok(buf);
+        }
+    }
+}
+
+/// Serves everything until `shutdown` completes; then writes the journal's pending records.
+pub async fn serve(
+    netd: Arc<Netd>,
+    l: Listeners,
+    mut nflog: mpsc::Receiver<Denial>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(netd.clone().serve_dns_udp(l.dns_udp));
+    tasks.spawn(netd.clone().serve_dns_tcp(l.dns_tcp));
+    tasks.spawn(netd.clone().serve_proxy(l.proxy));
+    tasks.spawn(netd.clone().serve_control(l.control));
+    let n = netd.clone();
+    tasks.spawn(async move {
+        while let Some(d) = nflog.recv().await {
+            n.journal_now(d);
+        }
+        std::future::pending::<()>().await
+    });
+    let n = netd.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            n.journal.flush(SystemTime::now());
+            n.memory().prune(Instant::now());
+        }
+    });
+    shutdown.await;
+    tasks.abort_all();
+    netd.journal.close();
+}
