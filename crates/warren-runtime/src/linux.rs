@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as PStdio};
@@ -116,11 +117,60 @@ impl LinuxRuntime {
         let child = cmd
             .spawn()
             .map_err(|e| RuntimeError::Start(format!("run {} __netd: {e}", self.exe.display())))?;
+        let _ = fs::write(dir.join("netd.pid"), child.id().to_string());
         // Reaped by a thread so that it never lingers as a zombie of a long-lived server.
         std::thread::spawn(move || {
             let mut child = child;
             let _ = child.wait();
         });
+        Ok(())
+    }
+
+    /// Stops this root's netd (SIGTERM to the process `ROOT/.net/netd.pid` names, if it still
+    /// holds `ROOT/.net/netd.lock`), waiting up to 5 s for it to let go of the lock. For shutting an
+    /// instance down (and tests); the next start of a workspace with a network spawns it again.
+    pub fn stop_netd(&self) -> Result<(), RuntimeError> {
+        let dir = network::net_dir(&self.root);
+        let held = || {
+            OpenOptions::new()
+                .read(true)
+                .open(dir.join("netd.lock"))
+                .ok()
+                .is_some_and(|f| Flock::lock(f, FlockArg::LockSharedNonblock).is_err())
+        };
+        if !held() {
+            return Ok(());
+        }
+        let pid: Option<i32> = fs::read_to_string(dir.join("netd.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        // Only a process that is this root's netd: a recycled pid is left alone.
+        let ours = pid.filter(|p| {
+            fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.get(1) == Some(&&b"__netd"[..])
+                    && args
+                        .get(2)
+                        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)))
+                        == Some(self.root.as_path())
+            })
+        });
+        let Some(pid) = ours else {
+            return Err(RuntimeError::Exec(
+                "netd runs but its pid is unknown: stop it by hand".into(),
+            ));
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while held() {
+            if std::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Exec(format!("netd (pid {pid}) did not stop")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Ok(())
     }
 

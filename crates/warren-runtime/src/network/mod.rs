@@ -24,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use warren_api::net::{Checked, Ipv4Net, NetLimits, Rule, Target};
+use warren_api::net::{Checked, Ipv4Net, NetLimits};
 
 mod host;
 pub mod nflog;
@@ -192,46 +192,6 @@ pub(crate) fn check_id(id: &str) -> NetResult<()> {
     }
 }
 
-/// The ranges denied by default even under `allow-all` (see `warren_api::net::PROTECTED`), as this
-/// crate compiles them into the `protected` set. Kept here so that the firewall never depends on a
-/// list that could be empty; Warren's own pool is added by the caller.
-pub(crate) const PROTECTED_RANGES: &[([u8; 4], u8, &str)] = &[
-    ([0, 0, 0, 0], 8, "this-network"),
-    ([10, 0, 0, 0], 8, "private"),
-    ([100, 64, 0, 0], 10, "shared"),
-    ([127, 0, 0, 0], 8, "loopback"),
-    ([169, 254, 169, 254], 32, "metadata"),
-    ([169, 254, 0, 0], 16, "link-local"),
-    ([172, 16, 0, 0], 12, "private"),
-    ([192, 0, 0, 0], 24, "ietf"),
-    ([192, 168, 0, 0], 16, "private"),
-    ([224, 0, 0, 0], 4, "multicast"),
-    ([240, 0, 0, 0], 4, "reserved"),
-];
-
-fn net_covers(outer: (u32, u8), inner: &Ipv4Net) -> bool {
-    let (a, p) = outer;
-    if inner.prefix < p {
-        return false;
-    }
-    let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-    u32::from(inner.addr) & mask == a & mask
-}
-
-/// Whether an allow rule opens a protected range (it lies inside one, or names a sibling workspace):
-/// the semantics of `Rule::opens_protected`, computed here against [`PROTECTED_RANGES`].
-pub(crate) fn opens_protected(rule: &Rule) -> bool {
-    match &rule.target {
-        Target::Net(n) => {
-            rule.sibling
-                || PROTECTED_RANGES
-                    .iter()
-                    .any(|(a, p, _)| net_covers((u32::from(Ipv4Addr::from(*a)), *p), n))
-        }
-        _ => false,
-    }
-}
-
 /// Reserves an address of `cfg.subnet` for workspace `id` (`ROOT/.net/ipam/<address>`, created
 /// exclusively); the one it already has if any. The gateway, the network and broadcast addresses
 /// are never handed out.
@@ -240,7 +200,7 @@ pub fn allocate(root: &Path, cfg: &NetConfig, id: &str) -> NetResult<Ipv4Addr> {
     let dir = ipam_dir(root);
     fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     if let Some(a) = allocated(root, id) {
-        if cfg.subnet.contains_addr(a) {
+        if cfg.subnet.contains(a) {
             return Ok(a);
         }
     }
@@ -361,49 +321,9 @@ pub fn leftovers(
     Ok(done)
 }
 
-trait ContainsAddr {
-    fn contains_addr(&self, a: Ipv4Addr) -> bool;
-}
-
-impl ContainsAddr for Ipv4Net {
-    fn contains_addr(&self, a: Ipv4Addr) -> bool {
-        net_covers(
-            (u32::from(self.addr), self.prefix),
-            &Ipv4Net {
-                addr: a,
-                prefix: 32,
-            },
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rule(net: &str, sibling: bool) -> Rule {
-        let (a, p) = net.split_once('/').unwrap();
-        Rule {
-            text: net.into(),
-            target: Target::Net(Ipv4Net {
-                addr: a.parse().unwrap(),
-                prefix: p.parse().unwrap(),
-            }),
-            ports: None,
-            sibling,
-        }
-    }
-
-    #[test]
-    fn only_rules_inside_a_protected_range_or_siblings_open_it() {
-        assert!(opens_protected(&rule("10.1.0.0/16", false)));
-        assert!(opens_protected(&rule("169.254.169.254/32", false)));
-        assert!(opens_protected(&rule("192.168.1.7/32", false)));
-        assert!(!opens_protected(&rule("0.0.0.0/0", false)));
-        assert!(!opens_protected(&rule("8.0.0.0/7", false)));
-        assert!(!opens_protected(&rule("203.0.113.0/24", false)));
-        assert!(opens_protected(&rule("203.0.113.9/32", true)));
-    }
 
     #[test]
     fn addresses_are_handed_out_once_and_kept() {

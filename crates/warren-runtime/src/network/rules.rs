@@ -12,7 +12,7 @@
 //! `ws_T_sN_dns_LO_HI` (names allowed on those ports), with timeouts.
 //!
 //! The stage chain decides in the order of `Checked::addr_verdict`: deny rules, allow rules that
-//! open a protected range, the protected ranges (`protected` set: [`super::PROTECTED_RANGES`] and
+//! open a protected range, the protected ranges (`protected` set: `warren_api::net::PROTECTED` and
 //! Warren's own pool), the mode (`allow-all` returns), allow rules, learned addresses, deny.
 
 use std::fmt::Write as _;
@@ -22,10 +22,7 @@ use std::time::Duration;
 use warren_api::net::{Checked, EgressMode, PortRange, Rule, Target};
 
 use super::nft::Nft;
-use super::{
-    host, mac_of, opens_protected, tag, Attachment, EgressPlan, NetConfig, NetCounters, NetResult,
-    PROTECTED_RANGES,
-};
+use super::{host, mac_of, tag, Attachment, EgressPlan, NetConfig, NetCounters, NetResult};
 
 /// Creates or refreshes the base tables, in one transaction. The `ws` map, the `proxied` set and the
 /// bridge's `ports` set keep their elements; base chains are rewritten.
@@ -35,9 +32,9 @@ pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
     let gw = cfg.gateway();
     let p = cfg.proxy_port;
     let subnet = cfg.subnet;
-    let mut protected: Vec<String> = PROTECTED_RANGES
+    let mut protected: Vec<String> = warren_api::net::PROTECTED
         .iter()
-        .map(|(a, n, _)| format!("{}/{n}", Ipv4Addr::from(*a)))
+        .map(|(net, _)| net.to_string())
         .collect();
     protected.push(subnet.to_string());
     let protected = protected.join(", ");
@@ -251,7 +248,7 @@ fn compile_stage(s: &mut String, t: &str, st: &str, stage: &Checked, deny: &str)
     kind(
         s,
         "open",
-        stage.allow.iter().filter(|r| opens_protected(r)).collect(),
+        stage.allow.iter().filter(|r| r.opens_protected()).collect(),
         "return",
     );
     rule(s, &format!("ip daddr @protected {jump}"));
@@ -262,7 +259,11 @@ fn compile_stage(s: &mut String, t: &str, st: &str, stage: &Checked, deny: &str)
     kind(
         s,
         "allow",
-        stage.allow.iter().filter(|r| !opens_protected(r)).collect(),
+        stage
+            .allow
+            .iter()
+            .filter(|r| !r.opens_protected())
+            .collect(),
         "return",
     );
     // What the resolver learns for allowed names: every port, and one set per port range named.

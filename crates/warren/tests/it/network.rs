@@ -151,6 +151,21 @@ impl Net {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    /// Takes the gateway's resolver and proxy ports for listeners of the test's own that say
+    /// `hello` (Warren's netd, started with the first workspace, then cannot bind them and exits).
+    fn fake_gateway_services(&self) {
+        network::ensure_host(&self.f.dir.join("ws"), &self.cfg).unwrap();
+        for port in [53, self.cfg.proxy_port] {
+            let l = TcpListener::bind((self.gateway(), port)).unwrap();
+            std::thread::spawn(move || {
+                for c in l.incoming().flatten() {
+                    let mut c = c;
+                    let _ = c.write_all(format!("hello from {port}\n").as_bytes());
+                }
+            });
+        }
+    }
+
     fn create(&self, id: &str, caps: &[&str]) {
         let mut s = spec(&self.f, id);
         s.network = Network::Egress;
@@ -239,6 +254,9 @@ impl Drop for Net {
     fn drop(&mut self) {
         for id in self.rt.list().unwrap_or_default() {
             let _ = self.rt.destroy(&id);
+        }
+        if let Err(e) = self.rt.stop_netd() {
+            eprintln!("{e}");
         }
         let _ = cmd("ip", &["netns", "del", &self.ns]);
         let _ = cmd("ip", &["link", "del", &self.uplink]);
@@ -370,6 +388,7 @@ fn deny_all_blocks_everything_and_set_egress_applies_to_the_next_connection() {
 #[test]
 fn allow_all_still_protects_private_ranges_and_the_host() {
     let net = Net::new(3);
+    net.fake_gateway_services();
     net.create("nc1", &[]);
     net.rt
         .set_egress("nc1", &stage(EgressMode::AllowAll, vec![], vec![]))
@@ -389,13 +408,6 @@ fn allow_all_still_protects_private_ranges_and_the_host() {
     net.refused_by_host("nc1", &net.gateway().to_string(), hport);
     net.refused_by_host("nc1", &format!("198.19.{}.1", net.n), hport);
     // ...but the resolver's port on the gateway is open.
-    let dns = TcpListener::bind((net.gateway(), 53)).unwrap();
-    std::thread::spawn(move || {
-        for c in dns.incoming().flatten() {
-            let mut c = c;
-            let _ = c.write_all(b"hello\n");
-        }
-    });
     net.reaches("nc1", &net.gateway().to_string(), 53);
     // An allow rule inside a protected range opens it (so the route was there all along).
     net.rt
@@ -609,6 +621,7 @@ fn domain_rule(name: &str, ports: Option<(u16, u16)>) -> Rule {
 #[test]
 fn domain_rules_admit_what_the_resolver_learned_and_send_web_traffic_to_the_proxy() {
     let net = Net::new(8);
+    net.fake_gateway_services();
     net.create("nh1", &[]);
     let a1 = net.internet_addr(1);
     net.rt
@@ -647,15 +660,11 @@ fn domain_rules_admit_what_the_resolver_learned_and_send_web_traffic_to_the_prox
     net.reaches("nh1", &net.internet_addr(2), PORT);
     net.refused("nh1", &net.internet_addr(2), HOLD);
     // Web ports go to the egress proxy on the gateway, whatever the destination.
-    let proxy = TcpListener::bind((net.gateway(), net.cfg.proxy_port)).unwrap();
-    std::thread::spawn(move || {
-        for c in proxy.incoming().flatten() {
-            let mut c = c;
-            let _ = c.write_all(b"hello from the proxy\n");
-        }
-    });
     let got = net.connect("nh1", &net.internet_addr(2), 443).unwrap();
-    assert!(got.contains("from the proxy"), "{got}");
+    assert!(
+        got.contains(&format!("from {}", net.cfg.proxy_port)),
+        "{got}"
+    );
     // A plan without names sends nothing to the proxy (and drops what was learned).
     net.rt
         .set_egress(
