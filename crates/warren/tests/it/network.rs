@@ -492,7 +492,7 @@ fn workspaces_cannot_reach_each_other_nor_escape_by_changing_their_address() {
 }
 
 #[test]
-fn stop_and_destroy_leave_nothing_and_leftovers_clean_up_after_a_killed_supervisor() {
+fn stop_crash_and_destroy_leave_nothing_and_leftovers_clean_up_after_a_killed_supervisor() {
     let net = Net::new(5);
     net.create("ne1", &[]);
     net.rt
@@ -520,6 +520,26 @@ fn stop_and_destroy_leave_nothing_and_leftovers_clean_up_after_a_killed_supervis
     assert!(ipam.exists());
     net.rt.start("ne1").unwrap();
     assert_eq!(net.rt.attachment("ne1").unwrap().unwrap().0, att);
+    net.reaches("ne1", &net.internet_addr(1), PORT);
+    // The init dies (killed from the host): the supervisor disconnects the workspace.
+    let init = init_pid("ne1");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    for _ in 0..500 {
+        if !matches!(
+            net.rt.inspect("ne1").unwrap(),
+            warren_runtime::Observed::Running { .. }
+        ) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!link(&att.veth));
+    assert!(!net.nft_has("ne1"), "rules left after the init crashed");
+    net.rt.start("ne1").unwrap();
     net.reaches("ne1", &net.internet_addr(1), PORT);
     // The supervisor dies hard: its rules stay until the reconciler cleans up.
     let pid: i32 = std::fs::read_to_string(net.f.dir.join("ws/ne1/run/sup.pid"))
@@ -778,4 +798,57 @@ fn a_bridge_of_another_warren_instance_is_not_taken_over() {
         .set_egress("nk1", &stage(EgressMode::AllowAll, vec![], vec![]))
         .unwrap();
     net.reaches("nk1", &net.internet_addr(1), PORT);
+}
+
+/// The host pid of a workspace's init: the process of its cgroup that is pid 1 in its namespace.
+fn init_pid(id: &str) -> i32 {
+    warren_runtime::cgroup::pids(&warren_runtime::spec::cgroup_path(id))
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status")).is_ok_and(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .and_then(|l| l.split_whitespace().last())
+                    == Some("1")
+            })
+        })
+        .expect("the init in the cgroup")
+}
+
+#[test]
+fn host_setup_is_idempotent_and_safe_from_several_callers_at_once() {
+    let net = Net::new(12);
+    let root = net.f.dir.join("ws");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| network::ensure_host(&root, &net.cfg).unwrap());
+        }
+    });
+    network::ensure_host(&root, &net.cfg).unwrap();
+    let br = &net.cfg.bridge;
+    let alias = std::fs::read_to_string(format!("/sys/class/net/{br}/ifalias")).unwrap();
+    assert_eq!(
+        alias.trim(),
+        format!("warren:{}", std::fs::canonicalize(&root).unwrap().display())
+    );
+    let (_, addrs) = cmd("ip", &["-4", "addr", "show", "dev", br]);
+    assert_eq!(
+        addrs.matches(&format!("{}/24", net.gateway())).count(),
+        1,
+        "{addrs}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    let (_, table) = cmd("nft", &["list", "chain", "inet", &net.cfg.table, "forward"]);
+    assert_eq!(table.matches("vmap @ws").count(), 1, "{table}");
+    // And workspaces work after it.
+    net.create("nl1", &[]);
+    net.rt
+        .set_egress("nl1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    net.reaches("nl1", &net.internet_addr(1), PORT);
 }
