@@ -121,6 +121,9 @@ pub enum BackendError {
     /// libcontainer failed.
     #[error("libcontainer: {0}")]
     Libcontainer(String),
+    /// Setting the container up between create and start failed (its network).
+    #[error("{0}")]
+    Setup(String),
     /// An external runtime failed or could not be run.
     #[error("{runtime} {op}: {message}")]
     Binary {
@@ -200,11 +203,14 @@ impl Backend {
         }
     }
 
-    /// Creates and starts the workspace init; returns its host pid.
+    /// Creates and starts the workspace init; returns its host pid. `before_start` runs between
+    /// the two, with the init's pid, while the init waits in its namespaces (the supervisor connects
+    /// its network there); when it fails, the container is deleted and never runs.
     pub fn create_and_start(
         &self,
         stdio: Stdio,
         seccomp: Option<std::sync::Arc<[u8]>>,
+        before_start: &mut dyn FnMut(i32) -> Result<(), String>,
     ) -> Result<i32, BackendError> {
         match &self.runtime {
             OciRuntime::Libcontainer => {
@@ -222,11 +228,15 @@ impl Backend {
                     .with_detach(true)
                     .build()
                     .map_err(lc)?;
-                c.start().map_err(lc)?;
                 let pid = c
                     .pid()
                     .map(|p| p.as_raw())
-                    .ok_or_else(|| lc("container has no pid after start"))?;
+                    .ok_or_else(|| lc("container has no pid after create"))?;
+                if let Err(e) = before_start(pid) {
+                    let _ = c.delete(true);
+                    return Err(BackendError::Setup(e));
+                }
+                c.start().map_err(lc)?;
                 // runc brings up the loopback interface of a new network namespace; libcontainer does not.
                 if let Err(e) = loopback_up(pid) {
                     let _ = c.delete(true);
@@ -246,6 +256,14 @@ impl Backend {
                     .arg(&self.id);
                 // runc keeps the passed stdio for the init; its own errors then go to the log file.
                 self.run_binary(create, "create", Some(stdio))?;
+                let created = read_pid(&pid_file).and_then(|pid| {
+                    before_start(pid).map_err(BackendError::Setup)?;
+                    Ok(pid)
+                });
+                if let Err(e) = created {
+                    let _ = self.delete();
+                    return Err(e);
+                }
                 let mut start = self.binary(path, global_args);
                 start.arg("start").arg(&self.id);
                 self.run_binary(start, "start", None)?;

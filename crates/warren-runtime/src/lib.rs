@@ -263,6 +263,13 @@ pub trait Runtime: Send + Sync {
         let _ = id;
         Ok(None)
     }
+    /// Removes what the host network keeps for workspaces that are not running (rules, veths) or
+    /// not in `live` any more (their addresses): for the control plane's reconciler, after
+    /// supervisors died without cleaning up.
+    fn gc_network(&self, live: &[String]) -> Result<(), RuntimeError> {
+        let _ = live;
+        Ok(())
+    }
     /// Denial journal records after position `after` (0: the start), and the position to ask from
     /// next time.
     fn denials(&self, after: u64) -> Result<(Vec<network::Denial>, u64), RuntimeError> {

@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as PStdio};
@@ -12,6 +13,7 @@ use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::backend::{Backend, OciRuntime};
+use crate::network::{self, Attachment, EgressPlan, NetConfig};
 use crate::proto::{self, ExecProcess, Request, Response};
 use crate::spec::{self, Layout};
 use crate::supervisor::{ExitRecord, SupervisorConfig, READY_FD_ENV};
@@ -25,6 +27,8 @@ pub struct LinuxRuntime {
     exe: PathBuf,
     /// Whether workspaces get the `/.warren` tools mount (build sandboxes do not need it).
     tools: bool,
+    /// Warren's network, for workspaces with `Network::Egress`.
+    net: Option<NetConfig>,
 }
 
 impl LinuxRuntime {
@@ -36,7 +40,187 @@ impl LinuxRuntime {
             oci,
             exe: exe.to_path_buf(),
             tools: true,
+            net: None,
         }
+    }
+
+    /// The same runtime with Warren's network for `Network::Egress` workspaces, configured by `cfg`
+    /// (written to `ROOT/.net/config.json`, where the supervisors and `warren __netd` read it).
+    /// Nothing on the host changes until a workspace with a network starts.
+    pub fn with_network(mut self, cfg: NetConfig) -> Result<LinuxRuntime, RuntimeError> {
+        network::check_config(&cfg).map_err(RuntimeError::Start)?;
+        let dir = network::net_dir(&self.root);
+        fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        network::write_json(&network::config_path(&self.root), &cfg)
+            .map_err(RuntimeError::Start)?;
+        self.net = Some(cfg);
+        Ok(self)
+    }
+
+    /// The network configuration in use, if any.
+    pub fn network(&self) -> Option<&NetConfig> {
+        self.net.as_ref()
+    }
+
+    fn net_cfg(&self) -> Result<&NetConfig, RuntimeError> {
+        self.net.as_ref().ok_or_else(|| {
+            RuntimeError::Start(
+                "this runtime has no network configured for workspaces with network access".into(),
+            )
+        })
+    }
+
+    /// The workspace's attachment (`<id>/net.json`), if it has one.
+    fn read_attachment(&self, id: &str) -> Option<Attachment> {
+        fs::read(self.layout(id).dir.join("net.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Makes sure `warren __netd ROOT` (Warren's resolver and egress proxy) runs: spawns it,
+    /// detached, unless a process holds `ROOT/.net/netd.lock`. netd takes the lock itself, so of two
+    /// racing spawns one stays.
+    fn ensure_netd(&self) -> Result<(), RuntimeError> {
+        let dir = network::net_dir(&self.root);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("netd.lock"))
+            .map_err(RuntimeError::io("open netd.lock"))?;
+        match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
+            Err(_) => return Ok(()),
+            Ok(held) => drop(held),
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("netd.log"))
+            .map_err(RuntimeError::io("open netd.log"))?;
+        let log2 = log.try_clone().map_err(RuntimeError::io("open netd.log"))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("__netd")
+            .arg(&self.root)
+            .stdin(PStdio::null())
+            .stdout(PStdio::from(log))
+            .stderr(PStdio::from(log2));
+        // SAFETY: the closure runs in the forked child before exec and calls only setsid(2), which is
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| RuntimeError::Start(format!("run {} __netd: {e}", self.exe.display())))?;
+        let _ = fs::write(dir.join("netd.pid"), child.id().to_string());
+        // Reaped by a thread so that it never lingers as a zombie of a long-lived server.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(())
+    }
+
+    /// Stops this root's netd (SIGTERM to the process `ROOT/.net/netd.pid` names, if it still
+    /// holds `ROOT/.net/netd.lock`), waiting up to 5 s for it to let go of the lock. For shutting an
+    /// instance down (and tests); the next start of a workspace with a network spawns it again.
+    pub fn stop_netd(&self) -> Result<(), RuntimeError> {
+        let dir = network::net_dir(&self.root);
+        let held = || {
+            OpenOptions::new()
+                .read(true)
+                .open(dir.join("netd.lock"))
+                .ok()
+                .is_some_and(|f| Flock::lock(f, FlockArg::LockSharedNonblock).is_err())
+        };
+        if !held() {
+            return Ok(());
+        }
+        let pid: Option<i32> = fs::read_to_string(dir.join("netd.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        // Only a process that is this root's netd: a recycled pid is left alone.
+        let ours = pid.filter(|p| {
+            fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                args.get(1) == Some(&&b"__netd"[..])
+                    && args
+                        .get(2)
+                        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)))
+                        == Some(self.root.as_path())
+            })
+        });
+        let Some(pid) = ours else {
+            return Err(RuntimeError::Exec(
+                "netd runs but its pid is unknown: stop it by hand".into(),
+            ));
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while held() {
+            if std::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Exec(format!("netd (pid {pid}) did not stop")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Asks netd to re-read the workspaces' plans (`reload` on `ROOT/.net/netd.sock`, answered
+    /// `ok`), waiting a few seconds at most. Without netd there is nothing to tell.
+    fn tell_netd_reload(&self) -> Result<(), RuntimeError> {
+        use std::io::{BufRead, BufReader, Write};
+        let path = network::net_dir(&self.root).join("netd.sock");
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&path) else {
+            return Ok(());
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        s.write_all(b"reload\n")
+            .map_err(RuntimeError::io("tell netd to reload"))?;
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .map_err(RuntimeError::io("wait for netd's reload"))?;
+        if line.trim() == "ok" {
+            Ok(())
+        } else {
+            Err(RuntimeError::Exec(format!(
+                "netd did not reload: {}",
+                line.trim()
+            )))
+        }
+    }
+
+    /// Removes what the network has for workspaces that are not running or gone: nftables objects
+    /// and veths of every workspace not running, and the addresses of those not in `live` (the
+    /// workspaces the control plane knows) or without a directory any more.
+    pub fn gc_network_now(&self, live: &[String]) -> Result<network::Leftovers, RuntimeError> {
+        let Some(cfg) = &self.net else {
+            return Ok(network::Leftovers::default());
+        };
+        if !network::config_path(&self.root).exists() {
+            return Ok(network::Leftovers::default());
+        }
+        let existing: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|id| live.contains(id))
+            .collect();
+        let running: Vec<String> = existing
+            .iter()
+            .filter(|id| self.supervisor_alive(&self.layout(id)))
+            .cloned()
+            .collect();
+        network::leftovers(&self.root, cfg, &running, &existing).map_err(RuntimeError::Exec)
     }
 
     /// The same runtime without the `/.warren` tools mount (for build sandboxes, which nobody
@@ -218,6 +402,10 @@ impl LinuxRuntime {
         let backend = Backend::new(oci, id, &l.oci_root(), &l.bundle());
         let _ = backend.kill(libc::SIGKILL, true);
         let _ = backend.delete();
+        if let (Some(cfg), Some(_)) = (&self.net, self.read_attachment(id)) {
+            let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
+            network::detach(cfg, id).map_err(RuntimeError::Exec)?;
+        }
         cgroup::remove(&spec::cgroup_path(id)).map_err(RuntimeError::io("remove cgroup"))
     }
 
@@ -321,6 +509,37 @@ impl Runtime for LinuxRuntime {
             )
             .as_bytes(),
         )?;
+        if spec.network == crate::Network::Egress {
+            if self.oci.is_sandboxed_kernel() {
+                return Err(RuntimeError::Start(
+                    "gVisor (runsc) workspaces cannot have a network of their own yet: use runc or libcontainer".into(),
+                ));
+            }
+            let cfg = self.net_cfg()?;
+            let address =
+                network::allocate(&self.root, cfg, &spec.id).map_err(RuntimeError::Start)?;
+            let att = Attachment {
+                id: spec.id.clone(),
+                address,
+                veth: network::veth_name(&spec.id),
+            };
+            network::write_json(&l.dir.join("net.json"), &att).map_err(RuntimeError::Start)?;
+            write(
+                l.etc().join("resolv.conf"),
+                format!("nameserver {}\n", cfg.gateway()).as_bytes(),
+            )?;
+            write(
+                l.etc().join("hosts"),
+                format!("127.0.0.1\tlocalhost\n{address}\t{}\n", spec.hostname).as_bytes(),
+            )?;
+        }
+        if spec.network != crate::Network::Egress && self.read_attachment(&spec.id).is_some() {
+            // Made again without a network of its own: its address goes back to the pool.
+            let _ = fs::remove_file(l.dir.join("net.json"));
+            if self.net.is_some() {
+                network::release(&self.root, &spec.id).map_err(RuntimeError::Start)?;
+            }
+        }
         let tools = self.tools_dir();
         let mut config = spec::config(spec, &l, &init_user, home.as_deref(), tools.as_deref());
         // With libcontainer, Warren installs its precompiled filter itself (see backend.rs), for the
@@ -364,6 +583,7 @@ impl Runtime for LinuxRuntime {
             default_user: spec.container_user.clone(),
             seccomp_bpf,
             security: spec.security.clone(),
+            network: spec.network == crate::Network::Egress,
         };
         write(
             l.supervisor_config(),
@@ -382,6 +602,11 @@ impl Runtime for LinuxRuntime {
             return Ok(());
         }
         self.refresh_tools_mount(&l);
+        if self.read_attachment(id).is_some() {
+            let cfg = self.net_cfg()?;
+            network::ensure_host(&self.root, cfg).map_err(RuntimeError::Start)?;
+            self.ensure_netd()?;
+        }
         self.spawn_supervisor(&l)
     }
 
@@ -468,6 +693,13 @@ impl Runtime for LinuxRuntime {
         }
         self.kill_supervisor(&l);
         self.clean_up_after_supervisor(id)?;
+        if let Some(cfg) = &self.net {
+            if self.read_attachment(id).is_some() {
+                let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
+                network::detach(cfg, id).map_err(RuntimeError::Exec)?;
+            }
+            network::release(&self.root, id).map_err(RuntimeError::Exec)?;
+        }
         match fs::remove_dir_all(&l.dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -517,6 +749,50 @@ impl Runtime for LinuxRuntime {
                 "unexpected answer from the supervisor: {other:?}"
             ))),
         }
+    }
+
+    fn set_egress(&self, id: &str, plan: &EgressPlan) -> Result<(), RuntimeError> {
+        let l = self.layout(id);
+        if !l.supervisor_config().exists() {
+            return Err(RuntimeError::Exec(format!(
+                "workspace {id} was never created on this host"
+            )));
+        }
+        let att = self.read_attachment(id).ok_or_else(|| {
+            RuntimeError::Exec(format!("workspace {id} has no network of its own"))
+        })?;
+        let cfg = self.net_cfg()?;
+        network::check_plan(plan).map_err(RuntimeError::Exec)?;
+        {
+            let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
+            network::write_json(&l.dir.join("egress.json"), plan).map_err(RuntimeError::Exec)?;
+            if self.supervisor_alive(&l) {
+                network::apply(cfg, id, &att, plan).map_err(RuntimeError::Exec)?;
+            }
+        }
+        self.tell_netd_reload()
+    }
+
+    fn attachment(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Attachment, network::NetCounters)>, RuntimeError> {
+        let Some(att) = self.read_attachment(id) else {
+            return Ok(None);
+        };
+        let counters = match &self.net {
+            Some(cfg) => network::counters(cfg, id).map_err(RuntimeError::Exec)?,
+            None => Default::default(),
+        };
+        Ok(Some((att, counters)))
+    }
+
+    fn denials(&self, after: u64) -> Result<(Vec<network::Denial>, u64), RuntimeError> {
+        network::read_denials(&self.root, after).map_err(RuntimeError::Exec)
+    }
+
+    fn gc_network(&self, live: &[String]) -> Result<(), RuntimeError> {
+        self.gc_network_now(live).map(|_| ())
     }
 
     fn upper_dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {

@@ -399,6 +399,11 @@ pub fn config(
         mounts.push(json!({ "destination": "/etc/resolv.conf", "type": "bind",
             "source": "/etc/resolv.conf", "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }));
     }
+    if spec.network == crate::Network::Egress {
+        // Warren's resolver on the gateway (written by `create` next to hostname and hosts).
+        mounts.push(json!({ "destination": "/etc/resolv.conf", "type": "bind",
+            "source": etc.join("resolv.conf"), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }));
+    }
     for (file, dest) in [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts")] {
         mounts.push(json!({ "destination": dest, "type": "bind",
             "source": etc.join(file), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }));
@@ -438,7 +443,7 @@ pub fn config(
         json!({"type": "mount"}),
         json!({"type": "cgroup"}),
     ];
-    if spec.network == crate::Network::Isolated {
+    if spec.network != crate::Network::Host {
         namespaces.insert(1, json!({"type": "network"}));
     }
     let mut linux = json!({

@@ -58,6 +58,11 @@ pub struct SupervisorConfig {
     /// Extra privileges, applied to exec'd processes as to the init.
     #[serde(default)]
     pub security: crate::Security,
+    /// The workspace has an address on Warren's network (`Network::Egress`): the supervisor
+    /// connects it between the container's create and start (from `ROOT/.net/config.json`,
+    /// `net.json` and `egress.json`) and disconnects it when the init exits.
+    #[serde(default)]
+    pub network: bool,
 }
 
 /// What `exit.json` records about the last run.
@@ -254,6 +259,8 @@ struct Supervisor {
     /// When the init gets SIGTERM even if some of those processes are still there.
     init_deadline: Option<Instant>,
     exec_seq: u64,
+    /// The workspace's network (runtime root and config), to disconnect when the init exits.
+    net: Option<(PathBuf, crate::network::NetConfig)>,
 }
 
 fn err<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
@@ -336,8 +343,23 @@ impl Supervisor {
             stdout: devnull().map_err(err("open /dev/null"))?,
             stderr: devnull().map_err(err("open /dev/null"))?,
         };
+        let net = if cfg.network {
+            Some(crate::network::load(&layout.dir).map_err(err("the workspace's network"))?)
+        } else {
+            None
+        };
+        let mut connect = |pid: i32| match &net {
+            Some((root, ncfg, att, _)) => {
+                // The plan as it is now, read under the lock `set_egress` writes it under: a change
+                // made while the container was being created is not lost.
+                let _lock = crate::network::workspace_lock(&layout.dir)?;
+                let plan = crate::network::load_plan(&layout.dir)?;
+                crate::network::attach(root, ncfg, &cfg.id, pid, att, &plan)
+            }
+            None => Ok(()),
+        };
         let init_pid = backend
-            .create_and_start(stdio, seccomp.clone())
+            .create_and_start(stdio, seccomp.clone(), &mut connect)
             .map_err(|e| e.to_string())?;
 
         let (sig_r, sig_w) =
@@ -399,6 +421,7 @@ impl Supervisor {
             stopping: Vec::new(),
             init_deadline: None,
             exec_seq: 0,
+            net: net.map(|(root, c, _, _)| (root, c)),
         })
     }
 
@@ -829,6 +852,14 @@ impl Supervisor {
         if let Err(e) = self.backend.delete() {
             eprintln!("warren supervisor: delete container: {e}");
             rc = 1;
+        }
+        // The veth went with the network namespace; its rules must go too (crash or stop alike).
+        if let Some((_, ncfg)) = &self.net {
+            let _lock = crate::network::workspace_lock(&self.layout.dir);
+            if let Err(e) = crate::network::detach(ncfg, &self.cfg.id) {
+                eprintln!("warren supervisor: disconnect the network: {e}");
+                rc = 1;
+            }
         }
         let rec = ExitRecord {
             code,

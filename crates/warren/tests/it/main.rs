@@ -4,6 +4,7 @@ mod cli;
 mod examples;
 mod features;
 mod isolation;
+mod network;
 mod runtime;
 mod server;
 mod util;
