@@ -161,11 +161,11 @@ impl Engine {
         })?;
         let store = Store::open(&cfg.state_dir.join("warren.db")).await?;
         let images = ImageStore::open(&cfg.state_dir.join("images"))?;
-        let runtime: Arc<dyn Runtime> = Arc::new(LinuxRuntime::new(
-            &cfg.state_dir.join("workspaces"),
-            cfg.oci.clone(),
-            &cfg.exe,
-        ));
+        let root = cfg.state_dir.join("workspaces");
+        let net = warren_runtime::network::for_root(&root, &cfg.network)
+            .map_err(|e| EngineError::Internal(format!("workspace network: {e}")))?;
+        let runtime: Arc<dyn Runtime> =
+            Arc::new(LinuxRuntime::new(&root, cfg.oci.clone(), &cfg.exe).with_network(net)?);
         Ok(Engine {
             cfg,
             store,
@@ -685,15 +685,19 @@ impl Engine {
             }
             let rec = self.apply(&rec, Event::Start, None).await?;
             progress.step(&format!("Starting workspace {}", rec.name));
-            let rt_spec = spec.runtime_spec(&rec);
+            let mut rt_spec = spec.runtime_spec(&rec);
+            rt_spec.network = self.workspace_network();
             let rt = self.runtime.clone();
             let id = rec.id.clone();
             failpoint("before-provision");
             let plan = self.egress_plan(&rec).await?;
             let res = blocking(move || {
+                let egress = rt_spec.network == warren_runtime::Network::Egress;
                 rt.create(&rt_spec)?;
                 // Before the start: the workspace never runs under an older plan.
-                rt.set_egress(&id, &plan)?;
+                if egress {
+                    rt.set_egress(&id, &plan)?;
+                }
                 rt.start(&id)?;
                 Ok(())
             })

@@ -11,6 +11,25 @@ use crate::{blocking, Engine, EngineError, WsRef};
 const JOURNAL_CURSOR: &str = "network.denials.cursor";
 
 impl Engine {
+    /// The network workspaces get: Warren's (an address on the bridge, NAT, the resolver, the plan
+    /// enforced), except under gVisor, whose own network stack Warren cannot police yet: those get
+    /// loopback only (nothing gets out, which is the safe side of a policy).
+    pub(crate) fn workspace_network(&self) -> warren_runtime::Network {
+        if self.cfg.oci.is_sandboxed_kernel() {
+            warren_runtime::Network::Isolated
+        } else {
+            warren_runtime::Network::Egress
+        }
+    }
+
+    /// Removes the host network state (chains, sets, veths, addresses) of workspaces that are gone
+    /// or no longer running: what a crash left behind.
+    pub(crate) async fn gc_network(&self) -> Result<(), EngineError> {
+        let live: Vec<String> = self.store.list().await?.into_iter().map(|r| r.id).collect();
+        let rt = self.runtime.clone();
+        blocking(move || Ok(rt.gc_network(&live)?)).await
+    }
+
     /// The plan in force for a workspace: the one recorded with it, or the engine's default.
     pub async fn egress_plan(&self, rec: &WorkspaceRecord) -> Result<EgressPlan, EngineError> {
         let cols = self

@@ -85,6 +85,14 @@ impl Engine {
                 Err(e) => report.errors.push((id, e.to_string())),
             }
         }
+        // Network state of workspaces that are gone or stopped (a crashed supervisor's rules).
+        if let Err(e) = self.gc_network().await {
+            report.errors.push(("network".into(), e.to_string()));
+        }
+        // Refused connections and names become events.
+        if let Err(e) = self.ingest_denials().await {
+            report.errors.push(("network denials".into(), e.to_string()));
+        }
         Ok(report)
     }
 

@@ -2,8 +2,6 @@
 //! the learned nftables sets (`Sets`), a proxied connection's original destination (`Plumbing`),
 //! and the NFLOG listener that turns refused packets into `connect` denials (`spawn_nflog`).
 //!
-//! ADAPTER points the lead connects to `warren_runtime::network` once it has them are marked
-//! `ADAPTER(lead)`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -39,13 +37,7 @@ impl Sets for NftSets {
         stage: usize,
         entries: &[Learned],
     ) -> anyhow::Result<()> {
-        // ADAPTER(lead): once runtime-net is merged (it has `network::learn` with this signature,
-        // returning `NetResult<()>` = `Result<(), String>`), the body is
-        //     warren_runtime::network::learn(cfg, id, stage, entries).map_err(anyhow::Error::msg)
-        // Until then learning fails, so the resolver answers SERVFAIL for names an allowlist stage
-        // allows rather than addresses nftables would refuse.
-        let _ = (cfg, id, stage, entries);
-        anyhow::bail!("nftables learning is not connected (warren_runtime::network::learn)")
+        warren_runtime::network::learn(cfg, id, stage, entries).map_err(anyhow::Error::msg)
     }
 }
 
@@ -76,25 +68,25 @@ impl Plumbing for Kernel {
 /// Starts the NFLOG listener: every packet nftables logged (prefix `warren:<id> `) becomes a
 /// `connect` denial sent on `tx`. Returns without a listener when the runtime has none yet.
 pub fn spawn_nflog(cfg: &NetConfig, tx: tokio::sync::mpsc::Sender<Denial>) {
-    // ADAPTER(lead): once runtime-net is merged (`network::nflog::{Listener, Logged}`), this is
-    //     let mut l = match warren_runtime::network::nflog::Listener::bind(cfg.log_group) {
-    //         Ok(l) => l,
-    //         Err(e) => return eprintln!("warren netd: nflog group {}: {e}", cfg.log_group),
-    //     };
-    //     std::thread::spawn(move || loop {
-    //         let packets = match l.recv(None) {
-    //             Ok(p) => p,
-    //             Err(e) => return eprintln!("warren netd: nflog: {e}"),
-    //         };
-    //         for p in packets {
-    //             let Some(id) = logged_workspace(&p.prefix) else { continue };
-    //             let d = connect_denial(id, p.daddr, p.dport, p.protocol_name());
-    //             if tx.blocking_send(d).is_err() {
-    //                 return;
-    //             }
-    //         }
-    //     });
-    let _ = (cfg, tx);
+    let mut l = match warren_runtime::network::nflog::Listener::bind(cfg.log_group) {
+        Ok(l) => l,
+        Err(e) => return eprintln!("warren netd: nflog group {}: {e}", cfg.log_group),
+    };
+    std::thread::spawn(move || loop {
+        let packets = match l.recv(None) {
+            Ok(p) => p,
+            Err(e) => return eprintln!("warren netd: nflog: {e}"),
+        };
+        for p in packets {
+            let Some(id) = logged_workspace(&p.prefix) else {
+                continue;
+            };
+            let d = connect_denial(id, p.daddr, p.dport, p.protocol_name());
+            if tx.blocking_send(d).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// The workspace id in an nflog prefix (`warren:<id> `).

@@ -216,7 +216,7 @@ fn reclaim(entries: Vec<Entry>) -> Vec<Entry> {
             live.push(e);
             continue;
         }
-        super::remove_host_leftovers(&e.bridge);
+        super::remove_host_leftovers(&e.bridge, &e.root);
         let _ = fs::remove_file(Path::new(REGISTRY).join(&e.bridge));
     }
     live
@@ -299,6 +299,16 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
 
 /// The IPv4 networks the host routes in its main table (`/proc/net/route`), but the default route.
 fn host_networks() -> Vec<Ipv4Net> {
+    routes(false)
+}
+
+/// The IPv4 networks the host is directly connected to (routes without a gateway), but the default
+/// route: its LANs, as well as other Warren instances' pools.
+pub(crate) fn connected_networks() -> Vec<Ipv4Net> {
+    routes(true)
+}
+
+fn routes(connected_only: bool) -> Vec<Ipv4Net> {
     let Ok(text) = fs::read_to_string("/proc/net/route") else {
         return Vec::new();
     };
@@ -308,7 +318,9 @@ fn host_networks() -> Vec<Ipv4Net> {
             let f: Vec<&str> = l.split_whitespace().collect();
             let dest = u32::from_str_radix(f.get(1)?, 16).ok()?;
             let mask = u32::from_str_radix(f.get(7)?, 16).ok()?;
-            if mask == 0 {
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            const RTF_GATEWAY: u32 = 0x2;
+            if mask == 0 || (connected_only && flags & RTF_GATEWAY != 0) {
                 return None;
             }
             // The kernel prints them in host byte order.

@@ -213,7 +213,18 @@ pub fn allocate(root: &Path, cfg: &NetConfig, id: &str) -> NetResult<Ipv4Addr> {
         ));
     }
     let gw = u32::from(cfg.gateway());
-    for off in 1..(size - 1) as u32 {
+    // Round robin from the last address handed out: a released address is the last to be given
+    // again, so a rule or a cache that still names it has time to go before another workspace
+    // answers there.
+    let cursor = dir.join(".next");
+    let start: u32 = fs::read_to_string(&cursor)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|o| (1..(size - 1) as u32).contains(o))
+        .unwrap_or(1);
+    let usable = (size - 2) as u32;
+    for i in 0..usable {
+        let off = 1 + (start - 1 + i) % usable;
         let a = base + off;
         if a == gw {
             continue;
@@ -229,6 +240,7 @@ pub fn allocate(root: &Path, cfg: &NetConfig, id: &str) -> NetResult<Ipv4Addr> {
             Ok(mut f) => {
                 f.write_all(id.as_bytes())
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
+                let _ = fs::write(&cursor, (off % usable + 1).to_string());
                 return Ok(addr);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -350,6 +362,17 @@ mod tests {
             Ipv4Addr::new(10, 9, 0, 4)
         );
         assert!(allocate(d.path(), &cfg, "../x").is_err());
+        // A released address is given again last.
+        release(d.path(), "a").unwrap();
+        release(d.path(), "b").unwrap();
+        let g = allocate(d.path(), &cfg, "g").unwrap();
+        let h = allocate(d.path(), &cfg, "h").unwrap();
+        assert_eq!((g, h), (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3)));
+        let d2 = tempfile::tempdir().unwrap();
+        let a = allocate(d2.path(), &cfg, "a").unwrap();
+        allocate(d2.path(), &cfg, "b").unwrap();
+        release(d2.path(), "a").unwrap();
+        assert_ne!(allocate(d2.path(), &cfg, "c").unwrap(), a);
         assert_ne!(veth_name("a"), veth_name("b"));
         assert_eq!(veth_name("a").len(), 10);
         assert_eq!(tag("0123abcd"), "0123abcd");
@@ -510,8 +533,29 @@ mod journal_tests {
 mod choose;
 pub use choose::{for_root, NetRequest};
 
-/// Removes a gone instance's bridge and nftables tables (best effort).
-pub(crate) fn remove_host_leftovers(bridge: &str) {
+/// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
+/// effort).
+pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+            if args.get(1) == Some(&&b"__netd"[..])
+                && args.get(2) == Some(&root.as_os_str().as_bytes())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
     let _ = std::process::Command::new("ip")
         .args(["link", "del", bridge])
         .stderr(std::process::Stdio::null())

@@ -11,8 +11,9 @@
 //! The resolver's learned addresses go to `ws_T_sN_dns` (names allowed on every port) and
 //! `ws_T_sN_dns_LO_HI` (names allowed on those ports), with timeouts.
 //!
-//! The stage chain decides in the order of `Checked::addr_verdict`: deny rules, allow rules that
-//! open a protected range, the protected ranges (`protected` set: `warren_api::net::PROTECTED` and
+//! The stage chain decides in the order of `Checked::addr_verdict`: deny rules, sibling rules
+//! (resolved `workspace:NAME`), Warren's pool (closed to anything else), allow rules that open a
+//! protected range, the protected ranges (and the host's own networks) (`protected` set: `warren_api::net::PROTECTED` and
 //! Warren's own pool), the mode (`allow-all` returns), allow rules, learned addresses, deny.
 
 use std::fmt::Write as _;
@@ -37,6 +38,13 @@ pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
         .map(|(net, _)| net.to_string())
         .collect();
     protected.push(subnet.to_string());
+    // The host's own networks (its LAN, say) are as private as RFC 1918 ones, whatever their
+    // addresses; Warren's bridges are in the list already (the pools).
+    for n in super::choose::connected_networks() {
+        if !n.addr.is_loopback() && n.prefix > 0 && !subnet.covers(&n) {
+            protected.push(n.to_string());
+        }
+    }
     let protected = protected.join(", ");
     let script = format!(
         r#"add table inet {t}
@@ -209,7 +217,14 @@ fn dns_set(stage_chain: &str, ports: Option<PortRange>) -> String {
 
 /// Compiles one stage into chain `st` (and the sets it uses, named after it): the stage returns
 /// when it allows a packet and jumps to `deny` otherwise.
-fn compile_stage(s: &mut String, t: &str, st: &str, stage: &Checked, deny: &str) {
+fn compile_stage(
+    s: &mut String,
+    t: &str,
+    st: &str,
+    stage: &Checked,
+    deny: &str,
+    pool: warren_api::net::Ipv4Net,
+) {
     let _ = writeln!(s, "add chain inet {t} {st}");
     let rule = |s: &mut String, r: &str| {
         let _ = writeln!(s, "add rule inet {t} {st} {r}");
@@ -245,10 +260,23 @@ fn compile_stage(s: &mut String, t: &str, st: &str, stage: &Checked, deny: &str)
     };
     let jump = format!("jump {deny}");
     kind(s, "deny", stage.deny.iter().collect(), &jump);
+    // Warren's pool opens only to rules naming a sibling workspace (resolved by the control plane):
+    // `10.0.0.0/8` opens the private range, never the other workspaces in it.
+    kind(
+        s,
+        "sib",
+        stage.allow.iter().filter(|r| r.sibling).collect(),
+        "return",
+    );
+    rule(s, &format!("ip daddr {pool} {jump}"));
     kind(
         s,
         "open",
-        stage.allow.iter().filter(|r| r.opens_protected()).collect(),
+        stage
+            .allow
+            .iter()
+            .filter(|r| r.opens_protected() && !r.sibling)
+            .collect(),
         "return",
     );
     rule(s, &format!("ip daddr @protected {jump}"));
@@ -262,7 +290,7 @@ fn compile_stage(s: &mut String, t: &str, st: &str, stage: &Checked, deny: &str)
         stage
             .allow
             .iter()
-            .filter(|r| !r.opens_protected())
+            .filter(|r| !r.opens_protected() && !r.sibling)
             .collect(),
         "return",
     );
@@ -337,7 +365,14 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         "add rule inet {t} {deny} reject with icmpx admin-prohibited"
     );
     for (n, stage) in plan.stages.iter().enumerate() {
-        compile_stage(&mut s, t, &format!("ws_{tg}_s{n}"), stage, &deny);
+        compile_stage(
+            &mut s,
+            t,
+            &format!("ws_{tg}_s{n}"),
+            stage,
+            &deny,
+            cfg.subnet,
+        );
     }
     // Bandwidth from the workspace: policed here (what it receives is shaped by tc on its veth).
     let rate = format!("ws_{tg}_rate");
