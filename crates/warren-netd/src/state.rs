@@ -152,7 +152,7 @@ pub fn resolv_conf(text: &str) -> Vec<SocketAddr> {
 }
 
 /// The host's own IPv4 addresses.
-fn host_addresses() -> Vec<Ipv4Addr> {
+pub(crate) fn host_addresses() -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
