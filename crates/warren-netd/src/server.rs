@@ -38,6 +38,8 @@ const MAX_UPSTREAMS: usize = 3;
 const MIN_LEARN: Duration = Duration::from_secs(30);
 /// Longest.
 const MAX_LEARN: Duration = Duration::from_secs(24 * 3600);
+/// Most set elements learned in one call on `reload`.
+const LEARN_BATCH: usize = 4096;
 /// Proxied connections open at once, all workspaces together (at most: also bounded by the file
 /// descriptors netd may open, two per connection).
 const PROXY_CONNECTIONS: usize = 16384;
@@ -221,8 +223,10 @@ impl Netd {
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = snap.clone();
         let by_id: std::collections::HashMap<&str, &Arc<state::Workspace>> =
             snap.by_addr.values().map(|w| (w.id.as_str(), w)).collect();
+        // At most `state::NAMES_PER_WORKSPACE` names per workspace, learned in one batch per
+        // workspace and stage (a few thousand elements at most per call).
         let live = self.memory().live(Instant::now());
-        let mut jobs: Vec<(String, usize, Vec<Learned>)> = Vec::new();
+        let mut batches: HashMap<(String, usize), Vec<Learned>> = HashMap::new();
         for (id, name, addrs) in live {
             let verdict = by_id
                 .get(id.as_str())
@@ -238,10 +242,18 @@ impl Netd {
             for l in learn {
                 let e = entries(&addrs, &l.ports);
                 if !e.is_empty() {
-                    jobs.push((id.clone(), l.stage, e));
+                    batches.entry((id.clone(), l.stage)).or_default().extend(e);
                 }
             }
         }
+        let jobs: Vec<(String, usize, Vec<Learned>)> = batches
+            .into_iter()
+            .flat_map(|((id, stage), e)| {
+                e.chunks(LEARN_BATCH)
+                    .map(|c| (id.clone(), stage, c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if jobs.is_empty() {
             return Ok(());
         }
