@@ -329,13 +329,20 @@ async fn resolver_and_proxy_enforce_the_policy() {
         asked.lock().unwrap().clone(),
         vec!["www.allowed.test".to_string()]
     );
-    let d = denials(root);
-    assert!(d.iter().any(|d| d.kind == "dns"
-        && d.name.as_deref() == Some("bad.allowed.test")
-        && d.why == "bad.allowed.test"));
-    assert!(d
-        .iter()
-        .any(|d| d.kind == "dns" && d.name.as_deref() == Some("evil.test")));
+    // The journal is written by its own thread: wait for it.
+    assert!(
+        wait_for(|| {
+            let d = denials(root);
+            d.iter().any(|d| {
+                d.kind == "dns"
+                    && d.name.as_deref() == Some("bad.allowed.test")
+                    && d.why == "bad.allowed.test"
+            }) && d
+                .iter()
+                .any(|d| d.kind == "dns" && d.name.as_deref() == Some("evil.test"))
+        })
+        .await
+    );
 
     // AAAA: empty, NOERROR.
     let r = ask_udp(WS, dns_addr, 8, "www.allowed.test", TYPE_AAAA).await;
@@ -384,10 +391,13 @@ async fn resolver_and_proxy_enforce_the_policy() {
         assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{host}: {text}");
         assert!(text.contains(host), "{text}");
     }
-    assert!(denials(root).iter().any(|d| d.kind == "proxy"
-        && d.name.as_deref() == Some("evil.test")
-        && d.address == Some(WEB)
-        && d.port == Some(80)));
+    assert!(
+        wait_for(|| denials(root).iter().any(|d| d.kind == "proxy"
+            && d.name.as_deref() == Some("evil.test")
+            && d.address == Some(WEB)
+            && d.port == Some(80)))
+        .await
+    );
     let forwarded = seen.lock().unwrap().len();
 
     // TLS: a ClientHello split over records and segments, with an allowed SNI, goes through as is.
