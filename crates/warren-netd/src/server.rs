@@ -1,4 +1,19 @@
 //! The servers: DNS over UDP and TCP, the egress proxy and the control socket, sharing one `Netd`.
+//!
+//! Fairness: each workspace (source address) has its own share: `Limits::dns_per_source` DNS
+//! queries in flight (past it SERVFAIL at once), `Limits::dns_tcp_per_source` DNS-over-TCP
+//! connections and its plan's `max_connections` (default `Limits::proxy_per_source`) proxied
+//! connections (past them closed), under global caps; proxied connections idle for
+//! `Limits::proxy_idle` are closed.
+//!
+//! What the proxy checks: the destination address and port, and the name in the FIRST bytes of the
+//! connection only: the TLS ClientHello's SNI, or the `Host` of the first HTTP/1 request head.
+//! Later requests on a kept-alive connection are not parsed (there is no HTTP parser here): they
+//! go to the same destination address, which the decision already allowed for this workspace, so
+//! a different `Host` in them reaches only that address (another site served from it, a shared
+//! CDN address say, is reachable that way, as it is with TLS domain fronting). The proxy forwards the client's bytes
+//! as they are and adds nothing (no headers, no `Via`). After connecting it refuses a peer that
+//! turns out to be the host itself (`Plumbing::reached_host`).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
