@@ -711,8 +711,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Noting<'_, R> {
     }
 }
 
-/// Copies both ways until both sides are done (each end's EOF is passed on as a half-close) or
-/// no byte went either way for `idle`.
+/// Copies both ways until both sides are done (each end's EOF is passed on as a half-close), one
+/// fails, or no byte went either way for `idle`.
 async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) {
     let start = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
@@ -728,13 +728,14 @@ async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) {
         last: &last,
         start,
     };
+    // An error either way (a reset, say) ends both, as `copy_bidirectional` does.
     let a_to_b = async {
-        let _ = tokio::io::copy(&mut ar, &mut bw).await;
-        let _ = bw.shutdown().await;
+        tokio::io::copy(&mut ar, &mut bw).await?;
+        bw.shutdown().await
     };
     let b_to_a = async {
-        let _ = tokio::io::copy(&mut br, &mut aw).await;
-        let _ = aw.shutdown().await;
+        tokio::io::copy(&mut br, &mut aw).await?;
+        aw.shutdown().await
     };
     let watchdog = async {
         loop {
@@ -746,7 +747,7 @@ async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) {
         }
     };
     tokio::select! {
-        _ = async { tokio::join!(a_to_b, b_to_a) } => {}
+        _ = async { tokio::try_join!(a_to_b, b_to_a) } => {}
         _ = watchdog => {}
     }
 }
