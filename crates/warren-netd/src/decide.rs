@@ -19,13 +19,15 @@ pub struct HostRanges {
 }
 
 impl HostRanges {
-    /// The host-side protected range `ip` is in, by name.
+    /// The host-side protected range `ip` is in, by name: `host` (the host's own addresses and the
+    /// bridge's gateway, which nothing opens) or `warren-pool` (which only a sibling rule naming
+    /// the address opens).
     pub fn protected(&self, ip: Ipv4Addr) -> Option<&'static str> {
+        if self.host.contains(&ip) || self.gateway() == Some(ip) {
+            return Some("host");
+        }
         if self.pool.is_some_and(|p| p.contains(ip)) {
             return Some("warren-pool");
-        }
-        if self.host.contains(&ip) {
-            return Some("host");
         }
         None
     }
@@ -34,6 +36,19 @@ impl HostRanges {
     pub fn any_protected(&self, ip: Ipv4Addr) -> bool {
         protected(ip).is_some() || self.protected(ip).is_some()
     }
+
+    /// The bridge's address: the pool's first host address (as `NetConfig::gateway`).
+    fn gateway(&self) -> Option<Ipv4Addr> {
+        self.pool
+            .map(|p| Ipv4Addr::from(u32::from(p.addr).wrapping_add(1)))
+    }
+}
+
+/// Ranges the proxy never connects to whatever the rules say: from the host, `0.0.0.0/8` and
+/// `127.0.0.0/8` are the host itself, not anything a workspace could mean (its own loopback never
+/// leaves its network namespace).
+fn host_only(ip: Ipv4Addr) -> bool {
+    ip.octets()[0] == 0 || ip.is_loopback()
 }
 
 /// The stages in force: a plan without stages is one allow-all stage without rules (the default
@@ -88,22 +103,26 @@ pub fn dns(plan: Option<&EgressPlan>, name: &str) -> Result<Vec<LearnFor>, Strin
     Ok(learn)
 }
 
-fn covers(ports: &Option<PortRange>, port: u16) -> bool {
-    ports.is_none_or(|r| r.lo <= port && port <= r.hi)
-}
-
-/// Whether an allow rule of `stage` that may open protected ranges covers `ip:port`.
-fn opened(stage: &Checked, ip: Ipv4Addr, port: u16) -> bool {
+/// Whether `stage` has a sibling rule (`workspace:NAME`, resolved by the server to a /32 with
+/// `sibling` set) naming exactly `ip` on `port`: the one thing that opens an address of Warren's
+/// pool. Rules over wider networks (`10.0.0.0/8`) never do.
+fn sibling_opens(stage: &Checked, ip: Ipv4Addr, port: u16) -> bool {
     stage.allow.iter().any(|r| {
-        matches!(r.target, Target::Net(n) if n.contains(ip))
-            && r.opens_protected()
-            && covers(&r.ports, port)
+        r.sibling
+            && matches!(r.target, Target::Net(n) if n.prefix == 32 && n.addr == ip)
+            && r.covers_port(Some(port))
     })
 }
 
 /// The proxy's decision about a connection to `dst:port` that sent `name` (SNI or Host):
 /// every stage must allow it. `resolved(name, ip)` says whether the resolver answered `ip` for
 /// `name` to this workspace (and it has not expired).
+///
+/// The host's own addresses, the bridge's gateway, `0.0.0.0/8` and `127.0.0.0/8` are refused
+/// whatever the rules say (from the host they are the host). An address of Warren's pool is
+/// reached only when a stage has a sibling rule naming it (and port); the other stages then let
+/// it through unless they deny it or are not `allow-all` (a template's allowlist is a ceiling
+/// the workspace's own sibling rule does not lift).
 pub fn proxy(
     plan: Option<&EgressPlan>,
     host: &HostRanges,
@@ -115,15 +134,50 @@ pub fn proxy(
     let Some(plan) = plan else {
         return Err("no egress policy".into());
     };
-    for stage in stages(plan).iter() {
+    if host_only(dst) {
+        return Err("protected:host".into());
+    }
+    let host_range = host.protected(dst);
+    if host_range == Some("host") {
+        return Err("protected:host".into());
+    }
+    let in_pool = host_range == Some("warren-pool");
+    let stages = stages(plan);
+    if in_pool && !stages.iter().any(|s| sibling_opens(s, dst, port)) {
+        return Err("protected:warren-pool".into());
+    }
+    for stage in stages.iter() {
         let name_verdict = name.map(|n| stage.name_verdict(n));
-        if let Some(NameVerdict::Denied { rule: Some(rule) }) = &name_verdict {
-            return Err(rule.clone());
-        }
-        if let Some(range) = host.protected(dst) {
-            if !opened(stage, dst, port) {
-                return Err(format!("protected:{range}"));
+        match (name, &name_verdict) {
+            (_, Some(NameVerdict::Denied { rule: Some(rule) })) => return Err(rule.clone()),
+            // A name allowed on some ports only (its allow rules' ports, less a deny rule's):
+            // refused on the others, naming the deny rule that took the port.
+            (
+                Some(n),
+                Some(NameVerdict::Allowed {
+                    any_port: false,
+                    ports,
+                }),
+            ) if !ports.iter().any(|r| r.contains(port)) => {
+                if let Some(rule) = stage
+                    .deny
+                    .iter()
+                    .find(|r| r.matches_name(n) && r.covers_port(Some(port)))
+                {
+                    return Err(rule.text.clone());
+                }
+                return Err(format!("not allowed: {n} on port {port}"));
             }
+            _ => {}
+        }
+        if in_pool {
+            if let Some(rule) = stage.deny.iter().find(|r| r.matches_addr(dst, Some(port))) {
+                return Err(rule.text.clone());
+            }
+            if sibling_opens(stage, dst, port) || stage.mode == EgressMode::AllowAll {
+                continue;
+            }
+            return Err("protected:warren-pool".into());
         }
         match stage.addr_verdict(dst, Some(port)) {
             AddrVerdict::Allowed => {}
@@ -134,7 +188,7 @@ pub fn proxy(
                 else {
                     return Err("not allowed".into());
                 };
-                if !any_port && !ports.iter().any(|r| r.lo <= port && port <= r.hi) {
+                if !any_port && !ports.iter().any(|r| r.contains(port)) {
                     return Err("not allowed".into());
                 }
                 if !resolved(n, dst) {
@@ -301,5 +355,150 @@ mod tests {
             Ok(())
         );
         assert!(proxy(Some(&two), &h, Some("b.com"), WEB, 443, &resolved).is_err());
+    }
+
+    /// Warren's pool inside `10.0.0.0/8`, as the automatic choice makes it.
+    fn private_pool() -> HostRanges {
+        HostRanges {
+            pool: Some(Ipv4Net {
+                addr: Ipv4Addr::new(10, 213, 0, 0),
+                prefix: 16,
+            }),
+            host: vec![Ipv4Addr::new(10, 1, 2, 3), Ipv4Addr::new(127, 0, 0, 1)],
+        }
+    }
+
+    /// A `workspace:NAME` rule as the server resolves it.
+    fn sibling(ip: Ipv4Addr, prefix: u8, ports: Option<PortRange>) -> warren_api::net::Rule {
+        warren_api::net::Rule {
+            text: "workspace:b".into(),
+            target: Target::Net(Ipv4Net { addr: ip, prefix }),
+            ports,
+            sibling: true,
+        }
+    }
+
+    #[test]
+    fn a_protected_range_rule_opens_neither_the_pool_nor_the_host() {
+        let h = private_pool();
+        let never = |_: &str, _: Ipv4Addr| false;
+        let p = plan(vec![stage(
+            "allow-all",
+            &["10.0.0.0/8", "127.0.0.0/8", "0.0.0.0/8"],
+            &[],
+        )]);
+        // The rule opens what it names outside the host's ranges...
+        assert_eq!(
+            proxy(Some(&p), &h, None, Ipv4Addr::new(10, 9, 9, 9), 80, &never),
+            Ok(())
+        );
+        // ...but not another workspace, the gateway, the host's addresses or its loopback.
+        for (ip, why) in [
+            (Ipv4Addr::new(10, 213, 0, 5), "protected:warren-pool"),
+            (Ipv4Addr::new(10, 213, 0, 1), "protected:host"),
+            (Ipv4Addr::new(10, 1, 2, 3), "protected:host"),
+            (Ipv4Addr::new(127, 0, 0, 1), "protected:host"),
+            (Ipv4Addr::new(127, 0, 0, 2), "protected:host"),
+            (Ipv4Addr::new(0, 0, 0, 0), "protected:host"),
+        ] {
+            for port in [80, 443] {
+                assert_eq!(
+                    proxy(Some(&p), &h, Some("a.com"), ip, port, &never),
+                    Err(why.to_string()),
+                    "{ip}:{port}"
+                );
+            }
+        }
+        // A sibling rule opens its own address only: not the gateway, not its neighbours, and a
+        // (forged) wider sibling rule opens nothing of the pool.
+        let mut st = stage("allow-all", &[], &[]);
+        st.allow
+            .push(sibling(Ipv4Addr::new(10, 213, 0, 1), 32, None));
+        st.allow
+            .push(sibling(Ipv4Addr::new(10, 213, 1, 0), 24, None));
+        let p = plan(vec![st]);
+        for ip in [
+            Ipv4Addr::new(10, 213, 0, 1),
+            Ipv4Addr::new(10, 213, 1, 7),
+            Ipv4Addr::new(10, 213, 0, 9),
+        ] {
+            assert!(
+                proxy(Some(&p), &h, None, ip, 80, &never).is_err(),
+                "{ip} opened"
+            );
+        }
+    }
+
+    #[test]
+    fn sibling_rules_work_through_the_proxy() {
+        let h = private_pool();
+        let never = |_: &str, _: Ipv4Addr| false;
+        let b = Ipv4Addr::new(10, 213, 0, 7);
+        // The template's allow-all stage, then the workspace's own naming its sibling.
+        let mut own = stage("allowlist", &["*.example.com"], &[]);
+        own.allow.push(sibling(b, 32, None));
+        let p = plan(vec![stage("allow-all", &[], &[]), own.clone()]);
+        for port in [80, 443] {
+            assert_eq!(proxy(Some(&p), &h, None, b, port, &never), Ok(()));
+            assert_eq!(
+                proxy(Some(&p), &h, Some("b.internal"), b, port, &never),
+                Ok(())
+            );
+        }
+        // Only on the sibling rule's ports.
+        let mut own80 = stage("allow-all", &[], &[]);
+        own80
+            .allow
+            .push(sibling(b, 32, Some(PortRange { lo: 80, hi: 80 })));
+        let p80 = plan(vec![stage("allow-all", &[], &[]), own80]);
+        assert_eq!(proxy(Some(&p80), &h, None, b, 80, &never), Ok(()));
+        assert_eq!(
+            proxy(Some(&p80), &h, None, b, 443, &never),
+            Err("protected:warren-pool".into())
+        );
+        // Not another workspace.
+        assert!(proxy(Some(&p), &h, None, Ipv4Addr::new(10, 213, 0, 8), 80, &never).is_err());
+        // A template that denies the address, or is not allow-all, is not lifted.
+        let p = plan(vec![
+            stage("allow-all", &[], &["10.213.0.0/16"]),
+            own.clone(),
+        ]);
+        assert_eq!(
+            proxy(Some(&p), &h, None, b, 80, &never),
+            Err("10.213.0.0/16".into())
+        );
+        let p = plan(vec![stage("allowlist", &["*.example.com"], &[]), own]);
+        assert!(proxy(Some(&p), &h, None, b, 80, &never).is_err());
+    }
+
+    #[test]
+    fn a_port_scoped_name_deny_is_enforced_by_the_proxy() {
+        let h = host();
+        let never = |_: &str, _: Ipv4Addr| false;
+        let p = plan(vec![stage("allow-all", &[], &["evil.example:443"])]);
+        assert_eq!(
+            proxy(Some(&p), &h, Some("evil.example"), WEB, 443, &never),
+            Err("evil.example:443".into())
+        );
+        assert_eq!(
+            proxy(Some(&p), &h, Some("evil.example"), WEB, 80, &never),
+            Ok(())
+        );
+        // Under an allowlist too, even at an address a CIDR rule allows.
+        let p = plan(vec![stage(
+            "allowlist",
+            &["*.corp.example:80-8080", "203.0.113.0/24"],
+            &["evil.corp.example:443"],
+        )]);
+        assert_eq!(
+            proxy(Some(&p), &h, Some("evil.corp.example"), WEB, 443, &never),
+            Err("evil.corp.example:443".into())
+        );
+        // A name allowed on some ports only is refused on the others.
+        assert!(proxy(Some(&p), &h, Some("ok.corp.example"), WEB, 9000, &never).is_err());
+        assert_eq!(
+            proxy(Some(&p), &h, Some("ok.corp.example"), WEB, 80, &never),
+            Ok(())
+        );
     }
 }

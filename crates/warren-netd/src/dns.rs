@@ -31,8 +31,11 @@ pub const REFUSED: u8 = 5;
 
 /// Longest name, in wire format.
 const MAX_NAME: usize = 255;
-/// Most CNAME links followed from the question's name.
-const MAX_CHAIN: usize = 16;
+/// Most CNAME links followed from the question's name (the names considered are at most this
+/// many plus the question's).
+pub const MAX_CHAIN: usize = 16;
+/// Most addresses taken from one answer (the learned sets and the memory get no more).
+pub const MAX_ADDRESSES: usize = 64;
 
 /// A message that does not parse, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -389,9 +392,12 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, Malformed> {
 /// chain (within the answer) leads to, with their TTLs.
 pub fn chain_addresses(name: &str, resp: &Response) -> Vec<(Ipv4Addr, u32)> {
     let mut names = vec![name.to_string()];
-    for _ in 0..MAX_CHAIN {
+    'hops: for _ in 0..MAX_CHAIN {
         let before = names.len();
         for (owner, target) in &resp.cname {
+            if names.len() > MAX_CHAIN {
+                break 'hops;
+            }
             if names.contains(owner) && !names.contains(target) {
                 names.push(target.clone());
             }
@@ -403,9 +409,11 @@ pub fn chain_addresses(name: &str, resp: &Response) -> Vec<(Ipv4Addr, u32)> {
     let mut out: Vec<(Ipv4Addr, u32)> = Vec::new();
     for (owner, ip, ttl) in &resp.a {
         if names.contains(owner) {
+            let full = out.len() >= MAX_ADDRESSES;
             match out.iter_mut().find(|(a, _)| a == ip) {
                 Some(e) => e.1 = e.1.max(*ttl),
-                None => out.push((*ip, *ttl)),
+                None if !full => out.push((*ip, *ttl)),
+                None => {}
             }
         }
     }
@@ -576,6 +584,33 @@ pub(crate) mod tests {
                 (Ipv4Addr::new(203, 0, 113, 8), 600)
             ]
         );
+    }
+
+    #[test]
+    fn long_chains_and_many_records_are_cut_short() {
+        // A chain of 30 CNAMEs, each name with an address of its own.
+        let names: Vec<String> = (0..=30).map(|i| format!("n{i}.chain.test")).collect();
+        let cnames: Vec<(&str, &str)> = names
+            .windows(2)
+            .map(|w| (w[0].as_str(), w[1].as_str()))
+            .collect();
+        let a: Vec<(&str, Ipv4Addr, u32)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), Ipv4Addr::new(203, 0, 113, i as u8), 60))
+            .collect();
+        let q = query(1, &names[0], TYPE_A);
+        let p = parse_response(&response(&q, &cnames, &a)).unwrap();
+        let got = chain_addresses(&names[0], &p);
+        assert_eq!(got.len(), MAX_CHAIN + 1, "the question's name and 16 hops");
+        assert!(got.iter().all(|(ip, _)| ip.octets()[3] <= MAX_CHAIN as u8));
+        // 200 A records for the name: 64 are taken.
+        let a: Vec<(&str, Ipv4Addr, u32)> = (0..200u32)
+            .map(|i| ("many.test", Ipv4Addr::from(0xCB00_7100 + i), 60))
+            .collect();
+        let q = query(2, "many.test", TYPE_A);
+        let p = parse_response(&response(&q, &[], &a)).unwrap();
+        assert_eq!(chain_addresses("many.test", &p).len(), MAX_ADDRESSES);
     }
 
     /// A tiny deterministic PRNG (xorshift64*), for the fuzz-ish loops.

@@ -3,7 +3,7 @@
 //! and the NFLOG listener that turns refused packets into `connect` denials (`spawn_nflog`).
 //!
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -48,6 +48,34 @@ pub trait Plumbing: Send + Sync + 'static {
     /// Where to connect for `dst` (the real network: `dst` itself).
     fn dial(&self, dst: SocketAddrV4) -> SocketAddr {
         SocketAddr::V4(dst)
+    }
+    /// Whether a connection the proxy made for a workspace reached the host itself (a host
+    /// address that appeared after netd read the list, say): the real check is [`reached_host`].
+    fn reached_host(&self, up: &TcpStream) -> bool {
+        reached_host(up)
+    }
+}
+
+/// Whether the connection `up` the proxy made ended on this host: its peer is its own local
+/// address, one of the host's addresses (as they are now), loopback or `0.0.0.0/8`. A connection
+/// whose addresses cannot be read counts as reaching the host.
+pub fn reached_host(up: &TcpStream) -> bool {
+    match (up.local_addr(), up.peer_addr()) {
+        (Ok(local), Ok(peer)) => {
+            is_host_peer(local.ip(), peer.ip(), &crate::state::host_addresses())
+        }
+        _ => true,
+    }
+}
+
+/// [`reached_host`] over given addresses.
+pub fn is_host_peer(local: IpAddr, peer: IpAddr, host: &[Ipv4Addr]) -> bool {
+    if local.to_canonical() == peer.to_canonical() {
+        return true;
+    }
+    match peer.to_canonical() {
+        IpAddr::V4(p) => p.is_loopback() || p.octets()[0] == 0 || host.contains(&p),
+        IpAddr::V6(p) => p.is_loopback() || p.is_unspecified(),
     }
 }
 
@@ -128,5 +156,37 @@ mod tests {
         assert_eq!(logged_workspace("warren:ab12 ").as_deref(), Some("ab12"));
         assert_eq!(logged_workspace("warren: "), None);
         assert_eq!(logged_workspace("other:ab12 "), None);
+    }
+
+    #[test]
+    fn a_connection_to_the_host_is_seen() {
+        let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+        let host = [Ipv4Addr::new(192, 0, 2, 5)];
+        // The internet.
+        assert!(!is_host_peer(v4(192, 0, 2, 5), v4(203, 0, 113, 7), &host));
+        // The host's own address, listed or not (the kernel answers from it to itself).
+        assert!(is_host_peer(v4(192, 0, 2, 5), v4(192, 0, 2, 5), &host));
+        assert!(is_host_peer(
+            v4(198, 51, 100, 9),
+            v4(198, 51, 100, 9),
+            &host
+        ));
+        assert!(is_host_peer(v4(203, 0, 113, 1), v4(192, 0, 2, 5), &host));
+        // Loopback from another loopback address, and 0.0.0.0.
+        assert!(is_host_peer(v4(127, 0, 0, 1), v4(127, 0, 0, 2), &host));
+        assert!(is_host_peer(v4(127, 0, 0, 1), v4(0, 0, 0, 0), &host));
+        assert!(is_host_peer(
+            "::ffff:127.0.0.1".parse().unwrap(),
+            "::ffff:127.0.0.1".parse().unwrap(),
+            &host
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_real_connection_to_the_host_is_seen() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        assert!(reached_host(&up));
+        assert!(Kernel.reached_host(&up));
     }
 }

@@ -37,10 +37,23 @@ impl Sets for FakeSets {
     }
 }
 
-/// The "redirect": every connection was going to `dst`; dialing anything reaches `real`.
+/// The "redirect": every connection was going to `dst`; dialing anything reaches `real`. `web`
+/// (a listener on this host) stands for the internet; any other local address is the host, as
+/// the real check says.
 struct FakePlumbing {
     dst: Mutex<SocketAddrV4>,
-    real: SocketAddr,
+    real: Mutex<SocketAddr>,
+    web: SocketAddr,
+}
+
+impl FakePlumbing {
+    fn new(dst: SocketAddrV4, web: SocketAddr) -> FakePlumbing {
+        FakePlumbing {
+            dst: Mutex::new(dst),
+            real: Mutex::new(web),
+            web,
+        }
+    }
 }
 
 impl Plumbing for FakePlumbing {
@@ -48,7 +61,10 @@ impl Plumbing for FakePlumbing {
         Ok(*self.dst.lock().unwrap())
     }
     fn dial(&self, _: SocketAddrV4) -> SocketAddr {
-        self.real
+        *self.real.lock().unwrap()
+    }
+    fn reached_host(&self, up: &TcpStream) -> bool {
+        up.peer_addr().ok() != Some(self.web) && crate::host::reached_host(up)
     }
 }
 
@@ -90,9 +106,12 @@ async fn fake_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
         loop {
             let (n, peer) = udp.recv_from(&mut buf).await.unwrap();
             let q = &buf[..n];
-            a.lock()
-                .unwrap()
-                .push(dns::parse_query(q).unwrap().name().unwrap());
+            let name = dns::parse_query(q).unwrap().name().unwrap();
+            a.lock().unwrap().push(name.clone());
+            // A resolver that never answers these.
+            if name.starts_with("slow.") {
+                continue;
+            }
             udp.send_to(&upstream_answer(q), peer).await.unwrap();
         }
     });
@@ -257,10 +276,7 @@ async fn resolver_and_proxy_enforce_the_policy() {
     write_root(root, upstream, &["*.allowed.test"]);
 
     let sets = Arc::new(FakeSets::default());
-    let plumbing = Arc::new(FakePlumbing {
-        dst: Mutex::new(SocketAddrV4::new(WEB, 80)),
-        real: web,
-    });
+    let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), web));
     let netd = Netd::new(root.to_path_buf(), sets.clone(), plumbing.clone()).unwrap();
     let dns_udp = UdpSocket::bind((GATEWAY, 0)).await.unwrap();
     let dns_addr = dns_udp.local_addr().unwrap();
@@ -313,13 +329,20 @@ async fn resolver_and_proxy_enforce_the_policy() {
         asked.lock().unwrap().clone(),
         vec!["www.allowed.test".to_string()]
     );
-    let d = denials(root);
-    assert!(d.iter().any(|d| d.kind == "dns"
-        && d.name.as_deref() == Some("bad.allowed.test")
-        && d.why == "bad.allowed.test"));
-    assert!(d
-        .iter()
-        .any(|d| d.kind == "dns" && d.name.as_deref() == Some("evil.test")));
+    // The journal is written by its own thread: wait for it.
+    assert!(
+        wait_for(|| {
+            let d = denials(root);
+            d.iter().any(|d| {
+                d.kind == "dns"
+                    && d.name.as_deref() == Some("bad.allowed.test")
+                    && d.why == "bad.allowed.test"
+            }) && d
+                .iter()
+                .any(|d| d.kind == "dns" && d.name.as_deref() == Some("evil.test"))
+        })
+        .await
+    );
 
     // AAAA: empty, NOERROR.
     let r = ask_udp(WS, dns_addr, 8, "www.allowed.test", TYPE_AAAA).await;
@@ -368,10 +391,13 @@ async fn resolver_and_proxy_enforce_the_policy() {
         assert!(text.starts_with("HTTP/1.1 403 Forbidden"), "{host}: {text}");
         assert!(text.contains(host), "{text}");
     }
-    assert!(denials(root).iter().any(|d| d.kind == "proxy"
-        && d.name.as_deref() == Some("evil.test")
-        && d.address == Some(WEB)
-        && d.port == Some(80)));
+    assert!(
+        wait_for(|| denials(root).iter().any(|d| d.kind == "proxy"
+            && d.name.as_deref() == Some("evil.test")
+            && d.address == Some(WEB)
+            && d.port == Some(80)))
+        .await
+    );
     let forwarded = seen.lock().unwrap().len();
 
     // TLS: a ClientHello split over records and segments, with an allowed SNI, goes through as is.
@@ -396,7 +422,7 @@ async fn resolver_and_proxy_enforce_the_policy() {
     let learned = sets.learned.lock().unwrap().clone();
     assert!(learned
         .iter()
-        .any(|(id, stage, e)| id == "ws1" && *stage == 0 && e[0].0 == WEB));
+        .any(|(id, stage, e)| id == "ws1" && *stage == 0 && e.iter().any(|x| x.0 == WEB)));
     assert!(control(root, "what\n").await.starts_with("error:"));
     // ...and once the policy no longer allows them, forgets them: the proxy refuses.
     write_root(root, upstream, &["*.other.test"]);
@@ -447,4 +473,333 @@ fn run_steps_aside_for_a_running_netd_and_needs_a_config() {
     let f = std::fs::File::create(root.join(".net/netd.lock")).unwrap();
     let _held = Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap();
     crate::run(root).unwrap();
+}
+
+const WS2: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 3);
+
+/// Adds workspace `id` at `addr` with one stage of `policy` and `max_connections`.
+fn write_ws(
+    root: &Path,
+    id: &str,
+    addr: Ipv4Addr,
+    policy: serde_json::Value,
+    max_connections: Option<u32>,
+) {
+    std::fs::create_dir_all(root.join(id)).unwrap();
+    let att = Attachment {
+        id: id.into(),
+        address: addr,
+        veth: format!("wv{id}"),
+    };
+    std::fs::write(
+        root.join(id).join("net.json"),
+        serde_json::to_vec(&att).unwrap(),
+    )
+    .unwrap();
+    let policy: warren_api::net::NetworkPolicy = serde_json::from_value(policy).unwrap();
+    let plan = warren_runtime::network::EgressPlan {
+        stages: vec![policy.check().unwrap().0],
+        limits: warren_api::net::NetLimits {
+            max_connections,
+            ..Default::default()
+        },
+    };
+    std::fs::write(
+        root.join(id).join("egress.json"),
+        serde_json::to_vec(&plan).unwrap(),
+    )
+    .unwrap();
+}
+
+struct Running {
+    dns: SocketAddr,
+    proxy: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap();
+    }
+}
+
+async fn start(root: &Path, plumbing: Arc<FakePlumbing>, limits: crate::server::Limits) -> Running {
+    let netd = Netd::with_limits(
+        root.to_path_buf(),
+        Arc::new(FakeSets::default()),
+        plumbing,
+        limits,
+    )
+    .unwrap();
+    let dns_udp = UdpSocket::bind((GATEWAY, 0)).await.unwrap();
+    let dns = dns_udp.local_addr().unwrap();
+    let dns_tcp = TcpListener::bind(dns).await.unwrap();
+    let proxy = TcpListener::bind((GATEWAY, 0)).await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let control = tokio::net::UnixListener::bind(root.join(".net/netd.sock")).unwrap();
+    let (_nflog, rx) = tokio::sync::mpsc::channel(8);
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        netd,
+        Listeners {
+            dns_udp,
+            dns_tcp,
+            proxy,
+            control,
+        },
+        rx,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    Running {
+        dns,
+        proxy: proxy_addr,
+        stop,
+        server,
+    }
+}
+
+/// A server that accepts connections and keeps them, counting them and the bytes they sent.
+async fn holder() -> (SocketAddr, Arc<Mutex<(usize, usize)>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new((0, 0)));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            s2.lock().unwrap().0 += 1;
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.lock().unwrap().1 += n;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A connection to the proxy from `from` that sent `head`.
+async fn proxied(from: Ipv4Addr, proxy: SocketAddr, head: &[u8]) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(from.into(), 0)).unwrap();
+    let mut s = sock.connect(proxy).await.unwrap();
+    s.write_all(head).await.unwrap();
+    s
+}
+
+/// Whether `s` is closed (EOF or reset) within a few seconds rather than kept open.
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .is_ok()
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..400 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+const HEAD: &[u8] = b"GET / HTTP/1.1\r\nHost: 203.0.113.7\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_refuses_a_destination_that_turns_out_to_be_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (upstream, _) = fake_upstream().await;
+    let (web, _) = fake_web().await;
+    write_root(root, upstream, &["*.allowed.test", "203.0.113.0/24"]);
+    // A service of the host's: what the allowed address really lands on.
+    let (service, got) = holder().await;
+    let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), web));
+    *plumbing.real.lock().unwrap() = service;
+    let r = start(root, plumbing.clone(), Default::default()).await;
+    let back = through_proxy(r.proxy, &[HEAD]).await;
+    let text = String::from_utf8_lossy(&back);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("protected:host"), "{text}");
+    assert_eq!(got.lock().unwrap().1, 0, "the host's service got bytes");
+    assert!(
+        wait_for(|| denials(root)
+            .iter()
+            .any(|d| d.kind == "proxy" && d.why == "protected:host" && d.address == Some(WEB)))
+        .await
+    );
+    // TLS: closed without a byte.
+    *plumbing.dst.lock().unwrap() = SocketAddrV4::new(WEB, 443);
+    let hello = records(&client_hello(Some("www.allowed.test")), 16384);
+    assert!(through_proxy(r.proxy, &[&hello]).await.is_empty());
+    assert_eq!(got.lock().unwrap().1, 0);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_workspace_cannot_starve_dns_for_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (upstream, _) = fake_upstream().await;
+    let (web, _) = fake_web().await;
+    write_root(root, upstream, &["*.allowed.test"]);
+    write_ws(
+        root,
+        "ws2",
+        WS2,
+        serde_json::json!({"egress": "allowlist", "allow": ["*.allowed.test"]}),
+        None,
+    );
+    let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), web));
+    let limits = crate::server::Limits {
+        dns_per_source: 2,
+        dns_tcp_per_source: 1,
+        ..Default::default()
+    };
+    let r = start(root, plumbing, limits).await;
+
+    // TCP: ws1 holds its one connection; its next is closed, ws2's is served.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(WS.into(), 0)).unwrap();
+    let held = sock.connect(r.dns).await.unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(WS.into(), 0)).unwrap();
+    let mut second = sock.connect(r.dns).await.unwrap();
+    assert!(closed(&mut second).await, "ws1's second DNS connection");
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::new(WS2.into(), 0)).unwrap();
+    let mut s = sock.connect(r.dns).await.unwrap();
+    let q = query(5, "other.allowed.test", TYPE_A);
+    let mut out = (q.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&q);
+    s.write_all(&out).await.unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await.unwrap();
+    let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut a).await.unwrap();
+    assert_eq!(dns::parse_response(&a).unwrap().rcode, dns::NOERROR);
+    drop(held);
+
+    // UDP: two queries ws1 is waiting on use its share...
+    let slow = UdpSocket::bind((WS, 0)).await.unwrap();
+    for id in [1, 2] {
+        slow.send_to(&query(id, "slow.allowed.test", TYPE_A), r.dns)
+            .await
+            .unwrap();
+    }
+    // ...so its next is SERVFAIL at once, while ws2 is answered.
+    let a = ask_udp(WS, r.dns, 3, "www.allowed.test", TYPE_A).await;
+    assert_eq!(dns::parse_response(&a).unwrap().rcode, dns::SERVFAIL);
+    let a = ask_udp(WS2, r.dns, 4, "www.allowed.test", TYPE_A).await;
+    assert_eq!(dns::parse_response(&a).unwrap().rcode, dns::NOERROR);
+    // Once its queries are done (the upstream timed out), ws1 is answered again.
+    let mut buf = [0u8; 512];
+    for _ in 0..2 {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), slow.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(dns::parse_response(&buf[..n]).unwrap().rcode, dns::SERVFAIL);
+    }
+    let mut ok = false;
+    for i in 0..50 {
+        let a = ask_udp(WS, r.dns, 100 + i, "www.allowed.test", TYPE_A).await;
+        if dns::parse_response(&a).unwrap().rcode == dns::NOERROR {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "ws1 got its share back");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_caps_each_workspace_and_closes_idle_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (upstream, _) = fake_upstream().await;
+    let (hold, seen) = holder().await;
+    write_root(root, upstream, &[]);
+    let open = serde_json::json!({"egress": "allowlist", "allow": ["203.0.113.0/24"]});
+    write_ws(root, "ws1", WS, open.clone(), Some(2));
+    write_ws(root, "ws2", WS2, open, None);
+    let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), hold));
+    let limits = crate::server::Limits {
+        proxy_idle: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let r = start(root, plumbing.clone(), limits).await;
+    // ws1 may hold two (its plan's max_connections); the third is closed, never forwarded.
+    let a = proxied(WS, r.proxy, HEAD).await;
+    let _b = proxied(WS, r.proxy, HEAD).await;
+    assert!(wait_for(|| seen.lock().unwrap().0 == 2).await);
+    let mut c = proxied(WS, r.proxy, HEAD).await;
+    assert!(closed(&mut c).await, "ws1's third connection");
+    // ws2 is not held back by it.
+    let _d = proxied(WS2, r.proxy, HEAD).await;
+    assert!(wait_for(|| seen.lock().unwrap().0 == 3).await);
+    // A connection ws1 closes gives its slot back.
+    drop(a);
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut e = proxied(WS, r.proxy, HEAD).await;
+        let mut byte = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(300), e.read(&mut byte))
+            .await
+            .is_err()
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "ws1 got a slot back");
+    r.stop().await;
+
+    // Idle connections are closed (both ends).
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_root(root, upstream, &[]);
+    write_ws(
+        root,
+        "ws1",
+        WS,
+        serde_json::json!({"egress": "allowlist", "allow": ["203.0.113.0/24"]}),
+        None,
+    );
+    let (hold, seen) = holder().await;
+    let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), hold));
+    let limits = crate::server::Limits {
+        proxy_idle: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let r = start(root, plumbing, limits).await;
+    let mut s = proxied(WS, r.proxy, HEAD).await;
+    assert!(wait_for(|| seen.lock().unwrap().0 == 1).await);
+    assert!(
+        closed(&mut s).await,
+        "an idle proxied connection stays open"
+    );
+    assert_eq!(seen.lock().unwrap().1, HEAD.len());
+    r.stop().await;
+}
+
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
+    crate::raise_nofile();
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
 }

@@ -43,6 +43,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         Err((_, Errno::EWOULDBLOCK)) => return Ok(()),
         Err((_, e)) => anyhow::bail!("cannot lock {}: {e}", lock_path.display()),
     };
+    raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,6 +88,21 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         .await;
         Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard limit: every proxied connection holds two and
+/// every DNS query in flight one.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("warren netd: cannot raise the open files limit to {hard}: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => eprintln!("warren netd: cannot read the open files limit: {e}"),
+    }
 }
 
 /// Binds, retrying for a few seconds while the address is not there yet.

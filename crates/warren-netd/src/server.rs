@@ -1,11 +1,28 @@
 //! The servers: DNS over UDP and TCP, the egress proxy and the control socket, sharing one `Netd`.
+//!
+//! Fairness: each workspace (source address) has its own share: `Limits::dns_per_source` DNS
+//! queries in flight (past it SERVFAIL at once), `Limits::dns_tcp_per_source` DNS-over-TCP
+//! connections and its plan's `max_connections` (default `Limits::proxy_per_source`) proxied
+//! connections (past them closed), under global caps; proxied connections idle for
+//! `Limits::proxy_idle` are closed.
+//!
+//! What the proxy checks: the destination address and port, and the name in the FIRST bytes of the
+//! connection only: the TLS ClientHello's SNI, or the `Host` of the first HTTP/1 request head.
+//! Later requests on a kept-alive connection are not parsed (there is no HTTP parser here): they
+//! go to the same destination address, which the decision already allowed for this workspace, so
+//! a different `Host` in them reaches only that address (another site served from it, a shared
+//! CDN address say, is reachable that way, as it is with TLS domain fronting). The proxy forwards the client's bytes
+//! as they are and adds nothing (no headers, no `Via`). After connecting it refuses a peer that
+//! turns out to be the host itself (`Plumbing::reached_host`).
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener};
 use tokio::sync::{mpsc, Semaphore};
 use warren_runtime::network::Denial;
@@ -17,10 +34,11 @@ use crate::journal::Journal;
 use crate::sniff::{self, Sniff};
 use crate::state::{self, Memory, Snapshot};
 
-/// DNS queries answered at once (over UDP; more are dropped, clients retry).
-const DNS_CONCURRENCY: usize = 256;
-/// DNS-over-TCP connections open at once.
-const DNS_TCP_CONNECTIONS: usize = 64;
+/// DNS queries answered at once over UDP, all workspaces together (more are dropped, clients
+/// retry).
+const DNS_CONCURRENCY: usize = 1024;
+/// DNS-over-TCP connections open at once, all workspaces together.
+const DNS_TCP_CONNECTIONS: usize = 256;
 /// Queries per DNS-over-TCP connection.
 const DNS_TCP_QUERIES: usize = 100;
 /// Idle time of a DNS-over-TCP connection.
@@ -35,12 +53,80 @@ const MAX_UPSTREAMS: usize = 3;
 const MIN_LEARN: Duration = Duration::from_secs(30);
 /// Longest.
 const MAX_LEARN: Duration = Duration::from_secs(24 * 3600);
-/// Proxied connections open at once.
-const PROXY_CONNECTIONS: usize = 4096;
+/// Most set elements learned in one call on `reload`.
+const LEARN_BATCH: usize = 4096;
+/// Proxied connections open at once, all workspaces together (at most: also bounded by the file
+/// descriptors netd may open, two per connection).
+const PROXY_CONNECTIONS: usize = 16384;
 /// Time for a client to send its ClientHello or request head.
 const PEEK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time to connect to the destination.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one workspace (one source address) may hold at once, so that it cannot starve the others.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// DNS queries in flight (over UDP and TCP); past it a query is answered SERVFAIL.
+    pub dns_per_source: usize,
+    /// DNS-over-TCP connections; past it a connection is closed.
+    pub dns_tcp_per_source: usize,
+    /// Proxied connections when the plan's `limits.max_connections` says nothing; past the limit
+    /// a connection is closed.
+    pub proxy_per_source: usize,
+    /// A proxied connection with no byte either way for this long is closed.
+    pub proxy_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            dns_per_source: 32,
+            dns_tcp_per_source: 4,
+            proxy_per_source: 256,
+            proxy_idle: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Counts of what each source address holds.
+#[derive(Default)]
+struct PerSource {
+    counts: Mutex<HashMap<Ipv4Addr, usize>>,
+}
+
+/// One unit `PerSource::take` gave out; given back when dropped.
+struct SourcePermit {
+    table: Arc<PerSource>,
+    ip: Ipv4Addr,
+}
+
+impl PerSource {
+    /// One unit for `ip` if it holds fewer than `limit`.
+    fn take(self: &Arc<Self>, ip: Ipv4Addr, limit: usize) -> Option<SourcePermit> {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourcePermit {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourcePermit {
+    fn drop(&mut self) {
+        let mut c = self.table.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = c.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                c.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// The resolver and proxy's shared state.
 pub struct Netd {
@@ -53,6 +139,10 @@ pub struct Netd {
     dns_slots: Arc<Semaphore>,
     dns_tcp_slots: Arc<Semaphore>,
     proxy_slots: Arc<Semaphore>,
+    limits: Limits,
+    dns_sources: Arc<PerSource>,
+    dns_tcp_sources: Arc<PerSource>,
+    proxy_sources: Arc<PerSource>,
 }
 
 /// The sockets `serve` serves.
@@ -103,6 +193,16 @@ impl Netd {
         sets: Arc<dyn Sets>,
         plumbing: Arc<dyn Plumbing>,
     ) -> anyhow::Result<Arc<Netd>> {
+        Netd::with_limits(root, sets, plumbing, Limits::default())
+    }
+
+    /// Loads the root's state, with these per-workspace limits.
+    pub(crate) fn with_limits(
+        root: PathBuf,
+        sets: Arc<dyn Sets>,
+        plumbing: Arc<dyn Plumbing>,
+        limits: Limits,
+    ) -> anyhow::Result<Arc<Netd>> {
         let snap = state::load(&root)?;
         Ok(Arc::new(Netd {
             journal: Journal::new(root.join(".net/denials.jsonl")),
@@ -113,7 +213,11 @@ impl Netd {
             plumbing,
             dns_slots: Arc::new(Semaphore::new(DNS_CONCURRENCY)),
             dns_tcp_slots: Arc::new(Semaphore::new(DNS_TCP_CONNECTIONS)),
-            proxy_slots: Arc::new(Semaphore::new(PROXY_CONNECTIONS)),
+            proxy_slots: Arc::new(Semaphore::new(proxy_connections())),
+            limits,
+            dns_sources: Arc::default(),
+            dns_tcp_sources: Arc::default(),
+            proxy_sources: Arc::default(),
         }))
     }
 
@@ -134,8 +238,10 @@ impl Netd {
         *self.snap.write().unwrap_or_else(|e| e.into_inner()) = snap.clone();
         let by_id: std::collections::HashMap<&str, &Arc<state::Workspace>> =
             snap.by_addr.values().map(|w| (w.id.as_str(), w)).collect();
+        // At most `state::NAMES_PER_WORKSPACE` names per workspace, learned in one batch per
+        // workspace and stage (a few thousand elements at most per call).
         let live = self.memory().live(Instant::now());
-        let mut jobs: Vec<(String, usize, Vec<Learned>)> = Vec::new();
+        let mut batches: HashMap<(String, usize), Vec<Learned>> = HashMap::new();
         for (id, name, addrs) in live {
             let verdict = by_id
                 .get(id.as_str())
@@ -151,10 +257,18 @@ impl Netd {
             for l in learn {
                 let e = entries(&addrs, &l.ports);
                 if !e.is_empty() {
-                    jobs.push((id.clone(), l.stage, e));
+                    batches.entry((id.clone(), l.stage)).or_default().extend(e);
                 }
             }
         }
+        let jobs: Vec<(String, usize, Vec<Learned>)> = batches
+            .into_iter()
+            .flat_map(|((id, stage), e)| {
+                e.chunks(LEARN_BATCH)
+                    .map(|c| (id.clone(), stage, c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if jobs.is_empty() {
             return Ok(());
         }
@@ -302,7 +416,17 @@ impl Netd {
             let SocketAddr::V4(peer4) = peer else {
                 continue;
             };
-            // Past the limit queries are dropped: clients retry.
+            // A workspace past its share: SERVFAIL at once, the others are not held up.
+            let Some(mine) = self
+                .dns_sources
+                .take(*peer4.ip(), self.limits.dns_per_source)
+            else {
+                if let Ok(q) = dns::parse_query(&buf[..n]) {
+                    let _ = sock.try_send_to(&dns::answer(&q, dns::SERVFAIL), peer);
+                }
+                continue;
+            };
+            // Past the global limit queries are dropped: clients retry.
             let Ok(permit) = self.dns_slots.clone().try_acquire_owned() else {
                 continue;
             };
@@ -310,7 +434,7 @@ impl Netd {
             let me = self.clone();
             let sock = sock.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, mine);
                 if let Some(r) = me.answer(*peer4.ip(), &msg, false).await {
                     let _ = sock.send_to(&r, peer).await;
                 }
@@ -329,12 +453,19 @@ impl Netd {
                 }
             };
             let SocketAddr::V4(peer) = peer else { continue };
+            // Past the workspace's share or the global limit: closed.
+            let Some(mine) = self
+                .dns_tcp_sources
+                .take(*peer.ip(), self.limits.dns_tcp_per_source)
+            else {
+                continue;
+            };
             let Ok(permit) = self.dns_tcp_slots.clone().try_acquire_owned() else {
                 continue;
             };
             let me = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, mine);
                 me.dns_tcp_conn(s, *peer.ip()).await;
             });
         }
@@ -360,7 +491,14 @@ impl Netd {
             ) {
                 return;
             }
-            let Some(r) = self.answer(src, &msg, true).await else {
+            // Queries over TCP count against the same share as over UDP.
+            let r = match self.dns_sources.take(src, self.limits.dns_per_source) {
+                Some(_mine) => self.answer(src, &msg, true).await,
+                None => dns::parse_query(&msg)
+                    .ok()
+                    .map(|q| dns::answer(&q, dns::SERVFAIL)),
+            };
+            let Some(r) = r else {
                 return;
             };
             let Ok(rlen) = u16::try_from(r.len()) else {
@@ -384,12 +522,29 @@ impl Netd {
                     continue;
                 }
             };
+            let SocketAddr::V4(peer4) = peer else {
+                continue;
+            };
+            // Only workspaces, each within its plan's connection limit (or the default).
+            let limit = {
+                let snap = self.snapshot();
+                let Some(ws) = snap.by_addr.get(peer4.ip()) else {
+                    continue;
+                };
+                ws.plan
+                    .as_ref()
+                    .and_then(|p| p.limits.max_connections)
+                    .map_or(self.limits.proxy_per_source, |m| m as usize)
+            };
+            let Some(mine) = self.proxy_sources.take(*peer4.ip(), limit) else {
+                continue;
+            };
             let Ok(permit) = self.proxy_slots.clone().try_acquire_owned() else {
                 continue;
             };
             let me = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, mine);
                 me.proxy_conn(s, peer).await;
             });
         }
@@ -450,10 +605,18 @@ impl Netd {
             }
             return;
         };
+        // The destination may be the host after all: an address it gained after netd read its
+        // list, or one the kernel answers itself.
+        if self.plumbing.reached_host(&up) {
+            drop(up);
+            self.refuse(&mut s, &ws.id, dst, name, "protected:host".into(), http)
+                .await;
+            return;
+        }
         if up.write_all(&buf).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+        splice(&mut s, &mut up, self.limits.proxy_idle).await;
     }
 
     async fn refuse(
@@ -507,6 +670,85 @@ impl Netd {
                 let _ = w.write_all(reply.as_bytes()).await;
             });
         }
+    }
+}
+
+/// Proxied connections allowed at once: `PROXY_CONNECTIONS`, or fewer when the file descriptor
+/// limit would not allow two per connection (with some to spare).
+fn proxy_connections() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => {
+            let fit = soft.saturating_sub(512) / 2;
+            usize::try_from(fit)
+                .unwrap_or(usize::MAX)
+                .clamp(64, PROXY_CONNECTIONS)
+        }
+        Err(_) => 1024,
+    }
+}
+
+/// A read half that notes when it last read a byte.
+struct Noting<'a, R> {
+    inner: R,
+    last: &'a AtomicU64,
+    start: tokio::time::Instant,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Noting<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(ms, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+/// Copies both ways until both sides are done (each end's EOF is passed on as a half-close), one
+/// fails, or no byte went either way for `idle`.
+async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) {
+    let start = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let (ar, mut aw) = a.split();
+    let (br, mut bw) = b.split();
+    let mut ar = Noting {
+        inner: ar,
+        last: &last,
+        start,
+    };
+    let mut br = Noting {
+        inner: br,
+        last: &last,
+        start,
+    };
+    // An error either way (a reset, say) ends both, as `copy_bidirectional` does.
+    let a_to_b = async {
+        tokio::io::copy(&mut ar, &mut bw).await?;
+        bw.shutdown().await
+    };
+    let b_to_a = async {
+        tokio::io::copy(&mut br, &mut aw).await?;
+        aw.shutdown().await
+    };
+    let watchdog = async {
+        loop {
+            let at = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+            if tokio::time::Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::try_join!(a_to_b, b_to_a) } => {}
+        _ = watchdog => {}
     }
 }
 

@@ -1,6 +1,7 @@
 //! The first bytes of a proxied connection: a TLS ClientHello's server name (SNI) or an HTTP/1
 //! request's Host. `sniff` is called again as more bytes arrive until it stops answering
-//! `NeedMore`; the caller bounds the size and the wait.
+//! `NeedMore`; the caller bounds the size and the wait. Only a connection's first message is
+//! looked at: later HTTP requests on the same connection are not (see `server`).
 
 /// The most bytes read before deciding (a ClientHello may span several TLS records).
 pub const MAX_PEEK: usize = 32 * 1024;

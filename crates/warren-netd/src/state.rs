@@ -2,7 +2,7 @@
 //! from the runtime root, again on `reload`), the upstream resolvers, and the names each workspace
 //! resolved (`Memory`), which the proxy checks destinations against.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -152,7 +152,7 @@ pub fn resolv_conf(text: &str) -> Vec<SocketAddr> {
 }
 
 /// The host's own IPv4 addresses.
-fn host_addresses() -> Vec<Ipv4Addr> {
+pub(crate) fn host_addresses() -> Vec<Ipv4Addr> {
     let mut out = Vec::new();
     if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
         for a in addrs {
@@ -169,39 +169,145 @@ fn host_addresses() -> Vec<Ipv4Addr> {
 /// A remembered name: workspace id, name, addresses with the time they have left.
 pub type Remembered = (String, String, Vec<(Ipv4Addr, Duration)>);
 
-/// Most (workspace, name) pairs remembered.
+/// Most (workspace, name) pairs remembered, all workspaces together.
 const MAX_NAMES: usize = 100_000;
+/// Most names remembered per workspace: past it the workspace's oldest are forgotten, so one
+/// workspace cannot crowd out the others' names.
+pub const NAMES_PER_WORKSPACE: usize = 4096;
 /// Most addresses remembered per pair.
 const MAX_ADDRS: usize = 64;
 
-/// The names each workspace resolved, with the addresses and until when.
-#[derive(Debug, Default)]
+#[derive(Debug)]
+struct Entry {
+    addrs: HashMap<Ipv4Addr, Instant>,
+    /// When it was last remembered, as a sequence number (its key in `Memory::order`).
+    seq: u64,
+}
+
+/// The names each workspace resolved, with the addresses and until when; at most
+/// `NAMES_PER_WORKSPACE` per workspace (the least recently answered go first).
+#[derive(Debug)]
 pub struct Memory {
-    map: HashMap<(String, String), HashMap<Ipv4Addr, Instant>>,
+    map: HashMap<(String, String), Entry>,
+    /// Per workspace: its names by when they were last remembered, oldest first.
+    order: HashMap<String, BTreeMap<u64, String>>,
+    next: u64,
+    per_workspace: usize,
+    max: usize,
+}
+
+impl Default for Memory {
+    fn default() -> Memory {
+        Memory::with_limits(NAMES_PER_WORKSPACE, MAX_NAMES)
+    }
 }
 
 impl Memory {
+    /// A memory holding at most `per_workspace` names per workspace and `max` in all.
+    pub fn with_limits(per_workspace: usize, max: usize) -> Memory {
+        Memory {
+            map: HashMap::new(),
+            order: HashMap::new(),
+            next: 0,
+            per_workspace: per_workspace.max(1),
+            max: max.max(1),
+        }
+    }
+
     /// Remembers that `name` resolved to these addresses for `id`, each for its duration.
     pub fn remember(&mut self, id: &str, name: &str, addrs: &[(Ipv4Addr, Duration)], now: Instant) {
         if addrs.is_empty() {
             return;
         }
         let k = (id.to_string(), name.to_string());
-        if !self.map.contains_key(&k) && self.map.len() >= MAX_NAMES {
-            self.prune(now);
-            if self.map.len() >= MAX_NAMES {
-                return;
+        let seq = self.next;
+        self.next += 1;
+        if let Some(e) = self.map.get_mut(&k) {
+            // Refreshed: now the workspace's newest.
+            if let Some(o) = self.order.get_mut(id) {
+                o.remove(&e.seq);
+                o.insert(seq, name.to_string());
             }
+            e.seq = seq;
+        } else {
+            let held = self.order.get(id).map_or(0, BTreeMap::len);
+            if held >= self.per_workspace {
+                self.prune_workspace(id, now);
+                while self.order.get(id).map_or(0, BTreeMap::len) >= self.per_workspace {
+                    self.evict_oldest(id);
+                }
+            }
+            if self.map.len() >= self.max {
+                self.prune(now);
+                // Still full: the workspace holding the most gives up its oldest.
+                while self.map.len() >= self.max {
+                    let Some(biggest) = self
+                        .order
+                        .iter()
+                        .max_by_key(|(_, o)| o.len())
+                        .map(|(w, _)| w.clone())
+                    else {
+                        break;
+                    };
+                    self.evict_oldest(&biggest);
+                }
+            }
+            self.order
+                .entry(id.to_string())
+                .or_default()
+                .insert(seq, name.to_string());
+            self.map.insert(
+                k.clone(),
+                Entry {
+                    addrs: HashMap::new(),
+                    seq,
+                },
+            );
         }
-        let e = self.map.entry(k).or_default();
-        e.retain(|_, until| *until > now);
+        let Some(e) = self.map.get_mut(&k) else {
+            return;
+        };
+        e.addrs.retain(|_, until| *until > now);
         for (ip, d) in addrs {
             let until = now + *d;
-            if e.len() >= MAX_ADDRS && !e.contains_key(ip) {
+            if e.addrs.len() >= MAX_ADDRS && !e.addrs.contains_key(ip) {
                 continue;
             }
-            let slot = e.entry(*ip).or_insert(until);
+            let slot = e.addrs.entry(*ip).or_insert(until);
             *slot = (*slot).max(until);
+        }
+    }
+
+    fn evict_oldest(&mut self, id: &str) {
+        let Some(o) = self.order.get_mut(id) else {
+            return;
+        };
+        if let Some((_, name)) = o.pop_first() {
+            self.map.remove(&(id.to_string(), name));
+        }
+        if o.is_empty() {
+            self.order.remove(id);
+        }
+    }
+
+    fn prune_workspace(&mut self, id: &str, now: Instant) {
+        let Some(o) = self.order.get_mut(id) else {
+            return;
+        };
+        let map = &mut self.map;
+        o.retain(|_, name| {
+            let k = (id.to_string(), name.clone());
+            let live = map.get_mut(&k).is_some_and(|e| {
+                e.addrs.retain(|_, until| *until > now);
+                !e.addrs.is_empty()
+            });
+            if !live {
+                map.remove(&k);
+            }
+            live
+        });
+        if o.is_empty() {
+            self.order.remove(id);
         }
     }
 
@@ -209,25 +315,40 @@ impl Memory {
     pub fn resolved(&self, id: &str, name: &str, ip: Ipv4Addr, now: Instant) -> bool {
         self.map
             .get(&(id.to_string(), name.to_string()))
-            .and_then(|m| m.get(&ip))
+            .and_then(|e| e.addrs.get(&ip))
             .is_some_and(|until| *until > now)
     }
 
     /// Drops what expired.
     pub fn prune(&mut self, now: Instant) {
-        self.map.retain(|_, m| {
-            m.retain(|_, until| *until > now);
-            !m.is_empty()
+        let order = &mut self.order;
+        self.map.retain(|(id, _), e| {
+            e.addrs.retain(|_, until| *until > now);
+            if e.addrs.is_empty() {
+                if let Some(o) = order.get_mut(id) {
+                    o.remove(&e.seq);
+                    if o.is_empty() {
+                        order.remove(id);
+                    }
+                }
+                return false;
+            }
+            true
         });
     }
 
-    /// Everything still remembered: (id, name, addresses with time left).
+    /// Everything still remembered: (id, name, addresses with time left); at most
+    /// `NAMES_PER_WORKSPACE` per workspace.
     pub fn live(&mut self, now: Instant) -> Vec<Remembered> {
         self.prune(now);
         self.map
             .iter()
-            .map(|((id, name), m)| {
-                let addrs = m.iter().map(|(ip, until)| (*ip, *until - now)).collect();
+            .map(|((id, name), e)| {
+                let addrs = e
+                    .addrs
+                    .iter()
+                    .map(|(ip, until)| (*ip, *until - now))
+                    .collect();
                 (id.clone(), name.clone(), addrs)
             })
             .collect()
@@ -235,7 +356,19 @@ impl Memory {
 
     /// Forgets a (workspace, name) pair.
     pub fn forget(&mut self, id: &str, name: &str) {
-        self.map.remove(&(id.to_string(), name.to_string()));
+        if let Some(e) = self.map.remove(&(id.to_string(), name.to_string())) {
+            if let Some(o) = self.order.get_mut(id) {
+                o.remove(&e.seq);
+                if o.is_empty() {
+                    self.order.remove(id);
+                }
+            }
+        }
+    }
+
+    /// How many names are remembered for `id`.
+    pub fn count(&self, id: &str) -> usize {
+        self.order.get(id).map_or(0, BTreeMap::len)
     }
 }
 
@@ -267,6 +400,43 @@ mod tests {
         assert!(!m.resolved("w", "b.com", ip, t));
         assert_eq!(m.live(t + Duration::from_secs(10)).len(), 1);
         assert!(m.live(t + Duration::from_secs(31)).is_empty());
+    }
+
+    #[test]
+    fn one_workspace_cannot_crowd_out_the_others_names() {
+        let mut m = Memory::with_limits(100, 250);
+        let t = Instant::now();
+        let ip = Ipv4Addr::new(203, 0, 113, 1);
+        let day = Duration::from_secs(86400);
+        m.remember("victim", "api.example.com", &[(ip, day)], t);
+        m.remember("other", "a.example.com", &[(ip, day)], t);
+        // One workspace resolves a flood of unique names.
+        for i in 0..10_000 {
+            m.remember("flood", &format!("n{i}.evil.test"), &[(ip, day)], t);
+        }
+        assert_eq!(m.count("flood"), 100, "its quota");
+        // Its newest are kept, its oldest went.
+        assert!(m.resolved("flood", "n9999.evil.test", ip, t));
+        assert!(!m.resolved("flood", "n0.evil.test", ip, t));
+        // The others' names are still there, and new ones are remembered.
+        assert!(m.resolved("victim", "api.example.com", ip, t));
+        assert!(m.resolved("other", "a.example.com", ip, t));
+        m.remember("victim", "cdn.example.com", &[(ip, day)], t);
+        assert!(m.resolved("victim", "cdn.example.com", ip, t));
+        // Many workspaces at their quota fill the whole memory: the biggest gives way, and a
+        // refreshed name counts as new.
+        for w in 0..3 {
+            for i in 0..100 {
+                m.remember(&format!("w{w}"), &format!("n{i}.test"), &[(ip, day)], t);
+            }
+        }
+        m.remember("victim", "api.example.com", &[(ip, day)], t);
+        m.remember("late", "x.test", &[(ip, day)], t);
+        assert!(m.resolved("late", "x.test", ip, t));
+        assert!(m.resolved("victim", "api.example.com", ip, t));
+        assert!(m.live(t).len() <= 250);
+        m.forget("late", "x.test");
+        assert_eq!(m.count("late"), 0);
     }
 
     #[test]
