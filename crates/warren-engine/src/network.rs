@@ -166,6 +166,9 @@ pub fn denial_message(d: &Denial) -> String {
     } else {
         String::new()
     };
+    if d.kind == "suppressed" {
+        return format!("refusals not recorded one by one: {}", d.why);
+    }
     let kind = match d.kind.as_str() {
         "dns" => "name lookup refused",
         "proxy" => "HTTP/TLS destination refused",

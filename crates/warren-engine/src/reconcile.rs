@@ -91,7 +91,9 @@ impl Engine {
         }
         // Refused connections and names become events.
         if let Err(e) = self.ingest_denials().await {
-            report.errors.push(("network denials".into(), e.to_string()));
+            report
+                .errors
+                .push(("network denials".into(), e.to_string()));
         }
         Ok(report)
     }

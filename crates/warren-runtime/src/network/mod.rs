@@ -367,7 +367,10 @@ mod tests {
         release(d.path(), "b").unwrap();
         let g = allocate(d.path(), &cfg, "g").unwrap();
         let h = allocate(d.path(), &cfg, "h").unwrap();
-        assert_eq!((g, h), (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3)));
+        assert_eq!(
+            (g, h),
+            (Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3))
+        );
         let d2 = tempfile::tempdir().unwrap();
         let a = allocate(d2.path(), &cfg, "a").unwrap();
         allocate(d2.path(), &cfg, "b").unwrap();

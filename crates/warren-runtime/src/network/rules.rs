@@ -75,7 +75,7 @@ add rule inet {t} output oifname "{br}" ct state established,related accept
 add rule inet {t} output oifname "{br}" counter drop
 add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 flush chain inet {t} prerouting
-add rule inet {t} prerouting iifname "{br}" ip saddr @proxied tcp dport {{ 80, 443 }} redirect to :{p}
+add rule inet {t} prerouting iifname "{br}" ip saddr @proxied ip daddr != {subnet} tcp dport {{ 80, 443 }} redirect to :{p}
 add chain inet {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
 flush chain inet {t} postrouting
 add rule inet {t} postrouting ip saddr {subnet} oifname != "{br}" masquerade
@@ -224,6 +224,7 @@ fn compile_stage(
     stage: &Checked,
     deny: &str,
     pool: warren_api::net::Ipv4Net,
+    siblings: &[String],
 ) {
     let _ = writeln!(s, "add chain inet {t} {st}");
     let rule = |s: &mut String, r: &str| {
@@ -268,6 +269,11 @@ fn compile_stage(
         stage.allow.iter().filter(|r| r.sibling).collect(),
         "return",
     );
+    // An allow-all stage lets through what another stage's sibling rule names (that stage then
+    // decides the ports); allowlists name their siblings themselves.
+    if stage.mode == EgressMode::AllowAll && !siblings.is_empty() {
+        rule(s, &format!("ip daddr {{ {} }} return", siblings.join(", ")));
+    }
     rule(s, &format!("ip daddr {pool} {jump}"));
     kind(
         s,
@@ -364,6 +370,15 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         s,
         "add rule inet {t} {deny} reject with icmpx admin-prohibited"
     );
+    let mut siblings: Vec<String> = plan
+        .stages
+        .iter()
+        .flat_map(|st| &st.allow)
+        .filter(|r| r.sibling)
+        .filter_map(net_of)
+        .collect();
+    siblings.sort();
+    siblings.dedup();
     for (n, stage) in plan.stages.iter().enumerate() {
         compile_stage(
             &mut s,
@@ -372,6 +387,7 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
             stage,
             &deny,
             cfg.subnet,
+            &siblings,
         );
     }
     // Bandwidth from the workspace: policed here (what it receives is shaped by tc on its veth).
