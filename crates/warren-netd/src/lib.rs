@@ -79,10 +79,22 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
             proxy,
             control,
         };
+        // A root that is gone (its state directory deleted) has no workspaces left to serve: its
+        // resolver goes too, and frees the gateway address for the next network that takes it.
+        let config = net.join("config.json");
+        let gone = async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                if !config.exists() {
+                    return;
+                }
+            }
+        };
         serve(netd, listeners, rx, async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = gone => {}
             }
         })
         .await;

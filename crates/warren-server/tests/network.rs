@@ -512,7 +512,7 @@ async fn connection_limits_hold() {
         &s,
         &alice,
         "a",
-        "pkill -f 'nc 203' ; sleep 1; echo y | nc -w 3 203.0.113.10 9000",
+        "kill $(pidof sleep); sleep 1; echo y | nc -w 3 203.0.113.10 9000",
     )
     .await;
     assert!(r.1.contains('y'), "{r:?}");
@@ -530,7 +530,7 @@ async fn nothing_of_a_workspace_network_is_left_after_delete() {
     let root = s.state().join("workspaces");
     let cfg: warren_runtime::network::NetConfig =
         serde_json::from_slice(&std::fs::read(root.join(".net/config.json")).unwrap()).unwrap();
-    let veth = format!("wv{}", &id[..8]);
+    let veth = warren_runtime::network::veth_name(&id);
     let links = || {
         String::from_utf8_lossy(
             &std::process::Command::new("ip")

@@ -102,8 +102,8 @@ fn config_path(root: &Path) -> PathBuf {
 }
 
 /// The network of `root`: the one recorded there (with the request's explicit settings, which
-/// may change only while no address is allocated), or a new choice of a free bridge name, pool
-/// and log group, recorded.
+/// may change only while no address is allocated, and its upstream resolvers when it names
+/// any), or a new choice of a free bridge name, pool and log group, recorded.
 pub fn for_root(root: &Path, req: &NetRequest) -> Result<NetConfig, String> {
     let net_dir = root.join(".net");
     fs::create_dir_all(&net_dir).map_err(|e| format!("create {}: {e}", net_dir.display()))?;
@@ -136,13 +136,31 @@ pub fn for_root(root: &Path, req: &NetRequest) -> Result<NetConfig, String> {
         Some(c) => c,
         None => choose(root, req)?,
     };
-    cfg.dns_upstream = req.dns_upstream.clone();
+    // Upstreams given replace the recorded ones; a process that gives none (the embedded CLI on a
+    // server's state directory, say) keeps them.
+    if !req.dns_upstream.is_empty() {
+        cfg.dns_upstream = req.dns_upstream.clone();
+    }
     register(root, &cfg)?;
     let json = serde_json::to_vec_pretty(&cfg).map_err(|e| e.to_string())?;
     let tmp = net_dir.join("config.json.tmp");
     fs::write(&tmp, json).map_err(|e| format!("write {}: {e}", tmp.display()))?;
     fs::rename(&tmp, &path).map_err(|e| format!("write {}: {e}", path.display()))?;
     Ok(cfg)
+}
+
+/// Removes `root`'s whole network from the host: its resolver, bridge, nftables tables and
+/// registry entry (its workspaces must be gone; tests and benchmarks call this when they are
+/// done with a state directory).
+pub fn teardown(root: &Path) {
+    let Ok(bytes) = fs::read(config_path(root)) else {
+        return;
+    };
+    let Ok(cfg) = serde_json::from_slice::<NetConfig>(&bytes) else {
+        return;
+    };
+    super::remove_host_leftovers(&cfg.bridge, root);
+    let _ = fs::remove_file(Path::new(REGISTRY).join(&cfg.bridge));
 }
 
 /// Whether any address of `root`'s pool is allocated.

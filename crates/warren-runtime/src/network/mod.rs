@@ -534,7 +534,7 @@ mod journal_tests {
 }
 
 mod choose;
-pub use choose::{for_root, NetRequest};
+pub use choose::{for_root, teardown, NetRequest};
 
 /// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
 /// effort).

@@ -380,30 +380,9 @@ impl Drop for TestServer {
                 .args(["-9", &pid.to_string()])
                 .status();
         }
-        // The server's network on the host: its bridge, tables and registry entry.
-        remove_network(&self.state().join("workspaces"));
+        // The server's network on the host: its resolver, bridge, tables and registry entry.
+        warren_runtime::network::teardown(&self.state().join("workspaces"));
     }
-}
-
-/// Removes the host network of the runtime root `root` (see `warren_runtime::network`): its
-/// bridge, its nftables tables and its entry in the host's registry.
-pub fn remove_network(root: &std::path::Path) {
-    let Ok(bytes) = std::fs::read(root.join(".net/config.json")) else {
-        return;
-    };
-    let Ok(cfg) = serde_json::from_slice::<warren_runtime::network::NetConfig>(&bytes) else {
-        return;
-    };
-    let quiet = |args: &[&str]| {
-        let _ = std::process::Command::new(args[0])
-            .args(&args[1..])
-            .stderr(std::process::Stdio::null())
-            .status();
-    };
-    quiet(&["ip", "link", "del", &cfg.bridge]);
-    quiet(&["nft", "delete", "table", "inet", &cfg.table]);
-    quiet(&["nft", "delete", "table", "bridge", &cfg.table]);
-    let _ = std::fs::remove_file(std::path::Path::new("/run/warren/nets").join(&cfg.bridge));
 }
 
 /// The armored SSH signature of the key's proof message for `user_id`, made by `ssh-keygen -Y

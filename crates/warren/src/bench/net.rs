@@ -289,6 +289,7 @@ pub(super) async fn run(
         db.extend(dns_latencies(dns, queries)?);
     }
     let _ = engine.delete(WsRef::Id(rec.id.clone()), true).await;
+    warren_runtime::network::teardown(&dirs.state.join("workspaces"));
     let report = json!({
         "throughput_mib_s": {"warren": r3(median(&tw)), "loopback": r3(median(&tb)), "ratio": r3(median(&tw) / median(&tb))},
         "connections_per_s": {"warren": r3(median(&cw)), "loopback": r3(median(&cb)), "ratio": r3(median(&cw) / median(&cb))},

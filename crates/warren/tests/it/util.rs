@@ -197,6 +197,7 @@ impl Drop for World {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        warren_runtime::network::teardown(&self.state().join("workspaces"));
     }
 }
 
