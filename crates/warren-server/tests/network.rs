@@ -283,7 +283,8 @@ async fn egress_policies_inside_a_workspace() {
     let r = http(&s, &alice, "a", &metadata, "rebind.test").await;
     assert!(!r.1.contains("metadata host="), "{r:?}");
 
-    // The metadata address opens only when a rule inside its range names it.
+    // The workspace's own policy cannot open what its base (here the server's default) keeps
+    // closed: the metadata address stays refused.
     let (st, v) = put_network(
         &s,
         &alice,
@@ -293,7 +294,7 @@ async fn egress_policies_inside_a_workspace() {
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let r = http(&s, &alice, "a", &metadata, "metadata").await;
-    assert!(r.1.contains("metadata host=metadata"), "{r:?}");
+    assert!(refused(&r), "{r:?}");
 
     // deny-all: nothing, not even names.
     let (st, v) = put_network(&s, &alice, "a", json!({"egress": "deny-all"})).await;
@@ -381,6 +382,21 @@ async fn a_template_policy_binds_the_workspace_and_its_own_policy_only_narrows()
     assert!(v["own"].is_null(), "{v}");
     let r = http(&s, &alice, "a", &web, "w").await;
     assert!(r.1.contains("web host=w"), "{r:?}");
+
+    // A protected range opens only when a rule inside it names it: a template that allows the
+    // metadata address's port 80 reaches it, and nothing else of 169.254/16.
+    template(
+        &s,
+        "meta",
+        Some(json!({"egress": "allow-all", "allow": ["169.254.169.254:80"]})),
+    )
+    .await;
+    s.create_workspace(&alice, "m", "meta").await;
+    let metadata = inet::METADATA.to_string();
+    let r = http(&s, &alice, "m", &metadata, "metadata").await;
+    assert!(r.1.contains("metadata host=metadata"), "{r:?}");
+    let r = sh(&s, &alice, "m", &format!("echo x | nc -w 5 {metadata} 81")).await;
+    assert!(refused(&r), "{r:?}");
 }
 
 #[tokio::test]
