@@ -691,8 +691,9 @@ impl Engine {
             let id = rec.id.clone();
             failpoint("before-provision");
             let plan = self.egress_plan(&rec).await?;
+            let egress = rt_spec.network == warren_runtime::Network::Egress;
+            let applied = plan.clone();
             let res = blocking(move || {
-                let egress = rt_spec.network == warren_runtime::Network::Egress;
                 rt.create(&rt_spec)?;
                 // Before the start: the workspace never runs under an older plan.
                 if egress {
@@ -702,6 +703,13 @@ impl Engine {
                 Ok(())
             })
             .await;
+            // A plan recorded while this start was under way (`set_network` does not wait for
+            // the workspace's lock) may have been overwritten by the one read above: the newest
+            // recorded plan is applied last.
+            let res = match res {
+                Ok(()) if egress => self.reapply_if_changed(&rec, &applied).await,
+                other => other,
+            };
             failpoint("after-provision");
             if let Err(e) = res {
                 // The original error is what the user needs; recording the failure is best effort

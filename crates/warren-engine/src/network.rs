@@ -79,6 +79,26 @@ impl Engine {
         .await
     }
 
+    /// Applies the workspace's recorded plan again if it is not `applied` (it changed meanwhile).
+    pub(crate) async fn reapply_if_changed(
+        &self,
+        rec: &WorkspaceRecord,
+        applied: &EgressPlan,
+    ) -> Result<(), EngineError> {
+        let mut applied = applied.clone();
+        loop {
+            let latest = self.egress_plan(rec).await?;
+            if latest == applied {
+                return Ok(());
+            }
+            let rt = self.runtime.clone();
+            let id = rec.id.clone();
+            let plan = latest.clone();
+            blocking(move || Ok(rt.set_egress(&id, &plan)?)).await?;
+            applied = latest;
+        }
+    }
+
     /// The workspace's address on Warren's network and its counters (`None`: it has none, e.g.
     /// it was never started or its runtime has no network of Warren's).
     pub async fn attachment(

@@ -248,7 +248,9 @@ fn attach_inner(
     let addr = att.address;
     let gw = cfg.gateway();
     in_netns(init_pid, move || {
-        for p in ["all", "default", "eth0", "lo"] {
+        // No IPv6 on the way out (the bridge drops it anyway); loopback keeps `::1`, which
+        // programs listening on `[::]` or `localhost` rely on.
+        for p in ["default", "eth0"] {
             write_sysctl(&format!("/proc/sys/net/ipv6/conf/{p}/disable_ipv6"), "1")?;
         }
         ip_batch(&format!(

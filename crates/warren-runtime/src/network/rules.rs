@@ -525,7 +525,12 @@ fn remove_tag(
 
 /// The bridge's anti-spoofing entries: (veth, MAC, address).
 fn bridge_ports(cfg: &NetConfig) -> NetResult<Vec<(String, String, String)>> {
-    let v = Nft::json(&format!("list set bridge {} ports", cfg.table))?;
+    // No tables yet (nothing was ever started here): no entries.
+    let v = match Nft::json(&format!("list set bridge {} ports", cfg.table)) {
+        Ok(v) => v,
+        Err(e) if e.contains("No such file or directory") => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let mut out = Vec::new();
     for item in v["nftables"].as_array().into_iter().flatten() {
         for e in item["set"]["elem"].as_array().into_iter().flatten() {

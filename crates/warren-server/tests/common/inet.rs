@@ -1,5 +1,5 @@
-//! A fake internet for network tests: a network namespace the host routes 203.0.113.0/24,
-//! 198.51.100.0/24 and 169.254.169.254 to, with servers the tests start in it, and a DNS server
+//! A fake internet for network tests: a network namespace the host routes 203.0.113.10,
+//! 198.51.100.10 and 169.254.169.254 to, with servers the tests start in it, and a DNS server
 //! on the host's loopback that answers `*.test` names. Nothing leaves the machine.
 //!
 //! One per test binary (tests share it): the namespace is `winet-<pid>`; namespaces of test
@@ -89,7 +89,9 @@ fn make() -> Inet {
     for a in ["203.0.113.10/24", "198.51.100.10/24", "169.254.169.254/32"] {
         inside(&["ip", "addr", "add", a, "dev", "lo"]);
     }
-    for net in ["203.0.113.0/24", "198.51.100.0/24", "169.254.169.254/32"] {
+    // Host routes for the servers' addresses only: the rest of those ranges may be real here (this
+    // machine's package mirror answers on a 203.0.113.x address).
+    for net in ["203.0.113.10/32", "198.51.100.10/32", "169.254.169.254/32"] {
         // `replace`: a route left by a test binary that was killed is taken over.
         must(&[
             "ip",

@@ -4,7 +4,7 @@
 //! Brings up a busybox workspace with the embedded engine (its own network namespace, veth, bridge,
 //! nftables rules and NAT, as every workspace has), under an allowlist policy naming the benchmark
 //! server's address and `*.bench.test`. A "remote" network namespace made for the run holds the
-//! servers (203.0.113.200, routed from the host). The clients are threads of this process that
+//! servers (198.18.250.1, routed from the host). The clients are threads of this process that
 //! entered the workspace's network namespace, so the packets take the workspace's path:
 //! workspace veth → bridge → nftables forward and NAT → the remote namespace's veth.
 //! The baseline runs the same clients and servers on the host's loopback, in the same run,
@@ -31,7 +31,7 @@ use warren_runtime::OciRuntime;
 use super::{make_project, percentile, progress, r3, Dirs, IMAGE};
 
 /// The remote server's address.
-const REMOTE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 18, 250, 1);
 const NAME: &str = "netbench";
 
 /// The remote network namespace and its route; removed on drop.
@@ -84,12 +84,12 @@ fn remote() -> Result<Remote> {
     ns(&["ip", "addr", "add", "198.18.0.6/30", "dev", "eth0"])?;
     ns(&["ip", "link", "set", "eth0", "up"])?;
     ns(&["ip", "route", "add", "default", "via", "198.18.0.5"])?;
-    ns(&["ip", "addr", "add", "203.0.113.200/32", "dev", "lo"])?;
+    ns(&["ip", "addr", "add", "198.18.250.1/32", "dev", "lo"])?;
     must(&[
         "ip",
         "route",
         "replace",
-        "203.0.113.200/32",
+        "198.18.250.1/32",
         "via",
         "198.18.0.6",
         "dev",
@@ -255,7 +255,7 @@ pub(super) async fn run(
     let rec = engine.up(&project, &opts, &Quiet).await?;
     let policy = warren_api::net::NetworkPolicy {
         egress: warren_api::net::EgressMode::Allowlist,
-        allow: vec!["203.0.113.200".into(), "*.bench.test".into()],
+        allow: vec!["198.18.250.1".into(), "*.bench.test".into()],
         ..Default::default()
     };
     let plan = warren_engine::network::plan_of(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;

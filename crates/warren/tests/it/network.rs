@@ -334,7 +334,7 @@ fn allowlist_admits_allowed_addresses_and_refuses_the_rest_at_once() {
     let (_, out, _) = sh(
         &net.rt,
         "na1",
-        "ip -4 addr show eth0; cat /etc/resolv.conf; cat /proc/sys/net/ipv6/conf/all/disable_ipv6; ip -6 addr",
+        "ip -4 addr show eth0; cat /etc/resolv.conf; ip -6 addr show dev eth0",
     );
     assert!(out.contains(&format!("{}/32", att.address)), "{out}");
     assert!(

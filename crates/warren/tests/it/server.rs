@@ -2064,3 +2064,53 @@ fn lifecycle_policy_keepalive_and_events_from_the_cli() {
     let reset = s.ok(&["policy", "reset", "proj"]);
     assert!(reset.contains("Next: nothing scheduled"), "{reset}");
 }
+
+#[test]
+fn network_policy_from_the_cli() {
+    let s = Server::start();
+    s.login_admin();
+    s.login_member("kim");
+    let proj = s.world.project("netp", r#"{"image": "busybox"}"#);
+    assert_eq!(s.ok(&["up", proj.to_str().unwrap()]).trim(), "netp");
+    // An uploaded folder: the server's default policy, an address, no own policy.
+    let shown = s.ok(&["net", "show", "netp"]);
+    assert!(shown.contains("Base policy (the server's default)"), "{shown}");
+    assert!(shown.contains("egress: allow-all"), "{shown}");
+    assert!(shown.contains("Own policy: none"), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "net", "show", "netp"])).unwrap();
+    let addr = json["address"].as_str().unwrap();
+    assert!(addr.parse::<std::net::Ipv4Addr>().is_ok(), "{json}");
+    // Rules added and replaced, live.
+    let set = s.ok(&[
+        "net",
+        "set",
+        "netp",
+        "--egress",
+        "allowlist",
+        "--allow",
+        "203.0.113.0/24:443",
+        "--allow",
+        "*.example.org",
+        "--max-connections",
+        "64",
+    ]);
+    assert!(set.contains("allow:  203.0.113.0/24:443, *.example.org"), "{set}");
+    assert!(set.contains("limits: 64 connections"), "{set}");
+    let denied = s.ok(&["net", "deny", "netp", "api.example.org"]);
+    assert!(denied.contains("deny:   api.example.org"), "{denied}");
+    // Bad rules: one line naming the rule, a hint, nothing changed.
+    for (rule, named) in [("*.com", "*.com"), ("10.0.0.1/8", "10.0.0.1/8"), ("*", "`*`")] {
+        let (_, err) = s.fails(&["net", "allow", "netp", rule]);
+        assert!(err.contains(named), "{rule}: {err}");
+        assert!(err.contains("hint:"), "{rule}: {err}");
+        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+    }
+    let (_, err) = s.fails(&["net", "set", "netp", "--egress", "open"]);
+    assert!(err.contains("--egress `open`"), "{err}");
+    let again: serde_json::Value =
+        serde_json::from_str(&s.ok(&["--json", "net", "show", "netp"])).unwrap();
+    assert_eq!(again["own"]["deny"], serde_json::json!(["api.example.org"]));
+    let reset = s.ok(&["net", "reset", "netp"]);
+    assert!(reset.contains("Own policy: none"), "{reset}");
+}
