@@ -253,6 +253,15 @@ pub(super) async fn run(
         ..Default::default()
     };
     let rec = engine.up(&project, &opts, &Quiet).await?;
+    let ws_ns = super::ssh::workspace_netns(&dirs.state)?;
+    let ws_ns = Path::new(&ws_ns);
+    let gateway = resolver_of(&dirs.state).context("the runtime recorded no network")?;
+    // DNS under `allow-all`: the resolver's policy check and the upstream query, nothing learned.
+    let queries = 200;
+    let mut d_open = vec![];
+    for _ in 0..rounds {
+        d_open.extend(in_netns(ws_ns, || dns_latencies(gateway, queries))?);
+    }
     let policy = warren_api::net::NetworkPolicy {
         egress: warren_api::net::EgressMode::Allowlist,
         allow: vec!["198.18.250.1".into(), "*.bench.test".into()],
@@ -265,16 +274,13 @@ pub(super) async fn run(
         .await?
         .context("the workspace has no address")?;
     progress(&format!("workspace address {}", att.address));
-    let gateway = resolver_of(&dirs.state).context("the runtime recorded no network")?;
-    let ws_ns = super::ssh::workspace_netns(&dirs.state)?;
-    let ws_ns = Path::new(&ws_ns);
     let remote_ns = std::path::PathBuf::from(format!("/run/netns/{}", _remote.netns));
 
     let (r_sink, r_closer) = in_netns(&remote_ns, || servers(REMOTE))?;
     let (l_sink, l_closer) = servers(Ipv4Addr::LOCALHOST)?;
     let conns = 500;
-    let queries = 200;
     let (mut tw, mut tb, mut cw, mut cb) = (vec![], vec![], vec![], vec![]);
+    let (mut th, mut ch) = (vec![], vec![]);
     let (mut dw, mut db) = (vec![], vec![]);
     progress(&format!(
         "{rounds} rounds: {mib} MiB, {conns} connections, {queries} DNS queries each"
@@ -285,15 +291,18 @@ pub(super) async fn run(
         tb.push(mib as f64 / throughput_once(TcpStream::connect(l_sink)?, mib)?);
         cw.push(in_netns(ws_ns, || conn_rate(r_closer, conns))?);
         cb.push(conn_rate(l_closer, conns)?);
+        // The same remote reached from the host: one veth and routing, no bridge, rules or NAT.
+        ch.push(conn_rate(r_closer, conns)?);
+        th.push(mib as f64 / throughput_once(TcpStream::connect(r_sink)?, mib)?);
         dw.extend(in_netns(ws_ns, || dns_latencies(gateway, queries))?);
         db.extend(dns_latencies(dns, queries)?);
     }
     let _ = engine.delete(WsRef::Id(rec.id.clone()), true).await;
     warren_runtime::network::teardown(&dirs.state.join("workspaces"));
     let report = json!({
-        "throughput_mib_s": {"warren": r3(median(&tw)), "loopback": r3(median(&tb)), "ratio": r3(median(&tw) / median(&tb))},
-        "connections_per_s": {"warren": r3(median(&cw)), "loopback": r3(median(&cb)), "ratio": r3(median(&cw) / median(&cb))},
-        "dns_ms": {"warren_p50": r3(median(&dw)), "direct_p50": r3(median(&db)), "ratio": r3(median(&dw) / median(&db))},
+        "throughput_mib_s": {"warren": r3(median(&tw)), "loopback": r3(median(&tb)), "ratio": r3(median(&tw) / median(&tb)), "host_veth": r3(median(&th)), "ratio_host_veth": r3(median(&tw) / median(&th))},
+        "connections_per_s": {"warren": r3(median(&cw)), "loopback": r3(median(&cb)), "ratio": r3(median(&cw) / median(&cb)), "host_veth": r3(median(&ch)), "ratio_host_veth": r3(median(&cw) / median(&ch))},
+        "dns_ms": {"warren_p50": r3(median(&dw)), "warren_allow_all_p50": r3(median(&d_open)), "direct_p50": r3(median(&db)), "ratio": r3(median(&dw) / median(&db))},
         "rounds": rounds, "mib": mib,
     });
     if json_out {
