@@ -73,6 +73,9 @@ add chain inet {t} output {{ type filter hook output priority filter; policy acc
 flush chain inet {t} output
 add rule inet {t} output oifname "{br}" ct state established,related accept
 add rule inet {t} output oifname "{br}" counter drop
+add chain inet {t} guard {{ type filter hook prerouting priority raw; policy accept; }}
+flush chain inet {t} guard
+add rule inet {t} guard iifname "wv*" counter drop
 add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 flush chain inet {t} prerouting
 add rule inet {t} prerouting iifname "{br}" ip saddr @proxied ip daddr != {subnet} tcp dport {{ 80, 443 }} redirect to :{p}
@@ -88,6 +91,13 @@ add rule bridge {t} prerouting iifname != @wsports accept
 add rule bridge {t} prerouting ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} prerouting ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
 add rule bridge {t} prerouting counter drop
+add chain bridge {t} input {{ type filter hook input priority -300; policy accept; }}
+flush chain bridge {t} input
+add rule bridge {t} input iifname != @wsports accept
+add rule bridge {t} input ether daddr 01:80:c2:00:00:00-01:80:c2:00:00:0f counter drop
+add rule bridge {t} input ether type ip iifname . ether saddr . ip saddr @ports accept
+add rule bridge {t} input ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
+add rule bridge {t} input counter drop
 "#
     );
     Nft::once(&script).map(|_| ())
