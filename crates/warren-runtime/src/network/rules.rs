@@ -51,16 +51,17 @@ pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
 add map inet {t} ws {{ type ipv4_addr : verdict; }}
 add map inet {t} rate {{ type ipv4_addr : verdict; }}
 add set inet {t} proxied {{ type ipv4_addr; }}
+add set inet {t} current {{ type ipv4_addr . mark; }}
 add set inet {t} protected {{ type ipv4_addr; flags interval; auto-merge; }}
 flush set inet {t} protected
 add element inet {t} protected {{ {protected} }}
 add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
 flush chain inet {t} forward
 add rule inet {t} forward iifname "{br}" ip saddr vmap @rate
-add rule inet {t} forward iifname "{br}" ct state established,related accept
+add rule inet {t} forward iifname "{br}" ct state established,related ct original ip saddr . ct mark @current accept
 add rule inet {t} forward iifname "{br}" ip saddr vmap @ws
 add rule inet {t} forward iifname "{br}" counter drop
-add rule inet {t} forward oifname "{br}" ct state established,related accept
+add rule inet {t} forward oifname "{br}" ct state established,related ct original ip saddr . ct mark @current accept
 add rule inet {t} forward oifname "{br}" counter drop
 add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
 flush chain inet {t} input
@@ -356,6 +357,14 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     let deny = format!("ws_{tg}_deny");
     let addr = att.address;
     let old = existing_stages(cfg, &tg)?;
+    let old_gens: Vec<u32> = generations(cfg)?
+        .into_iter()
+        .filter(|(a, _)| *a == addr)
+        .map(|(_, g)| g)
+        .collect();
+    // The connections accepted under this plan carry its generation in their conntrack mark; the
+    // established ones of an older plan are judged again, packet by packet, by this one.
+    let gen = next_generation(&old_gens);
     let mut s = String::new();
     let _ = writeln!(s, "add chain inet {t} {ws}");
     let _ = writeln!(s, "flush chain inet {t} {ws}");
@@ -363,6 +372,13 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     let _ = writeln!(s, "add chain inet {t} {deny}");
     let _ = writeln!(s, "flush chain inet {t} {deny}");
     remove_stages(cfg, &mut s, &tg, &old)?;
+    // Packets of connections an older plan accepted and this one does not are dropped silently:
+    // a connection this plan allows whose name the resolver has not learned again yet then
+    // recovers by retransmission once it has.
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {deny} ct state established,related drop"
+    );
     let _ = writeln!(
         s,
         "add rule inet {t} {deny} counter name \"ws_{tg}_denied\""
@@ -431,8 +447,12 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     for n in 0..plan.stages.len() {
         let _ = writeln!(s, "add rule inet {t} {ws} jump ws_{tg}_s{n}");
     }
-    let _ = writeln!(s, "add rule inet {t} {ws} accept");
+    let _ = writeln!(s, "add rule inet {t} {ws} ct mark set {gen} accept");
     let _ = writeln!(s, "add element inet {t} ws {{ {addr} : jump {ws} }}");
+    for g in &old_gens {
+        let _ = writeln!(s, "delete element inet {t} current {{ {addr} . {g} }}");
+    }
+    let _ = writeln!(s, "add element inet {t} current {{ {addr} . {gen} }}");
     // Add then delete: the element is gone afterwards whether or not it was there.
     let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
     if !plan.stages.iter().any(has_domain_rules) {
@@ -449,6 +469,39 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         .map(|_| ())
         .map_err(|e| format!("install the network rules of {id}: {e}"))?;
     host::set_limits(&att.veth, &plan.limits)
+}
+
+/// The plan generations in force: (workspace address, conntrack mark of the connections its
+/// plan accepted).
+fn generations(cfg: &NetConfig) -> NetResult<Vec<(Ipv4Addr, u32)>> {
+    let v = Nft::json(&format!("list set inet {} current", cfg.table))?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            // { "concat": [ "10.0.0.2", 7 ] }
+            let c = &e["concat"];
+            if let (Some(a), Some(g)) = (
+                c[0].as_str().and_then(|a| a.parse().ok()),
+                c[1].as_u64().and_then(|g| u32::try_from(g).ok()),
+            ) {
+                out.push((a, g));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A generation different from `old` and from 0 (the mark of connections nobody marked).
+fn next_generation(old: &[u32]) -> u32 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(1);
+    let mut g = old.iter().copied().max().unwrap_or(seed).wrapping_add(1);
+    while g == 0 || old.contains(&g) {
+        g = g.wrapping_add(1);
+    }
+    g
 }
 
 /// The address the `ws` map sends to chain `ws_<tg>`, if any; every (address, chain) pair.
@@ -497,8 +550,12 @@ fn remove_tag(
     let has = |c: &str| all_chains.iter().any(|x| x == c);
     let mut s = String::new();
     let rate = format!("ws_{tg}_rate");
+    let gens = generations(cfg).unwrap_or_default();
     for (addr, _) in map.iter().filter(|(_, c)| *c == ws) {
         let _ = writeln!(s, "delete element inet {t} ws {{ {addr} }}");
+        for (_, g) in gens.iter().filter(|(a, _)| a == addr) {
+            let _ = writeln!(s, "delete element inet {t} current {{ {addr} . {g} }}");
+        }
         if has(&rate) {
             let _ = writeln!(s, "add element inet {t} rate {{ {addr} : jump {rate} }}");
             let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");

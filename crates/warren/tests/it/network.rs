@@ -942,3 +942,100 @@ fn link_local_multicast_frames_do_not_reach_the_host_around_the_bridge() {
     );
     net.reaches("nm1", &net.internet_addr(1), PORT);
 }
+
+/// Sends `word N` lines to `addr:port` from workspace `id` over one connection, in the
+/// background.
+fn talk(net: &Net, id: &str, addr: &str, port: u16, word: &str) {
+    let rt = net.rt.clone();
+    let (id, script) = (
+        id.to_string(),
+        format!(
+            "i=0; while true; do i=$((i+1)); echo {word} $i; sleep 0.1; done | nc {addr} {port}"
+        ),
+    );
+    std::thread::spawn(move || sh(&rt, &id, &script));
+}
+
+/// Takes what `rx` receives during `time` (what was in flight).
+fn drain(rx: &std::sync::mpsc::Receiver<String>, time: Duration) {
+    let end = std::time::Instant::now() + time;
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        if rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_tightened_plan_stops_connections_opened_under_the_old_one() {
+    let net = Net::new(14);
+    net.create("nn1", &[]);
+    net.rt
+        .set_egress("nn1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    // A listener in the fake internet that passes on every line it receives.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let path = format!("/run/netns/{}", net.ns);
+    let port = PORT + 3;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let f = std::fs::File::open(path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        for c in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(c).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let a = net.internet_addr(1);
+    talk(&net, "nn1", &a, port, "tick");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the long-lived connection passes data");
+    // The plan no longer allows the destination: the open connection stops passing data.
+    net.rt
+        .set_egress("nn1", &stage(EgressMode::DenyAll, vec![], vec![]))
+        .unwrap();
+    drain(&rx, Duration::from_secs(1));
+    if let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        panic!("the connection still passes data after the plan denied it: {line}");
+    }
+    // A plan that still allows it leaves connections alone.
+    net.rt
+        .set_egress("nn1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    talk(&net, "nn1", &a, port, "again");
+    let first = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a new connection passes data");
+        if l.starts_with("again") {
+            break l;
+        }
+    };
+    let mut plan = stage(EgressMode::AllowAll, vec![], vec![]);
+    plan.stages.push(Checked {
+        mode: EgressMode::AllowAll,
+        allow: vec![],
+        deny: vec![],
+    });
+    net.rt.set_egress("nn1", &plan).unwrap();
+    drain(&rx, Duration::from_millis(500));
+    // (The first connection, stalled while denied, may go on too now: skip its lines.)
+    let later = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a connection the new plan allows goes on");
+        if l.starts_with("again") {
+            break l;
+        }
+    };
+    assert_ne!(later, first);
+}
