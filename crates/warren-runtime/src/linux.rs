@@ -220,7 +220,8 @@ impl LinuxRuntime {
             .filter(|id| self.supervisor_alive(&self.layout(id)))
             .cloned()
             .collect();
-        network::leftovers(&self.root, cfg, &running, &existing).map_err(RuntimeError::Exec)
+        let alive = |id: &str| self.supervisor_alive(&self.layout(id));
+        network::leftovers(&self.root, cfg, &running, &existing, &alive).map_err(RuntimeError::Exec)
     }
 
     /// The same runtime without the `/.warren` tools mount (for build sandboxes, which nobody

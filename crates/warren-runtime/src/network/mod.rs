@@ -310,14 +310,41 @@ pub struct Leftovers {
 /// Reconciles the host network with the workspaces that should have one: removes the nftables
 /// objects and host veths of every workspace not in `running` (gone, stopped, or whose supervisor
 /// died), and releases the addresses of workspaces not in `existing` (no longer on the host).
+///
+/// A workspace may start between the caller's look and this cleanup: each workspace directory's
+/// `net.lock` (which its supervisor holds while it installs its network) is taken, in a fixed
+/// order, and held while the cleanup runs, and a workspace of `existing` whose supervisor `alive`
+/// now says runs is kept.
 pub fn leftovers(
     root: &Path,
     cfg: &NetConfig,
     running: &[String],
     existing: &[String],
+    alive: &dyn Fn(&str) -> bool,
 ) -> NetResult<Leftovers> {
     // Another instance's bridge means another instance's tables: not ours to clean.
     host::check_owned(root, cfg)?;
+    let mut dirs: Vec<String> = fs::read_dir(root)
+        .map_err(|e| format!("read {}: {e}", root.display()))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && !running.contains(n))
+        .collect();
+    dirs.sort();
+    let mut running = running.to_vec();
+    let mut _locks = Vec::new();
+    for id in dirs {
+        // A directory going away (destroy) cannot start any more.
+        let Ok(lock) = workspace_lock(&root.join(&id)) else {
+            continue;
+        };
+        if existing.contains(&id) && alive(&id) {
+            running.push(id);
+        } else {
+            _locks.push(lock);
+        }
+    }
     let mut done = Leftovers::default();
     let live_tags: Vec<String> = running.iter().map(|id| tag(id)).collect();
     done.chains = rules::remove_except(cfg, &live_tags)?;

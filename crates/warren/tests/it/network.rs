@@ -1039,3 +1039,34 @@ fn a_tightened_plan_stops_connections_opened_under_the_old_one() {
     };
     assert_ne!(later, first);
 }
+
+#[test]
+fn the_reconciler_keeps_a_workspace_that_started_after_it_looked() {
+    let net = Net::new(15);
+    net.create("no1", &[]);
+    net.rt
+        .set_egress("no1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    let root = net.f.dir.join("ws");
+    let ids = ["no1".to_string()];
+    // The caller saw it not running (it was starting); under its lock it runs: kept.
+    let done = network::leftovers(&root, &net.cfg, &[], &ids, &|_| true).unwrap();
+    assert!(done.chains.is_empty() && done.veths.is_empty(), "{done:?}");
+    net.reaches("no1", &net.internet_addr(1), PORT);
+    // While its supervisor holds the workspace's network lock (installing its rules), the
+    // reconciler waits.
+    let lock = network::workspace_lock(&root.join("no1")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (r, c) = (root.clone(), net.cfg.clone());
+    std::thread::spawn(move || {
+        let ids = ["no1".to_string()];
+        let _ = tx.send(network::leftovers(&r, &c, &[], &ids, &|_| true).map(|d| d.chains));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+    drop(lock);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Ok(vec![])
+    );
+    net.reaches("no1", &net.internet_addr(1), PORT);
+}
