@@ -88,13 +88,13 @@ add set bridge {t} ports {{ type ifname . ether_addr . ipv4_addr; }}
 add set bridge {t} wsports {{ type ifname; }}
 add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
 flush chain bridge {t} prerouting
-add rule bridge {t} prerouting iifname != @wsports accept
+add rule bridge {t} prerouting iifname != "wv*" accept
 add rule bridge {t} prerouting ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} prerouting ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
 add rule bridge {t} prerouting counter drop
 add chain bridge {t} input {{ type filter hook input priority -300; policy accept; }}
 flush chain bridge {t} input
-add rule bridge {t} input iifname != @wsports accept
+add rule bridge {t} input iifname != "wv*" accept
 add rule bridge {t} input ether daddr 01:80:c2:00:00:00-01:80:c2:00:00:0f counter drop
 add rule bridge {t} input ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} input ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept

@@ -1070,3 +1070,28 @@ fn the_reconciler_keeps_a_workspace_that_started_after_it_looked() {
     );
     net.reaches("no1", &net.internet_addr(1), PORT);
 }
+
+#[test]
+fn a_workspace_port_without_its_anti_spoofing_entries_passes_nothing() {
+    let net = Net::new(16);
+    net.create("np1", &[]);
+    net.rt
+        .set_egress("np1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    net.reaches("np1", &net.internet_addr(1), PORT);
+    // As between the removal of its entries and of its veth: its frames are dropped.
+    let (att, _) = net.rt.attachment("np1").unwrap().unwrap();
+    let o = att.address.octets();
+    let mac = format!("02:77:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+    let t = &net.cfg.table;
+    must(
+        "nft",
+        &[&format!(
+            "delete element bridge {t} ports {{ \"{}\" . {mac} . {} }}; delete element bridge {t} wsports {{ \"{}\" }}",
+            att.veth, att.address, att.veth
+        )],
+    );
+    let dropped = net.spoof_drops();
+    assert!(net.connect("np1", &net.internet_addr(1), PORT).is_err());
+    assert!(net.spoof_drops() > dropped, "the bridge did not drop them");
+}
