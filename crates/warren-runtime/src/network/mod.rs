@@ -563,10 +563,10 @@ mod journal_tests {
 mod choose;
 pub use choose::{for_root, teardown, NetRequest};
 
-/// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
-/// effort).
-pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
+/// The processes running `warren __netd ROOT` for `root`.
+pub(crate) fn netd_pids(root: &Path) -> Vec<i32> {
     use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -579,12 +579,21 @@ pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
             if args.get(1) == Some(&&b"__netd"[..])
                 && args.get(2) == Some(&root.as_os_str().as_bytes())
             {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+                out.push(pid);
             }
         }
+    }
+    out
+}
+
+/// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
+/// effort).
+pub(crate) fn remove_host_leftovers(bridge: &str, table: &str, root: &Path) {
+    for pid in netd_pids(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     let _ = std::process::Command::new("ip")
         .args(["link", "del", bridge])
@@ -592,7 +601,7 @@ pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
         .status();
     for family in ["inet", "bridge"] {
         let _ = std::process::Command::new("nft")
-            .args(["delete", "table", family, bridge])
+            .args(["delete", "table", family, table])
             .stderr(std::process::Stdio::null())
             .status();
     }
