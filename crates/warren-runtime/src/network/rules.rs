@@ -88,13 +88,13 @@ add set bridge {t} ports {{ type ifname . ether_addr . ipv4_addr; }}
 add set bridge {t} wsports {{ type ifname; }}
 add chain bridge {t} prerouting {{ type filter hook prerouting priority -300; policy accept; }}
 flush chain bridge {t} prerouting
-add rule bridge {t} prerouting iifname != "wv*" accept
+add rule bridge {t} prerouting iifname != @wsports accept
 add rule bridge {t} prerouting ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} prerouting ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
 add rule bridge {t} prerouting counter drop
 add chain bridge {t} input {{ type filter hook input priority -300; policy accept; }}
 flush chain bridge {t} input
-add rule bridge {t} input iifname != "wv*" accept
+add rule bridge {t} input iifname != @wsports accept
 add rule bridge {t} input ether daddr 01:80:c2:00:00:00-01:80:c2:00:00:0f counter drop
 add rule bridge {t} input ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} input ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
@@ -527,10 +527,15 @@ fn ws_map(cfg: &NetConfig) -> NetResult<Vec<(Ipv4Addr, String)>> {
 /// Idempotent.
 pub fn detach(cfg: &NetConfig, id: &str) -> NetResult<()> {
     let tg = tag(id);
-    remove_tag(cfg, &tg, &chains(cfg)?, &ws_map(cfg).unwrap_or_default())?;
+    // The veth first: the bridge polices only the ports in `wsports`, so a port must never be
+    // on the bridge without its entries.
     let veth = super::veth_name(id);
-    remove_ports(cfg, |i| i == veth)?;
     host::remove_veth(&veth);
+    if host::link_exists(&veth) {
+        return Err(format!("remove {veth}: it is still there"));
+    }
+    remove_tag(cfg, &tg, &chains(cfg)?, &ws_map(cfg).unwrap_or_default())?;
+    remove_ports(cfg, |i| i == veth)?;
     Ok(())
 }
 
