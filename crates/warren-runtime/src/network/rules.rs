@@ -50,6 +50,7 @@ pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
         r#"add table inet {t}
 add map inet {t} ws {{ type ipv4_addr : verdict; }}
 add map inet {t} rate {{ type ipv4_addr : verdict; }}
+add map inet {t} conns {{ type ipv4_addr : verdict; }}
 add set inet {t} proxied {{ type ipv4_addr; }}
 add set inet {t} current {{ type ipv4_addr . mark; }}
 add set inet {t} protected {{ type ipv4_addr; flags interval; auto-merge; }}
@@ -57,7 +58,6 @@ flush set inet {t} protected
 add element inet {t} protected {{ {protected} }}
 add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
 flush chain inet {t} forward
-add rule inet {t} forward iifname "{br}" ip saddr vmap @rate
 add rule inet {t} forward iifname "{br}" ct state established,related ct original ip saddr . ct mark @current accept
 add rule inet {t} forward iifname "{br}" ip saddr vmap @ws
 add rule inet {t} forward iifname "{br}" counter drop
@@ -77,6 +77,10 @@ add rule inet {t} output oifname "{br}" counter drop
 add chain inet {t} guard {{ type filter hook prerouting priority raw; policy accept; }}
 flush chain inet {t} guard
 add rule inet {t} guard iifname "wv*" counter drop
+add rule inet {t} guard iifname "{br}" ip saddr vmap @rate
+add chain inet {t} limits {{ type filter hook prerouting priority mangle; policy accept; }}
+flush chain inet {t} limits
+add rule inet {t} limits iifname "{br}" ct state new ip daddr != {gw} ip saddr vmap @conns
 add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 flush chain inet {t} prerouting
 add rule inet {t} prerouting iifname "{br}" ip saddr @proxied ip daddr != {subnet} tcp dport {{ 80, 443 }} redirect to :{p}
@@ -434,11 +438,22 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
             let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");
         }
     }
-    if let Some(max) = plan.limits.max_connections {
-        let _ = writeln!(
-            s,
-            "add rule inet {t} {ws} ct count over {max} counter reject"
-        );
+    // Connections: counted in prerouting, forwarded and proxied alike (not those to the gateway
+    // itself: the resolver).
+    let conns = format!("ws_{tg}_conns");
+    let _ = writeln!(s, "add chain inet {t} {conns}");
+    let _ = writeln!(s, "flush chain inet {t} {conns}");
+    let _ = writeln!(s, "add element inet {t} conns {{ {addr} : jump {conns} }}");
+    match plan.limits.max_connections {
+        Some(max) => {
+            let _ = writeln!(
+                s,
+                "add rule inet {t} {conns} ct count over {max} counter reject"
+            );
+        }
+        None => {
+            let _ = writeln!(s, "delete element inet {t} conns {{ {addr} }}");
+        }
     }
     if plan.stages.is_empty() {
         // No plan yet: nothing but the resolver (which the input chain allows).
@@ -555,6 +570,7 @@ fn remove_tag(
     let has = |c: &str| all_chains.iter().any(|x| x == c);
     let mut s = String::new();
     let rate = format!("ws_{tg}_rate");
+    let conns = format!("ws_{tg}_conns");
     let gens = generations(cfg).unwrap_or_default();
     for (addr, _) in map.iter().filter(|(_, c)| *c == ws) {
         let _ = writeln!(s, "delete element inet {t} ws {{ {addr} }}");
@@ -565,6 +581,10 @@ fn remove_tag(
             let _ = writeln!(s, "add element inet {t} rate {{ {addr} : jump {rate} }}");
             let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");
         }
+        if has(&conns) {
+            let _ = writeln!(s, "add element inet {t} conns {{ {addr} : jump {conns} }}");
+            let _ = writeln!(s, "delete element inet {t} conns {{ {addr} }}");
+        }
         let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
         let _ = writeln!(s, "delete element inet {t} proxied {{ {addr} }}");
     }
@@ -572,9 +592,11 @@ fn remove_tag(
         let _ = writeln!(s, "flush chain inet {t} {ws}");
     }
     remove_stages(cfg, &mut s, tg, &stages)?;
-    if has(&rate) {
-        let _ = writeln!(s, "flush chain inet {t} {rate}");
-        let _ = writeln!(s, "delete chain inet {t} {rate}");
+    for c in [&rate, &conns] {
+        if has(c) {
+            let _ = writeln!(s, "flush chain inet {t} {c}");
+            let _ = writeln!(s, "delete chain inet {t} {c}");
+        }
     }
     let deny = format!("ws_{tg}_deny");
     if has(&deny) {

@@ -1066,3 +1066,42 @@ fn the_reconciler_keeps_a_workspace_that_started_after_it_looked() {
     );
     net.reaches("no1", &net.internet_addr(1), PORT);
 }
+
+#[test]
+fn the_connection_limit_counts_connections_sent_to_the_proxy() {
+    let net = Net::new(17);
+    // A "proxy" on the gateway that holds each connection for 3 s.
+    network::ensure_host(&net.f.dir.join("ws"), &net.cfg).unwrap();
+    let l = TcpListener::bind((net.gateway(), net.cfg.proxy_port)).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let _ = c.write_all(b"hello\n");
+                std::thread::sleep(Duration::from_secs(3));
+            });
+        }
+    });
+    net.create("nq1", &[]);
+    let a = net.internet_addr(1);
+    let mut plan = stage(
+        EgressMode::Allowlist,
+        vec![domain_rule("one.example", None), net_rule(&a, None)],
+        vec![],
+    );
+    plan.limits.max_connections = Some(2);
+    net.rt.set_egress("nq1", &plan).unwrap();
+    net.reaches("nq1", &a, PORT);
+    // Two web connections (to the proxy) held open, then a forwarded one: over the limit.
+    let (code, out, err) = sh(
+        &net.rt,
+        "nq1",
+        &format!(
+            "(nc {a} 443 >/dev/null </dev/null &); (nc {a} 443 >/dev/null </dev/null &); sleep 0.5; nc -w 3 {a} {PORT} </dev/null"
+        ),
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("refused"), "{out}{err}");
+    std::thread::sleep(Duration::from_secs(4));
+    net.reaches("nq1", &a, PORT);
+}
