@@ -1,12 +1,13 @@
 //! nftables rules: the base tables of a host (`inet <table>`, `bridge <table>`) and each
 //! workspace's chains and sets, compiled from its [`EgressPlan`] and replaced in one transaction.
 //!
-//! Per workspace (`T` its tag, see [`super::tag`]): chain `ws_T` (connection limit, a jump to each
-//! stage's chain, accept), reached from `forward` through the `ws` verdict map keyed by source
-//! address; chains `ws_T_sN` (one per stage) that return when the stage allows the packet and jump
+//! Per workspace (`T` its tag, see [`super::tag`]): chain `ws_T` (a jump to each stage's chain, then
+//! accept, setting the plan's generation as the connection's conntrack mark), reached from
+//! `forward` through the `ws` verdict map keyed by source address; `ws_T_conns` (the connection
+//! limit, reached from prerouting through the `conns` map); chains `ws_T_sN` (one per stage) that return when the stage allows the packet and jump
 //! to `ws_T_deny` otherwise; `ws_T_deny` counts (named counter `ws_T_denied`), logs to the nflog
 //! group (rate-limited, prefix `warren:<id> `) and rejects, so clients fail fast; `ws_T_rate`
-//! polices what the workspace sends (reached through the `rate` map). A stage's rules without
+//! polices what the workspace sends (reached from prerouting through the `rate` map). A stage's rules without
 //! ports become interval sets `ws_T_sN_{deny,open,allow}`; rules with ports are rules of their own.
 //! The resolver's learned addresses go to `ws_T_sN_dns` (names allowed on every port) and
 //! `ws_T_sN_dns_LO_HI` (names allowed on those ports), with timeouts.
