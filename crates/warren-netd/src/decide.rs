@@ -51,12 +51,12 @@ fn host_only(ip: Ipv4Addr) -> bool {
     ip.octets()[0] == 0 || ip.is_loopback()
 }
 
-/// The stages in force: a plan without stages is one allow-all stage without rules (the default
-/// policy), so protected ranges stay protected.
+/// The stages in force: a plan without stages is one deny-all stage, as the workspace's nftables
+/// rules have it (they send everything to its deny chain).
 pub fn stages(plan: &EgressPlan) -> std::borrow::Cow<'_, [Checked]> {
     if plan.stages.is_empty() {
         std::borrow::Cow::Owned(vec![Checked {
-            mode: EgressMode::AllowAll,
+            mode: EgressMode::DenyAll,
             allow: Vec::new(),
             deny: Vec::new(),
         }])
@@ -264,8 +264,21 @@ mod tests {
         assert!(dns(None, "a.com").is_err(), "no plan: nothing");
         assert_eq!(
             dns(Some(&plan(vec![])), "a.com"),
-            Ok(vec![]),
-            "no stages: allow-all"
+            Err("deny-all".into()),
+            "no stages: nothing, as nftables has it"
+        );
+        let resolved = |_: &str, _: Ipv4Addr| true;
+        assert!(
+            proxy(
+                Some(&plan(vec![])),
+                &host(),
+                Some("a.com"),
+                WEB,
+                443,
+                &resolved
+            )
+            .is_err(),
+            "no stages: the proxy refuses too"
         );
     }
 

@@ -21,6 +21,8 @@ const GATEWAY: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 1);
 const WS: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 2);
 const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 9);
 const WEB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+/// What the upstream answers for `late.allowed.test`, after 500 ms.
+const LATE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 
 #[derive(Default)]
 struct FakeSets {
@@ -81,6 +83,7 @@ fn upstream_answer(q: &[u8]) -> Vec<u8> {
                 ("edge.cdn.test", Ipv4Addr::new(10, 0, 0, 9), 5),
             ],
         ),
+        Some("late.allowed.test") => response(q, &[], &[("late.allowed.test", LATE, 600)]),
         Some("other.allowed.test") => response(
             q,
             &[],
@@ -96,7 +99,7 @@ fn upstream_answer(q: &[u8]) -> Vec<u8> {
 
 /// A fake upstream resolver on UDP and TCP; returns its address and the names it was asked.
 async fn fake_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = udp.local_addr().unwrap();
     let tcp = TcpListener::bind(addr).await.unwrap();
     let asked = Arc::new(Mutex::new(Vec::new()));
@@ -110,6 +113,14 @@ async fn fake_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
             a.lock().unwrap().push(name.clone());
             // A resolver that never answers these.
             if name.starts_with("slow.") {
+                continue;
+            }
+            if name.starts_with("late.") {
+                let (u, answer) = (udp.clone(), upstream_answer(q));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let _ = u.send_to(&answer, peer).await;
+                });
                 continue;
             }
             udp.send_to(&upstream_answer(q), peer).await.unwrap();
@@ -802,4 +813,38 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
     crate::raise_nofile();
     assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_decided_before_a_reload_is_not_learned_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (upstream, _) = fake_upstream().await;
+    let (web, _) = fake_web().await;
+    write_root(root, upstream, &["*.allowed.test"]);
+    let sets = Arc::new(FakeSets::default());
+    let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), web));
+    let netd = Netd::new(root.to_path_buf(), sets.clone(), plumbing).unwrap();
+    // Allowed when asked; the upstream answers late; meanwhile the plan changes and netd reloads
+    // (as `set_egress` has it before rebuilding the rules).
+    let asked = tokio::spawn({
+        let netd = netd.clone();
+        async move {
+            netd.answer(WS, &query(7, "late.allowed.test", dns::TYPE_A), false)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    write_root(root, upstream, &["*.other.test"]);
+    netd.reload().await.unwrap();
+    let answer = asked.await.unwrap().expect("an answer");
+    assert_eq!(answer[3] & 0x0f, dns::NXDOMAIN);
+    assert!(
+        sets.learned
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, e)| e.iter().all(|x| x.0 != LATE)),
+        "the old plan's answer was learned"
+    );
 }

@@ -132,6 +132,10 @@ impl Drop for SourcePermit {
 pub struct Netd {
     root: PathBuf,
     snap: RwLock<Arc<Snapshot>>,
+    /// Held (shared) by an answer from its last look at the plan until its addresses are learned,
+    /// and (exclusively) by `reload` to swap the plan: once `reload` returns, nothing an older
+    /// plan allowed is learned any more (`set_egress` rebuilds the rules after it).
+    learn_gate: tokio::sync::RwLock<()>,
     memory: Mutex<Memory>,
     journal: Journal,
     sets: Arc<dyn Sets>,
@@ -208,6 +212,7 @@ impl Netd {
             journal: Journal::new(root.join(".net/denials.jsonl")),
             root,
             snap: RwLock::new(Arc::new(snap)),
+            learn_gate: tokio::sync::RwLock::new(()),
             memory: Mutex::new(Memory::default()),
             sets,
             plumbing,
@@ -235,7 +240,10 @@ impl Netd {
     pub async fn reload(&self) -> anyhow::Result<()> {
         let root = self.root.clone();
         let snap = Arc::new(tokio::task::spawn_blocking(move || state::load(&root)).await??);
-        *self.snap.write().unwrap_or_else(|e| e.into_inner()) = snap.clone();
+        {
+            let _gate = self.learn_gate.write().await;
+            *self.snap.write().unwrap_or_else(|e| e.into_inner()) = snap.clone();
+        }
         let by_id: std::collections::HashMap<&str, &Arc<state::Workspace>> =
             snap.by_addr.values().map(|w| (w.id.as_str(), w)).collect();
         // At most `state::NAMES_PER_WORKSPACE` names per workspace, learned in one batch per
@@ -311,15 +319,13 @@ impl Netd {
             self.journal_now(d);
             return Some(dns::answer(&q, dns::NXDOMAIN));
         };
-        let learn = match decide::dns(ws.plan.as_ref(), &name) {
-            Ok(l) => l,
-            Err(why) => {
-                let mut d = denial(&ws.id, "dns", why);
-                d.name = Some(name);
-                self.journal_now(d);
-                return Some(dns::answer(&q, dns::NXDOMAIN));
-            }
-        };
+        // (Decided again before its addresses are learned.)
+        if let Err(why) = decide::dns(ws.plan.as_ref(), &name) {
+            let mut d = denial(&ws.id, "dns", why);
+            d.name = Some(name);
+            self.journal_now(d);
+            return Some(dns::answer(&q, dns::NXDOMAIN));
+        }
         if q.qtype == dns::TYPE_AAAA {
             return Some(dns::answer(&q, dns::NOERROR));
         }
@@ -337,6 +343,21 @@ impl Netd {
             })
             .collect();
         if !addrs.is_empty() {
+            // The plan may have changed while upstream answered: decided again, under the gate.
+            let _gate = self.learn_gate.read().await;
+            let now = self.snapshot();
+            let learn = match now.by_addr.get(&src).filter(|w| w.id == ws.id) {
+                Some(w) => match decide::dns(w.plan.as_ref(), &name) {
+                    Ok(l) => l,
+                    Err(why) => {
+                        let mut d = denial(&ws.id, "dns", why);
+                        d.name = Some(name);
+                        self.journal_now(d);
+                        return Some(dns::answer(&q, dns::NXDOMAIN));
+                    }
+                },
+                None => return Some(dns::answer(&q, dns::REFUSED)),
+            };
             let jobs: Vec<(usize, Vec<Learned>)> = learn
                 .iter()
                 .map(|l| (l.stage, entries(&addrs, &l.ports)))

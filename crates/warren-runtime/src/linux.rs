@@ -220,7 +220,8 @@ impl LinuxRuntime {
             .filter(|id| self.supervisor_alive(&self.layout(id)))
             .cloned()
             .collect();
-        network::leftovers(&self.root, cfg, &running, &existing).map_err(RuntimeError::Exec)
+        let alive = |id: &str| self.supervisor_alive(&self.layout(id));
+        network::leftovers(&self.root, cfg, &running, &existing, &alive).map_err(RuntimeError::Exec)
     }
 
     /// The same runtime without the `/.warren` tools mount (for build sandboxes, which nobody
@@ -763,14 +764,19 @@ impl Runtime for LinuxRuntime {
         })?;
         let cfg = self.net_cfg()?;
         network::check_plan(plan).map_err(RuntimeError::Exec)?;
-        {
-            let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
-            network::write_json(&l.dir.join("egress.json"), plan).map_err(RuntimeError::Exec)?;
-            if self.supervisor_alive(&l) {
-                network::apply(cfg, id, &att, plan).map_err(RuntimeError::Exec)?;
-            }
+        let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
+        network::write_json(&l.dir.join("egress.json"), plan).map_err(RuntimeError::Exec)?;
+        // The resolver answers by the new plan before the rules are rebuilt (else it could learn
+        // what only the old plan allowed into the new sets), and learns again what the new plan
+        // still allows once they are (the rebuild drops learned addresses). The first reload swaps
+        // netd's plan before it re-learns, and re-learning into the old sets may fail (a stage the
+        // old plan does not have): only the second one's answer counts.
+        let _ = self.tell_netd_reload();
+        if self.supervisor_alive(&l) {
+            network::apply(cfg, id, &att, plan).map_err(RuntimeError::Exec)?;
+            self.tell_netd_reload()?;
         }
-        self.tell_netd_reload()
+        Ok(())
     }
 
     fn attachment(

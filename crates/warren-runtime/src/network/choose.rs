@@ -1,7 +1,8 @@
 //! Which bridge, address pool, tables and log group a runtime root uses. Chosen once, on the first
 //! start, and kept in `ROOT/.net/config.json`; several Warren instances on one host (a server and
 //! tests, say) each get their own. The host-wide registry `/run/warren/nets/<bridge>` (one file per
-//! instance: its root) is what instances check each other against; an entry whose root is gone is
+//! instance: its root, then its tables' name) is what instances check each other against; an entry
+//! whose root directory does not exist and whose resolver (`warren __netd ROOT`) is not running is
 //! reclaimed along with its bridge and tables.
 
 use std::fs::{self, OpenOptions};
@@ -159,7 +160,7 @@ pub fn teardown(root: &Path) {
     let Ok(cfg) = serde_json::from_slice::<NetConfig>(&bytes) else {
         return;
     };
-    super::remove_host_leftovers(&cfg.bridge, root);
+    super::remove_host_leftovers(&cfg.bridge, &cfg.table, root);
     let _ = fs::remove_file(Path::new(REGISTRY).join(&cfg.bridge));
 }
 
@@ -184,6 +185,8 @@ fn host_lock() -> Result<Flock<fs::File>, String> {
 struct Entry {
     bridge: String,
     root: PathBuf,
+    /// Its nftables tables' name.
+    table: String,
     cfg: Option<NetConfig>,
 }
 
@@ -200,11 +203,23 @@ fn entries() -> Vec<Entry> {
         let Ok(text) = fs::read_to_string(e.path()) else {
             continue;
         };
-        let root = PathBuf::from(text.trim());
+        let mut lines = text.lines().map(str::trim);
+        let root = PathBuf::from(lines.next().unwrap_or(""));
+        // Entries written before the table was recorded: the table was named after the bridge.
+        let table = lines
+            .next()
+            .filter(|t| !t.is_empty())
+            .unwrap_or(&bridge)
+            .to_string();
         let cfg = fs::read(config_path(&root))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
-        out.push(Entry { bridge, root, cfg });
+        out.push(Entry {
+            bridge,
+            root,
+            table,
+            cfg,
+        });
     }
     out
 }
@@ -213,7 +228,7 @@ fn register(root: &Path, cfg: &NetConfig) -> Result<(), String> {
     let path = Path::new(REGISTRY).join(&cfg.bridge);
     if let Ok(text) = fs::read_to_string(&path) {
         let other = PathBuf::from(text.trim());
-        if other != root && other.join(".net").join("config.json").exists() {
+        if other != root && !gone(&other) {
             return Err(format!(
                 "bridge {} belongs to the Warren state in {}: give this one another \
                  (network_bridge)",
@@ -222,19 +237,29 @@ fn register(root: &Path, cfg: &NetConfig) -> Result<(), String> {
             ));
         }
     }
-    fs::write(&path, root.as_os_str().as_encoded_bytes())
-        .map_err(|e| format!("write {}: {e}", path.display()))
+    let mut text = root.as_os_str().as_encoded_bytes().to_vec();
+    text.push(b'\n');
+    text.extend_from_slice(cfg.table.as_bytes());
+    text.push(b'\n');
+    fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Whether the instance of `root` is gone: its directory does not exist and no resolver of it
+/// runs. A root that only this process cannot see (another mount namespace) keeps its resolver,
+/// so it is not taken for gone.
+fn gone(root: &Path) -> bool {
+    !root.as_os_str().is_empty() && !root.exists() && super::netd_pids(root).is_empty()
 }
 
 /// Removes registry entries whose root is gone, with the bridge and tables they left.
 fn reclaim(entries: Vec<Entry>) -> Vec<Entry> {
     let mut live = Vec::new();
     for e in entries {
-        if e.root.join(".net").join("config.json").exists() {
+        if !gone(&e.root) {
             live.push(e);
             continue;
         }
-        super::remove_host_leftovers(&e.bridge, &e.root);
+        super::remove_host_leftovers(&e.bridge, &e.table, &e.root);
         let _ = fs::remove_file(Path::new(REGISTRY).join(&e.bridge));
     }
     live
@@ -370,6 +395,27 @@ mod tests {
                 "192.0.2.2:5353".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn an_instance_is_gone_only_when_its_root_is_missing_and_its_resolver_does_not_run() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!gone(d.path()), "an existing root is not gone");
+        let missing = d.path().join("missing-root");
+        assert!(gone(&missing));
+        // A resolver of that root runs (its root in another mount namespace, say): not gone.
+        std::fs::write(d.path().join("__netd"), "sleep 30\n").unwrap();
+        let mut p = std::process::Command::new("sh")
+            .arg("__netd")
+            .arg(&missing)
+            .current_dir(d.path())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!gone(&missing));
+        p.kill().unwrap();
+        p.wait().unwrap();
+        assert!(gone(&missing));
     }
 
     #[test]

@@ -63,7 +63,7 @@ fn ip_batch(script: &str) -> NetResult<()> {
     }
 }
 
-fn link_exists(name: &str) -> bool {
+pub(crate) fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 

@@ -310,14 +310,41 @@ pub struct Leftovers {
 /// Reconciles the host network with the workspaces that should have one: removes the nftables
 /// objects and host veths of every workspace not in `running` (gone, stopped, or whose supervisor
 /// died), and releases the addresses of workspaces not in `existing` (no longer on the host).
+///
+/// A workspace may start between the caller's look and this cleanup: each workspace directory's
+/// `net.lock` (which its supervisor holds while it installs its network) is taken, in a fixed
+/// order, and held while the cleanup runs, and a workspace of `existing` whose supervisor `alive`
+/// now says runs is kept.
 pub fn leftovers(
     root: &Path,
     cfg: &NetConfig,
     running: &[String],
     existing: &[String],
+    alive: &dyn Fn(&str) -> bool,
 ) -> NetResult<Leftovers> {
     // Another instance's bridge means another instance's tables: not ours to clean.
     host::check_owned(root, cfg)?;
+    let mut dirs: Vec<String> = fs::read_dir(root)
+        .map_err(|e| format!("read {}: {e}", root.display()))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && !running.contains(n))
+        .collect();
+    dirs.sort();
+    let mut running = running.to_vec();
+    let mut _locks = Vec::new();
+    for id in dirs {
+        // A directory going away (destroy) cannot start any more.
+        let Ok(lock) = workspace_lock(&root.join(&id)) else {
+            continue;
+        };
+        if existing.contains(&id) && alive(&id) {
+            running.push(id);
+        } else {
+            _locks.push(lock);
+        }
+    }
     let mut done = Leftovers::default();
     let live_tags: Vec<String> = running.iter().map(|id| tag(id)).collect();
     done.chains = rules::remove_except(cfg, &live_tags)?;
@@ -536,10 +563,10 @@ mod journal_tests {
 mod choose;
 pub use choose::{for_root, teardown, NetRequest};
 
-/// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
-/// effort).
-pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
+/// The processes running `warren __netd ROOT` for `root`.
+pub(crate) fn netd_pids(root: &Path) -> Vec<i32> {
     use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
@@ -552,12 +579,21 @@ pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
             if args.get(1) == Some(&&b"__netd"[..])
                 && args.get(2) == Some(&root.as_os_str().as_bytes())
             {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
+                out.push(pid);
             }
         }
+    }
+    out
+}
+
+/// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
+/// effort).
+pub(crate) fn remove_host_leftovers(bridge: &str, table: &str, root: &Path) {
+    for pid in netd_pids(root) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
     let _ = std::process::Command::new("ip")
         .args(["link", "del", bridge])
@@ -565,7 +601,7 @@ pub(crate) fn remove_host_leftovers(bridge: &str, root: &Path) {
         .status();
     for family in ["inet", "bridge"] {
         let _ = std::process::Command::new("nft")
-            .args(["delete", "table", family, bridge])
+            .args(["delete", "table", family, table])
             .stderr(std::process::Stdio::null())
             .status();
     }

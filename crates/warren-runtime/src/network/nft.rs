@@ -6,7 +6,7 @@
 //! transaction, applied entirely or not at all.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 /// The library's name (Debian: package `nftables`/`libnftables1`).
 const LIBRARY: &str = "libnftables.so.1";
@@ -38,8 +38,8 @@ struct Lib {
 }
 
 // SAFETY: `Lib` holds only function pointers into a library that stays loaded for the life of the
-// process (it is never dlclose'd); calling them from any thread is fine as long as each context is
-// used by one thread at a time, which `Nft` (not `Sync`) ensures.
+// process (it is never dlclose'd); calls are serialized process-wide (`serialized`), so no two threads are ever in
+// the library at once.
 unsafe impl Send for Lib {}
 // SAFETY: as above: the pointers themselves are immutable.
 unsafe impl Sync for Lib {}
@@ -98,6 +98,13 @@ fn load() -> Result<Lib, String> {
     }
 }
 
+/// Serializes every use of libnftables in the process: its documentation does not say that contexts
+/// may be used from several threads at once (netd learns from several), so Warren does not.
+fn serialized() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Whether libnftables can be loaded on this host.
 pub fn available() -> Result<(), String> {
     lib().map(|_| ())
@@ -113,23 +120,26 @@ impl Nft {
     /// A new context with buffered output and errors; plain text output unless `json`.
     pub fn new(json: bool) -> Result<Nft, String> {
         let lib = lib()?;
+        let one = serialized();
         // SAFETY: nft_ctx_new takes flags and returns a new context or NULL.
         let ctx = unsafe { (lib.ctx_new)(CTX_DEFAULT) };
         if ctx.is_null() {
             return Err("nft_ctx_new failed".into());
         }
-        let nft = Nft { lib, ctx };
-        // SAFETY: `ctx` is a live context owned by `nft`.
+        // SAFETY: `ctx` is a live context, owned by the `Nft` made below.
         let ok = unsafe { (lib.buffer_output)(ctx) == 0 && (lib.buffer_error)(ctx) == 0 };
-        if !ok {
-            return Err("nft_ctx_buffer_output failed".into());
-        }
-        if json {
+        if ok && json {
             // SAFETY: `ctx` is a live context; flags are plain integers.
             unsafe {
                 let f = (lib.output_get_flags)(ctx);
                 (lib.output_set_flags)(ctx, f | OUTPUT_JSON);
             }
+        }
+        // Released before `nft` may be dropped (its drop takes the lock).
+        drop(one);
+        let nft = Nft { lib, ctx };
+        if !ok {
+            return Err("nft_ctx_buffer_output failed".into());
         }
         Ok(nft)
     }
@@ -138,6 +148,7 @@ impl Nft {
     /// text libnftables printed.
     pub fn run(&mut self, script: &str) -> Result<String, String> {
         let c = CString::new(script).map_err(|_| "nft script contains a NUL byte".to_string())?;
+        let _one = serialized();
         // SAFETY: `ctx` is live and used by this thread only (`&mut self`); `c` outlives the call.
         let rc = unsafe { (self.lib.run_cmd)(self.ctx, c.as_ptr()) };
         // SAFETY: with buffering on, these return NUL-terminated buffers owned by the context, valid
@@ -183,6 +194,7 @@ impl Nft {
 
 impl Drop for Nft {
     fn drop(&mut self) {
+        let _one = serialized();
         // SAFETY: `ctx` came from nft_ctx_new and is freed once, here.
         unsafe { (self.lib.ctx_free)(self.ctx) }
     }

@@ -1,12 +1,13 @@
 //! nftables rules: the base tables of a host (`inet <table>`, `bridge <table>`) and each
 //! workspace's chains and sets, compiled from its [`EgressPlan`] and replaced in one transaction.
 //!
-//! Per workspace (`T` its tag, see [`super::tag`]): chain `ws_T` (connection limit, a jump to each
-//! stage's chain, accept), reached from `forward` through the `ws` verdict map keyed by source
-//! address; chains `ws_T_sN` (one per stage) that return when the stage allows the packet and jump
+//! Per workspace (`T` its tag, see [`super::tag`]): chain `ws_T` (a jump to each stage's chain, then
+//! accept, setting the plan's generation as the connection's conntrack mark), reached from
+//! `forward` through the `ws` verdict map keyed by source address; `ws_T_conns` (the connection
+//! limit, reached from prerouting through the `conns` map); chains `ws_T_sN` (one per stage) that return when the stage allows the packet and jump
 //! to `ws_T_deny` otherwise; `ws_T_deny` counts (named counter `ws_T_denied`), logs to the nflog
 //! group (rate-limited, prefix `warren:<id> `) and rejects, so clients fail fast; `ws_T_rate`
-//! polices what the workspace sends (reached through the `rate` map). A stage's rules without
+//! polices what the workspace sends (reached from prerouting through the `rate` map). A stage's rules without
 //! ports become interval sets `ws_T_sN_{deny,open,allow}`; rules with ports are rules of their own.
 //! The resolver's learned addresses go to `ws_T_sN_dns` (names allowed on every port) and
 //! `ws_T_sN_dns_LO_HI` (names allowed on those ports), with timeouts.
@@ -50,17 +51,18 @@ pub(crate) fn ensure_base(cfg: &NetConfig) -> NetResult<()> {
         r#"add table inet {t}
 add map inet {t} ws {{ type ipv4_addr : verdict; }}
 add map inet {t} rate {{ type ipv4_addr : verdict; }}
+add map inet {t} conns {{ type ipv4_addr : verdict; }}
 add set inet {t} proxied {{ type ipv4_addr; }}
+add set inet {t} current {{ type ipv4_addr . mark; }}
 add set inet {t} protected {{ type ipv4_addr; flags interval; auto-merge; }}
 flush set inet {t} protected
 add element inet {t} protected {{ {protected} }}
 add chain inet {t} forward {{ type filter hook forward priority filter; policy accept; }}
 flush chain inet {t} forward
-add rule inet {t} forward iifname "{br}" ip saddr vmap @rate
-add rule inet {t} forward iifname "{br}" ct state established,related accept
+add rule inet {t} forward iifname "{br}" ct state established,related ct original ip saddr . ct mark @current accept
 add rule inet {t} forward iifname "{br}" ip saddr vmap @ws
 add rule inet {t} forward iifname "{br}" counter drop
-add rule inet {t} forward oifname "{br}" ct state established,related accept
+add rule inet {t} forward oifname "{br}" ct state established,related ct original ip saddr . ct mark @current accept
 add rule inet {t} forward oifname "{br}" counter drop
 add chain inet {t} input {{ type filter hook input priority filter; policy accept; }}
 flush chain inet {t} input
@@ -73,6 +75,13 @@ add chain inet {t} output {{ type filter hook output priority filter; policy acc
 flush chain inet {t} output
 add rule inet {t} output oifname "{br}" ct state established,related accept
 add rule inet {t} output oifname "{br}" counter drop
+add chain inet {t} guard {{ type filter hook prerouting priority raw; policy accept; }}
+flush chain inet {t} guard
+add rule inet {t} guard iifname "wv*" counter drop
+add rule inet {t} guard iifname "{br}" ip saddr vmap @rate
+add chain inet {t} limits {{ type filter hook prerouting priority mangle; policy accept; }}
+flush chain inet {t} limits
+add rule inet {t} limits iifname "{br}" ct state new ip daddr != {gw} ip saddr vmap @conns
 add chain inet {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
 flush chain inet {t} prerouting
 add rule inet {t} prerouting iifname "{br}" ip saddr @proxied ip daddr != {subnet} tcp dport {{ 80, 443 }} redirect to :{p}
@@ -88,6 +97,13 @@ add rule bridge {t} prerouting iifname != @wsports accept
 add rule bridge {t} prerouting ether type ip iifname . ether saddr . ip saddr @ports accept
 add rule bridge {t} prerouting ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
 add rule bridge {t} prerouting counter drop
+add chain bridge {t} input {{ type filter hook input priority -300; policy accept; }}
+flush chain bridge {t} input
+add rule bridge {t} input iifname != @wsports accept
+add rule bridge {t} input ether daddr 01:80:c2:00:00:00-01:80:c2:00:00:0f counter drop
+add rule bridge {t} input ether type ip iifname . ether saddr . ip saddr @ports accept
+add rule bridge {t} input ether type arp iifname . ether saddr . arp saddr ip @ports iifname . arp saddr ether . arp saddr ip @ports accept
+add rule bridge {t} input counter drop
 "#
     );
     Nft::once(&script).map(|_| ())
@@ -346,6 +362,14 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     let deny = format!("ws_{tg}_deny");
     let addr = att.address;
     let old = existing_stages(cfg, &tg)?;
+    let old_gens: Vec<u32> = generations(cfg)?
+        .into_iter()
+        .filter(|(a, _)| *a == addr)
+        .map(|(_, g)| g)
+        .collect();
+    // The connections accepted under this plan carry its generation in their conntrack mark; the
+    // established ones of an older plan are judged again, packet by packet, by this one.
+    let gen = next_generation(&old_gens);
     let mut s = String::new();
     let _ = writeln!(s, "add chain inet {t} {ws}");
     let _ = writeln!(s, "flush chain inet {t} {ws}");
@@ -353,6 +377,13 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     let _ = writeln!(s, "add chain inet {t} {deny}");
     let _ = writeln!(s, "flush chain inet {t} {deny}");
     remove_stages(cfg, &mut s, &tg, &old)?;
+    // Packets of connections an older plan accepted and this one does not are dropped silently:
+    // a connection this plan allows whose name the resolver has not learned again yet then
+    // recovers by retransmission once it has.
+    let _ = writeln!(
+        s,
+        "add rule inet {t} {deny} ct state established,related drop"
+    );
     let _ = writeln!(
         s,
         "add rule inet {t} {deny} counter name \"ws_{tg}_denied\""
@@ -408,11 +439,22 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
             let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");
         }
     }
-    if let Some(max) = plan.limits.max_connections {
-        let _ = writeln!(
-            s,
-            "add rule inet {t} {ws} ct count over {max} counter reject"
-        );
+    // Connections: counted in prerouting, forwarded and proxied alike (not those to the gateway
+    // itself: the resolver).
+    let conns = format!("ws_{tg}_conns");
+    let _ = writeln!(s, "add chain inet {t} {conns}");
+    let _ = writeln!(s, "flush chain inet {t} {conns}");
+    let _ = writeln!(s, "add element inet {t} conns {{ {addr} : jump {conns} }}");
+    match plan.limits.max_connections {
+        Some(max) => {
+            let _ = writeln!(
+                s,
+                "add rule inet {t} {conns} ct count over {max} counter reject"
+            );
+        }
+        None => {
+            let _ = writeln!(s, "delete element inet {t} conns {{ {addr} }}");
+        }
     }
     if plan.stages.is_empty() {
         // No plan yet: nothing but the resolver (which the input chain allows).
@@ -421,8 +463,12 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
     for n in 0..plan.stages.len() {
         let _ = writeln!(s, "add rule inet {t} {ws} jump ws_{tg}_s{n}");
     }
-    let _ = writeln!(s, "add rule inet {t} {ws} accept");
+    let _ = writeln!(s, "add rule inet {t} {ws} ct mark set {gen} accept");
     let _ = writeln!(s, "add element inet {t} ws {{ {addr} : jump {ws} }}");
+    for g in &old_gens {
+        let _ = writeln!(s, "delete element inet {t} current {{ {addr} . {g} }}");
+    }
+    let _ = writeln!(s, "add element inet {t} current {{ {addr} . {gen} }}");
     // Add then delete: the element is gone afterwards whether or not it was there.
     let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
     if !plan.stages.iter().any(has_domain_rules) {
@@ -439,6 +485,39 @@ pub fn apply(cfg: &NetConfig, id: &str, att: &Attachment, plan: &EgressPlan) -> 
         .map(|_| ())
         .map_err(|e| format!("install the network rules of {id}: {e}"))?;
     host::set_limits(&att.veth, &plan.limits)
+}
+
+/// The plan generations in force: (workspace address, conntrack mark of the connections its
+/// plan accepted).
+fn generations(cfg: &NetConfig) -> NetResult<Vec<(Ipv4Addr, u32)>> {
+    let v = Nft::json(&format!("list set inet {} current", cfg.table))?;
+    let mut out = Vec::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            // { "concat": [ "10.0.0.2", 7 ] }
+            let c = &e["concat"];
+            if let (Some(a), Some(g)) = (
+                c[0].as_str().and_then(|a| a.parse().ok()),
+                c[1].as_u64().and_then(|g| u32::try_from(g).ok()),
+            ) {
+                out.push((a, g));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A generation different from `old` and from 0 (the mark of connections nobody marked).
+fn next_generation(old: &[u32]) -> u32 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or(1);
+    let mut g = old.iter().copied().max().unwrap_or(seed).wrapping_add(1);
+    while g == 0 || old.contains(&g) {
+        g = g.wrapping_add(1);
+    }
+    g
 }
 
 /// The address the `ws` map sends to chain `ws_<tg>`, if any; every (address, chain) pair.
@@ -464,10 +543,15 @@ fn ws_map(cfg: &NetConfig) -> NetResult<Vec<(Ipv4Addr, String)>> {
 /// Idempotent.
 pub fn detach(cfg: &NetConfig, id: &str) -> NetResult<()> {
     let tg = tag(id);
-    remove_tag(cfg, &tg, &chains(cfg)?, &ws_map(cfg).unwrap_or_default())?;
+    // The veth first: the bridge polices only the ports in `wsports`, so a port must never be
+    // on the bridge without its entries.
     let veth = super::veth_name(id);
-    remove_ports(cfg, |i| i == veth)?;
     host::remove_veth(&veth);
+    if host::link_exists(&veth) {
+        return Err(format!("remove {veth}: it is still there"));
+    }
+    remove_tag(cfg, &tg, &chains(cfg)?, &ws_map(cfg).unwrap_or_default())?;
+    remove_ports(cfg, |i| i == veth)?;
     Ok(())
 }
 
@@ -487,11 +571,20 @@ fn remove_tag(
     let has = |c: &str| all_chains.iter().any(|x| x == c);
     let mut s = String::new();
     let rate = format!("ws_{tg}_rate");
+    let conns = format!("ws_{tg}_conns");
+    let gens = generations(cfg).unwrap_or_default();
     for (addr, _) in map.iter().filter(|(_, c)| *c == ws) {
         let _ = writeln!(s, "delete element inet {t} ws {{ {addr} }}");
+        for (_, g) in gens.iter().filter(|(a, _)| a == addr) {
+            let _ = writeln!(s, "delete element inet {t} current {{ {addr} . {g} }}");
+        }
         if has(&rate) {
             let _ = writeln!(s, "add element inet {t} rate {{ {addr} : jump {rate} }}");
             let _ = writeln!(s, "delete element inet {t} rate {{ {addr} }}");
+        }
+        if has(&conns) {
+            let _ = writeln!(s, "add element inet {t} conns {{ {addr} : jump {conns} }}");
+            let _ = writeln!(s, "delete element inet {t} conns {{ {addr} }}");
         }
         let _ = writeln!(s, "add element inet {t} proxied {{ {addr} }}");
         let _ = writeln!(s, "delete element inet {t} proxied {{ {addr} }}");
@@ -500,9 +593,11 @@ fn remove_tag(
         let _ = writeln!(s, "flush chain inet {t} {ws}");
     }
     remove_stages(cfg, &mut s, tg, &stages)?;
-    if has(&rate) {
-        let _ = writeln!(s, "flush chain inet {t} {rate}");
-        let _ = writeln!(s, "delete chain inet {t} {rate}");
+    for c in [&rate, &conns] {
+        if has(c) {
+            let _ = writeln!(s, "flush chain inet {t} {c}");
+            let _ = writeln!(s, "delete chain inet {t} {c}");
+        }
     }
     let deny = format!("ws_{tg}_deny");
     if has(&deny) {

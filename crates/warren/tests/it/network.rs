@@ -852,3 +852,256 @@ fn host_setup_is_idempotent_and_safe_from_several_callers_at_once() {
         .unwrap();
     net.reaches("nl1", &net.internet_addr(1), PORT);
 }
+
+#[test]
+fn link_local_multicast_frames_do_not_reach_the_host_around_the_bridge() {
+    let net = Net::new(13);
+    net.create("nm1", &[]);
+    net.rt
+        .set_egress("nm1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    // A host service on every address of the host.
+    let l = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let host_addr = format!("198.19.{}.1", net.n);
+    // What the workspace sent (Warren's rules of another instance on this host may be the ones
+    // that drop it: bridge tables see every bridge, and the guard every port).
+    let sent_frames = || -> u64 {
+        let (_, out, _) = sh(
+            &net.rt,
+            "nm1",
+            "cat /sys/class/net/eth0/statistics/tx_packets",
+        );
+        out.trim().parse().unwrap()
+    };
+    let before = sent_frames();
+    // The workspace sends its IP packets to an 802.1D reserved group address (frames a bridge
+    // does not forward but hands to the host's IP stack as received on the port), with its own
+    // addresses, carrying UDP to the gateway and to another address of the host.
+    // (Sent from the workspace's network namespace by the test: busybox's `ip` cannot set a
+    // neighbour, its `nc` has no UDP.)
+    let gw = net.gateway().to_string();
+    let pid = init_pid("nm1").to_string();
+    let mut sent = 0;
+    for last in ["00", "03", "0e"] {
+        let mac = format!("01:80:c2:00:00:{last}");
+        must(
+            "nsenter",
+            &[
+                "-t",
+                &pid,
+                "-n",
+                "ip",
+                "neigh",
+                "replace",
+                &gw,
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        );
+        let ns = format!("/proc/{pid}/ns/net");
+        let to = [format!("{gw}:{port}"), format!("{host_addr}:{port}")];
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(ns).unwrap();
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for a in to {
+                u.send_to(b"side door", a.as_str()).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        sent += 2;
+    }
+    let mut buf = [0u8; 512];
+    if let Ok((n, from)) = l.recv_from(&mut buf) {
+        panic!(
+            "the host received {:?} from {from}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let after = sent_frames();
+    assert!(
+        after >= before + sent,
+        "{sent} frames sent, {} left the workspace",
+        after - before
+    );
+    // Its traffic through the bridge still flows.
+    must(
+        "nsenter",
+        &["-t", &pid, "-n", "ip", "neigh", "del", &gw, "dev", "eth0"],
+    );
+    net.reaches("nm1", &net.internet_addr(1), PORT);
+}
+
+/// Sends `word N` lines to `addr:port` from workspace `id` over one connection, in the
+/// background.
+fn talk(net: &Net, id: &str, addr: &str, port: u16, word: &str) {
+    let rt = net.rt.clone();
+    let (id, script) = (
+        id.to_string(),
+        format!(
+            "i=0; while true; do i=$((i+1)); echo {word} $i; sleep 0.1; done | nc {addr} {port}"
+        ),
+    );
+    std::thread::spawn(move || sh(&rt, &id, &script));
+}
+
+/// Takes what `rx` receives during `time` (what was in flight).
+fn drain(rx: &std::sync::mpsc::Receiver<String>, time: Duration) {
+    let end = std::time::Instant::now() + time;
+    while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+        if rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_tightened_plan_stops_connections_opened_under_the_old_one() {
+    let net = Net::new(14);
+    net.create("nn1", &[]);
+    net.rt
+        .set_egress("nn1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    // A listener in the fake internet that passes on every line it receives.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let path = format!("/run/netns/{}", net.ns);
+    let port = PORT + 3;
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let f = std::fs::File::open(path).unwrap();
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        for c in l.incoming().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(c).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let a = net.internet_addr(1);
+    talk(&net, "nn1", &a, port, "tick");
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the long-lived connection passes data");
+    // The plan no longer allows the destination: the open connection stops passing data.
+    net.rt
+        .set_egress("nn1", &stage(EgressMode::DenyAll, vec![], vec![]))
+        .unwrap();
+    drain(&rx, Duration::from_secs(1));
+    if let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        panic!("the connection still passes data after the plan denied it: {line}");
+    }
+    // A plan that still allows it leaves connections alone.
+    net.rt
+        .set_egress("nn1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    talk(&net, "nn1", &a, port, "again");
+    let first = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a new connection passes data");
+        if l.starts_with("again") {
+            break l;
+        }
+    };
+    let mut plan = stage(EgressMode::AllowAll, vec![], vec![]);
+    plan.stages.push(Checked {
+        mode: EgressMode::AllowAll,
+        allow: vec![],
+        deny: vec![],
+    });
+    net.rt.set_egress("nn1", &plan).unwrap();
+    drain(&rx, Duration::from_millis(500));
+    // (The first connection, stalled while denied, may go on too now: skip its lines.)
+    let later = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a connection the new plan allows goes on");
+        if l.starts_with("again") {
+            break l;
+        }
+    };
+    assert_ne!(later, first);
+}
+
+#[test]
+fn the_reconciler_keeps_a_workspace_that_started_after_it_looked() {
+    let net = Net::new(15);
+    net.create("no1", &[]);
+    net.rt
+        .set_egress("no1", &stage(EgressMode::AllowAll, vec![], vec![]))
+        .unwrap();
+    let root = net.f.dir.join("ws");
+    let ids = ["no1".to_string()];
+    // The caller saw it not running (it was starting); under its lock it runs: kept.
+    let done = network::leftovers(&root, &net.cfg, &[], &ids, &|_| true).unwrap();
+    assert!(done.chains.is_empty() && done.veths.is_empty(), "{done:?}");
+    net.reaches("no1", &net.internet_addr(1), PORT);
+    // While its supervisor holds the workspace's network lock (installing its rules), the
+    // reconciler waits.
+    let lock = network::workspace_lock(&root.join("no1")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (r, c) = (root.clone(), net.cfg.clone());
+    std::thread::spawn(move || {
+        let ids = ["no1".to_string()];
+        let _ = tx.send(network::leftovers(&r, &c, &[], &ids, &|_| true).map(|d| d.chains));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+    drop(lock);
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        Ok(vec![])
+    );
+    net.reaches("no1", &net.internet_addr(1), PORT);
+}
+
+#[test]
+fn the_connection_limit_counts_connections_sent_to_the_proxy() {
+    let net = Net::new(17);
+    // A "proxy" on the gateway that holds each connection for 3 s.
+    network::ensure_host(&net.f.dir.join("ws"), &net.cfg).unwrap();
+    let l = TcpListener::bind((net.gateway(), net.cfg.proxy_port)).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut c = c;
+                let _ = c.write_all(b"hello\n");
+                std::thread::sleep(Duration::from_secs(3));
+            });
+        }
+    });
+    net.create("nq1", &[]);
+    let a = net.internet_addr(1);
+    let mut plan = stage(
+        EgressMode::Allowlist,
+        vec![domain_rule("one.example", None), net_rule(&a, None)],
+        vec![],
+    );
+    plan.limits.max_connections = Some(2);
+    net.rt.set_egress("nq1", &plan).unwrap();
+    net.reaches("nq1", &a, PORT);
+    // Two web connections (to the proxy) held open, then a forwarded one: over the limit.
+    let (code, out, err) = sh(
+        &net.rt,
+        "nq1",
+        &format!(
+            "(nc {a} 443 >/dev/null </dev/null &); (nc {a} 443 >/dev/null </dev/null &); sleep 0.5; nc -w 3 {a} {PORT} </dev/null"
+        ),
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("refused"), "{out}{err}");
+    std::thread::sleep(Duration::from_secs(4));
+    net.reaches("nq1", &a, PORT);
+}
