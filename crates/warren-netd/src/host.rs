@@ -16,7 +16,8 @@ pub type Learned = (Ipv4Addr, Option<PortRange>, Duration);
 
 /// The resolver-learned nftables sets of workspaces' allowlist stages.
 pub trait Sets: Send + Sync + 'static {
-    /// Adds (or refreshes) elements of workspace `id`'s stage `stage` learned set. Blocking.
+    /// Adds elements to workspace `id`'s stage `stage` learned set (an element there already
+    /// keeps its timeout). Blocking.
     fn learn(
         &self,
         cfg: &NetConfig,
@@ -24,6 +25,16 @@ pub trait Sets: Send + Sync + 'static {
         stage: usize,
         entries: &[Learned],
     ) -> anyhow::Result<()>;
+    /// Adds elements, replacing those there already so that they get the new timeout (slower).
+    fn relearn(
+        &self,
+        cfg: &NetConfig,
+        id: &str,
+        stage: usize,
+        entries: &[Learned],
+    ) -> anyhow::Result<()> {
+        self.learn(cfg, id, stage, entries)
+    }
 }
 
 /// The real sets: the runtime's nftables.
@@ -38,6 +49,16 @@ impl Sets for NftSets {
         entries: &[Learned],
     ) -> anyhow::Result<()> {
         warren_runtime::network::learn(cfg, id, stage, entries).map_err(anyhow::Error::msg)
+    }
+
+    fn relearn(
+        &self,
+        cfg: &NetConfig,
+        id: &str,
+        stage: usize,
+        entries: &[Learned],
+    ) -> anyhow::Result<()> {
+        warren_runtime::network::relearn(cfg, id, stage, entries).map_err(anyhow::Error::msg)
     }
 }
 

@@ -312,7 +312,7 @@ async fn resolver_and_proxy_enforce_the_policy() {
     ));
 
     // An allowed name resolves (with the client's id), and its addresses are learned first,
-    // following the CNAME, without the private one.
+    // following the CNAME, without the private one, for twice the answer's TTL (at least 30 s).
     let r = ask_udp(WS, dns_addr, 0xBEEF, "www.allowed.test", TYPE_A).await;
     let p = dns::parse_response(&r).unwrap();
     assert_eq!(p.id, 0xBEEF);
@@ -323,7 +323,7 @@ async fn resolver_and_proxy_enforce_the_policy() {
         vec![(
             "ws1".to_string(),
             0,
-            vec![(WEB, None, Duration::from_secs(30))]
+            vec![(WEB, None, Duration::from_secs(60))]
         )]
     );
 

@@ -358,18 +358,49 @@ impl Netd {
                 },
                 None => return Some(dns::answer(&q, dns::REFUSED)),
             };
-            let jobs: Vec<(usize, Vec<Learned>)> = learn
+            // Learned elements live twice the answer's TTL, so a client can use the answer for
+            // its whole TTL whenever it got it; an element is replaced (a transaction that waits
+            // for the kernel, ~15 ms) only once it has less than that TTL left, else adding it is
+            // cheap (and recreates it if its set was rebuilt meanwhile).
+            let at = Instant::now();
+            let (stale, fresh): (Vec<_>, Vec<_>) = {
+                let memory = self.memory();
+                addrs
+                    .iter()
+                    .map(|&(ip, d)| (ip, d, (d * 2).min(MAX_LEARN).max(d)))
+                    .partition(|&(ip, d, _)| {
+                        memory
+                            .until(&ws.id, &name, ip)
+                            .is_some_and(|u| u.saturating_duration_since(at) < d)
+                    })
+            };
+            let lives = |v: &[(Ipv4Addr, Duration, Duration)]| -> Vec<(Ipv4Addr, Duration)> {
+                v.iter().map(|&(ip, _, life)| (ip, life)).collect()
+            };
+            let (stale, fresh) = (lives(&stale), lives(&fresh));
+            let jobs: Vec<(usize, Vec<Learned>, bool)> = learn
                 .iter()
-                .map(|l| (l.stage, entries(&addrs, &l.ports)))
-                .filter(|(_, e)| !e.is_empty())
+                .flat_map(|l| {
+                    [
+                        (l.stage, entries(&fresh, &l.ports), false),
+                        (l.stage, entries(&stale, &l.ports), true),
+                    ]
+                })
+                .filter(|(_, e, _)| !e.is_empty())
                 .collect();
+            let addrs: Vec<(Ipv4Addr, Duration)> = fresh.iter().chain(&stale).copied().collect();
             if !jobs.is_empty() {
                 let sets = self.sets.clone();
                 let cfg = snap.cfg.clone();
                 let id = ws.id.clone();
                 let learned = tokio::task::spawn_blocking(move || {
-                    jobs.iter()
-                        .try_for_each(|(stage, e)| sets.learn(&cfg, &id, *stage, e))
+                    jobs.iter().try_for_each(|(stage, e, replace)| {
+                        if *replace {
+                            sets.relearn(&cfg, &id, *stage, e)
+                        } else {
+                            sets.learn(&cfg, &id, *stage, e)
+                        }
+                    })
                 })
                 .await;
                 match learned {

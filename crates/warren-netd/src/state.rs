@@ -311,6 +311,14 @@ impl Memory {
         }
     }
 
+    /// Until when `name`'s answer `ip` is remembered for `id`, if it is.
+    pub fn until(&self, id: &str, name: &str, ip: Ipv4Addr) -> Option<Instant> {
+        self.map
+            .get(&(id.to_string(), name.to_string()))
+            .and_then(|e| e.addrs.get(&ip))
+            .copied()
+    }
+
     /// Whether `name` resolved to `ip` for `id` and that has not expired.
     pub fn resolved(&self, id: &str, name: &str, ip: Ipv4Addr, now: Instant) -> bool {
         self.map

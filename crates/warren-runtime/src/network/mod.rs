@@ -33,7 +33,7 @@ mod rules;
 
 pub(crate) use host::check_config;
 pub use host::{attach, ensure_host};
-pub use rules::{apply, check_plan, counters, detach, learn};
+pub use rules::{apply, check_plan, counters, detach, learn, relearn};
 
 /// A host's Warren network. One per runtime root; two Warren instances on a host need different
 /// bridges, subnets and tables.

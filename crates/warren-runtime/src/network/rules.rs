@@ -686,6 +686,28 @@ pub fn learn(
     stage: usize,
     entries: &[(Ipv4Addr, Option<PortRange>, Duration)],
 ) -> NetResult<()> {
+    learn_with(cfg, id, stage, entries, false)
+}
+
+/// [`learn`], replacing elements that are there already so that they get the new timeout. Slower
+/// by far (a transaction that deletes set elements waits for the kernel's RCU grace period, some
+/// 15 ms): the resolver does this only when an element would expire within the answer's TTL.
+pub fn relearn(
+    cfg: &NetConfig,
+    id: &str,
+    stage: usize,
+    entries: &[(Ipv4Addr, Option<PortRange>, Duration)],
+) -> NetResult<()> {
+    learn_with(cfg, id, stage, entries, true)
+}
+
+fn learn_with(
+    cfg: &NetConfig,
+    id: &str,
+    stage: usize,
+    entries: &[(Ipv4Addr, Option<PortRange>, Duration)],
+    replace: bool,
+) -> NetResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
@@ -695,9 +717,12 @@ pub fn learn(
     for (addr, ports, ttl) in entries {
         let secs = ttl.as_secs().max(1);
         let name = dns_set(&st, *ports);
-        // Add, delete, add: the element ends up with this timeout whether or not it was there.
-        let _ = writeln!(s, "add element inet {t} {name} {{ {addr} }}");
-        let _ = writeln!(s, "delete element inet {t} {name} {{ {addr} }}");
+        if replace {
+            // Add, delete, add: the element ends up with this timeout whether or not it was there.
+            let _ = writeln!(s, "add element inet {t} {name} {{ {addr} }}");
+            let _ = writeln!(s, "delete element inet {t} {name} {{ {addr} }}");
+        }
+        // Adding an element that is there already leaves it (and its timeout) as it is.
         let _ = writeln!(
             s,
             "add element inet {t} {name} {{ {addr} timeout {secs}s }}"

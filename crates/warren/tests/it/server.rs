@@ -2074,7 +2074,10 @@ fn network_policy_from_the_cli() {
     assert_eq!(s.ok(&["up", proj.to_str().unwrap()]).trim(), "netp");
     // An uploaded folder: the server's default policy, an address, no own policy.
     let shown = s.ok(&["net", "show", "netp"]);
-    assert!(shown.contains("Base policy (the server's default)"), "{shown}");
+    assert!(
+        shown.contains("Base policy (the server's default)"),
+        "{shown}"
+    );
     assert!(shown.contains("egress: allow-all"), "{shown}");
     assert!(shown.contains("Own policy: none"), "{shown}");
     let json: serde_json::Value =
@@ -2095,16 +2098,27 @@ fn network_policy_from_the_cli() {
         "--max-connections",
         "64",
     ]);
-    assert!(set.contains("allow:  203.0.113.0/24:443, *.example.org"), "{set}");
+    assert!(
+        set.contains("allow:  203.0.113.0/24:443, *.example.org"),
+        "{set}"
+    );
     assert!(set.contains("limits: 64 connections"), "{set}");
     let denied = s.ok(&["net", "deny", "netp", "api.example.org"]);
     assert!(denied.contains("deny:   api.example.org"), "{denied}");
     // Bad rules: one line naming the rule, a hint, nothing changed.
-    for (rule, named) in [("*.com", "*.com"), ("10.0.0.1/8", "10.0.0.1/8"), ("*", "`*`")] {
+    for (rule, named) in [
+        ("*.com", "*.com"),
+        ("10.0.0.1/8", "10.0.0.1/8"),
+        ("*", "`*`"),
+    ] {
         let (_, err) = s.fails(&["net", "allow", "netp", rule]);
         assert!(err.contains(named), "{rule}: {err}");
         assert!(err.contains("hint:"), "{rule}: {err}");
-        assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{err}"
+        );
     }
     let (_, err) = s.fails(&["net", "set", "netp", "--egress", "open"]);
     assert!(err.contains("--egress `open`"), "{err}");
