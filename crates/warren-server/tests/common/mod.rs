@@ -373,8 +373,13 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // Leave nothing running behind a test, whatever happened.
-        for pid in self.supervisors() {
+        // Leave nothing running behind a test, whatever happened: the supervisors and every
+        // process under them (a workspace's init outlives a killed supervisor, and holds its
+        // network namespace and veth).
+        let sups = self.supervisors();
+        let mut doomed = descendants(&sups);
+        doomed.extend(sups);
+        for pid in doomed {
             // std cannot signal an arbitrary pid; the `kill` command can.
             let _ = std::process::Command::new("kill")
                 .args(["-9", &pid.to_string()])
@@ -419,4 +424,34 @@ pub fn keygen(dir: &std::path::Path, name: &str) -> PathBuf {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     p
+}
+
+/// Every process below `roots` (children, their children...).
+pub fn descendants(roots: &[i32]) -> Vec<i32> {
+    let mut parents = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so split after the last ')'.
+        if let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok())
+        {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = roots.to_vec();
+    while let Some(p) = frontier.pop() {
+        for (child, _) in parents.iter().filter(|(_, pp)| *pp == p) {
+            out.push(*child);
+            frontier.push(*child);
+        }
+    }
+    out
 }
