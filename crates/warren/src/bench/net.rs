@@ -116,8 +116,8 @@ fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<
 /// Serves a sink (reads to EOF, answers one byte) and an accept-and-close listener; returns
 /// their addresses.
 fn servers(ip: Ipv4Addr) -> Result<(SocketAddr, SocketAddr)> {
-    let sink = TcpListener::bind((ip, 0))?;
-    let closer = TcpListener::bind((ip, 0))?;
+    let sink = listener(ip)?;
+    let closer = listener(ip)?;
     let addrs = (sink.local_addr()?, closer.local_addr()?);
     std::thread::spawn(move || {
         for c in sink.incoming().flatten() {
@@ -135,6 +135,28 @@ fn servers(ip: Ipv4Addr) -> Result<(SocketAddr, SocketAddr)> {
         }
     });
     Ok(addrs)
+}
+
+/// A TCP listener on `ip` (any port) with a deep accept queue: std's 128 overflows while the
+/// accepting thread waits for a core, and a SYN dropped on a full queue costs its client a second.
+fn listener(ip: Ipv4Addr) -> Result<TcpListener> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+        SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0)),
+    )?;
+    listen(&fd, Backlog::MAXCONN)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Seconds to send `mib` MiB over one connection and see it acknowledged.
