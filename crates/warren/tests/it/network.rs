@@ -1105,3 +1105,38 @@ fn the_connection_limit_counts_connections_sent_to_the_proxy() {
     std::thread::sleep(Duration::from_secs(4));
     net.reaches("nq1", &a, PORT);
 }
+
+/// `warren bench --net --quick` runs end to end: a workspace under an allowlist reaches the
+/// benchmark's remote, its resolver answers, and every figure is there (no timing is asserted).
+#[test]
+fn the_network_benchmark_runs() {
+    let o = Command::new(crate::util::warren_exe())
+        .args(["bench", "--net", "--quick", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for (k, f) in [
+        ("throughput_mib_s", "warren"),
+        ("throughput_mib_s", "loopback"),
+        ("throughput_mib_s", "host_veth"),
+        ("connections_per_s", "warren"),
+        ("connections_per_s", "loopback"),
+        ("dns_ms", "warren_p50"),
+        ("dns_ms", "warren_allow_all_p50"),
+        ("dns_ms", "direct_p50"),
+    ] {
+        assert!(v[k][f].as_f64().is_some_and(|x| x > 0.0), "{k}.{f}: {v}");
+    }
+    // Its remote namespace is gone.
+    let netns = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(!netns.contains("wbench-"), "{netns}");
+}
