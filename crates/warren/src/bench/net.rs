@@ -279,7 +279,7 @@ pub(super) async fn run(
     let images = engine.images().clone();
     let rootfs = dirs.rootfs.clone();
     tokio::task::spawn_blocking(move || images.import_rootfs(&rootfs, IMAGE, None)).await??;
-    let _remote = remote()?;
+    let remote = remote()?;
     progress("starting the workspace");
     let project = make_project(&dirs.projects, NAME)?;
     let opts = UpOptions {
@@ -287,6 +287,29 @@ pub(super) async fn run(
         ..Default::default()
     };
     let rec = engine.up(&project, &opts, &Quiet).await?;
+    // The workspace and the host network go whatever happened.
+    let res = measure(&engine, &rec, dirs, &remote, dns, mib, rounds).await;
+    let _ = engine.delete(WsRef::Id(rec.id.clone()), true).await;
+    warren_runtime::network::teardown(&dirs.state.join("workspaces"));
+    let report = res?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(0)
+}
+
+/// The measurements, on the running workspace `rec`.
+async fn measure(
+    engine: &Engine,
+    rec: &warren_store::WorkspaceRecord,
+    dirs: &Dirs,
+    remote: &Remote,
+    dns: SocketAddr,
+    mib: u64,
+    rounds: usize,
+) -> Result<Value> {
     let ws_ns = super::ssh::workspace_netns(&dirs.state)?;
     let ws_ns = Path::new(&ws_ns);
     let gateway = resolver_of(&dirs.state).context("the runtime recorded no network")?;
@@ -308,7 +331,7 @@ pub(super) async fn run(
         .await?
         .context("the workspace has no address")?;
     progress(&format!("workspace address {}", att.address));
-    let remote_ns = std::path::PathBuf::from(format!("/run/netns/{}", _remote.netns));
+    let remote_ns = std::path::PathBuf::from(format!("/run/netns/{}", remote.netns));
 
     let (r_sink, r_closer) = in_netns(&remote_ns, || servers(REMOTE))?;
     // The host's own connections leave from the address the workspace's are masqueraded to: a
@@ -334,20 +357,12 @@ pub(super) async fn run(
         dw.extend(in_netns(ws_ns, || dns_latencies(gateway, queries))?);
         db.extend(dns_latencies(dns, queries)?);
     }
-    let _ = engine.delete(WsRef::Id(rec.id.clone()), true).await;
-    warren_runtime::network::teardown(&dirs.state.join("workspaces"));
-    let report = json!({
+    Ok(json!({
         "throughput_mib_s": {"warren": r3(median(&tw)), "loopback": r3(median(&tb)), "ratio": r3(median(&tw) / median(&tb)), "host_veth": r3(median(&th)), "ratio_host_veth": r3(median(&tw) / median(&th))},
         "connections_per_s": {"warren": r3(median(&cw)), "loopback": r3(median(&cb)), "ratio": r3(median(&cw) / median(&cb)), "host_veth": r3(median(&ch)), "ratio_host_veth": r3(median(&cw) / median(&ch))},
         "dns_ms": {"warren_p50": r3(median(&dw)), "warren_allow_all_p50": r3(median(&d_open)), "direct_p50": r3(median(&db)), "ratio": r3(median(&dw) / median(&db))},
         "rounds": rounds, "mib": mib,
-    });
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", text(&report));
-    }
-    Ok(0)
+    }))
 }
 
 /// The resolver address written into the workspace's `/etc/resolv.conf` (its gateway).
