@@ -325,7 +325,7 @@ async fn measure(
         ..Default::default()
     };
     let plan = warren_engine::network::plan_of(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
-    engine.set_network(&rec, None, &plan).await?;
+    engine.set_network(rec, None, &plan).await?;
     let (att, _) = engine
         .attachment(WsRef::Id(rec.id.clone()))
         .await?
