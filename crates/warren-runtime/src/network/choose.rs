@@ -143,10 +143,7 @@ pub fn for_root(root: &Path, req: &NetRequest) -> Result<NetConfig, String> {
         cfg.dns_upstream = req.dns_upstream.clone();
     }
     register(root, &cfg)?;
-    let json = serde_json::to_vec_pretty(&cfg).map_err(|e| e.to_string())?;
-    let tmp = net_dir.join("config.json.tmp");
-    fs::write(&tmp, json).map_err(|e| format!("write {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, &path).map_err(|e| format!("write {}: {e}", path.display()))?;
+    super::write_json(&path, &cfg)?;
     Ok(cfg)
 }
 

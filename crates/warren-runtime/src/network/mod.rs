@@ -422,7 +422,13 @@ pub fn denials_path(root: &Path) -> PathBuf {
 
 /// Writes `value` as JSON to `path` atomically (a temporary file renamed over it).
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> NetResult<()> {
-    let tmp = path.with_extension("json.tmp");
+    // A temporary name of this process and thread: several processes (concurrent `warren up`s)
+    // write the same file, and a shared temporary would be renamed away under one of them.
+    let tmp = path.with_extension(format!(
+        "json.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let data = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
     fs::write(&tmp, data).map_err(|e| format!("write {}: {e}", tmp.display()))?;
     fs::rename(&tmp, path).map_err(|e| format!("write {}: {e}", path.display()))
