@@ -71,7 +71,7 @@ impl Engine {
         let id = rec.id.clone();
         let plan = plan.clone();
         blocking(move || {
-            if rt.attachment(&id)?.is_some() {
+            if rt.address(&id).is_some() {
                 rt.set_egress(&id, &plan)?;
             }
             Ok(())
@@ -97,6 +97,15 @@ impl Engine {
             blocking(move || Ok(rt.set_egress(&id, &plan)?)).await?;
             applied = latest;
         }
+    }
+
+    /// The workspace's address on Warren's network, if it has one (cheap: no counters read).
+    pub async fn address(
+        &self,
+        ws: impl Into<WsRef>,
+    ) -> Result<Option<std::net::Ipv4Addr>, EngineError> {
+        let rec = self.get(ws).await?;
+        Ok(self.runtime.address(&rec.id))
     }
 
     /// The workspace's address on Warren's network and its counters (`None`: it has none, e.g.

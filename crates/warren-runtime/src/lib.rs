@@ -255,6 +255,11 @@ pub trait Runtime: Send + Sync {
             "this runtime cannot enforce network policies".into(),
         ))
     }
+    /// The workspace's address on Warren's network, if it has one (no counters read).
+    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        let _ = id;
+        None
+    }
     /// The workspace's address on Warren's network and its counters; `None` without one.
     fn attachment(
         &self,

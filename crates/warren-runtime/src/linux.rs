@@ -3,7 +3,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as PStdio};
@@ -145,16 +144,7 @@ impl LinuxRuntime {
             .ok()
             .and_then(|s| s.trim().parse().ok());
         // Only a process that is this root's netd: a recycled pid is left alone.
-        let ours = pid.filter(|p| {
-            fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-                args.get(1) == Some(&&b"__netd"[..])
-                    && args
-                        .get(2)
-                        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)))
-                        == Some(self.root.as_path())
-            })
-        });
+        let ours = pid.filter(|&p| network::is_netd_of(p, &self.root));
         let Some(pid) = ours else {
             return Err(RuntimeError::Exec(
                 "netd runs but its pid is unknown: stop it by hand".into(),
@@ -765,18 +755,29 @@ impl Runtime for LinuxRuntime {
         let cfg = self.net_cfg()?;
         network::check_plan(plan).map_err(RuntimeError::Exec)?;
         let _lock = network::workspace_lock(&l.dir).map_err(RuntimeError::Exec)?;
-        network::write_json(&l.dir.join("egress.json"), plan).map_err(RuntimeError::Exec)?;
+        let running = self.supervisor_alive(&l);
+        // Every start hands the plan over again: unchanged and not running, there is nothing to
+        // rewrite, and netd (which reads the file when it loads) has it already.
+        let file = l.dir.join("egress.json");
+        if !running && network::load_plan(&l.dir).is_ok_and(|p| p == *plan) {
+            return Ok(());
+        }
+        network::write_json(&file, plan).map_err(RuntimeError::Exec)?;
         // The resolver answers by the new plan before the rules are rebuilt (else it could learn
         // what only the old plan allowed into the new sets), and learns again what the new plan
         // still allows once they are (the rebuild drops learned addresses). The first reload swaps
         // netd's plan before it re-learns, and re-learning into the old sets may fail (a stage the
         // old plan does not have): only the second one's answer counts.
         let _ = self.tell_netd_reload();
-        if self.supervisor_alive(&l) {
+        if running {
             network::apply(cfg, id, &att, plan).map_err(RuntimeError::Exec)?;
             self.tell_netd_reload()?;
         }
         Ok(())
+    }
+
+    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.read_attachment(id).map(|a| a.address)
     }
 
     fn attachment(

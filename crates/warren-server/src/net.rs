@@ -154,10 +154,10 @@ async fn sibling_address(
     };
     match state
         .engine
-        .attachment(warren_engine::WsRef::Id(sibling.id))
+        .address(warren_engine::WsRef::Id(sibling.id))
         .await?
     {
-        Some((att, _)) => Ok(Ok(att.address)),
+        Some(addr) => Ok(Ok(addr)),
         None => Ok(Err((
             format!("workspace `{name}` has no address yet"),
             format!("start it once (`warren start {name}`), then set the rule"),

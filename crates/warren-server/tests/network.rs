@@ -407,6 +407,7 @@ async fn workspaces_cannot_reach_each_other_unless_a_policy_says_so() {
     s.create_workspace(&alice, "b", "open").await;
     let (_, b) = s.get(&alice, "/api/v1/workspaces/b/network").await;
     let b_addr = b["address"].as_str().unwrap().to_string();
+    let to_b = format!("nc -w 5 {b_addr} 8080 </dev/null");
     let r = sh(
         &s,
         &alice,
@@ -429,13 +430,7 @@ async fn workspaces_cannot_reach_each_other_unless_a_policy_says_so() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(up, "b's listener did not start");
-    let r = sh(
-        &s,
-        &alice,
-        "a",
-        &format!("nc -w 5 {b_addr} 8080 </dev/null"),
-    )
-    .await;
+    let r = sh(&s, &alice, "a", &to_b).await;
     assert!(!r.1.contains("from-b"), "a reached b: {r:?}");
     // An allow rule of the whole private range does not open Warren's pool...
     let (st, v) = put_network(
@@ -446,13 +441,7 @@ async fn workspaces_cannot_reach_each_other_unless_a_policy_says_so() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let r = sh(
-        &s,
-        &alice,
-        "a",
-        &format!("nc -w 5 {b_addr} 8080 </dev/null"),
-    )
-    .await;
+    let r = sh(&s, &alice, "a", &to_b).await;
     assert!(
         !r.1.contains("from-b"),
         "a reached b through 10.0.0.0/8: {r:?}"
@@ -466,13 +455,7 @@ async fn workspaces_cannot_reach_each_other_unless_a_policy_says_so() {
     )
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let r = sh(
-        &s,
-        &alice,
-        "a",
-        &format!("nc -w 5 {b_addr} 8080 </dev/null"),
-    )
-    .await;
+    let r = sh(&s, &alice, "a", &to_b).await;
     assert!(r.1.contains("from-b"), "{r:?}");
     // Another user cannot name alice's workspace.
     let bob = s.user_token("bob", "member", None).await;

@@ -569,27 +569,24 @@ mod journal_tests {
 mod choose;
 pub use choose::{for_root, teardown, NetRequest};
 
+/// Whether process `pid` runs `warren __netd ROOT` for `root`.
+pub(crate) fn is_netd_of(pid: i32, root: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+        args.get(1) == Some(&&b"__netd"[..]) && args.get(2) == Some(&root.as_os_str().as_bytes())
+    })
+}
+
 /// The processes running `warren __netd ROOT` for `root`.
 pub(crate) fn netd_pids(root: &Path) -> Vec<i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                continue;
-            };
-            let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
-            if args.get(1) == Some(&&b"__netd"[..])
-                && args.get(2) == Some(&root.as_os_str().as_bytes())
-            {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&pid| is_netd_of(pid, root))
+        .collect()
 }
 
 /// Removes a gone instance's resolver (`warren __netd ROOT`), bridge and nftables tables (best
@@ -606,9 +603,6 @@ pub(crate) fn remove_host_leftovers(bridge: &str, table: &str, root: &Path) {
         .stderr(std::process::Stdio::null())
         .status();
     for family in ["inet", "bridge"] {
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", family, table])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ = nft::Nft::once(&format!("delete table {family} {table}"));
     }
 }

@@ -326,11 +326,11 @@ async fn measure(
     };
     let plan = warren_engine::network::plan_of(&policy).map_err(|e| anyhow::anyhow!("{e}"))?;
     engine.set_network(rec, None, &plan).await?;
-    let (att, _) = engine
-        .attachment(WsRef::Id(rec.id.clone()))
+    let address = engine
+        .address(WsRef::Id(rec.id.clone()))
         .await?
         .context("the workspace has no address")?;
-    progress(&format!("workspace address {}", att.address));
+    progress(&format!("workspace address {address}"));
     let remote_ns = std::path::PathBuf::from(format!("/run/netns/{}", remote.netns));
 
     let (r_sink, r_closer) = in_netns(&remote_ns, || servers(REMOTE))?;
