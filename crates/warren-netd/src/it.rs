@@ -97,11 +97,24 @@ fn upstream_answer(q: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A UDP socket and a TCP listener on one ephemeral port of `ip`. The
+/// kernel picks the UDP port; TCP may already have it taken by another test,
+/// so pick again until both are free.
+async fn udp_and_tcp(ip: Ipv4Addr) -> (UdpSocket, TcpListener) {
+    for _ in 0..100 {
+        let udp = UdpSocket::bind((ip, 0)).await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no port free for both UDP and TCP on {ip}");
+}
+
 /// A fake upstream resolver on UDP and TCP; returns its address and the names it was asked.
 async fn fake_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let (udp, tcp) = udp_and_tcp(Ipv4Addr::LOCALHOST).await;
+    let udp = Arc::new(udp);
     let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
     let asked = Arc::new(Mutex::new(Vec::new()));
     let a = asked.clone();
     tokio::spawn(async move {
@@ -289,9 +302,8 @@ async fn resolver_and_proxy_enforce_the_policy() {
     let sets = Arc::new(FakeSets::default());
     let plumbing = Arc::new(FakePlumbing::new(SocketAddrV4::new(WEB, 80), web));
     let netd = Netd::new(root.to_path_buf(), sets.clone(), plumbing.clone()).unwrap();
-    let dns_udp = UdpSocket::bind((GATEWAY, 0)).await.unwrap();
+    let (dns_udp, dns_tcp) = udp_and_tcp(GATEWAY).await;
     let dns_addr = dns_udp.local_addr().unwrap();
-    let dns_tcp = TcpListener::bind(dns_addr).await.unwrap();
     let proxy = TcpListener::bind((GATEWAY, 0)).await.unwrap();
     let proxy_addr = proxy.local_addr().unwrap();
     let control_l = tokio::net::UnixListener::bind(root.join(".net/netd.sock")).unwrap();
@@ -544,9 +556,8 @@ async fn start(root: &Path, plumbing: Arc<FakePlumbing>, limits: crate::server::
         limits,
     )
     .unwrap();
-    let dns_udp = UdpSocket::bind((GATEWAY, 0)).await.unwrap();
+    let (dns_udp, dns_tcp) = udp_and_tcp(GATEWAY).await;
     let dns = dns_udp.local_addr().unwrap();
-    let dns_tcp = TcpListener::bind(dns).await.unwrap();
     let proxy = TcpListener::bind((GATEWAY, 0)).await.unwrap();
     let proxy_addr = proxy.local_addr().unwrap();
     let control = tokio::net::UnixListener::bind(root.join(".net/netd.sock")).unwrap();
