@@ -321,18 +321,23 @@ async fn apply_notices(state: AppState) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
+/// Resolves when SIGTERM or SIGINT arrives. The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives while the server answers its
+/// first requests must shut it down gracefully, not kill it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
     }
 }
 

@@ -170,6 +170,8 @@ pub async fn run(
     {
         eprintln!("First start: created user `admin` (owner). Its token, shown only this once:\n\n    {token}\n\nSign in with: warren login {} --token <token>\n", state.cfg.public_url);
     }
+    // Before the port opens: a SIGTERM from then on is a graceful shutdown.
+    let shutdown = warren_server::serve::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         user_error(
             format!("cannot listen on {listen}: {e}"),
@@ -184,7 +186,7 @@ pub async fn run(
             .unwrap_or_default(),
         state.cfg.public_url
     );
-    warren_server::serve::serve(state, listener, warren_server::serve::shutdown_signal())
+    warren_server::serve::serve(state, listener, shutdown)
         .await
         .map_err(|e| user_error(e, "see the lines above"))?;
     Ok(0)

@@ -1168,7 +1168,12 @@ fn first_start_prints_a_token_settings_layer_and_sigterm_leaves_workspaces_runni
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(child.wait().unwrap().success(), "graceful shutdown exits 0");
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0: {status}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     // The environment beats the file; the second start prints no token.
     let env_listen = format!("127.0.0.1:{p_env}");
