@@ -169,3 +169,75 @@ pub fn session_record(
         details_json: Some(details.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    #[tokio::test]
+    async fn session_records_join_the_audit_chain() {
+        let store = Store::open_in_memory().await.unwrap();
+        let rec = store
+            .create_workspace(crate::NewWorkspace {
+                name: warren_api::WorkspaceName::new("agent").unwrap(),
+                project_dir: "/p".into(),
+                config_path: "/p/.devcontainer/devcontainer.json".into(),
+                image: "img".into(),
+                spec_json: "{}".into(),
+                ownership: crate::Ownership {
+                    owner_id: "u1".into(),
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+        let actor = SessionActor {
+            user_id: "u1".into(),
+            username: "alice".into(),
+            token_id: "t1".into(),
+        };
+        let started = SessionEvent::ProcessStarted {
+            id: "p_1".into(),
+            argv: vec!["make".into(), "test".into()],
+            cwd: Some("/workspaces/r".into()),
+            user: None,
+            via: Via::Toolbox,
+        };
+        let refused = SessionEvent::CredentialUsed {
+            host: "git.example".into(),
+            secret: None,
+            granted: false,
+        };
+        store
+            .append_audit(session_record(&rec, Some(&actor), &started))
+            .await
+            .unwrap();
+        store
+            .append_audit(session_record(&rec, None, &refused))
+            .await
+            .unwrap();
+        let q = crate::AuditQuery {
+            action: Some("session.*".into()),
+            target: Some(rec.id.clone()),
+            limit: 10,
+            ..Default::default()
+        };
+        let got = store.query_audit(&q).await.unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].action, "session.process_start");
+        assert_eq!(got[0].actor_username.as_deref(), Some("alice"));
+        assert_eq!(got[0].outcome, AuditOutcome::Success);
+        let d: serde_json::Value =
+            serde_json::from_str(got[0].details_json.as_deref().unwrap()).unwrap();
+        assert_eq!(d["kind"], "process_started");
+        assert_eq!(d["argv"], serde_json::json!(["make", "test"]));
+        assert_eq!(d["via"], "toolbox");
+        assert_eq!(d["workspace"], "agent");
+        assert_eq!(d["owner_id"], "u1");
+        assert_eq!(got[1].action, "session.credential_use");
+        assert_eq!(got[1].outcome, AuditOutcome::Denied);
+        assert_eq!(got[1].actor_user_id, None);
+        assert!(store.verify_audit().await.unwrap().ok);
+    }
+}
