@@ -109,7 +109,13 @@ async fn get_json(s: &TestServer, token: &str, ws: &str, rest: &str) -> (StatusC
     json_of(r).await
 }
 
-async fn post_json(s: &TestServer, token: &str, ws: &str, rest: &str, body: Value) -> (StatusCode, Value) {
+async fn post_json(
+    s: &TestServer,
+    token: &str,
+    ws: &str,
+    rest: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     let r = s
         .http
         .post(files_url(s, ws, rest))
@@ -171,11 +177,9 @@ async fn files_round_trip_operations_search_and_tar() {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["size"], 50u64 << 20);
     assert_eq!(v["sha256"], want.as_str());
-    assert!(
-        sh(&s, &alice, "tb", "sha256sum /home/dev/big.bin", None)
-            .await
-            .starts_with(&want)
-    );
+    assert!(sh(&s, &alice, "tb", "sha256sum /home/dev/big.bin", None)
+        .await
+        .starts_with(&want));
     let r = s
         .http
         .get(files_url(&s, "tb", "?path=/home/dev/big.bin"))
@@ -188,7 +192,14 @@ async fn files_round_trip_operations_search_and_tar() {
     assert_eq!(sha(&r.bytes().await.unwrap()), want);
     drop(big);
     // What it made belongs to the remote user, with the default mode; no temporary file remains.
-    let out = sh(&s, &alice, "tb", "stat -c '%u %a' /home/dev/big.bin; ls -a /home/dev", None).await;
+    let out = sh(
+        &s,
+        &alice,
+        "tb",
+        "stat -c '%u %a' /home/dev/big.bin; ls -a /home/dev",
+        None,
+    )
+    .await;
     assert!(out.starts_with("1000 644\n"), "{out}");
     assert!(!out.contains(".warren-"), "{out}");
 
@@ -196,7 +207,10 @@ async fn files_round_trip_operations_search_and_tar() {
     let (st, v) = put(&s, &alice, "tb", "path=notes.txt&mode=0640", "hello\n").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let notes = v["path"].as_str().unwrap().to_string();
-    assert!(notes.starts_with('/') && notes.ends_with("/notes.txt"), "{notes}");
+    assert!(
+        notes.starts_with('/') && notes.ends_with("/notes.txt"),
+        "{notes}"
+    );
     let (st, v) = put(&s, &alice, "tb", "path=notes.txt", "hello\nworld\n").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let (st, v) = get_json(&s, &alice, "tb", "/stat?path=notes.txt").await;
@@ -224,7 +238,10 @@ async fn files_round_trip_operations_search_and_tar() {
         .collect();
     let details: Vec<Value> = recs
         .iter()
-        .map(|r| serde_json::from_str(r["details_json"].as_str().unwrap_or("null")).unwrap_or(r["details"].clone()))
+        .map(|r| {
+            serde_json::from_str(r["details_json"].as_str().unwrap_or("null"))
+                .unwrap_or(r["details"].clone())
+        })
         .collect();
     let last = details
         .iter()
@@ -236,35 +253,84 @@ async fn files_round_trip_operations_search_and_tar() {
     let diff = last["diff"].as_str().unwrap();
     assert!(diff.contains(" hello\n+world\n"), "{diff}");
     assert!(
-        details
-            .iter()
-            .any(|d| d["path"] == "/home/dev/big.bin" && d["diff"].is_null() && d["sha256"] == want.as_str()),
+        details.iter().any(|d| d["path"] == "/home/dev/big.bin"
+            && d["diff"].is_null()
+            && d["sha256"] == want.as_str()),
         "the big file is recorded without a diff: {audit}"
     );
 
     // mkdir, then files to search.
-    let (st, v) = post_json(&s, &alice, "tb", "/mkdir", json!({"path": "/home/dev/proj/src/a"})).await;
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "tb",
+        "/mkdir",
+        json!({"path": "/home/dev/proj/src/a"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "missing parents: {v}");
-    let (st, v) = post_json(&s, &alice, "tb", "/mkdir", json!({"path": "/home/dev/proj/src/a", "parents": true})).await;
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "tb",
+        "/mkdir",
+        json!({"path": "/home/dev/proj/src/a", "parents": true}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     assert_eq!(v["kind"], "dir");
-    let (st, v) = post_json(&s, &alice, "tb", "/mkdir", json!({"path": "/home/dev/proj/src/a"})).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{v}");
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "tb",
+        "/mkdir",
+        json!({"path": "/home/dev/proj/src/a"}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{v}"
+    );
     for (p, body) in [
-        ("proj/src/main.rs", &b"fn main() {\n    // TODO: more\n}\n"[..]),
+        (
+            "proj/src/main.rs",
+            &b"fn main() {\n    // TODO: more\n}\n"[..],
+        ),
         ("proj/src/a/lib.rs", b"pub fn x() {}\n// TODO lib\n"),
         ("proj/README.md", b"# proj\nnothing to do\n"),
         ("proj/blob.bin", b"TODO\0binary\n"),
     ] {
-        let (st, v) = put(&s, &alice, "tb", &format!("path=/home/dev/{p}"), body.to_vec()).await;
+        let (st, v) = put(
+            &s,
+            &alice,
+            "tb",
+            &format!("path=/home/dev/{p}"),
+            body.to_vec(),
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "{p}: {v}");
     }
     // mkdir=true makes the parents of an upload.
     let (st, v) = put(&s, &alice, "tb", "path=/home/dev/proj/docs/deep/x.txt", "x").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
-    let (st, v) = put(&s, &alice, "tb", "path=/home/dev/proj/docs/deep/x.txt&mkdir=true", "x").await;
+    let (st, v) = put(
+        &s,
+        &alice,
+        "tb",
+        "path=/home/dev/proj/docs/deep/x.txt&mkdir=true",
+        "x",
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    sh(&s, &alice, "tb", "ln -s src/main.rs /home/dev/proj/link && ln -s / /home/dev/proj/root", None).await;
+    sh(
+        &s,
+        &alice,
+        "tb",
+        "ln -s src/main.rs /home/dev/proj/link && ln -s / /home/dev/proj/root",
+        None,
+    )
+    .await;
 
     // list and stat.
     let (st, v) = get_json(&s, &alice, "tb", "/list?path=/home/dev/proj").await;
@@ -276,25 +342,72 @@ async fn files_round_trip_operations_search_and_tar() {
             .map(|x| format!("/home/dev/proj/{x}"))
     );
     let link = &v.as_array().unwrap()[3];
-    assert_eq!((link["kind"].as_str(), link["target"].as_str()), (Some("symlink"), Some("src/main.rs")));
-    let (st, v) = get_json(&s, &alice, "tb", "/list?path=/home/dev/proj&recursive=true&limit=3").await;
+    assert_eq!(
+        (link["kind"].as_str(), link["target"].as_str()),
+        (Some("symlink"), Some("src/main.rs"))
+    );
+    let (st, v) = get_json(
+        &s,
+        &alice,
+        "tb",
+        "/list?path=/home/dev/proj&recursive=true&limit=3",
+    )
+    .await;
     assert_eq!((st, v.as_array().map(Vec::len)), (StatusCode::OK, Some(3)));
     let (_, v) = get_json(&s, &alice, "tb", "/list?path=/home/dev/proj&recursive=true").await;
     let n = names(&v);
-    assert!(n.contains(&"/home/dev/proj/src/a/lib.rs".to_string()), "{n:?}");
-    assert!(!n.iter().any(|p| p.starts_with("/home/dev/proj/root/")), "symlinks are not followed: {n:?}");
+    assert!(
+        n.contains(&"/home/dev/proj/src/a/lib.rs".to_string()),
+        "{n:?}"
+    );
+    assert!(
+        !n.iter().any(|p| p.starts_with("/home/dev/proj/root/")),
+        "symlinks are not followed: {n:?}"
+    );
     let (st, v) = get_json(&s, &alice, "tb", "/stat?path=/home/dev/proj/src/main.rs").await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!((v["kind"].as_str(), v["size"].as_u64(), v["uid"].as_u64()), (Some("file"), Some(32), Some(1000)));
+    assert_eq!(
+        (v["kind"].as_str(), v["size"].as_u64(), v["uid"].as_u64()),
+        (Some("file"), Some(32), Some(1000))
+    );
     let (st, v) = get_json(&s, &alice, "tb", "/stat?path=/home/dev/proj/nope").await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found")),
+        "{v}"
+    );
 
     // chmod, move, remove.
-    let (st, v) = post_json(&s, &alice, "tb", "/chmod", json!({"path": "/home/dev/proj/src/main.rs", "mode": "600"})).await;
-    assert_eq!((st, v["mode"].as_str()), (StatusCode::OK, Some("0600")), "{v}");
-    let (st, v) = post_json(&s, &alice, "tb", "/move", json!({"from": "/home/dev/proj/README.md", "to": "/home/dev/proj/docs.md"})).await;
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "tb",
+        "/chmod",
+        json!({"path": "/home/dev/proj/src/main.rs", "mode": "600"}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["mode"].as_str()),
+        (StatusCode::OK, Some("0600")),
+        "{v}"
+    );
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "tb",
+        "/move",
+        json!({"from": "/home/dev/proj/README.md", "to": "/home/dev/proj/docs.md"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let (st, v) = post_json(&s, &alice, "tb", "/move", json!({"from": "/home/dev/proj/docs.md", "to": "/home/dev/proj/blob.bin"})).await;
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "tb",
+        "/move",
+        json!({"from": "/home/dev/proj/docs.md", "to": "/home/dev/proj/blob.bin"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     let (st, v) = post_json(&s, &alice, "tb", "/move", json!({"from": "/home/dev/proj/docs.md", "to": "/home/dev/proj/blob.bin", "overwrite": true})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
@@ -304,7 +417,15 @@ async fn files_round_trip_operations_search_and_tar() {
         let s = &s;
         let alice = &alice;
         async move {
-            json_of(s.http.delete(files_url(s, "tb", &rest)).bearer_auth(alice).send().await.unwrap()).await
+            json_of(
+                s.http
+                    .delete(files_url(s, "tb", &rest))
+                    .bearer_auth(alice)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
         }
     };
     let (st, v) = del("?path=/home/dev/proj/docs".into()).await;
@@ -317,20 +438,41 @@ async fn files_round_trip_operations_search_and_tar() {
     // Removing a symlink to `/` removes the link only.
     let (st, _) = del("?path=/home/dev/proj/root&recursive=true".into()).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    assert!(sh(&s, &alice, "tb", "ls /bin/busybox", None).await.contains("busybox"));
-    put(&s, &alice, "tb", "path=/home/dev/proj/blob.bin", b"TODO\0binary\n".to_vec()).await;
+    assert!(sh(&s, &alice, "tb", "ls /bin/busybox", None)
+        .await
+        .contains("busybox"));
+    put(
+        &s,
+        &alice,
+        "tb",
+        "path=/home/dev/proj/blob.bin",
+        b"TODO\0binary\n".to_vec(),
+    )
+    .await;
 
     // Search by glob and by content (the binary file is skipped).
     let (st, v) = get_json(&s, &alice, "tb", "/search?path=/home/dev/proj&glob=*.rs").await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!(names(&v), ["/home/dev/proj/src/a/lib.rs", "/home/dev/proj/src/main.rs"]);
-    let (_, v) = get_json(&s, &alice, "tb", &format!("/search?path=/home/dev/proj&glob={}", q("src/*.rs"))).await;
+    assert_eq!(
+        names(&v),
+        ["/home/dev/proj/src/a/lib.rs", "/home/dev/proj/src/main.rs"]
+    );
+    let (_, v) = get_json(
+        &s,
+        &alice,
+        "tb",
+        &format!("/search?path=/home/dev/proj&glob={}", q("src/*.rs")),
+    )
+    .await;
     assert_eq!(names(&v), ["/home/dev/proj/src/main.rs"]);
     let (st, v) = get_json(&s, &alice, "tb", "/search?path=/home/dev/proj&content=TODO").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let m = v.as_array().unwrap();
     assert_eq!(m.len(), 2, "{v}");
-    assert_eq!((m[0]["path"].as_str(), m[0]["line"].as_u64()), (Some("/home/dev/proj/src/a/lib.rs"), Some(2)));
+    assert_eq!(
+        (m[0]["path"].as_str(), m[0]["line"].as_u64()),
+        (Some("/home/dev/proj/src/a/lib.rs"), Some(2))
+    );
     assert_eq!(m[1]["text"], "    // TODO: more");
     let (st, v) = get_json(&s, &alice, "tb", "/search?path=/home/dev/proj").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
@@ -350,7 +492,10 @@ async fn files_round_trip_operations_search_and_tar() {
         let p = e.path().unwrap().display().to_string();
         if p == "link" {
             assert!(e.header().entry_type().is_symlink());
-            assert_eq!(e.link_name().unwrap().unwrap().display().to_string(), "src/main.rs");
+            assert_eq!(
+                e.link_name().unwrap().unwrap().display().to_string(),
+                "src/main.rs"
+            );
         }
         if p == "src/main.rs" {
             let mut t = String::new();
@@ -361,7 +506,17 @@ async fn files_round_trip_operations_search_and_tar() {
         seen.push(p);
     }
     seen.sort();
-    assert_eq!(seen, ["blob.bin", "link", "src", "src/a", "src/a/lib.rs", "src/main.rs"]);
+    assert_eq!(
+        seen,
+        [
+            "blob.bin",
+            "link",
+            "src",
+            "src/a",
+            "src/a/lib.rs",
+            "src/main.rs"
+        ]
+    );
 
     // Upload it elsewhere: the same tree, symlink included.
     let r = s
@@ -374,12 +529,23 @@ async fn files_round_trip_operations_search_and_tar() {
         .unwrap();
     let (st, v) = json_of(r).await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!((v["files"].as_u64(), v["dirs"].as_u64(), v["symlinks"].as_u64()), (Some(3), Some(2), Some(1)), "{v}");
+    assert_eq!(
+        (
+            v["files"].as_u64(),
+            v["dirs"].as_u64(),
+            v["symlinks"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1)),
+        "{v}"
+    );
     let out = sh(&s, &alice, "tb", "cd /home/dev/copy && readlink link && cat link && find . | sort && stat -c %a src/main.rs && ls -a", None).await;
     assert!(out.starts_with("src/main.rs\nfn main() {\n"), "{out}");
     assert!(out.contains("./src/a/lib.rs\n"), "{out}");
     assert!(out.contains("\n600\n"), "{out}");
-    assert!(!out.contains(".warren-"), "the staging directory is gone: {out}");
+    assert!(
+        !out.contains(".warren-"),
+        "the staging directory is gone: {out}"
+    );
 }
 
 /// Reads SSE events from `resp` until `done` says so (or 60 s pass).
@@ -418,13 +584,20 @@ async fn watch_reports_changes_and_ends_with_its_client() {
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let resp = s
         .http
-        .get(files_url(&s, "tw", "/watch?path=/home/dev/w&recursive=true"))
+        .get(files_url(
+            &s,
+            "tw",
+            "/watch?path=/home/dev/w&recursive=true",
+        ))
         .bearer_auth(&alice)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let mut stream = resp.bytes_stream();
     let mut buf = String::new();
     let mut events = vec![];
@@ -432,18 +605,26 @@ async fn watch_reports_changes_and_ends_with_its_client() {
     let has = |ev: &[Value], kind: &str, path: &str| {
         ev.iter().any(|e| e["kind"] == kind && e["path"] == path)
     };
-    sse_until(&mut stream, &mut buf, &mut events, |ev| has(ev, "removed", "/home/dev/w/h")).await;
+    sse_until(&mut stream, &mut buf, &mut events, |ev| {
+        has(ev, "removed", "/home/dev/w/h")
+    })
+    .await;
     assert!(has(&events, "created", "/home/dev/w/f"), "{events:?}");
     assert!(has(&events, "modified", "/home/dev/w/f"), "{events:?}");
     assert!(has(&events, "created", "/home/dev/w/sub"), "{events:?}");
     assert!(has(&events, "created", "/home/dev/w/sub/g"), "{events:?}");
     assert!(
-        events.iter().any(|e| e["kind"] == "renamed" && e["path"] == "/home/dev/w/h" && e["from"] == "/home/dev/w/f"),
+        events.iter().any(|e| e["kind"] == "renamed"
+            && e["path"] == "/home/dev/w/h"
+            && e["from"] == "/home/dev/w/f"),
         "{events:?}"
     );
     // A directory made later is watched too.
     sh(&s, &alice, "tw", "echo d > /home/dev/w/sub/late", None).await;
-    sse_until(&mut stream, &mut buf, &mut events, |ev| has(ev, "modified", "/home/dev/w/sub/late")).await;
+    sse_until(&mut stream, &mut buf, &mut events, |ev| {
+        has(ev, "modified", "/home/dev/w/sub/late")
+    })
+    .await;
 
     // A missing directory is a 404 before any stream.
     let (st, v) = get_json(&s, &alice, "tw", "/watch?path=/home/dev/nope").await;
@@ -458,13 +639,22 @@ async fn watch_reports_changes_and_ends_with_its_client() {
         if sh(&s, &alice, "tw", ps, Some("root")).await.trim() == "0" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the watcher outlived its client");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watcher outlived its client"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// A tar entry with a raw name (the tar crate refuses to write `..` or absolute names itself).
-fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: Option<&str>, data: &[u8]) {
+fn raw_entry(
+    b: &mut tar::Builder<Vec<u8>>,
+    name: &str,
+    kind: tar::EntryType,
+    link: Option<&str>,
+    data: &[u8],
+) {
     let mut h = tar::Header::new_old();
     {
         let o = h.as_old_mut();
@@ -514,11 +704,26 @@ async fn attacks_stay_inside_the_workspace() {
         format!("path={}", q(&host)),
     ] {
         let (st, b) = get_bytes(&s, &alice, "ta", &query).await;
-        assert_eq!(st, StatusCode::NOT_FOUND, "{query}: {}", String::from_utf8_lossy(&b));
+        assert_eq!(
+            st,
+            StatusCode::NOT_FOUND,
+            "{query}: {}",
+            String::from_utf8_lossy(&b)
+        );
     }
-    let (st, b) = get_bytes(&s, &alice, "ta", "path=%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd").await;
-    assert_eq!(st, StatusCode::OK);
-    assert_eq!(String::from_utf8_lossy(&b), PASSWD, "the workspace's passwd, not the host's");
+    let (st, b) = get_bytes(
+        &s,
+        &alice,
+        "ta",
+        "path=%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(
+        String::from_utf8_lossy(&b),
+        PASSWD,
+        "the workspace's passwd, not the host's"
+    );
     // NUL bytes and empty paths.
     for query in ["path=a%00b", "path=", "path=%00"] {
         let (st, b) = get_bytes(&s, &alice, "ta", query).await;
@@ -526,39 +731,108 @@ async fn attacks_stay_inside_the_workspace() {
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["code"], "invalid_request");
     }
-    let (st, v) = post_json(&s, &alice, "ta", "/mkdir", json!({"path": "/home/dev/x\u{0}y"})).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{v}");
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "ta",
+        "/mkdir",
+        json!({"path": "/home/dev/x\u{0}y"}),
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request")),
+        "{v}"
+    );
 
     // Symlinks to `/` and to `/proc/1/root/..` lead to the container's root, never the host's.
-    sh(&s, &alice, "ta", "ln -s / /home/dev/root && ln -s /proc/1/root/.. /home/dev/esc", None).await;
+    sh(
+        &s,
+        &alice,
+        "ta",
+        "ln -s / /home/dev/root && ln -s /proc/1/root/.. /home/dev/esc",
+        None,
+    )
+    .await;
     for link in ["/home/dev/root", "/home/dev/esc"] {
-        let (st, b) = get_bytes(&s, &alice, "ta", &format!("path={}", q(&format!("{link}{host}")))).await;
+        let (st, b) = get_bytes(
+            &s,
+            &alice,
+            "ta",
+            &format!("path={}", q(&format!("{link}{host}"))),
+        )
+        .await;
         assert!(
             st == StatusCode::NOT_FOUND || st == StatusCode::FORBIDDEN,
             "{link}: {st} {}",
             String::from_utf8_lossy(&b)
         );
         assert!(!String::from_utf8_lossy(&b).contains("HOST SECRET"));
-        let (st, v) = put(&s, &alice, "ta", &format!("path={}", q(&format!("{link}{host}.pwned"))), "x").await;
-        assert!(st == StatusCode::NOT_FOUND || st == StatusCode::FORBIDDEN, "{link}: {st} {v}");
+        let (st, v) = get_json(
+            &s,
+            &alice,
+            "ta",
+            &format!(
+                "/list?path={}",
+                q(&format!("{link}{}", s.state().display()))
+            ),
+        )
+        .await;
+        assert!(
+            st == StatusCode::NOT_FOUND || st == StatusCode::FORBIDDEN,
+            "{link}: {st} {v}"
+        );
+        let (st, v) = put(
+            &s,
+            &alice,
+            "ta",
+            &format!("path={}", q(&format!("{link}{host}.pwned"))),
+            "x",
+        )
+        .await;
+        assert!(
+            st == StatusCode::NOT_FOUND || st == StatusCode::FORBIDDEN,
+            "{link}: {st} {v}"
+        );
         // Made with its parents, it lands in the container's /tmp: a path like the host's, but
         // inside the workspace.
-        let (st, v) = put(&s, &alice, "ta", &format!("path={}&mkdir=true", q(&format!("{link}{host}.pwned"))), "x").await;
-        assert!(st == StatusCode::OK || st == StatusCode::FORBIDDEN, "{link}: {st} {v}");
-        assert!(!std::path::Path::new(&format!("{host}.pwned")).exists(), "{link}");
+        let (st, v) = put(
+            &s,
+            &alice,
+            "ta",
+            &format!("path={}&mkdir=true", q(&format!("{link}{host}.pwned"))),
+            "x",
+        )
+        .await;
+        assert!(
+            st == StatusCode::OK || st == StatusCode::FORBIDDEN,
+            "{link}: {st} {v}"
+        );
+        assert!(
+            !std::path::Path::new(&format!("{host}.pwned")).exists(),
+            "{link}"
+        );
         if st == StatusCode::OK {
             let out = sh(&s, &alice, "ta", &format!("cat {host}.pwned"), None).await;
             assert_eq!(out, "x", "{link}");
         }
-        let (st, v) = get_json(&s, &alice, "ta", &format!("/list?path={}", q(&format!("{link}{}", s.state().display())))).await;
-        assert!(st == StatusCode::NOT_FOUND || st == StatusCode::FORBIDDEN, "{link}: {st} {v}");
     }
     assert!(!std::path::Path::new(&format!("{host}.pwned")).exists());
     // Through the symlink to `/` is the container's /etc/passwd.
     let (st, b) = get_bytes(&s, &alice, "ta", "path=/home/dev/root/etc/passwd").await;
-    assert_eq!((st, String::from_utf8_lossy(&b).into_owned()), (StatusCode::OK, PASSWD.to_string()));
+    assert_eq!(
+        (st, String::from_utf8_lossy(&b).into_owned()),
+        (StatusCode::OK, PASSWD.to_string())
+    );
     // A tar of the symlink to `/` holds the symlink, not the container (let alone the host).
-    sh(&s, &alice, "ta", "mkdir /home/dev/t && ln -s / /home/dev/t/root", None).await;
+    sh(
+        &s,
+        &alice,
+        "ta",
+        "mkdir /home/dev/t && ln -s / /home/dev/t/root",
+        None,
+    )
+    .await;
     let (st, t) = get_bytes(&s, &alice, "ta", "path=/home/dev/t&format=tar").await;
     assert_eq!(st, StatusCode::OK);
     let n = tar::Archive::new(&t[..]).entries().unwrap().count();
@@ -567,16 +841,55 @@ async fn attacks_stay_inside_the_workspace() {
     // /etc/shadow as the remote user: refused both ways, unchanged, nothing left in /etc.
     let (st, b) = get_bytes(&s, &alice, "ta", "path=/etc/shadow").await;
     let v: Value = serde_json::from_slice(&b).unwrap();
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("permission_denied")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("permission_denied")),
+        "{v}"
+    );
     assert!(!String::from_utf8_lossy(&b).contains("SECRET-HASH"));
-    let (st, v) = put(&s, &alice, "ta", "path=/etc/shadow", "root::0:0:99999:7:::\n").await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::FORBIDDEN, Some("permission_denied")), "{v}");
-    let (st, v) = post_json(&s, &alice, "ta", "/chmod", json!({"path": "/etc/shadow", "mode": "0666"})).await;
+    let (st, v) = put(
+        &s,
+        &alice,
+        "ta",
+        "path=/etc/shadow",
+        "root::0:0:99999:7:::\n",
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::FORBIDDEN, Some("permission_denied")),
+        "{v}"
+    );
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "ta",
+        "/chmod",
+        json!({"path": "/etc/shadow", "mode": "0666"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
-    let (st, v) = post_json(&s, &alice, "ta", "/move", json!({"from": "/etc/shadow", "to": "/home/dev/s"})).await;
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "ta",
+        "/move",
+        json!({"from": "/etc/shadow", "to": "/etc/shadow.moved"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
-    let out = sh(&s, &alice, "ta", "cat /etc/shadow; stat -c %a /etc/shadow; ls -a /etc", Some("root")).await;
-    assert!(out.starts_with("root:SECRET-HASH:19000:0:99999:7:::\n600\n"), "{out}");
+    let out = sh(
+        &s,
+        &alice,
+        "ta",
+        "cat /etc/shadow; stat -c %a /etc/shadow; ls -a /etc",
+        Some("root"),
+    )
+    .await;
+    assert!(
+        out.starts_with("root:SECRET-HASH:19000:0:99999:7:::\n600\n"),
+        "{out}"
+    );
     assert!(!out.contains(".warren-"), "{out}");
     // The workspace's owner may ask for root, as exec allows.
     let (st, b) = get_bytes(&s, &alice, "ta", "path=/etc/shadow&user=root").await;
@@ -586,7 +899,11 @@ async fn attacks_stay_inside_the_workspace() {
     // Another user's workspace does not exist for bob, whatever the operation.
     for ws in ["ta", "ta.alice"] {
         let (st, v) = get_json(&s, &bob, ws, "?path=/etc/passwd").await;
-        assert_eq!((st, v["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{v}");
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{v}"
+        );
         let (st, _) = put(&s, &bob, ws, "path=/home/dev/bob", "x").await;
         assert_eq!(st, StatusCode::NOT_FOUND);
         let (st, _) = post_json(&s, &bob, ws, "/mkdir", json!({"path": "/home/dev/bob"})).await;
@@ -596,13 +913,50 @@ async fn attacks_stay_inside_the_workspace() {
     // Hostile tar archives: refused whole, nothing extracted anywhere.
     use tar::EntryType as E;
     let attacks: Vec<(&str, Vec<u8>)> = vec![
-        ("dotdot", tarball(&[("ok.txt", E::Regular, None, b"ok"), ("../evil", E::Regular, None, b"evil")])),
-        ("absolute", tarball(&[("ok.txt", E::Regular, None, b"ok"), ("/tmp/abs-evil", E::Regular, None, b"evil")])),
-        ("symlink out, then through it", tarball(&[("l", E::Symlink, Some("/tmp"), b""), ("l/through-evil", E::Regular, None, b"evil")])),
-        ("relative symlink out", tarball(&[("d/l", E::Symlink, Some("../../.."), b"")])),
-        ("symlink in, then through it", tarball(&[("sub/x", E::Regular, None, b"x"), ("l", E::Symlink, Some("sub"), b""), ("l/through-evil", E::Regular, None, b"evil")])),
-        ("hard link out", tarball(&[("h", E::Link, Some("../../../etc/passwd"), b"")])),
-        ("device", tarball(&[("ok.txt", E::Regular, None, b"ok"), ("null", E::Char, None, b"")])),
+        (
+            "dotdot",
+            tarball(&[
+                ("ok.txt", E::Regular, None, b"ok"),
+                ("../evil", E::Regular, None, b"evil"),
+            ]),
+        ),
+        (
+            "absolute",
+            tarball(&[
+                ("ok.txt", E::Regular, None, b"ok"),
+                ("/tmp/abs-evil", E::Regular, None, b"evil"),
+            ]),
+        ),
+        (
+            "symlink out, then through it",
+            tarball(&[
+                ("l", E::Symlink, Some("/tmp"), b""),
+                ("l/through-evil", E::Regular, None, b"evil"),
+            ]),
+        ),
+        (
+            "relative symlink out",
+            tarball(&[("d/l", E::Symlink, Some("../../.."), b"")]),
+        ),
+        (
+            "symlink in, then through it",
+            tarball(&[
+                ("sub/x", E::Regular, None, b"x"),
+                ("l", E::Symlink, Some("sub"), b""),
+                ("l/through-evil", E::Regular, None, b"evil"),
+            ]),
+        ),
+        (
+            "hard link out",
+            tarball(&[("h", E::Link, Some("../../../etc/passwd"), b"")]),
+        ),
+        (
+            "device",
+            tarball(&[
+                ("ok.txt", E::Regular, None, b"ok"),
+                ("null", E::Char, None, b""),
+            ]),
+        ),
         ("fifo", tarball(&[("p", E::Fifo, None, b"")])),
     ];
     for (what, body) in attacks {
@@ -615,26 +969,62 @@ async fn attacks_stay_inside_the_workspace() {
             .await
             .unwrap();
         let (st, v) = json_of(r).await;
-        assert_eq!((st, v["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{what}: {v}");
-        let out = sh(&s, &alice, "ta", "ls -A /home/dev/x; ls /home/dev /tmp; find / -xdev -name '*evil*' 2>/dev/null", Some("root")).await;
-        assert!(!out.contains("evil") && !out.contains("ok.txt") && !out.contains(".warren-"), "{what}: {out}");
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{what}: {v}"
+        );
+        let out = sh(
+            &s,
+            &alice,
+            "ta",
+            "ls -A /home/dev/x; ls /home/dev /tmp; find / -xdev -name '*evil*' 2>/dev/null",
+            Some("root"),
+        )
+        .await;
+        assert!(
+            !out.contains("evil") && !out.contains("ok.txt") && !out.contains(".warren-"),
+            "{what}: {out}"
+        );
     }
     assert!(!std::path::Path::new("/tmp/abs-evil").exists());
 
     // Over the limit: refused up front with a Content-Length, counted when chunked; nothing left.
     let two_mib = vec![7u8; 2 << 20];
     let (st, v) = put(&s, &alice, "ta", "path=/home/dev/huge", two_mib.clone()).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{v}");
-    assert!(v["hint"].as_str().unwrap().contains("toolbox_max_upload"), "{v}");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..32).map(|_| Ok(vec![7u8; 64 << 10])).collect();
-    let (st, v) = put(&s, &alice, "ta", "path=/home/dev/huge", reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))).await;
-    assert_eq!((st, v["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{v}");
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..32).map(|_| Ok(vec![7u8; 64 << 10])).collect();
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
+        "{v}"
+    );
+    assert!(
+        v["hint"].as_str().unwrap().contains("toolbox_max_upload"),
+        "{v}"
+    );
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..32).map(|_| Ok(vec![7u8; 64 << 10])).collect();
+    let (st, v) = put(
+        &s,
+        &alice,
+        "ta",
+        "path=/home/dev/huge",
+        reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)),
+    )
+    .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
+        "{v}"
+    );
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..32).map(|_| Ok(vec![7u8; 64 << 10])).collect();
     let r = s
         .http
         .put(files_url(&s, "ta", "/tar?path=/home/dev/hugetar"))
         .bearer_auth(&alice)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await
         .unwrap();
@@ -649,13 +1039,22 @@ async fn attacks_stay_inside_the_workspace() {
         .http
         .put(files_url(&s, "ta", "?path=/home/dev/broken"))
         .bearer_auth(&alice)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     assert!(r.is_err() || !r.unwrap().status().is_success());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let out = sh(&s, &alice, "ta", "ls -A /home/dev; ls -A /home/dev/hugetar 2>/dev/null", None).await;
+        let out = sh(
+            &s,
+            &alice,
+            "ta",
+            "ls -A /home/dev; ls -A /home/dev/hugetar 2>/dev/null",
+            None,
+        )
+        .await;
         if !out.contains(".warren-") {
             assert!(!out.contains("huge\n") && !out.contains("broken"), "{out}");
             break;
@@ -665,5 +1064,9 @@ async fn attacks_stay_inside_the_workspace() {
     }
     // The workspace is still fine: a write at the limit works.
     let (st, v) = put(&s, &alice, "ta", "path=/home/dev/fits", vec![9u8; 1 << 20]).await;
-    assert_eq!((st, v["size"].as_u64()), (StatusCode::OK, Some(1 << 20)), "{v}");
+    assert_eq!(
+        (st, v["size"].as_u64()),
+        (StatusCode::OK, Some(1 << 20)),
+        "{v}"
+    );
 }

@@ -29,11 +29,12 @@ fn script(a: &[&str], b: &[&str]) -> Option<Vec<(Op, usize, usize)>> {
         let mut snap = Vec::with_capacity(2 * d as usize + 1);
         let mut k = -d;
         while k <= d {
-            let mut x = if k == -d || (k != d && v[(off + k - 1) as usize] < v[(off + k + 1) as usize]) {
-                v[(off + k + 1) as usize]
-            } else {
-                v[(off + k - 1) as usize] + 1
-            };
+            let mut x =
+                if k == -d || (k != d && v[(off + k - 1) as usize] < v[(off + k + 1) as usize]) {
+                    v[(off + k + 1) as usize]
+                } else {
+                    v[(off + k - 1) as usize] + 1
+                };
             let mut y = x - k;
             while x < n && y < m && a[x as usize] == b[y as usize] {
                 x += 1;
@@ -201,7 +202,10 @@ mod tests {
             ("a\nb\n", ""),
             ("a\nb\nc\n", "a\nc\n"),
             ("a\nb\nc\n", "a\nx\nb\nc\ny\n"),
-            ("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n", "1\n2\nX\n4\n5\n6\n7\n8\nY\n10\n11\n"),
+            (
+                "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n",
+                "1\n2\nX\n4\n5\n6\n7\n8\nY\n10\n11\n",
+            ),
             ("x", "y"),
             ("same\n", "same\n"),
         ];

@@ -74,8 +74,7 @@ impl Pattern {
                             break;
                         }
                         first = false;
-                        if cs.get(j + 1) == Some(&'-') && cs.get(j + 2).is_some_and(|c| *c != ']')
-                        {
+                        if cs.get(j + 1) == Some(&'-') && cs.get(j + 2).is_some_and(|c| *c != ']') {
                             ranges.push((c, cs[j + 2]));
                             j += 3;
                         } else {

@@ -292,7 +292,9 @@ fn read(a: PathArg) -> R<()> {
     let _ = rustix::fs::fcntl_setfl(&f, rustix::fs::OFlags::empty());
     // Files the kernel makes up as they are read (`/proc`) say size 0: no length then.
     let size = m.len();
-    ready(json!({"size": if size > 0 { Some(size) } else { None }, "mode": format!("{:04o}", m.mode() & 0o7777)}));
+    ready(
+        json!({"size": if size > 0 { Some(size) } else { None }, "mode": format!("{:04o}", m.mode() & 0o7777)}),
+    );
     let mut out = io::stdout().lock();
     let n = if size > 0 {
         io::copy(&mut (&f).take(size), &mut out).map_err(|e| copy_err(&p, e))?
@@ -541,7 +543,9 @@ fn write(a: WriteArgs) -> R<()> {
         return Err(Fail::invalid("the upload was interrupted"));
     }
     let size = input.total;
-    let perm = mode.or(old.as_ref().map(|m| m.mode() & 0o7777)).unwrap_or(0o644);
+    let perm = mode
+        .or(old.as_ref().map(|m| m.mode() & 0o7777))
+        .unwrap_or(0o644);
     f.set_permissions(fs::Permissions::from_mode(perm))
         .map_err(|e| Fail::io(&target, &e))?;
     // Root replacing someone's file keeps its owner.
@@ -606,27 +610,32 @@ struct ListArgs {
     limit: usize,
 }
 
-/// Walks `root` without following symlinks, depth first in name order, calling `f` on each entry
-/// (not on `root`); `f` returns false to stop. Unreadable directories are skipped.
+/// Walks `root` without following symlinks, depth first in path order, calling `f` on each
+/// entry (not on `root`); `f` returns false to stop. Unreadable directories are skipped.
 pub(crate) fn walk(root: &Path, recursive: bool, f: &mut dyn FnMut(&Path, &fs::Metadata) -> bool) {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = fs::read_dir(&d) else { continue };
-        let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
-        entries.sort();
-        let mut subdirs = vec![];
-        for p in entries {
-            let Ok(m) = fs::symlink_metadata(&p) else {
-                continue;
-            };
-            if !f(&p, &m) {
-                return;
-            }
-            if recursive && m.is_dir() {
-                subdirs.push(p);
-            }
+    fn sorted(d: &Path) -> std::vec::IntoIter<PathBuf> {
+        let mut v: Vec<PathBuf> = match fs::read_dir(d) {
+            Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+            Err(_) => vec![],
+        };
+        v.sort();
+        v.into_iter()
+    }
+    let mut stack = vec![sorted(root)];
+    while let Some(it) = stack.last_mut() {
+        let Some(p) = it.next() else {
+            stack.pop();
+            continue;
+        };
+        let Ok(m) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !f(&p, &m) {
+            return;
         }
-        stack.extend(subdirs.into_iter().rev());
+        if recursive && m.is_dir() {
+            stack.push(sorted(&p));
+        }
     }
 }
 
@@ -670,7 +679,12 @@ struct MkdirArgs {
 fn mkdir(a: MkdirArgs) -> R<()> {
     use std::os::unix::fs::DirBuilderExt;
     let p = checked(&a.path)?;
-    let mode = a.mode.as_deref().map(parse_mode).transpose()?.unwrap_or(0o755);
+    let mode = a
+        .mode
+        .as_deref()
+        .map(parse_mode)
+        .transpose()?
+        .unwrap_or(0o755);
     let mut b = fs::DirBuilder::new();
     b.recursive(a.parents).mode(mode);
     b.create(&p).map_err(|e| {
@@ -713,7 +727,10 @@ fn mv(a: MoveArgs) -> R<()> {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Fail::new(
                     "exists",
-                    format!("{}: already exists (pass overwrite=true to replace it)", to.display()),
+                    format!(
+                        "{}: already exists (pass overwrite=true to replace it)",
+                        to.display()
+                    ),
                 )
             } else if e.raw_os_error() == Some(libc_errno::EXDEV) {
                 Fail::invalid(format!(

@@ -178,9 +178,8 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| Fail::io(&dest, &e))?;
                 if let Ok(t) = entry.header().mtime() {
-                    let _ = f.set_modified(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t),
-                    );
+                    let _ =
+                        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t));
                 }
                 counts.0 += 1;
             } else if kind.is_symlink() {
@@ -239,9 +238,7 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
             }
         }
     }
-    input
-        .finish()
-        .map_err(|e| upload_err(&root, e, a.max))?;
+    input.finish().map_err(|e| upload_err(&root, e, a.max))?;
     if !input.committed() {
         return Err(Fail::invalid("the upload was interrupted"));
     }
@@ -278,7 +275,10 @@ fn merge(src: &Path, dst: &Path) -> R<()> {
             Ok(tm) if tm.is_dir() => {
                 return Err(Fail::new(
                     "exists",
-                    format!("{}: is a directory; the archive has a file there", to.display()),
+                    format!(
+                        "{}: is a directory; the archive has a file there",
+                        to.display()
+                    ),
                 ))
             }
             Ok(_) => {

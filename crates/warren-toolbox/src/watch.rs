@@ -109,7 +109,11 @@ pub(crate) fn run(a: Args) -> R<()> {
         let flags = ev.events();
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
             // Events were lost: the client should rescan.
-            let _ = writeln!(out, "{}", json!({"kind": "overflow", "path": root.to_string_lossy()}));
+            let _ = writeln!(
+                out,
+                "{}",
+                json!({"kind": "overflow", "path": root.to_string_lossy()})
+            );
             let _ = out.flush();
             continue;
         }
@@ -161,8 +165,7 @@ pub(crate) fn run(a: Args) -> R<()> {
             Ok(())
         } else if flags.contains(ReadFlags::DELETE) {
             emit(&mut out, "removed", &path, None)
-        } else if flags.intersects(ReadFlags::MODIFY | ReadFlags::CLOSE_WRITE | ReadFlags::ATTRIB)
-        {
+        } else if flags.intersects(ReadFlags::MODIFY | ReadFlags::CLOSE_WRITE | ReadFlags::ATTRIB) {
             // One write is MODIFY then CLOSE_WRITE: said once.
             if is_dir || last_modified.as_ref() == Some(&path) {
                 Ok(())

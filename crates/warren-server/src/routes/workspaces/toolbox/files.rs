@@ -187,7 +187,9 @@ fn check_path(field: &str, p: &str) -> ApiResult<()> {
         ));
     }
     if p.contains('\0') {
-        return Err(ApiError::bad_request(format!("{field}: contains a NUL byte")));
+        return Err(ApiError::bad_request(format!(
+            "{field}: contains a NUL byte"
+        )));
     }
     if p.len() > 4096 {
         return Err(ApiError::bad_request(format!(
@@ -213,9 +215,8 @@ fn check_user(u: &Option<String>) -> ApiResult<()> {
 fn check_mode(m: &Option<String>) -> ApiResult<()> {
     if let Some(m) = m {
         let t = m.strip_prefix("0o").unwrap_or(m);
-        let ok = !t.is_empty()
-            && t.len() <= 5
-            && u32::from_str_radix(t, 8).is_ok_and(|v| v <= 0o7777);
+        let ok =
+            !t.is_empty() && t.len() <= 5 && u32::from_str_radix(t, 8).is_ok_and(|v| v <= 0o7777);
         if !ok {
             return Err(ApiError::bad_request(format!(
                 "mode: `{}` is not octal permissions",
@@ -301,13 +302,14 @@ fn failure(stderr: &[u8], code: &Result<i32, String>) -> ApiError {
         let Some(e) = v.get("error") else { continue };
         let msg = e["message"].as_str().unwrap_or("failed").to_string();
         return match e["code"].as_str().unwrap_or("") {
-            "not_found" => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, msg)
-                .hint("paths are inside the workspace; relative ones start at the workspace folder"),
+            "not_found" => ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, msg).hint(
+                "paths are inside the workspace; relative ones start at the workspace folder",
+            ),
             "invalid_request" => ApiError::bad_request(msg),
-            "permission_denied" => ApiError::forbidden(format!(
-                "permission denied inside the workspace: {msg}"
-            ))
-            .hint("the toolbox acts as the workspace's remote user; `user` names another"),
+            "permission_denied" => {
+                ApiError::forbidden(format!("permission denied inside the workspace: {msg}"))
+                    .hint("the toolbox acts as the workspace's remote user; `user` names another")
+            }
             "exists" => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, msg),
             "payload_too_large" => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -322,7 +324,11 @@ fn failure(stderr: &[u8], code: &Result<i32, String>) -> ApiError {
             ),
         };
     }
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let what = match code {
         Ok(c) => format!("the toolbox exited with status {c}"),
         Err(e) => format!("the toolbox failed: {e}"),
@@ -375,28 +381,18 @@ fn keep(buf: &mut Vec<u8>, chunk: &[u8], max: usize) -> bool {
     }
 }
 
-/// Waits for the toolbox to exit, reading the rest of its output.
+/// Reads the rest of the toolbox's output (its pipes close when it exits: it starts nothing
+/// that could keep them open), then its exit status.
 async fn finish(mut st: Started, mut stdout: Vec<u8>, mut stderr: Vec<u8>) -> Output {
     let mut over = false;
-    let code = loop {
-        tokio::select! {
-            Some((chan, b)) = st.out.recv() => {
-                if chan == 1 {
-                    over |= !keep(&mut stdout, &b, ANSWER_MAX);
-                } else {
-                    keep(&mut stderr, &b, STDERR_MAX);
-                }
-            }
-            r = &mut st.exit => break r.unwrap_or_else(|_| Err("lost track of it".into())),
-        }
-    };
-    while let Ok(Some((chan, b))) = tokio::time::timeout(exec::DRAIN, st.out.recv()).await {
+    while let Some((chan, b)) = st.out.recv().await {
         if chan == 1 {
             over |= !keep(&mut stdout, &b, ANSWER_MAX);
         } else {
             keep(&mut stderr, &b, STDERR_MAX);
         }
     }
+    let code = exit_of(&mut st).await;
     let code = if over && code == Ok(0) {
         Err(format!("its answer is over {ANSWER_MAX} bytes"))
     } else {
@@ -407,6 +403,13 @@ async fn finish(mut st: Started, mut stdout: Vec<u8>, mut stderr: Vec<u8>) -> Ou
         stderr,
         code,
     }
+}
+
+/// The toolbox's exit status (once its output ended).
+async fn exit_of(st: &mut Started) -> Result<i32, String> {
+    (&mut st.exit)
+        .await
+        .unwrap_or_else(|_| Err("lost track of it".into()))
 }
 
 /// Runs an operation without input and returns its JSON answer.
@@ -442,30 +445,22 @@ impl Drop for Running {
 async fn wait_ready(st: &mut Started) -> ApiResult<(Value, VecDeque<Vec<u8>>)> {
     let mut early = VecDeque::new();
     let mut err: Vec<u8> = vec![];
-    let code = loop {
-        tokio::select! {
-            m = st.out.recv() => match m {
-                Some((1, b)) => early.push_back(b),
-                Some((_, b)) => {
-                    keep(&mut err, &b, STDERR_MAX);
-                    if let Some(i) = err.iter().position(|c| *c == b'\n') {
-                        if let Ok(v) = serde_json::from_slice::<Value>(&err[..i]) {
-                            if let Some(r) = v.get("ready") {
-                                return Ok((r.clone(), early));
-                            }
-                        }
-                    }
-                }
-                None => break (&mut st.exit).await.unwrap_or_else(|_| Err("lost track of it".into())),
-            },
-            r = &mut st.exit => break r.unwrap_or_else(|_| Err("lost track of it".into())),
+    // Only the output decides: the exit may be seen before the last of it is read.
+    while let Some((chan, b)) = st.out.recv().await {
+        if chan == 1 {
+            early.push_back(b);
+            continue;
         }
-    };
-    while let Ok(Some((chan, b))) = tokio::time::timeout(exec::DRAIN, st.out.recv()).await {
-        if chan != 1 {
-            keep(&mut err, &b, STDERR_MAX);
+        keep(&mut err, &b, STDERR_MAX);
+        if let Some(i) = err.iter().position(|c| *c == b'\n') {
+            if let Ok(v) = serde_json::from_slice::<Value>(&err[..i]) {
+                if let Some(r) = v.get("ready") {
+                    return Ok((r.clone(), early));
+                }
+            }
         }
     }
+    let code = exit_of(st).await;
     Err(failure(&err, &code))
 }
 
@@ -489,18 +484,13 @@ fn stream_body(st: Started, early: VecDeque<Vec<u8>>) -> Body {
                         keep(&mut err, &b, STDERR_MAX);
                     }
                     None => {
-                        let code = (&mut run.st.exit)
-                            .await
-                            .unwrap_or_else(|_| Err("lost track of it".into()));
+                        let code = exit_of(&mut run.st).await;
                         run.ended = true;
                         if code == Ok(0) {
                             return None;
                         }
                         let e = failure(&err, &code);
-                        crate::error::tracing_log(&format!(
-                            "toolbox stream: {}",
-                            e.body.message
-                        ));
+                        crate::error::tracing_log(&format!("toolbox stream: {}", e.body.message));
                         return Some((
                             Err(std::io::Error::other(e.body.message)),
                             (run, early, err, true),
@@ -623,7 +613,8 @@ async fn read_file(
             header::CONTENT_TYPE,
             header::HeaderValue::from_static("application/x-tar"),
         );
-        if let Ok(v) = header::HeaderValue::from_str(&format!("attachment; filename=\"{name}.tar\""))
+        if let Ok(v) =
+            header::HeaderValue::from_str(&format!("attachment; filename=\"{name}.tar\""))
         {
             h.insert(header::CONTENT_DISPOSITION, v);
         }
@@ -669,7 +660,8 @@ async fn write_file(
     if content_length(&headers).is_some_and(|n| n > max) {
         return Err(too_large(max));
     }
-    let args = json!({"path": q.path, "mode": q.mode, "mkdir": q.mkdir.unwrap_or(false), "max": max});
+    let args =
+        json!({"path": q.path, "mode": q.mode, "mkdir": q.mkdir.unwrap_or(false), "max": max});
     let st = spawn(&state, &caller, &rec, q.user.clone(), "write", args).await?;
     let v = upload(st, body, max).await?.answer()?;
     let written = FileWritten {
@@ -794,7 +786,10 @@ async fn list_files(
     let entries: Vec<FileInfo> =
         serde_json::from_value(v["entries"].clone()).map_err(ApiError::internal)?;
     Ok((
-        [("x-warren-truncated", if truncated { "true" } else { "false" })],
+        [(
+            "x-warren-truncated",
+            if truncated { "true" } else { "false" },
+        )],
         Json(entries),
     )
         .into_response())
@@ -815,7 +810,15 @@ async fn stat_file(
     check_path("path", &q.path)?;
     check_user(&q.user)?;
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
-    let v = call(&state, &caller, &rec, q.user, "stat", json!({"path": q.path})).await?;
+    let v = call(
+        &state,
+        &caller,
+        &rec,
+        q.user,
+        "stat",
+        json!({"path": q.path}),
+    )
+    .await?;
     Ok(Json(serde_json::from_value(v).map_err(ApiError::internal)?))
 }
 
@@ -961,7 +964,10 @@ async fn search_files(
     let matches: Vec<SearchMatch> =
         serde_json::from_value(v["matches"].clone()).map_err(ApiError::internal)?;
     Ok((
-        [("x-warren-truncated", if truncated { "true" } else { "false" })],
+        [(
+            "x-warren-truncated",
+            if truncated { "true" } else { "false" },
+        )],
         Json(matches),
     )
         .into_response())
@@ -1024,7 +1030,7 @@ async fn watch_files(
                     }
                     Some((_, b)) => { keep(&mut err, &b, STDERR_MAX); }
                     None => {
-                        let code = (&mut run.st.exit).await.unwrap_or_else(|_| Err("lost track of it".into()));
+                        let code = exit_of(&mut run.st).await;
                         run.ended = true;
                         let e = failure(&err, &code);
                         let msg = format!(
