@@ -745,6 +745,35 @@ async fn attacks_stay_inside_the_workspace() {
         "{v}"
     );
 
+    // Bad queries and values: 400 naming the problem, before anything runs.
+    for rest in [
+        "?path=/tmp&frobnicate=1",
+        "/list?path=/tmp&limit=abc",
+        "/list?path=/tmp&limit=0",
+        "/search?path=/tmp&glob=",
+        "?path=/tmp&format=zip",
+        "?path=/tmp&user=a:b",
+    ] {
+        let (st, v) = get_json(&s, &alice, "ta", rest).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{rest}: {v}"
+        );
+    }
+    let (st, v) = post_json(
+        &s,
+        &alice,
+        "ta",
+        "/chmod",
+        json!({"path": "/tmp", "mode": "rwx"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("mode"), "{v}");
+    let (st, v) = put(&s, &alice, "ta", "path=/home/dev/m&mode=999", "x").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
     // Symlinks to `/` and to `/proc/1/root/..` lead to the container's root, never the host's.
     sh(
         &s,
