@@ -546,6 +546,25 @@ async fn files_round_trip_operations_search_and_tar() {
         !out.contains(".warren-"),
         "the staging directory is gone: {out}"
     );
+    // Each file it made is in the session audit.
+    let audit = s
+        .http
+        .get(format!(
+            "{}/api/v1/audit?action=session.file_write&format=jsonl",
+            s.url
+        ))
+        .bearer_auth(&s.admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("/home/dev/copy/src/a/lib.rs"), "{audit}");
+    assert!(
+        audit.contains(&sha(b"pub fn x() {}\n// TODO lib\n")),
+        "{audit}"
+    );
 }
 
 /// Reads SSE events from `resp` until `done` says so (or 60 s pass).

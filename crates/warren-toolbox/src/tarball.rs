@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::json;
+use sha2::Digest;
 
 use crate::{answer, dir_arg, ready, upload_err, walk, Fail, Framed, Temp, R};
 
@@ -44,6 +45,28 @@ pub(crate) fn out(a: OutArgs) -> R<()> {
     }
     let mut w = b.into_inner().map_err(|e| Fail::io(&root, &e))?;
     w.flush().map_err(|e| Fail::io(&root, &e))
+}
+
+/// Files of an extraction listed (path, size, hash) for the session audit; the rest are counted.
+const MAX_LISTED: usize = 1000;
+
+/// A writer hashing what goes through.
+struct Hashing<'a, W: Write> {
+    inner: &'a mut W,
+    hash: sha2::Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for Hashing<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[derive(Deserialize)]
@@ -131,6 +154,8 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
     let mut input = Framed::new(io::stdin().lock(), a.max);
     let mut counts = (0u64, 0u64, 0u64);
     let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    let mut written = vec![];
+    let mut omitted = 0u64;
     {
         let mut ar = tar::Archive::new(&mut input);
         let entries = ar.entries().map_err(|e| upload_err(&root, e, a.max))?;
@@ -174,7 +199,22 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
                     .mode(0o600)
                     .open(&dest)
                     .map_err(|e| Fail::io(&dest, &e))?;
-                io::copy(&mut entry, &mut f).map_err(|e| upload_err(&root, e, a.max))?;
+                let mut hw = Hashing {
+                    inner: &mut f,
+                    hash: sha2::Sha256::new(),
+                    size: 0,
+                };
+                io::copy(&mut entry, &mut hw).map_err(|e| upload_err(&root, e, a.max))?;
+                let (hash, size) = (hw.hash.finalize(), hw.size);
+                if written.len() < MAX_LISTED {
+                    written.push(json!({
+                        "path": root.join(&rel).to_string_lossy(),
+                        "size": size,
+                        "sha256": hex::encode(hash),
+                    }));
+                } else {
+                    omitted += 1;
+                }
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(|e| Fail::io(&dest, &e))?;
                 if let Ok(t) = entry.header().mtime() {
@@ -254,6 +294,8 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
         "dirs": counts.1,
         "symlinks": counts.2,
         "bytes": input.total,
+        "written": written,
+        "written_omitted": omitted,
     }))
 }
 

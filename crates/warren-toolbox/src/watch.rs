@@ -148,13 +148,8 @@ pub(crate) fn run(a: Args) -> R<()> {
                 continue;
             }
         }
-        let r = if flags.contains(ReadFlags::CREATE) {
-            let r = emit(&mut out, "created", &path, None);
-            if is_dir && w.recursive {
-                let _ = w.add_tree(&path, &mut out, true);
-            }
-            r
-        } else if flags.contains(ReadFlags::MOVED_TO) {
+        // Made here, or moved in from outside the tree.
+        let r = if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
             let r = emit(&mut out, "created", &path, None);
             if is_dir && w.recursive {
                 let _ = w.add_tree(&path, &mut out, true);

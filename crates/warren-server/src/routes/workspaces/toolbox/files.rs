@@ -749,10 +749,29 @@ async fn upload_tar(
     let args = json!({"path": q.path, "max": max, "mkdir": true});
     let st = spawn(&state, &caller, &rec, q.user.clone(), "tar-in", args).await?;
     let v = upload(st, body, max).await?.answer()?;
+    // Each file made is a file written, for the session audit (the first 1000; the rest are
+    // counted in the request's record).
+    for f in v["written"].as_array().into_iter().flatten() {
+        crate::session_audit::record(
+            &state,
+            &rec,
+            Some(&caller),
+            crate::session_audit::SessionEvent::FileWritten {
+                path: f["path"].as_str().unwrap_or("").to_string(),
+                size: f["size"].as_u64().unwrap_or(0),
+                sha256: f["sha256"].as_str().unwrap_or("").to_string(),
+                diff: None,
+                via: crate::session_audit::Via::Toolbox,
+            },
+        )
+        .await;
+    }
+    let omitted = v["written_omitted"].as_u64().unwrap_or(0);
     let done: TarExtracted = serde_json::from_value(v).map_err(ApiError::internal)?;
     let n = note(
         &rec,
-        json!({"path": done.path, "files": done.files, "bytes": done.bytes, "user": q.user}),
+        json!({"path": done.path, "files": done.files, "bytes": done.bytes, "user": q.user,
+            "files_not_in_session_audit": omitted}),
     );
     Ok((axum::Extension(n), Json(done)).into_response())
 }
