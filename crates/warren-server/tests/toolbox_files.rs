@@ -259,6 +259,13 @@ async fn files_round_trip_operations_search_and_tar() {
         "the big file is recorded without a diff: {audit}"
     );
 
+    // An empty upload is an empty file; reading it gives nothing.
+    let (st, v) = put(&s, &alice, "tb", "path=/home/dev/empty", Vec::new()).await;
+    assert_eq!((st, v["size"].as_u64()), (StatusCode::OK, Some(0)), "{v}");
+    assert_eq!(v["sha256"], sha(b"").as_str());
+    let (st, b) = get_bytes(&s, &alice, "tb", "path=/home/dev/empty").await;
+    assert_eq!((st, b.len()), (StatusCode::OK, 0));
+
     // mkdir, then files to search.
     let (st, v) = post_json(
         &s,
@@ -661,6 +668,35 @@ async fn watch_reports_changes_and_ends_with_its_client() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the watcher outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Likewise a download whose client leaves midway.
+    let (st, v) = put(&s, &alice, "tw", "path=/home/dev/big", vec![5u8; 64 << 20]).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let resp = s
+        .http
+        .get(files_url(&s, "tw", "?path=/home/dev/big"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.bytes_stream();
+    assert!(body.next().await.unwrap().unwrap().len() > 0);
+    let ps = "ps -o args | grep -c '[_]_toolbox read' || true";
+    assert_eq!(
+        sh(&s, &alice, "tw", ps, Some("root")).await.trim(),
+        "1",
+        "the reader waits for its client"
+    );
+    drop(body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while sh(&s, &alice, "tw", ps, Some("root")).await.trim() != "0" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader outlived its client"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
