@@ -684,7 +684,7 @@ async fn watch_reports_changes_and_ends_with_its_client() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.bytes_stream();
-    assert!(body.next().await.unwrap().unwrap().len() > 0);
+    assert!(!body.next().await.unwrap().unwrap().is_empty());
     let ps = "ps -o args | grep -c '[_]_toolbox read' || true";
     assert_eq!(
         sh(&s, &alice, "tw", ps, Some("root")).await.trim(),
