@@ -18,5 +18,6 @@ pub mod quota;
 pub mod routes;
 pub mod secrets;
 pub mod serve;
+pub mod session_audit;
 pub mod ssh;
 pub mod webhooks;

@@ -25,7 +25,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_api::auth::{Scope, ScopeSet};
 use warren_engine::{SecretFiles, SecretSource};
-use warren_store::{NewAuditRecord, SecretRecord, WorkspaceRecord};
+use warren_store::{SecretRecord, WorkspaceRecord};
 
 use crate::app::AppState;
 use crate::error::{tracing_log, ApiError, ApiResult};
@@ -586,8 +586,6 @@ struct AgentRequest {
     #[serde(default)]
     token: String,
     #[serde(default)]
-    protocol: String,
-    #[serde(default)]
     host: String,
 }
 
@@ -612,22 +610,40 @@ async fn serve_conn(state: &AppState, ws_id: &str, mut conn: tokio::net::UnixStr
 }
 
 async fn git_credential(state: &AppState, ws_id: &str, req: &AgentRequest) -> serde_json::Value {
+    use crate::session_audit::SessionEvent;
     let nothing = serde_json::json!({});
-    let Some((id, _)) = crate::auth::parse_token(req.token.trim()) else {
-        return nothing;
-    };
-    // A live (unrevoked, unexpired, its user active) credential of exactly this workspace.
-    let Ok(caller) = crate::auth::authenticate(state, req.token.trim()).await else {
-        return nothing;
-    };
-    if !credential_live(state, id, ws_id).await {
-        return nothing;
-    }
+    let host = req.host.trim().to_ascii_lowercase();
     let Ok(Some(rec)) = state.store.get(ws_id).await else {
         return nothing;
     };
-    let host = req.host.trim().to_ascii_lowercase();
-    if host.is_empty() {
+    let refused = |caller: Option<crate::auth::Caller>| {
+        let (rec, host) = (rec.clone(), host.clone());
+        async move {
+            crate::session_audit::record(
+                state,
+                &rec,
+                caller.as_ref(),
+                SessionEvent::CredentialUsed {
+                    host,
+                    secret: None,
+                    granted: false,
+                },
+            )
+            .await;
+        }
+    };
+    // A live (unrevoked, unexpired, its user active) credential of exactly this workspace.
+    let token = req.token.trim();
+    let Some((id, _)) = crate::auth::parse_token(token) else {
+        refused(None).await;
+        return nothing;
+    };
+    let Ok(caller) = crate::auth::authenticate(state, token).await else {
+        refused(None).await;
+        return nothing;
+    };
+    if !credential_live(state, id, ws_id).await || host.is_empty() {
+        refused(Some(caller)).await;
         return nothing;
     }
     let names = state
@@ -650,46 +666,22 @@ async fn git_credential(state: &AppState, ws_id: &str, req: &AgentRequest) -> se
         let Ok(password) = String::from_utf8(value) else {
             continue;
         };
-        audit_use(state, &caller, &rec, &name, &host, &req.protocol).await;
+        crate::session_audit::record(
+            state,
+            &rec,
+            Some(&caller),
+            SessionEvent::CredentialUsed {
+                host: host.clone(),
+                secret: Some(name.clone()),
+                granted: true,
+            },
+        )
+        .await;
         return serde_json::json!({
             "username": s.username.clone().unwrap_or_else(|| "x-access-token".into()),
             "password": password,
         });
     }
+    refused(Some(caller)).await;
     nothing
-}
-
-async fn audit_use(
-    state: &AppState,
-    caller: &crate::auth::Caller,
-    rec: &WorkspaceRecord,
-    name: &str,
-    host: &str,
-    protocol: &str,
-) {
-    // TODO(session-audit): record through `crate::session_audit::record(.., SessionEvent::
-    // CredentialUsed{..})` once the lead's module is in main.
-    crate::audit::record(
-        state,
-        NewAuditRecord {
-            request_id: uuid::Uuid::new_v4().simple().to_string(),
-            actor_user_id: Some(caller.user.id.clone()),
-            actor_username: Some(caller.user.username.clone()),
-            actor_token_id: Some(caller.token.id.clone()),
-            source_ip: None,
-            user_agent: None,
-            action: "session.credential_use".into(),
-            target_type: "workspace".into(),
-            target_id: Some(rec.id.clone()),
-            target_name: Some(rec.name.to_string()),
-            outcome: warren_store::AuditOutcome::Success,
-            status: 200,
-            diff_json: None,
-            details_json: Some(
-                serde_json::json!({ "kind": "git", "secret": name, "host": host, "protocol": protocol })
-                    .to_string(),
-            ),
-        },
-    )
-    .await;
 }

@@ -142,6 +142,23 @@ async fn credential(s: &TestServer, token: &str, ws: &str) -> (String, String) {
     )
 }
 
+/// The details of every `session.credential_use` audit record, oldest first.
+async fn credential_uses(s: &TestServer) -> Vec<Value> {
+    let (st, v) = s
+        .get(
+            &s.admin,
+            "/api/v1/audit?action=session.credential_use&limit=1000",
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r["details_json"].as_str().unwrap_or("null")).unwrap())
+        .collect()
+}
+
 fn bytes_contain(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -465,16 +482,20 @@ async fn git_credential_helper_answers_only_a_live_credential_of_its_workspace()
     // `store` and `erase` keep nothing.
     let (code, out) = sh(&s, &alice, "g1", &format!("printf 'protocol=https\\nhost=git.example.test\\nusername=u\\npassword=p\\n\\n' | {} store", helper_command(&s))).await;
     assert_eq!((code, out.as_str()), (0, ""));
-    // Each answer is audited, host but no password.
-    let (_, audit) = s
-        .get(
-            &s.admin,
-            "/api/v1/audit?action=session.credential_use&limit=100",
-        )
-        .await;
-    let text = audit.to_string();
-    assert!(text.contains("git.example.test"), "{text}");
-    assert!(!text.contains("ghp_secret_917"), "{text}");
+    // Each answer is audited: the host and the secret's name, never the password; refusals too.
+    let uses = credential_uses(&s).await;
+    assert!(
+        uses.iter().any(|d| d["host"] == "git.example.test"
+            && d["secret"] == "gh"
+            && d["granted"] == true),
+        "{uses:?}"
+    );
+    assert!(
+        uses.iter()
+            .any(|d| d["host"] == "github.com" && d["granted"] == false),
+        "{uses:?}"
+    );
+    assert!(!format!("{uses:?}").contains("ghp_secret_917"));
     // g1's credential in g2 (the user can replace the file in their own /run/secrets): g2's socket
     // answers only g2's credential.
     let (code, out) = sh(
@@ -499,6 +520,8 @@ async fn git_credential_helper_answers_only_a_live_credential_of_its_workspace()
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     assert_eq!(ask_helper(&s, &alice, "g1", "git.example.test").await, "");
+    let refused = credential_uses(&s).await;
+    assert_eq!(refused.last().unwrap()["granted"], false, "{refused:?}");
     // A new one works; the server restarted, its sockets are served again.
     let (token2, _) = credential(&s, &alice, "g1").await;
     let s = s.restart().await;

@@ -21,6 +21,7 @@ mod ports;
 mod quotas;
 mod record;
 mod secrets;
+pub mod session;
 mod ssh_access;
 mod ssh_keys;
 mod templates;
