@@ -15,6 +15,7 @@ mod policy_cmd;
 mod ports;
 mod quota_cmd;
 mod remote;
+mod secret_cmd;
 mod server_cmd;
 mod ssh;
 mod terminal;

@@ -92,7 +92,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Template(t) => crate::admin::template(c, t, json).await,
         Cmd::Token(t) => crate::admin::token(c, t, json).await,
         Cmd::SshKey(k) => crate::admin::ssh_key(c, k, json).await,
-        Cmd::Secret(s) => crate::admin::secret(c, s, json).await,
+        Cmd::Secret(s) => crate::secret_cmd::secret(c, s, json).await,
         Cmd::SshAccess(a) => crate::admin::ssh_access(c, a, json).await,
         Cmd::Ssh(a) if a.stdio => crate::ssh::stdio(remote, &a.workspace).await,
         Cmd::Ssh(a) => crate::ssh::ssh(remote, &a.workspace, a.identity.as_deref(), &a.command),
