@@ -237,6 +237,10 @@ pub(crate) struct UpArgs {
     /// in exactly one).
     #[arg(long)]
     pub team: Option<String>,
+    /// Against a server: a secret to write as the file /run/secrets/NAME at every start of a
+    /// new workspace (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Against a server: return once the job is accepted instead of following it.
     #[arg(short, long)]
     pub detach: bool,

@@ -411,6 +411,7 @@ async fn up(c: &Client, a: UpArgs, json: bool) -> Result<u8> {
         limits,
         wait_all: a.wait_all,
         team: a.team.clone(),
+        secrets: a.secrets.clone(),
         ..Default::default()
     };
     let accepted = c.create_workspace(&body).await?;
