@@ -17,5 +17,6 @@ pub mod preview;
 pub mod quota;
 pub mod routes;
 pub mod serve;
+pub mod session_audit;
 pub mod ssh;
 pub mod webhooks;
