@@ -261,14 +261,19 @@ fn start() -> GitServer {
         "eth0",
     ]);
     // The host routes this one address to the namespace: never a wider range (this machine's
-    // package mirror lives in a documentation range).
+    // package mirror lives in a documentation range). Through a gateway (the address itself,
+    // on-link), not as a connected route: Warren protects the host's connected networks from
+    // workspaces, and a server started after this route exists would refuse it.
     must(&[
         "ip",
         "route",
         "replace",
         &format!("{addr}/32"),
+        "via",
+        &addr.to_string(),
         "dev",
         &host_if,
+        "onlink",
     ]);
     let ns = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
     let listener: TcpListener = std::thread::scope(|s| {
