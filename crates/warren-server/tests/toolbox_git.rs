@@ -747,3 +747,49 @@ async fn git_errors_are_clear_and_credentials_stay_out_of_repositories() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_git_operation_past_its_time_limit_is_stopped_and_leaves_nothing() {
+    let (s, alice) = setup().await;
+    s.create_workspace(&alice, "w", "git").await;
+    let slow = gitserve::server().create_repo(
+        "slow",
+        Access::public().slow(std::time::Duration::from_secs(30)),
+        &[("a.txt", "a\n")],
+    );
+    let (st, v) = s
+        .post(
+            &alice,
+            &git_path("w", "clone"),
+            json!({"url": slow.url(), "path": "slow", "timeout": "2s"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish in time"),
+        "{v}"
+    );
+    assert!(v["hint"].as_str().unwrap().contains("timeout"), "{v}");
+    // git was told to stop: no half-made clone, and no git process left behind.
+    let (code, out, err) = exec(&s, &alice, "w", &["ls", "-a"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.lines().any(|l| l == "slow"), "{out}");
+    let mut left = String::new();
+    for _ in 0..50 {
+        let (_, ps, _) = exec(&s, &alice, "w", &["ps", "-o", "pid,args"]).await;
+        left = ps
+            .lines()
+            .filter(|l| l.contains("git"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(left.is_empty(), "still running: {left}");
+    s.stop().await;
+}

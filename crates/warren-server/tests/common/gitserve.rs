@@ -42,15 +42,26 @@ pub struct Access {
     pub anonymous_read: bool,
     /// Push without credentials.
     pub anonymous_push: bool,
+    /// Answer every request this late (for time-limit tests).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Access {
+    /// The same, answering every request `d` late.
+    pub fn slow(self, d: std::time::Duration) -> Access {
+        Access {
+            delay: Some(d),
+            ..self
+        }
+    }
+
     /// Anyone reads, nobody pushes.
     pub fn public() -> Access {
         Access {
             credentials: None,
             anonymous_read: true,
             anonymous_push: false,
+            delay: None,
         }
     }
 
@@ -60,6 +71,7 @@ impl Access {
             credentials: None,
             anonymous_read: true,
             anonymous_push: true,
+            delay: None,
         }
     }
 
@@ -69,6 +81,7 @@ impl Access {
             credentials: Some((user.to_string(), password.to_string())),
             anonymous_read: false,
             anonymous_push: false,
+            delay: None,
         }
     }
 
@@ -78,6 +91,7 @@ impl Access {
             credentials: Some((user.to_string(), password.to_string())),
             anonymous_read: true,
             anonymous_push: false,
+            delay: None,
         }
     }
 }
@@ -590,6 +604,9 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
                 .into_response();
         }
     };
+    if let Some(d) = access.delay {
+        tokio::time::sleep(d).await;
+    }
     let (content_type, encoding, protocol) = {
         let header = |name: &str| {
             req.headers()
