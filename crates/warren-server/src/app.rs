@@ -56,6 +56,8 @@ pub struct AppState {
     pub event_followers: Arc<crate::routes::events::Followers>,
     /// The lifecycle-policy reconciler's caches and pass lock.
     pub governor: Arc<crate::governor::Governor>,
+    /// The secrets key and the workspaces' agent sockets.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl AppState {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod agent_tools;
 mod bench;
 mod cli;
 mod client;
@@ -14,6 +15,7 @@ mod policy_cmd;
 mod ports;
 mod quota_cmd;
 mod remote;
+mod secret_cmd;
 mod server_cmd;
 mod ssh;
 mod terminal;
@@ -43,6 +45,13 @@ fn main() -> ExitCode {
     // it needs nothing but stdin and stdout.
     if args.len() == 2 && args[1] == warren_sftp::SUBCOMMAND {
         std::process::exit(warren_sftp::main());
+    }
+    // Secret files and git's credential helper, inside workspaces (from `/.warren` too).
+    if args.len() == 3 && args[1] == agent_tools::PUT_SECRET {
+        std::process::exit(agent_tools::put_secret(&args[2].to_string_lossy()));
+    }
+    if args.len() == 3 && args[1] == agent_tools::GIT_CREDENTIAL {
+        std::process::exit(agent_tools::git_credential(&args[2].to_string_lossy()));
     }
     let cli = cli::Cli::parse();
     let json = cli.json;

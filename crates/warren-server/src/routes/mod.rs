@@ -7,6 +7,7 @@ pub mod events;
 pub mod files;
 pub mod health;
 pub mod quotas;
+pub mod secrets;
 pub mod ssh_keys;
 pub mod templates;
 pub mod users;
@@ -34,6 +35,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(quotas::router())
+        .merge(secrets::router())
 }
 
 /// The user named `name`, and whether it is the caller (how `owner=NAME` filters are checked).

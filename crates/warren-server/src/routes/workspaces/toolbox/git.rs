@@ -60,8 +60,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// switches this call over): the credential-helper arguments of every git command line. Clearing
 /// the helper list keeps any helper the image or the user configured from storing or answering
 /// credentials.
-fn credential_args(_state: &AppState, _rec: &WorkspaceRecord) -> Vec<String> {
-    vec!["-c".into(), "credential.helper=".into()]
+fn credential_args(state: &AppState, _rec: &WorkspaceRecord) -> Vec<String> {
+    crate::secrets::git_helper_args(&state.engine)
 }
 
 /// Output kept per stream; the rest is counted and dropped.
