@@ -793,3 +793,120 @@ async fn a_git_operation_past_its_time_limit_is_stopped_and_leaves_nothing() {
     assert!(left.is_empty(), "still running: {left}");
     s.stop().await;
 }
+
+/// With a git secret for the server's host requested by the workspace and a workspace credential
+/// minted, clone and push reach a repository that wants credentials, through Warren's credential
+/// helper: the server sees the secret's user, the repository's configuration holds nothing, and
+/// revoking the credential stops the next push at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the secrets branch: branch git-with-secrets merges it and runs this test"]
+async fn pushes_authenticate_through_warrens_credential_helper() {
+    let (s, alice) = setup().await;
+    let repo = gitserve::server().create_repo(
+        "private",
+        Access::private("bot", "s3cret"),
+        &[("README.md", "hello\n")],
+    );
+    let (st, v) = s
+        .call(
+            Some(&alice),
+            reqwest::Method::PUT,
+            "/api/v1/secrets/user/gitbot",
+            Some(json!({"value": "s3cret", "git_host": repo.host(), "username": "bot"})),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = s
+        .post(
+            &alice,
+            "/api/v1/workspaces",
+            json!({"name": "w", "template": "git", "secrets": ["gitbot"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let job = s.wait_job(&alice, v["job"]["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let (st, cred) = s
+        .post(&alice, "/api/v1/workspaces/w/credential", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{cred}");
+
+    let (st, v) = s
+        .post(
+            &alice,
+            &git_path("w", "clone"),
+            json!({"url": repo.url(), "path": "p"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let (code, _, err) = exec(&s, &alice, "w", &["sh", "-c", "echo more >> p/README.md"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (st, v) = s
+        .post(&alice, &git_path("w", "add"), json!({"path": "p"}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, c) = s
+        .post(
+            &alice,
+            &git_path("w", "commit"),
+            json!({"path": "p", "message": "more"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{c}");
+    let (st, v) = s
+        .post(
+            &alice,
+            &git_path("w", "push"),
+            json!({"path": "p", "branch": "main"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(repo.commit("main").as_deref(), c["commit"].as_str());
+    assert_eq!(repo.file("main", "README.md").unwrap(), "hello\nmore\n");
+    let pushes = repo.pushes();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].user.as_deref(), Some("bot"));
+    assert!(!v.to_string().contains("s3cret"), "{v}");
+
+    // Nothing of the credential in the repository, nor anywhere in its .git.
+    let (code, out, err) = exec(
+        &s,
+        &alice,
+        "w",
+        &[
+            "sh",
+            "-c",
+            "cat p/.git/config; grep -rl s3cret p/.git || true",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains("s3cret") && !out.contains("bot@") && !out.contains("credential"),
+        "{out}"
+    );
+
+    // Revoked: the next push is refused by the server (the helper answers nothing), at once.
+    let (st, v) = s
+        .call(
+            Some(&alice),
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{}", cred["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    repo.commit_files("other", "x", &[("x", "x\n")]);
+    let (code, _, err) = exec(&s, &alice, "w", &["sh", "-c", "cd p && echo again >> README.md && git -c user.name=a -c user.email=a@b commit -qam again"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (st, v) = s
+        .post(
+            &alice,
+            &git_path("w", "push"),
+            json!({"path": "p", "branch": "main"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(repo.pushes().len(), 1);
+    s.stop().await;
+}
