@@ -631,7 +631,14 @@ impl Supervisor {
             Request::Signal { signal } => {
                 if let Some(pid) = self.clients[i].exec_pid {
                     if let Ok(sig) = Signal::try_from(signal) {
-                        let _ = kill(Pid::from_raw(pid), sig);
+                        if sig == Signal::SIGKILL {
+                            // A killed command takes what it started with it (a timed-out
+                            // `sh -c 'a | b'`, git's remote helpers); processes that left it
+                            // (daemons reparented to the init) stay.
+                            kill_tree(pid, &spec::cgroup_path(&self.cfg.id));
+                        } else {
+                            let _ = kill(Pid::from_raw(pid), sig);
+                        }
                     }
                 }
             }
@@ -887,6 +894,50 @@ impl Supervisor {
             c.exec_pid = None;
         }
     }
+}
+
+/// SIGKILLs `root` and every process of the workspace's cgroup `cgroup` descending from it. A
+/// few rounds, so children forked while the first signals went out are found too.
+fn kill_tree(root: i32, cgroup: &str) {
+    let mut killed = std::collections::HashSet::new();
+    for _ in 0..4 {
+        let tree = descendants(root, &crate::cgroup::pids(cgroup));
+        let fresh: Vec<i32> = tree.into_iter().filter(|p| killed.insert(*p)).collect();
+        if fresh.is_empty() && killed.contains(&root) {
+            return;
+        }
+        let _ = kill(Pid::from_raw(root), Signal::SIGKILL);
+        killed.insert(root);
+        for p in fresh {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+    }
+}
+
+/// The processes among `pids` below `root` (children, their children...), from their parents
+/// in `/proc/PID/stat`.
+fn descendants(root: i32, pids: &[i32]) -> Vec<i32> {
+    let parent = |pid: i32| -> Option<i32> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid ...`: comm may hold spaces and parentheses; the last `)` ends it.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        rest.split_whitespace().nth(1)?.parse().ok()
+    };
+    let parents: Vec<(i32, i32)> = pids
+        .iter()
+        .filter_map(|&p| parent(p).map(|pp| (p, pp)))
+        .collect();
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for &(child, pp) in &parents {
+            if pp == p && child != root && !out.contains(&child) {
+                out.push(child);
+                frontier.push(child);
+            }
+        }
+    }
+    out
 }
 
 fn flock_nb(f: File) -> Result<Flock<File>, File> {

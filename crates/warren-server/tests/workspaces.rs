@@ -171,6 +171,18 @@ async fn create_exec_stop_start_delete_through_the_api() {
     .await;
     assert!(ev.iter().any(|e| e["type"] == "error"), "{ev:?}");
     assert_eq!(ev.last().unwrap()["code"], 137, "{ev:?}");
+    // ... and what it started: a shell's children too (a pipeline, a background job).
+    let (_, ev) = exec(
+        &s,
+        &s.admin,
+        "w1",
+        json!({"command": ["sh", "-c", "sleep 4101 & sleep 4102 | cat; wait"], "timeout": "1s"}),
+    )
+    .await;
+    assert_eq!(ev.last().unwrap()["code"], 137, "{ev:?}");
+    let (_, ev) = exec(&s, &s.admin, "w1", json!({"command": ["ps", "-o", "args"]})).await;
+    let ps = stream_text(&ev, "stdout");
+    assert!(!ps.contains("sleep 410"), "{ps}");
     // Bad exec input.
     let (st, _) = exec(&s, &s.admin, "w1", json!({"command": []})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
@@ -249,7 +261,7 @@ async fn create_exec_stop_start_delete_through_the_api() {
         "{m}"
     );
     assert!(m.contains(r#"warren_workspaces{state="running"} 1"#), "{m}");
-    assert!(m.contains("warren_execs_total 3"), "{m}");
+    assert!(m.contains("warren_execs_total 5"), "{m}");
 
     // Delete: the record goes, and so does everything on the host.
     let (st, acc) = s
