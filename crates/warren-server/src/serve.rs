@@ -73,6 +73,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         previews: Default::default(),
         governor: Default::default(),
         event_followers: Default::default(),
+        mcp: Default::default(),
     })
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod files;
 pub mod health;
+pub mod mcp;
 pub mod quotas;
 pub mod ssh_keys;
 pub mod templates;
@@ -34,6 +35,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(quotas::router())
+        .merge(mcp::router())
 }
 
 /// The user named `name`, and whether it is the caller (how `owner=NAME` filters are checked).
