@@ -415,8 +415,10 @@ async fn post(
         .http
         .post(format!("{}/api/v1/mcp", s.url))
         .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
         .body(body.to_string());
+    if !extra.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+        rb = rb.header("accept", "application/json, text/event-stream");
+    }
     if let Some(t) = token {
         rb = rb.bearer_auth(t);
     }
