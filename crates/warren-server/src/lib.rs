@@ -18,5 +18,6 @@ pub mod preview;
 pub mod quota;
 pub mod routes;
 pub mod serve;
+pub mod session_audit;
 pub mod ssh;
 pub mod webhooks;
