@@ -410,7 +410,8 @@ mod tests {
             assert_eq!(e["error"]["code"], INVALID_REQUEST, "{bad}");
         }
         // The id is kept when it could be read.
-        let Message::Invalid(e) = classify(json!({"jsonrpc": "2.0", "id": "a", "method": 1})) else {
+        let Message::Invalid(e) = classify(json!({"jsonrpc": "2.0", "id": "a", "method": 1}))
+        else {
             panic!()
         };
         assert_eq!(e["id"], "a");

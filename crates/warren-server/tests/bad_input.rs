@@ -1217,7 +1217,10 @@ async fn mcp_bad_json_rpc_is_refused() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let sid = resp.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let send = |body: &'static str, session: bool| {
         let mut rb = s
             .http
@@ -1237,17 +1240,45 @@ async fn mcp_bad_json_rpc_is_refused() {
     for (body, session, status, code) in [
         ("{this is not json", true, StatusCode::BAD_REQUEST, -32700),
         ("[1, 2]", true, StatusCode::BAD_REQUEST, -32600),
-        (r#"{"jsonrpc":"2.0","id":1}"#, true, StatusCode::BAD_REQUEST, -32600),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"frobnicate"}"#, true, StatusCode::OK, -32601),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#, true, StatusCode::OK, -32602),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"frobnicate":1}}}"#, true, StatusCode::OK, -32602),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#, false, StatusCode::BAD_REQUEST, -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            true,
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"frobnicate"}"#,
+            true,
+            StatusCode::OK,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+            true,
+            StatusCode::OK,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"frobnicate":1}}}"#,
+            true,
+            StatusCode::OK,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            false,
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
     ] {
         let (st, v) = send(body, session).await;
         assert_eq!(st, status, "{body}: {v}");
         assert_eq!(v["error"]["code"], code, "{body}: {v}");
         let msg = v["error"]["message"].as_str().unwrap_or("");
-        assert!(!msg.is_empty() && !msg.contains("::") && !msg.contains("panicked"), "{body}: {v}");
+        assert!(
+            !msg.is_empty() && !msg.contains("::") && !msg.contains("panicked"),
+            "{body}: {v}"
+        );
     }
     s.stop().await;
 }

@@ -208,7 +208,10 @@ fn check_scenario(out: &Value, ws: &str) {
     assert_eq!(run["structured"]["exit_code"], 3, "{run}");
     assert_eq!(run["structured"]["stdout"], "hello\n", "{run}");
     assert_eq!(run["structured"]["stderr"], "oops\n", "{run}");
-    assert!(run["text"].as_str().unwrap().contains("exit code 3"), "{run}");
+    assert!(
+        run["text"].as_str().unwrap().contains("exit code 3"),
+        "{run}"
+    );
     assert_eq!(out["run_argv"]["structured"]["stdout"], "from stdin");
     assert_eq!(out["write"]["error"], false, "{}", out["write"]);
     assert_eq!(out["read"]["error"], false, "{}", out["read"]);
@@ -243,7 +246,11 @@ fn check_scenario(out: &Value, ws: &str) {
         closed["text"].as_str().unwrap().contains("9999"),
         "{closed}"
     );
-    assert_eq!(out["unknown_tool"]["code"], -32602, "{}", out["unknown_tool"]);
+    assert_eq!(
+        out["unknown_tool"]["code"], -32602,
+        "{}",
+        out["unknown_tool"]
+    );
     assert_eq!(out["bad_args"]["code"], -32602, "{}", out["bad_args"]);
     assert!(
         out["bad_args"]["message"]
@@ -381,9 +388,8 @@ async fn warren_mcp_speaks_only_json_rpc_and_survives_a_server_restart() {
     let v = tokio::task::block_in_place(|| send_recv(list));
     assert!(v["result"]["tools"].as_array().unwrap().len() >= 13, "{v}");
     assert_eq!(s.state.mcp.len(), 1, "the bridge opened a new session");
-    let v = tokio::task::block_in_place(|| {
-        send_recv(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#)
-    });
+    let v =
+        tokio::task::block_in_place(|| send_recv(r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#));
     assert_eq!(v["result"], json!({}), "{v}");
     // stdin closes: the bridge ends its session and exits, having printed nothing else.
     drop(send_recv);
@@ -495,11 +501,20 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
     // Another user's workspace does not exist for alice, through every tool.
     let sid = open(&s, &alice, "2025-06-18").await;
     for (tool, args) in [
-        ("run_command", json!({"workspace": "adminws", "command": "id"})),
-        ("read_file", json!({"workspace": "adminws", "path": "/etc/passwd"})),
+        (
+            "run_command",
+            json!({"workspace": "adminws", "command": "id"}),
+        ),
+        (
+            "read_file",
+            json!({"workspace": "adminws", "path": "/etc/passwd"}),
+        ),
         ("delete_workspace", json!({"workspace": "adminws"})),
         ("preview_url", json!({"workspace": "adminws", "port": 80})),
-        ("run_command", json!({"workspace": "adminws.admin", "command": "id"})),
+        (
+            "run_command",
+            json!({"workspace": "adminws.admin", "command": "id"}),
+        ),
     ] {
         let (st, _, v) = post(&s, Some(&alice), Some(&sid), &[], &call(1, tool, args)).await;
         assert_eq!(st, StatusCode::OK, "{v}");
@@ -518,7 +533,11 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
         Some(&alice),
         Some(&sid),
         &[],
-        &call(2, "run_command", json!({"workspace": "alicews", "command": "echo mine"})),
+        &call(
+            2,
+            "run_command",
+            json!({"workspace": "alicews", "command": "echo mine"}),
+        ),
     )
     .await;
     assert_eq!(v["result"]["structuredContent"]["stdout"], "mine\n", "{v}");
@@ -530,20 +549,48 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
         Some(&reader),
         Some(&rsid),
         &[],
-        &call(3, "run_command", json!({"workspace": "alicews", "command": "true"})),
+        &call(
+            3,
+            "run_command",
+            json!({"workspace": "alicews", "command": "true"}),
+        ),
     )
     .await;
     assert_eq!(v["result"]["isError"], true, "{v}");
     let text = v["result"]["content"][0]["text"].as_str().unwrap();
-    assert!(text.contains("workspace:exec") && text.contains("hint:"), "{v}");
+    assert!(
+        text.contains("workspace:exec") && text.contains("hint:"),
+        "{v}"
+    );
     // Reading is allowed to it.
-    let (_, _, v) = post(&s, Some(&reader), Some(&rsid), &[], &call(4, "list_workspaces", json!({}))).await;
+    let (_, _, v) = post(
+        &s,
+        Some(&reader),
+        Some(&rsid),
+        &[],
+        &call(4, "list_workspaces", json!({})),
+    )
+    .await;
     assert_eq!(v["result"]["isError"], false, "{v}");
 
     // A session belongs to its token: another token (even the same user's) cannot use it.
-    let (st, _, v) = post(&s, Some(&reader), Some(&sid), &[], &call(5, "list_workspaces", json!({}))).await;
+    let (st, _, v) = post(
+        &s,
+        Some(&reader),
+        Some(&sid),
+        &[],
+        &call(5, "list_workspaces", json!({})),
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
-    let (st, _, _) = post(&s, Some(&s.admin), Some(&sid), &[], &call(5, "list_workspaces", json!({}))).await;
+    let (st, _, _) = post(
+        &s,
+        Some(&s.admin),
+        Some(&sid),
+        &[],
+        &call(5, "list_workspaces", json!({})),
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let r = s
         .http
@@ -553,7 +600,11 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "another token cannot end it");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "another token cannot end it"
+    );
 
     // A revoked token's session is dead with it.
     let (_, tokens) = s.get(&s.admin, "/api/v1/tokens?user=alice").await;
@@ -575,7 +626,14 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
         )
         .await;
     assert!(st.is_success(), "{st}");
-    let (st, _, _) = post(&s, Some(&reader), Some(&rsid), &[], &call(6, "list_workspaces", json!({}))).await;
+    let (st, _, _) = post(
+        &s,
+        Some(&reader),
+        Some(&rsid),
+        &[],
+        &call(6, "list_workspaces", json!({})),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // DELETE ends a session; it is then unknown.
@@ -588,7 +646,14 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (st, _, v) = post(&s, Some(&alice), Some(&sid), &[], r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).await;
+    let (st, _, v) = post(
+        &s,
+        Some(&alice),
+        Some(&sid),
+        &[],
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
     s.stop().await;
 }
@@ -617,7 +682,14 @@ async fn bad_json_rpc_gets_json_rpc_errors() {
         assert_eq!(v["error"]["code"], -32600, "{bad}: {v}");
     }
     // Unknown method: -32601 with the request's id.
-    let (st, _, v) = post(&s, Some(&a), Some(&sid), &[], r#"{"jsonrpc":"2.0","id":"x","method":"resources/frob"}"#).await;
+    let (st, _, v) = post(
+        &s,
+        Some(&a),
+        Some(&sid),
+        &[],
+        r#"{"jsonrpc":"2.0","id":"x","method":"resources/frob"}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["error"]["code"], -32601, "{v}");
     assert_eq!(v["id"], "x");
@@ -626,17 +698,42 @@ async fn bad_json_rpc_gets_json_rpc_errors() {
     for (params, needle) in [
         (json!({}), "name"),
         (json!({"name": "frob"}), "frob"),
-        (json!({"name": "list_workspaces", "arguments": [1]}), "arguments"),
-        (json!({"name": "list_workspaces", "arguments": {"x": 1}}), "x"),
-        (json!({"name": "read_file", "arguments": {"workspace": "w", "path": 5}}), "path"),
-        (json!({"name": "run_command", "arguments": {"workspace": "w"}}), "command"),
-        (json!({"name": "preview_url", "arguments": {"workspace": "w", "port": 0}}), "port"),
-        (json!({"name": "read_file", "arguments": {"workspace": "w", "path": ""}}), "path"),
+        (
+            json!({"name": "list_workspaces", "arguments": [1]}),
+            "arguments",
+        ),
+        (
+            json!({"name": "list_workspaces", "arguments": {"x": 1}}),
+            "x",
+        ),
+        (
+            json!({"name": "read_file", "arguments": {"workspace": "w", "path": 5}}),
+            "path",
+        ),
+        (
+            json!({"name": "run_command", "arguments": {"workspace": "w"}}),
+            "command",
+        ),
+        (
+            json!({"name": "preview_url", "arguments": {"workspace": "w", "port": 0}}),
+            "port",
+        ),
+        (
+            json!({"name": "read_file", "arguments": {"workspace": "w", "path": ""}}),
+            "path",
+        ),
     ] {
         let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": params});
         // Both answer forms: JSON (no SSE accepted) and SSE.
         for accept in ["application/json", "application/json, text/event-stream"] {
-            let (st, _, v) = post(&s, Some(&a), Some(&sid), &[("accept", accept)], &body.to_string()).await;
+            let (st, _, v) = post(
+                &s,
+                Some(&a),
+                Some(&sid),
+                &[("accept", accept)],
+                &body.to_string(),
+            )
+            .await;
             assert_eq!(st, StatusCode::OK, "{body}: {v}");
             assert_eq!(v["error"]["code"], -32602, "{body}: {v}");
             assert_eq!(v["id"], 9, "{body}: {v}");
@@ -647,7 +744,14 @@ async fn bad_json_rpc_gets_json_rpc_errors() {
         }
     }
     // initialize without a protocol version.
-    let (st, h, v) = post(&s, Some(&a), None, &[], r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#).await;
+    let (st, h, v) = post(
+        &s,
+        Some(&a),
+        None,
+        &[],
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(v["error"]["code"], -32602, "{v}");
     assert!(h.get("mcp-session-id").is_none());
@@ -659,12 +763,29 @@ async fn bad_json_rpc_gets_json_rpc_errors() {
     // No session, an unknown one, an unsupported version header.
     let (st, _, v) = post(&s, Some(&a), None, &[], ping).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("Mcp-Session-Id"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Mcp-Session-Id"));
     let (st, _, _) = post(&s, Some(&a), Some("no-such-session"), &[], ping).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _, v) = post(&s, Some(&a), Some(&sid), &[("mcp-protocol-version", "1999-01-01")], ping).await;
+    let (st, _, v) = post(
+        &s,
+        Some(&a),
+        Some(&sid),
+        &[("mcp-protocol-version", "1999-01-01")],
+        ping,
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, _, v) = post(&s, Some(&a), Some(&sid), &[("mcp-protocol-version", "2025-06-18")], ping).await;
+    let (st, _, v) = post(
+        &s,
+        Some(&a),
+        Some(&sid),
+        &[("mcp-protocol-version", "2025-06-18")],
+        ping,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["result"], json!({}), "{v}");
     // An Accept that takes neither form.
@@ -706,16 +827,37 @@ async fn bad_json_rpc_gets_json_rpc_errors() {
     assert!(answers[1]["result"]["tools"].as_array().unwrap().len() >= 13);
     assert_eq!(answers[2]["error"]["code"], -32601);
     assert_eq!(answers[3]["error"]["code"], -32600);
-    let (st, _, _) = post(&s, Some(&a), Some(&old), &[], r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#).await;
+    let (st, _, _) = post(
+        &s,
+        Some(&a),
+        Some(&old),
+        &[],
+        r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::ACCEPTED);
     let (st, _, v) = post(&s, Some(&a), Some(&old), &[], "[]").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     // 2025-03-26 results carry no structuredContent.
-    let (_, _, v) = post(&s, Some(&a), Some(&old), &[], &call(1, "list_workspaces", json!({}))).await;
+    let (_, _, v) = post(
+        &s,
+        Some(&a),
+        Some(&old),
+        &[],
+        &call(1, "list_workspaces", json!({})),
+    )
+    .await;
     assert!(v["result"].get("structuredContent").is_none(), "{v}");
     assert_eq!(v["result"]["content"][0]["text"], "no workspaces", "{v}");
     // A response from the client (the server asked nothing): accepted and ignored.
-    let (st, _, _) = post(&s, Some(&a), Some(&sid), &[], r#"{"jsonrpc":"2.0","id":99,"result":{}}"#).await;
+    let (st, _, _) = post(
+        &s,
+        Some(&a),
+        Some(&sid),
+        &[],
+        r#"{"jsonrpc":"2.0","id":99,"result":{}}"#,
+    )
+    .await;
     assert_eq!(st, StatusCode::ACCEPTED);
     s.stop().await;
 }

@@ -190,7 +190,12 @@ impl ToolCtx {
         stdin: Option<&str>,
         env: BTreeMap<String, String>,
     ) -> Result<Ran, Failure> {
-        let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script.into(), "sh".into()];
+        let mut argv = vec![
+            "/bin/sh".to_string(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+        ];
         argv.extend(args.iter().map(|s| s.to_string()));
         let mut req = json!({"command": argv, "timeout": DEFAULT_TIMEOUT, "env": env});
         if let Some(s) = stdin {
@@ -850,7 +855,9 @@ async fn finish_job(ctx: &ToolCtx, job: &Value, ws: &str, what: &str) -> Out {
                 "the {what} job of workspace {ws} {status}: {}",
                 job["error"].as_str().unwrap_or("no reason given")
             ),
-            hint: Some(format!("its log: GET /api/v1/jobs/{id}/logs (warren logs --job {id})")),
+            hint: Some(format!(
+                "its log: GET /api/v1/jobs/{id}/logs (warren logs --job {id})"
+            )),
         }),
     }
 }
@@ -887,11 +894,9 @@ async fn run_command(ctx: &ToolCtx, a: RunArgs) -> Result<Out, RpcError> {
                 "Invalid arguments: argv: give the program and its arguments",
             ))
         }
-        _ => {
-            return Err(RpcError::params(
-                "Invalid arguments: give exactly one of `command` (a shell command line) and `argv`",
-            ))
-        }
+        _ => return Err(RpcError::params(
+            "Invalid arguments: give exactly one of `command` (a shell command line) and `argv`",
+        )),
     };
     let mut req = json!({
         "command": argv,
@@ -968,7 +973,13 @@ exec head -c "$2" -- "$1""#;
 async fn read_file(ctx: &ToolCtx, a: ReadArgs) -> Out {
     let limit = (READ_LIMIT + 1).to_string();
     let ran = ctx
-        .script(&a.workspace, READ, &[&a.path, &limit], None, BTreeMap::new())
+        .script(
+            &a.workspace,
+            READ,
+            &[&a.path, &limit],
+            None,
+            BTreeMap::new(),
+        )
         .await?;
     if !ran.ok() {
         return Err(command_failure(&format!("read {}", a.path), &ran));
@@ -1148,7 +1159,10 @@ async fn git_commit(ctx: &ToolCtx, a: CommitArgs) -> Out {
     let path = a.path.unwrap_or_else(|| ".".into());
     let all = if a.all { "1" } else { "0" };
     let default_email = format!("{}@warren.invalid", ctx.username);
-    let name = a.author_name.clone().unwrap_or_else(|| ctx.username.clone());
+    let name = a
+        .author_name
+        .clone()
+        .unwrap_or_else(|| ctx.username.clone());
     let email = a.author_email.clone().unwrap_or(default_email);
     let mut env = BTreeMap::new();
     // Given explicitly, they win over the repository's configuration.
@@ -1390,8 +1404,8 @@ mod tests {
         }
         assert_eq!(r.stdout.len(), OUTPUT_LIMIT);
         let dropped = 3 * big.len() - OUTPUT_LIMIT;
-        assert!(r
-            .stdout_text()
-            .ends_with(&format!("[warren: output truncated: {dropped} bytes dropped]\n")));
+        assert!(r.stdout_text().ends_with(&format!(
+            "[warren: output truncated: {dropped} bytes dropped]\n"
+        )));
     }
 }

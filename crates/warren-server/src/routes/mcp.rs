@@ -294,11 +294,7 @@ async fn post_mcp(
             }
         }
         value => match mcp::classify(value) {
-            Message::Request {
-                id,
-                method,
-                params,
-            } if method == "tools/call" && takes_sse => {
+            Message::Request { id, method, params } if method == "tools/call" && takes_sse => {
                 sse_call(&state, ctx, &sid, id, params)
             }
             m => {
@@ -527,7 +523,10 @@ mod tests {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         assert_eq!(accepts(&h), (true, true));
-        h.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
         assert_eq!(accepts(&h), (false, true));
         h.insert(header::ACCEPT, HeaderValue::from_static("text/html"));
         assert_eq!(accepts(&h), (false, false));
