@@ -444,8 +444,8 @@ async fn post(
     {
         // The last `data:` line of the stream is the answer.
         text.lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("data: "))
             .map(|d| serde_json::from_str(d).unwrap())
             .unwrap_or(Value::Null)
     } else {
