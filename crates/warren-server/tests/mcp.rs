@@ -636,6 +636,77 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
     .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
+    // notifications/cancelled drops a tool call in flight, and the command it ran is hung up.
+    let slow = {
+        let url = format!("{}/api/v1/mcp", s.url);
+        let http = s.http.clone();
+        let (alice, sid) = (alice.clone(), sid.clone());
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(alice)
+                .header("mcp-session-id", sid)
+                .header("accept", "application/json, text/event-stream")
+                .header("content-type", "application/json")
+                .body(call(
+                    50,
+                    "run_command",
+                    // `exec`: the API's exec hangs up its process, not the process group
+                    // (a shell's children outlive it; toolbox processes will fix that).
+                    json!({"workspace": "alicews", "command": "exec sleep 300"}),
+                ))
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        })
+    };
+    let running = |v: &Value| {
+        v["result"]["structuredContent"]["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sleep 300")
+    };
+    let ps = call(
+        51,
+        "run_command",
+        json!({"workspace": "alicews", "command": "ps"}),
+    );
+    let mut seen = false;
+    for _ in 0..100 {
+        let (_, _, v) = post(&s, Some(&alice), Some(&sid), &[], &ps).await;
+        if running(&v) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the slow command never ran");
+    let (st, _, _) = post(
+        &s,
+        Some(&alice),
+        Some(&sid),
+        &[],
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":50}}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(60), slow)
+        .await
+        .expect("the cancelled call answers")
+        .unwrap();
+    assert!(answer.contains("cancelled"), "{answer}");
+    let mut gone = false;
+    for _ in 0..200 {
+        let (_, _, v) = post(&s, Some(&alice), Some(&sid), &[], &ps).await;
+        if !running(&v) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the cancelled command still runs");
+
     // DELETE ends a session; it is then unknown.
     let r = s
         .http
