@@ -542,6 +542,63 @@ async fn tokens_scopes_and_sessions_are_the_apis() {
     .await;
     assert_eq!(v["result"]["structuredContent"]["stdout"], "mine\n", "{v}");
 
+    // Files bigger than a command's output bound read whole (up to read_file's own limit).
+    let (_, _, v) = post(
+        &s,
+        Some(&alice),
+        Some(&sid),
+        &[],
+        &call(
+            40,
+            "run_command",
+            json!({"workspace": "alicews", "command": "head -c 2097152 /dev/zero | tr '\\0' a > big.txt"}),
+        ),
+    )
+    .await;
+    assert_eq!(v["result"]["structuredContent"]["exit_code"], 0, "{v}");
+    let (_, _, v) = post(
+        &s,
+        Some(&alice),
+        Some(&sid),
+        &[],
+        &call(
+            41,
+            "read_file",
+            json!({"workspace": "alicews", "path": "big.txt"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        v["result"]["structuredContent"]["size"], 2097152,
+        "{}",
+        v["result"]["structuredContent"]
+    );
+    assert_eq!(v["result"]["structuredContent"]["truncated"], false);
+    assert_eq!(
+        v["result"]["content"][0]["text"].as_str().unwrap().len(),
+        2097152
+    );
+    // A command's output is bounded, with a marker.
+    let (_, _, v) = post(
+        &s,
+        Some(&alice),
+        Some(&sid),
+        &[],
+        &call(
+            42,
+            "run_command",
+            json!({"workspace": "alicews", "command": "cat big.txt"}),
+        ),
+    )
+    .await;
+    let out = v["result"]["structuredContent"]["stdout"].as_str().unwrap();
+    assert!(
+        out.ends_with("[warren: output truncated: 1048576 bytes dropped]\n"),
+        "{}",
+        &out[out.len() - 80..]
+    );
+    assert_eq!(v["result"]["structuredContent"]["stdout_truncated"], true);
+
     // A token without the exec scope: the API's refusal, as a tool error with its hint.
     let rsid = open(&s, &reader, "2025-06-18").await;
     let (_, _, v) = post(

@@ -143,8 +143,14 @@ impl ToolCtx {
             .map_err(|e| Failure::new("internal", format!("unexpected answer: {e}"), None))
     }
 
-    /// Runs a command through `POST /workspaces/{ws}/exec` and collects its output.
+    /// Runs a command through `POST /workspaces/{ws}/exec` and collects its output (up to
+    /// [`OUTPUT_LIMIT`] per stream).
     async fn exec(&self, ws: &str, req: &Value) -> Result<Ran, Failure> {
+        self.exec_keeping(ws, req, OUTPUT_LIMIT).await
+    }
+
+    /// [`ToolCtx::exec`] keeping up to `limit` bytes per stream.
+    async fn exec_keeping(&self, ws: &str, req: &Value, limit: usize) -> Result<Ran, Failure> {
         let resp = self
             .send(
                 Method::POST,
@@ -159,7 +165,10 @@ impl ToolCtx {
                 .unwrap_or_default();
             return Err(failure_of(status, &bytes));
         }
-        let mut ran = Ran::default();
+        let mut ran = Ran {
+            limit,
+            ..Ran::default()
+        };
         let mut stream = resp.into_body().into_data_stream();
         let mut line: Vec<u8> = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -190,6 +199,20 @@ impl ToolCtx {
         stdin: Option<&str>,
         env: BTreeMap<String, String>,
     ) -> Result<Ran, Failure> {
+        self.script_keeping(ws, script, args, stdin, env, OUTPUT_LIMIT)
+            .await
+    }
+
+    /// [`ToolCtx::script`] keeping up to `limit` bytes per stream.
+    async fn script_keeping(
+        &self,
+        ws: &str,
+        script: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: BTreeMap<String, String>,
+        limit: usize,
+    ) -> Result<Ran, Failure> {
         let mut argv = vec![
             "/bin/sh".to_string(),
             "-c".into(),
@@ -201,7 +224,7 @@ impl ToolCtx {
         if let Some(s) = stdin {
             req["stdin"] = json!(s);
         }
-        self.exec(ws, &req).await
+        self.exec_keeping(ws, &req, limit).await
     }
 
     /// Waits for job `id` to end; its last state.
@@ -244,8 +267,10 @@ fn failure_of(status: StatusCode, body: &[u8]) -> Failure {
 }
 
 /// A finished command: output (bounded), exit code, errors.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Ran {
+    /// Bytes kept per stream.
+    limit: usize,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     stdout_dropped: u64,
@@ -253,6 +278,21 @@ struct Ran {
     exit_code: Option<i32>,
     error: Option<String>,
     timed_out: bool,
+}
+
+impl Default for Ran {
+    fn default() -> Self {
+        Ran {
+            limit: OUTPUT_LIMIT,
+            stdout: vec![],
+            stderr: vec![],
+            stdout_dropped: 0,
+            stderr_dropped: 0,
+            exit_code: None,
+            error: None,
+            timed_out: false,
+        }
+    }
 }
 
 impl Ran {
@@ -263,11 +303,11 @@ impl Ran {
         match ev {
             ExecEvent::Stdout { text, base64 } => {
                 let b = bytes_of(text, base64);
-                keep(&mut self.stdout, &mut self.stdout_dropped, &b);
+                keep(&mut self.stdout, &mut self.stdout_dropped, &b, self.limit);
             }
             ExecEvent::Stderr { text, base64 } => {
                 let b = bytes_of(text, base64);
-                keep(&mut self.stderr, &mut self.stderr_dropped, &b);
+                keep(&mut self.stderr, &mut self.stderr_dropped, &b, self.limit);
             }
             ExecEvent::Exit { code } => self.exit_code = Some(code),
             ExecEvent::Error { message } => {
@@ -327,8 +367,8 @@ fn bytes_of(text: Option<String>, b64: Option<String>) -> Vec<u8> {
     }
 }
 
-fn keep(buf: &mut Vec<u8>, dropped: &mut u64, b: &[u8]) {
-    let room = OUTPUT_LIMIT.saturating_sub(buf.len());
+fn keep(buf: &mut Vec<u8>, dropped: &mut u64, b: &[u8], limit: usize) {
+    let room = limit.saturating_sub(buf.len());
     let n = room.min(b.len());
     buf.extend_from_slice(&b[..n]);
     *dropped += (b.len() - n) as u64;
@@ -973,12 +1013,13 @@ exec head -c "$2" -- "$1""#;
 async fn read_file(ctx: &ToolCtx, a: ReadArgs) -> Out {
     let limit = (READ_LIMIT + 1).to_string();
     let ran = ctx
-        .script(
+        .script_keeping(
             &a.workspace,
             READ,
             &[&a.path, &limit],
             None,
             BTreeMap::new(),
+            READ_LIMIT + 1,
         )
         .await?;
     if !ran.ok() {
