@@ -15,6 +15,7 @@ pub mod schedule;
 pub mod ssh_key;
 mod state;
 pub mod template;
+pub mod toolbox_files;
 pub mod v1;
 pub mod webhook;
 mod workspace;

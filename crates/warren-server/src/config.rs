@@ -28,6 +28,8 @@ pub struct ConfigLayer {
     pub token_max_ttl: Option<String>,
     /// Largest accepted request body in bytes (uploads included).
     pub max_body_bytes: Option<u64>,
+    /// Largest file or tar upload through the toolbox API in bytes (default 1 GiB).
+    pub toolbox_max_upload: Option<u64>,
     /// The URL clients use to reach the server (shown in device-login instructions).
     pub public_url: Option<String>,
     /// How often the reconciler runs (`30s`).
@@ -83,6 +85,8 @@ pub struct ServerConfig {
     pub token_max_ttl: Duration,
     /// Body size limit.
     pub max_body_bytes: usize,
+    /// Largest toolbox upload (file or tar), in bytes; streamed, never held in memory.
+    pub toolbox_max_upload: u64,
     /// Public URL.
     pub public_url: String,
     /// Reconciler period.
@@ -140,6 +144,7 @@ impl ConfigLayer {
             token_default_ttl: self.token_default_ttl.or(lower.token_default_ttl),
             token_max_ttl: self.token_max_ttl.or(lower.token_max_ttl),
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
+            toolbox_max_upload: self.toolbox_max_upload.or(lower.toolbox_max_upload),
             public_url: self.public_url.or(lower.public_url),
             reconcile_interval: self.reconcile_interval.or(lower.reconcile_interval),
             policy_interval: self.policy_interval.or(lower.policy_interval),
@@ -241,6 +246,7 @@ impl ServerConfig {
             token_max_ttl,
             max_body_bytes: usize::try_from(given.max_body_bytes.unwrap_or(64 << 20))
                 .unwrap_or(usize::MAX),
+            toolbox_max_upload: given.toolbox_max_upload.unwrap_or(1 << 30),
             reconcile_interval: dur(&given.reconcile_interval, "reconcile_interval", "30s")?,
             policy_interval: dur(&given.policy_interval, "policy_interval", "1s")?,
             allow_privileges: given.allow_privileges.unwrap_or(false),

@@ -238,6 +238,18 @@ fn cases() -> Vec<Case> {
         c("POST", "/api/v1/workspaces/{ws}/ssh-access", "", Rule::Ws(WorkspaceExec)),
         c("DELETE", "/api/v1/workspaces/{ws}/ssh-access/{id}", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/terminal", "", Rule::Ws(WorkspaceExec)),
+        // The toolbox's files: run inside the workspace, reads included, so exec's rule.
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/files", "", Rule::Ws(WorkspaceExec)),
+        c("PUT", "/api/v1/workspaces/{ws}/toolbox/files", "", Rule::Ws(WorkspaceExec)),
+        c("DELETE", "/api/v1/workspaces/{ws}/toolbox/files", "", Rule::Ws(WorkspaceExec)),
+        c("PUT", "/api/v1/workspaces/{ws}/toolbox/files/tar", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/files/list", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/files/stat", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/files/mkdir", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/files/move", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/files/chmod", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/files/search", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/files/watch", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/logs", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/activity", "", Rule::Ws(WorkspaceRead)),
         c("GET", "/api/v1/workspaces/{ws}/policy", "", Rule::Ws(WorkspaceRead)),
@@ -899,10 +911,21 @@ impl<'a> Fx<'a> {
                     "/api/v1/workspaces/{ws}/ssh-access" if m == "POST" => j(json!({})),
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     "/api/v1/workspaces/{ws}/ports/{port}" => j(json!({"sharing": "organization"})),
+                    "/api/v1/workspaces/{ws}/toolbox/files/mkdir" => j(json!({"path": "/tmp/m"})),
+                    "/api/v1/workspaces/{ws}/toolbox/files/move" => {
+                        j(json!({"from": "/tmp/a", "to": "/tmp/b"}))
+                    }
+                    "/api/v1/workspaces/{ws}/toolbox/files/chmod" => {
+                        j(json!({"path": "/tmp/a", "mode": "0644"}))
+                    }
                     _ => Body::None,
                 };
                 let query = if p.ends_with("/terminal") {
                     "?session=matrix"
+                } else if p.ends_with("/toolbox/files/search") {
+                    "?path=/tmp&glob=*"
+                } else if p.ends_with("/toolbox/files") || p.contains("/toolbox/files/") {
+                    "?path=/tmp"
                 } else {
                     ""
                 };

@@ -45,6 +45,14 @@ fn main() -> ExitCode {
     if args.len() == 2 && args[1] == warren_sftp::SUBCOMMAND {
         std::process::exit(warren_sftp::main());
     }
+    // The toolbox API's file helper, likewise run inside workspaces.
+    if args.len() >= 2 && args[1] == warren_toolbox::SUBCOMMAND {
+        let rest: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        std::process::exit(warren_toolbox::main(&rest));
+    }
     let cli = cli::Cli::parse();
     let json = cli.json;
     // Commands that need no async runtime skip starting one (`devcontainer` starts faster).

@@ -37,6 +37,9 @@ pub struct ServerArgs {
     /// Largest request body in bytes [default: 64 MiB].
     #[arg(long, env = "WARREN_MAX_BODY_BYTES", global = true)]
     max_body_bytes: Option<u64>,
+    /// Largest file or tar upload through the toolbox API in bytes [default: 1 GiB].
+    #[arg(long, env = "WARREN_TOOLBOX_MAX_UPLOAD", global = true)]
+    toolbox_max_upload: Option<u64>,
     /// URL clients reach the server at [default: from --listen].
     #[arg(long, env = "WARREN_PUBLIC_URL", global = true)]
     public_url: Option<String>,
@@ -119,6 +122,7 @@ pub async fn run(
         token_default_ttl: a.token_default_ttl,
         token_max_ttl: a.token_max_ttl,
         max_body_bytes: a.max_body_bytes,
+        toolbox_max_upload: a.toolbox_max_upload,
         public_url: a.public_url,
         reconcile_interval: a.reconcile_interval,
         policy_interval: a.policy_interval,

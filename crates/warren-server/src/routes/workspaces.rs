@@ -39,6 +39,7 @@ pub mod ports;
 pub mod ssh_access;
 pub mod ssh_tunnel;
 pub mod terminal;
+pub mod toolbox;
 
 /// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -62,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(terminal::router())
         .merge(policy::router())
         .merge(network::router())
+        .merge(toolbox::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
