@@ -306,6 +306,20 @@ async fn python_client_over_streamable_http() {
             "no {action} record from MCP: {page}"
         );
     }
+    // write_file went through the toolbox, which records the write in the session audit.
+    let (_, page) = s
+        .get(&s.admin, "/api/v1/audit?action=session.file_write")
+        .await;
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["details_json"]
+                .as_str()
+                .is_some_and(|d| d.contains("a b.txt"))),
+        "{page}"
+    );
     let (_, page) = s.get(&s.admin, "/api/v1/audit?action=mcp.*").await;
     let actions: Vec<&str> = page["records"]
         .as_array()

@@ -1,14 +1,14 @@
-//! The MCP tools. Each one calls the REST API in-process ([`Api`]) with the caller's token, so
+//! The MCP tools. Each one calls the REST API in-process ([`ToolCtx`]) with the caller's token, so
 //! what a tool may do is what the token may do through the API, and the API audits it.
 //!
 //! Tool errors (the API refused, the workspace is not running, a file is missing) are results
 //! with `isError: true` carrying the API's message and hint; malformed arguments and unknown
 //! tools are JSON-RPC errors (`-32602`).
 //!
-//! Files and git run as ordinary execs (`POST /workspaces/{ws}/exec`) of the image's own `cat`,
-//! `ls`, `mkdir`, `mv` and `git`, as the workspace's remote user, so paths are confined by the
-//! workspace itself; names travel as positional arguments of a fixed `sh -c` script, never
-//! inside the script.
+//! Files go through the toolbox's file routes (`.../toolbox/files`, `warren __toolbox` inside
+//! the workspace); git runs as an ordinary exec (`POST /workspaces/{ws}/exec`) of the image's own
+//! `git` as the workspace's remote user, with names as positional arguments of a fixed `sh -c`
+//! script, never inside the script.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,23 +90,34 @@ fn seg(s: &str) -> String {
 }
 
 impl ToolCtx {
-    /// Sends one API request in-process.
+    /// Sends one API request in-process, with a JSON body if any.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<axum::response::Response, Failure> {
+        let body = body.map(|b| ("application/json", Body::from(b.to_string())));
+        self.send_body(method, path, body).await
+    }
+
+    /// Sends one API request in-process, with a body of a content type if any.
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Body)>,
+    ) -> Result<axum::response::Response, Failure> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::USER_AGENT, self.user_agent.clone());
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
         let body = match body {
-            Some(b) => Body::from(b.to_string()),
+            Some((ct, b)) => {
+                req = req.header(header::CONTENT_TYPE, ct);
+                b
+            }
             None => Body::empty(),
         };
         let mut req = req
@@ -146,11 +157,6 @@ impl ToolCtx {
     /// Runs a command through `POST /workspaces/{ws}/exec` and collects its output (up to
     /// [`OUTPUT_LIMIT`] per stream).
     async fn exec(&self, ws: &str, req: &Value) -> Result<Ran, Failure> {
-        self.exec_keeping(ws, req, OUTPUT_LIMIT).await
-    }
-
-    /// [`ToolCtx::exec`] keeping up to `limit` bytes per stream.
-    async fn exec_keeping(&self, ws: &str, req: &Value, limit: usize) -> Result<Ran, Failure> {
         let resp = self
             .send(
                 Method::POST,
@@ -165,10 +171,7 @@ impl ToolCtx {
                 .unwrap_or_default();
             return Err(failure_of(status, &bytes));
         }
-        let mut ran = Ran {
-            limit,
-            ..Ran::default()
-        };
+        let mut ran = Ran::default();
         let mut stream = resp.into_body().into_data_stream();
         let mut line: Vec<u8> = Vec::new();
         while let Some(chunk) = stream.next().await {
@@ -199,20 +202,6 @@ impl ToolCtx {
         stdin: Option<&str>,
         env: BTreeMap<String, String>,
     ) -> Result<Ran, Failure> {
-        self.script_keeping(ws, script, args, stdin, env, OUTPUT_LIMIT)
-            .await
-    }
-
-    /// [`ToolCtx::script`] keeping up to `limit` bytes per stream.
-    async fn script_keeping(
-        &self,
-        ws: &str,
-        script: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-        env: BTreeMap<String, String>,
-        limit: usize,
-    ) -> Result<Ran, Failure> {
         let mut argv = vec![
             "/bin/sh".to_string(),
             "-c".into(),
@@ -224,7 +213,7 @@ impl ToolCtx {
         if let Some(s) = stdin {
             req["stdin"] = json!(s);
         }
-        self.exec_keeping(ws, &req, limit).await
+        self.exec(ws, &req).await
     }
 
     /// Waits for job `id` to end; its last state.
@@ -267,10 +256,8 @@ fn failure_of(status: StatusCode, body: &[u8]) -> Failure {
 }
 
 /// A finished command: output (bounded), exit code, errors.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Ran {
-    /// Bytes kept per stream.
-    limit: usize,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     stdout_dropped: u64,
@@ -278,21 +265,6 @@ struct Ran {
     exit_code: Option<i32>,
     error: Option<String>,
     timed_out: bool,
-}
-
-impl Default for Ran {
-    fn default() -> Self {
-        Ran {
-            limit: OUTPUT_LIMIT,
-            stdout: vec![],
-            stderr: vec![],
-            stdout_dropped: 0,
-            stderr_dropped: 0,
-            exit_code: None,
-            error: None,
-            timed_out: false,
-        }
-    }
 }
 
 impl Ran {
@@ -303,11 +275,11 @@ impl Ran {
         match ev {
             ExecEvent::Stdout { text, base64 } => {
                 let b = bytes_of(text, base64);
-                keep(&mut self.stdout, &mut self.stdout_dropped, &b, self.limit);
+                keep(&mut self.stdout, &mut self.stdout_dropped, &b);
             }
             ExecEvent::Stderr { text, base64 } => {
                 let b = bytes_of(text, base64);
-                keep(&mut self.stderr, &mut self.stderr_dropped, &b, self.limit);
+                keep(&mut self.stderr, &mut self.stderr_dropped, &b);
             }
             ExecEvent::Exit { code } => self.exit_code = Some(code),
             ExecEvent::Error { message } => {
@@ -367,8 +339,8 @@ fn bytes_of(text: Option<String>, b64: Option<String>) -> Vec<u8> {
     }
 }
 
-fn keep(buf: &mut Vec<u8>, dropped: &mut u64, b: &[u8], limit: usize) {
-    let room = limit.saturating_sub(buf.len());
+fn keep(buf: &mut Vec<u8>, dropped: &mut u64, b: &[u8]) {
+    let room = OUTPUT_LIMIT.saturating_sub(buf.len());
     let n = room.min(b.len());
     buf.extend_from_slice(&b[..n]);
     *dropped += (b.len() - n) as u64;
@@ -492,7 +464,7 @@ pub fn list() -> Vec<Value> {
         json!({
             "name": "write_file",
             "title": "Write a file",
-            "description": "Writes text to a file of a running workspace, replacing it whole (written to a temporary file, then renamed).",
+            "description": "Writes text to a file of a running workspace, replacing it whole (written to a temporary file, then renamed; the mode of a file replaced is kept).",
             "inputSchema": schema(json!({
                 "workspace": ws_prop(),
                 "path": {"type": "string", "description": "The file (relative to the workspace folder, or absolute)."},
@@ -504,7 +476,7 @@ pub fn list() -> Vec<Value> {
         json!({
             "name": "list_files",
             "title": "List files",
-            "description": "Lists a directory of a running workspace (`ls -la`), or with `recursive` everything below it.",
+            "description": "Lists a directory of a running workspace (kind, mode, size, path; symlinks with their target), or with `recursive` everything below it.",
             "inputSchema": schema(json!({
                 "workspace": ws_prop(),
                 "path": {"type": "string", "description": "The directory (default: the workspace folder)."},
@@ -1007,26 +979,47 @@ fn command_failure(what: &str, ran: &Ran) -> Failure {
     Failure::new(code, format!("{what}: {why}"), hint)
 }
 
-const READ: &str = r#"if [ -d "$1" ]; then echo "$1: is a directory (list it with list_files)" >&2; exit 2; fi
-exec head -c "$2" -- "$1""#;
+/// `.../toolbox/files...` of workspace `ws`.
+fn files_path(ws: &str, sub: &str, query: &[(&str, &str)]) -> String {
+    let q: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", seg(v)))
+        .collect();
+    format!(
+        "/api/v1/workspaces/{}/toolbox/files{sub}?{}",
+        seg(ws),
+        q.join("&")
+    )
+}
 
 async fn read_file(ctx: &ToolCtx, a: ReadArgs) -> Out {
-    let limit = (READ_LIMIT + 1).to_string();
-    let ran = ctx
-        .script_keeping(
-            &a.workspace,
-            READ,
-            &[&a.path, &limit],
+    let resp = ctx
+        .send(
+            Method::GET,
+            &files_path(&a.workspace, "", &[("path", &a.path)]),
             None,
-            BTreeMap::new(),
-            READ_LIMIT + 1,
         )
         .await?;
-    if !ran.ok() {
-        return Err(command_failure(&format!("read {}", a.path), &ran));
+    let status = resp.status();
+    if !status.is_success() {
+        let bytes = axum::body::to_bytes(resp.into_body(), ANSWER_LIMIT)
+            .await
+            .unwrap_or_default();
+        return Err(failure_of(status, &bytes));
     }
-    let mut bytes = ran.stdout;
-    let truncated = bytes.len() > READ_LIMIT || ran.stdout_dropped > 0;
+    // Up to the limit and one byte more (to tell a truncated file); dropping the rest ends the
+    // reader in the workspace.
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut stream = resp.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| Failure::new("internal", format!("reading {}: {e}", a.path), None))?;
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > READ_LIMIT {
+            break;
+        }
+    }
+    let truncated = bytes.len() > READ_LIMIT;
     bytes.truncate(READ_LIMIT);
     match String::from_utf8(bytes) {
         Ok(text) => {
@@ -1056,52 +1049,84 @@ async fn read_file(ctx: &ToolCtx, a: ReadArgs) -> Out {
     }
 }
 
-const WRITE: &str = r#"set -e
-if [ "$2" = 1 ]; then mkdir -p -- "$(dirname -- "$1")"; fi
-tmp="$1.warren-tmp.$$"
-trap 'rm -f -- "$tmp"' EXIT
-cat > "$tmp"
-if [ -e "$1" ]; then chmod "$(stat -c %a -- "$1")" "$tmp" 2>/dev/null || true; fi
-mv -f -- "$tmp" "$1"
-trap - EXIT"#;
-
 async fn write_file(ctx: &ToolCtx, a: WriteArgs) -> Out {
-    let mkdir = if a.mkdir { "1" } else { "0" };
-    let ran = ctx
-        .script(
-            &a.workspace,
-            WRITE,
-            &[&a.path, mkdir],
-            Some(&a.content),
-            BTreeMap::new(),
+    let mkdir = if a.mkdir { "true" } else { "false" };
+    let resp = ctx
+        .send_body(
+            Method::PUT,
+            &files_path(&a.workspace, "", &[("path", &a.path), ("mkdir", mkdir)]),
+            Some(("application/octet-stream", Body::from(a.content.clone()))),
         )
         .await?;
-    if !ran.ok() {
-        return Err(command_failure(&format!("write {}", a.path), &ran));
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), ANSWER_LIMIT)
+        .await
+        .unwrap_or_default();
+    if !status.is_success() {
+        return Err(failure_of(status, &bytes));
     }
+    let written: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     Ok(result(
         ctx,
-        format!("wrote {} bytes to {}", a.content.len(), a.path),
-        json!({"path": a.path, "size": a.content.len()}),
+        format!(
+            "wrote {} bytes to {}",
+            written["size"].as_u64().unwrap_or(a.content.len() as u64),
+            written["path"].as_str().unwrap_or(&a.path)
+        ),
+        written,
     ))
 }
 
-const LIST: &str = r#"if [ "$2" = 1 ]; then exec ls -laR -- "$1"; else exec ls -la -- "$1"; fi"#;
-
 async fn list_files(ctx: &ToolCtx, a: ListArgs) -> Out {
     let path = a.path.unwrap_or_else(|| ".".into());
-    let rec = if a.recursive { "1" } else { "0" };
-    let ran = ctx
-        .script(&a.workspace, LIST, &[&path, rec], None, BTreeMap::new())
+    let rec = if a.recursive { "true" } else { "false" };
+    let resp = ctx
+        .send(
+            Method::GET,
+            &files_path(
+                &a.workspace,
+                "/list",
+                &[("path", &path), ("recursive", rec)],
+            ),
+            None,
+        )
         .await?;
-    if !ran.ok() {
-        return Err(command_failure(&format!("list {path}"), &ran));
+    let status = resp.status();
+    let truncated = resp
+        .headers()
+        .get("x-warren-truncated")
+        .is_some_and(|v| v == "true");
+    let bytes = axum::body::to_bytes(resp.into_body(), ANSWER_LIMIT)
+        .await
+        .map_err(|e| Failure::new("internal", format!("reading the listing: {e}"), None))?;
+    if !status.is_success() {
+        return Err(failure_of(status, &bytes));
     }
-    let listing = ran.stdout_text();
+    let entries: Vec<Value> = serde_json::from_slice(&bytes).unwrap_or_default();
+    let mut text = String::new();
+    for e in &entries {
+        text.push_str(&format!(
+            "{:<7} {} {:>10}  {}",
+            e["kind"].as_str().unwrap_or("?"),
+            e["mode"].as_str().unwrap_or("?"),
+            e["size"].as_u64().unwrap_or(0),
+            e["path"].as_str().unwrap_or("?"),
+        ));
+        if let Some(t) = e["target"].as_str() {
+            text.push_str(&format!(" -> {t}"));
+        }
+        text.push('\n');
+    }
+    if entries.is_empty() {
+        text.push_str("(empty)\n");
+    }
+    if truncated {
+        text.push_str("[warren: listing truncated]\n");
+    }
     Ok(result(
         ctx,
-        listing.clone(),
-        json!({"path": path, "listing": listing}),
+        text,
+        json!({"path": path, "entries": entries, "truncated": truncated}),
     ))
 }
 
