@@ -304,6 +304,81 @@ pub struct CreateWorkspace {
     /// Default: the caller's team if they are in exactly one.
     #[serde(default)]
     pub team: Option<String>,
+    /// Secrets to write as files `/run/secrets/NAME` at every start (names, looked up among the
+    /// owner's own secrets, then their teams', then the template's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+/// A secret's metadata (`GET /secrets`): its value is never returned after it is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    /// `user` (the caller's own), `team:NAME` or `template:NAME`.
+    pub scope: String,
+    /// Name (the file name under `/run/secrets`).
+    pub name: String,
+    /// `generic`, or `git` (answered by Warren's git credential helper for `git_host`).
+    pub kind: String,
+    /// The git host it is for (`git` secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_host: Option<String>,
+    /// The user name git is given (`git` secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Size of the value in bytes.
+    pub size: u64,
+    /// First write.
+    pub created_at: String,
+    /// Latest write.
+    pub updated_at: String,
+}
+
+/// `GET /secrets`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    /// The secrets the caller may see: their own, their teams', and (template writers) the
+    /// templates'.
+    pub secrets: Vec<SecretInfo>,
+}
+
+/// `PUT /secrets/{scope}/{name}`: writes a secret's value (at most 64 KiB of text). With
+/// `git_host` it is a git credential: Warren's credential helper answers it to git for that
+/// host, with `username`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecret {
+    /// The value.
+    pub value: String,
+    /// The git host (`github.com`, `git.example.com:8443`) this credential is for.
+    #[serde(default)]
+    pub git_host: Option<String>,
+    /// The user name given to git (default `x-access-token`).
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+/// `POST /workspaces/{ws}/credential`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCredential {
+    /// How long it works (`30m`, `8h`; default `8h`, at most `24h`); never longer than the token
+    /// asking for it.
+    #[serde(default)]
+    pub lifetime: Option<String>,
+}
+
+/// A minted workspace credential: a token with `workspace:read` and `workspace:exec` restricted
+/// to one workspace, also written to `/run/secrets/warren-token` inside it. Shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkspaceCredential {
+    /// `wrn_<id>_<secret>`.
+    pub token: String,
+    /// The token's id.
+    pub id: String,
+    /// The workspace it is restricted to.
+    pub workspace_id: String,
+    /// Expiry.
+    pub expires_at: String,
 }
 
 /// `PATCH /workspaces/{ws}`: new parameter values and/or another version of the workspace's

@@ -177,6 +177,8 @@ pub fn run(
         user_namespace: None,
         network: spec.network,
         tmp_tmpfs: false,
+        secrets_user: None,
+        agent_dir: false,
         // Build steps get the default sandbox: no added privileges, Warren's own init.
         security: Default::default(),
     };

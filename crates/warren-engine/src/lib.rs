@@ -13,6 +13,7 @@ mod lock;
 pub mod network;
 mod reconcile;
 mod resolve;
+pub mod secrets;
 mod wsspec;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use std::time::Duration;
 pub use error::EngineError;
 pub use lifecycle::{run_on_host as run_initialize_command, LifecycleState};
 pub use reconcile::ReconcileReport;
+pub use secrets::{SecretFiles, SecretSource};
 pub use warren_build::BuiltImage;
 pub use warren_runtime::Limits;
 pub use wsspec::WsSpec;
@@ -137,6 +139,8 @@ pub struct Engine {
     store: Store,
     images: ImageStore,
     runtime: Arc<dyn Runtime>,
+    /// Where workspaces' secret files come from (the server sets it; none: no secrets).
+    secrets: Arc<std::sync::OnceLock<Arc<dyn SecretSource>>>,
 }
 
 /// Grace period for a workspace's processes to exit on stop.
@@ -171,6 +175,7 @@ impl Engine {
             store,
             images,
             runtime,
+            secrets: Default::default(),
         })
     }
 
@@ -188,6 +193,51 @@ impl Engine {
     /// tools mount (`warren_runtime::tools`): how the SSH gateway starts the SFTP server.
     pub fn tool_command(&self, args: &[&str]) -> Vec<String> {
         warren_runtime::tools::command(&self.cfg.exe, args)
+    }
+
+    /// Sets where workspaces' secret files come from (once; later calls are ignored). Every
+    /// clone of this engine shares it.
+    pub fn set_secret_source(&self, source: Arc<dyn SecretSource>) {
+        let _ = self.secrets.set(source);
+    }
+
+    /// Writes `value` to `/run/secrets/NAME` in a running workspace (0400, owned by the remote
+    /// user), replacing any file of that name, through `warren __put-secret` run as root.
+    pub async fn put_secret(
+        &self,
+        rec: &WorkspaceRecord,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), EngineError> {
+        if !secrets::valid_secret_name(name) {
+            return Err(EngineError::Internal(format!(
+                "invalid secret file name {name:?}"
+            )));
+        }
+        let argv = self.tool_command(&[secrets::PUT_SECRET, name]);
+        secrets::put(self.runtime.clone(), &rec.id, argv, value.to_vec()).await
+    }
+
+    /// Writes every secret file of a workspace that just started, before its lifecycle hooks.
+    async fn provide_secrets(
+        &self,
+        rec: &WorkspaceRecord,
+        progress: &dyn Progress,
+    ) -> Result<(), EngineError> {
+        let Some(source) = self.secrets.get() else {
+            return Ok(());
+        };
+        let got = source
+            .secrets_for(rec)
+            .await
+            .map_err(|e| EngineError::Internal(format!("secrets: {e}")))?;
+        for w in &got.warnings {
+            progress.warn(w);
+        }
+        for (name, value) in &got.files {
+            self.put_secret(rec, name, value).await?;
+        }
+        Ok(())
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
@@ -717,7 +767,13 @@ impl Engine {
                 let _ = self.fail(&rec, &e.to_string()).await;
                 return Err(e);
             }
-            self.apply(&rec, Event::Started, None).await?
+            let rec = self.apply(&rec, Event::Started, None).await?;
+            // The secret files, before any lifecycle hook runs (a fresh tmpfs at every start).
+            if let Err(e) = self.provide_secrets(&rec, progress).await {
+                let _ = self.fail(&rec, &e.to_string()).await;
+                return Err(e);
+            }
+            rec
         };
         self.run_lifecycle(rec, started, how, progress).await
     }

@@ -171,6 +171,10 @@ impl WsSpec {
             security: self.security(),
             network: warren_runtime::Network::Isolated,
             tmp_tmpfs: true,
+            // Server workspaces get the secrets tmpfs and the agent socket's directory.
+            secrets_user: (!rec.ownership.owner_id.is_empty())
+                .then(|| self.remote_user().unwrap_or_else(|| "root".into())),
+            agent_dir: !rec.ownership.owner_id.is_empty(),
         }
     }
 

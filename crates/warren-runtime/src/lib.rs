@@ -59,6 +59,14 @@ pub struct WorkspaceSpec {
     /// Mount a fresh tmpfs on `/tmp` (workspaces). Image build steps leave `/tmp` to the image, so
     /// that what a step writes there stays in its layer as it does with Docker.
     pub tmp_tmpfs: bool,
+    /// Mount a tmpfs on `/run/secrets` (mode 0700) owned by this user (name or uid, resolved in
+    /// the image), where the control plane writes the workspace's secret files.
+    pub secrets_user: Option<String>,
+    /// Bind-mount the host directory `<root>/<id>/agent/` (made by `create`, 0755 root)
+    /// read-only at `/run/warren`: the control plane serves the workspace's agent socket there.
+    /// Not under gVisor (runsc), whose sandbox cannot connect to a host socket: the directory is
+    /// not mounted and in-workspace helpers find no socket.
+    pub agent_dir: bool,
 }
 
 /// What a workspace may do beyond Warren's least-privilege sandbox, and what its init runs. The

@@ -533,6 +533,29 @@ impl Runtime for LinuxRuntime {
         }
         let tools = self.tools_dir();
         let mut config = spec::config(spec, &l, &init_user, home.as_deref(), tools.as_deref());
+        let secrets_owner = match &spec.secrets_user {
+            Some(u) => Some(
+                users::resolve_in_layers(&spec.layers, &l.upper(), u)
+                    .map_err(RuntimeError::Start)?,
+            ),
+            None => None,
+        };
+        let agent = if spec.agent_dir
+            && spec.network != crate::Network::Host
+            && !self.oci.is_sandboxed_kernel()
+        {
+            let dir = spec::agent_dir(&l);
+            fs::create_dir_all(&dir).map_err(RuntimeError::io("create agent directory"))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                    .map_err(RuntimeError::io("chmod agent directory"))?;
+            }
+            Some(dir)
+        } else {
+            None
+        };
+        spec::add_agent_mounts(&mut config, secrets_owner.as_ref(), agent.as_deref());
         // With libcontainer, Warren installs its precompiled filter itself (see backend.rs), for the
         // init and every exec'd process; an external runtime compiles the profile from config.json.
         let unconfined = spec.security.privileged || spec.security.seccomp_unconfined;

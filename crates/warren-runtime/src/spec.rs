@@ -483,6 +483,39 @@ pub fn config(
     v
 }
 
+/// Where secret files live inside a workspace.
+pub const SECRETS_DIR: &str = "/run/secrets";
+
+/// Where the agent directory is mounted inside a workspace.
+pub const AGENT_MOUNT: &str = "/run/warren";
+
+/// The host directory mounted at [`AGENT_MOUNT`].
+pub fn agent_dir(layout: &Layout) -> std::path::PathBuf {
+    layout.dir.join("agent")
+}
+
+/// Adds the secrets tmpfs (0700, owned by `secrets_owner`) and the read-only agent directory,
+/// last, so that no mount of the configuration covers them.
+pub fn add_agent_mounts(config: &mut Value, secrets_owner: Option<&User>, agent: Option<&Path>) {
+    let Some(mounts) = config["mounts"].as_array_mut() else {
+        return;
+    };
+    mounts.retain(|m| m["destination"] != SECRETS_DIR && m["destination"] != AGENT_MOUNT);
+    if let Some(u) = secrets_owner {
+        mounts.push(
+            json!({ "destination": SECRETS_DIR, "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", "noexec", "mode=0700", format!("uid={}", u.uid),
+                format!("gid={}", u.gid), "size=8m"] }),
+        );
+    }
+    if let Some(dir) = agent {
+        mounts.push(
+            json!({ "destination": AGENT_MOUNT, "type": "bind", "source": dir,
+            "options": ["rbind", "ro", "nosuid", "nodev", "noexec"] }),
+        );
+    }
+}
+
 /// Checks a named volume's name: a plain name, never a path (it becomes a directory name under the
 /// workspace's `volumes/named/`).
 pub fn check_volume_name(name: &str) -> Result<(), String> {
@@ -545,6 +578,8 @@ mod tests {
             security: Security::default(),
             network: crate::Network::Isolated,
             tmp_tmpfs: true,
+            secrets_user: None,
+            agent_dir: false,
         }
     }
 

@@ -58,6 +58,8 @@ pub struct AppState {
     pub governor: Arc<crate::governor::Governor>,
     /// MCP sessions (`/api/v1/mcp`) and the in-process API their tools call.
     pub mcp: Arc<crate::mcp::Mcp>,
+    /// The secrets key and the workspaces' agent sockets.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl AppState {

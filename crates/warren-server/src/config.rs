@@ -66,6 +66,9 @@ pub struct ConfigLayer {
     /// Upstream resolvers of Warren's DNS resolver, `IP[:PORT]` separated by commas (default:
     /// the host's `/etc/resolv.conf`).
     pub dns_upstream: Option<String>,
+    /// The key secrets are encrypted with (32 bytes; default `STATE/secret.key`, made at the
+    /// first start).
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// Resolved configuration.
@@ -111,6 +114,8 @@ pub struct ServerConfig {
     pub default_network: warren_api::net::NetworkPolicy,
     /// Warren's network on this host, as asked for.
     pub network: warren_runtime::network::NetRequest,
+    /// The secrets key file (default `STATE/secret.key`).
+    pub secret_key_file: Option<PathBuf>,
 }
 
 /// Default listen address.
@@ -160,6 +165,7 @@ impl ConfigLayer {
             network_bridge: self.network_bridge.or(lower.network_bridge),
             network_subnet: self.network_subnet.or(lower.network_subnet),
             dns_upstream: self.dns_upstream.or(lower.dns_upstream),
+            secret_key_file: self.secret_key_file.or(lower.secret_key_file),
         }
     }
 }
@@ -228,6 +234,7 @@ impl ServerConfig {
             given.dns_upstream.as_deref(),
         )?;
         Ok(ServerConfig {
+            secret_key_file: given.secret_key_file,
             default_cost,
             default_network,
             network,

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod preview;
 pub mod quota;
 pub mod routes;
+pub mod secrets;
 pub mod serve;
 pub mod session_audit;
 pub mod ssh;

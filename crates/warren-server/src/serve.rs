@@ -55,7 +55,12 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         .await
         .map_err(|e| format!("database: {e}"))?;
     let jobs = Arc::new(Jobs::new(cfg.state_dir.join("jobs")));
-    Ok(AppState {
+    let key_file = cfg
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| cfg.state_dir.join("secret.key"));
+    let secrets = Arc::new(crate::secrets::Secrets::open(&key_file)?);
+    let state = AppState {
         engine,
         store: store.clone(),
         cfg: Arc::new(cfg),
@@ -74,7 +79,13 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         governor: Default::default(),
         event_followers: Default::default(),
         mcp: Default::default(),
-    })
+        secrets,
+    };
+    // Secret files are written by the engine at every start, from the server's store and key.
+    state
+        .engine
+        .set_secret_source(Arc::new(crate::secrets::Source(state.clone())));
+    Ok(state)
 }
 
 /// Creates the first user (`owner` role) and returns a token for it, if there are no users yet.
@@ -178,6 +189,8 @@ pub async fn serve(
     ));
     let webhooks = tokio::spawn(crate::webhooks::run(state.clone()));
     let invalidations = tokio::spawn(apply_notices(state.clone()));
+    // The agent sockets of the workspaces made before this start.
+    crate::secrets::ensure_all_agents(&state).await;
     let app = router(state.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(
@@ -248,6 +261,7 @@ pub async fn serve(
     governor.abort();
     webhooks.abort();
     invalidations.abort();
+    state.secrets.stop_all_agents();
     if let Some(g) = gateway {
         g.abort();
     }

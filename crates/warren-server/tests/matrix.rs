@@ -259,6 +259,17 @@ fn cases() -> Vec<Case> {
         c("DELETE", "/api/v1/workspaces/{ws}/network", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/keepalive", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/events", "", Rule::Ws(WorkspaceRead)),
+        // A workspace credential: minted by whoever may change the workspace (as themselves,
+        // never broader than their token).
+        c("POST", "/api/v1/workspaces/{ws}/credential", "", Rule::Ws(WorkspaceWrite)),
+        // Secrets: one's own with the workspace write right (what using them needs), metadata
+        // read with the read right; a template's are template administration. Team secrets
+        // (members only, others 404) are attacked in tests/secrets.rs.
+        c("GET", "/api/v1/secrets", "", Rule::Op(WorkspaceRead(Owner::Own))),
+        c("PUT", "/api/v1/secrets/{scope}/{name}", "user", Rule::Op(WorkspaceWrite(Owner::Own))),
+        c("PUT", "/api/v1/secrets/{scope}/{name}", "template", Rule::Op(TemplateWrite)),
+        c("DELETE", "/api/v1/secrets/{scope}/{name}", "user", Rule::Op(WorkspaceWrite(Owner::Own))),
+        c("DELETE", "/api/v1/secrets/{scope}/{name}", "template", Rule::Op(TemplateWrite)),
         // Events: one's own (and one's teams'), or everyone's for those who see every workspace.
         c("GET", "/api/v1/events", "mine", Rule::Listing(WorkspaceRead(Owner::Own))),
         c("GET", "/api/v1/events", "owner=all", Rule::Listing(WorkspaceRead(Owner::Other))),
@@ -844,6 +855,53 @@ impl<'a> Fx<'a> {
                 format!("/api/v1/users/{OWNER_TARGET}"),
                 j(json!({"display_name": "Owner"})),
             ),
+            ("GET", "/api/v1/secrets", _) => Req::new(m, path, Body::None),
+            ("PUT", "/api/v1/secrets/{scope}/{name}", v) => {
+                let scope = if v == "user" {
+                    "user".to_string()
+                } else {
+                    format!("template:{TEMPLATE}")
+                };
+                let name = self.fresh("sec");
+                Req::new(
+                    m,
+                    format!("/api/v1/secrets/{scope}/{name}"),
+                    j(json!({"value": "v"})),
+                )
+            }
+            ("DELETE", "/api/v1/secrets/{scope}/{name}", v) => {
+                // Written straight into the store (the route never decrypts it).
+                let name = self.fresh("sec");
+                let (scope, scope_id, shown) = if v == "user" {
+                    ("user", self.users[caller].clone(), "user".to_string())
+                } else {
+                    let t = self
+                        .store
+                        .template(&self.org_id, TEMPLATE)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    ("template", t.id, format!("template:{TEMPLATE}"))
+                };
+                self.store
+                    .put_secret(&warren_store::SecretRecord {
+                        id: String::new(),
+                        name: name.clone(),
+                        scope: scope.into(),
+                        scope_id,
+                        kind: "generic".into(),
+                        git_host: None,
+                        username: None,
+                        nonce: vec![0; 12],
+                        ciphertext: vec![0; 17],
+                        created_by: None,
+                        created_at: String::new(),
+                        updated_at: String::new(),
+                    })
+                    .await
+                    .unwrap();
+                Req::new(m, format!("/api/v1/secrets/{shown}/{name}"), Body::None)
+            }
             ("GET", "/api/v1/workspaces", "mine") => Req::new(m, path, Body::None),
             ("GET", "/api/v1/workspaces", "owner=all") => {
                 Req::new(m, "/api/v1/workspaces?owner=all", Body::None)
@@ -909,6 +967,7 @@ impl<'a> Fx<'a> {
                         j(json!({"deny": ["203.0.113.0/24"]}))
                     }
                     "/api/v1/workspaces/{ws}/ssh-access" if m == "POST" => j(json!({})),
+                    "/api/v1/workspaces/{ws}/credential" => j(json!({})),
                     "/api/v1/workspaces/{ws}" if m == "PATCH" => j(json!({"parameters": {}})),
                     "/api/v1/workspaces/{ws}/ports/{port}" => j(json!({"sharing": "organization"})),
                     "/api/v1/workspaces/{ws}/toolbox/files/mkdir" => j(json!({"path": "/tmp/m"})),

@@ -890,7 +890,7 @@ pub async fn ssh_access(c: &Client, cmd: SshAccessCmd, json: bool) -> Result<u8>
 }
 
 /// Prints `list` as JSON, or as a table with `headers` and one `row` per item.
-fn list_out<T: serde::Serialize>(
+pub(crate) fn list_out<T: serde::Serialize>(
     json: bool,
     list: &[T],
     headers: &[&str],

@@ -450,6 +450,8 @@ fn runtime_once(ctx: &Ctx, id: &str, out: &mut Series) -> Result<()> {
         security: Default::default(),
         network: warren_runtime::Network::Isolated,
         tmp_tmpfs: true,
+        secrets_user: None,
+        agent_dir: false,
     };
     ctx.rt_ids.lock().expect("lock").push(id.to_string());
     let rt = &ctx.runtime;

@@ -171,6 +171,10 @@ pub(crate) enum Cmd {
     /// Manage your SSH public keys on the server (for SSH access to workspaces).
     #[command(subcommand, name = "ssh-key")]
     SshKey(SshKeyCmd),
+    /// Secrets on the server (encrypted; never shown again once set), yours, your team's or a
+    /// template's, given to workspaces as files in /run/secrets (`warren create --secret NAME`).
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Short-lived SSH access tokens: `ssh TOKEN@HOST` into one workspace with no key.
     #[command(subcommand, name = "ssh-access")]
     SshAccess(SshAccessCmd),
@@ -200,7 +204,7 @@ pub(crate) enum Cmd {
     #[command(subcommand)]
     Devcontainer(crate::devcontainer_cmd::DevcontainerCmd),
     /// Run the control-plane server (REST API, metrics), or initialise it.
-    Server(crate::server_cmd::ServerArgs),
+    Server(Box<crate::server_cmd::ServerArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -237,6 +241,10 @@ pub(crate) struct UpArgs {
     /// in exactly one).
     #[arg(long)]
     pub team: Option<String>,
+    /// Against a server: a secret to write as the file /run/secrets/NAME at every start of a
+    /// new workspace (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Against a server: return once the job is accepted instead of following it.
     #[arg(short, long)]
     pub detach: bool,
@@ -275,6 +283,10 @@ pub(crate) struct CreateArgs {
     /// The team to charge it to (default: your team, if you are in exactly one).
     #[arg(long)]
     pub team: Option<String>,
+    /// A secret to write as the file /run/secrets/NAME at every start (your own, your team's
+    /// or the template's; repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
     /// Return once the job is accepted instead of following it.
     #[arg(short, long)]
     pub detach: bool,
@@ -517,6 +529,49 @@ pub(crate) enum SshKeyCmd {
         /// Another user's key (admins).
         #[arg(long)]
         user: Option<String>,
+    },
+}
+
+/// Where a secret lives: yours (default), a team's or a template's.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct SecretScopeArgs {
+    /// A secret of this team (you must be a member).
+    #[arg(long, conflicts_with = "template")]
+    pub team: Option<String>,
+    /// A secret of this template (template admins).
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum SecretCmd {
+    /// Set a secret's value, read from stdin or --from-file (never from the command line).
+    Set {
+        /// Name (also its file name under /run/secrets).
+        name: String,
+        #[command(flatten)]
+        scope: SecretScopeArgs,
+        /// Read the value from this file instead of stdin.
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<PathBuf>,
+        /// A git credential for this host (`github.com`): Warren's git credential helper gives
+        /// it to git in workspaces that asked for it.
+        #[arg(long, value_name = "HOST")]
+        git_host: Option<String>,
+        /// The user name given to git with it (default `x-access-token`).
+        #[arg(long, requires = "git_host")]
+        username: Option<String>,
+    },
+    /// List the secrets you can use (never their values).
+    #[command(alias = "ls")]
+    List,
+    /// Remove a secret.
+    #[command(alias = "remove")]
+    Rm {
+        /// Name.
+        name: String,
+        #[command(flatten)]
+        scope: SecretScopeArgs,
     },
 }
 
@@ -875,7 +930,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let exe = std::env::current_exe()?;
     let json = cli.json;
     let cmd = match cli.cmd {
-        Cmd::Server(a) => return crate::server_cmd::run(a, cli.state_dir, cli.runtime, exe).await,
+        Cmd::Server(a) => return crate::server_cmd::run(*a, cli.state_dir, cli.runtime, exe).await,
         // Commands that need no server and no engine.
         Cmd::Context(c) => return crate::admin::context(c, cli.context.as_deref(), json),
         Cmd::Login(a) if a.approve.is_none() => return crate::admin::login(a, json).await,
@@ -1004,6 +1059,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Template(_) => "template",
         Cmd::Token(_) => "token",
         Cmd::SshKey(_) => "ssh-key",
+        Cmd::Secret(_) => "secret",
         Cmd::SshAccess(_) => "ssh-access",
         Cmd::Ssh(_) => "ssh",
         Cmd::ConfigSsh(_) => "config-ssh",

@@ -549,6 +549,36 @@ impl Client {
         self.call_empty(Method::DELETE, &path, None::<&()>).await
     }
 
+    /// `GET /secrets`.
+    pub async fn secrets(&self) -> Result<warren_api::v1::SecretList> {
+        self.get("/secrets").await
+    }
+
+    /// `PUT /secrets/{scope}/{name}`.
+    pub async fn put_secret(
+        &self,
+        scope: &str,
+        name: &str,
+        body: &warren_api::v1::PutSecret,
+    ) -> Result<warren_api::v1::SecretInfo> {
+        self.call(
+            Method::PUT,
+            &format!("/secrets/{}/{}", seg(scope), seg(name)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `DELETE /secrets/{scope}/{name}`.
+    pub async fn delete_secret(&self, scope: &str, name: &str) -> Result<()> {
+        self.call_empty(
+            Method::DELETE,
+            &format!("/secrets/{}/{}", seg(scope), seg(name)),
+            None::<&()>,
+        )
+        .await
+    }
+
     /// `POST /workspaces/{ws}/ssh-access`.
     pub async fn create_ssh_access(
         &self,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod agent_tools;
 mod bench;
 mod cli;
 mod client;
@@ -15,6 +16,7 @@ mod policy_cmd;
 mod ports;
 mod quota_cmd;
 mod remote;
+mod secret_cmd;
 mod server_cmd;
 mod ssh;
 mod terminal;
@@ -52,6 +54,13 @@ fn main() -> ExitCode {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         std::process::exit(warren_toolbox::main(&rest));
+    }
+    // Secret files and git's credential helper, inside workspaces (from `/.warren` too).
+    if args.len() == 3 && args[1] == agent_tools::PUT_SECRET {
+        std::process::exit(agent_tools::put_secret(&args[2].to_string_lossy()));
+    }
+    if args.len() == 3 && args[1] == agent_tools::GIT_CREDENTIAL {
+        std::process::exit(agent_tools::git_credential(&args[2].to_string_lossy()));
     }
     let cli = cli::Cli::parse();
     let json = cli.json;

@@ -94,6 +94,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::Template(t) => crate::admin::template(c, t, json).await,
         Cmd::Token(t) => crate::admin::token(c, t, json).await,
         Cmd::SshKey(k) => crate::admin::ssh_key(c, k, json).await,
+        Cmd::Secret(s) => crate::secret_cmd::secret(c, s, json).await,
         Cmd::SshAccess(a) => crate::admin::ssh_access(c, a, json).await,
         Cmd::Ssh(a) if a.stdio => crate::ssh::stdio(remote, &a.workspace).await,
         Cmd::Ssh(a) => crate::ssh::ssh(remote, &a.workspace, a.identity.as_deref(), &a.command),
@@ -319,6 +320,7 @@ async fn create(c: &Client, a: CreateArgs, json: bool) -> Result<u8> {
         ttl: a.ttl.clone(),
         limits: limits(a.cpus, a.memory, a.pids)?,
         team: a.team.clone(),
+        secrets: a.secrets.clone(),
         ..Default::default()
     };
     let accepted = c.create_workspace(&body).await.map_err(|e| {
@@ -411,6 +413,7 @@ async fn up(c: &Client, a: UpArgs, json: bool) -> Result<u8> {
         limits,
         wait_all: a.wait_all,
         team: a.team.clone(),
+        secrets: a.secrets.clone(),
         ..Default::default()
     };
     let accepted = c.create_workspace(&body).await?;

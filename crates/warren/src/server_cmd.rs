@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// host's /etc/resolv.conf].
     #[arg(long, env = "WARREN_DNS_UPSTREAM", global = true)]
     dns_upstream: Option<String>,
+    /// The 32-byte key secrets are encrypted with [default: STATE/secret.key, made at the first
+    /// start].
+    #[arg(long, env = "WARREN_SECRET_KEY_FILE", global = true)]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,6 +142,7 @@ pub async fn run(
         network_bridge: a.network_bridge,
         network_subnet: a.network_subnet,
         dns_upstream: a.dns_upstream,
+        secret_key_file: a.secret_key_file,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

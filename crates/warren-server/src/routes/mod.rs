@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod mcp;
 pub mod quotas;
+pub mod secrets;
 pub mod ssh_keys;
 pub mod templates;
 pub mod users;
@@ -36,6 +37,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(webhooks::router())
         .merge(quotas::router())
         .merge(mcp::router())
+        .merge(secrets::router())
 }
 
 /// The user named `name`, and whether it is the caller (how `owner=NAME` filters are checked).

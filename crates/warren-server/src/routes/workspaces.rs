@@ -32,6 +32,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::jobs;
 use crate::routes::find_workspace;
 
+pub mod credential;
 pub mod exec;
 pub mod network;
 pub mod policy;
@@ -64,6 +65,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(policy::router())
         .merge(network::router())
         .merge(toolbox::router())
+        .merge(credential::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
@@ -257,11 +259,18 @@ async fn create_workspace(
         .hint("pick another name, or delete the existing one"));
     }
     let team_id = charged_team(&state, &caller, body.team.as_deref()).await?;
+    // Requested secrets must exist for the owner before anything is made (the template's are
+    // checked once the template is known, below).
+    if body.template.is_none() {
+        crate::secrets::check_requested(&state, &caller.user.id, None, &body.secrets).await?;
+    }
     let dir = projects_dir(&state).join(uuid::Uuid::new_v4().simple().to_string());
     let (version, template_id, params, ceilings) = match (&body.template, &body.file_id) {
         (Some(t), None) => {
             let (tpl, v) =
                 crate::routes::templates::resolve_version(&state, t, body.template_version).await?;
+            crate::secrets::check_requested(&state, &caller.user.id, Some(&tpl.id), &body.secrets)
+                .await?;
             let specs: Vec<ParamSpec> = serde_json::from_str(&v.parameters_json)
                 .map_err(|e| ApiError::internal(format!("version {}: {e}", v.id)))?;
             let params = warren_api::template::resolve(&specs, &body.parameters, None)?;
@@ -394,6 +403,14 @@ async fn create_workspace(
         let _ = state.engine.delete(WsRef::Id(rec.id.clone()), true).await;
         return Err(cleanup(e.into()));
     }
+    if let Err(e) = state
+        .store
+        .set_workspace_secrets(&rec.id, &body.secrets)
+        .await
+    {
+        let _ = state.engine.delete(WsRef::Id(rec.id.clone()), true).await;
+        return Err(cleanup(e.into()));
+    }
     let id = rec.id.clone();
     let how = warren_engine::Hooks {
         attach: true,
@@ -417,7 +434,7 @@ async fn create_workspace(
     note.details_json = Some(
         serde_json::json!({
             "template": body.template, "template_version_id": version.id,
-            "parameters": params, "job": job.id,
+            "parameters": params, "job": job.id, "secrets": body.secrets,
         })
         .to_string(),
     );
@@ -810,6 +827,13 @@ pub(crate) async fn spawn_delete(
         reason,
         move |st, log| async move {
             warren_engine::Progress::step(&*log, "Deleting workspace");
+            // Its credentials stop working before anything is torn down.
+            if let Err(e) = crate::secrets::revoke_workspace(&st, &id).await {
+                return Err(warren_engine::EngineError::Internal(format!(
+                    "revoking the workspace's credentials: {}",
+                    e.body.message
+                )));
+            }
             st.engine.delete(WsRef::Id(id), true).await?;
             crate::net::after_delete(&st, &owner).await;
             // The project folder of a server-made workspace goes with it.

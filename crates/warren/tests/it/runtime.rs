@@ -57,6 +57,8 @@ pub fn spec(f: &Fixture, id: &str) -> WorkspaceSpec {
         security: Default::default(),
         network: warren_runtime::Network::Isolated,
         tmp_tmpfs: true,
+        secrets_user: None,
+        agent_dir: false,
     }
 }
 

@@ -2133,3 +2133,94 @@ fn network_policy_from_the_cli() {
     let reset = s.ok(&["net", "reset", "netp"]);
     assert!(reset.contains("Own policy: none"), "{reset}");
 }
+
+#[test]
+fn secrets_are_set_listed_used_and_removed_with_the_cli() {
+    let s = Server::start();
+    s.login_admin();
+    s.login_member("sam");
+    let set = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write;
+        let mut c = s.cmd(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // From stdin (one trailing newline dropped), and from a file (kept as is).
+    let o = set(&["secret", "set", "api-key"], b"cli-value-81\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Set secret api-key"), "{}", stderr(&o));
+    let file = s.world.dir.join("token.txt");
+    write(&file, "from-file\n");
+    s.ok(&[
+        "secret",
+        "set",
+        "filed",
+        "--from-file",
+        file.to_str().unwrap(),
+    ]);
+    let o = set(
+        &[
+            "secret",
+            "set",
+            "gh",
+            "--git-host",
+            "git.example.test",
+            "--username",
+            "bot",
+        ],
+        b"ghp_1\n",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Listed without values.
+    let list = s.ok(&["secret", "list"]);
+    for n in ["api-key", "filed", "gh", "git.example.test"] {
+        assert!(list.contains(n), "{list}");
+    }
+    assert!(
+        !list.contains("cli-value-81") && !list.contains("ghp_1"),
+        "{list}"
+    );
+    let listed = s.json(&["secret", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    // Used by a workspace.
+    let dir = s.world.project("sec", r#"{"image": "busybox"}"#);
+    s.ok(&[
+        "up",
+        dir.to_str().unwrap(),
+        "--secret",
+        "api-key",
+        "--secret",
+        "filed",
+    ]);
+    let (code, out, err) = s.sh(
+        "sec",
+        "cat /run/secrets/api-key; echo; cat /run/secrets/filed",
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "cli-value-81\nfrom-file\n"),
+        "{err}"
+    );
+    // Bad input: an empty value, a team one is not in, an unknown secret at create.
+    let o = set(&["secret", "set", "empty"], b"");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot be empty"), "{}", stderr(&o));
+    let o = set(&["secret", "set", "x", "--team", "nope"], b"v");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("team"), "{}", stderr(&o));
+    let dir2 = s.world.project("sec2", r#"{"image": "busybox"}"#);
+    let (_, err) = s.fails(&["up", dir2.to_str().unwrap(), "--secret", "missing"]);
+    assert!(
+        err.contains("no secret named `missing`") && err.contains("hint:"),
+        "{err}"
+    );
+    // Removed.
+    s.ok(&["secret", "rm", "api-key"]);
+    assert!(!s.ok(&["secret", "list"]).contains("api-key"));
+    let (_, err) = s.fails(&["secret", "rm", "api-key"]);
+    assert!(err.contains("api-key"), "{err}");
+}
