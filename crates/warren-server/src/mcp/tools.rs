@@ -53,6 +53,9 @@ pub struct ToolCtx {
     pub username: String,
     /// Whether results carry `structuredContent` (protocol 2025-06-18).
     pub structured: bool,
+    /// `-c credential.helper=...` for git command lines: credentials come from Warren's helper
+    /// (the workspace's requested git secrets), never from the repository's configuration.
+    pub git_helper: Vec<String>,
 }
 
 /// An API answer that is not a success: its code, message and hint.
@@ -1257,12 +1260,13 @@ async fn git_commit(ctx: &ToolCtx, a: CommitArgs) -> Out {
     ))
 }
 
-const PUSH: &str = r#"r="$1"; shift; exec git -C "$r" push "$@" 2>&1"#;
+const PUSH: &str = r#"exec git "$@" 2>&1"#;
 
 async fn git_push(ctx: &ToolCtx, a: PushArgs) -> Out {
     let path = a.path.unwrap_or_else(|| ".".into());
     let remote = a.remote.unwrap_or_else(|| "origin".into());
-    let mut args: Vec<&str> = vec![&path];
+    let mut args: Vec<&str> = ctx.git_helper.iter().map(String::as_str).collect();
+    args.extend(["-C", path.as_str(), "push"]);
     if a.set_upstream {
         args.push("--set-upstream");
     }
@@ -1310,11 +1314,12 @@ async fn git_push(ctx: &ToolCtx, a: PushArgs) -> Out {
     Ok(result(ctx, out.clone(), json!({"output": out})))
 }
 
-const CLONE: &str = r#"exec git clone "$@" 2>&1"#;
+const CLONE: &str = r#"exec git "$@" 2>&1"#;
 
 async fn git_clone(ctx: &ToolCtx, a: CloneArgs) -> Out {
     let depth = a.depth.map(|d| d.to_string());
-    let mut args: Vec<&str> = Vec::new();
+    let mut args: Vec<&str> = ctx.git_helper.iter().map(String::as_str).collect();
+    args.push("clone");
     if let Some(b) = &a.branch {
         args.push("--branch");
         args.push(b);
