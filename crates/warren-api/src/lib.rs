@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod auth;
 mod error;
+pub mod git;
 mod name;
 pub mod net;
 pub mod policy;

@@ -259,6 +259,18 @@ fn cases() -> Vec<Case> {
         c("DELETE", "/api/v1/workspaces/{ws}/network", "", Rule::Ws(WorkspaceWrite)),
         c("POST", "/api/v1/workspaces/{ws}/keepalive", "", Rule::Ws(WorkspaceExec)),
         c("GET", "/api/v1/workspaces/{ws}/events", "", Rule::Ws(WorkspaceRead)),
+        // Toolbox git: every operation runs git in the workspace, reads too.
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/clone", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/git/status", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/git/diff", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/add", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/commit", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/git/branches", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/branch", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/checkout", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/push", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/git/pull", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/git/log", "", Rule::Ws(WorkspaceExec)),
         // A workspace credential: minted by whoever may change the workspace (as themselves,
         // never broader than their token).
         c("POST", "/api/v1/workspaces/{ws}/credential", "", Rule::Ws(WorkspaceWrite)),
@@ -977,6 +989,15 @@ impl<'a> Fx<'a> {
                     "/api/v1/workspaces/{ws}/toolbox/files/chmod" => {
                         j(json!({"path": "/tmp/a", "mode": "0644"}))
                     }
+                    "/api/v1/workspaces/{ws}/toolbox/git/clone" => {
+                        j(json!({"url": "https://git.example.com/r.git"}))
+                    }
+                    "/api/v1/workspaces/{ws}/toolbox/git/add" => j(json!({})),
+                    "/api/v1/workspaces/{ws}/toolbox/git/commit" => j(json!({"message": "m"})),
+                    "/api/v1/workspaces/{ws}/toolbox/git/branch" => j(json!({"name": "b"})),
+                    "/api/v1/workspaces/{ws}/toolbox/git/checkout" => j(json!({"branch": "b"})),
+                    "/api/v1/workspaces/{ws}/toolbox/git/push" => j(json!({"branch": "b"})),
+                    "/api/v1/workspaces/{ws}/toolbox/git/pull" => j(json!({})),
                     _ => Body::None,
                 };
                 let query = if p.ends_with("/terminal") {
