@@ -56,6 +56,8 @@ pub struct AppState {
     pub event_followers: Arc<crate::routes::events::Followers>,
     /// The lifecycle-policy reconciler's caches and pass lock.
     pub governor: Arc<crate::governor::Governor>,
+    /// MCP sessions (`/api/v1/mcp`) and the in-process API their tools call.
+    pub mcp: Arc<crate::mcp::Mcp>,
     /// The secrets key and the workspaces' agent sockets.
     pub secrets: Arc<crate::secrets::Secrets>,
 }
@@ -164,25 +166,46 @@ async fn not_found() -> ApiError {
 
 /// Builds the router: API routes, health, metrics, OpenAPI, middleware.
 pub fn router(state: AppState) -> Router {
+    // The API as MCP tools call it, in-process: the same routes and middleware (authentication,
+    // audit, body limit), without preview dispatch. Its state has an MCP registry of its own
+    // (which holds no router), so the router does not hold itself.
+    let mut inner = state.clone();
+    inner.mcp = Arc::new(crate::mcp::Mcp::default());
+    state.mcp.set_api(api_router(inner));
     let (api, doc) = crate::routes::api().split_for_parts();
     let doc = crate::openapi::finish(doc);
     let doc_json = Arc::new(doc.to_pretty_json().unwrap_or_default());
+    let app = Router::new().merge(api).route(
+        "/api/v1/openapi.json",
+        axum::routing::get(move || {
+            let d = doc_json.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    d.as_str().to_owned(),
+                )
+            }
+        }),
+    );
+    layered(app, &state)
+        // Outermost: preview URLs bypass the API's middleware (audit, body limit, JSON errors).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::preview::dispatch,
+        ))
+        .with_state(state)
+}
+
+/// The API routes with the API's middleware, for in-process calls (MCP tools).
+fn api_router(state: AppState) -> Router {
+    let (api, _) = crate::routes::api().split_for_parts();
+    layered(Router::new().merge(api), &state).with_state(state)
+}
+
+/// Health routes, the fallback and the API's middleware around `app`.
+fn layered(app: Router<AppState>, state: &AppState) -> Router<AppState> {
     let max_body = state.cfg.max_body_bytes;
-    Router::new()
-        .merge(api)
-        .route(
-            "/api/v1/openapi.json",
-            axum::routing::get(move || {
-                let d = doc_json.clone();
-                async move {
-                    (
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        d.as_str().to_owned(),
-                    )
-                }
-            }),
-        )
-        .merge(crate::routes::health::router())
+    app.merge(crate::routes::health::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -194,12 +217,6 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             request_layer,
         ))
-        // Outermost: preview URLs bypass the API's middleware (audit, body limit, JSON errors).
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::preview::dispatch,
-        ))
-        .with_state(state)
 }
 
 /// The OpenAPI document (for the drift test and `warren server openapi`).

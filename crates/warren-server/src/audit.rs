@@ -66,6 +66,11 @@ impl AuditNote {
     }
 }
 
+/// A response extension for requests that are not audited themselves: an MCP message whose
+/// effects are the in-process API calls of its tools, each audited as the API audits it.
+#[derive(Debug, Clone, Copy)]
+pub struct NotAudited;
+
 /// The action name for a route: resources singular, joined with dots, then the verb.
 pub fn action_for(method: &Method, route: &str) -> String {
     let path = route.trim_start_matches("/api/v1/").trim_start_matches('/');
@@ -173,6 +178,9 @@ pub async fn audit_layer(State(state): State<AppState>, mut req: Request, next: 
     // Keep-alives are frequent heartbeats that change nothing but activity: a successful one
     // is not worth a record (a refused one is).
     if route == "/api/v1/workspaces/{ws}/keepalive" && resp.status().is_success() {
+        return resp;
+    }
+    if resp.extensions().get::<NotAudited>().is_some() {
         return resp;
     }
     let note = resp

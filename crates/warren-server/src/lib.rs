@@ -10,6 +10,7 @@ pub mod coord;
 pub mod error;
 pub mod governor;
 pub mod jobs;
+pub mod mcp;
 pub mod metrics;
 pub mod net;
 pub mod openapi;

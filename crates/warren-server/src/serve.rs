@@ -78,6 +78,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         previews: Default::default(),
         governor: Default::default(),
         event_followers: Default::default(),
+        mcp: Default::default(),
         secrets,
     };
     // Secret files are written by the engine at every start, from the server's store and key.

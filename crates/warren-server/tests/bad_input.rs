@@ -114,6 +114,11 @@ fn json_operations() -> BTreeSet<(String, String)> {
     let doc: Value = serde_json::from_str(&warren_server::app::openapi_json()).unwrap();
     let mut out = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
+        // MCP speaks JSON-RPC, whose errors are JSON-RPC error objects, and whose arrays are
+        // batches: `mcp_bad_json_rpc_is_refused` below and tests/mcp.rs cover its bad input.
+        if path == "/api/v1/mcp" {
+            continue;
+        }
         for (method, op) in item.as_object().unwrap() {
             if op["requestBody"]["content"]["application/json"].is_object() {
                 out.insert((method.to_ascii_uppercase(), path.clone()));
@@ -1208,5 +1213,89 @@ async fn unauthenticated_routes_take_only_small_bodies() {
         .await;
     assert_eq!(st, reqwest::StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert_eq!(v["code"], "payload_too_large");
+    s.stop().await;
+}
+
+/// MCP's bad input (the JSON-RPC error objects its protocol prescribes, not `ErrorBody`): a body
+/// that is not JSON, not JSON-RPC, an unknown method, bad params, a missing or unknown session.
+/// tests/mcp.rs has the rest (batches, versions, tool arguments).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_bad_json_rpc_is_refused() {
+    let s = TestServer::start().await;
+    let a = s.admin.clone();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18"}});
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/mcp", s.url))
+        .bearer_auth(&a)
+        .json(&init)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let send = |body: &'static str, session: bool| {
+        let mut rb = s
+            .http
+            .post(format!("{}/api/v1/mcp", s.url))
+            .bearer_auth(&a)
+            .header("content-type", "application/json")
+            .body(body);
+        if session {
+            rb = rb.header("mcp-session-id", sid.clone());
+        }
+        async move {
+            let r = rb.send().await.unwrap();
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    for (body, session, status, code) in [
+        ("{this is not json", true, StatusCode::BAD_REQUEST, -32700),
+        ("[1, 2]", true, StatusCode::BAD_REQUEST, -32600),
+        (
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            true,
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"frobnicate"}"#,
+            true,
+            StatusCode::OK,
+            -32601,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}"#,
+            true,
+            StatusCode::OK,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","arguments":{"frobnicate":1}}}"#,
+            true,
+            StatusCode::OK,
+            -32602,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            false,
+            StatusCode::BAD_REQUEST,
+            -32600,
+        ),
+    ] {
+        let (st, v) = send(body, session).await;
+        assert_eq!(st, status, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            !msg.is_empty() && !msg.contains("::") && !msg.contains("panicked"),
+            "{body}: {v}"
+        );
+    }
     s.stop().await;
 }

@@ -303,6 +303,10 @@ fn cases() -> Vec<Case> {
         c("DELETE", "/api/v1/webhooks/{id}", "", Rule::Op(WebhookAdmin)),
         c("POST", "/api/v1/webhooks/{id}/test", "", Rule::Op(WebhookAdmin)),
         c("GET", "/api/v1/webhooks/{id}/deliveries", "", Rule::Op(WebhookRead)),
+        // MCP: any signed-in caller opens a session; its tools call the API with the same token,
+        // which decides each of them (tests/mcp.rs).
+        c("POST", "/api/v1/mcp", "", Rule::AnyCaller(Scope::WorkspaceRead)),
+        c("DELETE", "/api/v1/mcp", "", Rule::AnyCaller(Scope::WorkspaceRead)),
     ]
 }
 
@@ -1013,6 +1017,14 @@ impl<'a> Fx<'a> {
                     || p.ends_with("/connect");
                 req
             }
+            ("POST", "/api/v1/mcp", _) => Req::new(
+                m,
+                path,
+                j(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                    "params": {"protocolVersion": "2025-06-18"}})),
+            ),
+            // No session named: 400, past authentication.
+            ("DELETE", "/api/v1/mcp", _) => Req::new(m, path, Body::None),
             ("GET", "/api/v1/webhooks", _) => Req::new(m, path, Body::None),
             ("POST", "/api/v1/webhooks", _) => Req::new(m, path, j(webhook_body())),
             ("DELETE", "/api/v1/webhooks/{id}", _) => {

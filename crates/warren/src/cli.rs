@@ -150,6 +150,10 @@ pub(crate) enum Cmd {
     /// ~/.ssh/config, so that `ssh warren.WS` reaches workspace WS through the server.
     #[command(name = "config-ssh")]
     ConfigSsh(ConfigSshArgs),
+    /// Serve MCP (the Model Context Protocol) on stdin/stdout for an AI agent's client (Claude
+    /// Code, editors), bridged to the selected server's MCP endpoint: tools to create and delete
+    /// workspaces, run commands, read and write files, use git and get preview URLs.
+    Mcp,
     /// A workspace's ports (what listens, labels, sharing, preview URLs); `share` sets who may
     /// reach one, `open` prints a one-time browser link to its preview.
     Ports(PortsArgs),
@@ -933,6 +937,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         Cmd::Logout { name } => {
             return crate::admin::logout(name, cli.context.as_deref(), json).await
         }
+        Cmd::Mcp => return crate::mcp_cmd::run(cli.local, cli.context.as_deref()).await,
         Cmd::Audit(AuditArgs {
             cmd: Some(AuditCmd::Verify { file: Some(f) }),
             ..

@@ -9,6 +9,7 @@ mod client;
 mod context;
 mod devcontainer_cmd;
 mod exec;
+mod mcp_cmd;
 mod net_cmd;
 mod output;
 mod policy_cmd;

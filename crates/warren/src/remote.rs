@@ -89,6 +89,8 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
             crate::admin::approve(c, &code, json).await
         }
         Cmd::Whoami => crate::admin::whoami(c, remote, json).await,
+        // Dispatched by `cli::run` before a target is chosen.
+        Cmd::Mcp => crate::mcp_cmd::run(false, remote.name.as_deref()).await,
         Cmd::Template(t) => crate::admin::template(c, t, json).await,
         Cmd::Token(t) => crate::admin::token(c, t, json).await,
         Cmd::SshKey(k) => crate::admin::ssh_key(c, k, json).await,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod events;
 pub mod files;
 pub mod health;
+pub mod mcp;
 pub mod quotas;
 pub mod secrets;
 pub mod ssh_keys;
@@ -35,6 +36,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(quotas::router())
+        .merge(mcp::router())
         .merge(secrets::router())
 }
 
