@@ -14,6 +14,7 @@ pub mod ports;
 pub mod schedule;
 pub mod ssh_key;
 mod state;
+pub mod task;
 pub mod template;
 pub mod v1;
 pub mod webhook;

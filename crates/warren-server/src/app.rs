@@ -56,6 +56,8 @@ pub struct AppState {
     pub event_followers: Arc<crate::routes::events::Followers>,
     /// The lifecycle-policy reconciler's caches and pass lock.
     pub governor: Arc<crate::governor::Governor>,
+    /// Task runners of this process and the task scheduler's wake-up.
+    pub tasks: Arc<crate::tasks::Tasks>,
 }
 
 impl AppState {

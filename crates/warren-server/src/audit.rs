@@ -116,6 +116,7 @@ fn is_verb(s: &str) -> bool {
             | "stop"
             | "restart"
             | "cancel"
+            | "complete"
             | "extend"
             | "archive"
             | "unarchive"
@@ -292,6 +293,9 @@ mod tests {
                 "team.member.update",
             ),
             (Method::POST, "/api/v1/jobs/{id}/cancel", "job.cancel"),
+            (Method::POST, "/api/v1/tasks/{id}/cancel", "task.cancel"),
+            (Method::POST, "/api/v1/tasks/{id}/complete", "task.complete"),
+            (Method::POST, "/api/v1/tasks", "task.create"),
             (
                 Method::POST,
                 "/api/v1/templates/{t}/active",

@@ -64,6 +64,12 @@ pub struct ConfigLayer {
     /// Upstream resolvers of Warren's DNS resolver, `IP[:PORT]` separated by commas (default:
     /// the host's `/etc/resolv.conf`).
     pub dns_upstream: Option<String>,
+    /// Tasks running at once per user (default 4); more wait queued.
+    pub max_tasks_per_user: Option<u32>,
+    /// Tasks running at once per team (default 8).
+    pub max_tasks_per_team: Option<u32>,
+    /// Tasks running at once on the server (default 16).
+    pub max_tasks: Option<u32>,
 }
 
 /// Resolved configuration.
@@ -107,6 +113,19 @@ pub struct ServerConfig {
     pub default_network: warren_api::net::NetworkPolicy,
     /// Warren's network on this host, as asked for.
     pub network: warren_runtime::network::NetRequest,
+    /// Concurrency limits of tasks: per user, per team, in all.
+    pub task_limits: TaskLimits,
+}
+
+/// How many tasks may run at once (provisioning, running or collecting); the rest wait queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Per user.
+    pub per_user: u32,
+    /// Per team (the team charged).
+    pub per_team: u32,
+    /// In all.
+    pub total: u32,
 }
 
 /// Default listen address.
@@ -155,6 +174,9 @@ impl ConfigLayer {
             network_bridge: self.network_bridge.or(lower.network_bridge),
             network_subnet: self.network_subnet.or(lower.network_subnet),
             dns_upstream: self.dns_upstream.or(lower.dns_upstream),
+            max_tasks_per_user: self.max_tasks_per_user.or(lower.max_tasks_per_user),
+            max_tasks_per_team: self.max_tasks_per_team.or(lower.max_tasks_per_team),
+            max_tasks: self.max_tasks.or(lower.max_tasks),
         }
     }
 }
@@ -222,7 +244,17 @@ impl ServerConfig {
             given.network_subnet.as_deref(),
             given.dns_upstream.as_deref(),
         )?;
+        let limit = |v: Option<u32>, name: &str, default: u32| match v {
+            Some(0) => Err(format!("{name}: must be at least 1")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let task_limits = TaskLimits {
+            per_user: limit(given.max_tasks_per_user, "max_tasks_per_user", 4)?,
+            per_team: limit(given.max_tasks_per_team, "max_tasks_per_team", 8)?,
+            total: limit(given.max_tasks, "max_tasks", 16)?,
+        };
         Ok(ServerConfig {
+            task_limits,
             default_cost,
             default_network,
             network,

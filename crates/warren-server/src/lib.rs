@@ -18,4 +18,5 @@ pub mod quota;
 pub mod routes;
 pub mod serve;
 pub mod ssh;
+pub mod tasks;
 pub mod webhooks;

@@ -73,6 +73,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         previews: Default::default(),
         governor: Default::default(),
         event_followers: Default::default(),
+        tasks: Default::default(),
     })
 }
 
@@ -176,6 +177,7 @@ pub async fn serve(
         state.cfg.policy_interval,
     ));
     let webhooks = tokio::spawn(crate::webhooks::run(state.clone()));
+    let tasks = tokio::spawn(crate::tasks::run(state.clone()));
     let invalidations = tokio::spawn(apply_notices(state.clone()));
     let app = router(state.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -246,6 +248,8 @@ pub async fn serve(
     background.abort();
     governor.abort();
     webhooks.abort();
+    tasks.abort();
+    state.tasks.abort_all();
     invalidations.abort();
     if let Some(g) = gateway {
         g.abort();

@@ -22,6 +22,7 @@ mod quotas;
 mod record;
 mod ssh_access;
 mod ssh_keys;
+mod tasks;
 mod templates;
 mod webhooks;
 
@@ -49,6 +50,7 @@ pub use quotas::{OverrideRecord, QuotaRecord, RunningRow, Spending};
 pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, WorkspaceRecord};
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};
+pub use tasks::{TaskPatch, TaskRecord};
 pub use templates::{NewVersion, TemplateRecord, VersionRecord};
 pub use webhooks::{
     AttemptOutcome, DeliveryRecord, NewWebhook, WebhookRecord, WEBHOOK_DISABLED_KIND,

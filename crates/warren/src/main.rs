@@ -13,6 +13,7 @@ mod output;
 mod policy_cmd;
 mod ports;
 mod quota_cmd;
+mod task_cmd;
 mod remote;
 mod server_cmd;
 mod ssh;

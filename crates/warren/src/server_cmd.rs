@@ -85,6 +85,15 @@ pub struct ServerArgs {
     /// host's /etc/resolv.conf].
     #[arg(long, env = "WARREN_DNS_UPSTREAM", global = true)]
     dns_upstream: Option<String>,
+    /// Tasks running at once per user; more wait queued [default: 4].
+    #[arg(long, env = "WARREN_MAX_TASKS_PER_USER", global = true)]
+    max_tasks_per_user: Option<u32>,
+    /// Tasks running at once per team [default: 8].
+    #[arg(long, env = "WARREN_MAX_TASKS_PER_TEAM", global = true)]
+    max_tasks_per_team: Option<u32>,
+    /// Tasks running at once on the server [default: 16].
+    #[arg(long, env = "WARREN_MAX_TASKS", global = true)]
+    max_tasks: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -134,6 +143,9 @@ pub async fn run(
         network_bridge: a.network_bridge,
         network_subnet: a.network_subnet,
         dns_upstream: a.dns_upstream,
+        max_tasks_per_user: a.max_tasks_per_user,
+        max_tasks_per_team: a.max_tasks_per_team,
+        max_tasks: a.max_tasks,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

@@ -8,6 +8,7 @@ pub mod files;
 pub mod health;
 pub mod quotas;
 pub mod ssh_keys;
+pub mod tasks;
 pub mod templates;
 pub mod users;
 pub mod webhooks;
@@ -34,6 +35,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(events::router())
         .merge(webhooks::router())
         .merge(quotas::router())
+        .merge(tasks::router())
 }
 
 /// The user named `name`, and whether it is the caller (how `owner=NAME` filters are checked).
