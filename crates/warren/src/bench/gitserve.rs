@@ -104,14 +104,12 @@ fn make_netns() -> Result<Netns, String> {
     inside(&["ip", "link", "set", "eth0", "up"])?;
     inside(&["ip", "route", "add", HOST_SIDE, "dev", "eth0"])?;
     inside(&["ip", "route", "add", "default", "via", HOST_SIDE])?;
-    // The one route on the host: this server's address, nothing wider.
+    // The one route on the host: this server's address, nothing wider; through a gateway (the
+    // address itself, on-link), as a route to a real upstream server would be: networks the
+    // host reaches without a gateway are its own, which workspaces may not reach.
+    let a = addr.to_string();
     must(&[
-        "ip",
-        "route",
-        "replace",
-        &format!("{addr}/32"),
-        "dev",
-        &host_if,
+        "ip", "route", "replace", &format!("{a}/32"), "via", &a, "dev", &host_if, "onlink",
     ])?;
     Ok(Netns {
         name,
