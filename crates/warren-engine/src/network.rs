@@ -120,10 +120,11 @@ impl Engine {
     }
 
     /// Turns new records of the runtime's denial journal into `network.denied` events of the
-    /// workspaces they concern (records of workspaces that are gone are skipped). Returns how many
-    /// events were recorded. Idempotent across restarts: the read position is stored after the
-    /// events, and an event's dedupe key is its journal position.
-    pub async fn ingest_denials(&self) -> Result<usize, EngineError> {
+    /// workspaces they concern (records of workspaces that are gone are skipped). Returns the
+    /// records that became events (the server also appends them to the workspace's session
+    /// audit). Idempotent across restarts: the read position is stored after the events, and an
+    /// event's dedupe key is its journal position, so a record is returned once.
+    pub async fn ingest_denials(&self) -> Result<Vec<(WorkspaceRecord, Denial)>, EngineError> {
         let from: u64 = self
             .store
             .kv_get(JOURNAL_CURSOR)
@@ -132,17 +133,31 @@ impl Engine {
             .unwrap_or(0);
         let rt = self.runtime.clone();
         let (records, next) = blocking(move || Ok(rt.denials(from)?)).await?;
-        let mut recorded = 0;
-        for (i, d) in records.iter().enumerate() {
+        let mut recorded = Vec::new();
+        for (i, d) in records.into_iter().enumerate() {
             let Some(rec) = self.store.get(&d.workspace).await? else {
                 continue;
             };
-            let mut ev = NewEvent::about("network.denied", &rec, denial_message(d));
+            let mut ev = NewEvent::about("network.denied", &rec, denial_message(&d));
             ev.reason = Some(d.kind.clone());
-            ev.data = serde_json::to_value(d).unwrap_or_default();
+            ev.data = serde_json::to_value(&d).unwrap_or_default();
             ev.dedupe_key = Some(format!("network.denied:{from}:{i}"));
-            self.store.insert_event(&ev).await?;
-            recorded += 1;
+            if self.store.insert_event(&ev).await?.is_some() {
+                // The workspace's session audit too (hash-chained, exported with its session).
+                let session = warren_store::session::SessionEvent::EgressDenied {
+                    reason: d.kind.clone(),
+                    address: d.address.map(|a| a.to_string()),
+                    port: d.port,
+                    name: d.name.clone(),
+                    why: d.why.clone(),
+                    count: d.count,
+                    time: d.time.clone(),
+                };
+                self.store
+                    .append_audit(warren_store::session::session_record(&rec, None, &session))
+                    .await?;
+                recorded.push((rec, d));
+            }
         }
         // A crash before this line reads the same records again next time; their dedupe keys make
         // the events already written no-ops.

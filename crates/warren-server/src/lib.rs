@@ -17,6 +17,7 @@ pub mod preview;
 pub mod quota;
 pub mod routes;
 pub mod serve;
+pub mod session_audit;
 pub mod ssh;
 pub mod tasks;
 pub mod webhooks;

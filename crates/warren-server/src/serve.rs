@@ -266,7 +266,8 @@ async fn background(state: AppState) {
     loop {
         tick.tick().await;
         state.flush_token_uses().await;
-        // Refused connections and names become `network.denied` events.
+        // Refused connections and names become `network.denied` events and session audit
+        // records.
         if let Err(e) = state.engine.ingest_denials().await {
             tracing_log(&format!("network denials: {e}"));
         }

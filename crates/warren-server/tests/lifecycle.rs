@@ -573,14 +573,17 @@ async fn a_stuck_start_fails_and_a_failed_workspace_is_cleaned_up() {
         .await;
     assert_eq!(code, StatusCode::ACCEPTED, "{v}");
     let job = v["job"]["id"].as_str().unwrap().to_string();
-    // Wait until the create job runs the hook.
-    for _ in 0..300 {
+    // Wait until the create job runs the hook (a loaded machine may take a while to get there).
+    let mut hooked = false;
+    for _ in 0..1200 {
         let (_, j) = s.get(&alice, &format!("/api/v1/jobs/{job}")).await;
         if j["status"] == "running" && ws(&s, &alice, "hang").await["state"] == "running" {
+            hooked = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(hooked, "the create job never reached the hook");
     s.advance(9 * MIN);
     assert_eq!(acted(&s.pass().await, "hang"), None);
     s.advance(2 * MIN);

@@ -334,6 +334,39 @@ async fn egress_policies_inside_a_workspace() {
     for k in ["connect", "dns", "proxy"] {
         assert!(kinds.contains(k), "no `{k}` denial event: {kinds:?}");
     }
+    // ... and in the workspace's session audit, hash-chained with the rest of the log.
+    let (_, ws) = s.get(&alice, "/api/v1/workspaces/a").await;
+    let id = ws["id"].as_str().unwrap();
+    let mut reasons = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (st, audit) = s
+            .get(
+                &s.admin,
+                &format!("/api/v1/audit?target={id}&action=session.*&limit=1000"),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{audit}");
+        for r in audit["records"].as_array().into_iter().flatten() {
+            assert_eq!(r["action"], "session.egress_denied", "{r}");
+            assert_eq!(r["outcome"], "denied", "{r}");
+            let d: Value = serde_json::from_str(r["details_json"].as_str().unwrap()).unwrap();
+            assert_eq!(d["workspace"], "a", "{r}");
+            reasons.insert(d["reason"].as_str().unwrap().to_string());
+        }
+        if ["connect", "dns", "proxy"]
+            .iter()
+            .all(|k| reasons.contains(*k))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for k in ["connect", "dns", "proxy"] {
+        assert!(reasons.contains(k), "no `{k}` session record: {reasons:?}");
+    }
+    let (st, v) = s.get(&s.admin, "/api/v1/audit/verify").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], true, "{v}");
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ mod network;
 mod ports;
 mod quotas;
 mod record;
+pub mod session;
 mod ssh_access;
 mod ssh_keys;
 mod tasks;
