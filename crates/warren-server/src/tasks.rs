@@ -37,9 +37,9 @@ use warren_api::auth::{Principal, Role};
 use warren_api::policy::Reason;
 use warren_api::task::{Outcome, TaskEvent, TaskState};
 use warren_api::v1::{CreateWorkspace, ExecRequest};
-use warren_store::{
-    AuditOutcome, NewAuditRecord, NewEvent, TaskPatch, TaskRecord, WorkspaceRecord,
-};
+use warren_store::{NewEvent, TaskPatch, TaskRecord, WorkspaceRecord};
+
+use crate::session_audit::{SessionEvent, Via};
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -779,38 +779,6 @@ async fn capture(
     })
 }
 
-/// Appends a `session.*` record of the task's workspace to the audit log.
-async fn session_audit(
-    state: &AppState,
-    task: &TaskRecord,
-    rec: &WorkspaceRecord,
-    caller: Option<&Caller>,
-    kind: &str,
-    mut details: serde_json::Value,
-) {
-    details["task_id"] = serde_json::Value::String(task.id.clone());
-    crate::audit::record(
-        state,
-        NewAuditRecord {
-            request_id: format!("task-{}", task.id),
-            actor_user_id: caller.map(|c| c.user.id.clone()),
-            actor_username: caller.map(|c| c.user.username.clone()),
-            actor_token_id: None,
-            source_ip: None,
-            user_agent: Some("warren-task-runner".into()),
-            action: format!("session.{kind}"),
-            target_type: "workspace".into(),
-            target_id: Some(rec.id.clone()),
-            target_name: Some(rec.name.to_string()),
-            outcome: AuditOutcome::Success,
-            status: 200,
-            diff_json: None,
-            details_json: Some(details.to_string()),
-        },
-    )
-    .await;
-}
-
 fn parse_at(s: &str) -> Option<time::OffsetDateTime> {
     warren_store::clock::parse_time(s)
 }
@@ -914,13 +882,19 @@ async fn run_phase(
         }
     };
     drop(started.stdin.take());
-    session_audit(
+    let pid = crate::session_audit::process_id();
+    let started_at = crate::session_audit::now();
+    crate::session_audit::record(
         state,
-        task,
         rec,
         Some(caller),
-        "process_started",
-        serde_json::json!({"argv": argv, "cwd": cwd, "user": null, "source": "task"}),
+        SessionEvent::ProcessStarted {
+            id: pid.clone(),
+            argv: argv.clone(),
+            cwd: cwd.clone(),
+            user: None,
+            via: Via::Task,
+        },
     )
     .await;
     let mut killed: Option<(Outcome, String, tokio::time::Instant)> = None;
@@ -966,13 +940,21 @@ async fn run_phase(
         log.write(&b);
     }
     drop(started);
-    session_audit(
+    crate::session_audit::record(
         state,
-        task,
         rec,
         Some(caller),
-        "process_ended",
-        serde_json::json!({"argv": argv, "exit_code": code, "source": "task"}),
+        SessionEvent::ProcessEnded {
+            id: pid,
+            argv: argv.clone(),
+            cwd: cwd.clone(),
+            user: None,
+            via: Via::Task,
+            started_at,
+            ended_at: crate::session_audit::now(),
+            exit_code: code,
+            timed_out: killed.as_ref().is_some_and(|k| k.0 == Outcome::TimedOut),
+        },
     )
     .await;
     log.note(&match code {
@@ -1070,16 +1052,15 @@ async fn collect(
             if pushed {
                 log.note(&format!("branch {} is pushed at {head}", task.branch));
                 patch.pushed_branch = Some(task.branch.clone());
-                session_audit(
+                crate::session_audit::record(
                     state,
-                    task,
                     rec,
                     None,
-                    "git_push",
-                    serde_json::json!({
-                        "remote": task.repo_url.as_deref().map(strip_userinfo),
-                        "branch": task.branch, "commit": head,
-                    }),
+                    SessionEvent::GitPushed {
+                        remote: task.repo_url.as_deref().map(strip_userinfo).unwrap_or_default(),
+                        branch: task.branch.clone(),
+                        commit: Some(head.clone()),
+                    },
                 )
                 .await;
             }

@@ -222,17 +222,22 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
             .unwrap_or_else(|| panic!("no {action} in {audit}"))
             .clone()
     };
-    let started = find("session.process_started");
+    let started = find("session.process_start");
     assert_eq!(started["target_id"], ws.as_str());
     let d: Value = serde_json::from_str(started["details_json"].as_str().unwrap()).unwrap();
     assert_eq!(d["argv"][2], script, "{d}");
     assert_eq!(d["task_id"], id.as_str());
-    let ended = find("session.process_ended");
+    assert_eq!(d["via"], "task");
+    assert_eq!(started["actor_username"], "alice");
+    let ended = find("session.process_end");
     let d: Value = serde_json::from_str(ended["details_json"].as_str().unwrap()).unwrap();
     assert_eq!(d["exit_code"], 0, "{d}");
     let push = find("session.git_push");
     let d: Value = serde_json::from_str(push["details_json"].as_str().unwrap()).unwrap();
     assert_eq!(d["branch"], branch.as_str());
+    assert_eq!(d["task_id"], id.as_str());
+    let head = e.git.git("proj", &["rev-parse", &branch]).unwrap();
+    assert_eq!(d["commit"], head.trim());
     assert_eq!(d["remote"], e.git.url("proj"), "the password is not in the audit: {d}");
     assert!(!audit.to_string().contains("s3cret-pass"));
     // Exported as JSON lines, and the chain verifies.
