@@ -87,7 +87,10 @@ impl std::str::FromStr for TaskState {
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
                 let all: Vec<&str> = TASK_STATES.iter().map(|t| t.as_str()).collect();
-                format!("unknown task state `{s}` (expected one of {})", all.join(", "))
+                format!(
+                    "unknown task state `{s}` (expected one of {})",
+                    all.join(", ")
+                )
             })
     }
 }
@@ -138,7 +141,11 @@ impl fmt::Display for InvalidTaskTransition {
         if self.state.is_terminal() {
             write!(f, "the task has finished ({})", self.state)
         } else {
-            write!(f, "{:?} does not apply to a {} task", self.event, self.state)
+            write!(
+                f,
+                "{:?} does not apply to a {} task",
+                self.event, self.state
+            )
         }
     }
 }
@@ -181,7 +188,11 @@ pub fn check_label(key: &str, value: &str) -> Result<(), String> {
             "label key `{key}`: 1 to 63 characters of a-z, 0-9, `.`, `_`, `-`, starting with a letter or digit"
         ));
     }
-    if value.len() > 253 || value.chars().any(|c| c.is_control() || c == ',' || c == '=') {
+    if value.len() > 253
+        || value
+            .chars()
+            .any(|c| c.is_control() || c == ',' || c == '=')
+    {
         return Err(format!(
             "label `{key}`: the value must be at most 253 characters, without control characters, `,` or `=`"
         ));
@@ -269,7 +280,10 @@ mod tests {
                 serde_json::to_string(&s).unwrap(),
                 format!("\"{}\"", s.as_str())
             );
-            assert_eq!(s.is_active() as u8 + s.is_terminal() as u8 + (s == S::Queued) as u8, 1);
+            assert_eq!(
+                s.is_active() as u8 + s.is_terminal() as u8 + (s == S::Queued) as u8,
+                1
+            );
         }
         let e = "done".parse::<S>().unwrap_err();
         assert!(e.contains("timed-out"), "{e}");
@@ -279,7 +293,14 @@ mod tests {
     fn labels() {
         assert!(check_label("team", "core").is_ok());
         assert!(check_label("a.b-c_d", "").is_ok());
-        for (k, v) in [("", "x"), ("Team", "x"), ("-a", "x"), ("a b", "x"), ("k", "a,b"), ("k", "a=b")] {
+        for (k, v) in [
+            ("", "x"),
+            ("Team", "x"),
+            ("-a", "x"),
+            ("a b", "x"),
+            ("k", "a,b"),
+            ("k", "a=b"),
+        ] {
             assert!(check_label(k, v).is_err(), "{k}={v}");
         }
         assert!(check_label(&"k".repeat(64), "").is_err());

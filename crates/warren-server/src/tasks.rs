@@ -101,10 +101,18 @@ impl Tasks {
     /// Stops every runner (the server is shutting down): their commands are hung up, and the
     /// next start fails their tasks.
     pub fn abort_all(&self) {
-        for h in self.handles.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for h in self
+            .handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             h.abort();
         }
-        self.runners.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     /// Runners alive now.
@@ -140,7 +148,11 @@ pub async fn run(state: AppState) {
 async fn recover(state: &AppState) {
     let Ok(orphans) = state
         .store
-        .tasks_in(&[TaskState::Provisioning, TaskState::Running, TaskState::Collecting])
+        .tasks_in(&[
+            TaskState::Provisioning,
+            TaskState::Running,
+            TaskState::Collecting,
+        ])
         .await
     else {
         return;
@@ -159,7 +171,11 @@ async fn recover(state: &AppState) {
             reason: Some("server restarted".into()),
             ..Default::default()
         };
-        if let Ok(Ok(rec)) = state.store.task_apply(&t.id, TaskEvent::Abort, &patch).await {
+        if let Ok(Ok(rec)) = state
+            .store
+            .task_apply(&t.id, TaskEvent::Abort, &patch)
+            .await
+        {
             event(state, &rec, "task.failed", "server restarted").await;
             let st = state.clone();
             tokio::spawn(async move { release(&st, &rec).await });
@@ -172,7 +188,11 @@ pub async fn pass(state: &AppState) -> Result<usize, warren_store::StoreError> {
     let limits = state.cfg.task_limits;
     let active = state
         .store
-        .tasks_in(&[TaskState::Provisioning, TaskState::Running, TaskState::Collecting])
+        .tasks_in(&[
+            TaskState::Provisioning,
+            TaskState::Running,
+            TaskState::Collecting,
+        ])
         .await?;
     let mut total = active.len() as u32;
     let mut per_user: HashMap<String, u32> = HashMap::new();
@@ -233,7 +253,11 @@ fn spawn_runner(state: &AppState, task: TaskRecord) {
             .remove(&id);
         st.tasks.wake();
     });
-    let mut handles = state.tasks.handles.lock().unwrap_or_else(|p| p.into_inner());
+    let mut handles = state
+        .tasks
+        .handles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     handles.retain(|h| !h.is_finished());
     handles.push(h.abort_handle());
 }
@@ -365,7 +389,9 @@ async fn runner(state: &AppState, task: TaskRecord, mut stop: watch::Receiver<Op
     };
     let mut task = task;
     let ended = match provision(state, &mut task, &log, &mut stop).await {
-        Ok(Some((rec, caller))) => run_phase(state, &mut task, &rec, &caller, &log, &mut stop).await,
+        Ok(Some((rec, caller))) => {
+            run_phase(state, &mut task, &rec, &caller, &log, &mut stop).await
+        }
         Ok(None) => Ended {
             outcome: Outcome::Canceled,
             reason: "canceled".into(),
@@ -416,7 +442,11 @@ async fn runner(state: &AppState, task: TaskRecord, mut stop: watch::Receiver<Op
     };
     if let Ok(Ok(t)) = state
         .store
-        .task_apply(&task.id, TaskEvent::Collected(outcome), &TaskPatch::default())
+        .task_apply(
+            &task.id,
+            TaskEvent::Collected(outcome),
+            &TaskPatch::default(),
+        )
         .await
     {
         let kind = match t.state {
@@ -443,7 +473,11 @@ async fn fail_now(state: &AppState, task: &TaskRecord, why: &str) -> Result<(), 
         reason: Some(why.into()),
         ..Default::default()
     };
-    if let Ok(Ok(t)) = state.store.task_apply(&task.id, TaskEvent::Abort, &patch).await {
+    if let Ok(Ok(t)) = state
+        .store
+        .task_apply(&task.id, TaskEvent::Abort, &patch)
+        .await
+    {
         event(state, &t, "task.failed", why).await;
     }
     Ok(())
@@ -606,7 +640,12 @@ async fn provision(
             task,
             &rec,
             &repo_dir,
-            &["checkout".into(), "--quiet".into(), "-b".into(), task.branch.clone()],
+            &[
+                "checkout".into(),
+                "--quiet".into(),
+                "-b".into(),
+                task.branch.clone(),
+            ],
             Some(log),
         )
         .await?;
@@ -869,18 +908,21 @@ async fn run_phase(
         cwd: cwd.clone(),
         ..Default::default()
     };
-    log.note(&format!("running {}", serde_json::to_string(&argv).unwrap_or_default()));
-    let mut started = match crate::routes::workspaces::exec::start(state, &task.owner_id, rec, &req).await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            return Ended {
-                outcome: Outcome::Failed,
-                reason: format!("cannot start the command: {}", e.body.message),
-                exit_code: None,
+    log.note(&format!(
+        "running {}",
+        serde_json::to_string(&argv).unwrap_or_default()
+    ));
+    let mut started =
+        match crate::routes::workspaces::exec::start(state, &task.owner_id, rec, &req).await {
+            Ok(s) => s,
+            Err(e) => {
+                return Ended {
+                    outcome: Outcome::Failed,
+                    reason: format!("cannot start the command: {}", e.body.message),
+                    exit_code: None,
+                }
             }
-        }
-    };
+        };
     drop(started.stdin.take());
     let pid = crate::session_audit::process_id();
     let started_at = crate::session_audit::now();
@@ -1057,7 +1099,11 @@ async fn collect(
                     rec,
                     None,
                     SessionEvent::GitPushed {
-                        remote: task.repo_url.as_deref().map(strip_userinfo).unwrap_or_default(),
+                        remote: task
+                            .repo_url
+                            .as_deref()
+                            .map(strip_userinfo)
+                            .unwrap_or_default(),
                         branch: task.branch.clone(),
                         commit: Some(head.clone()),
                     },
@@ -1092,14 +1138,27 @@ async fn artifacts(
     let script = r#"set -- $(for g in "$@"; do for f in $g; do [ -f "$f" ] && printf '%s\n' "$f"; done; done)
 [ $# -gt 0 ] || exit 3
 exec tar -cf - -- "$@""#;
-    let mut argv = vec!["/bin/sh".to_string(), "-c".into(), script.into(), "sh".into()];
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        script.into(),
+        "sh".into(),
+    ];
     argv.extend(globs.iter().cloned());
     let req = ExecRequest {
         command: argv,
         cwd: Some(repo.into()),
         ..Default::default()
     };
-    let out = capture(state, task, rec, &req, ARTIFACTS_MAX as usize, COLLECT_TIMEOUT).await?;
+    let out = capture(
+        state,
+        task,
+        rec,
+        &req,
+        ARTIFACTS_MAX as usize,
+        COLLECT_TIMEOUT,
+    )
+    .await?;
     if out.code == Some(3) {
         return Ok(vec![]);
     }

@@ -709,11 +709,20 @@ impl<'a> Fx<'a> {
                 let id = self.job(ws_owner).await;
                 Req::new(m, format!("/api/v1/jobs/{id}/cancel"), Body::None)
             }
-            ("POST", "/api/v1/tasks", _) => {
-                Req::new(m, path, j(json!({"template": "no-such-template", "interactive": true})))
-            }
+            ("POST", "/api/v1/tasks", _) => Req::new(
+                m,
+                path,
+                j(json!({"template": "no-such-template", "interactive": true})),
+            ),
             ("GET", "/api/v1/tasks", _) => Req::new(m, path, Body::None),
-            ("GET", "/api/v1/tasks/{id}" | "/api/v1/tasks/{id}/logs" | "/api/v1/tasks/{id}/artifacts" | "/api/v1/tasks/{id}/audit", _) => {
+            (
+                "GET",
+                "/api/v1/tasks/{id}"
+                | "/api/v1/tasks/{id}/logs"
+                | "/api/v1/tasks/{id}/artifacts"
+                | "/api/v1/tasks/{id}/audit",
+                _,
+            ) => {
                 let id = self.shared_task(ws_owner).await;
                 Req::new(m, path.replace("{id}", &id), Body::None)
             }

@@ -54,7 +54,11 @@ fn import_gitbox(s: &TestServer) {
         .env("WARREN_STATE_DIR", s.state())
         .output()
         .unwrap();
-    assert!(o.status.success(), "import: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 struct Env {
@@ -79,7 +83,10 @@ async fn setup(layer: ConfigLayer) -> Env {
     let git = gitserve::GitServer::start(gitdir.path(), "bot", "s3cret-pass").unwrap();
     git.create_repo(
         "proj",
-        &[("greeting.txt", "hello\n", false), ("test.sh", TEST_SH, true)],
+        &[
+            ("greeting.txt", "hello\n", false),
+            ("test.sh", TEST_SH, true),
+        ],
     )
     .unwrap();
     Env {
@@ -120,7 +127,10 @@ async fn wait_state(e: &Env, id: &str, state: &str) -> Value {
             return t;
         }
         assert!(
-            !matches!(t["state"].as_str(), Some("succeeded" | "failed" | "timed-out" | "canceled")),
+            !matches!(
+                t["state"].as_str(),
+                Some("succeeded" | "failed" | "timed-out" | "canceled")
+            ),
             "finished before reaching {state}: {t}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -143,7 +153,9 @@ async fn logs(e: &Env, id: &str) -> String {
 /// Nothing of workspace `ws` is left on the host: no record (or a deleted one), no directory, no
 /// supervisor, no veth, no nftables chain.
 async fn assert_gone(e: &Env, ws: &str) {
-    let (st, v) = e.s.get(&e.s.admin, &format!("/api/v1/workspaces/{ws}")).await;
+    let (st, v) =
+        e.s.get(&e.s.admin, &format!("/api/v1/workspaces/{ws}"))
+            .await;
     assert!(
         st == StatusCode::NOT_FOUND || v["state"] == "deleted",
         "workspace still there: {st} {v}"
@@ -159,7 +171,10 @@ async fn assert_gone(e: &Env, ws: &str) {
         !String::from_utf8_lossy(&links.stdout).contains(&veth),
         "veth {veth} remains"
     );
-    let nft = Command::new("nft").args(["list", "ruleset"]).output().unwrap();
+    let nft = Command::new("nft")
+        .args(["list", "ruleset"])
+        .output()
+        .unwrap();
     assert!(
         !String::from_utf8_lossy(&nft.stdout).contains(&format!("ws_{ws}")),
         "its nftables chain remains"
@@ -194,7 +209,10 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
     assert_eq!(v["task"]["state"], "queued", "{v}");
     let branch = v["task"]["branch"].as_str().unwrap().to_string();
     assert!(branch.starts_with("warren/task-"), "{branch}");
-    assert!(v.get("credential").is_none(), "a command task gets no credential in the answer");
+    assert!(
+        v.get("credential").is_none(),
+        "a command task gets no credential in the answer"
+    );
     let t = wait_done(&e, &id).await;
     let log = logs(&e, &id).await;
     assert_eq!(t["state"], "succeeded", "{t}\n{log}");
@@ -205,15 +223,23 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
     let diff = t["diff"].as_str().unwrap();
     assert!(diff.contains("-hello") && diff.contains("+fixed"), "{diff}");
     // On the remote: the branch with the change; main untouched.
-    let content = e.git.git("proj", &["show", &format!("{branch}:greeting.txt")]).unwrap();
+    let content = e
+        .git
+        .git("proj", &["show", &format!("{branch}:greeting.txt")])
+        .unwrap();
     assert_eq!(content, "fixed\n");
     let main = e.git.git("proj", &["show", "main:greeting.txt"]).unwrap();
     assert_eq!(main, "hello\n");
-    let msg = e.git.git("proj", &["log", "-1", "--format=%s %an", &branch]).unwrap();
+    let msg = e
+        .git
+        .git("proj", &["log", "-1", "--format=%s %an", &branch])
+        .unwrap();
     assert_eq!(msg.trim(), "Fix the greeting alice");
     // The session audit of its workspace: the process (argv, exit code) and the push.
     let ws = t["workspace_id"].as_str().unwrap().to_string();
-    let (st, audit) = e.s.get(&e.alice, &format!("/api/v1/tasks/{id}/audit")).await;
+    let (st, audit) =
+        e.s.get(&e.alice, &format!("/api/v1/tasks/{id}/audit"))
+            .await;
     assert_eq!(st, StatusCode::OK, "{audit}");
     let recs = audit.as_array().unwrap();
     let find = |action: &str| {
@@ -238,28 +264,33 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
     assert_eq!(d["task_id"], id.as_str());
     let head = e.git.git("proj", &["rev-parse", &branch]).unwrap();
     assert_eq!(d["commit"], head.trim());
-    assert_eq!(d["remote"], e.git.url("proj"), "the password is not in the audit: {d}");
+    assert_eq!(
+        d["remote"],
+        e.git.url("proj"),
+        "the password is not in the audit: {d}"
+    );
     assert!(!audit.to_string().contains("s3cret-pass"));
     // Exported as JSON lines, and the chain verifies.
-    let jsonl = e
-        .s
-        .http
-        .get(format!("{}/api/v1/tasks/{id}/audit?format=jsonl", e.s.url))
-        .bearer_auth(&e.alice)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let jsonl =
+        e.s.http
+            .get(format!("{}/api/v1/tasks/{id}/audit?format=jsonl", e.s.url))
+            .bearer_auth(&e.alice)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     assert_eq!(jsonl.lines().count(), recs.len());
     let (st, ver) = e.s.get(&e.s.admin, "/api/v1/audit/verify").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(ver["ok"], true, "{ver}");
     // The same through the general audit query.
-    let (_, q) = e
-        .s
-        .get(&e.s.admin, &format!("/api/v1/audit?target={ws}&action=session.*"))
+    let (_, q) =
+        e.s.get(
+            &e.s.admin,
+            &format!("/api/v1/audit?target={ws}&action=session.*"),
+        )
         .await;
     assert!(q.to_string().contains("session.git_push"), "{q}");
     // Nothing of the workspace remains.
@@ -273,7 +304,9 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
     let bob = e.s.user_token("bob", "member", None).await;
     let (st, _) = e.s.get(&bob, &format!("/api/v1/tasks/{id}")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = e.s.post(&bob, &format!("/api/v1/tasks/{id}/cancel"), json!({})).await;
+    let (st, _) =
+        e.s.post(&bob, &format!("/api/v1/tasks/{id}/cancel"), json!({}))
+            .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
@@ -292,11 +325,17 @@ async fn a_failing_command_fails_with_its_exit_code_and_a_refused_clone_says_why
     assert_eq!(t["exit_code"], 3);
     assert_eq!(t["reason"], "exit code 3");
     assert!(t["pushed_branch"].is_null());
-    assert!(logs(&e, id).await.contains("test failed: greeting is not fixed"));
+    assert!(logs(&e, id)
+        .await
+        .contains("test failed: greeting is not fixed"));
     assert_gone(&e, t["workspace_id"].as_str().unwrap()).await;
 
     let bad = e.git.url_with_auth("proj").replace("s3cret-pass", "wrong");
-    let v = create(&e, json!({"template": "agent", "repo": bad, "shell": "true"})).await;
+    let v = create(
+        &e,
+        json!({"template": "agent", "repo": bad, "shell": "true"}),
+    )
+    .await;
     let id = v["task"]["id"].as_str().unwrap();
     let t = wait_done(&e, id).await;
     assert_eq!(t["state"], "failed", "{t}");
@@ -337,7 +376,10 @@ async fn tasks_over_the_limit_wait_queued_in_fifo_order() {
             .iter()
             .filter(|o| at(o, "started_at") <= start && at(o, "finished_at") > start)
             .count();
-        assert!(overlapping <= 2, "{overlapping} tasks active at {start}: {done:?}");
+        assert!(
+            overlapping <= 2,
+            "{overlapping} tasks active at {start}: {done:?}"
+        );
     }
     let mut starts: Vec<String> = done.iter().map(|t| at(t, "started_at")).collect();
     let sorted = {
@@ -377,7 +419,10 @@ async fn time_and_idle_limits_kill_the_command_and_remove_the_workspace() {
     assert_eq!(ta["reason"], "time limit");
     let tb = wait_done(&e, &id(&b)).await;
     assert_eq!(tb["state"], "timed-out", "{tb}");
-    assert_eq!(tb["reason"], "time limit", "output kept it from idling: {tb}");
+    assert_eq!(
+        tb["reason"], "time limit",
+        "output kept it from idling: {tb}"
+    );
     let tc = wait_done(&e, &id(&c)).await;
     assert_eq!(tc["state"], "timed-out", "{tc}");
     assert_eq!(tc["reason"], "idle");
@@ -411,17 +456,23 @@ async fn cancel_works_in_each_state() {
     wait_state(&e, rid, "running").await;
     let (_, q) = e.s.get(&e.alice, &format!("/api/v1/tasks/{qid}")).await;
     assert_eq!(q["state"], "queued", "the limit of 1 holds it: {q}");
-    let (st, v) = e.s.post(&e.alice, &format!("/api/v1/tasks/{qid}/cancel"), json!({})).await;
+    let (st, v) =
+        e.s.post(&e.alice, &format!("/api/v1/tasks/{qid}/cancel"), json!({}))
+            .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["state"], "canceled", "{v}");
     assert!(v["workspace_id"].is_null());
-    let (st, v) = e.s.post(&e.alice, &format!("/api/v1/tasks/{rid}/cancel"), json!({})).await;
+    let (st, v) =
+        e.s.post(&e.alice, &format!("/api/v1/tasks/{rid}/cancel"), json!({}))
+            .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     let t = wait_done(&e, rid).await;
     assert_eq!(t["state"], "canceled", "{t}");
     assert_eq!(t["reason"], "canceled");
     assert_gone(&e, t["workspace_id"].as_str().unwrap()).await;
-    let (st, v) = e.s.post(&e.alice, &format!("/api/v1/tasks/{rid}/cancel"), json!({})).await;
+    let (st, v) =
+        e.s.post(&e.alice, &format!("/api/v1/tasks/{rid}/cancel"), json!({}))
+            .await;
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["code"], "invalid_state");
 }
@@ -444,7 +495,9 @@ async fn keep_leaves_the_workspace_and_artifacts_are_collected() {
     let (st, w) = e.s.get(&e.alice, &format!("/api/v1/workspaces/{ws}")).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(w["state"], "running", "{w}");
-    let (_, list) = e.s.get(&e.alice, &format!("/api/v1/tasks/{id}/artifacts")).await;
+    let (_, list) =
+        e.s.get(&e.alice, &format!("/api/v1/tasks/{id}/artifacts"))
+            .await;
     let paths: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -455,20 +508,21 @@ async fn keep_leaves_the_workspace_and_artifacts_are_collected() {
     // workspace's own view), never the host's.
     assert!(paths.contains(&"out/a.txt"), "{list}");
     assert!(!paths.contains(&"out/b.log"), "{list}");
-    let body = e
-        .s
-        .http
-        .get(format!("{}/api/v1/tasks/{id}/artifacts/out%2Fa.txt", e.s.url))
-        .bearer_auth(&e.alice)
-        .send()
-        .await
-        .unwrap();
+    let body =
+        e.s.http
+            .get(format!(
+                "{}/api/v1/tasks/{id}/artifacts/out%2Fa.txt",
+                e.s.url
+            ))
+            .bearer_auth(&e.alice)
+            .send()
+            .await
+            .unwrap();
     assert_eq!(body.status(), StatusCode::OK);
     assert_eq!(body.text().await.unwrap(), "report\n");
-    let (st, _) = e
-        .s
-        .get(&e.alice, &format!("/api/v1/tasks/{id}/artifacts/nope"))
-        .await;
+    let (st, _) =
+        e.s.get(&e.alice, &format!("/api/v1/tasks/{id}/artifacts/nope"))
+            .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
 
@@ -504,22 +558,36 @@ async fn an_interactive_task_drives_its_workspace_with_its_credential_until_comp
             (st, r.text().await.unwrap())
         }
     };
-    let (st, out) = exec(cred.clone(), ws.clone(), format!("cd {repo} && git branch --show-current && cat greeting.txt")).await;
+    let (st, out) = exec(
+        cred.clone(),
+        ws.clone(),
+        format!("cd {repo} && git branch --show-current && cat greeting.txt"),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{out}");
-    assert!(out.contains("warren/task-") && out.contains("hello"), "{out}");
+    assert!(
+        out.contains("warren/task-") && out.contains("hello"),
+        "{out}"
+    );
     // Only its own workspace.
     let (st, _) = exec(cred.clone(), "mine".into(), "true".into()).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     // It cannot make tasks or workspaces.
-    let (st, _) = e
-        .s
-        .post(&cred, "/api/v1/tasks", json!({"template": "agent", "interactive": true}))
+    let (st, _) =
+        e.s.post(
+            &cred,
+            "/api/v1/tasks",
+            json!({"template": "agent", "interactive": true}),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // A command task cannot be completed; this one can, once.
-    let (st, v) = e
-        .s
-        .post(&e.alice, &format!("/api/v1/tasks/{id}/complete"), json!({"exit_code": 0}))
+    let (st, v) =
+        e.s.post(
+            &e.alice,
+            &format!("/api/v1/tasks/{id}/complete"),
+            json!({"exit_code": 0}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     let t = wait_done(&e, &id).await;
@@ -534,8 +602,13 @@ async fn an_interactive_task_drives_its_workspace_with_its_credential_until_comp
 
 /// Like [`assert_gone`] when another workspace of the test still runs.
 async fn assert_gone_but_mine(e: &Env, ws: &str) {
-    let (st, v) = e.s.get(&e.s.admin, &format!("/api/v1/workspaces/{ws}")).await;
-    assert!(st == StatusCode::NOT_FOUND || v["state"] == "deleted", "{st} {v}");
+    let (st, v) =
+        e.s.get(&e.s.admin, &format!("/api/v1/workspaces/{ws}"))
+            .await;
+    assert!(
+        st == StatusCode::NOT_FOUND || v["state"] == "deleted",
+        "{st} {v}"
+    );
     assert!(!e.s.state().join("workspaces").join(ws).exists());
     let veth = warren_runtime::network::veth_name(ws);
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
@@ -553,24 +626,78 @@ async fn bad_task_input_is_refused_naming_the_field() {
     let cases = [
         (json!({"template": "bb", "shell": "true"}), "repo"),
         (json!({"template": "bb", "repo": repo}), "command"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "command": ["y"]}), "command"),
-        (json!({"template": "bb", "repo": repo, "command": []}), "command"),
-        (json!({"template": "bb", "repo": "file:///etc", "shell": "x"}), "repo"),
-        (json!({"template": "bb", "repo": "ext::sh -c id", "shell": "x"}), "repo"),
-        (json!({"template": "bb", "repo": "/srv/repo", "shell": "x"}), "repo"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "time_limit": "soon"}), "time_limit"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "time_limit": "0s"}), "time_limit"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "time_limit": "30d"}), "time_limit"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "idle_limit": "-1m"}), "idle_limit"),
-        (json!({"template": "nope", "repo": repo, "shell": "x"}), "template"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "labels": {"Bad Key": "v"}}), "labels"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "labels": {"k": "a,b"}}), "labels"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "branch": "-rf"}), "branch"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "branch": "a..b"}), "branch"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "base_branch": "x y"}), "base_branch"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "artifacts": ["../../etc/passwd"]}), "artifacts"),
-        (json!({"template": "bb", "repo": repo, "shell": "x", "artifacts": ["/etc/*"]}), "artifacts"),
-        (json!({"template": "bb", "interactive": true, "branch": "b"}), "branch"),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "command": ["y"]}),
+            "command",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "command": []}),
+            "command",
+        ),
+        (
+            json!({"template": "bb", "repo": "file:///etc", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": "ext::sh -c id", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": "/srv/repo", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "time_limit": "soon"}),
+            "time_limit",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "time_limit": "0s"}),
+            "time_limit",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "time_limit": "30d"}),
+            "time_limit",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "idle_limit": "-1m"}),
+            "idle_limit",
+        ),
+        (
+            json!({"template": "nope", "repo": repo, "shell": "x"}),
+            "template",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "labels": {"Bad Key": "v"}}),
+            "labels",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "labels": {"k": "a,b"}}),
+            "labels",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "branch": "-rf"}),
+            "branch",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "branch": "a..b"}),
+            "branch",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "base_branch": "x y"}),
+            "base_branch",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "artifacts": ["../../etc/passwd"]}),
+            "artifacts",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "artifacts": ["/etc/*"]}),
+            "artifacts",
+        ),
+        (
+            json!({"template": "bb", "interactive": true, "branch": "b"}),
+            "branch",
+        ),
     ];
     for (body, field) in cases {
         let (st, v) = s.post(&s.admin, "/api/v1/tasks", body.clone()).await;
@@ -581,7 +708,11 @@ async fn bad_task_input_is_refused_naming_the_field() {
     }
     // Unknown fields, bad queries.
     let (st, v) = s
-        .post(&s.admin, "/api/v1/tasks", json!({"template": "bb", "interactive": true, "colour": 1}))
+        .post(
+            &s.admin,
+            "/api/v1/tasks",
+            json!({"template": "bb", "interactive": true, "colour": 1}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     for q in ["state=done", "label=nolabel", "label=K=v"] {
@@ -591,7 +722,11 @@ async fn bad_task_input_is_refused_naming_the_field() {
     let (st, _) = s.get(&s.admin, "/api/v1/tasks/t_nope").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (_, l) = s.get(&s.admin, "/api/v1/tasks").await;
-    assert_eq!(l["tasks"].as_array().unwrap().len(), 0, "nothing was queued: {l}");
+    assert_eq!(
+        l["tasks"].as_array().unwrap().len(),
+        0,
+        "nothing was queued: {l}"
+    );
     let _ = Method::GET;
     let _ = Path::new("/");
 }
@@ -609,14 +744,26 @@ async fn a_restart_fails_the_tasks_it_interrupted_and_removes_their_workspaces()
     let id = v["task"]["id"].as_str().unwrap().to_string();
     let t = wait_state(&e, &id, "running").await;
     let ws = t["workspace_id"].as_str().unwrap().to_string();
-    let Env { s, alice, git, _gitdir } = e;
+    let Env {
+        s,
+        alice,
+        git,
+        _gitdir,
+    } = e;
     let s = s.restart().await;
-    let e = Env { s, alice, git, _gitdir };
+    let e = Env {
+        s,
+        alice,
+        git,
+        _gitdir,
+    };
     let t = wait_done(&e, &id).await;
     assert_eq!(t["state"], "failed", "{t}");
     assert_eq!(t["reason"], "server restarted");
     for _ in 0..600 {
-        let (st, v) = e.s.get(&e.s.admin, &format!("/api/v1/workspaces/{ws}")).await;
+        let (st, v) =
+            e.s.get(&e.s.admin, &format!("/api/v1/workspaces/{ws}"))
+                .await;
         if st == StatusCode::NOT_FOUND || v["state"] == "deleted" {
             break;
         }

@@ -233,7 +233,10 @@ impl Store {
     /// The task of a workspace, if it belongs to one.
     pub async fn task_of_workspace(&self, ws: &str) -> Result<Option<TaskRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM tasks WHERE workspace_id = ? LIMIT 1");
-        let r = sqlx::query(&sql).bind(ws).fetch_optional(&self.pool).await?;
+        let r = sqlx::query(&sql)
+            .bind(ws)
+            .fetch_optional(&self.pool)
+            .await?;
         r.as_ref().map(from_row).transpose()
     }
 
@@ -247,9 +250,10 @@ impl Store {
         patch: &TaskPatch,
     ) -> Result<Result<TaskRecord, InvalidTaskTransition>, StoreError> {
         loop {
-            let cur = self.task(id).await?.ok_or_else(|| StoreError::NotFound {
-                id: id.to_string(),
-            })?;
+            let cur = self
+                .task(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;
             let next = match transition(cur.state, event) {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(e)),
@@ -283,9 +287,10 @@ impl Store {
             .execute(&self.pool)
             .await?;
             if done.rows_affected() == 1 {
-                let rec = self.task(id).await?.ok_or_else(|| StoreError::NotFound {
-                    id: id.to_string(),
-                })?;
+                let rec = self
+                    .task(id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound { id: id.to_string() })?;
                 return Ok(Ok(rec));
             }
         }

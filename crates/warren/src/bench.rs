@@ -804,7 +804,11 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
         return res;
     }
     if args.tasks {
-        let count = if args.quick { 4 } else { args.tasks_count.max(1) };
+        let count = if args.quick {
+            4
+        } else {
+            args.tasks_count.max(1)
+        };
         progress(&format!("state dir {}", dirs.state.display()));
         let res = tasks::run(&dirs, &args.busybox, count, oci, args.json).await;
         if let Some(dir) = owned_state {

@@ -13,10 +13,10 @@ mod output;
 mod policy_cmd;
 mod ports;
 mod quota_cmd;
-mod task_cmd;
 mod remote;
 mod server_cmd;
 mod ssh;
+mod task_cmd;
 mod terminal;
 mod wsexec;
 

@@ -106,7 +106,12 @@ pub(crate) struct TaskRunArgs {
 fn kv(flag: &str, s: &str) -> Result<(String, String)> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| user_error(format!("--{flag} `{s}`: expected KEY=VALUE"), format!("e.g. --{flag} team=core")))
+        .ok_or_else(|| {
+            user_error(
+                format!("--{flag} `{s}`: expected KEY=VALUE"),
+                format!("e.g. --{flag} team=core"),
+            )
+        })
 }
 
 /// The exit code `warren task run` ends with: the command's, else 124 for a time-out, 130 for a
@@ -124,7 +129,11 @@ fn exit_of(t: &TaskView) -> u8 {
 pub(crate) async fn task(c: &Client, cmd: TaskCmd, json: bool) -> Result<u8> {
     match cmd {
         TaskCmd::Run(a) => run(c, a, json).await,
-        TaskCmd::List { state, label, owner } => {
+        TaskCmd::List {
+            state,
+            label,
+            owner,
+        } => {
             let mut q: Vec<(&str, String)> = vec![];
             if let Some(s) = state {
                 q.push(("state", s));
@@ -157,12 +166,17 @@ pub(crate) async fn task(c: &Client, cmd: TaskCmd, json: bool) -> Result<u8> {
                 .collect();
             print!(
                 "{}",
-                table(&["ID", "STATE", "EXIT", "PUSHED", "CREATED", "REASON"], &rows)
+                table(
+                    &["ID", "STATE", "EXIT", "PUSHED", "CREATED", "REASON"],
+                    &rows
+                )
             );
             Ok(0)
         }
         TaskCmd::Show { id } => {
-            let t: TaskView = c.call(Method::GET, &format!("/tasks/{}", seg(&id)), None::<&()>).await?;
+            let t: TaskView = c
+                .call(Method::GET, &format!("/tasks/{}", seg(&id)), None::<&()>)
+                .await?;
             if json {
                 print_json(&t)?;
             } else {
@@ -269,7 +283,10 @@ async fn run(c: &Client, a: TaskRunArgs, json: bool) -> Result<u8> {
         print_json(&created)?;
         return Ok(0);
     }
-    eprintln!("Task {} queued (branch {}).", created.task.id, created.task.branch);
+    eprintln!(
+        "Task {} queued (branch {}).",
+        created.task.id, created.task.branch
+    );
     if let Some(cred) = &created.credential {
         eprintln!("Workspace credential (shown once; valid until the task ends):");
         println!("{cred}");
@@ -288,7 +305,10 @@ async fn run(c: &Client, a: TaskRunArgs, json: bool) -> Result<u8> {
             "Task {} {}{}.",
             t.id,
             t.state,
-            t.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+            t.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         );
         if let Some(p) = &t.pushed_branch {
             eprintln!("Pushed branch {p}.");

@@ -105,10 +105,11 @@ fn check_glob(g: &str) -> ApiResult<()> {
         || g.chars().any(|c| c.is_control())
         || g.split('/').any(|p| p == "..")
     {
-        return Err(
-            bad("artifacts", format!("`{g}` is not a glob inside the repository"))
-                .hint("relative paths and globs such as `out/*.txt`"),
-        );
+        return Err(bad(
+            "artifacts",
+            format!("`{g}` is not a glob inside the repository"),
+        )
+        .hint("relative paths and globs such as `out/*.txt`"));
     }
     Ok(())
 }
@@ -133,7 +134,10 @@ pub async fn view(state: &AppState, t: &TaskRecord) -> TaskView {
         repo: t.repo_url.clone(),
         base_branch: t.base_branch.clone(),
         branch: t.branch.clone(),
-        command: t.command_json.as_deref().and_then(|c| serde_json::from_str(c).ok()),
+        command: t
+            .command_json
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok()),
         shell: t.shell.clone(),
         interactive: t.interactive,
         time_limit_s: t.time_limit_s as u64,
@@ -164,7 +168,10 @@ async fn create_task(
     caller: Caller,
     Json(body): Json<CreateTask>,
 ) -> ApiResult<Response> {
-    for op in [Op::WorkspaceWrite(Owner::Own), Op::WorkspaceExec(Owner::Own)] {
+    for op in [
+        Op::WorkspaceWrite(Owner::Own),
+        Op::WorkspaceExec(Owner::Own),
+    ] {
         caller.require(op)?;
     }
     if caller.principal.workspaces.is_some() {
@@ -173,7 +180,11 @@ async fn create_task(
         ));
     }
     // What runs: exactly one of command, shell, interactive.
-    let given = [body.command.is_some(), body.shell.is_some(), body.interactive];
+    let given = [
+        body.command.is_some(),
+        body.shell.is_some(),
+        body.interactive,
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(
             ApiError::bad_request("command: give exactly one of `command`, `shell` and `interactive`")
@@ -223,8 +234,9 @@ async fn create_task(
         check_glob(g)?;
     }
     if !body.secrets.is_empty() {
-        return Err(bad("secrets", "this server has no secrets store yet")
-            .hint("leave out `secrets`"));
+        return Err(
+            bad("secrets", "this server has no secrets store yet").hint("leave out `secrets`")
+        );
     }
     // The template and its parameters, checked now so that a typo is a 400, not a failed task.
     let (_, version) =
@@ -254,8 +266,8 @@ async fn create_task(
     let mut credential = None;
     let mut credential_token_id = None;
     if body.interactive {
-        let scopes = ScopeSet::parse(["workspace:read", "workspace:exec"])
-            .map_err(ApiError::internal)?;
+        let scopes =
+            ScopeSet::parse(["workspace:read", "workspace:exec"]).map_err(ApiError::internal)?;
         let slack = Duration::from_secs(3600);
         let mut expires = crate::routes::users::expires_at(time_limit + slack);
         if caller.token.expires_at < expires && !caller.token.expires_at.is_empty() {
@@ -383,7 +395,8 @@ async fn list_tasks(
     caller: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<TaskList>> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let st = q
         .state
         .as_deref()
@@ -468,7 +481,8 @@ async fn task_logs(
     Path(id): Path<String>,
     q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let t = find_task(&state, &caller, &id, Op::WorkspaceRead).await?;
     let path = crate::tasks::task_dir(&state, &t.id).join("log");
     if !q.follow.unwrap_or(false) {
@@ -561,7 +575,11 @@ async fn cancel_task(
         ..Default::default()
     };
     let t = if t.state == TaskState::Queued {
-        match state.store.task_apply(&t.id, TaskEvent::Cancel, &patch).await? {
+        match state
+            .store
+            .task_apply(&t.id, TaskEvent::Cancel, &patch)
+            .await?
+        {
             Ok(t) => {
                 if let Some(tok) = &t.credential_token_id {
                     let _ = state.store.revoke_token(tok).await;
@@ -586,7 +604,10 @@ async fn cancel_task(
         if !state.tasks.stop(&t.id, Stop::Cancel) {
             // No runner here (another replica, or one that just finished): fail it so that it
             // does not stay active forever; the next start cleans up.
-            let _ = state.store.task_apply(&t.id, TaskEvent::Abort, &patch).await?;
+            let _ = state
+                .store
+                .task_apply(&t.id, TaskEvent::Abort, &patch)
+                .await?;
         }
         t
     };
@@ -617,7 +638,11 @@ async fn complete_task(
         )
         .hint("cancel it with `warren task cancel` instead"));
     }
-    if t.state != TaskState::Running || !state.tasks.stop(&t.id, Stop::Complete(body.exit_code.unwrap_or(0))) {
+    if t.state != TaskState::Running
+        || !state
+            .tasks
+            .stop(&t.id, Stop::Complete(body.exit_code.unwrap_or(0)))
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             ErrorCode::InvalidState,
@@ -644,7 +669,9 @@ async fn task_artifacts(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Vec<Artifact>>> {
     let t = find_task(&state, &caller, &id, Op::WorkspaceRead).await?;
-    Ok(Json(serde_json::from_str(&t.collected_json).unwrap_or_default()))
+    Ok(Json(
+        serde_json::from_str(&t.collected_json).unwrap_or_default(),
+    ))
 }
 
 /// One artifact's bytes (`name` as listed, URL-encoded).
@@ -657,13 +684,10 @@ async fn task_artifact(
     Path((id, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let t = find_task(&state, &caller, &id, Op::WorkspaceRead).await?;
-    let bytes = crate::tasks::read_artifact(&state, &t.id, &name)
-        .ok_or_else(|| ApiError::not_found("artifact", &name).hint("`GET /tasks/{id}/artifacts` lists them"))?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        bytes,
-    )
-        .into_response())
+    let bytes = crate::tasks::read_artifact(&state, &t.id, &name).ok_or_else(|| {
+        ApiError::not_found("artifact", &name).hint("`GET /tasks/{id}/artifacts` lists them")
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 /// Query of `GET /tasks/{id}/audit`.
@@ -684,7 +708,8 @@ async fn task_audit(
     Path(id): Path<String>,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let t = find_task(&state, &caller, &id, Op::WorkspaceRead).await?;
     let jsonl = match q.format.as_deref() {
         None | Some("json") => false,

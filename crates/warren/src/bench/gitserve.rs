@@ -92,7 +92,14 @@ fn make_netns() -> Result<Netns, String> {
     must(&[
         "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
     ])?;
-    must(&["ip", "addr", "add", &format!("{HOST_SIDE}/32"), "dev", &host_if])?;
+    must(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{HOST_SIDE}/32"),
+        "dev",
+        &host_if,
+    ])?;
     must(&["ip", "link", "set", &host_if, "up"])?;
     let inside = |args: &[&str]| {
         let mut v = vec!["ip", "netns", "exec", &name];
@@ -109,7 +116,15 @@ fn make_netns() -> Result<Netns, String> {
     // host reaches without a gateway are its own, which workspaces may not reach.
     let a = addr.to_string();
     must(&[
-        "ip", "route", "replace", &format!("{a}/32"), "via", &a, "dev", &host_if, "onlink",
+        "ip",
+        "route",
+        "replace",
+        &format!("{a}/32"),
+        "via",
+        &a,
+        "dev",
+        &host_if,
+        "onlink",
     ])?;
     Ok(Netns {
         name,
@@ -211,8 +226,15 @@ impl GitServer {
 
     /// The same with `user:password@` in it.
     pub fn url_with_auth(&self, name: &str) -> String {
-        let pw = self.password.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        format!("http://{}:{pw}@{}:{}/{name}.git", self.user, self.addr, self.port)
+        let pw = self
+            .password
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        format!(
+            "http://{}:{pw}@{}:{}/{name}.git",
+            self.user, self.addr, self.port
+        )
     }
 
     /// Changes the password (the old one is refused from now on).
@@ -239,7 +261,12 @@ impl GitServer {
         }
         let git = |dir: &Path, args: &[&str]| -> Result<(), String> {
             let o = Command::new("/usr/bin/git")
-                .args(["-c", "user.name=test", "-c", "user.email=test@example.invalid"])
+                .args([
+                    "-c",
+                    "user.name=test",
+                    "-c",
+                    "user.email=test@example.invalid",
+                ])
                 .args(args)
                 .current_dir(dir)
                 .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -263,7 +290,13 @@ impl GitServer {
         let _ = std::fs::remove_dir_all(&bare);
         git(
             &self.root,
-            &["clone", "-q", "--bare", &work.display().to_string(), &bare.display().to_string()],
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &work.display().to_string(),
+                &bare.display().to_string(),
+            ],
         )?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
@@ -325,12 +358,7 @@ fn handle(
             return Ok(());
         }
     }
-    let header = |k: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes()));
     if header("authorization").as_deref() != Some(expected.as_str()) {
         respond(

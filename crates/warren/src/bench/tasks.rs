@@ -178,9 +178,16 @@ pub(super) async fn run(
     let base = format!("http://127.0.0.1:{port}");
     let mut ready = false;
     for _ in 0..200 {
-        if call(&http, &base, &token, reqwest::Method::GET, "/api/v1/me", None)
-            .await
-            .is_ok()
+        if call(
+            &http,
+            &base,
+            &token,
+            reqwest::Method::GET,
+            "/api/v1/me",
+            None,
+        )
+        .await
+        .is_ok()
         {
             ready = true;
             break;
@@ -188,7 +195,10 @@ pub(super) async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     if !ready {
-        bail!("the server did not answer (log: {})", root.join("server.log").display());
+        bail!(
+            "the server did not answer (log: {})",
+            root.join("server.log").display()
+        );
     }
     call(
         &http,
@@ -240,11 +250,22 @@ pub(super) async fn run(
         let sups = supervisors(&srv_state);
         peak_count = peak_count.max(sups.len());
         peak_sups = peak_sups.max(sups.iter().map(|p| rss_kib(*p)).sum());
-        let list = call(&http, &base, &token, reqwest::Method::GET, "/api/v1/tasks?limit=1000", None).await?;
+        let list = call(
+            &http,
+            &base,
+            &token,
+            reqwest::Method::GET,
+            "/api/v1/tasks?limit=1000",
+            None,
+        )
+        .await?;
         for t in list["tasks"].as_array().into_iter().flatten() {
             let id = t["id"].as_str().unwrap_or("");
             if pending.iter().any(|p| p == id)
-                && matches!(t["state"].as_str(), Some("succeeded" | "failed" | "timed-out" | "canceled"))
+                && matches!(
+                    t["state"].as_str(),
+                    Some("succeeded" | "failed" | "timed-out" | "canceled")
+                )
             {
                 pending.retain(|p| p != id);
                 done.push(t.clone());
@@ -258,7 +279,10 @@ pub(super) async fn run(
     let all_done = t0.elapsed().as_secs_f64();
     let ok = done.iter().filter(|t| t["state"] == "succeeded").count();
     let pushed = git
-        .git("proj", &["for-each-ref", "--format=%(refname)", "refs/heads/warren/"])
+        .git(
+            "proj",
+            &["for-each-ref", "--format=%(refname)", "refs/heads/warren/"],
+        )
         .unwrap_or_default()
         .lines()
         .count();
@@ -267,10 +291,16 @@ pub(super) async fn run(
         .filter_map(|t| ms_between(t["created_at"].as_str()?, t["finished_at"].as_str()?))
         .collect();
     per.sort_by(|a, b| a.total_cmp(b));
-    let (p50, p99) = (percentile(&per, 50.0) / 1000.0, percentile(&per, 99.0) / 1000.0);
+    let (p50, p99) = (
+        percentile(&per, 50.0) / 1000.0,
+        percentile(&per, 99.0) / 1000.0,
+    );
     if ok != count {
         for t in done.iter().filter(|t| t["state"] != "succeeded").take(3) {
-            progress(&format!("task {}: {} ({})", t["id"], t["state"], t["reason"]));
+            progress(&format!(
+                "task {}: {} ({})",
+                t["id"], t["state"], t["reason"]
+            ));
         }
     }
     drop(server);

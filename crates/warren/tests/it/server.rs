@@ -2186,13 +2186,30 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
     let repo = git.url_with_auth("proj");
     // A failing command: its output followed live, and its exit code.
     let o = s.run(&[
-        "task", "run", "-t", "agent", "--repo", &repo, "--label", "k=v", "--", "sh", "-c",
+        "task",
+        "run",
+        "-t",
+        "agent",
+        "--repo",
+        &repo,
+        "--label",
+        "k=v",
+        "--",
+        "sh",
+        "-c",
         "echo from-the-agent; ./test.sh; exit 7",
     ]);
     assert_eq!(o.status.code(), Some(7), "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains("from-the-agent") && out.contains("test failed"), "{out}");
-    assert!(stderr(&o).contains("failed (exit code 7)"), "{}", stderr(&o));
+    assert!(
+        out.contains("from-the-agent") && out.contains("test failed"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("failed (exit code 7)"),
+        "{}",
+        stderr(&o)
+    );
     // A succeeding one that pushes: exit 0, the branch on the remote.
     let o = s.run(&[
         "task", "run", "-t", "agent", "--repo", &repo, "--branch", "agent/fix", "--", "sh", "-c",
@@ -2200,8 +2217,16 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("test passed"), "{}", stdout(&o));
-    assert!(stderr(&o).contains("Pushed branch agent/fix."), "{}", stderr(&o));
-    assert_eq!(git.git("proj", &["show", "agent/fix:greeting.txt"]).unwrap(), "fixed\n");
+    assert!(
+        stderr(&o).contains("Pushed branch agent/fix."),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        git.git("proj", &["show", "agent/fix:greeting.txt"])
+            .unwrap(),
+        "fixed\n"
+    );
     // list, show, logs.
     let list = s.json(&["task", "list", "--label", "k=v"]);
     let tasks = list["tasks"].as_array().unwrap();
@@ -2209,19 +2234,40 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
     let id = tasks[0]["id"].as_str().unwrap().to_string();
     assert_eq!(tasks[0]["exit_code"], 7);
     let shown = s.ok(&["task", "show", &id]);
-    assert!(shown.contains("state:     failed") && shown.contains("exit code: 7"), "{shown}");
+    assert!(
+        shown.contains("state:     failed") && shown.contains("exit code: 7"),
+        "{shown}"
+    );
     assert!(s.ok(&["task", "logs", &id]).contains("from-the-agent"));
     // Detached: the id on stdout; then canceled.
     let id = s
-        .ok(&["task", "run", "-t", "agent", "--repo", &repo, "--detach", "--", "sleep", "1000"])
+        .ok(&[
+            "task", "run", "-t", "agent", "--repo", &repo, "--detach", "--", "sleep", "1000",
+        ])
         .trim()
         .to_string();
     assert!(id.starts_with("t_"), "{id}");
     s.ok(&["task", "cancel", &id]);
     let o = s.run(&["task", "logs", "-f", &id]);
-    assert_eq!(o.status.code(), Some(130), "a canceled task: {}", stderr(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "a canceled task: {}",
+        stderr(&o)
+    );
     // Bad input: one line naming the field, with a hint.
-    let (_, err) = s.fails(&["task", "run", "-t", "agent", "--repo", &repo, "--time-limit", "soon", "--", "true"]);
+    let (_, err) = s.fails(&[
+        "task",
+        "run",
+        "-t",
+        "agent",
+        "--repo",
+        &repo,
+        "--time-limit",
+        "soon",
+        "--",
+        "true",
+    ]);
     assert!(err.contains("time_limit"), "{err}");
     let (_, err) = s.fails(&["task", "run", "-t", "agent", "--repo", &repo]);
     assert!(err.contains("no command") && err.contains("hint:"), "{err}");
