@@ -342,7 +342,7 @@ async fn owner_caller(state: &AppState, t: &TaskRecord) -> Result<Caller, String
     if user.suspended {
         return Err("its owner is suspended".into());
     }
-    let role: Role = user.role.parse().map_err(|e| format!("{e}"))?;
+    let role = user.role.parse::<Role>().map_err(|e| e.to_string())?;
     let scopes = role.scopes();
     let token = warren_store::TokenRecord {
         id: format!("task-{}", t.id),

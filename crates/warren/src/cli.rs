@@ -200,7 +200,7 @@ pub(crate) enum Cmd {
     #[command(subcommand)]
     Devcontainer(crate::devcontainer_cmd::DevcontainerCmd),
     /// Run the control-plane server (REST API, metrics), or initialise it.
-    Server(crate::server_cmd::ServerArgs),
+    Server(Box<crate::server_cmd::ServerArgs>),
 }
 
 #[derive(Args, Debug)]
@@ -875,7 +875,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     let exe = std::env::current_exe()?;
     let json = cli.json;
     let cmd = match cli.cmd {
-        Cmd::Server(a) => return crate::server_cmd::run(a, cli.state_dir, cli.runtime, exe).await,
+        Cmd::Server(a) => return crate::server_cmd::run(*a, cli.state_dir, cli.runtime, exe).await,
         // Commands that need no server and no engine.
         Cmd::Context(c) => return crate::admin::context(c, cli.context.as_deref(), json),
         Cmd::Login(a) if a.approve.is_none() => return crate::admin::login(a, json).await,

@@ -19,7 +19,7 @@ use crate::remote::print_json;
 pub(crate) enum TaskCmd {
     /// Run a command in a fresh workspace on a clone of a repository; follows its output and
     /// exits with its exit code (unless --detach).
-    Run(TaskRunArgs),
+    Run(Box<TaskRunArgs>),
     /// List tasks, newest first.
     List {
         /// Only tasks in this state (queued, provisioning, running, collecting, succeeded,
@@ -128,7 +128,7 @@ fn exit_of(t: &TaskView) -> u8 {
 
 pub(crate) async fn task(c: &Client, cmd: TaskCmd, json: bool) -> Result<u8> {
     match cmd {
-        TaskCmd::Run(a) => run(c, a, json).await,
+        TaskCmd::Run(a) => run(c, *a, json).await,
         TaskCmd::List {
             state,
             label,

@@ -132,9 +132,11 @@ pub(super) async fn run(
     oci: &str,
     json_out: bool,
 ) -> Result<u8> {
-    let root = d.state.join("bench/tasks");
+    // Short names: workspaces' control sockets live under the server's state directory, and a
+    // socket path has at most 107 bytes.
+    let root = d.state.join("bench/t");
     let _ = std::fs::remove_dir_all(&root);
-    let srv_state = root.join("server");
+    let srv_state = root.join("s");
     std::fs::create_dir_all(&srv_state)?;
     let exe = std::env::current_exe()?;
     let rootfs = root.join("rootfs");
