@@ -15,6 +15,7 @@ pub mod ports;
 pub mod schedule;
 pub mod ssh_key;
 mod state;
+pub mod task;
 pub mod template;
 pub mod toolbox_files;
 pub mod v1;

@@ -10,6 +10,9 @@ use crate::auth::{Role, Scope};
 use crate::template::{Ceilings, ParamSpec, PolicyDefaults};
 use crate::Workspace;
 
+/// Tasks' bodies live with their state machine.
+pub use crate::task::{Artifact, CompleteTask, CreateTask, TaskCreated, TaskList, TaskView};
+
 /// A user and their role in the organization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct User {

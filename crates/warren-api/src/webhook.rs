@@ -12,10 +12,10 @@
 use sha2::{Digest, Sha256};
 
 /// The prefixes patterns may name (`PREFIX.*`).
-pub const PREFIXES: [&str; 3] = ["workspace", "budget", "network"];
+pub const PREFIXES: [&str; 4] = ["workspace", "budget", "network", "task"];
 
 /// Every event kind a pattern may name exactly. A new kind of event is added here.
-pub const EVENT_KINDS: [&str; 16] = [
+pub const EVENT_KINDS: [&str; 22] = [
     "workspace.created",
     "workspace.pending",
     "workspace.starting",
@@ -32,6 +32,12 @@ pub const EVENT_KINDS: [&str; 16] = [
     "budget.exhausted",
     "webhook.disabled",
     "network.denied",
+    "task.created",
+    "task.started",
+    "task.succeeded",
+    "task.failed",
+    "task.timed_out",
+    "task.canceled",
 ];
 
 /// The kind of the event `POST /webhooks/{id}/test` sends.

@@ -60,6 +60,8 @@ pub struct AppState {
     pub mcp: Arc<crate::mcp::Mcp>,
     /// The secrets key and the workspaces' agent sockets.
     pub secrets: Arc<crate::secrets::Secrets>,
+    /// Task runners of this process and the task scheduler's wake-up.
+    pub tasks: Arc<crate::tasks::Tasks>,
 }
 
 impl AppState {

@@ -121,6 +121,7 @@ fn is_verb(s: &str) -> bool {
             | "stop"
             | "restart"
             | "cancel"
+            | "complete"
             | "extend"
             | "archive"
             | "unarchive"
@@ -300,6 +301,9 @@ mod tests {
                 "team.member.update",
             ),
             (Method::POST, "/api/v1/jobs/{id}/cancel", "job.cancel"),
+            (Method::POST, "/api/v1/tasks/{id}/cancel", "task.cancel"),
+            (Method::POST, "/api/v1/tasks/{id}/complete", "task.complete"),
+            (Method::POST, "/api/v1/tasks", "task.create"),
             (
                 Method::POST,
                 "/api/v1/templates/{t}/active",

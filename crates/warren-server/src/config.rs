@@ -69,6 +69,12 @@ pub struct ConfigLayer {
     /// The key secrets are encrypted with (32 bytes; default `STATE/secret.key`, made at the
     /// first start).
     pub secret_key_file: Option<PathBuf>,
+    /// Tasks running at once per user (default 4); more wait queued.
+    pub max_tasks_per_user: Option<u32>,
+    /// Tasks running at once per team (default 8).
+    pub max_tasks_per_team: Option<u32>,
+    /// Tasks running at once on the server (default 16).
+    pub max_tasks: Option<u32>,
 }
 
 /// Resolved configuration.
@@ -116,6 +122,19 @@ pub struct ServerConfig {
     pub network: warren_runtime::network::NetRequest,
     /// The secrets key file (default `STATE/secret.key`).
     pub secret_key_file: Option<PathBuf>,
+    /// Concurrency limits of tasks: per user, per team, in all.
+    pub task_limits: TaskLimits,
+}
+
+/// How many tasks may run at once (provisioning, running or collecting); the rest wait queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// Per user.
+    pub per_user: u32,
+    /// Per team (the team charged).
+    pub per_team: u32,
+    /// In all.
+    pub total: u32,
 }
 
 /// Default listen address.
@@ -166,6 +185,9 @@ impl ConfigLayer {
             network_subnet: self.network_subnet.or(lower.network_subnet),
             dns_upstream: self.dns_upstream.or(lower.dns_upstream),
             secret_key_file: self.secret_key_file.or(lower.secret_key_file),
+            max_tasks_per_user: self.max_tasks_per_user.or(lower.max_tasks_per_user),
+            max_tasks_per_team: self.max_tasks_per_team.or(lower.max_tasks_per_team),
+            max_tasks: self.max_tasks.or(lower.max_tasks),
         }
     }
 }
@@ -233,8 +255,18 @@ impl ServerConfig {
             given.network_subnet.as_deref(),
             given.dns_upstream.as_deref(),
         )?;
+        let limit = |v: Option<u32>, name: &str, default: u32| match v {
+            Some(0) => Err(format!("{name}: must be at least 1")),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let task_limits = TaskLimits {
+            per_user: limit(given.max_tasks_per_user, "max_tasks_per_user", 4)?,
+            per_team: limit(given.max_tasks_per_team, "max_tasks_per_team", 8)?,
+            total: limit(given.max_tasks, "max_tasks", 16)?,
+        };
         Ok(ServerConfig {
             secret_key_file: given.secret_key_file,
+            task_limits,
             default_cost,
             default_network,
             network,

@@ -21,4 +21,5 @@ pub mod secrets;
 pub mod serve;
 pub mod session_audit;
 pub mod ssh;
+pub mod tasks;
 pub mod webhooks;

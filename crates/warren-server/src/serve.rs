@@ -80,6 +80,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         event_followers: Default::default(),
         mcp: Default::default(),
         secrets,
+        tasks: Default::default(),
     };
     // Secret files are written by the engine at every start, from the server's store and key.
     state
@@ -188,6 +189,7 @@ pub async fn serve(
         state.cfg.policy_interval,
     ));
     let webhooks = tokio::spawn(crate::webhooks::run(state.clone()));
+    let tasks = tokio::spawn(crate::tasks::run(state.clone()));
     let invalidations = tokio::spawn(apply_notices(state.clone()));
     // The agent sockets of the workspaces made before this start.
     crate::secrets::ensure_all_agents(&state).await;
@@ -260,6 +262,8 @@ pub async fn serve(
     background.abort();
     governor.abort();
     webhooks.abort();
+    tasks.abort();
+    state.tasks.abort_all();
     invalidations.abort();
     state.secrets.stop_all_agents();
     if let Some(g) = gateway {

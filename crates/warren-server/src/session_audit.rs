@@ -33,11 +33,17 @@ pub async fn record(
     ev: SessionEvent,
 ) {
     let a = actor_.map(actor);
-    crate::audit::record(
-        state,
-        warren_store::session::session_record(rec, a.as_ref(), &ev),
-    )
-    .await;
+    let mut r = warren_store::session::session_record(rec, a.as_ref(), &ev);
+    // The task the workspace belongs to, if any: a task's session is its workspace's.
+    if let Ok(Some(t)) = state.store.task_of_workspace(&rec.id).await {
+        if let Some(d) = r.details_json.as_deref() {
+            if let Ok(mut v) = serde_json::from_str::<serde_json::Value>(d) {
+                v["task_id"] = serde_json::Value::String(t.id);
+                r.details_json = Some(v.to_string());
+            }
+        }
+    }
+    crate::audit::record(state, r).await;
 }
 
 /// A fresh id for a process that has none of its own (`x_...`).

@@ -156,6 +156,16 @@ fn cases() -> Vec<Case> {
         c("GET", "/api/v1/jobs/{id}", "", Rule::Ws(WorkspaceRead)),
         c("POST", "/api/v1/jobs/{id}/cancel", "", Rule::Ws(WorkspaceWrite)),
         c("GET", "/api/v1/jobs/{id}/logs", "", Rule::Ws(WorkspaceRead)),
+        // Tasks: checked like their workspace would be (owner's or another user's).
+        c("POST", "/api/v1/tasks", "", Rule::Op(WorkspaceWrite(Owner::Own))),
+        c("GET", "/api/v1/tasks", "", Rule::Listing(WorkspaceRead(Owner::Own))),
+        c("GET", "/api/v1/tasks/{id}", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/tasks/{id}/logs", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/tasks/{id}/artifacts", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/tasks/{id}/artifacts/{name}", "", Rule::Ws(WorkspaceRead)),
+        c("GET", "/api/v1/tasks/{id}/audit", "", Rule::Ws(WorkspaceRead)),
+        c("POST", "/api/v1/tasks/{id}/cancel", "", Rule::Ws(WorkspaceWrite)),
+        c("POST", "/api/v1/tasks/{id}/complete", "", Rule::Ws(WorkspaceWrite)),
         // Who am I: any signed-in caller.
         c("GET", "/api/v1/me", "", Rule::AnyCaller(Scope::WorkspaceRead)),
         // SSH keys. One's own are listed and removed by any signed-in caller (as one's own
@@ -601,6 +611,67 @@ impl<'a> Fx<'a> {
         Self::ws_key(&self.shared[&key], owner, caller)
     }
 
+    /// A running task of `owner` (recorded directly; no runner works on it, and the scheduler
+    /// admits queued tasks only), with an artifacts tar holding `a.txt`.
+    async fn task(&mut self, owner: &str) -> String {
+        let id = format!("t_{}", self.fresh("").replace('-', ""));
+        self.store
+            .insert_task(&warren_store::TaskRecord {
+                id: id.clone(),
+                owner_id: self.users[owner].clone(),
+                team_id: None,
+                template: "fixture".into(),
+                template_version: None,
+                params_json: "{}".into(),
+                repo_url: Some("http://198.19.0.1/r.git".into()),
+                base_branch: None,
+                branch: "warren/fixture".into(),
+                command_json: None,
+                shell: Some("true".into()),
+                interactive: false,
+                time_limit_s: 60,
+                idle_limit_s: 60,
+                labels_json: "{}".into(),
+                secrets_json: "[]".into(),
+                artifacts_json: "[]".into(),
+                keep: false,
+                state: warren_api::task::TaskState::Running,
+                reason: None,
+                workspace_id: None,
+                repo_dir: None,
+                credential_token_id: None,
+                exit_code: None,
+                pushed_branch: None,
+                diff: None,
+                collected_json: "[]".into(),
+                created_at: warren_store::now(),
+                started_at: None,
+                finished_at: None,
+                generation: 1,
+            })
+            .await
+            .unwrap();
+        let dir = self.s.state().join("tasks").join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "a.txt", &b"a\n"[..]).unwrap();
+        std::fs::write(dir.join("artifacts.tar"), b.into_inner().unwrap()).unwrap();
+        id
+    }
+
+    async fn shared_task(&mut self, owner: &str) -> String {
+        let key = (owner.to_string(), "task");
+        if !self.shared.contains_key(&key) {
+            let id = self.task(owner).await;
+            self.shared.insert(key.clone(), id);
+        }
+        self.shared[&key].clone()
+    }
+
     async fn shared_job(&mut self, owner: &str) -> String {
         let key = (owner.to_string(), "job");
         if !self.shared.contains_key(&key) {
@@ -676,6 +747,31 @@ impl<'a> Fx<'a> {
             ("POST", "/api/v1/jobs/{id}/cancel", _) => {
                 let id = self.job(ws_owner).await;
                 Req::new(m, format!("/api/v1/jobs/{id}/cancel"), Body::None)
+            }
+            ("POST", "/api/v1/tasks", _) => Req::new(
+                m,
+                path,
+                j(json!({"template": "no-such-template", "interactive": true})),
+            ),
+            ("GET", "/api/v1/tasks", _) => Req::new(m, path, Body::None),
+            (
+                "GET",
+                "/api/v1/tasks/{id}"
+                | "/api/v1/tasks/{id}/logs"
+                | "/api/v1/tasks/{id}/artifacts"
+                | "/api/v1/tasks/{id}/audit",
+                _,
+            ) => {
+                let id = self.shared_task(ws_owner).await;
+                Req::new(m, path.replace("{id}", &id), Body::None)
+            }
+            ("GET", "/api/v1/tasks/{id}/artifacts/{name}", _) => {
+                let id = self.shared_task(ws_owner).await;
+                Req::new(m, format!("/api/v1/tasks/{id}/artifacts/a.txt"), Body::None)
+            }
+            ("POST", "/api/v1/tasks/{id}/cancel" | "/api/v1/tasks/{id}/complete", _) => {
+                let id = self.task(ws_owner).await;
+                Req::new(m, path.replace("{id}", &id), j(json!({})))
             }
             ("GET", "/api/v1/me", _) => Req::new(m, path, Body::None),
             ("GET", "/api/v1/me/ssh-keys", _) => Req::new(m, path, Body::None),

@@ -24,6 +24,7 @@ mod secrets;
 pub mod session;
 mod ssh_access;
 mod ssh_keys;
+mod tasks;
 mod templates;
 mod webhooks;
 
@@ -52,6 +53,7 @@ pub use record::{EventRecord, NewWorkspace, Ownership, WorkspaceFilter, Workspac
 pub use secrets::SecretRecord;
 pub use ssh_access::SshAccessRecord;
 pub use ssh_keys::{NewSshKey, SshKeyRecord};
+pub use tasks::{TaskPatch, TaskRecord};
 pub use templates::{NewVersion, TemplateRecord, VersionRecord};
 pub use webhooks::{
     AttemptOutcome, DeliveryRecord, NewWebhook, WebhookRecord, WEBHOOK_DISABLED_KIND,

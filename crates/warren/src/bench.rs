@@ -116,15 +116,25 @@ pub struct BenchArgs {
     /// --net: rounds (--quick: 2).
     #[arg(long, default_value_t = 5)]
     net_rounds: usize,
+    /// Benchmark tasks instead: a burst of tasks submitted at once to a real server, each
+    /// cloning a small repository from a local git server, committing and pushing a branch
+    /// (needs root, iproute2 and Debian's git).
+    #[arg(long)]
+    tasks: bool,
+    /// --tasks: tasks in the burst (--quick: 4).
+    #[arg(long, default_value_t = 50)]
+    tasks_count: usize,
 }
 
 mod api;
 mod build;
 pub(crate) mod devcontainer;
+pub(crate) mod gitserve;
 mod net;
 mod policy;
 mod ports;
 mod ssh;
+mod tasks;
 
 /// `warren bench --devcontainer`.
 pub(crate) fn run_devcontainer(args: &BenchArgs) -> Result<u8> {
@@ -788,6 +798,21 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
             args.build_rounds = 5;
         }
         let res = build::run(&dirs, &args.busybox, args.build_rounds, oci, args.json).await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
+        }
+        return res;
+    }
+    if args.tasks {
+        let count = if args.quick {
+            4
+        } else {
+            args.tasks_count.max(1)
+        };
+        progress(&format!("state dir {}", dirs.state.display()));
+        let res = tasks::run(&dirs, &args.busybox, count, oci, args.json).await;
         if let Some(dir) = owned_state {
             let _ = std::fs::remove_dir_all(&dir);
         } else {

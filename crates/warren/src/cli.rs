@@ -109,6 +109,10 @@ pub(crate) enum Cmd {
     /// autostart schedule, dormancy (server only).
     #[command(subcommand)]
     Policy(crate::policy_cmd::PolicyCmd),
+    /// Run work in a fresh workspace: clone a repository, run a command, collect the exit code,
+    /// diff, pushed branch and artifacts, then remove the workspace (server only).
+    #[command(subcommand)]
+    Task(crate::task_cmd::TaskCmd),
     /// Show or change what a workspace may reach on the network: egress allow and deny rules
     /// (addresses, CIDRs, domains), bandwidth and connection limits (server only).
     #[command(subcommand)]
@@ -1050,6 +1054,7 @@ fn server_only(cmd: &Cmd) -> Option<&'static str> {
         Cmd::Cancel { .. } => "cancel",
         Cmd::Extend { .. } => "extend",
         Cmd::Policy(_) => "policy",
+        Cmd::Task(_) => "task",
         Cmd::Net(_) => "net",
         Cmd::Keepalive { .. } => "keepalive",
         Cmd::Events(_) => "events",

@@ -19,6 +19,7 @@ mod remote;
 mod secret_cmd;
 mod server_cmd;
 mod ssh;
+mod task_cmd;
 mod terminal;
 mod wsexec;
 

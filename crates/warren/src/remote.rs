@@ -101,6 +101,7 @@ pub async fn run(cmd: Cmd, remote: &Remote, json: bool) -> Result<u8> {
         Cmd::ConfigSsh(a) => crate::ssh::config_ssh(c, remote, a.remove, a.ssh_config).await,
         Cmd::Ports(a) => crate::ports::ports(c, a, json).await,
         Cmd::Policy(p) => crate::policy_cmd::policy(c, p, json).await,
+        Cmd::Task(t) => crate::task_cmd::task(c, t, json).await,
         Cmd::Net(n) => crate::net_cmd::net(c, n, json).await,
         Cmd::Keepalive { workspace, every } => {
             crate::policy_cmd::keepalive(c, &workspace, every, json).await

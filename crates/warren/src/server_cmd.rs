@@ -92,6 +92,15 @@ pub struct ServerArgs {
     /// start].
     #[arg(long, env = "WARREN_SECRET_KEY_FILE", global = true)]
     secret_key_file: Option<PathBuf>,
+    /// Tasks running at once per user; more wait queued [default: 4].
+    #[arg(long, env = "WARREN_MAX_TASKS_PER_USER", global = true)]
+    max_tasks_per_user: Option<u32>,
+    /// Tasks running at once per team [default: 8].
+    #[arg(long, env = "WARREN_MAX_TASKS_PER_TEAM", global = true)]
+    max_tasks_per_team: Option<u32>,
+    /// Tasks running at once on the server [default: 16].
+    #[arg(long, env = "WARREN_MAX_TASKS", global = true)]
+    max_tasks: Option<u32>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +152,9 @@ pub async fn run(
         network_subnet: a.network_subnet,
         dns_upstream: a.dns_upstream,
         secret_key_file: a.secret_key_file,
+        max_tasks_per_user: a.max_tasks_per_user,
+        max_tasks_per_team: a.max_tasks_per_team,
+        max_tasks: a.max_tasks,
     };
     let file = match &a.config {
         Some(p) => ConfigLayer::from_file(p)

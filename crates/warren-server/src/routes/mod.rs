@@ -10,6 +10,7 @@ pub mod mcp;
 pub mod quotas;
 pub mod secrets;
 pub mod ssh_keys;
+pub mod tasks;
 pub mod templates;
 pub mod users;
 pub mod webhooks;
@@ -38,6 +39,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(quotas::router())
         .merge(mcp::router())
         .merge(secrets::router())
+        .merge(tasks::router())
 }
 
 /// The user named `name`, and whether it is the caller (how `owner=NAME` filters are checked).

@@ -228,6 +228,26 @@ async fn create_workspace(
     caller: Caller,
     Json(body): Json<CreateWorkspace>,
 ) -> ApiResult<Response> {
+    let (rec, job, note) = create(&state, &caller, body).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Extension(note),
+        Json(Accepted {
+            workspace: ws_view(rec),
+            job: job_view(&job),
+        }),
+    )
+        .into_response())
+}
+
+/// What `POST /workspaces` does (quotas, template, parameters, network, policy), for its handler
+/// and for tasks: the new record, its `create` job, and the audit note naming it.
+pub(crate) async fn create(
+    state: &AppState,
+    caller: &Caller,
+    body: CreateWorkspace,
+) -> ApiResult<(WorkspaceRecord, JobRecord, AuditNote)> {
+    let (state, caller) = (state.clone(), caller.clone());
     check(&caller, Op::WorkspaceWrite(Owner::Own))?;
     if caller.principal.workspaces.is_some() {
         return Err(ApiError::forbidden(
@@ -438,15 +458,7 @@ async fn create_workspace(
         })
         .to_string(),
     );
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Extension(note),
-        Json(Accepted {
-            workspace: ws_view(rec),
-            job: job_view(&job),
-        }),
-    )
-        .into_response())
+    Ok((rec, job, note))
 }
 
 /// The cost rates a workspace made from `version` is metered at (none: free): the version's
@@ -466,7 +478,7 @@ fn cost_snapshot(state: &AppState, version: &warren_store::VersionRecord) -> Opt
 /// The team a new workspace of the caller is charged to: the one named (the caller must be a
 /// member), else the caller's only team; none for a caller in no team, or in several without
 /// quotas. A caller in several teams of which one has a quota must say which.
-async fn charged_team(
+pub(crate) async fn charged_team(
     state: &AppState,
     caller: &Caller,
     named: Option<&str>,

@@ -3,6 +3,8 @@ mod build;
 mod cli;
 mod examples;
 mod features;
+#[path = "../../src/bench/gitserve.rs"]
+mod gitserve;
 mod isolation;
 mod network;
 mod runtime;

@@ -2224,3 +2224,142 @@ fn secrets_are_set_listed_used_and_removed_with_the_cli() {
     let (_, err) = s.fails(&["secret", "rm", "api-key"]);
     assert!(err.contains("api-key"), "{err}");
 }
+
+/// A busybox root with the host's git (and the libraries it needs), imported as `gitbox`.
+fn import_gitbox(world: &World) {
+    let root = world.dir.join("rootfs-gitbox");
+    crate::util::busybox_rootfs(&root);
+    let bins = ["/usr/bin/git", "/usr/lib/git-core/git-remote-http"];
+    let mut files: Vec<PathBuf> = bins.iter().map(PathBuf::from).collect();
+    for b in bins {
+        let ldd = Command::new("ldd").arg(b).output().unwrap();
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.trim().split(' ').next().unwrap_or(""),
+                None => line.trim().split(' ').next().unwrap_or(""),
+            };
+            if path.starts_with('/') {
+                files.push(PathBuf::from(path));
+            }
+        }
+    }
+    for f in files {
+        let dest = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+    let o = world.warren(&["image", "import", root.to_str().unwrap(), "gitbox"]);
+    assert!(o.status.success(), "import: {}", stderr(&o));
+}
+
+#[test]
+fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
+    let s = Server::start();
+    import_gitbox(&s.world);
+    s.login_admin();
+    let tpl = s.world.dir.join("agent-tpl");
+    write(
+        &tpl.join(".devcontainer/devcontainer.json"),
+        r#"{"image": "gitbox", "overrideCommand": true, "remoteUser": "dev"}"#,
+    );
+    write(&tpl.join("warren-template.json"), r#"{"name": "agent"}"#);
+    s.ok(&["template", "push", tpl.to_str().unwrap()]);
+    let gitdir = tempfile::tempdir().unwrap();
+    let git = crate::gitserve::GitServer::start(gitdir.path(), "bot", "pw-1").unwrap();
+    git.create_repo(
+        "proj",
+        &[
+            ("greeting.txt", "hello\n", false),
+            ("test.sh", "#!/bin/sh\ngrep -q fixed greeting.txt && echo 'test passed' || { echo 'test failed'; exit 1; }\n", true),
+        ],
+    )
+    .unwrap();
+    let repo = git.url_with_auth("proj");
+    // A failing command: its output followed live, and its exit code.
+    let o = s.run(&[
+        "task",
+        "run",
+        "-t",
+        "agent",
+        "--repo",
+        &repo,
+        "--label",
+        "k=v",
+        "--",
+        "sh",
+        "-c",
+        "echo from-the-agent; ./test.sh; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("from-the-agent") && out.contains("test failed"),
+        "{out}"
+    );
+    assert!(
+        stderr(&o).contains("failed (exit code 7)"),
+        "{}",
+        stderr(&o)
+    );
+    // A succeeding one that pushes: exit 0, the branch on the remote.
+    let o = s.run(&[
+        "task", "run", "-t", "agent", "--repo", &repo, "--branch", "agent/fix", "--", "sh", "-c",
+        "echo fixed > greeting.txt && ./test.sh && git commit -qam fix && git push -q origin HEAD:agent/fix",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("test passed"), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("Pushed branch agent/fix."),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        git.git("proj", &["show", "agent/fix:greeting.txt"])
+            .unwrap(),
+        "fixed\n"
+    );
+    // list, show, logs.
+    let list = s.json(&["task", "list", "--label", "k=v"]);
+    let tasks = list["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{list}");
+    let id = tasks[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(tasks[0]["exit_code"], 7);
+    let shown = s.ok(&["task", "show", &id]);
+    assert!(
+        shown.contains("state:     failed") && shown.contains("exit code: 7"),
+        "{shown}"
+    );
+    assert!(s.ok(&["task", "logs", &id]).contains("from-the-agent"));
+    // Detached: the id on stdout; then canceled.
+    let id = s
+        .ok(&[
+            "task", "run", "-t", "agent", "--repo", &repo, "--detach", "--", "sleep", "1000",
+        ])
+        .trim()
+        .to_string();
+    assert!(id.starts_with("t_"), "{id}");
+    s.ok(&["task", "cancel", &id]);
+    let o = s.run(&["task", "logs", "-f", &id]);
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "a canceled task: {}",
+        stderr(&o)
+    );
+    // Bad input: one line naming the field, with a hint.
+    let (_, err) = s.fails(&[
+        "task",
+        "run",
+        "-t",
+        "agent",
+        "--repo",
+        &repo,
+        "--time-limit",
+        "soon",
+        "--",
+        "true",
+    ]);
+    assert!(err.contains("time_limit"), "{err}");
+    let (_, err) = s.fails(&["task", "run", "-t", "agent", "--repo", &repo]);
+    assert!(err.contains("no command") && err.contains("hint:"), "{err}");
+}
