@@ -56,6 +56,8 @@ pub struct AppState {
     pub event_followers: Arc<crate::routes::events::Followers>,
     /// The lifecycle-policy reconciler's caches and pass lock.
     pub governor: Arc<crate::governor::Governor>,
+    /// Toolbox background processes and sessions, per workspace.
+    pub toolbox: Arc<crate::routes::workspaces::toolbox::process::Registry>,
 }
 
 impl AppState {

@@ -39,6 +39,7 @@ pub mod ports;
 pub mod ssh_access;
 pub mod ssh_tunnel;
 pub mod terminal;
+pub mod toolbox;
 
 /// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -62,6 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(terminal::router())
         .merge(policy::router())
         .merge(network::router())
+        .merge(toolbox::router())
 }
 
 /// The API view of a workspace: the host path of its project folder is the server's business.
@@ -783,6 +785,7 @@ pub(crate) async fn spawn_stop(
         reason,
         move |st, log| async move {
             warren_engine::Progress::step(&*log, "Stopping workspace");
+            st.toolbox.forget_workspace(&id);
             st.engine.stop(WsRef::Id(id)).await.map(|_| ())
         },
     )
@@ -808,6 +811,7 @@ pub(crate) async fn spawn_delete(
         reason,
         move |st, log| async move {
             warren_engine::Progress::step(&*log, "Deleting workspace");
+            st.toolbox.forget_workspace(&id);
             st.engine.delete(WsRef::Id(id), true).await?;
             crate::net::after_delete(&st, &owner).await;
             // The project folder of a server-made workspace goes with it.
@@ -845,6 +849,7 @@ async fn transition(
                 who,
                 reason,
                 move |st, log| async move {
+                    st.toolbox.forget_workspace(&id);
                     st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ())
                 },
             )
