@@ -99,11 +99,14 @@ pub fn action_for(method: &Method, route: &str) -> String {
     };
     let nouns: Vec<String> = names
         .iter()
-        .map(|n| match n.strip_suffix("es").filter(|s| s.ends_with("ss")) {
-            // processes -> process
-            Some(s) => s.to_string(),
-            None => n.strip_suffix('s').unwrap_or(n).to_string(),
-        })
+        .map(
+            |n| match n.strip_suffix("es").filter(|s| s.ends_with("ss")) {
+                // processes -> process; process stays.
+                Some(s) => s.to_string(),
+                None if n.ends_with("ss") => n.to_string(),
+                None => n.strip_suffix('s').unwrap_or(n).to_string(),
+            },
+        )
         .collect();
     if nouns.is_empty() {
         verb

@@ -901,7 +901,9 @@ impl<'a> Fx<'a> {
                 let ws = Self::ws_key(&name, ws_owner, caller);
                 let body = match p {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
-                    "/api/v1/workspaces/{ws}/toolbox/process/run" => j(json!({"command": ["true"]})),
+                    "/api/v1/workspaces/{ws}/toolbox/process/run" => {
+                        j(json!({"command": ["true"]}))
+                    }
                     "/api/v1/workspaces/{ws}/toolbox/processes" if m == "POST" => {
                         j(json!({"command": ["true"]}))
                     }

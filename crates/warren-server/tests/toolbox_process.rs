@@ -120,7 +120,9 @@ async fn runs_commands_with_argv_shell_cwd_env_user_and_streams() {
         .map(|(_, d)| d["text"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(stdout, "line1\nline2\nline3\n", "{evs:?}");
-    assert!(evs.iter().any(|(e, d)| e == "stderr" && d["text"] == "oops\n"));
+    assert!(evs
+        .iter()
+        .any(|(e, d)| e == "stderr" && d["text"] == "oops\n"));
     let (last, data) = evs.last().unwrap();
     assert_eq!(last, "exit", "{evs:?}");
     assert_eq!(data["code"], 3);
@@ -129,7 +131,11 @@ async fn runs_commands_with_argv_shell_cwd_env_user_and_streams() {
     // Another user's workspace is not found; a token without exec is refused.
     let bob = s.user_token("bob", "member", None).await;
     let (st, v) = s
-        .post(&bob, &format!("{TB}/process/run"), json!({"command": ["true"]}))
+        .post(
+            &bob,
+            &format!("{TB}/process/run"),
+            json!({"command": ["true"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
     let (_, me) = s.get(&s.admin, "/api/v1/me").await;
@@ -142,19 +148,29 @@ async fn runs_commands_with_argv_shell_cwd_env_user_and_streams() {
         )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
-    let (st, _) = s.get(&bob, &format!("/api/v1/workspaces/w.{admin_name}/toolbox/processes")).await;
-    assert_eq!(st, StatusCode::NOT_FOUND);
-    let reader = s
-        .token_for(&admin_name, Some(&["workspace:read"]))
-        .await;
     let (st, _) = s
-        .post(&reader, &format!("{TB}/process/run"), json!({"command": ["true"]}))
+        .get(
+            &bob,
+            &format!("/api/v1/workspaces/w.{admin_name}/toolbox/processes"),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let reader = s.token_for(&admin_name, Some(&["workspace:read"])).await;
+    let (st, _) = s
+        .post(
+            &reader,
+            &format!("{TB}/process/run"),
+            json!({"command": ["true"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 
     // Bad input: one line, a hint, never a process.
     for (body, field) in [
-        (json!({"command": ["true"], "shell": "true"}), "command, shell"),
+        (
+            json!({"command": ["true"], "shell": "true"}),
+            "command, shell",
+        ),
         (json!({}), "command"),
         (json!({"command": []}), "command"),
         (json!({"shell": "  "}), "shell"),
@@ -167,7 +183,10 @@ async fn runs_commands_with_argv_shell_cwd_env_user_and_streams() {
         let (st, v) = run(&s, body.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["code"], "invalid_request", "{v}");
-        assert!(v["message"].as_str().unwrap().contains(field), "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(field),
+            "{body}: {v}"
+        );
     }
 
     // The session audit has each process's start and end, with argv, user and exit code.
@@ -184,7 +203,10 @@ async fn runs_commands_with_argv_shell_cwd_env_user_and_streams() {
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|r| serde_json::from_str(r["details_json"].as_str().unwrap_or("null")).unwrap_or(r["details"].clone()))
+        .map(|r| {
+            serde_json::from_str(r["details_json"].as_str().unwrap_or("null"))
+                .unwrap_or(r["details"].clone())
+        })
         .collect();
     let seven = ends
         .iter()
@@ -302,10 +324,15 @@ async fn background_processes_live_and_are_bounded() {
     let p = bg(&s, json!({"command": ["cat"], "name": "echo"})).await;
     let id = p["id"].as_str().unwrap().to_string();
     assert_eq!(p["name"], "echo");
-    assert_eq!(send_stdin(&s, &id, "hello\n", false).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        send_stdin(&s, &id, "hello\n", false).await,
+        StatusCode::NO_CONTENT
+    );
     let mut out = Value::Null;
     for _ in 0..100 {
-        (_, out) = s.get(&s.admin, &format!("{TB}/processes/{id}/output")).await;
+        (_, out) = s
+            .get(&s.admin, &format!("{TB}/processes/{id}/output"))
+            .await;
         if out["data"] == "hello\n" {
             break;
         }
@@ -314,7 +341,10 @@ async fn background_processes_live_and_are_bounded() {
     assert_eq!(out["data"], "hello\n", "{out}");
     assert_eq!(out["next_offset"], 6);
     assert_eq!(out["truncated_before"], 0);
-    assert_eq!(send_stdin(&s, &id, "world\n", true).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        send_stdin(&s, &id, "world\n", true).await,
+        StatusCode::NO_CONTENT
+    );
     let (_, w) = s
         .get(&s.admin, &format!("{TB}/processes/{id}/wait?timeout=20s"))
         .await;
@@ -351,7 +381,11 @@ async fn background_processes_live_and_are_bounded() {
         .await;
     assert_eq!(w["running"], true, "{w}");
     let (st, v) = s
-        .post(&s.admin, &format!("{TB}/processes/{sid}/signal"), json!({"signal": "TERM"}))
+        .post(
+            &s.admin,
+            &format!("{TB}/processes/{sid}/signal"),
+            json!({"signal": "TERM"}),
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     let (_, w) = s
@@ -359,16 +393,29 @@ async fn background_processes_live_and_are_bounded() {
         .await;
     assert_eq!(w["running"], false, "{w}");
     assert_eq!(w["exit_code"], 143, "{w}");
-    for (sig, code) in [(json!("BOGUS"), 400), (json!(0), 400), (json!(99), 400), (json!([1]), 400)] {
+    for (sig, code) in [
+        (json!("BOGUS"), 400),
+        (json!(0), 400),
+        (json!(99), 400),
+        (json!([1]), 400),
+    ] {
         let (st, v) = s
-            .post(&s.admin, &format!("{TB}/processes/{sid}/signal"), json!({"signal": sig}))
+            .post(
+                &s.admin,
+                &format!("{TB}/processes/{sid}/signal"),
+                json!({"signal": sig}),
+            )
             .await;
         assert_eq!(st.as_u16(), code, "{sig}: {v}");
         assert!(v["hint"].is_string(), "{v}");
     }
     // Signalling an ended process is a conflict.
     let (st, _) = s
-        .post(&s.admin, &format!("{TB}/processes/{sid}/signal"), json!({"signal": 9}))
+        .post(
+            &s.admin,
+            &format!("{TB}/processes/{sid}/signal"),
+            json!({"signal": 9}),
+        )
         .await;
     assert_eq!(st, StatusCode::CONFLICT);
 
@@ -381,7 +428,10 @@ async fn background_processes_live_and_are_bounded() {
     let fid = p["id"].as_str().unwrap().to_string();
     let text = s
         .http
-        .get(format!("{}{TB}/processes/{fid}/output?stream=both&follow=true", s.url))
+        .get(format!(
+            "{}{TB}/processes/{fid}/output?stream=both&follow=true",
+            s.url
+        ))
         .bearer_auth(&s.admin)
         .send()
         .await
@@ -400,23 +450,40 @@ async fn background_processes_live_and_are_bounded() {
     assert_eq!(evs.last().unwrap().1["code"], 4, "{evs:?}");
 
     // The ring keeps the last MiB: what came before is counted, not kept.
-    let p = bg(&s, json!({"shell": "head -c 3000000 /dev/zero | tr '\\0' x"})).await;
+    let p = bg(
+        &s,
+        json!({"shell": "head -c 3000000 /dev/zero | tr '\\0' x"}),
+    )
+    .await;
     let rid = p["id"].as_str().unwrap().to_string();
     let (_, w) = s
         .get(&s.admin, &format!("{TB}/processes/{rid}/wait?timeout=30s"))
         .await;
     assert_eq!(w["exit_code"], 0, "{w}");
-    let (_, out) = s.get(&s.admin, &format!("{TB}/processes/{rid}/output")).await;
-    assert_eq!(out["truncated_before"], 3_000_000 - (1 << 20), "{}", out["next_offset"]);
+    let (_, out) = s
+        .get(&s.admin, &format!("{TB}/processes/{rid}/output"))
+        .await;
+    assert_eq!(
+        out["truncated_before"],
+        3_000_000 - (1 << 20),
+        "{}",
+        out["next_offset"]
+    );
     assert_eq!(out["next_offset"], 3_000_000);
     assert_eq!(out["data"].as_str().unwrap().len(), 1 << 20);
     let (_, out) = s
-        .get(&s.admin, &format!("{TB}/processes/{rid}/output?offset=2999990"))
+        .get(
+            &s.admin,
+            &format!("{TB}/processes/{rid}/output?offset=2999990"),
+        )
         .await;
     assert_eq!(out["data"], "xxxxxxxxxx");
     assert_eq!(out["truncated_before"], 0);
     let (_, both) = s
-        .get(&s.admin, &format!("{TB}/processes/{rid}/output?stream=both&offset=2999999"))
+        .get(
+            &s.admin,
+            &format!("{TB}/processes/{rid}/output?stream=both&offset=2999999"),
+        )
         .await;
     assert_eq!(both["stdout"]["data"], "x", "{both}");
     assert_eq!(both["stderr"]["data"], "");
@@ -445,7 +512,9 @@ async fn background_processes_live_and_are_bounded() {
         assert_eq!(v["code"], "invalid_request");
         assert!(v["message"].as_str().unwrap().len() < 200, "{v}");
     }
-    let (st, v) = s.get(&s.admin, &format!("{TB}/processes/p_0000000000000000")).await;
+    let (st, v) = s
+        .get(&s.admin, &format!("{TB}/processes/p_0000000000000000"))
+        .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
     for q in ["stream=sideways", "offset=-1", "follow=maybe"] {
         let (st, v) = s
@@ -464,7 +533,12 @@ async fn background_processes_live_and_are_bounded() {
     let p = bg(&s, json!({"command": ["sleep", "1003"]})).await;
     let kid = p["id"].as_str().unwrap().to_string();
     let (st, _) = s
-        .call(Some(&s.admin), Method::DELETE, &format!("{TB}/processes/{kid}"), None)
+        .call(
+            Some(&s.admin),
+            Method::DELETE,
+            &format!("{TB}/processes/{kid}"),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (st, _) = s.get(&s.admin, &format!("{TB}/processes/{kid}")).await;
@@ -485,7 +559,11 @@ async fn background_processes_live_and_are_bounded() {
         bg(&s, json!({"command": ["sleep", "1004"]})).await;
     }
     let (st, v) = s
-        .post(&s.admin, &format!("{TB}/processes"), json!({"command": ["true"]}))
+        .post(
+            &s.admin,
+            &format!("{TB}/processes"),
+            json!({"command": ["true"]}),
+        )
         .await;
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert!(v["hint"].as_str().unwrap().contains("DELETE"), "{v}");
@@ -507,7 +585,10 @@ async fn background_processes_live_and_are_bounded() {
 
     // The session audit has the background processes' ends.
     let (_, a) = s
-        .get(&s.admin, &format!("/api/v1/audit?action=session.process_end&limit=500"))
+        .get(
+            &s.admin,
+            &format!("/api/v1/audit?action=session.process_end&limit=500"),
+        )
         .await;
     assert!(a.to_string().contains(&sid), "{a}");
     s.stop().await;
@@ -517,7 +598,11 @@ async fn background_processes_live_and_are_bounded() {
 async fn sessions_keep_cwd_and_exports() {
     let s = setup().await;
     let (st, v) = s
-        .post(&s.admin, &format!("{TB}/sessions"), json!({"cwd": "/tmp", "env": {"START": "yes"}}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions"),
+            json!({"cwd": "/tmp", "env": {"START": "yes"}}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
@@ -529,16 +614,26 @@ async fn sessions_keep_cwd_and_exports() {
         let id = id.clone();
         async move {
             let (st, r) = s
-                .post(&s.admin, &format!("{TB}/sessions/{id}/run"), json!({"command": cmd}))
+                .post(
+                    &s.admin,
+                    &format!("{TB}/sessions/{id}/run"),
+                    json!({"command": cmd}),
+                )
                 .await;
             assert_eq!(st, StatusCode::OK, "{r}");
             r
         }
     };
-    let r = srun("mkdir -p /tmp/proj/src && cd /tmp/proj && export GREETING='hi there' && X=notexported").await;
+    let r = srun(
+        "mkdir -p /tmp/proj/src && cd /tmp/proj && export GREETING='hi there' && X=notexported",
+    )
+    .await;
     assert_eq!(r["exit_code"], 0, "{r}");
     assert_eq!(r["cwd"], "/tmp/proj");
-    assert_eq!(r["stderr"], "", "the state marker is not the user's stderr: {r}");
+    assert_eq!(
+        r["stderr"], "",
+        "the state marker is not the user's stderr: {r}"
+    );
     let r = srun("pwd; echo \"$GREETING|$X|$START\"; cd src").await;
     assert_eq!(r["stdout"], "/tmp/proj\nhi there||yes\n", "{r}");
     assert_eq!(r["cwd"], "/tmp/proj/src");
@@ -548,7 +643,11 @@ async fn sessions_keep_cwd_and_exports() {
     assert_eq!(r["stderr"], "err\n");
     // Its own time limit per command.
     let (_, r) = s
-        .post(&s.admin, &format!("{TB}/sessions/{id}/run"), json!({"command": "sleep 1000", "timeout": "1s"}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions/{id}/run"),
+            json!({"command": "sleep 1000", "timeout": "1s"}),
+        )
         .await;
     assert_eq!(r["timed_out"], true, "{r}");
     let r = srun("pwd").await;
@@ -558,10 +657,20 @@ async fn sessions_keep_cwd_and_exports() {
     let (_, v2) = s.post(&s.admin, &format!("{TB}/sessions"), json!({})).await;
     let id2 = v2["id"].as_str().unwrap().to_string();
     let (_, r) = s
-        .post(&s.admin, &format!("{TB}/sessions/{id2}/run"), json!({"command": "echo \"[$GREETING]\"; pwd"}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions/{id2}/run"),
+            json!({"command": "echo \"[$GREETING]\"; pwd"}),
+        )
         .await;
     // (The default directory is the workspace folder, as for any exec.)
-    assert!(r["stdout"].as_str().unwrap().starts_with("[]\n/workspaces/"), "{r}");
+    assert!(
+        r["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("[]\n/workspaces/"),
+        "{r}"
+    );
 
     let (_, list) = s.get(&s.admin, &format!("{TB}/sessions")).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
@@ -574,26 +683,47 @@ async fn sessions_keep_cwd_and_exports() {
     assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
     // Deleting one forgets it and removes its state from the workspace.
     let (st, _) = s
-        .call(Some(&s.admin), Method::DELETE, &format!("{TB}/sessions/{id}"), None)
+        .call(
+            Some(&s.admin),
+            Method::DELETE,
+            &format!("{TB}/sessions/{id}"),
+            None,
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
     let (st, _) = s
-        .post(&s.admin, &format!("{TB}/sessions/{id}/run"), json!({"command": "true"}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions/{id}/run"),
+            json!({"command": "true"}),
+        )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (_, r) = run(&s, json!({"shell": "ls -d /tmp/.warren-session-* | wc -l"})).await;
     assert_eq!(r["stdout"], "15\n", "{r}");
     // Bad input.
     let (st, _) = s
-        .post(&s.admin, &format!("{TB}/sessions/{id2}/run"), json!({"command": ""}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions/{id2}/run"),
+            json!({"command": ""}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) = s
-        .post(&s.admin, &format!("{TB}/sessions/{id2}/run"), json!({"command": "true", "timeout": "x"}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions/{id2}/run"),
+            json!({"command": "true", "timeout": "x"}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (st, _) = s
-        .post(&s.admin, &format!("{TB}/sessions"), json!({"cwd": "/nonexistent"}))
+        .post(
+            &s.admin,
+            &format!("{TB}/sessions"),
+            json!({"cwd": "/nonexistent"}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     s.stop().await;

@@ -269,9 +269,7 @@ pub async fn run(
     let n = pcts(&mut nd);
     let c = pcts(&mut cli);
     if json_out {
-        let row = |p: (f64, f64, f64), count: usize| {
-            json!({"p50": r3(p.0), "p90": r3(p.1), "p99": r3(p.2), "count": count})
-        };
+        let row = |p: (f64, f64, f64), count: usize| json!({"p50": r3(p.0), "p90": r3(p.1), "p99": r3(p.2), "count": count});
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({

@@ -273,10 +273,10 @@ fn parse_timeout(t: Option<&str>) -> ApiResult<Option<Duration>> {
         ApiError::bad_request(format!("timeout `{t}`: {e}")).hint("e.g. \"30s\", \"5m\" or \"1h\"")
     })?;
     if d.is_zero() {
-        return Err(ApiError::bad_request(format!(
-            "timeout `{t}`: must be more than zero"
-        ))
-        .hint("leave it out for no time limit"));
+        return Err(
+            ApiError::bad_request(format!("timeout `{t}`: must be more than zero"))
+                .hint("leave it out for no time limit"),
+        );
     }
     Ok(Some(d))
 }
@@ -328,13 +328,17 @@ fn check(req: &RunCommand) -> ApiResult<Checked> {
     let env = check_env(&req.env)?;
     if let Some(c) = &req.cwd {
         if c.is_empty() {
-            return Err(ApiError::bad_request("cwd: empty; leave it out for the home directory"));
+            return Err(ApiError::bad_request(
+                "cwd: empty; leave it out for the home directory",
+            ));
         }
         no_nul("cwd", c)?;
     }
     if let Some(u) = &req.user {
         if u.is_empty() {
-            return Err(ApiError::bad_request("user: empty; leave it out for the remote user"));
+            return Err(ApiError::bad_request(
+                "user: empty; leave it out for the remote user",
+            ));
         }
         no_nul("user", u)?;
     }
@@ -363,8 +367,9 @@ fn check_env(env: &BTreeMap<String, String>) -> ApiResult<Vec<String>> {
 
 fn parse_signal(v: &serde_json::Value) -> ApiResult<i32> {
     let bad = || {
-        ApiError::bad_request(format!("signal: unknown signal {v}"))
-            .hint("give TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT or a number from 1 to 64")
+        ApiError::bad_request(format!("signal: unknown signal {v}")).hint(
+            "give TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT or a number from 1 to 64",
+        )
     };
     match v {
         serde_json::Value::Number(n) => n
@@ -884,10 +889,10 @@ async fn run(
 ) -> ApiResult<Response> {
     let c = check(&req)?;
     if req.name.is_some() {
-        return Err(ApiError::bad_request(
-            "name: only background processes have names",
-        )
-        .hint("POST .../toolbox/processes starts a background process"));
+        return Err(
+            ApiError::bad_request("name: only background processes have names")
+                .hint("POST .../toolbox/processes starts a background process"),
+        );
     }
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
     if wants_sse(&headers) {
@@ -1077,19 +1082,22 @@ fn check_id(prefix: &str, what: &str, id: &str) -> ApiResult<()> {
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('_'))
         .is_some_and(|r| {
-            r.len() == 16 && r.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            r.len() == 16
+                && r.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
     if ok {
         return Ok(());
     }
     let shown: String = id.chars().take(40).collect();
     Err(
-        ApiError::bad_request(format!("id: `{shown}` is not a {what} id ({prefix}_...)"))
-            .hint(if prefix == "p" {
+        ApiError::bad_request(format!("id: `{shown}` is not a {what} id ({prefix}_...)")).hint(
+            if prefix == "p" {
                 "GET .../toolbox/processes lists them"
             } else {
                 "GET .../toolbox/sessions lists them"
-            }),
+            },
+        ),
     )
 }
 
@@ -1208,12 +1216,7 @@ async fn start_process(
         bg2.changed.send_replace(());
         session_audit::record(&st, &rec2, Some(&caller2), ev).await;
     });
-    Ok((
-        StatusCode::CREATED,
-        axum::Extension(note),
-        Json(bg.info()),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Extension(note), Json(bg.info())).into_response())
 }
 
 /// The workspace's background processes (running and ended, until deleted).
@@ -1359,18 +1362,20 @@ async fn process_wait(
     let Query(q) = q.map_err(bad_query)?;
     let t = parse_timeout(q.timeout.as_deref())?.unwrap_or(Duration::from_secs(30));
     if t > MAX_WAIT {
-        return Err(ApiError::bad_request(format!(
-            "timeout: at most {}s",
-            MAX_WAIT.as_secs()
-        ))
-        .hint("wait again after it returns"));
+        return Err(
+            ApiError::bad_request(format!("timeout: at most {}s", MAX_WAIT.as_secs()))
+                .hint("wait again after it returns"),
+        );
     }
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
     let bg = state.toolbox.proc(&rec.id, &id)?;
     let mut rx = bg.changed.subscribe();
     let deadline = tokio::time::Instant::now() + t;
     while bg.running() {
-        if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -1524,10 +1529,10 @@ async fn create_session(
     let (r, ev) = run_buffered(&state, &caller, &rec, c, None).await?;
     if r.exit_code != Some(0) {
         let why = r.stderr.lines().last().unwrap_or("").to_string();
-        return Err(ApiError::bad_request(format!(
-            "the session could not be set up: {why}"
-        ))
-        .hint("the workspace needs /bin/sh and a writable /tmp"));
+        return Err(
+            ApiError::bad_request(format!("the session could not be set up: {why}"))
+                .hint("the workspace needs /bin/sh and a writable /tmp"),
+        );
     }
     let sess = Arc::new(Sess {
         id: id.clone(),
@@ -1546,7 +1551,12 @@ async fn create_session(
         e.sessions.insert(id, sess.clone());
     }
     let note = note_for(&rec, &caller, &ev);
-    Ok((StatusCode::CREATED, axum::Extension(note), Json(sess.info())).into_response())
+    Ok((
+        StatusCode::CREATED,
+        axum::Extension(note),
+        Json(sess.info()),
+    )
+        .into_response())
 }
 
 /// The workspace's sessions.
