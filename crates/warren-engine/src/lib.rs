@@ -1081,10 +1081,21 @@ impl Engine {
     pub async fn exec(
         &self,
         ws: impl Into<WsRef>,
-        mut process: ExecProcess,
+        process: ExecProcess,
         stdio: Option<Stdio>,
     ) -> Result<ExecSession, EngineError> {
         let rec = self.get(ws).await?;
+        self.exec_record(rec, process, stdio).await
+    }
+
+    /// [`Engine::exec`] in a workspace whose record the caller has just read (the API's
+    /// authorization did): one store read less on a hot path.
+    pub async fn exec_record(
+        &self,
+        rec: WorkspaceRecord,
+        mut process: ExecProcess,
+        stdio: Option<Stdio>,
+    ) -> Result<ExecSession, EngineError> {
         if rec.state != WorkspaceState::Running {
             return Err(not_running(&rec));
         }

@@ -62,6 +62,8 @@ pub struct AppState {
     pub secrets: Arc<crate::secrets::Secrets>,
     /// Task runners of this process and the task scheduler's wake-up.
     pub tasks: Arc<crate::tasks::Tasks>,
+    /// Toolbox background processes and sessions, per workspace.
+    pub toolbox: Arc<crate::routes::workspaces::toolbox::process::Registry>,
 }
 
 impl AppState {

@@ -104,7 +104,14 @@ pub fn action_for(method: &Method, route: &str) -> String {
     };
     let nouns: Vec<String> = names
         .iter()
-        .map(|n| n.strip_suffix('s').unwrap_or(n).to_string())
+        .map(
+            |n| match n.strip_suffix("es").filter(|s| s.ends_with("ss")) {
+                // processes -> process; process stays.
+                Some(s) => s.to_string(),
+                None if n.ends_with("ss") => n.to_string(),
+                None => n.strip_suffix('s').unwrap_or(n).to_string(),
+            },
+        )
         .collect();
     if nouns.is_empty() {
         verb
@@ -132,6 +139,9 @@ fn is_verb(s: &str) -> bool {
             | "verify"
             | "keepalive"
             | "test"
+            | "run"
+            | "signal"
+            | "stdin"
     )
 }
 
@@ -318,6 +328,21 @@ mod tests {
             (Method::POST, "/api/v1/tokens", "token.create"),
             (Method::DELETE, "/api/v1/tokens/{id}", "token.delete"),
             (Method::POST, "/api/v1/webhooks/{id}/test", "webhook.test"),
+            (
+                Method::POST,
+                "/api/v1/workspaces/{ws}/toolbox/process/run",
+                "workspace.toolbox.process.run",
+            ),
+            (
+                Method::POST,
+                "/api/v1/workspaces/{ws}/toolbox/processes",
+                "workspace.toolbox.process.create",
+            ),
+            (
+                Method::POST,
+                "/api/v1/workspaces/{ws}/toolbox/processes/{id}/signal",
+                "workspace.toolbox.process.signal",
+            ),
         ];
         for (m, r, want) in cases {
             assert_eq!(action_for(&m, r), want, "{m} {r}");

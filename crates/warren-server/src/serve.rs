@@ -77,6 +77,7 @@ pub async fn open(cfg: ServerConfig, exe: PathBuf) -> Result<AppState, String> {
         terminals: Default::default(),
         previews: Default::default(),
         governor: Default::default(),
+        toolbox: Default::default(),
         event_followers: Default::default(),
         mcp: Default::default(),
         secrets,

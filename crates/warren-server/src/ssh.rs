@@ -770,6 +770,19 @@ impl ChannelJob {
             }),
         };
         crate::audit::record(&self.state, audit).await;
+        let proc_audit = exec::ProcAudit::new(
+            &rec,
+            (
+                Some(self.user_id.clone()),
+                Some(self.username.clone()),
+                self.token_id.clone(),
+            ),
+            &req,
+            crate::session_audit::Via::Ssh,
+        );
+        if started.is_ok() {
+            proc_audit.started(&self.state).await;
+        }
         let mut started = match started {
             Ok(s) => s,
             Err(e) if self.subsystem.is_some() => {
@@ -824,6 +837,11 @@ impl ChannelJob {
                 break;
             }
         }
+        let exit_code = match &code {
+            Ok(Ok(c)) => Some(*c),
+            _ => None,
+        };
+        proc_audit.ended(&self.state, exit_code, false).await;
         let status = match code {
             Ok(Ok(c)) => u32::try_from(c).unwrap_or(255),
             Ok(Err(e)) => {

@@ -292,6 +292,20 @@ fn cases() -> Vec<Case> {
         c("PUT", "/api/v1/secrets/{scope}/{name}", "template", Rule::Op(TemplateWrite)),
         c("DELETE", "/api/v1/secrets/{scope}/{name}", "user", Rule::Op(WorkspaceWrite(Owner::Own))),
         c("DELETE", "/api/v1/secrets/{scope}/{name}", "template", Rule::Op(TemplateWrite)),
+        // The toolbox runs code in the workspace: exec, reads too.
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/process/run", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/processes", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/processes", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/processes/{id}", "", Rule::Ws(WorkspaceExec)),
+        c("DELETE", "/api/v1/workspaces/{ws}/toolbox/processes/{id}", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/processes/{id}/stdin", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/processes/{id}/signal", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/processes/{id}/wait", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/processes/{id}/output", "", Rule::Ws(WorkspaceExec)),
+        c("GET", "/api/v1/workspaces/{ws}/toolbox/sessions", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/sessions", "", Rule::Ws(WorkspaceExec)),
+        c("DELETE", "/api/v1/workspaces/{ws}/toolbox/sessions/{id}", "", Rule::Ws(WorkspaceExec)),
+        c("POST", "/api/v1/workspaces/{ws}/toolbox/sessions/{id}/run", "", Rule::Ws(WorkspaceExec)),
         // Events: one's own (and one's teams'), or everyone's for those who see every workspace.
         c("GET", "/api/v1/events", "mine", Rule::Listing(WorkspaceRead(Owner::Own))),
         c("GET", "/api/v1/events", "owner=all", Rule::Listing(WorkspaceRead(Owner::Other))),
@@ -1069,6 +1083,19 @@ impl<'a> Fx<'a> {
                 let ws = Self::ws_key(&name, ws_owner, caller);
                 let body = match p {
                     "/api/v1/workspaces/{ws}/exec" => j(json!({"command": ["true"]})),
+                    "/api/v1/workspaces/{ws}/toolbox/process/run" => {
+                        j(json!({"command": ["true"]}))
+                    }
+                    "/api/v1/workspaces/{ws}/toolbox/processes" if m == "POST" => {
+                        j(json!({"command": ["true"]}))
+                    }
+                    "/api/v1/workspaces/{ws}/toolbox/processes/{id}/signal" => {
+                        j(json!({"signal": "TERM"}))
+                    }
+                    "/api/v1/workspaces/{ws}/toolbox/sessions" if m == "POST" => j(json!({})),
+                    "/api/v1/workspaces/{ws}/toolbox/sessions/{id}/run" => {
+                        j(json!({"command": "true"}))
+                    }
                     "/api/v1/workspaces/{ws}/extend" => j(json!({"by": "1h"})),
                     "/api/v1/workspaces/{ws}/policy" => j(json!({"ttl": "30d"})),
                     "/api/v1/workspaces/{ws}/network" if m == "PUT" => {
@@ -1105,7 +1132,12 @@ impl<'a> Fx<'a> {
                 } else {
                     ""
                 };
-                let path = p.replace("{ws}", &ws).replace("{port}", "8080");
+                // Toolbox ids live in the server's memory: an allowed caller gets 400 for a
+                // malformed one, the others 403/404 before it is looked at.
+                let path = p
+                    .replace("{ws}", &ws)
+                    .replace("{port}", "8080")
+                    .replace("{id}", "bad");
                 let mut req = Req::new(m, format!("{path}{query}"), body);
                 req.websocket = p.ends_with("/exec/ws")
                     || p.ends_with("/ssh")

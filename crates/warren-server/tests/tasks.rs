@@ -704,7 +704,7 @@ async fn bad_task_input_is_refused_naming_the_field() {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert_eq!(v["code"], "invalid_request", "{body}: {v}");
         let msg = v["message"].as_str().unwrap();
-        assert!(msg.starts_with(&format!("{field}")), "{body}: {msg}");
+        assert!(msg.starts_with(field), "{body}: {msg}");
     }
     // Unknown fields, bad queries.
     let (st, v) = s

@@ -81,6 +81,16 @@ pub struct BenchArgs {
     /// --ports: rounds of each download (--quick: 3).
     #[arg(long, default_value_t = 7)]
     ports_rounds: usize,
+    /// Benchmark the toolbox API instead: the round trip of `true` through `POST
+    /// toolbox/process/run` against the API's NDJSON exec and `warren exec WS -- true`.
+    #[arg(long)]
+    toolbox: bool,
+    /// --toolbox: runs of each API path (default 1000; 100 with --quick).
+    #[arg(long, default_value_t = 1000)]
+    toolbox_runs: usize,
+    /// --toolbox: runs of the CLI (default 100; 10 with --quick).
+    #[arg(long, default_value_t = 100)]
+    toolbox_cli_runs: usize,
     /// Benchmark the SSH gateway against OpenSSH's sshd started inside the same workspace:
     /// connection setup, scp and `ssh -L` throughput (needs root, mmdebstrap the first time, the
     /// OpenSSH client and nsenter). Keep the bootstrapped image between runs with --state-dir.
@@ -135,6 +145,7 @@ mod policy;
 mod ports;
 mod ssh;
 mod tasks;
+mod toolbox;
 
 /// `warren bench --devcontainer`.
 pub(crate) fn run_devcontainer(args: &BenchArgs) -> Result<u8> {
@@ -763,6 +774,27 @@ pub async fn run(mut args: BenchArgs, global_state_dir: &Path, oci: &str) -> Res
             &args.busybox,
             args.ports_mib,
             args.ports_rounds,
+            args.json,
+        )
+        .await;
+        if let Some(dir) = owned_state {
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            let _ = std::fs::remove_dir_all(dirs.state.join("bench"));
+        }
+        return res;
+    }
+    if args.toolbox {
+        if args.quick {
+            args.toolbox_runs = 100;
+            args.toolbox_cli_runs = 10;
+        }
+        let res = toolbox::run(
+            &dirs.state,
+            &dirs.rootfs,
+            &args.busybox,
+            args.toolbox_runs.max(1),
+            args.toolbox_cli_runs.max(1),
             args.json,
         )
         .await;

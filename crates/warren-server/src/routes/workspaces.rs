@@ -814,6 +814,7 @@ pub(crate) async fn spawn_stop(
         reason,
         move |st, log| async move {
             warren_engine::Progress::step(&*log, "Stopping workspace");
+            st.toolbox.forget_workspace(&id);
             st.engine.stop(WsRef::Id(id)).await.map(|_| ())
         },
     )
@@ -846,6 +847,7 @@ pub(crate) async fn spawn_delete(
                     e.body.message
                 )));
             }
+            st.toolbox.forget_workspace(&id);
             st.engine.delete(WsRef::Id(id), true).await?;
             crate::net::after_delete(&st, &owner).await;
             // The project folder of a server-made workspace goes with it.
@@ -883,6 +885,7 @@ async fn transition(
                 who,
                 reason,
                 move |st, log| async move {
+                    st.toolbox.forget_workspace(&id);
                     st.engine.restart(WsRef::Id(id), &*log).await.map(|_| ())
                 },
             )

@@ -2363,3 +2363,25 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
     let (_, err) = s.fails(&["task", "run", "-t", "agent", "--repo", &repo]);
     assert!(err.contains("no command") && err.contains("hint:"), "{err}");
 }
+
+/// `warren bench --toolbox --quick` runs end to end against a server it starts: every figure is
+/// there and the workspace is gone afterwards (no timing is asserted).
+#[test]
+fn the_toolbox_benchmark_runs() {
+    let o = std::process::Command::new(crate::util::warren_exe())
+        .args(["bench", "--toolbox", "--quick", "--json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for k in ["toolbox_run_ms", "api_exec_ndjson_ms", "cli_exec_ms"] {
+        for p in ["p50", "p90", "p99"] {
+            assert!(v[k][p].as_f64().is_some_and(|x| x > 0.0), "{k}.{p}: {v}");
+        }
+    }
+    assert_eq!(v["toolbox_run_ms"]["count"], 100, "{v}");
+    assert_eq!(v["cli_exec_ms"]["count"], 10, "{v}");
+    assert!(v["ratio_cli_to_toolbox"].as_f64().is_some(), "{v}");
+    assert!(err.contains("deleting the workspace"), "{err}");
+}

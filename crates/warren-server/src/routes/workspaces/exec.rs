@@ -68,10 +68,11 @@ static EXECS: std::sync::Mutex<Option<std::collections::HashMap<String, usize>>>
     std::sync::Mutex::new(None);
 
 /// A running exec's place in the limits; released on drop.
-struct Slot(String);
+pub(crate) struct Slot(String);
 
 impl Slot {
-    fn take(user: &str) -> ApiResult<Slot> {
+    /// Takes a place for `user`, or refuses (429) when the server or the user has too many.
+    pub(crate) fn take(user: &str) -> ApiResult<Slot> {
         let mut g = EXECS.lock().unwrap_or_else(|p| p.into_inner());
         let map = g.get_or_insert_with(Default::default);
         let total: usize = map.values().sum();
@@ -102,6 +103,99 @@ impl Drop for Slot {
                 }
             }
         }
+    }
+}
+
+/// The session audit of a process the API's exec or the SSH gateway starts: its start, then its
+/// end (`session.process_start`, `session.process_end`).
+pub(crate) struct ProcAudit {
+    rec: WorkspaceRecord,
+    actor: (Option<String>, Option<String>, Option<String>),
+    id: String,
+    argv: Vec<String>,
+    cwd: Option<String>,
+    user: Option<String>,
+    via: crate::session_audit::Via,
+    started_at: String,
+}
+
+impl ProcAudit {
+    /// For `req` in `rec`, by the user (id, name) with the token.
+    pub(crate) fn new(
+        rec: &WorkspaceRecord,
+        actor: (Option<String>, Option<String>, Option<String>),
+        req: &ExecRequest,
+        via: crate::session_audit::Via,
+    ) -> Self {
+        ProcAudit {
+            rec: rec.clone(),
+            actor,
+            id: crate::session_audit::process_id(),
+            argv: req.command.clone(),
+            cwd: req.cwd.clone(),
+            user: req.user.clone(),
+            via,
+            started_at: crate::session_audit::now(),
+        }
+    }
+
+    /// For a request's caller.
+    pub(crate) fn of_caller(
+        rec: &WorkspaceRecord,
+        caller: &Caller,
+        req: &ExecRequest,
+        via: crate::session_audit::Via,
+    ) -> Self {
+        Self::new(
+            rec,
+            (
+                Some(caller.user.id.clone()),
+                Some(caller.user.username.clone()),
+                Some(caller.token.id.clone()),
+            ),
+            req,
+            via,
+        )
+    }
+
+    async fn record(&self, state: &AppState, ev: crate::session_audit::SessionEvent) {
+        let actor = crate::session_audit::SessionActor {
+            user_id: self.actor.0.clone().unwrap_or_default(),
+            username: self.actor.1.clone().unwrap_or_default(),
+            token_id: self.actor.2.clone().unwrap_or_default(),
+        };
+        let mut r = warren_store::session::session_record(&self.rec, Some(&actor), &ev);
+        // An SSH key's session has no token.
+        r.actor_token_id = self.actor.2.clone();
+        crate::audit::record(state, r).await;
+    }
+
+    /// Records the start.
+    pub(crate) async fn started(&self, state: &AppState) {
+        let ev = crate::session_audit::SessionEvent::ProcessStarted {
+            id: self.id.clone(),
+            argv: self.argv.clone(),
+            cwd: self.cwd.clone(),
+            user: self.user.clone(),
+            via: self.via,
+        };
+        self.record(state, ev).await;
+    }
+
+    /// Records the end: the exit code, none when killed by its time limit or lost.
+    pub(crate) async fn ended(&self, state: &AppState, exit_code: Option<i32>, timed_out: bool) {
+        let ev = crate::session_audit::SessionEvent::ProcessEnded {
+            id: self.id.clone(),
+            argv: self.argv.clone(),
+            cwd: self.cwd.clone(),
+            user: self.user.clone(),
+            via: self.via,
+            started_at: self.started_at.clone(),
+            ended_at: crate::session_audit::now(),
+            exit_code,
+            timed_out,
+        };
+        self.record(state, ev).await;
     }
 }
 
@@ -315,6 +409,9 @@ async fn exec_stream(
     }
     let rec = find_workspace(&state, &caller, &ws, Op::WorkspaceExec).await?;
     let mut started = start(&state, &caller.user.id, &rec, &req).await?;
+    let proc_audit = ProcAudit::of_caller(&rec, &caller, &req, crate::session_audit::Via::Exec);
+    proc_audit.started(&state).await;
+    let audit_state = state.clone();
     // stdin: the given text, then EOF.
     if let Some(mut w) = started.stdin.take() {
         let text = req.stdin.clone().unwrap_or_default();
@@ -375,6 +472,11 @@ async fn exec_stream(
                 }))
                 .await;
         }
+        let exit_code = match &code {
+            Ok(Ok(c)) if !timed_out => Some(*c),
+            _ => None,
+        };
+        proc_audit.ended(&audit_state, exit_code, timed_out).await;
         let ev = match code {
             Ok(Ok(code)) => ExecEvent::Exit { code },
             Ok(Err(e)) => ExecEvent::Error { message: e },
@@ -516,7 +618,18 @@ async fn ws_session(
             return ws_error(&mut socket, &e.body.message).await;
         }
     };
+    let proc_audit = ProcAudit::new(
+        &rec,
+        (
+            audit.actor_user_id.clone(),
+            audit.actor_username.clone(),
+            audit.actor_token_id.clone(),
+        ),
+        &req,
+        crate::session_audit::Via::Exec,
+    );
     crate::audit::record(&state, audit).await;
+    proc_audit.started(&state).await;
 
     // stdin goes through a thread: writes to a pipe or PTY may block.
     let (in_tx, mut in_rx) = mpsc::channel::<Option<Vec<u8>>>(64);
@@ -615,6 +728,11 @@ async fn ws_session(
         }
     };
     reader.abort();
+    let exit_code = match &code {
+        Ok(Ok(c)) if !timed_out => Some(*c),
+        _ => None,
+    };
+    proc_audit.ended(&state, exit_code, timed_out).await;
     if gone.is_some() {
         return;
     }
