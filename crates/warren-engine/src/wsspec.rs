@@ -180,15 +180,22 @@ impl WsSpec {
 
     /// Fills in what the caller left unset: the remote user, the workspace folder, and the
     /// environment: the probed user environment (`user_env`), remoteEnv over it, the caller's over
-    /// both.
+    /// both. The probed environment is the remote user's (from their shell's startup files, which
+    /// they can write), so a process of another user (root) never gets it: a `LD_PRELOAD` or
+    /// `PATH` planted in the remote user's dotfiles must not run as root.
     pub fn apply_exec_defaults(&self, p: &mut ExecProcess, user_env: &[String]) {
+        let remote = self.remote_user();
         if p.user.is_none() {
-            p.user = self.remote_user();
+            p.user = remote.clone();
         }
         if p.cwd.is_none() {
             p.cwd = Some(self.workspace_folder.clone());
         }
-        let mut env: Vec<String> = user_env.to_vec();
+        let mut env: Vec<String> = if p.user == remote {
+            user_env.to_vec()
+        } else {
+            Vec::new()
+        };
         let container = self.container_env();
         let lookup = |k: &str| {
             container

@@ -875,6 +875,37 @@ fn a_failing_background_hook_is_logged_and_the_workspace_keeps_running() {
     assert_eq!(w.state_of("bgfail").as_deref(), Some("running"));
 }
 
+/// The remote user writes their own startup files, so what the probe finds there (a
+/// `LD_PRELOAD`, a `PATH`) is theirs alone: a process run as root never gets it.
+#[test]
+fn the_remote_users_probed_environment_never_reaches_root() {
+    let w = World::new();
+    let p = w.project("probedev", r#"{"image": "busybox", "remoteUser": "dev"}"#);
+    w.up(&p);
+    let (code, _, err) = w.sh(
+        "probedev",
+        "mkdir -p /home/dev && echo 'export PLANTED=evil' >> /home/dev/.profile",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(w.warren(&["restart", "probedev"]).status.success());
+    let (_, out, _) = w.sh("probedev", "id -u; echo \"[$PLANTED]\"");
+    assert_eq!(
+        out, "1000\n[evil]\n",
+        "the remote user's own processes get it"
+    );
+    let o = w.warren(&[
+        "exec",
+        "--user",
+        "root",
+        "probedev",
+        "--",
+        "sh",
+        "-c",
+        "id -u; echo \"[$PLANTED]\"",
+    ]);
+    assert_eq!(stdout(&o), "0\n[]\n", "{}", stderr(&o));
+}
+
 #[test]
 fn the_users_login_environment_is_probed_unless_disabled() {
     let w = World::new();
