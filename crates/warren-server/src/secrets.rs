@@ -260,6 +260,28 @@ async fn files_for(state: &AppState, rec: &WorkspaceRecord) -> ApiResult<SecretF
     Ok(out)
 }
 
+/// Refuses a workspace credential (a token Warren minted for a workspace's own processes):
+/// it must not see, make or revoke its owner's tokens, so code in the workspace cannot copy it
+/// into a token that outlives the workspace, or revoke the owner's other tokens.
+pub async fn refuse_workspace_credential(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+) -> ApiResult<()> {
+    if caller.principal.workspaces.is_some()
+        && state
+            .store
+            .token_workspace_credential(&caller.token.id)
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::forbidden(
+            "a workspace credential cannot list, create or revoke tokens",
+        )
+        .hint("use your own token (warren login)"));
+    }
+    Ok(())
+}
+
 /// Whether token `id` is a live credential of workspace `ws_id`.
 async fn credential_live(state: &AppState, id: &str, ws_id: &str) -> bool {
     let Ok(caller) = crate::auth::caller_for_token_id(state, id).await else {

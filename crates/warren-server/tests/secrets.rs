@@ -588,6 +588,43 @@ async fn a_workspace_credential_works_on_its_own_workspace_only() {
         .post(&cred, "/api/v1/workspaces/c1/credential", json!({}))
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
+    // Nor any of its owner's tokens: it cannot list them, copy itself into a token that would
+    // outlive the workspace, or revoke the owner's (security review).
+    let (st, v) = s.get(&cred, "/api/v1/tokens").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s
+        .post(
+            &cred,
+            "/api/v1/tokens",
+            json!({"name": "copy", "workspaces": ["c1"]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (_, mine) = s.get(&alice, "/api/v1/tokens").await;
+    let some_id = mine[0]["id"].as_str().unwrap().to_string();
+    let (st, v) = s
+        .call(
+            Some(&cred),
+            reqwest::Method::DELETE,
+            &format!("/api/v1/tokens/{some_id}"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(s.get(&alice, "/api/v1/tokens").await.0, StatusCode::OK);
+    // An admin's credential for Alice's workspace is Alice's, not the admin's: what runs in the
+    // workspace (and can read /run/secrets) never acts as the admin.
+    let (st, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/workspaces/c1.alice/credential",
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let admin_made = v["token"].as_str().unwrap().to_string();
+    let (_, me) = s.get(&admin_made, "/api/v1/me").await;
+    assert_eq!(me["user"]["username"], "alice", "{me}");
     // Another user cannot mint one for Alice's workspace.
     let (st, _) = s
         .post(&bob, "/api/v1/workspaces/c1.alice/credential", json!({}))

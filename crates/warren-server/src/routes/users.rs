@@ -209,6 +209,7 @@ async fn list_tokens(
     caller: Caller,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Vec<Token>>> {
+    crate::secrets::refuse_workspace_credential(&state, &caller).await?;
     let user_id = match q.get("user") {
         Some(u) if u != &caller.user.username && u != &caller.user.id => {
             caller.require(Op::TokenAdmin)?;
@@ -235,6 +236,7 @@ async fn create_token(
     caller: Caller,
     Json(body): Json<CreateToken>,
 ) -> ApiResult<impl IntoResponse> {
+    crate::secrets::refuse_workspace_credential(&state, &caller).await?;
     let for_user = match &body.user {
         Some(u) if u != &caller.user.username && u != &caller.user.id => {
             // A token for someone else acts as them: only owners may mint one, or an admin could
@@ -344,6 +346,7 @@ async fn revoke_token(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
+    crate::secrets::refuse_workspace_credential(&state, &caller).await?;
     let t = state
         .store
         .token(&id)

@@ -55,10 +55,12 @@ async fn create_credential(
         ))
         .hint("mint a new one when it expires"));
     }
+    // The owner's token, whoever asks: the workspace's processes act as its owner, never as an
+    // administrator who minted it (they could read it from /run/secrets).
     let (token, record) = crate::secrets::mint_credential(
         &state,
         &rec,
-        &caller.user.id,
+        &rec.ownership.owner_id,
         lifetime,
         Some(&caller.token.expires_at),
     )
