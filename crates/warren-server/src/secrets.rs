@@ -631,6 +631,42 @@ async fn serve_conn(state: &AppState, ws_id: &str, mut conn: tokio::net::UnixStr
     let _ = conn.shutdown().await;
 }
 
+/// A host name git could send: `name[:port]`, at most 253 + 6 characters of `[a-z0-9.-]`.
+fn plausible_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (host, None),
+    };
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Refusals recorded per workspace and minute: a workspace asking in a loop gets this many
+/// `session.credential_use` refusals in the audit log a minute, not one per request.
+const REFUSALS_PER_MINUTE: u32 = 30;
+
+/// Whether one more refusal of workspace `ws_id` is recorded this minute.
+fn refusal_recorded(ws_id: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashMap<String, (u64, u32)>>> = Mutex::new(None);
+    let minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 60)
+        .unwrap_or(0);
+    let mut g = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let map = g.get_or_insert_with(HashMap::new);
+    map.retain(|_, (m, _)| *m == minute);
+    let e = map.entry(ws_id.to_string()).or_insert((minute, 0));
+    e.1 += 1;
+    e.1 <= REFUSALS_PER_MINUTE
+}
+
 async fn git_credential(state: &AppState, ws_id: &str, req: &AgentRequest) -> serde_json::Value {
     use crate::session_audit::SessionEvent;
     let nothing = serde_json::json!({});
@@ -638,9 +674,17 @@ async fn git_credential(state: &AppState, ws_id: &str, req: &AgentRequest) -> se
     let Ok(Some(rec)) = state.store.get(ws_id).await else {
         return nothing;
     };
+    // Git sends a host name (and maybe a port); anything else is not git's, and is not worth a
+    // record in the audit log a workspace could otherwise fill with whatever it likes.
+    if !plausible_host(&host) {
+        return nothing;
+    }
     let refused = |caller: Option<crate::auth::Caller>| {
         let (rec, host) = (rec.clone(), host.clone());
         async move {
+            if !refusal_recorded(&rec.id) {
+                return;
+            }
             crate::session_audit::record(
                 state,
                 &rec,
@@ -706,4 +750,42 @@ async fn git_credential(state: &AppState, ws_id: &str, req: &AgentRequest) -> se
     }
     refused(Some(caller)).await;
     nothing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_host_names_git_could_send_are_considered() {
+        for ok in ["github.com", "git.example.org:8443", "198.19.1.2", "a-b.c"] {
+            assert!(plausible_host(ok), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            ":80",
+            "h:",
+            "h:123456",
+            "h:8x",
+            "UPPER.com",
+            "a b",
+            "a/b",
+            &long,
+        ] {
+            assert!(!plausible_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_recorded_a_bounded_number_of_times_a_minute() {
+        let ws = format!("ws-{}", uuid::Uuid::new_v4().simple());
+        let recorded = (0..100).filter(|_| refusal_recorded(&ws)).count();
+        // At most the limit (fewer only if the minute turned meanwhile, then at most twice it).
+        assert!(
+            (REFUSALS_PER_MINUTE as usize..=2 * REFUSALS_PER_MINUTE as usize).contains(&recorded),
+            "{recorded}"
+        );
+        assert!(refusal_recorded("another-workspace"));
+    }
 }
