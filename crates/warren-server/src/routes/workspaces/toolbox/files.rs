@@ -639,6 +639,22 @@ async fn upload_idle(mut st: Started, body: Body, max: u64, idle: Duration) -> A
     // Closing stdin: after the end frame the toolbox renames into place; without it, it
     // removes what it wrote.
     drop(tx);
+    let end = match end {
+        // The toolbox gave up before the body ended (bad input, say): the rest of the body is
+        // still counted (not kept) so an upload over the limit is told so, whatever it holds.
+        End::ToolGone => loop {
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(Some(Ok(b))) => {
+                    total += b.len() as u64;
+                    if total > max {
+                        break End::TooLarge;
+                    }
+                }
+                _ => break End::ToolGone,
+            }
+        },
+        e => e,
+    };
     let fail = match end {
         End::Complete | End::ToolGone => {
             return Ok(Uploaded {
@@ -1215,4 +1231,21 @@ async fn watch_files(
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_diffs_are_capped_on_a_character_boundary() {
+        assert_eq!(cap_diff(None), (None, false));
+        assert_eq!(cap_diff(Some("+a\n")), (Some("+a\n".into()), false));
+        // A helper can answer with any diff: a huge one is cut, mid-character never.
+        let big = format!("+{}", "é".repeat(DIFF_MAX));
+        let (d, cut) = cap_diff(Some(&big));
+        let d = d.unwrap();
+        assert!(cut && d.len() <= DIFF_MAX && d.len() > DIFF_MAX - 4);
+        assert!(big.starts_with(&d));
+    }
 }
