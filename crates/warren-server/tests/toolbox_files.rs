@@ -1042,6 +1042,16 @@ async fn attacks_stay_inside_the_workspace() {
             ]),
         ),
         ("fifo", tarball(&[("p", E::Fifo, None, b"")])),
+        (
+            // Each link looks inside on its own; followed through each other they leave.
+            "chained symlinks out",
+            tarball(&[
+                ("ok.txt", E::Regular, None, b"ok"),
+                ("l1", E::Symlink, Some("."), b""),
+                ("x/l2", E::Symlink, Some("../l1/.."), b""),
+                ("x/l3", E::Symlink, Some("l2/evil"), b""),
+            ]),
+        ),
     ];
     for (what, body) in attacks {
         let r = s
@@ -1072,6 +1082,52 @@ async fn attacks_stay_inside_the_workspace() {
         );
     }
     assert!(!std::path::Path::new("/tmp/abs-evil").exists());
+
+    // A conflict (a file where a directory is) found late in the archive leaves nothing new,
+    // and directories the archive only passes through keep their mode (setgid included).
+    sh(
+        &s,
+        &alice,
+        "ta",
+        "mkdir -p /home/dev/m/conf /home/dev/m/keep && chmod 2770 /home/dev/m/keep",
+        None,
+    )
+    .await;
+    let conflicting = tarball(&[
+        ("a-new.txt", E::Regular, None, b"new"),
+        ("keep/new.txt", E::Regular, None, b"new"),
+        ("zz/deep.txt", E::Regular, None, b"new"),
+        ("conf", E::Regular, None, b"a file where a directory is"),
+    ]);
+    let r = s
+        .http
+        .put(files_url(&s, "ta", "/tar?path=/home/dev/m"))
+        .bearer_auth(&alice)
+        .body(conflicting)
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = json_of(r).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let out = sh(&s, &alice, "ta", "cd /home/dev/m && find . | sort", None).await;
+    assert_eq!(out.trim(), ".\n./conf\n./keep", "{out}");
+    let ok = tarball(&[("keep/new.txt", E::Regular, None, b"new")]);
+    let r = s
+        .http
+        .put(files_url(&s, "ta", "/tar?path=/home/dev/m"))
+        .bearer_auth(&alice)
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = json_of(r).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let out = sh(&s, &alice, "ta", "stat -c %a /home/dev/m/keep", None).await;
+    assert_eq!(
+        out.trim(),
+        "2770",
+        "a passed-through directory keeps its mode"
+    );
 
     // Over the limit: refused up front with a Content-Length, counted when chunked; nothing left.
     let two_mib = vec![7u8; 2 << 20];

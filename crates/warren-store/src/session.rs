@@ -68,6 +68,9 @@ pub enum SessionEvent {
         /// A unified diff against the old content, for text files small enough.
         #[serde(skip_serializing_if = "Option::is_none")]
         diff: Option<String>,
+        /// The diff was cut at the server's limit (64 KiB).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        diff_truncated: bool,
         via: Via,
     },
     /// A git push (through the toolbox or seen by a task's runner).

@@ -97,11 +97,20 @@ fn lines(s: &str) -> Vec<&str> {
     s.split_inclusive('\n').collect()
 }
 
+/// A path as it may appear on a diff header line: backslashes and line breaks escaped, so a
+/// file named `a\n+++ b/other` cannot forge header or hunk lines.
+pub fn header_name(p: &str) -> String {
+    p.replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r")
+}
+
 /// The unified diff of `old` → `new` with headers `from` and `to`; empty when equal.
 pub fn unified(old: &str, new: &str, from: &str, to: &str) -> String {
     if old == new {
         return String::new();
     }
+    let (from, to) = (header_name(from), header_name(to));
     let a = lines(old);
     let b = lines(new);
     let Some(ops) = script(&a, &b) else {
@@ -233,6 +242,17 @@ mod tests {
         assert_eq!(d, "--- a/f\n+++ b/f\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n");
         let d = unified("", "new\n", "/dev/null", "b/f");
         assert_eq!(d, "--- /dev/null\n+++ b/f\n@@ -0,0 +1,1 @@\n+new\n");
+        // A newline in a path cannot forge a header or hunk line.
+        let d = unified("a\n", "b\n", "a/x\n+++ b/evil\n@@ -1 +1 @@", "b/x\r");
+        let head: Vec<&str> = d.lines().take(3).collect();
+        assert_eq!(
+            head,
+            [
+                "--- a/x\\n+++ b/evil\\n@@ -1 +1 @@",
+                "+++ b/x\\r",
+                "@@ -1,1 +1,1 @@"
+            ]
+        );
         let d = unified("x", "y", "a/f", "b/f");
         assert!(d.contains("-x\n\\ No newline at end of file\n+y\n"), "{d}");
         assert_eq!(unified("s\n", "s\n", "a", "b"), "");

@@ -114,6 +114,82 @@ fn link_inside(rel: &Path, target: &Path) -> bool {
     !target.as_os_str().is_empty()
 }
 
+/// Whether the symlink at `rel` with target `target` resolves inside `stage`, following the
+/// symlinks already staged (`l1 -> .` then `x/l2 -> ../l1/..` leaves the tree although each
+/// looks inside on its own). Names not (yet) staged are taken as plain directories.
+fn resolves_inside(stage: &Path, rel: &Path, target: &Path) -> bool {
+    if !link_inside(rel, target) {
+        return false;
+    }
+    let mut at: Vec<std::ffi::OsString> = rel
+        .parent()
+        .into_iter()
+        .flat_map(|p| p.components())
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut todo: std::collections::VecDeque<std::ffi::OsString> = target
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        if c == "." {
+            continue;
+        }
+        if c == ".." {
+            if at.pop().is_none() {
+                return false;
+            }
+            continue;
+        }
+        if c == "/" {
+            return false;
+        }
+        at.push(c);
+        let here: PathBuf = at.iter().fold(stage.to_path_buf(), |p, c| p.join(c));
+        if fs::symlink_metadata(&here).is_ok_and(|m| m.is_symlink()) {
+            hops += 1;
+            if hops > 40 {
+                return false;
+            }
+            let Ok(t) = fs::read_link(&here) else {
+                return false;
+            };
+            if t.is_absolute() {
+                return false;
+            }
+            at.pop();
+            for c in t.components().rev() {
+                todo.push_front(c.as_os_str().to_owned());
+            }
+        }
+    }
+    true
+}
+
+/// Every symlink under `dir` (inside `stage`) checked again once all are staged: a later link
+/// can change where an earlier one leads.
+fn check_links(stage: &Path, dir: &Path) -> R<()> {
+    let rd = fs::read_dir(stage.join(dir)).map_err(|e| Fail::io(&stage.join(dir), &e))?;
+    for e in rd.flatten() {
+        let rel = dir.join(e.file_name());
+        let m = fs::symlink_metadata(e.path()).map_err(|er| Fail::io(&e.path(), &er))?;
+        if m.is_symlink() {
+            let t = fs::read_link(e.path()).unwrap_or_default();
+            if !resolves_inside(stage, &rel, &t) {
+                return Err(Fail::invalid(format!(
+                    "tar: symlink `{}` -> `{}` leads out of the directory",
+                    rel.display(),
+                    t.display()
+                )));
+            }
+        } else if m.is_dir() {
+            check_links(stage, &rel)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the directories leading to `rel` inside `stage`, refusing any that is not a directory
 /// (a symlink from an earlier entry above all).
 fn parents(stage: &Path, rel: &Path) -> Result<(), String> {
@@ -229,7 +305,7 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
                     .flatten()
                     .map(|t| t.into_owned())
                     .unwrap_or_default();
-                if !link_inside(&rel, &target) {
+                if !resolves_inside(&stage.path, &rel, &target) {
                     return Err(Fail::invalid(format!(
                         "tar: symlink `{}` -> `{}` leads out of the directory",
                         rel.display(),
@@ -282,11 +358,14 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
     if !input.committed() {
         return Err(Fail::invalid("the upload was interrupted"));
     }
+    check_links(&stage.path, Path::new(""))?;
+    // Nothing is moved before every conflict is known: a refused archive leaves nothing.
+    check_merge(&stage.path, &root)?;
     // Directory modes last (a read-only directory would have refused its entries).
     for (rel, mode) in dir_modes.iter().rev() {
         let _ = fs::set_permissions(stage.path.join(rel), fs::Permissions::from_mode(*mode));
     }
-    merge(&stage.path, &root)?;
+    merge(&stage.path, &root, Path::new(""), &dir_modes)?;
     drop(stage);
     answer(&json!({
         "path": root.to_string_lossy(),
@@ -299,20 +378,50 @@ pub(crate) fn extract(a: InArgs) -> R<()> {
     }))
 }
 
-/// Moves everything in `src` into `dst`: new names are renamed in, directories present on both
-/// sides are merged, other existing entries replaced. A directory in `dst` is never replaced by
-/// something that is not one.
-fn merge(src: &Path, dst: &Path) -> R<()> {
+/// Refuses (before anything moves) an archive that has a non-directory where `dst` has a
+/// directory.
+fn check_merge(src: &Path, dst: &Path) -> R<()> {
     let rd = fs::read_dir(src).map_err(|e| Fail::io(src, &e))?;
     for e in rd.flatten() {
         let from = e.path();
         let to = dst.join(e.file_name());
         let fm = fs::symlink_metadata(&from).map_err(|e| Fail::io(&from, &e))?;
+        if let Ok(tm) = fs::symlink_metadata(&to) {
+            if tm.is_dir() && fm.is_dir() {
+                check_merge(&from, &to)?;
+            } else if tm.is_dir() {
+                return Err(Fail::new(
+                    "exists",
+                    format!(
+                        "{}: is a directory; the archive has a file there",
+                        to.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves everything in `src` into `dst`: new names are renamed in, directories present on both
+/// sides are merged, other existing entries replaced. A directory in `dst` is never replaced by
+/// something that is not one. An existing directory gets a mode only from an explicit entry
+/// (`modes`, by path under the root), keeping its setuid/setgid/sticky bits.
+fn merge(src: &Path, dst: &Path, rel: &Path, modes: &BTreeMap<PathBuf, u32>) -> R<()> {
+    let rd = fs::read_dir(src).map_err(|e| Fail::io(src, &e))?;
+    for e in rd.flatten() {
+        let from = e.path();
+        let to = dst.join(e.file_name());
+        let sub = rel.join(e.file_name());
+        let fm = fs::symlink_metadata(&from).map_err(|e| Fail::io(&from, &e))?;
         match fs::symlink_metadata(&to) {
             Err(_) => fs::rename(&from, &to).map_err(|e| Fail::io(&to, &e))?,
             Ok(tm) if tm.is_dir() && fm.is_dir() => {
-                merge(&from, &to)?;
-                let _ = fs::set_permissions(&to, fm.permissions());
+                merge(&from, &to, &sub, modes)?;
+                if let Some(m) = modes.get(&sub) {
+                    let keep = tm.permissions().mode() & 0o7000;
+                    let _ = fs::set_permissions(&to, fs::Permissions::from_mode(keep | m));
+                }
             }
             Ok(tm) if tm.is_dir() => {
                 return Err(Fail::new(
@@ -349,5 +458,78 @@ mod tests {
         assert!(!link_inside(Path::new("a/l"), Path::new("../../x")));
         assert!(!link_inside(Path::new("a/l"), Path::new("/etc")));
         assert!(!link_inside(Path::new("l"), Path::new("")));
+    }
+
+    #[test]
+    fn chained_symlinks_that_leave_the_stage_are_refused() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let stage = t.path();
+        // `l1 -> .` is inside; `x/l2 -> ../l1/..` looks inside lexically but l1 is the root,
+        // so l1/.. is its parent.
+        assert!(resolves_inside(stage, Path::new("l1"), Path::new(".")));
+        symlink(".", stage.join("l1")).unwrap();
+        fs::create_dir(stage.join("x")).unwrap();
+        assert!(!resolves_inside(
+            stage,
+            Path::new("x/l2"),
+            Path::new("../l1/..")
+        ));
+        // Planted anyway (as a later entry would change an earlier one's meaning), `x/l3 ->
+        // l2/outside` follows it out, and the final pass finds it.
+        symlink("../l1/..", stage.join("x/l2")).unwrap();
+        assert!(!resolves_inside(
+            stage,
+            Path::new("x/l3"),
+            Path::new("l2/outside")
+        ));
+        assert!(check_links(stage, Path::new("")).is_err());
+        // Plain links that stay inside still pass, through staged links too.
+        fs::remove_file(stage.join("x/l2")).unwrap();
+        symlink("../l1", stage.join("x/l2")).unwrap();
+        assert!(resolves_inside(stage, Path::new("x/l3"), Path::new("l2/x")));
+        assert!(check_links(stage, Path::new("")).is_ok());
+        // A loop is refused, not followed forever.
+        symlink("loop", stage.join("loop")).unwrap();
+        assert!(!resolves_inside(stage, Path::new("y"), Path::new("loop")));
+    }
+
+    #[test]
+    fn a_conflicting_archive_moves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("stage"), t.path().join("dst"));
+        fs::create_dir_all(src.join("a")).unwrap();
+        fs::write(src.join("a/new"), "n").unwrap();
+        fs::write(src.join("b_new"), "n").unwrap();
+        fs::write(src.join("z"), "file where a directory is").unwrap();
+        fs::create_dir_all(dst.join("a")).unwrap();
+        fs::create_dir_all(dst.join("z")).unwrap();
+        assert!(check_merge(&src, &dst).is_err());
+        assert!(!dst.join("a/new").exists());
+        assert!(!dst.join("b_new").exists());
+        fs::remove_file(src.join("z")).unwrap();
+        check_merge(&src, &dst).unwrap();
+        merge(&src, &dst, Path::new(""), &BTreeMap::new()).unwrap();
+        assert!(dst.join("a/new").exists() && dst.join("b_new").exists());
+    }
+
+    #[test]
+    fn existing_directories_keep_their_mode() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("stage"), t.path().join("dst"));
+        for d in ["p/q", "e"] {
+            fs::create_dir_all(src.join(d)).unwrap();
+            fs::create_dir_all(dst.join(d)).unwrap();
+        }
+        fs::write(src.join("p/q/f"), "x").unwrap();
+        fs::set_permissions(dst.join("p"), fs::Permissions::from_mode(0o2775)).unwrap();
+        fs::set_permissions(dst.join("e"), fs::Permissions::from_mode(0o3777)).unwrap();
+        // Only `e` has an entry in the archive (0755): `p` and `p/q` are passed through.
+        let modes = BTreeMap::from([(PathBuf::from("e"), 0o755)]);
+        merge(&src, &dst, Path::new(""), &modes).unwrap();
+        let mode = |p: &str| fs::metadata(dst.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode("p"), 0o2775);
+        assert_eq!(mode("e"), 0o3755, "the entry's bits, the special bits kept");
+        assert!(dst.join("p/q/f").exists());
     }
 }

@@ -48,6 +48,13 @@ const SEARCH_LIMIT: usize = 1_000;
 const MAX_SEARCH: usize = 10_000;
 /// The largest JSON answer read from the toolbox.
 const ANSWER_MAX: usize = 64 << 20;
+/// The most of the toolbox's stdout buffered before it says it is ready (or kept of a watch
+/// line): the toolbox runs in the workspace, so its output is the workspace user's to forge.
+const EARLY_MAX: usize = 1 << 20;
+/// The largest diff kept in a session audit record (the rest is cut, marked `diff_truncated`).
+const DIFF_MAX: usize = 64 << 10;
+/// An upload whose body sends nothing for this long is abandoned (nothing is written).
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 /// The most of the toolbox's stderr kept.
 const STDERR_MAX: usize = 64 << 10;
 /// Upload bytes gathered into one frame for the toolbox's stdin.
@@ -383,16 +390,22 @@ fn keep(buf: &mut Vec<u8>, chunk: &[u8], max: usize) -> bool {
 
 /// Reads the rest of the toolbox's output (its pipes close when it exits: it starts nothing
 /// that could keep them open), then its exit status.
-async fn finish(mut st: Started, mut stdout: Vec<u8>, mut stderr: Vec<u8>) -> Output {
+async fn finish(run: &mut Running, mut stdout: Vec<u8>, mut stderr: Vec<u8>) -> Output {
+    let st = &mut run.st;
     let mut over = false;
     while let Some((chan, b)) = st.out.recv().await {
         if chan == 1 {
-            over |= !keep(&mut stdout, &b, ANSWER_MAX);
+            if !keep(&mut stdout, &b, ANSWER_MAX) && !over {
+                // Past the limit: stop it rather than read (and drop) without end.
+                over = true;
+                let _ = st.signaller.signal(9);
+            }
         } else {
             keep(&mut stderr, &b, STDERR_MAX);
         }
     }
-    let code = exit_of(&mut st).await;
+    let code = exit_of(st).await;
+    run.ended = true;
     let code = if over && code == Ok(0) {
         Err(format!("its answer is over {ANSWER_MAX} bytes"))
     } else {
@@ -423,10 +436,12 @@ async fn call(
 ) -> ApiResult<Value> {
     let mut st = spawn(state, caller, rec, user, op, args).await?;
     drop(st.stdin.take());
-    finish(st, vec![], vec![]).await.answer()
+    // Killed if the request is dropped (the client went away) before it ends.
+    let mut run = Running { st, ended: false };
+    finish(&mut run, vec![], vec![]).await.answer()
 }
 
-/// A toolbox whose output is being streamed to a client: killed if the client goes first.
+/// A running toolbox: killed if dropped (the client went away) before its end was seen.
 struct Running {
     st: Started,
     ended: bool,
@@ -444,20 +459,36 @@ impl Drop for Running {
 /// first is kept.
 async fn wait_ready(st: &mut Started) -> ApiResult<(Value, VecDeque<Vec<u8>>)> {
     let mut early = VecDeque::new();
+    let mut early_len = 0usize;
     let mut err: Vec<u8> = vec![];
+    let mut scanned = 0usize;
     // Only the output decides: the exit may be seen before the last of it is read.
     while let Some((chan, b)) = st.out.recv().await {
         if chan == 1 {
+            early_len += b.len();
+            if early_len > EARLY_MAX {
+                let _ = st.signaller.signal(9);
+                return Err(ApiError::internal(format!(
+                    "the toolbox wrote over {EARLY_MAX} bytes before it was ready; stopped it"
+                ))
+                .hint("something in the workspace (an LD_PRELOAD, a wrapper) interferes with Warren's toolbox"));
+            }
             early.push_back(b);
             continue;
         }
         keep(&mut err, &b, STDERR_MAX);
-        if let Some(i) = err.iter().position(|c| *c == b'\n') {
-            if let Ok(v) = serde_json::from_slice::<Value>(&err[..i]) {
+        while let Some(i) = err[scanned..].iter().position(|c| *c == b'\n') {
+            let line = &err[scanned..scanned + i];
+            scanned += i + 1;
+            if let Ok(v) = serde_json::from_slice::<Value>(line) {
                 if let Some(r) = v.get("ready") {
                     return Ok((r.clone(), early));
                 }
             }
+        }
+        if err.len() >= STDERR_MAX {
+            let _ = st.signaller.signal(9);
+            break;
         }
     }
     let code = exit_of(st).await;
@@ -503,17 +534,61 @@ fn stream_body(st: Started, early: VecDeque<Vec<u8>>) -> Body {
     Body::from_stream(s)
 }
 
-/// Streams `body` into the toolbox's stdin in frames, committing when it ends; stops (without
-/// committing) past `max` bytes or when the client breaks off. Then waits for the toolbox.
-async fn upload(mut st: Started, body: Body, max: u64) -> ApiResult<Output> {
+/// An upload streamed to its end frame: the toolbox is committing it. What the server itself
+/// counted and hashed of the body is the record's truth, not the toolbox's answer.
+struct Uploaded {
+    run: Running,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    size: u64,
+    sha256: String,
+}
+
+impl Uploaded {
+    /// Waits for the toolbox's answer and runs `then` on it, in a task of its own: once the end
+    /// frame is sent the file is (being) renamed into place, so what follows (the session audit)
+    /// must happen even if the client goes away now.
+    async fn finish_then<T, F, Fut>(self, then: F) -> ApiResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Output, u64, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ApiResult<T>> + Send,
+    {
+        let Uploaded {
+            mut run,
+            stdout,
+            stderr,
+            size,
+            sha256,
+        } = self;
+        tokio::spawn(async move {
+            let out = finish(&mut run, stdout, stderr).await;
+            then(out, size, sha256).await
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("upload: {e}")))?
+    }
+}
+
+/// Streams `body` into the toolbox's stdin in frames and sends the end frame when it ends;
+/// stops (without committing) past `max` bytes, when the client breaks off or sends nothing for
+/// [`UPLOAD_IDLE`].
+async fn upload(st: Started, body: Body, max: u64) -> ApiResult<Uploaded> {
+    upload_idle(st, body, max, UPLOAD_IDLE).await
+}
+
+async fn upload_idle(mut st: Started, body: Body, max: u64, idle: Duration) -> ApiResult<Uploaded> {
+    use sha2::Digest;
     let stdin = st
         .stdin
         .take()
         .ok_or_else(|| ApiError::internal("the toolbox has no stdin"))?;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     exec::stdin_writer(&st, stdin, move || rx.blocking_recv().map(Some));
+    let mut run = Running { st, ended: false };
     let mut data = body.into_data_stream();
     let mut total = 0u64;
+    let mut hash = sha2::Sha256::new();
     let mut buf: Vec<u8> = Vec::with_capacity(FRAME + 4);
     let mut stdout = vec![];
     let mut stderr = vec![];
@@ -527,23 +602,26 @@ async fn upload(mut st: Started, body: Body, max: u64) -> ApiResult<Output> {
         Complete,
         TooLarge,
         Broken,
+        Idle,
         ToolGone,
     }
     let end = loop {
         tokio::select! {
-            chunk = data.next() => match chunk {
-                Some(Ok(b)) => {
+            chunk = tokio::time::timeout(idle, data.next()) => match chunk {
+                Err(_) => break End::Idle,
+                Ok(Some(Ok(b))) => {
                     total += b.len() as u64;
                     if total > max {
                         break End::TooLarge;
                     }
+                    hash.update(&b);
                     buf.extend_from_slice(&b);
                     if buf.len() >= FRAME && tx.send(frame(&mut buf)).await.is_err() {
                         break End::ToolGone;
                     }
                 }
-                Some(Err(_)) => break End::Broken,
-                None => {
+                Ok(Some(Err(_))) => break End::Broken,
+                Ok(None) => {
                     if !buf.is_empty() && tx.send(frame(&mut buf)).await.is_err() {
                         break End::ToolGone;
                     }
@@ -551,24 +629,72 @@ async fn upload(mut st: Started, body: Body, max: u64) -> ApiResult<Output> {
                     break End::Complete;
                 }
             },
-            m = st.out.recv() => match m {
-                Some((1, b)) => { keep(&mut stdout, &b, ANSWER_MAX); }
+            m = run.st.out.recv() => match m {
+                Some((1, b)) => { keep(&mut stdout, &b, EARLY_MAX); }
                 Some((_, b)) => { keep(&mut stderr, &b, STDERR_MAX); }
                 None => break End::ToolGone,
             },
         }
     };
-    // Closing stdin: after the commit frame the toolbox renames into place; without it, it
+    // Closing stdin: after the end frame the toolbox renames into place; without it, it
     // removes what it wrote.
     drop(tx);
-    let out = finish(st, stdout, stderr).await;
-    match end {
-        End::TooLarge => Err(too_large(max)),
-        End::Broken => Err(ApiError::bad_request(
-            "the upload broke off before its end; nothing was written",
-        )),
-        End::Complete | End::ToolGone => Ok(out),
+    let end = match end {
+        // The toolbox gave up before the body ended (bad input, say): the rest of the body is
+        // still counted (not kept) so an upload over the limit is told so, whatever it holds.
+        End::ToolGone => loop {
+            match tokio::time::timeout(idle, data.next()).await {
+                Ok(Some(Ok(b))) => {
+                    total += b.len() as u64;
+                    if total > max {
+                        break End::TooLarge;
+                    }
+                }
+                _ => break End::ToolGone,
+            }
+        },
+        e => e,
+    };
+    let fail = match end {
+        End::Complete | End::ToolGone => {
+            return Ok(Uploaded {
+                run,
+                stdout,
+                stderr,
+                size: total,
+                sha256: hex::encode(hash.finalize()),
+            })
+        }
+        End::TooLarge => too_large(max),
+        End::Broken => {
+            ApiError::bad_request("the upload broke off before its end; nothing was written")
+        }
+        End::Idle => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::InvalidRequest,
+            format!(
+                "the upload sent nothing for {} s; abandoned, nothing was written",
+                idle.as_secs()
+            ),
+        )
+        .hint("send the body without pauses"),
+    };
+    // Let the toolbox remove its temporary file (it does on stdin's end without the end frame).
+    let _ = finish(&mut run, stdout, stderr).await;
+    Err(fail)
+}
+
+/// `diff` cut to [`DIFF_MAX`] bytes (on a character boundary), and whether it was cut.
+fn cap_diff(diff: Option<&str>) -> (Option<String>, bool) {
+    let Some(d) = diff else { return (None, false) };
+    if d.len() <= DIFF_MAX {
+        return (Some(d.to_string()), false);
     }
+    let mut end = DIFF_MAX;
+    while !d.is_char_boundary(end) {
+        end -= 1;
+    }
+    (Some(d[..end].to_string()), true)
 }
 
 // ---- handlers ----
@@ -663,25 +789,34 @@ async fn write_file(
     let args =
         json!({"path": q.path, "mode": q.mode, "mkdir": q.mkdir.unwrap_or(false), "max": max});
     let st = spawn(&state, &caller, &rec, q.user.clone(), "write", args).await?;
-    let v = upload(st, body, max).await?.answer()?;
-    let written = FileWritten {
-        path: v["path"].as_str().unwrap_or(&q.path).to_string(),
-        size: v["size"].as_u64().unwrap_or(0),
-        sha256: v["sha256"].as_str().unwrap_or("").to_string(),
-    };
-    crate::session_audit::record(
-        &state,
-        &rec,
-        Some(&caller),
-        crate::session_audit::SessionEvent::FileWritten {
-            path: written.path.clone(),
-            size: written.size,
-            sha256: written.sha256.clone(),
-            diff: v["diff"].as_str().map(str::to_string),
-            via: crate::session_audit::Via::Toolbox,
-        },
-    )
-    .await;
+    let (st2, rec2, caller2, path) = (state.clone(), rec.clone(), caller.clone(), q.path.clone());
+    let written = upload(st, body, max)
+        .await?
+        .finish_then(move |out, size, sha256| async move {
+            let v = out.answer()?;
+            let written = FileWritten {
+                path: v["path"].as_str().unwrap_or(&path).to_string(),
+                size,
+                sha256,
+            };
+            let (diff, diff_truncated) = cap_diff(v["diff"].as_str());
+            crate::session_audit::record(
+                &st2,
+                &rec2,
+                Some(&caller2),
+                crate::session_audit::SessionEvent::FileWritten {
+                    path: written.path.clone(),
+                    size: written.size,
+                    sha256: written.sha256.clone(),
+                    diff,
+                    diff_truncated,
+                    via: crate::session_audit::Via::Toolbox,
+                },
+            )
+            .await;
+            Ok(written)
+        })
+        .await?;
     let n = note(
         &rec,
         json!({"path": written.path, "size": written.size, "sha256": written.sha256, "user": q.user}),
@@ -748,30 +883,50 @@ async fn upload_tar(
     }
     let args = json!({"path": q.path, "max": max, "mkdir": true});
     let st = spawn(&state, &caller, &rec, q.user.clone(), "tar-in", args).await?;
-    let v = upload(st, body, max).await?.answer()?;
-    // Each file made is a file written, for the session audit (the first 1000; the rest are
-    // counted in the request's record).
-    for f in v["written"].as_array().into_iter().flatten() {
-        crate::session_audit::record(
-            &state,
-            &rec,
-            Some(&caller),
-            crate::session_audit::SessionEvent::FileWritten {
-                path: f["path"].as_str().unwrap_or("").to_string(),
-                size: f["size"].as_u64().unwrap_or(0),
-                sha256: f["sha256"].as_str().unwrap_or("").to_string(),
-                diff: None,
-                via: crate::session_audit::Via::Toolbox,
-            },
-        )
-        .await;
-    }
+    let (st2, rec2, caller2) = (state.clone(), rec.clone(), caller.clone());
+    let (v, archive_size, archive_sha256) = upload(st, body, max)
+        .await?
+        .finish_then(move |out, size, sha256| async move {
+            let v = out.answer()?;
+            // Each file made is a file written, for the session audit (the first 1000; the rest
+            // are counted in the request's record). Per-file sizes and hashes are the toolbox's
+            // word; the archive's (in the request's record) are the server's own.
+            for f in v["written"].as_array().into_iter().flatten().take(1000) {
+                crate::session_audit::record(
+                    &st2,
+                    &rec2,
+                    Some(&caller2),
+                    crate::session_audit::SessionEvent::FileWritten {
+                        path: f["path"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(4096)
+                            .collect(),
+                        size: f["size"].as_u64().unwrap_or(0),
+                        sha256: f["sha256"]
+                            .as_str()
+                            .unwrap_or("")
+                            .chars()
+                            .take(64)
+                            .collect(),
+                        diff: None,
+                        diff_truncated: false,
+                        via: crate::session_audit::Via::Toolbox,
+                    },
+                )
+                .await;
+            }
+            Ok((v, size, sha256))
+        })
+        .await?;
     let omitted = v["written_omitted"].as_u64().unwrap_or(0);
     let done: TarExtracted = serde_json::from_value(v).map_err(ApiError::internal)?;
     let n = note(
         &rec,
         json!({"path": done.path, "files": done.files, "bytes": done.bytes, "user": q.user,
-            "files_not_in_session_audit": omitted}),
+            "files_not_in_session_audit": omitted,
+            "archive_size": archive_size, "archive_sha256": archive_sha256}),
     );
     Ok((axum::Extension(n), Json(done)).into_response())
 }
@@ -1076,4 +1231,21 @@ async fn watch_files(
         Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_diffs_are_capped_on_a_character_boundary() {
+        assert_eq!(cap_diff(None), (None, false));
+        assert_eq!(cap_diff(Some("+a\n")), (Some("+a\n".into()), false));
+        // A helper can answer with any diff: a huge one is cut, mid-character never.
+        let big = format!("+{}", "é".repeat(DIFF_MAX));
+        let (d, cut) = cap_diff(Some(&big));
+        let d = d.unwrap();
+        assert!(cut && d.len() <= DIFF_MAX && d.len() > DIFF_MAX - 4);
+        assert!(big.starts_with(&d));
+    }
 }
