@@ -307,11 +307,7 @@ async fn python_client_over_streamable_http() {
         .await;
     assert_eq!(st, StatusCode::OK, "{page}");
     let recs = page["records"].as_array().unwrap();
-    for action in [
-        "workspace.create",
-        "workspace.toolbox.process.run",
-        "workspace.delete",
-    ] {
+    for action in ["workspace.create", "workspace.delete"] {
         assert!(
             recs.iter().any(|r| r["action"] == action
                 && r["user_agent"]
@@ -321,6 +317,27 @@ async fn python_client_over_streamable_http() {
             "no {action} record from MCP: {page}"
         );
     }
+    // run_command went through the toolbox's process/run: its request is recorded as the
+    // session audit's process end (exit code included), from MCP.
+    let (_, page) = s
+        .get(
+            &s.admin,
+            "/api/v1/audit?action=session.process_end&limit=100",
+        )
+        .await;
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["user_agent"]
+                .as_str()
+                .is_some_and(|u| u.contains("via mcp"))
+                && r["details_json"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("exit 3") && d.contains("\"exit_code\":3"))),
+        "no process_end record of run_command: {page}"
+    );
     // write_file went through the toolbox, which records the write in the session audit.
     let (_, page) = s
         .get(&s.admin, "/api/v1/audit?action=session.file_write")
@@ -516,10 +533,18 @@ async fn git_tools_clone_commit_and_push_through_the_toolbox() {
     assert_eq!(after["upstream"], "origin/feature", "{after}");
     assert_eq!(after["ahead"], 0, "{after}");
     assert_eq!(out["branch"]["structured"]["commit"], commit);
-    // A failed push is a tool error with git's reason, not a protocol error.
+    // A failed push (no such remote) is a tool error with the API's message, not a protocol
+    // error, and nothing more lands.
     let bad = &out["push_bad"];
     assert_eq!(bad["error"], true, "{bad}");
-    assert!(bad["text"].as_str().unwrap().contains("nowhere"), "{bad}");
+    assert!(
+        bad["text"].as_str().unwrap().contains("git push failed"),
+        "{bad}"
+    );
+    assert_eq!(
+        bad["structured"]["error"]["code"], "invalid_request",
+        "{bad}"
+    );
 
     // The push is in the session audit (the toolbox's record), and the git routes' own records
     // are marked as coming through MCP.
