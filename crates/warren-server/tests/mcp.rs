@@ -3,11 +3,17 @@
 //! transport (`/api/v1/mcp`) and over stdio through `warren mcp` (the real binary, with
 //! `WARREN_URL` + `WARREN_TOKEN`). Both list the tools, create a busybox workspace, run commands,
 //! write, read and list a file, get a preview URL of a server listening in it and delete it.
+//! The git tools (over HTTP) clone from, commit in and push to a real git smart-HTTP server
+//! (`common/gitserve.rs`) from a workspace of the git image (`common/gitimg.rs`).
 //! Then the attacks and bad input over raw HTTP: no token, a token without the exec scope,
 //! another user's workspace, another token's session, malformed JSON-RPC, unknown methods and
 //! tools, bad arguments, protocol versions and batches.
 
 mod common;
+#[path = "common/gitimg.rs"]
+mod gitimg;
+#[path = "common/gitserve.rs"]
+mod gitserve;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -138,9 +144,14 @@ async fn server() -> TestServer {
 
 /// Runs the client script; its JSON.
 async fn run_client(py: &PathBuf, args: &[&str], env: &[(&str, &str)]) -> Value {
+    run_script(py, CLIENT, args, env).await
+}
+
+/// Runs a client script `code`; its JSON.
+async fn run_script(py: &PathBuf, code: &str, args: &[&str], env: &[(&str, &str)]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("client.py");
-    std::fs::write(&script, CLIENT).unwrap();
+    std::fs::write(&script, code).unwrap();
     let mut cmd = Command::new(py);
     cmd.arg(&script).args(args);
     for (k, v) in env {
@@ -296,7 +307,7 @@ async fn python_client_over_streamable_http() {
         .await;
     assert_eq!(st, StatusCode::OK, "{page}");
     let recs = page["records"].as_array().unwrap();
-    for action in ["workspace.create", "workspace.exec", "workspace.delete"] {
+    for action in ["workspace.create", "workspace.delete"] {
         assert!(
             recs.iter().any(|r| r["action"] == action
                 && r["user_agent"]
@@ -306,6 +317,27 @@ async fn python_client_over_streamable_http() {
             "no {action} record from MCP: {page}"
         );
     }
+    // run_command went through the toolbox's process/run: its request is recorded as the
+    // session audit's process end (exit code included), from MCP.
+    let (_, page) = s
+        .get(
+            &s.admin,
+            "/api/v1/audit?action=session.process_end&limit=100",
+        )
+        .await;
+    assert!(
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["user_agent"]
+                .as_str()
+                .is_some_and(|u| u.contains("via mcp"))
+                && r["details_json"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("exit 3") && d.contains("\"exit_code\":3"))),
+        "no process_end record of run_command: {page}"
+    );
     // write_file went through the toolbox, which records the write in the session audit.
     let (_, page) = s
         .get(&s.admin, "/api/v1/audit?action=session.file_write")
@@ -331,6 +363,219 @@ async fn python_client_over_streamable_http() {
         actions.contains(&"mcp.session.create") && actions.contains(&"mcp.session.delete"),
         "{page}"
     );
+    s.stop().await;
+}
+
+/// The git tools' client (argv: URL WS REPO_URL): clone, edit, status, diff, add, branch,
+/// commit, push, status again.
+const GIT_CLIENT: &str = r#"
+import json, os, sys
+import asyncio
+import httpx
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+target, ws, repo = sys.argv[1], sys.argv[2], sys.argv[3]
+token = os.environ["MCP_TOKEN"]
+
+def res(r):
+    return {"error": r.isError, "text": "".join(c.text for c in r.content if c.type == "text"),
+            "structured": r.structuredContent}
+
+async def scenario(s, out):
+    await s.initialize()
+    call = lambda name, args: s.call_tool(name, dict(args, workspace=ws))
+    out["create"] = res(await s.call_tool("create_workspace", {"name": ws, "template": "git"}))
+    out["clone"] = res(await call("git_clone", {"url": repo, "path": "proj"}))
+    out["write"] = res(await call("write_file", {"path": "proj/README.md",
+        "content": "hello\nedited through MCP\n"}))
+    out["write_new"] = res(await call("write_file", {"path": "proj/docs/new.txt",
+        "content": "a new file\n"}))
+    out["status"] = res(await call("git_status", {"path": "proj"}))
+    out["diff"] = res(await call("git_diff", {"path": "proj"}))
+    out["add"] = res(await call("git_add", {"path": "proj", "files": ["docs/new.txt"]}))
+    out["staged"] = res(await call("git_diff", {"path": "proj", "staged": True}))
+    out["checkout"] = res(await call("git_checkout", {"path": "proj", "branch": "feature",
+        "create": True}))
+    out["commit"] = res(await call("git_commit", {"path": "proj",
+        "message": "Edit the README through MCP"}))
+    out["push"] = res(await call("git_push", {"path": "proj", "set_upstream": True}))
+    out["status_after"] = res(await call("git_status", {"path": "proj"}))
+    out["branch"] = res(await call("git_branch", {"path": "proj", "name": "later"}))
+    out["push_bad"] = res(await call("git_push", {"path": "proj", "remote": "nowhere"}))
+    out["delete"] = res(await s.call_tool("delete_workspace", {"workspace": ws}))
+
+async def main():
+    out = {}
+    headers = {"Authorization": "Bearer " + token, "User-Agent": "mcp-git-test"}
+    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=300)) as http:
+        async with streamable_http_client(target, http_client=http) as (r, w, _):
+            async with ClientSession(r, w) as s:
+                await scenario(s, out)
+    print(json.dumps(out))
+
+asyncio.run(main())
+"#;
+
+/// The git tools go through the toolbox's git routes: a clone, edits through `write_file`, the
+/// status and diff of them, a commit on a new branch and its push land on the git server, and
+/// the push is in the session audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_tools_clone_commit_and_push_through_the_toolbox() {
+    let Some(py) = python_or_skip() else { return };
+    let s = TestServer::start().await;
+    gitimg::import_gitbox(&s);
+    s.push_template(
+        "git",
+        json!({"image": gitimg::GITBOX, "overrideCommand": true, "remoteUser": "dev"}),
+    )
+    .await;
+    let alice = s.user_token("alice", "member", None).await;
+    let repo = gitserve::server().create_repo(
+        "mcp-proj",
+        gitserve::Access::open(),
+        &[("README.md", "hello\n"), ("src/main.txt", "one\n")],
+    );
+    let url = format!("{}/api/v1/mcp", s.url);
+    let out = run_script(
+        &py,
+        GIT_CLIENT,
+        &[&url, "mcp-git", &repo.url()],
+        &[("MCP_TOKEN", alice.as_str())],
+    )
+    .await;
+    for step in [
+        "create",
+        "clone",
+        "write",
+        "write_new",
+        "status",
+        "diff",
+        "add",
+        "staged",
+        "checkout",
+        "commit",
+        "push",
+        "status_after",
+        "branch",
+        "delete",
+    ] {
+        assert_eq!(out[step]["error"], false, "{step}: {}", out[step]);
+    }
+    let clone = &out["clone"]["structured"];
+    assert_eq!(clone["branch"], "main", "{clone}");
+    assert_eq!(clone["commit"].as_str(), repo.commit("main").as_deref());
+
+    // The status names both edits: the README modified, the new file untracked.
+    let status = &out["status"]["structured"];
+    assert_eq!(status["branch"], "main", "{status}");
+    assert_eq!(status["clean"], false, "{status}");
+    let files = status["files"].as_array().unwrap();
+    let readme = files.iter().find(|f| f["path"] == "README.md");
+    assert_eq!(
+        readme.map(|f| (&f["index"], &f["worktree"])),
+        Some((&json!("unmodified"), &json!("modified"))),
+        "{status}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f["worktree"] == "untracked"
+                && f["path"].as_str().unwrap().starts_with("docs/")),
+        "{status}"
+    );
+    let text = out["status"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("README.md") && text.contains("modified"),
+        "{text}"
+    );
+    let diff = out["diff"]["text"].as_str().unwrap();
+    assert!(diff.contains("+edited through MCP"), "{diff}");
+    assert!(
+        !diff.contains("new.txt"),
+        "untracked files are not in the diff: {diff}"
+    );
+    // git_add staged the new file only.
+    let staged = out["staged"]["text"].as_str().unwrap();
+    assert!(
+        staged.contains("docs/new.txt") && !staged.contains("README"),
+        "{staged}"
+    );
+    assert_eq!(out["checkout"]["structured"]["branch"], "feature");
+
+    // The commit (every change, by default) was pushed to the new branch on the server.
+    let commit = out["commit"]["structured"]["commit"].as_str().unwrap();
+    assert_eq!(out["commit"]["structured"]["branch"], "feature");
+    assert_eq!(
+        out["commit"]["structured"]["author"],
+        "alice <alice@users.warren.invalid>"
+    );
+    let push = &out["push"]["structured"];
+    assert_eq!(push["branch"], "feature", "{push}");
+    assert_eq!(push["commit"], commit, "{push}");
+    assert_eq!(push["url"], repo.url(), "{push}");
+    assert_eq!(repo.commit("feature").as_deref(), Some(commit));
+    assert_eq!(
+        repo.message("feature").as_deref(),
+        Some("Edit the README through MCP")
+    );
+    assert_eq!(
+        repo.file("feature", "README.md").as_deref(),
+        Some("hello\nedited through MCP\n")
+    );
+    assert_eq!(
+        repo.file("feature", "docs/new.txt").as_deref(),
+        Some("a new file\n")
+    );
+    assert_eq!(repo.file("main", "README.md").as_deref(), Some("hello\n"));
+    let after = &out["status_after"]["structured"];
+    assert_eq!(after["clean"], true, "{after}");
+    assert_eq!(after["upstream"], "origin/feature", "{after}");
+    assert_eq!(after["ahead"], 0, "{after}");
+    assert_eq!(out["branch"]["structured"]["commit"], commit);
+    // A failed push (no such remote) is a tool error with the API's message, not a protocol
+    // error, and nothing more lands.
+    let bad = &out["push_bad"];
+    assert_eq!(bad["error"], true, "{bad}");
+    assert!(
+        bad["text"].as_str().unwrap().contains("git push failed"),
+        "{bad}"
+    );
+    assert_eq!(
+        bad["structured"]["error"]["code"], "invalid_request",
+        "{bad}"
+    );
+
+    // The push is in the session audit (the toolbox's record), and the git routes' own records
+    // are marked as coming through MCP.
+    let (st, page) = s
+        .get(&s.admin, "/api/v1/audit?action=session.git_push&limit=100")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    let pushes = page["records"].as_array().unwrap();
+    assert!(
+        pushes.iter().any(|r| r["details_json"]
+            .as_str()
+            .is_some_and(|d| d.contains(commit) && d.contains("feature"))),
+        "{page}"
+    );
+    let (_, page) = s
+        .get(&s.admin, "/api/v1/audit?action=workspace.git.*&limit=100")
+        .await;
+    let recs = page["records"].as_array().unwrap();
+    for action in [
+        "workspace.git.clone",
+        "workspace.git.commit",
+        "workspace.git.push",
+    ] {
+        assert!(
+            recs.iter().any(|r| r["action"] == action
+                && r["user_agent"]
+                    .as_str()
+                    .is_some_and(|u| u.contains("via mcp"))),
+            "no {action} record from MCP: {page}"
+        );
+    }
     s.stop().await;
 }
 

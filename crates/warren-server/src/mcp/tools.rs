@@ -5,10 +5,11 @@
 //! with `isError: true` carrying the API's message and hint; malformed arguments and unknown
 //! tools are JSON-RPC errors (`-32602`).
 //!
-//! Files go through the toolbox's file routes (`.../toolbox/files`, `warren __toolbox` inside
-//! the workspace); git runs as an ordinary exec (`POST /workspaces/{ws}/exec`) of the image's own
-//! `git` as the workspace's remote user, with names as positional arguments of a fixed `sh -c`
-//! script, never inside the script.
+//! Commands go through the toolbox's `POST .../toolbox/process/run` (buffered, each stream
+//! bounded by the API), files through its file routes (`.../toolbox/files`, `warren __toolbox`
+//! inside the workspace) and git through its git routes (`.../toolbox/git/...`: the image's own
+//! `git` as the workspace's remote user, credentials from Warren's helper, pushes recorded as
+//! `session.git_push`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,12 +25,9 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use warren_api::v1::ExecEvent;
 
 use super::RpcError;
 
-/// Output kept per stream of a command; the rest is dropped and counted.
-pub const OUTPUT_LIMIT: usize = 1 << 20;
 /// The largest file `read_file` returns.
 pub const READ_LIMIT: usize = 4 << 20;
 /// The largest JSON answer read from the API.
@@ -49,13 +47,8 @@ pub struct ToolCtx {
     pub remote: Option<SocketAddr>,
     /// The caller's `User-Agent`, marked as coming through MCP.
     pub user_agent: HeaderValue,
-    /// The caller's user name (the default git author).
-    pub username: String,
     /// Whether results carry `structuredContent` (protocol 2025-06-18).
     pub structured: bool,
-    /// `-c credential.helper=...` for git command lines: credentials come from Warren's helper
-    /// (the workspace's requested git secrets), never from the repository's configuration.
-    pub git_helper: Vec<String>,
 }
 
 /// An API answer that is not a success: its code, message and hint.
@@ -157,68 +150,6 @@ impl ToolCtx {
             .map_err(|e| Failure::new("internal", format!("unexpected answer: {e}"), None))
     }
 
-    /// Runs a command through `POST /workspaces/{ws}/exec` and collects its output (up to
-    /// [`OUTPUT_LIMIT`] per stream).
-    async fn exec(&self, ws: &str, req: &Value) -> Result<Ran, Failure> {
-        let resp = self
-            .send(
-                Method::POST,
-                &format!("/api/v1/workspaces/{}/exec", seg(ws)),
-                Some(req),
-            )
-            .await?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = axum::body::to_bytes(resp.into_body(), ANSWER_LIMIT)
-                .await
-                .unwrap_or_default();
-            return Err(failure_of(status, &bytes));
-        }
-        let mut ran = Ran::default();
-        let mut stream = resp.into_body().into_data_stream();
-        let mut line: Vec<u8> = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                Failure::new("internal", format!("the command's output broke: {e}"), None)
-            })?;
-            for &b in chunk.iter() {
-                if b == b'\n' {
-                    ran.event(&line);
-                    line.clear();
-                } else {
-                    line.push(b);
-                }
-            }
-        }
-        if !line.is_empty() {
-            ran.event(&line);
-        }
-        Ok(ran)
-    }
-
-    /// Runs `sh -c SCRIPT sh ARGS...` (names as positional arguments, never in the script).
-    async fn script(
-        &self,
-        ws: &str,
-        script: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-        env: BTreeMap<String, String>,
-    ) -> Result<Ran, Failure> {
-        let mut argv = vec![
-            "/bin/sh".to_string(),
-            "-c".into(),
-            script.into(),
-            "sh".into(),
-        ];
-        argv.extend(args.iter().map(|s| s.to_string()));
-        let mut req = json!({"command": argv, "timeout": DEFAULT_TIMEOUT, "env": env});
-        if let Some(s) = stdin {
-            req["stdin"] = json!(s);
-        }
-        self.exec(ws, &req).await
-    }
-
     /// Waits for job `id` to end; its last state.
     async fn wait_job(&self, id: &str) -> Result<Value, Failure> {
         let t0 = tokio::time::Instant::now();
@@ -256,97 +187,6 @@ fn failure_of(status: StatusCode, body: &[u8]) -> Failure {
             Some("the server log has the details"),
         ),
     }
-}
-
-/// A finished command: output (bounded), exit code, errors.
-#[derive(Debug, Default)]
-struct Ran {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    stdout_dropped: u64,
-    stderr_dropped: u64,
-    exit_code: Option<i32>,
-    error: Option<String>,
-    timed_out: bool,
-}
-
-impl Ran {
-    fn event(&mut self, line: &[u8]) {
-        let Ok(ev) = serde_json::from_slice::<ExecEvent>(line) else {
-            return;
-        };
-        match ev {
-            ExecEvent::Stdout { text, base64 } => {
-                let b = bytes_of(text, base64);
-                keep(&mut self.stdout, &mut self.stdout_dropped, &b);
-            }
-            ExecEvent::Stderr { text, base64 } => {
-                let b = bytes_of(text, base64);
-                keep(&mut self.stderr, &mut self.stderr_dropped, &b);
-            }
-            ExecEvent::Exit { code } => self.exit_code = Some(code),
-            ExecEvent::Error { message } => {
-                if message.contains("timed out") {
-                    self.timed_out = true;
-                }
-                self.error = Some(message);
-            }
-            ExecEvent::Heartbeat => {}
-        }
-    }
-
-    fn text(b: &[u8], dropped: u64) -> String {
-        let mut s = String::from_utf8_lossy(b).into_owned();
-        if dropped > 0 {
-            if !s.ends_with('\n') && !s.is_empty() {
-                s.push('\n');
-            }
-            s.push_str(&format!(
-                "[warren: output truncated: {dropped} bytes dropped]\n"
-            ));
-        }
-        s
-    }
-
-    fn stdout_text(&self) -> String {
-        Self::text(&self.stdout, self.stdout_dropped)
-    }
-
-    fn stderr_text(&self) -> String {
-        Self::text(&self.stderr, self.stderr_dropped)
-    }
-
-    /// The last line of stderr (or the exec's error), for a tool error.
-    fn why(&self) -> String {
-        let err = String::from_utf8_lossy(&self.stderr);
-        err.lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(|l| l.trim().to_string())
-            .or_else(|| self.error.clone())
-            .unwrap_or_else(|| format!("exit code {}", self.exit_code.unwrap_or(-1)))
-    }
-
-    fn ok(&self) -> bool {
-        self.exit_code == Some(0)
-    }
-}
-
-fn bytes_of(text: Option<String>, b64: Option<String>) -> Vec<u8> {
-    match (text, b64) {
-        (Some(t), _) => t.into_bytes(),
-        (None, Some(b)) => base64::engine::general_purpose::STANDARD
-            .decode(b)
-            .unwrap_or_default(),
-        (None, None) => vec![],
-    }
-}
-
-fn keep(buf: &mut Vec<u8>, dropped: &mut u64, b: &[u8]) {
-    let room = OUTPUT_LIMIT.saturating_sub(buf.len());
-    let n = room.min(b.len());
-    buf.extend_from_slice(&b[..n]);
-    *dropped += (b.len() - n) as u64;
 }
 
 /// A tool's result.
@@ -509,21 +349,21 @@ pub fn list() -> Vec<Value> {
         json!({
             "name": "git_commit",
             "title": "Git commit",
-            "description": "Commits in a git repository of a workspace: every change (`git add -A`) unless `all` is false.",
+            "description": "Commits in a git repository of a workspace: every change (staged first, as `git add -A`) unless `all` is false.",
             "inputSchema": schema(json!({
                 "workspace": ws_prop(),
                 "path": repo_prop(),
                 "message": {"type": "string", "description": "The commit message."},
                 "all": {"type": "boolean", "description": "Stage every change first (default true).", "default": true},
-                "author_name": {"type": "string", "description": "Author name (default: the repository's, else your Warren user name)."},
-                "author_email": {"type": "string", "description": "Author email (default: the repository's, else USER@warren.invalid)."},
+                "author_name": {"type": "string", "description": "Author and committer name (default: the workspace owner's Warren user name)."},
+                "author_email": {"type": "string", "description": "Author and committer email (default: OWNER@users.warren.invalid)."},
             }), &["workspace", "message"]),
             "annotations": {"destructiveHint": false, "openWorldHint": false},
         }),
         json!({
             "name": "git_push",
             "title": "Git push",
-            "description": "Pushes a branch of a git repository in a workspace to its remote.",
+            "description": "Pushes a branch of a git repository in a workspace to its remote (credentials: the workspace's git secrets, through Warren's credential helper).",
             "inputSchema": schema(json!({
                 "workspace": ws_prop(),
                 "path": repo_prop(),
@@ -536,7 +376,7 @@ pub fn list() -> Vec<Value> {
         json!({
             "name": "git_clone",
             "title": "Git clone",
-            "description": "Clones a git repository into a workspace.",
+            "description": "Clones a git repository into a workspace (credentials: the workspace's git secrets; a URL carrying `user:password@` is refused).",
             "inputSchema": schema(json!({
                 "workspace": ws_prop(),
                 "url": {"type": "string", "description": "The repository's URL."},
@@ -545,6 +385,41 @@ pub fn list() -> Vec<Value> {
                 "depth": {"type": "integer", "minimum": 1, "description": "Shallow clone of this many commits."},
             }), &["workspace", "url"]),
             "annotations": {"destructiveHint": false, "openWorldHint": true},
+        }),
+        json!({
+            "name": "git_add",
+            "title": "Git add",
+            "description": "Stages files of a git repository in a workspace (default: every change, deletions included); answers the status after.",
+            "inputSchema": schema(json!({
+                "workspace": ws_prop(),
+                "path": repo_prop(),
+                "files": {"type": "array", "items": {"type": "string"}, "minItems": 1, "description": "Files or directories to stage, relative to the repository (default: every change)."},
+            }), &["workspace"]),
+            "annotations": {"destructiveHint": false, "openWorldHint": false},
+        }),
+        json!({
+            "name": "git_branch",
+            "title": "Git branch",
+            "description": "Creates a branch in a git repository of a workspace (without switching to it: see git_checkout).",
+            "inputSchema": schema(json!({
+                "workspace": ws_prop(),
+                "path": repo_prop(),
+                "name": {"type": "string", "description": "The new branch's name."},
+                "start_point": {"type": "string", "description": "Where it starts (default: HEAD)."},
+            }), &["workspace", "name"]),
+            "annotations": {"destructiveHint": false, "openWorldHint": false},
+        }),
+        json!({
+            "name": "git_checkout",
+            "title": "Git checkout",
+            "description": "Switches a git repository of a workspace to a branch (with `create`, a new one at HEAD).",
+            "inputSchema": schema(json!({
+                "workspace": ws_prop(),
+                "path": repo_prop(),
+                "branch": {"type": "string", "description": "The branch (a remote-tracking branch's name makes a local one tracking it)."},
+                "create": {"type": "boolean", "description": "Create it at HEAD first (default false).", "default": false},
+            }), &["workspace", "branch"]),
+            "annotations": {"destructiveHint": false, "openWorldHint": false},
         }),
         json!({
             "name": "preview_url",
@@ -703,6 +578,38 @@ struct CloneArgs {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AddArgs {
+    workspace: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    files: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BranchArgs {
+    workspace: String,
+    #[serde(default)]
+    path: Option<String>,
+    name: String,
+    #[serde(default)]
+    start_point: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckoutArgs {
+    workspace: String,
+    #[serde(default)]
+    path: Option<String>,
+    branch: String,
+    #[serde(default)]
+    create: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PreviewArgs {
     workspace: String,
     port: u16,
@@ -755,6 +662,17 @@ pub async fn call(ctx: &ToolCtx, name: &str, arguments: Value) -> Result<Value, 
             git_commit(ctx, a).await
         }
         "git_push" => git_push(ctx, args(arguments)?).await,
+        "git_add" => git_add(ctx, args(arguments)?).await,
+        "git_branch" => {
+            let a: BranchArgs = args(arguments)?;
+            nonempty("name", &a.name)?;
+            git_branch(ctx, a).await
+        }
+        "git_checkout" => {
+            let a: CheckoutArgs = args(arguments)?;
+            nonempty("branch", &a.branch)?;
+            git_checkout(ctx, a).await
+        }
         "git_clone" => {
             let a: CloneArgs = args(arguments)?;
             nonempty("url", &a.url)?;
@@ -898,12 +816,12 @@ async fn delete_workspace(ctx: &ToolCtx, a: DeleteArgs) -> Out {
 }
 
 async fn run_command(ctx: &ToolCtx, a: RunArgs) -> Result<Out, RpcError> {
-    let argv = match (a.command, a.argv) {
+    let mut req = match (a.command, a.argv) {
         (Some(c), None) => {
             nonempty("command", &c)?;
-            vec!["/bin/sh".to_string(), "-c".into(), c]
+            json!({"shell": c})
         }
-        (None, Some(v)) if !v.is_empty() && !v[0].is_empty() => v,
+        (None, Some(v)) if !v.is_empty() && !v[0].is_empty() => json!({"command": v}),
         (None, Some(_)) => {
             return Err(RpcError::params(
                 "Invalid arguments: argv: give the program and its arguments",
@@ -913,27 +831,33 @@ async fn run_command(ctx: &ToolCtx, a: RunArgs) -> Result<Out, RpcError> {
             "Invalid arguments: give exactly one of `command` (a shell command line) and `argv`",
         )),
     };
-    let mut req = json!({
-        "command": argv,
-        "env": a.env,
-        "timeout": a.timeout.as_deref().unwrap_or(DEFAULT_TIMEOUT),
-    });
+    let timeout = a.timeout.unwrap_or_else(|| DEFAULT_TIMEOUT.to_string());
+    req["env"] = json!(a.env);
+    req["timeout"] = json!(timeout);
     for (k, v) in [("cwd", a.cwd), ("stdin", a.stdin), ("user", a.user)] {
         if let Some(v) = v {
             req[k] = json!(v);
         }
     }
-    let ran = match ctx.exec(&a.workspace, &req).await {
+    let path = format!(
+        "/api/v1/workspaces/{}/toolbox/process/run",
+        seg(&a.workspace)
+    );
+    let ran = match ctx.call(Method::POST, &path, Some(&req)).await {
         Ok(r) => r,
         Err(f) => return Ok(Err(f)),
     };
-    let stdout = ran.stdout_text();
-    let stderr = ran.stderr_text();
-    let mut text = match (ran.exit_code, &ran.error) {
-        (_, Some(e)) if ran.timed_out => format!("{e}\n"),
-        (Some(c), _) => format!("exit code {c}\n"),
-        (None, Some(e)) => format!("the command could not run: {e}\n"),
-        (None, None) => "the command ended without an exit code\n".to_string(),
+    // The API bounds each stream (1 MiB) and ends a cut one with its marker line.
+    let stdout = ran["stdout"].as_str().unwrap_or("").to_string();
+    let stderr = ran["stderr"].as_str().unwrap_or("").to_string();
+    let exit_code = ran["exit_code"].as_i64();
+    let timed_out = ran["timed_out"] == true;
+    let mut text = match exit_code {
+        _ if timed_out => format!("the command timed out after {timeout} and was killed\n"),
+        Some(c) => format!("exit code {c}\n"),
+        None => {
+            "the command ended without an exit code (the workspace stopped under it?)\n".to_string()
+        }
     };
     if !stdout.is_empty() {
         text.push_str("--- stdout ---\n");
@@ -947,39 +871,21 @@ async fn run_command(ctx: &ToolCtx, a: RunArgs) -> Result<Out, RpcError> {
         text.push_str(&stderr);
     }
     let structured = json!({
-        "exit_code": ran.exit_code,
+        "exit_code": exit_code,
         "stdout": stdout,
         "stderr": stderr,
-        "stdout_truncated": ran.stdout_dropped > 0,
-        "stderr_truncated": ran.stderr_dropped > 0,
-        "timed_out": ran.timed_out,
+        "stdout_truncated": ran["stdout_truncated"] == true,
+        "stderr_truncated": ran["stderr_truncated"] == true,
+        "timed_out": timed_out,
+        "duration_ms": ran["duration_ms"],
     });
-    // A command that ran and failed is a result (its exit code says so); one that could not
-    // run is an error.
-    if ran.exit_code.is_none() && !ran.timed_out {
-        let mut r = result(ctx, text, structured);
+    // A command that ran and failed is a result (its exit code says so); one that ended
+    // without an exit code and not by its time limit is an error.
+    let mut r = result(ctx, text, structured);
+    if exit_code.is_none() && !timed_out {
         r["isError"] = json!(true);
-        return Ok(Ok(r));
     }
-    Ok(Ok(result(ctx, text, structured)))
-}
-
-/// A failed file or git command as a tool error.
-fn command_failure(what: &str, ran: &Ran) -> Failure {
-    let why = ran.why();
-    let (code, hint) = if ran.exit_code == Some(127) || why.contains("not found") {
-        (
-            "invalid_request",
-            Some("the program is not installed in the workspace image"),
-        )
-    } else if why.contains("ermission denied") {
-        ("permission_denied", None)
-    } else if why.contains("No such file") || why.contains("not exist") {
-        ("not_found", None)
-    } else {
-        ("invalid_request", None)
-    };
-    Failure::new(code, format!("{what}: {why}"), hint)
+    Ok(Ok(r))
 }
 
 /// `.../toolbox/files...` of workspace `ws`.
@@ -1133,82 +1039,101 @@ async fn list_files(ctx: &ToolCtx, a: ListArgs) -> Out {
     ))
 }
 
-/// Runs git in the repository `path` with `args`; stdout on success.
-async fn git(
-    ctx: &ToolCtx,
-    ws: &str,
-    script: &str,
-    args: &[&str],
-    env: BTreeMap<String, String>,
-    what: &str,
-) -> Result<Ran, Failure> {
-    let ran = ctx.script(ws, script, args, None, env).await?;
-    if ran.exit_code == Some(127) {
-        return Err(Failure::new(
-            "invalid_request",
-            "git is not installed in the workspace image",
-            Some("use a template whose image has git"),
-        ));
+/// `.../toolbox/git/{op}` of workspace `ws`, with a query.
+fn git_path(ws: &str, op: &str, query: &[(&str, &str)]) -> String {
+    let q: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", seg(v)))
+        .collect();
+    let mut p = format!("/api/v1/workspaces/{}/toolbox/git/{op}", seg(ws));
+    if !q.is_empty() {
+        p.push('?');
+        p.push_str(&q.join("&"));
     }
-    if !ran.ok() {
-        return Err(command_failure(what, &ran));
-    }
-    Ok(ran)
+    p
 }
 
-const STATUS: &str = r#"exec git -C "$1" status --porcelain=v1 --branch"#;
+/// A JSON body of the fields that are set.
+fn body_of(fields: &[(&str, Option<Value>)]) -> Value {
+    let mut b = serde_json::Map::new();
+    for (k, v) in fields {
+        if let Some(v) = v {
+            b.insert(k.to_string(), v.clone());
+        }
+    }
+    Value::Object(b)
+}
+
+/// One line of [`git_status`]'s text.
+fn status_line(f: &Value) -> String {
+    let mut line = format!(
+        "{:<10} {:<10} {}",
+        f["index"].as_str().unwrap_or("?"),
+        f["worktree"].as_str().unwrap_or("?"),
+        f["path"].as_str().unwrap_or("?"),
+    );
+    if let Some(o) = f["orig_path"].as_str() {
+        line.push_str(&format!(" (from {o})"));
+    }
+    line
+}
 
 async fn git_status(ctx: &ToolCtx, a: RepoArgs) -> Out {
-    let path = a.path.unwrap_or_else(|| ".".into());
-    let ran = git(
-        ctx,
-        &a.workspace,
-        STATUS,
-        &[&path],
-        BTreeMap::new(),
-        "git status",
-    )
-    .await?;
-    let out = ran.stdout_text();
-    let mut lines = out.lines();
-    let branch = lines
-        .next()
-        .and_then(|l| l.strip_prefix("## "))
-        .unwrap_or("")
-        .to_string();
-    let files: Vec<Value> = lines
-        .filter(|l| l.len() > 3)
-        .map(|l| json!({"index": &l[0..1], "worktree": &l[1..2], "path": &l[3..]}))
-        .collect();
-    let text = if files.is_empty() {
-        format!("## {branch}\nnothing changed")
+    let mut q = Vec::new();
+    if let Some(p) = &a.path {
+        q.push(("path", p.as_str()));
+    }
+    let st = ctx
+        .call(Method::GET, &git_path(&a.workspace, "status", &q), None)
+        .await?;
+    let branch = st["branch"].as_str().unwrap_or("(detached HEAD)");
+    let mut text = format!("on branch {branch}");
+    if let Some(c) = st["commit"].as_str() {
+        text.push_str(&format!(" at {}", &c[..c.len().min(12)]));
+    }
+    if let Some(u) = st["upstream"].as_str() {
+        text.push_str(&format!(
+            ", upstream {u} (ahead {}, behind {})",
+            st["ahead"].as_u64().unwrap_or(0),
+            st["behind"].as_u64().unwrap_or(0)
+        ));
+    }
+    text.push('\n');
+    let files = st["files"].as_array().cloned().unwrap_or_default();
+    if files.is_empty() {
+        text.push_str("nothing changed\n");
     } else {
-        out.clone()
-    };
-    Ok(result(ctx, text, json!({"branch": branch, "files": files})))
+        text.push_str(&format!("{:<10} {:<10} path\n", "index", "worktree"));
+        for f in &files {
+            text.push_str(&status_line(f));
+            text.push('\n');
+        }
+    }
+    Ok(result(ctx, text, st))
 }
 
-const DIFF: &str = r#"r="$1"; shift; exec git -C "$r" diff "$@""#;
-
 async fn git_diff(ctx: &ToolCtx, a: DiffArgs) -> Out {
-    let path = a.path.unwrap_or_else(|| ".".into());
-    let mut args: Vec<&str> = vec![&path];
+    let mut q = Vec::new();
+    if let Some(p) = &a.path {
+        q.push(("path", p.as_str()));
+    }
     if a.staged {
-        args.push("--staged");
+        q.push(("staged", "true"));
     }
     if let Some(b) = &a.base {
-        if b.starts_with('-') {
-            return Err(Failure::new(
-                "invalid_request",
-                format!("base `{b}` is not a commit or branch"),
-                None,
-            ));
-        }
-        args.push(b);
+        q.push(("base", b.as_str()));
     }
-    args.push("--");
-    let ran = git(ctx, &a.workspace, DIFF, &args, BTreeMap::new(), "git diff").await?;
-    let diff = ran.stdout_text();
+    let resp = ctx
+        .send(Method::GET, &git_path(&a.workspace, "diff", &q), None)
+        .await?;
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), ANSWER_LIMIT)
+        .await
+        .map_err(|e| Failure::new("internal", format!("reading the diff: {e}"), None))?;
+    if !status.is_success() {
+        return Err(failure_of(status, &bytes));
+    }
+    let diff = String::from_utf8_lossy(&bytes).into_owned();
     let text = if diff.is_empty() {
         "no changes".to_string()
     } else {
@@ -1217,150 +1142,153 @@ async fn git_diff(ctx: &ToolCtx, a: DiffArgs) -> Out {
     Ok(result(ctx, text, json!({"diff": diff})))
 }
 
-const COMMIT: &str = r#"r="$1"; msg="$2"; all="$3"; name="$4"; email="$5"
-git -C "$r" config user.name >/dev/null 2>&1 || { export GIT_AUTHOR_NAME="$name" GIT_COMMITTER_NAME="$name"; }
-git -C "$r" config user.email >/dev/null 2>&1 || { export GIT_AUTHOR_EMAIL="$email" GIT_COMMITTER_EMAIL="$email"; }
-if [ "$all" = 1 ]; then git -C "$r" add -A || exit $?; fi
-git -C "$r" commit -q -m "$msg" || exit $?
-exec git -C "$r" log -1 --format=%H"#;
+async fn git_add(ctx: &ToolCtx, a: AddArgs) -> Out {
+    let body = body_of(&[
+        ("path", a.path.map(Value::from)),
+        ("files", a.files.map(|f| json!(f))),
+    ]);
+    let st = ctx
+        .call(
+            Method::POST,
+            &git_path(&a.workspace, "add", &[]),
+            Some(&body),
+        )
+        .await?;
+    let staged: Vec<String> = st["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| !matches!(f["index"].as_str(), Some("unmodified" | "untracked")))
+        .filter_map(|f| f["path"].as_str().map(str::to_string))
+        .collect();
+    let text = if staged.is_empty() {
+        "nothing staged".to_string()
+    } else {
+        format!("staged:\n{}\n", staged.join("\n"))
+    };
+    Ok(result(ctx, text, st))
+}
 
 async fn git_commit(ctx: &ToolCtx, a: CommitArgs) -> Out {
-    let path = a.path.unwrap_or_else(|| ".".into());
-    let all = if a.all { "1" } else { "0" };
-    let default_email = format!("{}@warren.invalid", ctx.username);
-    let name = a
-        .author_name
-        .clone()
-        .unwrap_or_else(|| ctx.username.clone());
-    let email = a.author_email.clone().unwrap_or(default_email);
-    let mut env = BTreeMap::new();
-    // Given explicitly, they win over the repository's configuration.
-    if let Some(n) = &a.author_name {
-        env.insert("GIT_AUTHOR_NAME".to_string(), n.clone());
-        env.insert("GIT_COMMITTER_NAME".to_string(), n.clone());
+    if a.all {
+        let body = body_of(&[("path", a.path.clone().map(Value::from))]);
+        ctx.call(
+            Method::POST,
+            &git_path(&a.workspace, "add", &[]),
+            Some(&body),
+        )
+        .await?;
     }
-    if let Some(e) = &a.author_email {
-        env.insert("GIT_AUTHOR_EMAIL".to_string(), e.clone());
-        env.insert("GIT_COMMITTER_EMAIL".to_string(), e.clone());
-    }
-    let ran = git(
-        ctx,
-        &a.workspace,
-        COMMIT,
-        &[&path, &a.message, all, &name, &email],
-        env,
-        "git commit",
-    )
-    .await?;
-    let commit = ran.stdout_text().trim().to_string();
-    Ok(result(
-        ctx,
-        format!("committed {commit}"),
-        json!({"commit": commit}),
-    ))
+    let body = body_of(&[
+        ("path", a.path.map(Value::from)),
+        ("message", Some(Value::from(a.message))),
+        ("author_name", a.author_name.map(Value::from)),
+        ("author_email", a.author_email.map(Value::from)),
+    ]);
+    let c = ctx
+        .call(
+            Method::POST,
+            &git_path(&a.workspace, "commit", &[]),
+            Some(&body),
+        )
+        .await?;
+    let text = format!(
+        "committed {} on {} as {}",
+        c["commit"].as_str().unwrap_or("?"),
+        c["branch"].as_str().unwrap_or("(detached HEAD)"),
+        c["author"].as_str().unwrap_or("?"),
+    );
+    Ok(result(ctx, text, c))
 }
-
-const PUSH: &str = r#"exec git "$@" 2>&1"#;
 
 async fn git_push(ctx: &ToolCtx, a: PushArgs) -> Out {
-    let path = a.path.unwrap_or_else(|| ".".into());
-    let remote = a.remote.unwrap_or_else(|| "origin".into());
-    let mut args: Vec<&str> = ctx.git_helper.iter().map(String::as_str).collect();
-    args.extend(["-C", path.as_str(), "push"]);
-    if a.set_upstream {
-        args.push("--set-upstream");
-    }
-    for v in [Some(&remote), a.branch.as_ref()].into_iter().flatten() {
-        if v.starts_with('-') {
-            return Err(Failure::new(
-                "invalid_request",
-                format!("`{v}` is not a remote or branch name"),
-                None,
-            ));
-        }
-    }
-    args.push("--");
-    args.push(&remote);
-    if let Some(b) = &a.branch {
-        args.push(b);
-    }
-    let ran = match ctx
-        .script(&a.workspace, PUSH, &args, None, BTreeMap::new())
-        .await
-    {
-        Ok(r) => r,
-        Err(f) => return Err(f),
-    };
-    if ran.exit_code == Some(127) {
-        return Err(Failure::new(
-            "invalid_request",
-            "git is not installed in the workspace image",
-            Some("use a template whose image has git"),
-        ));
-    }
-    let out = ran.stdout_text();
-    if !ran.ok() {
-        let last = out
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("git push failed");
-        return Err(Failure::new(
-            "invalid_request",
-            format!("git push: {}", last.trim()),
-            None,
-        ));
-    }
-    Ok(result(ctx, out.clone(), json!({"output": out})))
+    let body = body_of(&[
+        ("path", a.path.map(Value::from)),
+        ("remote", a.remote.map(Value::from)),
+        ("branch", a.branch.map(Value::from)),
+        ("set_upstream", a.set_upstream.then_some(Value::Bool(true))),
+    ]);
+    let p = ctx
+        .call(
+            Method::POST,
+            &git_path(&a.workspace, "push", &[]),
+            Some(&body),
+        )
+        .await?;
+    let text = format!(
+        "pushed {} to {} ({}) at {}",
+        p["branch"].as_str().unwrap_or("?"),
+        p["remote"].as_str().unwrap_or("?"),
+        p["url"].as_str().unwrap_or("?"),
+        p["commit"].as_str().unwrap_or("?"),
+    );
+    Ok(result(ctx, text, p))
 }
 
-const CLONE: &str = r#"exec git "$@" 2>&1"#;
-
 async fn git_clone(ctx: &ToolCtx, a: CloneArgs) -> Out {
-    let depth = a.depth.map(|d| d.to_string());
-    let mut args: Vec<&str> = ctx.git_helper.iter().map(String::as_str).collect();
-    args.push("clone");
-    if let Some(b) = &a.branch {
-        args.push("--branch");
-        args.push(b);
-    }
-    if let Some(d) = &depth {
-        args.push("--depth");
-        args.push(d);
-    }
-    args.push("--");
-    args.push(&a.url);
-    if let Some(p) = &a.path {
-        args.push(p);
-    }
-    let ran = ctx
-        .script(&a.workspace, CLONE, &args, None, BTreeMap::new())
+    let body = body_of(&[
+        ("url", Some(Value::from(a.url.clone()))),
+        ("path", a.path.map(Value::from)),
+        ("branch", a.branch.map(Value::from)),
+        ("depth", a.depth.map(Value::from)),
+    ]);
+    let h = ctx
+        .call(
+            Method::POST,
+            &git_path(&a.workspace, "clone", &[]),
+            Some(&body),
+        )
         .await?;
-    if ran.exit_code == Some(127) {
-        return Err(Failure::new(
-            "invalid_request",
-            "git is not installed in the workspace image",
-            Some("use a template whose image has git"),
-        ));
-    }
-    let out = ran.stdout_text();
-    if !ran.ok() {
-        let last = out
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("git clone failed");
-        return Err(Failure::new(
-            "invalid_request",
-            format!("git clone: {}", last.trim()),
-            None,
-        ));
-    }
-    Ok(result(
-        ctx,
-        format!("cloned {}\n{out}", a.url),
-        json!({"url": a.url, "output": out}),
-    ))
+    let text = format!(
+        "cloned {} into {} (branch {}, commit {})",
+        a.url,
+        h["path"].as_str().unwrap_or("?"),
+        h["branch"].as_str().unwrap_or("(detached HEAD)"),
+        h["commit"].as_str().unwrap_or("none"),
+    );
+    Ok(result(ctx, text, h))
+}
+
+async fn git_branch(ctx: &ToolCtx, a: BranchArgs) -> Out {
+    let body = body_of(&[
+        ("path", a.path.map(Value::from)),
+        ("name", Some(Value::from(a.name))),
+        ("start_point", a.start_point.map(Value::from)),
+    ]);
+    let b = ctx
+        .call(
+            Method::POST,
+            &git_path(&a.workspace, "branch", &[]),
+            Some(&body),
+        )
+        .await?;
+    let text = format!(
+        "created branch {} at {}",
+        b["name"].as_str().unwrap_or("?"),
+        b["commit"].as_str().unwrap_or("?"),
+    );
+    Ok(result(ctx, text, b))
+}
+
+async fn git_checkout(ctx: &ToolCtx, a: CheckoutArgs) -> Out {
+    let body = body_of(&[
+        ("path", a.path.map(Value::from)),
+        ("branch", Some(Value::from(a.branch))),
+        ("create", a.create.then_some(Value::Bool(true))),
+    ]);
+    let h = ctx
+        .call(
+            Method::POST,
+            &git_path(&a.workspace, "checkout", &[]),
+            Some(&body),
+        )
+        .await?;
+    let text = format!(
+        "on branch {} at {}",
+        h["branch"].as_str().unwrap_or("(detached HEAD)"),
+        h["commit"].as_str().unwrap_or("none"),
+    );
+    Ok(result(ctx, text, h))
 }
 
 async fn preview_url(ctx: &ToolCtx, a: PreviewArgs) -> Out {
@@ -1432,7 +1360,7 @@ mod tests {
     #[test]
     fn every_tool_has_a_closed_object_schema() {
         let tools = list();
-        assert_eq!(tools.len(), 13);
+        assert_eq!(tools.len(), 16);
         for t in &tools {
             let s = &t["inputSchema"];
             assert_eq!(s["type"], "object", "{t}");
@@ -1457,26 +1385,5 @@ mod tests {
             .unwrap();
         assert!(e.message.contains("port"), "{e:?}");
         assert!(args::<NoArgs>(Value::Null).is_ok());
-    }
-
-    #[test]
-    fn output_is_bounded_with_a_marker() {
-        let mut r = Ran::default();
-        let big = "x".repeat(OUTPUT_LIMIT / 2 + 10);
-        for _ in 0..3 {
-            r.event(
-                serde_json::to_string(&ExecEvent::Stdout {
-                    text: Some(big.clone()),
-                    base64: None,
-                })
-                .unwrap()
-                .as_bytes(),
-            );
-        }
-        assert_eq!(r.stdout.len(), OUTPUT_LIMIT);
-        let dropped = 3 * big.len() - OUTPUT_LIMIT;
-        assert!(r.stdout_text().ends_with(&format!(
-            "[warren: output truncated: {dropped} bytes dropped]\n"
-        )));
     }
 }

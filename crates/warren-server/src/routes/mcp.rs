@@ -253,9 +253,7 @@ async fn post_mcp(
         remote: Some(remote),
         user_agent: HeaderValue::from_str(&user_agent)
             .unwrap_or_else(|_| HeaderValue::from_static("unknown (via mcp)")),
-        username: caller.user.username.clone(),
         structured: version != mcp::BATCH_VERSION,
-        git_helper: crate::secrets::git_helper_args(&state.engine),
     });
 
     match value {
