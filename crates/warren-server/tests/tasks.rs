@@ -89,6 +89,18 @@ async fn setup(layer: ConfigLayer) -> Env {
         ],
     )
     .unwrap();
+    // The git password is a secret of alice's, never in a URL.
+    for (name, pw) in [("gitpw", "s3cret-pass"), ("gitwrong", "wrong")] {
+        let (st, v) =
+            s.call(
+                Some(&alice),
+                Method::PUT,
+                &format!("/api/v1/secrets/user/{name}"),
+                Some(json!({"value": pw, "git_host": git.host(), "username": "bot"})),
+            )
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+    }
     Env {
         s,
         alice,
@@ -195,12 +207,14 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
         ./test.sh\n\
         git add -A\n\
         git commit -q -m 'Fix the greeting'\n\
+        test -z \"$(git config --local --get-all credential.helper)\"\n\
         git push -q origin \"HEAD:refs/heads/$WARREN_TASK_BRANCH\"\n\
+        echo \"token $(cat /run/secrets/warren-token)\"\n\
         echo \"pushed $WARREN_TASK_BRANCH for $WARREN_TASK_ID\"";
     let v = create(
         &e,
         json!({
-            "template": "agent", "repo": e.git.url_with_auth("proj"), "base_branch": "main",
+            "template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "base_branch": "main",
             "shell": script, "time_limit": "5m", "labels": {"issue": "8"},
         }),
     )
@@ -295,6 +309,30 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
     assert!(q.to_string().contains("session.git_push"), "{q}");
     // Nothing of the workspace remains.
     assert_gone(&e, &ws).await;
+    // Its credential died with it: the workspace token is refused, its agent socket (where git's
+    // credential helper asked for the password) is gone, while alice's secret stays hers.
+    let token = log
+        .lines()
+        .find_map(|l| l.strip_prefix("token "))
+        .unwrap_or_else(|| panic!("no token in {log}"))
+        .trim()
+        .to_string();
+    assert!(token.starts_with("wrn_"), "{token}");
+    let (st, _) = e.s.get(&token, &format!("/api/v1/workspaces/{ws}")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = e.s.get(&token, "/api/v1/workspaces").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(!e
+        .s
+        .state()
+        .join("workspaces")
+        .join(&ws)
+        .join("agent/agent.sock")
+        .exists());
+    let (_, secrets) = e.s.get(&e.alice, "/api/v1/secrets").await;
+    assert!(secrets.to_string().contains("gitpw"), "{secrets}");
+    assert!(!log.contains("s3cret-pass"), "{log}");
+    assert!(!t.to_string().contains("s3cret-pass"), "{t}");
     // Labels filter the list.
     let (_, l) = e.s.get(&e.alice, "/api/v1/tasks?label=issue=8").await;
     assert_eq!(l["tasks"].as_array().unwrap().len(), 1, "{l}");
@@ -316,7 +354,7 @@ async fn a_failing_command_fails_with_its_exit_code_and_a_refused_clone_says_why
     let e = setup(ConfigLayer::default()).await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "command": ["sh", "-c", "./test.sh; exit 3"]}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "command": ["sh", "-c", "./test.sh; exit 3"]}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap();
@@ -330,10 +368,9 @@ async fn a_failing_command_fails_with_its_exit_code_and_a_refused_clone_says_why
         .contains("test failed: greeting is not fixed"));
     assert_gone(&e, t["workspace_id"].as_str().unwrap()).await;
 
-    let bad = e.git.url_with_auth("proj").replace("s3cret-pass", "wrong");
     let v = create(
         &e,
-        json!({"template": "agent", "repo": bad, "shell": "true"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitwrong"], "shell": "true"}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap();
@@ -358,7 +395,7 @@ async fn tasks_over_the_limit_wait_queued_in_fifo_order() {
     for i in 0..5 {
         let v = create(
             &e,
-            json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": format!("echo task {i}; sleep 1")}),
+            json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": format!("echo task {i}; sleep 1")}),
         )
         .await;
         ids.push(v["task"]["id"].as_str().unwrap().to_string());
@@ -398,19 +435,19 @@ async fn time_and_idle_limits_kill_the_command_and_remove_the_workspace() {
     let e = setup(ConfigLayer::default()).await;
     let a = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "command": ["sleep", "1000"], "time_limit": "2s"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "command": ["sleep", "1000"], "time_limit": "2s"}),
     )
     .await;
     // Prints every 300ms: never idle, until the time limit.
     let b = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"],
                "shell": "while :; do echo tick; sleep 0.3; done", "time_limit": "4s", "idle_limit": "2s"}),
     )
     .await;
     let c = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "echo start; sleep 1000", "idle_limit": "2s"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "echo start; sleep 1000", "idle_limit": "2s"}),
     )
     .await;
     let id = |v: &Value| v["task"]["id"].as_str().unwrap().to_string();
@@ -443,12 +480,12 @@ async fn cancel_works_in_each_state() {
     .await;
     let running = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "echo started; sleep 1000"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "echo started; sleep 1000"}),
     )
     .await;
     let queued = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "true"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "true"}),
     )
     .await;
     let rid = running["task"]["id"].as_str().unwrap();
@@ -483,7 +520,7 @@ async fn keep_leaves_the_workspace_and_artifacts_are_collected() {
     let e = setup(ConfigLayer::default()).await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "keep": true,
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "keep": true,
                "shell": "mkdir -p out && echo report > out/a.txt && echo other > out/b.log && ln -s /etc/passwd out/link.txt",
                "artifacts": ["out/*.txt", "missing/*"]}),
     )
@@ -535,7 +572,7 @@ async fn an_interactive_task_drives_its_workspace_with_its_credential_until_comp
     e.s.create_workspace(&e.alice, "mine", "agent").await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "interactive": true}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "interactive": true}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap().to_string();
@@ -738,7 +775,7 @@ async fn a_restart_fails_the_tasks_it_interrupted_and_removes_their_workspaces()
     let e = setup(ConfigLayer::default()).await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "echo up; sleep 1000"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "echo up; sleep 1000"}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap().to_string();
