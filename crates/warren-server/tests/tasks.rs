@@ -3,10 +3,11 @@
 //! clients. Nothing is mocked.
 
 mod common;
+#[path = "common/gitimg.rs"]
+mod gitimg;
 #[path = "../../warren/src/bench/gitserve.rs"]
 mod gitserve;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,52 +15,6 @@ use common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use warren_server::config::ConfigLayer;
-
-/// A busybox root with the host's git (`/usr/bin/git`, its HTTP remote helper, templates, and the
-/// libraries and loader they need), `dev` owning its home; imported as `gitbox`.
-fn import_gitbox(s: &TestServer) {
-    let rootfs = s.dir.path().join("rootfs-gitbox");
-    common::busybox_rootfs(&rootfs);
-    std::os::unix::fs::chown(rootfs.join("home/dev"), Some(1000), Some(1000)).unwrap();
-    let bins = [
-        PathBuf::from("/usr/bin/git"),
-        PathBuf::from("/usr/lib/git-core/git-remote-http"),
-    ];
-    let mut files: Vec<PathBuf> = bins.to_vec();
-    for b in &bins {
-        let ldd = Command::new("ldd").arg(b).output().unwrap();
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            let path = match line.split_once("=>") {
-                Some((_, rest)) => rest.trim().split(' ').next().unwrap_or(""),
-                None => line.trim().split(' ').next().unwrap_or(""),
-            };
-            if path.starts_with('/') {
-                files.push(PathBuf::from(path));
-            }
-        }
-    }
-    for f in files {
-        let dest = rootfs.join(f.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&f, &dest).unwrap();
-    }
-    let _ = std::os::unix::fs::symlink(
-        "git-remote-http",
-        rootfs.join("usr/lib/git-core/git-remote-https"),
-    );
-    let o = Command::new(common::warren_exe())
-        .args(["image", "import"])
-        .arg(&rootfs)
-        .arg("gitbox")
-        .env("WARREN_STATE_DIR", s.state())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 struct Env {
     s: TestServer,
@@ -72,7 +27,7 @@ const TEST_SH: &str = "#!/bin/sh\n# the repository's test\ngrep -q '^fixed$' gre
 
 async fn setup(layer: ConfigLayer) -> Env {
     let s = TestServer::start_with(layer).await;
-    import_gitbox(&s);
+    gitimg::import_gitbox(&s);
     s.push_template(
         "agent",
         json!({"image": "gitbox", "overrideCommand": true, "remoteUser": "dev"}),
@@ -91,8 +46,8 @@ async fn setup(layer: ConfigLayer) -> Env {
     .unwrap();
     // The git password is a secret of alice's, never in a URL.
     for (name, pw) in [("gitpw", "s3cret-pass"), ("gitwrong", "wrong")] {
-        let (st, v) =
-            s.call(
+        let (st, v) = s
+            .call(
                 Some(&alice),
                 Method::PUT,
                 &format!("/api/v1/secrets/user/{name}"),
@@ -735,6 +690,18 @@ async fn bad_task_input_is_refused_naming_the_field() {
             json!({"template": "bb", "interactive": true, "branch": "b"}),
             "branch",
         ),
+        (
+            json!({"template": "bb", "repo": "https://bot:pw@git.example/x.git", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": "https://token@git.example/x.git", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "secrets": ["nope"]}),
+            "secrets",
+        ),
     ];
     for (body, field) in cases {
         let (st, v) = s.post(&s.admin, "/api/v1/tasks", body.clone()).await;
@@ -743,6 +710,16 @@ async fn bad_task_input_is_refused_naming_the_field() {
         let msg = v["message"].as_str().unwrap();
         assert!(msg.starts_with(field), "{body}: {msg}");
     }
+    // Credentials in the URL: refused with the way to do it instead.
+    let (_, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/tasks",
+            json!({"template": "bb", "repo": "https://bot:pw@git.example/x.git", "shell": "x"}),
+        )
+        .await;
+    assert!(v["hint"].as_str().unwrap().contains("secret"), "{v}");
+    assert!(!v.to_string().contains("pw@"), "{v}");
     // Unknown fields, bad queries.
     let (st, v) = s
         .post(
@@ -764,8 +741,6 @@ async fn bad_task_input_is_refused_naming_the_field() {
         0,
         "nothing was queued: {l}"
     );
-    let _ = Method::GET;
-    let _ = Path::new("/");
 }
 
 /// A server that stops while a task runs: at the next start the task is failed with reason
