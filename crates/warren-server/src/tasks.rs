@@ -571,6 +571,7 @@ async fn provision(
         template_version: task.template_version,
         parameters,
         team,
+        secrets: serde_json::from_str(&task.secrets_json).unwrap_or_default(),
         ..Default::default()
     };
     log.note(&format!("creating workspace {}", body.name));
@@ -613,6 +614,13 @@ async fn provision(
             .map_err(|e| e.to_string())?;
         state.tokens.forget_token(tok);
     }
+    // The workspace credential (`/run/secrets/warren-token`): what Warren's git credential
+    // helper presents on the agent socket. It outlives the run by the collection's time at most
+    // and is revoked when the workspace goes.
+    let ttl = Duration::from_secs(task.time_limit_s.max(1) as u64) + COLLECT_TIMEOUT;
+    crate::secrets::mint_workspace_credential(state, &rec, ttl)
+        .await
+        .map_err(|e| format!("cannot mint its credential: {}", e.body.message))?;
     let repo_dir = if task.repo_url.is_some() {
         format!("{}/repo", folder.trim_end_matches('/'))
     } else {
@@ -732,6 +740,23 @@ fn task_env(task: &TaskRecord, username: &str) -> BTreeMap<String, String> {
     env
 }
 
+/// The agent command's git asks Warren's credential helper (and no other) through git's
+/// `GIT_CONFIG_COUNT` environment: nothing is written to the repository's config.
+fn git_helper_env(engine: &warren_engine::Engine) -> BTreeMap<String, String> {
+    let args = crate::secrets::git_helper_args(engine);
+    let pairs: Vec<(&str, &str)> = args
+        .chunks(2)
+        .filter_map(|c| c.get(1)?.split_once('='))
+        .collect();
+    let mut env = BTreeMap::new();
+    env.insert("GIT_CONFIG_COUNT".into(), pairs.len().to_string());
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        env.insert(format!("GIT_CONFIG_KEY_{i}"), (*k).to_string());
+        env.insert(format!("GIT_CONFIG_VALUE_{i}"), (*v).to_string());
+    }
+    env
+}
+
 /// Runs `git ARGS` in the workspace as its remote user in `cwd`. The one place the runner calls
 /// git: credentials (Warren's credential helper) plug in here.
 async fn git(
@@ -751,6 +776,7 @@ async fn git(
         .map(|u| u.username)
         .unwrap_or_else(|| "warren".into());
     let mut argv = vec!["git".to_string()];
+    argv.extend(crate::secrets::git_helper_args(&state.engine));
     argv.extend(args.iter().cloned());
     let req = ExecRequest {
         command: argv,
@@ -902,9 +928,11 @@ async fn run_phase(
         }
     };
     let cwd = task.repo_dir.clone();
+    let mut env = task_env(task, &caller.user.username);
+    env.extend(git_helper_env(&state.engine));
     let req = ExecRequest {
         command: argv.clone(),
-        env: task_env(task, &caller.user.username),
+        env,
         cwd: cwd.clone(),
         ..Default::default()
     };

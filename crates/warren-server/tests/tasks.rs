@@ -3,10 +3,11 @@
 //! clients. Nothing is mocked.
 
 mod common;
+#[path = "common/gitimg.rs"]
+mod gitimg;
 #[path = "../../warren/src/bench/gitserve.rs"]
 mod gitserve;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,52 +15,6 @@ use common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use warren_server::config::ConfigLayer;
-
-/// A busybox root with the host's git (`/usr/bin/git`, its HTTP remote helper, templates, and the
-/// libraries and loader they need), `dev` owning its home; imported as `gitbox`.
-fn import_gitbox(s: &TestServer) {
-    let rootfs = s.dir.path().join("rootfs-gitbox");
-    common::busybox_rootfs(&rootfs);
-    std::os::unix::fs::chown(rootfs.join("home/dev"), Some(1000), Some(1000)).unwrap();
-    let bins = [
-        PathBuf::from("/usr/bin/git"),
-        PathBuf::from("/usr/lib/git-core/git-remote-http"),
-    ];
-    let mut files: Vec<PathBuf> = bins.to_vec();
-    for b in &bins {
-        let ldd = Command::new("ldd").arg(b).output().unwrap();
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            let path = match line.split_once("=>") {
-                Some((_, rest)) => rest.trim().split(' ').next().unwrap_or(""),
-                None => line.trim().split(' ').next().unwrap_or(""),
-            };
-            if path.starts_with('/') {
-                files.push(PathBuf::from(path));
-            }
-        }
-    }
-    for f in files {
-        let dest = rootfs.join(f.strip_prefix("/").unwrap());
-        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        std::fs::copy(&f, &dest).unwrap();
-    }
-    let _ = std::os::unix::fs::symlink(
-        "git-remote-http",
-        rootfs.join("usr/lib/git-core/git-remote-https"),
-    );
-    let o = Command::new(common::warren_exe())
-        .args(["image", "import"])
-        .arg(&rootfs)
-        .arg("gitbox")
-        .env("WARREN_STATE_DIR", s.state())
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "import: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 struct Env {
     s: TestServer,
@@ -72,7 +27,7 @@ const TEST_SH: &str = "#!/bin/sh\n# the repository's test\ngrep -q '^fixed$' gre
 
 async fn setup(layer: ConfigLayer) -> Env {
     let s = TestServer::start_with(layer).await;
-    import_gitbox(&s);
+    gitimg::import_gitbox(&s);
     s.push_template(
         "agent",
         json!({"image": "gitbox", "overrideCommand": true, "remoteUser": "dev"}),
@@ -89,6 +44,18 @@ async fn setup(layer: ConfigLayer) -> Env {
         ],
     )
     .unwrap();
+    // The git password is a secret of alice's, never in a URL.
+    for (name, pw) in [("gitpw", "s3cret-pass"), ("gitwrong", "wrong")] {
+        let (st, v) = s
+            .call(
+                Some(&alice),
+                Method::PUT,
+                &format!("/api/v1/secrets/user/{name}"),
+                Some(json!({"value": pw, "git_host": git.host(), "username": "bot"})),
+            )
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+    }
     Env {
         s,
         alice,
@@ -195,12 +162,14 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
         ./test.sh\n\
         git add -A\n\
         git commit -q -m 'Fix the greeting'\n\
+        test -z \"$(git config --local --get-all credential.helper)\"\n\
         git push -q origin \"HEAD:refs/heads/$WARREN_TASK_BRANCH\"\n\
+        echo \"token $(cat /run/secrets/warren-token)\"\n\
         echo \"pushed $WARREN_TASK_BRANCH for $WARREN_TASK_ID\"";
     let v = create(
         &e,
         json!({
-            "template": "agent", "repo": e.git.url_with_auth("proj"), "base_branch": "main",
+            "template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "base_branch": "main",
             "shell": script, "time_limit": "5m", "labels": {"issue": "8"},
         }),
     )
@@ -295,6 +264,30 @@ async fn an_agent_task_edits_tests_commits_and_pushes_a_branch_then_nothing_rema
     assert!(q.to_string().contains("session.git_push"), "{q}");
     // Nothing of the workspace remains.
     assert_gone(&e, &ws).await;
+    // Its credential died with it: the workspace token is refused, its agent socket (where git's
+    // credential helper asked for the password) is gone, while alice's secret stays hers.
+    let token = log
+        .lines()
+        .find_map(|l| l.strip_prefix("token "))
+        .unwrap_or_else(|| panic!("no token in {log}"))
+        .trim()
+        .to_string();
+    assert!(token.starts_with("wrn_"), "{token}");
+    let (st, _) = e.s.get(&token, &format!("/api/v1/workspaces/{ws}")).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, _) = e.s.get(&token, "/api/v1/workspaces").await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(!e
+        .s
+        .state()
+        .join("workspaces")
+        .join(&ws)
+        .join("agent/agent.sock")
+        .exists());
+    let (_, secrets) = e.s.get(&e.alice, "/api/v1/secrets").await;
+    assert!(secrets.to_string().contains("gitpw"), "{secrets}");
+    assert!(!log.contains("s3cret-pass"), "{log}");
+    assert!(!t.to_string().contains("s3cret-pass"), "{t}");
     // Labels filter the list.
     let (_, l) = e.s.get(&e.alice, "/api/v1/tasks?label=issue=8").await;
     assert_eq!(l["tasks"].as_array().unwrap().len(), 1, "{l}");
@@ -316,7 +309,7 @@ async fn a_failing_command_fails_with_its_exit_code_and_a_refused_clone_says_why
     let e = setup(ConfigLayer::default()).await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "command": ["sh", "-c", "./test.sh; exit 3"]}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "command": ["sh", "-c", "./test.sh; exit 3"]}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap();
@@ -330,10 +323,9 @@ async fn a_failing_command_fails_with_its_exit_code_and_a_refused_clone_says_why
         .contains("test failed: greeting is not fixed"));
     assert_gone(&e, t["workspace_id"].as_str().unwrap()).await;
 
-    let bad = e.git.url_with_auth("proj").replace("s3cret-pass", "wrong");
     let v = create(
         &e,
-        json!({"template": "agent", "repo": bad, "shell": "true"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitwrong"], "shell": "true"}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap();
@@ -358,7 +350,7 @@ async fn tasks_over_the_limit_wait_queued_in_fifo_order() {
     for i in 0..5 {
         let v = create(
             &e,
-            json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": format!("echo task {i}; sleep 1")}),
+            json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": format!("echo task {i}; sleep 1")}),
         )
         .await;
         ids.push(v["task"]["id"].as_str().unwrap().to_string());
@@ -398,19 +390,19 @@ async fn time_and_idle_limits_kill_the_command_and_remove_the_workspace() {
     let e = setup(ConfigLayer::default()).await;
     let a = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "command": ["sleep", "1000"], "time_limit": "2s"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "command": ["sleep", "1000"], "time_limit": "2s"}),
     )
     .await;
     // Prints every 300ms: never idle, until the time limit.
     let b = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"],
                "shell": "while :; do echo tick; sleep 0.3; done", "time_limit": "4s", "idle_limit": "2s"}),
     )
     .await;
     let c = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "echo start; sleep 1000", "idle_limit": "2s"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "echo start; sleep 1000", "idle_limit": "2s"}),
     )
     .await;
     let id = |v: &Value| v["task"]["id"].as_str().unwrap().to_string();
@@ -443,12 +435,12 @@ async fn cancel_works_in_each_state() {
     .await;
     let running = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "echo started; sleep 1000"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "echo started; sleep 1000"}),
     )
     .await;
     let queued = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "true"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "true"}),
     )
     .await;
     let rid = running["task"]["id"].as_str().unwrap();
@@ -483,7 +475,7 @@ async fn keep_leaves_the_workspace_and_artifacts_are_collected() {
     let e = setup(ConfigLayer::default()).await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "keep": true,
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "keep": true,
                "shell": "mkdir -p out && echo report > out/a.txt && echo other > out/b.log && ln -s /etc/passwd out/link.txt",
                "artifacts": ["out/*.txt", "missing/*"]}),
     )
@@ -535,7 +527,7 @@ async fn an_interactive_task_drives_its_workspace_with_its_credential_until_comp
     e.s.create_workspace(&e.alice, "mine", "agent").await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "interactive": true}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "interactive": true}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap().to_string();
@@ -698,6 +690,18 @@ async fn bad_task_input_is_refused_naming_the_field() {
             json!({"template": "bb", "interactive": true, "branch": "b"}),
             "branch",
         ),
+        (
+            json!({"template": "bb", "repo": "https://bot:pw@git.example/x.git", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": "https://token@git.example/x.git", "shell": "x"}),
+            "repo",
+        ),
+        (
+            json!({"template": "bb", "repo": repo, "shell": "x", "secrets": ["nope"]}),
+            "secrets",
+        ),
     ];
     for (body, field) in cases {
         let (st, v) = s.post(&s.admin, "/api/v1/tasks", body.clone()).await;
@@ -706,6 +710,16 @@ async fn bad_task_input_is_refused_naming_the_field() {
         let msg = v["message"].as_str().unwrap();
         assert!(msg.starts_with(field), "{body}: {msg}");
     }
+    // Credentials in the URL: refused with the way to do it instead.
+    let (_, v) = s
+        .post(
+            &s.admin,
+            "/api/v1/tasks",
+            json!({"template": "bb", "repo": "https://bot:pw@git.example/x.git", "shell": "x"}),
+        )
+        .await;
+    assert!(v["hint"].as_str().unwrap().contains("secret"), "{v}");
+    assert!(!v.to_string().contains("pw@"), "{v}");
     // Unknown fields, bad queries.
     let (st, v) = s
         .post(
@@ -727,8 +741,6 @@ async fn bad_task_input_is_refused_naming_the_field() {
         0,
         "nothing was queued: {l}"
     );
-    let _ = Method::GET;
-    let _ = Path::new("/");
 }
 
 /// A server that stops while a task runs: at the next start the task is failed with reason
@@ -738,7 +750,7 @@ async fn a_restart_fails_the_tasks_it_interrupted_and_removes_their_workspaces()
     let e = setup(ConfigLayer::default()).await;
     let v = create(
         &e,
-        json!({"template": "agent", "repo": e.git.url_with_auth("proj"), "shell": "echo up; sleep 1000"}),
+        json!({"template": "agent", "repo": e.git.url("proj"), "secrets": ["gitpw"], "shell": "echo up; sleep 1000"}),
     )
     .await;
     let id = v["task"]["id"].as_str().unwrap().to_string();

@@ -77,12 +77,24 @@ fn check_repo(url: &str) -> ApiResult<()> {
         .iter()
         .any(|p| url.starts_with(p) && url.len() > p.len())
         && !url.chars().any(|c| c.is_whitespace() || c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(bad("repo", format!("`{url}` is not a repository URL"))
-            .hint("use an http://, https://, git:// or ssh:// URL"))
+    if !ok {
+        return Err(bad("repo", format!("`{url}` is not a repository URL"))
+            .hint("use an http://, https://, git:// or ssh:// URL"));
     }
+    // Credentials never travel in the URL (it is stored, logged and shown): a user name is only
+    // allowed for ssh://, a password never.
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if !url.starts_with("ssh://") || userinfo.contains(':') {
+            return Err(bad(
+                "repo",
+                "the URL carries credentials (`user:password@`)",
+            )
+            .hint("store them as a git secret (`warren secret set NAME --git-host HOST --username USER`) and pass `--secret NAME`"));
+        }
+    }
+    Ok(())
 }
 
 fn limit_of(field: &str, v: Option<&str>, default: Duration) -> ApiResult<Duration> {
@@ -233,13 +245,8 @@ async fn create_task(
     for g in &body.artifacts {
         check_glob(g)?;
     }
-    if !body.secrets.is_empty() {
-        return Err(
-            bad("secrets", "this server has no secrets store yet").hint("leave out `secrets`")
-        );
-    }
     // The template and its parameters, checked now so that a typo is a 400, not a failed task.
-    let (_, version) =
+    let (template, version) =
         crate::routes::templates::resolve_version(&state, &body.template, body.template_version)
             .await
             .map_err(|e| {
@@ -253,6 +260,9 @@ async fn create_task(
     let specs: Vec<warren_api::ParamSpec> = serde_json::from_str(&version.parameters_json)
         .map_err(|e| ApiError::internal(format!("version {}: {e}", version.id)))?;
     warren_api::template::resolve(&specs, &body.parameters, None)?;
+    // The secrets its workspace will ask for: resolved as a workspace's are.
+    crate::secrets::check_requested(&state, &caller.user.id, Some(&template.id), &body.secrets)
+        .await?;
     let team_id =
         crate::routes::workspaces::charged_team(&state, &caller, body.team.as_deref()).await?;
     let id = format!("t_{}", uuid::Uuid::new_v4().simple());

@@ -224,6 +224,11 @@ impl GitServer {
         format!("http://{}:{}/{name}.git", self.addr, self.port)
     }
 
+    /// `ADDR:PORT`: the host git names to a credential helper (a git secret's `git_host`).
+    pub fn host(&self) -> String {
+        format!("{}:{}", self.addr, self.port)
+    }
+
     /// The same with `user:password@` in it.
     pub fn url_with_auth(&self, name: &str) -> String {
         let pw = self

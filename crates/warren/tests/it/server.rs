@@ -2274,7 +2274,33 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
         ],
     )
     .unwrap();
-    let repo = git.url_with_auth("proj");
+    // The password is a git secret, never part of the URL (which is refused with one).
+    let pwfile = s.world.dir.join("git-pw");
+    std::fs::write(&pwfile, "pw-1").unwrap();
+    s.ok(&[
+        "secret",
+        "set",
+        "gitpw",
+        "--git-host",
+        &git.host(),
+        "--username",
+        "bot",
+        "--from-file",
+        pwfile.to_str().unwrap(),
+    ]);
+    let o = s.run(&[
+        "task",
+        "run",
+        "-t",
+        "agent",
+        "--repo",
+        &git.url_with_auth("proj"),
+        "--",
+        "true",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("secret"), "{}", stderr(&o));
+    let repo = git.url("proj");
     // A failing command: its output followed live, and its exit code.
     let o = s.run(&[
         "task",
@@ -2283,6 +2309,8 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
         "agent",
         "--repo",
         &repo,
+        "--secret",
+        "gitpw",
         "--label",
         "k=v",
         "--",
@@ -2303,7 +2331,7 @@ fn task_run_follows_the_log_and_exits_with_the_tasks_code() {
     );
     // A succeeding one that pushes: exit 0, the branch on the remote.
     let o = s.run(&[
-        "task", "run", "-t", "agent", "--repo", &repo, "--branch", "agent/fix", "--", "sh", "-c",
+        "task", "run", "-t", "agent", "--repo", &repo, "--secret", "gitpw", "--branch", "agent/fix", "--", "sh", "-c",
         "echo fixed > greeting.txt && ./test.sh && git commit -qam fix && git push -q origin HEAD:agent/fix",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
