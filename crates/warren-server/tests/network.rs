@@ -342,7 +342,7 @@ async fn egress_policies_inside_a_workspace() {
         let (st, audit) = s
             .get(
                 &s.admin,
-                &format!("/api/v1/audit?target={id}&action=session.*&limit=1000"),
+                &format!("/api/v1/audit?target={id}&action=session.egress_denied&limit=1000"),
             )
             .await;
         assert_eq!(st, StatusCode::OK, "{audit}");
