@@ -143,6 +143,7 @@ pub(crate) mod gitserve;
 mod net;
 mod policy;
 mod ports;
+mod server;
 mod ssh;
 mod tasks;
 mod toolbox;

@@ -13,7 +13,7 @@
 //! not counted).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -23,15 +23,6 @@ use super::{percentile, progress, r3};
 
 const PORT: u16 = 8000;
 const WS: &str = "ports";
-
-struct ServerProc(Child);
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// curl's `time_total` (seconds) of each transfer, checking status and size.
 fn curl(
@@ -151,44 +142,7 @@ pub async fn run(
     rounds: usize,
     json_out: bool,
 ) -> Result<u8> {
-    let exe = std::env::current_exe()?;
-    super::build_rootfs(busybox, rootfs)?;
-    let import = Command::new(&exe)
-        .args(["image", "import"])
-        .arg(rootfs)
-        .arg("busybox")
-        .env("WARREN_STATE_DIR", state)
-        .stdout(Stdio::null())
-        .output()?;
-    if !import.status.success() {
-        bail!(
-            "image import failed: {}",
-            String::from_utf8_lossy(&import.stderr)
-        );
-    }
-    let init = Command::new(&exe)
-        .args(["server", "init"])
-        .env("WARREN_STATE_DIR", state)
-        .stderr(Stdio::null())
-        .output()?;
-    if !init.status.success() {
-        bail!("warren server init failed");
-    }
-    let token = String::from_utf8(init.stdout)?.trim().to_string();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let _server = ServerProc(
-        Command::new(&exe)
-            .args(["server", "--listen", &addr, "--ssh-listen", "off"])
-            .env("WARREN_STATE_DIR", state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    super::api::wait_ready(&addr).await?;
+    let (_server, token, addr) = super::server::start(state, rootfs, busybox).await?;
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     use reqwest::Method;

@@ -12,7 +12,7 @@
 //! (toolbox round trip ≤ 5 ms p50).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -23,15 +23,6 @@ use super::{percentile, progress, r3};
 const WS: &str = "toolbox";
 /// Target of issue 8: toolbox round trip for `true`, p50, in milliseconds.
 const TARGET_P50_MS: f64 = 5.0;
-
-struct ServerProc(Child);
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn api(
     http: &reqwest::Client,
@@ -152,44 +143,8 @@ pub async fn run(
     cli_iterations: usize,
     json_out: bool,
 ) -> Result<u8> {
+    let (_server, token, addr) = super::server::start(state, rootfs, busybox).await?;
     let exe = std::env::current_exe()?;
-    super::build_rootfs(busybox, rootfs)?;
-    let import = Command::new(&exe)
-        .args(["image", "import"])
-        .arg(rootfs)
-        .arg("busybox")
-        .env("WARREN_STATE_DIR", state)
-        .stdout(Stdio::null())
-        .output()?;
-    if !import.status.success() {
-        bail!(
-            "image import failed: {}",
-            String::from_utf8_lossy(&import.stderr)
-        );
-    }
-    let init = Command::new(&exe)
-        .args(["server", "init"])
-        .env("WARREN_STATE_DIR", state)
-        .stderr(Stdio::null())
-        .output()?;
-    if !init.status.success() {
-        bail!("warren server init failed");
-    }
-    let token = String::from_utf8(init.stdout)?.trim().to_string();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let _server = ServerProc(
-        Command::new(&exe)
-            .args(["server", "--listen", &addr, "--ssh-listen", "off"])
-            .env("WARREN_STATE_DIR", state)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    super::api::wait_ready(&addr).await?;
     let base = format!("http://{addr}");
     // One keep-alive connection, as an agent's HTTP client holds.
     let http = reqwest::Client::builder()
